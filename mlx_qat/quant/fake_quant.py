@@ -1,0 +1,115 @@
+"""`fake_quantize`: the min/max quantizer with a straight-through gradient, and its grid.
+
+Forward: ŵ = dequantize(quantize(w)) on the project's canonical grid (`affine.py`, `fp.py`),
+which is bit-identical to `mx.dequantize(*mx.quantize(w, ...), ..., dtype=w.dtype)` on MLX's CPU
+backend for every mode, bit width, group size and float dtype. The output has w's dtype.
+
+Backward (straight-through estimator): ∂L/∂w = ∂L/∂ŵ, exactly. The min/max quantizer never
+clips (the group's extremes define the range), so there is nothing to mask. Without this
+custom VJP MLX would differentiate the ops above and send gradient only through the group
+min/max (the scale and bias), which is silently wrong for QAT.
+
+`quantize_grid` returns what export packs: (packed uint32 codes, scales, biases) in MLX's
+layout; `mx.dequantize` of it equals `fake_quantize` bit for bit.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+import mlx.core as mx
+
+from .affine import fake_quant_minmax, grid_minmax
+from .fp import fake_quant_fp, grid_fp
+from .spec import QuantSpec
+
+
+class Grid(NamedTuple):
+    """A quantized tensor in MLX's layout: what `mx.quantize` returns and export writes.
+
+    `biases` is None for the fp modes. Scales/biases of affine grids have the weight's dtype
+    (or the dtype the quantizer was told to round them to); fp scales are uint8.
+    """
+
+    wq: mx.array
+    scales: mx.array
+    biases: mx.array | None
+
+
+def reference_fake_quant(w: mx.array, spec: QuantSpec) -> mx.array:
+    """Pure-MLX quantize-dequantize of `w` (no gradient rule). The canonical forward."""
+    if spec.is_affine:
+        return fake_quant_minmax(w, spec.bits, spec.group_size)
+    return fake_quant_fp(w, spec.mode, spec.group_size)
+
+
+def _forward(w: mx.array, spec: QuantSpec) -> mx.array:
+    # The fused kernels (mlx_qat.kernels) take over here on GPUs; the CPU path is pure MLX.
+    from ..kernels import fake_quant_forward
+
+    return fake_quant_forward(w, spec)
+
+
+@lru_cache(maxsize=None)
+def _ste(spec: QuantSpec):
+    """One custom_function per spec: MLX passes only arrays through the VJP cleanly."""
+
+    @mx.custom_function
+    def fq(w):
+        return _forward(w, spec)
+
+    @fq.vjp
+    def fq_vjp(primals, cotangent, output):
+        return cotangent
+
+    return fq
+
+
+def _validate(w: mx.array, spec: QuantSpec, name: str = "weight") -> None:
+    if not mx.issubdtype(w.dtype, mx.floating):
+        raise TypeError(f"{name}: fake quantization needs a float array, got {w.dtype}")
+    spec.check_shape(tuple(w.shape), name)
+
+
+def fake_quantize(w: mx.array, spec: QuantSpec) -> mx.array:
+    """Quantize-dequantize `w` to `spec`'s grid with a straight-through gradient.
+
+    Args:
+        w: float array (float32, float16 or bfloat16), at least 2-D, last dimension a multiple
+            of `spec.group_size`.
+        spec: the target MLX format.
+
+    Returns:
+        ŵ with w's shape and dtype; on CPU bit-identical to
+        `mx.dequantize(*mx.quantize(w, spec.group_size, spec.bits, mode=spec.mode), ...)`.
+
+    Example:
+        >>> w = mx.random.normal((64, 128))
+        >>> w_hat = fake_quantize(w, QuantSpec("affine", bits=4, group_size=64))
+    """
+    _validate(w, spec)
+    return _ste(spec)(w)
+
+
+def quantize_grid(w: mx.array, spec: QuantSpec) -> Grid:
+    """The grid `fake_quantize(w, spec)` used: packed codes, scales and biases (MLX layout)."""
+    _validate(w, spec)
+    if spec.is_affine:
+        return Grid(*grid_minmax(w, spec.bits, spec.group_size))
+    wq, scales = grid_fp(w, spec.mode, spec.bits, spec.group_size)
+    return Grid(wq, scales, None)
+
+
+def dequantize_grid(grid: Grid, spec: QuantSpec, dtype: mx.Dtype | None = None) -> mx.array:
+    """`mx.dequantize` of a grid (convenience for tests and export checks)."""
+    dtype = dtype or (grid.scales.dtype if spec.is_affine else mx.float32)
+    return mx.dequantize(
+        grid.wq,
+        grid.scales,
+        grid.biases,
+        group_size=spec.group_size,
+        bits=spec.bits,
+        mode=spec.mode,
+        dtype=dtype,
+    )
