@@ -1,0 +1,125 @@
+"""Symmetric learnable-step quantizers (ParetoQ): LSQ (3–8 bit), SEQ (2 bit), sign (1 bit).
+
+Notation: w grouped as (..., G, gs) in float32; α ≥ 1e-5 the learnable step, one per output row
+(broadcast over the row's groups) or one per group; x = w / α; cot = ∂L/∂ŵ; g the gradient
+scale 1/sqrt(numel(W)·Qp) with the integer Qp = 2^(b−1) − 1 (Qp = 1 for 1 and 2 bits).
+
+LSQ, b ∈ {3, 4, 5, 6, 8}, Qn = −2^(b−1), Qp = 2^(b−1) − 1:
+    q = clip(rint(x), Qn, Qp)            ŵ = q·α
+    ∂ŵ/∂w = [Qn ≤ x ≤ Qp]                ∂L/∂α = g·Σ cot·(q − x if inside else q)
+    MLX affine grid: code = q − Qn ∈ [0, 2^b − 1], scale = α, bias = Qn·α.
+
+SEQ, b = 2 (Stretched Elastic Quant, c = 0.99, n = 2):
+    r = rint(clip(x, −c, c)·2 − ½) ∈ {−2, −1, 0, 1}    ŵ = α·(r + ½)/2 ∈ α·{±¼, ±¾}
+    ∂ŵ/∂w = [|x| ≤ c]                    ∂L/∂α = g·Σ cot·((r + ½)/2 − x inside; ∓¾ at the clip)
+    MLX affine grid: code = r + 2, scale = α/2, bias = −¾α.
+
+sign, b = 1 (research only: no MLX export):
+    ŵ = α·sign(w)      ∂ŵ/∂w = [|x| ≤ 1]     ∂L/∂α = g·Σ cot·sign(w)
+
+The forward always computes ŵ in the weight dtype T from the affine form
+T(code)·T(scale) + T(bias) (scale and bias optionally rounded to a storage dtype first), so that
+the exported grid reproduces the trained weights bit for bit. Rounding is rint (ties to even).
+Initial α per row/group: LSQ max|w|/Qp, SEQ max|w|, sign mean|w|.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import mlx.core as mx
+
+from .affine import dequantize_codes, group
+
+ALPHA_MIN = 1e-5
+SEQ_CLIP = 0.99
+LSQ_BITS = (3, 4, 5, 6, 8)
+
+
+def qrange(bits: int) -> tuple[int, int]:
+    """(Qn, Qp) of the LSQ integer grid."""
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def grad_scale(numel: int, bits: int) -> float:
+    """ParetoQ's g = 1 / sqrt(numel · Qp), with Qp = 1 for 1 and 2 bits."""
+    qp = max(2 ** (bits - 1) - 1, 1)
+    return 1.0 / math.sqrt(numel * qp)
+
+
+def init_alpha(wg: mx.array, bits: int, per_group: bool) -> mx.array:
+    """Initial step from the weights, shape (..., G) per group or (..., 1) per row."""
+    a = mx.abs(wg.astype(mx.float32))
+    axes = (-1,) if per_group else (-2, -1)
+    if bits == 1:
+        alpha = a.mean(axis=axes)
+    elif bits == 2:
+        alpha = a.max(axis=axes)
+    else:
+        alpha = a.max(axis=axes) / qrange(bits)[1]
+    alpha = mx.maximum(alpha, ALPHA_MIN)
+    return alpha if per_group else alpha[..., None]
+
+
+def _x(wg: mx.array, alpha: mx.array) -> tuple[mx.array, mx.array]:
+    """(x, α) with α broadcast to (..., G or 1, 1) and clamped."""
+    a = mx.maximum(alpha.astype(mx.float32), ALPHA_MIN)[..., None]
+    return wg / a, a
+
+
+def codes(wg: mx.array, alpha: mx.array, bits: int):
+    """(code, scale, bias, x, q) of grouped float32 weights; scale/bias broadcastable."""
+    x, a = _x(wg, alpha)
+    if bits == 1:
+        q = mx.sign(x)
+        return None, a, None, x, q
+    if bits == 2:
+        r = mx.round(mx.clip(x, -SEQ_CLIP, SEQ_CLIP) * 2.0 - 0.5)
+        return r + 2.0, a * 0.5, a * -0.75, x, (r + 0.5) * 0.5
+    qn, qp = qrange(bits)
+    q = mx.clip(mx.round(x), qn, qp)
+    return q - qn, a, a * qn, x, q
+
+
+def dequantize(wg, alpha, bits, dtype, scale_dtype=None):
+    """ŵ (grouped) in `dtype` through the affine form (or α·sign for 1 bit)."""
+    code, scale, bias, _, q = codes(wg, alpha, bits)
+    if bits == 1:
+        return (q * scale).astype(dtype)
+    if scale_dtype is not None:
+        scale, bias = scale.astype(scale_dtype), bias.astype(scale_dtype)
+    return dequantize_codes(code, scale, bias, dtype)
+
+
+@lru_cache(maxsize=None)
+def lsq_function(bits: int, group_size: int, scale_dtype=None):
+    """custom_function (w, α) -> ŵ with ParetoQ's gradients for this bit width."""
+
+    @mx.custom_function
+    def fq(w, alpha):
+        wg = group(w, group_size).astype(mx.float32)
+        return dequantize(wg, alpha, bits, w.dtype, scale_dtype).reshape(w.shape)
+
+    @fq.vjp
+    def fq_vjp(primals, cot, output):
+        w, alpha = primals
+        wg = group(w, group_size).astype(mx.float32)
+        _, _, _, x, q = codes(wg, alpha, bits)
+        c = group(cot, group_size).astype(mx.float32)
+        if bits == 1:
+            inside = mx.abs(x) <= 1.0
+            da = c * q
+        elif bits == 2:
+            inside = mx.abs(x) <= SEQ_CLIP
+            da = c * mx.where(inside, q - x, mx.sign(x) * 0.75)
+        else:
+            qn, qp = qrange(bits)
+            inside = (x >= qn) & (x <= qp)
+            da = c * mx.where(inside, q - x, q)
+        dw = mx.where(inside, c, 0.0).astype(cot.dtype).reshape(w.shape)
+        axes = (-1,) if alpha.shape[-1] == wg.shape[-2] else (-2, -1)
+        da = da.sum(axis=axes) * grad_scale(w.size, bits)
+        return dw, da.reshape(alpha.shape).astype(alpha.dtype)
+
+    return fq

@@ -1,0 +1,212 @@
+"""Quantizer modules: what a QAT layer calls on its float weight.
+
+Each quantizer is an `nn.Module` (so learnable parameters train, save and load with the model)
+with one contract:
+
+    q(w)          -> ŵ, w's shape and dtype, with the quantizer's gradient rule
+    q.init_from(w)   re-initialise learnable parameters from the current weights (at the switch)
+    q.grid(w)     -> Grid(wq, scales, biases): exactly the grid the forward used, MLX layout
+    q.export_spec -> the MLX format the grid is in (LSQ/SEQ deploy as affine)
+
+The math of each lives in its numerics module: `fake_quant.py` (min/max), `lsq.py`
+(LSQ/SEQ/sign), `learned_affine.py`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from . import learned_affine, lsq
+from .affine import codes_from_params, dequantize_codes, group, minmax_params, pack_codes
+from .fake_quant import Grid, fake_quantize, quantize_grid
+from .spec import QuantSpec
+
+QUANTIZERS = ("minmax", "lsq", "learned_affine")
+
+
+class Quantizer(nn.Module):
+    """Base class. `scale_dtype` rounds scales/biases to a storage dtype inside the forward."""
+
+    kind = "base"
+
+    def __init__(self, spec: QuantSpec, scale_dtype: mx.Dtype | None = None):
+        super().__init__()
+        self.spec = spec
+        self.scale_dtype = scale_dtype
+
+    @property
+    def export_spec(self) -> QuantSpec:
+        return self.spec
+
+    def init_from(self, w: mx.array) -> None:  # noqa: B027 - optional hook
+        """Re-initialise learnable parameters from `w` (no-op for min/max)."""
+
+    def _storage(self, w: mx.array) -> mx.Dtype:
+        return self.scale_dtype or w.dtype
+
+    def _extra_repr(self) -> str:
+        return f"{self.kind}, {self.spec}"
+
+
+@lru_cache(maxsize=None)
+def _minmax_rounded(bits: int, group_size: int, scale_dtype: mx.Dtype):
+    # Min/max grid whose scale/bias are stored in another dtype than the weight: STE forward.
+    @mx.custom_function
+    def fq(w):
+        wg = group(w, group_size).astype(mx.float32)
+        s, b = minmax_params(wg, bits)
+        code = codes_from_params(wg, s, b, bits)
+        s, b = s.astype(scale_dtype), b.astype(scale_dtype)
+        return dequantize_codes(code, s, b, w.dtype).reshape(w.shape)
+
+    @fq.vjp
+    def fq_vjp(primals, cot, output):
+        return cot
+
+    return fq
+
+
+class MinMaxQuantizer(Quantizer):
+    """MLX's own round-to-nearest grid from each group's min/max, straight-through gradient."""
+
+    kind = "minmax"
+
+    def __call__(self, w: mx.array) -> mx.array:
+        if self.scale_dtype in (None, w.dtype) or not self.spec.is_affine:
+            return fake_quantize(w, self.spec)
+        return _minmax_rounded(self.spec.bits, self.spec.group_size, self.scale_dtype)(w)
+
+    def grid(self, w: mx.array) -> Grid:
+        g = quantize_grid(w, self.spec)
+        if not self.spec.is_affine or self.scale_dtype in (None, w.dtype):
+            return g
+        wg = group(w, self.spec.group_size).astype(mx.float32)
+        s, b = minmax_params(wg, self.spec.bits)
+        sd = self.scale_dtype
+        return Grid(g.wq, s.squeeze(-1).astype(sd), b.squeeze(-1).astype(sd))
+
+
+class LSQQuantizer(Quantizer):
+    """ParetoQ's symmetric learnable-step quantizer: LSQ (3–8 bit), SEQ (2 bit), sign (1 bit).
+
+    Args:
+        bits: 1 (sign, research only: no MLX export), 2 (SEQ) or 3, 4, 5, 6, 8 (LSQ).
+        group_size: group size of the exported affine grid (and of α when per="group").
+        shape: the weight's shape.
+        per: "row" (one α per output row, ParetoQ) or "group" (one α per group).
+    """
+
+    kind = "lsq"
+
+    def __init__(self, bits: int, group_size: int, shape, per: str = "row", scale_dtype=None):
+        if bits not in (1, 2, *lsq.LSQ_BITS):
+            raise ValueError(f"lsq(bits={bits}): supports bits 1 (sign), 2 (SEQ), 3, 4, 5, 6, 8")
+        if per not in ("row", "group"):
+            raise ValueError(f"lsq(per={per!r}): choose 'row' or 'group'")
+        spec = QuantSpec("affine", max(bits, 2), group_size)
+        super().__init__(spec, scale_dtype)
+        spec.check_shape(tuple(shape))
+        self.bits = bits
+        self.per = per
+        n_alpha = shape[-1] // group_size if per == "group" else 1
+        self.alpha = mx.ones((*shape[:-1], n_alpha), dtype=mx.float32)
+
+    @property
+    def export_spec(self) -> QuantSpec:
+        if self.bits == 1:
+            raise ValueError(
+                "lsq with bits=1 (sign) has no MLX export: MLX's affine format needs an "
+                "integer grid of at least 2 levels per sign; train with bits >= 2 to deploy"
+            )
+        return self.spec
+
+    def init_from(self, w: mx.array) -> None:
+        wg = group(w, self.spec.group_size)
+        self.alpha = lsq.init_alpha(wg, self.bits, self.per == "group")
+
+    def __call__(self, w: mx.array) -> mx.array:
+        fn = lsq.lsq_function(self.bits, self.spec.group_size, self.scale_dtype)
+        return fn(w, self.alpha)
+
+    def grid(self, w: mx.array) -> Grid:
+        spec = self.export_spec
+        wg = group(w, spec.group_size).astype(mx.float32)
+        code, scale, bias, _, _ = lsq.codes(wg, self.alpha, self.bits)
+        shape = (*w.shape[:-1], w.shape[-1] // spec.group_size)
+        sd = self._storage(w)
+        scales = mx.broadcast_to(scale.squeeze(-1), shape).astype(sd)
+        biases = mx.broadcast_to(bias.squeeze(-1), shape).astype(sd)
+        return Grid(pack_codes(code.reshape(w.shape), spec.bits), scales, biases)
+
+    def _extra_repr(self) -> str:
+        name = {1: "sign", 2: "seq"}.get(self.bits, "lsq")
+        return f"{name}, bits={self.bits}, group_size={self.spec.group_size}, per={self.per}"
+
+
+class LearnedAffineQuantizer(Quantizer):
+    """MLX's asymmetric per-group grid with learnable scale and bias (init from min/max)."""
+
+    kind = "learned_affine"
+
+    def __init__(self, spec: QuantSpec, shape, scale_dtype=None):
+        if not spec.is_affine:
+            raise ValueError(f"learned_affine needs mode='affine', got mode={spec.mode!r}")
+        super().__init__(spec, scale_dtype)
+        spec.check_shape(tuple(shape))
+        groups = (*shape[:-1], shape[-1] // spec.group_size)
+        self.scale = mx.ones(groups, dtype=mx.float32)
+        self.bias = mx.zeros(groups, dtype=mx.float32)
+
+    def init_from(self, w: mx.array) -> None:
+        self.scale, self.bias = learned_affine.init_params(w, self.spec.bits, self.spec.group_size)
+
+    def __call__(self, w: mx.array) -> mx.array:
+        fn = learned_affine.learned_affine_function(
+            self.spec.bits, self.spec.group_size, self.scale_dtype
+        )
+        return fn(w, self.scale, self.bias)
+
+    def grid(self, w: mx.array) -> Grid:
+        wg = group(w, self.spec.group_size).astype(mx.float32)
+        code, s, b, _ = learned_affine.codes(wg, self.scale, self.bias, self.spec.bits)
+        sd = self._storage(w)
+        return Grid(
+            pack_codes(code.reshape(w.shape), self.spec.bits),
+            s.squeeze(-1).astype(sd),
+            b.squeeze(-1).astype(sd),
+        )
+
+
+def make_quantizer(
+    kind: str,
+    spec: QuantSpec,
+    weight: mx.array,
+    scale_dtype: mx.Dtype | None = None,
+    per: str = "row",
+) -> Quantizer:
+    """Build a quantizer for `weight` and initialise it from the weight's current values.
+
+    Args:
+        kind: "minmax", "lsq" or "learned_affine".
+        spec: target format (lsq and learned_affine need mode="affine").
+        weight: the float weight it will quantize.
+        scale_dtype: round scales/biases to this dtype in the forward (the export dtype);
+            None keeps the weight's dtype.
+        per: for lsq, "row" or "group".
+    """
+    spec.check_shape(tuple(weight.shape))
+    if kind == "minmax":
+        q = MinMaxQuantizer(spec, scale_dtype)
+    elif kind == "lsq":
+        if not spec.is_affine:
+            raise ValueError(f"quantizer='lsq' needs mode='affine', got mode={spec.mode!r}")
+        q = LSQQuantizer(spec.bits, spec.group_size, weight.shape, per, scale_dtype)
+    elif kind == "learned_affine":
+        q = LearnedAffineQuantizer(spec, weight.shape, scale_dtype)
+    else:
+        raise ValueError(f"quantizer={kind!r}: choose one of {', '.join(QUANTIZERS)}")
+    q.init_from(weight)
+    return q
