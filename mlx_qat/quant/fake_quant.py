@@ -15,7 +15,7 @@ layout; `mx.dequantize` of it equals `fake_quantize` bit for bit.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import NamedTuple
 
 import mlx.core as mx
@@ -51,7 +51,7 @@ def _forward(w: mx.array, spec: QuantSpec) -> mx.array:
     return fake_quant_forward(w, spec)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _ste(spec: QuantSpec):
     """One custom_function per spec: MLX passes only arrays through the VJP cleanly."""
 

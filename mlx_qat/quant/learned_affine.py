@@ -12,12 +12,12 @@ Gradients (straight-through on the rounding, clipped outside the grid), cot = �
     ∂L/∂b = Σ_group cot·[x < 0 or x > n]
 
 Export is exact by construction: the codes, T(s) and T(b) are the grid (scale/bias may be
-rounded to a storage dtype first; the forward then uses the rounded values too).
+stored in another dtype S: the forward then computes T(S(code)·S(s) + S(b)) as MLX will).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import mlx.core as mx
 
@@ -46,7 +46,7 @@ def codes(wg: mx.array, scale: mx.array, bias: mx.array, bits: int):
     return mx.clip(mx.round(x), 0.0, float(2**bits - 1)), s, b, x
 
 
-@lru_cache(maxsize=None)
+@cache
 def learned_affine_function(bits: int, group_size: int, scale_dtype=None):
     """custom_function (w, scale, bias) -> ŵ with the gradients above."""
     n = float(2**bits - 1)
@@ -54,9 +54,9 @@ def learned_affine_function(bits: int, group_size: int, scale_dtype=None):
     @mx.custom_function
     def fq(w, scale, bias):
         code, s, b, _ = codes(group(w, group_size).astype(mx.float32), scale, bias, bits)
-        if scale_dtype is not None:
-            s, b = s.astype(scale_dtype), b.astype(scale_dtype)
-        return dequantize_codes(code, s, b, w.dtype).reshape(w.shape)
+        # With scales stored as scale_dtype, MLX dequantizes in that dtype: do the same.
+        dt = w.dtype if scale_dtype is None else scale_dtype
+        return dequantize_codes(code, s, b, dt).astype(w.dtype).reshape(w.shape)
 
     @fq.vjp
     def fq_vjp(primals, cot, output):

@@ -18,15 +18,16 @@ sign, b = 1 (research only: no MLX export):
     ŵ = α·sign(w)      ∂ŵ/∂w = [|x| ≤ 1]     ∂L/∂α = g·Σ cot·sign(w)
 
 The forward always computes ŵ in the weight dtype T from the affine form
-T(code)·T(scale) + T(bias) (scale and bias optionally rounded to a storage dtype first), so that
-the exported grid reproduces the trained weights bit for bit. Rounding is rint (ties to even).
+T(code)·T(scale) + T(bias), so that the exported grid reproduces the trained weights bit for bit.
+With a storage dtype S for scales (`scale_dtype`), the arithmetic is MLX's for S-typed scales:
+T(S(code)·S(scale) + S(bias)). Rounding is rint (ties to even).
 Initial α per row/group: LSQ max|w|/Qp, SEQ max|w|, sign mean|w|.
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import mlx.core as mx
 
@@ -87,12 +88,13 @@ def dequantize(wg, alpha, bits, dtype, scale_dtype=None):
     code, scale, bias, _, q = codes(wg, alpha, bits)
     if bits == 1:
         return (q * scale).astype(dtype)
-    if scale_dtype is not None:
-        scale, bias = scale.astype(scale_dtype), bias.astype(scale_dtype)
-    return dequantize_codes(code, scale, bias, dtype)
+    if scale_dtype is None:
+        return dequantize_codes(code, scale, bias, dtype)
+    # Deployed with scales in scale_dtype, MLX dequantizes in that dtype: do the same.
+    return dequantize_codes(code, scale, bias, scale_dtype).astype(dtype)
 
 
-@lru_cache(maxsize=None)
+@cache
 def lsq_function(bits: int, group_size: int, scale_dtype=None):
     """custom_function (w, α) -> ŵ with ParetoQ's gradients for this bit width."""
 

@@ -14,7 +14,7 @@ The math of each lives in its numerics module: `fake_quant.py` (min/max), `lsq.p
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -28,7 +28,12 @@ QUANTIZERS = ("minmax", "lsq", "learned_affine")
 
 
 class Quantizer(nn.Module):
-    """Base class. `scale_dtype` rounds scales/biases to a storage dtype inside the forward."""
+    """Base class.
+
+    `scale_dtype` is the dtype scales/biases will be stored in at export (e.g. float16 for a
+    float32-trained model deployed in float16). The forward then dequantizes exactly as MLX
+    will with such scales, in that dtype, so the deployed weights equal the trained ones.
+    """
 
     kind = "base"
 
@@ -45,13 +50,17 @@ class Quantizer(nn.Module):
         """Re-initialise learnable parameters from `w` (no-op for min/max)."""
 
     def _storage(self, w: mx.array) -> mx.Dtype:
-        return self.scale_dtype or w.dtype
+        return w.dtype if self.scale_dtype is None else self.scale_dtype
+
+    def _rounds_scales(self, w: mx.array) -> bool:
+        # mx.Dtype cannot be compared with None, hence the explicit check.
+        return self.scale_dtype is not None and self.scale_dtype != w.dtype
 
     def _extra_repr(self) -> str:
         return f"{self.kind}, {self.spec}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _minmax_rounded(bits: int, group_size: int, scale_dtype: mx.Dtype):
     # Min/max grid whose scale/bias are stored in another dtype than the weight: STE forward.
     @mx.custom_function
@@ -59,8 +68,7 @@ def _minmax_rounded(bits: int, group_size: int, scale_dtype: mx.Dtype):
         wg = group(w, group_size).astype(mx.float32)
         s, b = minmax_params(wg, bits)
         code = codes_from_params(wg, s, b, bits)
-        s, b = s.astype(scale_dtype), b.astype(scale_dtype)
-        return dequantize_codes(code, s, b, w.dtype).reshape(w.shape)
+        return dequantize_codes(code, s, b, scale_dtype).astype(w.dtype).reshape(w.shape)
 
     @fq.vjp
     def fq_vjp(primals, cot, output):
@@ -75,13 +83,13 @@ class MinMaxQuantizer(Quantizer):
     kind = "minmax"
 
     def __call__(self, w: mx.array) -> mx.array:
-        if self.scale_dtype in (None, w.dtype) or not self.spec.is_affine:
+        if not (self.spec.is_affine and self._rounds_scales(w)):
             return fake_quantize(w, self.spec)
         return _minmax_rounded(self.spec.bits, self.spec.group_size, self.scale_dtype)(w)
 
     def grid(self, w: mx.array) -> Grid:
         g = quantize_grid(w, self.spec)
-        if not self.spec.is_affine or self.scale_dtype in (None, w.dtype):
+        if not (self.spec.is_affine and self._rounds_scales(w)):
             return g
         wg = group(w, self.spec.group_size).astype(mx.float32)
         s, b = minmax_params(wg, self.spec.bits)
