@@ -1,0 +1,53 @@
+"""Data pipeline: corpora -> documents -> train/val split -> BPE tokenizer -> token shards ->
+batches.
+
+Typical use::
+
+    from mlx_qat.data import prepare_data, TokenBatches, eval_batches
+
+    bundle = prepare_data("../shared/data", "data/", vocab_size=4096)   # cached after 1st call
+    train = TokenBatches(bundle.train, batch_size=32, seq_len=256, seed=0)
+    x = train.batch(step)                       # (32, 257) int32; inputs x[:, :-1], targets x[:, 1:]
+    val = eval_batches(bundle.val, batch_size=32, seq_len=256, max_batches=50)
+
+Command line: ``python -m mlx_qat.data --input ../shared/data --out data/`` (see ``--help``).
+"""
+
+from .batches import EvalBatches, TokenBatches, eval_batches
+from .corpus import read_documents, resolve_files, split_documents
+from .hf import save_hf_tokenizer
+from .shards import DataBundle, encode_documents, load_bundle, prepare_data
+from .sources import default_corpus, fetch_shakespeare
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, load_tokenizer, train_tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``mlx_qat.data`` command (see :func:`mlx_qat.data.cli.main`)."""
+    from .cli import main as _main
+
+    return _main(argv)
+
+
+__all__ = [
+    "BOS_ID",
+    "EOS_ID",
+    "PAD_ID",
+    "UNK_ID",
+    "DataBundle",
+    "EvalBatches",
+    "TokenBatches",
+    "Tokenizer",
+    "default_corpus",
+    "encode_documents",
+    "eval_batches",
+    "fetch_shakespeare",
+    "load_bundle",
+    "load_tokenizer",
+    "main",
+    "prepare_data",
+    "read_documents",
+    "resolve_files",
+    "save_hf_tokenizer",
+    "split_documents",
+    "train_tokenizer",
+]

@@ -1,0 +1,167 @@
+"""Batches of token windows: a seeded, resumable training stream and a fixed evaluation set.
+
+A batch is an ``mx.array`` of int32 with shape ``(batch_size, seq_len + 1)``: inputs are
+``batch[:, :-1]`` and targets ``batch[:, 1:]``.
+
+Training (:class:`TokenBatches`): the token array is cut into ``n`` non-overlapping windows of
+``seq_len + 1`` tokens (consecutive windows share one boundary token, so every token is a
+target once per epoch). Each epoch ``e`` draws, from ``numpy.random.default_rng([seed, e])``,
+a start offset (so window boundaries move between epochs) and a permutation of the windows.
+Global window ``g = step * batch_size + i`` is window ``perm_e[g % n]`` of epoch ``g // n``, so
+``batch(step)`` is a pure function of ``(tokens, batch_size, seq_len, seed, step)``: a resumed
+run only needs the step number, and any step is reached in O(1) (plus one O(n) permutation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import mlx.core as mx
+import numpy as np
+
+
+def _check(tokens: np.ndarray, batch_size: int, seq_len: int) -> None:
+    if batch_size < 1 or seq_len < 1:
+        raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+    if np.ndim(tokens) != 1:
+        raise ValueError(f"tokens must be a 1-D array, got shape {np.shape(tokens)}")
+    if len(tokens) < seq_len + 1:
+        raise ValueError(
+            f"{len(tokens)} tokens are too few for one window of seq_len + 1 = {seq_len + 1}; "
+            "use a shorter seq_len or more text"
+        )
+
+
+def _gather(tokens: np.ndarray, starts: np.ndarray, length: int) -> mx.array:
+    index = starts[:, None] + np.arange(length, dtype=np.int64)[None, :]
+    return mx.array(np.asarray(tokens[index], dtype=np.int32))
+
+
+class TokenBatches:
+    """Random contiguous windows of ``seq_len + 1`` tokens, deterministic in (seed, step).
+
+    ``batch(step)`` returns the batch for that step (pure function; no hidden state), and
+    ``epochs_at(step)`` the epochs consumed before it (tokens trained on / split tokens).
+    ``state(step)`` / ``from_state`` round-trip the only state there is.
+    """
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int = 0):
+        _check(tokens, batch_size, seq_len)
+        self.tokens = tokens
+        self.batch_size = int(batch_size)
+        self.seq_len = int(seq_len)
+        self.seed = int(seed)
+        full = (len(tokens) - 1) // seq_len
+        # Keep one window of slack for the per-epoch offset when there is more than one window.
+        self.windows_per_epoch = full - 1 if full >= 2 else full
+        self._slack = len(tokens) - 1 - self.windows_per_epoch * seq_len
+        self._orders: dict[int, tuple[int, np.ndarray]] = {}
+
+    @property
+    def steps_per_epoch(self) -> float:
+        """Batches per pass over the windows (may be fractional)."""
+        return self.windows_per_epoch / self.batch_size
+
+    def _order(self, epoch: int) -> tuple[int, np.ndarray]:
+        if epoch not in self._orders:
+            rng = np.random.default_rng([self.seed, epoch])
+            offset = int(rng.integers(0, self._slack + 1))
+            perm = rng.permutation(self.windows_per_epoch)
+            if len(self._orders) >= 4:
+                self._orders.pop(next(iter(self._orders)))
+            self._orders[epoch] = (offset, perm)
+        return self._orders[epoch]
+
+    def starts(self, step: int) -> np.ndarray:
+        """Token offsets of the windows in batch ``step`` (int64, shape ``(batch_size,)``)."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        g = step * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
+        epochs, index = np.divmod(g, self.windows_per_epoch)
+        out = np.empty(self.batch_size, dtype=np.int64)
+        for e in np.unique(epochs):
+            offset, perm = self._order(int(e))
+            sel = epochs == e
+            out[sel] = offset + perm[index[sel]] * self.seq_len
+        return out
+
+    def batch(self, step: int) -> mx.array:
+        """The batch for ``step``: int32 ``(batch_size, seq_len + 1)``."""
+        return _gather(self.tokens, self.starts(step), self.seq_len + 1)
+
+    def epoch(self, step: int) -> int:
+        """The epoch the first window of batch ``step`` belongs to."""
+        return (step * self.batch_size) // self.windows_per_epoch
+
+    def epochs_at(self, step: int) -> float:
+        """Epochs consumed by steps ``0 .. step-1``: target tokens seen / tokens in the split."""
+        return step * self.batch_size * self.seq_len / len(self.tokens)
+
+    def state(self, step: int) -> dict:
+        """Everything needed to resume at ``step`` (besides the tokens)."""
+        return {
+            "step": int(step),
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+        }
+
+    @classmethod
+    def from_state(cls, tokens: np.ndarray, state: dict) -> tuple[TokenBatches, int]:
+        """Rebuild the stream from :meth:`state`; returns ``(batches, step)``."""
+        return cls(tokens, state["batch_size"], state["seq_len"], state["seed"]), int(state["step"])
+
+    def iterate(self, start_step: int = 0, num_steps: int | None = None) -> Iterator[mx.array]:
+        """Yield ``batch(start_step)``, ``batch(start_step + 1)``, ... (forever by default)."""
+        step = start_step
+        while num_steps is None or step < start_step + num_steps:
+            yield self.batch(step)
+            step += 1
+
+
+class EvalBatches(Sequence):
+    """Fixed evaluation batches: the first windows of the split, in order, every call alike.
+
+    Windows start at ``k * seq_len`` (non-overlapping, every token a target once); the last
+    batch may hold fewer than ``batch_size`` windows. ``num_tokens`` is the number of target
+    tokens over all batches (for averaging a summed loss).
+    """
+
+    def __init__(
+        self, tokens: np.ndarray, batch_size: int, seq_len: int, max_batches: int | None = None
+    ):
+        _check(tokens, batch_size, seq_len)
+        self.tokens = tokens
+        self.batch_size = int(batch_size)
+        self.seq_len = int(seq_len)
+        windows = (len(tokens) - 1) // seq_len
+        if max_batches is not None:
+            if max_batches < 1:
+                raise ValueError(f"max_batches must be >= 1, got {max_batches}")
+            windows = min(windows, max_batches * self.batch_size)
+        self.num_windows = windows
+        self.num_tokens = windows * self.seq_len
+
+    def __len__(self) -> int:
+        return -(-self.num_windows // self.batch_size)
+
+    def __getitem__(self, i: int) -> mx.array:  # type: ignore[override]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        first = i * self.batch_size
+        count = min(self.batch_size, self.num_windows - first)
+        starts = (first + np.arange(count, dtype=np.int64)) * self.seq_len
+        return _gather(self.tokens, starts, self.seq_len + 1)
+
+    def __iter__(self) -> Iterator[mx.array]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def eval_batches(
+    tokens: np.ndarray, batch_size: int, seq_len: int, max_batches: int | None = None
+) -> EvalBatches:
+    """Deterministic evaluation batches over ``tokens`` (see :class:`EvalBatches`)."""
+    return EvalBatches(tokens, batch_size, seq_len, max_batches)

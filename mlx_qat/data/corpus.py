@@ -1,0 +1,189 @@
+"""Reading text corpora into documents, and the train/validation split by document.
+
+Formats (chosen by file name, case-insensitive):
+
+* ``.txt`` and ``.txt.gz``: UTF-8 text; documents are separated by one or more blank lines
+  (lines that are empty or hold only spaces/tabs). Inside a document, single newlines and
+  indentation are kept exactly; leading blank lines and trailing whitespace are dropped.
+* ``.jsonl`` and ``.jsonl.gz``: one JSON object per line with a string ``"text"`` field; each
+  record is one document (kept whole, blank lines inside included).
+
+A folder is searched recursively for those files (hidden files and other extensions such as
+``MANIFEST.md`` are ignored), in sorted path order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+TEXT_SUFFIXES = (".txt", ".txt.gz")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES
+
+PathLike = str | os.PathLike
+Paths = PathLike | Iterable[PathLike]
+
+# One or more blank lines (empty or spaces/tabs only) between two documents.
+_BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[^\S\n]*\n)+")
+
+
+def _as_list(paths: Paths) -> list[Path]:
+    if isinstance(paths, str | os.PathLike):
+        return [Path(paths)]
+    return [Path(p) for p in paths]
+
+
+def is_supported(path: Path) -> bool:
+    """True when ``path``'s name ends with one of the readable suffixes."""
+    return path.name.lower().endswith(SUFFIXES)
+
+
+def resolve_files(paths: Paths) -> list[Path]:
+    """Expand files and folders into the list of readable files (folders recursively, sorted).
+
+    Raises FileNotFoundError naming a missing path, and ValueError for a file of an unknown
+    type or a folder without any readable file.
+    """
+    files: list[Path] = []
+    for p in _as_list(paths):
+        p = p.expanduser()
+        if p.is_dir():
+            found = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and is_supported(f)
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+            if not found:
+                raise ValueError(
+                    f"no .txt, .txt.gz or .jsonl files found in folder {p}; "
+                    "pass files of those types or another folder"
+                )
+            files.extend(found)
+        elif p.is_file():
+            if not is_supported(p):
+                raise ValueError(
+                    f"cannot read {p}: unsupported file type (expected one of {', '.join(SUFFIXES)})"
+                )
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"input path does not exist: {p}")
+    if not files:
+        raise ValueError("no input paths given; pass at least one file or folder")
+    return files
+
+
+def _read_text(path: Path) -> str:
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                return f.read()
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"cannot read {path}: not UTF-8 text ({e.reason} at byte {e.start}); "
+            "convert it to UTF-8 first"
+        ) from e
+    except (OSError, EOFError) as e:
+        raise OSError(f"cannot read {path}: {e}") from e
+
+
+def split_text(text: str) -> list[str]:
+    """Split text into documents at blank lines (see module docstring)."""
+    docs = []
+    for chunk in _BLANK_LINES.split(text):
+        chunk = _LEADING_BLANK_LINES.sub("", chunk).rstrip()
+        if chunk.strip():
+            docs.append(chunk)
+    return docs
+
+
+def _read_jsonl(path: Path) -> list[str]:
+    docs = []
+    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise ValueError(f'{path}:{lineno}: expected an object with a string "text" field')
+        text = text.strip("\n").rstrip()
+        if text.strip():
+            docs.append(text)
+    return docs
+
+
+def read_file(path: PathLike) -> list[str]:
+    """Read one ``.txt``/``.txt.gz``/``.jsonl`` file into its documents."""
+    path = Path(path)
+    if path.name.lower().endswith(JSONL_SUFFIXES):
+        return _read_jsonl(path)
+    return split_text(_read_text(path))
+
+
+def read_documents(paths: Paths) -> list[str]:
+    """Read files and/or folders into one list of documents, in sorted-file order.
+
+    Raises FileNotFoundError for a missing path (named), OSError for an unreadable file, and
+    ValueError when a file is not UTF-8 or when no document at all was found.
+    """
+    files = resolve_files(paths)
+    docs: list[str] = []
+    for f in files:
+        part = read_file(f)
+        logger.debug("read %d documents from %s", len(part), f)
+        docs.extend(part)
+    if not docs:
+        where = ", ".join(str(p) for p in _as_list(paths))
+        raise ValueError(f"no documents found in {where}: the input files hold no text")
+    return docs
+
+
+def _doc_key(doc: str, seed: int) -> float:
+    digest = hashlib.blake2b(doc.encode("utf-8"), digest_size=8, key=seed.to_bytes(8, "little"))
+    return int.from_bytes(digest.digest(), "little") / 2.0**64
+
+
+def split_documents(
+    docs: Sequence[str], val_fraction: float = 0.05, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """Split documents into (train, validation), deterministically and by document.
+
+    Each document goes to validation when a keyed hash of (seed, its text) falls below
+    ``val_fraction``, so the split does not depend on document order, identical documents
+    always land in the same split (no leak through duplicates), and a different seed gives a
+    different split. The validation share is ``val_fraction`` of the documents in expectation;
+    with ``val_fraction > 0`` and at least two distinct documents, both splits are non-empty.
+    Order within each split follows the input order.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    keys = [_doc_key(d, seed) for d in docs]
+    is_val = [k < val_fraction for k in keys]
+    if val_fraction > 0 and len(set(docs)) >= 2:
+        if not any(is_val):  # force the lowest-keyed document (and its duplicates) into val
+            low = docs[min(range(len(docs)), key=keys.__getitem__)]
+            is_val = [d == low for d in docs]
+        elif all(is_val):  # keep the highest-keyed document (and its duplicates) for training
+            high = docs[max(range(len(docs)), key=keys.__getitem__)]
+            is_val = [d != high for d in docs]
+    train = [d for d, v in zip(docs, is_val) if not v]
+    val = [d for d, v in zip(docs, is_val) if v]
+    return train, val

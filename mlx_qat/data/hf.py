@@ -1,0 +1,135 @@
+"""Hugging Face tokenizer files for a trained sentencepiece model, for ``mlx_lm.load``.
+
+``mlx_lm`` loads a tokenizer with ``transformers.AutoTokenizer.from_pretrained(model_dir)``.
+:func:`save_hf_tokenizer` writes what that needs to work offline:
+
+* ``tokenizer.json``: a ``tokenizers`` BPE model built directly from the sentencepiece
+  vocabulary (merges ordered by the merged piece's sentencepiece rank, then by the ids of its
+  halves), ``byte_fallback=True``, a ``Metaspace`` pre-tokenizer (spaces become ``▁`` and start
+  a new word, no prefix space: the same split sentencepiece makes with
+  ``split_by_whitespace``/``add_dummy_prefix=False``) and the decoder
+  ``Replace(▁→space), ByteFallback, Fuse``, which ``mlx_lm`` recognises as an SPM decoder
+  without a leading-space strip (streaming detokenizer ``SPMStreamingDetokenizer``,
+  ``trim_space=False``).
+* ``tokenizer_config.json``: ``PreTrainedTokenizerFast``; BOS ``<s>``, EOS ``</s>``, UNK
+  ``<unk>``; no BOS/EOS added by ``encode``; ``clean_up_tokenization_spaces=False`` (so
+  ``" ,"`` stays as written) and ``split_special_tokens=True`` (literal ``"</s>"`` in a text is
+  ordinary text, as in sentencepiece).
+* ``special_tokens_map.json``, and a copy of ``tokenizer.model``.
+
+The result encodes to exactly the sentencepiece ids (checked in the tests on real corpora).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import sentencepiece as spm
+
+from ._io import atomic_open, atomic_write_json, atomic_write_text
+from .tokenizer import MODEL_FILE
+
+HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _pieces(sp: spm.SentencePieceProcessor) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    vocab: dict[str, int] = {}
+    normal: set[str] = set()
+    for i in range(sp.get_piece_size()):
+        piece = sp.id_to_piece(i)
+        vocab[piece] = i
+        if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i)):
+            normal.add(piece)
+    merges: list[tuple[int, int, int, str, str]] = []
+    for piece in normal:
+        for k in range(1, len(piece)):
+            left, right = piece[:k], piece[k:]
+            if left in normal and right in normal:
+                merges.append((vocab[piece], vocab[left], vocab[right], left, right))
+    merges.sort()
+    return vocab, [(m[3], m[4]) for m in merges]
+
+
+def build_tokenizer_json(model_file: str | os.PathLike) -> str:
+    """The ``tokenizer.json`` text equivalent to the sentencepiece model in ``model_file``."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    vocab, merges = _pieces(sp)
+    unk = sp.id_to_piece(sp.unk_id())
+    tok = Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
+    )
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="▁", prepend_scheme="never", split=True
+    )
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    specials = [i for i in range(sp.get_piece_size()) if sp.is_control(i) or sp.is_unknown(i)]
+    tok.add_special_tokens(
+        [AddedToken(sp.id_to_piece(i), special=True, normalized=False) for i in specials]
+    )
+    return tok.to_str(pretty=True)
+
+
+def hf_configs(model_file: str | os.PathLike) -> tuple[dict, dict]:
+    """``(tokenizer_config, special_tokens_map)`` dicts for the model in ``model_file``."""
+    sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    special = {
+        "bos_token": sp.id_to_piece(sp.bos_id()),
+        "eos_token": sp.id_to_piece(sp.eos_id()),
+        "unk_token": sp.id_to_piece(sp.unk_id()),
+    }
+    added = {
+        str(i): {
+            "content": sp.id_to_piece(i),
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for i in range(sp.get_piece_size())
+        if sp.is_control(i) or sp.is_unknown(i)
+    }
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **special,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False,
+        "split_special_tokens": True,
+        "model_max_length": 1_000_000_000,
+        "added_tokens_decoder": added,
+    }
+    return config, special
+
+
+def save_hf_tokenizer(tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """Write the Hugging Face tokenizer files for ``tokenizer_dir``'s model into ``out_dir``.
+
+    Writes ``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json`` and a copy
+    of ``tokenizer.model`` (each atomically; other files in ``out_dir``, e.g. model weights,
+    are left alone), so that ``mlx_lm.load(out_dir)`` / ``mlx_lm.tokenizer_utils.load`` finds a
+    tokenizer that encodes exactly like the sentencepiece model. Returns the written paths.
+    """
+    tokenizer_dir, out_dir = Path(tokenizer_dir), Path(out_dir)
+    model = tokenizer_dir / MODEL_FILE if tokenizer_dir.is_dir() else tokenizer_dir
+    if not model.is_file():
+        raise FileNotFoundError(f"no {MODEL_FILE} in {tokenizer_dir}; train the tokenizer first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config, special = hf_configs(model)
+    written = [out_dir / name for name in HF_FILES]
+    atomic_write_text(written[0], build_tokenizer_json(model))
+    atomic_write_json(written[1], config)
+    atomic_write_json(written[2], special)
+    target = out_dir / MODEL_FILE
+    if model.resolve() != target.resolve():
+        with open(model, "rb") as src, atomic_open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    written.append(target)
+    return written

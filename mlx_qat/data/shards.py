@@ -1,0 +1,327 @@
+"""Token shards: the encoded train/validation splits as memory-mapped ``.npy`` arrays.
+
+Layout of a data directory (``--out``, default ``data/``)::
+
+    data/
+      tokenizer-<vocab>-<key>/   tokenizer.model + HF files + tokenizer_meta.json
+      shards-<key>/              train.npy, val.npy (uint16, or uint32 for vocab > 65536),
+                                 manifest.json
+      latest.json                the shards directory of the last prepare_data call
+      config.yaml                the resolved CLI configuration (written by the CLI)
+
+Each split is the concatenation of its documents' ids with EOS after every document. Keys are
+content hashes: the tokenizer key covers the input files' bytes, the split settings and the
+tokenizer settings; the shards key covers the inputs, the split settings and the tokenizer's
+sha256. A second call with the same inputs therefore reuses both (only the input files are
+hashed), and any change builds new ones beside the old. Directories are built under a
+temporary name and renamed, files are written to ``name.tmp-<pid>``, fsynced and renamed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+
+from ._io import (
+    atomic_open,
+    atomic_write_json,
+    new_tmp_dir,
+    publish_dir,
+    sha256_file,
+    sha256_json,
+)
+from .corpus import Paths, read_documents, split_documents
+from .sources import default_corpus
+from .tokenizer import DEFAULT_SETTINGS, FORMAT, MODEL_FILE, Tokenizer, default_threads
+from .tokenizer import load_tokenizer as _load_tokenizer
+from .tokenizer import train_tokenizer as _train_tokenizer
+
+logger = logging.getLogger(__name__)
+
+SHARD_FORMAT = "mlx_qat.shards/1"
+READER_VERSION = 1  # bump when document parsing or splitting changes
+MANIFEST = "manifest.json"
+LATEST = "latest.json"
+SPLITS = ("train", "val")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits, else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+@dataclass
+class DataBundle:
+    """Everything the trainer needs: tokenizer directory, token arrays and their manifest.
+
+    ``train``/``val`` are read-only ``np.memmap`` arrays of token ids (EOS after each
+    document). ``manifest["bytes_per_token"][split]`` converts a loss in nats/token into bits
+    per byte: ``bpb = loss / ln(2) / bytes_per_token``. ``timings`` (seconds) and ``built``
+    describe this call only: what was built rather than reused.
+    """
+
+    path: Path
+    tokenizer_dir: Path
+    train: np.ndarray
+    val: np.ndarray
+    manifest: dict
+    timings: dict[str, float] = field(default_factory=dict)
+    built: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["vocab_size"])
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.manifest["eos_id"])
+
+    @property
+    def bos_id(self) -> int:
+        return int(self.manifest["bos_id"])
+
+    @property
+    def bytes_per_token(self) -> dict[str, float]:
+        return dict(self.manifest["bytes_per_token"])
+
+    def tokenizer(self) -> Tokenizer:
+        """Load the tokenizer these shards were encoded with."""
+        return _load_tokenizer(self.tokenizer_dir)
+
+
+def encode_documents(
+    tok: Tokenizer,
+    docs: Sequence[str],
+    num_threads: int | None = None,
+    chunk_chars: int = 4 << 20,
+) -> np.ndarray:
+    """Encode ``docs`` with sentencepiece's batch API into one array, EOS after each doc."""
+    dtype = token_dtype(tok.vocab_size)
+    threads = num_threads or default_threads()
+    parts: list[np.ndarray] = []
+    start = 0
+    while start < len(docs):
+        stop, size = start, 0
+        while stop < len(docs) and (size < chunk_chars or stop == start):
+            size += len(docs[stop])
+            stop += 1
+        ids = tok.encode_batch(docs[start:stop], num_threads=threads)
+        lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lens.sum()))
+        parts.append(np.insert(flat, np.cumsum(lens), tok.eos_id))
+        start = stop
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
+def _rel(path: Path, start: Path) -> str:
+    try:
+        return os.path.relpath(path.resolve(), start.resolve())
+    except ValueError:  # different drives on Windows
+        return str(path.resolve())
+
+
+def _open_split(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
+
+
+def load_bundle(
+    path: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None
+) -> DataBundle:
+    """Open prepared data: a shards directory, or a data directory (its ``latest.json``).
+
+    ``tokenizer_dir`` defaults to the one recorded in the manifest. Raises ValueError, naming
+    both hashes, when that tokenizer is not the one the shards were encoded with.
+    """
+    path = Path(path)
+    if not (path / MANIFEST).is_file() and (path / LATEST).is_file():
+        with open(path / LATEST, encoding="utf-8") as f:
+            path = path / json.load(f)["shards"]
+    manifest_file = path / MANIFEST
+    if not manifest_file.is_file():
+        raise FileNotFoundError(
+            f"no {MANIFEST} in {path}; prepare the data first with `python -m mlx_qat.data`"
+        )
+    with open(manifest_file, encoding="utf-8") as f:
+        manifest = json.load(f)
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir else path / manifest["tokenizer"]["dir"]
+    model = tok_dir / MODEL_FILE
+    if not model.is_file():
+        raise FileNotFoundError(
+            f"tokenizer for {path} not found: no {MODEL_FILE} in {tok_dir}; rebuild the data "
+            "with `python -m mlx_qat.data --force`"
+        )
+    have, want = sha256_file(model), manifest["tokenizer"]["sha256"]
+    if have != want:
+        raise ValueError(
+            f"tokenizer mismatch: the shards in {path} were encoded with tokenizer sha256 {want}, "
+            f"but {model} has sha256 {have}. Rebuild the shards for this tokenizer "
+            "(`python -m mlx_qat.data --force ...`, or delete that shards folder)."
+        )
+    arrays = {s: _open_split(path / manifest["splits"][s]["file"]) for s in SPLITS}
+    return DataBundle(path, tok_dir, arrays["train"], arrays["val"], manifest)
+
+
+def _split_stats(docs: Sequence[str], tokens: np.ndarray, file: str) -> dict:
+    text_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    return {
+        "file": file,
+        "documents": len(docs),
+        "tokens": int(tokens.size),
+        "text_bytes": text_bytes,
+        "bytes_per_token": round(text_bytes / tokens.size, 6) if tokens.size else None,
+    }
+
+
+def prepare_data(
+    inputs: Paths | None = None,
+    out_dir: str | os.PathLike = "data",
+    vocab_size: int = 4096,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    *,
+    tokenizer: str | os.PathLike | None = None,
+    num_threads: int | None = None,
+    input_sentence_size: int = DEFAULT_SETTINGS["input_sentence_size"],
+    character_coverage: float = DEFAULT_SETTINGS["character_coverage"],
+    force: bool = False,
+) -> DataBundle:
+    """Read, split, train the tokenizer, encode and store: one call, cached by content hash.
+
+    ``inputs``: files/folders (``.txt``, ``.txt.gz``, ``.jsonl``); None means the default
+    corpus (:func:`~mlx_qat.data.default_corpus`). ``tokenizer``: use this existing tokenizer
+    directory instead of training one (``vocab_size`` is then ignored). ``force`` rebuilds
+    even when cached artifacts exist. Returns a :class:`DataBundle` whose ``timings`` has
+    ``hash``, ``read``, ``tokenizer``, ``encode`` and ``total`` seconds.
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    built = {"tokenizer": False, "shards": False}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = num_threads or default_threads()
+
+    files = default_corpus(inputs)
+    t0 = time.perf_counter()
+    fingerprint = [
+        {"path": str(f), "sha256": sha256_file(f), "bytes": f.stat().st_size} for f in files
+    ]
+    split_key = {
+        "reader": READER_VERSION,
+        "inputs": [f["sha256"] for f in fingerprint],
+        "val_fraction": val_fraction,
+        "seed": seed,
+    }
+    timings["hash"] = time.perf_counter() - t0
+
+    cache: dict[str, tuple[list[str], list[str]]] = {}
+
+    def splits() -> tuple[list[str], list[str]]:
+        if "docs" not in cache:
+            t = time.perf_counter()
+            docs = read_documents(files)
+            cache["docs"] = split_documents(docs, val_fraction, seed)
+            timings["read"] = time.perf_counter() - t
+            logger.info(
+                "read %d documents from %d files (%d train, %d val)",
+                len(docs),
+                len(files),
+                len(cache["docs"][0]),
+                len(cache["docs"][1]),
+            )
+        return cache["docs"]
+
+    if tokenizer is None:
+        settings = dict(DEFAULT_SETTINGS)
+        settings.update(
+            character_coverage=character_coverage, input_sentence_size=input_sentence_size
+        )
+        tok_key = sha256_json(
+            {
+                **split_key,
+                "format": FORMAT,
+                "vocab_size": vocab_size,
+                "settings": settings,
+                "num_threads": threads,
+            }
+        )
+        tok_dir = out / f"tokenizer-{vocab_size}-{tok_key[:16]}"
+        if force or not (tok_dir / MODEL_FILE).is_file():
+            train_docs = splits()[0]
+            if not train_docs:
+                raise ValueError("the training split is empty; lower --val-fraction")
+            t = time.perf_counter()
+            _train_tokenizer(
+                train_docs,
+                tok_dir,
+                vocab_size,
+                num_threads=threads,
+                seed=seed,
+                character_coverage=character_coverage,
+                input_sentence_size=input_sentence_size,
+            )
+            timings["tokenizer"] = time.perf_counter() - t
+            built["tokenizer"] = True
+        else:
+            logger.info("reusing tokenizer %s", tok_dir)
+    else:
+        tok_dir = Path(tokenizer)
+    tok = _load_tokenizer(tok_dir)
+
+    shard_key = sha256_json({**split_key, "format": SHARD_FORMAT, "tokenizer": tok.sha256})
+    shard_dir = out / f"shards-{shard_key[:16]}"
+    if force or not (shard_dir / MANIFEST).is_file():
+        train_docs, val_docs = splits()
+        t = time.perf_counter()
+        arrays = {
+            s: encode_documents(tok, d, threads) for s, d in zip(SPLITS, (train_docs, val_docs))
+        }
+        timings["encode"] = time.perf_counter() - t
+        stats = {
+            s: _split_stats(d, arrays[s], f"{s}.npy")
+            for s, d in zip(SPLITS, (train_docs, val_docs))
+        }
+        manifest = {
+            "format": SHARD_FORMAT,
+            "key": shard_key,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "tokenizer": {"sha256": tok.sha256, "dir": _rel(tok_dir, shard_dir)},
+            "vocab_size": tok.vocab_size,
+            "dtype": token_dtype(tok.vocab_size).name,
+            "bos_id": tok.bos_id,
+            "eos_id": tok.eos_id,
+            "document_separator": "EOS after every document; no BOS",
+            "inputs": fingerprint,
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "splits": stats,
+            "tokens": {s: stats[s]["tokens"] for s in SPLITS},
+            "documents": {s: stats[s]["documents"] for s in SPLITS},
+            "text_bytes": {s: stats[s]["text_bytes"] for s in SPLITS},
+            "bytes_per_token": {s: stats[s]["bytes_per_token"] for s in SPLITS},
+        }
+        tmp = new_tmp_dir(shard_dir)
+        for s in SPLITS:
+            with atomic_open(tmp / f"{s}.npy") as f:
+                np.save(f, arrays[s])
+        atomic_write_json(tmp / MANIFEST, manifest)
+        publish_dir(tmp, shard_dir, replace=force)
+        built["shards"] = True
+        logger.info("wrote %s tokens to %s", manifest["tokens"], shard_dir)
+    else:
+        logger.info("reusing shards %s", shard_dir)
+
+    bundle = load_bundle(shard_dir, tokenizer_dir=tok_dir)
+    atomic_write_json(out / LATEST, {"shards": shard_dir.name, "tokenizer": _rel(tok_dir, out)})
+    timings["total"] = time.perf_counter() - t_start
+    bundle.timings = timings
+    bundle.built = built
+    return bundle

@@ -1,0 +1,250 @@
+"""Training and loading the sentencepiece BPE tokenizer.
+
+Choices, all made so that ``decode(encode(text)) == text`` exactly and so that the Hugging Face
+files written by :func:`mlx_qat.data.hf.save_hf_tokenizer` encode identically:
+
+* BPE with ``byte_fallback=True``: a character outside the vocabulary becomes its UTF-8 bytes
+  (``<0x..>`` pieces), never ``<unk>``. Newlines, tabs and rare characters are byte tokens.
+* ``normalization_rule_name="identity"`` (no NFKC), ``add_dummy_prefix=False`` (no space is
+  prepended, so encoding a text is the same as encoding its pieces split before a space), and
+  ``remove_extra_whitespaces=False`` (runs of spaces and indentation are kept). The only
+  characters that do not round-trip are the literal U+2581 ``▁`` (decodes to a space).
+* Special ids: ``<unk>`` = 0, ``<s>`` (BOS) = 1, ``</s>`` (EOS) = 2, no pad piece (pad_id = -1:
+  pad with EOS where needed). Token shards put EOS after every document and use no BOS.
+  Literal text such as ``"</s>"`` in a document is encoded as ordinary text, not as EOS.
+* ``split_digits=True``: numbers are spelt digit by digit.
+* Training sentences are the document lines (long lines cut at a space into <= 2048
+  characters), sampled by sentencepiece up to ``input_sentence_size`` with
+  ``shuffle_input_sentence``, seeded. The trained model is deterministic for a given input,
+  settings and ``num_threads`` (sentencepiece's BPE trainer gives slightly different merges for
+  different thread counts; pass ``num_threads`` explicitly for identical tokenizers across
+  machines).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+from ._io import atomic_write_bytes, atomic_write_json, new_tmp_dir, publish_dir, sha256_file
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "tokenizer.model"
+META_FILE = "tokenizer_meta.json"
+FORMAT = "mlx_qat.tokenizer/1"
+UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, -1
+MAX_SENTENCE_CHARS = 2048
+
+DEFAULT_SETTINGS: dict = {
+    "model_type": "bpe",
+    "byte_fallback": True,
+    "normalization_rule_name": "identity",
+    "add_dummy_prefix": False,
+    "remove_extra_whitespaces": False,
+    "split_digits": True,
+    "character_coverage": 0.9999,
+    "input_sentence_size": 1_000_000,
+    "shuffle_input_sentence": True,
+    "max_sentencepiece_length": 16,
+    "max_sentence_length": 4 * MAX_SENTENCE_CHARS + 16,  # bytes; a chunk is <= 2048 chars
+    "unk_id": UNK_ID,
+    "bos_id": BOS_ID,
+    "eos_id": EOS_ID,
+    "pad_id": PAD_ID,
+}
+
+
+def default_threads() -> int:
+    """The number of cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)
+
+
+def training_sentences(docs: Iterable[str], max_chars: int = MAX_SENTENCE_CHARS) -> Iterator[str]:
+    """The lines of ``docs``; a line longer than ``max_chars`` is cut before a space."""
+    for doc in docs:
+        for line in doc.split("\n"):
+            while len(line) > max_chars:
+                cut = line.rfind(" ", 1, max_chars)
+                if cut <= 0:
+                    cut = max_chars
+                yield line[:cut]
+                line = line[cut:]
+            if line.strip():
+                yield line
+
+
+class Tokenizer:
+    """A trained sentencepiece model: ``encode``/``decode`` plus the special ids.
+
+    ``sha256`` is the hash of ``tokenizer.model``; token shards record it and refuse to be used
+    with another tokenizer.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        path = Path(path)
+        model = path / MODEL_FILE if path.is_dir() else path
+        if not model.is_file():
+            raise FileNotFoundError(
+                f"no {MODEL_FILE} in {path}; train one with `python -m mlx_qat.data` "
+                "or mlx_qat.data.train_tokenizer()"
+            )
+        self.dir = model.parent
+        self.model_path = model
+        self.sp = spm.SentencePieceProcessor(model_file=str(model))
+        self.sha256 = sha256_file(model)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids (including specials and the 256 byte pieces)."""
+        return self.sp.get_piece_size()
+
+    @property
+    def bos_id(self) -> int:
+        return self.sp.bos_id()
+
+    @property
+    def eos_id(self) -> int:
+        return self.sp.eos_id()
+
+    @property
+    def unk_id(self) -> int:
+        return self.sp.unk_id()
+
+    @property
+    def pad_id(self) -> int:
+        return self.sp.pad_id()
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no BOS/EOS added)."""
+        return self.sp.encode(text)
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[list[int]]:
+        """Token ids of many texts, encoded in parallel by sentencepiece."""
+        return self.sp.encode(list(texts), num_threads=num_threads or default_threads())
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``; BOS/EOS/UNK ids decode to nothing."""
+        return self.sp.decode([int(i) for i in ids])
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({str(self.dir)!r}, vocab_size={self.vocab_size})"
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Load the tokenizer in ``path`` (a directory holding ``tokenizer.model``, or the file)."""
+    return Tokenizer(path)
+
+
+_TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+_TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
+
+
+def _train_error(err: Exception, vocab_size: int) -> ValueError:
+    msg = str(err)
+    if m := _TOO_HIGH.search(msg):
+        return ValueError(
+            f"vocab size {vocab_size} is too large for this training text: sentencepiece can "
+            f"learn at most {m.group(2)} pieces from it. Use a smaller --vocab-size "
+            f"(<= {m.group(2)}) or more text."
+        )
+    if m := _TOO_LOW.search(msg):
+        return ValueError(
+            f"vocab size {vocab_size} is too small: the text needs {m.group(2)} ids for special, "
+            f"byte and single-character pieces. Use a larger --vocab-size (>= {m.group(2)})."
+        )
+    return ValueError(f"sentencepiece training failed (vocab size {vocab_size}): {msg}")
+
+
+def train_tokenizer(
+    docs: Sequence[str],
+    out_dir: str | os.PathLike,
+    vocab_size: int = 4096,
+    *,
+    num_threads: int | None = None,
+    seed: int = 0,
+    character_coverage: float = DEFAULT_SETTINGS["character_coverage"],
+    input_sentence_size: int = DEFAULT_SETTINGS["input_sentence_size"],
+    hf_files: bool = True,
+) -> Path:
+    """Train a sentencepiece BPE tokenizer on ``docs`` and write it to ``out_dir``.
+
+    ``out_dir`` receives ``tokenizer.model``, ``tokenizer_meta.json`` and (with ``hf_files``)
+    the Hugging Face files of :func:`~mlx_qat.data.hf.save_hf_tokenizer`. It is built under a
+    temporary name and renamed when complete; an existing ``out_dir`` is replaced. Raises
+    ValueError when the vocabulary size does not fit the text. Returns ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    if vocab_size < 1:
+        raise ValueError(f"vocab size must be positive, got {vocab_size}")
+    if not docs:
+        raise ValueError("no documents to train the tokenizer on")
+    threads = num_threads or default_threads()
+    settings = dict(DEFAULT_SETTINGS)
+    settings.update(character_coverage=character_coverage, input_sentence_size=input_sentence_size)
+    logger.info(
+        "training %d-piece BPE tokenizer on %d documents (%d threads)",
+        vocab_size,
+        len(docs),
+        threads,
+    )
+    t0 = time.perf_counter()
+    model = io.BytesIO()
+    spm.set_random_generator_seed(seed)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=training_sentences(docs),
+            model_writer=model,
+            vocab_size=vocab_size,
+            num_threads=threads,
+            minloglevel=2,
+            **settings,
+        )
+    except RuntimeError as e:
+        raise _train_error(e, vocab_size) from e
+    seconds = time.perf_counter() - t0
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = new_tmp_dir(out_dir)
+    try:
+        atomic_write_bytes(tmp / MODEL_FILE, model.getvalue())
+        atomic_write_json(
+            tmp / META_FILE,
+            {
+                "format": FORMAT,
+                "sha256": sha256_file(tmp / MODEL_FILE),
+                "vocab_size": vocab_size,
+                "unk_id": UNK_ID,
+                "bos_id": BOS_ID,
+                "eos_id": EOS_ID,
+                "pad_id": PAD_ID,
+                "settings": settings,
+                "num_threads": threads,
+                "seed": seed,
+                "train_documents": len(docs),
+                "train_text_bytes": sum(len(d.encode("utf-8")) for d in docs),
+                "train_seconds": round(seconds, 3),
+                "sentencepiece": spm.__version__,
+            },
+        )
+        if hf_files:
+            from .hf import save_hf_tokenizer
+
+            save_hf_tokenizer(tmp, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish_dir(tmp, out_dir, replace=True)
+    logger.info("tokenizer trained in %.1fs -> %s", seconds, out_dir)
+    return out_dir
