@@ -1,0 +1,221 @@
+"""Model surgery: float model → QAT model → stock quantized model, in place.
+
+`prepare` swaps `nn.Linear` → `QATLinear`, `nn.Embedding` → `QATEmbedding` and mlx-lm's
+`SwitchLinear` → `QATSwitchLinear` the way `mlx.nn.quantize` swaps layers: a map over
+`model.leaf_modules()` with paths, then `model.update_modules`. `quantize` swaps the QAT layers
+for `nn.QuantizedLinear` / `nn.QuantizedEmbedding` / `QuantizedSwitchLinear` holding the
+trained grids. Every candidate layer is either quantized or reported as skipped with a
+reason; nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+
+from .config import QATConfig
+from .layers import QAT_TYPES, QATLayer
+from .quant.quantizers import Quantizer
+from .quant.spec import QuantSpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "LayerDecision",
+    "PrepareReport",
+    "init_quantizers",
+    "prepare",
+    "prepare_report",
+    "qat_layers",
+    "quantize",
+    "set_fake_quant",
+]
+
+
+@dataclass(frozen=True)
+class LayerDecision:
+    """What `prepare` does with one layer.
+
+    Attributes:
+        path: module path, e.g. "model.layers.0.self_attn.q_proj".
+        kind: the module's class name.
+        shape: its weight's shape.
+        spec: the format it is fake-quantized to; None when skipped.
+        reason: the rule that chose `spec` ("default", "override 'lm_head'", ...) or why the
+            layer stays in float.
+    """
+
+    path: str
+    kind: str
+    shape: tuple[int, ...]
+    spec: QuantSpec | None
+    reason: str
+
+
+@dataclass
+class PrepareReport:
+    """Every quantizable layer of a model: the ones quantized and the ones skipped (with why)."""
+
+    quantized: list[LayerDecision] = field(default_factory=list)
+    skipped: list[LayerDecision] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: counts per spec and number skipped."""
+        counts: dict[str, int] = {}
+        for d in self.quantized:
+            counts[str(d.spec)] = counts.get(str(d.spec), 0) + 1
+        specs = ", ".join(f"{n}x {s}" for s, n in counts.items()) or "none"
+        return f"{len(self.quantized)} layers quantized ({specs}); {len(self.skipped)} skipped"
+
+    def __str__(self) -> str:
+        lines = [self.summary()]
+        for d in self.quantized:
+            lines.append(f"  Q  {d.path:<48} {d.kind:<16} {str(d.spec):<12} {d.reason}")
+        for d in self.skipped:
+            lines.append(f"  -  {d.path:<48} {d.kind:<16} {'float':<12} {d.reason}")
+        return "\n".join(lines)
+
+
+def _candidates(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Leaves mlx-lm could quantize (or with a matrix weight), plus existing QAT layers."""
+    for path, m in model.named_modules()[::-1]:
+        if not path or isinstance(m, Quantizer):
+            continue
+        if isinstance(m, QATLayer):
+            yield path, m
+            continue
+        leaf = not tree_flatten(m.children(), is_leaf=nn.Module.is_module)
+        weight = m.get("weight") if leaf else None
+        has_matrix = weight is not None and getattr(weight, "ndim", 0) >= 2
+        if leaf and (hasattr(m, "to_quantized") or has_matrix):
+            yield path, m
+
+
+def _decide(path: str, m: nn.Module, config: QATConfig, model: nn.Module) -> LayerDecision:
+    kind = type(m).__name__
+    weight = m.get("weight")
+    shape = tuple(weight.shape) if weight is not None else ()
+    if isinstance(m, QATLayer):
+        return LayerDecision(path, kind, shape, m.spec, "already prepared")
+    if "scales" in m:
+        return LayerDecision(path, kind, shape, None, "already quantized (stock MLX module)")
+    if type(m) not in QAT_TYPES:
+        return LayerDecision(path, kind, shape, None, f"unsupported module type {kind}")
+    spec, reason = config.resolve(path, m, model)
+    if spec is None:
+        return LayerDecision(path, kind, shape, None, reason)
+    if shape[-1] % spec.group_size:
+        why = f"last dim {shape[-1]} not a multiple of group_size {spec.group_size} ({spec})"
+        return LayerDecision(path, kind, shape, None, why)
+    return LayerDecision(path, kind, shape, spec, reason)
+
+
+def prepare_report(model: nn.Module, config: QATConfig) -> PrepareReport:
+    """What `prepare(model, config)` does (or did), without changing the model.
+
+    On a prepared model, QAT layers are listed as quantized ("already prepared").
+    """
+    report = PrepareReport()
+    for path, m in _candidates(model):
+        d = _decide(path, m, config, model)
+        (report.quantized if d.spec is not None else report.skipped).append(d)
+    return report
+
+
+def prepare(model: nn.Module, config: QATConfig | None = None, enabled: bool = True) -> nn.Module:
+    """Swap the model's float layers for QAT layers, in place (like `nn.quantize`).
+
+    Args:
+        model: any MLX model, typically an `mlx_lm.models.<arch>.Model`.
+        config: which layers, which formats, which quantizer (default `QATConfig()`).
+        enabled: initial `fake_quant` state (False for an FP phase before QAT).
+
+    Returns:
+        The same model, for chaining. The decisions are logged (skips as warnings unless a
+        rule excluded the layer); `prepare_report(model, config)` returns them.
+
+    Example:
+        >>> model = prepare(model, QATConfig.with_bits(2), enabled=False)  # FP phase first
+        >>> set_fake_quant(model, True)  # at the switch; then recompile the step
+    """
+    config = config or QATConfig()
+    report = prepare_report(model, config)
+    new = {}
+    by_path = dict(model.named_modules())
+    for d in report.quantized:
+        m = by_path[d.path]
+        if isinstance(m, QATLayer):
+            continue
+        new[d.path] = QAT_TYPES[type(m)].from_float(
+            m,
+            d.spec,
+            config.quantizer,
+            fake_quant=enabled,
+            scale_dtype=config.mx_scale_dtype,
+            per=config.lsq_per,
+        )
+    if new:
+        model.update_modules(tree_unflatten(list(new.items())))
+    _log_report(report)
+    return model
+
+
+def _log_report(report: PrepareReport) -> None:
+    logger.info("prepare: %s", report.summary())
+    for d in report.quantized:
+        logger.debug("prepare: %s %s -> %s (%s)", d.path, d.kind, d.spec, d.reason)
+    for d in report.skipped:
+        level = logging.INFO if d.reason.startswith("excluded by") else logging.WARNING
+        logger.log(
+            level, "prepare: %s (%s %s) left in float: %s", d.path, d.kind, d.shape, d.reason
+        )
+
+
+def qat_layers(model: nn.Module) -> Iterator[tuple[str, QATLayer]]:
+    """(path, layer) for every QAT layer of `model`, in module order."""
+    for path, m in model.named_modules()[::-1]:
+        if isinstance(m, QATLayer):
+            yield path, m
+
+
+def set_fake_quant(model: nn.Module, enabled: bool) -> int:
+    """Turn fake quantization on or off in every QAT layer; returns how many.
+
+    The flag is read at trace time: recompile any `mx.compile`d step after calling this.
+    """
+    n = 0
+    for _, layer in qat_layers(model):
+        layer.fake_quant = bool(enabled)
+        n += 1
+    return n
+
+
+def init_quantizers(model: nn.Module) -> int:
+    """Re-initialise learnable quantizer parameters from the current weights; returns count.
+
+    The trainer calls this at the FP→QAT switch, when the weights have moved since `prepare`.
+    """
+    n = 0
+    for _, layer in qat_layers(model):
+        layer.quantizer.init_from(layer["weight"])
+        n += 1
+    return n
+
+
+def quantize(model: nn.Module) -> nn.Module:
+    """Swap every QAT layer for its stock quantized module (trained grid), in place.
+
+    Returns:
+        The same model, now loadable/saveable as an mlx-lm quantized model.
+    """
+    new = {path: layer.to_quantized() for path, layer in qat_layers(model)}
+    if not new:
+        logger.warning("quantize: the model has no QAT layers; nothing to do")
+        return model
+    model.update_modules(tree_unflatten(list(new.items())))
+    logger.info("quantize: %d QAT layers replaced by stock quantized modules", len(new))
+    return model
