@@ -161,6 +161,7 @@ def prepare(model: nn.Module, config: QATConfig | None = None, enabled: bool = T
     if new:
         model.update_modules(tree_unflatten(list(new.items())))
     _log_report(report)
+    _warn_scale_dtype(config, [layer.weight.dtype for layer in new.values()])
     return model
 
 
@@ -172,6 +173,21 @@ def _log_report(report: PrepareReport) -> None:
         level = logging.INFO if d.reason.startswith("excluded by") else logging.WARNING
         logger.log(
             level, "prepare: %s (%s %s) left in float: %s", d.path, d.kind, d.shape, d.reason
+        )
+
+
+def _warn_scale_dtype(config: QATConfig, dtypes: list) -> None:
+    sd = config.mx_scale_dtype
+    other = sorted({str(d).split(".")[-1] for d in dtypes if sd is not None and d != sd})
+    if other:
+        logger.warning(
+            "prepare: scale_dtype=%s but weights are %s: the exported grid is exact, but "
+            "MLX's quantized kernels then run at %s precision, so fake-quant and deployed "
+            "outputs agree only to that precision unless the model is cast to %s",
+            config.scale_dtype,
+            ", ".join(other),
+            config.scale_dtype,
+            config.scale_dtype,
         )
 
 
