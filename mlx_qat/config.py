@@ -123,6 +123,9 @@ class QATConfig:
         }
         self._check_quantizer(self.weights, "weights")
         self._check_quantizer(self.embedding_spec, "embeddings")
+        for key, rule in self.overrides.items():
+            if isinstance(rule, QuantSpec):
+                self._check_quantizer(rule, f"overrides[{key!r}]")
 
     @classmethod
     def with_bits(

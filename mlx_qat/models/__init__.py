@@ -1,0 +1,1 @@
+"""Model presets and sizing (`mlx_qat.models.sizing`)."""
