@@ -1,0 +1,337 @@
+"""`convert`: a training checkpoint (or an mlx-lm model) → an MLX model directory.
+
+Three methods, one tool, so FP, PTQ and QAT numbers come from the same code:
+
+* QAT (default for a checkpoint trained with fake quantization): pack exactly the trained grid.
+* PTQ (`ptq=True`, or any float mlx-lm model): round-to-nearest min/max of the float weights,
+  at the requested format or the one the run trained for.
+* dequantize (`dequantize=True`): a float model; the fake-quant weights of a checkpoint, or
+  the float weights of a quantized mlx-lm model (a starting point for QAT fine-tuning).
+
+Each export is checked: the validation loss of the model before export (the fake-quant model)
+and of the directory loaded back by `mlx_lm.load` must agree (`parity.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from . import pack
+from .card import model_card
+from .errors import ConvertError, ParityError
+from .parity import ParityData, ParityReport, default_tolerance, load_parity_data, val_loss
+from .source import (
+    Source,
+    load_checkpoint_model,
+    load_mlx_model,
+    resolve_source,
+    run_eval_setup,
+)
+from .write import (
+    MAX_FILE_SIZE_GB,
+    check_output,
+    file_sizes,
+    save_config,
+    save_tokenizer,
+    save_weights,
+    staged_dir,
+)
+
+logger = logging.getLogger(__name__)
+
+RESULT_FILE = "mlx_qat.json"
+
+
+@dataclass
+class ConvertResult:
+    """What `convert` wrote and measured (also saved as `mlx_qat.json` in the output)."""
+
+    mlx_path: str
+    source: str
+    source_kind: str
+    step: int | None
+    method: str
+    quantization: dict | None
+    dtype: str
+    bits_per_weight: float
+    num_parameters: int
+    total_bytes: int
+    files: dict[str, int]
+    layers: dict[str, int]
+    parity: dict | None = None
+    parity_skipped: str | None = None
+    options: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _dtype(name: str | None) -> mx.Dtype | None:
+    if name is None:
+        return None
+    if name not in pack.DTYPES:
+        raise ConvertError(f"--dtype {name}: choose one of {', '.join(pack.DTYPES)}")
+    return getattr(mx, name)
+
+
+def _dtype_name(d: mx.Dtype) -> str:
+    return str(d).rsplit(".", 1)[-1]
+
+
+def _parity_data(source: Source, parity_data, parity_batches) -> ParityData | str:
+    """Validation batches for the check, or the reason there are none."""
+    setup = run_eval_setup(source.run_dir)
+    path = Path(parity_data) if parity_data is not None else setup.data_dir
+    if path is None:
+        return (
+            f"no validation data known for {source.path} (no run config.yaml with a data dir); "
+            "pass --parity-data (a prepared data dir, a .npy of token ids or text files)"
+        )
+    if not path.exists():
+        if parity_data is not None:
+            raise ConvertError(f"--parity-data {path}: no such file or directory")
+        return f"the run's data dir {path} is missing; pass --parity-data"
+    tok_dir = source.tokenizer_dir if source.kind == "checkpoint" else source.path
+    return load_parity_data(
+        path,
+        seq_len=setup.seq_len,
+        batch_size=setup.batch_size,
+        max_batches=parity_batches or setup.eval_batches,
+        vocab_size=int(source.config.get("vocab_size", 1 << 31)),
+        tokenizer_dir=tok_dir,
+    )
+
+
+def _losses(
+    model: nn.Module, data: ParityData | None, fp: bool
+) -> tuple[float | None, float | None]:
+    """(reference loss, float loss with fake quant off) of a model before export."""
+    if data is None:
+        return None, None
+    from ..patch import qat_layers, set_fake_quant
+
+    ref = val_loss(model, data.batches)
+    fp_loss = None
+    if fp and any(True for _ in qat_layers(model)):
+        states = {p: layer.fake_quant for p, layer in qat_layers(model)}
+        set_fake_quant(model, False)
+        fp_loss = val_loss(model, data.batches)
+        for p, layer in qat_layers(model):
+            layer.fake_quant = states[p]
+    return ref, fp_loss
+
+
+def _prepare_export(source: Source, model, method: str, requested, data):
+    """Turn the loaded model into the one to save; return (quantization block, config, losses)."""
+    from ..patch import prepare
+
+    qcfg = source.qat_config if source.kind == "checkpoint" else None
+    if method == "dequantize":
+        if requested is not None:
+            raise ConvertError(
+                "--dequantize writes a float model; drop --q-bits/--q-group-size/--q-mode"
+            )
+        ref, fp = _losses(model, data, fp=True)
+        if source.kind == "checkpoint":
+            pack.to_float(model, dequantized=True)
+        elif source.quantized:
+            pack.dequantize_stock(model)
+        return None, None, ref, fp
+    if method == "ptq":
+        cfg = pack.ptq_config(qcfg, requested)
+        pack.to_float(model, dequantized=False)  # PTQ starts from the float weights
+        fp, _ = _losses(model, data, fp=False)
+        prepare(model, cfg, enabled=True)
+        ref, _ = _losses(model, data, fp=False)
+        return pack.quantize_model(model, cfg), cfg, ref, fp
+    pack.check_trained_format(qcfg, requested, source.path)
+    ref, fp = _losses(model, data, fp=True)
+    return pack.quantize_model(model, qcfg), qcfg, ref, fp
+
+
+def _method(source: Source, ptq: bool, dequantize: bool) -> str:
+    if ptq and dequantize:
+        raise ConvertError("choose either --ptq or --dequantize, not both")
+    if dequantize:
+        return "dequantize"
+    if source.kind == "mlx":
+        if source.quantized:
+            raise ConvertError(
+                f"{source.path} is already quantized ({source.config.get('quantization')}); "
+                "pass --dequantize for float weights (e.g. to start QAT from), or convert the "
+                "float original"
+            )
+        return "ptq"
+    if ptq:
+        return "ptq"
+    if not source.trained_with_qat:
+        why = (
+            "was never prepared for QAT (no qat_config)"
+            if source.qat_config is None
+            else f"was saved with fake quantization off (phase {source.qat.get('phase')!r})"
+        )
+        raise ConvertError(
+            f"checkpoint {source.path} {why}: its weights were not trained for a quantized "
+            "format. Pass --ptq for round-to-nearest post-training quantization (or "
+            "--dequantize for a float model), or train with a QAT phase and convert that"
+        )
+    return "qat"
+
+
+def convert(
+    qat_path: str | Path,
+    mlx_path: str | Path = "mlx_model",
+    *,
+    q_bits: int | None = None,
+    q_group_size: int | None = None,
+    q_mode: str | None = None,
+    dtype: str | None = None,
+    ptq: bool = False,
+    dequantize: bool = False,
+    force: bool = False,
+    parity_check: bool = True,
+    parity_tolerance: float | None = None,
+    parity_data: str | Path | None = None,
+    parity_batches: int | None = None,
+    max_file_size_gb: float = MAX_FILE_SIZE_GB,
+) -> ConvertResult:
+    """Export a training run, checkpoint or mlx-lm model as an MLX model directory.
+
+    Args:
+        qat_path: a run directory (its latest checkpoint), a checkpoint directory, or an
+            mlx-lm model directory (float: PTQ or re-save; quantized: needs `dequantize`).
+        mlx_path: output directory (built as `<mlx_path>.tmp-<pid>`, renamed when complete).
+        q_bits, q_group_size, q_mode: target format. For a QAT checkpoint they must match the
+            trained format; for PTQ they choose it (default: the trained one, else affine 4/64).
+        dtype: "float16", "bfloat16" or "float32" for float parameters and affine
+            scales/biases (default: the dtype of the trained weights).
+        ptq: round-to-nearest (min/max) quantization of the float weights instead of QAT.
+        dequantize: write a float model.
+        force: replace an existing `mlx_path`.
+        parity_check: compare validation losses before/after export (ParityError on failure).
+        parity_tolerance: allowed relative loss difference (default by dtype, 1e-4 for float32).
+        parity_data: validation data (prepared data dir, .npy token ids, or text files);
+            default: the run's own data from its config.yaml.
+        parity_batches: number of validation batches (default: the run's eval batches).
+        max_file_size_gb: shard size of the weight files.
+
+    Returns:
+        A `ConvertResult`; raises `ConvertError` on bad input and `ParityError` when the
+        exported model's loss differs from the fake-quant model's by more than the tolerance.
+
+    Example:
+        >>> convert("runs/main", "mlx_model_2bit")  # latest checkpoint, trained grid
+    """
+    t0 = time.perf_counter()
+    options = {k: v for k, v in locals().items() if k not in ("t0",)}
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+    mlx_path = Path(mlx_path)
+    out_dtype = _dtype(dtype)
+    source = resolve_source(qat_path)
+    check_output(mlx_path, force, source.path)
+    method = _method(source, ptq, dequantize)
+    requested = pack.format_flags(q_bits, q_group_size, q_mode)
+
+    data, skipped = None, "disabled (--no-parity-check)"
+    if parity_check:
+        got = _parity_data(source, parity_data, parity_batches)
+        data, skipped = (got, None) if isinstance(got, ParityData) else (None, got)
+        if skipped:
+            logger.warning("parity check skipped: %s", skipped)
+
+    logger.info("loading %s", source.describe())
+    if source.kind == "checkpoint":
+        model = load_checkpoint_model(source)
+    else:
+        model = load_mlx_model(source)
+    train_dtype = pack.float_dtype(model)
+    if out_dtype is None:
+        src_dtype = source.config.get("torch_dtype") if source.kind == "mlx" else None
+        out_dtype = getattr(mx, src_dtype) if src_dtype in pack.DTYPES else train_dtype
+
+    logger.info("%s export to %s", method, mlx_path)
+    block, qcfg, ref, fp = _prepare_export(source, model, method, requested, data)
+    scale_dtype = qcfg.mx_scale_dtype if qcfg is not None else None
+    pack.cast_model(model, out_dtype, scale_dtype if block is not None else None)
+
+    from mlx_lm.utils import compute_bits_per_weight
+
+    config = {k: v for k, v in source.config.items() if not k.startswith("quantization")}
+    if block is not None:
+        config["quantization"] = block
+    tolerance = parity_tolerance if parity_tolerance is not None else default_tolerance(out_dtype)
+    result = ConvertResult(
+        mlx_path=str(mlx_path),
+        source=str(source.run_dir or source.path),
+        source_kind=source.kind,
+        step=source.step,
+        method=method,
+        quantization=block,
+        dtype=_dtype_name(out_dtype),
+        bits_per_weight=round(float(compute_bits_per_weight(model)), 4),
+        num_parameters=0,
+        total_bytes=0,
+        files={},
+        layers=pack.count_layers(model),
+        parity_skipped=skipped,
+        options=options,
+    )
+    with staged_dir(mlx_path, force) as tmp:
+        index = save_weights(tmp, model, max_file_size_gb)
+        del model  # the reload below needs the memory more
+        save_tokenizer(
+            tmp,
+            sentencepiece_dir=source.tokenizer_dir if source.kind == "checkpoint" else None,
+            mlx_dir=source.path if source.kind == "mlx" else None,
+        )
+        save_config(tmp, config)
+        result.num_parameters = int(index["metadata"]["total_parameters"])
+        result.total_bytes = int(index["metadata"]["total_size"])
+        result.files = file_sizes(tmp)
+        if data is not None:
+            report = _check_parity(tmp, data, ref, fp, tolerance)
+            result.parity = report.to_dict()
+            if not report.passed:
+                raise ParityError(_parity_message(report, mlx_path), report)
+        result.seconds = round(time.perf_counter() - t0, 3)
+        (tmp / "README.md").write_text(model_card(result), encoding="utf-8")
+        (tmp / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    logger.info("wrote %s (%.3f bits per weight)", mlx_path, result.bits_per_weight)
+    return result
+
+
+def _check_parity(path: Path, data: ParityData, ref, fp, tolerance) -> ParityReport:
+    from mlx_lm import load
+
+    exported_model, _ = load(str(path))
+    exported = val_loss(exported_model, data.batches)
+    bpb = None
+    if data.bytes_per_token:
+        bpb = exported / 0.6931471805599453 / data.bytes_per_token
+    return ParityReport(
+        reference=ref,
+        exported=exported,
+        tolerance=tolerance,
+        num_batches=len(data.batches),
+        num_tokens=data.num_tokens,
+        data=data.description,
+        fp=fp,
+        bits_per_byte=bpb,
+    )
+
+
+def _parity_message(report: ParityReport, mlx_path: Path) -> str:
+    return (
+        f"parity check failed for {mlx_path}: validation loss {report.exported:.6f} after export "
+        f"vs {report.reference:.6f} before (relative difference {report.rel_diff:.2e} > "
+        f"tolerance {report.tolerance:.0e}); nothing was written. If the difference is expected "
+        "(e.g. a half-precision --dtype), raise --parity-tolerance or pass --no-parity-check"
+    )

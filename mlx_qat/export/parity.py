@@ -1,0 +1,160 @@
+"""The train = deploy check: validation loss before and after export, on the same batches.
+
+`reference` is the model as trained (fake quantization on, float32 or its training dtype);
+`exported` is the written directory loaded back through `mlx_lm.load`. Both are mean token
+cross-entropies (nats) over the same deterministic validation batches, logits in float32.
+The check passes when |exported − reference| / |reference| ≤ tolerance.
+
+Default tolerances by output dtype (`DEFAULT_TOLERANCE`): float32 1e-4 (DESIGN.md invariant 2;
+measured differences are ~1e-7, the order of float32 summation noise). float16/bfloat16
+exports run every matmul, norm and activation in half precision while the reference runs in
+float32, so their loss moves by that rounding alone: the bounds are a few times what tiny
+trained models show (see `benchmarks/results/convert.md`), loose enough to pass a correct
+export and tight enough to catch a wrong grid (a wrong scale or code moves the loss by 1e-2 or
+more).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from .errors import ConvertError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOLERANCE = {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1e-2}
+
+
+def default_tolerance(dtype: mx.Dtype) -> float:
+    """The relative loss tolerance for an export saved in `dtype`."""
+    return DEFAULT_TOLERANCE.get(str(dtype).rsplit(".", 1)[-1], DEFAULT_TOLERANCE["bfloat16"])
+
+
+@dataclass
+class ParityReport:
+    """Losses (nats/token) of the reference and the exported model on the same batches.
+
+    Attributes:
+        reference: the model before export (fake quant on for QAT/PTQ; the source model for a
+            dequantize).
+        exported: the written directory loaded by `mlx_lm.load`.
+        fp: the float model (fake quant off), when there is one.
+        tolerance: allowed relative difference.
+        num_batches, num_tokens: how much validation data was used.
+        data: where the batches came from.
+        bits_per_byte: exported loss in bits per byte, when the data knows its bytes per token.
+    """
+
+    reference: float
+    exported: float
+    tolerance: float
+    num_batches: int
+    num_tokens: int
+    data: str
+    fp: float | None = None
+    bits_per_byte: float | None = None
+
+    @property
+    def rel_diff(self) -> float:
+        return abs(self.exported - self.reference) / max(abs(self.reference), 1e-12)
+
+    @property
+    def passed(self) -> bool:
+        return self.rel_diff <= self.tolerance
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "rel_diff": self.rel_diff, "passed": self.passed}
+
+
+@dataclass
+class ParityData:
+    """Validation batches plus where they came from."""
+
+    batches: list[mx.array]
+    description: str
+    bytes_per_token: float | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(int(b[:, 1:].size) for b in self.batches)
+
+
+def val_loss(model: nn.Module, batches: Iterable[mx.array]) -> float:
+    """Mean next-token cross-entropy (nats) over all target tokens of `batches`."""
+    total, count = 0.0, 0
+    for x in batches:
+        logits = model(x[:, :-1]).astype(mx.float32)
+        ce = nn.losses.cross_entropy(logits, x[:, 1:], reduction="sum")
+        total += ce.item()
+        count += x[:, 1:].size
+    if count == 0:
+        raise ConvertError("parity check: the validation batches hold no tokens")
+    return total / count
+
+
+def _tokens_from(path: Path, tokenizer_dir: Path | None) -> tuple[np.ndarray, str, float | None]:
+    """Validation token ids from a data dir, a .npy file or text files (tokenized)."""
+    from ..data import load_bundle, read_documents
+
+    if path.is_dir() and ((path / "manifest.json").is_file() or (path / "latest.json").is_file()):
+        try:
+            bundle = load_bundle(path)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            raise ConvertError(f"parity data {path}: {e}") from e
+        bpt = bundle.manifest.get("bytes_per_token", {}).get("val")
+        return np.asarray(bundle.val), f"{bundle.path} (val split)", bpt
+    if path.suffix == ".npy":
+        return np.load(path, mmap_mode="r"), str(path), None
+    if tokenizer_dir is None:
+        raise ConvertError(f"parity data {path}: text needs a tokenizer, and none was found")
+    from mlx_lm.utils import load_tokenizer
+
+    try:
+        docs = read_documents(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConvertError(f"parity data {path}: {e}") from e
+    tok = load_tokenizer(tokenizer_dir)
+    ids: list[int] = []
+    eos = tok.eos_token_id
+    for d in docs:
+        ids.extend(tok.encode(d, add_special_tokens=False))
+        if eos is not None:
+            ids.append(eos)
+    text_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    return np.asarray(ids, dtype=np.int64), f"{path} (tokenized)", text_bytes / max(len(ids), 1)
+
+
+def load_parity_data(
+    path: Path,
+    *,
+    seq_len: int,
+    batch_size: int,
+    max_batches: int | None,
+    vocab_size: int,
+    tokenizer_dir: Path | None = None,
+) -> ParityData:
+    """Deterministic validation batches (the trainer's `eval_batches`) from `path`."""
+    from ..data import eval_batches
+
+    tokens, desc, bpt = _tokens_from(Path(path), tokenizer_dir)
+    if len(tokens) < 2:
+        raise ConvertError(f"parity data {path}: fewer than 2 tokens")
+    top = int(np.max(tokens))
+    if top >= vocab_size:
+        raise ConvertError(
+            f"parity data {path}: token id {top} >= the model's vocab_size {vocab_size}; it was "
+            "encoded with another tokenizer. Pass the run's own data with --parity-data"
+        )
+    seq_len = min(seq_len, len(tokens) - 1)  # a short file still gives one window
+    try:
+        batches = list(eval_batches(tokens, batch_size, seq_len, max_batches))
+    except ValueError as e:
+        raise ConvertError(f"parity data {path}: {e}") from e
+    return ParityData(batches, desc, bpt)
