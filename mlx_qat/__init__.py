@@ -4,8 +4,26 @@ Fake-quant layers that simulate MLX's native quantized formats exactly, compute-
 full-precision/QAT schedules, and export to models that `mlx_lm.load` reads unchanged.
 """
 
+from .config import QATConfig
+from .layers import QATEmbedding, QATLinear, QATSwitchLinear
+from .patch import init_quantizers, prepare, prepare_report, qat_layers, quantize, set_fake_quant
 from .quant import QuantSpec, fake_quantize, make_quantizer, quantize_grid
 
 __version__ = "0.1.0"
 
-__all__ = ["QuantSpec", "fake_quantize", "make_quantizer", "quantize_grid"]
+__all__ = [
+    "QATConfig",
+    "QATEmbedding",
+    "QATLinear",
+    "QATSwitchLinear",
+    "QuantSpec",
+    "fake_quantize",
+    "init_quantizers",
+    "make_quantizer",
+    "prepare",
+    "prepare_report",
+    "qat_layers",
+    "quantize",
+    "quantize_grid",
+    "set_fake_quant",
+]

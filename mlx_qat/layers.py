@@ -19,14 +19,23 @@ forward used (`quantizer.grid(weight)`), never a fresh `mx.quantize`: train = de
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
 
 from .quant.quantizers import MinMaxQuantizer, Quantizer, make_quantizer
 from .quant.spec import QuantSpec
 
-__all__ = ["QATEmbedding", "QATLayer", "QATLinear", "QATSwitchLinear"]
+if TYPE_CHECKING:
+    from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
+
+# mlx-lm is imported lazily: importing it costs seconds (it pulls in transformers), and a model
+# that holds a SwitchLinear has imported it already.
+_SWITCH_MODULE = "mlx_lm.models.switch_layers"
+
+__all__ = ["QATEmbedding", "QATLayer", "QATLinear", "QATSwitchLinear", "qat_class"]
 
 
 class QATLayer(nn.Module):
@@ -206,6 +215,8 @@ class QATSwitchLinear(QATLayer):
 
     def to_quantized(self) -> QuantizedSwitchLinear:
         """mlx-lm's `QuantizedSwitchLinear` holding the trained grid (no global scale)."""
+        from mlx_lm.models.switch_layers import QuantizedSwitchLinear
+
         (wq, scales, biases), spec = self._grid()
         experts, out_dims, in_dims = self.weight.shape
         ql = QuantizedSwitchLinear(
@@ -218,9 +229,14 @@ class QATSwitchLinear(QATLayer):
         return ql
 
 
-# Float module type -> QAT layer type; `patch.prepare` swaps by exact type.
-QAT_TYPES: dict[type, type[QATLayer]] = {
-    nn.Linear: QATLinear,
-    nn.Embedding: QATEmbedding,
-    SwitchLinear: QATSwitchLinear,
-}
+def qat_class(module: nn.Module) -> type[QATLayer] | None:
+    """The QAT layer type for a float module (exact type match), or None if unsupported."""
+    t = type(module)
+    if t is nn.Linear:
+        return QATLinear
+    if t is nn.Embedding:
+        return QATEmbedding
+    switch = sys.modules.get(_SWITCH_MODULE)
+    if switch is not None and t is switch.SwitchLinear:
+        return QATSwitchLinear
+    return None

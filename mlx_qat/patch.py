@@ -18,7 +18,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .config import QATConfig
-from .layers import QAT_TYPES, QATLayer
+from .layers import QATLayer, qat_class
 from .quant.quantizers import Quantizer
 from .quant.spec import QuantSpec
 
@@ -103,7 +103,7 @@ def _decide(path: str, m: nn.Module, config: QATConfig, model: nn.Module) -> Lay
         return LayerDecision(path, kind, shape, m.spec, "already prepared")
     if "scales" in m:
         return LayerDecision(path, kind, shape, None, "already quantized (stock MLX module)")
-    if type(m) not in QAT_TYPES:
+    if qat_class(m) is None:
         return LayerDecision(path, kind, shape, None, f"unsupported module type {kind}")
     spec, reason = config.resolve(path, m, model)
     if spec is None:
@@ -150,7 +150,7 @@ def prepare(model: nn.Module, config: QATConfig | None = None, enabled: bool = T
         m = by_path[d.path]
         if isinstance(m, QATLayer):
             continue
-        new[d.path] = QAT_TYPES[type(m)].from_float(
+        new[d.path] = qat_class(m).from_float(
             m,
             d.spec,
             config.quantizer,
