@@ -114,13 +114,17 @@ MIXED = {
         ),
     ),
     "moe-lsq": ("qwen3_moe", QATConfig.with_bits(2, group_size=64, quantizer="lsq")),
+    "llama-tied-lsq-group": (
+        "llama-tied",
+        QATConfig(weights=QuantSpec(bits=3, group_size=32), quantizer="lsq", lsq_per="group"),
+    ),
 }
 
 
 @pytest.mark.parametrize("case", MIXED)
 def test_mixed_precision_loads_in_mlx_lm(case, tmp_path):
     arch, config = MIXED[case]
-    model = tiny(arch)
+    model = tiny(arch.removesuffix("-tied"), tie=arch.endswith("-tied"))
     prepare(model, config)
     perturb_quantizers(model)
     x = tokens()
@@ -139,6 +143,7 @@ def test_mixed_precision_loads_in_mlx_lm(case, tmp_path):
         assert (m.mode, m.bits, m.group_size) == (spec.mode, spec.bits, spec.group_size), path
     for path in skipped:
         assert type(mods[path]) in (nn.Linear, nn.Embedding), path
+    assert ("lm_head" in mods) != arch.endswith("-tied")  # tied: embed_tokens.as_linear
 
 
 def test_mixed_precision_module_types_and_bits():
