@@ -79,18 +79,22 @@ class DataBundle:
 
     @property
     def vocab_size(self) -> int:
+        """Tokenizer vocabulary size."""
         return int(self.manifest["vocab_size"])
 
     @property
     def eos_id(self) -> int:
+        """EOS id (ends every document in the shards)."""
         return int(self.manifest["eos_id"])
 
     @property
     def bos_id(self) -> int:
+        """BOS id (not used in the shards)."""
         return int(self.manifest["bos_id"])
 
     @property
     def bytes_per_token(self) -> dict[str, float]:
+        """UTF-8 text bytes per token, per split."""
         return dict(self.manifest["bytes_per_token"])
 
     def tokenizer(self) -> Tokenizer:
@@ -267,6 +271,7 @@ def prepare_data(
                 seed=seed,
                 character_coverage=character_coverage,
                 input_sentence_size=input_sentence_size,
+                replace=force or tok_dir.exists(),
             )
             timings["tokenizer"] = time.perf_counter() - t
             built["tokenizer"] = True
@@ -313,7 +318,7 @@ def prepare_data(
             with atomic_open(tmp / f"{s}.npy") as f:
                 np.save(f, arrays[s])
         atomic_write_json(tmp / MANIFEST, manifest)
-        publish_dir(tmp, shard_dir, replace=force)
+        publish_dir(tmp, shard_dir, replace=force or shard_dir.exists())
         built["shards"] = True
         logger.info("wrote %s tokens to %s", manifest["tokens"], shard_dir)
     else:

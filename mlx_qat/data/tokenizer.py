@@ -112,18 +112,22 @@ class Tokenizer:
 
     @property
     def bos_id(self) -> int:
+        """Beginning-of-sequence id (1); not used in the shards."""
         return self.sp.bos_id()
 
     @property
     def eos_id(self) -> int:
+        """End-of-sequence id (2), appended after every document in the shards."""
         return self.sp.eos_id()
 
     @property
     def unk_id(self) -> int:
+        """Unknown-piece id (0); never produced thanks to byte fallback."""
         return self.sp.unk_id()
 
     @property
     def pad_id(self) -> int:
+        """Padding id (-1: none; pad with EOS)."""
         return self.sp.pad_id()
 
     def encode(self, text: str) -> list[int]:
@@ -177,13 +181,16 @@ def train_tokenizer(
     character_coverage: float = DEFAULT_SETTINGS["character_coverage"],
     input_sentence_size: int = DEFAULT_SETTINGS["input_sentence_size"],
     hf_files: bool = True,
+    replace: bool = True,
 ) -> Path:
     """Train a sentencepiece BPE tokenizer on ``docs`` and write it to ``out_dir``.
 
     ``out_dir`` receives ``tokenizer.model``, ``tokenizer_meta.json`` and (with ``hf_files``)
     the Hugging Face files of :func:`~mlx_qat.data.hf.save_hf_tokenizer`. It is built under a
-    temporary name and renamed when complete; an existing ``out_dir`` is replaced. Raises
-    ValueError when the vocabulary size does not fit the text. Returns ``out_dir``.
+    temporary name and renamed when complete; an existing ``out_dir`` is replaced (with
+    ``replace=False`` it is kept and the new build discarded, for concurrent builders of the
+    same content). Raises ValueError when the vocabulary size does not fit the text.
+    Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
     if vocab_size < 1:
@@ -245,6 +252,6 @@ def train_tokenizer(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    publish_dir(tmp, out_dir, replace=True)
+    publish_dir(tmp, out_dir, replace=replace)
     logger.info("tokenizer trained in %.1fs -> %s", seconds, out_dir)
     return out_dir
