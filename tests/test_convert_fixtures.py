@@ -1,0 +1,155 @@
+"""Fixtures for the convert tests: tiny QAT training runs in the trainer's checkpoint format.
+
+No tests here. `make_run` trains a 2-layer, width-64 llama for a few steps with fake
+quantization on and saves it exactly as the trainer does:
+
+    run_dir/config.yaml, metrics.jsonl, tokenizer/
+    run_dir/checkpoints/step_XXXXXXXX/{model,optimizer}.safetensors, config.json, qat.json,
+                                      state.json
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import pytest
+import yaml
+from mlx.utils import tree_flatten
+from mlx_lm.models import llama
+
+from mlx_qat.config import QATConfig
+from mlx_qat.data import eval_batches, prepare_data
+from mlx_qat.patch import prepare, set_fake_quant
+from mlx_qat.quant import QuantSpec
+
+mx.set_default_device(mx.cpu)
+
+CORPUS = Path(__file__).parent / "fixtures" / "corpus"
+VOCAB = 512
+SEQ_LEN = 64
+BATCH = 4
+EVAL_BATCHES = 2
+REPO = Path(__file__).resolve().parents[1]
+
+MODEL_CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-5,
+    "vocab_size": VOCAB,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 256,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """Prepared data (512-piece tokenizer, train/val shards) from the committed corpus sample."""
+    return prepare_data(CORPUS, tmp_path_factory.mktemp("data"), vocab_size=VOCAB)
+
+
+def loss_fn(model, x):
+    logits = model(x[:, :-1]).astype(mx.float32)
+    return nn.losses.cross_entropy(logits, x[:, 1:], reduction="mean")
+
+
+@dataclass
+class Run:
+    """A saved run and the model as training left it (the reference for train = deploy)."""
+
+    path: Path
+    checkpoint: Path
+    model: nn.Module
+
+
+def make_run(
+    run_dir: Path,
+    data,
+    qat: QATConfig | None = None,
+    *,
+    steps: int = 3,
+    fake_quant: bool = True,
+    seed: int = 0,
+    config: dict | None = None,
+) -> Run:
+    """Train `steps` Adam steps (fake quant as given) and save one checkpoint."""
+    mx.random.seed(seed)
+    cfg = dict(MODEL_CONFIG, **(config or {}))
+    model = llama.Model(llama.ModelArgs.from_dict(cfg))
+    if qat is not None:
+        prepare(model, qat, enabled=fake_quant)
+        set_fake_quant(model, fake_quant)
+    opt = optim.Adam(learning_rate=3e-3)
+    step_fn = nn.value_and_grad(model, loss_fn)
+    train = eval_batches(data.train, BATCH, SEQ_LEN, steps)
+    for x in train:
+        _, grads = step_fn(model, x)
+        opt.update(model, grads)
+        mx.eval(model.parameters(), opt.state)
+    ckpt = save_run(run_dir, data, model, opt, cfg, qat, fake_quant, steps)
+    return Run(run_dir, ckpt, model)
+
+
+def save_run(run_dir, data, model, opt, cfg, qat, fake_quant, step) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "data": {"dir": str(data.path)},
+                "seq_len": SEQ_LEN,
+                "batch_size": BATCH,
+                "eval_batches": EVAL_BATCHES,
+                "model": cfg,
+            }
+        )
+    )
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"step": step}) + "\n")
+    if not (run_dir / "tokenizer").exists():
+        shutil.copytree(data.tokenizer_dir, run_dir / "tokenizer")
+    ckpt = run_dir / "checkpoints" / f"step_{step:08d}"
+    tmp = ckpt.with_name(ckpt.name + ".tmp-1")
+    tmp.mkdir(parents=True)
+    mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(opt.state)))
+    (tmp / "config.json").write_text(json.dumps(cfg))
+    phase = "qat" if fake_quant and qat is not None else "fp"
+    qat_json = {
+        "qat_config": qat.to_dict() if qat is not None else None,
+        "fake_quant": bool(fake_quant and qat is not None),
+        "phase": phase,
+    }
+    (tmp / "qat.json").write_text(json.dumps(qat_json))
+    (tmp / "state.json").write_text(
+        json.dumps({"step": step, "tokens_seen": step * BATCH * SEQ_LEN, "phase": phase})
+    )
+    tmp.rename(ckpt)
+    return ckpt
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m mlx_qat.convert ...` in a fresh process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlx_qat.convert", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"convert failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def spec(mode="affine", bits=4, group_size=64) -> QuantSpec:
+    return QuantSpec(mode, bits, group_size)
