@@ -1,0 +1,222 @@
+"""Kernel sources: ONE per-thread body per job, compiled as Metal, CUDA and plain C++.
+
+Layout (all kernels): one thread per quantization group of GS consecutive elements along the
+last axis (group g covers flat elements [g·GS, (g+1)·GS)). A thread reads its group, computes
+the group's grid in registers, and writes the group's outputs; there is no cross-thread
+communication, so no simd/threadgroup operations and nothing backend specific in the body.
+The grid is 1-D in threads (`launch.py`); the body starts with `if (qat_tid >= meta[0])
+return;`, which CUDA needs (its grid is rounded up to whole blocks) and Metal tolerates.
+
+Bandwidth reasoning (not measured: no Apple/NVIDIA GPU here): the min/max forward reads each
+element twice (statistics pass, then the quantize pass) and writes it once. The second read of
+a group (GS·sizeof(T) ≤ 512 bytes) comes from L1/L2: a 32-wide SIMD group touches 32 groups =
+8 KiB (float32, GS=64), so DRAM traffic stays at one read and one write per element, the same
+as a copy. Adjacent lanes read addresses GS·sizeof(T) apart, so each load instruction uses one
+element per cache line; the lines are reused by the following iterations from L1. If profiling on
+a Mac shows the loads are the bottleneck, the next step is vectorised loads (float4/half4) or a
+simdgroup-per-group layout (`simd_max` over 32 lanes, as MLX's `affine_quantize` does).
+
+Numerics (the project's canonical grid = MLX's CPU `mx.quantize`, see quant/affine.py):
+float32 statistics with w_max NOT clamped at 0, true division, rint (ties to even), and
+dequantisation in the dequant dtype D with one rounding after every operation:
+ŵ = D(D(D(code)·D(s)) + D(b)), then cast to the weight dtype T. For 16-bit D the product of two
+D values is exact in float32 and float32 has ≥ 2p+2 bits, so computing each step in float32 and
+rounding to D equals D arithmetic (and MLX's CPU does exactly that). Multiply/add/divide go
+through QAT_MUL/QAT_ADD/QAT_DIV so that CUDA uses the `__f*_rn` intrinsics, which are never
+contracted into FMAs; Metal gets `#pragma clang fp contract(off)` (to be verified on a Mac).
+
+Kinds (template int KIND):
+    0 min/max    s, b from the group's min/max              x = (w − b)/s, code = clip(rint x, 0, n)
+    1 learned    s = p0[g] (|s| ≥ 1e-7 already), b = p1[g]  same element rule as 0
+    2 LSQ        α = p0[g]  x = w/α, q = clip(rint x, Qn, Qp), ŵ from (q − Qn, α, α·Qn)
+    3 SEQ 2-bit  α = p0[g]  r = rint(2·clip(x, ±c) − ½), ŵ from (r + 2, α/2, −¾α)
+    4 sign       α = p0[g]  ŵ = T(sign(x)·α)
+The backward body (kinds 1–4) writes dw = cot·[inside] and per-group float32 partial sums
+red[g] = (Σ cot·t0, Σ t1) with t0, t1 the integrands of the scale and bias gradients.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+KIND_MINMAX, KIND_LEARNED, KIND_LSQ, KIND_SEQ, KIND_SIGN = 0, 1, 2, 3, 4
+SEQ_CLIP = 0.99  # must equal quant.lsq.SEQ_CLIP (checked in tests)
+
+
+def _f32_literal(v: float) -> str:
+    """A C float literal that parses to exactly float32(v) (the exact decimal of the float32)."""
+    return repr(float(np.float32(v))) + "f"
+
+
+# Helpers shared verbatim by all three backends (QAT_FN and the math macros differ).
+COMMON = f"""
+#define QAT_SEQ_CLIP {_f32_literal(SEQ_CLIP)}
+
+// MLX CPU maximum/minimum: NaN in the first operand wins, else the comparison picks.
+QAT_FN float qat_max(float a, float b) {{ return (a != a || a > b) ? a : b; }}
+QAT_FN float qat_min(float a, float b) {{ return (a != a || a < b) ? a : b; }}
+// mx.clip = minimum(maximum(x, lo), hi)
+QAT_FN float qat_clip(float x, float lo, float hi) {{ return qat_min(qat_max(x, lo), hi); }}
+QAT_FN float qat_sign(float x) {{ return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }}
+
+// Round a float to dtype D and back (exact for D = float).
+template <typename D>
+QAT_FN float qat_cast(float x) {{ return static_cast<float>(static_cast<D>(x)); }}
+
+// MLX's CPU dequantisation in dtype D: D(code)*D(s) + D(b), rounding after each operation.
+template <typename D>
+QAT_FN float qat_dequant(float code, float s, float b) {{
+  float p = qat_cast<D>(QAT_MUL(qat_cast<D>(code), qat_cast<D>(s)));
+  return qat_cast<D>(QAT_ADD(p, qat_cast<D>(b)));
+}}
+
+struct qat_grid {{ float s; float b; }};
+
+// MLX's min/max grid (quant/affine.py): scale may be negative, 0 lands on the grid.
+QAT_FN qat_grid qat_minmax_grid(float w_max, float w_min, float n) {{
+  bool side = QAT_FABS(w_min) > QAT_FABS(w_max);
+  float s = qat_max(QAT_DIV(QAT_SUB(w_max, w_min), n), 1e-7f);
+  s = side ? s : -s;
+  float edge = side ? w_min : w_max;
+  float q0 = QAT_RINT(QAT_DIV(edge, s));
+  qat_grid g;
+  g.s = (q0 != 0.0f) ? QAT_DIV(edge, q0) : s;
+  g.b = (q0 != 0.0f) ? edge : 0.0f;
+  return g;
+}}
+"""
+
+METAL_PRELUDE = """
+#pragma clang fp contract(off)
+#define QAT_FN inline
+#define QAT_RINT(x) metal::rint(x)
+#define QAT_FABS(x) metal::fabs(x)
+#define QAT_DIV(a, b) ((a) / (b))
+#define QAT_MUL(a, b) ((a) * (b))
+#define QAT_ADD(a, b) ((a) + (b))
+#define QAT_SUB(a, b) ((a) - (b))
+"""
+
+CUDA_PRELUDE = """
+#define QAT_FN __device__ __forceinline__
+#define QAT_RINT(x) rintf(x)
+#define QAT_FABS(x) fabsf(x)
+#define QAT_DIV(a, b) __fdiv_rn((a), (b))
+#define QAT_MUL(a, b) __fmul_rn((a), (b))
+#define QAT_ADD(a, b) __fadd_rn((a), (b))
+#define QAT_SUB(a, b) __fsub_rn((a), (b))
+"""
+
+# First line of the body per backend: MLX adds Metal attributes by finding their names in the
+# *source* string, so the thread index must be spelled out there, not hidden in a macro.
+METAL_TID = "const uint qat_tid = thread_position_in_grid.x;\n"
+CUDA_TID = "const unsigned int qat_tid = blockIdx.x * blockDim.x + threadIdx.x;\n"
+
+# Inputs: w (T), p0, p1 (float32 per-group parameters; 1-element dummies for min/max),
+# meta (int32: [number of groups]). Output: out (T). Templates: T, D, BITS, GS, KIND.
+FORWARD_INPUTS = ("w", "p0", "p1", "meta")
+FORWARD_OUTPUTS = ("out",)
+FORWARD_BODY = """
+if (qat_tid >= (unsigned int)meta[0]) return;
+const size_t base = (size_t)qat_tid * (size_t)GS;
+const float n = (float)((1 << BITS) - 1);
+const float qn = (float)(-(1 << (BITS - 1)));
+const float qp = (float)((1 << (BITS - 1)) - 1);
+float s = 0.0f;
+float b = 0.0f;
+if (KIND == 0) {
+  float hi = static_cast<float>(w[base]);
+  float lo = hi;
+  for (int i = 1; i < GS; ++i) {
+    float v = static_cast<float>(w[base + i]);
+    hi = qat_max(v, hi);
+    lo = qat_min(v, lo);
+  }
+  qat_grid g = qat_minmax_grid(hi, lo, n);
+  s = g.s;
+  b = g.b;
+} else {
+  s = p0[qat_tid];
+  b = p1[qat_tid];
+}
+for (int i = 0; i < GS; ++i) {
+  float v = static_cast<float>(w[base + i]);
+  float r;
+  if (KIND == 0 || KIND == 1) {
+    float q = qat_clip(QAT_RINT(QAT_DIV(QAT_SUB(v, b), s)), 0.0f, n);
+    r = qat_dequant<D>(q, s, b);
+  } else if (KIND == 2) {
+    float q = qat_clip(QAT_RINT(QAT_DIV(v, s)), qn, qp);
+    r = qat_dequant<D>(QAT_SUB(q, qn), s, QAT_MUL(s, qn));
+  } else if (KIND == 3) {
+    float y = QAT_MUL(qat_clip(QAT_DIV(v, s), -QAT_SEQ_CLIP, QAT_SEQ_CLIP), 2.0f);
+    float q = QAT_RINT(QAT_SUB(y, 0.5f));
+    r = qat_dequant<D>(QAT_ADD(q, 2.0f), QAT_MUL(s, 0.5f), QAT_MUL(s, -0.75f));
+  } else {
+    r = QAT_MUL(qat_sign(QAT_DIV(v, s)), s);
+  }
+  out[base + i] = static_cast<T>(r);
+}
+"""
+
+# Inputs: w (T), cot (C), p0, p1 (float32 per group), meta. Outputs: dw (C), red (float32,
+# 2 per group). Templates: T, C, BITS, GS, KIND (1..4).
+BACKWARD_INPUTS = ("w", "cot", "p0", "p1", "meta")
+BACKWARD_OUTPUTS = ("dw", "red")
+BACKWARD_BODY = """
+if (qat_tid >= (unsigned int)meta[0]) return;
+const size_t base = (size_t)qat_tid * (size_t)GS;
+const float n = (float)((1 << BITS) - 1);
+const float qn = (float)(-(1 << (BITS - 1)));
+const float qp = (float)((1 << (BITS - 1)) - 1);
+const float s = p0[qat_tid];
+const float b = p1[qat_tid];
+float acc0 = 0.0f;
+float acc1 = 0.0f;
+for (int i = 0; i < GS; ++i) {
+  float v = static_cast<float>(w[base + i]);
+  float c = static_cast<float>(cot[base + i]);
+  bool inside;
+  float t0;
+  float t1 = 0.0f;
+  if (KIND == 1) {
+    float x = QAT_DIV(QAT_SUB(v, b), s);
+    float code = qat_clip(QAT_RINT(x), 0.0f, n);
+    inside = (x >= 0.0f) && (x <= n);
+    t0 = inside ? QAT_SUB(code, x) : code;
+    t1 = inside ? 0.0f : c;
+  } else if (KIND == 2) {
+    float x = QAT_DIV(v, s);
+    float q = qat_clip(QAT_RINT(x), qn, qp);
+    inside = (x >= qn) && (x <= qp);
+    t0 = inside ? QAT_SUB(q, x) : q;
+  } else if (KIND == 3) {
+    float x = QAT_DIV(v, s);
+    float y = QAT_MUL(qat_clip(x, -QAT_SEQ_CLIP, QAT_SEQ_CLIP), 2.0f);
+    float q = QAT_MUL(QAT_ADD(QAT_RINT(QAT_SUB(y, 0.5f)), 0.5f), 0.5f);
+    inside = QAT_FABS(x) <= QAT_SEQ_CLIP;
+    t0 = inside ? QAT_SUB(q, x) : QAT_MUL(qat_sign(x), 0.75f);
+  } else {
+    float x = QAT_DIV(v, s);
+    inside = QAT_FABS(x) <= 1.0f;
+    t0 = qat_sign(x);
+  }
+  dw[base + i] = static_cast<C>(inside ? c : 0.0f);
+  acc0 = QAT_ADD(acc0, QAT_MUL(c, t0));
+  acc1 = QAT_ADD(acc1, t1);
+}
+red[2 * (size_t)qat_tid] = acc0;
+red[2 * (size_t)qat_tid + 1] = acc1;
+"""
+
+BODIES = {"forward": FORWARD_BODY, "backward": BACKWARD_BODY}
+
+
+def metal_source(job: str) -> tuple[str, str]:
+    """(header, body) for `mx.fast.metal_kernel`."""
+    return METAL_PRELUDE + COMMON, METAL_TID + BODIES[job]
+
+
+def cuda_source(job: str) -> tuple[str, str]:
+    """(header, body) for `mx.fast.cuda_kernel`."""
+    return CUDA_PRELUDE + COMMON, CUDA_TID + BODIES[job]

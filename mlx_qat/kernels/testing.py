@@ -1,0 +1,92 @@
+"""Awkward inputs for kernel parity tests and a bitwise comparison helper.
+
+Every family is a (rows, 384) float32 array (384 is a multiple of 32, 64 and 128), deterministic
+for a given seed, meant to hit the edges of MLX's grid: all-negative groups (where MLX's GPU
+quantizer would differ), constant groups and zeros (the 1e-7 scale floor and q0 = 0), exact
+.5 ties of (w − b)/s, outliers, tiny and mixed magnitudes.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+K = 384
+
+
+def _groups(a: np.ndarray, gs: int) -> np.ndarray:
+    return a.reshape(a.shape[0], -1, gs)
+
+
+def minmax_families(bits: int, gs: int, seed: int = 0, rows: int = 4) -> dict[str, np.ndarray]:
+    """name -> float32 (rows, K) weights for the min/max quantizer."""
+    r = np.random.default_rng(seed)
+    n = 2**bits - 1
+    shape = (rows, K)
+    fam = {
+        "normal": r.normal(0, 0.02, shape),
+        "uniform": r.uniform(-1, 1, shape),
+        "all_negative": -np.abs(r.normal(0, 0.02, shape)) - 1e-3,
+        "all_positive": np.abs(r.normal(0, 1, shape)) + 0.5,
+        "zeros": np.where(r.random(shape) < 0.5, 0.0, -0.0),
+        "tiny": r.normal(0, 1e-9, shape),
+        "outliers": r.normal(0, 0.02, shape) * np.where(r.random(shape) < 0.01, 50.0, 1.0),
+    }
+    const = np.repeat(r.choice([0.37, -1.25, 3e-8, -(2.0**-20)], size=(rows, K // gs)), gs, axis=1)
+    fam["constant"] = const
+    mags = np.repeat(10.0 ** r.uniform(-4, 3, size=(rows, K // gs)), gs, axis=1)
+    fam["mixed_magnitude"] = r.normal(0, 1, shape) * mags
+    # (w - b)/s lands exactly on j + 0.5: range [0, n·δ] with δ a power of two gives s = -δ.
+    delta = 2.0**-6
+    ties = (r.integers(0, n, size=shape) + 0.5) * delta
+    g = _groups(ties, gs)
+    g[..., 0], g[..., 1] = 0.0, n * delta
+    fam["ties"] = ties
+    return {k: v.astype(np.float32) for k, v in fam.items()}
+
+
+def stacked(families: dict[str, np.ndarray], dtype: mx.Dtype) -> mx.array:
+    """All families as one (rows·F, K) array in `dtype`."""
+    return mx.array(np.concatenate(list(families.values()), axis=0)).astype(dtype)
+
+
+def lsq_case(bits: int, gs: int, per: str, seed: int = 0, rows: int = 6):
+    """(w float32 (rows, K), α) with clipping, tiny α (< ALPHA_MIN) and exact ties."""
+    r = np.random.default_rng(seed)
+    w = r.normal(0, 0.02, (rows, K))
+    qp = max(2 ** (bits - 1) - 1, 1)
+    n_alpha = K // gs if per == "group" else 1
+    base = np.abs(_groups(w, gs)).max(axis=-1) / qp  # per group
+    alpha = base if per == "group" else base.max(axis=-1, keepdims=True)
+    alpha = alpha * r.uniform(0.4, 1.3, alpha.shape)
+    alpha[0] = 1e-7  # below ALPHA_MIN: clamped in the forward
+    # ties: α = 2^-5 and w = (k + ½)·α
+    alpha[1] = 2.0**-5
+    w[1] = (r.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), K) + 0.5) * 2.0**-5
+    assert alpha.shape == (rows, n_alpha)
+    return mx.array(w.astype(np.float32)), mx.array(alpha.astype(np.float32))
+
+
+def learned_case(bits: int, gs: int, seed: int = 0, rows: int = 6):
+    """(w, scale, bias) float32: min/max init perturbed, negative and tiny (< 1e-7) scales."""
+    from ..quant.learned_affine import init_params
+
+    r = np.random.default_rng(seed)
+    w = mx.array(r.normal(0, 0.02, (rows, K)).astype(np.float32))
+    s, b = (np.array(a) for a in init_params(w, bits, gs))
+    s = s * r.uniform(0.6, 1.4, s.shape)
+    b = b + r.normal(0, 0.01, b.shape)
+    s[0, 0], s[0, 1], s[1, 0] = 3e-8, -2e-8, 0.0
+    return w, mx.array(s.astype(np.float32)), mx.array(b.astype(np.float32))
+
+
+def bits_of(a: mx.array) -> np.ndarray:
+    """Raw bit pattern (uint16/uint32) of a float array, for bitwise comparisons."""
+    return np.array(a.view(mx.uint32 if a.dtype == mx.float32 else mx.uint16))
+
+
+def mismatches(a: mx.array, b: mx.array) -> int:
+    """Number of elements whose bit patterns differ (shapes and dtypes must agree)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise ValueError(f"{a.shape}/{a.dtype} vs {b.shape}/{b.dtype}")
+    return int((bits_of(a) != bits_of(b)).sum())

@@ -1,0 +1,151 @@
+"""The Metal/CUDA kernel bodies, compiled as plain C++, against the pure-MLX reference.
+
+The harness (mlx_qat/kernels/cpp.py) pastes the very strings gpu.py hands to Metal/CUDA into
+C++ and runs every thread of a launch sequentially, including the surplus threads of a CUDA
+grid. Forwards must match bit for bit; backward reductions up to float32 summation order.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_qat.kernels import _learned_params, _lsq_alpha, cpp, sources
+from mlx_qat.kernels.launch import launch_geometry, threads_launched
+from mlx_qat.kernels.testing import (
+    learned_case,
+    lsq_case,
+    minmax_families,
+    mismatches,
+    stacked,
+)
+from mlx_qat.quant import learned_affine, lsq
+from mlx_qat.quant.affine import codes_from_params, dequantize_codes, group, minmax_params
+from mlx_qat.quant.affine import fake_quant_minmax as reference_minmax
+from mlx_qat.quant.spec import AFFINE_BITS, AFFINE_GROUP_SIZES
+
+DTYPES = (mx.float32, mx.float16, mx.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    if cpp.compiler() is None:
+        pytest.skip("no C++ compiler (g++/c++ or $CXX): cannot build the kernel harness")
+    return cpp.Harness(cpp.build(tmp_path_factory.mktemp("qat_cpp")))
+
+
+def cuda_threads(n_groups: int) -> int:
+    return threads_launched(*launch_geometry(n_groups), "cuda")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_minmax_forward_bit_exact(harness, dtype):
+    for bits in AFFINE_BITS:
+        for gs in AFFINE_GROUP_SIZES:
+            fam = minmax_families(bits, gs, seed=bits * gs)
+            w = stacked(fam, dtype)
+            ng = w.size // gs
+            got = harness.forward(w, sources.KIND_MINMAX, bits, gs, n_threads=cuda_threads(ng))
+            ref = reference_minmax(w, bits, gs)
+            assert mismatches(got, ref) == 0, (dtype, bits, gs)
+
+
+@pytest.mark.parametrize("dequant", (mx.float16, mx.bfloat16, mx.float32), ids=str)
+def test_minmax_forward_dequant_dtype(harness, dequant):
+    # ŵ = T(D(code)·D(s) + D(b)): scales stored in another dtype than the weight.
+    for dtype in DTYPES:
+        w = stacked(minmax_families(4, 64, seed=7), dtype)
+        wg = group(w, 64).astype(mx.float32)
+        s, b = minmax_params(wg, 4)
+        code = codes_from_params(wg, s, b, 4)
+        ref = dequantize_codes(code, s, b, dequant).astype(dtype).reshape(w.shape)
+        got = harness.forward(w, sources.KIND_MINMAX, 4, 64, dequant_dtype=dequant)
+        assert mismatches(got, ref) == 0, (dtype, dequant)
+
+
+@pytest.mark.parametrize("bits", (1, 2, 3, 4, 8))
+@pytest.mark.parametrize("per", ("row", "group"))
+def test_lsq_forward_bit_exact(harness, bits, per):
+    gs = 64
+    kind = {1: sources.KIND_SIGN, 2: sources.KIND_SEQ}.get(bits, sources.KIND_LSQ)
+    w32, alpha = lsq_case(bits, gs, per, seed=bits)
+    for dtype in DTYPES:
+        for sd in (None, mx.float16):
+            w = w32.astype(dtype)
+            ref = lsq.lsq_function(bits, gs, sd)(w, alpha)
+            a = _lsq_alpha(w, alpha, gs)
+            got = harness.forward(w, kind, bits, gs, p0=a, dequant_dtype=sd)
+            assert mismatches(got, ref) == 0, (dtype, sd)
+
+
+@pytest.mark.parametrize("bits", (2, 4, 8))
+def test_learned_affine_forward_bit_exact(harness, bits):
+    for gs in (32, 128):
+        w32, scale, bias = learned_case(bits, gs, seed=bits + gs)
+        for dtype in DTYPES:
+            for sd in (None, mx.bfloat16):
+                w = w32.astype(dtype)
+                ref = learned_affine.learned_affine_function(bits, gs, sd)(w, scale, bias)
+                s, b = _learned_params(scale, bias)
+                got = harness.forward(w, sources.KIND_LEARNED, bits, gs, s, b, dequant_dtype=sd)
+                assert mismatches(got, ref) == 0, (gs, dtype, sd)
+
+
+def _close(a: mx.array, b: mx.array) -> None:
+    a, b = np.array(a.astype(mx.float32)), np.array(b.astype(mx.float32))
+    scale = np.abs(b).max() + 1e-30
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("bits", (1, 2, 4, 8))
+@pytest.mark.parametrize("per", ("row", "group"))
+def test_lsq_backward(harness, bits, per):
+    gs = 64
+    kind = {1: sources.KIND_SIGN, 2: sources.KIND_SEQ}.get(bits, sources.KIND_LSQ)
+    w32, alpha = lsq_case(bits, gs, per, seed=10 + bits)
+    cot32 = mx.random.normal(w32.shape, key=mx.random.key(bits))
+    for dtype in (mx.float32, mx.bfloat16):
+        w, cot = w32.astype(dtype), cot32.astype(dtype)
+        fn = lsq.lsq_function(bits, gs)
+        _, (dw_ref, da_ref) = mx.vjp(fn, [w, alpha], [cot])
+        a = _lsq_alpha(w, alpha, gs)
+        ng = w.size // gs
+        dw, red = harness.backward(w, cot, kind, bits, gs, a, n_threads=cuda_threads(ng))
+        assert mismatches(dw, dw_ref) == 0
+        da = red[:, 0].reshape(w.shape[0], -1)
+        if per == "row":
+            da = da.sum(axis=-1, keepdims=True)
+        _close(da * lsq.grad_scale(w.size, bits), da_ref)
+
+
+@pytest.mark.parametrize("bits", (2, 4, 8))
+def test_learned_affine_backward(harness, bits):
+    gs = 64
+    w32, scale, bias = learned_case(bits, gs, seed=20 + bits)
+    cot32 = mx.random.normal(w32.shape, key=mx.random.key(bits))
+    for dtype in (mx.float32, mx.float16):
+        w, cot = w32.astype(dtype), cot32.astype(dtype)
+        fn = learned_affine.learned_affine_function(bits, gs)
+        _, (dw_ref, ds_ref, db_ref) = mx.vjp(fn, [w, scale, bias], [cot])
+        s, b = _learned_params(scale, bias)
+        dw, red = harness.backward(w, cot, sources.KIND_LEARNED, bits, gs, s, b)
+        assert mismatches(dw, dw_ref) == 0
+        _close(red[:, 0].reshape(scale.shape), ds_ref)
+        _close(red[:, 1].reshape(bias.shape), db_ref)
+
+
+def test_surplus_threads_write_nothing(harness):
+    # The harness gives outputs room for every launched thread and fails (exit 5) when a
+    # thread past the last group writes: 3 groups run with 256 threads, as a CUDA block would.
+    w = stacked(minmax_families(4, 128, seed=3), mx.float32)[:1, :384]
+    got = harness.forward(w, sources.KIND_MINMAX, 4, 128, n_threads=256)
+    assert mismatches(got, reference_minmax(w, 4, 128)) == 0
+    cot = mx.ones_like(w)
+    s, b = _learned_params(mx.ones((1, 3)), mx.zeros((1, 3)))
+    dw, _ = harness.backward(w, cot, sources.KIND_LEARNED, 4, 128, s, b, n_threads=256)
+    assert dw.shape == w.shape
+
+
+def test_seq_clip_matches_lsq_module():
+    assert sources.SEQ_CLIP == lsq.SEQ_CLIP
