@@ -54,6 +54,8 @@ def test_reads_txt_gz_jsonl_and_folders(tmp_path):
     docs = read_documents(tmp_path)
     assert docs == ["one", "two", "five\n\nwith a blank line", "six", "three\nstill three", "four"]
     assert read_documents([tmp_path / "a.txt", tmp_path / "c.jsonl"])[:2] == ["one", "two"]
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfwindows\r\nline\r\n\r\nnext\r\n")
+    assert read_documents(tmp_path / "bom.txt") == ["windows\nline", "next"]
 
 
 def test_reads_the_real_fixture_corpus():

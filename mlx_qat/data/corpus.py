@@ -2,7 +2,8 @@
 
 Formats (chosen by file name, case-insensitive):
 
-* ``.txt`` and ``.txt.gz``: UTF-8 text; documents are separated by one or more blank lines
+* ``.txt`` and ``.txt.gz``: UTF-8 text (a leading byte-order mark is dropped, CRLF line ends
+  become LF); documents are separated by one or more blank lines
   (lines that are empty or hold only spaces/tabs). Inside a document, single newlines and
   indentation are kept exactly; leading blank lines and trailing whitespace are dropped.
 * ``.jsonl`` and ``.jsonl.gz``: one JSON object per line with a string ``"text"`` field; each
@@ -87,9 +88,9 @@ def resolve_files(paths: Paths) -> list[Path]:
 def _read_text(path: Path) -> str:
     try:
         if path.name.lower().endswith(".gz"):
-            with gzip.open(path, "rt", encoding="utf-8") as f:
+            with gzip.open(path, "rt", encoding="utf-8-sig") as f:
                 return f.read()
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             return f.read()
     except UnicodeDecodeError as e:
         raise ValueError(

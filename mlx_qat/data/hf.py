@@ -100,7 +100,6 @@ def hf_configs(model_file: str | os.PathLike) -> tuple[dict, dict]:
         **special,
         "add_bos_token": False,
         "add_eos_token": False,
-        "add_prefix_space": False,
         "clean_up_tokenization_spaces": False,
         "split_special_tokens": True,
         "model_max_length": 1_000_000_000,

@@ -254,7 +254,6 @@ def prepare_data(
                 "format": FORMAT,
                 "vocab_size": vocab_size,
                 "settings": settings,
-                "num_threads": threads,
             }
         )
         tok_dir = out / f"tokenizer-{vocab_size}-{tok_key[:16]}"

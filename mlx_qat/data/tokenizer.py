@@ -15,10 +15,9 @@ files written by :func:`mlx_qat.data.hf.save_hf_tokenizer` encode identically:
 * ``split_digits=True``: numbers are spelt digit by digit.
 * Training sentences are the document lines (long lines cut at a space into <= 2048
   characters), sampled by sentencepiece up to ``input_sentence_size`` with
-  ``shuffle_input_sentence``, seeded. The trained model is deterministic for a given input,
-  settings and ``num_threads`` (sentencepiece's BPE trainer gives slightly different merges for
-  different thread counts; pass ``num_threads`` explicitly for identical tokenizers across
-  machines).
+  ``shuffle_input_sentence``, seeded. The trained model is deterministic for a given input and
+  settings, whatever ``num_threads`` (the thread count, which sentencepiece stores in the
+  model, is cleared from the saved ``tokenizer.model`` so its sha256 is machine-independent).
 """
 
 from __future__ import annotations
@@ -151,6 +150,18 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     return Tokenizer(path)
 
 
+def _normalized_model(data: bytes) -> bytes:
+    """Drop ``num_threads`` from the model's stored trainer spec: it does not change the
+    vocabulary or the tokenization, and removing it makes ``tokenizer.model`` (and its sha256)
+    identical on machines with different core counts."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(data)
+    proto.trainer_spec.ClearField("num_threads")
+    return proto.SerializeToString(deterministic=True)
+
+
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 _TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
 
@@ -221,11 +232,12 @@ def train_tokenizer(
     except RuntimeError as e:
         raise _train_error(e, vocab_size) from e
     seconds = time.perf_counter() - t0
+    model_bytes = _normalized_model(model.getvalue())
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = new_tmp_dir(out_dir)
     try:
-        atomic_write_bytes(tmp / MODEL_FILE, model.getvalue())
+        atomic_write_bytes(tmp / MODEL_FILE, model_bytes)
         atomic_write_json(
             tmp / META_FILE,
             {
