@@ -212,7 +212,8 @@ def convert(
         q_bits, q_group_size, q_mode: target format. For a QAT checkpoint they must match the
             trained format; for PTQ they choose it (default: the trained one, else affine 4/64).
         dtype: "float16", "bfloat16" or "float32" for float parameters and affine
-            scales/biases (default: the dtype of the trained weights).
+            scales/biases (default: the run's `scale_dtype` if set, else the dtype of the
+            trained weights; see `mlx_qat.export.pack`).
         ptq: round-to-nearest (min/max) quantization of the float weights instead of QAT.
         dequantize: write a float model.
         force: replace an existing `mlx_path`.
@@ -253,14 +254,17 @@ def convert(
     else:
         model = load_mlx_model(source)
     train_dtype = pack.float_dtype(model)
-    if out_dtype is None:
-        src_dtype = source.config.get("torch_dtype") if source.kind == "mlx" else None
-        out_dtype = getattr(mx, src_dtype) if src_dtype in pack.DTYPES else train_dtype
 
     logger.info("%s export to %s", method, mlx_path)
     block, qcfg, ref, fp = _prepare_export(source, model, method, requested, data)
-    scale_dtype = qcfg.mx_scale_dtype if qcfg is not None else None
-    pack.cast_model(model, out_dtype, scale_dtype if block is not None else None)
+    scale_dtype = qcfg.mx_scale_dtype if qcfg is not None and block is not None else None
+    if out_dtype is None:
+        src_dtype = source.config.get("torch_dtype") if source.kind == "mlx" else None
+        if src_dtype in pack.DTYPES:
+            out_dtype = getattr(mx, src_dtype)  # what mlx_lm.convert defaults to
+        else:
+            out_dtype = pack.default_dtype(train_dtype, scale_dtype)
+    pack.cast_model(model, out_dtype, scale_dtype)
 
     from mlx_lm.utils import compute_bits_per_weight
 

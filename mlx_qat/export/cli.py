@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype",
         choices=DTYPES,
-        help="dtype of float parameters and affine scales/biases (default: the trained dtype)",
+        help="dtype of float parameters and affine scales/biases (default: the run's "
+        "scale_dtype if set, else the trained dtype)",
     )
     p.add_argument(
         "--ptq",

@@ -1,18 +1,21 @@
 """From the loaded model to the model that gets saved: QAT grids, PTQ, dequantize, dtype.
 
-Where the scale/bias cast happens (one place, `cast_model`, after the layers are swapped):
+Where the scale/bias cast happens: in one place, `cast_model`, after the layers are swapped.
 
-* The packed codes, scales and biases come from `quantizer.grid(weight)` through the QAT layers'
-  `to_quantized()`: exactly the grid the last fake-quant forward used. Scales/biases have the
-  quantizer's `scale_dtype` when it has one (the forward then used the rounded values too),
-  else the weight's dtype (float32 for a float32 run).
+* The packed codes, scales and biases come from `quantizer.grid(weight)` through the QAT
+  layers' `to_quantized()`: exactly the grid of the last fake-quant forward. Its scales/biases
+  are in the quantizer's `scale_dtype` S when the run set one, else in the weight dtype T.
 * `cast_model` then casts every float parameter, affine scales/biases included, to the output
-  dtype (`--dtype`; default: the dtype of the trained weights), because mlx-lm expects scales
-  in the model's dtype. Casting to a dtype that holds `scale_dtype` exactly (the same dtype or
-  float32) keeps the export exact. Any other cast rounds the scales a second time: the
-  exported grid then differs from the trained one by at most half an ulp of the target dtype
-  per scale and bias, i.e. per weight |Δŵ| ≤ u·(code·|s| + |b|) with u = 2⁻¹¹ (float16) or
-  2⁻⁸ (bfloat16). Train with `QATConfig(scale_dtype=...)` set to the deploy dtype to avoid it.
+  dtype D, because mlx-lm expects scales in the model's dtype, and MLX dequantizes in the
+  dtype of the scales (promoted with the activations' in `quantized_matmul`).
+* Default D (`default_dtype`): S when the run set `scale_dtype` (its forward dequantized in S,
+  T(S(code)·S(s) + S(b)), which is what an S model computes: the weights are exact and only
+  the half-precision activations move the loss), else T (a float32 run exports float32:
+  exact weights, loss equal to float32 noise).
+* Any other D rounds scales and biases once more. Dequantized in D, each weight then moves by
+  at most |Δŵ| ≤ 3u·(code·|s| + |b|), u = 2⁻¹¹ (float16) or 2⁻⁸ (bfloat16): one rounding
+  each for s, b, the product and the sum (`cast_bound`). Train with `scale_dtype` set to the
+  deploy dtype to avoid it.
 * fp formats (mxfp4, nvfp4, mxfp8) store uint8 scales: nothing to cast, always exact.
 """
 
@@ -136,21 +139,33 @@ def dequantize_stock(model: nn.Module) -> nn.Module:
     return model
 
 
-def _lossless(src: mx.Dtype, dst: mx.Dtype) -> bool:
-    return src == dst or dst == mx.float32
+UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24}
+
+
+def default_dtype(train_dtype: mx.Dtype, scale_dtype: mx.Dtype | None) -> mx.Dtype:
+    """The export dtype when `--dtype` is not given (see the module docstring)."""
+    return scale_dtype if scale_dtype is not None else train_dtype
+
+
+def cast_bound(code: mx.array, scales: mx.array, biases: mx.array, dtype: mx.Dtype) -> mx.array:
+    """Per-weight bound on |Δŵ| when a float32 grid is saved and dequantized in `dtype`."""
+    u = UNIT_ROUNDOFF[str(dtype).rsplit(".", 1)[-1]]
+    return 3 * u * (code * mx.abs(scales) + mx.abs(biases))
 
 
 def cast_model(model: nn.Module, dtype: mx.Dtype, scale_dtype: mx.Dtype | None = None) -> None:
     """Cast float parameters (affine scales/biases included) to `dtype`, as mlx_lm.convert does.
 
     Honours the model's `cast_predicate` (parameters some architectures keep in float32).
-    Logs a warning when scales trained in `scale_dtype` are rounded again by the cast.
+    Logs a warning when the trained forward dequantized in another `scale_dtype`.
     """
-    if scale_dtype is not None and not _lossless(scale_dtype, dtype):
+    if scale_dtype is not None and scale_dtype != dtype:
         logger.warning(
-            "scales were trained in %s but are saved in %s: they are rounded again, so the "
-            "export is not bit-exact; pass --dtype %s (or float32) for an exact export",
+            "the run trained with scale_dtype %s, the export is %s: scales/biases are rounded "
+            "again and dequantized in %s, so the weights differ from the trained ones by up to "
+            "half an ulp; omit --dtype (or pass --dtype %s) for an exact export",
             scale_dtype,
+            dtype,
             dtype,
             str(scale_dtype).rsplit(".", 1)[-1],
         )
