@@ -23,6 +23,7 @@ import datetime
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -206,6 +207,10 @@ def prepare_data(
     even when cached artifacts exist. Returns a :class:`DataBundle` whose ``timings`` has
     ``hash``, ``read``, ``tokenizer``, ``encode`` and ``total`` seconds.
     """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if tokenizer is None and vocab_size < 1:
+        raise ValueError(f"vocab size must be positive, got {vocab_size}")
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     built = {"tokenizer": False, "shards": False}
@@ -313,10 +318,14 @@ def prepare_data(
             "bytes_per_token": {s: stats[s]["bytes_per_token"] for s in SPLITS},
         }
         tmp = new_tmp_dir(shard_dir)
-        for s in SPLITS:
-            with atomic_open(tmp / f"{s}.npy") as f:
-                np.save(f, arrays[s])
-        atomic_write_json(tmp / MANIFEST, manifest)
+        try:
+            for s in SPLITS:
+                with atomic_open(tmp / f"{s}.npy") as f:
+                    np.save(f, arrays[s])
+            atomic_write_json(tmp / MANIFEST, manifest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         publish_dir(tmp, shard_dir, replace=force or shard_dir.exists())
         built["shards"] = True
         logger.info("wrote %s tokens to %s", manifest["tokens"], shard_dir)
