@@ -1,0 +1,130 @@
+"""convert's inputs and outputs: mlx-lm model directories in and out, sharding, checkpoint
+selection, the CLI's --config."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import test_convert_fixtures as fx
+import yaml
+from mlx.utils import tree_flatten
+from mlx_lm import load
+from mlx_lm.utils import quantize_model
+from test_convert_fixtures import make_run, spec
+
+from mlx_qat.config import QATConfig
+from mlx_qat.convert import ConvertError, convert, main
+
+mx.set_default_device(mx.cpu)
+tiny_data = fx.tiny_data
+
+
+def exported(path) -> dict[str, mx.array]:
+    out: dict[str, mx.array] = {}
+    for f in sorted(path.glob("model*.safetensors")):
+        out.update(mx.load(str(f)))
+    return out
+
+
+def same(a: mx.array, b: mx.array) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(np.array(a), np.array(b))
+
+
+@pytest.fixture
+def float_mlx_dir(tmp_path, tiny_data):
+    """A float mlx-lm model directory (a never-quantized run, exported with --dequantize)."""
+    run = make_run(tmp_path / "fp_run", tiny_data, None, fake_quant=False)
+    convert(run.path, tmp_path / "float_model", dequantize=True)
+    return tmp_path / "float_model"
+
+
+def test_float_mlx_model_ptq_equals_mlx_lm_convert(float_mlx_dir, tmp_path, tiny_data):
+    result = convert(
+        float_mlx_dir, tmp_path / "q", q_bits=3, parity_data=tiny_data.path, parity_batches=1
+    )
+    assert result.method == "ptq" and result.parity["rel_diff"] <= 1e-4
+
+    model, _, config = load(str(float_mlx_dir), return_config=True)
+    model, config = quantize_model(model, config, 64, 3)  # what `mlx_lm.convert -q` does
+    ours = exported(tmp_path / "q")
+    theirs = dict(tree_flatten(model.parameters()))
+    assert set(ours) == set(theirs)
+    for k, v in theirs.items():
+        assert same(ours[k], v), k
+    saved = json.loads((tmp_path / "q" / "config.json").read_text())
+    assert saved["quantization"] == config["quantization"]
+
+
+def test_quantized_mlx_model_dequantizes_for_training(tmp_path, tiny_data):
+    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
+    convert(run.path, tmp_path / "q")
+    with pytest.raises(ConvertError, match=r"already quantized.*--dequantize"):
+        convert(tmp_path / "q", tmp_path / "f")
+    result = convert(
+        tmp_path / "q",
+        tmp_path / "f",
+        dequantize=True,
+        parity_data=tiny_data.path,
+        parity_batches=1,
+    )
+    assert result.method == "dequantize" and result.parity["rel_diff"] <= 1e-4
+    q, f = exported(tmp_path / "q"), exported(tmp_path / "f")
+    w = mx.dequantize(
+        q["model.embed_tokens.weight"],
+        q["model.embed_tokens.scales"],
+        q["model.embed_tokens.biases"],
+        64,
+        4,
+    )
+    assert same(f["model.embed_tokens.weight"], w)
+    assert "quantization" not in json.loads((tmp_path / "f" / "config.json").read_text())
+    # The float directory is a start for QAT fine-tuning; PTQ of it again loads as well.
+    again = convert(tmp_path / "f", tmp_path / "q2", parity_data=tiny_data.path, parity_batches=1)
+    assert again.method == "ptq" and again.parity["passed"]
+
+
+def test_sharded_weights_with_index(tmp_path, tiny_data):
+    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
+    result = convert(run.path, tmp_path / "out", max_file_size_gb=20_000 / 2**30)
+    names = sorted(result.files)
+    n = len(names)
+    assert n > 1 and names == [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+    assert all(size <= 20_000 + 4_096 for size in result.files.values())  # tensor bytes + header
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    files = exported(tmp_path / "out")
+    assert set(index["weight_map"]) == set(files) and set(index["weight_map"].values()) == set(
+        names
+    )
+    assert index["metadata"]["total_size"] == sum(v.nbytes for v in files.values())
+    assert result.parity["rel_diff"] <= 1e-4  # loaded through mlx_lm.load from the shards
+
+
+def test_run_dir_uses_latest_complete_checkpoint(tmp_path, tiny_data):
+    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
+    later = run.checkpoint.with_name("step_00000005")
+    shutil.copytree(run.checkpoint, later)
+    (later / "state.json").write_text(json.dumps({"step": 5}))
+    (run.checkpoint.with_name("step_00000009.tmp-7")).mkdir()  # being written: ignored
+    result = convert(run.path, tmp_path / "out", parity_check=False)
+    assert result.step == 5
+    direct = convert(run.checkpoint, tmp_path / "out2", parity_check=False)
+    assert direct.step == 3 and direct.source == str(run.path)
+
+
+def test_cli_config_file_and_summary(tmp_path, tiny_data, capsys):
+    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
+    cfg = tmp_path / "convert.yaml"
+    cfg.write_text(yaml.safe_dump({"mlx-path": str(tmp_path / "yaml_out"), "parity_batches": 1}))
+    assert main([str(run.path), "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "yaml_out" in out and "bits per weight" in out and "ok" in out
+    saved = json.loads((tmp_path / "yaml_out" / "mlx_qat.json").read_text())
+    assert saved["options"]["parity_batches"] == 1 and saved["parity"]["num_batches"] == 1
+    cfg.write_text(yaml.safe_dump({"q_bitz": 4}))
+    with pytest.raises(SystemExit) as err:
+        main([str(run.path), "--config", str(cfg)])
+    assert err.value.code == 2 and "q_bitz" in capsys.readouterr().err
