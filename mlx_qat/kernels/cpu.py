@@ -16,7 +16,8 @@ weight dtype). Three rewrites make it faster without changing a single bit:
 3. Two CPU streams: MLX runs each CPU stream's ops on its own thread, single-threaded, so the
    groups are split into two halves evaluated on two streams (both cores), then concatenated.
 
-For 16-bit weights the dequantisation ŵ = T(code)·T(s) + T(b) is kept in T, as the reference.
+For 16-bit weights ŵ = T(code)·T(s) + T(b) keeps T's two roundings: the product is formed in
+float32, where it is exact, and rounded once to T (what MLX's T multiply does), the sum in T.
 NaN/inf inputs are not covered by the bit-exactness tests (NaN groups stay NaN).
 """
 
@@ -32,8 +33,9 @@ _streams: list = []
 
 
 def _worker_streams() -> list:
+    """Two compute streams and one stream for broadcast views (created on first use)."""
     if not _streams:
-        _streams.extend(mx.new_stream(mx.cpu) for _ in range(2))
+        _streams.extend(mx.new_stream(mx.cpu) for _ in range(3))
     return _streams
 
 
@@ -63,15 +65,39 @@ def minmax_grid(w_max: mx.array, w_min: mx.array, bits: int) -> tuple[mx.array, 
 
 
 def _groups(xg: mx.array, bits: int, levels: int) -> mx.array:
-    """Fake-quant of (groups, group_size) `xg` in its dtype."""
+    """Fake-quant of (groups, group_size) `xg` in its dtype (returned as (groups, 1, gs) or
+    (groups, gs): the caller reshapes)."""
     dt = xg.dtype
     x = xg if dt == mx.float32 else xg.astype(mx.float32)
     s, b = minmax_grid(*group_stats(x, levels), bits)
-    y = mx.minimum((x - b) / s, float(2**bits - 1))
-    code = (y + MAGIC) - MAGIC
+    # Under mx.compile MLX fuses a binary op with the Broadcast of its per-group operand (and
+    # chains of such ops) into a scalar, strided JIT loop, 2-4x slower than MLX's vectorised
+    # eager ops. Two things keep compiled == eager here: the per-group operands are broadcast
+    # on another stream (fusion stops at a stream change), and every op's input is a view of
+    # the previous result in the other of two shapes, (g, gs) and (g, 1, gs) (reshapes are
+    # free and not fusible).
+    g, gs = x.shape
+    view = _worker_streams()[2]
+    a2, a3 = (g, gs), (g, 1, gs)
+
+    def full(p: mx.array, shape) -> mx.array:
+        return mx.broadcast_to(p.reshape(*shape[:-1], 1), shape, stream=view)
+
+    def flip(a: mx.array) -> mx.array:
+        return a.reshape(a3) if a.ndim == 2 else a.reshape(a2)
+
+    y = flip(x) - full(b, a3)
+    y = flip(y) / full(s, a2)
+    y = mx.minimum(flip(y), float(2**bits - 1))
+    y = flip(y) + MAGIC
+    code = flip(y) - MAGIC  # (g, 1, gs)
     if dt == mx.float32:
-        return code * s + b
-    return code.astype(dt) * s.astype(dt) + b.astype(dt)
+        return flip(flip(code) * full(s, a2)) + full(b, a3)
+    # T(code)·T(s) in float32 is exact (≤ 8 + 11 significant bits), so one rounding to T gives
+    # T's product, and float32 ops are ~2x faster than MLX's 16-bit ones on CPU.
+    s_t = s.astype(dt).astype(mx.float32)
+    prod = flip(flip(code) * full(s_t, a2)).astype(dt)  # (g, 1, gs)
+    return flip(prod) + full(b.astype(dt), a2)
 
 
 def fake_quant_minmax(
@@ -97,7 +123,7 @@ def fake_quant_minmax(
     if not split or n_groups < 2:
         return _groups(xg, bits, levels).reshape(w.shape)
     h = n_groups // 2
-    s0, s1 = _worker_streams()
+    s0, s1 = _worker_streams()[:2]
     with mx.stream(s0):
         a = _groups(xg[:h], bits, levels)
     with mx.stream(s1):

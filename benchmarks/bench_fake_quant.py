@@ -1,0 +1,246 @@
+"""Benchmark: min/max fake-quant forward (and forward+backward) against the memory-bound floor.
+
+For one weight (default 4096×4096) and each dtype, times, alternating all cases in every
+repeat after a warm-up call each (so that load from other jobs hits every case alike):
+
+    copy                      `w * 1`: one read + one write, the floor for any fused kernel
+    mx.quantize+dequantize    MLX's own round trip (same grid on CPU)
+    reference fwd             mlx_qat's pure-MLX reference (kernels disabled)
+    fast fwd                  `fake_quantize` as dispatched (kernels/cpu.py on CPU)
+    fast fwd, 1 stream        the CPU path without the two-stream split
+    ... compiled              the same under `mx.compile`
+    reference / fast fwd+bwd  `mx.vjp` through the STE (cotangent of ones)
+
+and reports milliseconds (median and best), elements/s and the fraction of copy speed
+(copy time / case time, from medians). A benchmark never asserts. Writes
+benchmarks/results/fake_quant.{md,json}. Run with OpenBLAS preloaded:
+
+    python -m mlx_qat.blas -m benchmarks.bench_fake_quant [--size 4096] [--repeats 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mlx_qat import kernels  # noqa: E402
+from mlx_qat.kernels import cpu  # noqa: E402
+from mlx_qat.quant import QuantSpec, fake_quantize  # noqa: E402
+
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+
+def machine() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "mlx": mx.__version__,
+        "default_device": str(mx.default_device()),
+        "metal_available": bool(mx.metal.is_available()),
+        "cuda_available": bool(getattr(mx, "cuda", None) and mx.cuda.is_available()),
+        "kernels_backend": kernels.active_backend(),
+        "openblas_preloaded": "openblas" in os.environ.get("LD_PRELOAD", ""),
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        r = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return r.stdout.strip() or None
+    except OSError:
+        return None
+
+
+def with_kernels(enabled: bool, fn):
+    def run(*args):
+        previous = kernels.kernels_enabled()
+        kernels.set_kernels_enabled(enabled)
+        try:
+            return fn(*args)
+        finally:
+            kernels.set_kernels_enabled(previous)
+
+    return run
+
+
+def cases(spec: QuantSpec, backward: bool, compiled: bool) -> dict:
+    """name -> function of w returning what to evaluate."""
+    bits, gs = spec.bits, spec.group_size
+
+    def qdq(w):
+        return mx.dequantize(*mx.quantize(w, gs, bits), gs, bits, dtype=w.dtype)
+
+    def fwd(w):
+        return fake_quantize(w, spec)
+
+    def fwd_bwd(w):
+        out, (dw,) = mx.vjp(fwd, [w], [mx.ones_like(w)])
+        return out, dw
+
+    c = {
+        "copy": lambda w: w * 1,
+        "mx.quantize+dequantize": qdq,
+        "reference fwd": with_kernels(False, fwd),
+        "fast fwd": with_kernels(True, fwd),
+        "fast fwd, 1 stream": lambda w: cpu.fake_quant_minmax(w, bits, gs, split=False),
+    }
+    if compiled:
+        # Distinct functions: mx.compile caches traces by the Python function's identity.
+        c["reference fwd, compiled"] = with_kernels(False, mx.compile(lambda w: fwd(w)))
+        c["fast fwd, compiled"] = with_kernels(True, mx.compile(lambda w: fwd(w)))
+    if backward:
+        c["reference fwd+bwd"] = with_kernels(False, fwd_bwd)
+        c["fast fwd+bwd"] = with_kernels(True, fwd_bwd)
+    return c
+
+
+def time_cases(w: mx.array, fns: dict, repeats: int) -> dict:
+    for fn in fns.values():  # warm-up (and compile)
+        mx.eval(fn(w))
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            mx.eval(fn(w))
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def summarise(times: dict, n: int) -> list[dict]:
+    copy_med = statistics.median(times["copy"])
+    rows = []
+    for name, ts in times.items():
+        med, best = statistics.median(ts), min(ts)
+        rows.append(
+            {
+                "case": name,
+                "median_ms": round(med * 1e3, 2),
+                "best_ms": round(best * 1e3, 2),
+                "gelem_per_s": round(n / med / 1e9, 4),
+                "fraction_of_copy": round(copy_med / med, 4),
+                "fraction_of_copy_best": round(min(times["copy"]) / best, 4),
+            }
+        )
+    return rows
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        "# Fake-quant forward/backward vs copy (CPU backend)",
+        "",
+        f"- command: `{result['command']}`",
+        f"- date: {result['date']}, commit {result['commit']}",
+        f"- machine: {m['platform']}, {m['cpu']}, {m['cores']} cores; MLX {m['mlx']} "
+        f"({m['default_device']}, metal={m['metal_available']}, cuda={m['cuda_available']}, "
+        f"mlx_qat path: {m['kernels_backend']})",
+        f"- weight {result['shape'][0]}×{result['shape'][1]}, {result['repeats']} repeats, "
+        "all cases alternated within each repeat after one warm-up call each; "
+        f"cache limit {result['cache_limit_mib']} MiB",
+        f"- load average (1 min) before/after: {result['load_before']} / {result['load_after']} "
+        "(other jobs share this machine; 'best' is the least disturbed sample)",
+        "",
+        "fraction of copy = copy time / case time (medians; 'best' column from best times).",
+        "",
+    ]
+    for block in result["blocks"]:
+        lines += [
+            f"## {block['dtype']}, {block['spec']}",
+            "",
+            "| case | median ms | best ms | Gelem/s | × copy speed | × copy (best) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in block["rows"]:
+            lines.append(
+                f"| {r['case']} | {r['median_ms']:.2f} | {r['best_ms']:.2f} | "
+                f"{r['gelem_per_s']:.3f} | {r['fraction_of_copy']:.3f} | "
+                f"{r['fraction_of_copy_best']:.3f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=4096)
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--extra-bits", default="2,8", help="more affine g64 rows (forward only)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fake_quant"))
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args(argv)
+
+    cache_mib = 4096
+    mx.set_cache_limit(cache_mib << 20)
+    shape = (args.size, args.size)
+    n = shape[0] * shape[1]
+    load_before = os.getloadavg()[0]
+    blocks = []
+    for dname in args.dtypes.split(","):
+        dt = DTYPES[dname]
+        w = (mx.random.normal(shape, key=mx.random.key(0)) * 0.02).astype(dt)
+        mx.eval(w)
+        specs = [(QuantSpec("affine", 4, 64), True)]
+        specs += [(QuantSpec("affine", int(b), 64), False) for b in args.extra_bits.split(",") if b]
+        for spec, full in specs:
+            fns = cases(spec, backward=full, compiled=full)
+            rows = summarise(time_cases(w, fns, args.repeats), n)
+            blocks.append({"dtype": dname, "spec": str(spec), "rows": rows})
+            print(f"{dname} {spec}:")
+            for r in rows:
+                print(
+                    f"  {r['case']:<26} {r['median_ms']:8.2f} ms  (best {r['best_ms']:7.2f})"
+                    f"  {r['fraction_of_copy']:.3f} x copy"
+                )
+    result = {
+        "command": "python -m mlx_qat.blas -m benchmarks.bench_fake_quant "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "machine": machine(),
+        "shape": list(shape),
+        "repeats": args.repeats,
+        "cache_limit_mib": cache_mib,
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+        "blocks": blocks,
+    }
+    if not args.no_write:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        out.with_suffix(".md").write_text(markdown(result))
+        print(f"wrote {out.with_suffix('.md')} and .json")
+    return result
+
+
+if __name__ == "__main__":
+    main()

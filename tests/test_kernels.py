@@ -1,0 +1,201 @@
+"""Kernel dispatch, launch geometry, and the CPU fast path's bit-exactness.
+
+The GPU parity tests (`metal`/`cuda` markers) run the fused kernels against the CPU reference
+and are skipped where MLX has no such backend.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_qat import kernels
+from mlx_qat.kernels import cpp, cpu, gpu, sources
+from mlx_qat.kernels.launch import MAX_THREADGROUP, launch_geometry, threads_launched
+from mlx_qat.kernels.testing import gpu_parity, minmax_families, mismatches, stacked
+from mlx_qat.quant import QuantSpec, fake_quantize, reference_fake_quant
+from mlx_qat.quant.affine import fake_quant_minmax
+from mlx_qat.quant.spec import AFFINE_BITS, AFFINE_GROUP_SIZES
+
+DTYPES = (mx.float32, mx.float16, mx.bfloat16)
+
+
+@pytest.fixture
+def kernels_off():
+    was = kernels.kernels_enabled()
+    kernels.set_kernels_enabled(False)
+    yield
+    kernels.set_kernels_enabled(was)
+
+
+# --- dispatch -------------------------------------------------------------------------------
+
+
+def test_cpu_picks_pure_mlx_path():
+    if mx.default_device() != mx.cpu:
+        pytest.skip("default device is a GPU")
+    assert kernels.fused_backend() is None
+    assert kernels.active_backend() == "cpu"
+
+
+def test_switch_forces_reference(kernels_off):
+    assert kernels.active_backend() == "reference"
+    assert kernels.fused_backend() is None
+    w = mx.random.normal((8, 128))
+    spec = QuantSpec("affine", 4, 64)
+    assert mismatches(kernels.fake_quant_forward(w, spec), reference_fake_quant(w, spec)) == 0
+
+
+def test_env_var_disables_and_import_needs_no_gpu():
+    code = (
+        "import mlx_qat, mlx_qat.kernels as k, mlx_qat.quant as q, mlx.core as mx;"
+        "w = mx.ones((2, 64));"
+        "q.fake_quantize(w, q.QuantSpec('affine', 4, 64));"
+        "print(k.kernels_enabled(), k.active_backend(), sorted(k.gpu.KERNELS))"
+    )
+    env = dict(os.environ, MLX_QAT_KERNELS="0")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[:2] == ["False", "reference"]
+
+
+def test_fused_entry_points_refuse_without_gpu():
+    if kernels.fused_backend() is not None:
+        pytest.skip("a GPU backend is active")
+    w = mx.ones((2, 64))
+    with pytest.raises(RuntimeError, match="no fused backend"):
+        kernels.lsq_forward(w, mx.ones((2, 1)), 4, 64)
+    with pytest.raises(RuntimeError, match="no fused backend"):
+        kernels.learned_affine_backward(w, mx.ones((2, 1)), mx.zeros((2, 1)), w, 4, 64)
+
+
+@pytest.mark.parametrize("mode", ("mxfp4", "nvfp4", "mxfp8"))
+def test_fp_modes_use_reference(mode):
+    spec = QuantSpec.for_mode(mode)
+    w = mx.random.normal((4, 64), key=mx.random.key(1)).astype(mx.bfloat16)
+    assert mismatches(kernels.fake_quant_forward(w, spec), reference_fake_quant(w, spec)) == 0
+
+
+# --- kernel objects and launch geometry (pure Python) ---------------------------------------
+
+
+def test_kernel_objects_built_once_per_backend():
+    assert set(gpu.KERNELS.get("metal", {})) == {"forward", "backward"}
+    assert ("cuda" in gpu.KERNELS) == gpu.cuda_available()
+    names = {gpu._name(j, "".join(sources.metal_source(j))) for j in ("forward", "backward")}
+    assert len(names) == 2  # one name per source variant
+    assert gpu._name("forward", "a") != gpu._name("forward", "b")
+
+
+def test_one_body_text_for_all_backends():
+    harness = cpp.harness_source()
+    for job, body in sources.BODIES.items():
+        metal_header, metal_body = sources.metal_source(job)
+        cuda_header, cuda_body = sources.cuda_source(job)
+        assert metal_body.endswith(body) and cuda_body.endswith(body) and body in harness
+        assert sources.COMMON in metal_header and sources.COMMON in cuda_header
+        # MLX adds Metal attributes it finds in the body; CUDA must bounds-check.
+        assert "thread_position_in_grid" in metal_body
+        assert "blockIdx.x * blockDim.x + threadIdx.x" in cuda_body
+        assert "if (qat_tid >= (unsigned int)meta[0]) return;" in body
+    assert "__fmul_rn" in sources.CUDA_PRELUDE and "fp contract(off)" in sources.METAL_PRELUDE
+
+
+@pytest.mark.parametrize("n", (1, 3, 255, 256, 257, 4096 * 64, 10**7 + 1))
+def test_launch_geometry(n):
+    grid, tg = launch_geometry(n)
+    assert grid == (n, 1, 1)  # grid counts threads, one per group
+    assert 1 <= tg[0] <= MAX_THREADGROUP and tg[1:] == (1, 1)
+    assert threads_launched(grid, tg, "metal") == n
+    cuda = threads_launched(grid, tg, "cuda")
+    assert n <= cuda < n + tg[0]  # surplus threads exist: the body's guard is needed
+    assert cuda % tg[0] == 0
+
+
+def test_launch_geometry_limits():
+    with pytest.raises(ValueError):
+        launch_geometry(0)
+    with pytest.raises(ValueError, match="32-bit"):
+        launch_geometry(2**31)
+    for bad in (0, MAX_THREADGROUP + 1, 1024):
+        with pytest.raises(ValueError):
+            launch_geometry(10, threadgroup=bad)
+    with pytest.raises(ValueError):
+        threads_launched((1, 1, 1), (1, 1, 1), "vulkan")
+
+
+# --- the CPU fast path ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cpu_path_bit_exact(dtype):
+    for bits in AFFINE_BITS:
+        for gs in AFFINE_GROUP_SIZES:
+            w = stacked(minmax_families(bits, gs, seed=100 + bits * gs), dtype)
+            ref = fake_quant_minmax(w, bits, gs)
+            for split in (False, True):
+                for levels in (0, cpu.TREE_LEVELS, 7):
+                    got = cpu.fake_quant_minmax(w, bits, gs, split=split, levels=levels)
+                    assert mismatches(got, ref) == 0, (bits, gs, split, levels)
+            spec = QuantSpec("affine", bits, gs)
+            assert mismatches(fake_quantize(w, spec), ref) == 0
+
+
+@pytest.mark.parametrize("shape", ((1, 64), (1, 128), (3, 5, 256), (2, 1, 3, 64), (1024, 1024)))
+def test_cpu_path_shapes(shape):
+    w = mx.random.normal(shape, key=mx.random.key(len(shape))) * 0.02
+    for split in (False, True, None):
+        got = cpu.fake_quant_minmax(w, 4, 64, split=split)
+        assert got.shape == w.shape
+        assert mismatches(got, fake_quant_minmax(w, 4, 64)) == 0
+
+
+def test_cpu_path_compiled_and_grad():
+    spec = QuantSpec("affine", 3, 32)
+    w = stacked(minmax_families(3, 32, seed=5), mx.bfloat16)
+    ref = reference_fake_quant(w, spec)
+    assert mismatches(mx.compile(lambda x: fake_quantize(x, spec))(w), ref) == 0
+    grad = mx.compile(mx.grad(lambda x: (fake_quantize(x, spec).astype(mx.float32) * 3).sum()))
+    assert np.array_equal(np.array(grad(w).astype(mx.float32)), np.full(w.shape, 3.0))
+
+
+def test_cpu_path_nan_group_stays_nan():
+    w = mx.random.normal((2, 128), key=mx.random.key(3))
+    w = mx.where(mx.arange(256).reshape(2, 128) == 5, float("nan"), w)
+    got = np.array(cpu.fake_quant_minmax(w, 4, 64, split=True))
+    ref = np.array(fake_quant_minmax(w, 4, 64))
+    assert np.isnan(got[0, :64]).all() and np.isnan(ref[0, :64]).all()
+    np.testing.assert_array_equal(got[:, 64:], ref[:, 64:])
+    np.testing.assert_array_equal(got[1], ref[1])
+
+
+# --- GPU parity (Apple / NVIDIA machines only) ----------------------------------------------
+
+
+def _parity(backend: str) -> None:
+    old = mx.default_device()
+    mx.set_default_device(mx.gpu)
+    try:
+        res = gpu_parity(backend)
+    finally:
+        mx.set_default_device(old)
+    bad = {k: v for k, v in res.items() if ("rel.err" in k and v > 1e-4) or (v and "rel" not in k)}
+    assert not bad, bad
+
+
+@pytest.mark.metal
+@pytest.mark.skipif(not gpu.metal_available(), reason="needs MLX's Metal backend (a Mac)")
+def test_metal_kernels_match_cpu_reference():
+    _parity("metal")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not gpu.cuda_available(), reason="needs MLX's CUDA backend")
+def test_cuda_kernels_match_cpu_reference():
+    _parity("cuda")
