@@ -47,6 +47,7 @@ from .write import (
 logger = logging.getLogger(__name__)
 
 RESULT_FILE = "mlx_qat.json"
+PARITY_TOKENS = 8192  # default cap on the parity check's target tokens
 
 
 @dataclass
@@ -86,6 +87,14 @@ def _dtype_name(d: mx.Dtype) -> str:
     return str(d).rsplit(".", 1)[-1]
 
 
+def _default_batches(setup) -> int:
+    # The run's eval batches, capped: MLX's CPU quantized kernels run at ~1 GFLOP/s (far less
+    # in half precision), and a wrong grid shows on the first few thousand tokens already.
+    per_batch = max(setup.batch_size * setup.seq_len, 1)
+    cap = max(1, PARITY_TOKENS // per_batch)
+    return min(setup.eval_batches or cap, cap)
+
+
 def _parity_data(source: Source, parity_data, parity_batches) -> ParityData | str:
     """Validation batches for the check, or the reason there are none."""
     setup = run_eval_setup(source.run_dir)
@@ -104,7 +113,7 @@ def _parity_data(source: Source, parity_data, parity_batches) -> ParityData | st
         path,
         seq_len=setup.seq_len,
         batch_size=setup.batch_size,
-        max_batches=parity_batches or setup.eval_batches,
+        max_batches=parity_batches or _default_batches(setup),
         vocab_size=int(source.config.get("vocab_size", 1 << 31)),
         tokenizer_dir=tok_dir,
     )
@@ -221,7 +230,8 @@ def convert(
         parity_tolerance: allowed relative loss difference (default by dtype, 1e-4 for float32).
         parity_data: validation data (prepared data dir, .npy token ids, or text files);
             default: the run's own data from its config.yaml.
-        parity_batches: number of validation batches (default: the run's eval batches).
+        parity_batches: number of validation batches (default: the run's eval batches, at
+            most `PARITY_TOKENS` target tokens).
         max_file_size_gb: shard size of the weight files.
 
     Returns:
@@ -265,6 +275,13 @@ def convert(
         else:
             out_dtype = pack.default_dtype(train_dtype, scale_dtype)
     pack.cast_model(model, out_dtype, scale_dtype)
+    if data is not None and block is not None and out_dtype != mx.float32:
+        if mx.default_device() == mx.cpu:
+            logger.warning(
+                "the parity check runs the %s model on MLX's CPU backend, whose quantized "
+                "kernels are ~20x slower in half precision; --parity-batches 1 shortens it",
+                _dtype_name(out_dtype),
+            )
 
     from mlx_lm.utils import compute_bits_per_weight
 
