@@ -106,11 +106,10 @@ def save_run(run_dir, data, model, opt, cfg, qat, fake_quant, step) -> Path:
     (run_dir / "config.yaml").write_text(
         yaml.safe_dump(
             {
-                "data": {"dir": str(data.path)},
+                "data": [str(data.path)],
                 "seq_len": SEQ_LEN,
                 "batch_size": BATCH,
                 "eval_batches": EVAL_BATCHES,
-                "model": cfg,
             }
         )
     )

@@ -98,16 +98,17 @@ def _default_batches(setup) -> int:
 def _parity_data(source: Source, parity_data, parity_batches) -> ParityData | str:
     """Validation batches for the check, or the reason there are none."""
     setup = run_eval_setup(source.run_dir)
-    path = Path(parity_data) if parity_data is not None else setup.data_dir
-    if path is None:
-        return (
-            f"no validation data known for {source.path} (no run config.yaml with a data dir); "
-            "pass --parity-data (a prepared data dir, a .npy of token ids or text files)"
-        )
-    if not path.exists():
-        if parity_data is not None:
+    if parity_data is not None:
+        path = Path(parity_data)
+        if not path.exists():
             raise ConvertError(f"--parity-data {path}: no such file or directory")
-        return f"the run's data dir {path} is missing; pass --parity-data"
+    elif setup.data_dir is not None:
+        path = setup.data_dir
+    else:
+        return (
+            f"no validation data for {source.path} ({setup.missing}); pass --parity-data "
+            "(a prepared data dir, a .npy of token ids or text files)"
+        )
     tok_dir = source.tokenizer_dir if source.kind == "checkpoint" else source.path
     return load_parity_data(
         path,

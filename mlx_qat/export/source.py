@@ -241,52 +241,39 @@ def load_mlx_model(source: Source) -> nn.Module:
 
 @dataclass
 class EvalSetup:
-    """Where the run's validation data is and how the trainer batched it."""
+    """Where the run's validation data is and how the trainer batched it.
+
+    `data_dir` is prepared data (`mlx_qat.data` output); None with `missing` saying why.
+    """
 
     data_dir: Path | None
     seq_len: int = 128
     batch_size: int = 8
     eval_batches: int | None = 8
+    missing: str | None = None
 
 
 def run_eval_setup(run_dir: Path | None) -> EvalSetup:
-    """Validation settings from a run's resolved `config.yaml` (defaults when absent)."""
+    """Validation settings from a run's resolved `config.yaml` (the trainer's flat keys)."""
     if run_dir is None or not (run_dir / "config.yaml").is_file():
-        return EvalSetup(None)
+        return EvalSetup(None, missing="no run config.yaml")
     try:
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as e:
         raise ConvertError(f"{run_dir / 'config.yaml'}: cannot read the run config ({e})") from e
-    flat = _flatten(cfg)
-
-    def pick(*names, default=None):
-        for n in names:
-            if flat.get(n) is not None:
-                return flat[n]
-        return default
-
-    data = pick("data_dir", "data", "data.dir", "data.path", "data.out_dir")
     out = EvalSetup(None)
-    if isinstance(data, str):
-        p = Path(data).expanduser()
-        out.data_dir = p if p.is_absolute() or p.exists() else (run_dir / p)
-    out.seq_len = int(pick("seq_len", "data.seq_len", "train.seq_len", default=out.seq_len))
-    out.batch_size = int(
-        pick("eval_batch_size", "batch_size", "train.batch_size", default=out.batch_size)
-    )
-    n = pick("eval_batches", "eval.batches", "eval.max_batches", default=out.eval_batches)
-    out.eval_batches = None if n is None else int(n)
-    return out
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    # Nested YAML sections as dotted keys; the last component is also kept as a short name.
-    out: dict = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-            out.setdefault(str(k), v)
+    out.seq_len = int(cfg.get("seq_len") or out.seq_len)
+    out.batch_size = int(cfg.get("batch_size") or out.batch_size)
+    out.eval_batches = int(cfg.get("eval_batches") or out.eval_batches)
+    data = cfg.get("data")
+    inputs = [data] if isinstance(data, str) else list(data or [])
+    if len(inputs) == 1:
+        # Relative paths were relative to the training's working directory; try the run's
+        # parent too, for a run that was moved together with its data.
+        for base in (Path.cwd(), run_dir.parent, run_dir):
+            p = base / Path(inputs[0]).expanduser()
+            if (p / "manifest.json").is_file() or (p / "latest.json").is_file():
+                out.data_dir = p
+                return out
+    out.missing = f"the run's data {inputs or '(default corpus)'} is not a prepared data dir here"
     return out
