@@ -122,20 +122,43 @@ def cases(spec: QuantSpec, backward: bool, compiled: bool) -> dict:
     return c
 
 
+def stage_cases(w: mx.array, spec: QuantSpec) -> dict:
+    """The CPU path's stages on the whole weight, one stream, inputs precomputed."""
+    bits, gs = spec.bits, spec.group_size
+    x = w.reshape(-1, gs).astype(mx.float32)
+    hi, lo = cpu.group_stats(x)
+    s, b = cpu.minmax_grid(hi, lo, bits)
+    half = w.shape[0] // 2
+    parts = [w[:half] * 1, w[half:] * 1]
+    mx.eval(x, hi, lo, s, b, *parts)
+    return {
+        "stage: max/min (tree + reduce)": lambda _: cpu.group_stats(x),
+        "stage: per-group grid": lambda _: cpu.minmax_grid(hi, lo, bits),
+        "stage: apply (elementwise)": lambda _: cpu.apply_grid(x, s, b, bits, w.dtype),
+        "stage: concatenate halves": lambda _: mx.concatenate(parts, axis=0),
+    }
+
+
 def time_cases(w: mx.array, fns: dict, repeats: int) -> dict:
     for fn in fns.values():  # warm-up (and compile)
         mx.eval(fn(w))
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu_s = dict.fromkeys(fns, 0.0)
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            c0, t0 = os.times(), time.perf_counter()
             mx.eval(fn(w))
-            times[name].append(time.perf_counter() - t0)
+            t1, c1 = time.perf_counter(), os.times()
+            times[name].append(t1 - t0)
+            cpu_s[name] += (c1.user - c0.user) + (c1.system - c0.system)
+    # Process CPU time (all threads) per call: > wall time only when two cores worked.
+    times["_cpu_ms"] = {k: v / repeats * 1e3 for k, v in cpu_s.items()}
     return times
 
 
 def summarise(times: dict, n: int) -> list[dict]:
     copy_med = statistics.median(times["copy"])
+    cpu_ms = times.pop("_cpu_ms")
     rows = []
     for name, ts in times.items():
         med, best = statistics.median(ts), min(ts)
@@ -147,6 +170,7 @@ def summarise(times: dict, n: int) -> list[dict]:
                 "gelem_per_s": round(n / med / 1e9, 4),
                 "fraction_of_copy": round(copy_med / med, 4),
                 "fraction_of_copy_best": round(min(times["copy"]) / best, 4),
+                "cpu_ms_per_call": round(cpu_ms[name], 1),
             }
         )
     return rows
@@ -168,21 +192,24 @@ def markdown(result: dict) -> str:
         f"- load average (1 min) before/after: {result['load_before']} / {result['load_after']} "
         "(other jobs share this machine; 'best' is the least disturbed sample)",
         "",
-        "fraction of copy = copy time / case time (medians; 'best' column from best times).",
+        "fraction of copy = copy time / case time (medians; 'best' column from best times). "
+        "CPU ms = process CPU time per call, all threads: above the wall time only when the "
+        "two-stream split really ran on two cores. Stage rows: the CPU path's parts on the whole "
+        "weight, one stream (inputs precomputed).",
         "",
     ]
     for block in result["blocks"]:
         lines += [
             f"## {block['dtype']}, {block['spec']}",
             "",
-            "| case | median ms | best ms | Gelem/s | × copy speed | × copy (best) |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| case | median ms | best ms | Gelem/s | × copy speed | × copy (best) | CPU ms |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for r in block["rows"]:
             lines.append(
                 f"| {r['case']} | {r['median_ms']:.2f} | {r['best_ms']:.2f} | "
                 f"{r['gelem_per_s']:.3f} | {r['fraction_of_copy']:.3f} | "
-                f"{r['fraction_of_copy_best']:.3f} |"
+                f"{r['fraction_of_copy_best']:.3f} | {r['cpu_ms_per_call']:.1f} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -212,6 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
         specs += [(QuantSpec("affine", int(b), 64), False) for b in args.extra_bits.split(",") if b]
         for spec, full in specs:
             fns = cases(spec, backward=full, compiled=full)
+            if full:
+                fns.update(stage_cases(w, spec))
             rows = summarise(time_cases(w, fns, args.repeats), n)
             blocks.append({"dtype": dname, "spec": str(spec), "rows": rows})
             print(f"{dname} {spec}:")

@@ -140,7 +140,7 @@ def test_cpu_path_bit_exact(dtype):
             w = stacked(minmax_families(bits, gs, seed=100 + bits * gs), dtype)
             ref = fake_quant_minmax(w, bits, gs)
             for split in (False, True):
-                for levels in (0, cpu.TREE_LEVELS, 7):
+                for levels in (0, None, 7):
                     got = cpu.fake_quant_minmax(w, bits, gs, split=split, levels=levels)
                     assert mismatches(got, ref) == 0, (bits, gs, split, levels)
             spec = QuantSpec("affine", bits, gs)
@@ -199,3 +199,13 @@ def test_metal_kernels_match_cpu_reference():
 @pytest.mark.skipif(not gpu.cuda_available(), reason="needs MLX's CUDA backend")
 def test_cuda_kernels_match_cpu_reference():
     _parity("cuda")
+
+
+def test_tree_levels_and_stream_switch():
+    assert [cpu.tree_levels(g) for g in (16, 32, 64, 128)] == [0, 1, 2, 3]
+    code = "import mlx_qat.kernels.cpu as c; print(c._SPLIT_DEFAULT)"
+    env = dict(os.environ, MLX_QAT_CPU_STREAMS="1")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"

@@ -23,11 +23,19 @@ NaN/inf inputs are not covered by the bit-exactness tests (NaN groups stay NaN).
 
 from __future__ import annotations
 
+import os
+
 import mlx.core as mx
 
 MAGIC = 12582912.0  # 1.5 * 2**23: float32 x + MAGIC rounds x to an integer, ties to even
 SPLIT_MIN_ELEMENTS = 1 << 20  # below this, one stream (the sync costs more than it saves)
-TREE_LEVELS = 2  # pairwise levels before the reduction (measured: benchmarks/bench_fake_quant)
+# Pairwise levels stop at 16 elements per group: measured best for group sizes 32/64/128
+# (MLX's reduction runs ~1.2 Gelem/s here, a vectorised maximum of two halves ~4 Gelem/s, but
+# short rows cost a fixed overhead each).
+REDUCE_AT = 16
+# MLX_QAT_CPU_STREAMS=1 turns the two-stream split off (e.g. on a machine whose other core is
+# busy, where the split only adds the concatenation).
+_SPLIT_DEFAULT = os.environ.get("MLX_QAT_CPU_STREAMS", "2").strip() != "1"
 
 _streams: list = []
 
@@ -39,8 +47,20 @@ def _worker_streams() -> list:
     return _streams
 
 
-def group_stats(xg: mx.array, levels: int = TREE_LEVELS) -> tuple[mx.array, mx.array]:
-    """(max, min) over the last axis of float32 `xg`, keepdims, via `levels` pairwise steps."""
+def tree_levels(group_size: int) -> int:
+    """Pairwise max/min levels for `group_size` (down to REDUCE_AT elements)."""
+    levels = 0
+    while group_size > REDUCE_AT and group_size % 2 == 0:
+        group_size //= 2
+        levels += 1
+    return levels
+
+
+def group_stats(xg: mx.array, levels: int | None = None) -> tuple[mx.array, mx.array]:
+    """(max, min) over the last axis of float32 `xg`, keepdims, via `levels` pairwise steps
+    (default `tree_levels`), then MLX's reduction."""
+    if levels is None:
+        levels = tree_levels(xg.shape[-1])
     hi = lo = xg
     h = xg.shape[-1]
     for _ in range(levels):
@@ -64,12 +84,17 @@ def minmax_grid(w_max: mx.array, w_min: mx.array, bits: int) -> tuple[mx.array, 
     return mx.where(nonzero, edge / q0, s), mx.where(nonzero, edge, 0.0)
 
 
-def _groups(xg: mx.array, bits: int, levels: int) -> mx.array:
+def _groups(xg: mx.array, bits: int, levels: int | None) -> mx.array:
     """Fake-quant of (groups, group_size) `xg` in its dtype (returned as (groups, 1, gs) or
     (groups, gs): the caller reshapes)."""
-    dt = xg.dtype
-    x = xg if dt == mx.float32 else xg.astype(mx.float32)
+    x = xg if xg.dtype == mx.float32 else xg.astype(mx.float32)
     s, b = minmax_grid(*group_stats(x, levels), bits)
+    return apply_grid(x, s, b, bits, xg.dtype)
+
+
+def apply_grid(x: mx.array, s: mx.array, b: mx.array, bits: int, dtype: mx.Dtype) -> mx.array:
+    """ŵ in `dtype` for float32 (groups, gs) `x` on the grid (s, b), each (groups, 1) float32:
+    7 elementwise passes (8 for 16-bit dtypes), no rounding op, no clip at 0."""
     # Under mx.compile MLX fuses a binary op with the Broadcast of its per-group operand (and
     # chains of such ops) into a scalar, strided JIT loop, 2-4x slower than MLX's vectorised
     # eager ops. Two things keep compiled == eager here: the per-group operands are broadcast
@@ -91,13 +116,13 @@ def _groups(xg: mx.array, bits: int, levels: int) -> mx.array:
     y = mx.minimum(flip(y), float(2**bits - 1))
     y = flip(y) + MAGIC
     code = flip(y) - MAGIC  # (g, 1, gs)
-    if dt == mx.float32:
+    if dtype == mx.float32:
         return flip(flip(code) * full(s, a2)) + full(b, a3)
     # T(code)·T(s) in float32 is exact (≤ 8 + 11 significant bits), so one rounding to T gives
     # T's product, and float32 ops are ~2x faster than MLX's 16-bit ones on CPU.
-    s_t = s.astype(dt).astype(mx.float32)
-    prod = flip(flip(code) * full(s_t, a2)).astype(dt)  # (g, 1, gs)
-    return flip(prod) + full(b.astype(dt), a2)
+    s_t = s.astype(dtype).astype(mx.float32)
+    prod = flip(flip(code) * full(s_t, a2)).astype(dtype)  # (g, 1, gs)
+    return flip(prod) + full(b.astype(dtype), a2)
 
 
 def fake_quant_minmax(
@@ -105,7 +130,7 @@ def fake_quant_minmax(
     bits: int,
     group_size: int,
     split: bool | None = None,
-    levels: int = TREE_LEVELS,
+    levels: int | None = None,
 ) -> mx.array:
     """Quantize-dequantize `w` on the min/max grid; equals affine.fake_quant_minmax bit for bit.
 
@@ -113,13 +138,13 @@ def fake_quant_minmax(
         w: float array (..., K), K a multiple of `group_size`.
         bits, group_size: the affine format.
         split: evaluate the two halves of the groups on two CPU streams (default: when
-            w has at least SPLIT_MIN_ELEMENTS elements).
-        levels: pairwise max/min levels before the reduction.
+            w has at least SPLIT_MIN_ELEMENTS elements, unless MLX_QAT_CPU_STREAMS=1).
+        levels: pairwise max/min levels before the reduction (default `tree_levels`).
     """
     xg = w.reshape(-1, group_size)
     n_groups = xg.shape[0]
     if split is None:
-        split = w.size >= SPLIT_MIN_ELEMENTS
+        split = _SPLIT_DEFAULT and w.size >= SPLIT_MIN_ELEMENTS
     if not split or n_groups < 2:
         return _groups(xg, bits, levels).reshape(w.shape)
     h = n_groups // 2
