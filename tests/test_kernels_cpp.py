@@ -149,3 +149,65 @@ def test_surplus_threads_write_nothing(harness):
 
 def test_seq_clip_matches_lsq_module():
     assert sources.SEQ_CLIP == lsq.SEQ_CLIP
+
+
+@pytest.fixture
+def use_fused(harness, monkeypatch):
+    """use_fused(True): pretend a GPU backend is active, the C++ build of the bodies being the
+    'GPU'; use_fused(False): the pure-MLX path."""
+    import mlx_qat.kernels as k
+
+    def forward(backend, w, kind, bits, gs, p0=None, p1=None, dequant_dtype=None):
+        switch.calls += 1
+        return harness.forward(w, kind, bits, gs, p0, p1, dequant_dtype)
+
+    def backward(backend, w, cot, kind, bits, gs, p0, p1=None):
+        switch.calls += 1
+        return harness.backward(w, cot, kind, bits, gs, p0, p1)
+
+    monkeypatch.setattr(k.gpu, "forward", forward)
+    monkeypatch.setattr(k.gpu, "backward", backward)
+
+    def switch(on: bool) -> None:
+        monkeypatch.setattr(k, "fused_backend", (lambda: "harness") if on else (lambda: None))
+
+    switch.calls = 0
+    return switch
+
+
+def _fwd_vjp(fn, primals, cot):
+    out, grads = mx.vjp(fn, primals, [cot])
+    mx.eval(out, grads)
+    return out[0], grads
+
+
+@pytest.mark.parametrize("per", ("row", "group"))
+def test_quantizers_call_fused_kernels(use_fused, per):
+    # The opt-in calls in quant/lsq.py, learned_affine.py and quantizers.py, end to end:
+    # same ŵ and ∂w bit for bit, parameter gradients up to summation order.
+    from mlx_qat.quant.quantizers import _minmax_rounded
+
+    w32, alpha = lsq_case(4, 64, per, seed=1)
+    w = w32.astype(mx.bfloat16)
+    cot = mx.random.normal(w.shape, key=mx.random.key(9)).astype(mx.bfloat16)
+    _, scale, bias = learned_case(4, 64, seed=2)
+    cases = [
+        (lsq.lsq_function(4, 64, mx.float16), [w, alpha]),
+        (lsq.lsq_function(2, 64), [w, alpha]),
+        (learned_affine.learned_affine_function(4, 64), [w, scale, bias]),
+    ]
+    for fn, primals in cases:
+        use_fused(True)
+        out_k, grads_k = _fwd_vjp(fn, primals, cot)
+        use_fused(False)
+        out_r, grads_r = _fwd_vjp(fn, primals, cot)
+        assert mismatches(out_k, out_r) == 0
+        assert mismatches(grads_k[0], grads_r[0]) == 0
+        for gk, gr in zip(grads_k[1:], grads_r[1:]):
+            _close(gk, gr)
+    fq = _minmax_rounded(4, 64, mx.float16)
+    use_fused(True)
+    got = fq(w)
+    use_fused(False)
+    assert mismatches(got, fq(w)) == 0
+    assert use_fused.calls == 2 * len(cases) + 1  # every forward/backward went to the kernel
