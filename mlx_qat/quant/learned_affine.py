@@ -21,6 +21,7 @@ from functools import cache
 
 import mlx.core as mx
 
+from .. import kernels  # fused Metal/CUDA forward/backward, used only when a GPU runs
 from .affine import dequantize_codes, group, minmax_params
 
 SCALE_MIN = 1e-7
@@ -53,6 +54,8 @@ def learned_affine_function(bits: int, group_size: int, scale_dtype=None):
 
     @mx.custom_function
     def fq(w, scale, bias):
+        if kernels.fused_backend():  # mlx_qat.kernels: same bits, one fused pass
+            return kernels.learned_affine_forward(w, scale, bias, bits, group_size, scale_dtype)
         code, s, b, _ = codes(group(w, group_size).astype(mx.float32), scale, bias, bits)
         # With scales stored as scale_dtype, MLX dequantizes in that dtype: do the same.
         dt = w.dtype if scale_dtype is None else scale_dtype
@@ -61,6 +64,8 @@ def learned_affine_function(bits: int, group_size: int, scale_dtype=None):
     @fq.vjp
     def fq_vjp(primals, cot, output):
         w, scale, bias = primals
+        if kernels.fused_backend():  # mlx_qat.kernels: fused dw and per-group ds, db sums
+            return kernels.learned_affine_backward(w, scale, bias, cot, bits, group_size)
         code, _, _, x = codes(group(w, group_size).astype(mx.float32), scale, bias, bits)
         c = group(cot, group_size).astype(mx.float32)
         inside = (x >= 0) & (x <= n)

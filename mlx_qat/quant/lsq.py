@@ -31,6 +31,7 @@ from functools import cache
 
 import mlx.core as mx
 
+from .. import kernels  # fused Metal/CUDA forward/backward, used only when a GPU runs
 from .affine import dequantize_codes, group
 
 ALPHA_MIN = 1e-5
@@ -100,12 +101,16 @@ def lsq_function(bits: int, group_size: int, scale_dtype=None):
 
     @mx.custom_function
     def fq(w, alpha):
+        if kernels.fused_backend():  # mlx_qat.kernels: same bits, one fused pass
+            return kernels.lsq_forward(w, alpha, bits, group_size, scale_dtype)
         wg = group(w, group_size).astype(mx.float32)
         return dequantize(wg, alpha, bits, w.dtype, scale_dtype).reshape(w.shape)
 
     @fq.vjp
     def fq_vjp(primals, cot, output):
         w, alpha = primals
+        if kernels.fused_backend():  # mlx_qat.kernels: fused dw and per-group dα sums
+            return kernels.lsq_backward(w, alpha, cot, bits, group_size)
         wg = group(w, group_size).astype(mx.float32)
         _, _, _, x, q = codes(wg, alpha, bits)
         c = group(cot, group_size).astype(mx.float32)

@@ -19,6 +19,7 @@ from functools import cache
 import mlx.core as mx
 import mlx.nn as nn
 
+from .. import kernels  # fused Metal/CUDA forward, used only when a GPU runs
 from . import learned_affine, lsq
 from .affine import codes_from_params, dequantize_codes, group, minmax_params, pack_codes
 from .fake_quant import Grid, fake_quantize, quantize_grid
@@ -65,6 +66,8 @@ def _minmax_rounded(bits: int, group_size: int, scale_dtype: mx.Dtype):
     # Min/max grid whose scale/bias are stored in another dtype than the weight: STE forward.
     @mx.custom_function
     def fq(w):
+        if kernels.fused_backend():  # mlx_qat.kernels: same bits, one fused pass
+            return kernels.minmax_forward(w, bits, group_size, scale_dtype)
         wg = group(w, group_size).astype(mx.float32)
         s, b = minmax_params(wg, bits)
         code = codes_from_params(wg, s, b, bits)
