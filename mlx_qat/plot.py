@@ -1,0 +1,110 @@
+"""Loss curves of a run: training loss, the FP→QAT switch, and the eval series.
+
+    python -m mlx_qat.plot runs/main [--out loss.png]     (or `mlx_qat.train --plot`)
+
+Needs matplotlib (`pip install 'mlx_qat[plot]'`); the import error says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .train.metrics import read_metrics
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError(
+            "plotting needs matplotlib: pip install 'mlx_qat[plot]' (or pip install matplotlib)"
+        ) from e
+    return plt
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def plot_run(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    twin_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Draw `run_dir`'s loss curves to `out` (default `run_dir/loss.png`); returns the path.
+
+    Left: training loss (smoothed) against tokens with the switch marked, and the validation
+    FP / QAT / PTQ losses. When the run has an FP twin (`run_dir/fp_twin`, or `twin_dir`) its
+    validation series are drawn dashed. Right: the learning rate.
+    """
+    plt = _pyplot()
+    run_dir = Path(run_dir)
+    out = Path(out) if out else run_dir / "loss.png"
+    train = read_metrics(run_dir, "train")
+    if not train:
+        raise ValueError(f"{run_dir}: no training records in metrics.jsonl to plot")
+    tps = train[-1]["tokens"] / train[-1]["step"]
+    fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1]})
+    x = [r["tokens"] for r in train]
+    y = [float(r["loss"]) for r in train]
+    ax.plot(x, y, color="0.75", lw=0.6, label="train loss")
+    ax.plot(x, _smooth(y, max(1, len(y) // 50)), color="0.3", lw=1.2, label="train (smoothed)")
+    colors = {"fp": "tab:blue", "qat": "tab:red", "ptq": "tab:orange"}
+    _eval_series(ax, read_metrics(run_dir, "eval"), tps, colors, "-", "")
+    twin = Path(twin_dir) if twin_dir else run_dir / "fp_twin"
+    if (twin / "metrics.jsonl").exists():
+        _eval_series(ax, read_metrics(twin, "eval"), tps, colors, "--", " (FP twin)", skip="qat")
+    for r in read_metrics(run_dir, "switch"):
+        ax.axvline(r["step"] * tps, color="k", ls=":", lw=1)
+        ax.text(r["step"] * tps, ax.get_ylim()[1], " FP→QAT", va="top", fontsize=8)
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("loss (nats/token)")
+    lo = min(y[len(y) // 10 :] or y)
+    ax.set_ylim(lo - 0.1, min(max(y), lo + 2.5))
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(run_dir.name)
+    ax_lr.plot(x, [r["lr"] for r in train], color="tab:green")
+    ax_lr.set_xlabel("tokens")
+    ax_lr.set_title("learning rate")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _eval_series(ax, evals, tps, colors, ls, suffix, skip=None) -> None:
+    for mode, color in colors.items():
+        pts = [(r["step"] * tps, r[mode]["loss"]) for r in evals if r.get(mode)]
+        if pts and mode != skip:
+            ax.plot(*zip(*pts), ls=ls, marker="o", ms=3, color=color, label=f"val {mode}{suffix}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mlx_qat.plot RUN_DIR [--out FILE]`."""
+    p = argparse.ArgumentParser(prog="mlx_qat.plot", description=plot_run.__doc__.split("\n")[0])
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="image file (default: RUN_DIR/loss.png)")
+    args = p.parse_args(argv)
+    try:
+        print(plot_run(args.run_dir, args.out))
+    except (ImportError, ValueError) as e:
+        print(f"mlx_qat.plot: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

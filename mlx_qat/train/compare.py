@@ -1,0 +1,105 @@
+"""The FP twin of a QAT run, and the FP / PTQ / QAT comparison table.
+
+The twin starts from the run's switch checkpoint and trains the QAT phase again — same data,
+same LR schedule, same steps — with fake quant off. At the end it is the FP model the same
+budget buys, and its round-to-nearest PTQ is what QAT must beat. So the comparison is at equal
+total tokens D, and costs only the QAT phase's tokens again:
+
+    % of the PTQ gap recovered = (PTQ_twin − QAT_run) / (PTQ_twin − FP_twin)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from .checkpoint import CHECKPOINTS, list_checkpoints, step_dir_name
+from .config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+TWIN = "fp_twin"
+
+
+def twin_config(config: TrainConfig, switch_step: int) -> TrainConfig:
+    """The twin's config: the QAT phase with fake quant off, branched from the switch."""
+    out = Path(config.out) / TWIN
+    resume = bool(list_checkpoints(out))
+    branch = None if resume else str(Path(config.out) / CHECKPOINTS / step_dir_name(switch_step))
+    return replace(
+        config,
+        out=str(out),
+        ablate_qat=True,
+        fp_twin=False,
+        plot=False,
+        resume=resume,
+        branch_from=branch,
+    )
+
+
+def comparison(run: dict, twin: dict | None) -> dict:
+    """FP, PTQ and QAT loss/bpb at equal budget and the gap recovered.
+
+    Without a twin (no QAT phase, or no FP phase to branch from) the run's own final eval is
+    used: FP and PTQ of its weights, and QAT = the fake-quant eval.
+    """
+    ev = run.get("eval") or {}
+    if twin is not None:
+        tw = twin.get("eval") or {}
+        fp, ptq, source = tw.get("fp"), tw.get("ptq"), "fp twin"
+    else:
+        fp, ptq, source = ev.get("fp"), ev.get("ptq"), "same run"
+    qat = ev.get("qat") if (run["plan"]["qat_steps"] > 0) else None
+    gap = None
+    if fp and ptq and qat and ptq["loss"] - fp["loss"] > 1e-9:
+        gap = (ptq["loss"] - qat["loss"]) / (ptq["loss"] - fp["loss"])
+    return {"fp": fp, "ptq": ptq, "qat": qat, "gap_recovered": gap, "baseline": source}
+
+
+def run_fp_twin(config: TrainConfig, trainer, result: dict) -> dict:
+    """Train the twin (when the run had both phases) and attach `twin` and `comparison`."""
+    from .trainer import Trainer
+
+    plan = trainer.plan
+    twin = None
+    if plan.qat_steps > 0 and plan.fp_steps > 0:
+        tcfg = twin_config(config, plan.switch_step)
+        logger.info("training the FP twin in %s", tcfg.out)
+        t = Trainer(tcfg)
+        t.setup()
+        twin = t.run()
+    else:
+        logger.info("fp twin: skipped (the run has no FP phase or no QAT phase)")
+    result = dict(result)
+    result["twin"] = twin
+    result["comparison"] = comparison(result, twin)
+    return result
+
+
+def format_comparison(result: dict) -> str:
+    """The table the main job prints: FP / PTQ / QAT loss and bpb, gap, throughput."""
+    cmp_ = result.get("comparison") or comparison(result, None)
+    rows = [("model", "val loss", "bits/byte")]
+    for name, key in (("FP (float)", "fp"), ("PTQ (RTN of FP)", "ptq"), ("QAT", "qat")):
+        r = cmp_.get(key)
+        rows.append((name, f"{r['loss']:.4f}" if r else "-", f"{r['bpb']:.4f}" if r else "-"))
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (x + 2) for x in w) + "|")
+    gap = cmp_.get("gap_recovered")
+    plan = result["plan"]
+    tps = result.get("tokens_per_s")
+    lines += [
+        "",
+        f"PTQ gap recovered by QAT: {100 * gap:.1f}%"
+        if gap is not None
+        else "PTQ gap recovered by QAT: n/a",
+        f"baseline: {cmp_.get('baseline')}; tokens D = {plan['total_tokens']:,}, QAT fraction "
+        f"f = {plan['fraction']:.3f} (S = {plan['tokens_per_byte']:.1f} tokens/byte, "
+        f"auto f = {plan['f_hat']:.3f}), {plan['pipeline']} pipeline",
+        f"throughput: {tps:,.0f} tokens/s (median step), train time {result['train_s']:.0f} s"
+        if tps
+        else "throughput: n/a",
+    ]
+    return "\n".join(lines)

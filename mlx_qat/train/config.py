@@ -1,0 +1,318 @@
+"""`TrainConfig`: every setting of a training run, as plain data.
+
+Settings come from, in order of precedence: command-line flags (kebab-case, `--lr 1e-3`), the
+`--config file.yaml` file (keys as the field names, `-` or `_`), the dataclass defaults below.
+`parse_args` merges the three; the trainer writes the result to `<out>/config.yaml`, and
+`load_config` reads such a file back. Fields are grouped (run, data, model, qat, budget,
+schedule, optimizer, batch, eval) only for `--help`; the YAML file is flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PIPELINES = ("fused", "classic")
+COOLDOWN_SHAPES = ("linear", "cosine", "1-sqrt")
+SWITCH_STATE = ("keep", "reset")
+QUANTIZERS = ("minmax", "lsq", "learned_affine")
+Q_MODES = ("affine", "mxfp4", "nvfp4", "mxfp8")
+
+# Fields that do not change what is trained: excluded from the resume hash.
+_NOT_HASHED = {
+    "out",
+    "resume",
+    "quiet",
+    "eval_every",
+    "eval_batches",
+    "save_every",
+    "keep_checkpoints",
+    "log_every",
+    "plot",
+    "fp_twin",
+    "compile",
+    "cache_limit_mb",
+}
+
+
+def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
+    meta = {"help": help, "group": group, **kw}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. See `mlx_qat.train --help` for every field.
+
+    Example:
+        >>> cfg = TrainConfig(preset="d2", tokens=200_000, bits=4, qat_fraction="auto")
+        >>> result = mlx_qat.train.train(cfg)
+    """
+
+    # run
+    out: str = _f("runs/main", "run directory (config, metrics, checkpoints, tokenizer)", "run")
+    resume: bool = _f(False, "continue from the run directory's latest checkpoint", "run")
+    branch_from: str | None = _f(
+        None,
+        "start from another run's checkpoint directory (weights, optimizer, step); the "
+        "schedule up to that step must be this run's",
+        "run",
+    )
+    seed: int = _f(0, "seed of the model init and the data order", "run")
+    quiet: bool = _f(False, "no progress bar or per-eval lines", "run")
+    plot: bool = _f(False, "draw <out>/loss.png at the end (needs matplotlib)", "run")
+    fp_twin: bool = _f(
+        False,
+        "after training, rerun the QAT phase from the switch checkpoint with fake quant off "
+        "(<out>/fp_twin): the FP model and its PTQ that QAT is compared with",
+        "run",
+    )
+    ablate_qat: bool = _f(
+        False, "run the QAT phase with fake quant off (what --fp-twin trains)", "run"
+    )
+    compile: bool = _f(True, "mx.compile the training step", "run")
+    cache_limit_mb: int = _f(
+        4096, "MLX buffer cache limit in MiB (MLX's CPU default, 32, is slow)", "run"
+    )
+    # data
+    data: list[str] | None = _f(
+        None,
+        "prepared data dir (mlx_qat.data output) or raw text files/folders; default: the "
+        "default corpus",
+        "data",
+        nargs="+",
+    )
+    data_out: str = _f("data", "where to build tokenizer + shards from raw inputs", "data")
+    vocab_size: int = _f(1024, "tokenizer vocabulary when the data is built here", "data")
+    # model
+    preset: str = _f("d2", "Llama preset: d<depth> (d2, d4, ...; see mlx_qat.models)", "model")
+    model_config: str | None = _f(
+        None, "config.json of any mlx-lm model (random init); overrides --preset", "model"
+    )
+    model: str | None = _f(
+        None, "existing float mlx-lm model dir to QAT-fine-tune; overrides --preset", "model"
+    )
+    # qat
+    bits: int = _f(4, "weight bits", "qat")
+    group_size: int = _f(64, "quantization group size", "qat")
+    q_mode: str = _f("affine", "MLX quantization mode", "qat", choices=Q_MODES)
+    quantizer: str = _f("minmax", "fake-quant quantizer", "qat", choices=QUANTIZERS)
+    lsq_per: str = _f("row", "LSQ step granularity", "qat", choices=("row", "group"))
+    embed_bits: int | None = _f(None, "embedding/head bits (default: max(bits, 4))", "qat")
+    scale_dtype: str | None = _f(None, "scale/bias storage dtype (default: weight dtype)", "qat")
+    # budget
+    tokens: int = _f(2_000_000, "total training tokens D (FP + QAT)", "budget")
+    qat_fraction: str = _f(
+        "auto", "QAT share f of the tokens, or 'auto' = exp(-a / ln S)", "budget"
+    )
+    auto_a: float = _f(6.7297, "constant a of the auto fraction", "budget")
+    # schedule
+    pipeline: str = _f("fused", "LR pipeline", "schedule", choices=PIPELINES)
+    cooldown_shape: str = _f("1-sqrt", "LR decay shape", "schedule", choices=COOLDOWN_SHAPES)
+    cooldown_fraction: float = _f(
+        0.2,
+        "fused: decay over min(D_qat, c*D); classic: FP cooldown over c*D_fp",
+        "schedule",
+    )
+    warmup_tokens: int | None = _f(None, "LR warmup in tokens", "schedule")
+    warmup_steps: int | None = _f(
+        None, "LR warmup in steps (default: min(2% of steps, 500))", "schedule"
+    )
+    qat_warmup_fraction: float = _f(
+        0.01, "classic: QAT re-warmup as a share of the QAT steps", "schedule"
+    )
+    lr: float = _f(3e-3, "peak learning rate", "schedule")
+    min_lr: float = _f(0.0, "learning rate at the end of a decay", "schedule")
+    optimizer_state_at_switch: str = _f(
+        "keep", "AdamW moments at the FP->QAT switch", "schedule", choices=SWITCH_STATE
+    )
+    # optimizer
+    weight_decay: float = _f(0.1, "AdamW weight decay (matrices only)", "optimizer")
+    beta1: float = _f(0.9, "AdamW beta1", "optimizer")
+    beta2: float = _f(0.95, "AdamW beta2", "optimizer")
+    eps: float = _f(1e-8, "AdamW epsilon", "optimizer")
+    grad_clip: float = _f(1.0, "global gradient-norm clip (0: off)", "optimizer")
+    # batch
+    batch_size: int = _f(32, "sequences per micro-batch", "batch")
+    seq_len: int = _f(128, "tokens per sequence", "batch")
+    grad_accum: int = _f(1, "micro-batches per optimizer step", "batch")
+    # eval / checkpoints / logging
+    eval_every: int = _f(200, "evaluate every N steps (and at the end); 0: only at the end", "eval")
+    eval_batches: int = _f(
+        16, "validation batches per evaluation (the same ones each time)", "eval"
+    )
+    save_every: int = _f(500, "checkpoint every N steps (and at the switch and the end)", "eval")
+    keep_checkpoints: int = _f(2, "keep the last K checkpoints (plus the switch one)", "eval")
+    log_every: int = _f(1, "write a metrics line every N steps", "eval")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation -----------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field, the problem and the fix."""
+        for name in ("tokens", "batch_size", "seq_len", "grad_accum"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        self.qat_fraction = normalize_fraction(self.qat_fraction)
+        for name, allowed in (
+            ("pipeline", PIPELINES),
+            ("cooldown_shape", COOLDOWN_SHAPES),
+            ("optimizer_state_at_switch", SWITCH_STATE),
+            ("quantizer", QUANTIZERS),
+            ("q_mode", Q_MODES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}"
+                )
+        if not 0.0 <= self.cooldown_fraction <= 1.0:
+            raise ValueError(f"cooldown_fraction={self.cooldown_fraction}: must be in [0, 1]")
+        if not 0.0 <= self.qat_warmup_fraction <= 1.0:
+            raise ValueError(f"qat_warmup_fraction={self.qat_warmup_fraction}: must be in [0, 1]")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ValueError(f"lr={self.lr}, min_lr={self.min_lr}: need 0 <= min_lr <= lr, lr > 0")
+        if self.warmup_tokens is not None and self.warmup_steps is not None:
+            raise ValueError("warmup_tokens and warmup_steps: give at most one of them")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints={self.keep_checkpoints}: must be >= 1")
+        if self.resume and self.branch_from:
+            raise ValueError("resume and branch_from: give one (resume continues this run)")
+        if isinstance(self.data, str):
+            self.data = [self.data]
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens consumed by one optimizer step."""
+        return self.batch_size * self.seq_len * self.grad_accum
+
+    # -- (de)serialization ----------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        """Plain data, YAML-able."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> TrainConfig:
+        """Build from a (possibly kebab-case) mapping; unknown keys raise ValueError."""
+        d = {str(k).replace("-", "_"): v for k, v in d.items()}
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown setting(s) {', '.join(unknown)}; known: "
+                f"{', '.join(sorted(names))}"
+            )
+        return cls(**d)
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML (the run directory's `config.yaml`)."""
+        return "# mlx_qat.train resolved config\n" + yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """sha256 of the settings that change what is trained (for resume checks)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def normalize_fraction(value: Any) -> str | float:
+    """'auto' or a float in [0, 1]; raise ValueError otherwise."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"qat_fraction={value!r}: give a number in [0, 1] or 'auto'") from None
+    if not (0.0 <= f <= 1.0) or math.isnan(f):
+        raise ValueError(f"qat_fraction={value!r}: must be in [0, 1] (or 'auto')")
+    return f
+
+
+def load_yaml(path: str | Path) -> dict:
+    """The mapping in a YAML config file (ValueError naming the file when unreadable)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"config file {path}: cannot read it ({e})") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {path}: must hold a mapping of setting: value")
+    return raw
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a `config.yaml` (a run's resolved config, or a hand-written one)."""
+    return TrainConfig.from_dict(load_yaml(path), where=str(path))
+
+
+def _type_of(f) -> tuple[Any, dict]:
+    """argparse `type` (and extra kwargs) for a dataclass field."""
+    default = f.default if f.default is not MISSING else f.default_factory()
+    ann = str(f.type)
+    kw: dict = {}
+    if "nargs" in f.metadata:
+        kw["nargs"] = f.metadata["nargs"]
+    if "choices" in f.metadata:
+        kw["choices"] = f.metadata["choices"]
+    if isinstance(default, bool):
+        return None, kw
+    if "int" in ann:
+        return int, kw
+    if "float" in ann:
+        return float, kw
+    return str, kw
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
+    """Add one `--kebab-case` flag per field of `cls`, grouped as in the dataclass."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields(cls):
+        group_name = f.metadata.get("group", "other")
+        if group_name not in groups:
+            groups[group_name] = parser.add_argument_group(group_name)
+        g = groups[group_name]
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else f.default_factory()
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        typ, kw = _type_of(f)
+        if typ is None:
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            g.add_argument(flag, type=typ, help=help_text, metavar=f.name.upper(), **kw)
+
+
+def build_parser(prog: str = "mlx_qat.train", description: str | None = None):
+    """The argparse parser: every TrainConfig field plus `--config`."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=description
+        or "Train a model with an FP phase then QAT (fake quantization) on MLX.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--config", metavar="FILE.yaml", help="read settings from a YAML file")
+    add_arguments(p)
+    return p
+
+
+def parse_args(argv: list[str] | None = None, parser=None) -> TrainConfig:
+    """Resolve CLI > YAML (`--config`) > defaults into a TrainConfig."""
+    parser = parser or build_parser()
+    args = vars(parser.parse_args(argv))
+    merged: dict = {}
+    if "config" in args:
+        path = args.pop("config")
+        merged.update({str(k).replace("-", "_"): v for k, v in load_yaml(path).items()})
+        where = str(path)
+    else:
+        where = "command line"
+    merged.update(args)
+    return TrainConfig.from_dict(merged, where=where)

@@ -1,0 +1,83 @@
+"""`metrics.jsonl`: one JSON object per line, appended as training goes.
+
+Records carry a `kind`:
+
+- `"train"`: `step` (steps completed), `phase`, `lr`, `loss`, `grad_norm`, `tokens`,
+  `tokens_per_s`, `step_s`, `peak_memory_mb`, `epoch`.
+- `"eval"`: `step`, `phase`, and `fp` / `qat` / `ptq` ({loss, bpb, tokens}), `gap_recovered`.
+- `"switch"`: `step`, the FP→QAT switch (fake quant on from here).
+- `"error"`: `step`, `message` (e.g. a non-finite loss).
+
+Checkpoints record how many lines the file had when they were saved; a resumed run truncates
+the file back to that many lines, so its metrics continue exactly where the checkpoint was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+METRICS = "metrics.jsonl"
+
+
+def _clean(value):
+    # JSON has no NaN/inf: write them as strings so the file stays parseable.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class MetricsWriter:
+    """Appends records to `run_dir/metrics.jsonl` (line-buffered, flushed per record)."""
+
+    def __init__(self, run_dir: str | os.PathLike, keep_lines: int | None = None):
+        """Open for appending; with `keep_lines`, first truncate to that many lines."""
+        self.path = Path(run_dir) / METRICS
+        self.lines = 0
+        if keep_lines is not None and self.path.exists():
+            kept = self.path.read_text(encoding="utf-8").splitlines(keepends=True)[:keep_lines]
+            tmp = self.path.with_name(f"{METRICS}.tmp-{os.getpid()}")
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(kept)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            self.lines = len(kept)
+        elif keep_lines is None and self.path.exists():
+            self.path.unlink()
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        """Append one record."""
+        self._f.write(json.dumps(_clean(record)) + "\n")
+        self._f.flush()
+        self.lines += 1
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[dict]:
+    """Records of `run_dir/metrics.jsonl` (only those of `kind` when given)."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            if kind is None or rec.get("kind") == kind:
+                out.append(rec)
+    return out

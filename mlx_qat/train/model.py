@@ -1,0 +1,88 @@
+"""Building the model and its `QATConfig` from a `TrainConfig`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..config import QATConfig
+from ..models.presets import model_config_dict, model_from_config, preset_config
+from ..quant.spec import QuantSpec
+
+logger = logging.getLogger(__name__)
+
+
+def qat_config(config) -> QATConfig:
+    """The `QATConfig` of a run: weights at `bits`, embeddings/head at `embed_bits`
+    (default max(bits, 4), the compute-optimal QAT recipe)."""
+    kw = dict(quantizer=config.quantizer, lsq_per=config.lsq_per, scale_dtype=config.scale_dtype)
+    if config.embed_bits is None:
+        return QATConfig.with_bits(config.bits, config.group_size, config.q_mode, 4, **kw)
+    weights = QuantSpec.for_mode(
+        config.q_mode, config.bits, config.group_size if config.q_mode == "affine" else None
+    )
+    mode = (
+        config.q_mode if QuantSpec.for_mode(config.q_mode).bits == config.embed_bits else "affine"
+    )
+    gs = config.group_size if mode == "affine" else None
+    embeddings = QuantSpec.for_mode(mode, config.embed_bits, gs)
+    return QATConfig(weights=weights, embeddings=embeddings, **kw)
+
+
+def make_model(config, vocab_size: int) -> tuple[nn.Module, dict]:
+    """(float model, its mlx-lm config.json dict), seeded by `config.seed`.
+
+    Priority: `--model` (an existing float mlx-lm model dir, for QAT fine-tuning), then
+    `--model-config` (any mlx-lm config.json, random init), then `--preset`.
+    """
+    mx.random.seed(config.seed)
+    if config.model:
+        return _load_pretrained(Path(config.model), vocab_size)
+    if config.model_config:
+        path = Path(config.model_config)
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--model-config {path}: cannot read it ({e})") from e
+        if "quantization" in cfg or "quantization_config" in cfg:
+            raise ValueError(
+                f"--model-config {path}: describes a quantized model; remove its "
+                "'quantization' entry (QAT starts from a float model)"
+            )
+        cfg.setdefault("vocab_size", vocab_size)
+        _check_vocab(cfg["vocab_size"], vocab_size, str(path))
+        model = model_from_config(cfg)
+    else:
+        cfg = preset_config(config.preset, vocab_size, max(4096, config.seq_len))
+        model = model_from_config(cfg)
+    mx.eval(model.parameters())
+    return model, model_config_dict(model, cfg)
+
+
+def _check_vocab(model_vocab: int, data_vocab: int, where: str) -> None:
+    if int(model_vocab) < int(data_vocab):
+        raise ValueError(
+            f"{where}: vocab_size {model_vocab} is smaller than the data's tokenizer "
+            f"({data_vocab}); tokenize the data with the model's tokenizer or enlarge the vocab"
+        )
+
+
+def _load_pretrained(path: Path, vocab_size: int) -> tuple[nn.Module, dict]:
+    from mlx_lm.utils import load_config, load_model
+
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--model {path}: no config.json; give an mlx-lm model directory")
+    cfg = load_config(path)
+    if "quantization" in cfg or "quantization_config" in cfg:
+        raise ValueError(
+            f"--model {path}: the model is already quantized; QAT needs the float model "
+            "(e.g. the original Hugging Face weights converted without -q)"
+        )
+    _check_vocab(cfg.get("vocab_size", vocab_size), vocab_size, f"--model {path}")
+    model, cfg = load_model(path)
+    mx.eval(model.parameters())
+    return model, model_config_dict(model, cfg)

@@ -1,0 +1,80 @@
+"""AdamW with weight decay on matrices only, and its state as flat arrays.
+
+Two AdamW instances behind `optim.MultiOptimizer`, split by parameter path:
+
+- decayed: float weights with ≥ 2 dimensions — every linear weight and the (tied) embedding
+  table. The tied table is also the output projection, and decaying it keeps its range (and
+  so its 4-bit grid) tight, as GPT-2/nanoGPT do.
+- not decayed: norms, biases (1-D), and every quantizer parameter (LSQ `alpha`, learned
+  affine `scale`/`bias`, under `.quantizer.`), whose decay would shrink the grid itself.
+
+Both use bias-corrected moments (β1, β2, ε from the config). The learning rate is set from
+the plan before every step (`set_lr`), so the schedule is a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_unflatten
+
+
+def is_decayed(path: str, param: mx.array) -> bool:
+    """True for parameters that get weight decay (matrices that are not quantizer params)."""
+    return param.ndim >= 2 and "quantizer" not in path.split(".")
+
+
+def build_optimizer(model: nn.Module, config) -> optim.MultiOptimizer:
+    """AdamW (decay on matrices) for `model`'s trainable parameters, state initialised.
+
+    Args:
+        model: the prepared model.
+        config: a `TrainConfig` (lr, beta1, beta2, eps, weight_decay).
+    """
+
+    def adamw(wd: float) -> optim.AdamW:
+        return optim.AdamW(
+            learning_rate=config.lr,
+            betas=[config.beta1, config.beta2],
+            eps=config.eps,
+            weight_decay=wd,
+            bias_correction=True,
+        )
+
+    opt = optim.MultiOptimizer(
+        [adamw(0.0), adamw(config.weight_decay)],
+        [lambda path, p: not is_decayed(path, p)],
+    )
+    opt.init(model.trainable_parameters())
+    return opt
+
+
+def set_lr(opt: optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every sub-optimizer (a float32 array in the state)."""
+    opt.learning_rate = mx.array(lr, dtype=mx.float32)
+
+
+def optimizer_arrays(opt: optim.Optimizer) -> dict[str, mx.array]:
+    """The optimizer state flattened to `{dotted.path: array}` (for safetensors)."""
+    return dict(tree_flatten(opt.state))
+
+
+def load_optimizer_arrays(opt: optim.Optimizer, arrays: dict[str, mx.array]) -> None:
+    """Restore `optimizer_arrays` output into `opt` (which must have the same structure).
+
+    Raises:
+        ValueError: naming the missing or unexpected keys.
+    """
+    have = set(optimizer_arrays(opt))
+    got = set(arrays)
+    if have != got:
+        missing, extra = sorted(have - got)[:5], sorted(got - have)[:5]
+        raise ValueError(
+            f"optimizer state does not match the model: missing {missing}, unexpected {extra}"
+        )
+    opt.state = tree_unflatten(list(arrays.items()))
+    # MultiOptimizer's setter leaves the children "uninitialized": they would re-init lazily
+    # (keeping the loaded arrays); mark them initialised so compile sees a fixed state.
+    for o in getattr(opt, "optimizers", [opt]):
+        o._initialized = True

@@ -1,0 +1,225 @@
+"""The phase plan: how many steps of FP training, then of QAT, and the LR at every step.
+
+A budget of `D` tokens is split into an FP phase of `(1 − f)·D` tokens (fake quant off) and a
+QAT phase of `f·D` tokens (fake quant on). `f = "auto"` uses paper 000's predictor
+
+    f̂ = exp(−a / ln S),   S = D / bytes,   a = 6.7297
+
+where `bytes` is the model's parameter bytes with every quantized tensor at its own nominal
+bits (embeddings at theirs) and float tensors at their dtype (`models.sizing.parameter_bytes`).
+S is tokens per parameter-byte; f̂ is defined for S > 1 only: for S ≤ 1 (fewer tokens than
+bytes) the predictor says no QAT at all, and the plan returns f̂ = 0 with a `warning`.
+
+Steps are optimizer steps of `tokens_per_step = batch_size · seq_len · grad_accum` tokens;
+`total_steps = ceil(D / tokens_per_step)` and `qat_steps = round(f · total_steps)`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from .schedules import lr_at
+
+AUTO_A = 6.7297
+
+
+def auto_fraction(tokens_per_byte: float, a: float = AUTO_A) -> float:
+    """f̂ = exp(−a / ln S); 0 for S ≤ 1 (the predictor is only defined above 1).
+
+    Example:
+        >>> round(auto_fraction(100), 3), round(auto_fraction(1000), 3)
+        (0.232, 0.377)
+    """
+    if tokens_per_byte <= 1.0:
+        return 0.0
+    return math.exp(-a / math.log(tokens_per_byte))
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """Step counts and LR schedule of one run. `lr_at(step)` gives the LR of any step.
+
+    Attributes:
+        total_tokens: the budget D.
+        tokens_per_step: tokens per optimizer step.
+        total_steps, fp_steps, qat_steps: steps in all, before and after the switch.
+        fraction: the realised QAT share `qat_steps / total_steps`.
+        requested: the requested fraction ("auto" or a number).
+        f_hat: the auto predictor's value (also reported when a number was requested).
+        n_params, n_params_no_embed, param_bytes: model size (`parameter_bytes`).
+        tokens_per_byte: S = D / param_bytes.
+        pipeline, shape: LR pipeline and decay shape.
+        lr, min_lr: peak and floor.
+        warmup_steps: initial warmup.
+        cooldown_steps: fused: the decay at the end of the run; classic: the FP cooldown.
+        qat_warmup_steps: classic: the QAT re-warmup (0 for fused).
+        warning: a note for the user (e.g. S ≤ 1), or "".
+    """
+
+    total_tokens: int
+    tokens_per_step: int
+    total_steps: int
+    fp_steps: int
+    qat_steps: int
+    fraction: float
+    requested: str | float
+    f_hat: float
+    n_params: int
+    n_params_no_embed: int
+    param_bytes: float
+    tokens_per_byte: float
+    pipeline: str
+    shape: str
+    lr: float
+    min_lr: float
+    warmup_steps: int
+    cooldown_steps: int
+    qat_warmup_steps: int
+    warning: str = field(default="")
+
+    @property
+    def switch_step(self) -> int:
+        """The first QAT step (== fp_steps); equals total_steps when there is no QAT."""
+        return self.fp_steps
+
+    @property
+    def fp_tokens(self) -> int:
+        return self.fp_steps * self.tokens_per_step
+
+    @property
+    def qat_tokens(self) -> int:
+        return self.qat_steps * self.tokens_per_step
+
+    def phase(self, step: int) -> str:
+        """ "fp" or "qat": the phase optimizer step `step` runs in."""
+        return "qat" if step >= self.fp_steps else "fp"
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimizer step `step`."""
+        return lr_at(self, step)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(switch_step=self.switch_step, fp_tokens=self.fp_tokens, qat_tokens=self.qat_tokens)
+        return d
+
+    def table(self) -> str:
+        """Human-readable summary (what `mlx_qat.plan` prints)."""
+        s = self.tokens_per_byte
+        req = self.requested if self.requested == "auto" else f"{float(self.requested):g}"
+        tps = self.tokens_per_step
+        rows = [
+            ("parameters N", f"{self.n_params:,} ({self.n_params_no_embed:,} without embeddings)"),
+            (
+                "parameter bytes",
+                f"{self.param_bytes:,.0f} ({8 * self.param_bytes / max(self.n_params, 1):.2f} bits/param)",
+            ),
+            ("tokens D", f"{self.total_tokens:,} ({self.total_steps:,} steps x {tps:,} tokens)"),
+            ("tokens/byte S", f"{s:,.2f}"),
+            ("auto fraction", f"{self.f_hat:.4f}  (exp(-a/ln S))"),
+            ("QAT fraction f", f"{self.fraction:.4f}  (requested: {req})"),
+            (
+                "FP phase",
+                f"{self.fp_tokens:,} tokens, steps 0..{self.fp_steps - 1}"
+                if self.fp_steps
+                else "none",
+            ),
+            (
+                "QAT phase",
+                f"{self.qat_tokens:,} tokens, steps {self.fp_steps}..{self.total_steps - 1}"
+                if self.qat_steps
+                else "none (PTQ only)",
+            ),
+            ("pipeline", f"{self.pipeline}, {self.shape} decay"),
+            ("LR", self._lr_summary()),
+        ]
+        if self.warning:
+            rows.append(("warning", self.warning))
+        w = max(len(k) for k, _ in rows)
+        return "\n".join(f"  {k:<{w}}  {v}" for k, v in rows)
+
+    def _lr_summary(self) -> str:
+        parts = [f"peak {self.lr:g}, floor {self.min_lr:g}", f"warmup {self.warmup_steps} steps"]
+        if self.pipeline == "fused" or not self.qat_steps:
+            parts.append(f"decay over the last {self.cooldown_steps} steps")
+        else:
+            parts.append(f"FP cooldown {self.cooldown_steps} steps")
+            parts.append(f"QAT re-warmup {self.qat_warmup_steps} steps then decay")
+        return "; ".join(parts)
+
+
+def make_plan(
+    config,
+    n_params: int,
+    n_params_no_embed: int,
+    param_bytes: float,
+) -> PhasePlan:
+    """The plan for a `TrainConfig` and a model size (from `parameter_bytes`).
+
+    Args:
+        config: a `TrainConfig` (uses tokens, qat_fraction, auto_a, pipeline, cooldown_*,
+            warmup_*, qat_warmup_fraction, lr, min_lr and the batch shape).
+        n_params, n_params_no_embed, param_bytes: the model's size.
+    """
+    tps = config.tokens_per_step
+    total = max(1, math.ceil(config.tokens / tps))
+    s = config.tokens / param_bytes if param_bytes > 0 else math.inf
+    f_hat = auto_fraction(s, config.auto_a)
+    warning = ""
+    if config.qat_fraction == "auto":
+        f = f_hat
+        if s <= 1:
+            warning = (
+                f"S = D / bytes = {s:.3g} <= 1: the auto QAT fraction exp(-a/ln S) is only "
+                "defined for S > 1 and is taken as 0 (PTQ only); train on more tokens, use a "
+                "smaller model, or set --qat-fraction"
+            )
+    else:
+        f = float(config.qat_fraction)
+    qat = min(total, max(0, round(f * total)))
+    if 0 < f < 1 and qat in (0, total):
+        warning = warning or (
+            f"QAT fraction {f:.4f} of {total} steps rounds to {qat} QAT steps; "
+            "train on more tokens or change --qat-fraction"
+        )
+    fp = total - qat
+    if config.warmup_steps is not None:
+        warm = int(config.warmup_steps)
+    elif config.warmup_tokens is not None:
+        warm = math.ceil(config.warmup_tokens / tps)
+    else:
+        warm = min(round(0.02 * total), 500)
+    warm = max(0, min(warm, total))
+    c = config.cooldown_fraction
+    qw = 0
+    if config.pipeline == "fused" or qat == 0:
+        cooldown = min(qat, round(c * total)) if qat else round(c * total)
+    else:
+        cooldown = round(c * fp)
+        qw = max(1, round(config.qat_warmup_fraction * qat))
+        if fp == 0:
+            qw = max(qw, warm)
+        qw = min(qw, qat)
+    return PhasePlan(
+        total_tokens=int(config.tokens),
+        tokens_per_step=tps,
+        total_steps=total,
+        fp_steps=fp,
+        qat_steps=qat,
+        fraction=qat / total,
+        requested=config.qat_fraction,
+        f_hat=f_hat,
+        n_params=int(n_params),
+        n_params_no_embed=int(n_params_no_embed),
+        param_bytes=float(param_bytes),
+        tokens_per_byte=s,
+        pipeline=config.pipeline,
+        shape=config.cooldown_shape,
+        lr=float(config.lr),
+        min_lr=float(config.min_lr),
+        warmup_steps=warm,
+        cooldown_steps=int(cooldown),
+        qat_warmup_steps=int(qw),
+        warning=warning,
+    )

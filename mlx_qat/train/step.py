@@ -1,0 +1,104 @@
+"""The training step: loss, gradients, clipping and the AdamW update, compiled.
+
+`make_step(model, optimizer, grad_clip, accum, compile)` returns `step(batches) -> (loss,
+grad_norm)` for a list of `accum` micro-batches ((B, T+1) int32 each). With one micro-batch
+the whole step is one `mx.compile`d function whose inputs and outputs are the model, optimizer
+and RNG state; with several, a compiled `loss+grad` per micro-batch is evaluated one at a time
+(so activations of only one micro-batch are alive), the gradients are averaged, and a compiled
+`clip+update` applies them.
+
+A compiled function captures Python attributes at trace time — including each QAT layer's
+`fake_quant` flag — so the trainer builds a new step after the FP→QAT switch (and after any
+change to the optimizer's state objects: a reset or a resume).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_map, tree_reduce
+
+
+def loss_fn(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
+    """Mean next-token cross-entropy (nats), computed in float32."""
+    logits = model(inputs).astype(mx.float32)
+    return nn.losses.cross_entropy(logits, targets, reduction="mean")
+
+
+def global_norm(grads) -> mx.array:
+    """sqrt(Σ g²) over every gradient array."""
+    return mx.sqrt(
+        tree_reduce(lambda acc, g: acc + g.astype(mx.float32).square().sum(), grads, 0.0)
+    )
+
+
+def _clip(grads, grad_clip: float):
+    if grad_clip > 0:
+        return optim.clip_grad_norm(grads, grad_clip)
+    return grads, global_norm(grads)
+
+
+def make_step(
+    model: nn.Module,
+    optimizer: optim.Optimizer,
+    grad_clip: float = 1.0,
+    accum: int = 1,
+    compile: bool = True,
+) -> Callable[[list[mx.array]], tuple[mx.array, mx.array]]:
+    """Build `step(batches) -> (mean loss, pre-clip gradient norm)`; it updates in place.
+
+    Args:
+        model: the (prepared) model; its `fake_quant` flags are frozen into the step.
+        optimizer: initialised optimizer (its state objects are captured).
+        grad_clip: clip the global gradient norm to this (0: no clipping).
+        accum: micro-batches per step.
+        compile: wrap in `mx.compile`.
+    """
+    loss_and_grad = nn.value_and_grad(model, loss_fn)
+    state = [model.state, optimizer.state, mx.random.state]
+
+    if accum == 1:
+
+        def fused(batch):
+            loss, grads = loss_and_grad(model, batch[:, :-1], batch[:, 1:])
+            grads, norm = _clip(grads, grad_clip)
+            optimizer.update(model, grads)
+            return loss, norm
+
+        fused = mx.compile(fused, inputs=state, outputs=state) if compile else fused
+
+        def step(batches):
+            if len(batches) != 1:
+                raise ValueError(f"step: expected 1 micro-batch, got {len(batches)}")
+            return fused(batches[0])
+
+        return step
+
+    def micro(batch):
+        return loss_and_grad(model, batch[:, :-1], batch[:, 1:])
+
+    def apply(grads):
+        grads, norm = _clip(grads, grad_clip)
+        optimizer.update(model, grads)
+        return norm
+
+    if compile:
+        micro = mx.compile(micro, inputs=[model.state, mx.random.state])
+        apply = mx.compile(apply, inputs=state, outputs=state)
+
+    def step(batches):
+        total_loss, acc = None, None
+        for batch in batches:
+            loss, grads = micro(batch)
+            acc = grads if acc is None else tree_map(mx.add, acc, grads)
+            total_loss = loss if total_loss is None else total_loss + loss
+            mx.eval(acc, total_loss)
+        n = len(batches)
+        acc = tree_map(lambda g: g / n, acc)
+        norm = apply(acc)
+        return total_loss / n, norm
+
+    return step
