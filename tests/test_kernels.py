@@ -86,10 +86,10 @@ def test_fp_modes_use_reference(mode):
 
 
 def test_kernel_objects_built_once_per_backend():
-    assert set(gpu.KERNELS.get("metal", {})) == {"forward", "backward"}
+    assert set(gpu.KERNELS.get("metal", {})) == {"forward", "backward", "fp_forward"}
     assert ("cuda" in gpu.KERNELS) == gpu.cuda_available()
-    names = {gpu._name(j, "".join(sources.metal_source(j))) for j in ("forward", "backward")}
-    assert len(names) == 2  # one name per source variant
+    names = {gpu._name(j, "".join(sources.metal_source(j))) for j in sources.BODIES}
+    assert len(names) == 3  # one name per source variant
     assert gpu._name("forward", "a") != gpu._name("forward", "b")
 
 

@@ -12,15 +12,17 @@ import numpy as np
 import pytest
 
 from mlx_qat.kernels import _learned_params, _lsq_alpha, cpp, sources
+from mlx_qat.kernels.fp_sources import FP_KINDS
 from mlx_qat.kernels.launch import launch_geometry, threads_launched
 from mlx_qat.kernels.testing import (
+    fp_families,
     learned_case,
     lsq_case,
     minmax_families,
     mismatches,
     stacked,
 )
-from mlx_qat.quant import learned_affine, lsq
+from mlx_qat.quant import QuantSpec, learned_affine, lsq, reference_fake_quant
 from mlx_qat.quant.affine import codes_from_params, dequantize_codes, group, minmax_params
 from mlx_qat.quant.affine import fake_quant_minmax as reference_minmax
 from mlx_qat.quant.spec import AFFINE_BITS, AFFINE_GROUP_SIZES
@@ -90,6 +92,17 @@ def test_learned_affine_forward_bit_exact(harness, bits):
                 s, b = _learned_params(scale, bias)
                 got = harness.forward(w, sources.KIND_LEARNED, bits, gs, s, b, dequant_dtype=sd)
                 assert mismatches(got, ref) == 0, (gs, dtype, sd)
+
+
+@pytest.mark.parametrize("mode", ("mxfp4", "mxfp8", "nvfp4"))
+def test_fp_forward_bit_exact(harness, mode):
+    spec = QuantSpec.for_mode(mode)
+    fam = {**minmax_families(4, 32, seed=11), **fp_families(seed=12)}
+    for dtype in DTYPES:
+        w = stacked(fam, dtype)
+        ng = w.size // spec.group_size
+        got = harness.fp_forward(w, FP_KINDS[mode], spec.group_size, n_threads=cuda_threads(ng))
+        assert mismatches(got, reference_fake_quant(w, spec)) == 0, dtype
 
 
 def _close(a: mx.array, b: mx.array) -> None:

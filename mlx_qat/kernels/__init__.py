@@ -10,6 +10,8 @@ Every path produces the project's canonical grid (MLX's CPU `mx.quantize`, quant
 bit for bit; the CPU path is tested against the reference, the kernel bodies through their
 C++ build (kernels/cpp.py), the GPU launches only on a Mac/NVIDIA machine (`self_check`).
 
+Kernels (one thread per quantization group; bodies in sources.py and fp_sources.py): min/max
+affine forward, mxfp4/mxfp8/nvfp4 forward, LSQ/SEQ/sign and learned-affine forward and backward.
 The kernels compute only forwards and gradient reductions; gradient rules (STE, LSQ, ...) stay
 in the quantizers' `mx.custom_function`s, which call the functions below.
 """
@@ -21,6 +23,7 @@ import os
 import mlx.core as mx
 
 from . import cpu, gpu, sources
+from .fp_sources import FP_KINDS
 
 _OFF = ("0", "false", "off", "no")
 _enabled = os.environ.get("MLX_QAT_KERNELS", "1").strip().lower() not in _OFF
@@ -61,17 +64,18 @@ def active_backend() -> str:
 def fake_quant_forward(w: mx.array, spec) -> mx.array:
     """Forward of the min/max fake quantizer for `spec` on the best available backend.
 
-    Affine specs use the fused kernel (GPU) or the CPU fast path; the fp modes use the
-    reference (no kernel yet). The result is bit-identical to `reference_fake_quant`.
+    On a GPU every mode has a fused kernel; on CPU affine specs take the fast path and the
+    fp modes the reference. The result is bit-identical to `reference_fake_quant`.
     """
     from ..quant.fake_quant import reference_fake_quant
 
-    if spec.is_affine:
-        path = active_backend()
-        if path in ("metal", "cuda"):
+    path = active_backend()
+    if path in ("metal", "cuda"):
+        if spec.is_affine:
             return gpu.forward(path, w, sources.KIND_MINMAX, spec.bits, spec.group_size)
-        if path == "cpu":
-            return cpu.fake_quant_minmax(w, spec.bits, spec.group_size)
+        return gpu.fp_forward(path, w, FP_KINDS[spec.mode], spec.group_size)
+    if path == "cpu" and spec.is_affine:
+        return cpu.fake_quant_minmax(w, spec.bits, spec.group_size)
     return reference_fake_quant(w, spec)
 
 

@@ -10,6 +10,7 @@ every thread index of the grid, including the surplus threads a CUDA launch woul
 Command line (all arrays raw little-endian files, dtype codes f32/f16/bf16):
     harness fwd T D BITS GS KIND n_groups n_threads w p0 p1 out
     harness bwd T C BITS GS KIND n_groups n_threads w cot p0 p1 dw red
+    harness fpf T - - GS KIND n_groups n_threads w out
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ PRELUDE = r"""
 #define QAT_MUL(a, b) ((a) * (b))
 #define QAT_ADD(a, b) ((a) + (b))
 #define QAT_SUB(a, b) ((a) - (b))
+#define QAT_F2U(x) qat_f2u(x)
+#define QAT_U2F(x) qat_u2f(x)
+#define QAT_LDEXP(x, e) std::ldexp((float)(x), (e))
+
+static inline unsigned int qat_f2u(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
+static inline float qat_u2f(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
 
 typedef _Float16 float16_t;
 
@@ -135,6 +142,19 @@ static void run_bwd(int bits, int gs, int kind, size_t ng, size_t nt, char** a) 
   save(a[5], red);
 }
 
+template <typename T>
+static void run_fp(int gs, int kind, size_t ng, size_t nt, char** a) {
+  auto w = load<T>(a[0], ng * gs);
+  std::vector<int> meta(1, (int)ng);
+  std::vector<T> out(guarded<T>(ng, nt, gs));
+  const std::vector<T> fresh = out;
+  for (size_t t = 0; t < nt; ++t)
+    qat_fp_forward<T>(w.data(), meta.data(), out.data(), gs, kind, (unsigned int)t);
+  check_tail(out, fresh, ng * gs);
+  out.resize(ng * gs);
+  save(a[1], out);
+}
+
 template <template <typename, typename> class R, typename T>
 static int second(const std::string& u, int b, int g, int k, size_t ng, size_t nt, char** a) {
   if (u == "f32") R<T, float>::go(b, g, k, ng, nt, a);
@@ -162,6 +182,14 @@ int main(int argc, char** argv) {
   size_t ng = std::strtoull(argv[7], nullptr, 10), nt = std::strtoull(argv[8], nullptr, 10);
   if (job == "fwd") return first<Fwd>(argv[2], argv[3], bits, gs, kind, ng, nt, argv + 9);
   if (job == "bwd") return first<Bwd>(argv[2], argv[3], bits, gs, kind, ng, nt, argv + 9);
+  if (job == "fpf") {
+    std::string t = argv[2];
+    if (t == "f32") run_fp<float>(gs, kind, ng, nt, argv + 9);
+    else if (t == "f16") run_fp<float16_t>(gs, kind, ng, nt, argv + 9);
+    else if (t == "bf16") run_fp<bfloat16_t>(gs, kind, ng, nt, argv + 9);
+    else return 4;
+    return 0;
+  }
   return 1;
 }
 """
@@ -176,6 +204,7 @@ def harness_source() -> str:
         "const T* w, const float* p0, const float* p1, const int* meta, T* out, "
         "int BITS, int GS, int KIND, unsigned int qat_tid"
     )
+    fp_args = "const T* w, const int* meta, T* out, int GS, int KIND, unsigned int qat_tid"
     bwd_args = (
         "const T* w, const C* cot, const float* p0, const float* p1, const int* meta, "
         "C* dw, float* red, int BITS, int GS, int KIND, unsigned int qat_tid"
@@ -184,11 +213,15 @@ def harness_source() -> str:
         [
             PRELUDE,
             sources.COMMON,
+            sources.FP_COMMON,
             f"template <typename T, typename D>\nvoid qat_forward({fwd_args}) {{",
             sources.FORWARD_BODY,
             "}",
             f"template <typename T, typename C>\nvoid qat_backward({bwd_args}) {{",
             sources.BACKWARD_BODY,
+            "}",
+            f"template <typename T>\nvoid qat_fp_forward({fp_args}) {{",
+            sources.FP_FORWARD_BODY,
             "}",
             DRIVER,
         ]
@@ -277,3 +310,11 @@ class Harness:
         self._run([*head, str(ng), str(n_threads or ng), *paths, dw, red])
         red_arr = mx.array(np.fromfile(red, dtype=np.float32).reshape(ng, 2))
         return _from_bits(Path(dw).read_bytes(), cot.dtype, w.shape), red_arr
+
+    def fp_forward(self, w, kind, gs, n_threads=None):
+        """ŵ computed by the C++ build of FP_FORWARD_BODY (mxfp4/mxfp8/nvfp4)."""
+        ng = w.size // gs
+        out = os.path.join(self.tmp, "out")
+        head = ["fpf", _CODES[w.dtype], "-", "-", str(gs), str(kind), str(ng)]
+        self._run([*head, str(n_threads or ng), self._write("w", w), out])
+        return _from_bits(Path(out).read_bytes(), w.dtype, w.shape)

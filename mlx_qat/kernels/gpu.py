@@ -25,33 +25,11 @@ def _name(job: str, body: str) -> str:
     return f"mlx_qat_{job}_{hashlib.sha1(body.encode()).hexdigest()[:10]}"
 
 
-def _io(job: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    if job == "forward":
-        return sources.FORWARD_INPUTS, sources.FORWARD_OUTPUTS
-    return sources.BACKWARD_INPUTS, sources.BACKWARD_OUTPUTS
-
-
-def _build_metal() -> dict:
+def _build(factory, source_fn) -> dict:
     out = {}
-    for job in ("forward", "backward"):
-        header, body = sources.metal_source(job)
-        ins, outs = _io(job)
-        out[job] = mx.fast.metal_kernel(
-            name=_name(job, header + body),
-            input_names=list(ins),
-            output_names=list(outs),
-            source=body,
-            header=header,
-        )
-    return out
-
-
-def _build_cuda() -> dict:
-    out = {}
-    for job in ("forward", "backward"):
-        header, body = sources.cuda_source(job)
-        ins, outs = _io(job)
-        out[job] = mx.fast.cuda_kernel(
+    for job, (ins, outs) in sources.IO.items():
+        header, body = source_fn(job)
+        out[job] = factory(
             name=_name(job, header + body),
             input_names=list(ins),
             output_names=list(outs),
@@ -73,11 +51,11 @@ def metal_available() -> bool:
 
 KERNELS: dict[str, dict] = {}
 try:
-    KERNELS["metal"] = _build_metal()
+    KERNELS["metal"] = _build(mx.fast.metal_kernel, sources.metal_source)
 except (AttributeError, RuntimeError, ValueError):  # pragma: no cover - very old MLX
     pass
 if cuda_available():  # pragma: no cover - needs a CUDA build of MLX
-    KERNELS["cuda"] = _build_cuda()
+    KERNELS["cuda"] = _build(mx.fast.cuda_kernel, sources.cuda_source)
 
 _DUMMY = mx.zeros((1,), dtype=mx.float32)
 
@@ -150,3 +128,18 @@ def backward(
         output_dtypes=[cot.dtype, mx.float32],
     )
     return dw, red
+
+
+def fp_forward(backend: str, w: mx.array, kind: int, group_size: int) -> mx.array:
+    """ŵ from the fused mxfp4/mxfp8/nvfp4 forward kernel (kinds in fp_sources.py)."""
+    n_groups = w.size // group_size
+    grid, tg = launch_geometry(n_groups)
+    (out,) = KERNELS[backend]["fp_forward"](
+        inputs=[w, _meta(n_groups)],
+        template=[("T", w.dtype), ("GS", group_size), ("KIND", kind)],
+        grid=grid,
+        threadgroup=tg,
+        output_shapes=[w.shape],
+        output_dtypes=[w.dtype],
+    )
+    return out

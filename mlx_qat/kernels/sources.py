@@ -31,13 +31,16 @@ Kinds (template int KIND):
     2 LSQ        α = p0[g]  x = w/α, q = clip(rint x, Qn, Qp), ŵ from (q − Qn, α, α·Qn)
     3 SEQ 2-bit  α = p0[g]  r = rint(2·clip(x, ±c) − ½), ŵ from (r + 2, α/2, −¾α)
     4 sign       α = p0[g]  ŵ = T(sign(x)·α)
-The backward body (kinds 1–4) writes dw = cot·[inside] and per-group float32 partial sums
+(The mxfp4/mxfp8/nvfp4 body, kinds 5–7, is in fp_sources.py; its helpers join COMMON in every
+header.) The backward body (kinds 1–4) writes dw = cot·[inside] and per-group float32 partial sums
 red[g] = (Σ cot·t0, Σ t1) with t0, t1 the integrands of the scale and bias gradients.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from .fp_sources import FP_COMMON, FP_FORWARD_BODY, FP_INPUTS, FP_OUTPUTS
 
 KIND_MINMAX, KIND_LEARNED, KIND_LSQ, KIND_SEQ, KIND_SIGN = 0, 1, 2, 3, 4
 SEQ_CLIP = 0.99  # must equal quant.lsq.SEQ_CLIP (checked in tests)
@@ -95,6 +98,9 @@ METAL_PRELUDE = """
 #define QAT_MUL(a, b) ((a) * (b))
 #define QAT_ADD(a, b) ((a) + (b))
 #define QAT_SUB(a, b) ((a) - (b))
+#define QAT_F2U(x) as_type<uint>(x)
+#define QAT_U2F(x) as_type<float>(x)
+#define QAT_LDEXP(x, e) metal::ldexp((x), (e))
 """
 
 CUDA_PRELUDE = """
@@ -105,6 +111,9 @@ CUDA_PRELUDE = """
 #define QAT_MUL(a, b) __fmul_rn((a), (b))
 #define QAT_ADD(a, b) __fadd_rn((a), (b))
 #define QAT_SUB(a, b) __fsub_rn((a), (b))
+#define QAT_F2U(x) __float_as_uint(x)
+#define QAT_U2F(x) __uint_as_float(x)
+#define QAT_LDEXP(x, e) ldexpf((x), (e))
 """
 
 # First line of the body per backend: MLX adds Metal attributes by finding their names in the
@@ -209,14 +218,19 @@ red[2 * (size_t)qat_tid] = acc0;
 red[2 * (size_t)qat_tid + 1] = acc1;
 """
 
-BODIES = {"forward": FORWARD_BODY, "backward": BACKWARD_BODY}
+BODIES = {"forward": FORWARD_BODY, "backward": BACKWARD_BODY, "fp_forward": FP_FORWARD_BODY}
+IO = {
+    "forward": (FORWARD_INPUTS, FORWARD_OUTPUTS),
+    "backward": (BACKWARD_INPUTS, BACKWARD_OUTPUTS),
+    "fp_forward": (FP_INPUTS, FP_OUTPUTS),
+}
 
 
 def metal_source(job: str) -> tuple[str, str]:
     """(header, body) for `mx.fast.metal_kernel`."""
-    return METAL_PRELUDE + COMMON, METAL_TID + BODIES[job]
+    return METAL_PRELUDE + COMMON + FP_COMMON, METAL_TID + BODIES[job]
 
 
 def cuda_source(job: str) -> tuple[str, str]:
     """(header, body) for `mx.fast.cuda_kernel`."""
-    return CUDA_PRELUDE + COMMON, CUDA_TID + BODIES[job]
+    return CUDA_PRELUDE + COMMON + FP_COMMON, CUDA_TID + BODIES[job]

@@ -45,6 +45,26 @@ def minmax_families(bits: int, gs: int, seed: int = 0, rows: int = 4) -> dict[st
     return {k: v.astype(np.float32) for k, v in fam.items()}
 
 
+def fp_families(seed: int = 0, rows: int = 4) -> dict[str, np.ndarray]:
+    """name -> float32 (rows, K) weights aimed at the microscaling formats' edges."""
+    r = np.random.default_rng(seed)
+    shape = (rows, K)
+    sign = np.where(r.random(shape) < 0.5, -1.0, 1.0)
+    k = np.repeat(r.integers(-8, 8, size=(rows, K // 16)), 16, axis=1)
+    # FP4 midpoints (x exactly between two e2m1 levels) with max|g| = 6·2^k: e = k exactly.
+    mids = r.choice([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], size=shape) * sign
+    mids[:, ::16] = 6.0
+    # e4m3 midpoints (1 + (2m+1)/16)·2^j and powers of two.
+    fp8 = (1 + (2 * r.integers(0, 8, size=shape) + 1) / 16) * 2.0 ** r.integers(-9, 8, shape)
+    return {
+        "fp4_ties": (mids * 2.0**k).astype(np.float32),
+        "fp8_ties": (fp8 * sign).astype(np.float32),
+        "powers_of_two": (sign * 2.0 ** r.integers(-20, 10, shape)).astype(np.float32),
+        "large": r.normal(0, 2e3, shape).astype(np.float32),
+        "subnormal": (r.normal(0, 1, shape) * 1e-39).astype(np.float32),
+    }
+
+
 def stacked(families: dict[str, np.ndarray], dtype: mx.Dtype) -> mx.array:
     """All families as one (rows·F, K) array in `dtype`."""
     return mx.array(np.concatenate(list(families.values()), axis=0)).astype(dtype)
@@ -99,9 +119,10 @@ def gpu_parity(backend: str) -> dict[str, float]:
     relative error (backward reductions, summation order differs). All mismatch counts should
     be 0 and the relative errors ≲ 1e-5. Run by the `metal`/`cuda`-marked tests.
     """
-    from ..quant import learned_affine, lsq
+    from ..quant import QuantSpec, learned_affine, lsq, reference_fake_quant
     from ..quant.affine import fake_quant_minmax
     from . import _learned_params, _lsq_alpha, gpu, kernels_enabled, set_kernels_enabled, sources
+    from .fp_sources import FP_KINDS
 
     def on_cpu(fn, *args):
         # The canonical grid: pure-MLX reference on the CPU, kernels off (the quantizers
@@ -128,6 +149,12 @@ def gpu_parity(backend: str) -> dict[str, float]:
                 ref = on_cpu(fake_quant_minmax, w, bits, gs)
                 got = gpu.forward(backend, w, sources.KIND_MINMAX, bits, gs)
                 res[f"minmax {dtype} b{bits} g{gs}"] = mismatches(got, ref)
+        for mode, kind in FP_KINDS.items():
+            spec = QuantSpec.for_mode(mode)
+            w = stacked({**minmax_families(4, 32, seed=11), **fp_families(seed=12)}, dtype)
+            ref = on_cpu(reference_fake_quant, w, spec)
+            got = gpu.fp_forward(backend, w, kind, spec.group_size)
+            res[f"{mode} {dtype}"] = mismatches(got, ref)
         for bits in (1, 2, 4, 8):
             kind = {1: sources.KIND_SIGN, 2: sources.KIND_SEQ}.get(bits, sources.KIND_LSQ)
             w32, alpha = lsq_case(bits, 64, "row", seed=bits)
