@@ -86,7 +86,8 @@ def make_step(
         return norm
 
     if compile:
-        micro = mx.compile(micro, inputs=[model.state, mx.random.state])
+        micro_state = [model.state, mx.random.state]
+        micro = mx.compile(micro, inputs=micro_state, outputs=micro_state)
         apply = mx.compile(apply, inputs=state, outputs=state)
 
     def step(batches):

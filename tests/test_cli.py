@@ -1,0 +1,82 @@
+"""Config plumbing: CLI > YAML > defaults, the resolved config, the `python -m mlx_qat` verbs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from mlx_qat.cli import main as cli_main
+from mlx_qat.train.config import TrainConfig, load_config, parse_args
+
+
+def test_defaults():
+    c = parse_args([])
+    assert c == TrainConfig()
+    assert (
+        c.qat_fraction == "auto" and c.pipeline == "fused" and c.optimizer_state_at_switch == "keep"
+    )
+
+
+def test_precedence_cli_over_yaml_over_defaults(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: 0.01\nbits: 2\nqat-fraction: 0.4\nbatch_size: 8\n")
+    c = parse_args(["--config", str(f), "--bits", "3", "--no-compile"])
+    assert c.bits == 3  # CLI beats YAML
+    assert c.lr == 0.01 and c.batch_size == 8  # YAML beats defaults (kebab or snake keys)
+    assert c.qat_fraction == 0.4
+    assert c.compile is False
+    assert c.seq_len == TrainConfig().seq_len  # default
+
+
+def test_unknown_yaml_key_is_named(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("learning_rate: 0.01\n")
+    with pytest.raises(ValueError, match="learning_rate"):
+        parse_args(["--config", str(f)])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    c = TrainConfig(lr=1e-3, data=["a", "b"], qat_fraction=0.3, warmup_tokens=1000)
+    (tmp_path / "config.yaml").write_text(c.to_yaml())
+    again = load_config(tmp_path / "config.yaml")
+    assert again == c and again.hash() == c.hash()
+    # Book-keeping fields do not change the hash; training fields do.
+    assert TrainConfig(out="x", quiet=True, eval_every=7).hash() == TrainConfig().hash()
+    assert TrainConfig(lr=1e-4).hash() != TrainConfig().hash()
+
+
+def test_validation_messages_name_the_field():
+    with pytest.raises(ValueError, match="pipeline"):
+        TrainConfig(pipeline="fast")
+    with pytest.raises(ValueError, match="warmup_tokens and warmup_steps"):
+        TrainConfig(warmup_tokens=10, warmup_steps=1)
+    with pytest.raises(ValueError, match="min_lr"):
+        TrainConfig(lr=1e-3, min_lr=1e-2)
+
+
+def test_argparse_choices_and_help(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--cooldown-shape", "exp"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_module_verbs(capsys):
+    assert cli_main(["nope"]) == 2
+    assert "data,train,convert,eval,plan" in capsys.readouterr().err
+    r = subprocess.run(
+        [sys.executable, "-m", "mlx_qat", "plan", "--preset", "d2", "--tokens", "1000000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"MLX_QAT_NO_OPENBLAS": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode == 0, r.stderr
+    assert "tokens/byte S" in r.stdout
+
+
+def test_config_yaml_is_plain_yaml():
+    d = yaml.safe_load(TrainConfig().to_yaml())
+    assert d["pipeline"] == "fused" and "out" in d

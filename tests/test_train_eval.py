@@ -1,0 +1,100 @@
+"""Evaluation: the FP / QAT / PTQ triple on the same batches, PTQ = stock round-to-nearest."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_flatten, tree_unflatten
+from test_train_fixtures import VOCAB, tiny_config, tiny_data_dir  # noqa: F401
+
+from mlx_qat.config import QATConfig
+from mlx_qat.data import eval_batches, load_bundle
+from mlx_qat.eval import bits_per_byte, eval_mode, eval_triple, evaluate, gap_recovered
+from mlx_qat.eval import main as eval_main
+from mlx_qat.models import model_from_config, preset_config
+from mlx_qat.patch import prepare, qat_layers, set_fake_quant
+from mlx_qat.train import train
+
+
+@pytest.fixture(scope="module")
+def val(tiny_data_dir):  # noqa: F811
+    b = load_bundle(tiny_data_dir)
+    return list(eval_batches(b.val, 4, 32, 3)), b.bytes_per_token["val"]
+
+
+def lsq_model():
+    mx.random.seed(1)
+    model = model_from_config(preset_config("d2", VOCAB))
+    prepare(model, QATConfig.with_bits(4, quantizer="lsq"), enabled=False)
+    # Move the weights so the LSQ grid (from prepare) and min/max of the weights differ.
+    for _, layer in qat_layers(model):
+        layer.quantizer.alpha = layer.quantizer.alpha * 0.7
+    mx.eval(model.parameters())
+    return model
+
+
+def test_bits_per_byte_and_gap():
+    assert bits_per_byte(math.log(2) * 3.0, 1.5) == pytest.approx(2.0)
+    assert gap_recovered(fp=2.0, qat=2.25, ptq=3.0) == pytest.approx(0.75)
+    assert gap_recovered(fp=2.0, qat=2.25, ptq=2.0) is None  # no gap to recover
+    assert gap_recovered(fp=2.0, qat=None, ptq=3.0) is None
+
+
+def test_triple_uses_the_same_batches_and_restores_the_model(val):
+    batches, bpt = val
+    model = lsq_model()
+    once = iter(batches)  # a one-shot iterator: every mode must still see all batches
+    ev = eval_triple(model, once, bpt)
+    n = sum(b.shape[0] * (b.shape[1] - 1) for b in batches)
+    assert ev["fp"]["tokens"] == ev["qat"]["tokens"] == ev["ptq"]["tokens"] == n
+    assert ev["fp"]["loss"] == evaluate(model, batches, bpt).loss  # fake quant was off
+    assert all(not layer.fake_quant for _, layer in qat_layers(model))  # restored
+    assert {type(layer.quantizer).__name__ for _, layer in qat_layers(model)} == {"LSQQuantizer"}
+    set_fake_quant(model, True)
+    assert ev["qat"]["loss"] == evaluate(model, batches, bpt).loss
+    assert len({ev["fp"]["loss"], ev["qat"]["loss"], ev["ptq"]["loss"]}) == 3
+    assert ev["fp"]["bpb"] == pytest.approx(bits_per_byte(ev["fp"]["loss"], bpt))
+
+
+def test_ptq_is_stock_round_to_nearest_of_the_float_weights(val):
+    batches, bpt = val
+    model = lsq_model()
+    with eval_mode(model, "ptq"):
+        ptq = evaluate(model, batches, bpt).loss
+    # Independent reference: replace every quantized weight by mx.dequantize(mx.quantize(w)).
+    ref = model_from_config(preset_config("d2", VOCAB))
+    weights = {}
+    for k, v in tree_flatten(model.parameters()):
+        if "quantizer" in k:
+            continue
+        if k.endswith("weight") and v.ndim == 2:
+            w, s, b = mx.quantize(v, group_size=64, bits=4)
+            v = mx.dequantize(w, s, b, group_size=64, bits=4)
+        weights[k] = v
+    ref.update(tree_unflatten(list(weights.items())))
+    assert ptq == evaluate(ref, batches, bpt).loss
+
+
+def test_minmax_reports_qat_equal_to_ptq(val):
+    batches, bpt = val
+    mx.random.seed(2)
+    model = model_from_config(preset_config("d2", VOCAB))
+    prepare(model, QATConfig.with_bits(4), enabled=True)
+    ev = eval_triple(model, batches, bpt)
+    assert ev["qat"] == ev["ptq"]
+    assert ev["gap_recovered"] in (None, 0.0)
+
+
+def test_eval_cli_on_a_run(tiny_data_dir, tmp_path, capsys):  # noqa: F811
+    cfg = tiny_config(tiny_data_dir, tmp_path / "run", tokens=8 * 128, quantizer="lsq")
+    result = train(cfg)
+    assert eval_main([str(tmp_path / "run"), "--json", str(tmp_path / "ev.json")]) == 0
+    out = capsys.readouterr().out
+    assert "fp" in out and "qat" in out and "ptq" in out
+    import json
+
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    assert ev["qat"]["loss"] == pytest.approx(result["eval"]["qat"]["loss"], rel=1e-6)
+    assert eval_main([str(tmp_path / "nope")]) == 1

@@ -1,0 +1,52 @@
+"""Shared fixtures for the trainer tests (no tests here): tiny data and tiny configs.
+
+The data is the committed corpus sample (`tests/fixtures/corpus`) with a 512-piece
+tokenizer, prepared once per session; models are the `d2` preset (width 64, 2 layers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+
+from mlx_qat.train.config import TrainConfig
+
+mx.set_default_device(mx.cpu)
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = Path(__file__).parent / "fixtures" / "corpus"
+VOCAB = 512
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    """An `mlx_qat.data` output dir (tokenizer + shards) built from the corpus sample."""
+    from mlx_qat.data import prepare_data
+
+    out = tmp_path_factory.mktemp("train_data")
+    prepare_data(CORPUS, out, vocab_size=VOCAB, val_fraction=0.1, seed=0)
+    return out
+
+
+def tiny_config(data_dir: Path, out: Path, **kw) -> TrainConfig:
+    """A run of a few dozen steps of 4 x 32 tokens on the d2 preset."""
+    base = dict(
+        out=str(out),
+        data=[str(data_dir)],
+        preset="d2",
+        tokens=40 * 4 * 32,
+        batch_size=4,
+        seq_len=32,
+        qat_fraction=0.25,
+        lr=3e-3,
+        warmup_steps=4,
+        eval_every=0,
+        eval_batches=2,
+        save_every=0,
+        quiet=True,
+        cache_limit_mb=256,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
