@@ -101,7 +101,7 @@ def test_run_without_checkpoints_and_incomplete_checkpoint(tmp_path):
     half = tmp_path / "ckpt"
     half.mkdir()
     (half / "state.json").write_text("{}")
-    with pytest.raises(ConvertError, match=r"missing model.safetensors"):
+    with pytest.raises(ConvertError, match=r"missing config.json; the checkpoint is incomplete"):
         convert(half, tmp_path / "out")
 
 

@@ -97,7 +97,7 @@ def _default_batches(setup) -> int:
 
 def _parity_data(source: Source, parity_data, parity_batches) -> ParityData | str:
     """Validation batches for the check, or the reason there are none."""
-    setup = run_eval_setup(source.run_dir)
+    setup = run_eval_setup(source)
     if parity_data is not None:
         path = Path(parity_data)
         if not path.exists():

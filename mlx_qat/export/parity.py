@@ -87,16 +87,16 @@ class ParityData:
 
 
 def val_loss(model: nn.Module, batches: Iterable[mx.array]) -> float:
-    """Mean next-token cross-entropy (nats) over all target tokens of `batches`."""
-    total, count = 0.0, 0
-    for x in batches:
-        logits = model(x[:, :-1]).astype(mx.float32)
-        ce = nn.losses.cross_entropy(logits, x[:, 1:], reduction="sum")
-        total += ce.item()
-        count += x[:, 1:].size
-    if count == 0:
-        raise ConvertError("parity check: the validation batches hold no tokens")
-    return total / count
+    """Mean next-token cross-entropy (nats) over all target tokens of `batches`.
+
+    The trainer's own evaluation (`mlx_qat.eval.evaluate`), so the numbers are comparable.
+    """
+    from ..eval import evaluate
+
+    try:
+        return evaluate(model, batches, 1.0).loss
+    except ValueError as e:
+        raise ConvertError(f"parity check: {e}") from e
 
 
 def _tokens_from(path: Path, tokenizer_dir: Path | None) -> tuple[np.ndarray, str, float | None]:
