@@ -72,8 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help=f"shard size of the weight files (default {MAX_FILE_SIZE_GB:g})",
     )
+    p.add_argument(
+        "-q",
+        "--quantize",
+        action="store_true",
+        help="accepted for mlx_lm.convert compatibility: quantizing is the default",
+    )
     p.add_argument("--config", help="YAML file with any of these options (CLI wins)")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.add_argument("--quiet", action="store_true", help="print only errors")
     return p
 
 
@@ -86,7 +92,10 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
         except (OSError, yaml.YAMLError) as e:
             parser.error(f"--config {args.config}: {e}")
         opts.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
-    cli = {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "quiet")}
+    if args.quantize and args.dequantize:
+        parser.error("choose either -q/--quantize or -d/--dequantize, not both")
+    skip = ("config", "quiet", "quantize")
+    cli = {k: v for k, v in vars(args).items() if v is not None and k not in skip}
     if cli.get("path") and cli.get("qat_path"):
         parser.error("give the input once: positional path or --qat-path/--model")
     if "path" in cli:
@@ -136,15 +145,23 @@ def _summary(r) -> str:
     return "\n".join(lines)
 
 
+def _logging(quiet: bool) -> None:
+    # Progress ("[INFO] loading ...", like mlx_lm.convert) from mlx_qat's loggers only.
+    log = logging.getLogger("mlx_qat")
+    if not any(getattr(h, "_mlx_qat_convert", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+        handler._mlx_qat_convert = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.setLevel(logging.ERROR if quiet else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns 0, or exits with 1 (parity failure) or 2 (bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     opts = _options(args, parser)
-    logging.basicConfig(
-        level=logging.ERROR if args.quiet else logging.WARNING,
-        format="[%(levelname)s] %(message)s",
-    )
+    _logging(args.quiet)
     from .api import convert
 
     try:

@@ -188,8 +188,8 @@ def run_eval_setup(source: Source) -> EvalSetup:
     # was a prepared directory (relative to where training ran, or beside the run).
     shards = (source.state.get("data") or {}).get("shards")
     candidates = [Path(shards)] if shards else []
-    if cfg.data and len(cfg.data) == 1:
-        d = Path(cfg.data[0]).expanduser()
+    if isinstance(cfg.data, list) and len(cfg.data) == 1:
+        d = Path(str(cfg.data[0])).expanduser()
         candidates += [d, run_dir.parent / d, run_dir / d]
     for c in candidates:
         if is_prepared(c):
