@@ -11,7 +11,6 @@ quantization on and saves it exactly as the trainer does:
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,14 +20,15 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import pytest
-import yaml
-from mlx.utils import tree_flatten
 from mlx_lm.models import llama
 
 from mlx_qat.config import QATConfig
 from mlx_qat.data import eval_batches, prepare_data
 from mlx_qat.patch import prepare, set_fake_quant
 from mlx_qat.quant import QuantSpec
+from mlx_qat.train.checkpoint import save_checkpoint
+from mlx_qat.train.config import TrainConfig
+from mlx_qat.train.data import copy_tokenizer
 
 mx.set_default_device(mx.cpu)
 
@@ -102,38 +102,26 @@ def make_run(
 
 
 def save_run(run_dir, data, model, opt, cfg, qat, fake_quant, step) -> Path:
+    """Save as the trainer does (its own `save_checkpoint`, `copy_tokenizer`, config.yaml)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "data": [str(data.path)],
-                "seq_len": SEQ_LEN,
-                "batch_size": BATCH,
-                "eval_batches": EVAL_BATCHES,
-            }
-        )
+    train_cfg = TrainConfig(
+        data=[str(data.path)], seq_len=SEQ_LEN, batch_size=BATCH, eval_batches=EVAL_BATCHES
     )
+    (run_dir / "config.yaml").write_text(train_cfg.to_yaml())
     (run_dir / "metrics.jsonl").write_text(json.dumps({"step": step}) + "\n")
-    if not (run_dir / "tokenizer").exists():
-        shutil.copytree(data.tokenizer_dir, run_dir / "tokenizer")
-    ckpt = run_dir / "checkpoints" / f"step_{step:08d}"
-    tmp = ckpt.with_name(ckpt.name + ".tmp-1")
-    tmp.mkdir(parents=True)
-    mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(opt.state)))
-    (tmp / "config.json").write_text(json.dumps(cfg))
+    copy_tokenizer(data, run_dir)
     phase = "qat" if fake_quant and qat is not None else "fp"
     qat_json = {
         "qat_config": qat.to_dict() if qat is not None else None,
-        "fake_quant": bool(fake_quant and qat is not None),
+        "fake_quant": phase == "qat",
         "phase": phase,
     }
-    (tmp / "qat.json").write_text(json.dumps(qat_json))
-    (tmp / "state.json").write_text(
-        json.dumps({"step": step, "tokens_seen": step * BATCH * SEQ_LEN, "phase": phase})
-    )
-    tmp.rename(ckpt)
-    return ckpt
+    state = {
+        "tokens_seen": step * BATCH * SEQ_LEN,
+        "phase": phase,
+        "data": {"shards": str(data.path)},
+    }
+    return save_checkpoint(run_dir, step, model, opt, state, cfg, qat_json)
 
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
