@@ -7,7 +7,8 @@ repeat after a warm-up call each (so that load from other jobs hits every case a
     mx.quantize+dequantize    MLX's own round trip (same grid on CPU)
     reference fwd             mlx_qat's pure-MLX reference (kernels disabled)
     fast fwd                  `fake_quantize` as dispatched (kernels/cpu.py on CPU)
-    fast fwd, 1 stream        the CPU path without the two-stream split
+    fast fwd, 1/2 stream(s)   the CPU path forced without / with the two-stream split
+                              ("fast fwd" splits only when the load average leaves a core)
     ... compiled              the same under `mx.compile`
     reference / fast fwd+bwd  `mx.vjp` through the STE (cotangent of ones)
 
@@ -62,6 +63,7 @@ def machine() -> dict:
         "metal_available": bool(mx.metal.is_available()),
         "cuda_available": bool(getattr(mx, "cuda", None) and mx.cuda.is_available()),
         "kernels_backend": kernels.active_backend(),
+        "cpu_split_by_default_at_start": cpu.split_by_default(),
         "openblas_preloaded": "openblas" in os.environ.get("LD_PRELOAD", ""),
     }
 
@@ -111,6 +113,7 @@ def cases(spec: QuantSpec, backward: bool, compiled: bool) -> dict:
         "reference fwd": with_kernels(False, fwd),
         "fast fwd": with_kernels(True, fwd),
         "fast fwd, 1 stream": lambda w: cpu.fake_quant_minmax(w, bits, gs, split=False),
+        "fast fwd, 2 streams": lambda w: cpu.fake_quant_minmax(w, bits, gs, split=True),
     }
     if compiled:
         # Distinct functions: mx.compile caches traces by the Python function's identity.
@@ -185,7 +188,8 @@ def markdown(result: dict) -> str:
         f"- date: {result['date']}, commit {result['commit']}",
         f"- machine: {m['platform']}, {m['cpu']}, {m['cores']} cores; MLX {m['mlx']} "
         f"({m['default_device']}, metal={m['metal_available']}, cuda={m['cuda_available']}, "
-        f"mlx_qat path: {m['kernels_backend']})",
+        f"mlx_qat path: {m['kernels_backend']}, two-stream split chosen at start: "
+        f"{m['cpu_split_by_default_at_start']})",
         f"- weight {result['shape'][0]}×{result['shape'][1]}, {result['repeats']} repeats, "
         "all cases alternated within each repeat after one warm-up call each; "
         f"cache limit {result['cache_limit_mib']} MiB",

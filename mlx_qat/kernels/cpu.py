@@ -14,7 +14,8 @@ weight dtype). Three rewrites make it faster without changing a single bit:
    group's extreme with code 0, or b = 0 when |edge/s| ≤ ½), and a code of −0 instead of +0
    yields the same ŵ because b is then either the (nonzero) edge or +0.
 3. Two CPU streams: MLX runs each CPU stream's ops on its own thread, single-threaded, so the
-   groups are split into two halves evaluated on two streams (both cores), then concatenated.
+   groups are split into two halves evaluated on two streams (both cores), then concatenated
+   (one copy). Only worth it with a free core: see `split_by_default`.
 
 For 16-bit weights ŵ = T(code)·T(s) + T(b) keeps T's two roundings: the product is formed in
 float32, where it is exact, and rounded once to T (what MLX's T multiply does), the sum in T.
@@ -33,9 +34,22 @@ SPLIT_MIN_ELEMENTS = 1 << 20  # below this, one stream (the sync costs more than
 # (MLX's reduction runs ~1.2 Gelem/s here, a vectorised maximum of two halves ~4 Gelem/s, but
 # short rows cost a fixed overhead each).
 REDUCE_AT = 16
-# MLX_QAT_CPU_STREAMS=1 turns the two-stream split off (e.g. on a machine whose other core is
-# busy, where the split only adds the concatenation).
-_SPLIT_DEFAULT = os.environ.get("MLX_QAT_CPU_STREAMS", "2").strip() != "1"
+# Two-stream split: MLX_QAT_CPU_STREAMS=1 never, =2 always, unset/"auto": when the 1-minute load
+# average leaves a core free (on a busy machine the split only adds the concatenation: measured
+# +12% wall time on a 2-vCPU VM whose other core was taken; see benchmarks/results/fake_quant.md).
+_STREAMS = os.environ.get("MLX_QAT_CPU_STREAMS", "auto").strip().lower()
+
+
+def split_by_default() -> bool:
+    """Whether `fake_quant_minmax` splits large tensors over two streams when not told."""
+    if _STREAMS in ("1", "2"):
+        return _STREAMS == "2"
+    cores = os.cpu_count() or 1
+    try:
+        return cores >= 2 and os.getloadavg()[0] <= cores - 1
+    except OSError:  # pragma: no cover - no load average on this platform
+        return cores >= 2
+
 
 _streams: list = []
 
@@ -138,13 +152,14 @@ def fake_quant_minmax(
         w: float array (..., K), K a multiple of `group_size`.
         bits, group_size: the affine format.
         split: evaluate the two halves of the groups on two CPU streams (default: when
-            w has at least SPLIT_MIN_ELEMENTS elements, unless MLX_QAT_CPU_STREAMS=1).
+            w has at least SPLIT_MIN_ELEMENTS elements and `split_by_default()`). The result
+            is bit-identical either way.
         levels: pairwise max/min levels before the reduction (default `tree_levels`).
     """
     xg = w.reshape(-1, group_size)
     n_groups = xg.shape[0]
     if split is None:
-        split = _SPLIT_DEFAULT and w.size >= SPLIT_MIN_ELEMENTS
+        split = w.size >= SPLIT_MIN_ELEMENTS and split_by_default()
     if not split or n_groups < 2:
         return _groups(xg, bits, levels).reshape(w.shape)
     h = n_groups // 2
