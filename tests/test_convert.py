@@ -247,3 +247,30 @@ def test_parity_without_run_data_is_skipped_unless_given(tmp_path, tiny_data, ca
     assert result.parity["passed"] and "tokenized" in result.parity["data"]
     result = convert(run.path, tmp_path / "out3", parity_data=tiny_data.path, parity_batches=1)
     assert result.parity["passed"] and result.parity["num_batches"] == 1
+
+
+# ---- slow: the real trainer, then convert, then mlx_lm in a fresh process -------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantizer,bits", [("lsq", 2), ("learned_affine", 4), ("minmax", 3)])
+def test_trainer_run_converts_and_serves(quantizer, bits, tmp_path, tiny_data):
+    from mlx_qat.train.checkpoint import build_model
+
+    run = tmp_path / "run"
+    train = [sys.executable, "-m", "mlx_qat", "train", "--data", str(tiny_data.path)]
+    train += ["--preset", "d2", "--tokens", "40000", "--batch-size", str(BATCH)]
+    train += ["--seq-len", str(SEQ_LEN), "--eval-batches", str(EVAL_BATCHES), "--out", str(run)]
+    train += ["--quantizer", quantizer, "--bits", str(bits), "--qat-fraction", "0.5", "--quiet"]
+    proc = subprocess.run(train, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    ref = reference_loss(build_model(run), tiny_data)
+
+    run_cli(run, "--mlx-path", tmp_path / "f32")
+    got = fresh_load(tmp_path / "f32", tiny_data)
+    assert len(got["tokens"]) >= 1 and abs(got["loss"] - ref) / ref <= 1e-4
+    run_cli(run, "--mlx-path", tmp_path / "bf16", "--dtype", "bfloat16")
+    got = fresh_load(tmp_path / "bf16", tiny_data)
+    assert abs(got["loss"] - ref) / ref <= 1e-2  # the documented bfloat16 tolerance
+    ptq = run_cli(run, "--mlx-path", tmp_path / "ptq", "--ptq")
+    assert "ptq export" in ptq.stdout and "ok" in ptq.stdout
