@@ -224,3 +224,11 @@ def test_quantizers_call_fused_kernels(use_fused, per):
     use_fused(False)
     assert mismatches(got, fq(w)) == 0
     assert use_fused.calls == 2 * len(cases) + 1  # every forward/backward went to the kernel
+
+
+@pytest.mark.parametrize("backend", ("metal", "cuda"))
+def test_backend_sources_parse(harness, backend, tmp_path):
+    # The exact header/body strings MLX receives, in an MLX-shaped kernel with stubbed builtins.
+    from mlx_qat.kernels import flavours
+
+    assert flavours.syntax_check(backend, cpp.compiler(), tmp_path) == ""
