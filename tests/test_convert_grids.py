@@ -172,6 +172,9 @@ def test_ptq_is_mlx_round_to_nearest_of_the_float_weights(tmp_path, tiny_data):
         assert same(files[f"{path}.biases"], b), path
     p = result.parity
     assert result.method == "ptq" and p["rel_diff"] <= 1e-4
+    qat = convert(run.path, tmp_path / "qat").parity  # reports FP, PTQ and QAT in one card
+    assert qat["ptq"] == pytest.approx(p["reference"], rel=1e-6) and qat["fp"] == p["fp"]
+    assert "PTQ: round-to-nearest" in (tmp_path / "qat" / "README.md").read_text()
     for _, layer in qat_layers(run.model):
         layer.fake_quant = False
     assert p["fp"] == pytest.approx(loss(run.model, tiny_data), rel=1e-6)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -120,27 +121,31 @@ def _parity_data(source: Source, parity_data, parity_batches) -> ParityData | st
     )
 
 
-def _losses(
-    model: nn.Module, data: ParityData | None, fp: bool
-) -> tuple[float | None, float | None]:
-    """(reference loss, float loss with fake quant off) of a model before export."""
-    if data is None:
-        return None, None
-    from ..patch import qat_layers, set_fake_quant
+def _losses(model: nn.Module, data: ParityData | None, *modes: str) -> dict[str, float | None]:
+    """Validation loss of the model before export: as it is ("ref") and in eval `modes`.
 
-    ref = val_loss(model, data.batches)
-    fp_loss = None
-    if fp and any(True for _ in qat_layers(model)):
-        states = {p: layer.fake_quant for p, layer in qat_layers(model)}
-        set_fake_quant(model, False)
-        fp_loss = val_loss(model, data.batches)
-        for p, layer in qat_layers(model):
-            layer.fake_quant = states[p]
-    return ref, fp_loss
+    Modes are `mlx_qat.eval`'s: "fp" (fake quant off), "ptq" (min/max at each layer's format).
+    """
+    out: dict[str, float | None] = {"ref": None, **dict.fromkeys(modes)}
+    if data is None:
+        return out
+    from ..eval import eval_mode
+    from ..patch import qat_layers
+
+    out["ref"] = val_loss(model, data.batches)
+    if any(True for _ in qat_layers(model)):
+        for mode in modes:
+            with eval_mode(model, mode):
+                out[mode] = val_loss(model, data.batches)
+    return out
 
 
 def _prepare_export(source: Source, model, method: str, requested, data):
-    """Turn the loaded model into the one to save; return (quantization block, config, losses)."""
+    """Turn the loaded model into the one to save; return (quantization block, config, losses).
+
+    `losses` (None without parity data): "ref" (the model as exported, before packing), "fp"
+    (float weights) and "ptq" (round-to-nearest at the same format).
+    """
     from ..patch import prepare
 
     qcfg = source.qat_config if source.kind == "checkpoint" else None
@@ -149,22 +154,23 @@ def _prepare_export(source: Source, model, method: str, requested, data):
             raise ConvertError(
                 "--dequantize writes a float model; drop --q-bits/--q-group-size/--q-mode"
             )
-        ref, fp = _losses(model, data, fp=True)
+        losses = _losses(model, data, "fp")
         if source.kind == "checkpoint":
             pack.to_float(model, dequantized=True)
         elif source.quantized:
             pack.dequantize_stock(model)
-        return None, None, ref, fp
+        return None, None, losses
     if method == "ptq":
         cfg = pack.ptq_config(qcfg, requested)
         pack.to_float(model, dequantized=False)  # PTQ starts from the float weights
-        fp, _ = _losses(model, data, fp=False)
+        fp = _losses(model, data)["ref"]
         prepare(model, cfg, enabled=True)
-        ref, _ = _losses(model, data, fp=False)
-        return pack.quantize_model(model, cfg), cfg, ref, fp
+        losses = _losses(model, data)
+        losses.update(fp=fp, ptq=losses["ref"])
+        return pack.quantize_model(model, cfg), cfg, losses
     pack.check_trained_format(qcfg, requested, source.path)
-    ref, fp = _losses(model, data, fp=True)
-    return pack.quantize_model(model, qcfg), qcfg, ref, fp
+    losses = _losses(model, data, "fp", "ptq")
+    return pack.quantize_model(model, qcfg), qcfg, losses
 
 
 def _method(source: Source, ptq: bool, dequantize: bool) -> str:
@@ -267,7 +273,7 @@ def convert(
     train_dtype = pack.float_dtype(model)
 
     logger.info("%s export to %s", method, mlx_path)
-    block, qcfg, ref, fp = _prepare_export(source, model, method, requested, data)
+    block, qcfg, losses = _prepare_export(source, model, method, requested, data)
     scale_dtype = qcfg.mx_scale_dtype if qcfg is not None and block is not None else None
     if out_dtype is None:
         src_dtype = source.config.get("torch_dtype") if source.kind == "mlx" else None
@@ -319,7 +325,7 @@ def convert(
         result.total_bytes = int(index["metadata"]["total_size"])
         result.files = file_sizes(tmp)
         if data is not None:
-            report = _check_parity(tmp, data, ref, fp, tolerance)
+            report = _check_parity(tmp, data, losses, tolerance)
             result.parity = report.to_dict()
             if not report.passed:
                 raise ParityError(_parity_message(report, mlx_path), report)
@@ -330,22 +336,23 @@ def convert(
     return result
 
 
-def _check_parity(path: Path, data: ParityData, ref, fp, tolerance) -> ParityReport:
+def _check_parity(path: Path, data: ParityData, losses: dict, tolerance: float) -> ParityReport:
     from mlx_lm import load
 
     exported_model, _ = load(str(path))
     exported = val_loss(exported_model, data.batches)
     bpb = None
     if data.bytes_per_token:
-        bpb = exported / 0.6931471805599453 / data.bytes_per_token
+        bpb = exported / math.log(2) / data.bytes_per_token
     return ParityReport(
-        reference=ref,
+        reference=losses["ref"],
         exported=exported,
         tolerance=tolerance,
         num_batches=len(data.batches),
         num_tokens=data.num_tokens,
         data=data.description,
-        fp=fp,
+        fp=losses.get("fp"),
+        ptq=losses.get("ptq"),
         bits_per_byte=bpb,
     )
 

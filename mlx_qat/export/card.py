@@ -85,6 +85,7 @@ def model_card(result) -> str:
             "| model | loss |",
             "|---|---|",
             f"| float (fake quant off) | {_fmt(p['fp'])} |",
+            f"| PTQ: round-to-nearest of the float weights | {_fmt(p.get('ptq'))} |",
             f"| before export ({'fake quant' if result.method != 'dequantize' else 'source'}) "
             f"| {_fmt(p['reference'])} |",
             f"| exported, loaded by `mlx_lm.load` | {_fmt(p['exported'])} |",

@@ -136,6 +136,8 @@ def _summary(r) -> str:
     else:
         if p["fp"] is not None:
             lines.append(f"  loss float       {p['fp']:.6f}")
+        if p.get("ptq") is not None and r.method == "qat":
+            lines.append(f"  loss PTQ         {p['ptq']:.6f}  (round-to-nearest, same format)")
         lines += [
             f"  loss before      {p['reference']:.6f}",
             f"  loss exported    {p['exported']:.6f}",

@@ -46,6 +46,7 @@ class ParityReport:
             dequantize).
         exported: the written directory loaded by `mlx_lm.load`.
         fp: the float model (fake quant off), when there is one.
+        ptq: round-to-nearest (min/max) of the float weights at the same format.
         tolerance: allowed relative difference.
         num_batches, num_tokens: how much validation data was used.
         data: where the batches came from.
@@ -59,6 +60,7 @@ class ParityReport:
     num_tokens: int
     data: str
     fp: float | None = None
+    ptq: float | None = None
     bits_per_byte: float | None = None
 
     @property
