@@ -271,6 +271,6 @@ def test_trainer_run_converts_and_serves(quantizer, bits, tmp_path, tiny_data):
     assert len(got["tokens"]) >= 1 and abs(got["loss"] - ref) / ref <= 1e-4
     run_cli(run, "--mlx-path", tmp_path / "bf16", "--dtype", "bfloat16")
     got = fresh_load(tmp_path / "bf16", tiny_data)
-    assert abs(got["loss"] - ref) / ref <= 1e-2  # the documented bfloat16 tolerance
+    assert abs(got["loss"] - ref) / ref <= 5e-3  # the documented bfloat16 tolerance
     ptq = run_cli(run, "--mlx-path", tmp_path / "ptq", "--ptq")
     assert "ptq export" in ptq.stdout and "ok" in ptq.stdout

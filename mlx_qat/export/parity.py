@@ -6,12 +6,13 @@ cross-entropies (nats) over the same deterministic validation batches, logits in
 The check passes when |exported − reference| / |reference| ≤ tolerance.
 
 Default tolerances by output dtype (`DEFAULT_TOLERANCE`): float32 1e-4 (DESIGN.md invariant 2;
-measured differences are ~1e-7, the order of float32 summation noise). float16/bfloat16
-exports run every matmul, norm and activation in half precision while the reference runs in
-float32, so their loss moves by that rounding alone: the bounds are a few times what tiny
-trained models show (see `benchmarks/results/convert.md`), loose enough to pass a correct
-export and tight enough to catch a wrong grid (a wrong scale or code moves the loss by 1e-2 or
-more).
+measured 3e-8 to 1e-7, float32 summation noise). float16/bfloat16 exports run every matmul,
+norm and activation in half precision while the reference runs in float32, so the loss moves by
+that rounding alone: measured up to 8e-5 (float16) and 6e-4 (bfloat16) over seven quantizers
+and formats (`benchmarks/results/convert.md`). The bounds, 1e-3 and 5e-3, leave about ten
+times that margin. For scale: on the benchmark's trained 1M-parameter model, one layer's scales
+off by 1% move the loss by 2.5e-5, by 10% by 2.3e-3, by 50% by 3.7e-2; float32 exports are
+therefore the sharp check, half-precision ones catch gross errors only.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .errors import ConvertError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TOLERANCE = {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1e-2}
+DEFAULT_TOLERANCE = {"float32": 1e-4, "float16": 1e-3, "bfloat16": 5e-3}
 
 
 def default_tolerance(dtype: mx.Dtype) -> float:
