@@ -1,7 +1,7 @@
 """Fast pure-MLX min/max fake-quant for MLX's CPU backend, bit-identical to the reference.
 
 Math: quant/affine.py (float32 group statistics, true division, rint, dequantisation in the
-weight dtype). Three rewrites make it faster without changing a single bit:
+weight dtype). Four rewrites make it faster without changing a single bit:
 
 1. Statistics by a pairwise tree: the first levels are elementwise `maximum`/`minimum` of the
    two halves of every group (vectorised binary ops), only the last few elements go through
@@ -16,6 +16,8 @@ weight dtype). Three rewrites make it faster without changing a single bit:
 3. Two CPU streams: MLX runs each CPU stream's ops on its own thread, single-threaded, so the
    groups are split into two halves evaluated on two streams (both cores), then concatenated
    (one copy). Only worth it with a free core: see `split_by_default`.
+4. Compiled == eager: under `mx.compile` MLX would fuse these ops into scalar strided JIT loops
+   (2–3x slower than eager, as the reference suffers); `apply_grid` prevents the fusion.
 
 For 16-bit weights ŵ = T(code)·T(s) + T(b) keeps T's two roundings: the product is formed in
 float32, where it is exact, and rounded once to T (what MLX's T multiply does), the sum in T.
