@@ -194,7 +194,7 @@ def test_interrupted_convert_leaves_nothing_loadable(tmp_path, tiny_data, monkey
     out = tmp_path / "out"
     seen = {}
 
-    def crash(path, **kwargs):
+    def crash(path, *args, **kwargs):
         # Weights are on disk, the tokenizer and config.json not yet: a kill here must leave
         # no loadable model, under the final name or the temporary one.
         seen["tmp"] = path

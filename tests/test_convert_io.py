@@ -128,3 +128,16 @@ def test_cli_config_file_and_summary(tmp_path, tiny_data, capsys):
     with pytest.raises(SystemExit) as err:
         main([str(run.path), "--config", str(cfg)])
     assert err.value.code == 2 and "q_bitz" in capsys.readouterr().err
+
+
+def test_lone_checkpoint_needs_a_tokenizer(tmp_path, tiny_data):
+    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
+    lone = tmp_path / "lone_ckpt"
+    shutil.copytree(run.checkpoint, lone)
+    with pytest.raises(ConvertError, match=r"no tokenizer.*--tokenizer DIR"):
+        convert(lone, tmp_path / "out", parity_check=False)
+    assert not (tmp_path / "out").exists()
+    result = convert(
+        lone, tmp_path / "out", tokenizer=run.path / "tokenizer", parity_data=tiny_data.path
+    )
+    assert result.parity["rel_diff"] <= 1e-4 and (tmp_path / "out" / "tokenizer.json").exists()

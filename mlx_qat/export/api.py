@@ -96,7 +96,7 @@ def _default_batches(setup) -> int:
     return min(setup.eval_batches or cap, cap)
 
 
-def _parity_data(source: Source, parity_data, parity_batches) -> ParityData | str:
+def _parity_data(source: Source, parity_data, parity_batches, tok_dir) -> ParityData | str:
     """Validation batches for the check, or the reason there are none."""
     setup = run_eval_setup(source)
     if parity_data is not None:
@@ -110,7 +110,6 @@ def _parity_data(source: Source, parity_data, parity_batches) -> ParityData | st
             f"no validation data for {source.path} ({setup.missing}); pass --parity-data "
             "(a prepared data dir, a .npy of token ids or text files)"
         )
-    tok_dir = source.tokenizer_dir if source.kind == "checkpoint" else source.path
     return load_parity_data(
         path,
         seq_len=setup.seq_len,
@@ -218,6 +217,7 @@ def convert(
     parity_data: str | Path | None = None,
     parity_batches: int | None = None,
     max_file_size_gb: float = MAX_FILE_SIZE_GB,
+    tokenizer: str | Path | None = None,
 ) -> ConvertResult:
     """Export a training run, checkpoint or mlx-lm model as an MLX model directory.
 
@@ -240,6 +240,8 @@ def convert(
         parity_batches: number of validation batches (default: the run's eval batches, at
             most `PARITY_TOKENS` target tokens).
         max_file_size_gb: shard size of the weight files.
+        tokenizer: tokenizer directory to ship (default: the run's tokenizer/, or the mlx-lm
+            model's own).
 
     Returns:
         A `ConvertResult`; raises `ConvertError` on bad input and `ParityError` when the
@@ -253,14 +255,19 @@ def convert(
     options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
     mlx_path = Path(mlx_path)
     out_dtype = _dtype(dtype)
+    check_output(mlx_path, force)  # before loading anything
     source = resolve_source(qat_path)
     check_output(mlx_path, force, source.path)
+    if tokenizer is not None:
+        tok_dir = Path(tokenizer)
+    else:
+        tok_dir = source.tokenizer_dir if source.kind == "checkpoint" else source.path
     method = _method(source, ptq, dequantize)
     requested = pack.format_flags(q_bits, q_group_size, q_mode)
 
     data, skipped = None, "disabled (--no-parity-check)"
     if parity_check:
-        got = _parity_data(source, parity_data, parity_batches)
+        got = _parity_data(source, parity_data, parity_batches, tok_dir)
         data, skipped = (got, None) if isinstance(got, ParityData) else (None, got)
         if skipped:
             logger.warning("parity check skipped: %s", skipped)
@@ -315,11 +322,7 @@ def convert(
     with staged_dir(mlx_path, force) as tmp:
         index = save_weights(tmp, model, max_file_size_gb)
         del model  # the reload below needs the memory more
-        save_tokenizer(
-            tmp,
-            sentencepiece_dir=source.tokenizer_dir if source.kind == "checkpoint" else None,
-            mlx_dir=source.path if source.kind == "mlx" else None,
-        )
+        save_tokenizer(tmp, tok_dir)
         save_config(tmp, config)
         result.num_parameters = int(index["metadata"]["total_parameters"])
         result.total_bytes = int(index["metadata"]["total_size"])

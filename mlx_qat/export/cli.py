@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", default=None, help="replace --mlx-path")
     p.add_argument(
+        "--tokenizer",
+        help="tokenizer dir to ship (default: the run's tokenizer/, or the model's own)",
+    )
+    p.add_argument(
         "--no-parity-check",
         dest="parity_check",
         action="store_false",

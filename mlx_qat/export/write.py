@@ -145,27 +145,42 @@ def save_config(path: Path, config: dict) -> None:
     _save_config(dict(config), config_path=path / "config.json")
 
 
-def save_tokenizer(path: Path, *, sentencepiece_dir: Path | None, mlx_dir: Path | None) -> None:
-    """Tokenizer files `mlx_lm.load` needs: from a run's sentencepiece dir or an mlx-lm dir."""
-    if sentencepiece_dir is not None:
+def save_tokenizer(path: Path, tokenizer_dir: Path | None) -> None:
+    """Tokenizer files `mlx_lm.load` needs, from an mlx_qat tokenizer or an HF/mlx-lm dir.
+
+    An `mlx_qat.data` tokenizer (sentencepiece `tokenizer.model` + `tokenizer_meta.json`) goes
+    through `save_hf_tokenizer`; anything else is loaded and re-saved by mlx-lm's tokenizer
+    loader, as `mlx_lm.convert` does.
+    """
+    if tokenizer_dir is None:
+        raise ConvertError(
+            "no tokenizer: the checkpoint is not inside a run directory with tokenizer/; "
+            "pass --tokenizer DIR (the run's tokenizer/ or any Hugging Face tokenizer dir)"
+        )
+    tokenizer_dir = Path(tokenizer_dir)
+    if not tokenizer_dir.is_dir():
+        raise ConvertError(f"--tokenizer {tokenizer_dir}: no such directory")
+    sentencepiece = (tokenizer_dir / "tokenizer.model").is_file() and (
+        (tokenizer_dir / "tokenizer_meta.json").is_file()
+        or not (tokenizer_dir / "tokenizer_config.json").is_file()
+    )
+    if sentencepiece:
         from ..data import save_hf_tokenizer
 
         try:
-            save_hf_tokenizer(sentencepiece_dir, path)
+            save_hf_tokenizer(tokenizer_dir, path)
         except (FileNotFoundError, OSError, RuntimeError) as e:
-            raise ConvertError(f"tokenizer {sentencepiece_dir}: cannot convert it ({e})") from e
+            raise ConvertError(f"tokenizer {tokenizer_dir}: cannot convert it ({e})") from e
         return
-    if mlx_dir is None:
-        raise ConvertError("no tokenizer to save; pass --tokenizer DIR")
     from mlx_lm.utils import load_tokenizer
 
     try:
-        load_tokenizer(mlx_dir).save_pretrained(str(path))
+        load_tokenizer(tokenizer_dir).save_pretrained(str(path))
     except (OSError, ValueError) as e:
-        raise ConvertError(f"{mlx_dir}: cannot load its tokenizer ({e})") from e
+        raise ConvertError(f"tokenizer {tokenizer_dir}: mlx-lm cannot load it ({e})") from e
     # mlx_lm.utils.save also carries these over (custom model code, generation defaults).
     for pattern in ("*.py", "generation_config.json"):
-        for f in mlx_dir.glob(pattern):
+        for f in tokenizer_dir.glob(pattern):
             shutil.copy(f, path)
 
 
