@@ -204,8 +204,10 @@ def test_cuda_kernels_match_cpu_reference():
 def test_tree_levels_and_stream_switch():
     assert [cpu.tree_levels(g) for g in (16, 32, 64, 128)] == [0, 1, 2, 3]
     code = "import mlx_qat.kernels.cpu as c; print(c.split_by_default())"
-    for value, expected in (("1", "False"), ("2", "True")):
-        env = dict(os.environ, MLX_QAT_CPU_STREAMS=value)
+    for value, expected in ((None, "False"), ("1", "False"), ("2", "True")):
+        env = {k: v for k, v in os.environ.items() if k != "MLX_QAT_CPU_STREAMS"}
+        if value is not None:
+            env["MLX_QAT_CPU_STREAMS"] = value
         out = subprocess.run(
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
         )

@@ -15,7 +15,7 @@ weight dtype). Four rewrites make it faster without changing a single bit:
    yields the same ŵ because b is then either the (nonzero) edge or +0.
 3. Two CPU streams: MLX runs each CPU stream's ops on its own thread, single-threaded, so the
    groups are split into two halves evaluated on two streams (both cores), then concatenated
-   (one copy). Only worth it with a free core: see `split_by_default`.
+   (one copy). Off by default: see `split_by_default`.
 4. Compiled == eager: under `mx.compile` MLX would fuse these ops into scalar strided JIT loops
    (2–3x slower than eager, as the reference suffers); `apply_grid` prevents the fusion.
 
@@ -36,21 +36,16 @@ SPLIT_MIN_ELEMENTS = 1 << 20  # below this, one stream (the sync costs more than
 # (MLX's reduction runs ~1.2 Gelem/s here, a vectorised maximum of two halves ~4 Gelem/s, but
 # short rows cost a fixed overhead each).
 REDUCE_AT = 16
-# Two-stream split: MLX_QAT_CPU_STREAMS=1 never, =2 always, unset/"auto": when the 1-minute load
-# average leaves a core free (on a busy machine the split only adds the concatenation: measured
-# +12% wall time on a 2-vCPU VM whose other core was taken; see benchmarks/results/fake_quant.md).
-_STREAMS = os.environ.get("MLX_QAT_CPU_STREAMS", "auto").strip().lower()
+# Two-stream split: off by default, MLX_QAT_CPU_STREAMS=2 turns it on. It only pays with an
+# idle second core, which could not be measured on the shared CI box (with the other core busy
+# it costs +12% wall time: benchmarks/results/fake_quant.md). A load-dependent default would
+# make speed depend on what else runs; a measured choice beats a guess.
+_STREAMS = os.environ.get("MLX_QAT_CPU_STREAMS", "1").strip()
 
 
 def split_by_default() -> bool:
     """Whether `fake_quant_minmax` splits large tensors over two streams when not told."""
-    if _STREAMS in ("1", "2"):
-        return _STREAMS == "2"
-    cores = os.cpu_count() or 1
-    try:
-        return cores >= 2 and os.getloadavg()[0] <= cores - 1
-    except OSError:  # pragma: no cover - no load average on this platform
-        return cores >= 2
+    return _STREAMS == "2"
 
 
 _streams: list = []
