@@ -79,6 +79,16 @@ def test_weight_decay_mask(tiny_data_dir, tmp_path):  # noqa: F811
     assert "model.layers.0.input_layernorm.weight" not in decayed
     assert not any("quantizer" in k for k in decayed)
     assert any("quantizer.alpha" in k for k in flat)
+    # Quantizer parameters get their own AdamW: no decay, LR x quantizer_lr_scale.
+    from mlx_qat.train.optim import set_lr
+
+    set_lr(t.optimizer, 0.01)
+    q, nodecay, decay = t.optimizer.optimizers
+    assert q.learning_rate.item() == pytest.approx(0.01 * t.cfg.quantizer_lr_scale)
+    assert nodecay.learning_rate.item() == pytest.approx(0.01) == decay.learning_rate.item()
+    assert q.weight_decay == nodecay.weight_decay == 0 and decay.weight_decay == t.cfg.weight_decay
+    q_state = {k.rsplit(".", 1)[0] for k, _ in tree_flatten(q.state)}
+    assert {k for k in flat if "quantizer" in k} <= q_state
     t.metrics.close()
 
 
@@ -128,7 +138,7 @@ def test_optimizer_reset_at_switch(tiny_data_dir, tmp_path):  # noqa: F811
     cfg = tiny_config(tiny_data_dir, tmp_path / "run", optimizer_state_at_switch="reset")
     train(cfg)
     opt = load_checkpoint(tmp_path / "run").optimizer_state
-    assert int(opt["states.1.step"].item()) == 10  # counted from the switch (10 QAT steps)
+    assert int(opt["states.2.step"].item()) == 10  # counted from the switch (10 QAT steps)
 
 
 def test_fp_twin_comparison(tiny_data_dir, tmp_path):  # noqa: F811

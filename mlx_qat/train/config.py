@@ -141,6 +141,9 @@ class TrainConfig:
     beta2: float = _f(0.95, "AdamW beta2", "optimizer")
     eps: float = _f(1e-8, "AdamW epsilon", "optimizer")
     grad_clip: float = _f(1.0, "global gradient-norm clip (0: off)", "optimizer")
+    quantizer_lr_scale: float = _f(
+        0.1, "LR multiplier of learnable quantizer parameters (LSQ alpha, scales)", "optimizer"
+    )
     # batch
     batch_size: int = _f(32, "sequences per micro-batch", "batch")
     seq_len: int = _f(128, "tokens per sequence", "batch")

@@ -1,12 +1,15 @@
 """AdamW with weight decay on matrices only, and its state as flat arrays.
 
-Two AdamW instances behind `optim.MultiOptimizer`, split by parameter path:
+Three AdamW instances behind `optim.MultiOptimizer`, split by parameter path:
 
+- quantizer parameters (LSQ `alpha`, learned affine `scale`/`bias`, under `.quantizer.`): no
+  weight decay (it would shrink the grid itself) and the LR times `quantizer_lr_scale`.
+  Adam moves every parameter by about the LR per step whatever its size; a step size or
+  scale of ~1e-2 would jump by 100% per step at a pretraining LR of 1e-2.
+- not decayed: norms and biases (1-D).
 - decayed: float weights with ≥ 2 dimensions — every linear weight and the (tied) embedding
   table. The tied table is also the output projection, and decaying it keeps its range (and
   so its 4-bit grid) tight, as GPT-2/nanoGPT do.
-- not decayed: norms, biases (1-D), and every quantizer parameter (LSQ `alpha`, learned
-  affine `scale`/`bias`, under `.quantizer.`), whose decay would shrink the grid itself.
 
 Both use bias-corrected moments (β1, β2, ε from the config). The learning rate is set from
 the plan before every step (`set_lr`), so the schedule is a pure function of the step.
@@ -20,9 +23,14 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
 
+def is_quantizer_param(path: str) -> bool:
+    """True for learnable quantizer parameters (`....quantizer.alpha`, `.scale`, `.bias`)."""
+    return "quantizer" in path.split(".")
+
+
 def is_decayed(path: str, param: mx.array) -> bool:
     """True for parameters that get weight decay (matrices that are not quantizer params)."""
-    return param.ndim >= 2 and "quantizer" not in path.split(".")
+    return param.ndim >= 2 and not is_quantizer_param(path)
 
 
 def build_optimizer(model: nn.Module, config) -> optim.MultiOptimizer:
@@ -30,7 +38,7 @@ def build_optimizer(model: nn.Module, config) -> optim.MultiOptimizer:
 
     Args:
         model: the prepared model.
-        config: a `TrainConfig` (lr, beta1, beta2, eps, weight_decay).
+        config: a `TrainConfig` (lr, beta1, beta2, eps, weight_decay, quantizer_lr_scale).
     """
 
     def adamw(wd: float) -> optim.AdamW:
@@ -43,16 +51,21 @@ def build_optimizer(model: nn.Module, config) -> optim.MultiOptimizer:
         )
 
     opt = optim.MultiOptimizer(
-        [adamw(0.0), adamw(config.weight_decay)],
-        [lambda path, p: not is_decayed(path, p)],
+        [adamw(0.0), adamw(0.0), adamw(config.weight_decay)],
+        [lambda path, p: is_quantizer_param(path), lambda path, p: not is_decayed(path, p)],
     )
+    opt.lr_scales = (float(config.quantizer_lr_scale), 1.0, 1.0)
     opt.init(model.trainable_parameters())
     return opt
 
 
 def set_lr(opt: optim.Optimizer, lr: float) -> None:
-    """Set the learning rate of every sub-optimizer (a float32 array in the state)."""
-    opt.learning_rate = mx.array(lr, dtype=mx.float32)
+    """Set the learning rate (a float32 array in the state) of every sub-optimizer, times
+    its group's scale."""
+    subs = getattr(opt, "optimizers", [opt])
+    scales = getattr(opt, "lr_scales", (1.0,) * len(subs))
+    for o, s in zip(subs, scales):
+        o.learning_rate = mx.array(lr * s, dtype=mx.float32)
 
 
 def optimizer_arrays(opt: optim.Optimizer) -> dict[str, mx.array]:
