@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import sys
 import time
@@ -201,7 +202,12 @@ def markdown(results: dict, meta: dict, cmd: str) -> str:
     lines = [
         "# Export benchmark: `mlx_qat.convert`, train = deploy per quantizer and dtype",
         "",
-        f"Command: `{cmd}`  ",
+        "Command:",
+        "",
+        "```",
+        cmd,
+        "```",
+        "",
         f"Date: {meta['date']}  ",
         f"Machine: {m['platform']}, {m['cpu']}, {m['cores']} cores, MLX device {m['device']}, "
         f"OpenBLAS preloaded: {m['openblas']}, load average {m['load_avg_1m']:.1f}  ",
@@ -290,7 +296,7 @@ def main(argv=None) -> int:
         "parity_tokens": first.get("num_tokens"),
         "args": vars(args),
     }
-    cmd = "python benchmarks/bench_convert.py " + " ".join(argv or sys.argv[1:])
+    cmd = shlex.join(["python", "benchmarks/bench_convert.py", *(argv or sys.argv[1:])])
     RESULTS.mkdir(parents=True, exist_ok=True)
     md = markdown(results, meta, cmd.strip())
     (RESULTS / f"{args.name}.md").write_text(md)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
         for k, v in rounds.items()
     }
     ratio = med["quantized"]["generation_tps"] / med["float"]["generation_tps"]
-    cmd = "python benchmarks/bench_generate.py " + " ".join(argv or sys.argv[1:])
+    cmd = shlex.join(["python", "benchmarks/bench_generate.py", *(argv or sys.argv[1:])])
     meta = {"command": cmd.strip(), "date": datetime.date.today().isoformat(), "machine": machine()}
     out = {
         **meta,
@@ -130,7 +131,12 @@ def main(argv=None) -> int:
     lines = [
         "# Generation benchmark: exported quantized model vs its float version (`mlx_lm`)",
         "",
-        f"Command: `{meta['command']}`  ",
+        "Command:",
+        "",
+        "```",
+        meta["command"],
+        "```",
+        "",
         f"Date: {meta['date']}  ",
         f"Machine: {m['platform']}, {m['cpu']}, {m['cores']} cores, MLX device {m['device']}, "
         f"OpenBLAS preloaded: {m['openblas']}, load average {m['load_avg_1m']:.1f}  ",
