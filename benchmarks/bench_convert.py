@@ -188,6 +188,9 @@ def bench_run(name: str, run: Path, work: Path, args) -> dict:
         res[f"qat_{dt}"] = one(run, out / f"qat_{dt}", dtype=dt, parity_batches=args.half_batches)
     res["ptq_float32"] = one(run, out / "ptq_f32", ptq=True, dtype="float32")
     res["dequantized_float32"] = one(run, out / "deq_f32", dequantize=True, dtype="float32")
+    twin = run / "fp_twin"
+    if (twin / "checkpoints").is_dir():  # the trainer's FP model of the same budget
+        res["fp_twin_ptq_float32"] = one(twin, out / "twin_ptq_f32", ptq=True, dtype="float32")
     return res
 
 
@@ -234,6 +237,25 @@ def markdown(results: dict, meta: dict, cmd: str) -> str:
             f"{_p(q, 'reference')} | {_p(q, 'exported')} | {_p(q, 'rel_diff', '.1e')} | "
             f"{_p(bf, 'rel_diff', '.1e')} | {_p(f16, 'rel_diff', '.1e')} | {q['wall_s']:.1f} |"
         )
+    twins = {n: r["fp_twin_ptq_float32"] for n, r in results.items() if "fp_twin_ptq_float32" in r}
+    if twins:
+        lines += [
+            "",
+            "FP twin (the trainer's float model of the same token budget) and its PTQ, the "
+            "baseline QAT must beat:",
+            "",
+            "| run | FP twin loss | FP twin PTQ (exported) | QAT exported | PTQ gap recovered |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, t in twins.items():
+            tp, qp = t.get("parity") or {}, results[name]["qat_float32"].get("parity") or {}
+            gap = None
+            if tp and qp and tp["exported"] - tp["fp"] > 1e-9:
+                gap = (tp["exported"] - qp["exported"]) / (tp["exported"] - tp["fp"])
+            gap_s = "—" if gap is None else f"{100 * gap:.1f}%"
+            lines.append(
+                f"| {name} | {_p(t, 'fp')} | {_p(t, 'exported')} | {_p(results[name]['qat_float32'], 'exported')} | {gap_s} |"
+            )
     lines += ["", "Sizes (bits per weight, MB of weights) per conversion:", ""]
     lines += ["| run | QAT f32 | QAT bf16 | QAT f16 | PTQ f32 | float (dequantized) f32 |"]
     lines += ["|---|---|---|---|---|---|"]
@@ -268,13 +290,14 @@ def main(argv=None) -> int:
     p.add_argument("--eval-batches", type=int, default=4)
     p.add_argument("--half-batches", type=int, default=1, help="parity batches for bf16/f16")
     p.add_argument("--name", default="convert", help="results file stem")
+    p.add_argument("--note", default="", help="where the runs came from (written to the .md)")
     args = p.parse_args(argv)
     reexec_with_openblas()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.run:
         runs = [(Path(r).name, Path(r)) for r in args.run]
-        note = "given: " + ", ".join(args.run)
+        note = "given: " + ", ".join(args.run) + (f". {args.note}" if args.note else "")
     else:
         runs = train_runs(args, work)
         note = (
