@@ -138,6 +138,10 @@ def test_lone_checkpoint_needs_a_tokenizer(tmp_path, tiny_data):
         convert(lone, tmp_path / "out", parity_check=False)
     assert not (tmp_path / "out").exists()
     result = convert(
-        lone, tmp_path / "out", tokenizer=run.path / "tokenizer", parity_data=tiny_data.path
+        lone,
+        tmp_path / "out",
+        tokenizer=run.path / "tokenizer",
+        parity_data=tiny_data.path,
+        parity_batches=1,
     )
     assert result.parity["rel_diff"] <= 1e-4 and (tmp_path / "out" / "tokenizer.json").exists()
