@@ -176,20 +176,24 @@ def main() -> None:
     results = [run_worker(argv, True, args.repeats)]
     if sys.platform.startswith("linux"):
         results.append(run_worker(argv, False, args.ref_repeats))
-    info = machine()
     cmd = "python " + " ".join([str(Path(__file__).relative_to(ROOT)), *sys.argv[1:]])
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    text = table(results)
-    print(text)
+    payload = {"command": cmd, "date": date, "machine": machine(), "results": results}
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"command": cmd, "date": date, "machine": info, "results": results}
     (out / "train_step.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / "train_step.md").write_text(render(payload))
+    print(table(results))
+
+
+def render(payload: dict) -> str:
+    """The markdown report of one benchmark run."""
+    info, results = payload["machine"], payload["results"]
     md = [
         "# Training step: FP vs QAT (fake quant on), with and without OpenBLAS",
         "",
-        f"- command: `{cmd}`",
-        f"- date: {date}",
+        f"- command: `{payload['command']}`",
+        f"- date: {payload['date']}",
         f"- machine: {info['platform']}, {info['cpu']}, {info['cores']} cores",
         f"- mlx {info['mlx']} ({info['backend']} backend), mlx-lm {info['mlx_lm']}, "
         f"python {info['python']}",
@@ -197,10 +201,22 @@ def main() -> None:
         "min/max fake quant on every linear and the tied embedding; FP and QAT alternated "
         "after a warm-up; medians. Target: QAT/FP <= 1.10.",
         "",
-        text,
+        table(results),
         "",
     ]
-    (out / "train_step.md").write_text("\n".join(md))
+    by = {(r["openblas"], row["size"]): row for r in results for row in r["rows"]}
+    lines = []
+    for (blas, size), row in by.items():
+        ref = by.get((False, size))
+        if blas and ref:
+            lines.append(
+                f"- {size}: OpenBLAS makes the FP step {ref['fp_ms'] / row['fp_ms']:.1f}x and "
+                f"the QAT step {ref['qat_ms'] / row['qat_ms']:.1f}x faster than MLX's bundled "
+                "reference BLAS."
+            )
+    if lines:
+        md += ["What OpenBLAS changes (same process otherwise, `LD_PRELOAD`):", "", *lines, ""]
+    return "\n".join(md)
 
 
 if __name__ == "__main__":

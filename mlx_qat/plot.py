@@ -45,9 +45,9 @@ def plot_run(
 ) -> Path:
     """Draw `run_dir`'s loss curves to `out` (default `run_dir/loss.png`); returns the path.
 
-    Left: training loss (smoothed) against tokens with the switch marked, and the validation
-    FP / QAT / PTQ losses. When the run has an FP twin (`run_dir/fp_twin`, or `twin_dir`) its
-    validation series are drawn dashed. Right: the learning rate.
+    Left: training loss against tokens. Middle: validation FP / PTQ / QAT losses (zoomed on
+    the late evals); an FP twin (`run_dir/fp_twin`, or `twin_dir`) is drawn dashed. Right:
+    the learning rate. The FP→QAT switch is marked.
     """
     plt = _pyplot()
     run_dir = Path(run_dir)
@@ -56,25 +56,34 @@ def plot_run(
     if not train:
         raise ValueError(f"{run_dir}: no training records in metrics.jsonl to plot")
     tps = train[-1]["tokens"] / train[-1]["step"]
-    fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1]})
+    fig, (ax, ax_val, ax_lr) = plt.subplots(
+        1, 3, figsize=(15, 4.5), gridspec_kw={"width_ratios": [3, 3, 1.4]}
+    )
     x = [r["tokens"] for r in train]
     y = [float(r["loss"]) for r in train]
-    ax.plot(x, y, color="0.75", lw=0.6, label="train loss")
-    ax.plot(x, _smooth(y, max(1, len(y) // 50)), color="0.3", lw=1.2, label="train (smoothed)")
-    colors = {"fp": "tab:blue", "qat": "tab:red", "ptq": "tab:orange"}
-    _eval_series(ax, read_metrics(run_dir, "eval"), tps, colors, "-", "")
-    twin = Path(twin_dir) if twin_dir else run_dir / "fp_twin"
-    if (twin / "metrics.jsonl").exists():
-        _eval_series(ax, read_metrics(twin, "eval"), tps, colors, "--", " (FP twin)", skip="qat")
-    for r in read_metrics(run_dir, "switch"):
-        ax.axvline(r["step"] * tps, color="k", ls=":", lw=1)
-        ax.text(r["step"] * tps, ax.get_ylim()[1], " FP→QAT", va="top", fontsize=8)
-    ax.set_xlabel("tokens")
-    ax.set_ylabel("loss (nats/token)")
+    ax.plot(x, y, color="0.8", lw=0.6, label="train loss")
+    ax.plot(x, _smooth(y, max(1, len(y) // 50)), color="0.2", lw=1.2, label="train (smoothed)")
     lo = min(y[len(y) // 10 :] or y)
     ax.set_ylim(lo - 0.1, min(max(y), lo + 2.5))
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title(run_dir.name)
+    ax.set_title(f"{run_dir.name}: training loss")
+    colors = {"fp": "tab:blue", "ptq": "tab:orange", "qat": "tab:red"}
+    evals = read_metrics(run_dir, "eval")
+    _eval_series(ax_val, evals, tps, colors, "-", "")
+    twin = Path(twin_dir) if twin_dir else run_dir / "fp_twin"
+    if (twin / "metrics.jsonl").exists():
+        _eval_series(ax_val, read_metrics(twin, "eval"), tps, colors, "--", " (FP twin)", "qat")
+    ax_val.set_title("validation loss (QAT = fake quant on, PTQ = RTN of the float weights)")
+    vals = [r[m]["loss"] for r in evals for m in colors if r.get(m)]
+    if vals:  # zoom on the second half, where the FP / PTQ / QAT gaps are visible
+        late = [r[m]["loss"] for r in evals[len(evals) // 2 :] for m in colors if r.get(m)]
+        ax_val.set_ylim(min(late) - 0.02, max(late) + 0.5 * (max(late) - min(late)) + 0.02)
+    for a in (ax, ax_val):
+        for r in read_metrics(run_dir, "switch"):
+            a.axvline(r["step"] * tps, color="k", ls=":", lw=1)
+            a.text(r["step"] * tps, a.get_ylim()[1], " FP→QAT", va="top", fontsize=8)
+        a.set_xlabel("tokens")
+        a.set_ylabel("loss (nats/token)")
+        a.legend(fontsize=7)
     ax_lr.plot(x, [r["lr"] for r in train], color="tab:green")
     ax_lr.set_xlabel("tokens")
     ax_lr.set_title("learning rate")
@@ -89,7 +98,8 @@ def _eval_series(ax, evals, tps, colors, ls, suffix, skip=None) -> None:
     for mode, color in colors.items():
         pts = [(r["step"] * tps, r[mode]["loss"]) for r in evals if r.get(mode)]
         if pts and mode != skip:
-            ax.plot(*zip(*pts), ls=ls, marker="o", ms=3, color=color, label=f"val {mode}{suffix}")
+            ms = 5 if mode == "qat" else 3
+            ax.plot(*zip(*pts), ls=ls, marker="o", ms=ms, color=color, label=f"{mode}{suffix}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,11 @@ def test_argparse_choices_and_help(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--cooldown-shape", "exp"])
     assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out = capsys.readouterr().out
+    for flag in ("--qat-fraction", "--optimizer-state-at-switch", "--resume", "--no-compile"):
+        assert flag in out
 
 
 def test_module_verbs(capsys):

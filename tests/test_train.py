@@ -156,3 +156,42 @@ def test_fp_twin_comparison(tiny_data_dir, tmp_path):  # noqa: F811
     if c["ptq"]["loss"] > c["fp"]["loss"]:
         expect = (c["ptq"]["loss"] - c["qat"]["loss"]) / (c["ptq"]["loss"] - c["fp"]["loss"])
         assert c["gap_recovered"] == pytest.approx(expect)
+
+
+def test_resume_checks_the_config_and_a_finished_run_is_a_no_op(tiny_data_dir, tmp_path):  # noqa: F811
+    from dataclasses import replace
+
+    from mlx_qat.train import CheckpointError
+
+    cfg = tiny_config(tiny_data_dir, tmp_path / "run", tokens=8 * 128, save_every=4)
+    first = train(cfg)
+    config_yaml = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(CheckpointError, match="config hash"):
+        Trainer(replace(cfg, lr=1e-4, resume=True)).setup()
+    assert (tmp_path / "run" / "config.yaml").read_text() == config_yaml
+    lines = len(read_metrics(tmp_path / "run"))
+    again = train(replace(cfg, resume=True, eval_every=3))  # book-keeping may change
+    assert again["eval"] == first["eval"] and again["steps"] == first["steps"]
+    assert len(read_metrics(tmp_path / "run")) == lines
+
+
+def test_plot_of_a_run_and_a_clear_error_without_matplotlib(tiny_data_dir, tmp_path, monkeypatch):  # noqa: F811
+    from mlx_qat import plot
+
+    train(tiny_config(tiny_data_dir, tmp_path / "run", eval_every=10, fp_twin=True))
+    with monkeypatch.context() as m:
+        m.setitem(__import__("sys").modules, "matplotlib", None)
+        with pytest.raises(ImportError, match=r"pip install 'mlx_qat\[plot\]'"):
+            plot.plot_run(tmp_path / "run")
+    pytest.importorskip("matplotlib")
+    out = plot.plot_run(tmp_path / "run")
+    assert out == tmp_path / "run" / "loss.png" and out.stat().st_size > 10_000
+
+
+def test_fp_twin_resumes(tiny_data_dir, tmp_path):  # noqa: F811
+    from dataclasses import replace
+
+    cfg = tiny_config(tiny_data_dir, tmp_path / "run", fp_twin=True, tokens=12 * 128)
+    first = train(cfg)
+    again = train(replace(cfg, resume=True))  # the twin resumes (finished: a no-op) too
+    assert again["comparison"] == first["comparison"]

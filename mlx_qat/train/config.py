@@ -29,6 +29,7 @@ Q_MODES = ("affine", "mxfp4", "nvfp4", "mxfp8")
 _NOT_HASHED = {
     "out",
     "resume",
+    "branch_from",
     "quiet",
     "eval_every",
     "eval_batches",
@@ -110,7 +111,7 @@ class TrainConfig:
     embed_bits: int | None = _f(None, "embedding/head bits (default: max(bits, 4))", "qat")
     scale_dtype: str | None = _f(None, "scale/bias storage dtype (default: weight dtype)", "qat")
     # budget
-    tokens: int = _f(2_000_000, "total training tokens D (FP + QAT)", "budget")
+    tokens: int = _f(3_000_000, "total training tokens D (FP + QAT)", "budget")
     qat_fraction: str = _f(
         "auto", "QAT share f of the tokens, or 'auto' = exp(-a / ln S)", "budget"
     )
@@ -145,11 +146,11 @@ class TrainConfig:
         0.1, "LR multiplier of learnable quantizer parameters (LSQ alpha, scales)", "optimizer"
     )
     # batch
-    batch_size: int = _f(32, "sequences per micro-batch", "batch")
+    batch_size: int = _f(16, "sequences per micro-batch", "batch")
     seq_len: int = _f(128, "tokens per sequence", "batch")
     grad_accum: int = _f(1, "micro-batches per optimizer step", "batch")
     # eval / checkpoints / logging
-    eval_every: int = _f(200, "evaluate every N steps (and at the end); 0: only at the end", "eval")
+    eval_every: int = _f(100, "evaluate every N steps (and at the end); 0: only at the end", "eval")
     eval_batches: int = _f(
         16, "validation batches per evaluation (the same ones each time)", "eval"
     )
@@ -285,7 +286,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
         g = groups[group_name]
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        help_text = f.metadata.get("help", "")
+        if "default" not in help_text:
+            help_text += f" (default: {default})"
+        help_text = help_text.replace("%", "%%")
         typ, kw = _type_of(f)
         if typ is None:
             g.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)

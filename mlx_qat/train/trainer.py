@@ -20,6 +20,7 @@ saved, so the last checkpoint stays the last good one.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -89,7 +90,6 @@ class Trainer:
         self.plan: PhasePlan = make_plan(cfg, pb.n_params, pb.n_params_no_embed, pb.bytes)
         if self.plan.warning:
             logger.warning("plan: %s", self.plan.warning)
-        atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
         from ..data import TokenBatches, eval_batches
 
         self.batches = TokenBatches(self.bundle.train, cfg.batch_size, cfg.seq_len, cfg.seed)
@@ -102,6 +102,8 @@ class Trainer:
         keep_lines = None
         if ckpt is not None:
             keep_lines = self._restore(ckpt)
+        # Written only once the checkpoint (if any) was accepted for this config.
+        atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
         self.metrics = MetricsWriter(self.run_dir, keep_lines)
         self._compile()
 
@@ -133,6 +135,12 @@ class Trainer:
                 f"this config hashes to {cfg.hash()}: the settings that shape training changed. "
                 f"Resume with the run's own config (--config {self.run_dir / 'config.yaml'}), "
                 "or start a new run (another --out)"
+            )
+        shards = st.get("data", {}).get("shards")
+        if shards and Path(shards).name != Path(self.bundle.path).name:
+            raise CheckpointError(
+                f"checkpoint {ckpt.path}: trained on the token shards {shards}, but this run "
+                f"reads {self.bundle.path}; the batches would differ. Pass the same --data"
             )
         try:
             self.model.load_weights(list(ckpt.weights.items()), strict=True)
@@ -320,6 +328,10 @@ class Trainer:
 
     def _result(self) -> dict:
         tps = sorted(self.tokens_per_s)
+        previous = self.run_dir / RESULT
+        if not tps and previous.is_file():  # a finished run, resumed: keep its throughput
+            old = json.loads(previous.read_text(encoding="utf-8"))
+            tps = [old["tokens_per_s"]] if old.get("tokens_per_s") else []
         result = {
             "run_dir": str(self.run_dir),
             "steps": self.step,
