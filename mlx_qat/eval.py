@@ -150,7 +150,9 @@ def eval_triple(
     else:
         out["qat"] = None
     loss = {k: (v["loss"] if v else None) for k, v in out.items()}
-    out["gap_recovered"] = gap_recovered(loss["fp"], loss["qat"], loss["ptq"])
+    # With min/max quantizers QAT *is* the PTQ of these weights: no gap to report here.
+    same = _all_minmax(model)
+    out["gap_recovered"] = None if same else gap_recovered(loss["fp"], loss["qat"], loss["ptq"])
     return out
 
 
@@ -219,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {mode:<4} loss {r['loss']:.4f}  bpb {r['bpb']:.4f}")
     if ev.get("gap_recovered") is not None:
         print(f"  PTQ gap recovered: {100 * ev['gap_recovered']:.1f}%")
+    elif _all_minmax(model):
+        print(
+            "  (min/max quantizer: QAT and PTQ are the same grid of these weights; the PTQ "
+            "baseline is an FP model of the same budget, e.g. the run's fp_twin)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(ev, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -157,7 +157,8 @@ class Trainer:
         self.last_eval_step = int(st.get("eval_step", -1))
         set_fake_quant(self.model, bool(ckpt.qat.get("fake_quant")))
         mx.eval(self.model.parameters(), self.optimizer.state)
-        logger.info("resumed from %s (step %d, phase %s)", ckpt.path, self.step, self.phase)
+        how = "branched from" if cfg.branch_from else "resumed from"
+        logger.info("%s %s (step %d, phase %s)", how, ckpt.path, self.step, self.phase)
         return None if cfg.branch_from else int(st.get("metrics_lines", 0))
 
     def _check_branch(self, ckpt) -> None:
