@@ -98,3 +98,23 @@ def test_plan_cli_prints_the_plan(capsys):
 def test_plan_cli_reports_bad_input(capsys):
     assert plan_main(["--preset", "d3"]) == 1
     assert "even depth" in capsys.readouterr().err
+
+
+def test_plan_for_any_mlx_lm_config(tmp_path):
+    # Not a preset: a Qwen2-style config.json (untied head: lm_head at the embedding bits).
+    cfg = {
+        "model_type": "qwen2",
+        "hidden_size": 64,
+        "num_hidden_layers": 1,
+        "intermediate_size": 128,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "rms_norm_eps": 1e-6,
+        "vocab_size": 256,
+        "tie_word_embeddings": False,
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    p = plan_for_config(TrainConfig(model_config=str(path), tokens=10**6))
+    assert p.n_params_no_embed < p.n_params
+    assert p.n_params - p.n_params_no_embed == 2 * 256 * 64  # embedding + untied lm_head

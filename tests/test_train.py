@@ -195,3 +195,35 @@ def test_fp_twin_resumes(tiny_data_dir, tmp_path):  # noqa: F811
     first = train(cfg)
     again = train(replace(cfg, resume=True))  # the twin resumes (finished: a no-op) too
     assert again["comparison"] == first["comparison"]
+
+
+def test_qat_fine_tune_of_an_existing_mlx_lm_model(tiny_data_dir, tmp_path):  # noqa: F811
+    from mlx_qat.models import model_from_config, preset_config
+
+    # A float mlx-lm model directory: config.json + model.safetensors.
+    src = tmp_path / "float_model"
+    src.mkdir()
+    cfg = preset_config("d2", 512)
+    mx.random.seed(7)
+    model = model_from_config(cfg)
+    mx.save_safetensors(str(src / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (src / "config.json").write_text(json.dumps(cfg))
+    run = tmp_path / "run"
+    result = train(
+        tiny_config(tiny_data_dir, run, model=str(src), qat_fraction=1.0, tokens=4 * 128)
+    )
+    assert result["plan"]["qat_steps"] == 4
+    ck = load_checkpoint(run, optimizer=False)
+    assert ck.model_config["hidden_size"] == 64 and ck.qat["fake_quant"] is True
+    # The run starts from the given weights, not from a fresh init.
+    t = Trainer(tiny_config(tiny_data_dir, tmp_path / "run1", model=str(src)))
+    t.setup()
+    got = dict(tree_flatten(t.model.parameters()))
+    for k, v in tree_flatten(model.parameters()):
+        assert mx.array_equal(got[k], v), k
+    t.metrics.close()
+    (src / "config.json").write_text(
+        json.dumps({**cfg, "quantization": {"bits": 4, "group_size": 64}})
+    )
+    with pytest.raises(ValueError, match="already quantized"):
+        Trainer(tiny_config(tiny_data_dir, tmp_path / "run2", model=str(src))).setup()
