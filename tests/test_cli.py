@@ -85,3 +85,15 @@ def test_module_verbs(capsys):
 def test_config_yaml_is_plain_yaml():
     d = yaml.safe_load(TrainConfig().to_yaml())
     assert d["pipeline"] == "fused" and "out" in d
+
+
+def test_token_counts_accept_scientific_and_suffixes():
+    from mlx_qat.train.config import TrainConfig, parse_args, parse_count
+
+    assert parse_count("3e6") == parse_count("3M") == parse_count("3_000_000") == 3_000_000
+    assert parse_count("2.5k") == 2500 and parse_count(7) == 7
+    assert parse_args(["--tokens", "20e6"]).tokens == 20_000_000
+    assert TrainConfig(tokens="1.5B").tokens == 1_500_000_000
+    for bad in ("abc", "1.5", "3x"):
+        with pytest.raises(ValueError, match="tokens"):
+            TrainConfig(tokens=bad)

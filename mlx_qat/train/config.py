@@ -165,6 +165,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field, the problem and the fix."""
+        self.tokens = parse_count(self.tokens, "tokens")
+        if self.warmup_tokens is not None:
+            self.warmup_tokens = parse_count(self.warmup_tokens, "warmup_tokens")
         for name in ("tokens", "batch_size", "seq_len", "grad_accum"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
@@ -229,6 +232,28 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
+
+
+def parse_count(value: Any, name: str = "value") -> int:
+    """A whole count written as 3000000, "3_000_000", "3e6" or "3M" (k, M, B suffixes)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name}={value!r}: give a whole number such as 3000000, 3e6 or 3M")
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().replace("_", "")
+    scale = _SUFFIX.get(text[-1:].lower(), 1.0)
+    try:
+        x = float(text[:-1] if scale != 1.0 else text) * scale
+    except ValueError:
+        raise ValueError(
+            f"{name}={value!r}: give a whole number such as 3000000, 3e6 or 3M"
+        ) from None
+    if not math.isfinite(x) or x != round(x):
+        raise ValueError(f"{name}={value!r}: must be a whole number of tokens")
+    return int(round(x))
+
+
 def normalize_fraction(value: Any) -> str | float:
     """'auto' or a float in [0, 1]; raise ValueError otherwise."""
     if isinstance(value, str) and value.strip().lower() == "auto":
@@ -270,7 +295,8 @@ def _type_of(f) -> tuple[Any, dict]:
     if isinstance(default, bool):
         return None, kw
     if "int" in ann:
-        return int, kw
+        # counts of tokens read best as 3e6 or 3M; everything else is a plain int
+        return (parse_count if f.name.endswith("tokens") else int), kw
     if "float" in ann:
         return float, kw
     return str, kw
