@@ -77,8 +77,8 @@ def train_main(argv: list[str] | None = None) -> int:
             print(f"mlx_qat.train: {cfg.out}\n{trainer.plan.table()}", flush=True)
         result = trainer.run()
         if cfg.fp_twin:
+            from .fileio import atomic_write_json
             from .train.compare import run_fp_twin
-            from .train.files import atomic_write_json
 
             result = run_fp_twin(cfg, trainer, result)
             atomic_write_json(trainer.run_dir / "result.json", result)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from ._io import atomic_write_text
+from ..fileio import atomic_write_text
 from .tokenizer import DEFAULT_SETTINGS
 
 DEFAULTS: dict = {

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from ._io import atomic_open, atomic_write_json, atomic_write_text
+from ..fileio import atomic_open, atomic_write_json, atomic_write_text
 from .tokenizer import MODEL_FILE
 
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import (
+from ..fileio import (
     atomic_open,
     atomic_write_json,
     new_tmp_dir,

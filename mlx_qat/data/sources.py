@@ -18,7 +18,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from ._io import atomic_write_json, cache_dir, new_tmp_dir, publish_dir, sha256_file
+from ..fileio import atomic_write_json, cache_dir, new_tmp_dir, publish_dir, sha256_file
 from .corpus import Paths, resolve_files
 
 logger = logging.getLogger(__name__)

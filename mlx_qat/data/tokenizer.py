@@ -33,7 +33,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from ._io import atomic_write_bytes, atomic_write_json, new_tmp_dir, publish_dir, sha256_file
+from ..fileio import atomic_write_bytes, atomic_write_json, new_tmp_dir, publish_dir, sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from ..fileio import fsync_path
 from .errors import ConvertError
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def _publish(tmp: Path, final: Path) -> None:
         old = final.with_name(f"{final.name}.old-{os.getpid()}")
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync(final.parent)
+    fsync_path(final.parent)
     if old is not None:
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
@@ -85,20 +86,11 @@ def _publish(tmp: Path, final: Path) -> None:
             old.unlink(missing_ok=True)
 
 
-def _fsync(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     for p in root.iterdir():
         if p.is_file():
-            _fsync(p)
-    _fsync(root)
+            fsync_path(p)
+    fsync_path(root)
 
 
 def make_shards(weights: dict[str, mx.array], max_bytes: int) -> list[dict[str, mx.array]]:

@@ -30,6 +30,8 @@ import os
 
 import mlx.core as mx
 
+from ..quant.affine import params_from_extremes
+
 MAGIC = 12582912.0  # 1.5 * 2**23: float32 x + MAGIC rounds x to an integer, ties to even
 SPLIT_MIN_ELEMENTS = 1 << 20  # below this, one stream (the sync costs more than it saves)
 # Pairwise levels stop at 16 elements per group: measured best for group sizes 32/64/128
@@ -83,16 +85,8 @@ def group_stats(xg: mx.array, levels: int | None = None) -> tuple[mx.array, mx.a
     return hi.max(axis=-1, keepdims=True), lo.min(axis=-1, keepdims=True)
 
 
-def minmax_grid(w_max: mx.array, w_min: mx.array, bits: int) -> tuple[mx.array, mx.array]:
-    """MLX's (scale, bias) from group extremes; the same ops as affine.minmax_params."""
-    n = float(2**bits - 1)
-    side = mx.abs(w_min) > mx.abs(w_max)
-    s = mx.maximum((w_max - w_min) / n, 1e-7)
-    s = mx.where(side, s, -s)
-    edge = mx.where(side, w_min, w_max)
-    q0 = mx.round(edge / s)
-    nonzero = q0 != 0
-    return mx.where(nonzero, edge / q0, s), mx.where(nonzero, edge, 0.0)
+# MLX's (scale, bias) from group extremes: the canonical rules, computed once per group.
+minmax_grid = params_from_extremes
 
 
 def _groups(xg: mx.array, bits: int, levels: int | None) -> mx.array:

@@ -35,18 +35,21 @@ def group(w: mx.array, group_size: int) -> mx.array:
 
 def minmax_params(wg: mx.array, bits: int) -> tuple[mx.array, mx.array]:
     """MLX's per-group scale and bias (float32, shape (..., G, 1)) for grouped float32 `wg`."""
+    return params_from_extremes(
+        wg.max(axis=-1, keepdims=True), wg.min(axis=-1, keepdims=True), bits
+    )
+
+
+def params_from_extremes(w_max: mx.array, w_min: mx.array, bits: int) -> tuple[mx.array, mx.array]:
+    """(scale, bias) from each group's float32 max and min (the grid rules in the header)."""
     n = float(2**bits - 1)
-    w_max = wg.max(axis=-1, keepdims=True)
-    w_min = wg.min(axis=-1, keepdims=True)
     side = mx.abs(w_min) > mx.abs(w_max)
     s = mx.maximum((w_max - w_min) / n, 1e-7)
     s = mx.where(side, s, -s)
     edge = mx.where(side, w_min, w_max)
     q0 = mx.round(edge / s)
     nonzero = q0 != 0
-    s = mx.where(nonzero, edge / q0, s)
-    b = mx.where(nonzero, edge, 0.0)
-    return s, b
+    return mx.where(nonzero, edge / q0, s), mx.where(nonzero, edge, 0.0)
 
 
 def codes_from_params(wg: mx.array, s: mx.array, b: mx.array, bits: int) -> mx.array:

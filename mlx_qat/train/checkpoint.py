@@ -36,7 +36,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .files import atomic_write_json, fsync_dir, fsync_file
+from ..fileio import atomic_write_json, fsync_path
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 def _save_arrays(path: Path, arrays: dict[str, mx.array]) -> int:
     mx.save_safetensors(str(path), arrays)
-    fsync_file(path)
+    fsync_path(path)
     return path.stat().st_size
 
 
@@ -148,11 +148,11 @@ def save_checkpoint(
         atomic_write_json(tmp / "config.json", model_config)
         atomic_write_json(tmp / "qat.json", qat)
         atomic_write_json(tmp / "state.json", {**state, "step": int(step), "files": files})
-        fsync_dir(tmp)
+        fsync_path(tmp)
         if final.exists():  # re-saving a step (e.g. after a resume): swap it out whole
             _remove_dir(final)
         os.replace(tmp, final)
-        fsync_dir(root)
+        fsync_path(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

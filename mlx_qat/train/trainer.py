@@ -30,6 +30,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from ..eval import eval_triple, format_triple
+from ..fileio import atomic_write_json, atomic_write_text
 from ..models.sizing import parameter_bytes
 from ..patch import init_quantizers, prepare, set_fake_quant
 from .checkpoint import (
@@ -43,7 +44,6 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .data import copy_tokenizer, resolve_data
-from .files import atomic_write_json, atomic_write_text
 from .metrics import MetricsWriter
 from .model import make_model, qat_config
 from .optim import build_optimizer, load_optimizer_arrays, set_lr

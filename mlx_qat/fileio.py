@@ -1,8 +1,9 @@
-"""Small file-system helpers shared by the data pipeline: atomic writes, hashing, cache dir.
+"""File-system helpers: atomic writes, directory publishing, hashing, the cache dir.
 
-Every file the pipeline writes goes through :func:`atomic_write_bytes` (or is built inside a
-temporary directory that :func:`publish_dir` renames into place), so an interrupted run never
-leaves a half-written artifact under its final name.
+Every file mlx_qat writes that a user could lose goes through :func:`atomic_write_bytes` (a
+``name.tmp-<pid>`` beside it, fsync, ``os.replace``) or is built inside a temporary directory
+that :func:`publish_dir` renames into place, so an interrupted run never leaves a half-written
+artifact under its final name.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def tmp_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or a directory (a directory: so that a rename inside it is durable)."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -58,7 +60,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -93,7 +95,7 @@ def publish_dir(tmp: Path, final: Path, replace: bool = False) -> bool:
     False is returned, unless ``replace`` is set, in which case the old directory is moved aside
     and removed. Returns True when ``tmp`` became ``final``.
     """
-    _fsync_dir(tmp)
+    fsync_path(tmp)
     if final.exists():
         if not replace:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -110,7 +112,7 @@ def publish_dir(tmp: Path, final: Path, replace: bool = False) -> bool:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
             return False
-    _fsync_dir(final.parent)
+    fsync_path(final.parent)
     return True
 
 
