@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
+from . import kernels
 from .config import QATConfig
 from .layers import QATLayer, qat_class
 from .quant.quantizers import Quantizer
@@ -143,6 +144,7 @@ def prepare(model: nn.Module, config: QATConfig | None = None, enabled: bool = T
         >>> set_fake_quant(model, True)  # at the switch; then recompile the step
     """
     config = config or QATConfig()
+    kernels.self_check()  # once per GPU backend: never train on an untested kernel's grid
     report = prepare_report(model, config)
     new = {}
     by_path = dict(model.named_modules())

@@ -212,3 +212,38 @@ def test_tree_levels_and_stream_switch():
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
         )
         assert out.stdout.strip() == expected
+
+
+@pytest.mark.parametrize("failure", ["raises", "wrong"])
+def test_self_check_falls_back_when_a_gpu_kernel_fails(monkeypatch, failure, caplog):
+    """A Metal/CUDA kernel that fails on the user's GPU turns the kernels off, not training."""
+    import mlx_qat.kernels as k
+
+    def broken(backend, w, *args, **kwargs):
+        if failure == "raises":
+            raise RuntimeError("metal compile error")
+        return w  # not quantized at all
+
+    monkeypatch.setattr(k, "fused_backend", lambda: "metal" if k.kernels_enabled() else None)
+    monkeypatch.setattr(k.gpu, "forward", broken)
+    monkeypatch.setattr(k, "_checked", {})
+    monkeypatch.setattr(k, "_enabled", True)
+    with caplog.at_level("WARNING", logger="mlx_qat.kernels"):
+        assert k.self_check() is False
+    assert not k.kernels_enabled() and k.active_backend() == "reference"
+    assert "failed its self-check" in caplog.text and "MLX_QAT_KERNELS=0" in caplog.text
+
+
+def test_self_check_passes_with_a_correct_kernel(monkeypatch):
+    """The check itself is sound: a kernel computing the canonical grid passes."""
+    import mlx_qat.kernels as k
+    from mlx_qat.quant.affine import fake_quant_minmax
+
+    monkeypatch.setattr(k, "fused_backend", lambda: "metal")
+    monkeypatch.setattr(
+        k.gpu, "forward", lambda b, w, kind, bits, gs, **kw: fake_quant_minmax(w, bits, gs)
+    )
+    monkeypatch.setattr(k, "_checked", {})
+    monkeypatch.setattr(k, "_enabled", True)
+    assert k.self_check() is True and k.kernels_enabled()
+    assert k.self_check() is True  # cached per backend

@@ -8,7 +8,11 @@ Which path runs (`active_backend()`):
                  `set_kernels_enabled(False)`)                              pure-MLX reference
 Every path produces the project's canonical grid (MLX's CPU `mx.quantize`, quant/affine.py)
 bit for bit; the CPU path is tested against the reference, the kernel bodies through their
-C++ build (kernels/cpp.py), the GPU launches only on a Mac/NVIDIA machine (`self_check`).
+C++ build (kernels/cpp.py), the GPU launches only on a Mac/NVIDIA machine (`testing.gpu_parity`).
+Because no CI machine has a GPU, `self_check()` compares the fused min/max kernel with the
+reference on awkward inputs the first time a QAT model is prepared on a GPU; a kernel that
+fails to compile or disagrees turns the kernels off (with a warning) instead of training on a
+wrong grid.
 
 Kernels (one thread per quantization group; bodies in sources.py and fp_sources.py): min/max
 affine forward, mxfp4/mxfp8/nvfp4 forward, LSQ/SEQ/sign and learned-affine forward and backward.
@@ -18,6 +22,7 @@ in the quantizers' `mx.custom_function`s, which call the functions below.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import mlx.core as mx
@@ -25,7 +30,9 @@ import mlx.core as mx
 from . import cpu, gpu, sources
 from .fp_sources import FP_KINDS
 
+logger = logging.getLogger(__name__)
 _OFF = ("0", "false", "off", "no")
+_checked: dict[str, bool] = {}
 _enabled = os.environ.get("MLX_QAT_KERNELS", "1").strip().lower() not in _OFF
 
 
@@ -59,6 +66,48 @@ def active_backend() -> str:
     if _enabled and mx.default_device() == mx.cpu:
         return "cpu"
     return "reference"
+
+
+def self_check() -> bool:
+    """Check the fused kernels once per backend; turn them off if they fail. Outside compile.
+
+    Runs the fused min/max forward on a small awkward input (all-negative and constant groups,
+    exact ties, outliers; float32 and bfloat16) and compares it bit for bit with the pure-MLX
+    reference. Returns True when no fused backend is active or the check passes. On a failure
+    (compile error, launch error, mismatch) logs a warning naming the cause and the opt-out,
+    and calls `set_kernels_enabled(False)`, so training continues on the exact pure-MLX path.
+    """
+    backend = fused_backend()
+    if backend is None:
+        return True
+    if backend in _checked:
+        return _checked[backend]
+    from ..quant.affine import fake_quant_minmax
+
+    try:
+        base = mx.random.normal((4, 128), key=mx.random.key(0))
+        w = mx.concatenate([base, -mx.abs(base), mx.full((1, 128), 0.37), mx.round(base * 4) / 2])
+        bad = 0
+        for dtype in (mx.float32, mx.bfloat16):
+            x = w.astype(dtype)
+            got = gpu.forward(backend, x, sources.KIND_MINMAX, 4, 64)
+            with mx.stream(mx.cpu):
+                ref = fake_quant_minmax(x, 4, 64)
+            bad += int(mx.sum(got.astype(mx.float32) != ref.astype(mx.float32)).item())
+        ok, why = bad == 0, f"{bad} elements differ from the reference grid"
+    except Exception as e:  # noqa: BLE001 - any kernel failure must fall back, not crash
+        ok, why = False, f"{type(e).__name__}: {e}"
+    _checked[backend] = ok
+    if not ok:
+        logger.warning(
+            "mlx_qat: the fused %s fake-quant kernel failed its self-check (%s); using the "
+            "pure-MLX path instead (same numerics, slower). Please report this; set "
+            "MLX_QAT_KERNELS=0 to skip the kernels and this check.",
+            backend,
+            why,
+        )
+        set_kernels_enabled(False)
+    return ok
 
 
 def fake_quant_forward(w: mx.array, spec) -> mx.array:
@@ -188,5 +237,6 @@ __all__ = [
     "lsq_backward",
     "lsq_forward",
     "minmax_forward",
+    "self_check",
     "set_kernels_enabled",
 ]
