@@ -11,9 +11,9 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import pytest
 from mlx.utils import tree_flatten
-from mlx_lm.models import llama, qwen3_moe
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 from mlx_lm.utils import load_model
+from tiny_models import tiny_model as tiny
 
 from mlx_qat.config import QATConfig, quantization_map
 from mlx_qat.layers import QATEmbedding, QATLayer, QATLinear
@@ -28,40 +28,6 @@ from mlx_qat.patch import (
 from mlx_qat.quant.spec import QuantSpec
 
 RTOL = 1e-5
-
-
-def tiny(arch: str = "llama", seed: int = 0, tie: bool = False) -> nn.Module:
-    """A 2-layer width-64 float32 model (llama or the qwen3_moe MoE)."""
-    mx.random.seed(seed)
-    common = dict(
-        hidden_size=64,
-        num_hidden_layers=2,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        rms_norm_eps=1e-5,
-        vocab_size=256,
-        tie_word_embeddings=tie,
-    )
-    if arch == "llama":
-        model = llama.Model(llama.ModelArgs(model_type="llama", **common))
-    else:
-        args = qwen3_moe.ModelArgs(
-            model_type="qwen3_moe",
-            num_experts=4,
-            num_experts_per_tok=2,
-            decoder_sparse_step=1,
-            mlp_only_layers=[],
-            moe_intermediate_size=64,
-            head_dim=16,
-            rope_theta=10000.0,
-            max_position_embeddings=512,
-            norm_topk_prob=True,
-            **common,
-        )
-        model = qwen3_moe.Model(args)
-    mx.eval(model.parameters())
-    return model
 
 
 def tokens(shape=(2, 12), seed: int = 1) -> mx.array:

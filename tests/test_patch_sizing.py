@@ -2,46 +2,15 @@
 
 from __future__ import annotations
 
-import mlx.core as mx
 import mlx.nn as nn
 import pytest
 from mlx.utils import tree_flatten
-from mlx_lm.models import llama, qwen3_moe
+from tiny_models import tiny_model as tiny
 
 from mlx_qat.config import QATConfig
 from mlx_qat.models.sizing import parameter_bytes, size_report
 from mlx_qat.patch import prepare, quantize
 from mlx_qat.quant.spec import QuantSpec
-
-
-def tiny(arch: str = "llama", tie: bool = False) -> nn.Module:
-    mx.random.seed(0)
-    common = dict(
-        hidden_size=64,
-        num_hidden_layers=2,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        rms_norm_eps=1e-5,
-        vocab_size=256,
-        tie_word_embeddings=tie,
-    )
-    if arch == "llama":
-        return llama.Model(llama.ModelArgs(model_type="llama", **common))
-    args = qwen3_moe.ModelArgs(
-        model_type="qwen3_moe",
-        num_experts=4,
-        num_experts_per_tok=2,
-        decoder_sparse_step=1,
-        mlp_only_layers=[],
-        moe_intermediate_size=64,
-        head_dim=16,
-        rope_theta=1e4,
-        max_position_embeddings=128,
-        norm_topk_prob=True,
-        **common,
-    )
-    return qwen3_moe.Model(args)
 
 
 def nbytes(model: nn.Module) -> int:
