@@ -19,12 +19,10 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import shutil
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +34,7 @@ import mlx.optimizers as optim  # noqa: E402
 import yaml  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 
+from benchmarks.common import machine  # noqa: E402, F401 - bench_generate imports it from here
 from mlx_qat.blas import reexec_with_openblas  # noqa: E402
 from mlx_qat.config import QATConfig  # noqa: E402
 from mlx_qat.convert import ParityError, convert  # noqa: E402
@@ -56,32 +55,6 @@ QUANTIZERS = {
     "minmax-mxfp4": QATConfig(weights=QuantSpec("mxfp4", 4, 32)),
     "minmax-4bit-scale-f16": QATConfig(weights=QuantSpec("affine", 4, 64), scale_dtype="float16"),
 }
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    vers = {"python": platform.python_version()}
-    for pkg in ("mlx", "mlx-lm", "mlx_qat"):
-        try:
-            vers[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            vers[pkg] = None
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "device": str(mx.default_device()),
-        "openblas": "openblas" in os.environ.get("LD_PRELOAD", ""),
-        "versions": vers,
-        "load_avg_1m": os.getloadavg()[0],
-    }
 
 
 # ---- a small run, saved in the trainer's checkpoint format -----------------------------

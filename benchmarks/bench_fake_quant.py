@@ -8,7 +8,7 @@ repeat after a warm-up call each (so that load from other jobs hits every case a
     reference fwd             mlx_qat's pure-MLX reference (kernels disabled)
     fast fwd                  `fake_quantize` as dispatched (kernels/cpu.py on CPU)
     fast fwd, 1/2 stream(s)   the CPU path forced without / with the two-stream split
-                              ("fast fwd" splits only when the load average leaves a core)
+                              ("fast fwd" uses one stream unless MLX_QAT_CPU_STREAMS=2)
     ... compiled              the same under `mx.compile`
     reference / fast fwd+bwd  `mx.vjp` through the STE (cotangent of ones)
 
@@ -25,7 +25,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -45,20 +44,10 @@ DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
 def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from benchmarks.common import machine as base
+
     return {
-        "platform": platform.platform(),
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "mlx": mx.__version__,
+        **base(),
         "default_device": str(mx.default_device()),
         "metal_available": bool(mx.metal.is_available()),
         "cuda_available": bool(getattr(mx, "cuda", None) and mx.cuda.is_available()),

@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,25 +34,9 @@ sys.path.insert(0, str(ROOT))
 def machine() -> dict:
     import mlx.core as mx
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import mlx_lm
+    from benchmarks.common import machine as base
 
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "mlx": mx.__version__,
-        "mlx_lm": mlx_lm.__version__,
-        "backend": "gpu" if mx.metal.is_available() else "cpu",
-    }
+    return {**base(), "backend": "gpu" if mx.metal.is_available() else "cpu"}
 
 
 def measure(size: str, batch: int, seq: int, warmup: int, repeats: int, vocab: int) -> dict:
