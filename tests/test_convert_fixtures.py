@@ -19,6 +19,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+import numpy as np
 import pytest
 from mlx_lm.models import llama
 
@@ -140,3 +141,16 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def spec(mode="affine", bits=4, group_size=64) -> QuantSpec:
     return QuantSpec(mode, bits, group_size)
+
+
+def exported(path) -> dict[str, mx.array]:
+    """All arrays of an exported model dir (sharded or not)."""
+    out: dict[str, mx.array] = {}
+    for f in sorted(path.glob("model*.safetensors")):
+        out.update(mx.load(str(f)))
+    return out
+
+
+def same(a: mx.array, b: mx.array) -> bool:
+    """Same dtype, shape and bits."""
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(np.array(a), np.array(b))

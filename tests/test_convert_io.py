@@ -7,7 +7,6 @@ import json
 import shutil
 
 import mlx.core as mx
-import numpy as np
 import pytest
 import test_convert_fixtures as fx
 import yaml
@@ -23,15 +22,7 @@ mx.set_default_device(mx.cpu)
 tiny_data = fx.tiny_data
 
 
-def exported(path) -> dict[str, mx.array]:
-    out: dict[str, mx.array] = {}
-    for f in sorted(path.glob("model*.safetensors")):
-        out.update(mx.load(str(f)))
-    return out
-
-
-def same(a: mx.array, b: mx.array) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(np.array(a), np.array(b))
+exported, same = fx.exported, fx.same
 
 
 @pytest.fixture
