@@ -101,9 +101,10 @@ def cases(spec: QuantSpec, backward: bool, compiled: bool) -> dict:
         "mx.quantize+dequantize": qdq,
         "reference fwd": with_kernels(False, fwd),
         "fast fwd": with_kernels(True, fwd),
-        "fast fwd, 1 stream": lambda w: cpu.fake_quant_minmax(w, bits, gs, split=False),
-        "fast fwd, 2 streams": lambda w: cpu.fake_quant_minmax(w, bits, gs, split=True),
     }
+    if mx.default_device() == mx.cpu:  # the CPU path's stream variants (its streams are CPU's)
+        c["fast fwd, 1 stream"] = lambda w: cpu.fake_quant_minmax(w, bits, gs, split=False)
+        c["fast fwd, 2 streams"] = lambda w: cpu.fake_quant_minmax(w, bits, gs, split=True)
     if compiled:
         # Distinct functions: mx.compile caches traces by the Python function's identity.
         c["reference fwd, compiled"] = with_kernels(False, mx.compile(lambda w: fwd(w)))
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
         specs += [(QuantSpec("affine", int(b), 64), False) for b in args.extra_bits.split(",") if b]
         for spec, full in specs:
             fns = cases(spec, backward=full, compiled=full)
-            if full:
+            if full and mx.default_device() == mx.cpu:
                 fns.update(stage_cases(w, spec))
             rows = summarise(time_cases(w, fns, args.repeats), n)
             blocks.append({"dtype": dname, "spec": str(spec), "rows": rows})

@@ -36,7 +36,9 @@ def machine() -> dict:
 
     from benchmarks.common import machine as base
 
-    return {**base(), "backend": "gpu" if mx.metal.is_available() else "cpu"}
+    cuda = getattr(mx, "cuda", None) and mx.cuda.is_available()
+    gpu = "metal" if mx.metal.is_available() else "cuda" if cuda else None
+    return {**base(), "backend": gpu if mx.default_device() == mx.gpu and gpu else "cpu"}
 
 
 def measure(size: str, batch: int, seq: int, warmup: int, repeats: int, vocab: int) -> dict:
