@@ -180,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", help="run directory (latest checkpoint) or checkpoint directory")
     p.add_argument("--data", help="prepared data dir (default: the run's)")
-    p.add_argument("--eval-batches", type=int, help="batches (default: the run's)")
+    p.add_argument(
+        "--eval-batches", type=int, help="batches (default: the run's final_eval_batches)"
+    )
     p.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's)")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the run's)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.path}: no data recorded; pass --data DIR")
         seq = args.seq_len or (cfg.seq_len if cfg else 128)
         bs = args.batch_size or (cfg.batch_size if cfg else 16)
-        nb = args.eval_batches or (cfg.eval_batches if cfg else 16)
+        nb = args.eval_batches or (cfg.final_eval_batches if cfg else 0) or None
         batches, bpt = open_eval_data(data, bs, seq, nb)
         model = build_model(ckpt)
         ready = ckpt.qat.get("phase") == "qat"

@@ -10,6 +10,7 @@ import pytest
 from mlx.utils import tree_flatten
 from test_train_fixtures import tiny_config, tiny_data_dir  # noqa: F401
 
+from mlx_qat.data import load_bundle
 from mlx_qat.patch import qat_layers
 from mlx_qat.train import Trainer, TrainingDiverged, load_checkpoint, load_config, train
 from mlx_qat.train.checkpoint import list_checkpoints
@@ -49,7 +50,13 @@ def test_run_phases_switch_metrics_and_files(tiny_data_dir, tmp_path):  # noqa: 
     assert switch.qat == {**switch.qat, "fake_quant": False, "phase": "fp"}
     final = load_checkpoint(run)
     assert final.qat["fake_quant"] is True and final.state["phase"] == "qat"
-    assert final.state["eval"]["qat"]["loss"] == evals[-1]["qat"]["loss"]
+    # The result's eval is the final one, on the whole validation split (not the 16 batches).
+    (fin,) = read_metrics(run, "final_eval")
+    assert fin["step"] == 40 and final.state["eval"]["qat"]["loss"] == fin["qat"]["loss"]
+    val = load_bundle(tiny_data_dir).val
+    assert fin["fp"]["tokens"] == (len(val) - 1) // cfg.seq_len * cfg.seq_len
+    assert fin["fp"]["tokens"] > evals[-1]["fp"]["tokens"]
+    assert result["eval"] == final.state["eval"]
     assert json.loads((run / "result.json").read_text())["steps"] == 40
 
 

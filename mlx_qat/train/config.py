@@ -33,6 +33,7 @@ _NOT_HASHED = {
     "quiet",
     "eval_every",
     "eval_batches",
+    "final_eval_batches",
     "save_every",
     "keep_checkpoints",
     "log_every",
@@ -153,6 +154,9 @@ class TrainConfig:
     eval_every: int = _f(100, "evaluate every N steps (and at the end); 0: only at the end", "eval")
     eval_batches: int = _f(
         16, "validation batches per evaluation (the same ones each time)", "eval"
+    )
+    final_eval_batches: int = _f(
+        0, "validation batches for the final evaluation (0: the whole validation split)", "eval"
     )
     save_every: int = _f(500, "checkpoint every N steps (and at the switch and the end)", "eval")
     keep_checkpoints: int = _f(2, "keep the last K checkpoints (plus the switch one)", "eval")

@@ -57,7 +57,7 @@ def copy_tokenizer(bundle, run_dir: str | os.PathLike) -> Path:
     return dest
 
 
-def open_eval_data(data, batch_size: int, seq_len: int, max_batches: int):
+def open_eval_data(data, batch_size: int, seq_len: int, max_batches: int | None):
     """(fixed validation batches, validation bytes per token) of prepared data `data`."""
     from ..data import eval_batches, load_bundle
 

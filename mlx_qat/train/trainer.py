@@ -96,6 +96,11 @@ class Trainer:
         self.val = list(
             eval_batches(self.bundle.val, cfg.batch_size, cfg.seq_len, cfg.eval_batches)
         )
+        # The result's numbers: a larger sample than the periodic evals (the PTQ gap of a small
+        # model is a few hundredths of a nat, so 16 batches leave a few % of noise in it).
+        self.final_val = eval_batches(
+            self.bundle.val, cfg.batch_size, cfg.seq_len, cfg.final_eval_batches or None
+        )
         self.bytes_per_token = float(self.bundle.bytes_per_token["val"])
         self.optimizer = build_optimizer(self.model, cfg)
         self.step, self.phase, self.tokens_seen, self.elapsed = 0, "fp", 0, 0.0
@@ -189,12 +194,15 @@ class Trainer:
 
     # -- events ---------------------------------------------------------------------------
 
-    def evaluate(self) -> dict:
+    def evaluate(self, final: bool = False) -> dict:
+        """FP / QAT / PTQ on the periodic eval batches, or (`final`) on the final ones."""
         ready = self.phase == "qat" and not self.cfg.ablate_qat
-        ev = eval_triple(self.model, self.val, self.bytes_per_token, quantizers_ready=ready)
+        batches = self.final_val if final else self.val
+        ev = eval_triple(self.model, batches, self.bytes_per_token, quantizers_ready=ready)
         self.last_eval, self.last_eval_step = ev, self.step
-        self.metrics.write({"kind": "eval", "step": self.step, "phase": self.phase, **ev})
-        logger.info("eval @ %d (%s): %s", self.step, self.phase, format_triple(ev))
+        kind = "final_eval" if final else "eval"
+        self.metrics.write({"kind": kind, "step": self.step, "phase": self.phase, **ev})
+        logger.info("%s @ %d (%s): %s", kind, self.step, self.phase, format_triple(ev))
         return ev
 
     def save(self) -> Path:
@@ -283,6 +291,8 @@ class Trainer:
                 done = self.step == plan.total_steps
                 if done or (cfg.eval_every and self.step % cfg.eval_every == 0):
                     self.evaluate()
+                if done:
+                    self.evaluate(final=True)
                 if done or (cfg.save_every and self.step % cfg.save_every == 0):
                     self.save()
         finally:
