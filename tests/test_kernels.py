@@ -103,19 +103,38 @@ def test_one_body_text_for_all_backends():
         # MLX adds Metal attributes it finds in the body; CUDA must bounds-check.
         assert "thread_position_in_grid" in metal_body
         assert "blockIdx.x * blockDim.x + threadIdx.x" in cuda_body
-        assert "if (qat_tid >= (unsigned int)meta[0]) return;" in body
+        index = "qat_tid" if sources.THREADS_PER_GROUP[job] == 1 else "qat_group"
+        assert f"if ({index} >= (unsigned int)meta[0]) return;" in body
     assert "__fmul_rn" in sources.CUDA_PRELUDE and "fp contract(off)" in sources.METAL_PRELUDE
+    # The lane reduction is shared; only the shuffle differs per backend.
+    assert "__shfl_xor_sync(0xffffffffu" in sources.CUDA_PRELUDE
+    assert "simd_shuffle_xor" in sources.METAL_PRELUDE
+    assert "qat_lanes_max(hi)" in sources.FORWARD_BODY
 
 
-@pytest.mark.parametrize("n", (1, 3, 255, 256, 257, 4096 * 64, 10**7 + 1))
-def test_launch_geometry(n):
-    grid, tg = launch_geometry(n)
-    assert grid == (n, 1, 1)  # grid counts threads, one per group
+@pytest.mark.parametrize("group_size", (16, 48))
+def test_forward_needs_whole_simd_groups(group_size):
+    with pytest.raises(ValueError, match="multiple of 32"):
+        gpu.forward("metal", mx.ones((2, 96)), sources.KIND_MINMAX, 4, group_size)
+
+
+@pytest.mark.parametrize("per", (1, 32))
+@pytest.mark.parametrize("n", (1, 3, 7, 8, 9, 255, 256, 257, 4096 * 64, 10**7 + 1))
+def test_launch_geometry(n, per):
+    grid, tg = launch_geometry(n, per)
+    threads = n * per
+    assert grid == (threads, 1, 1)  # grid counts threads, `per` per group
     assert 1 <= tg[0] <= MAX_THREADGROUP and tg[1:] == (1, 1)
-    assert threads_launched(grid, tg, "metal") == n
+    assert tg[0] % per == 0  # SIMD groups never straddle a threadgroup / CUDA block
+    assert threads_launched(grid, tg, "metal") == threads
     cuda = threads_launched(grid, tg, "cuda")
-    assert n <= cuda < n + tg[0]  # surplus threads exist: the body's guard is needed
-    assert cuda % tg[0] == 0
+    assert threads <= cuda < threads + tg[0]  # surplus threads exist: the guard is needed
+    assert cuda % tg[0] == 0 and (cuda - threads) % per == 0  # surplus: whole warps
+
+
+def test_forward_launches_a_simd_group_per_group():
+    assert sources.THREADS_PER_GROUP == {"forward": 32, "backward": 1, "fp_forward": 1}
+    assert cpp.threads_for("forward", 5) == 160
 
 
 def test_launch_geometry_limits():
@@ -123,9 +142,17 @@ def test_launch_geometry_limits():
         launch_geometry(0)
     with pytest.raises(ValueError, match="32-bit"):
         launch_geometry(2**31)
+    with pytest.raises(ValueError, match="32-bit"):
+        launch_geometry(2**26, 32)
+    launch_geometry(2**26 - 1, 32)
     for bad in (0, MAX_THREADGROUP + 1, 1024):
         with pytest.raises(ValueError):
             launch_geometry(10, threadgroup=bad)
+    for bad in (16, 48, 100):
+        with pytest.raises(ValueError, match="multiple"):
+            launch_geometry(10, 32, threadgroup=bad)
+    with pytest.raises(ValueError, match="threads_per_group"):
+        launch_geometry(10, 16)
     with pytest.raises(ValueError):
         threads_launched((1, 1, 1), (1, 1, 1), "vulkan")
 

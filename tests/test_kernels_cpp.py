@@ -1,8 +1,9 @@
 """The Metal/CUDA kernel bodies, compiled as plain C++, against the pure-MLX reference.
 
 The harness (mlx_qat/kernels/cpp.py) pastes the very strings gpu.py hands to Metal/CUDA into
-C++ and runs every thread of a launch sequentially, including the surplus threads of a CUDA
-grid. Forwards must match bit for bit; backward reductions up to float32 summation order.
+C++ and runs every thread of a launch, including the surplus threads of a CUDA grid, 32 at a
+time as one SIMD group whose shuffles are emulated in lockstep (kernels/simd_emulation.py).
+Forwards must match bit for bit; backward reductions up to float32 summation order.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from mlx_qat.kernels import _learned_params, _lsq_alpha, cpp, sources
 from mlx_qat.kernels.fp_sources import FP_KINDS
 from mlx_qat.kernels.launch import launch_geometry, threads_launched
 from mlx_qat.kernels.testing import (
+    bits_of,
     fp_families,
     learned_case,
     lsq_case,
@@ -37,8 +39,9 @@ def harness(tmp_path_factory):
     return cpp.Harness(cpp.build(tmp_path_factory.mktemp("qat_cpp")))
 
 
-def cuda_threads(n_groups: int) -> int:
-    return threads_launched(*launch_geometry(n_groups), "cuda")
+def cuda_threads(n_groups: int, job: str = "forward") -> int:
+    """Threads a CUDA launch of `job` starts (surplus warps/threads included)."""
+    return threads_launched(*launch_geometry(n_groups, sources.THREADS_PER_GROUP[job]), "cuda")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -101,7 +104,8 @@ def test_fp_forward_bit_exact(harness, mode):
     for dtype in DTYPES:
         w = stacked(fam, dtype)
         ng = w.size // spec.group_size
-        got = harness.fp_forward(w, FP_KINDS[mode], spec.group_size, n_threads=cuda_threads(ng))
+        n_threads = cuda_threads(ng, "fp_forward")
+        got = harness.fp_forward(w, FP_KINDS[mode], spec.group_size, n_threads=n_threads)
         assert mismatches(got, reference_fake_quant(w, spec)) == 0, dtype
 
 
@@ -124,7 +128,9 @@ def test_lsq_backward(harness, bits, per):
         _, (dw_ref, da_ref) = mx.vjp(fn, [w, alpha], [cot])
         a = _lsq_alpha(w, alpha, gs)
         ng = w.size // gs
-        dw, red = harness.backward(w, cot, kind, bits, gs, a, n_threads=cuda_threads(ng))
+        dw, red = harness.backward(
+            w, cot, kind, bits, gs, a, n_threads=cuda_threads(ng, "backward")
+        )
         assert mismatches(dw, dw_ref) == 0
         da = red[:, 0].reshape(w.shape[0], -1)
         if per == "row":
@@ -150,7 +156,8 @@ def test_learned_affine_backward(harness, bits):
 
 def test_surplus_threads_write_nothing(harness):
     # The harness gives outputs room for every launched thread and fails (exit 5) when a
-    # thread past the last group writes: 3 groups run with 256 threads, as a CUDA block would.
+    # thread past the last group writes: 3 groups run with 256 threads, as a CUDA block would
+    # (the forward: 3 live warps and 5 surplus ones, which must leave before any shuffle).
     w = stacked(minmax_families(4, 128, seed=3), mx.float32)[:1, :384]
     got = harness.forward(w, sources.KIND_MINMAX, 4, 128, n_threads=256)
     assert mismatches(got, reference_minmax(w, 4, 128)) == 0
@@ -158,6 +165,83 @@ def test_surplus_threads_write_nothing(harness):
     s, b = _learned_params(mx.ones((1, 3)), mx.zeros((1, 3)))
     dw, _ = harness.backward(w, cot, sources.KIND_LEARNED, 4, 128, s, b, n_threads=256)
     assert dw.shape == w.shape
+
+
+def test_minmax_forward_nan_inf_signed_zero(harness):
+    # A NaN anywhere in a group makes the whole group NaN (qat_max/qat_min's rule, kept by the
+    # lane butterfly); ±inf, ±0 and mixed groups give the reference's bits. NaN payloads are
+    # not compared: they depend on the reduction order (and on the GPU's NaN).
+    r = np.random.default_rng(5)
+    base = r.normal(0, 1, (8, 384)).astype(np.float32)
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32)
+    mask = r.random(base.shape)
+    base[mask < 0.004] = np.nan
+    base[(mask >= 0.004) & (mask < 0.008)] = r.choice(
+        specials[1:3], ((mask >= 0.004) & (mask < 0.008)).sum()
+    )
+    base[mask > 0.6] = r.choice(specials[3:], (mask > 0.6).sum())
+    base[7] = np.where(r.random(384) < 0.5, 0.0, -0.0)  # all-zero groups of both signs
+    base[6, 33] = np.nan  # a NaN in a lane's second element (group size 64, 128)
+    for dtype in DTYPES:
+        for gs in AFFINE_GROUP_SIZES:
+            w = mx.array(base).astype(dtype)
+            got, ref = harness.forward(w, sources.KIND_MINMAX, 4, gs), reference_minmax(w, 4, gs)
+            g32, r32 = np.array(got.astype(mx.float32)), np.array(ref.astype(mx.float32))
+            assert np.array_equal(np.isnan(g32), np.isnan(r32)), (dtype, gs)
+            nan_groups = np.isnan(base.reshape(-1, gs)).any(axis=1)
+            assert np.isnan(g32.reshape(-1, gs)[nan_groups]).all()
+            keep = ~np.isnan(r32)
+            assert np.array_equal(bits_of(got)[keep], bits_of(ref)[keep]), (dtype, gs)
+
+
+def test_simd_emulation_catches_a_short_warp(harness):
+    # 3 groups need 96 threads; with 95 the last warp lacks lane 31, which lanes 15, 23, 27,
+    # 29 and 30 read in the butterfly: on a GPU undefined, here exit status 7.
+    w = stacked(minmax_families(4, 32, seed=3), mx.float32)[:1, :96]
+    with pytest.raises(RuntimeError, match="exited 7.*not launched"):
+        harness.forward(w, sources.KIND_MINMAX, 4, 32, n_threads=95)
+
+
+SIMD_PROBE = r"""
+// Lane l posts 100 + l; returns the xor partner's value, then the lanes' max and min; a lane
+// given by argv[1] returns early (divergence) unless it is -1.
+static int quitter = -1;
+static float out[3][32];
+static void body(unsigned int t) {
+  const int lane = (int)(t % 32);
+  if (lane == quitter) return;
+  const float v = 100.0f + (float)lane;
+  out[0][lane] = QAT_SHFL_XOR(v, 5);
+  out[1][lane] = qat_lanes_max(lane == 3 ? -v : v);
+  out[2][lane] = qat_lanes_min(lane == 9 ? NAN : v);
+}
+int main(int argc, char** argv) {
+  quitter = std::atoi(argv[1]);
+  qat_launch(32, body);
+  for (int l = 0; l < 32; ++l) std::printf("%g %g %g\n", out[0][l], out[1][l], out[2][l]);
+  return 0;
+}
+"""
+
+
+def test_simd_emulation_semantics(harness, tmp_path):
+    # The emulated shuffle and the shared butterfly helpers on known values; divergence fails.
+    import subprocess
+
+    from mlx_qat.kernels.simd_emulation import SIMD_EMULATION
+
+    src = tmp_path / "probe.cpp"
+    src.write_text("\n".join([cpp.PRELUDE, SIMD_EMULATION, sources.COMMON, SIMD_PROBE]))
+    exe = tmp_path / "probe"
+    subprocess.run([cpp.compiler(), "-std=c++17", "-O2", "-o", str(exe), str(src)], check=True)
+    rows = subprocess.run([str(exe), "-1"], capture_output=True, text=True, check=True)
+    got = np.array([[float(x) for x in line.split()] for line in rows.stdout.splitlines()])
+    lanes = np.arange(32)
+    assert np.array_equal(got[:, 0], 100 + (lanes ^ 5))
+    assert np.array_equal(got[:, 1], np.full(32, 131.0))
+    assert np.isnan(got[:, 2]).all()  # a NaN in one lane reaches all lanes
+    bad = subprocess.run([str(exe), "7"], capture_output=True, text=True, check=False)
+    assert bad.returncode == 6 and "finished while others shuffle" in bad.stderr
 
 
 def test_seq_clip_matches_lsq_module():

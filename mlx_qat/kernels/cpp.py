@@ -4,8 +4,12 @@ The SAME body strings that `gpu.py` hands to Metal/CUDA are pasted into C++ temp
 after a prelude that maps the few backend words onto C++: QAT_FN, the math macros, `float16_t`
 (`_Float16`, g++ ≥ 12) and `bfloat16_t` (a struct converting with round-to-nearest-even and
 MLX's NaN, 0x7FC0). BITS, GS and KIND become runtime arguments (the bodies only use them as
-values), T/D/C stay template parameters. `main` emulates a launch: it runs the body once for
-every thread index of the grid, including the surplus threads a CUDA launch would start.
+values), T/D/C stay template parameters. `main` emulates a launch: it runs the body for every
+thread index of the grid, including the surplus threads a CUDA launch would start.
+
+SIMD groups: `qat_launch` (simd_emulation.py) runs the threads 32 at a time as one SIMD group
+and emulates QAT_SHFL_XOR in lockstep by replay, failing on divergence or on a shuffle with a
+lane the launch did not start.
 
 Command line (all arrays raw little-endian files, dtype codes f32/f16/bf16):
     harness fwd T D BITS GS KIND n_groups n_threads w p0 p1 out
@@ -25,9 +29,12 @@ import mlx.core as mx
 import numpy as np
 
 from . import sources
+from .launch import launch_geometry
+from .simd_emulation import SIMD_EMULATION
 
 PRELUDE = r"""
 #include <cmath>
+#include <csetjmp>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -114,8 +121,9 @@ static void run_fwd(int bits, int gs, int kind, size_t ng, size_t nt, char** a) 
   std::vector<int> meta(1, (int)ng);
   std::vector<T> out(guarded<T>(ng, nt, gs));
   const std::vector<T> fresh = out;
-  for (size_t t = 0; t < nt; ++t)
-    qat_forward<T, D>(w.data(), p0.data(), p1.data(), meta.data(), out.data(), bits, gs, kind, (unsigned int)t);
+  qat_launch(nt, [&](unsigned int t) {
+    qat_forward<T, D>(w.data(), p0.data(), p1.data(), meta.data(), out.data(), bits, gs, kind, t);
+  });
   check_tail(out, fresh, ng * gs);
   out.resize(ng * gs);
   save(a[3], out);
@@ -132,8 +140,9 @@ static void run_bwd(int bits, int gs, int kind, size_t ng, size_t nt, char** a) 
   std::vector<float> red(guarded<float>(ng, nt, 2));
   const std::vector<C> fresh_dw = dw;
   const std::vector<float> fresh_red = red;
-  for (size_t t = 0; t < nt; ++t)
-    qat_backward<T, C>(w.data(), cot.data(), p0.data(), p1.data(), meta.data(), dw.data(), red.data(), bits, gs, kind, (unsigned int)t);
+  qat_launch(nt, [&](unsigned int t) {
+    qat_backward<T, C>(w.data(), cot.data(), p0.data(), p1.data(), meta.data(), dw.data(), red.data(), bits, gs, kind, t);
+  });
   check_tail(dw, fresh_dw, ng * gs);
   check_tail(red, fresh_red, ng * 2);
   dw.resize(ng * gs);
@@ -148,8 +157,7 @@ static void run_fp(int gs, int kind, size_t ng, size_t nt, char** a) {
   std::vector<int> meta(1, (int)ng);
   std::vector<T> out(guarded<T>(ng, nt, gs));
   const std::vector<T> fresh = out;
-  for (size_t t = 0; t < nt; ++t)
-    qat_fp_forward<T>(w.data(), meta.data(), out.data(), gs, kind, (unsigned int)t);
+  qat_launch(nt, [&](unsigned int t) { qat_fp_forward<T>(w.data(), meta.data(), out.data(), gs, kind, t); });
   check_tail(out, fresh, ng * gs);
   out.resize(ng * gs);
   save(a[1], out);
@@ -199,7 +207,8 @@ _NP_BITS = {mx.float32: np.uint32, mx.float16: np.uint16, mx.bfloat16: np.uint16
 
 
 def harness_source() -> str:
-    """The complete C++ translation unit: prelude, shared helpers, both bodies, driver."""
+    """The complete C++ translation unit: prelude, SIMD emulation, shared helpers, the
+    bodies, driver."""
     fwd_args = (
         "const T* w, const float* p0, const float* p1, const int* meta, T* out, "
         "int BITS, int GS, int KIND, unsigned int qat_tid"
@@ -212,6 +221,7 @@ def harness_source() -> str:
     return "\n".join(
         [
             PRELUDE,
+            SIMD_EMULATION,
             sources.COMMON,
             sources.FP_COMMON,
             f"template <typename T, typename D>\nvoid qat_forward({fwd_args}) {{",
@@ -255,6 +265,11 @@ def build(directory: str | os.PathLike) -> Path:
     return exe
 
 
+def threads_for(job: str, n_groups: int) -> int:
+    """Threads a Metal launch of `job` starts for `n_groups` groups (the harness's default)."""
+    return launch_geometry(n_groups, sources.THREADS_PER_GROUP[job])[0][0]
+
+
 def _bits(a: mx.array) -> np.ndarray:
     """Raw bit pattern of a float array as a numpy unsigned array (bfloat16 included)."""
     return np.array(a.view(mx.uint32 if a.dtype == mx.float32 else mx.uint16))
@@ -292,7 +307,7 @@ class Harness:
         out = os.path.join(self.tmp, "out")
         d = _CODES[dequant_dtype or w.dtype]
         head = ["fwd", _CODES[w.dtype], d, str(bits), str(gs), str(kind), str(ng)]
-        self._run([*head, str(n_threads or ng), *paths, out])
+        self._run([*head, str(n_threads or threads_for("forward", ng)), *paths, out])
         return _from_bits(Path(out).read_bytes(), w.dtype, w.shape)
 
     def backward(self, w, cot, kind, bits, gs, p0, p1=None, n_threads=None):
@@ -307,7 +322,7 @@ class Harness:
         ]
         dw, red = os.path.join(self.tmp, "dw"), os.path.join(self.tmp, "red")
         head = ["bwd", _CODES[w.dtype], _CODES[cot.dtype], str(bits), str(gs), str(kind)]
-        self._run([*head, str(ng), str(n_threads or ng), *paths, dw, red])
+        self._run([*head, str(ng), str(n_threads or threads_for("backward", ng)), *paths, dw, red])
         red_arr = mx.array(np.fromfile(red, dtype=np.float32).reshape(ng, 2))
         return _from_bits(Path(dw).read_bytes(), cot.dtype, w.shape), red_arr
 
@@ -316,5 +331,7 @@ class Harness:
         ng = w.size // gs
         out = os.path.join(self.tmp, "out")
         head = ["fpf", _CODES[w.dtype], "-", "-", str(gs), str(kind), str(ng)]
-        self._run([*head, str(n_threads or ng), self._write("w", w), out])
+        self._run(
+            [*head, str(n_threads or threads_for("fp_forward", ng)), self._write("w", w), out]
+        )
         return _from_bits(Path(out).read_bytes(), w.dtype, w.shape)

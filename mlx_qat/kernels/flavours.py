@@ -5,9 +5,9 @@ translation unit shaped like the one MLX generates (Metal: a templated `[[kernel
 with concretely typed buffers and the `thread_position_in_grid` attribute argument; CUDA: a
 `__global__` function in `mlx::core::cu` with `using T = ...; constexpr int ...;` before the
 body), preceded by a small stub of the backend's builtins (address spaces, `metal::rint`,
-`as_type`, `__fdiv_rn`, `blockIdx`, `__half`, ...). `g++ -fsyntax-only` on it catches typos
-and type errors in the backend-specific macro layer, which the C++ harness (which uses its own
-prelude) cannot. It does not prove the Metal/CUDA compilers accept it: only a Mac/NVIDIA run
+`as_type`, `simd_shuffle_xor`, `__fdiv_rn`, `__shfl_xor_sync`, `blockIdx`, `__half`, ...).
+`g++ -fsyntax-only` on it catches typos and type errors in the backend-specific macro layer,
+which the C++ harness (which uses its own prelude) cannot. It does not prove the Metal/CUDA compilers accept it: only a Mac/NVIDIA run
 does (tests marked `metal`/`cuda`).
 """
 
@@ -39,10 +39,12 @@ METAL_STUB = (
 #define constant
 #define thread
 typedef unsigned int uint;
+typedef unsigned short ushort;
 struct uint3 { uint x, y, z; };
 typedef qat_half_stub float16_t;
 typedef qat_bf16_stub bfloat16_t;
 template <typename To, typename From> To as_type(From f) { To t; std::memcpy(&t, &f, sizeof(t)); return t; }
+inline float simd_shuffle_xor(float data, ushort mask) { return data; }
 namespace metal {
 inline float rint(float x) { return std::rint(x); }
 inline float fabs(float x) { return std::fabs(x); }
@@ -67,6 +69,7 @@ inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
 inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline float __shfl_xor_sync(unsigned int mask, float var, int lane_mask, int width = 32) { return var; }
 """
 )
 

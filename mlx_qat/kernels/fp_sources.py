@@ -1,7 +1,7 @@
 """Fused fake-quant body for the microscaling float formats (mxfp4, mxfp8, nvfp4).
 
-Same layout and conventions as `sources.py` (one thread per group, shared body for Metal,
-CUDA and C++, bounds check first). The math is quant/fp.py's, i.e. MLX 0.32.4's CPU op-level
+Same conventions as `sources.py` (shared body for Metal, CUDA and C++, bounds check first);
+one thread per group. The math is quant/fp.py's, i.e. MLX 0.32.4's CPU op-level
 quantizer, including the dtype T of every step (each step computed in float32 and rounded to
 T, which is what MLX's CPU does for 16-bit T):
 

@@ -8,7 +8,8 @@ dtype/bit-width/group-size/kind variants are MLX template arguments, which MLX t
 distinct instantiations (Metal templates, CUDA constexprs). Inputs are made row-contiguous by
 MLX (`ensure_row_contiguous=True`), so the bodies index flat memory.
 
-Launch: one thread per group, geometry from `launch.py` (grid counts threads, tg ≤ 256).
+Launch: `sources.THREADS_PER_GROUP[job]` threads per group (32 for the forward: one SIMD group
+per group; 1 for the others), geometry from `launch.py` (grid counts threads, tg ≤ 256).
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ def _meta(n_groups: int) -> mx.array:
     return mx.array([n_groups], dtype=mx.int32)
 
 
+def _launch(job: str, n_groups: int):
+    return launch_geometry(n_groups, sources.THREADS_PER_GROUP[job])
+
+
 def _per_group(p: mx.array | None, n_groups: int) -> mx.array:
     if p is None:
         return _DUMMY
@@ -80,9 +85,18 @@ def forward(
     p1: mx.array | None = None,
     dequant_dtype: mx.Dtype | None = None,
 ) -> mx.array:
-    """ŵ from the fused forward kernel (see sources.py for kinds and the meaning of p0, p1)."""
+    """ŵ from the fused forward kernel (see sources.py for kinds and the meaning of p0, p1).
+
+    Raises:
+        ValueError: `group_size` is not a multiple of 32 (one SIMD group of 32 lanes per group).
+    """
+    if group_size % sources.LANES:
+        raise ValueError(
+            f"gpu.forward: group_size={group_size} must be a multiple of {sources.LANES} "
+            "(the kernel runs one 32-lane SIMD group per group); affine specs use 32, 64, 128"
+        )
     n_groups = w.size // group_size
-    grid, tg = launch_geometry(n_groups)
+    grid, tg = _launch("forward", n_groups)
     (out,) = KERNELS[backend]["forward"](
         inputs=[w, _per_group(p0, n_groups), _per_group(p1, n_groups), _meta(n_groups)],
         template=[
@@ -112,7 +126,7 @@ def backward(
 ) -> tuple[mx.array, mx.array]:
     """(dw, red) from the fused backward kernel; red is float32 (groups, 2)."""
     n_groups = w.size // group_size
-    grid, tg = launch_geometry(n_groups)
+    grid, tg = _launch("backward", n_groups)
     dw, red = KERNELS[backend]["backward"](
         inputs=[w, cot, _per_group(p0, n_groups), _per_group(p1, n_groups), _meta(n_groups)],
         template=[
@@ -133,7 +147,7 @@ def backward(
 def fp_forward(backend: str, w: mx.array, kind: int, group_size: int) -> mx.array:
     """ŵ from the fused mxfp4/mxfp8/nvfp4 forward kernel (kinds in fp_sources.py)."""
     n_groups = w.size // group_size
-    grid, tg = launch_geometry(n_groups)
+    grid, tg = _launch("fp_forward", n_groups)
     (out,) = KERNELS[backend]["fp_forward"](
         inputs=[w, _meta(n_groups)],
         template=[("T", w.dtype), ("GS", group_size), ("KIND", kind)],

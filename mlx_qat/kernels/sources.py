@@ -1,20 +1,29 @@
-"""Kernel sources: ONE per-thread body per job, compiled as Metal, CUDA and plain C++.
+"""Kernel sources: ONE body per job, compiled as Metal, CUDA and plain C++.
 
-Layout (all kernels): one thread per quantization group of GS consecutive elements along the
-last axis (group g covers flat elements [g·GS, (g+1)·GS)). A thread reads its group, computes
-the group's grid in registers, and writes the group's outputs; there is no cross-thread
-communication, so no simd/threadgroup operations and nothing backend specific in the body.
-The grid is 1-D in threads (`launch.py`); the body starts with `if (qat_tid >= meta[0])
-return;`, which CUDA needs (its grid is rounded up to whole blocks) and Metal tolerates.
+Layouts (the number of threads per group is `THREADS_PER_GROUP[job]`, the grid `launch.py`'s):
+    forward      one SIMD group (Metal) / warp (CUDA) of QAT_LANES = 32 lanes per quantization
+                 group of GS consecutive elements (group g covers flat [g·GS, (g+1)·GS)); lane l
+                 owns elements l, l+32, ... (GS/32 of them), so every load and store of the SIMD
+                 group touches 32 consecutive elements: coalesced. The min/max kind reduces each
+                 lane's max/min over the 32 lanes with a shuffle-xor butterfly, then every lane
+                 computes the group's grid itself (identical float ops) and writes its elements.
+    backward,    one thread per group: it reads its group, computes in registers, writes the
+    fp_forward   group's outputs; no cross-thread communication (uncoalesced: adjacent threads
+                 read addresses GS elements apart).
+Thread index: `qat_tid` (first line of the body, per backend). The forward's group index
+qat_tid / 32 is uniform over a SIMD group, so its guard `if (qat_group >= meta[0]) return;`
+lets a whole surplus warp leave together: the 32 lanes of a live warp all reach the shuffles,
+which CUDA's `__shfl_xor_sync(0xffffffff, ...)` requires. This needs threadgroups that are
+multiples of 32 and SIMD groups made of consecutive threads (CUDA warps are; Metal splits a
+threadgroup into SIMD groups in thread order, which MLX's own quantizer relies on too).
 
-Bandwidth reasoning (not measured: no Apple/NVIDIA GPU here): the min/max forward reads each
-element twice (statistics pass, then the quantize pass) and writes it once. The second read of
-a group (GS·sizeof(T) ≤ 512 bytes) comes from L1/L2: a 32-wide SIMD group touches 32 groups =
-8 KiB (float32, GS=64), so DRAM traffic stays at one read and one write per element, the same
-as a copy. Adjacent lanes read addresses GS·sizeof(T) apart, so each load instruction uses one
-element per cache line; the lines are reused by the following iterations from L1. If profiling on
-a Mac shows the loads are the bottleneck, the next step is vectorised loads (float4/half4) or a
-simdgroup-per-group layout (`simd_max` over 32 lanes, as MLX's `affine_quantize` does).
+Cross-lane reduction: the butterfly v = qat_max(v, shuffle_xor(v, o)), o = 16, 8, 4, 2, 1, is
+written once in COMMON; only QAT_SHFL_XOR differs per backend (Metal `simd_shuffle_xor`, CUDA
+`__shfl_xor_sync`, C++ a lockstep emulation in cpp.py). Metal's `simd_max` is not used: how it
+treats NaN is not specified, and qat_max's rule (a NaN anywhere in the group makes the group's
+max NaN, as MLX's CPU) must hold. max/min are exact, so the grid equals the sequential one bit
+for bit; only the sign of a zero max/min and a NaN's payload can depend on the order, and
+neither changes ŵ (a zero edge gives q0 = 0 and b = 0; a NaN makes the whole group NaN).
 
 Numerics (the project's canonical grid = MLX's CPU `mx.quantize`, see quant/affine.py):
 float32 statistics with w_max NOT clamped at 0, true division, rint (ties to even), and
@@ -44,6 +53,9 @@ from .fp_sources import FP_COMMON, FP_FORWARD_BODY, FP_INPUTS, FP_OUTPUTS
 
 KIND_MINMAX, KIND_LEARNED, KIND_LSQ, KIND_SEQ, KIND_SIGN = 0, 1, 2, 3, 4
 SEQ_CLIP = 0.99  # must equal quant.lsq.SEQ_CLIP (checked in tests)
+LANES = 32  # SIMD group / warp width: Apple GPUs and NVIDIA both have 32 (QAT_LANES)
+# Threads launched per quantization group, per job (launch.py turns it into the grid).
+THREADS_PER_GROUP = {"forward": LANES, "backward": 1, "fp_forward": 1}
 
 
 def _f32_literal(v: float) -> str:
@@ -54,6 +66,7 @@ def _f32_literal(v: float) -> str:
 # Helpers shared verbatim by all three backends (QAT_FN and the math macros differ).
 COMMON = f"""
 #define QAT_SEQ_CLIP {_f32_literal(SEQ_CLIP)}
+#define QAT_LANES {LANES}
 
 // MLX CPU maximum/minimum: NaN in the first operand wins, else the comparison picks.
 QAT_FN float qat_max(float a, float b) {{ return (a != a || a > b) ? a : b; }}
@@ -71,6 +84,22 @@ template <typename D>
 QAT_FN float qat_dequant(float code, float s, float b) {{
   float p = qat_cast<D>(QAT_MUL(qat_cast<D>(code), qat_cast<D>(s)));
   return qat_cast<D>(QAT_ADD(p, qat_cast<D>(b)));
+}}
+
+// Max/min over the 32 lanes of a SIMD group, with qat_max's NaN rule (a butterfly: after the
+// step with offset o every lane holds the max over its aligned block of 2o lanes). All 32
+// lanes must call it together (uniform control flow).
+QAT_FN float qat_lanes_max(float v) {{
+  for (int o = QAT_LANES / 2; o > 0; o /= 2) {{
+    v = qat_max(v, QAT_SHFL_XOR(v, o));
+  }}
+  return v;
+}}
+QAT_FN float qat_lanes_min(float v) {{
+  for (int o = QAT_LANES / 2; o > 0; o /= 2) {{
+    v = qat_min(v, QAT_SHFL_XOR(v, o));
+  }}
+  return v;
 }}
 
 struct qat_grid {{ float s; float b; }};
@@ -101,6 +130,7 @@ METAL_PRELUDE = """
 #define QAT_F2U(x) as_type<uint>(x)
 #define QAT_U2F(x) as_type<float>(x)
 #define QAT_LDEXP(x, e) metal::ldexp((x), (e))
+#define QAT_SHFL_XOR(v, o) simd_shuffle_xor((v), (ushort)(o))
 """
 
 CUDA_PRELUDE = """
@@ -114,6 +144,7 @@ CUDA_PRELUDE = """
 #define QAT_F2U(x) __float_as_uint(x)
 #define QAT_U2F(x) __uint_as_float(x)
 #define QAT_LDEXP(x, e) ldexpf((x), (e))
+#define QAT_SHFL_XOR(v, o) __shfl_xor_sync(0xffffffffu, (v), (o))
 """
 
 # First line of the body per backend: MLX adds Metal attributes by finding their names in the
@@ -122,12 +153,18 @@ METAL_TID = "const uint qat_tid = thread_position_in_grid.x;\n"
 CUDA_TID = "const unsigned int qat_tid = blockIdx.x * blockDim.x + threadIdx.x;\n"
 
 # Inputs: w (T), p0, p1 (float32 per-group parameters; 1-element dummies for min/max),
-# meta (int32: [number of groups]). Output: out (T). Templates: T, D, BITS, GS, KIND.
+# meta (int32: [number of groups]). Output: out (T). Templates: T, D, BITS, GS (a multiple of
+# 32), KIND. Launch: QAT_LANES threads per group (THREADS_PER_GROUP).
 FORWARD_INPUTS = ("w", "p0", "p1", "meta")
 FORWARD_OUTPUTS = ("out",)
 FORWARD_BODY = """
-if (qat_tid >= (unsigned int)meta[0]) return;
-const size_t base = (size_t)qat_tid * (size_t)GS;
+const unsigned int qat_group = qat_tid / QAT_LANES;
+const unsigned int qat_lane = qat_tid % QAT_LANES;
+// Uniform over the SIMD group: a surplus warp leaves as a whole, live warps shuffle with 32 lanes.
+if (qat_group >= (unsigned int)meta[0]) return;
+// Lane l handles elements l, l + 32, ...: each access of the SIMD group is 32 consecutive ones.
+const size_t base = (size_t)qat_group * (size_t)GS + qat_lane;
+const int per_lane = GS / QAT_LANES;
 const float n = (float)((1 << BITS) - 1);
 const float qn = (float)(-(1 << (BITS - 1)));
 const float qp = (float)((1 << (BITS - 1)) - 1);
@@ -136,20 +173,22 @@ float b = 0.0f;
 if (KIND == 0) {
   float hi = static_cast<float>(w[base]);
   float lo = hi;
-  for (int i = 1; i < GS; ++i) {
-    float v = static_cast<float>(w[base + i]);
+  for (int j = 1; j < per_lane; ++j) {
+    float v = static_cast<float>(w[base + (size_t)j * QAT_LANES]);
     hi = qat_max(v, hi);
     lo = qat_min(v, lo);
   }
-  qat_grid g = qat_minmax_grid(hi, lo, n);
+  // Every lane gets the group's max/min and computes the same grid (no broadcast needed).
+  qat_grid g = qat_minmax_grid(qat_lanes_max(hi), qat_lanes_min(lo), n);
   s = g.s;
   b = g.b;
 } else {
-  s = p0[qat_tid];
-  b = p1[qat_tid];
+  s = p0[qat_group];
+  b = p1[qat_group];
 }
-for (int i = 0; i < GS; ++i) {
-  float v = static_cast<float>(w[base + i]);
+for (int j = 0; j < per_lane; ++j) {
+  const size_t i = base + (size_t)j * QAT_LANES;
+  float v = static_cast<float>(w[i]);
   float r;
   if (KIND == 0 || KIND == 1) {
     float q = qat_clip(QAT_RINT(QAT_DIV(QAT_SUB(v, b), s)), 0.0f, n);
@@ -164,7 +203,7 @@ for (int i = 0; i < GS; ++i) {
   } else {
     r = QAT_MUL(qat_sign(QAT_DIV(v, s)), s);
   }
-  out[base + i] = static_cast<T>(r);
+  out[i] = static_cast<T>(r);
 }
 """
 
