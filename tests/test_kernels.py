@@ -103,13 +103,13 @@ def test_one_body_text_for_all_backends():
         # MLX adds Metal attributes it finds in the body; CUDA must bounds-check.
         assert "thread_position_in_grid" in metal_body
         assert "blockIdx.x * blockDim.x + threadIdx.x" in cuda_body
-        index = "qat_tid" if sources.THREADS_PER_GROUP[job] == 1 else "qat_group"
-        assert f"if ({index} >= (unsigned int)meta[0]) return;" in body
+        assert "meta[0]" in body and ") return;" in body  # the guard, first thing
     assert "__fmul_rn" in sources.CUDA_PRELUDE and "fp contract(off)" in sources.METAL_PRELUDE
     # The lane reduction is shared; only the shuffle differs per backend.
     assert "__shfl_xor_sync(0xffffffffu" in sources.CUDA_PRELUDE
     assert "simd_shuffle_xor" in sources.METAL_PRELUDE
-    assert "qat_lanes_max(hi)" in sources.FORWARD_BODY
+    assert "qat_lanes_max(hi, QAT_LANES)" in sources.FORWARD_BODY
+    assert "qat_lanes_max(amax, qat_width)" in sources.FP_FORWARD_BODY
 
 
 @pytest.mark.parametrize("group_size", (16, 48))
@@ -118,23 +118,29 @@ def test_forward_needs_whole_simd_groups(group_size):
         gpu.forward("metal", mx.ones((2, 96)), sources.KIND_MINMAX, 4, group_size)
 
 
-@pytest.mark.parametrize("per", (1, 32))
+@pytest.mark.parametrize("per", (1, 16, 32))
 @pytest.mark.parametrize("n", (1, 3, 7, 8, 9, 255, 256, 257, 4096 * 64, 10**7 + 1))
 def test_launch_geometry(n, per):
     grid, tg = launch_geometry(n, per)
-    threads = n * per
+    simd = 1 if per == 1 else 32
+    threads = -(-n * per // simd) * simd  # whole SIMD groups
     assert grid == (threads, 1, 1)  # grid counts threads, `per` per group
+    assert n * per <= threads < n * per + simd
     assert 1 <= tg[0] <= MAX_THREADGROUP and tg[1:] == (1, 1)
-    assert tg[0] % per == 0  # SIMD groups never straddle a threadgroup / CUDA block
+    assert tg[0] % simd == 0  # SIMD groups never straddle a threadgroup / CUDA block
     assert threads_launched(grid, tg, "metal") == threads
     cuda = threads_launched(grid, tg, "cuda")
     assert threads <= cuda < threads + tg[0]  # surplus threads exist: the guard is needed
-    assert cuda % tg[0] == 0 and (cuda - threads) % per == 0  # surplus: whole warps
+    assert cuda % tg[0] == 0 and cuda % simd == 0  # surplus: whole warps
 
 
-def test_forward_launches_a_simd_group_per_group():
-    assert sources.THREADS_PER_GROUP == {"forward": 32, "backward": 1, "fp_forward": 1}
-    assert cpp.threads_for("forward", 5) == 160
+def test_threads_per_group():
+    tpg = sources.threads_per_group
+    assert [tpg("forward", g) for g in (32, 64, 128)] == [32, 32, 32]
+    assert [tpg("fp_forward", g) for g in (16, 32)] == [16, 32]
+    assert tpg("backward", 64) == 1
+    assert cpp.threads_for("forward", 5, 64) == 160
+    assert cpp.threads_for("fp_forward", 5, 16) == 96  # 80 lanes, rounded to 3 SIMD groups
 
 
 def test_launch_geometry_limits():
@@ -151,8 +157,9 @@ def test_launch_geometry_limits():
     for bad in (16, 48, 100):
         with pytest.raises(ValueError, match="multiple"):
             launch_geometry(10, 32, threadgroup=bad)
-    with pytest.raises(ValueError, match="threads_per_group"):
-        launch_geometry(10, 16)
+    for bad in (3, 24, 64):
+        with pytest.raises(ValueError, match="threads_per_group"):
+            launch_geometry(10, bad)
     with pytest.raises(ValueError):
         threads_launched((1, 1, 1), (1, 1, 1), "vulkan")
 

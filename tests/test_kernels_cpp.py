@@ -39,9 +39,10 @@ def harness(tmp_path_factory):
     return cpp.Harness(cpp.build(tmp_path_factory.mktemp("qat_cpp")))
 
 
-def cuda_threads(n_groups: int, job: str = "forward") -> int:
+def cuda_threads(n_groups: int, group_size: int, job: str = "forward") -> int:
     """Threads a CUDA launch of `job` starts (surplus warps/threads included)."""
-    return threads_launched(*launch_geometry(n_groups, sources.THREADS_PER_GROUP[job]), "cuda")
+    per = sources.threads_per_group(job, group_size)
+    return threads_launched(*launch_geometry(n_groups, per), "cuda")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -51,7 +52,7 @@ def test_minmax_forward_bit_exact(harness, dtype):
             fam = minmax_families(bits, gs, seed=bits * gs)
             w = stacked(fam, dtype)
             ng = w.size // gs
-            got = harness.forward(w, sources.KIND_MINMAX, bits, gs, n_threads=cuda_threads(ng))
+            got = harness.forward(w, sources.KIND_MINMAX, bits, gs, n_threads=cuda_threads(ng, gs))
             ref = reference_minmax(w, bits, gs)
             assert mismatches(got, ref) == 0, (dtype, bits, gs)
 
@@ -104,9 +105,22 @@ def test_fp_forward_bit_exact(harness, mode):
     for dtype in DTYPES:
         w = stacked(fam, dtype)
         ng = w.size // spec.group_size
-        n_threads = cuda_threads(ng, "fp_forward")
+        n_threads = cuda_threads(ng, spec.group_size, "fp_forward")
         got = harness.fp_forward(w, FP_KINDS[mode], spec.group_size, n_threads=n_threads)
         assert mismatches(got, reference_fake_quant(w, spec)) == 0, dtype
+
+
+@pytest.mark.parametrize("mode", ("mxfp4", "nvfp4"))
+def test_fp_forward_odd_groups_and_surplus_warps(harness, mode):
+    # nvfp4: 3 groups of 16 fill 1.5 SIMD groups; the spare half-warp shuffles but must not
+    # load or store (the harness fails on a store past the last group), and 256 threads (one
+    # CUDA block) add whole surplus warps that must leave before the shuffles.
+    spec = QuantSpec.for_mode(mode)
+    w = stacked(fp_families(seed=4), mx.bfloat16)[:1, : 3 * spec.group_size]
+    ref = reference_fake_quant(w, spec)
+    for n_threads in (None, 256):
+        got = harness.fp_forward(w, FP_KINDS[mode], spec.group_size, n_threads=n_threads)
+        assert mismatches(got, ref) == 0, n_threads
 
 
 def _close(a: mx.array, b: mx.array) -> None:
@@ -129,7 +143,7 @@ def test_lsq_backward(harness, bits, per):
         a = _lsq_alpha(w, alpha, gs)
         ng = w.size // gs
         dw, red = harness.backward(
-            w, cot, kind, bits, gs, a, n_threads=cuda_threads(ng, "backward")
+            w, cot, kind, bits, gs, a, n_threads=cuda_threads(ng, gs, "backward")
         )
         assert mismatches(dw, dw_ref) == 0
         da = red[:, 0].reshape(w.shape[0], -1)
@@ -203,22 +217,23 @@ def test_simd_emulation_catches_a_short_warp(harness):
 
 
 SIMD_PROBE = r"""
-// Lane l posts 100 + l; returns the xor partner's value, then the lanes' max and min; a lane
-// given by argv[1] returns early (divergence) unless it is -1.
+// Lane l posts 100 + l; returns the xor partner's value, the lanes' max and min, and the max
+// over aligned blocks of 8 lanes; a lane given by argv[1] returns early (divergence) unless -1.
 static int quitter = -1;
-static float out[3][32];
+static float out[4][32];
 static void body(unsigned int t) {
   const int lane = (int)(t % 32);
   if (lane == quitter) return;
   const float v = 100.0f + (float)lane;
   out[0][lane] = QAT_SHFL_XOR(v, 5);
-  out[1][lane] = qat_lanes_max(lane == 3 ? -v : v);
-  out[2][lane] = qat_lanes_min(lane == 9 ? NAN : v);
+  out[1][lane] = qat_lanes_max(lane == 3 ? -v : v, 32);
+  out[2][lane] = qat_lanes_min(lane == 9 ? NAN : v, 32);
+  out[3][lane] = qat_lanes_max(v, 8);
 }
 int main(int argc, char** argv) {
   quitter = std::atoi(argv[1]);
   qat_launch(32, body);
-  for (int l = 0; l < 32; ++l) std::printf("%g %g %g\n", out[0][l], out[1][l], out[2][l]);
+  for (int l = 0; l < 32; ++l) std::printf("%g %g %g %g\n", out[0][l], out[1][l], out[2][l], out[3][l]);
   return 0;
 }
 """
@@ -240,6 +255,7 @@ def test_simd_emulation_semantics(harness, tmp_path):
     assert np.array_equal(got[:, 0], 100 + (lanes ^ 5))
     assert np.array_equal(got[:, 1], np.full(32, 131.0))
     assert np.isnan(got[:, 2]).all()  # a NaN in one lane reaches all lanes
+    assert np.array_equal(got[:, 3], 100 + (lanes | 7))
     bad = subprocess.run([str(exe), "7"], capture_output=True, text=True, check=False)
     assert bad.returncode == 6 and "finished while others shuffle" in bad.stderr
 

@@ -16,8 +16,8 @@ wrong grid.
 
 Kernels (bodies in sources.py and fp_sources.py; layouts in sources.py's docstring): min/max
 affine forward, mxfp4/mxfp8/nvfp4 forward, LSQ/SEQ/sign and learned-affine forward and backward.
-The affine/LSQ forward runs one 32-lane SIMD group per quantization group (coalesced), the others
-one thread per group.
+The forwards run the lanes of a SIMD group per quantization group (coalesced), the backward one
+thread per group.
 The kernels compute only forwards and gradient reductions; gradient rules (STE, LSQ, ...) stay
 in the quantizers' `mx.custom_function`s, which call the functions below.
 """

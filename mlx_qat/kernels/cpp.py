@@ -265,9 +265,9 @@ def build(directory: str | os.PathLike) -> Path:
     return exe
 
 
-def threads_for(job: str, n_groups: int) -> int:
+def threads_for(job: str, n_groups: int, group_size: int) -> int:
     """Threads a Metal launch of `job` starts for `n_groups` groups (the harness's default)."""
-    return launch_geometry(n_groups, sources.THREADS_PER_GROUP[job])[0][0]
+    return launch_geometry(n_groups, sources.threads_per_group(job, group_size))[0][0]
 
 
 def _bits(a: mx.array) -> np.ndarray:
@@ -307,7 +307,7 @@ class Harness:
         out = os.path.join(self.tmp, "out")
         d = _CODES[dequant_dtype or w.dtype]
         head = ["fwd", _CODES[w.dtype], d, str(bits), str(gs), str(kind), str(ng)]
-        self._run([*head, str(n_threads or threads_for("forward", ng)), *paths, out])
+        self._run([*head, str(n_threads or threads_for("forward", ng, gs)), *paths, out])
         return _from_bits(Path(out).read_bytes(), w.dtype, w.shape)
 
     def backward(self, w, cot, kind, bits, gs, p0, p1=None, n_threads=None):
@@ -322,7 +322,9 @@ class Harness:
         ]
         dw, red = os.path.join(self.tmp, "dw"), os.path.join(self.tmp, "red")
         head = ["bwd", _CODES[w.dtype], _CODES[cot.dtype], str(bits), str(gs), str(kind)]
-        self._run([*head, str(ng), str(n_threads or threads_for("backward", ng)), *paths, dw, red])
+        self._run(
+            [*head, str(ng), str(n_threads or threads_for("backward", ng, gs)), *paths, dw, red]
+        )
         red_arr = mx.array(np.fromfile(red, dtype=np.float32).reshape(ng, 2))
         return _from_bits(Path(dw).read_bytes(), cot.dtype, w.shape), red_arr
 
@@ -332,6 +334,6 @@ class Harness:
         out = os.path.join(self.tmp, "out")
         head = ["fpf", _CODES[w.dtype], "-", "-", str(gs), str(kind), str(ng)]
         self._run(
-            [*head, str(n_threads or threads_for("fp_forward", ng)), self._write("w", w), out]
+            [*head, str(n_threads or threads_for("fp_forward", ng, gs)), self._write("w", w), out]
         )
         return _from_bits(Path(out).read_bytes(), w.dtype, w.shape)

@@ -1,9 +1,14 @@
 """Fused fake-quant body for the microscaling float formats (mxfp4, mxfp8, nvfp4).
 
-Same conventions as `sources.py` (shared body for Metal, CUDA and C++, bounds check first);
-one thread per group. The math is quant/fp.py's, i.e. MLX 0.32.4's CPU op-level
-quantizer, including the dtype T of every step (each step computed in float32 and rounded to
-T, which is what MLX's CPU does for 16-bit T):
+Same conventions and layout as `sources.py`'s forward (shared body for Metal, CUDA and C++;
+min(GS, 32) lanes of a SIMD group per group, lane l owning elements l, l+32, ...; max|g|
+reduced by the lane butterfly). nvfp4's 16-element groups put two groups in a SIMD group: when
+the number of groups is odd, the last SIMD group's upper half has no group, and those lanes
+take part in the shuffles (all 32 must) without loading or storing.
+
+The math is quant/fp.py's, i.e. MLX 0.32.4's CPU op-level quantizer, including the dtype T of
+every step (each step computed in float32 and rounded to T, which is what MLX's CPU does for
+16-bit T):
 
     mxfp4/mxfp8   a = T(max|g| / 6 or 448); e = min{e : 2^e ≥ a} (0 if a = 0); this equals
                   MLX's rint(log2 a) bumped by one when 2^e < a; scale byte = e + 127;
@@ -89,12 +94,22 @@ QAT_FN float qat_fp4_value(unsigned int code) {
 """
 
 FP_FORWARD_BODY = """
-if (qat_tid >= (unsigned int)meta[0]) return;
-const size_t base = (size_t)qat_tid * (size_t)GS;
-float amax = QAT_FABS(static_cast<float>(w[base]));
-for (int i = 1; i < GS; ++i) {
-  amax = qat_max(QAT_FABS(static_cast<float>(w[base + i])), amax);
+const unsigned int qat_width = GS < QAT_LANES ? GS : QAT_LANES;  // lanes per group
+const unsigned int qat_group = qat_tid / qat_width;
+const unsigned int qat_lane = qat_tid % qat_width;
+const unsigned int qat_groups = (unsigned int)meta[0];
+// Leave by whole SIMD groups (when its first group is past the end): the shuffles need all 32.
+if ((qat_tid - qat_tid % QAT_LANES) / qat_width >= qat_groups) return;
+const bool live = qat_group < qat_groups;
+const size_t base = (size_t)qat_group * (size_t)GS + qat_lane;
+const int per_lane = GS / qat_width;
+float amax = 0.0f;  // |w| >= +0, so +0 is qat_max's identity here (and NaN still wins)
+for (int j = 0; j < per_lane; ++j) {
+  if (live) {
+    amax = qat_max(QAT_FABS(static_cast<float>(w[base + (size_t)j * qat_width])), amax);
+  }
 }
+amax = qat_lanes_max(amax, qat_width);
 const float a = qat_cast<T>(QAT_DIV(amax, KIND == 6 ? 448.0f : 6.0f));
 float div;    // elements are w / div (in T)
 float scale;  // dequantisation scale (a T value)
@@ -109,8 +124,9 @@ if (KIND == 7) {
   const int sbyte = (e + 127) & 255;
   scale = qat_cast<T>(QAT_LDEXP(1.0f, sbyte - 127));
 }
-for (int i = 0; i < GS; ++i) {
-  const float x = qat_cast<T>(QAT_DIV(static_cast<float>(w[base + i]), div));
+for (int j = 0; j < per_lane && live; ++j) {
+  const size_t i = base + (size_t)j * qat_width;
+  const float x = qat_cast<T>(QAT_DIV(static_cast<float>(w[i]), div));
   float elem;
   if (KIND == 6) {
     elem = qat_cast<T>(qat_from_fp8(qat_to_fp8(x)));
@@ -119,6 +135,6 @@ for (int i = 0; i < GS; ++i) {
   } else {
     elem = qat_fp4_value(qat_fp4_code<T>(x));
   }
-  out[base + i] = static_cast<T>(QAT_MUL(elem, scale));
+  out[i] = static_cast<T>(QAT_MUL(elem, scale));
 }
 """

@@ -8,8 +8,8 @@ dtype/bit-width/group-size/kind variants are MLX template arguments, which MLX t
 distinct instantiations (Metal templates, CUDA constexprs). Inputs are made row-contiguous by
 MLX (`ensure_row_contiguous=True`), so the bodies index flat memory.
 
-Launch: `sources.THREADS_PER_GROUP[job]` threads per group (32 for the forward: one SIMD group
-per group; 1 for the others), geometry from `launch.py` (grid counts threads, tg ≤ 256).
+Launch: `sources.threads_per_group(job, group_size)` threads per group (the forwards: the lanes
+of a SIMD group; the backward: 1), geometry from `launch.py` (grid counts threads, tg ≤ 256).
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def _meta(n_groups: int) -> mx.array:
     return mx.array([n_groups], dtype=mx.int32)
 
 
-def _launch(job: str, n_groups: int):
-    return launch_geometry(n_groups, sources.THREADS_PER_GROUP[job])
+def _launch(job: str, n_groups: int, group_size: int):
+    return launch_geometry(n_groups, sources.threads_per_group(job, group_size))
 
 
 def _per_group(p: mx.array | None, n_groups: int) -> mx.array:
@@ -96,7 +96,7 @@ def forward(
             "(the kernel runs one 32-lane SIMD group per group); affine specs use 32, 64, 128"
         )
     n_groups = w.size // group_size
-    grid, tg = _launch("forward", n_groups)
+    grid, tg = _launch("forward", n_groups, group_size)
     (out,) = KERNELS[backend]["forward"](
         inputs=[w, _per_group(p0, n_groups), _per_group(p1, n_groups), _meta(n_groups)],
         template=[
@@ -126,7 +126,7 @@ def backward(
 ) -> tuple[mx.array, mx.array]:
     """(dw, red) from the fused backward kernel; red is float32 (groups, 2)."""
     n_groups = w.size // group_size
-    grid, tg = _launch("backward", n_groups)
+    grid, tg = _launch("backward", n_groups, group_size)
     dw, red = KERNELS[backend]["backward"](
         inputs=[w, cot, _per_group(p0, n_groups), _per_group(p1, n_groups), _meta(n_groups)],
         template=[
@@ -147,7 +147,7 @@ def backward(
 def fp_forward(backend: str, w: mx.array, kind: int, group_size: int) -> mx.array:
     """ŵ from the fused mxfp4/mxfp8/nvfp4 forward kernel (kinds in fp_sources.py)."""
     n_groups = w.size // group_size
-    grid, tg = _launch("fp_forward", n_groups)
+    grid, tg = _launch("fp_forward", n_groups, group_size)
     (out,) = KERNELS[backend]["fp_forward"](
         inputs=[w, _meta(n_groups)],
         template=[("T", w.dtype), ("GS", group_size), ("KIND", kind)],

@@ -1,23 +1,25 @@
 """Kernel sources: ONE body per job, compiled as Metal, CUDA and plain C++.
 
-Layouts (the number of threads per group is `THREADS_PER_GROUP[job]`, the grid `launch.py`'s):
-    forward      one SIMD group (Metal) / warp (CUDA) of QAT_LANES = 32 lanes per quantization
-                 group of GS consecutive elements (group g covers flat [g·GS, (g+1)·GS)); lane l
-                 owns elements l, l+32, ... (GS/32 of them), so every load and store of the SIMD
-                 group touches 32 consecutive elements: coalesced. The min/max kind reduces each
-                 lane's max/min over the 32 lanes with a shuffle-xor butterfly, then every lane
-                 computes the group's grid itself (identical float ops) and writes its elements.
-    backward,    one thread per group: it reads its group, computes in registers, writes the
-    fp_forward   group's outputs; no cross-thread communication (uncoalesced: adjacent threads
+Layouts (threads per group: `threads_per_group(job, GS)`; the grid: `launch.py`):
+    forward,     W = min(GS, 32) lanes of a SIMD group (Metal) / warp (CUDA) per quantization
+    fp_forward   group of GS consecutive elements (group g covers flat [g·GS, (g+1)·GS)); lane l
+                 owns elements l, l+W, ... (GS/W of them), so every load and store of the SIMD
+                 group touches 32 consecutive elements: coalesced. The min/max kinds reduce each
+                 lane's max/min (fp: max|w|) over the W lanes with a shuffle-xor butterfly, then
+                 every lane computes the group's grid itself (identical float ops) and writes its
+                 elements. W = 32 for the affine sizes 32/64/128 and mxfp; nvfp4 (GS = 16) puts
+                 two groups in a SIMD group.
+    backward     one thread per group: it reads its group, computes in registers, writes the
+                 group's outputs; no cross-thread communication (uncoalesced: adjacent threads
                  read addresses GS elements apart).
-Thread index: `qat_tid` (first line of the body, per backend). The forward's group index
-qat_tid / 32 is uniform over a SIMD group, so its guard `if (qat_group >= meta[0]) return;`
-lets a whole surplus warp leave together: the 32 lanes of a live warp all reach the shuffles,
-which CUDA's `__shfl_xor_sync(0xffffffff, ...)` requires. This needs threadgroups that are
-multiples of 32 and SIMD groups made of consecutive threads (CUDA warps are; Metal splits a
-threadgroup into SIMD groups in thread order, which MLX's own quantizer relies on too).
+Thread index: `qat_tid` (first line of the body, per backend). The forwards' guard depends only
+on the SIMD group (qat_tid / 32), so a surplus warp leaves as a whole and the 32 lanes of a live
+one all reach the shuffles, which CUDA's `__shfl_xor_sync(0xffffffff, ...)` requires. This
+needs threadgroups and grids that are multiples of 32 (launch.py) and SIMD groups made of
+consecutive threads (CUDA warps are; Metal splits a threadgroup into SIMD groups in thread
+order, which MLX's own quantizer relies on too).
 
-Cross-lane reduction: the butterfly v = qat_max(v, shuffle_xor(v, o)), o = 16, 8, 4, 2, 1, is
+Cross-lane reduction: the butterfly v = qat_max(v, shuffle_xor(v, o)), o = W/2, ..., 2, 1, is
 written once in COMMON; only QAT_SHFL_XOR differs per backend (Metal `simd_shuffle_xor`, CUDA
 `__shfl_xor_sync`, C++ a lockstep emulation in cpp.py). Metal's `simd_max` is not used: how it
 treats NaN is not specified, and qat_max's rule (a NaN anywhere in the group makes the group's
@@ -54,8 +56,12 @@ from .fp_sources import FP_COMMON, FP_FORWARD_BODY, FP_INPUTS, FP_OUTPUTS
 KIND_MINMAX, KIND_LEARNED, KIND_LSQ, KIND_SEQ, KIND_SIGN = 0, 1, 2, 3, 4
 SEQ_CLIP = 0.99  # must equal quant.lsq.SEQ_CLIP (checked in tests)
 LANES = 32  # SIMD group / warp width: Apple GPUs and NVIDIA both have 32 (QAT_LANES)
-# Threads launched per quantization group, per job (launch.py turns it into the grid).
-THREADS_PER_GROUP = {"forward": LANES, "backward": 1, "fp_forward": 1}
+
+
+def threads_per_group(job: str, group_size: int) -> int:
+    """Threads launched per quantization group (launch.py turns it into the grid): the forwards
+    use min(GS, 32) lanes of a SIMD group, the backward one thread."""
+    return 1 if job == "backward" else min(group_size, LANES)
 
 
 def _f32_literal(v: float) -> str:
@@ -86,17 +92,17 @@ QAT_FN float qat_dequant(float code, float s, float b) {{
   return qat_cast<D>(QAT_ADD(p, qat_cast<D>(b)));
 }}
 
-// Max/min over the 32 lanes of a SIMD group, with qat_max's NaN rule (a butterfly: after the
-// step with offset o every lane holds the max over its aligned block of 2o lanes). All 32
-// lanes must call it together (uniform control flow).
-QAT_FN float qat_lanes_max(float v) {{
-  for (int o = QAT_LANES / 2; o > 0; o /= 2) {{
+// Max/min over each aligned block of `width` lanes (a power of two ≤ 32) of a SIMD group, with
+// qat_max's NaN rule: a butterfly, after the step with offset o every lane holds the max over
+// its aligned block of 2o lanes. All 32 lanes must call it together (uniform control flow).
+QAT_FN float qat_lanes_max(float v, int width) {{
+  for (int o = width / 2; o > 0; o /= 2) {{
     v = qat_max(v, QAT_SHFL_XOR(v, o));
   }}
   return v;
 }}
-QAT_FN float qat_lanes_min(float v) {{
-  for (int o = QAT_LANES / 2; o > 0; o /= 2) {{
+QAT_FN float qat_lanes_min(float v, int width) {{
+  for (int o = width / 2; o > 0; o /= 2) {{
     v = qat_min(v, QAT_SHFL_XOR(v, o));
   }}
   return v;
@@ -154,7 +160,7 @@ CUDA_TID = "const unsigned int qat_tid = blockIdx.x * blockDim.x + threadIdx.x;\
 
 # Inputs: w (T), p0, p1 (float32 per-group parameters; 1-element dummies for min/max),
 # meta (int32: [number of groups]). Output: out (T). Templates: T, D, BITS, GS (a multiple of
-# 32), KIND. Launch: QAT_LANES threads per group (THREADS_PER_GROUP).
+# 32), KIND. Launch: QAT_LANES threads per group (threads_per_group).
 FORWARD_INPUTS = ("w", "p0", "p1", "meta")
 FORWARD_OUTPUTS = ("out",)
 FORWARD_BODY = """
@@ -179,7 +185,7 @@ if (KIND == 0) {
     lo = qat_min(v, lo);
   }
   // Every lane gets the group's max/min and computes the same grid (no broadcast needed).
-  qat_grid g = qat_minmax_grid(qat_lanes_max(hi), qat_lanes_min(lo), n);
+  qat_grid g = qat_minmax_grid(qat_lanes_max(hi, QAT_LANES), qat_lanes_min(lo, QAT_LANES), n);
   s = g.s;
   b = g.b;
 } else {
