@@ -17,6 +17,7 @@ and reports milliseconds (median and best), elements/s and the fraction of copy 
 benchmarks/results/fake_quant.{md,json}. Run with OpenBLAS preloaded:
 
     python -m mlx_qat.blas -m benchmarks.bench_fake_quant [--size 4096] [--repeats 9]
+        [--fp-modes mxfp4,nvfp4,mxfp8]   (forward-only rows for the microscaling formats)
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def cases(spec: QuantSpec, backward: bool, compiled: bool) -> dict:
     bits, gs = spec.bits, spec.group_size
 
     def qdq(w):
-        return mx.dequantize(*mx.quantize(w, gs, bits), gs, bits, dtype=w.dtype)
+        q = mx.quantize(w, gs, bits, mode=spec.mode)  # (wq, scales[, biases])
+        return mx.dequantize(*q, group_size=gs, bits=bits, mode=spec.mode, dtype=w.dtype)
 
     def fwd(w):
         return fake_quantize(w, spec)
@@ -102,7 +104,7 @@ def cases(spec: QuantSpec, backward: bool, compiled: bool) -> dict:
         "reference fwd": with_kernels(False, fwd),
         "fast fwd": with_kernels(True, fwd),
     }
-    if mx.default_device() == mx.cpu:  # the CPU path's stream variants (its streams are CPU's)
+    if mx.default_device() == mx.cpu and spec.is_affine:  # the CPU path's stream variants
         c["fast fwd, 1 stream"] = lambda w: cpu.fake_quant_minmax(w, bits, gs, split=False)
         c["fast fwd, 2 streams"] = lambda w: cpu.fake_quant_minmax(w, bits, gs, split=True)
     if compiled:
@@ -215,6 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--extra-bits", default="2,8", help="more affine g64 rows (forward only)")
+    p.add_argument("--fp-modes", default="", help="fp rows (forward only), e.g. mxfp4,nvfp4")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fake_quant"))
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
@@ -231,6 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
         mx.eval(w)
         specs = [(QuantSpec("affine", 4, 64), True)]
         specs += [(QuantSpec("affine", int(b), 64), False) for b in args.extra_bits.split(",") if b]
+        specs += [(QuantSpec.for_mode(m), False) for m in args.fp_modes.split(",") if m]
         for spec, full in specs:
             fns = cases(spec, backward=full, compiled=full)
             if full and mx.default_device() == mx.cpu:
