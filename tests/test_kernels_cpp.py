@@ -326,6 +326,26 @@ def test_quantizers_call_fused_kernels(use_fused, per):
     assert use_fused.calls == 2 * len(cases) + 1  # every forward/backward went to the kernel
 
 
+def test_gpu_parity_runs_on_the_cpp_build(harness, monkeypatch):
+    # testing.gpu_parity (what the metal/cuda-marked tests run on a GPU) end to end, with the
+    # C++ build standing in for the GPU: every case it reports must pass.
+    from mlx_qat.kernels import gpu, testing
+
+    def forward(backend, w, kind, bits, gs, p0=None, p1=None, dequant_dtype=None):
+        return harness.forward(w, kind, bits, gs, p0, p1, dequant_dtype)
+
+    monkeypatch.setattr(gpu, "forward", forward)
+    monkeypatch.setattr(gpu, "fp_forward", lambda b, w, kind, gs: harness.fp_forward(w, kind, gs))
+    monkeypatch.setattr(
+        gpu,
+        "backward",
+        lambda b, w, c, k, bits, gs, p0, p1=None: harness.backward(w, c, k, bits, gs, p0, p1),
+    )
+    res = testing.gpu_parity("harness")
+    assert len(res) == 144
+    assert not {k: v for k, v in res.items() if v > (1e-5 if "rel.err" in k else 0)}
+
+
 @pytest.mark.parametrize("backend", ("metal", "cuda"))
 def test_backend_sources_parse(harness, backend, tmp_path):
     # The exact header/body strings MLX receives, in an MLX-shaped kernel with stubbed builtins.

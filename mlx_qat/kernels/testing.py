@@ -112,12 +112,35 @@ def mismatches(a: mx.array, b: mx.array) -> int:
     return int((bits_of(a) != bits_of(b)).sum())
 
 
+def nonfinite_case(rows: int = 8, seed: int = 5) -> np.ndarray:
+    """float32 (rows, K): NaN, ±inf and ±0 sprinkled over normal weights, all-±0 rows."""
+    r = np.random.default_rng(seed)
+    w = r.normal(0, 1, (rows, K)).astype(np.float32)
+    u = r.random(w.shape)
+    w[u < 0.004] = np.nan
+    inf = (u >= 0.004) & (u < 0.008)
+    w[inf] = r.choice(np.array([np.inf, -np.inf], np.float32), inf.sum())
+    w[u > 0.6] = r.choice(np.array([0.0, -0.0], np.float32), (u > 0.6).sum())
+    w[-1] = np.where(r.random(K) < 0.5, 0.0, -0.0)
+    w[-2, 33] = np.nan  # in a lane's second element (groups of 64, 128)
+    return w
+
+
+def nan_aware_mismatches(a: mx.array, b: mx.array) -> int:
+    """Elements that differ, counting two NaNs as equal whatever their payloads."""
+    fa, fb = np.array(a.astype(mx.float32)), np.array(b.astype(mx.float32))
+    both = np.isnan(fa) & np.isnan(fb)
+    return int(((bits_of(a) != bits_of(b)) & ~both).sum())
+
+
 def gpu_parity(backend: str) -> dict[str, float]:
     """Fused GPU kernels vs the CPU reference on the awkward inputs (needs that GPU backend).
 
     Returns case -> number of mismatching elements (forwards, backward ∂w) or the largest
     relative error (backward reductions, summation order differs). All mismatch counts should
-    be 0 and the relative errors ≲ 1e-5. Run by the `metal`/`cuda`-marked tests.
+    be 0 and the relative errors ≲ 1e-5. Run by the `metal`/`cuda`-marked tests. Also checks
+    the SIMD-group layout's edges: NaN/±inf/±0 groups (NaN payloads not compared), a single
+    group (one SIMD group, threadgroup 32) and nvfp4 with an odd number of 16-element groups.
     """
     from ..quant import QuantSpec, learned_affine, lsq, reference_fake_quant
     from ..quant.affine import fake_quant_minmax
@@ -149,12 +172,23 @@ def gpu_parity(backend: str) -> dict[str, float]:
                 ref = on_cpu(fake_quant_minmax, w, bits, gs)
                 got = gpu.forward(backend, w, sources.KIND_MINMAX, bits, gs)
                 res[f"minmax {dtype} b{bits} g{gs}"] = mismatches(got, ref)
+        for gs in (32, 64, 128):
+            w = mx.array(nonfinite_case()).astype(dtype)
+            ref = on_cpu(fake_quant_minmax, w, 4, gs)
+            got = gpu.forward(backend, w, sources.KIND_MINMAX, 4, gs)
+            res[f"minmax nan/inf/±0 {dtype} g{gs}"] = nan_aware_mismatches(got, ref)
+        w = stacked(minmax_families(3, 128, seed=2), dtype)[:1, :128]
+        got = gpu.forward(backend, w, sources.KIND_MINMAX, 3, 128)
+        res[f"minmax one group {dtype}"] = mismatches(got, on_cpu(fake_quant_minmax, w, 3, 128))
         for mode, kind in FP_KINDS.items():
             spec = QuantSpec.for_mode(mode)
             w = stacked({**minmax_families(4, 32, seed=11), **fp_families(seed=12)}, dtype)
             ref = on_cpu(reference_fake_quant, w, spec)
             got = gpu.fp_forward(backend, w, kind, spec.group_size)
             res[f"{mode} {dtype}"] = mismatches(got, ref)
+            w = stacked(fp_families(seed=4), dtype)[:1, : 3 * spec.group_size]  # 3 groups
+            got = gpu.fp_forward(backend, w, kind, spec.group_size)
+            res[f"{mode} 3 groups {dtype}"] = mismatches(got, on_cpu(reference_fake_quant, w, spec))
         for bits in (1, 2, 4, 8):
             kind = {1: sources.KIND_SIGN, 2: sources.KIND_SEQ}.get(bits, sources.KIND_LSQ)
             w32, alpha = lsq_case(bits, 64, "row", seed=bits)
