@@ -1,4 +1,7 @@
 #!/bin/bash
+# What produced benchmarks/results/cuda/: run on the lent NVIDIA machine after a first call that
+# copied the first half of the mlx-cuda-13 payload and the mlx/mlx-lm wheels to /root/keep (the
+# device takes at most 64 MiB per call; the mlx-cuda-13 wheel is 90 MB, split as an xz tarball).
 set -u
 export PYTHONUNBUFFERED=1
 K=/root/keep; SITE=/tmp/site
@@ -11,8 +14,13 @@ fi
 export PYTHONPATH=$SITE:$PWD
 export LD_LIBRARY_PATH=$(ls -d $SITE/nvidia/*/lib | tr '\n' ':')${LD_LIBRARY_PATH:-}
 python3 -c "import mlx.core as mx; print('mlx', mx.__version__, mx.default_device(), 'cuda', mx.cuda.is_available())" || exit 5
-for s in 4096 8192; do
-timeout 150 python3 benchmarks/bench_fake_quant.py --size $s --repeats 21 --out $OUT/fake_quant_cuda_$s 2>&1 | tail -40
-done
-timeout 200 python3 benchmarks/bench_train_step.py --sizes d2 d6 d12 --batch 16 --seq 512 --ref-repeats 15 2>&1 | tail -20
+timeout 330 python3 -m pytest -m cuda tests/test_kernels.py -q 2>&1 | tail -15 | tee $OUT/parity_pytest.log
+python3 - <<'PY' 2>&1 | tail -5
+import json, os, mlx.core as mx
+from mlx_qat import kernels
+print("self_check", kernels.self_check(), "active", kernels.active_backend())
+PY
+timeout 120 python3 benchmarks/bench_fake_quant.py --size 8192 --repeats 21 --out $OUT/fake_quant_cuda_8192 2>&1 | tail -30
+timeout 90 python3 benchmarks/bench_fake_quant.py --size 8192 --repeats 21 --extra-bits "" --fp-modes mxfp4,nvfp4,mxfp8 --out $OUT/fake_quant_cuda_8192_fp 2>&1 | tail -30
+timeout 240 python3 benchmarks/bench_train_step.py --sizes d2 d6 d12 --batch 16 --seq 512 --ref-repeats 15 2>&1 | tail -9
 cp benchmarks/results/train_step.md $OUT/train_step_cuda.md; cp benchmarks/results/train_step.json $OUT/train_step_cuda.json
