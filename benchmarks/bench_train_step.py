@@ -3,7 +3,8 @@
 For each model size (presets `d2` and `d6` by default) and one batch (8 x 256 tokens), two
 identically initialised prepared models get the trainer's own compiled step
 (`mlx_qat.train.step.make_step`: loss, gradients, clipping, AdamW): one with fake quant off,
-one with it on (4-bit affine, group 64, min/max quantizer; embeddings at 4 bits). After a
+one with it on (4-bit affine, group 64; embeddings at 4 bits), for each quantizer (`minmax`,
+and `learned_affine`, the main job's; its scale/bias initialised from the weights). After a
 warm-up (compilation) the two are alternated step by step, so load from other jobs hits both
 alike, and the ratio of the medians is reported, with the peak memory of each step.
 
@@ -41,26 +42,30 @@ def machine() -> dict:
     return {**base(), "backend": gpu if mx.default_device() == mx.gpu and gpu else "cpu"}
 
 
-def measure(size: str, batch: int, seq: int, warmup: int, repeats: int, vocab: int) -> dict:
+def measure(
+    size: str, quantizer: str, batch: int, seq: int, warmup: int, repeats: int, vocab: int
+) -> dict:
     """Alternate FP and QAT steps of the same model; medians, ratio, peak memory."""
     import mlx.core as mx
 
     from mlx_qat.data import TokenBatches  # noqa: F401  (same import cost as the trainer)
     from mlx_qat.models import model_from_config, preset_config
     from mlx_qat.models.sizing import parameter_bytes
-    from mlx_qat.patch import prepare
+    from mlx_qat.patch import init_quantizers, prepare
     from mlx_qat.train.config import TrainConfig
     from mlx_qat.train.model import qat_config
     from mlx_qat.train.optim import build_optimizer, set_lr
     from mlx_qat.train.step import make_step
 
     mx.set_cache_limit(4 << 30)
-    cfg = TrainConfig(bits=4, group_size=64, lr=1e-3)
+    cfg = TrainConfig(bits=4, group_size=64, lr=1e-3, quantizer=quantizer)
     steps, n_params = {}, 0
     for mode in ("fp", "qat"):
         mx.random.seed(0)
         model = model_from_config(preset_config(size, vocab))
         prepare(model, qat_config(cfg), enabled=(mode == "qat"))
+        if mode == "qat":
+            init_quantizers(model)  # learnable grids start from the weights, as at the switch
         mx.eval(model.parameters())
         n_params = parameter_bytes(model).n_params
         opt = build_optimizer(model, cfg)
@@ -83,6 +88,7 @@ def measure(size: str, batch: int, seq: int, warmup: int, repeats: int, vocab: i
     med = {m: statistics.median(t) for m, t in times.items()}
     return {
         "size": size,
+        "quantizer": quantizer,
         "params": n_params,
         "batch": batch,
         "seq": seq,
@@ -102,7 +108,9 @@ def measure(size: str, batch: int, seq: int, warmup: int, repeats: int, vocab: i
 
 def worker(args) -> None:
     rows = [
-        measure(s, args.batch, args.seq, args.warmup, args.repeats, args.vocab) for s in args.sizes
+        measure(s, q, args.batch, args.seq, args.warmup, args.repeats, args.vocab)
+        for s in args.sizes
+        for q in args.quantizers
     ]
     print(json.dumps({"openblas": "openblas" in os.environ.get("LD_PRELOAD", ""), "rows": rows}))
 
@@ -127,15 +135,16 @@ def run_worker(argv: list[str], openblas: bool, repeats: int) -> dict:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| BLAS | model | params | tokens/step | FP ms | QAT ms | QAT/FP | FP tok/s | "
+        "| BLAS | model | quantizer | params | tokens/step | FP ms | QAT ms | QAT/FP | FP tok/s | "
         "QAT tok/s | FP peak MiB | QAT peak MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
         blas = "OpenBLAS" if res["openblas"] else "reference (bundled)"
         for r in res["rows"]:
             lines.append(
-                f"| {blas} | {r['size']} | {r['params'] / 1e6:.2f} M | {r['tokens_per_step']} | "
+                f"| {blas} | {r['size']} | {r.get('quantizer', 'minmax')} | {r['params'] / 1e6:.2f} M | "
+                f"{r['tokens_per_step']} | "
                 f"{r['fp_ms']:.0f} | {r['qat_ms']:.0f} | **{r['ratio']:.3f}** | "
                 f"{r['fp_tokens_per_s']:,.0f} | {r['qat_tokens_per_s']:,.0f} | "
                 f"{r['fp_peak_mb']:.0f} | {r['qat_peak_mb']:.0f} |"
@@ -146,6 +155,7 @@ def table(results: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", nargs="+", default=["d2", "d6"])
+    p.add_argument("--quantizers", nargs="+", default=["minmax", "learned_affine"])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--vocab", type=int, default=1024)
@@ -156,7 +166,16 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args)
-    argv = ["--sizes", *args.sizes, "--batch", str(args.batch), "--seq", str(args.seq)]
+    argv = [
+        "--sizes",
+        *args.sizes,
+        "--quantizers",
+        *args.quantizers,
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+    ]
     argv += ["--vocab", str(args.vocab), "--warmup", str(args.warmup)]
     results = [run_worker(argv, True, args.repeats)]
     if sys.platform.startswith("linux"):
@@ -183,19 +202,23 @@ def render(payload: dict) -> str:
         f"- mlx {info['mlx']} ({info['backend']} backend), mlx-lm {info['mlx_lm']}, "
         f"python {info['python']}",
         "- step: the trainer's compiled step (loss, grads, clip, AdamW); 4-bit affine g64 "
-        "min/max fake quant on every linear and the tied embedding; FP and QAT alternated "
+        "fake quant (quantizer column) on every linear and the tied embedding; FP and QAT alternated "
         "after a warm-up; medians. Target: QAT/FP <= 1.10.",
         "",
         table(results),
         "",
     ]
-    by = {(r["openblas"], row["size"]): row for r in results for row in r["rows"]}
+    by = {
+        (r["openblas"], row["size"], row.get("quantizer", "minmax")): row
+        for r in results
+        for row in r["rows"]
+    }
     lines = []
-    for (blas, size), row in by.items():
-        ref = by.get((False, size))
+    for (blas, size, quantizer), row in by.items():
+        ref = by.get((False, size, quantizer))
         if blas and ref:
             lines.append(
-                f"- {size}: OpenBLAS makes the FP step {ref['fp_ms'] / row['fp_ms']:.1f}x and "
+                f"- {size}, {quantizer}: OpenBLAS makes the FP step {ref['fp_ms'] / row['fp_ms']:.1f}x and "
                 f"the QAT step {ref['qat_ms'] / row['qat_ms']:.1f}x faster than MLX's bundled "
                 "reference BLAS."
             )
