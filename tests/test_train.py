@@ -19,7 +19,9 @@ from mlx_qat.train.optim import is_decayed
 
 
 def test_run_phases_switch_metrics_and_files(tiny_data_dir, tmp_path):  # noqa: F811
-    cfg = tiny_config(tiny_data_dir, tmp_path / "run", eval_every=10, save_every=10)
+    cfg = tiny_config(
+        tiny_data_dir, tmp_path / "run", eval_every=10, save_every=10, final_eval_batches=0
+    )
     result = train(cfg)
     plan = result["plan"]
     assert (plan["total_steps"], plan["fp_steps"], plan["qat_steps"]) == (40, 30, 10)
