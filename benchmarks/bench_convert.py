@@ -34,7 +34,7 @@ import mlx.optimizers as optim  # noqa: E402
 import yaml  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 
-from benchmarks.common import machine  # noqa: E402, F401 - bench_generate imports it from here
+from benchmarks.common import header_lines, machine  # noqa: E402
 from mlx_qat.blas import reexec_with_openblas  # noqa: E402
 from mlx_qat.config import QATConfig  # noqa: E402
 from mlx_qat.convert import ParityError, convert  # noqa: E402
@@ -178,16 +178,7 @@ def markdown(results: dict, meta: dict, cmd: str) -> str:
     lines = [
         "# Export benchmark: `mlx_qat.convert`, train = deploy per quantizer and dtype",
         "",
-        "Command:",
-        "",
-        "```",
-        cmd,
-        "```",
-        "",
-        f"Date: {meta['date']}  ",
-        f"Machine: {m['platform']}, {m['cpu']}, {m['cores']} cores, MLX device {m['device']}, "
-        f"OpenBLAS preloaded: {m['openblas']}, load average {m['load_avg_1m']:.1f}  ",
-        f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}  ",
+        *header_lines(cmd, meta["date"], m),
         f"Runs: {meta['runs_note']}",
         "",
         "Losses are nats/token on the run's validation batches (float32 rows: "

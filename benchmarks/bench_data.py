@@ -22,14 +22,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import cpu_name, package_versions  # noqa: E402
 from mlx_qat.data import prepare_data  # noqa: E402
 from mlx_qat.data.tokenizer import default_threads  # noqa: E402
+
+DATA_PACKAGES = ("mlx", "mlx-lm", "numpy", "sentencepiece", "tokenizers", "transformers")
 
 PHASES = [
     ("hash", "hash inputs (sha256)"),
@@ -39,26 +41,6 @@ PHASES = [
     ("other", "write shards, manifest, HF files"),
     ("total", "prepare_data total"),
 ]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("mlx", "mlx-lm", "numpy", "sentencepiece", "tokenizers", "transformers"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def run_once(inputs: Path, vocab: int) -> tuple[dict, dict]:
@@ -126,9 +108,11 @@ def main() -> None:
         f"Benchmark: `python benchmarks/bench_data.py --vocab-size {args.vocab_size} "
         f"--repeats {args.repeats}`  ",
         f"Date: {datetime.date.today().isoformat()}  ",
-        f"Machine: {platform.platform()}, {cpu_model()}, {os.cpu_count()} cores "
+        f"Machine: {platform.platform()}, {cpu_name()}, {os.cpu_count()} cores "
         f"(sentencepiece threads: {default_threads()})  ",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + "  ",
+        "Versions: "
+        + ", ".join(f"{k} {v}" for k, v in package_versions(DATA_PACKAGES).items())
+        + "  ",
         "Load average (1 min) before each run: "
         + ", ".join(f"{r['load_avg_1m']:.1f}" for r in runs)
         + " (the machine is shared; higher means contended cores)",
@@ -157,11 +141,11 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
-            "cpu": cpu_model(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "threads": default_threads(),
         },
-        "versions": versions(),
+        "versions": package_versions(DATA_PACKAGES),
         "vocab_size": args.vocab_size,
         "corpus": {
             "files": len(m["inputs"]),

@@ -49,12 +49,8 @@ def machine() -> dict:
 
     return {
         **base(),
-        "default_device": str(mx.default_device()),
-        "metal_available": bool(mx.metal.is_available()),
-        "cuda_available": bool(getattr(mx, "cuda", None) and mx.cuda.is_available()),
         "kernels_backend": kernels.active_backend(),
         "cpu_split_by_default_at_start": cpu.split_by_default(),
-        "openblas_preloaded": "openblas" in os.environ.get("LD_PRELOAD", ""),
     }
 
 
@@ -179,7 +175,7 @@ def markdown(result: dict) -> str:
         f"- command: `{result['command']}`",
         f"- date: {result['date']}, commit {result['commit']}",
         f"- machine: {m['platform']}, {m['cpu']}, {m['cores']} cores; MLX {m['mlx']} "
-        f"({m['default_device']}, metal={m['metal_available']}, cuda={m['cuda_available']}, "
+        f"({m['device']}, {m['backend']} backend, OpenBLAS preloaded: {m['openblas']}, "
         f"mlx_qat path: {m['kernels_backend']}, two-stream split chosen at start: "
         f"{m['cpu_split_by_default_at_start']})",
         f"- weight {result['shape'][0]}×{result['shape'][1]}, {result['repeats']} repeats, "

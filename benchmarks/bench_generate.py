@@ -24,11 +24,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import mlx.core as mx  # noqa: E402
-from bench_convert import machine  # noqa: E402
 
+from benchmarks.common import header_lines, machine  # noqa: E402
 from mlx_qat.blas import reexec_with_openblas  # noqa: E402
 from mlx_qat.convert import convert  # noqa: E402
 
@@ -131,16 +130,7 @@ def main(argv=None) -> int:
     lines = [
         "# Generation benchmark: exported quantized model vs its float version (`mlx_lm`)",
         "",
-        "Command:",
-        "",
-        "```",
-        meta["command"],
-        "```",
-        "",
-        f"Date: {meta['date']}  ",
-        f"Machine: {m['platform']}, {m['cpu']}, {m['cores']} cores, MLX device {m['device']}, "
-        f"OpenBLAS preloaded: {m['openblas']}, load average {m['load_avg_1m']:.1f}  ",
-        f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}  ",
+        *header_lines(meta["command"], meta["date"], m),
         f"Run: `{run}` ({conv['quantized'].num_parameters:,} parameters); format "
         f"{q.get('mode', '?')} {q.get('bits', '?')}-bit g{q.get('group_size', '?')}; "
         f"prompt {rounds['float'][0]['prompt_tokens']} tokens, {args.max_tokens} generated "

@@ -33,13 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def machine() -> dict:
-    import mlx.core as mx
-
     from benchmarks.common import machine as base
 
-    cuda = getattr(mx, "cuda", None) and mx.cuda.is_available()
-    gpu = "metal" if mx.metal.is_available() else "cuda" if cuda else None
-    return {**base(), "backend": gpu if mx.default_device() == mx.gpu and gpu else "cpu"}
+    return base()
 
 
 def measure(

@@ -19,16 +19,36 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine() -> dict:
-    """Platform, CPU, cores, MLX device, package versions, OpenBLAS and load average."""
-    import mlx.core as mx
-
+def package_versions(packages=("mlx", "mlx-lm", "mlx_qat")) -> dict:
+    """{"python": ..., package: version or None} for the given distributions."""
     vers = {"python": platform.python_version()}
-    for pkg in ("mlx", "mlx-lm", "mlx_qat"):
+    for pkg in packages:
         try:
             vers[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             vers[pkg] = None
+    return vers
+
+
+def backend() -> str:
+    """Where MLX computes by default: "metal", "cuda" or "cpu"."""
+    import mlx.core as mx
+
+    from mlx_qat.kernels import gpu
+
+    if mx.default_device() == mx.gpu:
+        if gpu.metal_available():
+            return "metal"
+        if gpu.cuda_available():
+            return "cuda"
+    return "cpu"
+
+
+def machine() -> dict:
+    """Platform, CPU, cores, MLX device and backend, versions, OpenBLAS and load average."""
+    import mlx.core as mx
+
+    vers = package_versions()
     return {
         "platform": platform.platform(),
         "cpu": cpu_name(),
@@ -37,7 +57,24 @@ def machine() -> dict:
         "mlx": mx.__version__,
         "mlx_lm": vers["mlx-lm"],
         "device": str(mx.default_device()),
+        "backend": backend(),
         "openblas": "openblas" in os.environ.get("LD_PRELOAD", ""),
         "versions": vers,
         "load_avg_1m": os.getloadavg()[0],
     }
+
+
+def header_lines(command: str, date: str, m: dict) -> list[str]:
+    """The Command / Date / Machine / Versions block of a markdown report (`m` = machine())."""
+    return [
+        "Command:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"Date: {date}  ",
+        f"Machine: {m['platform']}, {m['cpu']}, {m['cores']} cores, MLX device {m['device']}, "
+        f"OpenBLAS preloaded: {m['openblas']}, load average {m['load_avg_1m']:.1f}  ",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}  ",
+    ]
