@@ -25,14 +25,17 @@ def _reexec(verb: str, argv: list[str] | None) -> list[str]:
     return list(argv)
 
 
-def _logging(quiet: bool) -> None:
+def setup_logging(quiet: bool, fmt: str = "%(message)s", quiet_level: int = logging.WARNING):
+    """mlx_qat's loggers to stderr in `fmt`: INFO, or `quiet_level` when quiet. One handler,
+    however many verbs run in the process (a second call only changes format and level)."""
     log = logging.getLogger("mlx_qat")
-    if not any(getattr(h, "_mlx_qat", False) for h in log.handlers):
+    handler = next((h for h in log.handlers if getattr(h, "_mlx_qat", False)), None)
+    if handler is None:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
         handler._mlx_qat = True  # type: ignore[attr-defined]
         log.addHandler(handler)
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    handler.setFormatter(logging.Formatter(fmt))
+    log.setLevel(quiet_level if quiet else logging.INFO)
 
 
 def data_main(argv: list[str] | None = None) -> int:
@@ -54,7 +57,7 @@ def convert_main(argv: list[str] | None = None) -> int:
 def eval_main(argv: list[str] | None = None) -> int:
     """`mlx_qat.eval`: FP / QAT / PTQ validation loss of a run or checkpoint."""
     argv = _reexec("eval", argv)
-    _logging(False)
+    setup_logging(False)
     from .eval import main
 
     return main(argv)
@@ -69,7 +72,7 @@ def train_main(argv: list[str] | None = None) -> int:
     from .train.trainer import Trainer, TrainingDiverged
 
     cfg = parse_args(argv)
-    _logging(cfg.quiet)
+    setup_logging(cfg.quiet)
     try:
         trainer = Trainer(cfg)
         trainer.setup()

@@ -151,23 +151,15 @@ def _summary(r) -> str:
     return "\n".join(lines)
 
 
-def _logging(quiet: bool) -> None:
-    # Progress ("[INFO] loading ...", like mlx_lm.convert) from mlx_qat's loggers only.
-    log = logging.getLogger("mlx_qat")
-    if not any(getattr(h, "_mlx_qat_convert", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
-        handler._mlx_qat_convert = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
-    log.setLevel(logging.ERROR if quiet else logging.INFO)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns 0, or exits with 1 (parity failure) or 2 (bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     opts = _options(args, parser)
-    _logging(args.quiet)
+    from ..cli import setup_logging
+
+    # Progress as "[INFO] loading ...", like mlx_lm.convert.
+    setup_logging(args.quiet, "[%(levelname)s] %(message)s", logging.ERROR)
     from .api import convert
 
     try:
