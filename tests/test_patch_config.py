@@ -6,7 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import pytest
 import yaml
-from mlx_lm.models import qwen3_moe
+from tiny_models import tiny_model
 
 from mlx_qat.config import QATConfig, spec_from_rule
 from mlx_qat.quant.spec import QuantSpec
@@ -78,27 +78,7 @@ def test_predicates():
 
 
 def test_model_quant_predicate():
-    args = qwen3_moe.ModelArgs(
-        model_type="qwen3_moe",
-        hidden_size=64,
-        num_hidden_layers=1,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_experts=4,
-        num_experts_per_tok=2,
-        decoder_sparse_step=1,
-        mlp_only_layers=[],
-        moe_intermediate_size=64,
-        rms_norm_eps=1e-5,
-        vocab_size=256,
-        num_key_value_heads=2,
-        head_dim=16,
-        rope_theta=1e4,
-        tie_word_embeddings=False,
-        max_position_embeddings=128,
-        norm_topk_prob=True,
-    )
-    model = qwen3_moe.Model(args)
+    model = tiny_model("qwen3_moe")
     gate = model.model.layers[0].mlp.gate
     cfg = QATConfig(weights=QuantSpec(bits=2))
     assert cfg.resolve("model.layers.0.mlp.gate", gate, model) == (
