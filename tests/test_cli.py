@@ -55,6 +55,8 @@ def test_validation_messages_name_the_field():
         TrainConfig(warmup_tokens=10, warmup_steps=1)
     with pytest.raises(ValueError, match="min_lr"):
         TrainConfig(lr=1e-3, min_lr=1e-2)
+    with pytest.raises(ValueError, match="final_eval_batches=-1.*whole validation split"):
+        TrainConfig(final_eval_batches=-1)
 
 
 def test_argparse_choices_and_help(capsys):

@@ -199,6 +199,12 @@ class TrainConfig:
             raise ValueError("warmup_tokens and warmup_steps: give at most one of them")
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints={self.keep_checkpoints}: must be >= 1")
+        if self.eval_batches < 1 or self.final_eval_batches < 0:
+            raise ValueError(
+                f"eval_batches={self.eval_batches}, final_eval_batches="
+                f"{self.final_eval_batches}: need eval_batches >= 1 and final_eval_batches >= 0 "
+                "(0 = the whole validation split)"
+            )
         if self.resume and self.branch_from:
             raise ValueError("resume and branch_from: give one (resume continues this run)")
         if isinstance(self.data, str):
