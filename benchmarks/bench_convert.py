@@ -36,10 +36,10 @@ from mlx.utils import tree_flatten  # noqa: E402
 
 from benchmarks.common import header_lines, machine  # noqa: E402
 from mlx_qat.blas import reexec_with_openblas  # noqa: E402
-from mlx_qat.config import QATConfig  # noqa: E402
 from mlx_qat.convert import ParityError, convert  # noqa: E402
 from mlx_qat.data import TokenBatches, prepare_data  # noqa: E402
-from mlx_qat.patch import init_quantizers, prepare, set_fake_quant  # noqa: E402
+from mlx_qat.prepare import init_quantizers, prepare, set_fake_quant  # noqa: E402
+from mlx_qat.qat_config import QATConfig  # noqa: E402
 from mlx_qat.quant import QuantSpec  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

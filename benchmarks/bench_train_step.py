@@ -46,10 +46,10 @@ def measure(
 
     from mlx_qat.data import TokenBatches  # noqa: F401  (same import cost as the trainer)
     from mlx_qat.models import model_from_config, preset_config
+    from mlx_qat.models.build import qat_config
     from mlx_qat.models.sizing import parameter_bytes
-    from mlx_qat.patch import init_quantizers, prepare
+    from mlx_qat.prepare import init_quantizers, prepare
     from mlx_qat.train.config import TrainConfig
-    from mlx_qat.train.model import qat_config
     from mlx_qat.train.optim import build_optimizer, set_lr
     from mlx_qat.train.step import make_step
 

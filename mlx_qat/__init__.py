@@ -4,9 +4,9 @@ Fake-quant layers that simulate MLX's native quantized formats exactly, compute-
 full-precision/QAT schedules, and export to models that `mlx_lm.load` reads unchanged.
 """
 
-from .config import QATConfig
 from .layers import QATEmbedding, QATLinear, QATSwitchLinear
-from .patch import init_quantizers, prepare, prepare_report, qat_layers, quantize, set_fake_quant
+from .prepare import init_quantizers, prepare, prepare_report, qat_layers, quantize, set_fake_quant
+from .qat_config import QATConfig
 from .quant import QuantSpec, fake_quantize, make_quantizer, quantize_grid
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""`python -m mlx_qat <verb> ...` with verbs data, train, convert, eval, plan."""
+"""`python -m mlx_qat <verb> ...`: see `mlx_qat.cli`."""
 
 from .cli import main
 

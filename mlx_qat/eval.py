@@ -1,240 +1,61 @@
-"""Validation loss and bits per byte of a QAT model in three modes, on fixed batches.
+"""Evaluate a checkpoint: FP, QAT and PTQ validation loss and bits per byte (`mlx_qat.loss`).
 
-- **fp**: fake quant off: the float weights as they are.
-- **qat**: fake quant on: the grid the model trains (and exports) with.
-- **ptq**: round-to-nearest of the current float weights at each layer's target format: every
-  QAT layer's quantizer is swapped for the min/max one (`MinMaxQuantizer`, bit-identical to
-  `mx.quantize`/`mx.dequantize`) for the duration of the evaluation.
+    >>> from mlx_qat.eval import evaluate_checkpoint
+    >>> ev = evaluate_checkpoint("runs/main")          # the run's latest checkpoint
+    >>> ev["qat"]["loss"], ev["gap_recovered"]
 
-`bpb = loss_nats / ln 2 / bytes_per_token` (bytes of UTF-8 text per token of the split), and
-"% of the PTQ gap recovered" = `(ptq − qat) / (ptq − fp)`. With the min/max quantizer the qat
-and ptq modes are the same computation on the same weights, so ptq is reported once for both;
-the meaningful baseline is then the PTQ of an FP model trained on the same budget (the trainer's
-`--fp-twin`). Loss is the mean over every target token of every batch (sum / count).
-
-Command line: `mlx_qat.eval RUN_OR_CHECKPOINT [--eval-batches N]` prints the three.
+Settings the call leaves out come from the run's `config.yaml` (data, batch shape, and
+`final_eval_batches`: by default the whole validation split).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
-import logging
-import math
-import sys
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from pathlib import Path
 
-import mlx.core as mx
-import mlx.nn as nn
-
-logger = logging.getLogger(__name__)
-
-MODES = ("fp", "qat", "ptq")
+from .checkpoint import build_model, load_checkpoint
+from .data.resolve import open_eval_data
+from .loss import all_minmax, eval_triple
+from .train.config import load_config
 
 
-@dataclass(frozen=True)
-class EvalResult:
-    """Mean loss (nats/token), bits per byte and the number of target tokens."""
-
-    loss: float
-    bpb: float
-    tokens: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def bits_per_byte(loss_nats: float, bytes_per_token: float) -> float:
-    """`loss / ln 2 / bytes_per_token`."""
-    return loss_nats / math.log(2) / bytes_per_token
-
-
-def _batch_loss_sum(model: nn.Module, batch: mx.array) -> mx.array:
-    logits = model(batch[:, :-1]).astype(mx.float32)
-    return nn.losses.cross_entropy(logits, batch[:, 1:], reduction="sum")
-
-
-def evaluate(model: nn.Module, batches: Iterable[mx.array], bytes_per_token: float) -> EvalResult:
-    """Mean next-token loss of `model` over `batches` ((B, T+1) int32 arrays), as it is."""
-    total, count = mx.array(0.0, dtype=mx.float32), 0
-    for batch in batches:
-        total = total + _batch_loss_sum(model, batch)
-        mx.eval(total)
-        count += batch.shape[0] * (batch.shape[1] - 1)
-    if count == 0:
-        raise ValueError("evaluate: no validation tokens; use more --eval-batches or data")
-    loss = total.item() / count
-    return EvalResult(loss, bits_per_byte(loss, bytes_per_token), count)
-
-
-def _qat_layers(model: nn.Module):
-    from .patch import qat_layers
-
-    return list(qat_layers(model))
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
-    """Temporarily put every QAT layer in `mode` ("fp", "qat" or "ptq"); restores after."""
-    if mode not in MODES:
-        raise ValueError(f"eval mode {mode!r}: choose one of {', '.join(MODES)}")
-    from .quant.quantizers import MinMaxQuantizer
-
-    layers = [layer for _, layer in _qat_layers(model)]
-    saved = [(layer.fake_quant, layer.quantizer) for layer in layers]
-    try:
-        for layer in layers:
-            layer.fake_quant = mode != "fp"
-            if mode == "ptq":
-                q = layer.quantizer
-                layer.quantizer = MinMaxQuantizer(layer.spec, q.scale_dtype)
-        yield model
-    finally:
-        for layer, (flag, q) in zip(layers, saved):
-            layer.fake_quant = flag
-            layer.quantizer = q
-
-
-def _all_minmax(model: nn.Module) -> bool:
-    from .quant.quantizers import MinMaxQuantizer
-
-    return all(type(layer.quantizer) is MinMaxQuantizer for _, layer in _qat_layers(model))
-
-
-def gap_recovered(fp: float, qat: float | None, ptq: float | None) -> float | None:
-    """`(ptq − qat) / (ptq − fp)`; None when undefined (no gap, or a value missing)."""
-    if qat is None or ptq is None or not ptq - fp > 1e-9:
-        return None
-    return (ptq - qat) / (ptq - fp)
-
-
-def eval_triple(
-    model: nn.Module,
-    batches: Iterable[mx.array],
-    bytes_per_token: float,
-    quantizers_ready: bool = True,
+def evaluate_checkpoint(
+    path: str | Path,
+    data: str | None = None,
+    eval_batches: int | None = None,
+    batch_size: int | None = None,
+    seq_len: int | None = None,
 ) -> dict:
-    """FP, QAT and PTQ loss/bpb of `model` on the same `batches`, and the gap recovered.
+    """FP / QAT / PTQ loss and bpb of a run's latest checkpoint or of one checkpoint dir.
 
     Args:
-        model: a prepared model (QAT layers); its fake-quant state is restored afterwards.
-        batches: a re-iterable sequence of fixed validation batches.
-        bytes_per_token: of the validation split.
-        quantizers_ready: False before the FP→QAT switch, when learnable quantizers still
-            hold their values from `prepare` (their "qat" loss is then not reported).
+        path: a run directory (its latest checkpoint) or a checkpoint directory.
+        data: prepared data dir (default: the one the checkpoint was trained on).
+        eval_batches: validation batches (default: the run's final_eval_batches; 0 = all).
+        batch_size, seq_len: the batch shape (default: the run's).
 
     Returns:
-        {"fp": {...}, "qat": {...} | None, "ptq": {...} | None, "gap_recovered": float | None}
-        where each {...} is `EvalResult.to_dict()`.
+        `eval_triple`'s dict plus "checkpoint", "step", "phase", "tokens" and "minmax"
+        (True when QAT and PTQ are the same grid, so the gap needs the FP twin).
     """
-    batches = list(batches)
-    out: dict = {}
-    with eval_mode(model, "fp"):
-        out["fp"] = evaluate(model, batches, bytes_per_token).to_dict()
-    if not _qat_layers(model):
-        out.update(qat=None, ptq=None, gap_recovered=None)
-        return out
-    try:
-        with eval_mode(model, "ptq"):
-            out["ptq"] = evaluate(model, batches, bytes_per_token).to_dict()
-    except ValueError as e:  # e.g. 1-bit sign quantizers: no MLX format to round to
-        logger.warning("eval: no PTQ baseline (%s)", e)
-        out["ptq"] = None
-    if _all_minmax(model):
-        out["qat"] = out["ptq"]  # the same computation on the same weights
-    elif quantizers_ready:
-        with eval_mode(model, "qat"):
-            out["qat"] = evaluate(model, batches, bytes_per_token).to_dict()
-    else:
-        out["qat"] = None
-    loss = {k: (v["loss"] if v else None) for k, v in out.items()}
-    # With min/max quantizers QAT *is* the PTQ of these weights: no gap to report here.
-    same = _all_minmax(model)
-    out["gap_recovered"] = None if same else gap_recovered(loss["fp"], loss["qat"], loss["ptq"])
-    return out
-
-
-def format_triple(ev: dict) -> str:
-    """One line: `fp 3.21 (1.62 bpb) | qat ... | ptq ... | gap 63%`."""
-    parts = []
-    for mode in MODES:
-        r = ev.get(mode)
-        if r:
-            parts.append(f"{mode} {r['loss']:.4f} ({r['bpb']:.4f} bpb)")
-    g = ev.get("gap_recovered")
-    if g is not None:
-        parts.append(f"gap recovered {100 * g:.1f}%")
-    return " | ".join(parts)
-
-
-# -- command line -------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="mlx_qat.eval",
-        description="Validation loss and bits per byte of a checkpoint with fake quant off "
-        "(FP), on (QAT) and round-to-nearest PTQ of its float weights.",
-    )
-    p.add_argument("path", help="run directory (latest checkpoint) or checkpoint directory")
-    p.add_argument("--data", help="prepared data dir (default: the run's)")
-    p.add_argument(
-        "--eval-batches", type=int, help="batches (default: the run's final_eval_batches)"
-    )
-    p.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's)")
-    p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the run's)")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `mlx_qat.eval`; returns the exit status."""
-    from pathlib import Path
-
-    from .train.checkpoint import CheckpointError, build_model, load_checkpoint
-    from .train.config import load_config
-    from .train.data import open_eval_data
-
-    args = build_parser().parse_args(argv)
-    try:
-        ckpt = load_checkpoint(args.path, optimizer=False)
-        run_dir = ckpt.path.parent.parent
-        cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
-        data = args.data or ckpt.state.get("data", {}).get("shards") or (cfg and cfg.data)
-        if data is None:
-            raise ValueError(f"{args.path}: no data recorded; pass --data DIR")
-        seq = args.seq_len or (cfg.seq_len if cfg else 128)
-        bs = args.batch_size or (cfg.batch_size if cfg else 16)
-        nb = args.eval_batches or (cfg.final_eval_batches if cfg else 0) or None
-        batches, bpt = open_eval_data(data, bs, seq, nb)
-        model = build_model(ckpt)
-        ready = ckpt.qat.get("phase") == "qat"
-        ev = eval_triple(model, batches, bpt, quantizers_ready=ready)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"mlx_qat.eval: error: {e}", file=sys.stderr)
-        return 1
-    print(f"{ckpt.path} (step {ckpt.step}, phase {ckpt.qat.get('phase')})")
-    print(f"  {batches.num_tokens if hasattr(batches, 'num_tokens') else '?'} tokens")
-    for mode in MODES:
-        r = ev.get(mode)
-        if r:
-            print(f"  {mode:<4} loss {r['loss']:.4f}  bpb {r['bpb']:.4f}")
-    if ev.get("gap_recovered") is not None:
-        print(f"  PTQ gap recovered: {100 * ev['gap_recovered']:.1f}%")
-    elif _all_minmax(model):
-        print(
-            "  (min/max quantizer: QAT and PTQ are the same grid of these weights; the PTQ "
-            "baseline is an FP model of the same budget, e.g. the run's fp_twin)"
-        )
-    if args.json:
-        Path(args.json).write_text(json.dumps(ev, indent=2) + "\n", encoding="utf-8")
-    return 0
-
-
-if __name__ == "__main__":
-    from .blas import reexec_with_openblas
-
-    reexec_with_openblas(["-m", "mlx_qat.eval", *sys.argv[1:]])
-    raise SystemExit(main())
+    ckpt = load_checkpoint(path, optimizer=False)
+    run_dir = ckpt.path.parent.parent
+    cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+    data = data or ckpt.state.get("data", {}).get("shards") or (cfg and cfg.data)
+    if not data:
+        raise ValueError(f"{path}: no data recorded; pass --data DIR")
+    seq = seq_len or (cfg.seq_len if cfg else 128)
+    bs = batch_size or (cfg.batch_size if cfg else 16)
+    nb = eval_batches if eval_batches is not None else (cfg.final_eval_batches if cfg else 0)
+    batches, bpt = open_eval_data(data, bs, seq, nb or None)
+    model = build_model(ckpt)
+    ready = ckpt.qat.get("phase") == "qat"
+    ev = eval_triple(model, batches, bpt, quantizers_ready=ready)
+    tokens = getattr(batches, "num_tokens", None)
+    return {
+        "checkpoint": str(ckpt.path),
+        "step": ckpt.step,
+        "phase": ckpt.qat.get("phase"),
+        "tokens": tokens,
+        "minmax": all_minmax(model),
+        **ev,
+    }

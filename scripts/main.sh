@@ -31,14 +31,12 @@ $PY -m mlx_qat train "${train_args[@]}"
 echo "== evaluate (latest checkpoint, FP / QAT / PTQ of its own weights)"
 $PY -m mlx_qat eval "$RUN"
 
-if $PY -c "import mlx_qat.convert" 2>/dev/null; then
-  echo "== export (trained grid -> mlx-lm model dir)"
-  $PY -m mlx_qat convert "$RUN" --mlx-path "$RUN/mlx_model" --force
-fi
+echo "== export (trained grid -> mlx-lm model dir)"
+$PY -m mlx_qat convert "$RUN" --mlx-path "$RUN/mlx_model" --force
 
 echo "== result ($(( $(date +%s) - start )) s)"
 $PY - "$RUN" <<'PY'
 import json, sys
-from mlx_qat.train.compare import format_comparison
+from mlx_qat.train.twin import format_comparison
 print(format_comparison(json.load(open(f"{sys.argv[1]}/result.json"))))
 PY

@@ -9,10 +9,10 @@ import mlx.core as mx
 import pytest
 from mlx.utils import tree_flatten
 
-from mlx_qat.config import QATConfig
+from mlx_qat.qat_config import QATConfig
 from mlx_qat.models import model_from_config, preset_config
-from mlx_qat.patch import prepare, set_fake_quant
-from mlx_qat.train.checkpoint import (
+from mlx_qat.prepare import prepare, set_fake_quant
+from mlx_qat.checkpoint import (
     CheckpointError,
     build_model,
     latest_checkpoint,

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from mlx_qat.cli import main as cli_main
-from mlx_qat.train.config import TrainConfig, load_config, parse_args
+from mlx_qat.cli.train import parse_args
+from mlx_qat.train.config import TrainConfig, load_config
 
 
 def test_defaults():
@@ -72,7 +73,10 @@ def test_argparse_choices_and_help(capsys):
 
 def test_module_verbs(capsys):
     assert cli_main(["nope"]) == 2
-    assert "data,train,convert,eval,plan" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown verb 'nope'" in err
+    for verb in ("data", "train", "eval", "convert", "plan", "check"):
+        assert f"\n  {verb} " in err
     r = subprocess.run(
         [sys.executable, "-m", "mlx_qat", "plan", "--preset", "d2", "--tokens", "1000000"],
         capture_output=True,
@@ -90,7 +94,7 @@ def test_config_yaml_is_plain_yaml():
 
 
 def test_token_counts_accept_scientific_and_suffixes():
-    from mlx_qat.train.config import TrainConfig, parse_args, parse_count
+    from mlx_qat.train.config import parse_count
 
     assert parse_count("3e6") == parse_count("3M") == parse_count("3_000_000") == 3_000_000
     assert parse_count("2.5k") == 2500 and parse_count(7) == 7

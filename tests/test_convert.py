@@ -13,10 +13,10 @@ import pytest
 import test_convert_fixtures as fx
 from test_convert_fixtures import BATCH, EVAL_BATCHES, REPO, SEQ_LEN, make_run, run_cli, spec
 
-from mlx_qat.config import QATConfig
+from mlx_qat.qat_config import QATConfig
 from mlx_qat.convert import ConvertError, ParityError, convert
 from mlx_qat.data import eval_batches
-from mlx_qat.export import val_loss
+from mlx_qat.convert import val_loss
 
 mx.set_default_device(mx.cpu)
 tiny_data = fx.tiny_data  # session fixture shared by the convert test files
@@ -152,8 +152,8 @@ def test_format_flags_must_match_a_qat_run(tmp_path, tiny_data):
 
 
 def test_unsupported_formats_are_clear_errors(tmp_path, tiny_data):
-    from mlx_qat.export.pack import quantize_model
-    from mlx_qat.patch import qat_layers
+    from mlx_qat.convert.pack import quantize_model
+    from mlx_qat.prepare import qat_layers
     from mlx_qat.quant import LSQQuantizer
 
     run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)), steps=1)
@@ -188,7 +188,7 @@ def test_cli_errors_exit_2_without_traceback(tmp_path):
 def test_interrupted_convert_leaves_nothing_loadable(tmp_path, tiny_data, monkeypatch):
     from mlx_lm import load
 
-    import mlx_qat.export.api as api
+    import mlx_qat.convert.api as api
 
     run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
     out = tmp_path / "out"
@@ -214,7 +214,7 @@ def test_interrupted_convert_leaves_nothing_loadable(tmp_path, tiny_data, monkey
 
 
 def test_parity_failure_is_an_error_and_writes_nothing(tmp_path, tiny_data, monkeypatch):
-    import mlx_qat.export.pack as pack
+    import mlx_qat.convert.pack as pack
 
     run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
     cast = pack.cast_model
@@ -255,7 +255,7 @@ def test_parity_without_run_data_is_skipped_unless_given(tmp_path, tiny_data, ca
 @pytest.mark.slow
 @pytest.mark.parametrize("quantizer,bits", [("lsq", 2), ("learned_affine", 4), ("minmax", 3)])
 def test_trainer_run_converts_and_serves(quantizer, bits, tmp_path, tiny_data):
-    from mlx_qat.train.checkpoint import build_model
+    from mlx_qat.checkpoint import build_model
 
     run = tmp_path / "run"
     train = [sys.executable, "-m", "mlx_qat", "train", "--data", str(tiny_data.path)]

@@ -23,13 +23,13 @@ import numpy as np
 import pytest
 from mlx_lm.models import llama
 
-from mlx_qat.config import QATConfig
+from mlx_qat.qat_config import QATConfig
 from mlx_qat.data import eval_batches, prepare_data
-from mlx_qat.patch import prepare, set_fake_quant
+from mlx_qat.prepare import prepare, set_fake_quant
 from mlx_qat.quant import QuantSpec
-from mlx_qat.train.checkpoint import save_checkpoint
+from mlx_qat.checkpoint import save_checkpoint
 from mlx_qat.train.config import TrainConfig
-from mlx_qat.train.data import copy_tokenizer
+from mlx_qat.data.resolve import copy_tokenizer
 
 mx.set_default_device(mx.cpu)
 
@@ -126,9 +126,9 @@ def save_run(run_dir, data, model, opt, cfg, qat, fake_quant, step) -> Path:
 
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """`python -m mlx_qat.convert ...` in a fresh process."""
+    """`python -m mlx_qat convert ...` in a fresh process."""
     proc = subprocess.run(
-        [sys.executable, "-m", "mlx_qat.convert", *map(str, args)],
+        [sys.executable, "-m", "mlx_qat", "convert", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=REPO,

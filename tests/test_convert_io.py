@@ -15,8 +15,9 @@ from mlx_lm import load
 from mlx_lm.utils import quantize_model
 from test_convert_fixtures import make_run, spec
 
-from mlx_qat.config import QATConfig
-from mlx_qat.convert import ConvertError, convert, main
+from mlx_qat.qat_config import QATConfig
+from mlx_qat.cli.convert import main
+from mlx_qat.convert import ConvertError, convert
 
 mx.set_default_device(mx.cpu)
 tiny_data = fx.tiny_data

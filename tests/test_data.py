@@ -6,6 +6,9 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -16,11 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mlx_qat.data.shards as shards_mod
+from mlx_qat.cli.data import main
 from mlx_qat.data import (
     default_corpus,
     load_bundle,
     load_tokenizer,
-    main,
     prepare_data,
     read_documents,
     sources,
@@ -323,12 +326,26 @@ def test_cli_errors_are_short_and_actionable(tmp_path, capsys):
     assert "--vocab-size" in err and "Traceback" not in err
     bad = tmp_path / "bad.yaml"
     bad.write_text("vocab: 12\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="unknown setting.*vocab"):
+    with pytest.raises(SystemExit) as e:
         main(["--config", str(bad)])
+    assert e.value.code == 2
+    assert "unknown setting(s) vocab; known: " in capsys.readouterr().err
 
 
-def test_module_entry_point_exists():
-    import mlx_qat.data.__main__  # noqa: F401
-    from mlx_qat.data.cli import build_parser
-
-    assert "--vocab-size" in build_parser().format_help()
+def test_module_entry_point_runs_and_returns_the_documented_status(tmp_path):
+    """`python -m mlx_qat data` in a fresh process: --help exits 0, a missing input exits 1
+    with a one-line error naming it (no traceback)."""
+    run = [sys.executable, "-m", "mlx_qat", "data"]
+    env = {**os.environ, "MLX_QAT_NO_OPENBLAS": "1"}
+    ok = subprocess.run([*run, "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0 and "--vocab-size" in ok.stdout
+    missing = str(tmp_path / "missing.txt")
+    bad = subprocess.run(
+        [*run, "--input", missing, "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("mlx_qat.data: error:") and missing in bad.stderr

@@ -15,9 +15,9 @@ from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 from mlx_lm.utils import load_model
 from tiny_models import tiny_model as tiny
 
-from mlx_qat.config import QATConfig, quantization_map
+from mlx_qat.qat_config import QATConfig, quantization_map
 from mlx_qat.layers import QATEmbedding, QATLayer, QATLinear
-from mlx_qat.patch import (
+from mlx_qat.prepare import (
     init_quantizers,
     prepare,
     prepare_report,
@@ -143,7 +143,7 @@ def test_scale_dtype_export_is_exact(kind, caplog):
     float16 precision, so logits are compared at the weight level here.)
     """
     model = tiny("qwen3_moe")
-    with caplog.at_level(logging.WARNING, logger="mlx_qat.patch"):
+    with caplog.at_level(logging.WARNING, logger="mlx_qat.prepare"):
         prepare(model, QATConfig(quantizer=kind, scale_dtype="float16"))
     assert "scale_dtype=float16" in caplog.text
     perturb_quantizers(model)
@@ -241,7 +241,7 @@ class Odd(nn.Module):
 def test_skipped_layers_are_reported(caplog):
     model = Odd()
     x = mx.array([[1, 2, 3, 4, 5]])
-    with caplog.at_level(logging.INFO, logger="mlx_qat.patch"):
+    with caplog.at_level(logging.INFO, logger="mlx_qat.prepare"):
         prepare(model, QATConfig(overrides={"head": None}))
     report = prepare_report(model, QATConfig(overrides={"head": None}))
     reasons = {d.path: d.reason for d in report.skipped}
@@ -271,6 +271,6 @@ def test_prepare_twice_is_a_no_op():
 
 def test_quantize_without_qat_layers_warns(caplog):
     model = tiny()
-    with caplog.at_level(logging.WARNING, logger="mlx_qat.patch"):
+    with caplog.at_level(logging.WARNING, logger="mlx_qat.prepare"):
         assert quantize(model) is model
     assert "no QAT layers" in caplog.text

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from tiny_models import tiny_model
 
-from mlx_qat.config import QATConfig, spec_from_rule
+from mlx_qat.qat_config import QATConfig, spec_from_rule
 from mlx_qat.quant.spec import QuantSpec
 
 LIN = nn.Linear(64, 64)

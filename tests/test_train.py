@@ -11,9 +11,10 @@ from mlx.utils import tree_flatten
 from test_train_fixtures import tiny_config, tiny_data_dir  # noqa: F401
 
 from mlx_qat.data import load_bundle
-from mlx_qat.patch import qat_layers
-from mlx_qat.train import Trainer, TrainingDiverged, load_checkpoint, load_config, train
-from mlx_qat.train.checkpoint import list_checkpoints
+from mlx_qat.prepare import qat_layers
+from mlx_qat.checkpoint import load_checkpoint
+from mlx_qat.train import Trainer, TrainingDiverged, load_config, train
+from mlx_qat.checkpoint import list_checkpoints
 from mlx_qat.train.metrics import read_metrics
 from mlx_qat.train.optim import is_decayed
 
@@ -35,7 +36,7 @@ def test_run_phases_switch_metrics_and_files(tiny_data_dir, tmp_path):  # noqa: 
     assert {r["phase"] for r in train_recs[30:]} == {"qat"}
     # Metrics LR is the plan's LR of that step (record `step` = steps completed).
     from mlx_qat.train.config import TrainConfig  # noqa: F401
-    from mlx_qat.train.planning import plan_for_config
+    from mlx_qat.train.plan import plan_for_config
 
     p = plan_for_config(cfg)
     assert all(r["lr"] == pytest.approx(p.lr_at(r["step"] - 1)) for r in train_recs)
@@ -170,7 +171,7 @@ def test_fp_twin_comparison(tiny_data_dir, tmp_path):  # noqa: F811
 def test_resume_checks_the_config_and_a_finished_run_is_a_no_op(tiny_data_dir, tmp_path):  # noqa: F811
     from dataclasses import replace
 
-    from mlx_qat.train import CheckpointError
+    from mlx_qat.checkpoint import CheckpointError
 
     cfg = tiny_config(tiny_data_dir, tmp_path / "run", tokens=8 * 128, save_every=4)
     first = train(cfg)
@@ -185,7 +186,7 @@ def test_resume_checks_the_config_and_a_finished_run_is_a_no_op(tiny_data_dir, t
 
 
 def test_plot_of_a_run_and_a_clear_error_without_matplotlib(tiny_data_dir, tmp_path, monkeypatch):  # noqa: F811
-    from mlx_qat import plot
+    from mlx_qat.train import plot
 
     train(tiny_config(tiny_data_dir, tmp_path / "run", eval_every=10, fp_twin=True))
     with monkeypatch.context() as m:

@@ -6,15 +6,16 @@ import math
 
 import mlx.core as mx
 import pytest
+import yaml
 from mlx.utils import tree_flatten, tree_unflatten
 from test_train_fixtures import VOCAB, tiny_config, tiny_data_dir  # noqa: F401
 
-from mlx_qat.config import QATConfig
+from mlx_qat.cli.eval import main as eval_main
 from mlx_qat.data import eval_batches, load_bundle
-from mlx_qat.eval import bits_per_byte, eval_mode, eval_triple, evaluate, gap_recovered
-from mlx_qat.eval import main as eval_main
+from mlx_qat.loss import bits_per_byte, eval_mode, eval_triple, evaluate, gap_recovered
 from mlx_qat.models import model_from_config, preset_config
-from mlx_qat.patch import prepare, qat_layers, set_fake_quant
+from mlx_qat.prepare import prepare, qat_layers, set_fake_quant
+from mlx_qat.qat_config import QATConfig
 from mlx_qat.train import train
 
 
@@ -90,11 +91,13 @@ def test_minmax_reports_qat_equal_to_ptq(val):
 def test_eval_cli_on_a_run(tiny_data_dir, tmp_path, capsys):  # noqa: F811
     cfg = tiny_config(tiny_data_dir, tmp_path / "run", tokens=8 * 128, quantizer="lsq")
     result = train(cfg)
-    assert eval_main([str(tmp_path / "run"), "--json", str(tmp_path / "ev.json")]) == 0
+    assert eval_main([str(tmp_path / "run"), "--out", str(tmp_path / "ev")]) == 0
     out = capsys.readouterr().out
     assert "fp" in out and "qat" in out and "ptq" in out
     import json
 
-    ev = json.loads((tmp_path / "ev.json").read_text())
+    ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert ev["qat"]["loss"] == pytest.approx(result["eval"]["qat"]["loss"], rel=1e-6)
+    resolved = yaml.safe_load((tmp_path / "ev" / "eval.yaml").read_text())
+    assert resolved["path"] == str(tmp_path / "run") and resolved["eval_batches"] is None
     assert eval_main([str(tmp_path / "nope")]) == 1

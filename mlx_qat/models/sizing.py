@@ -22,8 +22,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from ..config import QATConfig
 from ..layers import QATLayer
+from ..qat_config import QATConfig
 from ..quant.spec import QuantSpec
 
 __all__ = ["LayerSize", "ParameterBytes", "SizeReport", "parameter_bytes", "size_report"]
@@ -120,7 +120,7 @@ class _Layer:
 
 
 def _layers(model: nn.Module, config: QATConfig | None) -> list[_Layer]:
-    from ..patch import prepare_report
+    from ..prepare import prepare_report
 
     config = config or QATConfig()
     by_path = dict(model.named_modules())

@@ -1,29 +1,27 @@
 """`TrainConfig`: every setting of a training run, as plain data.
 
-Settings come from, in order of precedence: command-line flags (kebab-case, `--lr 1e-3`), the
-`--config file.yaml` file (keys as the field names, `-` or `_`), the dataclass defaults below.
-`parse_args` merges the three; the trainer writes the result to `<out>/config.yaml`, and
-`load_config` reads such a file back. Fields are grouped (run, data, model, qat, budget,
-schedule, optimizer, batch, eval) only for `--help`; the YAML file is flat.
+The command line (`mlx_qat.cli.train`) makes one `--kebab-case` flag per field, grouped (run,
+data, model, qat, budget, schedule, optimizer, batch, eval) for `--help`; the YAML file is flat.
+The trainer writes the resolved config to `<out>/config.yaml`, and `load_config` reads it back.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-PIPELINES = ("fused", "classic")
-COOLDOWN_SHAPES = ("linear", "cosine", "1-sqrt")
+from ..quant.quantizers import QUANTIZERS
+from ..quant.spec import MODES as Q_MODES
+from .schedules import PIPELINES
+from .schedules import SHAPES as COOLDOWN_SHAPES
+
 SWITCH_STATE = ("keep", "reset")
-QUANTIZERS = ("minmax", "lsq", "learned_affine")
-Q_MODES = ("affine", "mxfp4", "nvfp4", "mxfp8")
 
 # Fields that do not change what is trained: excluded from the resume hash.
 _NOT_HASHED = {
@@ -279,85 +277,12 @@ def normalize_fraction(value: Any) -> str | float:
     return f
 
 
-def load_yaml(path: str | Path) -> dict:
-    """The mapping in a YAML config file (ValueError naming the file when unreadable)."""
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a `config.yaml` (a run's resolved config, or a hand-written one)."""
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as e:
         raise ValueError(f"config file {path}: cannot read it ({e})") from e
     if not isinstance(raw, dict):
         raise ValueError(f"config file {path}: must hold a mapping of setting: value")
-    return raw
-
-
-def load_config(path: str | Path) -> TrainConfig:
-    """Read a `config.yaml` (a run's resolved config, or a hand-written one)."""
-    return TrainConfig.from_dict(load_yaml(path), where=str(path))
-
-
-def _type_of(f) -> tuple[Any, dict]:
-    """argparse `type` (and extra kwargs) for a dataclass field."""
-    default = f.default if f.default is not MISSING else f.default_factory()
-    ann = str(f.type)
-    kw: dict = {}
-    if "nargs" in f.metadata:
-        kw["nargs"] = f.metadata["nargs"]
-    if "choices" in f.metadata:
-        kw["choices"] = f.metadata["choices"]
-    if isinstance(default, bool):
-        return None, kw
-    if "int" in ann:
-        # counts of tokens read best as 3e6 or 3M; everything else is a plain int
-        return (parse_count if f.name.endswith("tokens") else int), kw
-    if "float" in ann:
-        return float, kw
-    return str, kw
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
-    """Add one `--kebab-case` flag per field of `cls`, grouped as in the dataclass."""
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in fields(cls):
-        group_name = f.metadata.get("group", "other")
-        if group_name not in groups:
-            groups[group_name] = parser.add_argument_group(group_name)
-        g = groups[group_name]
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else f.default_factory()
-        help_text = f.metadata.get("help", "")
-        if "default" not in help_text:
-            help_text += f" (default: {default})"
-        help_text = help_text.replace("%", "%%")
-        typ, kw = _type_of(f)
-        if typ is None:
-            g.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        else:
-            g.add_argument(flag, type=typ, help=help_text, metavar=f.name.upper(), **kw)
-
-
-def build_parser(prog: str = "mlx_qat.train", description: str | None = None):
-    """The argparse parser: every TrainConfig field plus `--config`."""
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description=description
-        or "Train a model with an FP phase then QAT (fake quantization) on MLX.",
-        argument_default=argparse.SUPPRESS,
-    )
-    p.add_argument("--config", metavar="FILE.yaml", help="read settings from a YAML file")
-    add_arguments(p)
-    return p
-
-
-def parse_args(argv: list[str] | None = None, parser=None) -> TrainConfig:
-    """Resolve CLI > YAML (`--config`) > defaults into a TrainConfig."""
-    parser = parser or build_parser()
-    args = vars(parser.parse_args(argv))
-    merged: dict = {}
-    if "config" in args:
-        path = args.pop("config")
-        merged.update({str(k).replace("-", "_"): v for k, v in load_yaml(path).items()})
-        where = str(path)
-    else:
-        where = "command line"
-    merged.update(args)
-    return TrainConfig.from_dict(merged, where=where)
+    return TrainConfig.from_dict(raw, where=str(path))

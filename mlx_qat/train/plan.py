@@ -16,8 +16,10 @@ Steps are optimizer steps of `tokens_per_step = batch_size · seq_len · grad_ac
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from .schedules import lr_at
 
@@ -223,3 +225,49 @@ def make_plan(
         qat_warmup_steps=int(qw),
         warning=warning,
     )
+
+
+def plan_for_model(config, model) -> PhasePlan:
+    """`make_plan` for `config` and a model already `prepare`d with the run's QATConfig."""
+    from ..models.sizing import parameter_bytes
+
+    pb = parameter_bytes(model)
+    return make_plan(config, pb.n_params, pb.n_params_no_embed, pb.bytes)
+
+
+def _vocab_size(config) -> int:
+    # Prepared data knows its vocabulary; raw inputs will get a tokenizer of config.vocab_size.
+    if config.data and len(config.data) == 1:
+        p = Path(config.data[0])
+        if (p / "manifest.json").is_file():
+            return int(json.loads((p / "manifest.json").read_text())["vocab_size"])
+        if (p / "latest.json").is_file():
+            from ..data import load_bundle
+
+            return load_bundle(p).vocab_size
+    return config.vocab_size
+
+
+def plan_for_config(config) -> PhasePlan:
+    """The plan a `TrainConfig` would train with, without training (`mlx_qat.plan`).
+
+    The model is built lazily (nothing is allocated) from `--model`'s config.json,
+    `--model-config` or the preset, and sized exactly as the trainer sizes it.
+    """
+    from ..models.build import qat_config
+    from ..models.presets import model_from_config, preset_config
+    from ..prepare import prepare
+
+    vocab = _vocab_size(config)
+    if config.model or config.model_config:
+        path = Path(config.model) / "config.json" if config.model else Path(config.model_config)
+        try:
+            mcfg = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: cannot read the model config ({e})") from e
+        mcfg.setdefault("vocab_size", vocab)
+    else:
+        mcfg = preset_config(config.preset, vocab, max(4096, config.seq_len))
+    model = model_from_config(mcfg)
+    prepare(model, qat_config(config), enabled=False)
+    return plan_for_model(config, model)

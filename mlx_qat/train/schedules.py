@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 SHAPES = ("linear", "cosine", "1-sqrt")
+PIPELINES = ("fused", "classic")
 
 
 def decay_factor(shape: str, t: float) -> float:

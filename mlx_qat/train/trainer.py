@@ -29,11 +29,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from ..eval import eval_triple, format_triple
-from ..fileio import atomic_write_json, atomic_write_text
-from ..models.sizing import parameter_bytes
-from ..patch import init_quantizers, prepare, set_fake_quant
-from .checkpoint import (
+from ..checkpoint import (
     CheckpointError,
     latest_checkpoint,
     list_checkpoints,
@@ -42,12 +38,15 @@ from .checkpoint import (
     remove_stale_tmp,
     save_checkpoint,
 )
+from ..data.resolve import copy_tokenizer, resolve_data
+from ..fileio import atomic_write_json, atomic_write_text
+from ..loss import eval_triple, format_triple
+from ..models.build import make_model, qat_config
+from ..prepare import init_quantizers, prepare, set_fake_quant
 from .config import TrainConfig
-from .data import copy_tokenizer, resolve_data
 from .metrics import MetricsWriter
-from .model import make_model, qat_config
 from .optim import build_optimizer, load_optimizer_arrays, set_lr
-from .plan import PhasePlan, make_plan
+from .plan import PhasePlan, plan_for_model
 from .step import make_step
 
 logger = logging.getLogger(__name__)
@@ -64,7 +63,8 @@ def _rng_seed(seed: int, step: int) -> int:
 
 
 class Trainer:
-    """One run. `Trainer(config).run()` trains; `train(config)` is the short form."""
+    """One run: `t = Trainer(config); t.setup(); t.run()`. `mlx_qat.train.train(config)` runs
+    the whole job (this, then the FP twin and the plot when the config asks for them)."""
 
     def __init__(self, config: TrainConfig, on_step=None):
         self.cfg = config
@@ -86,8 +86,7 @@ class Trainer:
         self.model, self.model_config = make_model(cfg, self.bundle.vocab_size)
         self.qcfg = qat_config(cfg)
         prepare(self.model, self.qcfg, enabled=False)
-        pb = parameter_bytes(self.model)
-        self.plan: PhasePlan = make_plan(cfg, pb.n_params, pb.n_params_no_embed, pb.bytes)
+        self.plan: PhasePlan = plan_for_model(cfg, self.model)
         if self.plan.warning:
             logger.warning("plan: %s", self.plan.warning)
         from ..data import TokenBatches, eval_batches
@@ -364,24 +363,3 @@ def _progress(total: int, initial: int, quiet: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-
-
-def train(config: TrainConfig, on_step=None) -> dict:
-    """Train per `config`; returns the result (plan, final eval, throughput).
-
-    With `config.fp_twin`, also trains the FP twin from the switch checkpoint (the QAT phase
-    with fake quant off) and adds `result["twin"]` and `result["comparison"]`.
-
-    Example:
-        >>> result = train(TrainConfig(out="runs/tiny", preset="d2", tokens=300_000))
-        >>> result["eval"]["qat"]["bpb"]
-    """
-    trainer = Trainer(config, on_step)
-    trainer.setup()
-    result = trainer.run()
-    if config.fp_twin:
-        from .compare import run_fp_twin
-
-        result = run_fp_twin(config, trainer, result)
-        atomic_write_json(Path(config.out) / RESULT, result)
-    return result

@@ -128,8 +128,8 @@ def _losses(model: nn.Module, data: ParityData | None, *modes: str) -> dict[str,
     out: dict[str, float | None] = {"ref": None, **dict.fromkeys(modes)}
     if data is None:
         return out
-    from ..eval import eval_mode
-    from ..patch import qat_layers
+    from ..loss import eval_mode
+    from ..prepare import qat_layers
 
     out["ref"] = val_loss(model, data.batches)
     if any(True for _ in qat_layers(model)):
@@ -145,7 +145,7 @@ def _prepare_export(source: Source, model, method: str, requested, data):
     `losses` (None without parity data): "ref" (the model as exported, before packing), "fp"
     (float weights) and "ptq" (round-to-nearest at the same format).
     """
-    from ..patch import prepare
+    from ..prepare import prepare
 
     qcfg = source.qat_config if source.kind == "checkpoint" else None
     if method == "dequantize":
@@ -229,7 +229,7 @@ def convert(
             trained format; for PTQ they choose it (default: the trained one, else affine 4/64).
         dtype: "float16", "bfloat16" or "float32" for float parameters and affine
             scales/biases (default: the run's `scale_dtype` if set, else the dtype of the
-            trained weights; see `mlx_qat.export.pack`).
+            trained weights; see `mlx_qat.convert.pack`).
         ptq: round-to-nearest (min/max) quantization of the float weights instead of QAT.
         dequantize: write a float model.
         force: replace an existing `mlx_path`.

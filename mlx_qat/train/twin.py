@@ -14,8 +14,9 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from .checkpoint import CHECKPOINTS, list_checkpoints, step_dir_name
+from ..checkpoint import CHECKPOINTS, list_checkpoints, step_dir_name
 from .config import TrainConfig
+from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,6 @@ def comparison(run: dict, twin: dict | None) -> dict:
 
 def run_fp_twin(config: TrainConfig, trainer, result: dict) -> dict:
     """Train the twin (when the run had both phases) and attach `twin` and `comparison`."""
-    from .trainer import Trainer
-
     plan = trainer.plan
     twin = None
     if plan.qat_steps > 0 and plan.fp_steps > 0:

@@ -9,9 +9,9 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..config import QATConfig
-from ..models.presets import model_config_dict, model_from_config, preset_config
+from ..qat_config import QATConfig
 from ..quant.spec import QuantSpec
+from .presets import model_config_dict, model_from_config, preset_config
 
 logger = logging.getLogger(__name__)
 

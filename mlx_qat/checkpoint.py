@@ -36,7 +36,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from ..fileio import atomic_write_json, fsync_path
+from .fileio import atomic_write_json, fsync_path
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ def load_checkpoint(path: str | os.PathLike, optimizer: bool = True) -> Checkpoi
 
 def qat_config_of(ckpt: Checkpoint):
     """The checkpoint's `QATConfig` (None when the model was never prepared)."""
-    from ..config import QATConfig
+    from .qat_config import QATConfig
 
     d = ckpt.qat.get("qat_config")
     if not d:
@@ -285,8 +285,8 @@ def build_model(ckpt_or_path: Checkpoint | str | os.PathLike) -> nn.Module:
     Example:
         >>> model = build_model("runs/main")  # latest checkpoint
     """
-    from ..models.presets import model_from_config
-    from ..patch import prepare, set_fake_quant
+    from .models.presets import model_from_config
+    from .prepare import prepare, set_fake_quant
 
     ckpt = ckpt_or_path
     if not isinstance(ckpt, Checkpoint):

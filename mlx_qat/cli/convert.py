@@ -1,4 +1,11 @@
-"""The `mlx_qat.convert` command: flags mirror `mlx_lm.convert` where they overlap."""
+"""`mlx_qat.convert`: a QAT run → an MLX model directory that `mlx_lm.load` reads
+(`mlx_qat.convert.convert`). Flags mirror `mlx_lm.convert` where they overlap.
+
+    mlx_qat.convert runs/main --mlx-path mlx_model [--dtype float16] [--ptq] [--dequantize]
+
+The resolved settings are written to `<mlx-path>/convert.yaml`. Exit status: 0 done, 1 the
+train = deploy parity check failed, 2 bad input (or usage).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +14,15 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
-from .errors import ConvertError, ParityError
-from .pack import DTYPES
-from .write import MAX_FILE_SIZE_GB
-
-MODES = ("affine", "mxfp4", "nvfp4", "mxfp8")
+from ..convert.errors import ConvertError, ParityError
+from ..convert.pack import DTYPES
+from ..convert.write import MAX_FILE_SIZE_GB
+from ..quant.spec import MODES
+from .common import add_common, run_verb, save_resolved
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (every option defaults to None so `--config` can fill it)."""
+    """The flags of `mlx_qat.convert` (None: the library's default)."""
     p = argparse.ArgumentParser(
         prog="mlx_qat.convert",
         description="Export a QAT run/checkpoint (or an mlx-lm model) as an MLX model directory "
@@ -25,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", nargs="?", help="run dir, checkpoint dir or mlx-lm model dir")
     p.add_argument("--qat-path", "--model", dest="qat_path", help="same as the positional path")
-    p.add_argument("--mlx-path", help="output directory (default: mlx_model)")
+    p.add_argument("--mlx-path", default="mlx_model", help="output directory (default: mlx_model)")
     p.add_argument("--q-bits", type=int, help="bits per weight (must match a QAT run)")
     p.add_argument("--q-group-size", type=int, help="group size (must match a QAT run)")
     p.add_argument("--q-mode", choices=MODES, help="quantization mode (must match a QAT run)")
@@ -38,17 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ptq",
         action="store_true",
-        default=None,
         help="round-to-nearest (min/max) PTQ of the float weights instead of the QAT grid",
     )
     p.add_argument(
         "-d",
         "--dequantize",
         action="store_true",
-        default=None,
         help="write a float model (fake-quant weights, or a quantized model's float weights)",
     )
-    p.add_argument("--force", action="store_true", default=None, help="replace --mlx-path")
+    p.add_argument("--force", action="store_true", help="replace --mlx-path")
     p.add_argument(
         "--tokenizer",
         help="tokenizer dir to ship (default: the run's tokenizer/, or the model's own)",
@@ -57,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-parity-check",
         dest="parity_check",
         action="store_false",
-        default=None,
+        default=True,
         help="skip the validation-loss comparison before/after export",
     )
     p.add_argument(
@@ -74,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-file-size-gb",
         type=float,
+        default=MAX_FILE_SIZE_GB,
         help=f"shard size of the weight files (default {MAX_FILE_SIZE_GB:g})",
     )
     p.add_argument(
@@ -82,40 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accepted for mlx_lm.convert compatibility: quantizing is the default",
     )
-    p.add_argument("--config", help="YAML file with any of these options (CLI wins)")
-    p.add_argument("--quiet", action="store_true", help="print only errors")
+    add_common(p)
     return p
 
 
-def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
-    """CLI > YAML > defaults."""
-    opts: dict = {}
-    if args.config:
-        try:
-            loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as e:
-            parser.error(f"--config {args.config}: {e}")
-        opts.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
-    if args.quantize and args.dequantize:
-        parser.error("choose either -q/--quantize or -d/--dequantize, not both")
-    skip = ("config", "quiet", "quantize")
-    cli = {k: v for k, v in vars(args).items() if v is not None and k not in skip}
-    if cli.get("path") and cli.get("qat_path"):
-        parser.error("give the input once: positional path or --qat-path/--model")
-    if "path" in cli:
-        cli["qat_path"] = cli.pop("path")
-    opts.update(cli)
-    opts.pop("path", None)
-    if not opts.get("qat_path"):
-        parser.error("the input path is required (run dir, checkpoint dir or mlx-lm model dir)")
-    from .api import convert
+# Options of the command that are not `convert()` arguments.
+_CLI_ONLY = ("path", "config", "quiet", "quantize")
 
-    known = set(convert.__code__.co_varnames[: convert.__code__.co_argcount])
-    known |= set(convert.__kwdefaults__ or {})
-    unknown = set(opts) - known
-    if unknown:
-        parser.error(f"unknown options {sorted(unknown)} (from --config {args.config})")
-    return opts
+
+def _convert_kwargs(opts: dict) -> dict:
+    if opts.get("quantize") and opts.get("dequantize"):
+        raise ConvertError("choose either -q/--quantize or -d/--dequantize, not both")
+    if opts.get("path") and opts.get("qat_path") and opts["path"] != opts["qat_path"]:
+        raise ConvertError("give the input once: positional path or --qat-path/--model")
+    kw = {k: v for k, v in opts.items() if k not in _CLI_ONLY}
+    kw["qat_path"] = opts.get("path") or opts.get("qat_path")
+    if not kw["qat_path"]:
+        raise ConvertError(
+            "the input path is required (run dir, checkpoint dir or mlx-lm model dir)"
+        )
+    return kw
 
 
 def _summary(r) -> str:
@@ -151,25 +141,27 @@ def _summary(r) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command; returns 0, or exits with 1 (parity failure) or 2 (bad input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    opts = _options(args, parser)
-    from ..cli import setup_logging
-
+def _run(opts: dict) -> int:
     # Progress as "[INFO] loading ...", like mlx_lm.convert.
-    setup_logging(args.quiet, "[%(levelname)s] %(message)s", logging.ERROR)
-    from .api import convert
+    from . import common
+
+    common.setup_logging(bool(opts["quiet"]), "[%(levelname)s] %(message)s", logging.ERROR)
+    from ..convert import convert
 
     try:
-        result = convert(**opts)
+        result = convert(**_convert_kwargs(opts))
     except ParityError as e:
         print(f"mlx_qat.convert: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+        return 1
     except ConvertError as e:
         print(f"mlx_qat.convert: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if not args.quiet:
+        return 2
+    save_resolved(Path(result.mlx_path) / "convert.yaml", "convert", opts)
+    if not opts["quiet"]:
         print(_summary(result))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `mlx_qat.convert`; returns the exit status."""
+    return run_verb("convert", build_parser, _run, argv)

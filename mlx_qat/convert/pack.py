@@ -64,7 +64,7 @@ def ptq_config(qcfg, requested: QuantSpec | None):
     A trained run keeps its per-layer rules, embedding floor and `scale_dtype`; a model that was
     never prepared gets mlx-lm's defaults (every quantizable layer at one format, affine 4/64).
     """
-    from ..config import QATConfig
+    from ..qat_config import QATConfig
 
     if qcfg is None:
         return QATConfig(weights=requested or QuantSpec(), quantizer="minmax")
@@ -91,7 +91,7 @@ def to_float(model: nn.Module, dequantized: bool) -> nn.Module:
     from mlx_lm.models.switch_layers import SwitchLinear
 
     from ..layers import QATEmbedding, QATLinear, QATSwitchLinear
-    from ..patch import qat_layers
+    from ..prepare import qat_layers
 
     new = []
     for path, layer in qat_layers(model):
@@ -117,7 +117,7 @@ def to_float(model: nn.Module, dequantized: bool) -> nn.Module:
 
 def quantize_model(model: nn.Module, qcfg) -> dict:
     """Swap QAT layers for stock quantized ones (trained grids); return the "quantization" block."""
-    from ..patch import qat_layers, quantize
+    from ..prepare import qat_layers, quantize
 
     for path, layer in qat_layers(model):
         try:

@@ -7,7 +7,7 @@ Accepted inputs (`resolve_source`):
 * a checkpoint directory (`model.safetensors`, `config.json`, `qat.json`, `state.json`);
 * an mlx-lm model directory (`config.json` + `model*.safetensors`), float or quantized.
 
-Checkpoints are read and rebuilt by the trainer's own `mlx_qat.train.checkpoint`
+Checkpoints are read and rebuilt by the trainer's own `mlx_qat.checkpoint`
 (`load_checkpoint`, `build_model`), so `convert` sees exactly the model the trainer saved.
 Every failure is a `ConvertError` that names the path and says what to do.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import mlx.nn as nn
 
-from ..train.checkpoint import (
+from ..checkpoint import (
     CHECKPOINTS,
     Checkpoint,
     CheckpointError,
@@ -173,8 +173,8 @@ class EvalSetup:
 
 def run_eval_setup(source: Source) -> EvalSetup:
     """The trainer's validation settings: its shards (state.json) and config.yaml batching."""
+    from ..data.resolve import is_prepared
     from ..train.config import load_config
-    from ..train.data import is_prepared
 
     run_dir = source.run_dir
     if run_dir is None or not (run_dir / "config.yaml").is_file():

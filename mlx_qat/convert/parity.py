@@ -94,7 +94,7 @@ def val_loss(model: nn.Module, batches: Iterable[mx.array]) -> float:
 
     The trainer's own evaluation (`mlx_qat.eval.evaluate`), so the numbers are comparable.
     """
-    from ..eval import evaluate
+    from ..loss import evaluate
 
     try:
         return evaluate(model, batches, 1.0).loss

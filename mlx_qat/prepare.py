@@ -18,8 +18,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from . import kernels
-from .config import QATConfig
 from .layers import QATLayer, qat_class
+from .qat_config import QATConfig
 from .quant.quantizers import Quantizer
 from .quant.spec import QuantSpec
 

@@ -27,7 +27,7 @@ def resolve_data(data: list[str] | None, data_out: str, vocab_size: int, seed: i
         vocab_size: tokenizer size when one is trained here.
         seed: split/tokenizer seed when built here.
     """
-    from ..data import load_bundle, prepare_data
+    from .shards import load_bundle, prepare_data
 
     if data and len(data) == 1 and is_prepared(data[0]):
         return load_bundle(data[0])
@@ -44,7 +44,7 @@ def resolve_data(data: list[str] | None, data_out: str, vocab_size: int, seed: i
 
 def copy_tokenizer(bundle, run_dir: str | os.PathLike) -> Path:
     """`run_dir/tokenizer/`: the sentencepiece dir plus HF files (built aside, renamed)."""
-    from ..data import save_hf_tokenizer
+    from .hf import save_hf_tokenizer
 
     dest = Path(run_dir) / TOKENIZER
     if dest.is_dir():
@@ -59,7 +59,8 @@ def copy_tokenizer(bundle, run_dir: str | os.PathLike) -> Path:
 
 def open_eval_data(data, batch_size: int, seq_len: int, max_batches: int | None):
     """(fixed validation batches, validation bytes per token) of prepared data `data`."""
-    from ..data import eval_batches, load_bundle
+    from .batches import eval_batches
+    from .shards import load_bundle
 
     path = data[0] if isinstance(data, list) else data
     if not is_prepared(path):

@@ -1,8 +1,12 @@
-"""Export: training checkpoints (or mlx-lm models) → MLX model directories `mlx_lm.load` reads.
+"""Convert: training checkpoints (or mlx-lm models) → MLX model directories `mlx_lm.load` reads.
+
+    >>> from mlx_qat.convert import convert
+    >>> result = convert("runs/main", "mlx_model")      # latest checkpoint, trained grid
+    >>> result.parity["rel_diff"]                         # train = deploy, checked
 
 Modules: `source` (what is read), `pack` (QAT grid / PTQ / dequantize, the dtype cast),
 `write` (mlx-lm layout, sharding, atomic directory), `parity` (train = deploy loss check),
-`card` (README.md), `api` (`convert`), `cli` (`main`).
+`card` (README.md), `api` (`convert`). The command is `mlx_qat.cli.convert`.
 """
 
 from .api import ConvertResult, convert
@@ -16,13 +20,5 @@ __all__ = [
     "ParityError",
     "ParityReport",
     "convert",
-    "main",
     "val_loss",
 ]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The `mlx_qat.convert` command (see `mlx_qat.export.cli`)."""
-    from .cli import main as _main
-
-    return _main(argv)

@@ -1,18 +1,16 @@
 """Loss curves of a run: training loss, the FP→QAT switch, and the eval series.
 
-    python -m mlx_qat.plot runs/main [--out loss.png]     (or `mlx_qat.train --plot`)
+    >>> plot_run("runs/main")          # runs/main/loss.png (the CLI: `mlx_qat.train --plot`)
 
 Needs matplotlib (`pip install 'mlx_qat[plot]'`); the import error says so.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from pathlib import Path
 
-from .train.metrics import read_metrics
+from .metrics import read_metrics
 
 
 def _pyplot():
@@ -100,21 +98,3 @@ def _eval_series(ax, evals, tps, colors, ls, suffix, skip=None) -> None:
         if pts and mode != skip:
             ms = 5 if mode == "qat" else 3
             ax.plot(*zip(*pts), ls=ls, marker="o", ms=ms, color=color, label=f"{mode}{suffix}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m mlx_qat.plot RUN_DIR [--out FILE]`."""
-    p = argparse.ArgumentParser(prog="mlx_qat.plot", description=plot_run.__doc__.split("\n")[0])
-    p.add_argument("run_dir")
-    p.add_argument("--out", help="image file (default: RUN_DIR/loss.png)")
-    args = p.parse_args(argv)
-    try:
-        print(plot_run(args.run_dir, args.out))
-    except (ImportError, ValueError) as e:
-        print(f"mlx_qat.plot: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""The command line: `python -m mlx_qat <verb> ...` and the `mlx_qat.<verb>` console scripts.
+
+One module per verb (`mlx_qat.cli.data`, `.train`, `.eval`, `.convert`, `.plan`, `.check`),
+each with `build_parser()` and `main(argv=None) -> int`, built on `cli.common`. This module only
+dispatches. On Linux the process first re-executes itself with Debian's OpenBLAS preloaded
+(`mlx_qat.blas`; opt out with `MLX_QAT_NO_OPENBLAS=1`).
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+
+VERBS = {
+    "data": "text → tokenizer + token shards",
+    "train": "FP phase → QAT phase, checkpoints, FP twin",
+    "eval": "FP / QAT / PTQ loss of a run or checkpoint",
+    "convert": "checkpoint → MLX model dir that mlx_lm.load reads",
+    "plan": "the FP/QAT split a config would use (nothing is trained)",
+    "check": "the fused GPU kernels against the reference, on this machine",
+}
+
+
+def _usage() -> str:
+    rows = "\n".join(f"  {v:<8} {what}" for v, what in VERBS.items())
+    return f"usage: python -m mlx_qat <verb> [args...]   (<verb> --help for its flags)\n{rows}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mlx_qat <verb> [args]`: run the verb's `main`; returns its exit status."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if args else 2
+    verb, rest = args[0], args[1:]
+    if verb not in VERBS:
+        print(f"mlx_qat: unknown verb {verb!r}\n{_usage()}", file=sys.stderr)
+        return 2
+    if argv is None:
+        from ..blas import reexec_with_openblas
+
+        reexec_with_openblas(["-m", "mlx_qat", verb, *rest])
+    return import_module(f"{__name__}.{verb}").main(rest)

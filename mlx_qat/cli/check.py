@@ -1,0 +1,35 @@
+"""`mlx_qat.check` / `python -m mlx_qat check`: run the fused fake-quant kernels of this
+machine's GPU backend (Metal on a Mac, CUDA on NVIDIA) against the pure-MLX reference over
+every quantizer, mode, bit width, group size and dtype, and print a pass/fail table.
+
+Exit status: 0 every case matches (or no GPU backend: nothing to check), 1 a mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_common, run_verb
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of `mlx_qat.check`."""
+    p = argparse.ArgumentParser(
+        prog="mlx_qat.check",
+        description="Check the fused GPU kernels against the reference on this machine.",
+    )
+    add_common(p)
+    return p
+
+
+def _run(opts: dict) -> int:
+    from ..quant import kernel_check
+
+    rows = kernel_check.parity_rows()
+    print(kernel_check.format_table(rows))
+    return 0 if kernel_check.all_passed(rows) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `mlx_qat.check`; returns the exit status."""
+    return run_verb("check", build_parser, _run, argv)

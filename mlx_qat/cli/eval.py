@@ -1,0 +1,79 @@
+"""`mlx_qat.eval`: FP / QAT / PTQ validation loss of a run or checkpoint
+(`mlx_qat.eval.evaluate_checkpoint`).
+
+    mlx_qat.eval runs/main                       # latest checkpoint, the run's data and batches
+    mlx_qat.eval runs/main/checkpoints/step_00000200 --eval-batches 16
+
+Writes the results to `<out>/eval.json` and the resolved settings to `<out>/eval.yaml`
+(`--out` defaults to the run directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..fileio import atomic_write_json
+from ..loss import MODES
+from .common import add_common, run_verb, save_resolved
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of `mlx_qat.eval`."""
+    p = argparse.ArgumentParser(
+        prog="mlx_qat.eval",
+        description="Validation loss and bits per byte of a checkpoint with fake quant off "
+        "(FP), on (QAT) and round-to-nearest PTQ of its float weights.",
+    )
+    p.add_argument("path", nargs="?", help="run directory (latest checkpoint) or checkpoint dir")
+    p.add_argument("--data", help="prepared data dir (default: the run's)")
+    p.add_argument(
+        "--eval-batches", type=int, help="batches (default: the run's final_eval_batches; 0: all)"
+    )
+    p.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's)")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the run's)")
+    p.add_argument("--out", metavar="DIR", help="where eval.json goes (default: the run dir)")
+    add_common(p)
+    return p
+
+
+def _report(ev: dict) -> str:
+    lines = [f"{ev['checkpoint']} (step {ev['step']}, phase {ev['phase']})"]
+    lines.append(f"  {ev['tokens'] if ev['tokens'] is not None else '?'} tokens")
+    for mode in MODES:
+        r = ev.get(mode)
+        if r:
+            lines.append(f"  {mode:<4} loss {r['loss']:.4f}  bpb {r['bpb']:.4f}")
+    if ev.get("gap_recovered") is not None:
+        lines.append(f"  PTQ gap recovered: {100 * ev['gap_recovered']:.1f}%")
+    elif ev["minmax"]:
+        lines.append(
+            "  (min/max quantizer: QAT and PTQ are the same grid of these weights; the PTQ "
+            "baseline is an FP model of the same budget, e.g. the run's fp_twin)"
+        )
+    return "\n".join(lines)
+
+
+def _run(opts: dict) -> int:
+    from ..eval import evaluate_checkpoint
+
+    if not opts.get("path"):
+        raise ValueError("give the run or checkpoint directory to evaluate (mlx_qat.eval RUN)")
+    for name in ("eval_batches", "batch_size", "seq_len"):
+        low = 0 if name == "eval_batches" else 1
+        if opts.get(name) is not None and opts[name] < low:
+            raise ValueError(f"--{name.replace('_', '-')} {opts[name]}: must be >= {low}")
+    ev = evaluate_checkpoint(
+        opts["path"], opts["data"], opts["eval_batches"], opts["batch_size"], opts["seq_len"]
+    )
+    out = Path(opts["out"]) if opts.get("out") else Path(ev["checkpoint"]).parent.parent
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "eval.json", ev)
+    save_resolved(out / "eval.yaml", "eval", opts)
+    print(_report(ev))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `mlx_qat.eval`; returns the exit status."""
+    return run_verb("eval", build_parser, _run, argv)

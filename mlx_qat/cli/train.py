@@ -1,0 +1,104 @@
+"""`mlx_qat.train`: train a model with an FP phase then QAT (`mlx_qat.train.train`).
+
+    mlx_qat.train --config configs/main.yaml --data data --out runs/main   # add --resume after a crash
+
+One `--kebab-case` flag per `TrainConfig` field (see `--help`), and `--config FILE.yaml` with
+the same keys; CLI > YAML > defaults. Prints the phase plan, trains (and the FP twin with
+`--fp-twin`), prints the FP / PTQ / QAT table. The resolved config is `<out>/config.yaml`.
+Exit status: 0 done, 1 bad input or I/O error, 2 usage, 3 the loss diverged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+from ..train.config import TrainConfig, parse_count
+from .common import run_verb
+
+
+def _flag_type(f) -> tuple[object, dict]:
+    """argparse `type` (and extra kwargs) for a TrainConfig field; type None = a switch."""
+    kw = {k: f.metadata[k] for k in ("nargs", "choices") if k in f.metadata}
+    default = f.default_factory() if callable(f.default_factory) else f.default
+    ann = str(f.type)
+    if isinstance(default, bool):
+        return None, kw
+    if "int" in ann:
+        # counts of tokens read best as 3e6 or 3M; everything else is a plain int
+        return (parse_count if f.name.endswith("tokens") else int), kw
+    if "float" in ann:
+        return float, kw
+    return str, kw
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--kebab-case` flag per TrainConfig field, with its default, grouped for --help."""
+    groups: dict = {}
+    for f in fields(TrainConfig):
+        name = f.metadata.get("group", "other")
+        g = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        help_text = (f.metadata.get("help", "") + f" (default: {default})").replace("%", "%%")
+        typ, kw = _flag_type(f)
+        flag = "--" + f.name.replace("_", "-")
+        if typ is None:
+            g.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
+        else:
+            g.add_argument(
+                flag, type=typ, default=default, help=help_text, metavar=f.name.upper(), **kw
+            )
+
+
+def build_parser(prog: str = "mlx_qat.train", description: str | None = None):
+    """Every TrainConfig field as a flag, plus `--config`."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=description
+        or "Train a model with an FP phase then QAT (fake quantization) on MLX.",
+    )
+    p.add_argument(
+        "--config", metavar="FILE.yaml", help="read settings from a YAML file (CLI flags win)"
+    )
+    add_train_arguments(p)
+    return p
+
+
+def config_from(opts: dict) -> TrainConfig:
+    """The TrainConfig of resolved options (the keys that are not TrainConfig fields dropped)."""
+    names = {f.name for f in fields(TrainConfig)}
+    where = f"--config {opts['config']}" if opts.get("config") else "command line"
+    return TrainConfig.from_dict({k: v for k, v in opts.items() if k in names}, where=where)
+
+
+def _run(opts: dict) -> int:
+    from ..train import TrainingDiverged, plan_for_config, train
+    from ..train.twin import format_comparison
+
+    cfg = config_from(opts)
+    if not cfg.quiet:
+        print(f"mlx_qat.train: {cfg.out}\n{plan_for_config(cfg).table()}", flush=True)
+    try:
+        result = train(cfg)
+    except TrainingDiverged as e:
+        print(f"mlx_qat.train: stopped: {e}", file=sys.stderr)
+        return 3
+    print(format_comparison(result))
+    if result.get("plot"):
+        print(f"plot: {result['plot']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `mlx_qat.train`; returns the exit status."""
+    return run_verb("train", build_parser, _run, argv)
+
+
+def parse_args(argv: list[str]) -> TrainConfig:
+    """The TrainConfig that `mlx_qat.train ARGV` would run (CLI > YAML > defaults)."""
+    from .common import resolve
+
+    return config_from(resolve(build_parser(), argv))

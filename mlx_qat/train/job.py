@@ -1,0 +1,40 @@
+"""`train(config)`: the whole training job — the run, its FP twin, the loss plot."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..fileio import atomic_write_json
+from .config import TrainConfig
+from .trainer import RESULT, Trainer
+from .twin import run_fp_twin
+
+logger = logging.getLogger(__name__)
+
+
+def train(config: TrainConfig, on_step=None) -> dict:
+    """Train per `config`; returns the result (plan, final eval, throughput).
+
+    With `config.fp_twin`, also trains the FP twin from the switch checkpoint (the QAT phase
+    with fake quant off) and adds `result["twin"]` and `result["comparison"]`; with
+    `config.plot`, draws `<out>/loss.png` (`result["plot"]`; needs matplotlib).
+
+    Example:
+        >>> result = train(TrainConfig(out="runs/tiny", preset="d2", tokens=300_000))
+        >>> result["eval"]["qat"]["bpb"]
+    """
+    trainer = Trainer(config, on_step)
+    trainer.setup()
+    result = trainer.run()
+    if config.fp_twin:
+        result = run_fp_twin(config, trainer, result)
+        atomic_write_json(Path(config.out) / RESULT, result)
+    if config.plot:
+        from .plot import plot_run
+
+        try:
+            result["plot"] = str(plot_run(config.out))
+        except ImportError as e:
+            logger.warning("plot: %s", e)
+    return result
