@@ -14,7 +14,7 @@ import time
 import mlx.core as mx
 from test_train_fixtures import REPO, tiny_config, tiny_data_dir  # noqa: F401
 
-from mlx_qat.train.checkpoint import list_checkpoints, load_checkpoint
+from mlx_qat.checkpoint import list_checkpoints, load_checkpoint
 from mlx_qat.train.metrics import read_metrics
 
 DRIVER = """
