@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import mlx.core as mx
 import pytest
 from mlx.utils import tree_flatten
@@ -31,16 +33,34 @@ def test_bad_preset_names_the_form(bad):
         preset_config(bad, 512)
 
 
-def test_model_from_preset_is_tied_llama_and_config_round_trips():
+@pytest.mark.parametrize("name, table_m", [("d2", 0.13), ("d4", 0.85), ("d6", 2.7), ("d8", 6.8)])
+def test_preset_parameter_count_is_the_docstring_closed_form(name, table_m):
+    """N = depth·(4h² + 3h·I + 2h) + V·h + h (attention, SwiGLU MLP, two norms per layer, the
+    tied embedding, the final norm), with h = 32·depth and I = 8/3·h rounded up to 128; N
+    without embeddings rounds to the docstring table's figure."""
+    vocab = 300
+    depth = int(name[1:])
+    h = 32 * depth
+    inter = 128 * math.ceil(8 * h / 3 / 128)
+    no_embed = depth * (4 * h * h + 3 * h * inter + 2 * h) + h
+    model = model_from_config(preset_config(name, vocab))
+    params = dict(tree_flatten(model.parameters()))
+    assert "lm_head.weight" not in params  # tied
+    assert sum(v.size for v in params.values()) == no_embed + vocab * h
+    assert round(no_embed / 1e6, 2 if table_m < 1 else 1) == table_m
+    from mlx_qat.models import presets
+
+    assert f"| {name:<6} | {h:<6} |" in presets.__doc__  # the row the figure was read from
+
+
+def test_model_config_round_trips():
     c = preset_config("d2", 300)
     model = model_from_config(c)
-    names = [k for k, _ in tree_flatten(model.parameters())]
-    assert "lm_head.weight" not in names  # tied
-    n = sum(v.size for _, v in tree_flatten(model.parameters()))
-    assert n == 2 * (4 * 64 * 64 + 3 * 64 * 256) + 300 * 64 + 5 * 64
     again = model_from_config(model_config_dict(model, c))
-    out = again(mx.array([[1, 2, 3]]))
-    assert out.shape == (1, 3, 300)
+    again.update(model.parameters())
+    x = mx.array([[1, 2, 3]])
+    assert again(x).shape == (1, 3, 300)
+    assert mx.array_equal(again(x), model(x))
 
 
 def test_preset_for_params_picks_the_nearest_depth():
