@@ -1,9 +1,11 @@
 """The Metal/CUDA kernel bodies, compiled as plain C++, against the pure-MLX reference.
 
-The harness (mlx_qat/kernels/cpp.py) pastes the very strings gpu.py hands to Metal/CUDA into
-C++ and runs every thread of a launch, including the surplus threads of a CUDA grid, 32 at a
-time as one SIMD group whose shuffles are emulated in lockstep (kernels/simd_emulation.py).
-Forwards must match bit for bit; backward reductions up to float32 summation order.
+The harness (tests/kernel_harness/cpp.py) pastes the very strings mlx_qat/kernels/gpu.py hands
+to Metal/CUDA into C++ and runs every thread of a launch, including the surplus threads of a
+CUDA grid, 32 at a time as one SIMD group whose shuffles are emulated in lockstep
+(kernel_harness/simd_emulation.py). Forwards must match bit for bit; backward reductions up to
+float32 summation order. With the harness standing in for the GPU, the quantizers' fused glue,
+the user-facing check (quant/kernel_check.py) and the self-check run end to end.
 """
 
 from __future__ import annotations
@@ -11,11 +13,20 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+from kernel_harness import cpp, standins
 
-from mlx_qat.kernels import _learned_params, _lsq_alpha, cpp, sources
-from mlx_qat.kernels.fp_sources import FP_KINDS
+from mlx_qat.kernels import FP_KINDS, sources
 from mlx_qat.kernels.launch import launch_geometry, threads_launched
-from mlx_qat.kernels.testing import (
+from mlx_qat.quant import (
+    QuantSpec,
+    backend,
+    learned_affine,
+    lsq,
+    reference_fake_quant,
+)
+from mlx_qat.quant.affine import codes_from_params, dequantize_codes, group, minmax_params
+from mlx_qat.quant.affine import fake_quant_minmax as reference_minmax
+from mlx_qat.quant.kernel_cases import (
     bits_of,
     fp_families,
     learned_case,
@@ -24,19 +35,27 @@ from mlx_qat.kernels.testing import (
     mismatches,
     stacked,
 )
-from mlx_qat.quant import QuantSpec, learned_affine, lsq, reference_fake_quant
-from mlx_qat.quant.affine import codes_from_params, dequantize_codes, group, minmax_params
-from mlx_qat.quant.affine import fake_quant_minmax as reference_minmax
 from mlx_qat.quant.spec import AFFINE_BITS, AFFINE_GROUP_SIZES
 
 DTYPES = (mx.float32, mx.float16, mx.bfloat16)
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    if cpp.compiler() is None:
+def harness():
+    h = cpp.shared()
+    if h is None:
         pytest.skip("no C++ compiler (g++/c++ or $CXX): cannot build the kernel harness")
-    return cpp.Harness(cpp.build(tmp_path_factory.mktemp("qat_cpp")))
+    return h
+
+
+def lsq_alpha(w, alpha, gs):
+    """The α the fused LSQ kernels get: clamped, float32, one per group (quant/lsq.py)."""
+    return backend.per_group(lsq.clamp_alpha(alpha), w, gs)
+
+
+def learned_params(w, scale, bias, gs):
+    """The (scale, bias) the learned-affine kernels get (quant/learned_affine.py)."""
+    return learned_affine._kernel_params(w, scale, bias, gs)
 
 
 def cuda_threads(n_groups: int, group_size: int, job: str = "forward") -> int:
@@ -80,7 +99,7 @@ def test_lsq_forward_bit_exact(harness, bits, per):
         for sd in (None, mx.float16):
             w = w32.astype(dtype)
             ref = lsq.lsq_function(bits, gs, sd)(w, alpha)
-            a = _lsq_alpha(w, alpha, gs)
+            a = lsq_alpha(w, alpha, gs)
             got = harness.forward(w, kind, bits, gs, p0=a, dequant_dtype=sd)
             assert mismatches(got, ref) == 0, (dtype, sd)
 
@@ -93,7 +112,7 @@ def test_learned_affine_forward_bit_exact(harness, bits):
             for sd in (None, mx.bfloat16):
                 w = w32.astype(dtype)
                 ref = learned_affine.learned_affine_function(bits, gs, sd)(w, scale, bias)
-                s, b = _learned_params(scale, bias)
+                s, b = learned_params(w, scale, bias, gs)
                 got = harness.forward(w, sources.KIND_LEARNED, bits, gs, s, b, dequant_dtype=sd)
                 assert mismatches(got, ref) == 0, (gs, dtype, sd)
 
@@ -140,7 +159,7 @@ def test_lsq_backward(harness, bits, per):
         w, cot = w32.astype(dtype), cot32.astype(dtype)
         fn = lsq.lsq_function(bits, gs)
         _, (dw_ref, da_ref) = mx.vjp(fn, [w, alpha], [cot])
-        a = _lsq_alpha(w, alpha, gs)
+        a = lsq_alpha(w, alpha, gs)
         ng = w.size // gs
         dw, red = harness.backward(
             w, cot, kind, bits, gs, a, n_threads=cuda_threads(ng, gs, "backward")
@@ -161,7 +180,7 @@ def test_learned_affine_backward(harness, bits):
         w, cot = w32.astype(dtype), cot32.astype(dtype)
         fn = learned_affine.learned_affine_function(bits, gs)
         _, (dw_ref, ds_ref, db_ref) = mx.vjp(fn, [w, scale, bias], [cot])
-        s, b = _learned_params(scale, bias)
+        s, b = learned_params(w, scale, bias, gs)
         dw, red = harness.backward(w, cot, sources.KIND_LEARNED, bits, gs, s, b)
         assert mismatches(dw, dw_ref) == 0
         _close(red[:, 0].reshape(scale.shape), ds_ref)
@@ -176,7 +195,7 @@ def test_surplus_threads_write_nothing(harness):
     got = harness.forward(w, sources.KIND_MINMAX, 4, 128, n_threads=256)
     assert mismatches(got, reference_minmax(w, 4, 128)) == 0
     cot = mx.ones_like(w)
-    s, b = _learned_params(mx.ones((1, 3)), mx.zeros((1, 3)))
+    s, b = learned_params(w, mx.ones((1, 3)), mx.zeros((1, 3)), 128)
     dw, _ = harness.backward(w, cot, sources.KIND_LEARNED, 4, 128, s, b, n_threads=256)
     assert dw.shape == w.shape
 
@@ -243,7 +262,7 @@ def test_simd_emulation_semantics(harness, tmp_path):
     # The emulated shuffle and the shared butterfly helpers on known values; divergence fails.
     import subprocess
 
-    from mlx_qat.kernels.simd_emulation import SIMD_EMULATION
+    from kernel_harness.simd_emulation import SIMD_EMULATION
 
     src = tmp_path / "probe.cpp"
     src.write_text("\n".join([cpp.PRELUDE, SIMD_EMULATION, sources.COMMON, SIMD_PROBE]))
@@ -268,23 +287,13 @@ def test_seq_clip_matches_lsq_module():
 def use_fused(harness, monkeypatch):
     """use_fused(True): pretend a GPU backend is active, the C++ build of the bodies being the
     'GPU'; use_fused(False): the pure-MLX path."""
-    import mlx_qat.kernels as k
-
-    def forward(backend, w, kind, bits, gs, p0=None, p1=None, dequant_dtype=None):
-        switch.calls += 1
-        return harness.forward(w, kind, bits, gs, p0, p1, dequant_dtype)
-
-    def backward(backend, w, cot, kind, bits, gs, p0, p1=None):
-        switch.calls += 1
-        return harness.backward(w, cot, kind, bits, gs, p0, p1)
-
-    monkeypatch.setattr(k.gpu, "forward", forward)
-    monkeypatch.setattr(k.gpu, "backward", backward)
+    calls: list = []
+    standins.install(monkeypatch, **standins.harness_launches(harness, calls))
 
     def switch(on: bool) -> None:
-        monkeypatch.setattr(k, "fused_backend", (lambda: "harness") if on else (lambda: None))
+        backend.set_kernels_enabled(on)  # install() restores the switch afterwards
 
-    switch.calls = 0
+    switch.calls = calls
     return switch
 
 
@@ -296,7 +305,7 @@ def _fwd_vjp(fn, primals, cot):
 
 @pytest.mark.parametrize("per", ("row", "group"))
 def test_quantizers_call_fused_kernels(use_fused, per):
-    # The opt-in calls in quant/lsq.py, learned_affine.py and quantizers.py, end to end:
+    # The dispatch in quant/lsq.py, learned_affine.py and quantizers.py, end to end:
     # same ŵ and ∂w bit for bit, parameter gradients up to summation order.
     from mlx_qat.quant.quantizers import _minmax_rounded
 
@@ -323,32 +332,12 @@ def test_quantizers_call_fused_kernels(use_fused, per):
     got = fq(w)
     use_fused(False)
     assert mismatches(got, fq(w)) == 0
-    assert use_fused.calls == 2 * len(cases) + 1  # every forward/backward went to the kernel
+    assert len(use_fused.calls) == 2 * len(cases) + 1  # every forward/backward went to the kernel
 
 
-def test_gpu_parity_runs_on_the_cpp_build(harness, monkeypatch):
-    # testing.gpu_parity (what the metal/cuda-marked tests run on a GPU) end to end, with the
-    # C++ build standing in for the GPU: every case it reports must pass.
-    from mlx_qat.kernels import gpu, testing
-
-    def forward(backend, w, kind, bits, gs, p0=None, p1=None, dequant_dtype=None):
-        return harness.forward(w, kind, bits, gs, p0, p1, dequant_dtype)
-
-    monkeypatch.setattr(gpu, "forward", forward)
-    monkeypatch.setattr(gpu, "fp_forward", lambda b, w, kind, gs: harness.fp_forward(w, kind, gs))
-    monkeypatch.setattr(
-        gpu,
-        "backward",
-        lambda b, w, c, k, bits, gs, p0, p1=None: harness.backward(w, c, k, bits, gs, p0, p1),
-    )
-    res = testing.gpu_parity("harness")
-    assert len(res) == 144
-    assert not {k: v for k, v in res.items() if v > (1e-5 if "rel.err" in k else 0)}
-
-
-@pytest.mark.parametrize("backend", ("metal", "cuda"))
-def test_backend_sources_parse(harness, backend, tmp_path):
+@pytest.mark.parametrize("backend_name", ("metal", "cuda"))
+def test_backend_sources_parse(harness, backend_name, tmp_path):
     # The exact header/body strings MLX receives, in an MLX-shaped kernel with stubbed builtins.
-    from mlx_qat.kernels import flavours
+    from kernel_harness import flavours
 
-    assert flavours.syntax_check(backend, cpp.compiler(), tmp_path) == ""
+    assert flavours.syntax_check(backend_name, cpp.compiler(), tmp_path) == ""

@@ -47,6 +47,7 @@ def cuda_available() -> bool:
 
 
 def metal_available() -> bool:
+    """True when MLX's Metal backend is available (an Apple GPU)."""
     return bool(mx.metal.is_available())
 
 

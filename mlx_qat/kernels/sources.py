@@ -21,7 +21,7 @@ order, which MLX's own quantizer relies on too).
 
 Cross-lane reduction: the butterfly v = qat_max(v, shuffle_xor(v, o)), o = W/2, ..., 2, 1, is
 written once in COMMON; only QAT_SHFL_XOR differs per backend (Metal `simd_shuffle_xor`, CUDA
-`__shfl_xor_sync`, C++ a lockstep emulation in cpp.py). Metal's `simd_max` is not used: how it
+`__shfl_xor_sync`, C++ a lockstep emulation in tests/kernel_harness/). Metal's `simd_max` is not used: how it
 treats NaN is not specified, and qat_max's rule (a NaN anywhere in the group makes the group's
 max NaN, as MLX's CPU) must hold. max/min are exact, so the grid equals the sequential one bit
 for bit; only the sign of a zero max/min and a NaN's payload can depend on the order, and
@@ -54,7 +54,7 @@ import numpy as np
 from .fp_sources import FP_COMMON, FP_FORWARD_BODY, FP_INPUTS, FP_OUTPUTS
 
 KIND_MINMAX, KIND_LEARNED, KIND_LSQ, KIND_SEQ, KIND_SIGN = 0, 1, 2, 3, 4
-SEQ_CLIP = 0.99  # must equal quant.lsq.SEQ_CLIP (checked in tests)
+SEQ_CLIP = 0.99  # must equal quant.lsq.SEQ_CLIP (a leaf keeps its own copy; checked in tests)
 LANES = 32  # SIMD group / warp width: Apple GPUs and NVIDIA both have 32 (QAT_LANES)
 
 

@@ -1,4 +1,17 @@
-"""Quantization numerics: formats, fake quantization, learnable quantizers."""
+"""Quantization numerics: formats, fake quantization, learnable quantizers.
+
+Modules:
+    spec.py            QuantSpec: MLX's native formats
+    affine.py, fp.py   the canonical grids (bit-identical to MLX's CPU `mx.quantize`)
+    affine_cpu.py      the min/max grid, faster on MLX's CPU backend (same bits)
+    fake_quant.py      min/max fake-quant with the STE; the forward's dispatch
+    lsq.py, learned_affine.py   learnable quantizers (reference and fused paths)
+    quantizers.py      the nn.Module quantizers the QAT layers hold
+    backend.py         which path runs: fused kernels (mlx_qat.kernels), CPU path, reference
+    kernel_check.py    fused kernels vs the reference: the check a user runs
+    self_check.py      the same, for the kernels a run will use, before it trains
+    kernel_cases.py    the awkward inputs both checks use
+"""
 
 from .fake_quant import Grid, dequantize_grid, fake_quantize, quantize_grid, reference_fake_quant
 from .quantizers import (

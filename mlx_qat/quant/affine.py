@@ -96,12 +96,19 @@ def unpack_codes(packed: mx.array, bits: int) -> mx.array:
     return c.reshape(*lead, words * 32 // bits)
 
 
-def fake_quant_minmax(w: mx.array, bits: int, group_size: int) -> mx.array:
-    """Quantize-dequantize `w` with the min/max grid (no gradient rule: see `fake_quantize`)."""
+def fake_quant_minmax(
+    w: mx.array, bits: int, group_size: int, dequant_dtype: mx.Dtype | None = None
+) -> mx.array:
+    """Quantize-dequantize `w` with the min/max grid (no gradient rule: see `fake_quantize`).
+
+    `dequant_dtype` D: dequantize as MLX does with scales stored in D, ŵ = T(D(code)·D(s) +
+    D(b)) (default: w's dtype T).
+    """
     wg = group(w, group_size).astype(mx.float32)
     s, b = minmax_params(wg, bits)
     code = codes_from_params(wg, s, b, bits)
-    return dequantize_codes(code, s, b, w.dtype).reshape(w.shape)
+    out = dequantize_codes(code, s, b, dequant_dtype or w.dtype)
+    return out.astype(w.dtype).reshape(w.shape)
 
 
 def grid_minmax(w: mx.array, bits: int, group_size: int):

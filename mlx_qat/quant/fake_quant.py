@@ -9,6 +9,9 @@ clips (the group's extremes define the range), so there is nothing to mask. With
 custom VJP MLX would differentiate the ops above and send gradient only through the group
 min/max (the scale and bias), which is silently wrong for QAT.
 
+The forward runs on the path backend.py picks (`fake_quant_forward`): the fused kernel on a
+GPU, affine_cpu.py on CPU, or `reference_fake_quant`, all with the same bits.
+
 `quantize_grid` returns what export packs: (packed uint32 codes, scales, biases) in MLX's
 layout; `mx.dequantize` of it equals `fake_quantize` bit for bit.
 """
@@ -20,6 +23,8 @@ from typing import NamedTuple
 
 import mlx.core as mx
 
+from ..kernels import FP_KINDS, gpu, sources
+from . import affine_cpu, backend
 from .affine import fake_quant_minmax, grid_minmax
 from .fp import fake_quant_fp, grid_fp
 from .spec import QuantSpec
@@ -44,11 +49,29 @@ def reference_fake_quant(w: mx.array, spec: QuantSpec) -> mx.array:
     return fake_quant_fp(w, spec.mode, spec.group_size)
 
 
-def _forward(w: mx.array, spec: QuantSpec) -> mx.array:
-    # The fused kernels (mlx_qat.kernels) take over here on GPUs; the CPU path is pure MLX.
-    from ..kernels import fake_quant_forward
+def fused_fake_quant(
+    w: mx.array, spec: QuantSpec, dequant_dtype: mx.Dtype | None = None, on: str | None = None
+) -> mx.array:
+    """`reference_fake_quant` from the fused kernel (mlx_qat.kernels) on GPU backend `on`
+    (default: the active one; RuntimeError if none). Affine specs may dequantize in
+    `dequant_dtype` (see `affine.fake_quant_minmax`); the fp modes always use w's dtype."""
+    on = backend.require_fused(on)
+    if spec.is_affine:
+        kind, bits, gs = sources.KIND_MINMAX, spec.bits, spec.group_size
+        return gpu.forward(on, w, kind, bits, gs, dequant_dtype=dequant_dtype)
+    return gpu.fp_forward(on, w, FP_KINDS[spec.mode], spec.group_size)
 
-    return fake_quant_forward(w, spec)
+
+def fake_quant_forward(w: mx.array, spec: QuantSpec) -> mx.array:
+    """Forward of the min/max fake quantizer on the active path (backend.py): the fused kernel
+    on a GPU, the CPU fast path for affine specs on CPU, else the reference. No gradient rule;
+    always bit-identical to `reference_fake_quant`."""
+    path = backend.active_backend()
+    if path in backend.FUSED:
+        return fused_fake_quant(w, spec, on=path)
+    if path == "cpu" and spec.is_affine:
+        return affine_cpu.fake_quant_minmax(w, spec.bits, spec.group_size)
+    return reference_fake_quant(w, spec)
 
 
 @cache
@@ -57,7 +80,7 @@ def _ste(spec: QuantSpec):
 
     @mx.custom_function
     def fq(w):
-        return _forward(w, spec)
+        return fake_quant_forward(w, spec)
 
     @fq.vjp
     def fq_vjp(primals, cotangent, output):

@@ -13,6 +13,10 @@ Gradients (straight-through on the rounding, clipped outside the grid), cot = �
 
 Export is exact by construction: the codes, T(s) and T(b) are the grid (scale/bias may be
 stored in another dtype S: the forward then computes T(S(code)·S(s) + S(b)) as MLX will).
+
+Paths: `reference_forward`/`reference_backward` (pure MLX) and `fused_forward`/`fused_backward`
+(one kernel pass each, mlx_qat.kernels, fed the clamped scale and the bias per group);
+`learned_affine_function` picks one through backend.py.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from functools import cache
 
 import mlx.core as mx
 
-from .. import kernels  # fused Metal/CUDA forward/backward, used only when a GPU runs
+from ..kernels import gpu, sources
+from . import backend
 from .affine import dequantize_codes, group, minmax_params
 
 SCALE_MIN = 1e-7
@@ -33,45 +38,86 @@ def init_params(w: mx.array, bits: int, group_size: int) -> tuple[mx.array, mx.a
     return s.squeeze(-1), b.squeeze(-1)
 
 
-def _safe(scale: mx.array) -> mx.array:
-    # Keep |s| away from 0 (a scale can cross zero during training) without changing its sign.
+def clamp_scale(scale: mx.array) -> mx.array:
+    """float32 scale with |s| ≥ SCALE_MIN, sign kept (a scale can cross zero during training):
+    the scale every path (reference, kernels) uses."""
     s = scale.astype(mx.float32)
-    return mx.where(mx.abs(s) < SCALE_MIN, mx.where(s < 0, -SCALE_MIN, SCALE_MIN), s)[..., None]
+    return mx.where(mx.abs(s) < SCALE_MIN, mx.where(s < 0, -SCALE_MIN, SCALE_MIN), s)
 
 
 def codes(wg: mx.array, scale: mx.array, bias: mx.array, bits: int):
     """(code, s, b, x) for grouped float32 weights; s and b shaped (..., G, 1)."""
-    s = _safe(scale)
+    s = clamp_scale(scale)[..., None]
     b = bias.astype(mx.float32)[..., None]
     x = (wg - b) / s
     return mx.clip(mx.round(x), 0.0, float(2**bits - 1)), s, b, x
 
 
+def reference_forward(w, scale, bias, bits: int, group_size: int, scale_dtype=None) -> mx.array:
+    """Pure-MLX ŵ of `w` (..., K) for scale and bias shaped (..., K/group_size)."""
+    code, s, b, _ = codes(group(w, group_size).astype(mx.float32), scale, bias, bits)
+    # With scales stored as scale_dtype, MLX dequantizes in that dtype: do the same.
+    dt = w.dtype if scale_dtype is None else scale_dtype
+    return dequantize_codes(code, s, b, dt).astype(w.dtype).reshape(w.shape)
+
+
+def reference_backward(w, scale, bias, cot, bits: int, group_size: int):
+    """Pure-MLX (∂L/∂w, ∂L/∂scale, ∂L/∂bias) for the cotangent `cot` = ∂L/∂ŵ."""
+    code, _, _, x = codes(group(w, group_size).astype(mx.float32), scale, bias, bits)
+    c = group(cot, group_size).astype(mx.float32)
+    inside = (x >= 0) & (x <= float(2**bits - 1))
+    dw = mx.where(inside, c, 0.0).astype(cot.dtype).reshape(w.shape)
+    ds = (c * mx.where(inside, code - x, code)).sum(axis=-1)
+    db = mx.where(inside, 0.0, c).sum(axis=-1)
+    return dw, ds.astype(scale.dtype), db.astype(bias.dtype)
+
+
+def _kernel_params(w, scale, bias, group_size: int) -> tuple[mx.array, mx.array]:
+    s = backend.per_group(clamp_scale(scale), w, group_size)
+    return s, backend.per_group(bias, w, group_size)
+
+
+def fused_forward(w, scale, bias, bits: int, group_size: int, scale_dtype=None, on=None):
+    """`reference_forward` from one fused kernel pass on GPU backend `on` (default: the active
+    one; RuntimeError if none)."""
+    on = backend.require_fused(on)
+    s, b = _kernel_params(w, scale, bias, group_size)
+    kind = sources.KIND_LEARNED
+    return gpu.forward(on, w, kind, bits, group_size, p0=s, p1=b, dequant_dtype=scale_dtype)
+
+
+def fused_backward(w, scale, bias, cot, bits: int, group_size: int, on=None):
+    """`reference_backward` from one fused pass over (w, cot) on GPU backend `on`.
+
+    The per-group sums are float32 in sequential order: equal to the reference up to
+    summation order; ∂L/∂w exactly.
+    """
+    on = backend.require_fused(on)
+    s, b = _kernel_params(w, scale, bias, group_size)
+    dw, red = gpu.backward(on, w, cot, sources.KIND_LEARNED, bits, group_size, s, b)
+    ds = red[:, 0].reshape(scale.shape).astype(scale.dtype)
+    db = red[:, 1].reshape(bias.shape).astype(bias.dtype)
+    return dw, ds, db
+
+
 @cache
 def learned_affine_function(bits: int, group_size: int, scale_dtype=None):
-    """custom_function (w, scale, bias) -> ŵ with the gradients above."""
-    n = float(2**bits - 1)
+    """custom_function (w, scale, bias) -> ŵ with the gradients above (fused kernels when
+    backend.py has a GPU backend active, else the pure-MLX reference)."""
 
     @mx.custom_function
     def fq(w, scale, bias):
-        if kernels.fused_backend():  # mlx_qat.kernels: same bits, one fused pass
-            return kernels.learned_affine_forward(w, scale, bias, bits, group_size, scale_dtype)
-        code, s, b, _ = codes(group(w, group_size).astype(mx.float32), scale, bias, bits)
-        # With scales stored as scale_dtype, MLX dequantizes in that dtype: do the same.
-        dt = w.dtype if scale_dtype is None else scale_dtype
-        return dequantize_codes(code, s, b, dt).astype(w.dtype).reshape(w.shape)
+        on = backend.fused_backend()
+        if on:
+            return fused_forward(w, scale, bias, bits, group_size, scale_dtype, on)
+        return reference_forward(w, scale, bias, bits, group_size, scale_dtype)
 
     @fq.vjp
     def fq_vjp(primals, cot, output):
         w, scale, bias = primals
-        if kernels.fused_backend():  # mlx_qat.kernels: fused dw and per-group ds, db sums
-            return kernels.learned_affine_backward(w, scale, bias, cot, bits, group_size)
-        code, _, _, x = codes(group(w, group_size).astype(mx.float32), scale, bias, bits)
-        c = group(cot, group_size).astype(mx.float32)
-        inside = (x >= 0) & (x <= n)
-        dw = mx.where(inside, c, 0.0).astype(cot.dtype).reshape(w.shape)
-        ds = (c * mx.where(inside, code - x, code)).sum(axis=-1)
-        db = mx.where(inside, 0.0, c).sum(axis=-1)
-        return dw, ds.astype(scale.dtype), db.astype(bias.dtype)
+        on = backend.fused_backend()
+        if on:
+            return fused_backward(w, scale, bias, cot, bits, group_size, on)
+        return reference_backward(w, scale, bias, cot, bits, group_size)
 
     return fq

@@ -22,6 +22,10 @@ T(code)·T(scale) + T(bias), so that the exported grid reproduces the trained we
 With a storage dtype S for scales (`scale_dtype`), the arithmetic is MLX's for S-typed scales:
 T(S(code)·S(scale) + S(bias)). Rounding is rint (ties to even).
 Initial α per row/group: LSQ max|w|/Qp, SEQ max|w|, sign mean|w|.
+
+Paths: `reference_forward`/`reference_backward` (pure MLX) and `fused_forward`/`fused_backward`
+(one kernel pass each, mlx_qat.kernels, fed the clamped α per group; the per-row sum and g are
+applied here); `lsq_function` picks one through backend.py.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from functools import cache
 
 import mlx.core as mx
 
-from .. import kernels  # fused Metal/CUDA forward/backward, used only when a GPU runs
+from ..kernels import gpu, sources
+from . import backend
 from .affine import dequantize_codes, group
 
 ALPHA_MIN = 1e-5
@@ -64,9 +69,14 @@ def init_alpha(wg: mx.array, bits: int, per_group: bool) -> mx.array:
     return alpha if per_group else alpha[..., None]
 
 
+def clamp_alpha(alpha: mx.array) -> mx.array:
+    """α as float32, clamped to ≥ ALPHA_MIN: the step every path (reference, kernels) uses."""
+    return mx.maximum(alpha.astype(mx.float32), ALPHA_MIN)
+
+
 def _x(wg: mx.array, alpha: mx.array) -> tuple[mx.array, mx.array]:
     """(x, α) with α broadcast to (..., G or 1, 1) and clamped."""
-    a = mx.maximum(alpha.astype(mx.float32), ALPHA_MIN)[..., None]
+    a = clamp_alpha(alpha)[..., None]
     return wg / a, a
 
 
@@ -95,38 +105,82 @@ def dequantize(wg, alpha, bits, dtype, scale_dtype=None):
     return dequantize_codes(code, scale, bias, scale_dtype).astype(dtype)
 
 
+def reference_forward(w, alpha, bits: int, group_size: int, scale_dtype=None) -> mx.array:
+    """Pure-MLX ŵ of `w` (..., K) for α shaped (..., 1) per row or (..., K/group_size)."""
+    wg = group(w, group_size).astype(mx.float32)
+    return dequantize(wg, alpha, bits, w.dtype, scale_dtype).reshape(w.shape)
+
+
+def reference_backward(w, alpha, cot, bits: int, group_size: int) -> tuple[mx.array, mx.array]:
+    """Pure-MLX (∂L/∂w, ∂L/∂α) for the cotangent `cot` = ∂L/∂ŵ (the rules in the header)."""
+    wg = group(w, group_size).astype(mx.float32)
+    _, _, _, x, q = codes(wg, alpha, bits)
+    c = group(cot, group_size).astype(mx.float32)
+    if bits == 1:
+        inside = mx.abs(x) <= 1.0
+        da = c * q
+    elif bits == 2:
+        inside = mx.abs(x) <= SEQ_CLIP
+        da = c * mx.where(inside, q - x, mx.sign(x) * 0.75)
+    else:
+        qn, qp = qrange(bits)
+        inside = (x >= qn) & (x <= qp)
+        da = c * mx.where(inside, q - x, q)
+    dw = mx.where(inside, c, 0.0).astype(cot.dtype).reshape(w.shape)
+    axes = (-1,) if alpha.shape[-1] == wg.shape[-2] else (-2, -1)
+    da = da.sum(axis=axes) * grad_scale(w.size, bits)
+    return dw, da.reshape(alpha.shape).astype(alpha.dtype)
+
+
+def kernel_kind(bits: int) -> int:
+    """The fused kernels' KIND for this bit width: sign (1), SEQ (2) or LSQ."""
+    return {1: sources.KIND_SIGN, 2: sources.KIND_SEQ}.get(bits, sources.KIND_LSQ)
+
+
+def fused_forward(w, alpha, bits: int, group_size: int, scale_dtype=None, on=None) -> mx.array:
+    """`reference_forward` from one fused kernel pass on GPU backend `on` (default: the active
+    one; RuntimeError if none), with the clamped α of every group."""
+    on = backend.require_fused(on)
+    a = backend.per_group(clamp_alpha(alpha), w, group_size)
+    return gpu.forward(on, w, kernel_kind(bits), bits, group_size, p0=a, dequant_dtype=scale_dtype)
+
+
+def fused_backward(w, alpha, cot, bits: int, group_size: int, on=None):
+    """`reference_backward` from one fused pass over (w, cot) on GPU backend `on`.
+
+    The kernel sums cot·(∂ŵ/∂α integrand) per group (float32, sequential); here the groups of a
+    row are summed for per-row α and ParetoQ's g applied. ∂L/∂w is exact, ∂L/∂α equal up to
+    float32 summation order.
+    """
+    on = backend.require_fused(on)
+    a = backend.per_group(clamp_alpha(alpha), w, group_size)
+    dw, red = gpu.backward(on, w, cot, kernel_kind(bits), bits, group_size, p0=a)
+    groups = (*w.shape[:-1], w.shape[-1] // group_size)
+    da = red[:, 0].reshape(groups)
+    if alpha.shape[-1] != groups[-1]:
+        da = da.sum(axis=-1, keepdims=True)
+    da = da * grad_scale(w.size, bits)
+    return dw, da.reshape(alpha.shape).astype(alpha.dtype)
+
+
 @cache
 def lsq_function(bits: int, group_size: int, scale_dtype=None):
-    """custom_function (w, α) -> ŵ with ParetoQ's gradients for this bit width."""
+    """custom_function (w, α) -> ŵ with ParetoQ's gradients for this bit width (fused kernels
+    when backend.py has a GPU backend active, else the pure-MLX reference)."""
 
     @mx.custom_function
     def fq(w, alpha):
-        if kernels.fused_backend():  # mlx_qat.kernels: same bits, one fused pass
-            return kernels.lsq_forward(w, alpha, bits, group_size, scale_dtype)
-        wg = group(w, group_size).astype(mx.float32)
-        return dequantize(wg, alpha, bits, w.dtype, scale_dtype).reshape(w.shape)
+        on = backend.fused_backend()
+        if on:
+            return fused_forward(w, alpha, bits, group_size, scale_dtype, on)
+        return reference_forward(w, alpha, bits, group_size, scale_dtype)
 
     @fq.vjp
     def fq_vjp(primals, cot, output):
         w, alpha = primals
-        if kernels.fused_backend():  # mlx_qat.kernels: fused dw and per-group dα sums
-            return kernels.lsq_backward(w, alpha, cot, bits, group_size)
-        wg = group(w, group_size).astype(mx.float32)
-        _, _, _, x, q = codes(wg, alpha, bits)
-        c = group(cot, group_size).astype(mx.float32)
-        if bits == 1:
-            inside = mx.abs(x) <= 1.0
-            da = c * q
-        elif bits == 2:
-            inside = mx.abs(x) <= SEQ_CLIP
-            da = c * mx.where(inside, q - x, mx.sign(x) * 0.75)
-        else:
-            qn, qp = qrange(bits)
-            inside = (x >= qn) & (x <= qp)
-            da = c * mx.where(inside, q - x, q)
-        dw = mx.where(inside, c, 0.0).astype(cot.dtype).reshape(w.shape)
-        axes = (-1,) if alpha.shape[-1] == wg.shape[-2] else (-2, -1)
-        da = da.sum(axis=axes) * grad_scale(w.size, bits)
-        return dw, da.reshape(alpha.shape).astype(alpha.dtype)
+        on = backend.fused_backend()
+        if on:
+            return fused_backward(w, alpha, cot, bits, group_size, on)
+        return reference_backward(w, alpha, cot, bits, group_size)
 
     return fq

@@ -19,10 +19,9 @@ from functools import cache
 import mlx.core as mx
 import mlx.nn as nn
 
-from .. import kernels  # fused Metal/CUDA forward, used only when a GPU runs
-from . import learned_affine, lsq
-from .affine import codes_from_params, dequantize_codes, group, minmax_params, pack_codes
-from .fake_quant import Grid, fake_quantize, quantize_grid
+from . import backend, learned_affine, lsq
+from .affine import fake_quant_minmax, group, minmax_params, pack_codes
+from .fake_quant import Grid, fake_quantize, fused_fake_quant, quantize_grid
 from .spec import QuantSpec
 
 QUANTIZERS = ("minmax", "lsq", "learned_affine")
@@ -64,14 +63,14 @@ class Quantizer(nn.Module):
 @cache
 def _minmax_rounded(bits: int, group_size: int, scale_dtype: mx.Dtype):
     # Min/max grid whose scale/bias are stored in another dtype than the weight: STE forward.
+    spec = QuantSpec("affine", bits, group_size)
+
     @mx.custom_function
     def fq(w):
-        if kernels.fused_backend():  # mlx_qat.kernels: same bits, one fused pass
-            return kernels.minmax_forward(w, bits, group_size, scale_dtype)
-        wg = group(w, group_size).astype(mx.float32)
-        s, b = minmax_params(wg, bits)
-        code = codes_from_params(wg, s, b, bits)
-        return dequantize_codes(code, s, b, scale_dtype).astype(w.dtype).reshape(w.shape)
+        on = backend.fused_backend()
+        if on:  # mlx_qat.kernels: same bits, one fused pass
+            return fused_fake_quant(w, spec, scale_dtype, on)
+        return fake_quant_minmax(w, bits, group_size, scale_dtype)
 
     @fq.vjp
     def fq_vjp(primals, cot, output):

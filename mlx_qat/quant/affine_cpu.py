@@ -1,5 +1,9 @@
 """Fast pure-MLX min/max fake-quant for MLX's CPU backend, bit-identical to the reference.
 
+The "cpu" path of backend.py. It lives in quant, not in mlx_qat.kernels, because it is numerics,
+not a kernel launch: another formulation of affine.py's `fake_quant_minmax` that takes the grid
+rules from there (`params_from_extremes`), so the rules have one definition.
+
 Math: quant/affine.py (float32 group statistics, true division, rint, dequantisation in the
 weight dtype). Four rewrites make it faster without changing a single bit:
 
@@ -30,7 +34,7 @@ import os
 
 import mlx.core as mx
 
-from ..quant.affine import params_from_extremes
+from .affine import params_from_extremes
 
 MAGIC = 12582912.0  # 1.5 * 2**23: float32 x + MAGIC rounds x to an integer, ties to even
 SPLIT_MIN_ELEMENTS = 1 << 20  # below this, one stream (the sync costs more than it saves)

@@ -1,4 +1,5 @@
-"""Awkward inputs for kernel parity tests and a bitwise comparison helper.
+"""Awkward inputs for the kernel checks (kernel_check.py, the C++-build tests) and bitwise
+comparison helpers.
 
 Every family is a (rows, 384) float32 array (384 is a multiple of 32, 64 and 128), deterministic
 for a given seed, meant to hit the edges of MLX's grid: all-negative groups (where MLX's GPU
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
+
+from .learned_affine import init_params
 
 K = 384
 
@@ -89,8 +92,6 @@ def lsq_case(bits: int, gs: int, per: str, seed: int = 0, rows: int = 6):
 
 def learned_case(bits: int, gs: int, seed: int = 0, rows: int = 6):
     """(w, scale, bias) float32: min/max init perturbed, negative and tiny (< 1e-7) scales."""
-    from ..quant.learned_affine import init_params
-
     r = np.random.default_rng(seed)
     w = mx.array(r.normal(0, 0.02, (rows, K)).astype(np.float32))
     s, b = (np.array(a) for a in init_params(w, bits, gs))
@@ -131,90 +132,3 @@ def nan_aware_mismatches(a: mx.array, b: mx.array) -> int:
     fa, fb = np.array(a.astype(mx.float32)), np.array(b.astype(mx.float32))
     both = np.isnan(fa) & np.isnan(fb)
     return int(((bits_of(a) != bits_of(b)) & ~both).sum())
-
-
-def gpu_parity(backend: str) -> dict[str, float]:
-    """Fused GPU kernels vs the CPU reference on the awkward inputs (needs that GPU backend).
-
-    Returns case -> number of mismatching elements (forwards, backward ∂w) or the largest
-    relative error (backward reductions, summation order differs). All mismatch counts should
-    be 0 and the relative errors ≲ 1e-5. Run by the `metal`/`cuda`-marked tests. Also checks
-    the SIMD-group layout's edges: NaN/±inf/±0 groups (NaN payloads not compared), a single
-    group (one SIMD group, threadgroup 32) and nvfp4 with an odd number of 16-element groups.
-    """
-    from ..quant import QuantSpec, learned_affine, lsq, reference_fake_quant
-    from ..quant.affine import fake_quant_minmax
-    from . import _learned_params, _lsq_alpha, gpu, kernels_enabled, set_kernels_enabled, sources
-    from .fp_sources import FP_KINDS
-
-    def on_cpu(fn, *args):
-        # The canonical grid: pure-MLX reference on the CPU, kernels off (the quantizers
-        # would otherwise call the very kernels under test).
-        was = kernels_enabled()
-        set_kernels_enabled(False)
-        try:
-            with mx.stream(mx.cpu):
-                out = fn(*args)
-                mx.eval(out)
-        finally:
-            set_kernels_enabled(was)
-        return out
-
-    def rel(a, b):
-        a, b = np.array(a.astype(mx.float32)), np.array(b.astype(mx.float32))
-        return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-30))
-
-    res: dict[str, float] = {}
-    for dtype in (mx.float32, mx.float16, mx.bfloat16):
-        for bits in (2, 3, 4, 5, 6, 8):
-            for gs in (32, 64, 128):
-                w = stacked(minmax_families(bits, gs, seed=bits * gs), dtype)
-                ref = on_cpu(fake_quant_minmax, w, bits, gs)
-                got = gpu.forward(backend, w, sources.KIND_MINMAX, bits, gs)
-                res[f"minmax {dtype} b{bits} g{gs}"] = mismatches(got, ref)
-        for gs in (32, 64, 128):
-            w = mx.array(nonfinite_case()).astype(dtype)
-            ref = on_cpu(fake_quant_minmax, w, 4, gs)
-            got = gpu.forward(backend, w, sources.KIND_MINMAX, 4, gs)
-            res[f"minmax nan/inf/±0 {dtype} g{gs}"] = nan_aware_mismatches(got, ref)
-        w = stacked(minmax_families(3, 128, seed=2), dtype)[:1, :128]
-        got = gpu.forward(backend, w, sources.KIND_MINMAX, 3, 128)
-        res[f"minmax one group {dtype}"] = mismatches(got, on_cpu(fake_quant_minmax, w, 3, 128))
-        for mode, kind in FP_KINDS.items():
-            spec = QuantSpec.for_mode(mode)
-            w = stacked({**minmax_families(4, 32, seed=11), **fp_families(seed=12)}, dtype)
-            ref = on_cpu(reference_fake_quant, w, spec)
-            got = gpu.fp_forward(backend, w, kind, spec.group_size)
-            res[f"{mode} {dtype}"] = mismatches(got, ref)
-            w = stacked(fp_families(seed=4), dtype)[:1, : 3 * spec.group_size]  # 3 groups
-            got = gpu.fp_forward(backend, w, kind, spec.group_size)
-            res[f"{mode} 3 groups {dtype}"] = mismatches(got, on_cpu(reference_fake_quant, w, spec))
-        for bits in (1, 2, 4, 8):
-            kind = {1: sources.KIND_SIGN, 2: sources.KIND_SEQ}.get(bits, sources.KIND_LSQ)
-            w32, alpha = lsq_case(bits, 64, "row", seed=bits)
-            w = w32.astype(dtype)
-            fn = lsq.lsq_function(bits, 64)
-            ref = on_cpu(fn, w, alpha)
-            a = _lsq_alpha(w, alpha, 64)
-            res[f"lsq fwd {dtype} b{bits}"] = mismatches(
-                gpu.forward(backend, w, kind, bits, 64, a), ref
-            )
-            cot = mx.ones_like(w)
-            _, (dw_ref, _) = on_cpu(mx.vjp, fn, [w, alpha], [cot])
-            dw, _ = gpu.backward(backend, w, cot, kind, bits, 64, a)
-            res[f"lsq dw {dtype} b{bits}"] = mismatches(dw, dw_ref)
-        for bits in (2, 4, 8):
-            w32, scale, bias = learned_case(bits, 64, seed=bits)
-            w = w32.astype(dtype)
-            fn = learned_affine.learned_affine_function(bits, 64)
-            ref = on_cpu(fn, w, scale, bias)
-            s, b = _learned_params(scale, bias)
-            got = gpu.forward(backend, w, sources.KIND_LEARNED, bits, 64, s, b)
-            res[f"learned fwd {dtype} b{bits}"] = mismatches(got, ref)
-            cot = mx.ones_like(w)
-            _, (dw_ref, ds_ref, db_ref) = on_cpu(mx.vjp, fn, [w, scale, bias], [cot])
-            dw, red = gpu.backward(backend, w, cot, sources.KIND_LEARNED, bits, 64, s, b)
-            res[f"learned dw {dtype} b{bits}"] = mismatches(dw, dw_ref)
-            res[f"learned ds rel.err {dtype} b{bits}"] = rel(red[:, 0], ds_ref.reshape(-1))
-            res[f"learned db rel.err {dtype} b{bits}"] = rel(red[:, 1], db_ref.reshape(-1))
-    return res

@@ -1,14 +1,15 @@
 """Syntax check of the exact Metal/CUDA sources without Metal or CUDA.
 
-`flavour_source(backend)` wraps the header and body strings that gpu.py hands to MLX in a
-translation unit shaped like the one MLX generates (Metal: a templated `[[kernel]]` function
-with concretely typed buffers and the `thread_position_in_grid` attribute argument; CUDA: a
-`__global__` function in `mlx::core::cu` with `using T = ...; constexpr int ...;` before the
-body), preceded by a small stub of the backend's builtins (address spaces, `metal::rint`,
-`as_type`, `simd_shuffle_xor`, `__fdiv_rn`, `__shfl_xor_sync`, `blockIdx`, `__half`, ...).
-`g++ -fsyntax-only` on it catches typos and type errors in the backend-specific macro layer,
-which the C++ harness (which uses its own prelude) cannot. It does not prove the Metal/CUDA compilers accept it: only a Mac/NVIDIA run
-does (tests marked `metal`/`cuda`).
+`flavour_source(backend)` wraps the header and body strings that mlx_qat/kernels/gpu.py hands
+to MLX in a translation unit shaped like the one MLX generates (Metal: a templated `[[kernel]]`
+function with concretely typed buffers and the `thread_position_in_grid` attribute argument;
+CUDA: a `__global__` function in `mlx::core::cu` with `using T = ...; constexpr int ...;`
+before the body), preceded by a small stub of the backend's builtins (address spaces,
+`metal::rint`, `as_type`, `simd_shuffle_xor`, `__fdiv_rn`, `__shfl_xor_sync`, `blockIdx`,
+`__half`, ...). `g++ -fsyntax-only` on it catches typos and type errors in the
+backend-specific macro layer, which the C++ harness (which uses its own prelude) cannot. It
+does not prove the Metal/CUDA compilers accept it: only a Mac/NVIDIA run does (tests marked
+`metal`/`cuda`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from . import sources
+from mlx_qat.kernels import sources
 
 _TYPES = r"""
 #include <cmath>

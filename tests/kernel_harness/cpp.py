@@ -1,6 +1,6 @@
 """Plain-C++ build of the kernel bodies, so that they are tested on machines without a GPU.
 
-The SAME body strings that `gpu.py` hands to Metal/CUDA are pasted into C++ template functions
+The SAME body strings that `mlx_qat/kernels/gpu.py` hands to Metal/CUDA are pasted into C++ template functions
 after a prelude that maps the few backend words onto C++: QAT_FN, the math macros, `float16_t`
 (`_Float16`, g++ ≥ 12) and `bfloat16_t` (a struct converting with round-to-nearest-even and
 MLX's NaN, 0x7FC0). BITS, GS and KIND become runtime arguments (the bodies only use them as
@@ -28,8 +28,9 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from . import sources
-from .launch import launch_geometry
+from mlx_qat.kernels import sources
+from mlx_qat.kernels.launch import launch_geometry
+
 from .simd_emulation import SIMD_EMULATION
 
 PRELUDE = r"""
@@ -337,3 +338,16 @@ class Harness:
             [*head, str(n_threads or threads_for("fp_forward", ng, gs)), self._write("w", w), out]
         )
         return _from_bits(Path(out).read_bytes(), w.dtype, w.shape)
+
+
+_shared: list = []
+
+
+def shared() -> Harness | None:
+    """One harness per process, built on first use in a temporary directory (None without a
+    C++ compiler); the test modules share it instead of compiling their own."""
+    if compiler() is None:
+        return None
+    if not _shared:
+        _shared.append(Harness(build(tempfile.mkdtemp(prefix="qat_cpp_"))))
+    return _shared[0]
