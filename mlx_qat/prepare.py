@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from . import kernels
 from .layers import QATLayer, qat_class
 from .qat_config import QATConfig
 from .quant.quantizers import Quantizer
+from .quant.self_check import self_check
 from .quant.spec import QuantSpec
 
 logger = logging.getLogger(__name__)
@@ -144,10 +144,12 @@ def prepare(model: nn.Module, config: QATConfig | None = None, enabled: bool = T
         >>> set_fake_quant(model, True)  # at the switch; then recompile the step
     """
     config = config or QATConfig()
-    kernels.self_check()  # once per GPU backend: never train on an untested kernel's grid
     report = prepare_report(model, config)
     new = {}
     by_path = dict(model.named_modules())
+    # Every fused kernel this run launches, once per process: never train on a wrong grid.
+    uses = [(d.spec, by_path[d.path].weight.dtype) for d in report.quantized]
+    self_check(config.quantizer, uses, config.mx_scale_dtype, config.lsq_per)
     for d in report.quantized:
         m = by_path[d.path]
         if isinstance(m, QATLayer):
