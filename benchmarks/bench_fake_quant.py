@@ -6,7 +6,8 @@ repeat after a warm-up call each (so that load from other jobs hits every case a
     copy                      `w * 1`: one read + one write, the floor for any fused kernel
     mx.quantize+dequantize    MLX's own round trip (same grid on CPU)
     reference fwd             mlx_qat's pure-MLX reference (kernels disabled)
-    fast fwd                  `fake_quantize` as dispatched (kernels/cpu.py on CPU)
+    fast fwd                  `fake_quantize` as dispatched (quant/affine_cpu.py on CPU,
+                              the fused kernel on a GPU)
     fast fwd, 1/2 stream(s)   the CPU path forced without / with the two-stream split
                               ("fast fwd" uses one stream unless MLX_QAT_CPU_STREAMS=2)
     ... compiled              the same under `mx.compile`
@@ -37,9 +38,7 @@ import mlx.core as mx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mlx_qat import kernels  # noqa: E402
-from mlx_qat.kernels import cpu  # noqa: E402
-from mlx_qat.quant import QuantSpec, fake_quantize  # noqa: E402
+from mlx_qat.quant import QuantSpec, affine_cpu, backend, fake_quantize  # noqa: E402
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
@@ -49,8 +48,8 @@ def machine() -> dict:
 
     return {
         **base(),
-        "kernels_backend": kernels.active_backend(),
-        "cpu_split_by_default_at_start": cpu.split_by_default(),
+        "kernels_backend": backend.active_backend(),
+        "cpu_split_by_default_at_start": affine_cpu.split_by_default(),
     }
 
 
@@ -69,12 +68,12 @@ def git_commit() -> str | None:
 
 def with_kernels(enabled: bool, fn):
     def run(*args):
-        previous = kernels.kernels_enabled()
-        kernels.set_kernels_enabled(enabled)
+        previous = backend.kernels_enabled()
+        backend.set_kernels_enabled(enabled)
         try:
             return fn(*args)
         finally:
-            kernels.set_kernels_enabled(previous)
+            backend.set_kernels_enabled(previous)
 
     return run
 
@@ -101,8 +100,8 @@ def cases(spec: QuantSpec, backward: bool, compiled: bool) -> dict:
         "fast fwd": with_kernels(True, fwd),
     }
     if mx.default_device() == mx.cpu and spec.is_affine:  # the CPU path's stream variants
-        c["fast fwd, 1 stream"] = lambda w: cpu.fake_quant_minmax(w, bits, gs, split=False)
-        c["fast fwd, 2 streams"] = lambda w: cpu.fake_quant_minmax(w, bits, gs, split=True)
+        c["fast fwd, 1 stream"] = lambda w: affine_cpu.fake_quant_minmax(w, bits, gs, split=False)
+        c["fast fwd, 2 streams"] = lambda w: affine_cpu.fake_quant_minmax(w, bits, gs, split=True)
     if compiled:
         # Distinct functions: mx.compile caches traces by the Python function's identity.
         c["reference fwd, compiled"] = with_kernels(False, mx.compile(lambda w: fwd(w)))
@@ -117,15 +116,15 @@ def stage_cases(w: mx.array, spec: QuantSpec) -> dict:
     """The CPU path's stages on the whole weight, one stream, inputs precomputed."""
     bits, gs = spec.bits, spec.group_size
     x = w.reshape(-1, gs).astype(mx.float32)
-    hi, lo = cpu.group_stats(x)
-    s, b = cpu.minmax_grid(hi, lo, bits)
+    hi, lo = affine_cpu.group_stats(x)
+    s, b = affine_cpu.minmax_grid(hi, lo, bits)
     half = w.shape[0] // 2
     parts = [w[:half] * 1, w[half:] * 1]
     mx.eval(x, hi, lo, s, b, *parts)
     return {
-        "stage: max/min (tree + reduce)": lambda _: cpu.group_stats(x),
-        "stage: per-group grid": lambda _: cpu.minmax_grid(hi, lo, bits),
-        "stage: apply (elementwise)": lambda _: cpu.apply_grid(x, s, b, bits, w.dtype),
+        "stage: max/min (tree + reduce)": lambda _: affine_cpu.group_stats(x),
+        "stage: per-group grid": lambda _: affine_cpu.minmax_grid(hi, lo, bits),
+        "stage: apply (elementwise)": lambda _: affine_cpu.apply_grid(x, s, b, bits, w.dtype),
         "stage: concatenate halves": lambda _: mx.concatenate(parts, axis=0),
     }
 

@@ -34,12 +34,12 @@ def backend() -> str:
     """Where MLX computes by default: "metal", "cuda" or "cpu"."""
     import mlx.core as mx
 
-    from mlx_qat.kernels import gpu
+    from mlx_qat.kernels import cuda_available, metal_available
 
     if mx.default_device() == mx.gpu:
-        if gpu.metal_available():
+        if metal_available():
             return "metal"
-        if gpu.cuda_available():
+        if cuda_available():
             return "cuda"
     return "cpu"
 

@@ -14,11 +14,16 @@ fi
 export PYTHONPATH=$SITE:$PWD
 export LD_LIBRARY_PATH=$(ls -d $SITE/nvidia/*/lib | tr '\n' ':')${LD_LIBRARY_PATH:-}
 python3 -c "import mlx.core as mx; print('mlx', mx.__version__, mx.default_device(), 'cuda', mx.cuda.is_available())" || exit 5
-timeout 330 python3 -m pytest -m cuda tests/test_kernels.py -q 2>&1 | tail -15 | tee $OUT/parity_pytest.log
+# The parity run `pytest -m cuda tests/test_kernels.py` makes, with its whole table kept.
+timeout 330 python3 - <<'PY' > $OUT/kernel_check.txt 2>&1; echo "kernel check exit $?"; tail -3 $OUT/kernel_check.txt
+from mlx_qat.quant import kernel_check as k
+r = k.check_backend("cuda")
+print(k.format_report(r))
+raise SystemExit(r.exit_code)
+PY
 python3 - <<'PY' 2>&1 | tail -5
-import json, os, mlx.core as mx
-from mlx_qat import kernels
-print("self_check", kernels.self_check(), "active", kernels.active_backend())
+from mlx_qat.quant import backend, self_check
+print("self_check", self_check.self_check(), "active", backend.active_backend())
 PY
 timeout 120 python3 benchmarks/bench_fake_quant.py --size 8192 --repeats 21 --out $OUT/fake_quant_cuda_8192 2>&1 | tail -30
 timeout 90 python3 benchmarks/bench_fake_quant.py --size 8192 --repeats 21 --extra-bits "" --fp-modes mxfp4,nvfp4,mxfp8 --out $OUT/fake_quant_cuda_8192_fp 2>&1 | tail -30
