@@ -9,8 +9,7 @@ import pytest
 
 from mlx_qat.cli.plan import main as plan_main
 from mlx_qat.train.config import TrainConfig
-from mlx_qat.train.plan import AUTO_A, auto_fraction, make_plan
-from mlx_qat.train.plan import plan_for_config
+from mlx_qat.train.plan import AUTO_A, auto_fraction, make_plan, plan_for_config
 
 # Paper 000 §4.2's table of f̂ (a = 6.7297, natural log).
 TABLE = {10: 0.054, 20: 0.106, 50: 0.179, 100: 0.232, 200: 0.281, 500: 0.339, 1e3: 0.377}
@@ -86,13 +85,33 @@ def test_plan_for_a_preset_counts_bytes_per_tensor():
 
 
 def test_plan_cli_prints_the_plan(capsys):
+    """The printed numbers are the closed-form ones, computed here by hand for d2 at vocab 512:
+    4-bit linears, the tied embedding at max(4, 4) bits, float32 norms."""
+    D, vocab, hidden, inter, depth = 2_000_000, 512, 64, 256, 2
+    linear = depth * (4 * hidden * hidden + 3 * hidden * inter)
+    norms = (2 * depth + 1) * hidden
+    n = linear + vocab * hidden + norms
+    nbytes = (linear + vocab * hidden) * 4 / 8 + norms * 4
+    S = D / nbytes
+    f_hat = math.exp(-6.7297 / math.log(S))
+    steps = math.ceil(D / (16 * 128))  # default batch 16 x 128 tokens
+    qat = round(f_hat * steps)
     assert plan_main(["--preset", "d2", "--vocab-size", "512", "--tokens", "2000000"]) == 0
     out = capsys.readouterr().out
-    for key in ("parameters N", "parameter bytes", "tokens/byte S", "auto fraction", "FP phase"):
-        assert key in out
-    assert plan_main(["--preset", "d2", "--tokens", "2000000", "--json"]) == 0
+    assert f"parameters N     {n:,} ({linear + norms:,} without embeddings)" in out
+    assert f"parameter bytes  {nbytes:,.0f}" in out
+    assert f"tokens/byte S    {S:,.2f}" in out
+    assert f"auto fraction    {f_hat:.4f}" in out
+    assert f"QAT fraction f   {qat / steps:.4f}  (requested: auto)" in out
+    assert (
+        f"FP phase         {(steps - qat) * 16 * 128:,} tokens, steps 0..{steps - qat - 1}" in out
+    )
+    assert (
+        plan_main(["--preset", "d2", "--vocab-size", "512", "--tokens", "2000000", "--json"]) == 0
+    )
     d = json.loads(capsys.readouterr().out)
-    assert d["fp_steps"] + d["qat_steps"] == d["total_steps"]
+    assert (d["n_params"], d["total_steps"], d["qat_steps"]) == (n, steps, qat)
+    assert d["param_bytes"] == pytest.approx(nbytes) and d["f_hat"] == pytest.approx(f_hat)
 
 
 def test_plan_cli_reports_bad_input(capsys):
