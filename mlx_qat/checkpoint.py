@@ -13,13 +13,23 @@ Layout (the export in `mlx_qat.convert` reads exactly this)::
         qat.json                        {"qat_config": QATConfig.to_dict(), "fake_quant",
                                          "phase": "fp" | "qat"}
         state.json                      {"step", "tokens_seen", "phase", "data", "rng",
-                                         "config_hash", "eval", "files", ...}
+                                         "config_hash", "tokenizer_sha256", "eval",
+                                         "format", "files", ...}
+        SHA256SUMS                      sha256 of every file above (`sha256sum -c` format)
 
 A checkpoint is built as `step_XXXXXXXX.tmp-<pid>` (every file fsynced) and `os.replace`d
 onto its final name, so a partial directory never has the final name; `latest_checkpoint`
-ignores `.tmp-*`. `state.json` records each weight file's size, so a truncated file is refused
-even before safetensors parsing. Every failure is a `CheckpointError` naming the path and
-the fix.
+ignores `.tmp-*`.
+
+Integrity (format 2): `state.json["files"]` records the size and sha256 of the four other
+files, and `SHA256SUMS`, written last, records the sha256 of all five, state.json included.
+`load_checkpoint` verifies state.json against SHA256SUMS before trusting it, then every file
+it reads against both records (size first, so a truncated file is named as such), so a flipped
+bit, an edited step in state.json or edited bits in qat.json are refused naming the file.
+Checkpoints written before format 2 (no "format" in state.json, sizes only) still load, with a
+warning that they cannot be verified: refusing them would strand finished runs, and
+`seal_checkpoint` upgrades one whose files the user trusts. A format-2 checkpoint without
+SHA256SUMS is refused. Every failure is a `CheckpointError` naming the path and the fix.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .fileio import atomic_write_json, fsync_path
+from .fileio import atomic_write_json, atomic_write_text, fsync_path, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +54,13 @@ CHECKPOINTS = "checkpoints"
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
-REQUIRED = (MODEL_FILE, OPTIMIZER_FILE, "config.json", "qat.json", "state.json")
+STATE_FILE = "state.json"
+CHECKSUMS = "SHA256SUMS"
+FORMAT = "mlx_qat.checkpoint/2"
+# Files whose size and sha256 state.json records (SHA256SUMS adds state.json itself).
+RECORDED = (MODEL_FILE, OPTIMIZER_FILE, "config.json", "qat.json")
+REQUIRED = (*RECORDED, STATE_FILE)
+_DROP = "Delete the checkpoint to fall back to the previous one, or pass another checkpoint"
 
 
 class CheckpointError(ValueError):
@@ -100,10 +116,36 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
-def _save_arrays(path: Path, arrays: dict[str, mx.array]) -> int:
+def _save_arrays(path: Path, arrays: dict[str, mx.array]) -> None:
     mx.save_safetensors(str(path), arrays)
     fsync_path(path)
-    return path.stat().st_size
+
+
+def _record(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _write_checksums(path: Path, files: dict) -> None:
+    sums = {
+        **{n: f["sha256"] for n, f in files.items()},
+        STATE_FILE: sha256_file(path / STATE_FILE),
+    }
+    atomic_write_text(path / CHECKSUMS, "".join(f"{h}  {n}\n" for n, h in sorted(sums.items())))
+
+
+def seal_checkpoint(path: str | os.PathLike) -> Path:
+    """Record the sha256 of a checkpoint's files as they are now (state.json and SHA256SUMS).
+
+    For a deliberate edit, or to upgrade a checkpoint written before checksums existed: after
+    this, `load_checkpoint` trusts the files exactly as they are, so only seal files you trust.
+    """
+    path = Path(path)
+    state = _read_json(path / STATE_FILE)
+    files = {n: _record(path / n) for n in RECORDED if (path / n).is_file()}
+    atomic_write_json(path / STATE_FILE, {**state, "format": FORMAT, "files": files})
+    _write_checksums(path, files)
+    fsync_path(path)
+    return path
 
 
 def save_checkpoint(
@@ -142,12 +184,16 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         mx.eval(model.parameters())
-        files = {MODEL_FILE: _save_arrays(tmp / MODEL_FILE, dict(tree_flatten(model.parameters())))}
+        _save_arrays(tmp / MODEL_FILE, dict(tree_flatten(model.parameters())))
         opt_arrays = dict(tree_flatten(optimizer.state)) if optimizer is not None else {}
-        files[OPTIMIZER_FILE] = _save_arrays(tmp / OPTIMIZER_FILE, opt_arrays)
+        _save_arrays(tmp / OPTIMIZER_FILE, opt_arrays)
         atomic_write_json(tmp / "config.json", model_config)
         atomic_write_json(tmp / "qat.json", qat)
-        atomic_write_json(tmp / "state.json", {**state, "step": int(step), "files": files})
+        # Hashes of the bytes on disk (read back), so what is verified is what was written.
+        files = {n: _record(tmp / n) for n in RECORDED}
+        state = {**state, "step": int(step), "format": FORMAT, "files": files}
+        atomic_write_json(tmp / STATE_FILE, state)
+        _write_checksums(tmp, files)
         fsync_path(tmp)
         if final.exists():  # re-saving a step (e.g. after a resume): swap it out whole
             _remove_dir(final)
@@ -189,38 +235,79 @@ def remove_stale_tmp(run_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _missing(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path.parent}: missing {path.name}; the checkpoint is incomplete. {_DROP}"
+    )
+
+
 def _read_json(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             out = json.load(f)
     except FileNotFoundError:
-        raise CheckpointError(
-            f"checkpoint {path.parent}: missing {path.name}; the checkpoint is incomplete. "
-            "Delete it to fall back to the previous one, or pass another checkpoint"
-        ) from None
+        raise _missing(path) from None
     except (OSError, ValueError) as e:
         raise CheckpointError(
-            f"checkpoint {path.parent}: {path.name} is corrupt ({e}). Delete the checkpoint "
-            "to fall back to the previous one, or pass another checkpoint"
+            f"checkpoint {path.parent}: {path.name} is corrupt ({e}). {_DROP}"
         ) from None
     if not isinstance(out, dict):
         raise CheckpointError(f"checkpoint {path.parent}: {path.name} is not a JSON object")
     return out
 
 
-def _read_arrays(path: Path, expected_size: int | None) -> dict[str, mx.array]:
-    if not path.is_file():
+def _read_checksums(path: Path) -> dict[str, str] | None:
+    """SHA256SUMS as {file name: sha256}, or None when there is none."""
+    f = path / CHECKSUMS
+    if not f.is_file():
+        return None
+    sums = {}
+    try:
+        lines = f.read_text(encoding="ascii").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(
-            f"checkpoint {path.parent}: missing {path.name}; the checkpoint is incomplete. "
-            "Delete it to fall back to the previous one"
-        )
-    size = path.stat().st_size
-    if expected_size is not None and size != expected_size:
+            f"checkpoint {path}: {CHECKSUMS} is unreadable ({e}). {_DROP}"
+        ) from None
+    for line in lines:
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64:
+            raise CheckpointError(f"checkpoint {path}: {CHECKSUMS} is corrupt ({line!r}). {_DROP}")
+        sums[name] = digest
+    return sums
+
+
+def _verify(path: Path, name: str, recorded, sums: dict[str, str] | None) -> None:
+    """Check `path/name` against state.json's record (size and sha256; a bare size before
+    format 2) and SHA256SUMS (absent before format 2)."""
+    f = path / name
+    if not f.is_file():
+        raise _missing(f)
+    want = recorded if isinstance(recorded, dict) else {"bytes": recorded}
+    size = f.stat().st_size
+    # Sizes first for the weights (a truncated file is named as such, before hashing GBs);
+    # a JSON file of another size is simply "corrupt or edited" below.
+    if name.endswith(".safetensors") and want.get("bytes") not in (None, size):
         raise CheckpointError(
-            f"checkpoint {path.parent}: {path.name} has {size} bytes, state.json says "
-            f"{expected_size}; the file is truncated or was replaced. Delete the checkpoint to "
-            "fall back to the previous one"
+            f"checkpoint {path}: {name} has {size} bytes, state.json says {want['bytes']}; "
+            f"the file is truncated or was replaced. {_DROP}"
         )
+    if sums is None:
+        return
+    expected = sums.get(name)
+    if expected is None or want.get("sha256", expected) != expected:
+        raise CheckpointError(
+            f"checkpoint {path}: {CHECKSUMS} and state.json disagree about {name} (or do not "
+            f"record it); the checkpoint is corrupt. {_DROP}"
+        )
+    actual = sha256_file(f)
+    if actual != expected:
+        raise CheckpointError(
+            f"checkpoint {path}: {name} is corrupt or was edited: its sha256 is {actual}, the "
+            f"checkpoint recorded {expected}. {_DROP}"
+        )
+
+
+def _read_arrays(path: Path) -> dict[str, mx.array]:
     try:
         return mx.load(str(path))
     except (RuntimeError, ValueError, OSError) as e:
@@ -230,15 +317,37 @@ def _read_arrays(path: Path, expected_size: int | None) -> dict[str, mx.array]:
         ) from None
 
 
+def _read_state(path: Path) -> tuple[dict, dict[str, str] | None]:
+    """state.json, verified against SHA256SUMS, and SHA256SUMS (None: an unverifiable
+    checkpoint written before format 2, loaded with a warning)."""
+    sums = _read_checksums(path)
+    if sums is not None:
+        _verify(path, STATE_FILE, None, sums)
+    state = _read_json(path / STATE_FILE)
+    if sums is None and state.get("format") is not None:
+        raise CheckpointError(
+            f"checkpoint {path}: missing {CHECKSUMS}, so its files cannot be verified. {_DROP}"
+        )
+    if sums is None:
+        logger.warning(
+            "checkpoint %s: written before checksums (no %s); its files are NOT verified. "
+            "mlx_qat.checkpoint.seal_checkpoint(path) records them as they are now",
+            path,
+            CHECKSUMS,
+        )
+    return state, sums
+
+
 def load_checkpoint(path: str | os.PathLike, optimizer: bool = True) -> Checkpoint:
-    """Read a checkpoint directory (or a run directory: its latest checkpoint).
+    """Read a checkpoint directory (or a run directory: its latest checkpoint), verifying the
+    size and sha256 of every file it reads.
 
     Args:
         path: `run_dir/checkpoints/step_XXXXXXXX` or `run_dir`.
-        optimizer: also read optimizer.safetensors.
+        optimizer: also read (and verify) optimizer.safetensors.
 
     Raises:
-        CheckpointError: missing, truncated or corrupt files (naming them and the fix).
+        CheckpointError: missing, truncated, corrupt or edited files (naming them and the fix).
     """
     path = Path(path)
     if (path / CHECKPOINTS).is_dir():
@@ -253,12 +362,17 @@ def load_checkpoint(path: str | os.PathLike, optimizer: bool = True) -> Checkpoi
         )
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint directory")
-    state = _read_json(path / "state.json")
-    files = state.get("files", {})
+    state, sums = _read_state(path)
+    files = state.get("files") or {}
+    if not isinstance(files, dict):
+        raise CheckpointError(f"checkpoint {path}: state.json 'files' is not a mapping. {_DROP}")
+    wanted = [n for n in RECORDED if optimizer or n != OPTIMIZER_FILE]
+    for name in wanted:
+        _verify(path, name, files.get(name), sums)
     model_config = _read_json(path / "config.json")
     qat = _read_json(path / "qat.json")
-    weights = _read_arrays(path / MODEL_FILE, files.get(MODEL_FILE))
-    opt = _read_arrays(path / OPTIMIZER_FILE, files.get(OPTIMIZER_FILE)) if optimizer else {}
+    weights = _read_arrays(path / MODEL_FILE)
+    opt = _read_arrays(path / OPTIMIZER_FILE) if optimizer else {}
     return Checkpoint(path, model_config, qat, state, weights, opt)
 
 

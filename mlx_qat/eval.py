@@ -37,16 +37,22 @@ def evaluate_checkpoint(
         `eval_triple`'s dict plus "checkpoint", "step", "phase", "tokens" and "minmax"
         (True when QAT and PTQ are the same grid, so the gap needs the FP twin).
     """
+    for name, value, low in (
+        ("eval_batches", eval_batches, 0), ("batch_size", batch_size, 1), ("seq_len", seq_len, 1)
+    ):  # fmt: skip
+        if value is not None and value < low:
+            raise ValueError(f"--{name.replace('_', '-')} {value}: must be >= {low}")
     ckpt = load_checkpoint(path, optimizer=False)
     run_dir = ckpt.path.parent.parent
     cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
-    data = data or ckpt.state.get("data", {}).get("shards") or (cfg and cfg.data)
+    data = data or _recorded_data(ckpt, run_dir) or (cfg and cfg.data)
     if not data:
         raise ValueError(f"{path}: no data recorded; pass --data DIR")
-    seq = seq_len or (cfg.seq_len if cfg else 128)
-    bs = batch_size or (cfg.batch_size if cfg else 16)
+    seq = seq_len if seq_len is not None else (cfg.seq_len if cfg else 128)
+    bs = batch_size if batch_size is not None else (cfg.batch_size if cfg else 16)
     nb = eval_batches if eval_batches is not None else (cfg.final_eval_batches if cfg else 0)
-    batches, bpt = open_eval_data(data, bs, seq, nb or None)
+    bundle, batches, bpt = open_eval_data(data, bs, seq, nb or None)
+    check_vocabulary(ckpt, bundle)
     model = build_model(ckpt)
     ready = ckpt.qat.get("phase") == "qat"
     ev = eval_triple(model, batches, bpt, quantizers_ready=ready)
@@ -59,3 +65,38 @@ def evaluate_checkpoint(
         "minmax": all_minmax(model),
         **ev,
     }
+
+
+def _recorded_data(ckpt, run_dir: Path) -> str | None:
+    """The shards the checkpoint was trained on; for a copied or moved run whose recorded
+    (absolute) path is gone, the same-named shards under the run's own `data/`."""
+    shards = (ckpt.state.get("data") or {}).get("shards")
+    if not shards or Path(shards).is_dir():
+        return shards
+    local = run_dir / "data" / Path(shards).name
+    return str(local) if local.is_dir() else shards
+
+
+def check_vocabulary(ckpt, bundle) -> None:
+    """Raise ValueError unless the data `bundle` was encoded for the checkpoint's model: its
+    tokenizer is the one recorded in the checkpoint (sha256) and its ids fit the embedding."""
+    model_vocab = int(ckpt.model_config.get("vocab_size") or 0)
+    recorded = ckpt.state.get("tokenizer_sha256")
+    have = bundle.manifest["tokenizer"]["sha256"]
+    if recorded and recorded != have:
+        raise ValueError(
+            f"data {bundle.path}: encoded with the tokenizer sha256 {have} (vocab "
+            f"{bundle.vocab_size}), but checkpoint {ckpt.path} was trained with {recorded}; "
+            "its loss would be meaningless. Pass --data with the run's own data"
+        )
+    if model_vocab and bundle.vocab_size > model_vocab:
+        raise ValueError(
+            f"data {bundle.path}: vocabulary {bundle.vocab_size} is larger than the model's "
+            f"({model_vocab}, checkpoint {ckpt.path}); pass --data with the run's own data"
+        )
+    if not recorded and model_vocab and bundle.vocab_size != model_vocab:
+        raise ValueError(
+            f"data {bundle.path}: vocabulary {bundle.vocab_size}, the model's is {model_vocab} "
+            f"(checkpoint {ckpt.path}); the data was made with another tokenizer. Pass --data "
+            "with the run's own data"
+        )

@@ -19,6 +19,7 @@ from mlx_qat.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
+    seal_checkpoint,
 )
 from mlx_qat.train.config import TrainConfig
 from mlx_qat.train.optim import build_optimizer, load_optimizer_arrays, optimizer_arrays
@@ -127,6 +128,9 @@ def test_mismatched_weights_are_refused(tmp_path):
     path = save(tmp_path, 2, model, opt, cfg, qat)
     other = dict(cfg, hidden_size=128, num_attention_heads=2, num_key_value_heads=2)
     (path / "config.json").write_text(json.dumps(other))
+    with pytest.raises(CheckpointError, match="config.json is corrupt or was edited"):
+        build_model(path)
+    seal_checkpoint(path)  # a deliberate edit, re-recorded: now the model check sees it
     with pytest.raises(CheckpointError, match="does not match"):
         build_model(path)
 

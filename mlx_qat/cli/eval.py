@@ -67,9 +67,16 @@ def _run(opts: dict) -> int:
         opts["path"], opts["data"], opts["eval_batches"], opts["batch_size"], opts["seq_len"]
     )
     out = Path(opts["out"]) if opts.get("out") else Path(ev["checkpoint"]).parent.parent
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "eval.json", ev)
-    save_resolved(out / "eval.yaml", "eval", opts)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "eval.json", ev)
+        save_resolved(out / "eval.yaml", "eval", opts)
+    except OSError as e:
+        print(_report(ev))
+        raise ValueError(
+            f"--out {out}: cannot write eval.json there ({e.strerror or e}); pass --out with a "
+            "writable directory"
+        ) from None
     print(_report(ev))
     return 0
 

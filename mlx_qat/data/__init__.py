@@ -18,7 +18,16 @@ from .corpus import read_documents, resolve_files, split_documents
 from .hf import save_hf_tokenizer
 from .shards import DataBundle, encode_documents, load_bundle, prepare_data
 from .sources import default_corpus, fetch_shakespeare
-from .tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, load_tokenizer, train_tokenizer
+from .tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    Tokenizer,
+    load_tokenizer,
+    tokenizer_sha256,
+    train_tokenizer,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,5 +58,6 @@ __all__ = [
     "resolve_files",
     "save_hf_tokenizer",
     "split_documents",
+    "tokenizer_sha256",
     "train_tokenizer",
 ]

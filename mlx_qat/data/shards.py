@@ -6,7 +6,8 @@ Layout of a data directory (``--out``, default ``data/``)::
       tokenizer-<vocab>-<key>/   tokenizer.model + HF files + tokenizer_meta.json
       shards-<key>/              train.npy, val.npy (uint16, or uint32 for vocab > 65536),
                                  manifest.json
-      latest.json                the shards directory of the last prepare_data call
+      latest.json                the shards directory of the last prepare_data call (with
+                                 ``keep_latest``, as the trainer calls it: of the first one)
       config.yaml                the resolved CLI configuration (written by the CLI)
 
 Each split is the concatenation of its documents' ids with EOS after every document. Keys are
@@ -198,14 +199,17 @@ def prepare_data(
     input_sentence_size: int = DEFAULT_SETTINGS["input_sentence_size"],
     character_coverage: float = DEFAULT_SETTINGS["character_coverage"],
     force: bool = False,
+    keep_latest: bool = False,
 ) -> DataBundle:
     """Read, split, train the tokenizer, encode and store: one call, cached by content hash.
 
     ``inputs``: files/folders (``.txt``, ``.txt.gz``, ``.jsonl``); None means the default
     corpus (:func:`~mlx_qat.data.default_corpus`). ``tokenizer``: use this existing tokenizer
     directory instead of training one (``vocab_size`` is then ignored). ``force`` rebuilds
-    even when cached artifacts exist. Returns a :class:`DataBundle` whose ``timings`` has
-    ``hash``, ``read``, ``tokenizer``, ``encode`` and ``total`` seconds.
+    even when cached artifacts exist. ``keep_latest`` leaves an existing ``latest.json``
+    pointing where it points (other runs may rely on it). Logs a warning when the validation
+    split is empty. Returns a :class:`DataBundle` whose ``timings`` has ``hash``, ``read``,
+    ``tokenizer``, ``encode`` and ``total`` seconds.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -333,7 +337,17 @@ def prepare_data(
         logger.info("reusing shards %s", shard_dir)
 
     bundle = load_bundle(shard_dir, tokenizer_dir=tok_dir)
-    atomic_write_json(out / LATEST, {"shards": shard_dir.name, "tokenizer": _rel(tok_dir, out)})
+    if not (keep_latest and (out / LATEST).is_file()):
+        pointer = {"shards": shard_dir.name, "tokenizer": _rel(tok_dir, out)}
+        atomic_write_json(out / LATEST, pointer)
+    if not bundle.manifest["documents"]["val"]:
+        logger.warning(
+            "the validation split is empty (%d documents, val fraction %s): documents are "
+            "separated by blank lines, and a split needs at least two distinct ones; add text "
+            "or blank lines between documents, or raise --val-fraction",
+            bundle.manifest["documents"]["train"],
+            val_fraction,
+        )
     timings["total"] = time.perf_counter() - t_start
     bundle.timings = timings
     bundle.built = built

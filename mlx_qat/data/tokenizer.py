@@ -150,6 +150,21 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     return Tokenizer(path)
 
 
+def tokenizer_sha256(path: str | os.PathLike) -> str:
+    """The identity of a tokenizer directory: the sha256 of its ``tokenizer.model``.
+
+    This is the hash token shards record (``manifest["tokenizer"]["sha256"]``) and checkpoints
+    record (``state["tokenizer_sha256"]``); the Hugging Face files beside it are derived from
+    that model (:func:`mlx_qat.data.hf.save_hf_tokenizer`). Raises FileNotFoundError naming the
+    directory when it has no ``tokenizer.model``.
+    """
+    path = Path(path)
+    model = path / MODEL_FILE if path.is_dir() else path
+    if not model.is_file():
+        raise FileNotFoundError(f"tokenizer {path}: no {MODEL_FILE} in it")
+    return sha256_file(model)
+
+
 def _normalized_model(data: bytes) -> bytes:
     """Drop ``num_threads`` from the model's stored trainer spec: it does not change the
     vocabulary or the tokenization, and removing it makes ``tokenizer.model`` (and its sha256)

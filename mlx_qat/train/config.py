@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,17 @@ from .schedules import SHAPES as COOLDOWN_SHAPES
 
 SWITCH_STATE = ("keep", "reset")
 
-# Fields that do not change what is trained: excluded from the resume hash.
+# Fields that do not change what is trained: excluded from the resume hash. The data is
+# checked by content instead (the shards' key and the tokenizer's sha256 in every checkpoint),
+# so spelling its path differently (`data/`, `./data`) does not matter.
 _NOT_HASHED = {
     "out",
     "resume",
     "branch_from",
+    "overwrite",
+    "reschedule",
+    "data",
+    "data_out",
     "quiet",
     "eval_every",
     "eval_batches",
@@ -40,6 +47,17 @@ _NOT_HASHED = {
     "compile",
     "cache_limit_mb",
 }
+# Settings a resumed run may change with `reschedule` (e.g. after a divergence): they shape the
+# LR and the update from the resumed step on, not the plan, the model or the data.
+SCHEDULE_FIELDS = (
+    "lr",
+    "min_lr",
+    "warmup_tokens",
+    "warmup_steps",
+    "qat_warmup_fraction",
+    "grad_clip",
+)
+_PATHS = ("out", "branch_from", "data_out", "model_config", "model")
 
 
 def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
@@ -67,6 +85,19 @@ class TrainConfig:
         "schedule up to that step must be this run's",
         "run",
     )
+    overwrite: bool = _f(
+        False,
+        "start afresh in an --out that already holds a run: its checkpoints, metrics, "
+        "tokenizer and fp_twin are deleted first (never other files: --out with files that are "
+        "not a run's is refused)",
+        "run",
+    )
+    reschedule: bool = _f(
+        False,
+        "with --resume: continue although lr, min_lr, warmup or grad_clip changed (e.g. after "
+        "a divergence); the new values apply from the resumed step on",
+        "run",
+    )
     seed: int = _f(0, "seed of the model init and the data order", "run")
     quiet: bool = _f(False, "no progress bar or per-eval lines", "run")
     plot: bool = _f(False, "draw <out>/loss.png at the end (needs matplotlib)", "run")
@@ -91,7 +122,12 @@ class TrainConfig:
         "data",
         nargs="+",
     )
-    data_out: str = _f("data", "where to build tokenizer + shards from raw inputs", "data")
+    data_out: str | None = _f(
+        None,
+        "where raw inputs are tokenized (content-addressed; an existing latest.json is never "
+        "repointed); default: <out>/data",
+        "data",
+    )
     vocab_size: int = _f(1024, "tokenizer vocabulary when the data is built here", "data")
     # model
     preset: str = _f("d2", "Llama preset: d<depth> (d2, d4, ...; see mlx_qat.models)", "model")
@@ -205,8 +241,41 @@ class TrainConfig:
             )
         if self.resume and self.branch_from:
             raise ValueError("resume and branch_from: give one (resume continues this run)")
+        if self.overwrite and self.resume:
+            raise ValueError("overwrite and resume: give one (overwrite deletes the run)")
+        if self.reschedule and not self.resume:
+            raise ValueError("reschedule: only with resume (it accepts a changed schedule)")
+        self._check_ranges()
         if isinstance(self.data, str):
             self.data = [self.data]
+        # One spelling per path: `runs/a/` and `runs/a` are the same run.
+        self.data = [os.path.normpath(d) for d in self.data] if self.data else self.data
+        for name in _PATHS:
+            if getattr(self, name):
+                setattr(self, name, os.path.normpath(getattr(self, name)))
+
+    def _check_ranges(self) -> None:
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be {rule}")
+
+        need(0 <= self.seed < 2**63, "seed", "in [0, 2**63)")
+        need(self.log_every >= 1, "log_every", ">= 1 (1: a metrics line every step)")
+        need(self.save_every >= 0, "save_every", ">= 0 (0: only at the switch and the end)")
+        need(self.eval_every >= 0, "eval_every", ">= 0 (0: only at the end)")
+        need(self.cache_limit_mb >= 0, "cache_limit_mb", ">= 0")
+        need(self.grad_clip >= 0, "grad_clip", ">= 0 (0: off)")
+        need(self.weight_decay >= 0, "weight_decay", ">= 0")
+        need(0 <= self.beta1 < 1, "beta1", "in [0, 1)")
+        need(0 <= self.beta2 < 1, "beta2", "in [0, 1)")
+        need(self.eps > 0, "eps", "> 0")
+        need(self.quantizer_lr_scale >= 0, "quantizer_lr_scale", ">= 0")
+        need(self.auto_a > 0, "auto_a", "> 0")
+        need(self.vocab_size >= 1, "vocab_size", ">= 1")
+        need(self.warmup_tokens is None or self.warmup_tokens >= 0, "warmup_tokens", ">= 0")
+        need(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", ">= 0")
+        for name in ("lr", "min_lr", "eps", "weight_decay", "grad_clip", "auto_a"):
+            need(math.isfinite(getattr(self, name)), name, "a finite number")
 
     @property
     def tokens_per_step(self) -> int:
@@ -236,10 +305,15 @@ class TrainConfig:
         """The resolved config as YAML (the run directory's `config.yaml`)."""
         return "# mlx_qat.train resolved config\n" + yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def hash(self) -> str:
-        """sha256 of the settings that change what is trained (for resume checks)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}
+    def hash(self, exclude: tuple[str, ...] = ()) -> str:
+        """sha256 of the settings that change what is trained (for resume checks), without
+        the fields in `exclude`."""
+        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED | set(exclude)}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def schedule(self) -> dict:
+        """The `SCHEDULE_FIELDS` values (what `reschedule` lets a resume change)."""
+        return {k: getattr(self, k) for k in SCHEDULE_FIELDS}
 
 
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}

@@ -25,28 +25,32 @@ import logging
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 
 from ..checkpoint import (
     CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    qat_config_of,
     remove_stale_tmp,
     save_checkpoint,
 )
-from ..data.resolve import copy_tokenizer, resolve_data
+from ..data.resolve import check_split, copy_tokenizer, open_prepared, prepare_run_data
 from ..fileio import atomic_write_json, atomic_write_text
 from ..loss import eval_triple, format_triple
 from ..models.build import make_model, qat_config
 from ..prepare import init_quantizers, prepare, set_fake_quant
 from .config import TrainConfig
+from .memory import check_step_memory
 from .metrics import MetricsWriter
 from .optim import build_optimizer, load_optimizer_arrays, set_lr
 from .plan import PhasePlan, plan_for_model
+from .resume import check_branch, check_data, check_resume, checkpoint_state
+from .rundir import DATA, check_out_dir, clear_run, make_run_dir
 from .step import make_step
 
 logger = logging.getLogger(__name__)
@@ -73,55 +77,82 @@ class Trainer:
         self.last_eval: dict = {}
         self.last_eval_step = -1
         self.tokens_per_s: list[float] = []
+        self.rescheduled: dict = {}
 
     # -- set-up ---------------------------------------------------------------------------
 
     def setup(self) -> None:
+        """Check everything that can be checked without writing (settings, data, model, the
+        memory a step needs, the output directory, the checkpoint to continue), then write."""
         cfg = self.cfg
         mx.set_cache_limit(max(mx.set_cache_limit(0), cfg.cache_limit_mb << 20))
-        ckpt = self._find_resume()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.bundle = resolve_data(cfg.data, cfg.data_out, cfg.vocab_size, cfg.seed)
-        copy_tokenizer(self.bundle, self.run_dir)
-        self.model, self.model_config = make_model(cfg, self.bundle.vocab_size)
         self.qcfg = qat_config(cfg)
+        check_out_dir(cfg)
+        self.bundle = open_prepared(cfg.data)
+        self._build(self.bundle.vocab_size if self.bundle else cfg.vocab_size)
+        self.step, self.phase, self.tokens_seen, self.elapsed = 0, "fp", 0, 0.0
+        ckpt = self._find_resume()
+        keep_lines = self._restore(ckpt) if ckpt is not None else None
+        # From here on, files are written.
+        make_run_dir(self.run_dir)
+        if cfg.overwrite:
+            logger.info("overwrite: removed %s from %s", clear_run(self.run_dir), self.run_dir)
+        remove_stale_tmp(self.run_dir)
+        if self.bundle is None:
+            out = cfg.data_out or self.run_dir / DATA
+            self.bundle = prepare_run_data(cfg.data, out, cfg.vocab_size, cfg.seed)
+            if self.bundle.vocab_size != cfg.vocab_size:  # sentencepiece makes it exact
+                raise ValueError(
+                    f"data {self.bundle.path}: its tokenizer has {self.bundle.vocab_size} "
+                    f"pieces, not --vocab-size {cfg.vocab_size}; prepare it with mlx_qat.data "
+                    "and pass --data DIR"
+                )
+        for split in ("train", "val"):
+            check_split(self.bundle, split, cfg.seq_len)
+        if ckpt is not None:
+            check_data(ckpt, self.bundle)
+        copy_tokenizer(self.bundle, self.run_dir)
+        self._open_batches()
+        # Written only once the checkpoint (if any) was accepted for this config.
+        atomic_write_text(self.run_dir / "config.yaml", replace(cfg, overwrite=False).to_yaml())
+        self.metrics = MetricsWriter(self.run_dir, keep_lines)
+        if self.rescheduled:
+            self.metrics.write({"kind": "reschedule", "step": self.step, **self.rescheduled})
+        self._compile()
+
+    def _build(self, vocab_size: int) -> None:
+        """Model, plan, optimizer; refuses a step that cannot fit in memory."""
+        cfg = self.cfg
+        self.model, self.model_config = make_model(cfg, vocab_size)
         prepare(self.model, self.qcfg, enabled=False)
         self.plan: PhasePlan = plan_for_model(cfg, self.model)
         if self.plan.warning:
             logger.warning("plan: %s", self.plan.warning)
+        weights = tree_flatten(self.model.parameters())
+        act = max(
+            (v.dtype.size for _, v in weights if mx.issubdtype(v.dtype, mx.floating)), default=4
+        )
+        check_step_memory(cfg, self.model_config, sum(v.nbytes for _, v in weights), act)
+        self.optimizer = build_optimizer(self.model, cfg)
+
+    def _open_batches(self) -> None:
         from ..data import TokenBatches, eval_batches
 
-        self.batches = TokenBatches(self.bundle.train, cfg.batch_size, cfg.seq_len, cfg.seed)
-        self.val = list(
-            eval_batches(self.bundle.val, cfg.batch_size, cfg.seq_len, cfg.eval_batches)
-        )
+        cfg, b = self.cfg, self.bundle
+        self.batches = TokenBatches(b.train, cfg.batch_size, cfg.seq_len, cfg.seed)
+        self.val = list(eval_batches(b.val, cfg.batch_size, cfg.seq_len, cfg.eval_batches))
         # The result's numbers: a larger sample than the periodic evals (the PTQ gap of a small
         # model is a few hundredths of a nat, so 16 batches leave a few % of noise in it).
         self.final_val = eval_batches(
-            self.bundle.val, cfg.batch_size, cfg.seq_len, cfg.final_eval_batches or None
+            b.val, cfg.batch_size, cfg.seq_len, cfg.final_eval_batches or None
         )
-        self.bytes_per_token = float(self.bundle.bytes_per_token["val"])
-        self.optimizer = build_optimizer(self.model, cfg)
-        self.step, self.phase, self.tokens_seen, self.elapsed = 0, "fp", 0, 0.0
-        keep_lines = None
-        if ckpt is not None:
-            keep_lines = self._restore(ckpt)
-        # Written only once the checkpoint (if any) was accepted for this config.
-        atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
-        self.metrics = MetricsWriter(self.run_dir, keep_lines)
-        self._compile()
+        self.bytes_per_token = float(b.bytes_per_token["val"])
 
     def _find_resume(self):
         cfg = self.cfg
         if cfg.branch_from:
             return load_checkpoint(cfg.branch_from)
-        remove_stale_tmp(self.run_dir)
         found = list_checkpoints(self.run_dir)
-        if found and not cfg.resume:
-            raise ValueError(
-                f"run directory {self.run_dir} already has checkpoints (last: {found[-1][1].name});"
-                " pass --resume to continue it, or choose another --out"
-            )
         if cfg.resume and found:
             return load_checkpoint(latest_checkpoint(self.run_dir))
         if cfg.resume:
@@ -129,23 +160,19 @@ class Trainer:
         return None
 
     def _restore(self, ckpt) -> int | None:
-        """Load weights, optimizer and position from `ckpt`; returns metrics lines to keep."""
+        """Check `ckpt` against this run and load its weights, optimizer and position (no
+        file is written); returns the metrics lines to keep."""
         st, cfg = ckpt.state, self.cfg
+        self.rescheduled = {}
         if cfg.branch_from:
-            self._check_branch(ckpt)
-        elif st.get("config_hash") != cfg.hash():
-            raise CheckpointError(
-                f"checkpoint {ckpt.path}: saved with config hash {st.get('config_hash')}, but "
-                f"this config hashes to {cfg.hash()}: the settings that shape training changed. "
-                f"Resume with the run's own config (--config {self.run_dir / 'config.yaml'}), "
-                "or start a new run (another --out)"
-            )
-        shards = st.get("data", {}).get("shards")
-        if shards and Path(shards).name != Path(self.bundle.path).name:
-            raise CheckpointError(
-                f"checkpoint {ckpt.path}: trained on the token shards {shards}, but this run "
-                f"reads {self.bundle.path}; the batches would differ. Pass the same --data"
-            )
+            check_branch(ckpt, cfg, self.plan, self.model_config, self.qcfg)
+        else:
+            changed = check_resume(ckpt, cfg, self.run_dir)
+            if changed:
+                self.rescheduled = {"changed": changed}
+                logger.warning("reschedule: from step %s, %s", st["step"], changed)
+        if self.bundle is not None:
+            check_data(ckpt, self.bundle)
         try:
             self.model.load_weights(list(ckpt.weights.items()), strict=True)
             load_optimizer_arrays(self.optimizer, ckpt.optimizer_state)
@@ -164,26 +191,6 @@ class Trainer:
         how = "branched from" if cfg.branch_from else "resumed from"
         logger.info("%s %s (step %d, phase %s)", how, ckpt.path, self.step, self.phase)
         return None if cfg.branch_from else int(st.get("metrics_lines", 0))
-
-    def _check_branch(self, ckpt) -> None:
-        st, plan, where = ckpt.state, self.plan, f"--branch-from {ckpt.path}"
-        if ckpt.model_config.get("model_type") != self.model_config.get("model_type") or (
-            qat_config_of(ckpt).to_dict() != self.qcfg.to_dict()
-        ):
-            raise CheckpointError(f"{where}: another model or QAT config than this run's")
-        if st.get("tokens_per_step") != self.cfg.tokens_per_step:
-            raise CheckpointError(f"{where}: its steps have another number of tokens")
-        step = int(st["step"])
-        if st["phase"] != "fp" or step > plan.fp_steps:
-            raise CheckpointError(
-                f"{where}: a branch must start in this run's FP phase (step <= "
-                f"{plan.fp_steps}); the checkpoint is at step {step}, phase {st['phase']}"
-            )
-        if step and not math.isclose(st.get("lr", -1), plan.lr_at(step - 1), rel_tol=1e-6):
-            raise CheckpointError(
-                f"{where}: its LR at step {step - 1} was {st.get('lr')}, this run's schedule "
-                f"gives {plan.lr_at(step - 1)}; branch only where the schedules agree"
-            )
 
     def _compile(self) -> None:
         cfg = self.cfg
@@ -216,9 +223,10 @@ class Trainer:
                 **self.batches.state(step * cfg.grad_accum),
                 "grad_accum": cfg.grad_accum,
                 "shards": str(Path(self.bundle.path).resolve()),
+                "shards_key": self.bundle.manifest.get("key"),
             },
             "rng": {"seed": cfg.seed, "next_step_seed": _rng_seed(cfg.seed, step)},
-            "config_hash": cfg.hash(),
+            **checkpoint_state(cfg, self.bundle),
             "plan": {k: getattr(self.plan, k) for k in ("total_steps", "fp_steps", "qat_steps")},
             "eval": self.last_eval,
             "eval_step": self.last_eval_step,
@@ -331,7 +339,8 @@ class Trainer:
             f"step {self.step}: loss {loss}, gradient norm {norm} (not finite); training "
             f"stopped without saving. The last good checkpoint is "
             f"{last if last else 'none (no checkpoint yet)'}. Lower --lr, lengthen the warmup "
-            "or tighten --grad-clip, then continue with --resume"
+            "or tighten --grad-clip, then continue from it with --resume --reschedule (the new "
+            "values apply from that step on)"
         )
         self.metrics.write({"kind": "error", "step": self.step, "message": msg})
         raise TrainingDiverged(msg)

@@ -23,18 +23,24 @@ logger = logging.getLogger(__name__)
 TWIN = "fp_twin"
 
 
-def twin_config(config: TrainConfig, switch_step: int) -> TrainConfig:
-    """The twin's config: the QAT phase with fake quant off, branched from the switch."""
+def twin_config(config: TrainConfig, switch_step: int, data: str | None = None) -> TrainConfig:
+    """The twin's config: the QAT phase with fake quant off, branched from the switch, on the
+    run's data (`data`: its prepared shards, so raw text is not tokenized again). The twin's
+    directory belongs to the run: an attempt that stopped before its first checkpoint is
+    overwritten, one with checkpoints is resumed."""
     out = Path(config.out) / TWIN
     resume = bool(list_checkpoints(out))
     branch = None if resume else str(Path(config.out) / CHECKPOINTS / step_dir_name(switch_step))
     return replace(
         config,
         out=str(out),
+        data=[data] if data else config.data,
         ablate_qat=True,
         fp_twin=False,
         plot=False,
         resume=resume,
+        reschedule=resume and config.reschedule,
+        overwrite=not resume,
         branch_from=branch,
     )
 
@@ -63,7 +69,7 @@ def run_fp_twin(config: TrainConfig, trainer, result: dict) -> dict:
     plan = trainer.plan
     twin = None
     if plan.qat_steps > 0 and plan.fp_steps > 0:
-        tcfg = twin_config(config, plan.switch_step)
+        tcfg = twin_config(config, plan.switch_step, str(trainer.bundle.path))
         logger.info("training the FP twin in %s", tcfg.out)
         t = Trainer(tcfg)
         t.setup()

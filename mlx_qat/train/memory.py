@@ -1,0 +1,107 @@
+"""What one training step needs in memory, and refusing a run that cannot fit.
+
+A step of `B` sequences of `T` tokens on a model with `n` layers, width `d`, MLP width `m`,
+`h` attention heads and vocabulary `V` keeps alive, in bytes (`a` = activation dtype size):
+
+    weights, gradients, AdamW m and v      4 · P            (P = parameter bytes; +1 · P for
+                                                             the gradient sum with grad_accum)
+    activations saved for the backward     n · B · T · (8·d + 3·m) · a
+    attention scores and probabilities     n · B · h · T² · a   (+ one layer's worth in flight)
+    logits, their softmax and gradient     3 · B · T · V · 4   (float32)
+
+The terms count only what MLX must hold at once, so the sum is a lower bound (measured peaks
+are 1-2x it; see tests/test_reliability_train.py). A run whose lower bound exceeds the memory
+available is refused before anything is written, naming both numbers, instead of allocating
+tens of GB and crashing in BLAS. The limit is the Metal working set on an Apple GPU, else
+`MemAvailable` (Linux; capped by a cgroup `memory.max`) or the physical memory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlx.core as mx
+
+
+def step_bytes(model_config: dict, param_bytes: int, batch_size: int, seq_len: int, **kw) -> dict:
+    """Lower bounds, in bytes, of what one training step holds: {"params", "activations",
+    "attention", "logits", "total"}. `kw`: `grad_accum` (default 1), `act_bytes` (default 4).
+    """
+    c = model_config
+    n = int(c.get("num_hidden_layers") or c.get("n_layer") or 1)
+    d = int(c.get("hidden_size") or c.get("d_model") or 1)
+    m = int(c.get("intermediate_size") or 4 * d)
+    h = int(c.get("num_attention_heads") or 1)
+    v = int(c.get("vocab_size") or 1)
+    a = int(kw.get("act_bytes", 4))
+    bt = batch_size * seq_len
+    out = {
+        "params": (4 + (kw.get("grad_accum", 1) > 1)) * param_bytes,
+        "activations": n * bt * (8 * d + 3 * m) * a,
+        "attention": (n + 1) * batch_size * h * seq_len * seq_len * a,
+        "logits": 3 * bt * v * 4,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def _cgroup_limit() -> int | None:
+    for path, used in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        try:
+            limit = Path(path).read_text().strip()
+            if limit == "max" or int(limit) >= 1 << 60:
+                return None
+            return int(limit) - int(Path(used).read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def available_memory() -> tuple[int | None, str]:
+    """(bytes a step may use, where that number comes from); (None, why) when unknown."""
+    if mx.default_device() == mx.gpu:
+        info = mx.device_info()
+        for key in ("max_recommended_working_set_size", "memory_size"):
+            if info.get(key):
+                return int(info[key]), f"the GPU's {key.replace('_', ' ')}"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail, where = int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
+                cg = _cgroup_limit()
+                if cg is not None and cg < avail:
+                    return cg, "the cgroup memory limit (memory.max)"
+                return avail, where
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "the physical memory"
+    except (ValueError, OSError, AttributeError):
+        return None, "unknown"
+
+
+def check_step_memory(cfg, model_config: dict, param_bytes: int, act_bytes: int = 4) -> dict:
+    """Raise ValueError when one step of `cfg` cannot fit in the available memory, naming
+    the estimate, the limit and the fix. Returns the estimate."""
+    est = step_bytes(
+        model_config, param_bytes, cfg.batch_size, cfg.seq_len,
+        grad_accum=cfg.grad_accum, act_bytes=act_bytes,
+    )  # fmt: skip
+    limit, where = available_memory()
+    if limit is not None and est["total"] > limit:
+        gib = 1 << 30
+        parts = ", ".join(f"{k} {v / gib:.1f}" for k, v in est.items() if k != "total")
+        raise ValueError(
+            f"batch_size={cfg.batch_size}, seq_len={cfg.seq_len}: one training step needs at "
+            f"least {est['total'] / gib:.1f} GiB ({parts} GiB), more than the "
+            f"{limit / gib:.1f} GiB available ({where}); lower --seq-len or --batch-size (use "
+            "--grad-accum for the same tokens per step)"
+        )
+    return est

@@ -1,0 +1,97 @@
+"""Whether a checkpoint may continue this run: `--resume`, `--branch-from`, and the data.
+
+* Resume: the checkpoint's `config_hash` must be this config's. When only `SCHEDULE_FIELDS`
+  differ (the checkpoint's `train_hash` leaves them out), `--reschedule` accepts the change —
+  what the divergence message advises — and the new values apply from the resumed step on.
+* Branch: same model, QAT config and tokens per step, in this run's FP phase, at a step where
+  both LR schedules agree.
+* Data: the checkpoint's shards (by content key) and tokenizer (by sha256) must be this
+  run's; the tokenizer recorded here is what `mlx_qat.eval` and `mlx_qat.convert` check.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..checkpoint import CheckpointError, qat_config_of
+from .config import SCHEDULE_FIELDS
+
+
+def check_resume(ckpt, cfg, run_dir: Path) -> dict:
+    """Raise CheckpointError unless `ckpt` may be resumed with `cfg`; returns the schedule
+    settings that changed ({name: [old, new]}; non-empty only with `cfg.reschedule`)."""
+    st = ckpt.state
+    if st.get("config_hash") == cfg.hash():
+        return {}
+    old = st.get("schedule") or {}
+    changed = {k: [old.get(k), v] for k, v in cfg.schedule().items() if old.get(k) != v}
+    same_model = st.get("train_hash") == cfg.hash(exclude=SCHEDULE_FIELDS)
+    if same_model and cfg.reschedule:
+        return changed
+    what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+    if same_model and changed:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path}: saved with another schedule ({what}; config hash "
+            f"{st.get('config_hash')} -> {cfg.hash()}). To continue this run with the new "
+            "values from this step on, add --reschedule; or resume with the run's own config "
+            f"(--config {run_dir / 'config.yaml'})"
+        )
+    raise CheckpointError(
+        f"checkpoint {ckpt.path}: saved with config hash {st.get('config_hash')}, but this "
+        f"config hashes to {cfg.hash()}: the settings that shape training changed. Resume "
+        f"with the run's own config (--config {run_dir / 'config.yaml'}), or start a new run "
+        "(another --out)"
+    )
+
+
+def check_branch(ckpt, cfg, plan, model_config: dict, qcfg) -> None:
+    """Raise CheckpointError unless this run (`cfg`, `plan`) may start from `ckpt`."""
+    st, where = ckpt.state, f"--branch-from {ckpt.path}"
+    if ckpt.model_config.get("model_type") != model_config.get("model_type") or (
+        qat_config_of(ckpt).to_dict() != qcfg.to_dict()
+    ):
+        raise CheckpointError(f"{where}: another model or QAT config than this run's")
+    if st.get("tokens_per_step") != cfg.tokens_per_step:
+        raise CheckpointError(f"{where}: its steps have another number of tokens")
+    step = int(st["step"])
+    if st["phase"] != "fp" or step > plan.fp_steps:
+        raise CheckpointError(
+            f"{where}: a branch must start in this run's FP phase (step <= "
+            f"{plan.fp_steps}); the checkpoint is at step {step}, phase {st['phase']}"
+        )
+    if step and not math.isclose(st.get("lr", -1), plan.lr_at(step - 1), rel_tol=1e-6):
+        raise CheckpointError(
+            f"{where}: its LR at step {step - 1} was {st.get('lr')}, this run's schedule "
+            f"gives {plan.lr_at(step - 1)}; branch only where the schedules agree"
+        )
+
+
+def check_data(ckpt, bundle) -> None:
+    """Raise CheckpointError unless `bundle` is the data `ckpt` was trained on (shards by
+    content key, tokenizer by sha256; the shards' folder name for older checkpoints)."""
+    data = ckpt.state.get("data") or {}
+    key, shards = data.get("shards_key"), data.get("shards")
+    same = key == bundle.manifest.get("key") if key else Path(shards or "").name == bundle.path.name
+    if shards and not same:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path}: trained on the token shards {shards}, but this run "
+            f"reads {bundle.path}; the batches would differ. Pass the same --data"
+        )
+    tok = ckpt.state.get("tokenizer_sha256")
+    have = bundle.manifest["tokenizer"]["sha256"]
+    if tok and tok != have:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path}: trained with the tokenizer sha256 {tok}, but the data "
+            f"{bundle.path} was encoded with {have}. Pass the run's own --data"
+        )
+
+
+def checkpoint_state(cfg, bundle) -> dict:
+    """The entries of `state.json` that the checks above read back."""
+    return {
+        "config_hash": cfg.hash(),
+        "train_hash": cfg.hash(exclude=SCHEDULE_FIELDS),
+        "schedule": cfg.schedule(),
+        "tokenizer_sha256": bundle.manifest["tokenizer"]["sha256"],
+    }
