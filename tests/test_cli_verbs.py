@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from mlx_qat.cli import check, convert, data, eval, plan, train
+from mlx_qat.cli import check, convert, data, eval, plan, sweep, train
 from test_train_fixtures import CORPUS, tiny_config, tiny_data_dir  # noqa: F401
 
 VERBS = {

@@ -1,0 +1,28 @@
+"""Scaling-law mini-sweeps: a YAML grid of runs sharing FP trunks, one row per run.
+
+    >>> from mlx_qat.sweep import load_sweep, run_sweep
+    >>> rows = run_sweep(load_sweep("configs/sweep_tiny.yaml"))
+
+Modules: `grid` (the sweep file and its runs), `trunks` (which runs share an FP prefix and
+where each branches), `results` (the rows, appended atomically), `run` (training them).
+"""
+
+from .grid import Sweep, load_sweep
+from .results import append_row, make_row, read_rows
+from .run import RESULTS, measure_tokens_per_s, run_sweep, sweep_jobs
+from .trunks import Trunk, branch_step, plan_trunks
+
+__all__ = [
+    "RESULTS",
+    "Sweep",
+    "Trunk",
+    "append_row",
+    "branch_step",
+    "load_sweep",
+    "make_row",
+    "measure_tokens_per_s",
+    "plan_trunks",
+    "read_rows",
+    "run_sweep",
+    "sweep_jobs",
+]

@@ -1,0 +1,176 @@
+"""A sweep's grid: the YAML file, and its expansion into one `TrainConfig` per run.
+
+    out: runs/sweep_tiny              # every run in <out>/runs/<name>/, rows in <out>/results.jsonl
+    data: data/sweep                  # one prepared data set (mlx_qat.data) for every run
+    train: {batch_size: 8, ...}       # TrainConfig settings shared by every run
+    fp_anchor: true                   # add a pure-FP run (f = 0) to every trunk: the law's anchor
+    grids:                            # each a product; keys left out come from `defaults`
+      - name: main
+        models: [d2, d4]              # presets, or {name: x, model_config: path/config.json}
+        tokens: [2e5, 1e6]
+        bits: [2, 4]
+        fractions: [0.1, 0.3, auto]   # numbers in (0, 1], or auto = exp(-a / ln S)
+        pipelines: [fused]
+        seeds: [0]
+
+Runs that differ only in grid (same model, tokens, bits, seed and shared settings) are the same
+run and appear once. A run's name spells its grid point, so a changed grid keeps the runs (and
+rows) that still match.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..train.config import TrainConfig, normalize_fraction, parse_count
+
+AXES = ("models", "tokens", "bits", "fractions", "pipelines", "seeds")
+# What a grid point sets: the sweep owns these, so `train:` may not.
+OWNED = {"out", "data", "preset", "model_config", "model", "tokens", "bits", "qat_fraction",
+         "pipeline", "seed", "resume", "branch_from", "fp_twin", "plot", "quiet"}  # fmt: skip
+DEFAULT_AXES = {"pipelines": ["fused"], "seeds": [0]}
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model of the grid: a preset name, or a name for an mlx-lm config.json."""
+
+    name: str
+    model_config: str | None = None
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> Model:
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, dict) and set(value) == {"name", "model_config"}:
+            return cls(str(value["name"]), str(value["model_config"]))
+        raise ValueError(
+            f"{where}: a model is a preset name (d2) or {{name: x, model_config: path}}; "
+            f"got {value!r}"
+        )
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of the grid."""
+
+    model: Model
+    tokens: int
+    bits: int
+    fraction: float | str  # a number in [0, 1], or "auto"
+    pipeline: str
+    seed: int
+    groups: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def name(self) -> str:
+        f = self.fraction if self.fraction == "auto" else f"{float(self.fraction):.4g}"
+        return f"{self.model.name}_D{self.tokens}_b{self.bits}_f{f}_{self.pipeline}_s{self.seed}"
+
+
+@dataclass
+class Sweep:
+    """The parsed sweep file: where it writes, its data, the shared settings and the runs."""
+
+    out: Path
+    data: str
+    train: dict
+    points: list[Point]
+    fp_anchor: bool = True
+    source: str = "sweep"
+
+    def config(self, point: Point) -> TrainConfig:
+        """The TrainConfig of one grid point (output in `<out>/runs/<name>`)."""
+        kw = dict(self.train)
+        kw.update(
+            out=str(self.out / "runs" / point.name),
+            data=[self.data],
+            tokens=point.tokens,
+            bits=point.bits,
+            qat_fraction=point.fraction,
+            pipeline=point.pipeline,
+            seed=point.seed,
+            quiet=True,
+        )
+        if point.model.model_config:
+            kw["model_config"] = point.model.model_config
+        else:
+            kw["preset"] = point.model.name
+        return TrainConfig(**kw)
+
+
+def _axis(grid: dict, defaults: dict, key: str, where: str) -> list:
+    values = grid.get(key, defaults.get(key, DEFAULT_AXES.get(key)))
+    if values is None:
+        raise ValueError(f"{where}: no {key!r}; give a list (or set it under defaults:)")
+    values = values if isinstance(values, list) else [values]
+    if not values:
+        raise ValueError(f"{where}: {key!r} is empty")
+    return values
+
+
+def _points(grid: dict, defaults: dict, where: str) -> list[Point]:
+    unknown = sorted(set(grid) - {*AXES, "name"})
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; a grid has {AXES}")
+    axes = {k: _axis(grid, defaults, k, where) for k in AXES}
+    models = [Model.parse(m, where) for m in axes["models"]]
+    tokens = [parse_count(t, f"{where}: tokens") for t in axes["tokens"]]
+    fractions = [normalize_fraction(f) for f in axes["fractions"]]
+    name = str(grid.get("name", where))
+    return [
+        Point(m, t, int(b), f, str(p), int(s), (name,))
+        for m, t, b, f, p, s in itertools.product(
+            models, tokens, axes["bits"], fractions, axes["pipelines"], axes["seeds"]
+        )
+    ]
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Parse a sweep YAML file; every problem is a ValueError naming the file and the key."""
+    where = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"sweep file {where}: cannot read it ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"sweep file {where}: must hold a mapping (out, data, train, grids)")
+    known = {"out", "data", "train", "defaults", "grids", "fp_anchor"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"sweep file {where}: unknown key(s) {', '.join(unknown)}; known: {known}")
+    for key in ("out", "data", "grids"):
+        if not raw.get(key):
+            raise ValueError(f"sweep file {where}: {key!r} is required")
+    train = {str(k).replace("-", "_"): v for k, v in (raw.get("train") or {}).items()}
+    owned = sorted(set(train) & OWNED)
+    if owned:
+        raise ValueError(
+            f"sweep file {where}: train: sets {', '.join(owned)}, which the grid decides; "
+            "move them into grids: (models, tokens, bits, fractions, pipelines, seeds)"
+        )
+    TrainConfig.from_dict(train, where=f"{where}: train")  # unknown keys / bad values, now
+    defaults = raw.get("defaults") or {}
+    seen: dict[Point, Point] = {}
+    for i, grid in enumerate(raw["grids"]):
+        if not isinstance(grid, dict):
+            raise ValueError(f"sweep file {where}: grids[{i}] must be a mapping")
+        for p in _points(grid, defaults, f"{where}: grids[{i}]"):
+            if p in seen:  # the same run in two grids: once, in both groups
+                q = seen[p]
+                seen[p] = Point(**{**q.__dict__, "groups": q.groups + p.groups})
+            else:
+                seen[p] = p
+    return Sweep(
+        out=Path(raw["out"]),
+        data=str(raw["data"]),
+        train=train,
+        points=list(seen.values()),
+        fp_anchor=bool(raw.get("fp_anchor", True)),
+        source=where,
+    )

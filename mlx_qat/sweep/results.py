@@ -1,0 +1,101 @@
+"""`results.jsonl`: one row per finished run, appended atomically, read back defensively.
+
+A row holds what the law fit needs and nothing it must recompute (the schema `mlx_qat.fit`
+reads, `mlx_qat/fit/rows.py`): N, D, D_fp, D_qat, bits (null for a pure-FP run), final_loss
+(the fake-quant model's loss for a QAT run, the float model's for an FP run), plus the run's
+name and groups, config hash, N without embeddings, exact parameter bytes (every tensor at its
+own bits) and nominal N·B/8, S, f, group size, quantizer, pipeline, seed, the FP / QAT / PTQ
+loss and bits per byte of the final evaluation (the whole validation split), wall time and
+tokens/s.
+
+Appending: each row is one `os.write` of one line on an `O_APPEND` descriptor, then fsync. A
+kill can at worst leave a line without its newline at the end of the file; `read_rows` ignores
+it, and `append_row` cuts it off before writing the next row, so a half-written row is never
+read and never glued to the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..train.config import TrainConfig
+
+
+def make_row(name: str, groups: tuple[str, ...], config: TrainConfig, result: dict) -> dict:
+    """The row of one finished run, from its config and `train()` result."""
+    plan, ev = result["plan"], result.get("eval") or {}
+    fp, qat, ptq = ev.get("fp"), ev.get("qat"), ev.get("ptq")
+    is_fp = plan["qat_steps"] == 0
+    final = fp if is_fp else qat
+    return {
+        "name": name,
+        "groups": list(groups),
+        "config_hash": config.hash(),
+        "N": plan["n_params"],
+        "N_nonemb": plan["n_params_no_embed"],
+        "param_bytes": plan["param_bytes"],
+        "nominal_bytes": plan["n_params"] * config.bits / 8,
+        "D": plan["total_steps"] * plan["tokens_per_step"],
+        "D_fp": plan["fp_tokens"],
+        "D_qat": plan["qat_tokens"],
+        "S": plan["tokens_per_byte"],
+        "f": plan["fraction"],
+        "f_requested": plan["requested"],
+        "f_hat": plan["f_hat"],
+        "bits": None if is_fp else config.bits,
+        "ptq_bits": config.bits,
+        "group_size": config.group_size,
+        "quantizer": config.quantizer,
+        "pipeline": config.pipeline,
+        "seed": config.seed,
+        "final_loss": final["loss"] if final else None,
+        "final_bpb": final["bpb"] if final else None,
+        **{
+            f"{k}_loss": (v["loss"] if v else None)
+            for k, v in (("fp", fp), ("qat", qat), ("ptq", ptq))
+        },
+        **{
+            f"{k}_bpb": (v["bpb"] if v else None)
+            for k, v in (("fp", fp), ("qat", qat), ("ptq", ptq))
+        },
+        "eval_tokens": (fp or {}).get("tokens"),
+        "wall_s": result.get("train_s"),
+        "tokens_per_s": result.get("tokens_per_s"),
+    }
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Every complete row of `path` (none if it does not exist); a torn last line is skipped."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    text = p.read_text(encoding="utf-8")
+    rows = []
+    for i, line in enumerate(text.split("\n")[:-1]):  # the part after the last \n is torn
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}: line {i + 1} is not a JSON row ({e})") from None
+    return rows
+
+
+def append_row(path: str | Path, row: dict) -> None:
+    """Append one row atomically (see the module docstring)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(row, sort_keys=True) + "\n").encode("utf-8")
+    fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            os.lseek(fd, size - 1, os.SEEK_SET)
+            if os.read(fd, 1) != b"\n":  # a torn row from a killed writer: drop it
+                tail = Path(p).read_bytes()
+                os.ftruncate(fd, tail.rfind(b"\n") + 1)
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

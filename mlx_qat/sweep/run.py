@@ -1,0 +1,168 @@
+"""Running a sweep: trunks first, branches from their checkpoints, one row per finished run.
+
+Re-running the same sweep skips every run whose row (same name and config hash) is in
+`results.jsonl`, and continues an interrupted run from its last checkpoint (`resume`). A kill
+at any moment loses at most the work since a run's last checkpoint: rows are appended
+atomically (`results.py`), and a run that finished but has no row yet is re-read from its
+`result.json` without training again.
+
+`jobs > 1` runs independent runs side by side, each in its own `python -m mlx_qat train`
+process; a trunk's branches start when the trunk has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..train.config import TrainConfig
+from .grid import Sweep
+from .results import append_row, make_row, read_rows
+from .trunks import Member, Trunk, plan_trunks
+
+logger = logging.getLogger(__name__)
+
+RESULTS = "results.jsonl"
+
+
+@dataclass
+class Job:
+    """One run to train: its trunk member, its final config, and what it waits for."""
+
+    member: Member
+    config: TrainConfig
+    after: str | None  # the name of the run whose checkpoint it branches from
+
+    @property
+    def name(self) -> str:
+        return self.member.point.name
+
+
+def sweep_jobs(sweep: Sweep, trunks: list[Trunk] | None = None) -> list[Job]:
+    """Every run of the sweep in a valid order (each trunk's root before its branches)."""
+    jobs = []
+    for t in trunks if trunks is not None else plan_trunks(sweep):
+        root = t.root.point.name
+        for m, cfg in zip(t.members, t.configs()):
+            jobs.append(Job(m, cfg, root if cfg.branch_from else None))
+    return jobs
+
+
+def _done(rows: list[dict]) -> set[tuple[str, str]]:
+    return {(r["name"], r["config_hash"]) for r in rows}
+
+
+def _ready_config(job: Job) -> TrainConfig:
+    """The config to run now: resume a run that has checkpoints; branch otherwise."""
+    from ..checkpoint import list_checkpoints
+
+    cfg = job.config
+    if list_checkpoints(cfg.out):
+        return replace(cfg, resume=True, branch_from=None)
+    if cfg.branch_from and not Path(cfg.branch_from).is_dir():
+        # The trunk finished before this branch point was asked for (a changed grid): train
+        # this run from the start instead.
+        logger.warning(
+            "%s: no trunk checkpoint %s; training from step 0", job.name, cfg.branch_from
+        )
+        return replace(cfg, branch_from=None)
+    return cfg
+
+
+def _train_in_process(cfg: TrainConfig) -> dict:
+    from ..train import train
+
+    return train(cfg)
+
+
+def _train_subprocess(cfg: TrainConfig) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = out / "sweep_run.yaml"
+    spec.write_text(cfg.to_yaml(), encoding="utf-8")
+    cmd = [sys.executable, "-m", "mlx_qat", "train", "--config", str(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cfg.out}: training failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads((out / "result.json").read_text(encoding="utf-8"))
+
+
+def _finished_result(cfg: TrainConfig) -> dict | None:
+    """The result of a run that finished (result.json for this config) but has no row yet."""
+    path = Path(cfg.out) / "result.json"
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text(encoding="utf-8"))
+    done = result.get("steps") == result["plan"]["total_steps"]
+    return result if done and result.get("config_hash") == cfg.hash() else None
+
+
+def run_sweep(sweep: Sweep, jobs: int = 1, on_event=None) -> list[dict]:
+    """Train every run of `sweep` that has no row yet; returns all rows of the results file.
+
+    Args:
+        sweep: the parsed sweep (`grid.load_sweep`).
+        jobs: runs side by side (1: in this process; more: one subprocess each).
+        on_event: `on_event(kind, job, info)` for progress ("start", "done", "skip").
+    """
+    path = sweep.out / RESULTS
+    todo = [j for j in sweep_jobs(sweep) if (j.name, j.config.hash()) not in _done(read_rows(path))]
+    finished: set[str] = {r["name"] for r in read_rows(path)}
+    train_fn = _train_in_process if jobs <= 1 else _train_subprocess
+    event = on_event or (lambda *a: None)
+
+    def finish(job: Job, result: dict) -> None:
+        append_row(path, make_row(job.name, job.member.point.groups, job.config, result))
+        finished.add(job.name)
+        event("done", job, result)
+
+    def start(job: Job) -> dict:
+        cfg = _ready_config(job)
+        result = _finished_result(cfg)
+        if result is None:
+            event("start", job, cfg)
+            result = train_fn(cfg)
+        return result
+
+    pending = list(todo)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        running: dict = {}
+        while pending or running:
+            ready = [j for j in pending if j.after is None or j.after in finished]
+            for job in ready[: max(1, jobs) - len(running)]:
+                pending.remove(job)
+                running[pool.submit(start, job)] = job
+            if not running:  # a branch whose trunk has a row from an older grid
+                job = pending.pop(0)
+                running[pool.submit(start, job)] = job
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                job = running.pop(fut)
+                finish(job, fut.result())
+    return read_rows(path)
+
+
+def measure_tokens_per_s(config: TrainConfig, steps: int = 4) -> float:
+    """Training throughput of `config`'s model and batch here (median of a few steps after
+    the compiling one), for the dry run's time estimate."""
+    from ..train import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Trainer(replace(config, out=tmp, resume=False, branch_from=None, save_steps=[]))
+        t.setup()
+        times = []
+        for _ in range(steps + 1):
+            t0 = time.perf_counter()
+            t.train_step()
+            t.step += 1
+            times.append(time.perf_counter() - t0)
+    dt = sorted(times[1:])[len(times[1:]) // 2]
+    return config.tokens_per_step / dt if dt > 0 else math.inf

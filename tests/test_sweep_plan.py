@@ -1,0 +1,109 @@
+"""Sweep grids and trunk planning: which runs exist, which share an FP trunk, where each
+branches, and what the trunk must save — checked against step counts computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from mlx_qat.sweep.grid import load_sweep
+from mlx_qat.sweep.trunks import plan_trunks
+
+TPS = 4 * 32  # batch 4 x 32 tokens
+
+
+def sweep_file(tmp_path, grids, **top) -> str:
+    doc = {
+        "out": str(tmp_path / "sweep"),
+        "data": str(tmp_path / "data"),
+        "train": {"batch_size": 4, "seq_len": 32, "vocab_size": 512, "cooldown_fraction": 0.2},
+        "grids": grids,
+        **top,
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_grid_is_the_product_and_shared_points_appear_once(tmp_path):
+    grids = [
+        {"name": "a", "models": ["d2", "d4"], "tokens": [1e5, "2e5"], "bits": [2, 4],
+         "fractions": [0.1, "auto"], "seeds": [0, 1]},
+        {"name": "b", "models": ["d2"], "tokens": [1e5], "bits": [4], "fractions": [0.1],
+         "pipelines": ["fused", "classic"]},
+    ]  # fmt: skip
+    sw = load_sweep(sweep_file(tmp_path, grids))
+    assert len(sw.points) == 2 * 2 * 2 * 2 * 2 + 1  # b's fused point is one of a's
+    shared = [p for p in sw.points if p.groups == ("a", "b")]
+    assert len(shared) == 1 and shared[0].pipeline == "fused" and shared[0].seed == 0
+    names = [p.name for p in sw.points]
+    assert len(set(names)) == len(names) and "d2_D100000_b4_f0.1_classic_s0" in names
+    cfg = sw.config(shared[0])
+    assert (cfg.preset, cfg.tokens, cfg.bits, cfg.qat_fraction) == ("d2", 100_000, 4, 0.1)
+    assert cfg.batch_size == 4 and cfg.out.endswith("runs/d2_D100000_b4_f0.1_fused_s0")
+
+
+@pytest.mark.parametrize(
+    "grids, train, match",
+    [
+        ([{"models": ["d2"], "tokens": [1e5], "bits": [4], "fractions": [1.5]}], {}, "qat_fraction"),
+        ([{"models": ["d2"], "tokens": [1e5], "bits": [4]}], {}, "no 'fractions'"),
+        ([{"models": ["d2"], "tokens": [1e5], "bits": [4], "fractions": [0.1], "lr": 1}], {}, "unknown key"),
+        ([{"models": ["d2"], "tokens": [1e5], "bits": [4], "fractions": [0.1]}], {"bits": 3}, "grid decides"),
+        ([{"models": ["d2"], "tokens": [1e5], "bits": [4], "fractions": [0.1]}], {"lrr": 3}, "lrr"),
+    ],
+)  # fmt: skip
+def test_bad_sweep_files_name_the_key(tmp_path, grids, train, match):
+    path = sweep_file(tmp_path, grids)
+    doc = yaml.safe_load(open(path))
+    doc["train"].update(train)
+    open(path, "w").write(yaml.safe_dump(doc))
+    with pytest.raises(ValueError, match=match):
+        load_sweep(path)
+
+
+def test_trunks_branch_points_and_saved_checkpoints(tmp_path):
+    D = 200 * TPS  # 200 steps
+    grids = [
+        {"models": ["d2"], "tokens": [D], "bits": [4], "fractions": [0.1, 0.3, 0.5]},
+        {"models": ["d2"], "tokens": [D], "bits": [4], "fractions": [0.3], "pipelines": ["classic"]},
+        {"models": ["d2"], "tokens": [D], "bits": [2], "fractions": [0.3]},
+    ]  # fmt: skip
+    trunks = plan_trunks(load_sweep(sweep_file(tmp_path, grids)))
+    by_bits = {t.root.point.bits: t for t in trunks}
+    assert sorted(by_bits) == [2, 4] and len(trunks) == 2  # bits differ: separate trunks
+    t = by_bits[4]
+    T, c = 200, 0.2
+    fp = {f: T - round(f * T) for f in (0.1, 0.3, 0.5)}  # 180, 140, 100
+    root = t.root
+    assert (root.point.fraction, root.point.pipeline, root.branch) == (0.1, "fused", fp[0.1])
+    branch = {(m.point.fraction, m.point.pipeline): m.branch for m in t.members}
+    assert branch[(0.3, "fused")] == fp[0.3] and branch[(0.5, "fused")] == fp[0.5]
+    assert branch[(0.3, "classic")] == fp[0.3] - round(c * fp[0.3])  # its FP cooldown starts
+    assert branch[(0.0, "fused")] == T - round(c * T)  # the FP anchor's final decay starts
+    assert t.save_steps == sorted(
+        {fp[0.3], fp[0.5], fp[0.3] - round(c * fp[0.3]), T - round(c * T)}
+    )
+    # A fused branch trains only its QAT phase; the trunk trains everything once.
+    assert t.tokens_trained() == TPS * (T + (T - fp[0.3]) + (T - fp[0.5])
+                                        + round(c * fp[0.3]) + (T - fp[0.3]) + round(c * T))  # fmt: skip
+    assert t.tokens_independent() == 5 * T * TPS
+    cfgs = {c.out.rsplit("/", 1)[1]: c for c in t.configs()}
+    rootcfg = cfgs[root.point.name]
+    assert rootcfg.save_steps == t.save_steps and rootcfg.branch_from is None
+    b03 = cfgs["d2_D25600_b4_f0.3_fused_s0"]
+    assert b03.branch_from == f"{rootcfg.out}/checkpoints/step_{fp[0.3]:08d}"
+
+
+def test_auto_fraction_and_qat_from_scratch(tmp_path):
+    D = 40_000 * TPS  # S = D / bytes of d2 at 4 bits ~ 60: auto f ~ 0.19
+    grids = [{"models": ["d2"], "tokens": [D], "bits": [4], "fractions": ["auto", 1.0]}]
+    (t,) = plan_trunks(load_sweep(sweep_file(tmp_path, grids, fp_anchor=False)))
+    auto = next(m for m in t.members if m.point.fraction == "auto")
+    assert auto.plan.qat_steps == round(auto.plan.f_hat * 40_000) > 0
+    assert math.isclose(auto.plan.f_hat, math.exp(-6.7297 / math.log(auto.plan.tokens_per_byte)))
+    scratch = next(m for m in t.members if m.point.fraction == 1.0)
+    assert scratch.branch == 0 and scratch.config.branch_from is None
+    assert [c.branch_from for c in t.configs() if c.qat_fraction == 1.0] == [None]
