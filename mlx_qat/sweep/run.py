@@ -132,12 +132,16 @@ def run_sweep(sweep: Sweep, jobs: int = 1, on_event=None) -> list[dict]:
             result = train_fn(cfg)
         return result
 
+    if jobs <= 1:  # in this thread: MLX's streams belong to the thread that made them
+        for job in todo:
+            finish(job, start(job))
+        return read_rows(path)
     pending = list(todo)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on processes
         running: dict = {}
         while pending or running:
             ready = [j for j in pending if j.after is None or j.after in finished]
-            for job in ready[: max(1, jobs) - len(running)]:
+            for job in ready[: jobs - len(running)]:
                 pending.remove(job)
                 running[pool.submit(start, job)] = job
             if not running:  # a branch whose trunk has a row from an older grid

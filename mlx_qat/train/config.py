@@ -40,6 +40,7 @@ _NOT_HASHED = {
     "eval_batches",
     "final_eval_batches",
     "save_every",
+    "save_steps",
     "keep_checkpoints",
     "log_every",
     "plot",
@@ -63,7 +64,7 @@ _PATHS = ("out", "branch_from", "data_out", "model_config", "model")
 def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
     meta = {"help": help, "group": group, **kw}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: default, metadata=meta)
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -195,6 +196,13 @@ class TrainConfig:
         0, "validation batches for the final evaluation (0: the whole validation split)", "eval"
     )
     save_every: int = _f(500, "checkpoint every N steps (and at the switch and the end)", "eval")
+    save_steps: list[int] = _f(
+        [],
+        "also checkpoint after these steps, and keep them (a sweep's trunk saves its branch "
+        "points)",
+        "eval",
+        nargs="*",
+    )
     keep_checkpoints: int = _f(2, "keep the last K checkpoints (plus the switch one)", "eval")
     log_every: int = _f(1, "write a metrics line every N steps", "eval")
 
@@ -246,6 +254,7 @@ class TrainConfig:
         if self.reschedule and not self.resume:
             raise ValueError("reschedule: only with resume (it accepts a changed schedule)")
         self._check_ranges()
+        self._check_model()
         if isinstance(self.data, str):
             self.data = [self.data]
         # One spelling per path: `runs/a/` and `runs/a` are the same run.
@@ -253,6 +262,16 @@ class TrainConfig:
         for name in _PATHS:
             if getattr(self, name):
                 setattr(self, name, os.path.normpath(getattr(self, name)))
+
+    def _check_model(self) -> None:
+        """The quantization formats and the preset name, so that a bad one fails here and
+        not after the data was prepared."""
+        from ..models.build import qat_config
+        from ..models.presets import preset_config
+
+        qat_config(self)
+        if not (self.model or self.model_config):
+            preset_config(self.preset, 1)
 
     def _check_ranges(self) -> None:
         def need(ok: bool, name: str, rule: str) -> None:
@@ -262,6 +281,8 @@ class TrainConfig:
         need(0 <= self.seed < 2**63, "seed", "in [0, 2**63)")
         need(self.log_every >= 1, "log_every", ">= 1 (1: a metrics line every step)")
         need(self.save_every >= 0, "save_every", ">= 0 (0: only at the switch and the end)")
+        self.save_steps = sorted({int(s) for s in self.save_steps or ()})
+        need(all(s >= 1 for s in self.save_steps), "save_steps", "steps >= 1")
         need(self.eval_every >= 0, "eval_every", ">= 0 (0: only at the end)")
         need(self.cache_limit_mb >= 0, "cache_limit_mb", ">= 0")
         need(self.grad_clip >= 0, "grad_clip", ">= 0 (0: off)")

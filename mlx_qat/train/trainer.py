@@ -89,6 +89,8 @@ class Trainer:
         self.qcfg = qat_config(cfg)
         check_out_dir(cfg)
         self.bundle = open_prepared(cfg.data)
+        for split in ("train", "val") if self.bundle else ():
+            check_split(self.bundle, split, cfg.seq_len)
         self._build(self.bundle.vocab_size if self.bundle else cfg.vocab_size)
         self.step, self.phase, self.tokens_seen, self.elapsed = 0, "fp", 0, 0.0
         ckpt = self._find_resume()
@@ -107,10 +109,10 @@ class Trainer:
                     f"pieces, not --vocab-size {cfg.vocab_size}; prepare it with mlx_qat.data "
                     "and pass --data DIR"
                 )
-        for split in ("train", "val"):
-            check_split(self.bundle, split, cfg.seq_len)
-        if ckpt is not None:
-            check_data(ckpt, self.bundle)
+            for split in ("train", "val"):
+                check_split(self.bundle, split, cfg.seq_len)
+            if ckpt is not None:
+                check_data(ckpt, self.bundle)
         copy_tokenizer(self.bundle, self.run_dir)
         self._open_batches()
         # Written only once the checkpoint (if any) was accepted for this config.
@@ -238,7 +240,7 @@ class Trainer:
             "fake_quant": self.phase == "qat" and not cfg.ablate_qat,
             "phase": self.phase,
         }
-        protect = (self.plan.switch_step,)
+        protect = (self.plan.switch_step, *cfg.save_steps)
         return save_checkpoint(
             self.run_dir, step, self.model, self.optimizer, state, self.model_config, qat,
             keep=cfg.keep_checkpoints, protect=protect,
@@ -300,7 +302,8 @@ class Trainer:
                     self.evaluate()
                 if done:
                     self.evaluate(final=True)
-                if done or (cfg.save_every and self.step % cfg.save_every == 0):
+                periodic = cfg.save_every and self.step % cfg.save_every == 0
+                if done or periodic or self.step in cfg.save_steps:
                     self.save()
         finally:
             if bar is not None:

@@ -1,0 +1,133 @@
+"""A trimmed sweep end to end: trunk sharing in real runs, rows, and crash-resume with a real
+kill (no finished run repeated, no row lost or duplicated, a torn row never read)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from test_train_fixtures import REPO, tiny_data_dir  # noqa: F401
+
+from mlx_qat.sweep import append_row, load_sweep, plan_trunks, read_rows, run_sweep
+
+TPS = 4 * 32
+STEPS = 24
+
+
+def write_sweep(tmp_path, data_dir, out) -> str:
+    doc = {
+        "out": str(out),
+        "data": str(data_dir),
+        "train": {
+            "batch_size": 4, "seq_len": 32, "warmup_steps": 2, "lr": 3e-3,
+            "eval_every": 0, "eval_batches": 2, "final_eval_batches": 2, "save_every": 0,
+            "cache_limit_mb": 256,
+        },
+        "grids": [
+            {"name": "main", "models": ["d2"], "tokens": [STEPS * TPS], "bits": [4],
+             "fractions": [0.25, 0.5]},
+            {"name": "fusion", "models": ["d2"], "tokens": [STEPS * TPS], "bits": [4],
+             "fractions": [0.5], "pipelines": ["classic"]},
+        ],
+    }  # fmt: skip
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data_dir, tmp_path_factory):  # noqa: F811
+    """The uninterrupted sweep, in process."""
+    tmp = tmp_path_factory.mktemp("sweep_ref")
+    sweep = load_sweep(write_sweep(tmp, tiny_data_dir, tmp / "ref"))
+    return sweep, run_sweep(sweep)
+
+
+def test_rows_hold_what_the_fit_needs_and_branches_match_independent_runs(reference, tmp_path):
+    sweep, rows = reference
+    assert sorted(r["name"] for r in rows) == sorted(
+        ["d2_D3072_b4_f0.25_fused_s0", "d2_D3072_b4_f0.5_fused_s0",
+         "d2_D3072_b4_f0.5_classic_s0", "d2_D3072_b4_f0_fused_s0"]
+    )  # fmt: skip
+    by = {r["name"]: r for r in rows}
+    fp = by["d2_D3072_b4_f0_fused_s0"]
+    assert fp["bits"] is None and fp["D_qat"] == 0 and fp["final_loss"] == fp["fp_loss"]
+    q = by["d2_D3072_b4_f0.5_fused_s0"]
+    assert (q["D"], q["D_fp"], q["D_qat"], q["bits"]) == (3072, 12 * TPS, 12 * TPS, 4)
+    assert q["final_loss"] == q["qat_loss"] and q["S"] == pytest.approx(3072 / q["param_bytes"])
+    assert q["nominal_bytes"] == q["N"] * 4 / 8 and q["groups"] == ["main"]
+    # The branch (from the trunk's step-12 checkpoint) equals the same run trained alone.
+    from dataclasses import replace
+
+    from mlx_qat.train import train
+
+    (t,) = plan_trunks(sweep)
+    m = next(m for m in t.members if m.point.name == q["name"])
+    alone = train(replace(m.config, out=str(tmp_path / "alone"), branch_from=None))
+    assert alone["eval"]["qat"]["loss"] == pytest.approx(q["qat_loss"], rel=1e-6)
+    assert t.tokens_trained() < t.tokens_independent()
+
+
+def test_rerun_skips_finished_rows(reference):
+    sweep, rows = reference
+    assert run_sweep(sweep) == rows  # nothing trained again, nothing appended
+
+
+def test_torn_row_is_never_read_and_is_cut_before_the_next(tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_row(path, {"name": "a", "x": 1})
+    with open(path, "ab") as f:
+        f.write(b'{"name": "b", "x"')  # a writer killed mid-row
+    assert read_rows(path) == [{"name": "a", "x": 1}]
+    append_row(path, {"name": "c", "x": 3})
+    assert [r["name"] for r in read_rows(path)] == ["a", "c"]
+    assert path.read_text().count("\n") == 2
+
+
+def test_killed_sweep_resumes_without_repeating_or_losing_rows(reference, tmp_path):
+    _, ref_rows = reference
+    sweep_dir = tmp_path / "killed"
+    spec = write_sweep(tmp_path, load_sweep_data(reference), sweep_dir)
+    cmd = [sys.executable, "-m", "mlx_qat", "sweep", spec]
+    env = {**os.environ, "MLX_QAT_NO_OPENBLAS": os.environ.get("MLX_QAT_NO_OPENBLAS", "")}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    results = sweep_dir / "results.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if results.is_file() and results.read_text().count("\n") >= 1:
+            break  # one run finished: the next one is training now
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_rows = read_rows(results)
+    print(f"killed after {len(killed_rows)} row(s): {[r['name'] for r in killed_rows]}")
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rows = read_rows(results)
+    names = [r["name"] for r in rows]
+    assert len(names) == len(set(names)) == len(ref_rows)  # none lost, none duplicated
+    assert rows[: len(killed_rows)] == killed_rows  # finished rows kept as they were
+    ref = {r["name"]: r for r in ref_rows}
+    for r in rows:  # resumed runs continue exactly: the same losses as uninterrupted
+        assert r["final_loss"] == pytest.approx(ref[r["name"]]["final_loss"], rel=1e-6)
+    started = [ln for ln in again.stdout.splitlines() if ln.endswith(": training")]
+    assert not {ln.split("] ")[1].split(":")[0] for ln in started} & {
+        r["name"] for r in killed_rows
+    }  # no finished run trained again
+
+
+def load_sweep_data(reference) -> str:
+    return reference[0].data
+
+
+def test_results_rows_are_json_lines(reference):
+    sweep, _ = reference
+    for line in (sweep.out / "results.jsonl").read_text().splitlines():
+        assert json.loads(line)["config_hash"]
