@@ -107,3 +107,28 @@ def test_auto_fraction_and_qat_from_scratch(tmp_path):
     scratch = next(m for m in t.members if m.point.fraction == 1.0)
     assert scratch.branch == 0 and scratch.config.branch_from is None
     assert [c.branch_from for c in t.configs() if c.qat_fraction == 1.0] == [None]
+
+
+@pytest.mark.parametrize("name", ["sweep_tiny", "sweep_mac"])
+def test_shipped_sweeps_span_what_the_study_needs(name):
+    """≥ 3 sizes, bits 2 and 4, ≥ 5 QAT fractions per (size, budget, bits), S over ≥ 1.5
+    decades, fused and classic, and (tiny) a memory-matched pair of bit widths."""
+    from collections import defaultdict
+
+    from test_train_fixtures import REPO
+
+    sweep = load_sweep(REPO / "configs" / f"{name}.yaml")
+    members = [m for t in plan_trunks(sweep) for m in t.members]
+    assert len({m.point.model.name for m in members}) >= 3
+    assert {2, 4} <= {m.point.bits for m in members}
+    fractions = defaultdict(set)
+    for m in members:
+        if m.point.pipeline == "fused" and m.point.fraction:
+            fractions[(m.point.model.name, m.point.tokens, m.point.bits)].add(m.point.fraction)
+    assert min(len(v) for v in fractions.values()) >= 5
+    S = [m.plan.tokens_per_byte for m in members]
+    assert math.log10(max(S) / min(S)) >= 1.5
+    assert {"fused", "classic"} <= {m.point.pipeline for m in members}
+    if name == "sweep_tiny":  # l2 at 4 bits and l4 at 2 bits hold the same parameter bytes
+        pb = {(m.point.model.name, m.point.bits): m.plan.param_bytes for m in members}
+        assert pb[("l2", 4)] == pytest.approx(pb[("l4", 2)], rel=0.02)
