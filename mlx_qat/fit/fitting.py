@@ -1,0 +1,283 @@
+"""Fit the loss law to runs, and report how well it fits and predicts.
+
+Staged fit (notes §5.3), each stage L-BFGS-B on the Huber-on-log-loss objective J of
+`objective` (δ = 1e-3 by default):
+
+1. FP term (E, A, α, B_c, β) on the FP rows, from a grid of 27 starts: E ∈ {0.3, 0.6, 0.9}·min L,
+   α, β ∈ {0.2, 0.5, 1.0}, the rest of the loss split evenly between the two power terms.
+2. The 11 penalty constants on the QAT rows with the FP term fixed, from a grid over the
+   exponents (`PENALTY_GRID`, 16 starts), each penalty term starting at a third of the mean
+   excess loss over the FP term.
+3. All 16 jointly on FP + QAT rows from the best stage-2 point (FP rows weighted `fp_weight`).
+
+Grid starts run at most `START_ITERS` L-BFGS-B iterations; the best one is then run to
+convergence. QAT-from-scratch and PTQ rows are not fitted (see `rows`).
+
+`fit` adds the report: R² and RMSE of log L on the fitted rows; the leave-largest-size-out
+error (refit without the largest N, predict its QAT rows' final loss); the empirical optima
+and the fits of `a` (see `optima`); the MAE of f̂ and of the law's own argmin against the
+optima; bootstrap percentile intervals (rows resampled with replacement within FP and QAT rows
+separately, `n_bootstrap` ≥ 200 by default, seeded; each resample refits stage 3 from the
+full-data estimate).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+
+from . import law
+from . import objective as ob
+from .optima import bootstrap_a, empirical_optima, fit_a, mae
+from .result import FitResult
+from .rows import Rows, parse_rows
+
+log = logging.getLogger(__name__)
+
+START_ITERS = 150  # L-BFGS-B iterations per grid start; the best start is then run to convergence
+PENALTY_GRID = {"omega": (0.2, 0.8), "rho": (0.2, 0.8), "xi": (-1.0, 0.5), "chi": (0.3, 1.0)}
+# stage-2 start of every penalty exponent; PENALTY_GRID overrides some of them
+PENALTY_START = dict(kappa=0.5, chi=0.5, psi=0.0, omega=0.5, mu=0.5, nu=0.0, xi=0.0, rho=0.5)
+
+
+def _objective(rows: Rows, fp_tokens: str, delta: float, fp_weight: float, ref=None):
+    feats, qat = law.features(rows.N, rows.D_fp, rows.D_qat, rows.bits, fp_tokens)
+    if ref is None:
+        ref = ob.reference(
+            {k: v[qat] if k in ("B", "lnSqat", "lnSfp") else v for k, v in feats.items()}
+        )
+    w = np.where(qat, 1.0, fp_weight)
+    return ob.Objective(feats, qat, rows.loss, w, ref, delta)
+
+
+def fit_law(
+    rows: Rows,
+    fp_tokens: str = "total",
+    huber_delta: float = 1e-3,
+    fp_weight: float = 1.0,
+    penalty_grid: dict | None = None,
+    start: law.LawParams | None = None,
+) -> tuple[law.LawParams, float]:
+    """Fit the 16 constants to the fittable rows (FP rows and QAT rows with D_fp > 0).
+
+    Args:
+        rows: parsed runs (`parse_rows`); other rows are dropped here.
+        fp_tokens: the FP term's token count, "total" (D) or "fp" (D_fp).
+        huber_delta: δ of the Huber loss on log loss.
+        fp_weight: weight of FP rows in the joint stage.
+        penalty_grid: exponent name → start values for stage 2 (default `PENALTY_GRID`).
+        start: skip stages 1-2 and polish jointly from these constants (bootstrap).
+    Returns:
+        (constants, J at the optimum).
+    """
+    grid = PENALTY_GRID if penalty_grid is None else penalty_grid
+    bad = set(grid) - set(PENALTY_START)
+    if bad:
+        raise ValueError(
+            f"penalty_grid: {sorted(bad)} are not penalty exponents {list(PENALTY_START)}"
+        )
+    rows = rows.take(rows.fittable)
+    n_fp, n_qat = int(rows.fp.sum()), int(rows.qat.sum())
+    if n_fp < 5 or n_qat < 11:
+        raise ValueError(
+            f"fit_law: {n_fp} FP rows and {n_qat} QAT rows; the FP term needs >= 5 FP runs "
+            "(D_qat=0, bits null/16) and the penalties >= 11 QAT runs with D_fp > 0"
+        )
+    joint = _objective(rows, fp_tokens, huber_delta, fp_weight)
+    box = ob.bounds(float(rows.loss.max()))
+    everything = list(range(len(ob.NAMES)))
+    if start is not None:
+        return _fit_from(joint, ob.from_params(start, joint.ref), everything, box, fp_tokens)
+    fp_obj = _objective(rows.take(rows.fp), fp_tokens, huber_delta, 1.0, joint.ref)
+    theta = _stage_fp(fp_obj, box)
+    qat_obj = _objective(rows.take(rows.qat), fp_tokens, huber_delta, 1.0, joint.ref)
+    theta = _stage_penalties(qat_obj, theta, box, grid)
+    return _fit_from(joint, theta, everything, box, fp_tokens)
+
+
+def _fit_from(obj, theta, free, box, fp_tokens: str) -> tuple[law.LawParams, float]:
+    theta, j = ob.minimize(obj, theta, free, box)
+    return ob.to_params(theta, obj.ref, fp_tokens), j
+
+
+def _stage_fp(obj: ob.Objective, box) -> np.ndarray:
+    free = [ob.INDEX[n] for n in ob.FP_NAMES]
+    lmin, lmean = float(obj.loss.min()), float(obj.loss.mean())
+    best = (np.inf, None)
+    for e, alpha, beta in itertools.product((0.3, 0.6, 0.9), (0.2, 0.5, 1.0), (0.2, 0.5, 1.0)):
+        theta = np.zeros(len(ob.NAMES))
+        rest = max(lmean - e * lmin, 1e-3 * lmean) / 2.0
+        theta[[ob.INDEX[n] for n in ("E", "A", "alpha", "B_c", "beta")]] = (
+            np.log(e * lmin),
+            np.log(rest),
+            alpha,
+            np.log(rest),
+            beta,
+        )
+        th, j = ob.minimize(obj, theta, free, box, maxiter=START_ITERS)
+        if j < best[0]:
+            best = (j, th)
+    return ob.minimize(obj, best[1], free, box)[0]
+
+
+def _stage_penalties(obj: ob.Objective, theta_fp, box, grid: dict) -> np.ndarray:
+    free = [ob.INDEX[n] for n in ob.PENALTY_NAMES]
+    fp_only = theta_fp.copy()
+    fp_only[[ob.INDEX[c] for c in ("theta", "phi", "lam")]] = -30.0  # penalties off
+    excess = float(np.mean(obj.loss - obj.predict(fp_only)))
+    logc = np.log(max(excess, 1e-3 * float(obj.loss.mean())) / 3.0)
+    names = list(grid)
+    best = (np.inf, None)
+    for values in itertools.product(*(grid[n] for n in names)):
+        theta = theta_fp.copy()
+        for n in ("theta", "phi", "lam"):
+            theta[ob.INDEX[n]] = logc
+        for n, v in {**PENALTY_START, **dict(zip(names, values))}.items():
+            theta[ob.INDEX[n]] = v
+        th, j = ob.minimize(obj, theta, free, box, maxiter=START_ITERS)
+        if j < best[0]:
+            best = (j, th)
+    return ob.minimize(obj, best[1], free, box)[0]
+
+
+def fit(
+    rows: Iterable[dict] | Rows,
+    *,
+    n_key: str = "N",
+    fp_tokens: str = "total",
+    huber_delta: float = 1e-3,
+    fp_weight: float = 1.0,
+    a_loss: str = "l2",
+    holdout: bool = True,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+    penalty_grid: dict | None = None,
+) -> FitResult:
+    """Fit the law and `a` to runs and report the fit (module docstring).
+
+    Args:
+        rows: row dicts (`rows` module schema, e.g. `load_rows("results.jsonl")`) or Rows.
+        n_key: the row key with the parameter count.
+        fp_tokens, huber_delta, fp_weight, penalty_grid: as in `fit_law`.
+        a_loss: "l2" or "l1" for the fit of `a`.
+        holdout: also refit without the largest size and predict it.
+        n_bootstrap: bootstrap resamples (0 to skip); seed and level of the intervals.
+    Returns:
+        FitResult (save it with `.save(path)`).
+
+    Example:
+        >>> res = fit(load_rows("results.jsonl"))  # doctest: +SKIP
+        >>> res.params.xi, res.r2_log, res.a["vertex"]  # doctest: +SKIP
+    """
+    if a_loss not in ("l2", "l1") or fp_tokens not in law.FP_TOKENS:
+        raise ValueError(f"fit(a_loss={a_loss!r}, fp_tokens={fp_tokens!r}): use l2/l1, total/fp")
+    if n_bootstrap < 0 or not 0.0 < level < 1.0:
+        raise ValueError(f"fit(n_bootstrap={n_bootstrap}, level={level}): need >= 0 and in (0, 1)")
+    R = rows if isinstance(rows, Rows) else parse_rows(rows, n_key)
+    kw = dict(fp_tokens=fp_tokens, huber_delta=huber_delta, fp_weight=fp_weight)
+    params, _ = fit_law(R, penalty_grid=penalty_grid, **kw)
+    log.info("fitted the law on %d rows", int(R.fittable.sum()))
+    res = FitResult(params, huber_delta, fp_weight, n_rows=_counts(R))
+    res.r2_log, res.rmse_log = _r2_rmse(params, R.take(R.fittable))
+    res.r2_log_qat, res.rmse_log_qat = _r2_rmse(params, R.take(R.qat))
+    if holdout:
+        res.holdout = _holdout(R, penalty_grid, kw)
+    _fractions(res, R, a_loss)
+    if n_bootstrap > 0:
+        res.bootstrap = _bootstrap(R, res, n_bootstrap, seed, level, a_loss, kw)
+    return res
+
+
+def _counts(R: Rows) -> dict:
+    c = {k: int(getattr(R, k).sum()) for k in ("fittable", "fp", "qat", "from_scratch", "ptq")}
+    c["fit"] = c.pop("fittable")
+    return c
+
+
+def _r2_rmse(params: law.LawParams, R: Rows) -> tuple[float, float]:
+    if len(R) == 0:
+        return float("nan"), float("nan")
+    y = np.log(R.loss)
+    r = np.log(law.predict(params, R.N, R.D_fp, R.D_qat, R.bits)) - y
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(r**2)) / ss_tot if ss_tot > 0 else float("nan")
+    return r2, float(np.sqrt(np.mean(r**2)))
+
+
+def _holdout(R: Rows, penalty_grid, kw) -> dict | None:
+    sizes = np.unique(R.N[R.fittable])
+    if len(sizes) < 2:
+        return None
+    big = sizes[-1]
+    test = R.take(R.qat & (R.N == big))
+    if len(test) == 0:
+        return None
+    try:
+        params, _ = fit_law(R.take(R.N < big), penalty_grid=penalty_grid, **kw)
+    except ValueError as e:
+        log.warning("holdout skipped: %s", e)
+        return None
+    pred = law.predict(params, test.N, test.D_fp, test.D_qat, test.bits)
+    rel = np.abs(pred / test.loss - 1.0)
+    return {
+        "N": float(big),
+        "n_rows": len(test),
+        "mean_abs_rel_err": float(rel.mean()),
+        "max_abs_rel_err": float(rel.max()),
+        "rmse_log": float(np.sqrt(np.mean(np.log(pred / test.loss) ** 2))),
+    }
+
+
+KINDS = ("argmin", "vertex")
+
+
+def _fractions(res: FitResult, R: Rows, a_loss: str) -> None:
+    optima = empirical_optima(R)
+    if not optima:
+        return
+    S = np.array([o.S for o in optima])
+    emp = {k: np.array([getattr(o, f"f_{k}") for o in optima]) for k in KINDS}
+    f_law = np.asarray(
+        law.optimal_fraction(
+            res.params, [o.N for o in optima], [o.D for o in optima], [o.bits for o in optima]
+        )
+    )
+    res.a = {k: fit_a(S, emp[k], a_loss) for k in KINDS}
+    res.mae_f_hat = {k: mae(law.f_hat(S, res.a[k]), emp[k]) for k in KINDS}
+    res.mae_f_hat_paper = {k: mae(law.f_hat(S), emp[k]) for k in KINDS}
+    res.mae_law = {k: mae(f_law, emp[k]) for k in KINDS}
+    f_vertex_hat = law.f_hat(S, res.a["vertex"])
+    res.optima = [
+        {**o.to_dict(), "f_law": float(fl), "f_hat": float(fh)}
+        for o, fl, fh in zip(optima, f_law, np.atleast_1d(f_vertex_hat))
+    ]
+
+
+def _bootstrap(R: Rows, res: FitResult, n: int, seed: int, level: float, a_loss, kw) -> dict:
+    rng = np.random.default_rng(seed)
+    strata = [np.flatnonzero(R.fp), np.flatnonzero(R.qat)]
+    draws, failed = [], 0
+    for _ in range(n):
+        idx = np.concatenate([rng.choice(s, len(s)) for s in strata])
+        try:
+            p, _ = fit_law(R.take(idx), start=res.params, **kw)
+        except (ValueError, FloatingPointError):
+            failed += 1
+            continue
+        draws.append([getattr(p, k) for k in ob.NAMES])
+    q = (1.0 - level) / 2.0
+    out = {"n": n, "seed": seed, "level": level, "n_failed": failed, "params": {}, "a": None}
+    if draws:
+        lo, hi = np.quantile(np.array(draws), [q, 1.0 - q], axis=0)
+        out["params"] = {k: [float(a), float(b)] for k, a, b in zip(ob.NAMES, lo, hi)}
+    if res.optima:
+        S = np.array([o["S"] for o in res.optima])
+        out["a"] = {
+            k: list(bootstrap_a(S, [o[f"f_{k}"] for o in res.optima], n, seed, level, a_loss))
+            for k in KINDS
+        }
+    return out

@@ -1,0 +1,136 @@
+"""Empirical optimal QAT fractions, and the fit of `a` in f̂ = exp(−a / ln S) to them.
+
+A group is one (N, D, B): QAT runs (from-scratch f = 1 included) at several fractions
+f = D_qat/D. Losses of runs at the same f (seeds) are averaged. With at least 3 distinct f:
+
+- grid argmin: the f of the lowest mean loss;
+- parabola vertex: with x = ln f, the parabola through the argmin and its two neighbours
+  (exact interpolation of 3 points) has its vertex at x* = −b / (2c) for y = c x² + b x + k;
+  f_vertex = exp(x*), clipped to the neighbours' range. At an edge of the grid (argmin is the
+  smallest or largest f) there is no bracket and f_vertex = f_argmin (`at_edge` = True).
+
+S = D / (N·B/8) per group. `a` minimises Σ (f̂(S_i; a) − f_i)² ("l2", default) or Σ |·|
+("l1") over groups with S > 1: a 200-point grid in ln a over [0.01, 100], then a bounded
+Brent search between the best grid point's neighbours. f̂ is monotone in a, so the objective
+has one basin for realistic optima; the grid guards against the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .law import f_hat, tokens_per_byte
+from .objective import require_scipy
+from .rows import Rows
+
+A_RANGE = (0.01, 100.0)
+
+
+@dataclass(frozen=True)
+class Optimum:
+    """The empirical optimum of one (N, D, B) group."""
+
+    N: float
+    D: float
+    bits: int
+    S: float
+    f_argmin: float
+    f_vertex: float
+    at_edge: bool
+    n_fractions: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parabola_vertex(x: np.ndarray, y: np.ndarray) -> float:
+    """Vertex of the parabola through 3 points (x sorted); the middle x if it is not convex."""
+    c, b, _ = np.polyfit(x, y, 2)
+    if not c > 0:
+        return float(x[1])
+    return float(np.clip(-b / (2.0 * c), x[0], x[2]))
+
+
+def empirical_optima(rows: Rows, min_fractions: int = 3) -> list[Optimum]:
+    """One Optimum per (N, D, bits) group of QAT runs with >= `min_fractions` distinct f.
+
+    Args:
+        rows: parsed runs; FP and PTQ rows are ignored.
+        min_fractions: groups with fewer distinct fractions are skipped.
+    Returns:
+        optima sorted by (bits, N, D).
+    """
+    keep = ~rows.fp & (rows.D_qat > 0)
+    sub = rows.take(keep)
+    # 9 significant digits: D_fp + D_qat may differ from D in the last bits across fractions
+    keys = np.array([[float(f"{v:.9g}") for v in row] for row in zip(sub.N, sub.D, sub.bits)])
+    keys = keys.reshape(-1, 3)
+    out = []
+    for key in sorted({tuple(k) for k in keys}, key=lambda k: (k[2], k[0], k[1])):
+        g = np.all(keys == key, axis=1)
+        f_all = np.round(sub.f[g], 12)  # same f up to float noise from D_fp + D_qat
+        fs = np.unique(f_all)
+        if len(fs) < min_fractions:
+            continue
+        loss = np.array([sub.loss[g][f_all == f].mean() for f in fs])
+        i = int(np.argmin(loss))
+        edge = i == 0 or i == len(fs) - 1
+        if edge:
+            fv = float(fs[i])
+        else:
+            fv = float(np.exp(parabola_vertex(np.log(fs[i - 1 : i + 2]), loss[i - 1 : i + 2])))
+        n, d, b = key
+        s = float(tokens_per_byte(d, n, b))
+        out.append(Optimum(float(n), float(d), int(b), s, float(fs[i]), fv, edge, len(fs)))
+    return out
+
+
+def fit_a(S, f, loss: str = "l2") -> float:
+    """The `a` of f̂ = exp(−a / ln S) that best matches optima f at S (points with S <= 1 skipped).
+
+    Example:
+        >>> S = np.array([20.0, 200.0, 2000.0])
+        >>> round(fit_a(S, f_hat(S, 6.0)), 6)
+        6.0
+    """
+    if loss not in ("l2", "l1"):
+        raise ValueError(f"fit_a(loss={loss!r}): use 'l2' or 'l1'")
+    S, f = np.asarray(S, float), np.asarray(f, float)
+    ok = S > 1.0
+    if not ok.any():
+        raise ValueError("fit_a: no optimum with S > 1 (f̂ is defined for S > 1 only)")
+    S, f = S[ok], f[ok]
+    power = 2 if loss == "l2" else 1
+
+    def err(a: float) -> float:
+        return float(np.sum(np.abs(f_hat(S, a) - f) ** power))
+
+    grid = np.exp(np.linspace(np.log(A_RANGE[0]), np.log(A_RANGE[1]), 200))
+    i = int(np.argmin([err(a) for a in grid]))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    opt = require_scipy()
+    res = opt.minimize_scalar(err, bounds=(lo, hi), method="bounded", options={"xatol": 1e-9})
+    return float(res.x) if res.fun <= err(grid[i]) else float(grid[i])
+
+
+def mae(pred, target) -> float:
+    """Mean absolute error."""
+    return float(np.mean(np.abs(np.asarray(pred, float) - np.asarray(target, float))))
+
+
+def bootstrap_a(
+    S, f, n: int = 200, seed: int = 0, level: float = 0.95, loss: str = "l2"
+) -> tuple[float, float]:
+    """Percentile interval of `a` over `n` resamples (with replacement) of the optima."""
+    S, f = np.asarray(S, float), np.asarray(f, float)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n):
+        idx = rng.integers(0, len(S), len(S))
+        if (S[idx] > 1.0).any():
+            draws.append(fit_a(S[idx], f[idx], loss))
+    q = (1.0 - level) / 2.0
+    lo, hi = np.quantile(draws, [q, 1.0 - q])
+    return float(lo), float(hi)
