@@ -51,3 +51,33 @@ def tiny_config(data_dir: Path, out: Path, **kw) -> TrainConfig:
     )
     base.update(kw)
     return TrainConfig(**base)
+
+
+@pytest.fixture
+def readonly_dir(tmp_path) -> Path:
+    """A directory nothing can be created in: chmod 0o555, or (as root, whom permissions do
+    not stop) /sys/fs, a read-only mount on Linux."""
+    import os
+
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        yield ro
+        ro.chmod(0o755)
+        return
+    if not Path("/sys/fs").is_dir() or _writable("/sys/fs"):
+        pytest.skip("running as root without a read-only mount to write into")
+    yield Path("/sys/fs")
+
+
+def _writable(path: str) -> bool:
+    import os
+
+    probe = Path(path) / f"mlx_qat_probe_{os.getpid()}"
+    try:
+        probe.mkdir()
+    except OSError:
+        return False
+    probe.rmdir()
+    return True

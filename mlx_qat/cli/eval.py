@@ -11,6 +11,7 @@ Writes the results to `<out>/eval.json` and the resolved settings to `<out>/eval
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..fileio import atomic_write_json
@@ -54,6 +55,24 @@ def _report(ev: dict) -> str:
     return "\n".join(lines)
 
 
+def _unwritable(out: Path, e: OSError) -> str:
+    return (
+        f"--out {out}: cannot write eval.json there ({e.strerror or e}); pass --out with a "
+        "writable directory"
+    )
+
+
+def _check_writable(out: Path) -> None:
+    """Create `out` and write a probe file there, before the evaluation runs."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".eval.tmp-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(_unwritable(out, e)) from None
+
+
 def _run(opts: dict) -> int:
     from ..eval import evaluate_checkpoint
 
@@ -63,20 +82,20 @@ def _run(opts: dict) -> int:
         low = 0 if name == "eval_batches" else 1
         if opts.get(name) is not None and opts[name] < low:
             raise ValueError(f"--{name.replace('_', '-')} {opts[name]}: must be >= {low}")
+    target = Path(opts["path"])
+    run_dir = target if (target / "checkpoints").is_dir() else target.parent.parent
+    out = Path(opts["out"]) if opts.get("out") else run_dir
+    if target.is_dir():  # else evaluate_checkpoint names the missing path
+        _check_writable(out)
     ev = evaluate_checkpoint(
         opts["path"], opts["data"], opts["eval_batches"], opts["batch_size"], opts["seq_len"]
     )
-    out = Path(opts["out"]) if opts.get("out") else Path(ev["checkpoint"]).parent.parent
     try:
-        out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "eval.json", ev)
         save_resolved(out / "eval.yaml", "eval", opts)
     except OSError as e:
         print(_report(ev))
-        raise ValueError(
-            f"--out {out}: cannot write eval.json there ({e.strerror or e}); pass --out with a "
-            "writable directory"
-        ) from None
+        raise ValueError(_unwritable(out, e)) from None
     print(_report(ev))
     return 0
 

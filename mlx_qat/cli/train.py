@@ -5,7 +5,8 @@
 One `--kebab-case` flag per `TrainConfig` field (see `--help`), and `--config FILE.yaml` with
 the same keys; CLI > YAML > defaults. Prints the phase plan, trains (and the FP twin with
 `--fp-twin`), prints the FP / PTQ / QAT table. The resolved config is `<out>/config.yaml`.
-Exit status: 0 done, 1 bad input or I/O error, 2 usage, 3 the loss diverged.
+Exit status: 0 done, 1 bad input or I/O error, 2 usage, 3 the loss diverged (lower --lr,
+then continue with --resume --reschedule).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from ..train.config import TrainConfig, parse_count
 from .common import run_verb
@@ -74,10 +76,36 @@ def config_from(opts: dict) -> TrainConfig:
     return TrainConfig.from_dict({k: v for k, v in opts.items() if k in names}, where=where)
 
 
-def _run(opts: dict) -> int:
+def check_copied_run(opts: dict, out_given: bool) -> None:
+    """Refuse `--config RUN/config.yaml` whose `out:` names another run directory than RUN
+    (the run was copied or moved) unless `--out` says which one to use: otherwise a copy
+    would silently resume, and overwrite, the original."""
+    path = opts.get("config")
+    if not path or out_given:
+        return
+    here = Path(path).resolve().parent
+    if not ((here / "checkpoints").is_dir() or (here / "metrics.jsonl").is_file()):
+        return  # a config file that does not live in a run directory
+    out = Path(opts["out"])
+    if out.resolve() != here:
+        raise ValueError(
+            f"--config {path}: is the config of the run in {here}, but its out: is {out} (was "
+            f"the run copied or moved?). Pass --out {here} to continue this copy, or --out "
+            f"{out} to continue the original"
+        )
+
+
+def _out_given(argv: list[str]) -> bool:
+    parser = build_parser()
+    parser.set_defaults(out=None)
+    return parser.parse_known_args(argv)[0].out is not None
+
+
+def _run(opts: dict, argv: list[str]) -> int:
     from ..train import TrainingDiverged, plan_for_config, train
     from ..train.twin import format_comparison
 
+    check_copied_run(opts, _out_given(argv))
     cfg = config_from(opts)
     if not cfg.quiet:
         print(f"mlx_qat.train: {cfg.out}\n{plan_for_config(cfg).table()}", flush=True)
@@ -94,7 +122,8 @@ def _run(opts: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `mlx_qat.train`; returns the exit status."""
-    return run_verb("train", build_parser, _run, argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    return run_verb("train", build_parser, lambda opts: _run(opts, args), argv)
 
 
 def parse_args(argv: list[str]) -> TrainConfig:

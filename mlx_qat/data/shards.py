@@ -341,12 +341,15 @@ def prepare_data(
         pointer = {"shards": shard_dir.name, "tokenizer": _rel(tok_dir, out)}
         atomic_write_json(out / LATEST, pointer)
     if not bundle.manifest["documents"]["val"]:
+        n = bundle.manifest["documents"]["train"]
+        fix = "raise --val-fraction" if n > 1 and val_fraction > 0 else "add text"
         logger.warning(
-            "the validation split is empty (%d documents, val fraction %s): documents are "
-            "separated by blank lines, and a split needs at least two distinct ones; add text "
-            "or blank lines between documents, or raise --val-fraction",
-            bundle.manifest["documents"]["train"],
+            "the validation split is empty (%d document(s), val fraction %s): documents are "
+            "separated by blank lines and a split needs two distinct ones; %s or blank lines "
+            "between documents",
+            n,
             val_fraction,
+            fix,
         )
     timings["total"] = time.perf_counter() - t_start
     bundle.timings = timings

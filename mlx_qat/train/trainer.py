@@ -89,9 +89,9 @@ class Trainer:
         self.qcfg = qat_config(cfg)
         check_out_dir(cfg)
         self.bundle = open_prepared(cfg.data)
+        self._build(self.bundle.vocab_size if self.bundle else cfg.vocab_size)
         for split in ("train", "val") if self.bundle else ():
             check_split(self.bundle, split, cfg.seq_len)
-        self._build(self.bundle.vocab_size if self.bundle else cfg.vocab_size)
         self.step, self.phase, self.tokens_seen, self.elapsed = 0, "fp", 0, 0.0
         ckpt = self._find_resume()
         keep_lines = self._restore(ckpt) if ckpt is not None else None
