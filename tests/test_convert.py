@@ -13,10 +13,10 @@ import pytest
 import test_convert_fixtures as fx
 from test_convert_fixtures import BATCH, EVAL_BATCHES, REPO, SEQ_LEN, make_run, run_cli, spec
 
-from mlx_qat.qat_config import QATConfig
-from mlx_qat.convert import ConvertError, ParityError, convert
+from mlx_qat.checkpoint import seal_checkpoint
+from mlx_qat.convert import ConvertError, ParityError, convert, val_loss
 from mlx_qat.data import eval_batches
-from mlx_qat.convert import val_loss
+from mlx_qat.qat_config import QATConfig
 
 mx.set_default_device(mx.cpu)
 tiny_data = fx.tiny_data  # session fixture shared by the convert test files
@@ -101,6 +101,9 @@ def test_run_without_checkpoints_and_incomplete_checkpoint(tmp_path):
     half = tmp_path / "ckpt"
     half.mkdir()
     (half / "state.json").write_text("{}")
+    with pytest.raises(ConvertError, match=r"missing model.safetensors; the checkpoint is incompl"):
+        convert(half, tmp_path / "out")
+    (half / "model.safetensors").write_bytes(b"")  # the checkpoint verifies weights first
     with pytest.raises(ConvertError, match=r"missing config.json; the checkpoint is incomplete"):
         convert(half, tmp_path / "out")
 
@@ -108,9 +111,11 @@ def test_run_without_checkpoints_and_incomplete_checkpoint(tmp_path):
 def test_corrupt_checkpoint_names_the_file(tmp_path, tiny_data):
     run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
     weights = run.checkpoint / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:200])
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[:200])
     with pytest.raises(ConvertError, match=r"model.safetensors"):
         convert(run.path, tmp_path / "out")
+    weights.write_bytes(intact)  # one corrupt file at a time: the weights are verified first
     (run.checkpoint / "qat.json").write_text("{not json")
     with pytest.raises(ConvertError, match=r"qat.json.*corrupt"):
         convert(run.path, tmp_path / "out")
@@ -160,10 +165,12 @@ def test_unsupported_formats_are_clear_errors(tmp_path, tiny_data):
     qat = json.loads((run.checkpoint / "qat.json").read_text())
     qat["qat_config"]["quantizer"] = "gptq"
     (run.checkpoint / "qat.json").write_text(json.dumps(qat))
+    seal_checkpoint(run.checkpoint)  # a deliberate edit: record it, or the checksum refuses it
     with pytest.raises(ConvertError, match=r"qat.json.*quantizer='gptq'"):
         convert(run.path, tmp_path / "out")
     config = json.loads((run.checkpoint / "config.json").read_text())
     (run.checkpoint / "config.json").write_text(json.dumps({**config, "model_type": "gpt9"}))
+    seal_checkpoint(run.checkpoint)
     with pytest.raises(ConvertError, match=r"gpt9"):
         convert(run.checkpoint, tmp_path / "out", ptq=True)
     # 1-bit sign (research only) has no MLX format.

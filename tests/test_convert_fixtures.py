@@ -23,13 +23,13 @@ import numpy as np
 import pytest
 from mlx_lm.models import llama
 
-from mlx_qat.qat_config import QATConfig
-from mlx_qat.data import eval_batches, prepare_data
-from mlx_qat.prepare import prepare, set_fake_quant
-from mlx_qat.quant import QuantSpec
 from mlx_qat.checkpoint import save_checkpoint
-from mlx_qat.train.config import TrainConfig
+from mlx_qat.data import eval_batches, prepare_data
 from mlx_qat.data.resolve import copy_tokenizer
+from mlx_qat.prepare import prepare, set_fake_quant
+from mlx_qat.qat_config import QATConfig
+from mlx_qat.quant import QuantSpec
+from mlx_qat.train.config import TrainConfig
 
 mx.set_default_device(mx.cpu)
 

@@ -12,12 +12,11 @@ from mlx_lm import load
 from mlx_lm.utils import compute_bits_per_weight
 from test_convert_fixtures import BATCH, EVAL_BATCHES, SEQ_LEN, make_run, spec
 
-from mlx_qat.qat_config import QATConfig
-from mlx_qat.convert import convert
-from mlx_qat.data import eval_batches
-from mlx_qat.convert import val_loss
+from mlx_qat.convert import convert, val_loss
 from mlx_qat.convert.pack import cast_bound
+from mlx_qat.data import eval_batches
 from mlx_qat.prepare import qat_layers
+from mlx_qat.qat_config import QATConfig
 from mlx_qat.quant import QuantSpec
 from mlx_qat.quant.affine import unpack_codes
 

@@ -15,9 +15,10 @@ from mlx_lm import load
 from mlx_lm.utils import quantize_model
 from test_convert_fixtures import make_run, spec
 
-from mlx_qat.qat_config import QATConfig
+from mlx_qat.checkpoint import seal_checkpoint
 from mlx_qat.cli.convert import main
 from mlx_qat.convert import ConvertError, convert
+from mlx_qat.qat_config import QATConfig
 
 mx.set_default_device(mx.cpu)
 tiny_data = fx.tiny_data
@@ -100,6 +101,7 @@ def test_run_dir_uses_latest_complete_checkpoint(tmp_path, tiny_data):
     later = run.checkpoint.with_name("step_00000005")
     shutil.copytree(run.checkpoint, later)
     (later / "state.json").write_text(json.dumps({"step": 5}))
+    seal_checkpoint(later)  # a deliberate edit: record it, or the checksum refuses it
     (run.checkpoint.with_name("step_00000009.tmp-7")).mkdir()  # being written: ignored
     result = convert(run.path, tmp_path / "out", parity_check=False)
     assert result.step == 5
