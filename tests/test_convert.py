@@ -138,8 +138,14 @@ def test_existing_output_needs_force(tmp_path, tiny_data):
     with pytest.raises(ConvertError, match=r"already exists; pass --force"):
         convert(run.path, out)
     assert (out / "keep.txt").exists()
-    convert(run.path, out, force=True)
-    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    # --force replaces a model directory only (tests/test_convert_output.py), never keep.txt.
+    with pytest.raises(ConvertError, match=r"--force replaces only a model directory.*keep.txt"):
+        convert(run.path, out, force=True)
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    convert(run.path, out, force=True)  # an empty directory
+    convert(run.path, out, force=True)  # a previous export
+    assert (out / "config.json").exists()
     for target in (run.path, run.checkpoint):  # --force must never delete the input
         with pytest.raises(ConvertError, match=r"overlaps the input"):
             convert(run.path, target, force=True)

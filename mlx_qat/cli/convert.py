@@ -4,7 +4,9 @@
     mlx_qat.convert runs/main --mlx-path mlx_model [--dtype float16] [--ptq] [--dequantize]
 
 The resolved settings are written to `<mlx-path>/convert.yaml`. Exit status: 0 done, 1 the
-train = deploy parity check failed, 2 bad input (or usage).
+train = deploy parity check failed, 2 bad input (or usage), an output `--force` may not
+replace, or an output that cannot be written. What `--force` may replace and which outputs
+are refused: `mlx_qat.convert.output`.
 """
 
 from __future__ import annotations
@@ -51,10 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write a float model (fake-quant weights, or a quantized model's float weights)",
     )
-    p.add_argument("--force", action="store_true", help="replace --mlx-path")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing --mlx-path, if it is a model directory (config.json + "
+        "model*.safetensors, only files an export writes); anything else is refused",
+    )
     p.add_argument(
         "--tokenizer",
-        help="tokenizer dir to ship (default: the run's tokenizer/, or the model's own)",
+        help="tokenizer dir to ship, data files only, never code (default: the run's "
+        "tokenizer/, or the model's own); must be the run's by hash when it records one",
     )
     p.add_argument(
         "--no-parity-check",

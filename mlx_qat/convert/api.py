@@ -9,14 +9,16 @@ Three methods, one tool, so FP, PTQ and QAT numbers come from the same code:
   the float weights of a quantized mlx-lm model (a starting point for QAT fine-tuning).
 
 Each export is checked: the validation loss of the model before export (the fake-quant model)
-and of the directory loaded back by `mlx_lm.load` must agree (`parity.py`).
+and of the staged directory loaded back by mlx-lm's loader must agree (`parity.py`); only then
+is `config.json` written and the directory renamed into place (`write.py`). The output path,
+what `force` may replace and stale temporaries: `output.py`; the tokenizer shipped (data files
+only, the run's own by hash): `tokenizer.py`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +29,15 @@ import mlx.nn as nn
 from . import pack
 from .card import model_card
 from .errors import ConvertError, ParityError
-from .parity import ParityData, ParityReport, default_tolerance, load_parity_data, val_loss
+from .output import check_output
+from .parity import (
+    ParityData,
+    ParityReport,
+    check_parity,
+    default_tolerance,
+    load_parity_data,
+    val_loss,
+)
 from .source import (
     Source,
     load_checkpoint_model,
@@ -35,12 +45,12 @@ from .source import (
     resolve_source,
     run_eval_setup,
 )
+from .tokenizer import REMOTE_CODE_KEYS, check_recorded, save_tokenizer
 from .write import (
     MAX_FILE_SIZE_GB,
-    check_output,
+    commit_config,
     file_sizes,
     save_config,
-    save_tokenizer,
     save_weights,
     staged_dir,
 )
@@ -115,7 +125,7 @@ def _parity_data(source: Source, parity_data, parity_batches, tok_dir) -> Parity
         seq_len=setup.seq_len,
         batch_size=setup.batch_size,
         max_batches=parity_batches or _default_batches(setup),
-        vocab_size=int(source.config.get("vocab_size", 1 << 31)),
+        vocab_size=source.vocab_size or (1 << 31),
         tokenizer_dir=tok_dir,
     )
 
@@ -253,15 +263,19 @@ def convert(
     t0 = time.perf_counter()
     options = {k: v for k, v in locals().items() if k not in ("t0",)}
     options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
-    mlx_path = Path(mlx_path)
+    mlx_path = Path(mlx_path).expanduser()
     out_dtype = _dtype(dtype)
-    check_output(mlx_path, force)  # before loading anything
+    given = {"--tokenizer": tokenizer, "--parity-data": parity_data}
+    # Before loading anything; what --force may replace once the inputs are known.
+    check_output(mlx_path, force, given, {"the input": qat_path}, judge_force=False)
     source = resolve_source(qat_path)
-    check_output(mlx_path, force, source.path)
     if tokenizer is not None:
         tok_dir = Path(tokenizer)
     else:
         tok_dir = source.tokenizer_dir if source.kind == "checkpoint" else source.path
+    inputs = {"the input": source.path, "the tokenizer": tok_dir}
+    check_output(mlx_path, force, inputs, {"the run": source.run_dir})
+    check_recorded(tok_dir, source.recorded_tokenizer(), source.run_dir or source.path)
     method = _method(source, ptq, dequantize)
     requested = pack.format_flags(q_bits, q_group_size, q_mode)
 
@@ -271,6 +285,8 @@ def convert(
         data, skipped = (got, None) if isinstance(got, ParityData) else (None, got)
         if skipped:
             logger.warning("parity check skipped: %s", skipped)
+        else:
+            check_output(mlx_path, force, {"the parity data": data.path})
 
     logger.info("loading %s", source.describe())
     if source.kind == "checkpoint":
@@ -299,7 +315,11 @@ def convert(
 
     from mlx_lm.utils import compute_bits_per_weight
 
-    config = {k: v for k, v in source.config.items() if not k.startswith("quantization")}
+    config = {
+        k: v
+        for k, v in source.config.items()
+        if not k.startswith("quantization") and k not in REMOTE_CODE_KEYS  # never code
+    }
     if block is not None:
         config["quantization"] = block
     tolerance = parity_tolerance if parity_tolerance is not None else default_tolerance(out_dtype)
@@ -322,16 +342,18 @@ def convert(
     with staged_dir(mlx_path, force) as tmp:
         index = save_weights(tmp, model, max_file_size_gb)
         del model  # the reload below needs the memory more
-        save_tokenizer(tmp, tok_dir)
-        save_config(tmp, config)
+        save_tokenizer(tmp, tok_dir, source.vocab_size)
+        save_config(tmp, config, pending=True)  # config.json only once verified
         result.num_parameters = int(index["metadata"]["total_parameters"])
         result.total_bytes = int(index["metadata"]["total_size"])
         result.files = file_sizes(tmp)
         if data is not None:
-            report = _check_parity(tmp, data, losses, tolerance)
+            report = check_parity(tmp, data, losses, tolerance)
             result.parity = report.to_dict()
             if not report.passed:
                 raise ParityError(_parity_message(report, mlx_path), report)
+        commit_config(tmp)
+        _check_tokenizer_loads(tmp)
         result.seconds = round(time.perf_counter() - t0, 3)
         (tmp / "README.md").write_text(model_card(result), encoding="utf-8")
         (tmp / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
@@ -339,25 +361,14 @@ def convert(
     return result
 
 
-def _check_parity(path: Path, data: ParityData, losses: dict, tolerance: float) -> ParityReport:
-    from mlx_lm import load
+def _check_tokenizer_loads(path: Path) -> None:
+    """The shipped tokenizer loads from the complete directory, as `mlx_lm.load` loads it."""
+    from mlx_lm.utils import load_tokenizer
 
-    exported_model, _ = load(str(path))
-    exported = val_loss(exported_model, data.batches)
-    bpb = None
-    if data.bytes_per_token:
-        bpb = exported / math.log(2) / data.bytes_per_token
-    return ParityReport(
-        reference=losses["ref"],
-        exported=exported,
-        tolerance=tolerance,
-        num_batches=len(data.batches),
-        num_tokens=data.num_tokens,
-        data=data.description,
-        fp=losses.get("fp"),
-        ptq=losses.get("ptq"),
-        bits_per_byte=bpb,
-    )
+    try:
+        load_tokenizer(path)
+    except (OSError, ValueError) as e:
+        raise ConvertError(f"the shipped tokenizer does not load with mlx-lm ({e})") from e
 
 
 def _parity_message(report: ParityReport, mlx_path: Path) -> str:

@@ -1,7 +1,9 @@
 """The train = deploy check: validation loss before and after export, on the same batches.
 
 `reference` is the model as trained (fake quantization on, float32 or its training dtype);
-`exported` is the written directory loaded back through `mlx_lm.load`. Both are mean token
+`exported` is the staged directory loaded back by mlx-lm's own model loader (`load_staged`:
+`mlx_lm.utils.load_model`, which `mlx_lm.load` calls, reading the config from
+`config.unverified.json`: `config.json` is written only after this check passes). Both are mean token
 cross-entropies (nats) over the same deterministic validation batches, logits in float32.
 The check passes when |exported − reference| / |reference| ≤ tolerance.
 
@@ -17,7 +19,9 @@ therefore the sharp check, half-precision ones catch gross errors only.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -78,11 +82,12 @@ class ParityReport:
 
 @dataclass
 class ParityData:
-    """Validation batches plus where they came from."""
+    """Validation batches plus where they came from (`path`: as given)."""
 
     batches: list[mx.array]
     description: str
     bytes_per_token: float | None = None
+    path: Path | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -114,7 +119,12 @@ def _tokens_from(path: Path, tokenizer_dir: Path | None) -> tuple[np.ndarray, st
         bpt = bundle.manifest.get("bytes_per_token", {}).get("val")
         return np.asarray(bundle.val), f"{bundle.path} (val split)", bpt
     if path.suffix == ".npy":
-        return np.load(path, mmap_mode="r"), str(path), None
+        try:
+            ids = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ConvertError(f"parity data {path}: cannot read it as a .npy array ({e})") from e
+        _check_ids(ids, path)
+        return ids, str(path), None
     if tokenizer_dir is None:
         raise ConvertError(f"parity data {path}: text needs a tokenizer, and none was found")
     from mlx_lm.utils import load_tokenizer
@@ -132,6 +142,21 @@ def _tokens_from(path: Path, tokenizer_dir: Path | None) -> tuple[np.ndarray, st
             ids.append(eos)
     text_bytes = sum(len(d.encode("utf-8")) for d in docs)
     return np.asarray(ids, dtype=np.int64), f"{path} (tokenized)", text_bytes / max(len(ids), 1)
+
+
+def _check_ids(ids: np.ndarray, path: Path) -> None:
+    """Token ids are a 1-D array of non-negative integers (the model's range is checked later)."""
+    fix = "save the token ids as a 1-D integer array (np.save(path, np.asarray(ids, np.int32)))"
+    if ids.dtype == np.bool_ or not np.issubdtype(ids.dtype, np.integer):
+        raise ConvertError(
+            f"parity data {path}: holds {ids.dtype} values, not token ids (integers); {fix}"
+        )
+    if ids.ndim != 1:
+        raise ConvertError(f"parity data {path}: has shape {ids.shape}, not 1-D; {fix}")
+    if ids.size and int(np.min(ids)) < 0:
+        raise ConvertError(
+            f"parity data {path}: negative token id {int(np.min(ids))}; token ids are >= 0; {fix}"
+        )
 
 
 def load_parity_data(
@@ -160,4 +185,46 @@ def load_parity_data(
         batches = list(eval_batches(tokens, batch_size, seq_len, max_batches))
     except ValueError as e:
         raise ConvertError(f"parity data {path}: {e}") from e
-    return ParityData(batches, desc, bpt)
+    return ParityData(batches, desc, bpt, Path(path))
+
+
+def load_staged(path: Path) -> nn.Module:
+    """The staged model, built by mlx-lm's own loader from its weights and pending config.
+
+    `mlx_lm.utils.load_model` (what `mlx_lm.load` calls) reads `<path>/config.json`; that file
+    is only written once this check has passed (`write.commit_config`), so for this one call
+    its `load_config` reads `config.unverified.json` instead. Everything else (model class,
+    quantized layers, weight loading, strict key check) is mlx-lm's.
+    """
+    from unittest import mock
+
+    import mlx_lm.utils
+
+    from .output import PENDING_CONFIG
+
+    def pending_config(model_path) -> dict:
+        with open(Path(model_path) / PENDING_CONFIG, encoding="utf-8") as f:
+            return json.load(f)
+
+    with mock.patch.object(mlx_lm.utils, "load_config", pending_config):
+        model, _ = mlx_lm.utils.load_model(Path(path))
+    return model
+
+
+def check_parity(path: Path, data: ParityData, losses: dict, tolerance: float) -> ParityReport:
+    """Compare the staged export's validation loss with the reference `losses["ref"]`."""
+    exported = val_loss(load_staged(path), data.batches)
+    bpb = None
+    if data.bytes_per_token:
+        bpb = exported / math.log(2) / data.bytes_per_token
+    return ParityReport(
+        reference=losses["ref"],
+        exported=exported,
+        tolerance=tolerance,
+        num_batches=len(data.batches),
+        num_tokens=data.num_tokens,
+        data=data.description,
+        fp=losses.get("fp"),
+        ptq=losses.get("ptq"),
+        bits_per_byte=bpb,
+    )

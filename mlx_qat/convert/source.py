@@ -91,6 +91,33 @@ class Source:
             return self.run_dir / "tokenizer"
         return None
 
+    @property
+    def vocab_size(self) -> int | None:
+        """The model's vocabulary (embedding rows), from config.json (or its text_config)."""
+        text = self.config.get("text_config")
+        n = self.config.get("vocab_size") or (text or {}).get("vocab_size")
+        return int(n) if n else None
+
+    def recorded_tokenizer(self) -> tuple[str, str] | None:
+        """(sha256, where recorded) of the tokenizer the run's data was encoded with.
+
+        From the checkpoint's state.json, `tokenizer_sha256`, when the trainer recorded it
+        (sha256 of `tokenizer.model`, `mlx_qat.data.tokenizer_sha256`); else from the manifest
+        of the token shards it trained on (`data.shards`), when they are still there. None for
+        an mlx-lm model or a run that records neither.
+        """
+        data = self.state.get("data")
+        data = data if isinstance(data, dict) else {}
+        for recorded in (self.state, data):
+            if recorded.get("tokenizer_sha256"):
+                return str(recorded["tokenizer_sha256"]), str(self.path / "state.json")
+        manifest = Path(str(data.get("shards", ""))) / "manifest.json"
+        if data.get("shards") and manifest.is_file():
+            sha = (_read_json(manifest).get("tokenizer") or {}).get("sha256")
+            if sha:
+                return str(sha), str(manifest)
+        return None
+
     def describe(self) -> str:
         if self.kind == "checkpoint":
             where = self.run_dir if self.run_dir is not None else self.path

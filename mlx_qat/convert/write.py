@@ -6,8 +6,12 @@ or `model-0000i-of-0000n.safetensors` shards above `max_file_size_gb`, always wi
 `"quantization_config"`; tokenizer files; `README.md`.
 
 `staged_dir` builds everything under `<mlx_path>.tmp-<pid>` and renames it into place only when
-the block finishes without error. `config.json` is written after the weights and the
-tokenizer, so even the temporary directory is not loadable by `mlx_lm.load` until it is whole.
+the block finishes without error; the output it replaces is removed only after that rename.
+`config.json` is written as `config.unverified.json` (`save_config(..., pending=True)`) and
+renamed to `config.json` (`commit_config`) only once the parity check has passed, so no
+directory that `mlx_lm.load` accepts exists before the export is verified, not even the
+temporary one of a killed process. Rules for the output path and stale temporaries:
+`mlx_qat.convert.output`.
 """
 
 from __future__ import annotations
@@ -26,11 +30,20 @@ from mlx.utils import tree_flatten
 
 from ..fileio import fsync_path
 from .errors import ConvertError
+from .output import (
+    PENDING_CONFIG,
+    WRITE_ERRNOS,
+    check_output,
+    clean_stale,
+    replace_refusal,
+    write_error,
+)
 
 logger = logging.getLogger(__name__)
 
 MAX_FILE_SIZE_GB = 5.0  # mlx-lm's default shard size (mlx_lm.utils.MAX_FILE_SIZE_GB)
 INDEX = "model.safetensors.index.json"
+CONFIG = "config.json"
 
 
 def tmp_dir_for(final: Path) -> Path:
@@ -38,52 +51,60 @@ def tmp_dir_for(final: Path) -> Path:
     return final.with_name(f"{final.name}.tmp-{os.getpid()}")
 
 
-def check_output(final: Path, force: bool, source: Path | None = None) -> None:
-    """Refuse to overwrite an existing output (unless `force`) or the input itself."""
-    if source is not None:
-        src, dst = source.resolve(), final.resolve()
-        if dst == src or src in dst.parents or dst in src.parents:
-            raise ConvertError(
-                f"--mlx-path {final} overlaps the input {source}; choose another output path"
-            )
-    if final.exists() and not force:
-        raise ConvertError(
-            f"{final} already exists; pass --force to replace it or choose another --mlx-path"
-        )
-
-
 @contextlib.contextmanager
 def staged_dir(final: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary directory; on success it replaces `final`, on error it is removed."""
-    final = Path(final)
+    """Yield a fresh temporary directory; on success it replaces `final`, on error it is removed.
+
+    Stale temporaries of dead convert processes beside `final` are removed before and after
+    (`mlx_qat.convert.output.clean_stale`). An OSError
+    from writing (permission, read-only or full disk) becomes a one-line `ConvertError`.
+    """
+    final = Path(final).expanduser()
     check_output(final, force)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(final)
     tmp = tmp_dir_for(final)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    except OSError as e:
+        raise (write_error(final, e) if e.errno in WRITE_ERRNOS else e) from e
     try:
         yield tmp
         _fsync_tree(tmp)
-        _publish(tmp, final)
-    except BaseException:
+        _publish(tmp, final, force)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and _writing(e, tmp):
+            raise write_error(final, e) from e
         raise
+    clean_stale(final)  # an `.old-<pid>` of an interrupted replace is superseded now
 
 
-def _publish(tmp: Path, final: Path) -> None:
+def _writing(e: OSError, tmp: Path) -> bool:
+    # A write error in the output's directory, not a read error of some input.
+    where = os.path.abspath(e.filename) if e.filename else ""
+    return e.errno in WRITE_ERRNOS and where.startswith(os.path.abspath(tmp.parent))
+
+
+def _publish(tmp: Path, final: Path, force: bool) -> None:
     old = None
     if final.exists() or final.is_symlink():
+        # Checked again: the directory may have changed since the export started.
+        why = "--force was not given" if not force else replace_refusal(final)
+        if why is not None:
+            raise ConvertError(
+                f"--mlx-path {final} appeared or changed while converting and {why}; "
+                "nothing was replaced. Choose another --mlx-path"
+            )
         # Move the old output aside first: os.replace cannot replace a non-empty directory.
         old = final.with_name(f"{final.name}.old-{os.getpid()}")
         os.replace(final, old)
     os.replace(tmp, final)
     fsync_path(final.parent)
     if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -130,50 +151,20 @@ def save_weights(path: Path, model: nn.Module, max_file_size_gb: float = MAX_FIL
     return index
 
 
-def save_config(path: Path, config: dict) -> None:
-    """mlx-lm's `save_config`: sorted keys, "quantization" mirrored to "quantization_config"."""
+def save_config(path: Path, config: dict, pending: bool = False) -> None:
+    """mlx-lm's `save_config`: sorted keys, "quantization" mirrored to "quantization_config".
+
+    `pending`: write it as `config.unverified.json`, which `mlx_lm.load` does not read, for
+    `commit_config` to rename once the export is verified.
+    """
     from mlx_lm.utils import save_config as _save_config
 
-    _save_config(dict(config), config_path=path / "config.json")
+    _save_config(dict(config), config_path=path / (PENDING_CONFIG if pending else CONFIG))
 
 
-def save_tokenizer(path: Path, tokenizer_dir: Path | None) -> None:
-    """Tokenizer files `mlx_lm.load` needs, from an mlx_qat tokenizer or an HF/mlx-lm dir.
-
-    An `mlx_qat.data` tokenizer (sentencepiece `tokenizer.model` + `tokenizer_meta.json`) goes
-    through `save_hf_tokenizer`; anything else is loaded and re-saved by mlx-lm's tokenizer
-    loader, as `mlx_lm.convert` does.
-    """
-    if tokenizer_dir is None:
-        raise ConvertError(
-            "no tokenizer: the checkpoint is not inside a run directory with tokenizer/; "
-            "pass --tokenizer DIR (the run's tokenizer/ or any Hugging Face tokenizer dir)"
-        )
-    tokenizer_dir = Path(tokenizer_dir)
-    if not tokenizer_dir.is_dir():
-        raise ConvertError(f"--tokenizer {tokenizer_dir}: no such directory")
-    sentencepiece = (tokenizer_dir / "tokenizer.model").is_file() and (
-        (tokenizer_dir / "tokenizer_meta.json").is_file()
-        or not (tokenizer_dir / "tokenizer_config.json").is_file()
-    )
-    if sentencepiece:
-        from ..data import save_hf_tokenizer
-
-        try:
-            save_hf_tokenizer(tokenizer_dir, path)
-        except (FileNotFoundError, OSError, RuntimeError) as e:
-            raise ConvertError(f"tokenizer {tokenizer_dir}: cannot convert it ({e})") from e
-        return
-    from mlx_lm.utils import load_tokenizer
-
-    try:
-        load_tokenizer(tokenizer_dir).save_pretrained(str(path))
-    except (OSError, ValueError) as e:
-        raise ConvertError(f"tokenizer {tokenizer_dir}: mlx-lm cannot load it ({e})") from e
-    # mlx_lm.utils.save also carries these over (custom model code, generation defaults).
-    for pattern in ("*.py", "generation_config.json"):
-        for f in tokenizer_dir.glob(pattern):
-            shutil.copy(f, path)
+def commit_config(path: Path) -> None:
+    """Rename the verified `config.unverified.json` to `config.json`: now mlx-lm loads it."""
+    os.replace(path / PENDING_CONFIG, path / CONFIG)
 
 
 def file_sizes(path: Path) -> dict[str, int]:

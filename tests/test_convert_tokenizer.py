@@ -1,0 +1,127 @@
+"""The tokenizer convert ships (mlx_qat.convert.tokenizer): data files only, never code; the
+run's own tokenizer, checked by hash; a vocabulary that fits the model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import mlx.core as mx
+import pytest
+import test_convert_fixtures as fx
+from test_convert_fixtures import CORPUS, REPO, make_run, spec
+
+from mlx_qat.convert import ConvertError, convert
+from mlx_qat.data import prepare_data
+from mlx_qat.qat_config import QATConfig
+
+mx.set_default_device(mx.cpu)
+tiny_data = fx.tiny_data
+
+EVIL = "open(__file__ + '.ran', 'w').write('remote code ran')\n"
+
+
+@pytest.fixture(scope="module")
+def other_data(tmp_path_factory):
+    """Prepared data with another tokenizer (1024 pieces) from the same corpus sample."""
+    return prepare_data(CORPUS, tmp_path_factory.mktemp("other_data"), vocab_size=1024)
+
+
+@pytest.fixture
+def run(tmp_path, tiny_data):
+    return make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)), steps=1)
+
+
+def add_remote_code(tok_dir, config_json=None):
+    """Put code and `auto_map` into a tokenizer (and model) directory, as a hub repo can."""
+    (tok_dir / "tokenization_evil.py").write_text(EVIL)
+    cfg_file = tok_dir / "tokenizer_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["auto_map"] = {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
+    cfg_file.write_text(json.dumps(cfg))
+    if config_json is not None:
+        config = json.loads(config_json.read_text())
+        config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel"}
+        config_json.write_text(json.dumps(config))
+        (tok_dir / "modeling_evil.py").write_text(EVIL)
+
+
+def assert_no_code(out):
+    assert not list(out.glob("*.py")) and not list(out.glob("*.ran"))
+    assert "auto_map" not in json.loads((out / "tokenizer_config.json").read_text())
+    assert "auto_map" not in json.loads((out / "config.json").read_text())
+
+
+def fresh_generate(out) -> None:
+    code = "import sys; from mlx_lm import load, generate; m, t = load(sys.argv[1]); "
+    code += "print(generate(m, t, 'The king', max_tokens=4))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(out)], capture_output=True, text=True, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_tokenizer_dir_code_is_never_shipped(run, tmp_path):
+    # An HF-format copy of the run's own tokenizer, with remote code added.
+    hf = tmp_path / "hf_tokenizer"
+    shutil.copytree(run.path / "tokenizer", hf)
+    (hf / "tokenizer_meta.json").unlink()
+    add_remote_code(hf)
+    out = tmp_path / "out"
+    result = convert(run.path, out, tokenizer=hf, parity_batches=1)
+    assert result.parity["passed"]
+    assert_no_code(out)
+    assert {p.name for p in out.iterdir()} >= {"tokenizer.json", "tokenizer_config.json"}
+    fresh_generate(out)
+
+
+def test_mlx_model_code_is_never_shipped(run, tmp_path, tiny_data):
+    float_dir = tmp_path / "float_model"
+    convert(run.path, float_dir, dequantize=True, parity_check=False)
+    add_remote_code(float_dir, config_json=float_dir / "config.json")
+    out = tmp_path / "out"
+    convert(float_dir, out, ptq=True, parity_data=tiny_data.path, parity_batches=1)
+    assert_no_code(out)
+    fresh_generate(out)
+
+
+def test_stale_run_tokenizer_is_refused(run, tmp_path, tiny_data, other_data):
+    # A failed first attempt left tokenizer/ of other data (1024 pieces) in the run.
+    shutil.rmtree(run.path / "tokenizer")
+    shutil.copytree(other_data.tokenizer_dir, run.path / "tokenizer")
+    with pytest.raises(
+        ConvertError, match=r"is not the tokenizer .* was trained with.*--tokenizer"
+    ):
+        convert(run.path, tmp_path / "out", parity_batches=1)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConvertError, match=r"sha256 .*\(recorded in .*manifest.json\)"):
+        convert(run.path, tmp_path / "out", tokenizer=other_data.tokenizer_dir)
+    result = convert(run.path, tmp_path / "out", tokenizer=tiny_data.tokenizer_dir)
+    assert result.parity["passed"]
+
+
+def test_recorded_tokenizer_hash_in_state_wins(run, tmp_path, tiny_data):
+    from mlx_qat.convert.source import resolve_source
+    from mlx_qat.convert.tokenizer import tokenizer_sha256
+
+    source = resolve_source(run.path)
+    want = tokenizer_sha256(tiny_data.tokenizer_dir)
+    assert source.recorded_tokenizer() == (want, str(tiny_data.path / "manifest.json"))
+    source.state["tokenizer_sha256"] = "0" * 64  # what the trainer records (issue 12, case 4)
+    assert source.recorded_tokenizer() == ("0" * 64, str(source.path / "state.json"))
+
+
+def test_tokenizer_larger_than_the_model_vocab_is_refused(run, tmp_path, other_data):
+    float_dir = tmp_path / "float_model"  # an mlx-lm model: no recorded tokenizer hash
+    convert(run.path, float_dir, dequantize=True, parity_check=False)
+    with pytest.raises(ConvertError, match=r"has 1024 tokens but the model's vocab_size is 512"):
+        convert(
+            float_dir,
+            tmp_path / "out",
+            ptq=True,
+            tokenizer=other_data.tokenizer_dir,
+            parity_check=False,
+        )
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.tmp-*"))
