@@ -56,10 +56,15 @@ def is_tokenizer_file(name: str) -> bool:
 
 
 def tokenizer_sha256(tokenizer_dir: Path) -> str | None:
-    """sha256 of `tokenizer.model` (sentencepiece), else of `tokenizer.json`; None if neither."""
-    for name in ("tokenizer.model", "tokenizer.json"):
-        if (Path(tokenizer_dir) / name).is_file():
-            return sha256_file(Path(tokenizer_dir) / name)
+    """sha256 of `tokenizer.model` (sentencepiece: `mlx_qat.data.tokenizer_sha256`, what runs
+    and shards record), else of `tokenizer.json`; None if neither."""
+    from ..data import tokenizer_sha256 as sentencepiece_sha256
+
+    tokenizer_dir = Path(tokenizer_dir)
+    if (tokenizer_dir / "tokenizer.model").is_file():
+        return sentencepiece_sha256(tokenizer_dir)
+    if (tokenizer_dir / "tokenizer.json").is_file():
+        return sha256_file(tokenizer_dir / "tokenizer.json")
     return None
 
 
