@@ -3,7 +3,8 @@ and the CPU fast path's bit-exactness.
 
 The GPU parity tests (`metal`/`cuda` markers) run `quant.kernel_check.check_backend`, the fused
 kernels against the CPU reference, and are skipped where MLX has no such backend. The checks
-themselves are tested in test_kernels_check.py, the kernel bodies in test_kernels_cpp.py.
+themselves are tested in test_kernels_check.py, the kernel bodies in test_kernels_cpp.py; the
+exact Metal/CUDA source strings and gpu.py's launches, on the C++ build, here.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from kernel_harness import cpp
+from kernel_harness import cpp, standins
 
-from mlx_qat.kernels import gpu, sources
+from mlx_qat.kernels import FP_KINDS, gpu, sources
 from mlx_qat.kernels.launch import MAX_THREADGROUP, launch_geometry, threads_launched
 from mlx_qat.quant import (
     QuantSpec,
@@ -32,8 +33,15 @@ from mlx_qat.quant import (
     reference_fake_quant,
 )
 from mlx_qat.quant.affine import fake_quant_minmax
-from mlx_qat.quant.fake_quant import fake_quant_forward
-from mlx_qat.quant.kernel_cases import minmax_families, mismatches, stacked
+from mlx_qat.quant.fake_quant import fake_quant_forward, fused_fake_quant
+from mlx_qat.quant.kernel_cases import (
+    fp_families,
+    learned_case,
+    lsq_case,
+    minmax_families,
+    mismatches,
+    stacked,
+)
 from mlx_qat.quant.spec import AFFINE_BITS, AFFINE_GROUP_SIZES
 
 DTYPES = (mx.float32, mx.float16, mx.bfloat16)
@@ -50,9 +58,8 @@ def kernels_off():
 # --- dispatch -------------------------------------------------------------------------------
 
 
+@pytest.mark.cpu_only
 def test_cpu_picks_pure_mlx_path():
-    if mx.default_device() != mx.cpu:
-        pytest.skip("default device is a GPU")
     assert backend.fused_backend() is None
     assert backend.active_backend() == "cpu"
 
@@ -113,34 +120,112 @@ def test_fp_modes_use_reference(mode):
     assert mismatches(fake_quant_forward(w, spec), reference_fake_quant(w, spec)) == 0
 
 
-# --- kernel objects and launch geometry (pure Python) ---------------------------------------
+# --- the exact Metal/CUDA sources, and gpu.py's launches, on the C++ build ----------------
 
 
-def test_kernel_objects_built_once_per_backend():
-    assert set(gpu.KERNELS.get("metal", {})) == {"forward", "backward", "fp_forward"}
-    assert ("cuda" in gpu.KERNELS) == gpu.cuda_available()
-    names = {gpu._name(j, "".join(sources.metal_source(j))) for j in sources.BODIES}
-    assert len(names) == 3  # one name per source variant
-    assert gpu._name("forward", "a") != gpu._name("forward", "b")
+@pytest.fixture(scope="module", params=("metal", "cuda"))
+def backend_build(request):
+    """The C++ build of the exact (header, body) strings gpu.py gives `metal` / `cuda`."""
+    h = cpp.shared(request.param)
+    if h is None:
+        pytest.skip("no C++ compiler (g++/c++ or $CXX): cannot build the kernel harness")
+    return h
 
 
-def test_one_body_text_for_all_backends():
-    harness = cpp.harness_source()
-    for job, body in sources.BODIES.items():
-        metal_header, metal_body = sources.metal_source(job)
-        cuda_header, cuda_body = sources.cuda_source(job)
-        assert metal_body.endswith(body) and cuda_body.endswith(body) and body in harness
-        assert sources.COMMON in metal_header and sources.COMMON in cuda_header
-        # MLX adds Metal attributes it finds in the body; CUDA must bounds-check.
-        assert "thread_position_in_grid" in metal_body
-        assert "blockIdx.x * blockDim.x + threadIdx.x" in cuda_body
-        assert "meta[0]" in body and ") return;" in body  # the guard, first thing
-    assert "__fmul_rn" in sources.CUDA_PRELUDE and "fp contract(off)" in sources.METAL_PRELUDE
-    # The lane reduction is shared; only the shuffle differs per backend.
-    assert "__shfl_xor_sync(0xffffffffu" in sources.CUDA_PRELUDE
-    assert "simd_shuffle_xor" in sources.METAL_PRELUDE
-    assert "qat_lanes_max(hi, QAT_LANES)" in sources.FORWARD_BODY
-    assert "qat_lanes_max(amax, qat_width)" in sources.FP_FORWARD_BODY
+def _close(got: mx.array, want: mx.array) -> None:
+    a, b = np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32))
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * (np.abs(b).max() + 1e-30))
+
+
+def test_backend_sources_compute_the_reference(backend_build):
+    """The strings MLX compiles (backend prelude, thread index line, shared helpers, body),
+    built as C++ with each builtin given its documented semantics (kernel_harness/cpp.py) and
+    launched CUDA-style (surplus threads, many blocks): forwards and ∂w equal the pure-MLX
+    reference bit for bit, the per-group sums up to float32 summation order. The plain build
+    (test_kernels_cpp.py) uses its own prelude, so only this catches a wrong backend word
+    (QAT_RINT, QAT_DIV, the shuffle, the thread index)."""
+    h = backend_build
+
+    def launch(job, w, gs):  # what a CUDA launch of gpu.py's geometry starts
+        grid, tg = launch_geometry(w.size // gs, sources.threads_per_group(job, gs))
+        return {"n_threads": threads_launched(grid, tg, "cuda"), "block_dim": tg[0]}
+
+    for dtype in DTYPES:
+        for bits, gs in ((2, 32), (3, 64), (4, 128), (8, 64)):  # 40 rows of 384: 16-60 blocks
+            w = stacked(minmax_families(bits, gs, seed=bits * gs), dtype)
+            got = h.forward(w, sources.KIND_MINMAX, bits, gs, **launch("forward", w, gs))
+            assert mismatches(got, fake_quant_minmax(w, bits, gs)) == 0, (dtype, bits, gs)
+        for mode in ("mxfp4", "mxfp8", "nvfp4"):
+            spec = QuantSpec.for_mode(mode)
+            w = stacked(fp_families(seed=12), dtype)
+            fp_launch = launch("fp_forward", w, spec.group_size)
+            got = h.fp_forward(w, FP_KINDS[mode], spec.group_size, **fp_launch)
+            assert mismatches(got, reference_fake_quant(w, spec)) == 0, (dtype, mode)
+
+    gs = 64
+    for bits in (1, 2, 4):  # sign, SEQ, LSQ; 48 rows: 288 groups, two backward blocks
+        w32, alpha = lsq_case(bits, gs, "group", seed=bits, rows=48)
+        cot32 = mx.random.normal(w32.shape, key=mx.random.key(bits))
+        for dtype, sd in ((mx.float32, None), (mx.bfloat16, mx.float16)):
+            w, cot, kind = w32.astype(dtype), cot32.astype(dtype), lsq.kernel_kind(bits)
+            a = backend.per_group(lsq.clamp_alpha(alpha), w, gs)
+            got = h.forward(w, kind, bits, gs, p0=a, dequant_dtype=sd, **launch("forward", w, gs))
+            assert mismatches(got, lsq.lsq_function(bits, gs, sd)(w, alpha)) == 0, (bits, dtype)
+            _, (dw_ref, da_ref) = mx.vjp(lsq.lsq_function(bits, gs), [w, alpha], [cot])
+            dw, red = h.backward(w, cot, kind, bits, gs, a, **launch("backward", w, gs))
+            assert mismatches(dw, dw_ref) == 0, (bits, dtype)
+            _close(red[:, 0].reshape(da_ref.shape) * lsq.grad_scale(w.size, bits), da_ref)
+    w, scale, bias = learned_case(3, gs, seed=4, rows=48)
+    cot = mx.random.normal(w.shape, key=mx.random.key(5))
+    s, b = learned_affine._kernel_params(w, scale, bias, gs)
+    got = h.forward(w, sources.KIND_LEARNED, 3, gs, s, b, **launch("forward", w, gs))
+    fn = learned_affine.learned_affine_function(3, gs)
+    assert mismatches(got, fn(w, scale, bias)) == 0
+    _, (dw_ref, ds_ref, db_ref) = mx.vjp(fn, [w, scale, bias], [cot])
+    dw, red = h.backward(w, cot, sources.KIND_LEARNED, 3, gs, s, b, **launch("backward", w, gs))
+    assert mismatches(dw, dw_ref) == 0
+    _close(red[:, 0].reshape(ds_ref.shape), ds_ref)
+    _close(red[:, 1].reshape(db_ref.shape), db_ref)
+
+
+def test_launches_reuse_the_kernel_objects_built_at_import(backend_build, monkeypatch):
+    """gpu.py builds one kernel object per job at import; every launch, whatever its dtypes,
+    bits, group size or kind (MLX template arguments), goes through that object. Here the
+    objects are stand-ins with MLX's call signature running the C++ build (standins.py), and
+    building a new one fails: each job's object serves all its launches, and gpu.py's launch
+    code (inputs, template, grid, outputs) gives the reference's numbers."""
+    kernels = standins.harness_kernels(backend_build)
+    standins.install(monkeypatch)
+    monkeypatch.setitem(gpu.KERNELS, standins.NAME, kernels)
+
+    def rebuilt(**kwargs):
+        raise AssertionError(f"kernel {kwargs.get('name')} built after import")
+
+    monkeypatch.setattr(mx.fast, "metal_kernel", rebuilt)
+    monkeypatch.setattr(mx.fast, "cuda_kernel", rebuilt)
+    on = standins.NAME
+    for dtype in DTYPES:
+        for bits, gs in ((4, 64), (3, 32), (8, 128)):
+            w = stacked(minmax_families(bits, gs, seed=bits), dtype)
+            spec = QuantSpec("affine", bits, gs)
+            assert mismatches(fused_fake_quant(w, spec, on=on), fake_quant_minmax(w, bits, gs)) == 0
+        w = stacked(fp_families(seed=3), dtype)
+        spec = QuantSpec.for_mode("nvfp4")
+        assert mismatches(fused_fake_quant(w, spec, on=on), reference_fake_quant(w, spec)) == 0
+    w, alpha = lsq_case(4, 64, "row", seed=1)
+    cot = mx.random.normal(w.shape, key=mx.random.key(2))
+    fused = lsq.lsq_function(4, 64)(w, alpha)  # the switch is on: the stand-in kernels
+    _, (dw, _) = mx.vjp(lsq.lsq_function(4, 64), [w, alpha], [cot])
+    # forward: 9 min/max + LSQ's (alone, and under the vjp); backward: 1; fp_forward: 3.
+    assert [k.calls for k in kernels.values()] == [11, 1, 3]
+    backend.set_kernels_enabled(False)  # the reference, for comparison
+    assert mismatches(fused, lsq.lsq_function(4, 64)(w, alpha)) == 0
+    assert mismatches(dw, mx.vjp(lsq.lsq_function(4, 64), [w, alpha], [cot])[1][0]) == 0
+    # A changed body would get a new kernel name (MLX < 0.32.1 reused a name's first source).
+    names = {}
+    for src in (sources.metal_source, lambda j: (sources.metal_source(j)[0], "//\n")):
+        gpu._build(lambda **k: names.setdefault(k["name"], k["source"]), src)
+    assert len(names) == 2 * len(sources.BODIES)
 
 
 @pytest.mark.parametrize("group_size", (16, 48))
@@ -195,9 +280,10 @@ def test_launch_geometry_limits():
         threads_launched((1, 1, 1), (1, 1, 1), "vulkan")
 
 
-# --- the CPU fast path ----------------------------------------------------------------------
+# --- the CPU fast path (cpu_only: on a GPU default device fake_quantize takes the kernels) ----
 
 
+@pytest.mark.cpu_only
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_cpu_path_bit_exact(dtype):
     for bits in AFFINE_BITS:
@@ -212,6 +298,7 @@ def test_cpu_path_bit_exact(dtype):
             assert mismatches(fake_quantize(w, spec), ref) == 0
 
 
+@pytest.mark.cpu_only
 @pytest.mark.parametrize("shape", ((1, 64), (1, 128), (3, 5, 256), (2, 1, 3, 64), (1024, 1024)))
 def test_cpu_path_shapes(shape):
     w = mx.random.normal(shape, key=mx.random.key(len(shape))) * 0.02
@@ -221,6 +308,7 @@ def test_cpu_path_shapes(shape):
         assert mismatches(got, fake_quant_minmax(w, 4, 64)) == 0
 
 
+@pytest.mark.cpu_only
 def test_cpu_path_compiled_and_grad():
     spec = QuantSpec("affine", 3, 32)
     w = stacked(minmax_families(3, 32, seed=5), mx.bfloat16)
@@ -230,6 +318,7 @@ def test_cpu_path_compiled_and_grad():
     assert np.array_equal(np.array(grad(w).astype(mx.float32)), np.full(w.shape, 3.0))
 
 
+@pytest.mark.cpu_only
 def test_cpu_path_nan_group_stays_nan():
     w = mx.random.normal((2, 128), key=mx.random.key(3))
     w = mx.where(mx.arange(256).reshape(2, 128) == 5, float("nan"), w)

@@ -158,7 +158,8 @@ CUDA_PRELUDE = """
 METAL_TID = "const uint qat_tid = thread_position_in_grid.x;\n"
 CUDA_TID = "const unsigned int qat_tid = blockIdx.x * blockDim.x + threadIdx.x;\n"
 
-# Inputs: w (T), p0, p1 (float32 per-group parameters; 1-element dummies for min/max),
+# Inputs: w (T), p0, p1 (float32 per-group parameters; a 1-element dummy where the kind reads
+# none: p0 and p1 for min/max, p1 for LSQ/SEQ/sign),
 # meta (int32: [number of groups]). Output: out (T). Templates: T, D, BITS, GS (a multiple of
 # 32), KIND. Launch: QAT_LANES threads per group (threads_per_group).
 FORWARD_INPUTS = ("w", "p0", "p1", "meta")
@@ -190,7 +191,7 @@ if (KIND == 0) {
   b = g.b;
 } else {
   s = p0[qat_group];
-  b = p1[qat_group];
+  b = KIND == 1 ? p1[qat_group] : 0.0f;  // p1 is a 1-element dummy for LSQ/SEQ/sign
 }
 for (int j = 0; j < per_lane; ++j) {
   const size_t i = base + (size_t)j * QAT_LANES;
@@ -213,8 +214,8 @@ for (int j = 0; j < per_lane; ++j) {
 }
 """
 
-# Inputs: w (T), cot (C), p0, p1 (float32 per group), meta. Outputs: dw (C), red (float32,
-# 2 per group). Templates: T, C, BITS, GS, KIND (1..4).
+# Inputs: w (T), cot (C), p0, p1 (float32 per group; p1 a 1-element dummy for kinds 2-4), meta.
+# Outputs: dw (C), red (float32, 2 per group). Templates: T, C, BITS, GS, KIND (1..4).
 BACKWARD_INPUTS = ("w", "cot", "p0", "p1", "meta")
 BACKWARD_OUTPUTS = ("dw", "red")
 BACKWARD_BODY = """
@@ -224,7 +225,7 @@ const float n = (float)((1 << BITS) - 1);
 const float qn = (float)(-(1 << (BITS - 1)));
 const float qp = (float)((1 << (BITS - 1)) - 1);
 const float s = p0[qat_tid];
-const float b = p1[qat_tid];
+const float b = KIND == 1 ? p1[qat_tid] : 0.0f;  // p1 is a 1-element dummy for kinds 2-4
 float acc0 = 0.0f;
 float acc1 = 0.0f;
 for (int i = 0; i < GS; ++i) {

@@ -1,15 +1,15 @@
-"""Syntax check of the exact Metal/CUDA sources without Metal or CUDA.
+"""Syntax check of the exact Metal/CUDA sources in the shape MLX compiles them, without a GPU.
 
 `flavour_source(backend)` wraps the header and body strings that mlx_qat/kernels/gpu.py hands
 to MLX in a translation unit shaped like the one MLX generates (Metal: a templated `[[kernel]]`
 function with concretely typed buffers and the `thread_position_in_grid` attribute argument;
 CUDA: a `__global__` function in `mlx::core::cu` with `using T = ...; constexpr int ...;`
-before the body), preceded by a small stub of the backend's builtins (address spaces,
-`metal::rint`, `as_type`, `simd_shuffle_xor`, `__fdiv_rn`, `__shfl_xor_sync`, `blockIdx`,
-`__half`, ...). `g++ -fsyntax-only` on it catches typos and type errors in the
-backend-specific macro layer, which the C++ harness (which uses its own prelude) cannot. It
-does not prove the Metal/CUDA compilers accept it: only a Mac/NVIDIA run does (tests marked
-`metal`/`cuda`).
+before the body), preceded by the builtins of cpp.py (METAL_BUILTINS / CUDA_BUILTINS: address
+spaces, `metal::rint`, `as_type`, `simd_shuffle_xor`, `__fdiv_rn`, `__shfl_xor_sync`,
+`blockIdx`, `__half`, ...). The numbers of those same strings are tested by cpp.py's "metal"
+and "cuda" builds; `g++ -fsyntax-only` here adds MLX's wrapping: buffer types, constexpr
+template values, the CUDA type names. It does not prove the Metal/CUDA compilers accept it:
+only a Mac/NVIDIA run does (tests marked `metal`/`cuda`).
 """
 
 from __future__ import annotations
@@ -19,60 +19,11 @@ from pathlib import Path
 
 from mlx_qat.kernels import sources
 
-_TYPES = r"""
-#include <cmath>
-#include <cstddef>
-#include <cstdint>
-#include <cstring>
-typedef _Float16 qat_half_stub;
-struct qat_bf16_stub {
-  uint16_t bits;
-  qat_bf16_stub() : bits(0) {}
-  qat_bf16_stub(float f) { uint32_t u; std::memcpy(&u, &f, 4); bits = (uint16_t)(u >> 16); }
-  operator float() const { uint32_t u = (uint32_t)bits << 16; float f; std::memcpy(&f, &u, 4); return f; }
-};
-"""
+from .cpp import BASE, CUDA_BUILTINS, METAL_BUILTINS
+from .simd_emulation import SIMD_CORE
 
-METAL_STUB = (
-    _TYPES
-    + r"""
-#define device
-#define constant
-#define thread
-typedef unsigned int uint;
-typedef unsigned short ushort;
-struct uint3 { uint x, y, z; };
-typedef qat_half_stub float16_t;
-typedef qat_bf16_stub bfloat16_t;
-template <typename To, typename From> To as_type(From f) { To t; std::memcpy(&t, &f, sizeof(t)); return t; }
-inline float simd_shuffle_xor(float data, ushort mask) { return data; }
-namespace metal {
-inline float rint(float x) { return std::rint(x); }
-inline float fabs(float x) { return std::fabs(x); }
-inline float ldexp(float x, int e) { return std::ldexp(x, e); }
-}
-"""
-)
-
-CUDA_STUB = (
-    _TYPES
-    + r"""
-#define __device__
-#define __forceinline__ inline
-#define __global__
-struct qat_dim3 { unsigned int x, y, z; };
-static qat_dim3 blockIdx, blockDim, threadIdx;
-typedef qat_half_stub __half;
-typedef qat_bf16_stub __nv_bfloat16;
-inline float __fdiv_rn(float a, float b) { return a / b; }
-inline float __fmul_rn(float a, float b) { return a * b; }
-inline float __fadd_rn(float a, float b) { return a + b; }
-inline float __fsub_rn(float a, float b) { return a - b; }
-inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
-inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
-inline float __shfl_xor_sync(unsigned int mask, float var, int lane_mask, int width = 32) { return var; }
-"""
-)
+METAL_STUB = BASE + SIMD_CORE + METAL_BUILTINS
+CUDA_STUB = BASE + SIMD_CORE + CUDA_BUILTINS
 
 _METAL_TYPES = {"f32": "float", "f16": "float16_t", "bf16": "bfloat16_t"}
 _CUDA_TYPES = {"f32": "float", "f16": "__half", "bf16": "__nv_bfloat16"}

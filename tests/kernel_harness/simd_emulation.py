@@ -25,9 +25,10 @@ floats, ints and pointers), which is what makes leaving them by longjmp well def
 
 from __future__ import annotations
 
-SIMD_EMULATION = r"""
-#define QAT_SHFL_XOR(v, o) qat_shfl_xor((v), (o))
-
+# The emulator itself: `qat_shfl_xor` and `qat_launch`. The Metal/CUDA builds of the exact
+# backend sources reach qat_shfl_xor through their builtins' stubs (cpp.METAL_BUILTINS /
+# CUDA_BUILTINS); the plain build maps QAT_SHFL_XOR onto it directly (SIMD_EMULATION).
+SIMD_CORE = r"""
 struct qat_simd {
   static const int kLanes = 32, kMaxShuffles = 64;
   int lanes;   // lanes that exist in this SIMD group
@@ -85,3 +86,5 @@ static void qat_launch(size_t n_threads, F body) {
   }
 }
 """
+
+SIMD_EMULATION = "#define QAT_SHFL_XOR(v, o) qat_shfl_xor((v), (o))\n" + SIMD_CORE
