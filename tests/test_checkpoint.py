@@ -24,8 +24,6 @@ from mlx_qat.checkpoint import (
 from mlx_qat.train.config import TrainConfig
 from mlx_qat.train.optim import build_optimizer, load_optimizer_arrays, optimizer_arrays
 
-mx.set_default_device(mx.cpu)
-
 
 def make(quantizer="lsq", fake=True):
     mx.random.seed(0)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlx.core as mx
 import pytest
 import test_convert_fixtures as fx
 from test_convert_fixtures import BATCH, EVAL_BATCHES, REPO, SEQ_LEN, make_run, run_cli, spec
@@ -18,7 +17,6 @@ from mlx_qat.convert import ConvertError, ParityError, convert, val_loss
 from mlx_qat.data import eval_batches
 from mlx_qat.qat_config import QATConfig
 
-mx.set_default_device(mx.cpu)
 tiny_data = fx.tiny_data  # session fixture shared by the convert test files
 
 # Runs in a fresh interpreter: nothing of the converting process (caches, patched modules).

@@ -31,8 +31,6 @@ from mlx_qat.qat_config import QATConfig
 from mlx_qat.quant import QuantSpec
 from mlx_qat.train.config import TrainConfig
 
-mx.set_default_device(mx.cpu)
-
 CORPUS = Path(__file__).parent / "fixtures" / "corpus"
 VOCAB = 512
 SEQ_LEN = 64

@@ -20,7 +20,6 @@ from mlx_qat.cli.convert import main
 from mlx_qat.convert import ConvertError, convert
 from mlx_qat.qat_config import QATConfig
 
-mx.set_default_device(mx.cpu)
 tiny_data = fx.tiny_data
 
 

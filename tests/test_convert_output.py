@@ -14,7 +14,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import mlx.core as mx
 import pytest
 import test_convert_fixtures as fx
 from test_convert_fixtures import REPO, make_run, spec
@@ -23,7 +22,6 @@ from mlx_qat.cli.convert import main
 from mlx_qat.convert import ConvertError, ParityError, convert
 from mlx_qat.qat_config import QATConfig
 
-mx.set_default_device(mx.cpu)
 tiny_data = fx.tiny_data
 
 

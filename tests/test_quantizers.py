@@ -1,4 +1,8 @@
-"""Learnable quantizers: gradients vs a numpy transcription of the formulas, exact MLX grids."""
+"""Learnable quantizers: gradients vs a numpy transcription of the formulas, exact MLX grids.
+
+The quantizers run on the default device (the fused kernels on a Mac); the MLX references they
+must equal bit for bit, mx.quantize / mx.dequantize, run on MLX's CPU backend, whose grid is
+the canonical one (`cpu_dequantize`)."""
 
 from functools import partial
 
@@ -11,8 +15,15 @@ import pytest
 from mlx_qat.quant import QuantSpec, make_quantizer
 from mlx_qat.quant.affine import minmax_params
 
-mx.set_default_device(mx.cpu)
 GS = 32
+
+
+def cpu_dequantize(*grid, **kwargs) -> mx.array:
+    """mx.dequantize on MLX's CPU backend (the grid the project matches bit for bit)."""
+    with mx.stream(mx.cpu):
+        out = mx.dequantize(*grid, **kwargs)
+        mx.eval(out)
+    return out
 
 
 def weights(shape=(6, 128), seed=0):
@@ -118,10 +129,12 @@ def test_learned_affine_gradients(bits):
     np.testing.assert_allclose(gp["bias"], (c * ~inside).sum(-1), atol=1e-6)
 
 
-def test_learned_affine_starts_on_mlx_grid():
+def test_learned_affine_starts_on_the_cpu_mx_quantize_grid():
     w = weights(seed=30)
     q = make_quantizer("learned_affine", QuantSpec("affine", 4, GS), w)
-    ref = mx.dequantize(*mx.quantize(w, GS, 4), group_size=GS, bits=4)
+    with mx.stream(mx.cpu):
+        grid = mx.quantize(w, GS, 4)
+    ref = cpu_dequantize(*grid, group_size=GS, bits=4)
     assert mx.array_equal(q(w), ref)
     s, b = minmax_params(w.reshape(6, -1, GS), 4)
     assert mx.array_equal(q.scale, s.squeeze(-1)) and mx.array_equal(q.bias, b.squeeze(-1))
@@ -133,15 +146,15 @@ CASES += [("lsq", b) for b in (2, 3, 4, 6, 8)] + [("learned_affine", b) for b in
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=str)
 @pytest.mark.parametrize("kind,bits", CASES)
-def test_grid_round_trip_is_exact(kind, bits, dtype):
-    """mx.dequantize of the exported grid == the fake-quant forward, bit for bit."""
+def test_grid_round_trip_through_cpu_dequantize_is_exact(kind, bits, dtype):
+    """MLX's CPU mx.dequantize of the exported grid == the fake-quant forward, bit for bit."""
     w = weights((4, 3, 128), seed=bits).astype(dtype)  # 3-D: stacked experts work too
     q = make_quantizer(kind, QuantSpec("affine", bits, GS), w)
     if kind == "lsq":
         q.alpha = q.alpha * 0.7
     grid = q.grid(w)
     assert grid.wq.dtype == mx.uint32 and grid.scales.dtype == dtype
-    out = mx.dequantize(*grid, group_size=GS, bits=bits, dtype=dtype)
+    out = cpu_dequantize(*grid, group_size=GS, bits=bits, dtype=dtype)
     assert mx.array_equal(out, q(w)), f"{kind} {bits}-bit"
 
 
@@ -161,14 +174,15 @@ def test_lsq_maps_to_affine_levels():
 
 
 def test_scale_dtype_rounds_in_the_forward():
-    """With scale_dtype the forward uses the rounded scales, so export in that dtype is exact."""
+    """With scale_dtype the forward uses the rounded scales, so export in that dtype is exact
+    (against MLX's CPU mx.dequantize)."""
     w = weights(seed=50)
     for kind in ("minmax", "lsq", "learned_affine"):
         q = make_quantizer(kind, QuantSpec("affine", 4, GS), w, scale_dtype=mx.float16)
         grid = q.grid(w)
         assert grid.scales.dtype == mx.float16
         # MLX dequantizes in the scales' dtype (float16 here); the forward did the same.
-        out = mx.dequantize(*grid, group_size=GS, bits=4)
+        out = cpu_dequantize(*grid, group_size=GS, bits=4)
         assert out.dtype == mx.float16
         assert mx.array_equal(out.astype(mx.float32), q(w)), kind
 

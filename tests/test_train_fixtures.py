@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlx.core as mx
 import pytest
 
 from mlx_qat.train.config import TrainConfig
-
-mx.set_default_device(mx.cpu)
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).parent / "fixtures" / "corpus"
