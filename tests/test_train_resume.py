@@ -1,5 +1,9 @@
 """Exact resume with a real kill: SIGKILL a training process at a random step, resume it,
-and compare every step's loss with an uninterrupted run (bit for bit)."""
+and compare every step's loss with an uninterrupted run (bit for bit).
+
+The kill step is drawn from a seeded generator and printed (with the step the process was
+actually killed at and the checkpoint it resumed from), so a failure can be replayed: the
+seed is $MLX_QAT_RESUME_SEED, default RESUME_SEED; set it to try other steps."""
 
 from __future__ import annotations
 
@@ -17,9 +21,17 @@ from test_train_fixtures import REPO, tiny_config, tiny_data_dir  # noqa: F401
 from mlx_qat.checkpoint import list_checkpoints, load_checkpoint
 from mlx_qat.train.metrics import read_metrics
 
+RESUME_SEED = 12  # kill at step 37: QAT phase, 2 steps past the step-35 checkpoint
+# The tiny model draws no random numbers, so the driver makes every step draw one, as dropout
+# would: the loss (and so every gradient) is scaled by 1 + u/100, u ~ U(0, 1) from MLX's global
+# RNG, which the trainer re-seeds from (seed, step). An exact resume must reproduce the draws.
 DRIVER = """
 import json, sys, time
+import mlx.core as mx
+import mlx_qat.train.step as train_step
 from mlx_qat.train import TrainConfig, train
+base_loss = train_step.loss_fn
+train_step.loss_fn = lambda m, x, y: base_loss(m, x, y) * (1 + 0.01 * mx.random.uniform(shape=()))
 cfg = TrainConfig(**json.loads(sys.argv[1]))
 delay = float(sys.argv[2])
 train(cfg, on_step=(lambda t, s: time.sleep(delay)) if delay else None)
@@ -57,7 +69,9 @@ def test_sigkill_then_resume_reproduces_the_losses_exactly(tiny_data_dir, tmp_pa
     ref_cfg = tiny_config(tiny_data_dir, tmp_path / "ref", **kw)
     cut_cfg = tiny_config(tiny_data_dir, tmp_path / "cut", **kw)
     ref = _spawn(ref_cfg)
-    kill_at = random.randint(7, 44)
+    seed = int(os.environ.get("MLX_QAT_RESUME_SEED", RESUME_SEED))
+    kill_at = random.Random(seed).randint(7, 44)
+    print(f"resume test: MLX_QAT_RESUME_SEED={seed} -> kill at step {kill_at}")
     cut = _spawn(cut_cfg, delay=0.05)
     deadline = time.time() + 240
     while _train_steps(tmp_path / "cut") < kill_at and cut.poll() is None:
@@ -65,11 +79,14 @@ def test_sigkill_then_resume_reproduces_the_losses_exactly(tiny_data_dir, tmp_pa
         time.sleep(0.005)
     os.kill(cut.pid, signal.SIGKILL)
     cut.wait()
-    assert cut.returncode == -signal.SIGKILL, f"not killed (kill_at={kill_at}): {cut.stdout.read()}"
+    where = f"MLX_QAT_RESUME_SEED={seed}, kill_at={kill_at}"
+    assert cut.returncode == -signal.SIGKILL, f"not killed ({where}): {cut.stdout.read()}"
     killed_at = _train_steps(tmp_path / "cut")
     assert not (tmp_path / "cut" / "result.json").exists()
     saved = [s for s, _ in list_checkpoints(tmp_path / "cut")]
-    assert saved and max(saved) <= killed_at
+    assert saved and max(saved) <= killed_at, (where, killed_at, saved)
+    msg = f"{where}: killed after step {killed_at}, resumed from step {max(saved)}"
+    print(f"resume test: {msg}")
     resumed = _spawn(cut_cfg.__class__(**{**cut_cfg.to_dict(), "resume": True}))
     out_resumed = resumed.communicate(timeout=240)[0]
     out_ref = ref.communicate(timeout=240)[0]
@@ -79,7 +96,6 @@ def test_sigkill_then_resume_reproduces_the_losses_exactly(tiny_data_dir, tmp_pa
     def losses(run):
         return [(r["step"], r["phase"], r["lr"], r["loss"]) for r in read_metrics(run, "train")]
 
-    msg = f"killed at step {killed_at}, resumed from step {max(saved)}"
     assert losses(tmp_path / "cut") == losses(tmp_path / "ref"), msg
     assert len(losses(tmp_path / "ref")) == 48
     evals = [read_metrics(r, "eval") for r in (tmp_path / "cut", tmp_path / "ref")]
