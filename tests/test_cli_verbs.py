@@ -8,9 +8,9 @@ import json
 
 import pytest
 import yaml
-
-from mlx_qat.cli import check, convert, data, eval, plan, sweep, train
 from test_train_fixtures import CORPUS, tiny_config, tiny_data_dir  # noqa: F401
+
+from mlx_qat.cli import check, convert, data, eval, fit, plan, sweep, train
 
 VERBS = {
     "data": data,
@@ -19,6 +19,8 @@ VERBS = {
     "convert": convert,
     "plan": plan,
     "check": check,
+    "sweep": sweep,
+    "fit": fit,
 }
 
 

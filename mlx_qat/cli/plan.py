@@ -4,14 +4,26 @@
     mlx_qat.plan --preset d4 --tokens 20e6 --bits 4         # N, bytes, S, auto f, steps, LR
     mlx_qat.plan --config configs/main.yaml --json
     mlx_qat.plan --config configs/main.yaml --save plans/main   # plan.json + config.yaml
+    mlx_qat.plan --config configs/main.yaml --law runs/sweep_tiny/fit/fit.json --memory 1M
 
 Takes every flag of `mlx_qat.train`. With `--save DIR` it writes the plan to `DIR/plan.json`
 and the resolved training config to `DIR/config.yaml` (`mlx_qat.train --config DIR/config.yaml`
 then trains exactly this plan).
+
+With `--law FIT.json` (from `mlx_qat.fit`) it also prints, for the config's model and token
+budget, what the fitted law predicts (`mlx_qat.fit.planning.law_plan`): S, the law-optimal
+fraction, f-hat with the paper's a and with the fitted a, the fixed 10 % rule and the config's
+own fraction, each with its predicted final loss, its loss above the optimum and the tokens it
+needs to reach the optimum's loss. `--memory BYTES` (1e6, 1M, 100KB, 64MiB) adds the
+predicted best bit width for that parameter memory (`memory_plan`: N = 8·M/B for B in
+2, 3, 4, 6, 8, each at its optimal fraction) at the config's token budget, or at iso-FLOP with
+`--iso-flops C` (D = C / (6·N)). With `--json` the law's numbers go under "law" and "memory";
+with `--save` into DIR/law_plan.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -28,7 +40,32 @@ def build_parser():
     )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--save", metavar="DIR", help="write DIR/plan.json and DIR/config.yaml")
+    law = p.add_argument_group("fitted law (mlx_qat.fit)")
+    law.add_argument(
+        "--law", metavar="FIT.json", help="predict with this fit: fractions, losses, token cost"
+    )
+    law.add_argument(
+        "--memory",
+        type=_bytes,
+        metavar="BYTES",
+        help="with --law: the best bit width for this parameter memory (1e6, 1M, 100KB)",
+    )
+    law.add_argument(
+        "--iso-flops",
+        type=float,
+        metavar="C",
+        help="with --memory: compare widths at compute C (D = C/(6N)), not at the config's D",
+    )
     return p
+
+
+def _bytes(text: str) -> float:
+    from ..fit.planning import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def lr_line(plan) -> str:
@@ -38,21 +75,69 @@ def lr_line(plan) -> str:
     return f"  LR at the boundaries  {lrs}"
 
 
+def load_law(path: str):
+    """The `FitResult` of `--law PATH`; ValueError naming the file when it cannot be read."""
+    from ..fit import FitResult
+
+    try:
+        return FitResult.load(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--law {path}: cannot read it as a fit.json of mlx_qat.fit ({e})") from e
+
+
+def law_section(opts: dict, fitted, cfg, plan) -> tuple[dict, str]:
+    """What the fitted law (`--law`, loaded as `fitted`) says about this plan, as JSON and
+    as text."""
+    from ..fit.planning import law_plan, memory_plan
+
+    a_fit = (fitted.a or {}).get("vertex")
+    D = plan.total_steps * plan.tokens_per_step  # the D a sweep row of this config records
+    req = plan.requested if plan.requested == "auto" else f"{float(plan.requested):g}"
+    lp = law_plan(
+        fitted.params, plan.n_params, D, cfg.bits, a_fit, {f"this config ({req})": plan.fraction}
+    )
+    data = {"file": str(opts["law"]), **lp.to_dict()}
+    text = [f"predicted by the fitted law {opts['law']}:", lp.table()]
+    if abs(lp.S - plan.tokens_per_byte) > 1e-9 * lp.S:
+        text.append(
+            f"  (the law's S counts N·B/8 bytes; the trainer's S = {plan.tokens_per_byte:,.2f} "
+            "counts the exact bytes)"
+        )
+    if opts.get("memory") is not None:
+        flops = opts.get("iso_flops")
+        mp = memory_plan(fitted.params, opts["memory"], D=None if flops else D, flops=flops)
+        data["memory"] = mp.to_dict()
+        text += ["predicted best bit width for the memory budget:", mp.table()]
+    return data, "\n".join(text)
+
+
 def _run(opts: dict) -> int:
     from ..train import plan_for_config
 
+    if opts.get("law") is None and (opts.get("memory") or opts.get("iso_flops")):
+        raise ValueError("--memory and --iso-flops need a fitted law: add --law FIT.json")
+    if opts.get("iso_flops") is not None and opts.get("memory") is None:
+        raise ValueError("--iso-flops compares bit widths under --memory BYTES: give both")
+    if opts.get("iso_flops") is not None and not opts["iso_flops"] > 0:
+        raise ValueError(f"--iso-flops {opts['iso_flops']}: must be > 0")
+    fitted = load_law(opts["law"]) if opts.get("law") else None
     cfg = config_from(opts)
     plan = plan_for_config(cfg)
+    law, law_text = law_section(opts, fitted, cfg, plan) if fitted else (None, "")
     if opts.get("save"):
         out = Path(opts["save"])
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "plan.json", plan.to_dict())
         atomic_write_text(out / "config.yaml", cfg.to_yaml())
+        if law is not None:
+            atomic_write_json(out / "law_plan.json", law)
     if opts.get("json"):
-        print(json.dumps(plan.to_dict(), indent=2))
+        print(json.dumps(plan.to_dict() | ({"law": law} if law else {}), indent=2))
     else:
         print(plan.table())
         print(lr_line(plan))
+        if law_text:
+            print(law_text)
     return 0
 
 

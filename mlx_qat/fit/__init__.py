@@ -1,7 +1,10 @@
 """Scaling-law fitting for paper 000: the loss law L(N, D_fp, D_qat, B), its optimal QAT
 fraction, the closed form f̂ = exp(−a / ln S), and fits of both to sweep results.
 
-numpy only at import; scipy (`pip install "mlx_qat[fit]"`) is imported when a fit runs.
+numpy only at import; scipy (`pip install "mlx_qat[fit]"`) is imported when a fit runs, and
+matplotlib (same extra) when `fit.plots` draws. `sources` merges results files, `report`
+formats a fit, `planning` turns a fit into advice (`mlx_qat.plan --law`). The command line:
+`mlx_qat.fit RESULTS...` (`mlx_qat.cli.fit`).
 
 Example:
     >>> from mlx_qat.fit import fit, load_rows  # doctest: +SKIP
@@ -21,14 +24,18 @@ from .law import (
     tokens_per_byte,
 )
 from .optima import Optimum, empirical_optima, fit_a
+from .planning import LawPlan, MemoryPlan, law_plan, memory_plan, parse_bytes, tokens_to_match
 from .result import FitResult
 from .rows import Rows, load_rows, parse_rows
+from .sources import read_results, select_pipeline
 
 __all__ = [
     "A_PAPER",
     "BitsOption",
     "FitResult",
     "LawParams",
+    "LawPlan",
+    "MemoryPlan",
     "Optimum",
     "Rows",
     "best_bits_for_memory",
@@ -37,9 +44,15 @@ __all__ = [
     "fit",
     "fit_a",
     "fit_law",
+    "law_plan",
     "load_rows",
+    "memory_plan",
     "optimal_fraction",
+    "parse_bytes",
     "parse_rows",
     "predict",
+    "read_results",
+    "select_pipeline",
     "tokens_per_byte",
+    "tokens_to_match",
 ]

@@ -215,7 +215,9 @@ def optimal_fraction(params: LawParams, N, D, bits):
         f = 1.0 / (1.0 + np.exp(-x))
         return np.asarray(predict(params, N, (1.0 - f) * D, f * D, b))
 
-    vals = np.stack([loss(np.full(N.shape, x)) for x in grid], axis=-1)
+    fg = 1.0 / (1.0 + np.exp(-grid))  # the whole grid in one evaluation
+    Ne, De, be = N[..., None], D[..., None], b[..., None]
+    vals = np.asarray(predict(params, Ne, (1.0 - fg) * De, fg * De, be))
     i = np.argmin(np.where(np.isnan(vals), np.inf, vals), axis=-1)
     a, c = grid[np.maximum(i - 1, 0)], grid[np.minimum(i + 1, len(grid) - 1)]
     g = (math.sqrt(5.0) - 1.0) / 2.0

@@ -58,7 +58,7 @@ class FitResult:
     def to_dict(self) -> dict:
         d = {"schema": SCHEMA, **asdict(self)}
         d["params"] = self.params.to_dict()
-        return _finite(d)
+        return json_safe(d)
 
     @classmethod
     def from_dict(cls, d: dict) -> FitResult:
@@ -90,12 +90,12 @@ class FitResult:
         return cls.from_json(Path(path).read_text())
 
 
-def _finite(x):
+def json_safe(x):
     """Deep copy with non-finite floats as None (JSON has no NaN) and tuples as lists."""
     if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x

@@ -1,0 +1,177 @@
+"""The fit's report as text (what `mlx_qat.fit` prints and saves as `report.txt`).
+
+Sections: the rows read; the fitted constants with their bootstrap intervals; how well the law
+fits (R² and RMSE of log L, the leave-largest-size-out error); the optimal QAT fraction (a of
+f̂ = exp(−a / ln S) fitted to the grid argmins and to the parabola vertices, with intervals, and
+the MAE of f̂ and of the law's own argmin against the empirical optima); the empirical optima
+per (N, D, bits); fused against classic at equal budget when the rows hold classic runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .law import A_PAPER
+from .objective import NAMES
+from .result import FitResult
+from .sources import Merged
+
+LAW_TEXT = (
+    "L = E + A/N^alpha + B_c/D*^beta + theta·2^(-kappa·B)\n"
+    "      + phi·2^(-chi·B)/(N^psi·S_qat^omega) + lam·2^(-mu·B)·S_fp^xi/(N^nu·S_qat^rho)"
+)
+
+
+def si(x: float) -> str:
+    """1234567 → '1.23M' (k, M, G, T)."""
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _num(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
+
+
+def _sources(merged: Merged, counts: dict, pipeline: str) -> list[str]:
+    files = ", ".join(f"{f} ({n})" for f, n in merged.files.items())
+    lines = [f"rows: {len(merged.rows)} from {len(merged.files)} file(s): {files}"]
+    extra = []
+    if merged.duplicates:
+        extra.append(f"{merged.duplicates} identical duplicate(s) kept once")
+    if merged.torn:
+        extra.append(f"{merged.torn} torn last line(s) skipped")
+    if counts.get("no_loss"):
+        extra.append(f"{counts['no_loss']} without a final loss skipped")
+    for name, n in sorted(counts.get("other_pipeline", {}).items()):
+        extra.append(f"{n} {name} QAT row(s) not in the law fit")
+    if extra:
+        lines.append("  " + "; ".join(extra))
+    lines.append(
+        f"  law fit on the {pipeline} pipeline: {counts.get('fp', 0)} FP + "
+        f"{counts.get('qat', 0)} QAT rows"
+    )
+    return lines
+
+
+def _params(res: FitResult) -> list[str]:
+    ci = (res.bootstrap or {}).get("params") or {}
+    dstar = "D* = D" if res.params.fp_tokens == "total" else "D* = D_fp"
+    lines = [f"law ({dstar}, S = D/(N·B/8)):", "  " + LAW_TEXT.replace("\n", "\n  ")]
+    cells = []
+    for name in NAMES:
+        v = getattr(res.params, name)
+        lo_hi = ci.get(name)
+        cells.append(
+            f"{name:>6} {v:>10.4g}" + (f" [{lo_hi[0]:.3g}, {lo_hi[1]:.3g}]" if lo_hi else "")
+        )
+    width = max(len(c) for c in cells) + 2
+    per_line = 3 if ci else 4
+    for i in range(0, len(cells), per_line):
+        lines.append("  " + "".join(c.ljust(width) for c in cells[i : i + per_line]).rstrip())
+    if res.bootstrap:
+        b = res.bootstrap
+        lines.append(
+            f"  [..]: {100 * b['level']:g}% bootstrap intervals, {b['n']} resamples"
+            + (f" ({b['n_failed']} failed)" if b.get("n_failed") else "")
+        )
+    return lines
+
+
+def _quality(res: FitResult) -> list[str]:
+    n = res.n_rows or {}
+    lines = [
+        "fit quality",
+        f"  R² of log L     {_num(res.r2_log)} on {n.get('fit', '?')} rows "
+        f"(QAT rows only: {_num(res.r2_log_qat)})",
+        f"  RMSE of log L   {_num(res.rmse_log)} (QAT rows only: {_num(res.rmse_log_qat)})",
+    ]
+    h = res.holdout
+    if h:
+        lines.append(
+            f"  leave-largest-size-out: refit without N = {si(h['N'])}, predict its "
+            f"{h['n_rows']} QAT runs: mean |error| {100 * h['mean_abs_rel_err']:.2f}%, "
+            f"max {100 * h['max_abs_rel_err']:.2f}%, RMSE of log L {h['rmse_log']:.4f}"
+        )
+    else:
+        lines.append("  leave-largest-size-out: not run (needs >= 2 sizes and enough rows)")
+    return lines
+
+
+def _fraction(res: FitResult) -> list[str]:
+    if not res.a:
+        return ["optimal QAT fraction: no (N, D, bits) group with >= 3 fractions"]
+    ci = ((res.bootstrap or {}).get("a")) or {}
+    lines = [f"optimal QAT fraction  f-hat = exp(-a / ln S)   (paper: a = {A_PAPER})"]
+    for kind, what in (("vertex", "parabola vertex in ln f"), ("argmin", "grid argmin")):
+        iv = ci.get(kind)
+        lines.append(
+            f"  a from the {what:<24} {res.a[kind]:.3f}"
+            + (f"  [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
+        )
+    lines.append("  MAE against the empirical optima       vertex   argmin")
+    for label, d in (
+        ("f-hat, fitted a", res.mae_f_hat),
+        (f"f-hat, paper a = {A_PAPER:.2f}", res.mae_f_hat_paper),
+        ("the law's own argmin", res.mae_law),
+    ):
+        lines.append(f"    {label:<34} {d['vertex']:>7.3f}  {d['argmin']:>7.3f}")
+    return lines
+
+
+def _optima(res: FitResult) -> list[str]:
+    if not res.optima:
+        return []
+    lines = [
+        "empirical optima per (N, D, bits)   (f-hat with the vertex-fitted a; * = at the "
+        "grid's edge)",
+        f"  {'N':>8} {'D':>8} {'bits':>4} {'S':>8} {'f* argmin':>9} {'f* vertex':>9} "
+        f"{'f law':>7} {'f-hat':>7} {'runs':>5}",
+    ]
+    for o in res.optima:
+        edge = "*" if o["at_edge"] else " "
+        lines.append(
+            f"  {si(o['N']):>8} {si(o['D']):>8} {o['bits']:>4} {o['S']:>8.2f} "
+            f"{o['f_argmin']:>9.3f} {o['f_vertex']:>8.3f}{edge} {o['f_law']:>7.3f} "
+            f"{o['f_hat']:>7.3f} {o['n_fractions']:>5}"
+        )
+    return lines
+
+
+def _pairs(pairs: list[dict]) -> list[str]:
+    if not pairs:
+        return []
+    lines = [
+        "fused vs classic at equal budget (final loss; Δ = classic − fused, > 0: fused wins)",
+        f"  {'N':>8} {'D':>8} {'bits':>4} {'f':>6} {'seed':>4} {'fused':>9} {'classic':>9} "
+        f"{'Δ':>9}",
+    ]
+    for p in pairs:
+        fused = "-" if p["fused"] is None else f"{p['fused']:.4f}"
+        delta = "-" if p["fused"] is None else f"{p['classic'] - p['fused']:+.4f}"
+        lines.append(
+            f"  {si(p['N']):>8} {si(p['D']):>8} {p['bits']:>4} {p['f']:>6.3f} "
+            f"{str(p['seed']):>4} {fused:>9} {p['classic']:>9.4f} {delta:>9}"
+        )
+    both = [p for p in pairs if p["fused"] is not None]
+    if both:
+        wins = sum(p["classic"] > p["fused"] for p in both)
+        mean = sum(p["classic"] - p["fused"] for p in both) / len(both)
+        lines.append(f"  fused lower in {wins} of {len(both)} pairs; mean Δ {mean:+.4f}")
+    return lines
+
+
+def format_report(
+    res: FitResult,
+    merged: Merged | None = None,
+    counts: dict | None = None,
+    pairs: list[dict] | None = None,
+    pipeline: str = "fused",
+) -> str:
+    """The report of a fit, as text (module docstring)."""
+    parts = []
+    if merged is not None:
+        parts.append(_sources(merged, counts or {}, pipeline))
+    parts += [_params(res), _quality(res), _fraction(res), _optima(res), _pairs(pairs or [])]
+    return "\n\n".join("\n".join(p) for p in parts if p)

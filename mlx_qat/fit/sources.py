@@ -1,0 +1,182 @@
+"""Sweep results as the fit reads them: merged from several files, split by pipeline, paired.
+
+- `find_results`: a path is a results.jsonl file, or a folder holding `results.jsonl` (or,
+  failing that, any `results.jsonl` below it: a sweep split across machines and copied back).
+- `read_results`: the rows of every file, merged. A row is keyed by its `config_hash` (the
+  sweep's hash of the run's full config; a row without one is keyed by its whole content).
+  Identical rows under one key are kept once; rows with one key and different content are
+  refused, naming both places (file:line), since they are two different results for the same
+  run. A torn last line (a writer killed mid-row, or a sweep still running) is skipped, as the
+  sweep itself skips it.
+- `select_pipeline`: the rows a law fit takes: pure-FP rows (bits null; the FP anchor, the
+  same whatever the pipeline) and the QAT rows of one pipeline. Rows without a final loss are
+  left out and counted.
+- `pipeline_pairs`: fused and classic QAT runs at equal (N, D, bits, f, seed).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .law import FP_BITS
+
+RESULTS = "results.jsonl"
+PIPELINES = ("fused", "classic")
+
+
+def find_results(paths) -> list[Path]:
+    """The results files that `paths` (files or folders) name, in order, each once."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            found = [p]
+        elif p.is_dir():
+            found = [p / RESULTS] if (p / RESULTS).is_file() else sorted(p.rglob(RESULTS))
+            if not found:
+                raise ValueError(f"{p}: no {RESULTS} in this folder or below it")
+        else:
+            raise ValueError(f"{p}: no such file or folder")
+        out += [f for f in found if f.resolve() not in {o.resolve() for o in out}]
+    if not out:
+        raise ValueError(f"give one or more {RESULTS} files or folders holding them")
+    return out
+
+
+@dataclass
+class Merged:
+    """Merged rows with where each came from.
+
+    Attributes:
+        rows: the distinct rows, in the order first seen.
+        origins: "file:line" of each row.
+        files: {file: rows read from it}.
+        duplicates: identical rows dropped (seen before in this or another file).
+        torn: torn last lines skipped.
+    """
+
+    rows: list = field(default_factory=list)
+    origins: list = field(default_factory=list)
+    files: dict = field(default_factory=dict)
+    duplicates: int = 0
+    torn: int = 0
+
+
+def _lines(path: Path):
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            yield i + 1, json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:  # no newline after it: a torn last row
+                yield i + 1, None
+            else:
+                raise ValueError(f"{path}:{i + 1}: not a JSON row ({e.msg})") from None
+
+
+def read_results(paths) -> Merged:
+    """Read and merge results files (see the module docstring). Raises ValueError on a
+    collision (one config_hash, two different rows), naming both places."""
+    m = Merged()
+    seen: dict[str, int] = {}
+    for path in find_results(paths):
+        m.files[str(path)] = 0
+        for line, row in _lines(path):
+            if row is None:
+                m.torn += 1
+                continue
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{line}: a row must be a JSON object")
+            m.files[str(path)] += 1
+            canon = json.dumps(row, sort_keys=True)
+            key = "hash:" + str(row["config_hash"]) if "config_hash" in row else canon
+            where = f"{path}:{line}"
+            if key in seen:
+                j = seen[key]
+                if json.dumps(m.rows[j], sort_keys=True) == canon:
+                    m.duplicates += 1
+                    continue
+                differ = sorted(
+                    k
+                    for k in set(row) | set(m.rows[j])
+                    if row.get(k, "<absent>") != m.rows[j].get(k, "<absent>")
+                )
+                raise ValueError(
+                    f"config_hash {row['config_hash']}: {m.origins[j]} and {where} hold "
+                    f"different results for the same run (they differ in {', '.join(differ)}); "
+                    "keep one of them"
+                )
+            seen[key] = len(m.rows)
+            m.rows.append(row)
+            m.origins.append(where)
+    return m
+
+
+def is_fp_row(row: dict) -> bool:
+    """A pure-FP run: bits null (or >= 16)."""
+    return row.get("bits") is None or float(row["bits"]) >= FP_BITS
+
+
+def select_pipeline(rows: list[dict], pipeline: str = "fused") -> tuple[list[dict], dict]:
+    """The rows a law fit of `pipeline` takes, and counts of what was left out.
+
+    Returns:
+        (rows, counts): FP rows (their `pipeline` key dropped: the anchor serves every
+        pipeline) and QAT rows of `pipeline` (a row without the key counts as fused);
+        counts {"fp", "qat", "other_pipeline": {name: n}, "no_loss"}.
+    """
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline {pipeline!r}: use one of {', '.join(PIPELINES)}")
+    out, other, no_loss, n_fp = [], {}, 0, 0
+    for r in rows:
+        if r.get("final_loss") is None:
+            no_loss += 1
+        elif is_fp_row(r):
+            out.append({k: v for k, v in r.items() if k != "pipeline"})
+            n_fp += 1
+        elif r.get("pipeline", "fused") == pipeline:
+            out.append(r)
+        else:
+            name = str(r.get("pipeline"))
+            other[name] = other.get(name, 0) + 1
+    counts = {"fp": n_fp, "qat": len(out) - n_fp, "other_pipeline": other, "no_loss": no_loss}
+    return out, counts
+
+
+def row_fraction(r: dict) -> float:
+    """The row's QAT fraction: `f`, or D_qat / D when the row has no `f`."""
+    return float(r["f"]) if r.get("f") is not None else float(r["D_qat"]) / float(r["D"])
+
+
+def _setting(r: dict) -> tuple:
+    f = round(row_fraction(r), 4)
+    return (float(r["N"]), float(r["D"]), int(r["bits"]), f, r.get("seed"))
+
+
+def pipeline_pairs(rows: list[dict]) -> list[dict]:
+    """Fused and classic QAT runs at one (N, D, bits, f, seed): one dict per classic run with
+    its fused twin's loss (None when the sweep has no fused run there), sorted by setting."""
+    qat = [r for r in rows if not is_fp_row(r) and r.get("final_loss") is not None]
+    fused = {_setting(r): r for r in qat if r.get("pipeline", "fused") == "fused"}
+    out = []
+    for r in qat:
+        if r.get("pipeline") != "classic":
+            continue
+        key = _setting(r)
+        twin = fused.get(key)
+        out.append(
+            {
+                "N": key[0],
+                "D": key[1],
+                "bits": key[2],
+                "f": row_fraction(r),
+                "seed": key[4],
+                "classic": float(r["final_loss"]),
+                "fused": None if twin is None else float(twin["final_loss"]),
+            }
+        )
+    return sorted(out, key=lambda p: (p["bits"], p["N"], p["D"], p["f"], str(p["seed"])))
