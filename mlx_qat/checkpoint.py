@@ -21,15 +21,14 @@ A checkpoint is built as `step_XXXXXXXX.tmp-<pid>` (every file fsynced) and `os.
 onto its final name, so a partial directory never has the final name; `latest_checkpoint`
 ignores `.tmp-*`.
 
-Integrity (format 2): `state.json["files"]` records the size and sha256 of the four other
-files, and `SHA256SUMS`, written last, records the sha256 of all five, state.json included.
-`load_checkpoint` verifies state.json against SHA256SUMS before trusting it, then every file
-it reads against both records (size first, so a truncated file is named as such), so a flipped
-bit, an edited step in state.json or edited bits in qat.json are refused naming the file.
-Checkpoints written before format 2 (no "format" in state.json, sizes only) still load, with a
-warning that they cannot be verified: refusing them would strand finished runs, and
-`seal_checkpoint` upgrades one whose files the user trusts. A format-2 checkpoint without
-SHA256SUMS is refused. Every failure is a `CheckpointError` naming the path and the fix.
+Integrity (format 2): state.json records the size and sha256 of the four other files, and
+SHA256SUMS (written last) the sha256 of all five. `load_checkpoint` verifies state.json against
+SHA256SUMS before trusting it, then each file it reads against both (weights' sizes first, so
+a truncated file is named as such): a flipped bit, an edited step or edited bits are refused
+naming the file. Checkpoints from before format 2 still load, with a warning that they cannot
+be verified (refusing them would strand finished runs; `seal_checkpoint` upgrades one the user
+trusts); a format-2 one without SHA256SUMS is refused. Every failure is a `CheckpointError`
+naming the path and the fix.
 """
 
 from __future__ import annotations
@@ -126,10 +125,7 @@ def _record(path: Path) -> dict:
 
 
 def _write_checksums(path: Path, files: dict) -> None:
-    sums = {
-        **{n: f["sha256"] for n, f in files.items()},
-        STATE_FILE: sha256_file(path / STATE_FILE),
-    }
+    sums = {n: f["sha256"] for n, f in files.items()} | {STATE_FILE: sha256_file(path / STATE_FILE)}
     atomic_write_text(path / CHECKSUMS, "".join(f"{h}  {n}\n" for n, h in sorted(sums.items())))
 
 
@@ -265,9 +261,7 @@ def _read_checksums(path: Path) -> dict[str, str] | None:
     try:
         lines = f.read_text(encoding="ascii").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(
-            f"checkpoint {path}: {CHECKSUMS} is unreadable ({e}). {_DROP}"
-        ) from None
+        raise CheckpointError(f"checkpoint {path}: {CHECKSUMS} is unreadable ({e})") from None
     for line in lines:
         digest, sep, name = line.partition("  ")
         if not sep or len(digest) != 64:
@@ -311,10 +305,8 @@ def _read_arrays(path: Path) -> dict[str, mx.array]:
     try:
         return mx.load(str(path))
     except (RuntimeError, ValueError, OSError) as e:
-        raise CheckpointError(
-            f"checkpoint {path.parent}: cannot read {path.name} ({e}); the file is corrupt. "
-            "Delete the checkpoint to fall back to the previous one"
-        ) from None
+        msg = f"checkpoint {path.parent}: cannot read {path.name} ({e}); the file is corrupt"
+        raise CheckpointError(f"{msg}. {_DROP}") from None
 
 
 def _read_state(path: Path) -> tuple[dict, dict[str, str] | None]:
@@ -325,9 +317,7 @@ def _read_state(path: Path) -> tuple[dict, dict[str, str] | None]:
         _verify(path, STATE_FILE, None, sums)
     state = _read_json(path / STATE_FILE)
     if sums is None and state.get("format") is not None:
-        raise CheckpointError(
-            f"checkpoint {path}: missing {CHECKSUMS}, so its files cannot be verified. {_DROP}"
-        )
+        raise CheckpointError(f"checkpoint {path}: missing {CHECKSUMS}; cannot verify it. {_DROP}")
     if sums is None:
         logger.warning(
             "checkpoint %s: written before checksums (no %s); its files are NOT verified. "

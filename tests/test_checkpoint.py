@@ -9,9 +9,6 @@ import mlx.core as mx
 import pytest
 from mlx.utils import tree_flatten
 
-from mlx_qat.qat_config import QATConfig
-from mlx_qat.models import model_from_config, preset_config
-from mlx_qat.prepare import prepare, set_fake_quant
 from mlx_qat.checkpoint import (
     CheckpointError,
     build_model,
@@ -21,6 +18,9 @@ from mlx_qat.checkpoint import (
     save_checkpoint,
     seal_checkpoint,
 )
+from mlx_qat.models import model_from_config, preset_config
+from mlx_qat.prepare import prepare, set_fake_quant
+from mlx_qat.qat_config import QATConfig
 from mlx_qat.train.config import TrainConfig
 from mlx_qat.train.optim import build_optimizer, load_optimizer_arrays, optimizer_arrays
 

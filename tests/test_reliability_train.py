@@ -68,7 +68,7 @@ def test_branch_from_refuses_a_directory_holding_a_run(tiny_data_dir, tmp_path):
 
 
 def test_resume_with_data_of_another_tokenizer_is_refused(tiny_data_dir, tmp_path):  # noqa: F811
-    from mlx_qat.data import prepare_data
+    from mlx_qat.data import load_bundle, prepare_data, tokenizer_sha256
 
     run = tmp_path / "run"
     cfg = tiny_config(tiny_data_dir, run, **SHORT)
@@ -79,6 +79,14 @@ def test_resume_with_data_of_another_tokenizer_is_refused(tiny_data_dir, tmp_pat
     with pytest.raises(CheckpointError, match=r"trained on the token shards.*same --data"):
         Trainer(replace(cfg, data=[str(other)], resume=True)).setup()
     assert snapshot(run) == before
+    # A stale tokenizer/ in the run (left by an attempt on other data) is not kept on resume:
+    # the run's tokenizer is the one its data (and its checkpoint) was made with.
+    shutil.rmtree(run / "tokenizer")
+    shutil.copytree(load_bundle(other).tokenizer_dir, run / "tokenizer")
+    Trainer(replace(cfg, resume=True)).setup()
+    want = load_checkpoint(run).state["tokenizer_sha256"]
+    assert want == load_bundle(tiny_data_dir).manifest["tokenizer"]["sha256"]
+    assert tokenizer_sha256(run / "tokenizer") == want
 
 
 # --- 9: bad settings: one line, exit 1 or 2, nothing written ----------------------------------

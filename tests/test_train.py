@@ -10,11 +10,10 @@ import pytest
 from mlx.utils import tree_flatten
 from test_train_fixtures import tiny_config, tiny_data_dir  # noqa: F401
 
+from mlx_qat.checkpoint import list_checkpoints, load_checkpoint
 from mlx_qat.data import load_bundle
 from mlx_qat.prepare import qat_layers
-from mlx_qat.checkpoint import load_checkpoint
 from mlx_qat.train import Trainer, TrainingDiverged, load_config, train
-from mlx_qat.checkpoint import list_checkpoints
 from mlx_qat.train.metrics import read_metrics
 from mlx_qat.train.optim import is_decayed
 

@@ -24,16 +24,13 @@ from .schedules import SHAPES as COOLDOWN_SHAPES
 
 SWITCH_STATE = ("keep", "reset")
 
-# Fields that do not change what is trained: excluded from the resume hash. The data is
-# checked by content instead (the shards' key and the tokenizer's sha256 in every checkpoint),
-# so spelling its path differently (`data/`, `./data`) does not matter.
+# Fields that do not change what is trained: excluded from the config hash.
 _NOT_HASHED = {
     "out",
     "resume",
     "branch_from",
     "overwrite",
     "reschedule",
-    "data",
     "data_out",
     "quiet",
     "eval_every",
@@ -59,6 +56,10 @@ SCHEDULE_FIELDS = (
     "grad_clip",
 )
 _PATHS = ("out", "branch_from", "data_out", "model_config", "model")
+# Left out of the hash a resume compares: the data is checked by content instead (the shards'
+# key and the tokenizer's sha256 in every checkpoint), so however its path is spelt (`data/`,
+# `./data`, absolute, a copied run's) the same data resumes and other data is refused.
+DATA_FIELDS = ("data",)
 
 
 def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
@@ -83,7 +84,8 @@ class TrainConfig:
     branch_from: str | None = _f(
         None,
         "start from another run's checkpoint directory (weights, optimizer, step); the "
-        "schedule up to that step must be this run's",
+        "schedule up to that step must be this run's, and --out new or without checkpoints "
+        "(or --overwrite)",
         "run",
     )
     overwrite: bool = _f(

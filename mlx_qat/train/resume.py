@@ -1,8 +1,10 @@
 """Whether a checkpoint may continue this run: `--resume`, `--branch-from`, and the data.
 
-* Resume: the checkpoint's `config_hash` must be this config's. When only `SCHEDULE_FIELDS`
-  differ (the checkpoint's `train_hash` leaves them out), `--reschedule` accepts the change —
-  what the divergence message advises — and the new values apply from the resumed step on.
+* Resume: the checkpoint's `resume_hash` (the config hash without the data's path, which is
+  checked by content) must be this config's. When only `SCHEDULE_FIELDS` differ (`train_hash`
+  leaves them out too), `--reschedule` accepts the change — what the divergence message
+  advises — and the new values apply from the resumed step on. Checkpoints from before
+  `resume_hash` compare the whole `config_hash`.
 * Branch: same model, QAT config and tokens per step, in this run's FP phase, at a step where
   both LR schedules agree.
 * Data: the checkpoint's shards (by content key) and tokenizer (by sha256) must be this
@@ -15,18 +17,22 @@ import math
 from pathlib import Path
 
 from ..checkpoint import CheckpointError, qat_config_of
-from .config import SCHEDULE_FIELDS
+from .config import DATA_FIELDS, SCHEDULE_FIELDS
 
 
 def check_resume(ckpt, cfg, run_dir: Path) -> dict:
     """Raise CheckpointError unless `ckpt` may be resumed with `cfg`; returns the schedule
     settings that changed ({name: [old, new]}; non-empty only with `cfg.reschedule`)."""
     st = ckpt.state
-    if st.get("config_hash") == cfg.hash():
+    if "resume_hash" in st:
+        same = st["resume_hash"] == cfg.hash(exclude=DATA_FIELDS)
+    else:
+        same = st.get("config_hash") == cfg.hash()
+    if same:
         return {}
     old = st.get("schedule") or {}
     changed = {k: [old.get(k), v] for k, v in cfg.schedule().items() if old.get(k) != v}
-    same_model = st.get("train_hash") == cfg.hash(exclude=SCHEDULE_FIELDS)
+    same_model = st.get("train_hash") == cfg.hash(exclude=DATA_FIELDS + SCHEDULE_FIELDS)
     if same_model and cfg.reschedule:
         return changed
     what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
@@ -91,7 +97,8 @@ def checkpoint_state(cfg, bundle) -> dict:
     """The entries of `state.json` that the checks above read back."""
     return {
         "config_hash": cfg.hash(),
-        "train_hash": cfg.hash(exclude=SCHEDULE_FIELDS),
+        "resume_hash": cfg.hash(exclude=DATA_FIELDS),
+        "train_hash": cfg.hash(exclude=DATA_FIELDS + SCHEDULE_FIELDS),
         "schedule": cfg.schedule(),
         "tokenizer_sha256": bundle.manifest["tokenizer"]["sha256"],
     }

@@ -4,12 +4,15 @@ A run directory holds only what the trainer (and `mlx_qat.eval`) writes there: `
 Before anything is written, `check_out_dir` decides:
 
 * new or empty directory: any run;
-* `--resume`: continue the run there (other files are left alone);
+* `--resume` of a run with checkpoints: continue it (other files are left alone); without
+  checkpoints it starts at step 0, as a new run does;
 * a directory with files that are not a run's (`notes.txt`, a hand-written `config.yaml`, a
   repository root): refused, whatever the flags, so a run never overwrites a user's files;
-* a run with checkpoints: a plain run is refused (`--resume` it, or `--overwrite`);
-  `--branch-from` is refused when the run has trained at all (checkpoints, metrics or a
-  result), so branching never overwrites or prunes another run's checkpoints;
+* a run with checkpoints: a plain run is refused (`--resume` it, or `--overwrite`), and so
+  is `--branch-from` (also into a finished run's directory), so branching never overwrites or
+  prunes another run's checkpoints. An attempt that stopped before its first checkpoint has
+  nothing to resume: a plain or branched run starts over there (as a sweep re-runs a killed
+  branch);
 * `--overwrite`: `clear_run` deletes the run's own entries (checkpoints, metrics, result,
   config, tokenizer, FP twin, plot, eval) and keeps `data/` (content-addressed, reusable).
 """
@@ -62,7 +65,7 @@ def check_out_dir(cfg) -> None:
     run = Path(cfg.out)
     if run.exists() and not run.is_dir():
         raise ValueError(f"--out {run}: is a file, not a directory; choose another --out")
-    if not run.is_dir() or cfg.resume:
+    if not run.is_dir() or (cfg.resume and list_checkpoints(run)):
         return
     foreign = foreign_entries(run)
     if foreign:
@@ -76,7 +79,7 @@ def check_out_dir(cfg) -> None:
         return
     found = list_checkpoints(run)
     if cfg.branch_from:
-        trained = [n for n in ("metrics.jsonl", "result.json") if (run / n).exists()]
+        trained = [n for n in ("result.json",) if (run / n).exists()]
         if found:
             trained.insert(0, f"checkpoints up to {found[-1][1].name}")
         if trained:
