@@ -10,9 +10,9 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
 from tiny_models import tiny_model, tokens
 
-from mlx_qat.qat_config import QATConfig
 from mlx_qat.layers import QATEmbedding, QATLinear, QATSwitchLinear
 from mlx_qat.prepare import prepare, qat_layers, quantize, set_fake_quant
+from mlx_qat.qat_config import QATConfig
 from mlx_qat.quant.spec import QuantSpec
 
 RTOL = 1e-5  # quantized_matmul vs dequantize-then-matmul: float rounding only

@@ -15,7 +15,6 @@ from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 from mlx_lm.utils import load_model
 from tiny_models import tiny_model as tiny
 
-from mlx_qat.qat_config import QATConfig, quantization_map
 from mlx_qat.layers import QATEmbedding, QATLayer, QATLinear
 from mlx_qat.prepare import (
     init_quantizers,
@@ -25,6 +24,7 @@ from mlx_qat.prepare import (
     quantize,
     set_fake_quant,
 )
+from mlx_qat.qat_config import QATConfig, quantization_map
 from mlx_qat.quant.spec import QuantSpec
 
 RTOL = 1e-5

@@ -7,9 +7,9 @@ import pytest
 from mlx.utils import tree_flatten
 from tiny_models import tiny_model as tiny
 
-from mlx_qat.qat_config import QATConfig
 from mlx_qat.models.sizing import parameter_bytes, size_report
 from mlx_qat.prepare import prepare, quantize
+from mlx_qat.qat_config import QATConfig
 from mlx_qat.quant.spec import QuantSpec
 
 
