@@ -424,6 +424,9 @@ class Harness:
 
     def _run(self, args: list[str], block_dim: int) -> None:
         env = dict(os.environ, QAT_BLOCK_DIM=str(block_dim))
+        # The test process may preload OpenBLAS (mlx_qat.blas); AddressSanitizer builds must
+        # come first in the library list, and the harness needs no BLAS.
+        env.pop("LD_PRELOAD", None)
         r = subprocess.run([self.exe, *args], capture_output=True, text=True, check=False, env=env)
         if r.returncode:
             raise RuntimeError(f"harness {' '.join(args[:8])} exited {r.returncode}: {r.stderr}")
