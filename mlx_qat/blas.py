@@ -6,7 +6,8 @@ symbols MLX calls and makes CPU matmuls ~20x faster. A library cannot preload af
 entry points call :func:`reexec_with_openblas` first: it re-executes the current command once
 with ``LD_PRELOAD`` set. Opt out with ``MLX_QAT_NO_OPENBLAS=1``.
 
-``python -m mlx_qat.blas -m pytest ...`` runs any module with OpenBLAS preloaded.
+``python -m mlx_qat.blas -m pytest ...`` runs any module, and ``python -m mlx_qat.blas
+script.py ...`` any script (e.g. the ``examples/``), with OpenBLAS preloaded.
 """
 
 from __future__ import annotations
@@ -68,10 +69,15 @@ def _python_args() -> list[str]:
 
 
 def main() -> None:
-    """``python -m mlx_qat.blas -m MODULE args...``: run MODULE with OpenBLAS preloaded."""
+    """``python -m mlx_qat.blas -m MODULE args...`` or ``python -m mlx_qat.blas SCRIPT.py
+    args...``: run it with OpenBLAS preloaded."""
     args = sys.argv[1:]
-    if len(args) < 2 or args[0] != "-m":
-        sys.exit("usage: python -m mlx_qat.blas -m MODULE [ARGS...]")
+    if (
+        not args
+        or (args[0] == "-m" and len(args) < 2)
+        or (args[0] != "-m" and not os.path.isfile(args[0]))
+    ):
+        sys.exit("usage: python -m mlx_qat.blas -m MODULE [ARGS...] | SCRIPT.py [ARGS...]")
     lib = None if (os.environ.get(_OPT_OUT) or openblas_active()) else find_openblas()
     env = dict(os.environ)
     if lib:
