@@ -129,3 +129,73 @@ def sha256_json(obj: Any) -> str:
     """Hex sha256 of ``obj`` serialised as canonical JSON (sorted keys)."""
     data = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(data.encode("ascii")).hexdigest()
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create directory `path` and prove it writable with a probe file, before any work that
+    would be lost; a failure is a ValueError naming `what` (e.g. "--out runs/x") and the fix."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = tmp_name(p / ".write-test")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(
+            f"{what}: cannot write there ({e.strerror or e}); choose a writable directory"
+        ) from None
+    return p
+
+
+class JsonLines(tuple):
+    """`read_jsonl`'s answer: `(rows, torn)`, rows as (line number, object)."""
+
+    @property
+    def rows(self) -> list[tuple[int, Any]]:
+        return self[0]
+
+    @property
+    def torn(self) -> bool:
+        return self[1]
+
+
+def read_jsonl(path: str | os.PathLike) -> JsonLines:
+    """The complete JSON lines of `path` (none if it does not exist).
+
+    A line that does not end in a newline is what a killed appender leaves: it is never parsed
+    and is reported as `torn`. Any other line that is not JSON is a ValueError naming it.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return JsonLines(([], False))
+    *lines, tail = p.read_text(encoding="utf-8").split("\n")
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                rows.append((i, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}:{i}: not a JSON row ({e.msg})") from None
+    return JsonLines((rows, bool(tail.strip())))
+
+
+def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
+    """Append one JSON line atomically: one `os.write` on an O_APPEND descriptor, then fsync.
+
+    A kill can leave at worst a line without its newline at the end (`read_jsonl` skips it);
+    it is cut off here before the next line is written, so it is never glued to a row.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(obj, sort_keys=True) + "\n").encode("utf-8")
+    fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            os.lseek(fd, size - 1, os.SEEK_SET)
+            if os.read(fd, 1) != b"\n":  # a torn line from a killed writer: drop it
+                os.ftruncate(fd, p.read_bytes().rfind(b"\n") + 1)
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

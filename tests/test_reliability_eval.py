@@ -74,7 +74,7 @@ def test_read_only_out_is_one_line(run, readonly_dir, capsys):  # noqa: F811
     out = readonly_dir / "ev"
     rc, err = _eval([run, "--out", out, "--eval-batches", "1", "--quiet"], capsys)
     assert rc == 1 and err == (
-        f"mlx_qat.eval: error: --out {out}: cannot write eval.json there "
+        f"mlx_qat.eval: error: --out {out} (where eval.json goes): cannot write there "
         f"({'Operation not permitted' if str(out).startswith('/sys') else 'Permission denied'}); "
-        "pass --out with a writable directory\n"
+        "choose a writable directory\n"
     ), err

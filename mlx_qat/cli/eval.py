@@ -11,10 +11,9 @@ Writes the results to `<out>/eval.json` and the resolved settings to `<out>/eval
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, ensure_writable_dir
 from ..loss import MODES
 from .common import add_common, run_verb, save_resolved
 
@@ -55,22 +54,9 @@ def _report(ev: dict) -> str:
     return "\n".join(lines)
 
 
-def _unwritable(out: Path, e: OSError) -> str:
-    return (
-        f"--out {out}: cannot write eval.json there ({e.strerror or e}); pass --out with a "
-        "writable directory"
-    )
-
-
 def _check_writable(out: Path) -> None:
-    """Create `out` and write a probe file there, before the evaluation runs."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".eval.tmp-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(_unwritable(out, e)) from None
+    """Create `out` and prove it writable, before the evaluation runs."""
+    ensure_writable_dir(out, f"--out {out} (where eval.json goes)")
 
 
 def _run(opts: dict) -> int:
@@ -95,7 +81,10 @@ def _run(opts: dict) -> int:
         save_resolved(out / "eval.yaml", "eval", opts)
     except OSError as e:
         print(_report(ev))
-        raise ValueError(_unwritable(out, e)) from None
+        raise ValueError(
+            f"--out {out}: cannot write eval.json there ({e.strerror or e}); choose a writable "
+            "directory"
+        ) from None
     print(_report(ev))
     return 0
 

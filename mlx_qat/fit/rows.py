@@ -25,7 +25,6 @@ counted and skipped (the law is not meant for S_qat = 0).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import read_jsonl
 from .law import FP_BITS
 
 REQUIRED = ("N", "D", "D_fp", "D_qat", "bits", "final_loss")
@@ -132,12 +132,5 @@ def parse_rows(rows: Iterable[dict], n_key: str = "N") -> Rows:
 
 
 def load_rows(path: str | Path) -> list[dict]:
-    """Read a results.jsonl (one JSON object per line; blank lines skipped)."""
-    out = []
-    for ln, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{ln}: not a JSON object ({e.msg})") from None
-    return out
+    """Read a results.jsonl (one JSON object per line; a torn last line is skipped)."""
+    return [row for _, row in read_jsonl(path).rows]

@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..fileio import read_jsonl
 from .law import FP_BITS
 
 RESULTS = "results.jsonl"
@@ -64,18 +65,11 @@ class Merged:
 
 
 def _lines(path: Path):
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            yield i + 1, json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1:  # no newline after it: a torn last row
-                yield i + 1, None
-            else:
-                raise ValueError(f"{path}:{i + 1}: not a JSON row ({e.msg})") from None
+    """(line number, row) of each complete row, then (None, None) once for a torn last line."""
+    got = read_jsonl(path)
+    yield from got.rows
+    if got.torn:
+        yield None, None
 
 
 def read_results(paths) -> Merged:

@@ -16,10 +16,9 @@ read and never glued to the next one.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
+from ..fileio import append_jsonl, read_jsonl
 from ..train.config import TrainConfig
 
 
@@ -68,34 +67,9 @@ def make_row(name: str, groups: tuple[str, ...], config: TrainConfig, result: di
 
 def read_rows(path: str | Path) -> list[dict]:
     """Every complete row of `path` (none if it does not exist); a torn last line is skipped."""
-    p = Path(path)
-    if not p.is_file():
-        return []
-    text = p.read_text(encoding="utf-8")
-    rows = []
-    for i, line in enumerate(text.split("\n")[:-1]):  # the part after the last \n is torn
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}: line {i + 1} is not a JSON row ({e})") from None
-    return rows
+    return [row for _, row in read_jsonl(path).rows]
 
 
 def append_row(path: str | Path, row: dict) -> None:
     """Append one row atomically (see the module docstring)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(row, sort_keys=True) + "\n").encode("utf-8")
-    fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        if size:
-            os.lseek(fd, size - 1, os.SEEK_SET)
-            if os.read(fd, 1) != b"\n":  # a torn row from a killed writer: drop it
-                tail = Path(p).read_bytes()
-                os.ftruncate(fd, tail.rfind(b"\n") + 1)
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_jsonl(path, row)

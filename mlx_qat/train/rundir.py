@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 
 from ..checkpoint import list_checkpoints
+from ..fileio import ensure_writable_dir
 
 CONFIG_HEADER = "# mlx_qat.train resolved config"
 DATA = "data"
@@ -97,15 +98,7 @@ def check_out_dir(cfg) -> None:
 
 def make_run_dir(run: Path) -> None:
     """Create `run`, naming it and the fix when that is not possible (read-only, a file)."""
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-        probe = run / f".write-test.tmp-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(
-            f"--out {run}: cannot write there ({e.strerror or e}); choose a writable directory"
-        ) from None
+    ensure_writable_dir(run, f"--out {run}")
 
 
 def clear_run(run: Path) -> list[str]:
