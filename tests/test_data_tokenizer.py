@@ -38,7 +38,7 @@ EDGE_CASES = [
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
-    train, _ = split_documents(read_documents(FIXTURE), 0.1, 0)
+    train, _, _ = split_documents(read_documents(FIXTURE), 0.1, 0)
     return train_tokenizer(train, tmp_path_factory.mktemp("tok") / "tokenizer", vocab_size=512)
 
 
@@ -130,7 +130,7 @@ def test_missing_tokenizer_names_the_path(tmp_path):
 
 
 def test_training_is_deterministic_whatever_the_thread_count(tok_dir, tmp_path):
-    train, _ = split_documents(read_documents(FIXTURE), 0.1, 0)
+    train, _, _ = split_documents(read_documents(FIXTURE), 0.1, 0)
     for threads in (1, 3):
         again = train_tokenizer(train, tmp_path / f"t{threads}", 512, num_threads=threads)
         assert load_tokenizer(again).sha256 == load_tokenizer(tok_dir).sha256

@@ -21,8 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The flags of `mlx_qat.data`."""
     p = argparse.ArgumentParser(
         prog="mlx_qat.data",
-        description="Read .txt/.txt.gz/.jsonl corpora, split by document, train a BPE tokenizer "
-        "and write memory-mapped token shards (cached by content hash).",
+        description="Read .txt/.txt.gz/.jsonl corpora, split by document (train / validation / "
+        "held-out test), train a BPE tokenizer and write memory-mapped token shards (cached by "
+        "content hash).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -36,7 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default="data", help="output folder")
     p.add_argument("--vocab-size", type=int, metavar="N", default=4096, help="tokenizer vocabulary")
     p.add_argument(
-        "--val-fraction", type=float, metavar="F", default=0.05, help="share of documents held out"
+        "--val-fraction",
+        type=float,
+        metavar="F",
+        default=0.05,
+        help="share of documents for validation (curves, tuning)",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        metavar="F",
+        default=0.05,
+        help="share of documents held out as the test split (final numbers only, never used "
+        "for a choice)",
     )
     p.add_argument("--seed", type=int, default=0, help="split/tokenizer seed")
     p.add_argument(
@@ -70,7 +83,9 @@ def summary(bundle, cfg: dict, seconds: float) -> str:
     """The human-readable report printed after a run."""
     m = bundle.manifest
     rows = [["split", "documents", "tokens", "text bytes", "bytes/token"]]
-    for s in ("train", "val"):
+    for s in ("train", "val", "test"):
+        if s not in m["splits"]:
+            continue
         st = m["splits"][s]
         bpt = st["bytes_per_token"]
         rows.append(
@@ -87,7 +102,8 @@ def summary(bundle, cfg: dict, seconds: float) -> str:
     how = {True: "built", False: "reused"}
     lines = [
         f"mlx_qat.data: {len(m['inputs'])} input file(s), vocab {m['vocab_size']}, "
-        f"val fraction {m['val_fraction']}, seed {m['seed']}",
+        f"val fraction {m['val_fraction']}, test fraction {m.get('test_fraction', '-')}, "
+        f"seed {m['seed']}",
         f"  tokenizer: {bundle.tokenizer_dir} ({how[bundle.built.get('tokenizer', False)]})",
         f"  shards:    {bundle.path} ({how[bundle.built.get('shards', False)]}, {m['dtype']})",
         _fmt_table(rows),
@@ -106,6 +122,7 @@ def _run(opts: dict) -> int:
         vocab_size=opts["vocab_size"],
         val_fraction=opts["val_fraction"],
         seed=opts["seed"],
+        test_fraction=opts["test_fraction"],
         tokenizer=opts["tokenizer"],
         num_threads=opts["num_threads"],
         input_sentence_size=opts["input_sentence_size"],

@@ -1,5 +1,5 @@
-"""Data pipeline: corpora -> documents -> train/val split -> BPE tokenizer -> token shards ->
-batches.
+"""Data pipeline: corpora -> documents -> train/val/test split -> BPE tokenizer -> token
+shards -> batches.
 
 Typical use::
 
@@ -9,6 +9,10 @@ Typical use::
     train = TokenBatches(bundle.train, batch_size=32, seq_len=256, seed=0)
     x = train.batch(step)                       # (32, 257) int32; inputs x[:, :-1], targets x[:, 1:]
     val = eval_batches(bundle.val, batch_size=32, seq_len=256, max_batches=50)
+
+The validation split (``val_fraction``) is for curves and choices; the test split
+(``test_fraction``, held out by the same document hash) is only reported. ``bundle.test`` is
+None for shards prepared before the test split existed.
 
 Command line: ``python -m mlx_qat.data --input ../shared/data --out data/`` (see ``--help``).
 """

@@ -1,4 +1,4 @@
-"""Reading text corpora into documents, and the train/validation split by document.
+"""Reading text corpora into documents, and the train/validation/test split by document.
 
 Formats (chosen by file name, case-insensitive):
 
@@ -160,31 +160,66 @@ def _doc_key(doc: str, seed: int) -> float:
     return int.from_bytes(digest.digest(), "little") / 2.0**64
 
 
-def split_documents(
-    docs: Sequence[str], val_fraction: float = 0.05, seed: int = 0
-) -> tuple[list[str], list[str]]:
-    """Split documents into (train, validation), deterministically and by document.
-
-    Each document goes to validation when a keyed hash of (seed, its text) falls below
-    ``val_fraction``, so the split does not depend on document order, identical documents
-    always land in the same split (no leak through duplicates), and a different seed gives a
-    different split. The validation share is ``val_fraction`` of the documents in expectation;
-    with ``val_fraction > 0`` and at least two distinct documents, both splits are non-empty.
-    Order within each split follows the input order.
-    """
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction {val_fraction} + test_fraction {test_fraction} must be < 1: the "
+            "training split needs documents; lower one of them"
+        )
+
+
+def split_documents(
+    docs: Sequence[str], val_fraction: float = 0.05, seed: int = 0, test_fraction: float = 0.05
+) -> tuple[list[str], list[str], list[str]]:
+    """Split documents into (train, validation, test), deterministically and by document.
+
+    A keyed hash of (seed, the document's text) maps each document to k in [0, 1): validation
+    when k < ``val_fraction``, test when ``val_fraction <= k < val_fraction + test_fraction``,
+    training otherwise. So the split does not depend on document order, identical documents
+    always land in the same split (no leak through duplicates), a different seed gives a
+    different split, and the validation split is the same whatever ``test_fraction`` is (the
+    test split is taken from what would otherwise be training data). Each share is its
+    fraction of the documents in expectation. With few documents, a split that would be empty
+    borrows the document nearest its boundary: training is never empty; validation is not
+    when ``val_fraction > 0`` and there are two distinct documents; test is not when
+    ``test_fraction > 0`` and there are enough distinct documents for every split asked for
+    (three, or two without validation). Order within each split follows the input order.
+    """
+    check_fractions(val_fraction, test_fraction)
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
-    keys = [_doc_key(d, seed) for d in docs]
-    is_val = [k < val_fraction for k in keys]
-    if val_fraction > 0 and len(set(docs)) >= 2:
-        if not any(is_val):  # force the lowest-keyed document (and its duplicates) into val
-            low = docs[min(range(len(docs)), key=keys.__getitem__)]
-            is_val = [d == low for d in docs]
-        elif all(is_val):  # keep the highest-keyed document (and its duplicates) for training
-            high = docs[max(range(len(docs)), key=keys.__getitem__)]
-            is_val = [d != high for d in docs]
-    train = [d for d, v in zip(docs, is_val) if not v]
-    val = [d for d, v in zip(docs, is_val) if v]
-    return train, val
+    key = {d: _doc_key(d, seed) for d in docs}
+    distinct = sorted(key, key=lambda d: (key[d], d))  # by key: val, then test, then train
+    n = len(distinct)
+    n_val = sum(key[d] < val_fraction for d in distinct)
+    n_test = sum(val_fraction <= key[d] < val_fraction + test_fraction for d in distinct)
+    n_train = n - n_val - n_test
+    if n and not n_train:  # the highest-keyed document (and its duplicates) trains
+        if n_test:
+            n_test -= 1
+        else:
+            n_val -= 1
+        n_train = 1
+    if val_fraction > 0 and not n_val and n >= 2:  # the lowest-keyed one validates
+        if n_test:
+            n_test -= 1
+        else:
+            n_train -= 1
+        n_val = 1
+    if test_fraction > 0 and not n_test and n >= 2 + (val_fraction > 0):
+        if n_train > 1:  # the lowest-keyed training document
+            n_train -= 1
+        else:  # else the highest-keyed validation document
+            n_val -= 1
+        n_test = 1
+    val = set(distinct[:n_val])
+    test = set(distinct[n_val : n_val + n_test])
+    return (
+        [d for d in docs if d not in val and d not in test],
+        [d for d in docs if d in val],
+        [d for d in docs if d in test],
+    )

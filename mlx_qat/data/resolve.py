@@ -6,8 +6,8 @@
   not change under them.
 * `copy_tokenizer` makes `<run>/tokenizer/` the tokenizer the run's data was encoded with,
   checked by hash (`tokenizer_sha256`): a stale one left by an earlier attempt is replaced.
-* `check_split` names an empty or too-small split and the fix, before any batch is cut.
-* `open_eval_data` opens the data `mlx_qat.eval` scores with.
+* `check_split` names a missing, empty or too-small split and the fix, before any batch is cut.
+* `open_eval_data` opens the data `mlx_qat.eval` scores with (its validation or test split).
 """
 
 from __future__ import annotations
@@ -68,21 +68,24 @@ def resolve_data(data: list[str] | None, data_out: str, vocab_size: int, seed: i
 
 
 def check_split(bundle, split: str, seq_len: int) -> None:
-    """Raise ValueError naming the data, the split and the fix when `split` holds fewer than
-    `seq_len + 1` tokens (one window)."""
-    tokens = len(getattr(bundle, split))
+    """Raise ValueError naming the data, the split and the fix when `split` is missing (the
+    test split of data prepared before there was one) or holds fewer than `seq_len + 1`
+    tokens (one window)."""
+    from .shards import SPLIT_NAMES
+
+    tokens = len(bundle.split(split))
     if tokens >= seq_len + 1:
         return
     docs = bundle.manifest.get("documents", {}).get(split, "?")
-    where = f"data {bundle.path}: the {'validation' if split == 'val' else 'training'} split"
+    where = f"data {bundle.path}: the {SPLIT_NAMES[split]} split"
     if tokens == 0:
-        frac = bundle.manifest.get("val_fraction")
+        frac = bundle.manifest.get(f"{split}_fraction")
         fix = (
-            f"it was prepared with val_fraction {frac}; documents are separated by blank lines "
-            "and at least two distinct ones are needed for a split: add text or blank lines "
-            "between documents (or raise --val-fraction) and prepare again"
-            if split == "val"
-            else "lower --val-fraction or add text, and prepare again"
+            f"it was prepared with {split}_fraction {frac}; documents are separated by blank "
+            "lines and each split needs distinct ones: add text or blank lines between "
+            f"documents (or raise --{split}-fraction) and prepare again"
+            if split != "train"
+            else "lower --val-fraction/--test-fraction or add text, and prepare again"
         )
         raise ValueError(f"{where} is empty ({docs} documents, 0 tokens); {fix}")
     raise ValueError(
@@ -121,8 +124,11 @@ def copy_tokenizer(bundle, run_dir: str | os.PathLike) -> Path:
     return dest
 
 
-def open_eval_data(data, batch_size: int, seq_len: int, max_batches: int | None):
-    """(bundle, fixed validation batches, validation bytes per token) of prepared `data`."""
+def open_eval_data(
+    data, batch_size: int, seq_len: int, max_batches: int | None, split: str = "val"
+):
+    """(bundle, fixed batches, bytes per token) of split `split` ("val" or "test") of
+    prepared `data`; ValueError naming the fix when the data has no such split."""
     from .batches import eval_batches
     from .shards import load_bundle
 
@@ -132,10 +138,12 @@ def open_eval_data(data, batch_size: int, seq_len: int, max_batches: int | None)
             f"data {path}: not prepared data (no latest.json/manifest.json); pass --data with "
             "an mlx_qat.data output dir"
         )
+    if split not in ("val", "test"):
+        raise ValueError(f"split {split!r}: choose val or test")
     bundle = load_bundle(path)
-    check_split(bundle, "val", seq_len)
+    check_split(bundle, split, seq_len)
     return (
         bundle,
-        eval_batches(bundle.val, batch_size, seq_len, max_batches),
-        float(bundle.bytes_per_token["val"]),
+        eval_batches(bundle.split(split), batch_size, seq_len, max_batches),
+        float(bundle.bytes_per_token[split]),
     )

@@ -1,16 +1,20 @@
-"""Token shards: the encoded train/validation splits as memory-mapped ``.npy`` arrays.
+"""Token shards: the encoded train/validation/test splits as memory-mapped ``.npy`` arrays.
 
 Layout of a data directory (``--out``, default ``data/``)::
 
     data/
       tokenizer-<vocab>-<key>/   tokenizer.model + HF files + tokenizer_meta.json
-      shards-<key>/              train.npy, val.npy (uint16, or uint32 for vocab > 65536),
-                                 manifest.json
+      shards-<key>/              train.npy, val.npy, test.npy (uint16, or uint32 for
+                                 vocab > 65536), manifest.json
       latest.json                the shards directory of the last prepare_data call (with
                                  ``keep_latest``, as the trainer calls it: of the first one)
       config.yaml                the resolved CLI configuration (written by the CLI)
 
-Each split is the concatenation of its documents' ids with EOS after every document. Keys are
+Each split is the concatenation of its documents' ids with EOS after every document. The
+validation split is for choices (curves, tuning); the test split, held out the same way, is
+only ever reported (the trainer's final evaluation, `mlx_qat.eval --split test`). Shards made
+before the test split existed have none: they still load, with ``DataBundle.test`` None.
+Keys are
 content hashes: the tokenizer key covers the input files' bytes, the split settings and the
 tokenizer settings; the shards key covers the inputs, the split settings and the tokenizer's
 sha256. A second call with the same inputs therefore reuses both (only the input files are
@@ -41,7 +45,7 @@ from ..fileio import (
     sha256_file,
     sha256_json,
 )
-from .corpus import Paths, read_documents, split_documents
+from .corpus import Paths, check_fractions, read_documents, split_documents
 from .sources import default_corpus
 from .tokenizer import DEFAULT_SETTINGS, FORMAT, MODEL_FILE, Tokenizer, default_threads
 from .tokenizer import load_tokenizer as _load_tokenizer
@@ -53,7 +57,9 @@ SHARD_FORMAT = "mlx_qat.shards/1"
 READER_VERSION = 1  # bump when document parsing or splitting changes
 MANIFEST = "manifest.json"
 LATEST = "latest.json"
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
+REQUIRED_SPLITS = ("train", "val")  # shards made before the test split have only these
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -65,10 +71,11 @@ def token_dtype(vocab_size: int) -> np.dtype:
 class DataBundle:
     """Everything the trainer needs: tokenizer directory, token arrays and their manifest.
 
-    ``train``/``val`` are read-only ``np.memmap`` arrays of token ids (EOS after each
-    document). ``manifest["bytes_per_token"][split]`` converts a loss in nats/token into bits
-    per byte: ``bpb = loss / ln(2) / bytes_per_token``. ``timings`` (seconds) and ``built``
-    describe this call only: what was built rather than reused.
+    ``train``/``val``/``test`` are read-only ``np.memmap`` arrays of token ids (EOS after each
+    document); ``test`` is None for shards prepared before the test split existed.
+    ``manifest["bytes_per_token"][split]`` converts a loss in nats/token into bits per byte:
+    ``bpb = loss / ln(2) / bytes_per_token``. ``timings`` (seconds) and ``built`` describe this
+    call only: what was built rather than reused.
     """
 
     path: Path
@@ -76,6 +83,7 @@ class DataBundle:
     train: np.ndarray
     val: np.ndarray
     manifest: dict
+    test: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
     built: dict[str, bool] = field(default_factory=dict)
 
@@ -98,6 +106,29 @@ class DataBundle:
     def bytes_per_token(self) -> dict[str, float]:
         """UTF-8 text bytes per token, per split."""
         return dict(self.manifest["bytes_per_token"])
+
+    @property
+    def has_test(self) -> bool:
+        """True when the shards hold a test split (older ones have train and val only)."""
+        return self.test is not None
+
+    def split(self, name: str) -> np.ndarray:
+        """The token array of split ``name`` ("train", "val" or "test").
+
+        Raises ValueError naming the data and the fix for the test split of shards prepared
+        before there was one.
+        """
+        if name not in SPLITS:
+            raise ValueError(f"split {name!r}: choose one of {', '.join(SPLITS)}")
+        array = getattr(self, name)
+        if array is None:
+            raise ValueError(
+                f"data {self.path}: has no {SPLIT_NAMES[name]} split (prepared before "
+                "mlx_qat.data held one out; its manifest lists "
+                f"{', '.join(self.manifest['splits'])}); prepare the data again with "
+                "`python -m mlx_qat.data` for one, or use the validation split"
+            )
+        return array
 
     def tokenizer(self) -> Tokenizer:
         """Load the tokenizer these shards were encoded with."""
@@ -172,8 +203,22 @@ def load_bundle(
             f"but {model} has sha256 {have}. Rebuild the shards for this tokenizer "
             "(`python -m mlx_qat.data --force ...`, or delete that shards folder)."
         )
-    arrays = {s: _open_split(path / manifest["splits"][s]["file"]) for s in SPLITS}
-    return DataBundle(path, tok_dir, arrays["train"], arrays["val"], manifest)
+    missing = [s for s in REQUIRED_SPLITS if s not in manifest["splits"]]
+    if missing:
+        raise ValueError(
+            f"{manifest_file}: lists no {' or '.join(missing)} split; rebuild the data with "
+            "`python -m mlx_qat.data --force`"
+        )
+    arrays = {
+        s: _open_split(path / manifest["splits"][s]["file"])
+        for s in SPLITS
+        if s in manifest["splits"]
+    }
+    if "test" not in arrays:
+        logger.info("data %s: no test split (prepared before there was one)", path)
+    return DataBundle(
+        path, tok_dir, arrays["train"], arrays["val"], manifest, test=arrays.get("test")
+    )
 
 
 def _split_stats(docs: Sequence[str], tokens: np.ndarray, file: str) -> dict:
@@ -194,6 +239,7 @@ def prepare_data(
     val_fraction: float = 0.05,
     seed: int = 0,
     *,
+    test_fraction: float = 0.05,
     tokenizer: str | os.PathLike | None = None,
     num_threads: int | None = None,
     input_sentence_size: int = DEFAULT_SETTINGS["input_sentence_size"],
@@ -203,16 +249,17 @@ def prepare_data(
 ) -> DataBundle:
     """Read, split, train the tokenizer, encode and store: one call, cached by content hash.
 
-    ``inputs``: files/folders (``.txt``, ``.txt.gz``, ``.jsonl``); None means the default
+    The documents are split by a keyed hash (:func:`~mlx_qat.data.split_documents`):
+    ``val_fraction`` of them validate (curves, tuning), ``test_fraction`` are held out as the
+    test split (reported, never used for a choice), the rest train. ``inputs``: files/folders (``.txt``, ``.txt.gz``, ``.jsonl``); None means the default
     corpus (:func:`~mlx_qat.data.default_corpus`). ``tokenizer``: use this existing tokenizer
     directory instead of training one (``vocab_size`` is then ignored). ``force`` rebuilds
     even when cached artifacts exist. ``keep_latest`` leaves an existing ``latest.json``
     pointing where it points (other runs may rely on it). Logs a warning when the validation
-    split is empty. Returns a :class:`DataBundle` whose ``timings`` has ``hash``, ``read``,
+    or the test split is empty. Returns a :class:`DataBundle` whose ``timings`` has ``hash``, ``read``,
     ``tokenizer``, ``encode`` and ``total`` seconds.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_fractions(val_fraction, test_fraction)
     if tokenizer is None and vocab_size < 1:
         raise ValueError(f"vocab size must be positive, got {vocab_size}")
     t_start = time.perf_counter()
@@ -231,24 +278,24 @@ def prepare_data(
         "reader": READER_VERSION,
         "inputs": [f["sha256"] for f in fingerprint],
         "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
         "seed": seed,
     }
     timings["hash"] = time.perf_counter() - t0
 
-    cache: dict[str, tuple[list[str], list[str]]] = {}
+    cache: dict[str, tuple[list[str], list[str], list[str]]] = {}
 
-    def splits() -> tuple[list[str], list[str]]:
+    def splits() -> tuple[list[str], list[str], list[str]]:
         if "docs" not in cache:
             t = time.perf_counter()
             docs = read_documents(files)
-            cache["docs"] = split_documents(docs, val_fraction, seed)
+            cache["docs"] = split_documents(docs, val_fraction, seed, test_fraction)
             timings["read"] = time.perf_counter() - t
             logger.info(
-                "read %d documents from %d files (%d train, %d val)",
+                "read %d documents from %d files (%d train, %d val, %d test)",
                 len(docs),
                 len(files),
-                len(cache["docs"][0]),
-                len(cache["docs"][1]),
+                *map(len, cache["docs"]),
             )
         return cache["docs"]
 
@@ -269,7 +316,9 @@ def prepare_data(
         if force or not (tok_dir / MODEL_FILE).is_file():
             train_docs = splits()[0]
             if not train_docs:
-                raise ValueError("the training split is empty; lower --val-fraction")
+                raise ValueError(
+                    "the training split is empty; lower --val-fraction or --test-fraction"
+                )
             t = time.perf_counter()
             _train_tokenizer(
                 train_docs,
@@ -292,16 +341,11 @@ def prepare_data(
     shard_key = sha256_json({**split_key, "format": SHARD_FORMAT, "tokenizer": tok.sha256})
     shard_dir = out / f"shards-{shard_key[:16]}"
     if force or not (shard_dir / MANIFEST).is_file():
-        train_docs, val_docs = splits()
+        split_docs = dict(zip(SPLITS, splits()))
         t = time.perf_counter()
-        arrays = {
-            s: encode_documents(tok, d, threads) for s, d in zip(SPLITS, (train_docs, val_docs))
-        }
+        arrays = {s: encode_documents(tok, d, threads) for s, d in split_docs.items()}
         timings["encode"] = time.perf_counter() - t
-        stats = {
-            s: _split_stats(d, arrays[s], f"{s}.npy")
-            for s, d in zip(SPLITS, (train_docs, val_docs))
-        }
+        stats = {s: _split_stats(d, arrays[s], f"{s}.npy") for s, d in split_docs.items()}
         manifest = {
             "format": SHARD_FORMAT,
             "key": shard_key,
@@ -314,6 +358,7 @@ def prepare_data(
             "document_separator": "EOS after every document; no BOS",
             "inputs": fingerprint,
             "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
             "seed": seed,
             "splits": stats,
             "tokens": {s: stats[s]["tokens"] for s in SPLITS},
@@ -340,17 +385,22 @@ def prepare_data(
     if not (keep_latest and (out / LATEST).is_file()):
         pointer = {"shards": shard_dir.name, "tokenizer": _rel(tok_dir, out)}
         atomic_write_json(out / LATEST, pointer)
-    if not bundle.manifest["documents"]["val"]:
-        n = bundle.manifest["documents"]["train"]
-        fix = "raise --val-fraction" if n > 1 and val_fraction > 0 else "add text"
-        logger.warning(
-            "the validation split is empty (%d document(s), val fraction %s): documents are "
-            "separated by blank lines and a split needs two distinct ones; %s or blank lines "
-            "between documents",
-            n,
-            val_fraction,
-            fix,
-        )
+    docs = bundle.manifest["documents"]
+    for split, frac in (("val", val_fraction), ("test", test_fraction)):
+        if split in docs and not docs[split]:
+            n = sum(docs.values())
+            option = f"--{split}-fraction"
+            fix = f"raise {option}" if n > 2 and frac > 0 else "add text"
+            logger.warning(
+                "the %s split is empty (%d document(s), %s %s): documents are separated by "
+                "blank lines and each split needs distinct ones; %s or blank lines between "
+                "documents",
+                SPLIT_NAMES[split],
+                n,
+                option.lstrip("-").replace("-", " "),
+                frac,
+                fix,
+            )
     timings["total"] = time.perf_counter() - t_start
     bundle.timings = timings
     bundle.built = built
