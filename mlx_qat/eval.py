@@ -1,11 +1,13 @@
-"""Evaluate a checkpoint: FP, QAT and PTQ validation loss and bits per byte (`mlx_qat.loss`).
+"""Evaluate a checkpoint: FP, QAT and PTQ loss and bits per byte (`mlx_qat.loss`) on the
+validation split or the held-out test split.
 
     >>> from mlx_qat.eval import evaluate_checkpoint
     >>> ev = evaluate_checkpoint("runs/main")          # the run's latest checkpoint
     >>> ev["qat"]["loss"], ev["gap_recovered"]
+    >>> evaluate_checkpoint("runs/main", split="test")  # the numbers to report
 
 Settings the call leaves out come from the run's `config.yaml` (data, batch shape, and
-`final_eval_batches`: by default the whole validation split).
+`final_eval_batches`: by default the whole split). Tune on "val"; "test" is for reporting.
 """
 
 from __future__ import annotations
@@ -24,19 +26,24 @@ def evaluate_checkpoint(
     eval_batches: int | None = None,
     batch_size: int | None = None,
     seq_len: int | None = None,
+    split: str = "val",
 ) -> dict:
     """FP / QAT / PTQ loss and bpb of a run's latest checkpoint or of one checkpoint dir.
 
     Args:
         path: a run directory (its latest checkpoint) or a checkpoint directory.
         data: prepared data dir (default: the one the checkpoint was trained on).
-        eval_batches: validation batches (default: the run's final_eval_batches; 0 = all).
+        eval_batches: batches (default: the run's final_eval_batches; 0 = all).
         batch_size, seq_len: the batch shape (default: the run's).
+        split: "val" (validation: curves, tuning) or "test" (held out: report only);
+            ValueError naming the fix for data prepared without a test split.
 
     Returns:
-        `eval_triple`'s dict plus "checkpoint", "step", "phase", "tokens" and "minmax"
-        (True when QAT and PTQ are the same grid, so the gap needs the FP twin).
+        `eval_triple`'s dict plus "checkpoint", "step", "phase", "split", "tokens" and
+        "minmax" (True when QAT and PTQ are the same grid, so the gap needs the FP twin).
     """
+    if split not in ("val", "test"):
+        raise ValueError(f"--split {split}: choose val or test")
     for name, value, low in (
         ("eval_batches", eval_batches, 0), ("batch_size", batch_size, 1), ("seq_len", seq_len, 1)
     ):  # fmt: skip
@@ -51,7 +58,7 @@ def evaluate_checkpoint(
     seq = seq_len if seq_len is not None else (cfg.seq_len if cfg else 128)
     bs = batch_size if batch_size is not None else (cfg.batch_size if cfg else 16)
     nb = eval_batches if eval_batches is not None else (cfg.final_eval_batches if cfg else 0)
-    bundle, batches, bpt = open_eval_data(data, bs, seq, nb or None)
+    bundle, batches, bpt = open_eval_data(data, bs, seq, nb or None, split)
     check_vocabulary(ckpt, bundle)
     model = build_model(ckpt)
     ready = ckpt.qat.get("phase") == "qat"
@@ -61,6 +68,7 @@ def evaluate_checkpoint(
         "checkpoint": str(ckpt.path),
         "step": ckpt.step,
         "phase": ckpt.qat.get("phase"),
+        "split": split,
         "tokens": tokens,
         "minmax": all_minmax(model),
         **ev,

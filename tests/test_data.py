@@ -309,20 +309,13 @@ def test_second_call_reuses_tokenizer_and_shards(prepared, monkeypatch):
 def test_shards_without_a_test_split_still_load_and_say_so(prepared, tmp_path, caplog):
     """Shards prepared before the test split existed: train/val only in the manifest."""
     import logging
-    import shutil
+
+    from test_train_fixtures import without_test_split
 
     from mlx_qat.data.resolve import check_split, open_eval_data
 
     _, b = prepared
-    old = tmp_path / b.path.name
-    shutil.copytree(b.path, old)
-    (old / "test.npy").unlink()
-    m = json.loads((old / "manifest.json").read_text())
-    for key in ("splits", "tokens", "documents", "text_bytes", "bytes_per_token"):
-        del m[key]["test"]
-    del m["test_fraction"]
-    m["tokenizer"]["dir"] = str(b.tokenizer_dir)
-    (old / "manifest.json").write_text(json.dumps(m))
+    old = without_test_split(b.path, tmp_path)
     with caplog.at_level(logging.INFO, logger="mlx_qat"):
         bundle = load_bundle(old)
     assert "no test split" in caplog.text
@@ -335,7 +328,7 @@ def test_shards_without_a_test_split_still_load_and_say_so(prepared, tmp_path, c
     with pytest.raises(ValueError, match=r"has no test split"):
         open_eval_data(str(old), 4, 32, 1, split="test")
     _, batches, bpt = open_eval_data(str(old), 4, 32, 1)  # the validation split: as before
-    assert len(list(batches)) == 1 and bpt == m["bytes_per_token"]["val"]
+    assert len(list(batches)) == 1 and bpt == b.bytes_per_token["val"]
 
 
 def test_existing_tokenizer_can_encode_new_inputs(prepared, tmp_path):

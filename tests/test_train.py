@@ -6,16 +6,49 @@ import json
 import math
 
 import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
 import pytest
 from mlx.utils import tree_flatten
-from test_train_fixtures import tiny_config, tiny_data_dir  # noqa: F401
+from test_train_fixtures import tiny_config, tiny_data_dir, without_test_split  # noqa: F401
 
-from mlx_qat.checkpoint import list_checkpoints, load_checkpoint
-from mlx_qat.data import load_bundle
-from mlx_qat.prepare import qat_layers
+from mlx_qat.checkpoint import build_model, list_checkpoints, load_checkpoint
+from mlx_qat.data import eval_batches, load_bundle
+from mlx_qat.eval import evaluate_checkpoint
+from mlx_qat.prepare import qat_layers, set_fake_quant
 from mlx_qat.train import Trainer, TrainingDiverged, load_config, train
 from mlx_qat.train.metrics import read_metrics
 from mlx_qat.train.optim import is_decayed
+from mlx_qat.train.twin import format_comparison
+
+
+def hand_losses(checkpoint, batches) -> dict[str, float]:
+    """FP and round-to-nearest PTQ loss of a saved checkpoint, computed here: the float
+    weights, and every QAT layer's weight replaced by MLX's CPU mx.dequantize(mx.quantize(w))
+    at its format, with fake quant off; mean cross-entropy over every target token."""
+    out = {}
+    for mode in ("fp", "ptq"):
+        model = build_model(checkpoint)
+        if mode == "ptq":
+            for _, layer in qat_layers(model):
+                spec = layer.spec
+                with mx.stream(mx.cpu):
+                    q = mx.quantize(layer["weight"], spec.group_size, spec.bits)
+                    layer.weight = mx.dequantize(*q, spec.group_size, spec.bits)
+        set_fake_quant(model, False)
+        total = count = 0
+        for x in batches:
+            logits = model(x[:, :-1]).astype(mx.float32)
+            total += nn.losses.cross_entropy(logits, x[:, 1:], reduction="sum").item()
+            count += x[:, 1:].size
+        out[mode] = total / count
+    return out
+
+
+def split_batches(data_dir, cfg, split: str) -> list[mx.array]:
+    """The final evaluation's batches of `split`, cut here from the shards."""
+    tokens = getattr(load_bundle(data_dir), split)
+    return list(eval_batches(tokens, cfg.batch_size, cfg.seq_len, cfg.final_eval_batches or None))
 
 
 def test_run_phases_switch_metrics_and_files(tiny_data_dir, tmp_path):  # noqa: F811
@@ -55,27 +88,54 @@ def test_run_phases_switch_metrics_and_files(tiny_data_dir, tmp_path):  # noqa: 
     # The result's eval is the final one, on the whole validation split (not the 16 batches).
     (fin,) = read_metrics(run, "final_eval")
     assert fin["step"] == 40 and final.state["eval"]["qat"]["loss"] == fin["qat"]["loss"]
-    val = load_bundle(tiny_data_dir).val
-    assert fin["fp"]["tokens"] == (len(val) - 1) // cfg.seq_len * cfg.seq_len
+    bundle = load_bundle(tiny_data_dir)
+    assert fin["fp"]["tokens"] == (len(bundle.val) - 1) // cfg.seq_len * cfg.seq_len
     assert fin["fp"]["tokens"] > evals[-1]["fp"]["tokens"]
     assert result["eval"] == final.state["eval"]
+    # ... and the same final evaluation on the whole held-out test split, beside it.
+    (test,) = read_metrics(run, "test_eval")
+    assert test["step"] == 40 and result["test"] == final.state["test"]
+    assert result["test"] == {k: v for k, v in test.items() if k not in ("kind", "step", "phase")}
+    assert test["fp"]["tokens"] == (len(bundle.test) - 1) // cfg.seq_len * cfg.seq_len
+    assert result["test"]["fp"]["loss"] != result["eval"]["fp"]["loss"]
     assert json.loads((run / "result.json").read_text())["steps"] == 40
 
 
-def test_lsq_quantizers_are_initialised_at_the_switch(tiny_data_dir, tmp_path):  # noqa: F811
-    seen = {}
+@pytest.mark.parametrize("quantizer", ["lsq", "learned_affine"])
+def test_learnable_quantizers_are_initialised_at_the_switch(quantizer, tiny_data_dir, tmp_path):  # noqa: F811
+    """Right after the FP→QAT switch (step 30), before any QAT step, each learnable quantizer
+    holds its initial value computed from the weights at the switch: LSQ α = max|W_row| / Qp
+    (Qp = 7 at 4 bits), learned affine (scale, bias) = MLX's min/max grid (CPU mx.quantize).
+    The switch checkpoint holds those weights (it is saved before the switch) and the values
+    `prepare` set from the initial weights, which the 30 FP steps made stale."""
+    t = Trainer(tiny_config(tiny_data_dir, tmp_path / "run", quantizer=quantizer))
+    t.setup()
+    at_switch = {}
+    switch = t.switch
 
-    def hook(trainer, step):
-        if step in (29, 31):
-            seen[step] = {
-                p: mx.array(layer.quantizer.alpha) for p, layer in qat_layers(trainer.model)
-            }
+    def switch_and_record():
+        switch()
+        at_switch.update(tree_flatten(t.model.parameters()))
 
-    train(tiny_config(tiny_data_dir, tmp_path / "run", quantizer="lsq"), on_step=hook)
-    # In the FP phase alpha gets no gradient; at the switch it is re-initialised from the
-    # moved weights, and then it trains.
-    before, after = seen[29], seen[31]
-    assert any(not mx.allclose(before[p], after[p]) for p in before)
+    t.switch = switch_and_record
+    t.run()
+    assert t.plan.fp_steps == 30 and at_switch
+    before = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000030").weights
+    paths = [p for p, _ in qat_layers(t.model)]
+    assert len(paths) == 2 * 7 + 1  # 7 per block, the (tied) embedding
+    for path in paths:
+        w = before[f"{path}.weight"]
+        if quantizer == "lsq":
+            want = {"alpha": np.abs(np.array(w)).max(axis=-1, keepdims=True) / 7}
+        else:
+            with mx.stream(mx.cpu):
+                _, scales, biases = mx.quantize(w, 64, 4)
+            want = {"scale": np.array(scales), "bias": np.array(biases)}
+        for name, value in want.items():
+            key = f"{path}.quantizer.{name}"
+            np.testing.assert_allclose(np.array(at_switch[key]), value, rtol=1e-6, err_msg=key)
+            # what prepare set at step 0 is not it: the weights moved in the FP phase
+            assert not np.allclose(np.array(before[key]), value, rtol=1e-3), key
 
 
 def test_weight_decay_mask(tiny_data_dir, tmp_path):  # noqa: F811
@@ -133,14 +193,26 @@ def test_grad_accumulation_matches_the_large_batch(tiny_data_dir, tmp_path):  # 
 
 @pytest.mark.parametrize("f, switches", [(0.0, []), (1.0, [0])])
 def test_ptq_only_and_qat_from_scratch(tiny_data_dir, tmp_path, f, switches):  # noqa: F811
-    result = train(tiny_config(tiny_data_dir, tmp_path / "run", qat_fraction=f, tokens=8 * 128))
+    cfg = tiny_config(tiny_data_dir, tmp_path / "run", qat_fraction=f, tokens=8 * 128)
+    result = train(cfg)
     run = tmp_path / "run"
     assert [r["step"] for r in read_metrics(run, "switch")] == switches
     phases = {r["phase"] for r in read_metrics(run, "train")}
     assert phases == ({"fp"} if f == 0 else {"qat"})
-    ev = result["eval"]
-    assert ev["fp"] and ev["ptq"] and ev["qat"]
     assert load_checkpoint(run).qat["fake_quant"] is (f == 1.0)
+    # The reported numbers are those of the saved model: evaluated again from the checkpoint,
+    # and computed here (float weights; CPU mx.quantize round-to-nearest). With the min/max
+    # quantizer, QAT is the PTQ of the trained weights.
+    for key, split in (("eval", "val"), ("test", "test")):
+        ev = result[key]
+        again = evaluate_checkpoint(run, split=split)
+        hand = hand_losses(run, split_batches(tiny_data_dir, cfg, split))
+        assert again["split"] == split and again["tokens"] == ev["fp"]["tokens"]
+        for mode in ("fp", "ptq", "qat"):
+            assert ev[mode]["loss"] == pytest.approx(again[mode]["loss"], rel=1e-5), (key, mode)
+        assert ev["fp"]["loss"] == pytest.approx(hand["fp"], rel=1e-4)
+        assert ev["ptq"]["loss"] == pytest.approx(hand["ptq"], rel=1e-4)
+        assert ev["qat"] == ev["ptq"] and hand["ptq"] > hand["fp"]
 
 
 def test_optimizer_reset_at_switch(tiny_data_dir, tmp_path):  # noqa: F811
@@ -151,20 +223,54 @@ def test_optimizer_reset_at_switch(tiny_data_dir, tmp_path):  # noqa: F811
 
 
 def test_fp_twin_comparison(tiny_data_dir, tmp_path):  # noqa: F811
-    cfg = tiny_config(tiny_data_dir, tmp_path / "run", fp_twin=True)
+    # 2-bit weights and embeddings: the twin's round-to-nearest PTQ is clearly worse than its
+    # FP (~0.08 nats after 40 steps), so the gap is always defined and checked.
+    cfg = tiny_config(tiny_data_dir, tmp_path / "run", fp_twin=True, bits=2, embed_bits=2)
     result = train(cfg)
-    twin_dir = tmp_path / "run" / "fp_twin"
+    run, twin_dir = tmp_path / "run", tmp_path / "run" / "fp_twin"
     twin_train = read_metrics(twin_dir, "train")
     assert [r["step"] for r in twin_train] == list(range(31, 41))  # the QAT phase only
-    main_train = read_metrics(tmp_path / "run", "train")[30:]
+    main_train = read_metrics(run, "train")[30:]
     assert [r["lr"] for r in twin_train] == [r["lr"] for r in main_train]
     assert load_checkpoint(twin_dir).qat["fake_quant"] is False
     c = result["comparison"]
-    assert c["baseline"] == "fp twin"
-    assert c["fp"] == result["twin"]["eval"]["fp"] and c["qat"] == result["eval"]["qat"]
-    if c["ptq"]["loss"] > c["fp"]["loss"]:
-        expect = (c["ptq"]["loss"] - c["qat"]["loss"]) / (c["ptq"]["loss"] - c["fp"]["loss"])
-        assert c["gap_recovered"] == pytest.approx(expect)
+    assert c["baseline"] == "fp twin" and c["split"] == "test"
+    # The table's numbers, from the saved checkpoints on the test split: FP and PTQ of the
+    # twin, QAT of the run (min/max: the round-to-nearest of the run's own weights).
+    twin = evaluate_checkpoint(twin_dir, split="test")
+    qat = evaluate_checkpoint(run, split="test")
+    batches = split_batches(tiny_data_dir, cfg, "test")
+    hand_twin, hand_run = hand_losses(twin_dir, batches), hand_losses(run, batches)
+    assert c["fp"]["tokens"] == twin["tokens"] == sum(x[:, 1:].size for x in batches)
+    for got, again, hand in (
+        (c["fp"], twin["fp"], hand_twin["fp"]),
+        (c["ptq"], twin["ptq"], hand_twin["ptq"]),
+        (c["qat"], qat["qat"], hand_run["ptq"]),
+    ):
+        assert got["loss"] == pytest.approx(again["loss"], rel=1e-5)
+        assert got["loss"] == pytest.approx(hand, rel=1e-4)
+        assert got["bpb"] == pytest.approx(again["bpb"], rel=1e-5)
+    fp, ptq, q = hand_twin["fp"], hand_twin["ptq"], hand_run["ptq"]
+    assert ptq > fp + 0.03  # 2 bits: a PTQ gap to recover
+    assert c["gap_recovered"] == pytest.approx((ptq - q) / (ptq - fp), rel=1e-3)
+    # Not the validation split's numbers (those stay in result["eval"], for tuning).
+    assert c["fp"]["loss"] != result["twin"]["eval"]["fp"]["loss"]
+    table = format_comparison(result)
+    assert "test loss" in table and "split: test (held out" in table
+    assert f"{c['qat']['loss']:.4f}" in table and f"{100 * c['gap_recovered']:.1f}%" in table
+
+
+def test_data_without_a_test_split_trains_and_says_so(tiny_data_dir, tmp_path, caplog):  # noqa: F811
+    import logging
+
+    old = without_test_split(tiny_data_dir, tmp_path / "old_data")
+    with caplog.at_level(logging.WARNING, logger="mlx_qat"):
+        result = train(tiny_config(old, tmp_path / "run", tokens=8 * 128))
+    assert "validation only" in caplog.text and "has no test split" in caplog.text
+    assert result["test"] is None and result["eval"]["fp"]["loss"] > 0
+    assert not read_metrics(tmp_path / "run", "test_eval")
+    table = format_comparison(result)
+    assert "val loss" in table and "this data has no test split" in table
 
 
 def test_resume_checks_the_config_and_a_finished_run_is_a_no_op(tiny_data_dir, tmp_path):  # noqa: F811
@@ -181,6 +287,7 @@ def test_resume_checks_the_config_and_a_finished_run_is_a_no_op(tiny_data_dir, t
     lines = len(read_metrics(tmp_path / "run"))
     again = train(replace(cfg, resume=True, eval_every=3))  # book-keeping may change
     assert again["eval"] == first["eval"] and again["steps"] == first["steps"]
+    assert again["test"] == first["test"] and first["test"]["qat"]  # from the checkpoint
     assert len(read_metrics(tmp_path / "run")) == lines
 
 

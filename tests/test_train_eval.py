@@ -100,4 +100,26 @@ def test_eval_cli_on_a_run(tiny_data_dir, tmp_path, capsys):  # noqa: F811
     assert ev["qat"]["loss"] == pytest.approx(result["eval"]["qat"]["loss"], rel=1e-6)
     resolved = yaml.safe_load((tmp_path / "ev" / "eval.yaml").read_text())
     assert resolved["path"] == str(tmp_path / "run") and resolved["eval_batches"] is None
+    assert ev["split"] == "val" and "of the validation split" in out
+    # --split test: the held-out split, the numbers of the run's result["test"].
+    assert eval_main([str(tmp_path / "run"), "--out", str(tmp_path / "ev"), "--split", "test"]) == 0
+    assert "of the test split" in capsys.readouterr().out
+    test = json.loads((tmp_path / "ev" / "eval_test.json").read_text())
+    assert test["split"] == "test" and test["tokens"] == result["test"]["fp"]["tokens"]
+    for mode in ("fp", "qat", "ptq"):
+        assert test[mode]["loss"] == pytest.approx(result["test"][mode]["loss"], rel=1e-6)
+    assert test["fp"]["loss"] != ev["fp"]["loss"]
+    assert yaml.safe_load((tmp_path / "ev" / "eval_test.yaml").read_text())["split"] == "test"
     assert eval_main([str(tmp_path / "nope")]) == 1
+
+
+def test_eval_split_test_of_data_without_one_names_the_fix(tiny_data_dir, tmp_path, capsys):  # noqa: F811
+    from test_train_fixtures import without_test_split
+
+    old = without_test_split(tiny_data_dir, tmp_path / "old_data")
+    train(tiny_config(old, tmp_path / "run", tokens=4 * 128))
+    assert eval_main([str(tmp_path / "run"), "--split", "test"]) == 1
+    err = capsys.readouterr().err
+    assert "has no test split" in err and "prepare the data again" in err
+    assert "Traceback" not in err and not (tmp_path / "run" / "eval_test.json").exists()
+    assert eval_main([str(tmp_path / "run"), "--quiet"]) == 0  # validation: as before

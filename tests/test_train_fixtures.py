@@ -27,6 +27,27 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     return out
 
 
+def without_test_split(data_dir: Path, dest: Path) -> Path:
+    """A copy of prepared shards as `mlx_qat.data` wrote them before the test split existed:
+    train and val only (no test.npy, no test entries or test_fraction in the manifest)."""
+    import json
+    import shutil
+
+    from mlx_qat.data import load_bundle
+
+    b = load_bundle(data_dir)
+    old = dest / b.path.name
+    shutil.copytree(b.path, old)
+    (old / "test.npy").unlink()
+    m = json.loads((old / "manifest.json").read_text())
+    for key in ("splits", "tokens", "documents", "text_bytes", "bytes_per_token"):
+        del m[key]["test"]
+    del m["test_fraction"]
+    m["tokenizer"]["dir"] = str(b.tokenizer_dir.resolve())
+    (old / "manifest.json").write_text(json.dumps(m))
+    return old
+
+
 def tiny_config(data_dir: Path, out: Path, **kw) -> TrainConfig:
     """A run of a few dozen steps of 4 x 32 tokens on the d2 preset."""
     base = dict(

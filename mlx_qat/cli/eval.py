@@ -1,11 +1,12 @@
-"""`mlx_qat.eval`: FP / QAT / PTQ validation loss of a run or checkpoint
-(`mlx_qat.eval.evaluate_checkpoint`).
+"""`mlx_qat.eval`: FP / QAT / PTQ loss of a run or checkpoint on the validation or the
+held-out test split (`mlx_qat.eval.evaluate_checkpoint`).
 
     mlx_qat.eval runs/main                       # latest checkpoint, the run's data and batches
     mlx_qat.eval runs/main/checkpoints/step_00000200 --eval-batches 16
+    mlx_qat.eval runs/main --split test          # the held-out numbers (report, never tune)
 
-Writes the results to `<out>/eval.json` and the resolved settings to `<out>/eval.yaml`
-(`--out` defaults to the run directory).
+Writes the results to `<out>/eval.json` (`eval_test.json` for `--split test`) and the resolved
+settings to `<out>/eval.yaml` (`eval_test.yaml`); `--out` defaults to the run directory.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The flags of `mlx_qat.eval`."""
     p = argparse.ArgumentParser(
         prog="mlx_qat.eval",
-        description="Validation loss and bits per byte of a checkpoint with fake quant off "
-        "(FP), on (QAT) and round-to-nearest PTQ of its float weights.",
+        description="Loss and bits per byte of a checkpoint with fake quant off (FP), on (QAT) "
+        "and round-to-nearest PTQ of its float weights, on the validation or the test split.",
     )
     p.add_argument("path", nargs="?", help="run directory (latest checkpoint) or checkpoint dir")
     p.add_argument("--data", help="prepared data dir (default: the run's)")
@@ -32,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's)")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the run's)")
+    p.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="val",
+        help="val: the validation split (curves, tuning); test: the held-out split, for "
+        "reporting only (data prepared before it existed has none)",
+    )
     p.add_argument("--out", metavar="DIR", help="where eval.json goes (default: the run dir)")
     add_common(p)
     return p
@@ -39,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _report(ev: dict) -> str:
     lines = [f"{ev['checkpoint']} (step {ev['step']}, phase {ev['phase']})"]
-    lines.append(f"  {ev['tokens'] if ev['tokens'] is not None else '?'} tokens")
+    split = {"val": "validation", "test": "test"}.get(ev.get("split"), "?")
+    lines.append(
+        f"  {ev['tokens'] if ev['tokens'] is not None else '?'} tokens of the {split} split"
+    )
     for mode in MODES:
         r = ev.get(mode)
         if r:
@@ -73,17 +84,24 @@ def _run(opts: dict) -> int:
     out = Path(opts["out"]) if opts.get("out") else run_dir
     if target.is_dir():  # else evaluate_checkpoint names the missing path
         _check_writable(out)
+    split = opts.get("split") or "val"
     ev = evaluate_checkpoint(
-        opts["path"], opts["data"], opts["eval_batches"], opts["batch_size"], opts["seq_len"]
+        opts["path"],
+        opts["data"],
+        opts["eval_batches"],
+        opts["batch_size"],
+        opts["seq_len"],
+        split=split,
     )
+    name = "eval" if split == "val" else f"eval_{split}"
     try:
-        atomic_write_json(out / "eval.json", ev)
-        save_resolved(out / "eval.yaml", "eval", opts)
+        atomic_write_json(out / f"{name}.json", ev)
+        save_resolved(out / f"{name}.yaml", "eval", opts)
     except OSError as e:
         print(_report(ev))
         raise ValueError(
-            f"--out {out}: cannot write eval.json there ({e.strerror or e}); choose a writable "
-            "directory"
+            f"--out {out}: cannot write {name}.json there ({e.strerror or e}); choose a "
+            "writable directory"
         ) from None
     print(_report(ev))
     return 0

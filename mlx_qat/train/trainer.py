@@ -11,6 +11,12 @@ At every step boundary `s` (steps completed):
 4. log, evaluate every `eval_every` steps and at the end, save every `save_every` steps
    and at the end.
 
+Evaluations: the periodic ones (`eval_every`, `eval_batches`) and the final one
+(`final_eval_batches`, by default the whole split) are on the validation split — the curves
+and anything tuned. At the end the same final evaluation runs once on the held-out test split
+(`result["test"]`, the FP-twin table): reported, never used for a choice. Data prepared
+before the test split existed has none; the run says so and `result["test"]` is None.
+
 Everything the next step depends on — weights, quantizer parameters, optimizer moments and
 step count, phase — is in the checkpoint; the LR, the batch and the RNG are functions of the
 step. A resumed run therefore continues bit for bit (see tests/test_train_resume.py). A
@@ -76,6 +82,7 @@ class Trainer:
         self.run_dir = Path(config.out)
         self.last_eval: dict = {}
         self.last_eval_step = -1
+        self.last_test: dict | None = None
         self.tokens_per_s: list[float] = []
         self.rescheduled: dict = {}
 
@@ -145,10 +152,17 @@ class Trainer:
         self.val = list(eval_batches(b.val, cfg.batch_size, cfg.seq_len, cfg.eval_batches))
         # The result's numbers: a larger sample than the periodic evals (the PTQ gap of a small
         # model is a few hundredths of a nat, so 16 batches leave a few % of noise in it).
-        self.final_val = eval_batches(
-            b.val, cfg.batch_size, cfg.seq_len, cfg.final_eval_batches or None
-        )
+        final = cfg.final_eval_batches or None
+        self.final_val = eval_batches(b.val, cfg.batch_size, cfg.seq_len, final)
         self.bytes_per_token = float(b.bytes_per_token["val"])
+        self.final_test = None
+        try:
+            check_split(b, "test", cfg.seq_len)
+        except ValueError as e:  # no test split, or one too small for a window: said, not fatal
+            logger.warning("final evaluation on validation only: %s", e)
+            return
+        self.final_test = eval_batches(b.test, cfg.batch_size, cfg.seq_len, final)
+        self.test_bytes_per_token = float(b.bytes_per_token["test"])
 
     def _find_resume(self):
         cfg = self.cfg
@@ -188,6 +202,8 @@ class Trainer:
         self.elapsed = float(st.get("elapsed_s", 0.0))
         self.last_eval = st.get("eval") or {}
         self.last_eval_step = int(st.get("eval_step", -1))
+        # None for a checkpoint saved before the run's end (or before the test split existed)
+        self.last_test = st.get("test")
         set_fake_quant(self.model, bool(ckpt.qat.get("fake_quant")))
         mx.eval(self.model.parameters(), self.optimizer.state)
         how = "branched from" if cfg.branch_from else "resumed from"
@@ -203,7 +219,7 @@ class Trainer:
     # -- events ---------------------------------------------------------------------------
 
     def evaluate(self, final: bool = False) -> dict:
-        """FP / QAT / PTQ on the periodic eval batches, or (`final`) on the final ones."""
+        """FP / QAT / PTQ on the periodic validation batches, or (`final`) on the final ones."""
         ready = self.phase == "qat" and not self.cfg.ablate_qat
         batches = self.final_val if final else self.val
         ev = eval_triple(self.model, batches, self.bytes_per_token, quantizers_ready=ready)
@@ -211,6 +227,20 @@ class Trainer:
         kind = "final_eval" if final else "eval"
         self.metrics.write({"kind": kind, "step": self.step, "phase": self.phase, **ev})
         logger.info("%s @ %d (%s): %s", kind, self.step, self.phase, format_triple(ev))
+        return ev
+
+    def evaluate_test(self) -> dict | None:
+        """The final FP / QAT / PTQ on the held-out test split (None when the data has none):
+        reported in the result, never used for a choice."""
+        if self.final_test is None:
+            return None
+        ready = self.phase == "qat" and not self.cfg.ablate_qat
+        ev = eval_triple(
+            self.model, self.final_test, self.test_bytes_per_token, quantizers_ready=ready
+        )
+        self.last_test = ev
+        self.metrics.write({"kind": "test_eval", "step": self.step, "phase": self.phase, **ev})
+        logger.info("test_eval @ %d (%s): %s", self.step, self.phase, format_triple(ev))
         return ev
 
     def save(self) -> Path:
@@ -232,6 +262,7 @@ class Trainer:
             "plan": {k: getattr(self.plan, k) for k in ("total_steps", "fp_steps", "qat_steps")},
             "eval": self.last_eval,
             "eval_step": self.last_eval_step,
+            "test": self.last_test,
             "metrics_lines": self.metrics.lines,
             "elapsed_s": self.elapsed,
         }
@@ -302,6 +333,7 @@ class Trainer:
                     self.evaluate()
                 if done:
                     self.evaluate(final=True)
+                    self.evaluate_test()
                 periodic = cfg.save_every and self.step % cfg.save_every == 0
                 if done or periodic or self.step in cfg.save_steps:
                     self.save()
@@ -360,6 +392,7 @@ class Trainer:
             "tokens": self.tokens_seen,
             "plan": self.plan.to_dict(),
             "eval": self.last_eval,
+            "test": self.last_test,
             "tokens_per_s": tps[len(tps) // 2] if tps else None,
             "train_s": round(self.elapsed, 2),
             "peak_memory_mb": round(mx.get_peak_memory() / 2**20, 1),

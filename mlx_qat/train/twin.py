@@ -6,6 +6,11 @@ budget buys, and its round-to-nearest PTQ is what QAT must beat. So the comparis
 total tokens D, and costs only the QAT phase's tokens again:
 
     % of the PTQ gap recovered = (PTQ_twin − QAT_run) / (PTQ_twin − FP_twin)
+
+The table is measured on the held-out test split (`result["test"]` of the run and of the twin),
+which no choice was made on; the validation split's numbers (`result["eval"]`) are the ones
+that settings were tuned on. Data prepared before the test split existed has none: the table
+then falls back to the validation split and says so.
 """
 
 from __future__ import annotations
@@ -45,15 +50,25 @@ def twin_config(config: TrainConfig, switch_step: int, data: str | None = None) 
     )
 
 
+SPLIT_NOTES = {
+    "test": "test (held out by document hash; no choice was made on it)",
+    "val": "validation: this data has no test split (prepared before mlx_qat.data held one "
+    "out); prepare it again for held-out numbers",
+}
+
+
 def comparison(run: dict, twin: dict | None) -> dict:
-    """FP, PTQ and QAT loss/bpb at equal budget and the gap recovered.
+    """FP, PTQ and QAT loss/bpb at equal budget and the gap recovered, on the test split
+    (`split`: "test"; "val" when the run or its twin has no test evaluation).
 
     Without a twin (no QAT phase, or no FP phase to branch from) the run's own final eval is
     used: FP and PTQ of its weights, and QAT = the fake-quant eval.
     """
-    ev = run.get("eval") or {}
+    split = "test" if run.get("test") and (twin is None or twin.get("test")) else "val"
+    key = "test" if split == "test" else "eval"
+    ev = run.get(key) or {}
     if twin is not None:
-        tw = twin.get("eval") or {}
+        tw = twin.get(key) or {}
         fp, ptq, source = tw.get("fp"), tw.get("ptq"), "fp twin"
     else:
         fp, ptq, source = ev.get("fp"), ev.get("ptq"), "same run"
@@ -61,7 +76,14 @@ def comparison(run: dict, twin: dict | None) -> dict:
     gap = None
     if fp and ptq and qat and ptq["loss"] - fp["loss"] > 1e-9:
         gap = (ptq["loss"] - qat["loss"]) / (ptq["loss"] - fp["loss"])
-    return {"fp": fp, "ptq": ptq, "qat": qat, "gap_recovered": gap, "baseline": source}
+    return {
+        "fp": fp,
+        "ptq": ptq,
+        "qat": qat,
+        "gap_recovered": gap,
+        "baseline": source,
+        "split": split,
+    }
 
 
 def run_fp_twin(config: TrainConfig, trainer, result: dict) -> dict:
@@ -83,9 +105,11 @@ def run_fp_twin(config: TrainConfig, trainer, result: dict) -> dict:
 
 
 def format_comparison(result: dict) -> str:
-    """The table the main job prints: FP / PTQ / QAT loss and bpb, gap, throughput."""
+    """The table the main job prints: FP / PTQ / QAT loss and bpb on the test split (or, for
+    data without one, the validation split, said in the table), gap, throughput."""
     cmp_ = result.get("comparison") or comparison(result, None)
-    rows = [("model", "val loss", "bits/byte")]
+    split = cmp_.get("split", "val")
+    rows = [("model", f"{split} loss", "bits/byte")]
     for name, key in (("FP (float)", "fp"), ("PTQ (RTN of FP)", "ptq"), ("QAT", "qat")):
         r = cmp_.get(key)
         rows.append((name, f"{r['loss']:.4f}" if r else "-", f"{r['bpb']:.4f}" if r else "-"))
@@ -100,6 +124,7 @@ def format_comparison(result: dict) -> str:
         f"PTQ gap recovered by QAT: {100 * gap:.1f}%"
         if gap is not None
         else "PTQ gap recovered by QAT: n/a",
+        f"split: {SPLIT_NOTES[split]}",
         f"baseline: {cmp_.get('baseline')}; tokens D = {plan['total_tokens']:,}, QAT fraction "
         f"f = {plan['fraction']:.3f} (S = {plan['tokens_per_byte']:.1f} tokens/byte, "
         f"auto f = {plan['f_hat']:.3f}), {plan['pipeline']} pipeline",
