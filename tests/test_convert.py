@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import test_convert_fixtures as fx
-from test_convert_fixtures import BATCH, EVAL_BATCHES, REPO, SEQ_LEN, make_run, run_cli, spec
+from test_convert_fixtures import BATCH, EVAL_BATCHES, REPO, SEQ_LEN, run_cli, spec
 
 from mlx_qat.checkpoint import seal_checkpoint
 from mlx_qat.convert import ConvertError, ParityError, convert, val_loss
 from mlx_qat.data import eval_batches
 from mlx_qat.qat_config import QATConfig
 
-tiny_data = fx.tiny_data  # session fixture shared by the convert test files
+tiny_data, runs = fx.tiny_data, fx.runs  # session fixtures shared by the convert test files
 
 # Runs in a fresh interpreter: nothing of the converting process (caches, patched modules).
 FRESH = r"""
@@ -64,8 +64,10 @@ def reference_loss(model, data) -> float:
     return val_loss(model, eval_batches(data.val, BATCH, SEQ_LEN, EVAL_BATCHES))
 
 
-def test_cli_export_loads_generates_and_matches_fake_quant_in_fresh_process(tmp_path, tiny_data):
-    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
+def test_cli_export_loads_generates_and_matches_fake_quant_in_fresh_process(
+    tmp_path, tiny_data, runs
+):
+    run = runs.make(tmp_path / "run")
     out = tmp_path / "mlx_model"
     proc = run_cli(run.path, "--mlx-path", out)
     assert "parity" in proc.stdout and "ok" in proc.stdout
@@ -106,8 +108,8 @@ def test_run_without_checkpoints_and_incomplete_checkpoint(tmp_path):
         convert(half, tmp_path / "out")
 
 
-def test_corrupt_checkpoint_names_the_file(tmp_path, tiny_data):
-    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
+def test_corrupt_checkpoint_names_the_file(tmp_path, runs):
+    run = runs.make(tmp_path / "run")
     weights = run.checkpoint / "model.safetensors"
     intact = weights.read_bytes()
     weights.write_bytes(intact[:200])
@@ -120,16 +122,16 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, tiny_data):
     assert not (tmp_path / "out").exists()
 
 
-def test_fp_phase_checkpoint_needs_ptq(tmp_path, tiny_data):
-    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)), fake_quant=False)
+def test_fp_phase_checkpoint_needs_ptq(tmp_path, runs):
+    run = runs.make(tmp_path / "run", fake_quant=False)
     with pytest.raises(ConvertError, match=r"fake quantization off.*--ptq"):
         convert(run.path, tmp_path / "out")
     result = convert(run.path, tmp_path / "out", ptq=True)
     assert result.method == "ptq" and result.parity["passed"]
 
 
-def test_existing_output_needs_force(tmp_path, tiny_data):
-    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
+def test_existing_output_needs_force(tmp_path, runs):
+    run = runs.make(tmp_path / "run")
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("x")
@@ -149,8 +151,8 @@ def test_existing_output_needs_force(tmp_path, tiny_data):
             convert(run.path, target, force=True)
 
 
-def test_format_flags_must_match_a_qat_run(tmp_path, tiny_data):
-    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
+def test_format_flags_must_match_a_qat_run(tmp_path, runs):
+    run = runs.make(tmp_path / "run")
     with pytest.raises(ConvertError, match=r"trained with QAT for affine4g64.*--ptq"):
         convert(run.path, tmp_path / "out", q_bits=2)
     with pytest.raises(ConvertError, match=r"affine supports bits"):
@@ -160,12 +162,12 @@ def test_format_flags_must_match_a_qat_run(tmp_path, tiny_data):
     convert(run.path, tmp_path / "out", q_bits=4, q_group_size=64, q_mode="affine")
 
 
-def test_unsupported_formats_are_clear_errors(tmp_path, tiny_data):
+def test_unsupported_formats_are_clear_errors(tmp_path, runs):
     from mlx_qat.convert.pack import quantize_model
     from mlx_qat.prepare import qat_layers
     from mlx_qat.quant import LSQQuantizer
 
-    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)), steps=1)
+    run = runs.make(tmp_path / "run", steps=1)
     qat = json.loads((run.checkpoint / "qat.json").read_text())
     qat["qat_config"]["quantizer"] = "gptq"
     (run.checkpoint / "qat.json").write_text(json.dumps(qat))
@@ -196,12 +198,12 @@ def test_cli_errors_exit_2_without_traceback(tmp_path):
 # ---- atomic output ------------------------------------------------------------------------
 
 
-def test_interrupted_convert_leaves_nothing_loadable(tmp_path, tiny_data, monkeypatch):
+def test_interrupted_convert_leaves_nothing_loadable(tmp_path, monkeypatch, runs):
     from mlx_lm import load
 
     import mlx_qat.convert.api as api
 
-    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
+    run = runs.make(tmp_path / "run")
     out = tmp_path / "out"
     seen = {}
 
@@ -224,16 +226,16 @@ def test_interrupted_convert_leaves_nothing_loadable(tmp_path, tiny_data, monkey
 # ---- parity check -------------------------------------------------------------------------
 
 
-def test_parity_failure_is_an_error_and_writes_nothing(tmp_path, tiny_data, monkeypatch):
+def test_parity_failure_is_an_error_and_writes_nothing(tmp_path, monkeypatch, runs):
     import mlx_qat.convert.pack as pack
 
-    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
+    run = runs.make(tmp_path / "run")
     cast = pack.cast_model
 
     def wrong_grid(model, dtype, scale_dtype=None):
         cast(model, dtype, scale_dtype)
         layer = model.model.layers[0].mlp.down_proj
-        layer.scales = layer.scales * 1.5  # a grid the model was not trained on
+        layer.scales = layer.scales * 2.0  # a grid the model was not trained on
 
     monkeypatch.setattr(pack, "cast_model", wrong_grid)
     with pytest.raises(ParityError, match=r"parity check failed.*--parity-tolerance") as err:
@@ -246,8 +248,8 @@ def test_parity_failure_is_an_error_and_writes_nothing(tmp_path, tiny_data, monk
     assert skipped.parity is None and "disabled" in skipped.parity_skipped
 
 
-def test_parity_without_run_data_is_skipped_unless_given(tmp_path, tiny_data, caplog):
-    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
+def test_parity_without_run_data_is_skipped_unless_given(tmp_path, tiny_data, caplog, runs):
+    run = runs.make(tmp_path / "run")
     (run.path / "config.yaml").unlink()
     result = convert(run.path, tmp_path / "out")
     assert result.parity is None and "--parity-data" in result.parity_skipped

@@ -1,16 +1,29 @@
-"""Fixtures for the convert tests: tiny QAT training runs in the trainer's checkpoint format.
+"""Fixtures for the convert tests: tiny runs made by the real trainer, once per session.
 
-No tests here. `make_run` trains a 2-layer, width-64 llama for a few steps with fake
-quantization on and saves it exactly as the trainer does:
+No tests here. `runs.make(run_dir, ...)` copies into `run_dir` a run that `mlx_qat.train.train`
+trained (a d2 llama: width 64, 2 layers, tied embeddings, vocab 512; `steps` steps of 4 x 64
+tokens) on the session's prepared data, so the checkpoint format, `state.json`, `qat.json`,
+`config.yaml` and `tokenizer/` are whatever the trainer writes today:
 
-    run_dir/config.yaml, metrics.jsonl, tokenizer/
+    run_dir/config.yaml, metrics.jsonl, result.json, tokenizer/
     run_dir/checkpoints/step_XXXXXXXX/{model,optimizer}.safetensors, config.json, qat.json,
-                                      state.json
+                                      state.json, checksums
+
+Each distinct run is trained once per session (a second and more `make` of it only copies), so
+a test may change its copy freely. `fake_quant=True` trains QAT from scratch
+(`qat_fraction=1`), `fake_quant=False` the FP phase only (`qat_fraction=0`: fake quant off, the
+QAT config recorded). Settings are `TrainConfig` fields (`bits`, `quantizer`, `q_mode`, ...),
+and `model_config` (a dict) trains any mlx-lm architecture. A per-path mixed-precision
+`QATConfig` has no `TrainConfig` spelling: `qat=` hands it to the trainer in place of the one
+it derives from its settings (`mlx_qat.train.trainer.qat_config`), and the fixture checks the
+checkpoint records exactly it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,18 +31,16 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx.optimizers as optim
 import numpy as np
 import pytest
-from mlx_lm.models import llama
+from mlx.utils import tree_flatten
 
-from mlx_qat.checkpoint import save_checkpoint
-from mlx_qat.data import eval_batches, prepare_data
-from mlx_qat.data.resolve import copy_tokenizer
-from mlx_qat.prepare import prepare, set_fake_quant
+from mlx_qat.checkpoint import build_model, latest_checkpoint, load_checkpoint
+from mlx_qat.data import prepare_data
+from mlx_qat.prepare import qat_layers
 from mlx_qat.qat_config import QATConfig
 from mlx_qat.quant import QuantSpec
-from mlx_qat.train.config import TrainConfig
+from mlx_qat.train import TrainConfig, train
 
 CORPUS = Path(__file__).parent / "fixtures" / "corpus"
 VOCAB = 512
@@ -38,89 +49,113 @@ BATCH = 4
 EVAL_BATCHES = 2
 REPO = Path(__file__).resolve().parents[1]
 
-MODEL_CONFIG = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "intermediate_size": 128,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "rms_norm_eps": 1e-5,
-    "vocab_size": VOCAB,
-    "tie_word_embeddings": True,
-    "max_position_embeddings": 256,
-}
-
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
-    """Prepared data (512-piece tokenizer, train/val shards) from the committed corpus sample."""
+    """Prepared data (512-piece tokenizer, train/val/test shards) from the corpus sample."""
     return prepare_data(CORPUS, tmp_path_factory.mktemp("data"), vocab_size=VOCAB)
-
-
-def loss_fn(model, x):
-    logits = model(x[:, :-1]).astype(mx.float32)
-    return nn.losses.cross_entropy(logits, x[:, 1:], reduction="mean")
 
 
 @dataclass
 class Run:
-    """A saved run and the model as training left it (the reference for train = deploy)."""
+    """A copy of a trained run, and its model as training left it (the reference for
+    train = deploy): rebuilt from the checkpoint, which `TrainedRuns` checked equals the
+    trainer's own model, parameter for parameter."""
 
     path: Path
     checkpoint: Path
     model: nn.Module
 
 
-def make_run(
-    run_dir: Path,
-    data,
-    qat: QATConfig | None = None,
-    *,
-    steps: int = 3,
-    fake_quant: bool = True,
-    seed: int = 0,
-    config: dict | None = None,
-) -> Run:
-    """Train `steps` Adam steps (fake quant as given) and save one checkpoint."""
-    mx.random.seed(seed)
-    cfg = dict(MODEL_CONFIG, **(config or {}))
-    model = llama.Model(llama.ModelArgs.from_dict(cfg))
-    if qat is not None:
-        prepare(model, qat, enabled=fake_quant)
-        set_fake_quant(model, fake_quant)
-    opt = optim.Adam(learning_rate=3e-3)
-    step_fn = nn.value_and_grad(model, loss_fn)
-    train = eval_batches(data.train, BATCH, SEQ_LEN, steps)
-    for x in train:
-        _, grads = step_fn(model, x)
-        opt.update(model, grads)
-        mx.eval(model.parameters(), opt.state)
-    ckpt = save_run(run_dir, data, model, opt, cfg, qat, fake_quant, steps)
-    return Run(run_dir, ckpt, model)
+class TrainedRuns:
+    """Tiny runs trained by `mlx_qat.train.train`, each once per session (see the module)."""
+
+    def __init__(self, root: Path, data):
+        self.root, self.data = root, data
+        self._trained: dict[str, Path] = {}
+
+    def make(
+        self,
+        run_dir: Path,
+        *,
+        steps: int = 3,
+        fake_quant: bool = True,
+        seed: int = 0,
+        qat: QATConfig | None = None,
+        model_config: dict | None = None,
+        **settings,
+    ) -> Run:
+        """Copy the run of these settings (trained now if it is the first call) to `run_dir`."""
+        spec = dict(
+            steps=steps, fake_quant=fake_quant, seed=seed, settings=settings,
+            qat=qat.to_dict() if qat is not None else None, model_config=model_config,
+        )  # fmt: skip
+        key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        if key not in self._trained:
+            self._trained[key] = self._train(self.root / key, spec, qat, settings)
+        shutil.copytree(self._trained[key], run_dir)
+        checkpoint = latest_checkpoint(run_dir)
+        return Run(run_dir, checkpoint, build_model(checkpoint))
+
+    def _train(self, out: Path, spec: dict, qat: QATConfig | None, settings: dict) -> Path:
+        if spec["model_config"] is not None:
+            out.mkdir(parents=True)
+            settings = dict(settings, model_config=str(out / "model_config.json"))
+            (out / "model_config.json").write_text(json.dumps(spec["model_config"]))
+        cfg = TrainConfig(
+            out=str(out / "run"),
+            data=[str(self.data.path)],
+            preset="d2",
+            tokens=spec["steps"] * BATCH * SEQ_LEN,
+            batch_size=BATCH,
+            seq_len=SEQ_LEN,
+            qat_fraction=1.0 if spec["fake_quant"] else 0.0,
+            lr=3e-3,
+            warmup_steps=0,
+            eval_every=0,
+            eval_batches=EVAL_BATCHES,
+            final_eval_batches=EVAL_BATCHES,
+            save_every=0,
+            seed=spec["seed"],
+            quiet=True,
+            cache_limit_mb=256,
+            **settings,
+        )
+        seen = {}
+
+        def keep_trainer(trainer, step):
+            seen["trainer"] = trainer
+
+        with pytest.MonkeyPatch.context() as mp:
+            if qat is not None:
+                import mlx_qat.train.trainer as trainer_module
+
+                mp.setattr(trainer_module, "qat_config", lambda config: qat)
+            result = train(cfg, on_step=keep_trainer)
+        run = Path(cfg.out)
+        checkpoint = load_checkpoint(latest_checkpoint(run), optimizer=False)
+        assert result["steps"] == checkpoint.step == spec["steps"]
+        assert checkpoint.qat["fake_quant"] is spec["fake_quant"]
+        if qat is not None:
+            assert checkpoint.qat["qat_config"] == qat.to_dict()
+        # The checkpoint holds the model as training left it.
+        trained = seen["trainer"].model
+        rebuilt = build_model(checkpoint)
+        want, got = (
+            dict(tree_flatten(trained.parameters())),
+            dict(tree_flatten(rebuilt.parameters())),
+        )
+        assert want.keys() == got.keys()
+        assert all(same(got[k], v) for k, v in want.items())
+        flags = [(p, layer.fake_quant) for p, layer in qat_layers(trained)]
+        assert flags == [(p, layer.fake_quant) for p, layer in qat_layers(rebuilt)]
+        return run
 
 
-def save_run(run_dir, data, model, opt, cfg, qat, fake_quant, step) -> Path:
-    """Save as the trainer does (its own `save_checkpoint`, `copy_tokenizer`, config.yaml)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    train_cfg = TrainConfig(
-        data=[str(data.path)], seq_len=SEQ_LEN, batch_size=BATCH, eval_batches=EVAL_BATCHES
-    )
-    (run_dir / "config.yaml").write_text(train_cfg.to_yaml())
-    (run_dir / "metrics.jsonl").write_text(json.dumps({"step": step}) + "\n")
-    copy_tokenizer(data, run_dir)
-    phase = "qat" if fake_quant and qat is not None else "fp"
-    qat_json = {
-        "qat_config": qat.to_dict() if qat is not None else None,
-        "fake_quant": phase == "qat",
-        "phase": phase,
-    }
-    state = {
-        "tokens_seen": step * BATCH * SEQ_LEN,
-        "phase": phase,
-        "data": {"shards": str(data.path)},
-    }
-    return save_checkpoint(run_dir, step, model, opt, state, cfg, qat_json)
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory, tiny_data) -> TrainedRuns:
+    """The session's `TrainedRuns` on `tiny_data`."""
+    return TrainedRuns(tmp_path_factory.mktemp("trained_runs"), tiny_data)
 
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:

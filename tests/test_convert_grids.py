@@ -10,7 +10,7 @@ import pytest
 import test_convert_fixtures as fx
 from mlx_lm import load
 from mlx_lm.utils import compute_bits_per_weight
-from test_convert_fixtures import BATCH, EVAL_BATCHES, SEQ_LEN, make_run, spec
+from test_convert_fixtures import BATCH, EVAL_BATCHES, SEQ_LEN, spec
 
 from mlx_qat.convert import convert, val_loss
 from mlx_qat.convert.pack import cast_bound
@@ -20,7 +20,7 @@ from mlx_qat.qat_config import QATConfig
 from mlx_qat.quant import QuantSpec
 from mlx_qat.quant.affine import unpack_codes
 
-tiny_data = fx.tiny_data
+tiny_data, runs = fx.tiny_data, fx.runs  # session fixtures shared by the convert test files
 
 
 exported, same = fx.exported, fx.same
@@ -30,24 +30,33 @@ def loss(model, data) -> float:
     return val_loss(model, eval_batches(data.val, BATCH, SEQ_LEN, EVAL_BATCHES))
 
 
+# The trainer's settings (TrainConfig fields) of each case; embeddings at the weights' format.
 CASES = {
-    "minmax-affine4": QATConfig(weights=spec(bits=4)),
-    "minmax-affine3-g32": QATConfig(weights=spec(bits=3, group_size=32)),
-    "lsq2-seq": QATConfig(weights=spec(bits=2), quantizer="lsq"),
-    "lsq3": QATConfig(weights=spec(bits=3), quantizer="lsq"),
-    "lsq4-per-group": QATConfig(
-        weights=spec(bits=4, group_size=32), quantizer="lsq", lsq_per="group"
-    ),
-    "learned_affine4": QATConfig(weights=spec(bits=4), quantizer="learned_affine"),
-    "mxfp4": QATConfig(weights=QuantSpec("mxfp4", 4, 32)),
-    "nvfp4": QATConfig(weights=QuantSpec("nvfp4", 4, 16)),
+    "minmax-affine4": dict(bits=4),
+    "minmax-affine3-g32": dict(bits=3, group_size=32, embed_bits=3),
+    "lsq2-seq": dict(bits=2, quantizer="lsq", embed_bits=2),
+    "lsq3": dict(bits=3, quantizer="lsq", embed_bits=3),
+    "lsq4-per-group": dict(bits=4, group_size=32, quantizer="lsq", lsq_per="group"),
+    "learned_affine4": dict(bits=4, quantizer="learned_affine"),
+    "mxfp4": dict(q_mode="mxfp4"),
+    "nvfp4": dict(q_mode="nvfp4"),
+}
+FORMATS = {  # the weights' format of each case
+    "minmax-affine4": spec(bits=4),
+    "minmax-affine3-g32": spec(bits=3, group_size=32),
+    "lsq2-seq": spec(bits=2),
+    "lsq3": spec(bits=3),
+    "lsq4-per-group": spec(bits=4, group_size=32),
+    "learned_affine4": spec(bits=4),
+    "mxfp4": QuantSpec("mxfp4", 4, 32),
+    "nvfp4": QuantSpec("nvfp4", 4, 16),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_export_is_the_trained_grid(name, tmp_path, tiny_data):
-    qcfg = CASES[name]
-    run = make_run(tmp_path / "run", tiny_data, qcfg)
+def test_export_is_the_trained_grid(name, tmp_path, tiny_data, runs):
+    run = runs.make(tmp_path / "run", **CASES[name])
+    assert {layer.spec for _, layer in qat_layers(run.model)} == {FORMATS[name]}
     result = convert(run.path, tmp_path / "out")
     files = exported(tmp_path / "out")
     for path, layer in qat_layers(run.model):
@@ -63,14 +72,14 @@ def test_export_is_the_trained_grid(name, tmp_path, tiny_data):
     ref = loss(run.model, tiny_data)
     assert abs(loss(model, tiny_data) - ref) / ref <= 1e-4
     assert result.parity["rel_diff"] <= 1e-4 and result.parity["reference"] == pytest.approx(ref)
-    want = qcfg.weights.to_mlx()
+    want = FORMATS[name].to_mlx()
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert {k: config["quantization"][k] for k in want} == want
     assert result.bits_per_weight == pytest.approx(compute_bits_per_weight(model), abs=1e-4)
 
 
-def test_learned_grids_are_not_a_fresh_quantize(tmp_path, tiny_data):
-    run = make_run(tmp_path / "run", tiny_data, CASES["learned_affine4"], steps=4)
+def test_learned_grids_are_not_a_fresh_quantize(tmp_path, runs):
+    run = runs.make(tmp_path / "run", **CASES["learned_affine4"], steps=4)
     convert(run.path, tmp_path / "out", parity_check=False)
     files = exported(tmp_path / "out")
     moved = 0
@@ -81,7 +90,7 @@ def test_learned_grids_are_not_a_fresh_quantize(tmp_path, tiny_data):
     assert moved > 0  # training moved the learned scale/bias away from min/max
 
 
-def test_mixed_precision_per_path_entries(tmp_path, tiny_data):
+def test_mixed_precision_per_path_entries(tmp_path, runs):
     qcfg = QATConfig(
         weights=spec(bits=4),
         overrides={
@@ -90,7 +99,7 @@ def test_mixed_precision_per_path_entries(tmp_path, tiny_data):
             "model.layers.1.self_attn.o_proj": False,
         },
     )
-    run = make_run(tmp_path / "run", tiny_data, qcfg)
+    run = runs.make(tmp_path / "run", qat=qcfg)
     result = convert(run.path, tmp_path / "out")
     q = json.loads((tmp_path / "out" / "config.json").read_text())["quantization"]
     assert q["model.layers.0.self_attn.v_proj"] == {"group_size": 64, "bits": 8, "mode": "affine"}
@@ -111,10 +120,9 @@ def test_mixed_precision_per_path_entries(tmp_path, tiny_data):
 
 
 @pytest.mark.parametrize("kind", ["minmax", "lsq", "learned_affine"])
-def test_scale_dtype_export_is_exact(kind, tmp_path, tiny_data):
+def test_scale_dtype_export_is_exact(kind, tmp_path, runs):
     """Trained with scale_dtype=float16: the default export is float16 and dequantizes to ŵ."""
-    qcfg = QATConfig(weights=spec(bits=4), quantizer=kind, scale_dtype="float16")
-    run = make_run(tmp_path / "run", tiny_data, qcfg)
+    run = runs.make(tmp_path / "run", bits=4, quantizer=kind, scale_dtype="float16")
     # MLX's CPU quantized matmul is slow in float16: one parity batch, for one quantizer.
     result = convert(run.path, tmp_path / "out", parity_batches=1, parity_check=kind == "lsq")
     assert result.dtype == "float16"
@@ -134,8 +142,8 @@ def test_scale_dtype_export_is_exact(kind, tmp_path, tiny_data):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_half_export_without_scale_dtype_is_within_the_bound(dtype, tmp_path, tiny_data):
-    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4), quantizer="lsq"))
+def test_half_export_without_scale_dtype_is_within_the_bound(dtype, tmp_path, runs):
+    run = runs.make(tmp_path / "run", bits=4, quantizer="lsq")
     result = convert(run.path, tmp_path / "out", dtype=dtype, parity_batches=1)
     files = exported(tmp_path / "out")
     d = getattr(mx, dtype)
@@ -152,8 +160,8 @@ def test_half_export_without_scale_dtype_is_within_the_bound(dtype, tmp_path, ti
     assert result.parity["passed"]
 
 
-def test_ptq_is_mlx_round_to_nearest_of_the_float_weights(tmp_path, tiny_data):
-    run = make_run(tmp_path / "run", tiny_data, CASES["lsq2-seq"])
+def test_ptq_is_mlx_round_to_nearest_of_the_float_weights(tmp_path, tiny_data, runs):
+    run = runs.make(tmp_path / "run", **CASES["lsq2-seq"])
     result = convert(run.path, tmp_path / "out", ptq=True)
     files = exported(tmp_path / "out")
     for path, layer in qat_layers(run.model):
@@ -175,8 +183,8 @@ def test_ptq_is_mlx_round_to_nearest_of_the_float_weights(tmp_path, tiny_data):
     assert (q["bits"], q["group_size"]) == (3, 32) and other.parity["rel_diff"] <= 1e-4
 
 
-def test_dequantize_writes_the_fake_quant_weights_as_floats(tmp_path, tiny_data):
-    run = make_run(tmp_path / "run", tiny_data, CASES["learned_affine4"])
+def test_dequantize_writes_the_fake_quant_weights_as_floats(tmp_path, runs):
+    run = runs.make(tmp_path / "run", **CASES["learned_affine4"])
     result = convert(run.path, tmp_path / "out", dequantize=True)
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert "quantization" not in config and "quantization_config" not in config

@@ -13,23 +13,21 @@ import yaml
 from mlx.utils import tree_flatten
 from mlx_lm import load
 from mlx_lm.utils import quantize_model
-from test_convert_fixtures import make_run, spec
 
 from mlx_qat.checkpoint import seal_checkpoint
 from mlx_qat.cli.convert import main
 from mlx_qat.convert import ConvertError, convert
-from mlx_qat.qat_config import QATConfig
 
-tiny_data = fx.tiny_data
+tiny_data, runs = fx.tiny_data, fx.runs
 
 
 exported, same = fx.exported, fx.same
 
 
 @pytest.fixture
-def float_mlx_dir(tmp_path, tiny_data):
+def float_mlx_dir(tmp_path, runs):
     """A float mlx-lm model directory (a never-quantized run, exported with --dequantize)."""
-    run = make_run(tmp_path / "fp_run", tiny_data, None, fake_quant=False)
+    run = runs.make(tmp_path / "fp_run", fake_quant=False)
     convert(run.path, tmp_path / "float_model", dequantize=True)
     return tmp_path / "float_model"
 
@@ -51,8 +49,8 @@ def test_float_mlx_model_ptq_equals_mlx_lm_convert(float_mlx_dir, tmp_path, tiny
     assert saved["quantization"] == config["quantization"]
 
 
-def test_quantized_mlx_model_dequantizes_for_training(tmp_path, tiny_data):
-    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
+def test_quantized_mlx_model_dequantizes_for_training(tmp_path, tiny_data, runs):
+    run = runs.make(tmp_path / "run")
     convert(run.path, tmp_path / "q")
     with pytest.raises(ConvertError, match=r"already quantized.*--dequantize"):
         convert(tmp_path / "q", tmp_path / "f")
@@ -79,8 +77,8 @@ def test_quantized_mlx_model_dequantizes_for_training(tmp_path, tiny_data):
     assert again.method == "ptq" and again.parity["passed"]
 
 
-def test_sharded_weights_with_index(tmp_path, tiny_data):
-    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
+def test_sharded_weights_with_index(tmp_path, runs):
+    run = runs.make(tmp_path / "run")
     result = convert(run.path, tmp_path / "out", max_file_size_gb=20_000 / 2**30)
     names = sorted(result.files)
     n = len(names)
@@ -95,8 +93,8 @@ def test_sharded_weights_with_index(tmp_path, tiny_data):
     assert result.parity["rel_diff"] <= 1e-4  # loaded through mlx_lm.load from the shards
 
 
-def test_run_dir_uses_latest_complete_checkpoint(tmp_path, tiny_data):
-    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
+def test_run_dir_uses_latest_complete_checkpoint(tmp_path, runs):
+    run = runs.make(tmp_path / "run")
     later = run.checkpoint.with_name("step_00000005")
     shutil.copytree(run.checkpoint, later)
     (later / "state.json").write_text(json.dumps({"step": 5}))
@@ -108,8 +106,8 @@ def test_run_dir_uses_latest_complete_checkpoint(tmp_path, tiny_data):
     assert direct.step == 3 and direct.source == str(run.path)
 
 
-def test_cli_config_file_and_summary(tmp_path, tiny_data, capsys):
-    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
+def test_cli_config_file_and_summary(tmp_path, capsys, runs):
+    run = runs.make(tmp_path / "run")
     cfg = tmp_path / "convert.yaml"
     cfg.write_text(yaml.safe_dump({"mlx-path": str(tmp_path / "yaml_out"), "parity_batches": 1}))
     assert main([str(run.path), "--config", str(cfg)]) == 0
@@ -123,8 +121,8 @@ def test_cli_config_file_and_summary(tmp_path, tiny_data, capsys):
     assert err.value.code == 2 and "q_bitz" in capsys.readouterr().err
 
 
-def test_lone_checkpoint_needs_a_tokenizer(tmp_path, tiny_data):
-    run = make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)))
+def test_lone_checkpoint_needs_a_tokenizer(tmp_path, tiny_data, runs):
+    run = runs.make(tmp_path / "run")
     lone = tmp_path / "lone_ckpt"
     shutil.copytree(run.checkpoint, lone)
     with pytest.raises(ConvertError, match=r"no tokenizer.*--tokenizer DIR"):

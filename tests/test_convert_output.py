@@ -16,18 +16,17 @@ from pathlib import Path
 
 import pytest
 import test_convert_fixtures as fx
-from test_convert_fixtures import REPO, make_run, spec
+from test_convert_fixtures import REPO
 
 from mlx_qat.cli.convert import main
 from mlx_qat.convert import ConvertError, ParityError, convert
-from mlx_qat.qat_config import QATConfig
 
-tiny_data = fx.tiny_data
+tiny_data, runs = fx.tiny_data, fx.runs
 
 
 @pytest.fixture
-def run(tmp_path, tiny_data):
-    return make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)), steps=1)
+def run(tmp_path, runs):
+    return runs.make(tmp_path / "run", steps=1)
 
 
 def tree(path) -> dict[str, bytes]:

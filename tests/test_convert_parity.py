@@ -6,19 +6,18 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import test_convert_fixtures as fx
-from test_convert_fixtures import VOCAB, make_run, spec
+from test_convert_fixtures import VOCAB
 
 from mlx_qat.cli.convert import main
 from mlx_qat.convert import ConvertError, convert
-from mlx_qat.qat_config import QATConfig
 
 mx.set_default_device(mx.cpu)
-tiny_data = fx.tiny_data
+tiny_data, runs = fx.tiny_data, fx.runs
 
 
 @pytest.fixture
-def run(tmp_path, tiny_data):
-    return make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)), steps=1)
+def run(tmp_path, runs):
+    return runs.make(tmp_path / "run", steps=1)
 
 
 def npy(tmp_path, name, array):

@@ -11,14 +11,13 @@ import sys
 import mlx.core as mx
 import pytest
 import test_convert_fixtures as fx
-from test_convert_fixtures import CORPUS, REPO, make_run, spec
+from test_convert_fixtures import CORPUS, REPO
 
 from mlx_qat.convert import ConvertError, convert
 from mlx_qat.data import prepare_data
-from mlx_qat.qat_config import QATConfig
 
 mx.set_default_device(mx.cpu)
-tiny_data = fx.tiny_data
+tiny_data, runs = fx.tiny_data, fx.runs
 
 EVIL = "open(__file__ + '.ran', 'w').write('remote code ran')\n"
 
@@ -30,8 +29,8 @@ def other_data(tmp_path_factory):
 
 
 @pytest.fixture
-def run(tmp_path, tiny_data):
-    return make_run(tmp_path / "run", tiny_data, QATConfig(weights=spec(bits=4)), steps=1)
+def run(tmp_path, runs):
+    return runs.make(tmp_path / "run", steps=1)
 
 
 def add_remote_code(tok_dir, config_json=None):
@@ -96,7 +95,8 @@ def test_stale_run_tokenizer_is_refused(run, tmp_path, tiny_data, other_data):
     ):
         convert(run.path, tmp_path / "out", parity_batches=1)
     assert not (tmp_path / "out").exists()
-    with pytest.raises(ConvertError, match=r"sha256 .*\(recorded in .*manifest.json\)"):
+    # The trainer records the data's tokenizer hash in every checkpoint's state.json.
+    with pytest.raises(ConvertError, match=r"sha256 .*\(recorded in .*state.json\)"):
         convert(run.path, tmp_path / "out", tokenizer=other_data.tokenizer_dir)
     result = convert(run.path, tmp_path / "out", tokenizer=tiny_data.tokenizer_dir)
     assert result.parity["passed"]
@@ -108,8 +108,12 @@ def test_recorded_tokenizer_hash_in_state_wins(run, tmp_path, tiny_data):
 
     source = resolve_source(run.path)
     want = tokenizer_sha256(tiny_data.tokenizer_dir)
+    # What the trainer records (issue 12, case 4) is read from state.json.
+    assert source.recorded_tokenizer() == (want, str(source.path / "state.json"))
+    # A checkpoint from before the trainer recorded it: the manifest of its shards.
+    del source.state["tokenizer_sha256"]
     assert source.recorded_tokenizer() == (want, str(tiny_data.path / "manifest.json"))
-    source.state["tokenizer_sha256"] = "0" * 64  # what the trainer records (issue 12, case 4)
+    source.state["tokenizer_sha256"] = "0" * 64  # the state's record wins over the manifest
     assert source.recorded_tokenizer() == ("0" * 64, str(source.path / "state.json"))
 
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import pytest
-from mlx.utils import tree_flatten
+import test_convert_fixtures as fx
+from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 from mlx_lm.utils import load_model
 from tiny_models import tiny_model as tiny
 
+from mlx_qat.convert import convert
 from mlx_qat.layers import QATEmbedding, QATLayer, QATLinear
+from mlx_qat.models.presets import model_config_dict
 from mlx_qat.prepare import (
     init_quantizers,
     prepare,
@@ -28,6 +30,7 @@ from mlx_qat.qat_config import QATConfig, quantization_map
 from mlx_qat.quant.spec import QuantSpec
 
 RTOL = 1e-5
+tiny_data, runs = fx.tiny_data, fx.runs  # trained runs (the real trainer), once per session
 
 
 def tokens(shape=(2, 12), seed: int = 1) -> mx.array:
@@ -46,15 +49,22 @@ def perturb_quantizers(model: nn.Module) -> None:
             layer.quantizer.update({name: p * noise})
 
 
-def export_dir(model: nn.Module, config: QATConfig, path) -> dict:
-    """Write what `convert` writes: config.json with "quantization" + model.safetensors."""
-    quantization = config.to_mlx_quantization(model)
-    quantize(model)
-    cfg = {**asdict(model.args), "quantization": quantization}
-    cfg["quantization_config"] = quantization
-    (path / "config.json").write_text(json.dumps(cfg))
-    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    return quantization
+def off_init(layer) -> bool:
+    """True when `layer`'s quantizer holds other values than `init_from` its weights gives."""
+    q = layer.quantizer
+    trained = tree_flatten(q.parameters())
+    q.init_from(layer["weight"])
+    fresh = dict(tree_flatten(q.parameters()))
+    q.update(tree_unflatten(trained))
+    return any(not mx.array_equal(v, fresh[k]) for k, v in trained)
+
+
+def model_config(arch: str) -> dict:
+    """The mlx-lm config.json of `tiny_models.tiny_model(arch)`, at the fixture data's vocab."""
+    model = tiny(arch.removesuffix("-tied"), tie=arch.endswith("-tied"), vocab=fx.VOCAB)
+    # llama's ModelArgs leave it None, which transformers' config check (convert loads the
+    # exported tokenizer with it) refuses.
+    return {**model_config_dict(model), "max_position_embeddings": 512}
 
 
 MIXED = {
@@ -88,20 +98,27 @@ MIXED = {
 
 
 @pytest.mark.parametrize("case", MIXED)
-def test_mixed_precision_loads_in_mlx_lm(case, tmp_path):
+def test_mixed_precision_loads_in_mlx_lm(case, tmp_path, runs):
+    """A mixed-precision QAT run of the trainer, exported by `convert`, loads in mlx-lm as
+    the model training left."""
     arch, config = MIXED[case]
-    model = tiny(arch.removesuffix("-tied"), tie=arch.endswith("-tied"))
-    prepare(model, config)
-    perturb_quantizers(model)
+    run = runs.make(tmp_path / "run", qat=config, model_config=model_config(arch))
+    model = run.model
+    # Training moved the learnable quantizers: a fresh init would be another grid.
+    assert any(off_init(layer) for _, layer in qat_layers(model)) is (config.quantizer != "minmax")
     x = tokens()
     fake = model(x)
     expected = {p: layer.spec for p, layer in qat_layers(model)}
 
-    quantization = export_dir(model, config, tmp_path)
+    out = tmp_path / "out"
+    result = convert(run.path, out)
+    assert result.method == "qat" and result.parity["passed"]
+    quantization = json.loads((out / "config.json").read_text())["quantization"]
+    assert quantization == config.to_mlx_quantization(model)
     skipped = [p for p, v in quantization.items() if v is False]
     assert skipped == [p for p, s in quantization_map(model).items() if s is None]
 
-    loaded, _ = load_model(tmp_path)  # mlx-lm's own per-path quantization code path
+    loaded, _ = load_model(out)  # mlx-lm's own per-path quantization code path
     assert rel_err(fake, loaded(x)) <= RTOL
     mods = dict(loaded.named_modules())
     for path, spec in expected.items():
