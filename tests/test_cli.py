@@ -75,7 +75,7 @@ def test_module_verbs(capsys):
     assert cli_main(["nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown verb 'nope'" in err
-    for verb in ("data", "train", "eval", "convert", "plan", "check", "sweep", "fit"):
+    for verb in ("data", "train", "eval", "convert", "plan", "check", "sweep", "fit", "diagnose"):
         assert f"\n  {verb} " in err
     r = subprocess.run(
         [sys.executable, "-m", "mlx_qat", "plan", "--preset", "d2", "--tokens", "1000000"],

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from test_train_fixtures import CORPUS, tiny_config, tiny_data_dir  # noqa: F401
 
-from mlx_qat.cli import check, convert, data, eval, fit, plan, sweep, train
+from mlx_qat.cli import check, convert, data, diagnose, eval, fit, plan, sweep, train
 
 VERBS = {
     "data": data,
@@ -21,6 +21,7 @@ VERBS = {
     "check": check,
     "sweep": sweep,
     "fit": fit,
+    "diagnose": diagnose,
 }
 
 

@@ -1,7 +1,7 @@
 """The command line: `python -m mlx_qat <verb> ...` and the `mlx_qat.<verb>` console scripts.
 
 One module per verb (`mlx_qat.cli.data`, `.train`, `.eval`, `.convert`, `.plan`, `.check`,
-`.sweep`, `.fit`),
+`.sweep`, `.fit`, `.diagnose`),
 each with `build_parser()` and `main(argv=None) -> int`, built on `cli.common`. This module only
 dispatches. On Linux the process first re-executes itself with Debian's OpenBLAS preloaded
 (`mlx_qat.blas`; opt out with `MLX_QAT_NO_OPENBLAS=1`).
@@ -21,6 +21,7 @@ VERBS = {
     "check": "the fused GPU kernels against the reference, on this machine",
     "sweep": "a scaling-law grid of runs with shared FP trunks -> results.jsonl",
     "fit": "the QAT loss law and f-hat's a fitted to sweep results -> fit.json, plots",
+    "diagnose": "loss-basin diagnostics: PTQ fine / QAT needed / change the format",
 }
 
 

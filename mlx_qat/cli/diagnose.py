@@ -1,0 +1,177 @@
+"""`mlx_qat.diagnose`: is round-to-nearest PTQ at a format fine, is QAT needed, or should the
+format change? Loss-basin diagnostics of a float model (`mlx_qat.diagnose.diagnose`).
+
+    mlx_qat.diagnose runs/main --bits 2                 # the run's latest checkpoint
+    mlx_qat.diagnose runs/main/checkpoints/step_00000400 --bits 3 --group-size 32
+    mlx_qat.diagnose path/to/mlx_model --data data/ --bits 4   # a float mlx-lm model
+
+Prints a table and the verdict; writes `<out>/diagnose.json`, the resolved settings to
+`<out>/diagnose.yaml` and the line scans to `<out>/diagnose.png` (needs matplotlib). `--out`
+defaults to `<run dir>/diagnose_<format>` (for an mlx-lm model, `./diagnose_<name>_<format>`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from ..fileio import atomic_write_json
+from ..quant.spec import MODES
+from .common import add_common, run_verb, save_resolved
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of `mlx_qat.diagnose`."""
+    from ..diagnose import ATTRIBUTION, DiagnoseSettings
+
+    d = DiagnoseSettings()
+    p = argparse.ArgumentParser(
+        prog="mlx_qat.diagnose",
+        description="Loss-basin diagnostics of a float model at a target format: the loss "
+        "along the quantization direction (PTQ gap, basin edge, kappa), along random "
+        "directions of the same size, at stochastic roundings, per layer; and a verdict: "
+        "PTQ is fine / QAT needed / change the format.",
+    )
+    p.add_argument("path", nargs="?", help="run dir, checkpoint dir, or float mlx-lm model dir")
+    p.add_argument("--data", help="prepared data dir (default: the run's; needed for mlx-lm)")
+    fmt = p.add_argument_group("target format (default: the checkpoint's own)")
+    fmt.add_argument("--bits", type=int, help="weight bits")
+    fmt.add_argument("--group-size", type=int, help="quantization group size")
+    fmt.add_argument("--mode", choices=MODES, help="MLX quantization mode")
+    fmt.add_argument("--embed-bits", type=int, help="embedding/head bits (default max(bits, 4))")
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument("--eval-batches", type=int, default=4, help="fixed validation batches")
+    ev.add_argument("--batch-size", type=int, help="sequences per batch (default: the run's)")
+    ev.add_argument("--seq-len", type=int, help="tokens per sequence (default: the run's)")
+    m = p.add_argument_group("measurements")
+    m.add_argument("--alpha-max", type=float, default=d.alpha_max, help="line scan to this α")
+    m.add_argument("--alpha-points", type=int, default=d.alpha_points, help="line scan points")
+    m.add_argument(
+        "--random-draws", type=int, default=d.random_draws, help="random directions (0: skip)"
+    )
+    m.add_argument(
+        "--random-scales",
+        type=float,
+        nargs="+",
+        default=list(d.random_scales),
+        help="step sizes of the random scan, in units of the rounding error",
+    )
+    m.add_argument(
+        "--sr-draws", type=int, default=d.sr_draws, help="stochastic roundings (0: skip)"
+    )
+    m.add_argument(
+        "--attribution",
+        choices=ATTRIBUTION,
+        default=d.attribution,
+        help="per-layer scans: each layer, each block, or none",
+    )
+    m.add_argument(
+        "--layer-alphas",
+        type=float,
+        nargs="+",
+        default=list(d.layer_alphas),
+        help="step sizes of each layer's scan",
+    )
+    m.add_argument(
+        "--tolerance",
+        type=float,
+        default=d.tolerance,
+        help="PTQ is fine when its gap is at most this many nats (0.01: +1%% perplexity)",
+    )
+    m.add_argument("--seed", type=int, default=d.seed, help="seed of every random draw")
+    p.add_argument("--out", metavar="DIR", help="where diagnose.json goes (default: see above)")
+    p.add_argument("--no-plot", action="store_true", help="skip diagnose.png")
+    add_common(p)
+    return p
+
+
+def default_out(path: Path, weights: str) -> Path:
+    """`<run dir>/diagnose_<format>` for a run or checkpoint, else `./diagnose_<name>_<format>`."""
+    from ..diagnose.source import is_checkpoint
+
+    if is_checkpoint(path):
+        run_dir = path if (path / "checkpoints").is_dir() else path.parent.parent
+        return run_dir / f"diagnose_{weights}"
+    return Path.cwd() / f"diagnose_{path.resolve().name}_{weights}"
+
+
+def _unwritable(out: Path, e: OSError) -> str:
+    return (
+        f"--out {out}: cannot write diagnose.json there ({e.strerror or e}); pass --out with a "
+        "writable directory"
+    )
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".diagnose.tmp-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(_unwritable(out, e)) from None
+
+
+def _run(opts: dict) -> int:
+    from ..diagnose import DiagnoseSettings, diagnose
+    from ..diagnose.report import format_report, plot_diagnosis
+
+    if not opts.get("path"):
+        raise ValueError(
+            "give the run, checkpoint or mlx-lm model to diagnose (mlx_qat.diagnose RUN)"
+        )
+    settings = DiagnoseSettings(
+        alpha_max=opts["alpha_max"],
+        alpha_points=opts["alpha_points"],
+        random_draws=opts["random_draws"],
+        random_scales=tuple(opts["random_scales"]),
+        sr_draws=opts["sr_draws"],
+        attribution=opts["attribution"],
+        layer_alphas=tuple(opts["layer_alphas"]),
+        tolerance=opts["tolerance"],
+        seed=opts["seed"],
+    )
+    if opts.get("out"):
+        _check_writable(Path(opts["out"]))
+    d = diagnose(
+        opts["path"],
+        data=opts["data"],
+        bits=opts["bits"],
+        group_size=opts["group_size"],
+        mode=opts["mode"],
+        embed_bits=opts["embed_bits"],
+        eval_batches=opts["eval_batches"],
+        batch_size=opts["batch_size"],
+        seq_len=opts["seq_len"],
+        settings=settings,
+    )
+    report = format_report(d)
+    out = (
+        Path(opts["out"])
+        if opts.get("out")
+        else default_out(Path(opts["path"]), d["format"]["weights"])
+    )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "diagnose.json", d)
+        save_resolved(out / "diagnose.yaml", "diagnose", opts)
+    except OSError as e:
+        print(report)
+        raise ValueError(_unwritable(out, e)) from None
+    print(report)
+    if not opts.get("no_plot"):
+        try:
+            print(f"  plot: {plot_diagnosis(d, out / 'diagnose.png')}")
+        except ImportError as e:
+            logger.warning("diagnose: no plot (%s); diagnose.json is written", e)
+    print(f"  results: {out / 'diagnose.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `mlx_qat.diagnose`; returns the exit status."""
+    return run_verb("diagnose", build_parser, _run, argv)

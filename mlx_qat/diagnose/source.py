@@ -1,0 +1,195 @@
+"""What `diagnose` looks at: the float model (a run's checkpoint or an mlx-lm model dir), the
+target format per layer, and the validation batches."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..checkpoint import CHECKPOINTS, STATE_FILE, build_model, load_checkpoint, qat_config_of
+from ..data.resolve import open_eval_data
+from ..eval import check_vocabulary
+from ..prepare import prepare, qat_layers
+from ..qat_config import QATConfig
+from ..quant.spec import FP_MODES, QuantSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    """A loaded model with what the diagnosis needs to know about it."""
+
+    model: nn.Module
+    kind: str  # "checkpoint" | "mlx-lm"
+    path: Path
+    config: QATConfig  # the target format's rules
+    run_config: object | None = None  # the run's TrainConfig, for a checkpoint
+    data: str | None = None
+    step: int | None = None
+    phase: str | None = None
+    checkpoint: object | None = None  # the loaded `Checkpoint`
+
+
+def target_config(
+    base: QATConfig | None,
+    bits: int | None = None,
+    group_size: int | None = None,
+    mode: str | None = None,
+    embed_bits: int | None = None,
+) -> QATConfig:
+    """The rules that give each layer its target format.
+
+    With nothing given, a checkpoint's own `QATConfig` (its PTQ format). Otherwise the
+    trainer's rule (`QATConfig.with_bits`): weights at `mode`/`bits`/`group_size` (each
+    unspecified one taken from `base`'s weights, else affine 4-bit groups of 64),
+    embeddings/head at max(bits, 4) or at `embed_bits`; `base`'s overrides and scale dtype
+    are kept.
+    """
+    if base is not None and bits is None and group_size is None and mode is None:
+        if embed_bits is None:
+            return replace(base, quantizer="minmax")
+    w0 = base.weights if base is not None else QuantSpec()
+    mode = mode or w0.mode
+    if mode in FP_MODES:
+        spec = QuantSpec.for_mode(mode, bits, group_size)
+    else:
+        b = bits if bits is not None else (w0.bits if w0.is_affine else 4)
+        g = group_size if group_size is not None else (w0.group_size if w0.is_affine else 64)
+        spec = QuantSpec("affine", b, g)
+    if embed_bits is None:
+        embeddings, floor = None, 4
+    elif embed_bits == spec.bits:
+        embeddings, floor = spec, None
+    else:
+        gs = spec.group_size if spec.is_affine else 32
+        embeddings, floor = QuantSpec("affine", embed_bits, gs), None
+    keep = base if base is not None else QATConfig()
+    return replace(
+        keep, weights=spec, embeddings=embeddings, embeddings_min_bits=floor, quantizer="minmax"
+    )
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A run directory or one of its checkpoint directories (else: an mlx-lm model dir)."""
+    return (path / CHECKPOINTS).is_dir() or (path / STATE_FILE).is_file()
+
+
+def load_source(
+    path: str | Path,
+    bits: int | None = None,
+    group_size: int | None = None,
+    mode: str | None = None,
+    embed_bits: int | None = None,
+) -> Source:
+    """Load the float model at `path` and the target format's rules."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path}: no such run, checkpoint or mlx-lm model directory")
+    if is_checkpoint(path):
+        return _from_checkpoint(path, bits, group_size, mode, embed_bits)
+    return _from_mlx_lm(path, bits, group_size, mode, embed_bits)
+
+
+def _from_checkpoint(path, bits, group_size, mode, embed_bits) -> Source:
+    from ..train.config import load_config
+
+    ckpt = load_checkpoint(path, optimizer=False)
+    run_dir = ckpt.path.parent.parent
+    cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+    model = build_model(ckpt)
+    base = qat_config_of(ckpt)
+    if base is None:  # never prepared: the trainer's rule at the target format
+        base_rules = target_config(None, bits, group_size, mode, embed_bits)
+        prepare(model, base_rules, enabled=False)
+    phase = ckpt.qat.get("phase")
+    if phase == "qat":
+        logger.warning(
+            "%s: a QAT-phase checkpoint; diagnosing its latent float weights (the FP-phase "
+            "checkpoint before the switch is the float model PTQ would start from)",
+            ckpt.path,
+        )
+    shards = (ckpt.state.get("data") or {}).get("shards")
+    data = shards if shards and Path(shards).is_dir() else (cfg.data if cfg else None)
+    if isinstance(data, list):
+        data = data[0] if data else None
+    return Source(
+        model=model,
+        kind="checkpoint",
+        path=ckpt.path,
+        config=target_config(base, bits, group_size, mode, embed_bits),
+        run_config=cfg,
+        data=data,
+        step=ckpt.step,
+        phase=phase,
+        checkpoint=ckpt,
+    )
+
+
+def _from_mlx_lm(path, bits, group_size, mode, embed_bits) -> Source:
+    from mlx_lm.utils import load_config, load_model
+
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"{path}: neither a run/checkpoint directory (no {CHECKPOINTS}/ or {STATE_FILE}) "
+            "nor an mlx-lm model directory (no config.json)"
+        )
+    raw = load_config(path)
+    if "quantization" in raw or "quantization_config" in raw:
+        raise ValueError(
+            f"{path}: the model is already quantized; diagnose needs the float model (e.g. "
+            "the Hugging Face weights converted without -q)"
+        )
+    model, _ = load_model(path)
+    config = target_config(None, bits, group_size, mode, embed_bits)
+    prepare(model, config, enabled=False)
+    mx.eval(model.parameters())
+    model.eval()
+    return Source(model=model, kind="mlx-lm", path=path, config=config)
+
+
+def target_layers(src: Source) -> tuple[dict[str, tuple[nn.Module, QuantSpec]], list[dict]]:
+    """({path: (layer, spec)} at the target format, [{path, reason}] of the layers left out)."""
+    covered, skipped = {}, []
+    for path, layer in qat_layers(src.model):
+        spec, reason = src.config.resolve(path, layer, src.model)
+        if spec is None:
+            skipped.append({"path": path, "reason": reason})
+        elif layer["weight"].shape[-1] % spec.group_size:
+            why = f"last dim {layer['weight'].shape[-1]} not a multiple of {spec.group_size}"
+            skipped.append({"path": path, "reason": why})
+        else:
+            covered[path] = (layer, spec)
+    return covered, skipped
+
+
+def open_batches(src: Source, data, eval_batches: int, batch_size, seq_len):
+    """(bundle, fixed validation batches, bytes per token) for the source's model."""
+    data = data or src.data
+    if not data:
+        raise ValueError(
+            f"{src.path}: no data recorded; pass --data with prepared data (an mlx_qat.data "
+            "output dir tokenized with the model's tokenizer)"
+        )
+    rc = src.run_config
+    seq = seq_len if seq_len is not None else (rc.seq_len if rc else 256)
+    bs = batch_size if batch_size is not None else (rc.batch_size if rc else 8)
+    bundle, batches, bpt = open_eval_data(data, bs, seq, eval_batches or None)
+    if src.checkpoint is not None:
+        check_vocabulary(src.checkpoint, bundle)
+    vocab = _model_vocab(src.model)
+    if vocab and bundle.vocab_size > vocab:
+        raise ValueError(
+            f"data {bundle.path}: vocabulary {bundle.vocab_size} is larger than the model's "
+            f"({vocab}); pass --data tokenized with the model's tokenizer"
+        )
+    return bundle, batches, bpt
+
+
+def _model_vocab(model: nn.Module) -> int | None:
+    args = getattr(model, "args", None)
+    return getattr(args, "vocab_size", None)

@@ -1,0 +1,125 @@
+"""The verdict: "PTQ is fine", "QAT needed" or "change the format", with the numbers behind it.
+
+Thresholds (reconstructions to be calibrated on the package's own models, not paper B's):
+
+    ε (the level)   = max(TOLERANCE, NOISE_Z · SE), SE the standard error over batches of the
+                      PTQ gap (per-batch paired differences); TOLERANCE = 0.01 nats (a loss
+                      rise of 0.01 nats is +1% perplexity), NOISE_Z = 2: a gap the batches
+                      cannot tell from zero counts as fine.
+
+Rules, first match wins:
+
+1. **PTQ is fine** when the PTQ gap L(Q(w)) − L(w) ≤ ε (equivalently, to the scan's
+   resolution, κ̂ ≤ 1: the round-to-nearest point is inside the basin).
+2. **change the format: keep these layers at higher precision** when keeping the units whose
+   own rounding leaves the basin (κ̂_ℓ ≥ 1) at 8 bits (float, counted as 16 bits, when the
+   target is 8 bits already) costs at most MIXED_EXTRA_BITS = 1 bit per weight on average
+   (cheaper than the next bit width for the whole model) and brings the gap to ≤ ε when
+   everything else is rounded (measured, not predicted).
+3. **change the format: more bits or smaller groups** when the grid is too coarse in every
+   direction, not just the rounding's: random directions of a quarter of the rounding error's
+   size already leave the basin (random radius < RANDOM_RADIUS_MIN = 0.25: the grid is over
+   4× the basin's width in typical directions), and no stochastic rounding comes within ε of
+   the basin or beats round-to-nearest by more than ε (no low-loss grid point nearby: paper
+   B's compatibility premise fails; without stochastic rounding, as for the fp formats, the
+   random radius decides alone). The one calibration point so far: a d2 model at 2 bits
+   throughout had random radius 0.45–0.65 (over draws and batches) and κ̂ ≈ 2, and 100 QAT steps recovered 46% of its
+   PTQ gap (against its FP twin), so "QAT needed" must cover radius 0.6.
+4. **QAT needed** otherwise: the gap exceeds ε, but in typical directions the basin is not
+   much narrower than the grid, or better grid points exist nearby, so QAT's gradients at the quantized
+   weights can steer it back in (paper B's claim).
+"""
+
+from __future__ import annotations
+
+from ..quant.spec import QuantSpec
+
+TOLERANCE = 0.01
+NOISE_Z = 2.0
+MIXED_EXTRA_BITS = 1.0
+FLOAT_BITS = 16
+RANDOM_RADIUS_MIN = 0.25
+
+PTQ_FINE = "PTQ is fine"
+QAT_NEEDED = "QAT needed"
+CHANGE_FORMAT = "change the format"
+
+
+def higher_precision(spec: QuantSpec) -> QuantSpec | None:
+    """The format rule 2 keeps a layer at: affine 8 bits (same group size where affine), or
+    None (float) when the target is 8 bits already."""
+    if spec.bits >= 8:
+        return None
+    return QuantSpec("affine", 8, spec.group_size if spec.is_affine else 32)
+
+
+def _fmt(x: float | None, spec: str = ".4f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def verdict(d: dict) -> dict:
+    """{"label", "advice", "reasons": [...]} from `diagnose_model`'s measurements `d`."""
+    gap, eps, scan = d["gap"], d["eps"], d["scan"]
+    k = scan["kappa_hat"]
+    head = f"PTQ gap {gap:+.4f} nats vs ε {eps:.4f}; κ̂ {k:.2f}"
+    if gap <= eps:
+        return {
+            "label": PTQ_FINE,
+            "advice": "round-to-nearest at this format stays inside the float model's basin",
+            "reasons": [head + " (the RTN point is inside the basin)"],
+        }
+    reasons = [head + (f", basin edge α* {scan['alpha_star']:.3f}" if scan["alpha_star"] else "")]
+    mixed = d.get("mixed")
+    if mixed and mixed.get("gap") is not None and mixed["gap"] <= eps:
+        kept = ", ".join(f"{p} ({s})" for p, s in mixed["layers"].items())
+        return {
+            "label": CHANGE_FORMAT,
+            "advice": f"keep these layers at higher precision: {kept}",
+            "reasons": [
+                *reasons,
+                f"{len(mixed['units'])} unit(s) with κ̂ >= 1 ({', '.join(mixed['units'])}); "
+                f"with them at higher precision (+{mixed['extra_bits']:.2f} bits per weight) "
+                f"the gap is {mixed['gap']:+.4f} <= ε",
+            ],
+        }
+    rnd, sr = d.get("random"), d.get("stochastic")
+    radius = rnd["radius"] if rnd else None
+    narrow = rnd is not None and radius is not None and radius < RANDOM_RADIUS_MIN
+    sr_ok = sr is not None and "best_gap" in sr
+    # Without stochastic rounding (fp formats, or --sr-draws 0) the random radius decides.
+    no_nearby = not sr_ok or (sr["best_gap"] > eps and sr["gain_over_rtn"] <= eps)
+    if rnd:
+        size = "beyond the scan (no rise)" if radius is None else f"{radius:.2f} ×"
+        reasons.append(
+            f"random directions: basin radius {size} the rounding error "
+            f"(rise at 1×: {_fmt(rnd['rise_at_1'], '+.4f')})"
+        )
+    if sr_ok:
+        reasons.append(
+            f"best of {len(sr['loss'])} stochastic roundings: gap {sr['best_gap']:+.4f} "
+            f"({sr['gain_over_rtn']:+.4f} vs RTN)"
+        )
+    if narrow and no_nearby:
+        return {
+            "label": CHANGE_FORMAT,
+            "advice": "more bits or smaller groups: the grid is wider than the basin in "
+            "typical directions and no low-loss grid point was found nearby",
+            "reasons": reasons,
+        }
+    hot = [u["unit"] for u in d.get("layers") or [] if u["kappa_hat"] >= 1]
+    if hot:
+        reasons.append(f"units whose own rounding leaves the basin (κ̂ >= 1): {', '.join(hot)}")
+    why = []
+    if not narrow:
+        why.append(
+            "in typical directions the basin is not much narrower than the grid (random "
+            f"radius >= {RANDOM_RADIUS_MIN})"
+        )
+    if sr_ok and not no_nearby:
+        why.append("lower-loss grid points exist nearby")
+    return {
+        "label": QAT_NEEDED,
+        "advice": "QAT (gradients at the quantized weights steer back into the basin): "
+        + ("; ".join(why) or "no evidence against recovery was measured"),
+        "reasons": reasons,
+    }

@@ -1,0 +1,284 @@
+"""Loss-basin diagnostics (`mlx_qat.diagnose`): the measures against hand computations, the
+perturbations against their definitions, the line scan's end points against an independent
+`eval_triple`, and the verdict flipping from "PTQ is fine" at 8 bits to "QAT needed" at 2 bits
+on a tiny model trained by the real trainer."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import mlx.core as mx
+import pytest
+import yaml
+from test_train_fixtures import VOCAB, tiny_config, tiny_data_dir  # noqa: F401
+
+import mlx_qat.diagnose.report as report
+from mlx_qat.checkpoint import load_checkpoint
+from mlx_qat.cli.diagnose import main as diagnose_main
+from mlx_qat.data import eval_batches, load_bundle
+from mlx_qat.diagnose import (
+    CHANGE_FORMAT,
+    PTQ_FINE,
+    QAT_NEEDED,
+    DiagnoseSettings,
+    diagnose,
+    diagnose_model,
+    target_config,
+)
+from mlx_qat.diagnose.measures import basin_edge, kappa, paired_se, wall_slope
+from mlx_qat.diagnose.probe import matched_random, stochastic_round
+from mlx_qat.diagnose.scan import units_of
+from mlx_qat.diagnose.verdict import verdict
+from mlx_qat.loss import eval_triple
+from mlx_qat.models import model_from_config, preset_config
+from mlx_qat.prepare import prepare, qat_layers
+from mlx_qat.qat_config import QATConfig
+from mlx_qat.quant import QuantSpec, fake_quantize
+from mlx_qat.quant.affine import dequantize_codes, group, minmax_params
+from mlx_qat.train import train
+
+BATCHES = 8  # of the run's 4 x 32 tokens: enough that the gap's noise stays below its size
+CHEAP = dict(random_draws=1, random_scales=(0.5, 1.0, 2.0), sr_draws=2, attribution="block")
+CHEAP_FLAGS = [
+    "--random-draws", "1", "--random-scales", "0.5", "1", "2", "--sr-draws", "2",
+    "--attribution", "block", "--eval-batches", "2", "--alpha-points", "7",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def float_run(tiny_data_dir, tmp_path_factory):  # noqa: F811
+    """A d2 model trained in float only (no QAT phase) for 300 steps at lr 1e-2 without weight
+    decay: long enough that 2-bit round-to-nearest of the whole model (embeddings too) costs
+    ~3% of the loss while 8 bits costs nothing. Its recorded format is 2 bits throughout
+    (weights and embeddings affine2g64); QAT recovers ~half of that gap in 100 steps."""
+    out = tmp_path_factory.mktemp("diagnose") / "run"
+    cfg = tiny_config(
+        tiny_data_dir,
+        out,
+        tokens=300 * 4 * 32,
+        qat_fraction=0,
+        lr=1e-2,
+        weight_decay=0.0,
+        bits=2,
+        embed_bits=2,
+    )
+    train(cfg)
+    return out
+
+
+def independent_triple(run, data_dir, bits: int) -> dict:
+    """`eval_triple` of the run's float weights in a model prepared afresh with every layer at
+    `bits`, on the batches `diagnose` uses."""
+    ckpt = load_checkpoint(run, optimizer=False)
+    model = model_from_config(ckpt.model_config)
+    prepare(model, QATConfig.with_bits(bits, 64, embeddings_min_bits=None), enabled=False)
+    model.load_weights(list(ckpt.weights.items()))
+    bundle = load_bundle(data_dir)
+    batches = list(eval_batches(bundle.val, 4, 32, BATCHES))
+    return eval_triple(model, batches, bundle.bytes_per_token["val"])
+
+
+# --- measures ----------------------------------------------------------------------------
+
+
+def test_basin_edge_interpolates_extrapolates_and_kappa():
+    assert basin_edge([0, 0.5, 1.0], [0.0, 0.01, 0.09], 0.05) == (0.75, False)
+    # A quadratic rise 0.01·α² that stays under the level: extrapolated exactly (α* = 3).
+    a, extrap = basin_edge([0, 1.0, 1.5], [0.0, 0.01, 0.0225], 0.09)
+    assert extrap and a == pytest.approx(3.0) and kappa(a) == pytest.approx(1 / 3)
+    a, extrap = basin_edge([0, 1.0], [0.0, -0.001], 0.01)  # the loss never rises
+    assert extrap and math.isinf(a) and kappa(a) == 0.0
+    assert wall_slope([0, 0.5, 1.0, 1.5], [0, 0.0, 0.1, 0.4], 0.6) == pytest.approx(0.6)
+    assert wall_slope([0, 1.0], [0, 0.001], 5.0) is None
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        basin_edge([0, 1], [0, 1], 0.0)
+
+
+def test_paired_se_by_hand():
+    # Differences 1, 2, 3: mean 2, sample variance 1, SE = sqrt(1/3).
+    assert paired_se([1.5, 3.0, 4.5], [0.5, 1.0, 1.5]) == pytest.approx(math.sqrt(1 / 3))
+    assert paired_se([1.0], [0.0]) == 0.0
+
+
+def test_verdict_rules_on_constructed_measurements():
+    base = {
+        "gap": 0.2,
+        "eps": 0.01,
+        "scan": {"kappa_hat": 3.0, "alpha_star": 0.33},
+        "random": {"radius": 2.0, "rise_at_1": 0.001},
+        "stochastic": {"loss": [1.0], "best_gap": 0.3, "gain_over_rtn": -0.1},
+        "mixed": None,
+    }
+    assert verdict(base)["label"] == QAT_NEEDED  # wide basin in typical directions
+    narrow = {**base, "random": {"radius": 0.2, "rise_at_1": 0.5}}
+    v = verdict(narrow)
+    assert v["label"] == CHANGE_FORMAT and "more bits" in v["advice"]
+    assert verdict({**narrow, "stochastic": None})["label"] == CHANGE_FORMAT  # radius alone
+    nearby = {**narrow, "stochastic": {"loss": [1.0], "best_gap": 0.005, "gain_over_rtn": 0.19}}
+    assert verdict(nearby)["label"] == QAT_NEEDED  # a low-loss grid point exists
+    mixed = {"units": ["lm_head"], "layers": {"lm_head": "affine8g64"}, "extra_bits": 0.1}
+    v = verdict({**base, "mixed": {**mixed, "gap": 0.005}})
+    assert v["label"] == CHANGE_FORMAT and "lm_head (affine8g64)" in v["advice"]
+    assert verdict({**base, "mixed": mixed})["label"] == QAT_NEEDED  # too dear: not evaluated
+    assert verdict({**base, "gap": 0.01})["label"] == PTQ_FINE  # at the level: fine
+
+
+# --- perturbations -----------------------------------------------------------------------
+
+
+def test_stochastic_round_lands_on_a_neighbouring_grid_point_unbiased():
+    spec = QuantSpec("affine", 2, 32)
+    w = mx.random.normal((8, 64), key=mx.random.key(3))
+    wg = group(w, 32)
+    s, b = minmax_params(wg, 2)
+    x = (wg - b) / s
+    lo = dequantize_codes(mx.clip(mx.floor(x), 0, 3), s, b, w.dtype).reshape(w.shape)
+    hi = dequantize_codes(mx.clip(mx.ceil(x), 0, 3), s, b, w.dtype).reshape(w.shape)
+    sr = stochastic_round(w, spec, mx.random.key(0))
+    assert mx.all((sr == lo) | (sr == hi)).item()
+    rtn = fake_quantize(w, spec)
+    assert mx.all((rtn == lo) | (rtn == hi)).item()  # the same grid as round-to-nearest
+    assert mx.array_equal(sr, stochastic_round(w, spec, mx.random.key(0)))
+    assert not mx.array_equal(sr, stochastic_round(w, spec, mx.random.key(1)))
+    many = stochastic_round(mx.broadcast_to(w, (512, 8, 64)), spec, mx.random.key(2))
+    step = mx.abs(s).reshape(8, 2, 1)
+    err = mx.abs(group(many.mean(axis=0) - w, 32)) / step
+    inside = (x >= 0) & (x <= 3)  # the grid's rule may leave an extreme a little outside
+    assert mx.max(mx.where(inside, err, 0)).item() < 0.2  # 512 draws average to w (~5 SE)
+    with pytest.raises(ValueError, match="not an affine format"):
+        stochastic_round(w, QuantSpec("mxfp4", 4, 32), mx.random.key(0))
+
+
+def test_random_direction_has_the_rounding_errors_group_norms():
+    spec = QuantSpec("affine", 3, 32)
+    w = mx.random.normal((4, 128), key=mx.random.key(5))
+    q = fake_quantize(w, spec)
+    xi = matched_random(w, q, 32, mx.random.key(6))
+    norm = lambda a: mx.sqrt((group(a, 32) ** 2).sum(axis=-1))  # noqa: E731
+    assert mx.allclose(norm(xi), norm(q - w), rtol=1e-5).item()
+    assert not mx.allclose(xi, q - w).item()
+
+
+def test_units_and_target_config():
+    paths = ["model.embed_tokens", "model.layers.0.mlp.up_proj", "model.layers.0.attn.q_proj"]
+    assert units_of(paths, "block") == {
+        "model.embed_tokens": ["model.embed_tokens"],
+        "model.layers.0": paths[1:],
+    }
+    assert list(units_of(paths, "layer")) == paths and units_of(paths, "off") == {}
+    base = QATConfig.with_bits(2, 32, scale_dtype="float16", overrides={"lm_head": 8})
+    own = target_config(base)
+    assert (own.weights, own.embedding_spec) == (
+        QuantSpec("affine", 2, 32),
+        QuantSpec(bits=4, group_size=32),
+    )
+    t = target_config(base, bits=8)
+    assert t.weights == QuantSpec("affine", 8, 32) and t.embedding_spec.bits == 8
+    assert t.scale_dtype == "float16" and t.overrides["lm_head"].bits == 8  # rules kept
+    assert target_config(base, embed_bits=2).embedding_spec == QuantSpec("affine", 2, 32)
+    assert target_config(None, mode="mxfp4").weights == QuantSpec("mxfp4", 4, 32)
+
+
+def test_diagnose_model_is_finite_and_restores_the_model(tiny_data_dir):  # noqa: F811
+    mx.random.seed(0)
+    model = model_from_config(preset_config("d2", VOCAB))
+    prepare(model, QATConfig.with_bits(4), enabled=True)
+    before = {p: layer["weight"] for p, layer in qat_layers(model)}
+    layers = {p: (layer, layer.spec) for p, layer in qat_layers(model)}
+    bundle = load_bundle(tiny_data_dir)
+    batches = list(eval_batches(bundle.val, 4, 32, 2))
+    st = DiagnoseSettings(**{**CHEAP, "attribution": "layer", "layer_alphas": (1.0,)})
+    d = diagnose_model(model, batches, bundle.bytes_per_token["val"], layers, st)
+    for p, layer in qat_layers(model):
+        assert layer["weight"] is before[p] and layer.fake_quant  # weights and flags back
+    numbers = [
+        d["gap"],
+        d["eps"],
+        *d["scan"]["loss"],
+        *d["random"]["mean"],
+        *d["stochastic"]["loss"],
+    ]
+    numbers += [u["kappa_hat"] for u in d["layers"]]
+    assert all(math.isfinite(x) for x in numbers)
+    assert len(d["layers"]) == len(layers)  # one unit per layer
+    json.dumps(d, allow_nan=False)
+
+
+# --- the trained model -------------------------------------------------------------------
+
+
+def test_verdict_flips_from_8_to_2_bits(float_run, tiny_data_dir):  # noqa: F811
+    st = DiagnoseSettings(**CHEAP)
+    d2 = diagnose(float_run, eval_batches=BATCHES, settings=st)  # the run's own: 2 bits
+    d8 = diagnose(float_run, bits=8, eval_batches=BATCHES, settings=st)
+    assert d2["format"]["weights"] == d2["format"]["embeddings"] == "affine2g64"
+    assert d8["format"]["weights"] == d8["format"]["embeddings"] == "affine8g64"
+    gaps = {}
+    for d, bits in ((d2, 2), (d8, 8)):
+        ev = independent_triple(float_run, tiny_data_dir, bits)
+        scan = d["scan"]
+        assert scan["alphas"][0] == 0.0
+        assert scan["loss"][0] == pytest.approx(ev["fp"]["loss"], rel=1e-6)  # α = 0: float
+        at1 = scan["loss"][scan["alphas"].index(1.0)]
+        assert at1 == d["ptq"]["loss"] == pytest.approx(ev["ptq"]["loss"], rel=1e-6)  # α = 1
+        gaps[bits] = ev["ptq"]["loss"] - ev["fp"]["loss"]
+    assert d8["verdict"]["label"] == PTQ_FINE
+    assert gaps[8] <= d8["eps"] and d8["scan"]["kappa_hat"] < 1
+    assert d2["verdict"]["label"] == QAT_NEEDED, d2["verdict"]
+    assert gaps[2] > d2["eps"] and d2["scan"]["kappa_hat"] > 1
+    assert gaps[2] > 10 * max(gaps[8], 1e-4)
+
+
+def test_cli_reproducible_json_table_and_plot_fallback(float_run, tmp_path, capsys, monkeypatch):
+    outs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    assert diagnose_main([str(float_run), *CHEAP_FLAGS, "--out", str(outs[0])]) == 0
+    table = capsys.readouterr().out
+    assert "basin edge α*" in table and "verdict: " in table and "model.layers.0" in table
+    assert (outs[0] / "diagnose.png").is_file() or "pip install" in capsys.readouterr().err
+
+    def no_matplotlib():
+        raise ImportError("plotting needs matplotlib: pip install 'mlx_qat[plot]'")
+
+    monkeypatch.setattr(report, "_pyplot", no_matplotlib)
+    assert diagnose_main([str(float_run), *CHEAP_FLAGS, "--out", str(outs[1])]) == 0
+    assert "pip install 'mlx_qat[plot]'" in capsys.readouterr().err
+    assert not (outs[1] / "diagnose.png").exists()
+    text = [(o / "diagnose.json").read_text() for o in outs[:2]]
+    assert text[0] == text[1]  # same seed: the same numbers, to the last bit
+    seed1 = ["--seed", "1", "--no-plot", "--out", str(outs[2])]
+    assert diagnose_main([str(float_run), *CHEAP_FLAGS, *seed1]) == 0
+    a, c = json.loads(text[0]), json.loads((outs[2] / "diagnose.json").read_text())
+    assert a["scan"] == c["scan"] and a["random"]["loss"] != c["random"]["loss"]
+    resolved = yaml.safe_load((outs[0] / "diagnose.yaml").read_text())
+    assert resolved["seed"] == 0 and resolved["random_scales"] == [0.5, 1.0, 2.0]
+    assert resolved["path"] == str(float_run)
+
+
+def test_mlx_lm_model_dir(tiny_data_dir, tmp_path):  # noqa: F811
+    from mlx_lm.utils import save_config, save_model
+
+    mx.random.seed(0)
+    cfg = preset_config("d2", VOCAB)
+    model = model_from_config(cfg)
+    mx.eval(model.parameters())
+    save_model(tmp_path / "m", model)
+    save_config(cfg, tmp_path / "m" / "config.json")
+    d = diagnose(
+        tmp_path / "m",
+        data=str(tiny_data_dir),
+        bits=4,
+        eval_batches=2,
+        batch_size=4,
+        seq_len=32,
+        settings=DiagnoseSettings(**{**CHEAP, "attribution": "off"}),
+    )
+    assert d["source"]["kind"] == "mlx-lm" and d["layers"] == []
+    assert d["format"]["weights"] == "affine4g64" and len(d["covered"]) == 15
+    assert math.isfinite(d["gap"]) and d["verdict"]["label"] in (
+        PTQ_FINE,
+        QAT_NEEDED,
+        CHANGE_FORMAT,
+    )
+    with pytest.raises(ValueError, match="no data recorded; pass --data"):
+        diagnose(tmp_path / "m", bits=4)
