@@ -1,11 +1,16 @@
 """Tests run on MLX's default device (the GPU on a Mac, where they train through the fused
 kernels). A test marked `cpu_only` asserts something true of MLX's CPU backend only, e.g. of
-the CPU fast path; it is skipped when the default device is a GPU."""
+the CPU fast path; it is skipped when the default device is a GPU.
+
+Session fixtures shared by several test files live here, so that each is built once per run
+(a fixture imported into a test module is built once per module): the convert tests' prepared
+data and trained runs (`tiny_data`, `runs`: see test_convert_fixtures.py)."""
 
 from __future__ import annotations
 
 import mlx.core as mx
 import pytest
+from test_convert_fixtures import runs, tiny_data  # noqa: F401
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -9,15 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import test_convert_fixtures as fx
 from test_convert_fixtures import BATCH, EVAL_BATCHES, REPO, SEQ_LEN, run_cli, spec
 
 from mlx_qat.checkpoint import seal_checkpoint
 from mlx_qat.convert import ConvertError, ParityError, convert, val_loss
 from mlx_qat.data import eval_batches
 from mlx_qat.qat_config import QATConfig
-
-tiny_data, runs = fx.tiny_data, fx.runs  # session fixtures shared by the convert test files
 
 # Runs in a fresh interpreter: nothing of the converting process (caches, patched modules).
 FRESH = r"""

@@ -20,9 +20,6 @@ from mlx_qat.qat_config import QATConfig
 from mlx_qat.quant import QuantSpec
 from mlx_qat.quant.affine import unpack_codes
 
-tiny_data, runs = fx.tiny_data, fx.runs  # session fixtures shared by the convert test files
-
-
 exported, same = fx.exported, fx.same
 
 

@@ -18,9 +18,6 @@ from mlx_qat.checkpoint import seal_checkpoint
 from mlx_qat.cli.convert import main
 from mlx_qat.convert import ConvertError, convert
 
-tiny_data, runs = fx.tiny_data, fx.runs
-
-
 exported, same = fx.exported, fx.same
 
 

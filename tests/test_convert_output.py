@@ -15,13 +15,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import test_convert_fixtures as fx
 from test_convert_fixtures import REPO
 
 from mlx_qat.cli.convert import main
 from mlx_qat.convert import ConvertError, ParityError, convert
-
-tiny_data, runs = fx.tiny_data, fx.runs
 
 
 @pytest.fixture

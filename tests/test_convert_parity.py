@@ -5,14 +5,12 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-import test_convert_fixtures as fx
 from test_convert_fixtures import VOCAB
 
 from mlx_qat.cli.convert import main
 from mlx_qat.convert import ConvertError, convert
 
 mx.set_default_device(mx.cpu)
-tiny_data, runs = fx.tiny_data, fx.runs
 
 
 @pytest.fixture

@@ -10,14 +10,12 @@ import sys
 
 import mlx.core as mx
 import pytest
-import test_convert_fixtures as fx
 from test_convert_fixtures import CORPUS, REPO
 
 from mlx_qat.convert import ConvertError, convert
 from mlx_qat.data import prepare_data
 
 mx.set_default_device(mx.cpu)
-tiny_data, runs = fx.tiny_data, fx.runs
 
 EVIL = "open(__file__ + '.ran', 'w').write('remote code ran')\n"
 

@@ -30,7 +30,6 @@ from mlx_qat.qat_config import QATConfig, quantization_map
 from mlx_qat.quant.spec import QuantSpec
 
 RTOL = 1e-5
-tiny_data, runs = fx.tiny_data, fx.runs  # trained runs (the real trainer), once per session
 
 
 def tokens(shape=(2, 12), seed: int = 1) -> mx.array:
