@@ -133,7 +133,8 @@ def test_learnable_quantizers_are_initialised_at_the_switch(quantizer, tiny_data
             want = {"scale": np.array(scales), "bias": np.array(biases)}
         for name, value in want.items():
             key = f"{path}.quantizer.{name}"
-            np.testing.assert_allclose(np.array(at_switch[key]), value, rtol=1e-6, err_msg=key)
+            # (rtol: a GPU's float32 division may differ from the CPU's in the last bit)
+            np.testing.assert_allclose(np.array(at_switch[key]), value, rtol=1e-5, err_msg=key)
             # what prepare set at step 0 is not it: the weights moved in the FP phase
             assert not np.allclose(np.array(before[key]), value, rtol=1e-3), key
 
