@@ -7,6 +7,12 @@ and RNG state; with several, a compiled `loss+grad` per micro-batch is evaluated
 (so activations of only one micro-batch are alive), the gradients are averaged, and a compiled
 `clip+update` applies them.
 
+With a distributed `group` of n > 1 processes (`dist.py`), each process passes its rows of the
+global batch; the gradients, of weights and quantizer parameters alike, are averaged over the
+processes with `nn.average_gradients` before clipping (inside the compiled step; after the
+micro-batches' average with accumulation), and the loss returned is the mean over processes.
+Every process then applies the same update.
+
 A compiled function captures Python attributes at trace time — including each QAT layer's
 `fake_quant` flag — so the trainer builds a new step after the FP→QAT switch (and after any
 change to the optimizer's state objects: a reset or a resume).
@@ -47,6 +53,7 @@ def make_step(
     grad_clip: float = 1.0,
     accum: int = 1,
     compile: bool = True,
+    group: mx.distributed.Group | None = None,
 ) -> Callable[[list[mx.array]], tuple[mx.array, mx.array]]:
     """Build `step(batches) -> (mean loss, pre-clip gradient norm)`; it updates in place.
 
@@ -56,17 +63,26 @@ def make_step(
         grad_clip: clip the global gradient norm to this (0: no clipping).
         accum: micro-batches per step.
         compile: wrap in `mx.compile`.
+        group: average gradients and loss over this distributed group (None or size 1: a
+            single process).
     """
     loss_and_grad = nn.value_and_grad(model, loss_fn)
     state = [model.state, optimizer.state, mx.random.state]
+    size = group.size() if group is not None else 1
+
+    def average(grads):
+        return nn.average_gradients(grads, group=group) if size > 1 else grads
+
+    def mean_loss(loss):
+        return mx.distributed.all_sum(loss, group=group) / size if size > 1 else loss
 
     if accum == 1:
 
         def fused(batch):
             loss, grads = loss_and_grad(model, batch[:, :-1], batch[:, 1:])
-            grads, norm = _clip(grads, grad_clip)
+            grads, norm = _clip(average(grads), grad_clip)
             optimizer.update(model, grads)
-            return loss, norm
+            return mean_loss(loss), norm
 
         fused = mx.compile(fused, inputs=state, outputs=state) if compile else fused
 
@@ -81,7 +97,7 @@ def make_step(
         return loss_and_grad(model, batch[:, :-1], batch[:, 1:])
 
     def apply(grads):
-        grads, norm = _clip(grads, grad_clip)
+        grads, norm = _clip(average(grads), grad_clip)
         optimizer.update(model, grads)
         return norm
 
@@ -100,6 +116,6 @@ def make_step(
         n = len(batches)
         acc = tree_map(lambda g: g / n, acc)
         norm = apply(acc)
-        return total_loss / n, norm
+        return mean_loss(total_loss / n), norm
 
     return step
