@@ -6,7 +6,15 @@ One `--kebab-case` flag per `TrainConfig` field (see `--help`), and `--config FI
 the same keys; CLI > YAML > defaults. Prints the phase plan, trains (and the FP twin with
 `--fp-twin`), prints the FP / PTQ / QAT table. The resolved config is `<out>/config.yaml`.
 Exit status: 0 done, 1 bad input or I/O error, 2 usage, 3 the loss diverged (lower --lr,
-then continue with --resume --reschedule).
+then continue with --resume --reschedule), 4 another process of a distributed run died or hung
+(continue with --resume).
+
+Several processes (data-parallel on MLX's distributed engine; README "Training on several
+processes or Macs"):
+
+    mlx.launch --backend ring -n 2 --python .venv/bin/python -- -m mlx_qat train --data data ...
+
+Rank 0 prints the plan and the table; the other ranks print only warnings and errors.
 """
 
 from __future__ import annotations
@@ -103,17 +111,25 @@ def _out_given(argv: list[str]) -> bool:
 
 def _run(opts: dict, argv: list[str]) -> int:
     from ..train import TrainingDiverged, plan_for_config, train
+    from ..train.dist import DistributedError, process_rank
     from ..train.twin import format_comparison
+    from ..train.watchdog import EXIT_CODE
 
     check_copied_run(opts, _out_given(argv))
     cfg = config_from(opts)
-    if not cfg.quiet:
+    main = process_rank() == 0  # several processes (mlx.launch): rank 0 alone prints
+    if main and not cfg.quiet:
         print(f"mlx_qat.train: {cfg.out}\n{plan_for_config(cfg).table()}", flush=True)
     try:
         result = train(cfg)
     except TrainingDiverged as e:
         print(f"mlx_qat.train: stopped: {e}", file=sys.stderr)
         return 3
+    except DistributedError as e:
+        print(f"mlx_qat.train: stopped: {e}", file=sys.stderr)
+        return EXIT_CODE
+    if not main:
+        return 0
     print(format_comparison(result))
     if result.get("plot"):
         print(f"plot: {result['plot']}")

@@ -44,6 +44,7 @@ _NOT_HASHED = {
     "fp_twin",
     "compile",
     "cache_limit_mb",
+    "dist_timeout",
 }
 # Settings a resumed run may change with `reschedule` (e.g. after a divergence): they shape the
 # LR and the update from the resumed step on, not the plan, the model or the data.
@@ -116,6 +117,12 @@ class TrainConfig:
     compile: bool = _f(True, "mx.compile the training step", "run")
     cache_limit_mb: int = _f(
         4096, "MLX buffer cache limit in MiB (MLX's CPU default, 32, is slow)", "run"
+    )
+    dist_timeout: float = _f(
+        300.0,
+        "several processes (mlx.launch): seconds one training step or exchange may wait for "
+        "the others before this process stops, naming a dead or hung rank",
+        "run",
     )
     # data
     data: list[str] | None = _f(
@@ -287,6 +294,7 @@ class TrainConfig:
         need(all(s >= 1 for s in self.save_steps), "save_steps", "steps >= 1")
         need(self.eval_every >= 0, "eval_every", ">= 0 (0: only at the end)")
         need(self.cache_limit_mb >= 0, "cache_limit_mb", ">= 0")
+        need(self.dist_timeout > 0, "dist_timeout", "> 0 seconds")
         need(self.grad_clip >= 0, "grad_clip", ">= 0 (0: off)")
         need(self.weight_decay >= 0, "weight_decay", ">= 0")
         need(0 <= self.beta1 < 1, "beta1", "in [0, 1)")

@@ -18,7 +18,9 @@ def train(config: TrainConfig, on_step=None) -> dict:
 
     With `config.fp_twin`, also trains the FP twin from the switch checkpoint (the QAT phase
     with fake quant off) and adds `result["twin"]` and `result["comparison"]`; with
-    `config.plot`, draws `<out>/loss.png` (`result["plot"]`; needs matplotlib).
+    `config.plot`, draws `<out>/loss.png` (`result["plot"]`; needs matplotlib). Started by
+    `mlx.launch` on several processes, trains data-parallel (`mlx_qat.train.dist`): every
+    process returns the same result, rank 0 alone writes.
 
     Example:
         >>> result = train(TrainConfig(out="runs/tiny", preset="d2", tokens=300_000))
@@ -27,10 +29,12 @@ def train(config: TrainConfig, on_step=None) -> dict:
     trainer = Trainer(config, on_step)
     trainer.setup()
     result = trainer.run()
+    main = trainer.dist.is_main  # with several processes (mlx.launch) rank 0 alone writes
     if config.fp_twin:
         result = run_fp_twin(config, trainer, result)
-        atomic_write_json(Path(config.out) / RESULT, result)
-    if config.plot:
+        if main:
+            atomic_write_json(Path(config.out) / RESULT, result)
+    if config.plot and main:
         from .plot import plot_run
 
         try:

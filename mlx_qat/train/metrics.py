@@ -81,3 +81,15 @@ def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[di
             if kind is None or rec.get("kind") == kind:
                 out.append(rec)
     return out
+
+
+class NullMetrics:
+    """What ranks other than 0 of a distributed run write metrics to: nothing."""
+
+    lines = 0
+
+    def write(self, record: dict) -> None:
+        """Drop `record`."""
+
+    def close(self) -> None:
+        pass

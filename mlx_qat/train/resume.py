@@ -1,4 +1,6 @@
-"""Whether a checkpoint may continue this run: `--resume`, `--branch-from`, and the data.
+"""Where a run starts: whether a checkpoint may continue it (`--resume`, `--branch-from`, the
+data), loading it (`restore_checkpoint`), and, with several processes, every rank taking rank
+0's start (`take_main_state`).
 
 * Resume: the checkpoint's `resume_hash` (the config hash without the data's path, which is
   checked by content) must be this config's. When only `SCHEDULE_FIELDS` differ (`train_hash`
@@ -13,11 +15,24 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
 from ..checkpoint import CheckpointError, qat_config_of
+from ..prepare import set_fake_quant
 from .config import DATA_FIELDS, SCHEDULE_FIELDS
+from .optim import load_optimizer_arrays, optimizer_arrays
+
+logger = logging.getLogger(__name__)
+
+# The trainer's position: what a checkpoint restores besides the arrays, and what the other
+# ranks take from rank 0.
+POSITION = ("step", "phase", "tokens_seen", "elapsed", "last_eval", "last_eval_step",
+            "last_test", "rescheduled")  # fmt: skip
 
 
 def check_resume(ckpt, cfg, run_dir: Path) -> dict:
@@ -102,3 +117,66 @@ def checkpoint_state(cfg, bundle) -> dict:
         "schedule": cfg.schedule(),
         "tokenizer_sha256": bundle.manifest["tokenizer"]["sha256"],
     }
+
+
+def restore_checkpoint(t, ckpt) -> int | None:
+    """Check `ckpt` against trainer `t`'s run and load its weights, optimizer and position
+    into `t` (no file is written); returns the metrics lines to keep (None for a branch)."""
+    st, cfg = ckpt.state, t.cfg
+    t.rescheduled = {}
+    if cfg.branch_from:
+        check_branch(ckpt, cfg, t.plan, t.model_config, t.qcfg)
+    else:
+        changed = check_resume(ckpt, cfg, t.run_dir)
+        if changed:
+            t.rescheduled = {"changed": changed}
+            logger.warning("reschedule: from step %s, %s", st["step"], changed)
+    if t.bundle is not None:
+        check_data(ckpt, t.bundle)
+    try:
+        t.model.load_weights(list(ckpt.weights.items()), strict=True)
+        load_optimizer_arrays(t.optimizer, ckpt.optimizer_state)
+    except ValueError as e:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path}: does not match this model ({e}); resume with the "
+            "run's own config or start a new run"
+        ) from None
+    t.step, t.phase = int(st["step"]), st["phase"]
+    t.tokens_seen = int(st.get("tokens_seen", t.step * cfg.tokens_per_step))
+    t.elapsed = float(st.get("elapsed_s", 0.0))
+    t.last_eval = st.get("eval") or {}
+    t.last_eval_step = int(st.get("eval_step", -1))
+    # None for a checkpoint saved before the run's end (or before the test split existed)
+    t.last_test = st.get("test")
+    set_fake_quant(t.model, bool(ckpt.qat.get("fake_quant")))
+    mx.eval(t.model.parameters(), t.optimizer.state)
+    how = "branched from" if cfg.branch_from else "resumed from"
+    logger.info("%s %s (step %d, phase %s)", how, ckpt.path, t.step, t.phase)
+    return None if cfg.branch_from else int(st.get("metrics_lines", 0))
+
+
+def take_main_state(t) -> None:
+    """Several processes: every rank of trainer `t` takes rank 0's position, weights and
+    optimizer state (a fresh start or the checkpoint rank 0 restored), after checking that
+    it reads rank 0's data (shards key and tokenizer)."""
+    dist, b = t.dist, t.bundle
+    data = [b.manifest.get("key"), b.manifest["tokenizer"]["sha256"]]
+    state = dist.broadcast_json({**{k: getattr(t, k) for k in POSITION}, "data": data})
+    with dist.agreed("comparing the data with rank 0's"):
+        if state["data"] != data:
+            raise ValueError(
+                f"rank {dist.rank}: the data {b.path} is not rank 0's (shards key and "
+                f"tokenizer sha256 {state['data']}, here {data}); give every machine the same "
+                "prepared --data directory (a copy of rank 0's)"
+            )
+    if not dist.is_main:
+        for k in POSITION:
+            setattr(t, k, state[k])
+        set_fake_quant(t.model, t.phase == "qat" and not t.cfg.ablate_qat)
+    # rank 0 keeps its own arrays; the others receive them bit for bit
+    weights = dist.broadcast_arrays(dict(tree_flatten(t.model.parameters())), "weights")
+    moments = dist.broadcast_arrays(optimizer_arrays(t.optimizer), "optimizer state")
+    if not dist.is_main:
+        t.model.load_weights(list(weights.items()), strict=True)
+        load_optimizer_arrays(t.optimizer, moments)
+        mx.eval(t.model.parameters(), t.optimizer.state)

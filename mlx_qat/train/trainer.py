@@ -17,6 +17,11 @@ and anything tuned. At the end the same final evaluation runs once on the held-o
 (`result["test"]`, the FP-twin table): reported, never used for a choice. Data prepared
 before the test split existed has none; the run says so and `result["test"]` is None.
 
+Several processes (`mlx.launch`; `dist.py`): each trains its rows of every global batch, the
+gradients are averaged, evaluations are shared out and summed, and the replicas stay identical;
+rank 0 alone checks the run directory, reads the checkpoint it continues (the others receive
+its state), writes and logs.
+
 Everything the next step depends on — weights, quantizer parameters, optimizer moments and
 step count, phase — is in the checkpoint; the LR, the batch and the RNG are functions of the
 step. A resumed run therefore continues bit for bit (see tests/test_train_resume.py). A
@@ -38,7 +43,6 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ..checkpoint import (
-    CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -47,15 +51,16 @@ from ..checkpoint import (
 )
 from ..data.resolve import check_split, copy_tokenizer, open_prepared, prepare_run_data
 from ..fileio import atomic_write_json, atomic_write_text
-from ..loss import eval_triple, format_triple
+from ..loss import format_triple
 from ..models.build import make_model, qat_config
 from ..prepare import init_quantizers, prepare, set_fake_quant
 from .config import TrainConfig
+from .dist import Group
 from .memory import check_step_memory
-from .metrics import MetricsWriter
-from .optim import build_optimizer, load_optimizer_arrays, set_lr
+from .metrics import MetricsWriter, NullMetrics
+from .optim import build_optimizer, set_lr
 from .plan import PhasePlan, plan_for_model
-from .resume import check_branch, check_data, check_resume, checkpoint_state
+from .resume import check_data, checkpoint_state, restore_checkpoint, take_main_state
 from .rundir import DATA, check_out_dir, clear_run, make_run_dir
 from .step import make_step
 
@@ -93,16 +98,41 @@ class Trainer:
         memory a step needs, the output directory, the checkpoint to continue), then write."""
         cfg = self.cfg
         mx.set_cache_limit(max(mx.set_cache_limit(0), cfg.cache_limit_mb << 20))
+        self.dist = dist = Group.init(cfg.dist_timeout)
         self.qcfg = qat_config(cfg)
-        check_out_dir(cfg)
-        self.bundle = open_prepared(cfg.data)
-        self._build(self.bundle.vocab_size if self.bundle else cfg.vocab_size)
-        for split in ("train", "val") if self.bundle else ():
-            check_split(self.bundle, split, cfg.seq_len)
-        self.step, self.phase, self.tokens_seen, self.elapsed = 0, "fp", 0, 0.0
-        ckpt = self._find_resume()
-        keep_lines = self._restore(ckpt) if ckpt is not None else None
-        # From here on, files are written.
+        with dist.agreed("checking the settings, the data and the checkpoint"):
+            dist.check_batch(cfg.batch_size)
+            if dist.is_main:
+                check_out_dir(cfg)
+            self.bundle = open_prepared(cfg.data)
+            if self.bundle is None and dist.size > 1:
+                raise ValueError(
+                    f"--data {cfg.data}: several processes read prepared data: prepare it once "
+                    "with mlx_qat.data --out DIR, give every machine the same DIR, pass --data DIR"
+                )
+            self._build(self.bundle.vocab_size if self.bundle else cfg.vocab_size)
+            for split in ("train", "val") if self.bundle else ():
+                check_split(self.bundle, split, cfg.seq_len)
+            self.step, self.phase, self.tokens_seen, self.elapsed = 0, "fp", 0, 0.0
+            ckpt = self._find_resume() if dist.is_main else None
+            keep_lines = restore_checkpoint(self, ckpt) if ckpt is not None else None
+        if dist.size > 1:
+            take_main_state(self)
+        with dist.agreed("writing the run directory"):
+            if dist.is_main:
+                self._write_start(ckpt, keep_lines)
+            else:
+                self._open_batches()
+                self.metrics = NullMetrics()
+        if self.rescheduled:
+            self.metrics.write({"kind": "reschedule", "step": self.step, **self.rescheduled})
+        self._compile()
+
+    def _write_start(self, ckpt, keep_lines: int | None) -> None:
+        """Rank 0: the run directory, the data (raw text is tokenized here), the tokenizer,
+        the batches, config.yaml and the metrics file (truncated to the checkpoint's lines on
+        resume)."""
+        cfg = self.cfg
         make_run_dir(self.run_dir)
         if cfg.overwrite:
             logger.info("overwrite: removed %s from %s", clear_run(self.run_dir), self.run_dir)
@@ -125,9 +155,6 @@ class Trainer:
         # Written only once the checkpoint (if any) was accepted for this config.
         atomic_write_text(self.run_dir / "config.yaml", replace(cfg, overwrite=False).to_yaml())
         self.metrics = MetricsWriter(self.run_dir, keep_lines)
-        if self.rescheduled:
-            self.metrics.write({"kind": "reschedule", "step": self.step, **self.rescheduled})
-        self._compile()
 
     def _build(self, vocab_size: int) -> None:
         """Model, plan, optimizer; refuses a step that cannot fit in memory."""
@@ -175,46 +202,12 @@ class Trainer:
             logger.info("resume: no checkpoint in %s yet; starting from step 0", self.run_dir)
         return None
 
-    def _restore(self, ckpt) -> int | None:
-        """Check `ckpt` against this run and load its weights, optimizer and position (no
-        file is written); returns the metrics lines to keep."""
-        st, cfg = ckpt.state, self.cfg
-        self.rescheduled = {}
-        if cfg.branch_from:
-            check_branch(ckpt, cfg, self.plan, self.model_config, self.qcfg)
-        else:
-            changed = check_resume(ckpt, cfg, self.run_dir)
-            if changed:
-                self.rescheduled = {"changed": changed}
-                logger.warning("reschedule: from step %s, %s", st["step"], changed)
-        if self.bundle is not None:
-            check_data(ckpt, self.bundle)
-        try:
-            self.model.load_weights(list(ckpt.weights.items()), strict=True)
-            load_optimizer_arrays(self.optimizer, ckpt.optimizer_state)
-        except ValueError as e:
-            raise CheckpointError(
-                f"checkpoint {ckpt.path}: does not match this model ({e}); resume with the "
-                "run's own config or start a new run"
-            ) from None
-        self.step, self.phase = int(st["step"]), st["phase"]
-        self.tokens_seen = int(st.get("tokens_seen", self.step * cfg.tokens_per_step))
-        self.elapsed = float(st.get("elapsed_s", 0.0))
-        self.last_eval = st.get("eval") or {}
-        self.last_eval_step = int(st.get("eval_step", -1))
-        # None for a checkpoint saved before the run's end (or before the test split existed)
-        self.last_test = st.get("test")
-        set_fake_quant(self.model, bool(ckpt.qat.get("fake_quant")))
-        mx.eval(self.model.parameters(), self.optimizer.state)
-        how = "branched from" if cfg.branch_from else "resumed from"
-        logger.info("%s %s (step %d, phase %s)", how, ckpt.path, self.step, self.phase)
-        return None if cfg.branch_from else int(st.get("metrics_lines", 0))
-
     def _compile(self) -> None:
         cfg = self.cfg
         self.step_fn = make_step(
-            self.model, self.optimizer, cfg.grad_clip, cfg.grad_accum, cfg.compile
-        )
+            self.model, self.optimizer, cfg.grad_clip, cfg.grad_accum, cfg.compile,
+            group=self.dist.group,
+        )  # fmt: skip
 
     # -- events ---------------------------------------------------------------------------
 
@@ -222,7 +215,7 @@ class Trainer:
         """FP / QAT / PTQ on the periodic validation batches, or (`final`) on the final ones."""
         ready = self.phase == "qat" and not self.cfg.ablate_qat
         batches = self.final_val if final else self.val
-        ev = eval_triple(self.model, batches, self.bytes_per_token, quantizers_ready=ready)
+        ev = self.dist.eval_triple(self.model, batches, self.bytes_per_token, ready)
         self.last_eval, self.last_eval_step = ev, self.step
         kind = "final_eval" if final else "eval"
         self.metrics.write({"kind": kind, "step": self.step, "phase": self.phase, **ev})
@@ -235,15 +228,16 @@ class Trainer:
         if self.final_test is None:
             return None
         ready = self.phase == "qat" and not self.cfg.ablate_qat
-        ev = eval_triple(
-            self.model, self.final_test, self.test_bytes_per_token, quantizers_ready=ready
-        )
+        ev = self.dist.eval_triple(self.model, self.final_test, self.test_bytes_per_token, ready)
         self.last_test = ev
         self.metrics.write({"kind": "test_eval", "step": self.step, "phase": self.phase, **ev})
         logger.info("test_eval @ %d (%s): %s", self.step, self.phase, format_triple(ev))
         return ev
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0; the other ranks write nothing and return None)."""
+        if not self.dist.is_main:
+            return None
         cfg, step = self.cfg, self.step
         state = {
             "step": step,
@@ -265,6 +259,7 @@ class Trainer:
             "test": self.last_test,
             "metrics_lines": self.metrics.lines,
             "elapsed_s": self.elapsed,
+            "world_size": self.dist.size,
         }
         qat = {
             "qat_config": self.qcfg.to_dict(),
@@ -302,15 +297,16 @@ class Trainer:
         set_lr(self.optimizer, lr)
         mx.random.seed(_rng_seed(cfg.seed, s))
         a = cfg.grad_accum
-        batches = [self.batches.batch(s * a + i) for i in range(a)]
-        loss, norm = self.step_fn(batches)
-        mx.eval(loss, norm, self.model.state, self.optimizer.state)
+        batches = [self.dist.rows(self.batches.batch(s * a + i)) for i in range(a)]
+        with self.dist.collective(f"training step {s}"):
+            loss, norm = self.step_fn(batches)
+            mx.eval(loss, norm, self.model.state, self.optimizer.state)
         return loss.item(), norm.item(), lr
 
     def run(self) -> dict:
         """Train to the end of the plan; returns the result dict (also in result.json)."""
         cfg, plan = self.cfg, self.plan
-        bar = _progress(plan.total_steps, self.step, cfg.quiet)
+        bar = _progress(plan.total_steps, self.step, cfg.quiet or not self.dist.is_main)
         try:
             while True:
                 if self.step == plan.fp_steps and self.phase == "fp" and plan.qat_steps > 0:
@@ -397,8 +393,10 @@ class Trainer:
             "train_s": round(self.elapsed, 2),
             "peak_memory_mb": round(mx.get_peak_memory() / 2**20, 1),
             "config_hash": self.cfg.hash(),
+            "world_size": self.dist.size,
         }
-        atomic_write_json(self.run_dir / RESULT, result)
+        if self.dist.is_main:
+            atomic_write_json(self.run_dir / RESULT, result)
         return result
 
 
