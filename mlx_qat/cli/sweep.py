@@ -5,7 +5,14 @@
     mlx_qat.sweep configs/sweep_tiny.yaml              # train (skips finished rows)
     mlx_qat.fit runs/sweep_tiny/results.jsonl          # the loss law and the optimal fraction
 
-The resolved settings are written to `<out>/sweep.yaml`.
+Across machines, each runs a deterministic share of the trunks (whole trunks, balanced by
+tokens) into its own results file; copy the outputs together and fit them all:
+
+    mlx_qat.sweep configs/sweep_tiny.yaml --shard 0/2  # machine A: <out>/shard-0-of-2/results.jsonl
+    mlx_qat.sweep configs/sweep_tiny.yaml --shard 1/2  # machine B: <out>/shard-1-of-2/results.jsonl
+    mlx_qat.fit runs/sweep_tiny                        # every results.jsonl below it, merged
+
+The resolved settings are written to `<out>/sweep.yaml` (`<out>/shard-i-of-n/sweep.yaml`).
 """
 
 from __future__ import annotations
@@ -27,23 +34,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", nargs="?", help="the sweep YAML file (grids, shared settings)")
     p.add_argument("--jobs", type=int, default=1, help="runs side by side (each a process)")
     p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run share I of N of the trunks (0 <= I < N; whole trunks, balanced by tokens) into "
+        "<out>/shard-I-of-N/results.jsonl: one machine each; mlx_qat.fit <out> merges them",
+    )
+    p.add_argument(
         "--dry-run", action="store_true", help="print the plan and the estimated time only"
     )
     add_common(p)
     return p
 
 
-def _plan_text(sweep, trunks, rates: dict) -> str:
+def _plan_text(sweep, trunks, rates: dict, shard=None) -> str:
     from .. import sweep as sw
 
     jobs = sw.sweep_jobs(sweep, trunks)
-    done = {(r["name"], r["config_hash"]) for r in sw.read_rows(sweep.out / sw.RESULTS)}
+    path = sw.results_path(sweep, shard)
+    done = {(r["name"], r["config_hash"]) for r in sw.read_rows(path)}
     left = [j for j in jobs if (j.name, j.config.hash()) not in done]
     trained = sum(t.tokens_trained() for t in trunks)
     alone = sum(t.tokens_independent() for t in trunks)
+    part = f" (shard {shard.index}/{shard.count})" if shard else ""
     lines = [
-        f"sweep {sweep.source}: {len(jobs)} runs in {len(trunks)} trunks "
-        f"({len(jobs) - len(left)} done, {len(left)} to run) -> {sweep.out}",
+        f"sweep {sweep.source}{part}: {len(jobs)} runs in {len(trunks)} trunks "
+        f"({len(jobs) - len(left)} done, {len(left)} to run) -> {path}",
         f"  tokens trained {trained:,} (as independent runs: {alone:,}; trunk sharing saves "
         f"{100 * (1 - trained / max(alone, 1)):.1f}%)",
     ]
@@ -70,20 +85,24 @@ def _run(opts: dict) -> int:
     if opts["jobs"] < 1:
         raise ValueError(f"--jobs {opts['jobs']}: must be >= 1")
     sweep = sw.load_sweep(opts["sweep"])
+    shard = sw.Shard.parse(opts["shard"]) if opts.get("shard") else None
     trunks = sw.plan_trunks(sweep)
+    trunks = shard.select(trunks) if shard else trunks
     if opts["dry_run"]:
         rates = {}
         for t in trunks:
             name = t.root.point.model.name
             if name not in rates:
                 rates[name] = sw.measure_tokens_per_s(t.root.config)
-        print(_plan_text(sweep, trunks, rates))
+        print(_plan_text(sweep, trunks, rates, shard))
         return 0
-    sweep.out.mkdir(parents=True, exist_ok=True)
-    save_resolved(sweep.out / "sweep.yaml", "sweep", opts)
-    shutil.copyfile(opts["sweep"], sweep.out / "grid.yaml")
+    where = shard.dir(sweep.out) if shard else sweep.out  # shards never write the same file
+    where.mkdir(parents=True, exist_ok=True)
+    save_resolved(where / "sweep.yaml", "sweep", opts)
+    shutil.copyfile(opts["sweep"], where / "grid.yaml")
+    path = sw.results_path(sweep, shard)
     n = len(sw.sweep_jobs(sweep, trunks))
-    state = {"done": len(sw.read_rows(sweep.out / sw.RESULTS)), "t0": time.time(), "tokens": 0}
+    state = {"done": len(sw.read_rows(path)), "t0": time.time(), "tokens": 0}
     total_tokens = sum(t.tokens_trained() for t in trunks)
 
     def event(kind, job, info):
@@ -103,8 +122,10 @@ def _run(opts: dict) -> int:
                 flush=True,
             )
 
-    rows = sw.run_sweep(sweep, jobs=opts["jobs"], on_event=event)
-    print(f"mlx_qat.sweep: {len(rows)} rows in {sweep.out / sw.RESULTS}")
+    rows = sw.run_sweep(sweep, jobs=opts["jobs"], on_event=event, shard=shard)
+    print(f"mlx_qat.sweep: {len(rows)} rows in {path}")
+    if shard:
+        print(f"merge the shards (copied into one folder) with: mlx_qat.fit {sweep.out}")
     return 0
 
 

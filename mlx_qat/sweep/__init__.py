@@ -4,16 +4,19 @@
     >>> rows = run_sweep(load_sweep("configs/sweep_tiny.yaml"))
 
 Modules: `grid` (the sweep file and its runs), `trunks` (which runs share an FP prefix and
-where each branches), `results` (the rows, appended atomically), `run` (training them).
+where each branches), `results` (the rows, appended atomically), `run` (training them),
+`shard` (`--shard i/n`: a deterministic share of the trunks per machine).
 """
 
 from .grid import Sweep, load_sweep
 from .results import append_row, make_row, read_rows
-from .run import RESULTS, measure_tokens_per_s, run_sweep, sweep_jobs
+from .run import RESULTS, measure_tokens_per_s, results_path, run_sweep, sweep_jobs
+from .shard import Shard
 from .trunks import Trunk, branch_step, plan_trunks
 
 __all__ = [
     "RESULTS",
+    "Shard",
     "Sweep",
     "Trunk",
     "append_row",
@@ -23,6 +26,7 @@ __all__ = [
     "measure_tokens_per_s",
     "plan_trunks",
     "read_rows",
+    "results_path",
     "run_sweep",
     "sweep_jobs",
 ]

@@ -7,7 +7,10 @@ atomically (`results.py`), and a run that finished but has no row yet is re-read
 `result.json` without training again.
 
 `jobs > 1` runs independent runs side by side, each in its own `python -m mlx_qat train`
-process; a trunk's branches start when the trunk has finished.
+process; a trunk's branches start when the trunk has finished. `shard` (`--shard i/n`, see
+`shard.py`) trains only that share of the trunks, into the shard's own results file: one plain
+process per machine, no launcher (a sweep started by `mlx.launch` is refused: each rank would
+append the same rows).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from ..train.config import TrainConfig
 from .grid import Sweep
 from .results import append_row, make_row, read_rows
+from .shard import Shard
 from .trunks import Member, Trunk, plan_trunks
 
 logger = logging.getLogger(__name__)
@@ -105,16 +109,37 @@ def _finished_result(cfg: TrainConfig) -> dict | None:
     return result if done and result.get("config_hash") == cfg.hash() else None
 
 
-def run_sweep(sweep: Sweep, jobs: int = 1, on_event=None) -> list[dict]:
-    """Train every run of `sweep` that has no row yet; returns all rows of the results file.
+def results_path(sweep: Sweep, shard: Shard | None = None) -> Path:
+    """`<out>/results.jsonl`, or the shard's own file."""
+    return shard.results(sweep.out) if shard else sweep.out / RESULTS
+
+
+def run_sweep(sweep: Sweep, jobs: int = 1, on_event=None, shard: Shard | None = None) -> list[dict]:
+    """Train every run of `sweep` (of `shard`'s trunks) that has no row yet; returns all rows
+    of the results file (the shard's).
 
     Args:
         sweep: the parsed sweep (`grid.load_sweep`).
         jobs: runs side by side (1: in this process; more: one subprocess each).
         on_event: `on_event(kind, job, info)` for progress ("start", "done", "skip").
+        shard: train only this share of the trunks (`Shard.parse("0/2")`).
     """
-    path = sweep.out / RESULTS
-    todo = [j for j in sweep_jobs(sweep) if (j.name, j.config.hash()) not in _done(read_rows(path))]
+    from ..train.dist import process_count
+
+    if process_count() > 1:
+        raise ValueError(
+            "mlx_qat.sweep runs under mlx.launch: every process would train and append the "
+            "same runs. Split a sweep across machines with --shard I/N instead, one plain "
+            "process per machine (see the README)"
+        )
+    path = results_path(sweep, shard)
+    trunks = plan_trunks(sweep)
+    trunks = shard.select(trunks) if shard else trunks
+    todo = [
+        j
+        for j in sweep_jobs(sweep, trunks)
+        if (j.name, j.config.hash()) not in _done(read_rows(path))
+    ]
     finished: set[str] = {r["name"] for r in read_rows(path)}
     train_fn = _train_in_process if jobs <= 1 else _train_subprocess
     event = on_event or (lambda *a: None)

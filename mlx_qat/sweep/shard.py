@@ -1,0 +1,73 @@
+"""Splitting a sweep across machines: `--shard i/n` trains a deterministic share of its trunks.
+
+Whole trunks stay on one shard (a branch starts from its trunk's checkpoint, so trunk sharing
+still saves the same compute). The trunks are dealt out by the tokens they cost
+(`Trunk.tokens_trained`): largest first, each to the shard with the fewest tokens so far (ties:
+the lower shard index; equal trunks in the order of the root's name), so the shards take about
+equal time and every machine computes the same assignment from the same sweep file alone.
+
+Shard i of n writes its rows to `<out>/shard-i-of-n/results.jsonl` (and its resolved settings
+`sweep.yaml` and the grid beside them); the runs themselves go to `<out>/runs/<name>/` as in an
+unsplit sweep, so the run directories of several machines can be copied into one `<out>`.
+`mlx_qat.fit <out>` reads every `results.jsonl` below `<out>` (or name the files), merging
+them and refusing rows whose config hash collides with different content.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .trunks import Trunk
+
+RESULTS = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `count` (0-based)."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """`"i/n"` with 0 <= i < n; ValueError naming the flag otherwise."""
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+        if not m or not 0 <= int(m[1]) < int(m[2]):
+            raise ValueError(
+                f"--shard {text}: give I/N with 0 <= I < N (e.g. --shard 0/2 on one machine "
+                "and --shard 1/2 on the other)"
+            )
+        return cls(int(m[1]), int(m[2]))
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index}-of-{self.count}"
+
+    def dir(self, out: Path) -> Path:
+        """Where this shard's rows and settings go."""
+        return Path(out) / self.name
+
+    def results(self, out: Path) -> Path:
+        return self.dir(out) / RESULTS
+
+    def select(self, trunks: list[Trunk]) -> list[Trunk]:
+        """This shard's trunks, in the sweep's order."""
+        owner = assign(trunks, self.count)
+        return [t for t, s in zip(trunks, owner) if s == self.index]
+
+
+def assign(trunks: list[Trunk], count: int) -> list[int]:
+    """The shard of each trunk (see the module docstring): greedy by tokens, deterministic."""
+    order = sorted(
+        range(len(trunks)), key=lambda i: (-trunks[i].tokens_trained(), trunks[i].root.point.name)
+    )
+    load = [0] * count
+    owner = [0] * len(trunks)
+    for i in order:
+        s = min(range(count), key=lambda k: (load[k], k))
+        owner[i] = s
+        load[s] += trunks[i].tokens_trained()
+    return owner
