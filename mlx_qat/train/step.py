@@ -11,7 +11,9 @@ With a distributed `group` of n > 1 processes (`dist.py`), each process passes i
 global batch; the gradients, of weights and quantizer parameters alike, are averaged over the
 processes with `nn.average_gradients` before clipping (inside the compiled step; after the
 micro-batches' average with accumulation), and the loss returned is the mean over processes.
-Every process then applies the same update.
+Every process then applies the same update. The collectives run on the CPU stream: on a Mac's
+GPU stream, a process that waits more than ~5 s for a slower one (rank 0 writing a checkpoint)
+is killed by Metal's command-buffer watchdog (ml-explore/mlx-examples#1185).
 
 A compiled function captures Python attributes at trace time — including each QAT layer's
 `fake_quant` flag — so the trainer builds a new step after the FP→QAT switch (and after any
@@ -71,10 +73,12 @@ def make_step(
     size = group.size() if group is not None else 1
 
     def average(grads):
-        return nn.average_gradients(grads, group=group) if size > 1 else grads
+        if size == 1:
+            return grads
+        return nn.average_gradients(grads, group=group, communication_stream=mx.cpu)
 
     def mean_loss(loss):
-        return mx.distributed.all_sum(loss, group=group) / size if size > 1 else loss
+        return mx.distributed.all_sum(loss, group=group, stream=mx.cpu) / size if size > 1 else loss
 
     if accum == 1:
 
