@@ -2,6 +2,13 @@
 (`mlx_qat.convert.convert`). Flags mirror `mlx_lm.convert` where they overlap.
 
     mlx_qat.convert runs/main --mlx-path mlx_model [--dtype float16] [--ptq] [--dequantize]
+    mlx_qat.convert model.Q4_1.gguf --mlx-path mlx_model [-q] [--dtype float16]
+
+A `.gguf` input (a file named `*.gguf` or starting with the GGUF magic) is imported rather than
+exported (`mlx_qat.convert.gguf.import_gguf`): same output rules, `--force`, `--dtype`,
+`--max-file-size-gb` and check; `-q` keeps its Q4_0/Q4_1/Q8_0 tensors quantized. Flags that
+only mean something for a QAT run (`--q-*`, `--ptq`, `--tokenizer`, `--parity-data/-batches`)
+are refused for it.
 
 The resolved settings are written to `<mlx-path>/convert.yaml`. Exit status: 0 done, 1 the
 train = deploy parity check failed, 2 bad input (or usage), an output `--force` may not
@@ -28,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlx_qat.convert",
         description="Export a QAT run/checkpoint (or an mlx-lm model) as an MLX model directory "
-        "that mlx_lm.load reads, with a train = deploy loss check.",
+        "that mlx_lm.load reads, with a train = deploy loss check; or import a llama GGUF file.",
     )
-    p.add_argument("path", nargs="?", help="run dir, checkpoint dir or mlx-lm model dir")
+    p.add_argument(
+        "path", nargs="?", help="run dir, checkpoint dir, mlx-lm model dir or .gguf file"
+    )
     p.add_argument("--qat-path", "--model", dest="qat_path", help="same as the positional path")
     p.add_argument("--mlx-path", default="mlx_model", help="output directory (default: mlx_model)")
     p.add_argument("--q-bits", type=int, help="bits per weight (must match a QAT run)")
@@ -92,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-q",
         "--quantize",
         action="store_true",
-        help="accepted for mlx_lm.convert compatibility: quantizing is the default",
+        help="accepted for mlx_lm.convert compatibility: quantizing is the default; for a "
+        ".gguf input, keep Q4_0/Q4_1/Q8_0 tensors quantized (MLX affine g32, exact) instead "
+        "of float weights",
     )
     add_common(p)
     return p
@@ -149,11 +160,69 @@ def _summary(r) -> str:
     return "\n".join(lines)
 
 
+# Flags of a QAT export that mean nothing for a GGUF import (refused, not ignored).
+_NOT_FOR_GGUF = (
+    "q_bits",
+    "q_group_size",
+    "q_mode",
+    "ptq",
+    "tokenizer",
+    "parity_data",
+    "parity_batches",
+    "parity_tolerance",
+)
+
+
+def _import_kwargs(opts: dict) -> dict:
+    given = [k for k in _NOT_FOR_GGUF if opts.get(k) not in (None, False)]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ConvertError(
+            f"{flags}: not for a GGUF input, which is imported as it is (float weights, or "
+            "with -q its own Q4_0/Q4_1/Q8_0 grid); drop them, and quantize or fine-tune the "
+            "imported directory afterwards"
+        )
+    if opts.get("quantize") and opts.get("dequantize"):
+        raise ConvertError("choose either -q/--quantize or -d/--dequantize, not both")
+    if opts.get("path") and opts.get("qat_path") and opts["path"] != opts["qat_path"]:
+        raise ConvertError("give the input once: positional path or --qat-path/--model")
+    return {
+        "gguf_path": opts.get("path") or opts.get("qat_path"),
+        "mlx_path": opts["mlx_path"],
+        "dtype": opts.get("dtype"),
+        "quantize": bool(opts.get("quantize")),
+        "force": bool(opts.get("force")),
+        "check": opts.get("parity_check", True),
+        "max_file_size_gb": opts["max_file_size_gb"],
+    }
+
+
+def _import(opts: dict) -> int:
+    from ..convert.gguf import import_gguf, summary
+
+    try:
+        result = import_gguf(**_import_kwargs(opts))
+    except ParityError as e:
+        print(f"mlx_qat.convert: error: {e}", file=sys.stderr)
+        return 1
+    except ConvertError as e:
+        print(f"mlx_qat.convert: error: {e}", file=sys.stderr)
+        return 2
+    save_resolved(Path(result.mlx_path) / "convert.yaml", "convert", opts)
+    if not opts["quiet"]:
+        print(summary(result))
+    return 0
+
+
 def _run(opts: dict) -> int:
     # Progress as "[INFO] loading ...", like mlx_lm.convert.
     from . import common
 
     common.setup_logging(bool(opts["quiet"]), "[%(levelname)s] %(message)s", logging.ERROR)
+    from ..convert.gguf_read import is_gguf_input
+
+    if is_gguf_input(opts.get("path") or opts.get("qat_path")):
+        return _import(opts)
     from ..convert import convert
 
     try:

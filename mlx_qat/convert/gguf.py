@@ -1,0 +1,429 @@
+"""`import_gguf`: a llama-architecture GGUF file → an mlx-lm model directory.
+
+    >>> from mlx_qat.convert.gguf import import_gguf
+    >>> r = import_gguf("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2")   # float32, ggml's grid
+    >>> r.check["passed"]
+
+Steps: the file's metadata and tensors (`gguf_read`: `mx.load` for F32/F16/Q4_0/Q4_1/Q8_0, the
+`gguf` package's numpy dequantizer for other types); config.json, mlx-lm names and the q/k
+rows back in the Hugging Face rotary layout (`gguf_llama`); the tokenizer from the GGUF
+vocabulary and its chat template (`gguf_tokenizer`, transformers' conversion); then the model,
+built with mlx-lm's own `llama.Model`, written like every export (`write`: shards + index,
+tokenizer data files only, atomic directory, config.json last).
+
+Two weight formats:
+
+* float (default): every weight dequantized to float32, which holds ggml's grid exactly
+  (`gguf_read`). `dtype="float16"`/`"bfloat16"` halves the size but rounds the grid.
+* `quantize=True`: Q4_0/Q4_1/Q8_0 tensors stay quantized in MLX's affine format at group size 32
+  (bits 4, 4, 8), which holds them exactly. Every float parameter, scales and biases included,
+  is cast to `dtype` (default float16), as `convert.pack.cast_model` does: MLX dequantizes in
+  the scales' dtype. float16 keeps ggml's float16 scales and biases as they are, but its
+  dequantized weights d·q + m are rounded to float16 (as in any float16 inference);
+  `dtype="float32"` computes ggml's grid exactly; bfloat16 also rounds the scales (a warning).
+  Per-path entries in the `quantization` block name the layers whose bits differ from the most
+  common (e.g. a Q8_0 embedding among Q4_1 layers). Files with other quantized types are
+  refused here (import them as float).
+
+The check before publishing: the staged directory, loaded back by mlx-lm's own loader
+(`parity.load_staged`), must hold exactly the model built here: equal model arguments, every
+parameter bit for bit (dtype included), the same quantized formats. Before the cast to `dtype`,
+the built model's loss on `CHECK_TEXT` (tokenized by the shipped tokenizer, computed in float32)
+is measured and reported: a trained model sits far below chance, ln(vocab_size). Peak memory is
+about twice the model (built + loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_map
+
+from ..fileio import sha256_file
+from .errors import ConvertError, ParityError
+from .gguf_llama import ARCH, check_architecture, llama_config, to_mlx_weights
+from .gguf_read import GROUP_SIZE, QTensor, Tensor, load_tensors, read_header
+from .gguf_tokenizer import save_gguf_tokenizer
+from .output import check_output
+from .pack import DTYPES
+from .parity import load_staged
+from .tokenizer import save_tokenizer
+from .write import (
+    MAX_FILE_SIZE_GB,
+    commit_config,
+    file_sizes,
+    save_config,
+    save_weights,
+    staged_dir,
+)
+
+logger = logging.getLogger(__name__)
+
+RESULT_FILE = "mlx_qat.json"
+CHECK_TEXT = (
+    "The village sat at the bottom of a long valley, where the river slowed and spread into "
+    "a wide, shallow lake. In the summer the children swam there every afternoon, and in the "
+    "winter, when the water froze, the whole village came down to skate."
+)
+
+
+@dataclass
+class GGUFImportResult:
+    """What `import_gguf` wrote and measured (also saved as `mlx_qat.json` in the output)."""
+
+    mlx_path: str
+    source: str
+    source_sha256: str
+    name: str | None
+    tensor_types: dict[str, int]
+    method: str  # "float" or "quantized"
+    quantization: dict | None
+    dtype: str
+    bits_per_weight: float
+    num_parameters: int
+    total_bytes: int
+    files: dict[str, int]
+    check_loss: dict | None = None
+    check: dict | None = None
+    check_skipped: str | None = None
+    options: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _out_dtype(dtype: str | None, quantize: bool) -> mx.Dtype:
+    if dtype is None:
+        return mx.float16 if quantize else mx.float32
+    if dtype not in DTYPES:
+        raise ConvertError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    return getattr(mx, dtype)
+
+
+def _dtype_name(d: mx.Dtype) -> str:
+    return str(d).rsplit(".", 1)[-1]
+
+
+def quantization_block(weights: dict[str, Tensor]) -> tuple[dict | None, dict[str, dict]]:
+    """mlx-lm's `quantization` block for the kept-quantized weights, and each layer's spec.
+
+    The top level holds the most common bits; layers with other bits get per-path entries.
+    """
+    specs = {
+        k.removesuffix(".weight"): {"group_size": t.group_size, "bits": t.bits, "mode": "affine"}
+        for k, t in weights.items()
+        if isinstance(t, QTensor)
+    }
+    if not specs:
+        return None, {}
+    bits = Counter(s["bits"] for s in specs.values()).most_common(1)[0][0]
+    block: dict = {"group_size": GROUP_SIZE, "bits": bits, "mode": "affine"}
+    block.update({p: s for p, s in sorted(specs.items()) if s["bits"] != bits})
+    return block, specs
+
+
+def build_model(config: dict, weights: dict[str, Tensor], specs: dict):
+    """mlx-lm's llama `Model` holding `weights` in float32: float weights, and quantized layers
+    (`specs`) as MLX quantized modules whose scales and biases are ggml's float16 values, widened
+    (exactly) so that the model computes ggml's grid."""
+    from mlx_lm.models import llama
+
+    model = llama.Model(llama.ModelArgs.from_dict(config))
+    if specs:
+        nn.quantize(
+            model,
+            group_size=GROUP_SIZE,
+            bits=config["quantization"]["bits"],
+            class_predicate=lambda p, m: specs.get(p, False),
+        )
+    flat: dict[str, mx.array] = {}
+    for k, t in weights.items():
+        if isinstance(t, QTensor):
+            base = k.removesuffix(".weight")
+            flat[k] = t.weight
+            flat[f"{base}.scales"] = t.scales.astype(mx.float32)
+            flat[f"{base}.biases"] = t.biases.astype(mx.float32)
+        else:
+            flat[k] = t.astype(mx.float32)
+    flat = model.sanitize(flat)
+    try:
+        model.load_weights(list(flat.items()), strict=True)
+    except ValueError as e:
+        raise ConvertError(f"the GGUF tensors do not fit mlx-lm's llama model: {e}") from e
+    mx.eval(model.parameters())
+    return model
+
+
+def cast_floats(model: nn.Module, dtype: mx.Dtype) -> None:
+    """Cast every float parameter (quantized layers' scales and biases included) to `dtype`."""
+
+    def cast(v: mx.array) -> mx.array:
+        return v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v
+
+    model.update(tree_map(cast, model.parameters()))
+    mx.eval(model.parameters())
+
+
+def _formats(model: nn.Module) -> dict[str, tuple]:
+    return {
+        p: (m.group_size, m.bits, getattr(m, "mode", "affine"))
+        for p, m in model.named_modules()
+        if "scales" in m
+    }
+
+
+def compare_loaded(built: nn.Module, loaded: nn.Module) -> dict:
+    """Whether `loaded` is `built` exactly: model arguments, quantized formats, every parameter
+    (dtype and bits). Returns a summary with the first differences (`"passed"`)."""
+    diffs: list[str] = []
+    if getattr(built, "args", None) != getattr(loaded, "args", None):
+        diffs.append(f"model arguments differ: {loaded.args} != {built.args}")
+    if _formats(built) != _formats(loaded):
+        diffs.append("quantized formats differ")
+    ours, theirs = dict(tree_flatten(built.parameters())), dict(tree_flatten(loaded.parameters()))
+    if set(ours) != set(theirs):
+        diffs.append(f"parameters differ: {sorted(set(ours) ^ set(theirs))[:5]}")
+    for k in sorted(set(ours) & set(theirs)):
+        a, b = ours[k], theirs[k]
+        if a.dtype != b.dtype or a.shape != b.shape or not mx.array_equal(a, b).item():
+            diffs.append(f"{k}: {b.dtype}{tuple(b.shape)} != {a.dtype}{tuple(a.shape)} or values")
+    return {"parameters": len(ours), "differences": diffs[:5], "passed": not diffs}
+
+
+def check_text_loss(model: nn.Module, ids: list[int], vocab_size: int) -> dict:
+    """The model's mean next-token loss (nats) on `ids`, next to chance, ln(vocab_size); logs a
+    warning when it is near chance (untrained weights, or weights not read as meant)."""
+    tokens = mx.array(ids)[None]
+    logits = model(tokens[:, :-1]).astype(mx.float32)
+    loss = float(nn.losses.cross_entropy(logits, tokens[:, 1:], reduction="mean"))
+    chance = math.log(vocab_size)
+    if loss > 0.8 * chance:
+        logger.warning(
+            "the imported model's loss on the check text is %.3f nats/token, near chance "
+            "(ln %d = %.3f): the GGUF weights look untrained or were not read as meant",
+            loss,
+            vocab_size,
+            chance,
+        )
+    return {"tokens": len(ids) - 1, "loss": loss, "chance": chance}
+
+
+def _check_ids(path: Path, vocab_size: int) -> list[int]:
+    from mlx_lm.utils import load_tokenizer
+
+    try:
+        ids = list(load_tokenizer(path).encode(CHECK_TEXT))
+    except (OSError, ValueError) as e:
+        raise ConvertError(f"the shipped tokenizer does not load with mlx-lm ({e})") from e
+    if len(ids) < 2 or max(ids) >= vocab_size:
+        raise ConvertError(
+            f"the tokenizer built from the GGUF vocabulary encodes the check text as {ids[:8]}..., "
+            f"which the model (vocab_size {vocab_size}) cannot read"
+        )
+    return ids
+
+
+def import_gguf(
+    gguf_path: str | Path,
+    mlx_path: str | Path = "mlx_model",
+    *,
+    dtype: str | None = None,
+    quantize: bool = False,
+    force: bool = False,
+    check: bool = True,
+    max_file_size_gb: float = MAX_FILE_SIZE_GB,
+) -> GGUFImportResult:
+    """Import a llama-architecture GGUF file as an mlx-lm model directory.
+
+    Args:
+        gguf_path: the `.gguf` file (F32/F16/Q4_0/Q4_1/Q8_0 tensors through `mx.load`; other
+            types the `gguf` package dequantizes, float output only).
+        mlx_path: output directory (built as `<mlx_path>.tmp-<pid>`, renamed when complete).
+        dtype: "float32" (default for float weights: ggml's grid exactly), "float16" (default
+            with `quantize`) or "bfloat16", for float parameters, scales and biases included.
+        quantize: keep Q4_0/Q4_1/Q8_0 tensors quantized (MLX affine, group size 32, exact).
+        force: replace an existing `mlx_path` (only a model directory; `output.check_output`).
+        check: require the staged directory, loaded by mlx-lm, to be the built model exactly.
+        max_file_size_gb: shard size of the weight files.
+
+    Returns:
+        A `GGUFImportResult`. Raises `ConvertError` for a bad input (not GGUF, another
+        architecture, an unreadable tensor type) and `ParityError` when the check fails.
+
+    Example:
+        >>> import_gguf("model.Q8_0.gguf", "model_mlx", quantize=True)
+    """
+    t0 = time.perf_counter()
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k != "t0"}
+    gguf_path, mlx_path = Path(gguf_path).expanduser(), Path(mlx_path).expanduser()
+    out_dtype = _out_dtype(dtype, quantize)
+    check_output(mlx_path, force, {"the input": gguf_path})
+    header = read_header(gguf_path)
+    check_architecture(header)
+    config = llama_config(header)
+    logger.info("loading %s (%s)", gguf_path, header.type_counts())
+    weights = to_mlx_weights(header, load_tensors(header, keep_quantized=quantize), config)
+    block, specs = quantization_block(weights)
+    if block is not None:
+        config["quantization"] = block
+    elif quantize:
+        logger.warning("no Q4_0/Q4_1/Q8_0 tensors in %s: the import is a float model", gguf_path)
+    if block is not None and out_dtype == mx.bfloat16:
+        logger.warning(
+            "bfloat16 rounds ggml's float16 scales and biases (8 significant bits, not 11); "
+            "--dtype float16 keeps them exact, float32 also computes ggml's grid exactly"
+        )
+    config["torch_dtype"] = _dtype_name(out_dtype)
+    model = build_model(config, weights, specs)
+    del weights
+
+    from mlx_lm.utils import compute_bits_per_weight
+
+    result = GGUFImportResult(
+        mlx_path=str(mlx_path),
+        source=str(gguf_path),
+        source_sha256=sha256_file(gguf_path),
+        name=header.metadata.get("general.name"),
+        tensor_types=header.type_counts(),
+        method="quantized" if block else "float",
+        quantization=block,
+        dtype=_dtype_name(out_dtype),
+        bits_per_weight=0.0,
+        num_parameters=0,
+        total_bytes=0,
+        files={},
+        check_skipped=None if check else "disabled (--no-parity-check)",
+        options=options,
+    )
+    with tempfile.TemporaryDirectory(prefix="mlx_qat_gguf_tokenizer_") as scratch:
+        save_gguf_tokenizer(header.metadata, ARCH, Path(scratch))
+        with staged_dir(mlx_path, force) as tmp:
+            save_tokenizer(tmp, Path(scratch), config["vocab_size"])
+            ids = _check_ids(tmp, config["vocab_size"])
+            result.check_loss = check_text_loss(model, ids, config["vocab_size"])
+            cast_floats(model, out_dtype)
+            result.bits_per_weight = round(float(compute_bits_per_weight(model)), 4)
+            index = save_weights(tmp, model, max_file_size_gb)
+            save_config(tmp, config, pending=True)  # config.json only once verified
+            result.num_parameters = int(index["metadata"]["total_parameters"])
+            result.total_bytes = int(index["metadata"]["total_size"])
+            result.files = file_sizes(tmp)
+            if check:
+                result.check = compare_loaded(model, load_staged(tmp))
+                if not result.check["passed"]:
+                    raise ParityError(_check_message(result.check, mlx_path))
+            del model
+            commit_config(tmp)
+            result.seconds = round(time.perf_counter() - t0, 3)
+            (tmp / "README.md").write_text(model_card(result), encoding="utf-8")
+            (tmp / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    logger.info("wrote %s (%.3f bits per weight)", mlx_path, result.bits_per_weight)
+    return result
+
+
+def _check_message(c: dict, mlx_path: Path) -> str:
+    return (
+        f"import check failed for {mlx_path}: the directory loaded by mlx-lm is not the model "
+        f"built from the GGUF tensors ({'; '.join(c['differences'])}); nothing was written"
+    )
+
+
+def summary(r: GGUFImportResult) -> str:
+    """The lines `mlx_qat.convert` prints for a GGUF import."""
+    fmt = "float"
+    if r.quantization:
+        q = r.quantization
+        fmt = f"affine {q['bits']}-bit g{q['group_size']}"
+        n_over = len([k for k in q if k not in ("group_size", "bits", "mode")])
+        fmt += f" (+{n_over} per-layer entries)" if n_over else ""
+    types = ", ".join(f"{n} {t}" for t, n in r.tensor_types.items())
+    lines = [
+        f"[mlx_qat.convert] GGUF import of {r.source}" + (f" ({r.name})" if r.name else ""),
+        f"  tensors          {types}",
+        f"  output           {r.mlx_path}",
+        f"  format           {fmt}, {r.dtype}",
+        f"  bits per weight  {r.bits_per_weight:.3f}",
+        f"  size             {r.total_bytes / 1e6:.2f} MB in {len(r.files)} file(s), "
+        f"{r.num_parameters:,} parameters",
+    ]
+    if r.check_loss is not None:
+        c = r.check_loss
+        lines.append(
+            f"  loss             {c['loss']:.4f} nats/token on a {c['tokens']}-token English "
+            f"sentence (chance {c['chance']:.2f})"
+        )
+    if r.check is None:
+        lines.append(f"  check            skipped: {r.check_skipped}")
+    else:
+        lines.append(
+            f"  check            loaded by mlx-lm = built: {r.check['parameters']} parameter "
+            "tensors bit for bit, config and formats: ok"
+        )
+    return "\n".join(lines)
+
+
+def model_card(r: GGUFImportResult) -> str:
+    """The README.md written next to an imported model."""
+    name = Path(r.mlx_path).name
+    fmt = (
+        "float weights: every tensor dequantized (ggml's grid, exact in float32)"
+        if r.method == "float"
+        else "Q4_0/Q4_1/Q8_0 kept quantized as MLX affine, group size 32 (exact); "
+        f"quantization block: `{json.dumps(r.quantization)}`"
+    )
+    lines = [
+        "---",
+        "library_name: mlx",
+        "pipeline_tag: text-generation",
+        "tags:",
+        "- mlx",
+        "- mlx_qat",
+        "- gguf",
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"Imported by `mlx_qat.convert` from the GGUF file `{Path(r.source).name}`"
+        + (f" ({r.name})" if r.name else "")
+        + f", sha256 `{r.source_sha256}`.",
+        "",
+        f"- GGUF tensors: {', '.join(f'{n} {t}' for t, n in r.tensor_types.items())}",
+        f"- Format: {fmt}",
+        f"- Float parameters: {r.dtype}",
+        f"- Bits per weight: {r.bits_per_weight:.3f}",
+        f"- Size: {r.total_bytes:,} bytes, {r.num_parameters:,} parameters",
+        "",
+    ]
+    if r.check_loss is not None:
+        c = r.check_loss
+        lines += [
+            f"Loss {c['loss']:.4f} nats/token on a {c['tokens']}-token English sentence "
+            f"(float32 forward; chance: {c['chance']:.2f}).",
+            "",
+        ]
+    if r.check is not None:
+        lines += [
+            "Checked: the directory loaded by mlx-lm's loader is the model built from the GGUF "
+            f"tensors, {r.check['parameters']} parameter tensors bit for bit.",
+            "",
+        ]
+    lines += [
+        "```python",
+        "from mlx_lm import load, generate",
+        "",
+        f'model, tokenizer = load("{r.mlx_path}")',
+        'print(generate(model, tokenizer, prompt="Hello", max_tokens=50))',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""A llama-architecture GGUF → mlx-lm's `llama` model: config.json, weight names, q/k rows.
+
+* Config (`llama_config`): `llama.embedding_length` → hidden_size, `block_count` →
+  num_hidden_layers, `feed_forward_length` → intermediate_size, `attention.head_count(_kv)` →
+  num_attention_heads / num_key_value_heads, `attention.key_length` → head_dim,
+  `rope.freq_base` → rope_theta, `attention.layer_norm_rms_epsilon` → rms_norm_eps,
+  `context_length` → max_position_embeddings, `rope.scaling.type linear` + `factor` →
+  rope_scaling; vocab_size is the embedding's rows; tie_word_embeddings when the file has no
+  `output.weight`. GGUF stores floats as float32: each is written as the shortest decimal
+  that reads back as the same float32 (9.999999747378752e-06 → 1e-05).
+* Names (`mlx_name`): token_embd → model.embed_tokens, blk.N.attn_q/k/v/output →
+  model.layers.N.self_attn.q/k/v/o_proj, blk.N.ffn_gate/up/down → mlp.gate/up/down_proj,
+  attn_norm → input_layernorm, ffn_norm → post_attention_layernorm, output_norm → model.norm,
+  output → lm_head.
+* Rotary layout (`unpermute_rows`): llama.cpp's `convert_hf_to_gguf.py` reorders the rows of
+  q_proj (with n_head) and k_proj (with n_head_kv) of each head from the Hugging Face "rotate
+  half" layout, where head row j·D/2 + i pairs with row i, into ggml's interleaved one (rows 2i,
+  2i+1): `W.reshape(n, 2, D/2, ...).swapaxes(1, 2)`. mlx-lm's llama uses the Hugging Face
+  layout (`rope_traditional: false`), so the import applies the inverse row order. Rows are
+  output channels, so a quantized weight's codes, scales and biases move together, exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from .errors import ConvertError
+from .gguf_read import GGUFHeader, QTensor, Tensor
+
+ARCH = "llama"
+LAYER_PARTS = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+TOP_PARTS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+SUFFIXES = ("weight", "bias")
+_LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.(\w+)")
+FIX = "convert the original Hugging Face model with mlx_lm.convert instead"
+
+
+def _f32(x: float) -> float:
+    """The shortest decimal that is the same float32 (GGUF stores float32)."""
+    return float(str(np.float32(x)))
+
+
+def _int(meta: dict, key: str, path) -> int:
+    if key not in meta:
+        raise ConvertError(f"{path}: GGUF metadata has no {key}, which a llama model needs")
+    return int(meta[key])
+
+
+def check_architecture(header: GGUFHeader) -> None:
+    """Refuse a file whose `general.architecture` is not llama (naming it and the fix)."""
+    arch = header.architecture
+    if arch != ARCH:
+        raise ConvertError(
+            f"{header.path}: GGUF architecture {arch!r} is not supported; mlx_qat imports "
+            f"llama-architecture GGUF files (Llama, Mistral, SmolLM, ...). For {arch!r}, {FIX}"
+        )
+
+
+def llama_config(header: GGUFHeader) -> dict[str, Any]:
+    """mlx-lm's config.json for the file (see the module docstring); refuses what mlx-lm's llama
+    cannot express (partial rotary, rope_freqs tables, rope scaling other than linear)."""
+    m, p = header.metadata, header.path
+    heads = _int(m, "llama.attention.head_count", p)
+    hidden = _int(m, "llama.embedding_length", p)
+    head_dim = int(m.get("llama.attention.key_length", hidden // heads))
+    if int(m.get("llama.attention.value_length", head_dim)) != head_dim:
+        raise ConvertError(f"{p}: key_length != value_length is not a llama model mlx-lm runs")
+    rot = int(m.get("llama.rope.dimension_count", head_dim))
+    if rot != head_dim:
+        raise ConvertError(
+            f"{p}: llama.rope.dimension_count {rot} != head_dim {head_dim} (partial rotary), "
+            f"which mlx-lm's llama does not implement; {FIX}"
+        )
+    if "rope_freqs.weight" in header.types:
+        raise ConvertError(
+            f"{p}: the file carries rope_freqs.weight (Llama 3.1-style frequency scaling), whose "
+            f"parameters GGUF does not keep; {FIX}"
+        )
+    embd = header.shapes.get("token_embd.weight")
+    if embd is None:
+        raise ConvertError(f"{p}: no token_embd.weight tensor; not a llama model file")
+    cfg: dict[str, Any] = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_act": "silu",
+        "hidden_size": hidden,
+        "num_hidden_layers": _int(m, "llama.block_count", p),
+        "intermediate_size": _int(m, "llama.feed_forward_length", p),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(m.get("llama.attention.head_count_kv", heads)),
+        "head_dim": head_dim,
+        "rms_norm_eps": _f32(m.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_theta": _f32(m.get("llama.rope.freq_base", 10000.0)),
+        "vocab_size": int(embd[0]),
+        "tie_word_embeddings": "output.weight" not in header.types,
+        "attention_bias": "blk.0.attn_q.bias" in header.types,
+        "mlp_bias": "blk.0.ffn_up.bias" in header.types,
+    }
+    if "llama.context_length" in m:
+        cfg["max_position_embeddings"] = int(m["llama.context_length"])
+    scaling = m.get("llama.rope.scaling.type", "none")
+    if scaling == "linear":
+        cfg["rope_scaling"] = {"type": "linear", "factor": _f32(m["llama.rope.scaling.factor"])}
+    elif scaling != "none":
+        raise ConvertError(f"{p}: rope scaling {scaling!r} is not supported (linear is); {FIX}")
+    n_vocab = m.get("llama.vocab_size")
+    if n_vocab is not None and int(n_vocab) != cfg["vocab_size"]:
+        raise ConvertError(
+            f"{p}: llama.vocab_size {n_vocab} != token_embd rows {cfg['vocab_size']}; the file "
+            "is inconsistent"
+        )
+    for key, tok in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id")):
+        if f"tokenizer.ggml.{tok}" in m:
+            cfg[key] = int(m[f"tokenizer.ggml.{tok}"])
+    return cfg
+
+
+def mlx_name(name: str, path=None) -> str:
+    """mlx-lm's parameter path for a GGUF tensor name (ConvertError for one it has no place for)."""
+    match = _LAYER.fullmatch(name)
+    if match and match[2] in LAYER_PARTS and match[3] in SUFFIXES:
+        return f"model.layers.{match[1]}.{LAYER_PARTS[match[2]]}.{match[3]}"
+    base, _, suffix = name.rpartition(".")
+    if base in TOP_PARTS and suffix in SUFFIXES:
+        return f"{TOP_PARTS[base]}.{suffix}"
+    raise ConvertError(
+        f"{path}: tensor {name} has no place in mlx-lm's llama model (known: token_embd, "
+        f"output_norm, output, blk.N.{{{','.join(LAYER_PARTS)}}}); {FIX}"
+    )
+
+
+def unpermute_rows(t: Tensor, n_head: int) -> Tensor:
+    """Undo llama.cpp's q/k row order for rotary (see the module docstring): HF row h·D + j·D/2
+    + i is GGUF row h·D + 2i + j."""
+    rows = t.shape[0]
+    if rows % (2 * n_head):
+        raise ConvertError(f"q/k rows {rows} are not a multiple of 2 x {n_head} heads")
+    index = mx.array(np.arange(rows).reshape(n_head, rows // n_head // 2, 2).transpose(0, 2, 1))
+    index = index.reshape(-1)
+    return t.take_rows(index) if isinstance(t, QTensor) else t[index]
+
+
+def to_mlx_weights(header: GGUFHeader, tensors: dict[str, Tensor], config: dict) -> dict:
+    """The GGUF tensors under mlx-lm's names, q/k rows in the Hugging Face rotary layout."""
+    out: dict[str, Tensor] = {}
+    n_q, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
+    for name, t in tensors.items():
+        key = mlx_name(name, header.path)
+        if ".self_attn.q_proj." in key:
+            t = unpermute_rows(t, n_q)
+        elif ".self_attn.k_proj." in key:
+            t = unpermute_rows(t, n_kv)
+        out[key] = t
+    return out
