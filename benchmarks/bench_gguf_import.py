@@ -282,8 +282,9 @@ def write(res: dict, args) -> None:
         "",
         "## Tokenizer",
         "",
-        "decode(encode(x)) == x, x = the whole slice of each corpus read above, and its first 20 "
-        "paragraphs (lines for brown and sotu, whose documents are long):",
+        "decode(encode(x)) == x, x = the whole slice of each corpus read above, and its first "
+        "(up to) 20 paragraphs, or non-empty lines where the slice has fewer paragraphs (sotu's "
+        "slice is 2 lines of ~8,000 characters):",
         "",
         "| corpus | characters | whole slice | paragraphs/lines exact |",
         "|---|---|---|---|",
