@@ -206,6 +206,36 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def reading(rows: list[dict]) -> list[str]:
+    """What the numbers say, per model size."""
+    out = ["What it shows:", ""]
+    one = {r["size"]: r for r in rows if r["processes"] == 1}
+    for r in rows:
+        base = one.get(r["size"])
+        if r["processes"] == 1 or base is None or r["blas_threads"] == "default":
+            continue
+        mb_s = r["grad_mib"] * 2**20 / (r["allreduce_ms"] / 1000) / 1e6
+        out.append(
+            f"- {r['size']} ({r['params'] / 1e6:.2f} M parameters): averaging "
+            f"{r['grad_mib']:.1f} MiB of gradients takes {r['allreduce_ms']:.0f} ms "
+            f"({mb_s:.0f} MB/s of gradient over loopback), {r['allreduce_ms'] / r['step_ms']:.0%} "
+            f"of the 2-process step. The step is {r['speedup']:.2f}x the single process's "
+            f"throughput because each process's half batch alone takes {r['compute_ms']:.0f} ms "
+            f"on its core, against {base['step_ms']:.0f} ms for the whole batch in one process, "
+            "whose OpenBLAS already uses both cores."
+        )
+    out += [
+        "- With OpenBLAS's default threads each process starts one thread per core, four on two "
+        "cores: the oversubscribed runs are slower still and erratic. Give each process "
+        "`OPENBLAS_NUM_THREADS` = cores / processes.",
+        "- Data parallelism pays where each process has its own cores or GPU (several Macs); "
+        "on one machine it is for testing the distributed path. The exchange's cost grows "
+        "with the parameter count, not with the batch: a larger batch per step amortises it.",
+        "",
+    ]
+    return out
+
+
 def render(payload: dict) -> str:
     from benchmarks.common import header_lines
 
@@ -219,10 +249,13 @@ def render(payload: dict) -> str:
         f"tied embedding) on a global batch of {payload['batch']} x {payload['seq']} tokens; "
         "2 processes each take half the rows and average their gradients with "
         "`nn.average_gradients` (CPU stream). Medians over repeats and over "
-        f"{payload['rounds']} alternated rounds; step time is rank 0's after a barrier.",
+        f"{payload['rounds']} alternated rounds; step time is rank 0's after a barrier. Load "
+        f"average before the benchmark: {payload.get('load_avg_before', float('nan')):.1f} (the "
+        "one above, taken at the end, includes the benchmark's own processes).",
         "",
         table(rows),
         "",
+        *reading(rows),
         "- **compute**: the same step on a rank's half batch without the exchange, timed while "
         "the other rank does the same (both share the cores);",
         "- **all-reduce**: `nn.average_gradients` alone on the real gradient tree (one all_sum "
@@ -251,6 +284,7 @@ def main() -> None:
     argv = ["--sizes", *args.sizes, "--batch", str(args.batch), "--seq", str(args.seq),
             "--vocab", str(args.vocab), "--warmup", str(args.warmup),
             "--repeats", str(args.repeats)]  # fmt: skip
+    load_before = os.getloadavg()[0]  # the header's load average is taken after, ours included
     rounds = []
     for i in range(args.rounds):
         order = CONFIGS if i % 2 == 0 else CONFIGS[::-1]
@@ -269,6 +303,7 @@ def main() -> None:
         "batch": args.batch,
         "seq": args.seq,
         "rounds": args.rounds,
+        "load_avg_before": load_before,
         "rows": summarize(rounds),
         "raw": rounds,
     }
