@@ -240,7 +240,7 @@ def test_cli_reproducible_json_table_and_plot_fallback(float_run, tmp_path, caps
     def no_matplotlib():
         raise ImportError("plotting needs matplotlib: pip install 'mlx_qat[plot]'")
 
-    monkeypatch.setattr(report, "_pyplot", no_matplotlib)
+    monkeypatch.setattr(report, "pyplot", no_matplotlib)
     assert diagnose_main([str(float_run), *CHEAP_FLAGS, "--out", str(outs[1])]) == 0
     assert "pip install 'mlx_qat[plot]'" in capsys.readouterr().err
     assert not (outs[1] / "diagnose.png").exists()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..train.plot import pyplot
+
 TOP_LAYERS = 8  # layers drawn in the plot and listed first in the table
 
 
@@ -81,19 +83,6 @@ def format_report(d: dict, layers: int = TOP_LAYERS) -> str:
     return "\n".join(lines)
 
 
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ImportError(
-            "plotting needs matplotlib: pip install 'mlx_qat[plot]' (or pip install matplotlib)"
-        ) from e
-    return plt
-
-
 def plot_diagnosis(d: dict, out: str | os.PathLike, layers: int = TOP_LAYERS) -> Path:
     """Draw the line scans of `d` to `out` (a .png); returns the path.
 
@@ -101,7 +90,7 @@ def plot_diagnosis(d: dict, out: str | os.PathLike, layers: int = TOP_LAYERS) ->
     Middle: the same against random directions of the same per-group norm (log scale of α).
     Right: each of the top `layers` units rounded alone.
     """
-    plt = _pyplot()
+    plt = pyplot()
     scan, eps, l0 = d["scan"], d["eps"], d["float"]["loss"]
     fig, (ax, ax_r, ax_l) = plt.subplots(1, 3, figsize=(16, 4.5))
     ax.plot(scan["alphas"], scan["rise"], "o-", label="along Q(w) − w")

@@ -13,7 +13,8 @@ from pathlib import Path
 from .metrics import read_metrics
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or an ImportError naming the extra to install."""
     try:
         import matplotlib
 
@@ -47,7 +48,7 @@ def plot_run(
     the late evals); an FP twin (`run_dir/fp_twin`, or `twin_dir`) is drawn dashed. Right:
     the learning rate. The FP→QAT switch is marked.
     """
-    plt = _pyplot()
+    plt = pyplot()
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "loss.png"
     train = read_metrics(run_dir, "train")
