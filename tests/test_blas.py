@@ -11,7 +11,9 @@ from mlx_qat.blas import find_openblas
 
 def test_script_and_module_run_with_openblas_preloaded_and_their_arguments(tmp_path):
     script = tmp_path / "show.py"
-    script.write_text("import os, sys; print(os.environ.get('LD_PRELOAD', ''), '|', sys.argv[1:])\n")
+    script.write_text(
+        "import os, sys; print(os.environ.get('LD_PRELOAD', ''), '|', sys.argv[1:])\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MLX_QAT_BLAS_REEXEC")}
     lib = find_openblas()
     for how in ([str(script)], ["-m", "show"]):
