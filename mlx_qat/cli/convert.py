@@ -197,11 +197,11 @@ def _import_kwargs(opts: dict) -> dict:
     }
 
 
-def _import(opts: dict) -> int:
-    from ..convert.gguf import import_gguf, summary
-
+def _export(run, opts: dict, summary) -> int:
+    """`run()` → exit status: 1 a failed parity check, 2 bad input; else save the resolved
+    settings in the output and print `summary(result)`."""
     try:
-        result = import_gguf(**_import_kwargs(opts))
+        result = run()
     except ParityError as e:
         print(f"mlx_qat.convert: error: {e}", file=sys.stderr)
         return 1
@@ -222,21 +222,12 @@ def _run(opts: dict) -> int:
     from ..convert.gguf_read import is_gguf_input
 
     if is_gguf_input(opts.get("path") or opts.get("qat_path")):
-        return _import(opts)
+        from ..convert.gguf import import_gguf, summary
+
+        return _export(lambda: import_gguf(**_import_kwargs(opts)), opts, summary)
     from ..convert import convert
 
-    try:
-        result = convert(**_convert_kwargs(opts))
-    except ParityError as e:
-        print(f"mlx_qat.convert: error: {e}", file=sys.stderr)
-        return 1
-    except ConvertError as e:
-        print(f"mlx_qat.convert: error: {e}", file=sys.stderr)
-        return 2
-    save_resolved(Path(result.mlx_path) / "convert.yaml", "convert", opts)
-    if not opts["quiet"]:
-        print(_summary(result))
-    return 0
+    return _export(lambda: convert(**_convert_kwargs(opts)), opts, _summary)
 
 
 def main(argv: list[str] | None = None) -> int:
