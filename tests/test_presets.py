@@ -73,3 +73,17 @@ def test_model_from_config_rejects_unknown_arch():
         model_from_config({"hidden_size": 4})
     with pytest.raises(ValueError):
         model_from_config({"model_type": "no_such_arch"})
+
+
+def test_model_config_dict_writes_no_null_the_caller_did_not():
+    """A config.json without max_position_embeddings must not come back with it as null
+    (transformers refuses `max_position_embeddings: null` when convert builds a tokenizer
+    config); Nones the caller wrote are kept."""
+    c = {k: v for k, v in preset_config("d2", 300).items() if k != "max_position_embeddings"}
+    model = model_from_config(c)
+    assert model.args.max_position_embeddings is None  # the ModelArgs default
+    out = model_config_dict(model, c)
+    assert "max_position_embeddings" not in out
+    assert out["hidden_size"] == c["hidden_size"] and out["model_type"] == "llama"
+    kept = model_config_dict(model, {**c, "max_position_embeddings": None})
+    assert kept["max_position_embeddings"] is None

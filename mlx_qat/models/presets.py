@@ -100,7 +100,11 @@ def model_config_dict(model: nn.Module, base: dict | None = None) -> dict:
     args = getattr(model, "args", None)
     out = dict(base or {})
     if args is not None and is_dataclass(args):
-        out.update({k: v for k, v in asdict(args).items() if _jsonable(v)})
+        # A None the caller did not write is a ModelArgs default: leave it out (config.json
+        # readers such as transformers refuse e.g. `max_position_embeddings: null`).
+        out.update(
+            {k: v for k, v in asdict(args).items() if _jsonable(v) and (v is not None or k in out)}
+        )
     if "model_type" not in out:
         out["model_type"] = getattr(model, "model_type", None) or args.model_type
     return out
