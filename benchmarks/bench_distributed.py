@@ -28,7 +28,6 @@ import argparse
 import datetime
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from mlx_launch import ring_command  # noqa: E402  (shared with the tests)
 
 CONFIGS = (("1 process", 1, None), ("2 processes", 2, None), ("2 processes, 1 BLAS thread", 2, 1))
 
@@ -131,20 +133,6 @@ def worker(args) -> None:
         print("RESULT " + json.dumps(rows), flush=True)
 
 
-def _port() -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", p + 1))
-            return p
-        except OSError:
-            continue
-    raise RuntimeError("no two free consecutive ports")
-
-
 def run_config(n: int, threads: int | None, argv: list[str]) -> list[dict]:
     """One launch of the worker on `n` processes; rank 0's rows."""
     from mlx_qat.blas import find_openblas
@@ -158,9 +146,7 @@ def run_config(n: int, threads: int | None, argv: list[str]) -> list[dict]:
         env["OPENBLAS_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, __file__, "--worker", *argv]
     if n > 1:
-        launch = Path(sys.executable).with_name("mlx.launch")
-        cmd = [str(launch), "--backend", "ring", "-n", str(n), "--starting-port", str(_port()),
-               "--python", sys.executable, "--", __file__, "--worker", *argv]  # fmt: skip
+        cmd = ring_command(__file__, "--worker", *argv, n=n)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=3600)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if not lines:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
+from mlx_launch import free_port_pair, ring_command
 from test_train_fixtures import REPO, tiny_config, tiny_data_dir  # noqa: F401
 
 from mlx_qat.checkpoint import list_checkpoints
@@ -41,7 +41,6 @@ from mlx_qat.train.metrics import read_metrics
 
 pytestmark = pytest.mark.distributed
 
-LAUNCH = Path(sys.executable).with_name("mlx.launch")
 TPS = 4 * 32
 FP_TOL, QAT_TOL = 2e-5, 3e-3
 
@@ -76,28 +75,12 @@ for name, d in spec["runs"].items():
 """
 
 
-def _ports() -> int:
-    """A starting port p with p and p + 1 free (rank r listens on p + r)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", p + 1))
-            return p
-        except OSError:
-            continue
-    raise RuntimeError("no two free consecutive ports")
-
-
 def launch(script: Path, *args: str, n: int = 2) -> subprocess.Popen:
     """`mlx.launch --backend ring -n N --python PYTHON -- SCRIPT ARGS` from the repository."""
-    cmd = [str(LAUNCH), "--backend", "ring", "-n", str(n), "--starting-port", str(_ports()),
-           "--python", sys.executable, "--", str(script), *args]  # fmt: skip
     return subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+        ring_command(script, *args, n=n),
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
 
 
 def run_driver(tmp: Path, runs: dict, dumps: dict | None = None, delay: float = 0.0):
@@ -258,7 +241,7 @@ def test_a_dead_rank_makes_the_others_stop_with_a_message(tmp_path):
     launcher, which would terminate rank 0 itself: rank 1 exits, rank 0's exchange fails."""
     script = tmp_path / "peer.py"
     script.write_text(PEER)
-    p = _ports()
+    p = free_port_pair()
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"], [f"127.0.0.1:{p + 1}"]]))
     procs = [
