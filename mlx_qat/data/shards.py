@@ -4,13 +4,15 @@ Layout of a data directory (``--out``, default ``data/``)::
 
     data/
       tokenizer-<vocab>-<key>/   tokenizer.model + HF files + tokenizer_meta.json
+      tokenizer-hf-<sha16>/      or: a copy of a model's own HF tokenizer (``tokenizer=DIR``)
       shards-<key>/              train.npy, val.npy, test.npy (uint16, or uint32 for
                                  vocab > 65536), manifest.json
       latest.json                the shards directory of the last prepare_data call (with
                                  ``keep_latest``, as the trainer calls it: of the first one)
       config.yaml                the resolved CLI configuration (written by the CLI)
 
-Each split is the concatenation of its documents' ids with EOS after every document. The
+Each split is the concatenation of its documents' ids with EOS after every document (a
+model's own HF tokenizer also adds BOS first where its ``encode`` does: `hf_tokenizer`). The
 validation split is for choices (curves, tuning); the test split, held out the same way, is
 only ever reported (the trainer's final evaluation, `mlx_qat.eval --split test`). Shards made
 before the test split existed have none: they still load, with ``DataBundle.test`` None.
@@ -48,8 +50,9 @@ from ..fileio import (
 from .corpus import Paths, check_fractions, read_documents, split_documents
 from .sources import default_corpus
 from .tokenizer import DEFAULT_SETTINGS, FORMAT, MODEL_FILE, Tokenizer, default_threads
-from .tokenizer import load_tokenizer as _load_tokenizer
 from .tokenizer import train_tokenizer as _train_tokenizer
+from .tokenizer_dir import load_tokenizer as _load_tokenizer
+from .tokenizer_dir import store_hf_tokenizer, tokenizer_kind, tokenizer_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,10 @@ LATEST = "latest.json"
 SPLITS = ("train", "val", "test")
 REQUIRED_SPLITS = ("train", "val")  # shards made before the test split have only these
 SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
+SEPARATORS = {
+    "sentencepiece": "EOS after every document; no BOS",
+    "hf": "every document as the tokenizer's encode(text) (BOS first where it adds one), then EOS",
+}
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -98,9 +105,11 @@ class DataBundle:
         return int(self.manifest["eos_id"])
 
     @property
-    def bos_id(self) -> int:
-        """BOS id (not used in the shards)."""
-        return int(self.manifest["bos_id"])
+    def bos_id(self) -> int | None:
+        """BOS id (None if the tokenizer has none); in the shards only where a model's own
+        tokenizer adds it (see ``manifest["document_separator"]``)."""
+        bos = self.manifest.get("bos_id")
+        return None if bos is None else int(bos)
 
     @property
     def bytes_per_token(self) -> dict[str, float]:
@@ -130,8 +139,9 @@ class DataBundle:
             )
         return array
 
-    def tokenizer(self) -> Tokenizer:
-        """Load the tokenizer these shards were encoded with."""
+    def tokenizer(self):
+        """Load the tokenizer these shards were encoded with (a sentencepiece `Tokenizer` or
+        an `HFTokenizer`)."""
         return _load_tokenizer(self.tokenizer_dir)
 
 
@@ -141,7 +151,8 @@ def encode_documents(
     num_threads: int | None = None,
     chunk_chars: int = 4 << 20,
 ) -> np.ndarray:
-    """Encode ``docs`` with sentencepiece's batch API into one array, EOS after each doc."""
+    """Encode ``docs`` with the tokenizer's batch API into one array, EOS after each doc (not
+    doubled when a tokenizer's ``encode`` already ends with it)."""
     dtype = token_dtype(tok.vocab_size)
     threads = num_threads or default_threads()
     parts: list[np.ndarray] = []
@@ -152,6 +163,7 @@ def encode_documents(
             size += len(docs[stop])
             stop += 1
         ids = tok.encode_batch(docs[start:stop], num_threads=threads)
+        ids = [x[:-1] if x and x[-1] == tok.eos_id else x for x in ids]
         lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         flat = np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lens.sum()))
         parts.append(np.insert(flat, np.cumsum(lens), tok.eos_id))
@@ -190,17 +202,18 @@ def load_bundle(
     with open(manifest_file, encoding="utf-8") as f:
         manifest = json.load(f)
     tok_dir = Path(tokenizer_dir) if tokenizer_dir else path / manifest["tokenizer"]["dir"]
-    model = tok_dir / MODEL_FILE
-    if not model.is_file():
+    try:
+        have = tokenizer_sha256(tok_dir)
+    except FileNotFoundError:
         raise FileNotFoundError(
-            f"tokenizer for {path} not found: no {MODEL_FILE} in {tok_dir}; rebuild the data "
-            "with `python -m mlx_qat.data --force`"
-        )
-    have, want = sha256_file(model), manifest["tokenizer"]["sha256"]
+            f"tokenizer for {path} not found: no tokenizer ({MODEL_FILE} or Hugging Face "
+            f"files) in {tok_dir}; rebuild the data with `python -m mlx_qat.data --force`"
+        ) from None
+    want = manifest["tokenizer"]["sha256"]
     if have != want:
         raise ValueError(
             f"tokenizer mismatch: the shards in {path} were encoded with tokenizer sha256 {want}, "
-            f"but {model} has sha256 {have}. Rebuild the shards for this tokenizer "
+            f"but {tok_dir} has sha256 {have}. Rebuild the shards for this tokenizer "
             "(`python -m mlx_qat.data --force ...`, or delete that shards folder)."
         )
     missing = [s for s in REQUIRED_SPLITS if s not in manifest["splits"]]
@@ -253,8 +266,10 @@ def prepare_data(
     ``val_fraction`` of them validate (curves, tuning), ``test_fraction`` are held out as the
     test split (reported, never used for a choice), the rest train. ``inputs``: files/folders (``.txt``, ``.txt.gz``, ``.jsonl``); None means the default
     corpus (:func:`~mlx_qat.data.default_corpus`). ``tokenizer``: use this existing tokenizer
-    directory instead of training one (``vocab_size`` is then ignored). ``force`` rebuilds
-    even when cached artifacts exist. ``keep_latest`` leaves an existing ``latest.json``
+    instead of training one (``vocab_size`` is then ignored): an `mlx_qat.data` tokenizer
+    directory, or any Hugging Face / mlx-lm model directory, whose own tokenizer is copied to
+    ``out_dir/tokenizer-hf-<sha16>/`` and encodes as mlx-lm does (`hf_tokenizer`). ``force``
+    rebuilds even when cached artifacts exist. ``keep_latest`` leaves an existing ``latest.json``
     pointing where it points (other runs may rely on it). Logs a warning when the validation
     or the test split is empty. Returns a :class:`DataBundle` whose ``timings`` has ``hash``, ``read``,
     ``tokenizer``, ``encode`` and ``total`` seconds.
@@ -334,6 +349,9 @@ def prepare_data(
             built["tokenizer"] = True
         else:
             logger.info("reusing tokenizer %s", tok_dir)
+    elif tokenizer_kind(tokenizer) == "hf":
+        tok_dir = store_hf_tokenizer(tokenizer, out)
+        logger.info("tokenizer of %s (copied to %s)", tokenizer, tok_dir)
     else:
         tok_dir = Path(tokenizer)
     tok = _load_tokenizer(tok_dir)
@@ -350,12 +368,17 @@ def prepare_data(
             "format": SHARD_FORMAT,
             "key": shard_key,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "tokenizer": {"sha256": tok.sha256, "dir": _rel(tok_dir, shard_dir)},
+            "tokenizer": {
+                "sha256": tok.sha256,
+                "dir": _rel(tok_dir, shard_dir),
+                "kind": tok.kind,
+                **({"source": str(Path(tokenizer).resolve())} if tokenizer is not None else {}),
+            },
             "vocab_size": tok.vocab_size,
             "dtype": token_dtype(tok.vocab_size).name,
             "bos_id": tok.bos_id,
             "eos_id": tok.eos_id,
-            "document_separator": "EOS after every document; no BOS",
+            "document_separator": SEPARATORS[tok.kind],
             "inputs": fingerprint,
             "val_fraction": val_fraction,
             "test_fraction": test_fraction,

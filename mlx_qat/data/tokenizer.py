@@ -91,6 +91,8 @@ class Tokenizer:
     with another tokenizer.
     """
 
+    kind = "sentencepiece"
+
     def __init__(self, path: str | os.PathLike):
         path = Path(path)
         model = path / MODEL_FILE if path.is_dir() else path
