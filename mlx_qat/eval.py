@@ -5,6 +5,7 @@ validation split or the held-out test split.
     >>> ev = evaluate_checkpoint("runs/main")          # the run's latest checkpoint
     >>> ev["qat"]["loss"], ev["gap_recovered"]
     >>> evaluate_checkpoint("runs/main", split="test")  # the numbers to report
+    >>> evaluate_checkpoint("runs/main", teacher="float_model")  # + each mode's KL to it
 
 Settings the call leaves out come from the run's `config.yaml` (data, batch shape, and
 `final_eval_batches`: by default the whole split). Tune on "val"; "test" is for reporting.
@@ -18,6 +19,7 @@ from .checkpoint import build_model, load_checkpoint
 from .data.resolve import open_eval_data
 from .loss import all_minmax, eval_triple
 from .train.config import load_config
+from .train.distill import load_teacher
 
 
 def evaluate_checkpoint(
@@ -27,6 +29,7 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     seq_len: int | None = None,
     split: str = "val",
+    teacher: str | Path | None = None,
 ) -> dict:
     """FP / QAT / PTQ loss and bpb of a run's latest checkpoint or of one checkpoint dir.
 
@@ -37,6 +40,8 @@ def evaluate_checkpoint(
         batch_size, seq_len: the batch shape (default: the run's).
         split: "val" (validation: curves, tuning) or "test" (held out: report only);
             ValueError naming the fix for data prepared without a test split.
+        teacher: an mlx-lm model dir, or a run / checkpoint dir (its float weights): each
+            mode also reports `kl`, the mean KL(teacher ‖ model) per token at T = 1.
 
     Returns:
         `eval_triple`'s dict plus "checkpoint", "step", "phase", "split", "tokens" and
@@ -62,7 +67,8 @@ def evaluate_checkpoint(
     check_vocabulary(ckpt, bundle)
     model = build_model(ckpt)
     ready = ckpt.qat.get("phase") == "qat"
-    ev = eval_triple(model, batches, bpt, quantizers_ready=ready)
+    teacher_model = load_teacher(teacher) if teacher else None
+    ev = eval_triple(model, batches, bpt, quantizers_ready=ready, teacher=teacher_model)
     tokens = getattr(batches, "num_tokens", None)
     return {
         "checkpoint": str(ckpt.path),

@@ -12,6 +12,10 @@ and ptq modes are the same computation on the same weights, so ptq is reported o
 the meaningful baseline is then the PTQ of an FP model trained on the same budget (the trainer's
 `--fp-twin`). Loss is the mean over every target token of every batch (sum / count).
 
+With a `teacher` (a frozen float model: distillation, `mlx_qat.train.distill`), each mode also
+reports `kl`: the mean over target tokens of KL(p_teacher ‖ p_model) at temperature 1 (nats per
+token, `kl_to_teacher`), the teacher's logits computed once per batch for every mode.
+
 `mlx_qat.eval.evaluate_checkpoint` (and the `mlx_qat.eval` command) apply this to a checkpoint.
 """
 
@@ -33,14 +37,19 @@ MODES = ("fp", "qat", "ptq")
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Mean loss (nats/token), bits per byte and the number of target tokens."""
+    """Mean loss (nats/token), bits per byte, the number of target tokens and, against a
+    teacher, the mean KL to it (nats/token; left out of `to_dict` without one)."""
 
     loss: float
     bpb: float
     tokens: int
+    kl: float | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["kl"] is None:
+            del d["kl"]
+        return d
 
 
 def bits_per_byte(loss_nats: float, bytes_per_token: float) -> float:
@@ -48,22 +57,78 @@ def bits_per_byte(loss_nats: float, bytes_per_token: float) -> float:
     return loss_nats / math.log(2) / bytes_per_token
 
 
-def _batch_loss_sum(model: nn.Module, batch: mx.array) -> mx.array:
-    logits = model(batch[:, :-1]).astype(mx.float32)
-    return nn.losses.cross_entropy(logits, batch[:, 1:], reduction="sum")
+def log_softmax(logits: mx.array, temperature: float = 1.0) -> mx.array:
+    """`z/T − logsumexp(z/T)` over the last axis, in float32."""
+    z = logits.astype(mx.float32)
+    z = z / temperature if temperature != 1.0 else z
+    return z - mx.logsumexp(z, axis=-1, keepdims=True)
 
 
-def evaluate(model: nn.Module, batches: Iterable[mx.array], bytes_per_token: float) -> EvalResult:
-    """Mean next-token loss of `model` over `batches` ((B, T+1) int32 arrays), as it is."""
-    total, count = mx.array(0.0, dtype=mx.float32), 0
+def kl_to_teacher(logits: mx.array, teacher_logits: mx.array, temperature: float = 1.0) -> mx.array:
+    """Per-token KL(p_teacher ‖ p_student) at temperature T (shape `logits.shape[:-1]`, float32):
+
+        p^T = softmax(z / T),   KL = Σ_v p_t^T(v) · (log p_t^T(v) − log p_s^T(v))
+
+    from float32 log-softmaxes. It is >= 0, and exactly 0 where the logits are equal.
+    """
+    log_s = log_softmax(logits, temperature)
+    log_t = log_softmax(teacher_logits, temperature)
+    return (mx.exp(log_t) * (log_t - log_s)).sum(axis=-1)
+
+
+def _evaluate_modes(
+    model: nn.Module,
+    batches: Iterable[mx.array],
+    bytes_per_token: float,
+    modes: list,
+    teacher: nn.Module | None = None,
+) -> dict:
+    """{mode: EvalResult} for each of `modes` ("fp", "qat", "ptq" or None = as it is), one
+    pass over `batches`; a "ptq" mode the model cannot round to (ValueError) is None."""
+    zero = mx.array(0.0, dtype=mx.float32)
+    ce, kl = {m: zero for m in modes}, {m: zero for m in modes}
+    count = 0
     for batch in batches:
-        total = total + _batch_loss_sum(model, batch)
-        mx.eval(total)
+        x, y = batch[:, :-1], batch[:, 1:]
+        # the teacher's logits once per batch, shared by every mode
+        t_logits = None if teacher is None else mx.stop_gradient(teacher(x))
+        for mode in [m for m in modes if m in ce]:
+            try:
+                with eval_mode(model, mode) if mode else contextlib.nullcontext():
+                    logits = model(x).astype(mx.float32)
+            except ValueError as e:  # e.g. 1-bit sign quantizers: no MLX format to round to
+                if mode != "ptq":
+                    raise
+                logger.warning("eval: no PTQ baseline (%s)", e)
+                del ce[mode], kl[mode]
+                continue
+            ce[mode] = ce[mode] + nn.losses.cross_entropy(logits, y, reduction="sum")
+            if t_logits is not None:
+                kl[mode] = kl[mode] + kl_to_teacher(logits, t_logits).sum()
+            mx.eval(ce[mode], kl[mode])
         count += batch.shape[0] * (batch.shape[1] - 1)
     if count == 0:
         raise ValueError("evaluate: no validation tokens; use more --eval-batches or data")
-    loss = total.item() / count
-    return EvalResult(loss, bits_per_byte(loss, bytes_per_token), count)
+    out: dict = {}
+    for mode in modes:
+        if mode not in ce:
+            out[mode] = None
+            continue
+        loss = ce[mode].item() / count
+        k = kl[mode].item() / count if teacher is not None else None
+        out[mode] = EvalResult(loss, bits_per_byte(loss, bytes_per_token), count, k)
+    return out
+
+
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[mx.array],
+    bytes_per_token: float,
+    teacher: nn.Module | None = None,
+) -> EvalResult:
+    """Mean next-token loss of `model` over `batches` ((B, T+1) int32 arrays), as it is (and
+    its mean KL to `teacher`, when given)."""
+    return _evaluate_modes(model, batches, bytes_per_token, [None], teacher)[None]
 
 
 def _qat_layers(model: nn.Module):
@@ -113,6 +178,7 @@ def eval_triple(
     batches: Iterable[mx.array],
     bytes_per_token: float,
     quantizers_ready: bool = True,
+    teacher: nn.Module | None = None,
 ) -> dict:
     """FP, QAT and PTQ loss/bpb of `model` on the same `batches`, and the gap recovered.
 
@@ -122,36 +188,28 @@ def eval_triple(
         bytes_per_token: of the validation split.
         quantizers_ready: False before the FP→QAT switch, when learnable quantizers still
             hold their values from `prepare` (their "qat" loss is then not reported).
+        teacher: a frozen float model: each mode also reports `kl`, its mean KL to it.
 
     Returns:
         {"fp": {...}, "qat": {...} | None, "ptq": {...} | None, "gap_recovered": float | None}
         where each {...} is `EvalResult.to_dict()`.
     """
     batches = list(batches)
-    out: dict = {}
-    with eval_mode(model, "fp"):
-        out["fp"] = evaluate(model, batches, bytes_per_token).to_dict()
     if not _qat_layers(model):
+        out = {"fp": _evaluate_modes(model, batches, bytes_per_token, ["fp"], teacher)["fp"]}
+        out = {k: v.to_dict() for k, v in out.items()}
         out.update(qat=None, ptq=None, gap_recovered=None)
         return out
-    try:
-        with eval_mode(model, "ptq"):
-            out["ptq"] = evaluate(model, batches, bytes_per_token).to_dict()
-    except ValueError as e:  # e.g. 1-bit sign quantizers: no MLX format to round to
-        logger.warning("eval: no PTQ baseline (%s)", e)
-        out["ptq"] = None
-    if all_minmax(model):
-        out["qat"] = out["ptq"]  # the same computation on the same weights
-    elif quantizers_ready:
-        with eval_mode(model, "qat"):
-            out["qat"] = evaluate(model, batches, bytes_per_token).to_dict()
-    else:
-        out["qat"] = None
-    loss = {k: (v["loss"] if v else None) for k, v in out.items()}
-    # With min/max quantizers QAT *is* the PTQ of these weights: no gap to report here.
     same = all_minmax(model)
+    # With min/max quantizers QAT and PTQ are the same computation on the same weights.
+    modes = ["fp", "ptq"] + (["qat"] if quantizers_ready and not same else [])
+    res = _evaluate_modes(model, batches, bytes_per_token, modes, teacher)
+    out = {m: (r.to_dict() if r else None) for m, r in res.items()}
+    out["qat"] = out["ptq"] if same else out.get("qat")
+    loss = {m: (out[m]["loss"] if out[m] else None) for m in MODES}
+    # With min/max quantizers QAT *is* the PTQ of these weights: no gap to report here.
     out["gap_recovered"] = None if same else gap_recovered(loss["fp"], loss["qat"], loss["ptq"])
-    return out
+    return {k: out[k] for k in ("fp", "ptq", "qat", "gap_recovered")}
 
 
 def format_triple(ev: dict) -> str:
@@ -160,7 +218,8 @@ def format_triple(ev: dict) -> str:
     for mode in MODES:
         r = ev.get(mode)
         if r:
-            parts.append(f"{mode} {r['loss']:.4f} ({r['bpb']:.4f} bpb)")
+            kl = f", kl {r['kl']:.4f}" if r.get("kl") is not None else ""
+            parts.append(f"{mode} {r['loss']:.4f} ({r['bpb']:.4f} bpb{kl})")
     g = ev.get("gap_recovered")
     if g is not None:
         parts.append(f"gap recovered {100 * g:.1f}%")

@@ -17,6 +17,7 @@ Per-layer resolution (first rule that names the layer wins):
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -184,6 +185,21 @@ class QATConfig:
             rule = self._normalize_rule(model_predicate(path, module), "model quant_predicate")
             return self._apply(rule, path, module, "the model's quant_predicate")
         return self.default_spec(path, module), "default"
+
+    def check_overrides(self, model: nn.Module, where: str = "overrides") -> None:
+        """Raise ValueError for an `overrides` key that names no quantizable layer of
+        `model` (a typo would otherwise leave the layer at its default format silently);
+        the message lists the model's layers, block indices written as `*`."""
+        paths = list(quantization_map(model))
+        unused = [
+            k for k in self.overrides if not any(k == p or fnmatch.fnmatchcase(p, k) for p in paths)
+        ]
+        if unused:
+            names = dict.fromkeys(re.sub(r"\.\d+\.", ".*.", p) for p in paths)
+            raise ValueError(
+                f"{where}: {', '.join(map(repr, unused))}: no quantizable layer of this model "
+                f"matches; its {len(paths)} layers are: {', '.join(names)}"
+            )
 
     def _matching_overrides(self, path: str):
         if path in self.overrides:

@@ -15,6 +15,7 @@ against its `choices`, so a bad value fails before anything runs.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -55,6 +56,9 @@ def _coerce(action: argparse.Action, key: str, value: Any, where: str) -> Any:
         if isinstance(value, bool):
             return value
         raise bad("is not true or false")
+    if isinstance(value, dict) and getattr(action.type, "accepts_mapping", False):
+        # a mapping for a KEY=VALUE list flag (--quant-overrides): one item per entry
+        value = [f"{k}={json.dumps(v)}" for k, v in value.items()]
     if action.nargs in ("+", "*"):
         items = value if isinstance(value, list) else [value]
         return [_coerce_one(action, key, v, bad) for v in items]

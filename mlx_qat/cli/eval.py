@@ -4,6 +4,7 @@ held-out test split (`mlx_qat.eval.evaluate_checkpoint`).
     mlx_qat.eval runs/main                       # latest checkpoint, the run's data and batches
     mlx_qat.eval runs/main/checkpoints/step_00000200 --eval-batches 16
     mlx_qat.eval runs/main --split test          # the held-out numbers (report, never tune)
+    mlx_qat.eval runs/main --teacher float_model # + each mode's KL to a float model
 
 Writes the results to `<out>/eval.json` (`eval_test.json` for `--split test`) and the resolved
 settings to `<out>/eval.yaml` (`eval_test.yaml`); `--out` defaults to the run directory.
@@ -40,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="val: the validation split (curves, tuning); test: the held-out split, for "
         "reporting only (data prepared before it existed has none)",
     )
+    p.add_argument(
+        "--teacher",
+        metavar="DIR",
+        help="also report each mode's mean KL(teacher || model) per token: an mlx-lm model dir "
+        "or a run/checkpoint dir (its float weights)",
+    )
     p.add_argument("--out", metavar="DIR", help="where eval.json goes (default: the run dir)")
     add_common(p)
     return p
@@ -54,7 +61,8 @@ def _report(ev: dict) -> str:
     for mode in MODES:
         r = ev.get(mode)
         if r:
-            lines.append(f"  {mode:<4} loss {r['loss']:.4f}  bpb {r['bpb']:.4f}")
+            kl = f"  kl {r['kl']:.4f}" if r.get("kl") is not None else ""
+            lines.append(f"  {mode:<4} loss {r['loss']:.4f}  bpb {r['bpb']:.4f}{kl}")
     if ev.get("gap_recovered") is not None:
         lines.append(f"  PTQ gap recovered: {100 * ev['gap_recovered']:.1f}%")
     elif ev["minmax"]:
@@ -92,6 +100,7 @@ def _run(opts: dict) -> int:
         opts["batch_size"],
         opts["seq_len"],
         split=split,
+        teacher=opts.get("teacher"),
     )
     name = "eval" if split == "val" else f"eval_{split}"
     try:

@@ -30,11 +30,13 @@ from .common import run_verb
 
 def _flag_type(f) -> tuple[object, dict]:
     """argparse `type` (and extra kwargs) for a TrainConfig field; type None = a switch."""
-    kw = {k: f.metadata[k] for k in ("nargs", "choices") if k in f.metadata}
+    kw = {k: f.metadata[k] for k in ("nargs", "choices", "action", "metavar") if k in f.metadata}
     default = f.default_factory() if callable(f.default_factory) else f.default
     ann = str(f.type)
     if isinstance(default, bool):
         return None, kw
+    if "type" in f.metadata:  # a field with its own parser (quant_overrides: GLOB=SPEC)
+        return f.metadata["type"], kw
     if "int" in ann:
         # counts of tokens read best as 3e6 or 3M; everything else is a plain int
         return (parse_count if f.name.endswith("tokens") else int), kw
@@ -59,8 +61,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             )
         else:
             g.add_argument(
-                flag, type=typ, default=default, help=help_text, metavar=f.name.upper(), **kw
-            )
+                flag, type=typ, default=default, help=help_text,
+                **{"metavar": f.name.upper(), **kw},
+            )  # fmt: skip
 
 
 def build_parser(prog: str = "mlx_qat.train", description: str | None = None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -18,19 +19,34 @@ logger = logging.getLogger(__name__)
 
 def qat_config(config) -> QATConfig:
     """The `QATConfig` of a run: weights at `bits`, embeddings/head at `embed_bits`
-    (default max(bits, 4), the compute-optimal QAT recipe)."""
+    (default max(bits, 4), the compute-optimal QAT recipe), and the per-path
+    `quant_overrides` ({glob: bits | {bits, group_size, mode} | None}) as its `overrides`.
+
+    Raises:
+        ValueError: naming the format, or the override, that MLX cannot quantize to.
+    """
     kw = dict(quantizer=config.quantizer, lsq_per=config.lsq_per, scale_dtype=config.scale_dtype)
     if config.embed_bits is None:
-        return QATConfig.with_bits(config.bits, config.group_size, config.q_mode, 4, **kw)
-    weights = QuantSpec.for_mode(
-        config.q_mode, config.bits, config.group_size if config.q_mode == "affine" else None
-    )
-    mode = (
-        config.q_mode if QuantSpec.for_mode(config.q_mode).bits == config.embed_bits else "affine"
-    )
-    gs = config.group_size if mode == "affine" else None
-    embeddings = QuantSpec.for_mode(mode, config.embed_bits, gs)
-    return QATConfig(weights=weights, embeddings=embeddings, **kw)
+        base = QATConfig.with_bits(config.bits, config.group_size, config.q_mode, 4, **kw)
+    else:
+        weights = QuantSpec.for_mode(
+            config.q_mode, config.bits, config.group_size if config.q_mode == "affine" else None
+        )
+        mode = (
+            config.q_mode
+            if QuantSpec.for_mode(config.q_mode).bits == config.embed_bits
+            else "affine"
+        )
+        gs = config.group_size if mode == "affine" else None
+        embeddings = QuantSpec.for_mode(mode, config.embed_bits, gs)
+        base = QATConfig(weights=weights, embeddings=embeddings, **kw)
+    overrides = dict(getattr(config, "quant_overrides", None) or {})
+    for glob, rule in overrides.items():  # one at a time, so that the error names it
+        try:
+            replace(base, overrides={glob: rule})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"quant_overrides[{glob!r}]={rule!r}: {e}") from None
+    return replace(base, overrides=overrides) if overrides else base
 
 
 def make_model(config, vocab_size: int) -> tuple[nn.Module, dict]:

@@ -19,10 +19,13 @@ import yaml
 
 from ..quant.quantizers import QUANTIZERS
 from ..quant.spec import MODES as Q_MODES
+from .overrides import normalize_overrides, parse_quant_override
 from .schedules import PIPELINES
 from .schedules import SHAPES as COOLDOWN_SHAPES
 
 SWITCH_STATE = ("keep", "reset")
+OBJECTIVES = ("ce", "kd", "mix")
+TEACHER_DTYPES = ("float32", "float16", "bfloat16")
 
 # Fields that do not change what is trained: excluded from the config hash.
 _NOT_HASHED = {
@@ -46,6 +49,9 @@ _NOT_HASHED = {
     "cache_limit_mb",
     "dist_timeout",
 }
+# Fields added after runs existed: left out of the hash while at their default, so that those
+# runs keep their hash (resume, sweep rows). A default never changes meaning, so this is exact.
+_HASHED_WHEN_SET = ("objective", "kd_temperature", "kd_weight", "teacher_dtype", "quant_overrides")
 # Settings a resumed run may change with `reschedule` (e.g. after a divergence): they shape the
 # LR and the update from the resumed step on, not the plan, the model or the data.
 SCHEDULE_FIELDS = (
@@ -155,6 +161,36 @@ class TrainConfig:
     lsq_per: str = _f("row", "LSQ step granularity", "qat", choices=("row", "group"))
     embed_bits: int | None = _f(None, "embedding/head bits (default: max(bits, 4))", "qat")
     scale_dtype: str | None = _f(None, "scale/bias storage dtype (default: weight dtype)", "qat")
+    quant_overrides: dict[str, Any] = _f(
+        {},
+        "per-path formats, GLOB=SPEC (repeatable): SPEC is bits (lm_head=8), a mode "
+        "('*.mlp.*=mxfp4'), float (left unquantized) or {bits: 3, group_size: 32}; module "
+        "paths or fnmatch globs, an exact path first, then globs in order; beats --bits and "
+        "--embed-bits. YAML: a mapping glob: spec",
+        "qat",
+        nargs="+",
+        action="extend",
+        type=parse_quant_override,
+        metavar="GLOB=SPEC",
+    )
+    # distillation (the QAT phase; the FP phase always trains on cross-entropy)
+    objective: str = _f(
+        "ce",
+        "QAT-phase loss: ce (next-token cross-entropy), kd (T^2 KL to the frozen float "
+        "teacher: the --model weights, else the run's weights at the switch) or mix "
+        "((1-w) ce + w kd)",
+        "distill",
+        choices=OBJECTIVES,
+    )
+    kd_temperature: float = _f(1.0, "softmax temperature T of kd and mix", "distill")
+    kd_weight: float = _f(0.5, "mix: weight w of the kd term", "distill")
+    teacher_dtype: str | None = _f(
+        None,
+        "the teacher's weights in this dtype (default: the model's; float16/bfloat16 halve "
+        "a float32 teacher's memory)",
+        "distill",
+        choices=TEACHER_DTYPES,
+    )
     # budget
     tokens: int = _f(3_000_000, "total training tokens D (FP + QAT)", "budget")
     qat_fraction: str = _f(
@@ -235,6 +271,7 @@ class TrainConfig:
             ("optimizer_state_at_switch", SWITCH_STATE),
             ("quantizer", QUANTIZERS),
             ("q_mode", Q_MODES),
+            ("objective", OBJECTIVES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(
@@ -248,6 +285,12 @@ class TrainConfig:
             raise ValueError(f"lr={self.lr}, min_lr={self.min_lr}: need 0 <= min_lr <= lr, lr > 0")
         if self.warmup_tokens is not None and self.warmup_steps is not None:
             raise ValueError("warmup_tokens and warmup_steps: give at most one of them")
+        if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:
+            raise ValueError(
+                f"teacher_dtype={self.teacher_dtype!r}: choose one of {', '.join(TEACHER_DTYPES)}"
+                " (or leave it out: the model's dtype)"
+            )
+        self.quant_overrides = normalize_overrides(self.quant_overrides)
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints={self.keep_checkpoints}: must be >= 1")
         if self.eval_batches < 1 or self.final_eval_batches < 0:
@@ -302,6 +345,8 @@ class TrainConfig:
         need(self.eps > 0, "eps", "> 0")
         need(self.quantizer_lr_scale >= 0, "quantizer_lr_scale", ">= 0")
         need(self.auto_a > 0, "auto_a", "> 0")
+        need(0 < self.kd_temperature < math.inf, "kd_temperature", "> 0 and finite")
+        need(0 <= self.kd_weight <= 1, "kd_weight", "in [0, 1]")
         need(self.vocab_size >= 1, "vocab_size", ">= 1")
         need(self.warmup_tokens is None or self.warmup_tokens >= 0, "warmup_tokens", ">= 0")
         need(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", ">= 0")
@@ -340,6 +385,15 @@ class TrainConfig:
         """sha256 of the settings that change what is trained (for resume checks), without
         the fields in `exclude`."""
         d = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED | set(exclude)}
+        defaults = TrainConfig.__dataclass_fields__
+        for k in _HASHED_WHEN_SET:
+            f = defaults[k]
+            if k in d and d[k] == (
+                f.default_factory() if callable(f.default_factory) else f.default
+            ):
+                del d[k]
+        if "quant_overrides" in d:  # their order matters (the first matching glob wins)
+            d["quant_overrides"] = [[k, v] for k, v in d["quant_overrides"].items()]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def schedule(self) -> dict:

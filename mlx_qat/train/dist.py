@@ -208,24 +208,26 @@ class Group:
         batches: Sequence[mx.array],
         bytes_per_token: float,
         quantizers_ready: bool = True,
+        teacher=None,
     ) -> dict:
         """`mlx_qat.loss.eval_triple` over `batches`, shared out among the ranks (see the
         module docstring); the same dict on every rank."""
         n = len(batches)
         if self.size == 1 or n < self.size:
-            return eval_triple(model, batches, bytes_per_token, quantizers_ready)
+            return eval_triple(model, batches, bytes_per_token, quantizers_ready, teacher)
         mine = [batches[i] for i in range(self.rank, n, self.size)]
-        ev = eval_triple(model, mine, bytes_per_token, quantizers_ready)
+        ev = eval_triple(model, mine, bytes_per_token, quantizers_ready, teacher)
         # loss x tokens recovers this rank's float32 sum; float64 keeps the counts exact
         row = []
         for mode in MODES:
             r = ev[mode]
-            row += [r["loss"] * r["tokens"], r["tokens"]] if r else [0.0, -1.0]
+            kl = r.get("kl", 0.0) * r["tokens"] if r and teacher is not None else 0.0
+            row += [r["loss"] * r["tokens"], r["tokens"], kl] if r else [0.0, -1.0, 0.0]
         with self.collective("exchanging evaluation sums"):
             got = mx.distributed.all_gather(
                 mx.array(row, dtype=mx.float64), group=self.group, stream=mx.cpu
             )
-            sums = np.array(got).reshape(self.size, len(MODES), 2)
+            sums = np.array(got).reshape(self.size, len(MODES), 3)
         out: dict = {}
         for j, mode in enumerate(MODES):
             if (sums[:, j, 1] < 0).any():  # a mode without a result (the same on every rank)
@@ -238,6 +240,8 @@ class Group:
                 "bpb": bits_per_byte(loss, bytes_per_token),
                 "tokens": tokens,
             }
+            if teacher is not None:
+                out[mode]["kl"] = float(sums[:, j, 2].sum()) / tokens
         loss = {m: (out[m]["loss"] if out[m] else None) for m in MODES}
         # as eval_triple: with min/max quantizers QAT is the PTQ of these weights, no gap
         same = all_minmax(model)

@@ -8,6 +8,8 @@ A step of `B` sequences of `T` tokens on a model with `n` layers, width `d`, MLP
     activations saved for the backward     n · B · T · (8·d + 3·m) · a
     attention scores and probabilities     n · B · h · T² · a   (+ one layer's worth in flight)
     logits, their softmax and gradient     3 · B · T · V · 4   (float32)
+    distillation teacher (kd, mix)         P_t + B · T · V · 4  (P_t = its weights' bytes in
+                                                             teacher_dtype, plus its logits)
 
 The terms count only what MLX must hold at once, so the sum is a lower bound (measured peaks
 are 1-2x it; see tests/test_reliability_train.py). A run whose lower bound exceeds the memory
@@ -26,7 +28,8 @@ import mlx.core as mx
 
 def step_bytes(model_config: dict, param_bytes: int, batch_size: int, seq_len: int, **kw) -> dict:
     """Lower bounds, in bytes, of what one training step holds: {"params", "activations",
-    "attention", "logits", "total"}. `kw`: `grad_accum` (default 1), `act_bytes` (default 4).
+    "attention", "logits", "total"}, and "teacher" with `teacher_bytes`. `kw`: `grad_accum`
+    (default 1), `act_bytes` (default 4), `teacher_bytes` (a distillation teacher's weights).
     """
     c = model_config
     n = int(c.get("num_hidden_layers") or c.get("n_layer") or 1)
@@ -42,6 +45,8 @@ def step_bytes(model_config: dict, param_bytes: int, batch_size: int, seq_len: i
         "attention": (n + 1) * batch_size * h * seq_len * seq_len * a,
         "logits": 3 * bt * v * 4,
     }
+    if kw.get("teacher_bytes"):
+        out["teacher"] = int(kw["teacher_bytes"]) + bt * v * 4
     out["total"] = sum(out.values())
     return out
 
@@ -87,12 +92,14 @@ def available_memory() -> tuple[int | None, str]:
         return None, "unknown"
 
 
-def check_step_memory(cfg, model_config: dict, param_bytes: int, act_bytes: int = 4) -> dict:
+def check_step_memory(
+    cfg, model_config: dict, param_bytes: int, act_bytes: int = 4, teacher_bytes: int = 0
+) -> dict:
     """Raise ValueError when one step of `cfg` cannot fit in the available memory, naming
     the estimate, the limit and the fix. Returns the estimate."""
     est = step_bytes(
         model_config, param_bytes, cfg.batch_size, cfg.seq_len,
-        grad_accum=cfg.grad_accum, act_bytes=act_bytes,
+        grad_accum=cfg.grad_accum, act_bytes=act_bytes, teacher_bytes=teacher_bytes,
     )  # fmt: skip
     limit, where = available_memory()
     if limit is not None and est["total"] > limit:

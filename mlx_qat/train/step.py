@@ -56,6 +56,7 @@ def make_step(
     accum: int = 1,
     compile: bool = True,
     group: mx.distributed.Group | None = None,
+    loss: Callable[[nn.Module, mx.array, mx.array], mx.array] | None = None,
 ) -> Callable[[list[mx.array]], tuple[mx.array, mx.array]]:
     """Build `step(batches) -> (mean loss, pre-clip gradient norm)`; it updates in place.
 
@@ -67,8 +68,11 @@ def make_step(
         compile: wrap in `mx.compile`.
         group: average gradients and loss over this distributed group (None or size 1: a
             single process).
+        loss: `loss(model, inputs, targets) -> mean loss` to minimise instead of `loss_fn`
+            (the distillation objectives: `distill.make_loss`; a teacher it calls is
+            captured by the compiled step as constants, not traced again).
     """
-    loss_and_grad = nn.value_and_grad(model, loss_fn)
+    loss_and_grad = nn.value_and_grad(model, loss or loss_fn)
     state = [model.state, optimizer.state, mx.random.state]
     size = group.size() if group is not None else 1
 

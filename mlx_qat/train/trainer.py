@@ -56,6 +56,7 @@ from ..models.build import make_model, qat_config
 from ..prepare import init_quantizers, prepare, set_fake_quant
 from .config import TrainConfig
 from .dist import Group
+from .distill import make_loss, run_teacher, teacher_bytes
 from .memory import check_step_memory
 from .metrics import MetricsWriter, NullMetrics
 from .optim import build_optimizer, set_lr
@@ -90,6 +91,7 @@ class Trainer:
         self.last_test: dict | None = None
         self.tokens_per_s: list[float] = []
         self.rescheduled: dict = {}
+        self.teacher = None  # the QAT phase's frozen float model, for kd/mix (distill.py)
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -118,6 +120,8 @@ class Trainer:
             keep_lines = restore_checkpoint(self, ckpt) if ckpt is not None else None
         if dist.size > 1:
             take_main_state(self)
+        if self.phase == "qat":  # resumed in the QAT phase: its teacher (distill.py)
+            self.teacher = run_teacher(self, at_switch=False)
         with dist.agreed("writing the run directory"):
             if dist.is_main:
                 self._write_start(ckpt, keep_lines)
@@ -160,6 +164,7 @@ class Trainer:
         """Model, plan, optimizer; refuses a step that cannot fit in memory."""
         cfg = self.cfg
         self.model, self.model_config = make_model(cfg, vocab_size)
+        self.qcfg.check_overrides(self.model, "quant_overrides")
         prepare(self.model, self.qcfg, enabled=False)
         self.plan: PhasePlan = plan_for_model(cfg, self.model)
         if self.plan.warning:
@@ -168,7 +173,10 @@ class Trainer:
         act = max(
             (v.dtype.size for _, v in weights if mx.issubdtype(v.dtype, mx.floating)), default=4
         )
-        check_step_memory(cfg, self.model_config, sum(v.nbytes for _, v in weights), act)
+        check_step_memory(
+            cfg, self.model_config, sum(v.nbytes for _, v in weights), act,
+            teacher_bytes=teacher_bytes(cfg, self.model, self.plan),
+        )  # fmt: skip
         self.optimizer = build_optimizer(self.model, cfg)
 
     def _open_batches(self) -> None:
@@ -206,7 +214,7 @@ class Trainer:
         cfg = self.cfg
         self.step_fn = make_step(
             self.model, self.optimizer, cfg.grad_clip, cfg.grad_accum, cfg.compile,
-            group=self.dist.group,
+            group=self.dist.group, loss=make_loss(self.teacher, cfg),
         )  # fmt: skip
 
     # -- events ---------------------------------------------------------------------------
@@ -215,7 +223,7 @@ class Trainer:
         """FP / QAT / PTQ on the periodic validation batches, or (`final`) on the final ones."""
         ready = self.phase == "qat" and not self.cfg.ablate_qat
         batches = self.final_val if final else self.val
-        ev = self.dist.eval_triple(self.model, batches, self.bytes_per_token, ready)
+        ev = self.dist.eval_triple(self.model, batches, self.bytes_per_token, ready, self.teacher)
         self.last_eval, self.last_eval_step = ev, self.step
         kind = "final_eval" if final else "eval"
         self.metrics.write({"kind": kind, "step": self.step, "phase": self.phase, **ev})
@@ -228,7 +236,9 @@ class Trainer:
         if self.final_test is None:
             return None
         ready = self.phase == "qat" and not self.cfg.ablate_qat
-        ev = self.dist.eval_triple(self.model, self.final_test, self.test_bytes_per_token, ready)
+        ev = self.dist.eval_triple(
+            self.model, self.final_test, self.test_bytes_per_token, ready, self.teacher
+        )
         self.last_test = ev
         self.metrics.write({"kind": "test_eval", "step": self.step, "phase": self.phase, **ev})
         logger.info("test_eval @ %d (%s): %s", self.step, self.phase, format_triple(ev))
@@ -278,6 +288,7 @@ class Trainer:
             self.evaluate()
         if self.step > 0 and not any(s == self.step for s, _ in list_checkpoints(self.run_dir)):
             self.save()
+        self.teacher = run_teacher(self, at_switch=True)  # the float weights of the switch
         if not self.cfg.ablate_qat:
             set_fake_quant(self.model, True)
             init_quantizers(self.model)

@@ -1,0 +1,184 @@
+"""Distillation from the float model: the QAT phase's training objective and its teacher.
+
+Objectives (`TrainConfig.objective`), per target token, averaged over the batch's tokens:
+
+    ce:   CE  = −log p_s(y)                                   next-token cross-entropy
+    kd:   KD  = T² · KL(p_t^T ‖ p_s^T),  p^T = softmax(z / T)  (`loss.kl_to_teacher`)
+    mix:  (1 − w) · CE + w · KD
+
+with T = `kd_temperature`, w = `kd_weight`, z the logits, s the student (the model being
+trained, fake quant on) and t the teacher; every log-softmax is float32. The T² keeps the
+gradient's scale independent of T: ∂KL^T/∂z_s = (p_s^T − p_t^T) / T (Hinton et al., 2015).
+KD is exactly 0 for a student equal to its teacher.
+
+The teacher is a frozen float copy of the model (a plain mlx-lm model, no QAT layers):
+
+* fine-tuning (`--model DIR`): the float weights of DIR, read from it again;
+* from scratch: the run's own weights at the FP→QAT switch. On resume in the QAT phase they
+  are read from the switch checkpoint, which the trainer always keeps (with several processes,
+  rank 0 reads it and the others receive it bit for bit), so a resumed run continues exactly.
+
+The objective applies in the QAT phase only: in the FP phase the teacher would be the student.
+Its logits are computed inside the compiled step under `mx.stop_gradient`; its weights are
+arrays the compiled function captures (not inputs), so they are neither traced again nor
+copied per step. Evaluations report each mode's mean KL to the teacher at T = 1 (`kl`).
+
+Memory: the teacher's weights — parameters × bytes per parameter in `teacher_dtype` (default
+the model's own dtype; 135M parameters: 540 MB in float32, 270 MB in bfloat16/float16) —
+plus one more (B, T, V) logits buffer per micro-batch in the step (`memory.step_bytes`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from ..checkpoint import CHECKPOINTS, load_checkpoint, step_dir_name
+from ..loss import kl_to_teacher
+from ..models.build import make_model
+from ..models.presets import model_from_config
+from .config import OBJECTIVES
+from .optim import is_quantizer_param
+
+logger = logging.getLogger(__name__)
+
+
+def objective_loss(
+    logits: mx.array,
+    teacher_logits: mx.array | None,
+    targets: mx.array,
+    objective: str = "kd",
+    temperature: float = 1.0,
+    weight: float = 0.5,
+) -> mx.array:
+    """The mean loss of `objective` ("ce", "kd" or "mix") over every target token (float32)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective={objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    ce = kd = None
+    if objective != "kd":
+        ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="mean")
+    if objective != "ce":
+        if teacher_logits is None:
+            raise ValueError(f"objective={objective!r}: needs the teacher's logits")
+        kd = temperature**2 * kl_to_teacher(logits, teacher_logits, temperature).mean()
+    if objective == "mix":
+        return (1.0 - weight) * ce + weight * kd
+    return ce if objective == "ce" else kd
+
+
+def make_loss(teacher: nn.Module | None, cfg) -> Callable | None:
+    """`loss(model, inputs, targets)` of `cfg.objective` against `teacher` for
+    `step.make_step`; None (the step's cross-entropy) for "ce" or without a teacher."""
+    if teacher is None or cfg.objective == "ce":
+        return None
+    objective, temperature, weight = cfg.objective, cfg.kd_temperature, cfg.kd_weight
+
+    def loss(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
+        teacher_logits = mx.stop_gradient(teacher(inputs))
+        return objective_loss(
+            model(inputs), teacher_logits, targets, objective, temperature, weight
+        )
+
+    return loss
+
+
+def float_weights(model: nn.Module) -> dict[str, mx.array]:
+    """The model's weights without the quantizers' parameters: an mlx-lm model's weights."""
+    return {
+        k: v for k, v in tree_flatten(model.parameters()) if not is_quantizer_param(k)
+    }  # fmt: skip
+
+
+def build_teacher(
+    model_config: dict, weights: dict[str, mx.array], dtype: str | None = None
+) -> nn.Module:
+    """A frozen float mlx-lm model of `model_config` holding `weights` (cast to `dtype`, e.g.
+    "bfloat16"; None keeps each weight's dtype)."""
+    teacher = model_from_config(model_config)
+    # New arrays: the compiled step refuses a captured array that is also one of its inputs
+    # (the student's weights at the switch), and the student's next update must not reach it.
+    teacher.load_weights([(k, mx.array(v)) for k, v in weights.items()], strict=True)
+    return _frozen(teacher, dtype)
+
+
+def _frozen(teacher: nn.Module, dtype: str | None) -> nn.Module:
+    if dtype is not None:
+        teacher.set_dtype(getattr(mx, dtype))
+    teacher.freeze()
+    teacher.eval()
+    mx.eval(teacher.parameters())
+    return teacher
+
+
+def teacher_bytes(cfg, model: nn.Module, plan) -> int:
+    """Bytes of the teacher's weights for this run (0 when it has none).
+
+    Raises:
+        ValueError: a distillation objective for a from-scratch run without an FP phase
+            (there is no float model to learn from).
+    """
+    if cfg.objective == "ce" or plan.qat_steps == 0:
+        return 0
+    if not cfg.model and plan.fp_steps == 0:
+        raise ValueError(
+            f"objective={cfg.objective}: the teacher is the float model at the FP->QAT switch, "
+            "and this run has no FP phase; give --model DIR (fine-tuning), a --qat-fraction "
+            "below 1, or --objective ce"
+        )
+    size = getattr(mx, cfg.teacher_dtype).size if cfg.teacher_dtype else None
+    return sum(v.size * (size or v.dtype.size) for v in float_weights(model).values())
+
+
+def run_teacher(t, at_switch: bool) -> nn.Module | None:
+    """The teacher of trainer `t`'s QAT phase (None for the "ce" objective).
+
+    `at_switch`: `t.model` holds the weights at the switch; else (a resume in the QAT phase)
+    a from-scratch run reads them from its switch checkpoint.
+    """
+    cfg = t.cfg
+    if cfg.objective == "ce":
+        return None
+    if cfg.model:
+        model, _ = make_model(cfg, int(t.model_config.get("vocab_size") or 0))
+        teacher = _frozen(model, cfg.teacher_dtype)
+        source = cfg.model
+    else:
+        weights = float_weights(t.model)  # at the switch; else the layout to receive
+        source = Path(t.run_dir) / CHECKPOINTS / step_dir_name(t.plan.switch_step)
+        if not at_switch:
+            if t.dist.is_main:
+                ckpt = load_checkpoint(source, optimizer=False)
+                weights = {k: v for k, v in ckpt.weights.items() if not is_quantizer_param(k)}
+            weights = t.dist.broadcast_arrays(weights, "teacher weights")
+        else:
+            source = f"the weights at the switch (step {t.step})"
+        teacher = build_teacher(t.model_config, weights, cfg.teacher_dtype)
+    n = sum(v.size for _, v in tree_flatten(teacher.parameters()))
+    mb = sum(v.nbytes for _, v in tree_flatten(teacher.parameters())) / 2**20
+    logger.info("teacher (%s, T=%g): %s, %d parameters, %.1f MiB", cfg.objective,
+                cfg.kd_temperature, source, n, mb)  # fmt: skip
+    return teacher
+
+
+def load_teacher(path: str | Path, dtype: str | None = None) -> nn.Module:
+    """A teacher for `mlx_qat.eval --teacher`: an mlx-lm model directory (config.json and
+    safetensors), or a run / checkpoint directory (its float weights, quantizers dropped)."""
+    path = Path(path)
+    if (path / "state.json").is_file() or (path / CHECKPOINTS).is_dir():
+        ckpt = load_checkpoint(path, optimizer=False)
+        weights = {k: v for k, v in ckpt.weights.items() if not is_quantizer_param(k)}
+        return build_teacher(ckpt.model_config, weights, dtype)
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"--teacher {path}: neither an mlx-lm model directory (config.json) nor a run or "
+            "checkpoint directory"
+        )
+    from mlx_lm.utils import load_model
+
+    model, _ = load_model(path)
+    return _frozen(model, dtype)
