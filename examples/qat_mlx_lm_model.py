@@ -5,12 +5,13 @@ ones and trains on the quantization grid (all of it by default: `--qat-fraction 
 run directory (config.yaml, metrics.jsonl, checkpoints/, tokenizer/) that
 `examples/export_and_generate.py` turns into a quantized model `mlx_lm.load` reads.
 
-The data must be tokenized with the tokenizer the model was trained with. The trainer reads
-a data directory prepared by `python -m mlx_qat data` (`--tokenizer DIR` reuses a
-sentencepiece `tokenizer.model`, e.g. the `tokenizer/` of an earlier run); raw text files
-get a freshly trained tokenizer, which only suits a model trained from scratch.
+The data must be tokenized with the tokenizer the model was trained with: the model
+directory's own (Hugging Face) tokenizer. `python -m mlx_qat data --tokenizer MODEL_DIR`
+prepares it (raw text given as --data is tokenized with it too), the trainer refuses data of
+another tokenizer, and the run (then the export) keeps the model's tokenizer files. A model
+directory without tokenizer files cannot be checked: it trains on the data's tokenizer.
 
-    python -m mlx_qat data --input ../shared/data --out data --tokenizer runs/fp/tokenizer
+    python -m mlx_qat data --input ../shared/data --out data --tokenizer my_float_model
     python examples/qat_mlx_lm_model.py --model my_float_model --data data --out runs/qat
 """
 

@@ -127,3 +127,60 @@ def test_tokenizer_larger_than_the_model_vocab_is_refused(run, tmp_path, other_d
             parity_check=False,
         )
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.tmp-*"))
+
+
+def test_fine_tune_of_a_model_with_its_own_tokenizer_ships_it_unchanged(
+    hf_model, tiny_data, tmp_path
+):
+    """QAT fine-tune of a model dir with its own Hugging Face tokenizer, on data that
+    tokenizer made; the export holds the model's tokenizer files and chat template byte for
+    byte, and stock mlx-lm loads and generates with it in a fresh process."""
+    from mlx_lm.tokenizer_utils import load as mlx_lm_tokenizer
+    from test_convert_fixtures import run_cli
+
+    from mlx_qat.convert.tokenizer import is_tokenizer_file
+    from mlx_qat.data import tokenizer_sha256
+    from mlx_qat.eval import evaluate_checkpoint
+    from mlx_qat.train import TrainConfig, train
+
+    data = prepare_data(CORPUS, tmp_path / "data", tokenizer=hf_model)
+    run = tmp_path / "run"
+    train(
+        TrainConfig(
+            out=str(run), data=[str(data.path)], model=str(hf_model), tokens=3 * 4 * 64,
+            batch_size=4, seq_len=64, qat_fraction=1.0, lr=3e-3, warmup_steps=0,
+            eval_every=0, eval_batches=2, final_eval_batches=2, quiet=True, cache_limit_mb=256,
+        )
+    )  # fmt: skip
+    out = tmp_path / "out"
+    run_cli(run, "--mlx-path", out, "--parity-batches", "1")
+    assert json.loads((out / "config.json").read_text())["quantization"]["bits"] == 4
+    own = sorted(f.name for f in hf_model.iterdir() if is_tokenizer_file(f.name))
+    assert own == ["chat_template.jinja", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(f.name for f in out.iterdir() if is_tokenizer_file(f.name)) == own
+    for name in own:
+        assert (out / name).read_bytes() == (hf_model / name).read_bytes(), name
+    assert tokenizer_sha256(out) == tokenizer_sha256(hf_model)
+
+    text, chat = "To be, or not to be", [{"role": "user", "content": "Who is there?"}]
+    code = (
+        "import json, sys; from mlx_lm import load, generate; m, t = load(sys.argv[1]); "
+        "g = generate(m, t, 'The king', max_tokens=4); "
+        "c = t.apply_chat_template(json.loads(sys.argv[3]), add_generation_prompt=True, "
+        "tokenize=False); print(json.dumps({'ids': t.encode(sys.argv[2]), 'chat': c, 'gen': g}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(out), text, json.dumps(chat)],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    ref = mlx_lm_tokenizer(hf_model)
+    assert got["ids"] == ref.encode(text) and got["ids"][0] == ref.bos_token_id
+    assert got["chat"] == ref.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    assert isinstance(got["gen"], str)
+    # Data and tokenizers of another tokenizer are refused downstream too.
+    with pytest.raises(ValueError, match=r"encoded with the tokenizer sha256 .* trained with"):
+        evaluate_checkpoint(run, data=str(tiny_data.path))
+    with pytest.raises(ConvertError, match=r"is not the tokenizer .* was trained with"):
+        convert(run, tmp_path / "out2", tokenizer=tiny_data.tokenizer_dir, parity_check=False)

@@ -14,11 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlx.core as mx
 import pytest
-from mlx.utils import tree_flatten
-
-from mlx_qat.models import model_from_config, preset_config
+from tiny_models import float_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -66,13 +63,7 @@ def test_qat_from_scratch(tmp_path):
 def qat_run(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A run of `qat_mlx_lm_model.py` on a float d2 model dir (random init) and its output."""
     tmp = tmp_path_factory.mktemp("examples")
-    src = tmp / "float_model"
-    src.mkdir()
-    cfg = preset_config("d2", 512)
-    mx.random.seed(7)
-    model = model_from_config(cfg)
-    mx.save_safetensors(str(src / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    (src / "config.json").write_text(json.dumps(cfg))
+    src, _ = float_model_dir(tmp / "float_model", vocab=512, seed=7)
     data = tmp / "data"
     run("-m", "mlx_qat", "data", "--input", CORPUS, "--out", data, "--vocab-size", 512)
     out = tmp / "run"

@@ -4,76 +4,47 @@
   merges, sentencepiece models, special tokens, chat templates, generation defaults. Never code:
   a tokenizer directory's `*.py` is not copied and `auto_map` (which points `transformers` at
   such code) is removed from `tokenizer_config.json`.
+* A model's own Hugging Face tokenizer (a run fine-tuning `--model DIR`, or an mlx-lm model
+  converted) is shipped as its files are, byte for byte (`auto_map` aside): the chat template
+  and every setting stay the model's. An `mlx_qat.data` sentencepiece tokenizer ships the HF
+  files `save_hf_tokenizer` derives from it.
 * When the run records which tokenizer its data was encoded with (a sha256, see
   `Source.recorded_tokenizer`), the tokenizer to ship must have that hash (`check_recorded`).
 * Its vocabulary must fit the model's embedding (`check_vocab`): a tokenizer with more ids than
   `vocab_size` is one the model was not trained with.
 
-The hash of a tokenizer directory (`tokenizer_sha256`) is the sha256 of its `tokenizer.model`
-(sentencepiece, what `mlx_qat.data` trains and its manifests record), else of its
-`tokenizer.json` (a Hugging Face tokenizer).
+The hash of a tokenizer directory (`tokenizer_sha256`) is `mlx_qat.data.tokenizer_sha256`,
+the one identity shards and checkpoints record (the sha256 of a sentencepiece
+`tokenizer.model`; of the id-defining files of a Hugging Face tokenizer).
 """
 
 from __future__ import annotations
 
-import fnmatch
-import json
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
-from ..fileio import sha256_file
+from ..data.tokenizer_dir import (  # noqa: F401  (re-exported: the export's file rules)
+    REMOTE_CODE_KEYS,
+    TOKENIZER_FILES,
+    TOKENIZER_PATTERNS,
+    copy_tokenizer_files,
+    has_tokenizer,
+    is_tokenizer_file,
+    tokenizer_kind,
+)
+from ..data.tokenizer_dir import tokenizer_sha256 as _tokenizer_sha256
 from .errors import ConvertError
 
 logger = logging.getLogger(__name__)
 
-# What `tokenizer.save_pretrained` and mlx-lm write for the tokenizers mlx-lm loads.
-TOKENIZER_FILES = frozenset(
-    {
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "added_tokens.json",
-        "tokenizer.model",
-        "spiece.model",
-        "sentencepiece.bpe.model",
-        "vocab.json",
-        "vocab.txt",
-        "merges.txt",
-        "chat_template.jinja",
-        "chat_template.json",
-        "generation_config.json",
-    }
-)
-TOKENIZER_PATTERNS = ("*.tiktoken",)
-REMOTE_CODE_KEYS = ("auto_map",)  # keys that make `transformers` import code from the directory
-
-
-def is_tokenizer_file(name: str) -> bool:
-    """True for a tokenizer data file an export may ship."""
-    return name in TOKENIZER_FILES or any(fnmatch.fnmatch(name, p) for p in TOKENIZER_PATTERNS)
-
 
 def tokenizer_sha256(tokenizer_dir: Path) -> str | None:
-    """sha256 of `tokenizer.model` (sentencepiece: `mlx_qat.data.tokenizer_sha256`, what runs
-    and shards record), else of `tokenizer.json`; None if neither."""
-    from ..data import tokenizer_sha256 as sentencepiece_sha256
-
-    tokenizer_dir = Path(tokenizer_dir)
-    if (tokenizer_dir / "tokenizer.model").is_file():
-        return sentencepiece_sha256(tokenizer_dir)
-    if (tokenizer_dir / "tokenizer.json").is_file():
-        return sha256_file(tokenizer_dir / "tokenizer.json")
-    return None
-
-
-def _is_sentencepiece(tokenizer_dir: Path) -> bool:
-    # An `mlx_qat.data` tokenizer: tokenizer.model + tokenizer_meta.json (HF files optional).
-    return (tokenizer_dir / "tokenizer.model").is_file() and (
-        (tokenizer_dir / "tokenizer_meta.json").is_file()
-        or not (tokenizer_dir / "tokenizer_config.json").is_file()
-    )
+    """`mlx_qat.data.tokenizer_sha256` of `tokenizer_dir` (what runs and shards record);
+    None when it holds no tokenizer."""
+    if not has_tokenizer(tokenizer_dir):
+        return None
+    return _tokenizer_sha256(tokenizer_dir)
 
 
 def check_recorded(tokenizer_dir: Path, recorded: tuple[str, str] | None, source) -> None:
@@ -121,9 +92,9 @@ def save_tokenizer(path: Path, tokenizer_dir: Path | None, vocab_size: int | Non
     """Write the tokenizer files `mlx_lm.load` needs into `path`: data files only.
 
     An `mlx_qat.data` tokenizer (sentencepiece `tokenizer.model` + `tokenizer_meta.json`) goes
-    through `save_hf_tokenizer`; anything else is loaded and re-saved by mlx-lm's tokenizer
-    loader, as `mlx_lm.convert` does. Both are written to a scratch directory first, from which
-    only `is_tokenizer_file` names are copied (`auto_map` removed); what is left out is logged.
+    through `save_hf_tokenizer` (into a scratch directory first); any other tokenizer must load
+    with mlx-lm and is copied unchanged. Only `is_tokenizer_file` names are copied (`auto_map`
+    removed from `tokenizer_config.json`); what is left out is logged.
 
     Args:
         path: the (staged) output directory.
@@ -148,34 +119,26 @@ def save_tokenizer(path: Path, tokenizer_dir: Path | None, vocab_size: int | Non
             except (FileNotFoundError, OSError, RuntimeError) as e:
                 raise ConvertError(f"tokenizer {tokenizer_dir}: cannot convert it ({e})") from e
             check_vocab(_load(scratch), tokenizer_dir, vocab_size)
+            source = scratch
         else:
-            tok = _load(tokenizer_dir)
-            check_vocab(tok, tokenizer_dir, vocab_size)
-            tok.save_pretrained(str(scratch))
-            # mlx_lm.utils.save carries generation defaults over too (never the *.py it copies).
-            if (tokenizer_dir / "generation_config.json").is_file():
-                shutil.copy(tokenizer_dir / "generation_config.json", scratch)
-        _copy_data_files(scratch, path, tokenizer_dir)
+            check_vocab(_load(tokenizer_dir), tokenizer_dir, vocab_size)
+            source = tokenizer_dir  # the model's own files, unchanged
+        dropped = copy_tokenizer_files(source, path)
+    if dropped:
+        logger.warning(
+            "tokenizer %s: %s removed from tokenizer_config.json (it points at code, which an "
+            "export never ships)",
+            tokenizer_dir,
+            ", ".join(dropped),
+        )
     _report_left_out(tokenizer_dir)
 
 
-def _copy_data_files(scratch: Path, path: Path, tokenizer_dir: Path) -> None:
-    for f in sorted(scratch.iterdir()):
-        if not (f.is_file() and is_tokenizer_file(f.name)):
-            continue
-        if f.name == "tokenizer_config.json":
-            cfg = json.loads(f.read_text(encoding="utf-8"))
-            dropped = [k for k in REMOTE_CODE_KEYS if cfg.pop(k, None) is not None]
-            if dropped:
-                logger.warning(
-                    "tokenizer %s: %s removed from tokenizer_config.json (it points at code, "
-                    "which an export never ships)",
-                    tokenizer_dir,
-                    ", ".join(dropped),
-                )
-            (path / f.name).write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
-        else:
-            shutil.copyfile(f, path / f.name)
+def _is_sentencepiece(tokenizer_dir: Path) -> bool:
+    try:
+        return tokenizer_kind(tokenizer_dir) == "sentencepiece"
+    except FileNotFoundError:
+        return False  # mlx-lm's loader names what is missing
 
 
 def _report_left_out(tokenizer_dir: Path) -> None:

@@ -350,7 +350,7 @@ def prepare_data(
         else:
             logger.info("reusing tokenizer %s", tok_dir)
     elif tokenizer_kind(tokenizer) == "hf":
-        tok_dir = store_hf_tokenizer(tokenizer, out)
+        tok_dir, built["tokenizer"] = store_hf_tokenizer(tokenizer, out)
         logger.info("tokenizer of %s (copied to %s)", tokenizer, tok_dir)
     else:
         tok_dir = Path(tokenizer)

@@ -178,16 +178,16 @@ def copy_tokenizer_files(src: str | os.PathLike, dest: str | os.PathLike) -> lis
     return dropped
 
 
-def store_hf_tokenizer(src: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+def store_hf_tokenizer(src: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, bool]:
     """`out_dir/tokenizer-hf-<sha16>/`: a copy of the HF tokenizer `src` (data files only,
     `copy_tokenizer_files`), so that prepared data keeps the tokenizer it was encoded with
     whatever happens to `src`. Built aside and renamed; an existing copy with the same
-    identity is reused. Returns its path."""
+    identity is reused. Returns (its path, whether it was copied now)."""
     src = Path(src)
     sha = tokenizer_sha256(src)
     dest = Path(out_dir) / f"tokenizer-hf-{sha[:16]}"
     if dest.is_dir() and has_tokenizer(dest) and tokenizer_sha256(dest) == sha:
-        return dest
+        return dest, False
     tmp = new_tmp_dir(dest)
     try:
         copy_tokenizer_files(src, tmp)
@@ -197,4 +197,4 @@ def store_hf_tokenizer(src: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     publish_dir(tmp, dest, replace=dest.exists())
-    return dest
+    return dest, True
