@@ -13,10 +13,10 @@ Each distinct run is trained once per session (a second and more `make` of it on
 a test may change its copy freely. `fake_quant=True` trains QAT from scratch
 (`qat_fraction=1`), `fake_quant=False` the FP phase only (`qat_fraction=0`: fake quant off, the
 QAT config recorded). Settings are `TrainConfig` fields (`bits`, `quantizer`, `q_mode`, ...),
-and `model_config` (a dict) trains any mlx-lm architecture. A per-path mixed-precision
-`QATConfig` has no `TrainConfig` spelling: `qat=` hands it to the trainer in place of the one
-it derives from its settings (`mlx_qat.train.trainer.qat_config`), and the fixture checks the
-checkpoint records exactly it.
+and `model_config` (a dict) trains any mlx-lm architecture. Per-path formats are the setting
+`quant_overrides`; `qat=` hands a whole `QATConfig` (e.g. one with a `predicate`) to the
+trainer in place of the one it derives from its settings (`mlx_qat.train.trainer.qat_config`),
+and the fixture checks the checkpoint records exactly it.
 """
 
 from __future__ import annotations
