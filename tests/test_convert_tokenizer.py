@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import mlx.core as mx
+import numpy as np
 import pytest
 from test_convert_fixtures import CORPUS, REPO
 
@@ -179,6 +180,17 @@ def test_fine_tune_of_a_model_with_its_own_tokenizer_ships_it_unchanged(
     assert got["ids"] == ref.encode(text) and got["ids"][0] == ref.bos_token_id
     assert got["chat"] == ref.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
     assert isinstance(got["gen"], str)
+    # Text given as parity data is encoded as the shards were (BOS first here, EOS after).
+    from mlx_qat.convert.parity import load_parity_data
+
+    docs = ["The king is dead.", "Long live the king!"]
+    (tmp_path / "val.txt").write_text("\n\n".join(docs) + "\n")
+    par = load_parity_data(
+        tmp_path / "val.txt", seq_len=64, batch_size=1, max_batches=1, vocab_size=512,
+        tokenizer_dir=out,
+    )  # fmt: skip
+    want = [i for d in docs for i in [*ref.encode(d), ref.eos_token_id]]
+    assert np.array(par.batches[0])[0].tolist() == want
     # Data and tokenizers of another tokenizer are refused downstream too.
     with pytest.raises(ValueError, match=r"encoded with the tokenizer sha256 .* trained with"):
         evaluate_checkpoint(run, data=str(tiny_data.path))

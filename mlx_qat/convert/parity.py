@@ -127,21 +127,17 @@ def _tokens_from(path: Path, tokenizer_dir: Path | None) -> tuple[np.ndarray, st
         return ids, str(path), None
     if tokenizer_dir is None:
         raise ConvertError(f"parity data {path}: text needs a tokenizer, and none was found")
-    from mlx_lm.utils import load_tokenizer
+    from ..data import encode_documents, load_tokenizer
 
     try:
         docs = read_documents(path)
+        # as the run's shards were encoded: EOS after each document (and BOS first where a
+        # model's own tokenizer adds it)
+        ids = encode_documents(load_tokenizer(tokenizer_dir), docs)
     except (FileNotFoundError, ValueError) as e:
         raise ConvertError(f"parity data {path}: {e}") from e
-    tok = load_tokenizer(tokenizer_dir)
-    ids: list[int] = []
-    eos = tok.eos_token_id
-    for d in docs:
-        ids.extend(tok.encode(d, add_special_tokens=False))
-        if eos is not None:
-            ids.append(eos)
     text_bytes = sum(len(d.encode("utf-8")) for d in docs)
-    return np.asarray(ids, dtype=np.int64), f"{path} (tokenized)", text_bytes / max(len(ids), 1)
+    return ids, f"{path} (tokenized)", text_bytes / max(len(ids), 1)
 
 
 def _check_ids(ids: np.ndarray, path: Path) -> None:

@@ -69,10 +69,14 @@ def check_model_tokenizer(bundle, model: str | os.PathLike | None) -> None:
     want, have = tokenizer_sha256(own), bundle.manifest["tokenizer"]["sha256"]
     if want == have:
         return
+    try:
+        vocab = load_tokenizer(own).vocab_size
+    except ValueError:  # mlx-lm cannot load it: the mismatch is still the message
+        vocab = "?"
     raise ValueError(
         f"--data {bundle.path}: encoded with {_describe(bundle)}, but --model {model} has its "
         f"own {tokenizer_kind(own)} tokenizer (sha256 {want[:16]}, vocab "
-        f"{load_tokenizer(own).vocab_size}): the model would learn from another tokenizer's "
+        f"{vocab}): the model would learn from another tokenizer's "
         f"ids. Prepare the data with the model's tokenizer (mlx_qat.data "
         f"--tokenizer {model} --input TEXT --out DIR, then --data DIR), or pass the text "
         "files as --data (or no --data): the trainer tokenizes them with the model's tokenizer"
