@@ -50,18 +50,23 @@ def _fp4_codes(x: mx.array) -> mx.array:
     return mx.where((x < 0) & (k > 0), k + 8, k).astype(mx.uint32)
 
 
-def fp_codes_and_scales(w: mx.array, mode: str, group_size: int) -> tuple[mx.array, mx.array]:
-    """Element codes (uint32, shape of w) and uint8 scales (..., K/group_size)."""
+def fp_scaled_elements(w: mx.array, mode: str, group_size: int) -> tuple[mx.array, mx.array]:
+    """(x, sbyte): the elements divided by their group's scale, before rounding (grouped,
+    (..., G, group_size); float32 for nvfp4, else w's dtype), and the uint8 scales (..., G, 1)."""
     dt = w.dtype
     wg = group(w, group_size)
     a = mx.abs(wg).max(axis=-1, keepdims=True) / mx.array(448.0 if mode == "mxfp8" else 6.0, dt)
     if mode == "nvfp4":
         sbyte = mx.to_fp8(a.astype(mx.float32))
-        x = (wg / mx.from_fp8(sbyte, dt)).astype(mx.float32)
-    else:
-        e = _e8m0_exponent(a)
-        x = wg / mx.power(mx.array(2.0, dt), e)
-        sbyte = (e + mx.array(127, mx.int32)).astype(mx.uint8)
+        return (wg / mx.from_fp8(sbyte, dt)).astype(mx.float32), sbyte
+    e = _e8m0_exponent(a)
+    x = wg / mx.power(mx.array(2.0, dt), e)
+    return x, (e + mx.array(127, mx.int32)).astype(mx.uint8)
+
+
+def fp_codes_and_scales(w: mx.array, mode: str, group_size: int) -> tuple[mx.array, mx.array]:
+    """Element codes (uint32, shape of w) and uint8 scales (..., K/group_size)."""
+    x, sbyte = fp_scaled_elements(w, mode, group_size)
     if mode == "mxfp8":
         code = mx.to_fp8(x).astype(mx.uint32)
     else:
