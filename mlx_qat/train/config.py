@@ -24,6 +24,8 @@ from .schedules import PIPELINES
 from .schedules import SHAPES as COOLDOWN_SHAPES
 
 SWITCH_STATE = ("keep", "reset")
+LR_CONTROLS = ("schedule", "trs")
+GRANULARITIES = ("global", "layer")
 OBJECTIVES = ("ce", "kd", "mix")
 TEACHER_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -52,6 +54,8 @@ _NOT_HASHED = {
 # Fields added after runs existed: left out of the hash while at their default, so that those
 # runs keep their hash (resume, sweep rows). A default never changes meaning, so this is exact.
 _HASHED_WHEN_SET = ("objective", "kd_temperature", "kd_weight", "teacher_dtype", "quant_overrides")
+_HASHED_WHEN_SET += ("lr_control", "trs_lambda", "trs_momentum", "trs_granularity", "trs_u0",
+                     "trs_eta")  # fmt: skip
 # Settings a resumed run may change with `reschedule` (e.g. after a divergence): they shape the
 # LR and the update from the resumed step on, not the plan, the model or the data.
 SCHEDULE_FIELDS = (
@@ -228,6 +232,26 @@ class TrainConfig:
     quantizer_lr_scale: float = _f(
         0.03, "LR multiplier of learnable quantizer parameters (LSQ alpha, scales)", "optimizer"
     )
+    # transition-rate scheduling (train/trs.py; paper 001)
+    lr_control: str = _f(
+        "schedule",
+        "QAT phase: quantized weights at the scheduled LR, or at TRS's transition-adaptive LR "
+        "U <- max(0, U + eta (R - K)) steering the EMA K of the code-change rate to a cosine "
+        "target R (their quantizer scales frozen)",
+        "trs",
+        choices=LR_CONTROLS,
+    )
+    trs_lambda: float = _f(5e-3, "TRS: initial target rate R0 = lambda * sqrt(bits)", "trs")
+    trs_momentum: float = _f(
+        0.99, "EMA momentum m of the transition rate (the statistics and TRS's K)", "trs"
+    )
+    trs_granularity: str = _f(
+        "global", "TRS: one U for all QAT layers, or one U per layer", "trs", choices=GRANULARITIES
+    )
+    trs_u0: float | None = _f(
+        None, "TRS: U at the switch (default: the scheduled LR at the QAT phase's start)", "trs"
+    )
+    trs_eta: float | None = _f(None, "TRS: controller gain eta (default: U0)", "trs")
     # batch
     batch_size: int = _f(16, "sequences per micro-batch", "batch")
     seq_len: int = _f(128, "tokens per sequence", "batch")
@@ -272,6 +296,8 @@ class TrainConfig:
             ("quantizer", QUANTIZERS),
             ("q_mode", Q_MODES),
             ("objective", OBJECTIVES),
+            ("lr_control", LR_CONTROLS),
+            ("trs_granularity", GRANULARITIES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(
@@ -345,6 +371,10 @@ class TrainConfig:
         need(self.eps > 0, "eps", "> 0")
         need(self.quantizer_lr_scale >= 0, "quantizer_lr_scale", ">= 0")
         need(self.auto_a > 0, "auto_a", "> 0")
+        need(0 < self.trs_lambda < math.inf, "trs_lambda", "> 0 and finite")
+        need(0 <= self.trs_momentum < 1, "trs_momentum", "in [0, 1)")
+        need(self.trs_u0 is None or 0 <= self.trs_u0 < math.inf, "trs_u0", ">= 0 (or unset)")
+        need(self.trs_eta is None or 0 <= self.trs_eta < math.inf, "trs_eta", ">= 0 (or unset)")
         need(0 < self.kd_temperature < math.inf, "kd_temperature", "> 0 and finite")
         need(0 <= self.kd_weight <= 1, "kd_weight", "in [0, 1]")
         need(self.vocab_size >= 1, "vocab_size", ">= 1")

@@ -46,7 +46,8 @@ def plot_run(
 
     Left: training loss against tokens. Middle: validation FP / PTQ / QAT losses (zoomed on
     the late evals); an FP twin (`run_dir/fp_twin`, or `twin_dir`) is drawn dashed. Right:
-    the learning rate. The FP→QAT switch is marked.
+    the learning rate, and (QAT phase) the transition rate (`plot_transitions`). The FP→QAT
+    switch is marked.
     """
     plt = pyplot()
     run_dir = Path(run_dir)
@@ -55,9 +56,15 @@ def plot_run(
     if not train:
         raise ValueError(f"{run_dir}: no training records in metrics.jsonl to plot")
     tps = train[-1]["tokens"] / train[-1]["step"]
-    fig, (ax, ax_val, ax_lr) = plt.subplots(
-        1, 3, figsize=(15, 4.5), gridspec_kw={"width_ratios": [3, 3, 1.4]}
-    )
+    trans = [r for r in train if "transition_rate" in r]  # the QAT phase's (transitions.py)
+    extra = 1 if trans else 0
+    fig, axes = plt.subplots(
+        1, 3 + extra, figsize=(15 + 5 * extra, 4.5),
+        gridspec_kw={"width_ratios": [3, 3, 1.4] + [2.6] * extra},
+    )  # fmt: skip
+    ax, ax_val, ax_lr = axes[:3]
+    if trans:
+        plot_transitions(axes[3], trans)
     x = [r["tokens"] for r in train]
     y = [float(r["loss"]) for r in train]
     ax.plot(x, y, color="0.8", lw=0.6, label="train loss")
@@ -99,3 +106,22 @@ def _eval_series(ax, evals, tps, colors, ls, suffix, skip=None) -> None:
         if pts and mode != skip:
             ms = 5 if mode == "qat" else 3
             ax.plot(*zip(*pts), ls=ls, marker="o", ms=ms, color=color, label=f"{mode}{suffix}")
+
+
+def plot_transitions(ax, train: list[dict]) -> None:
+    """The QAT phase's transition rate on `ax` against tokens: per step, its EMA, TRS's
+    target R and (right axis) TRS's U when the run used it (metrics of kind "train")."""
+    x = [r["tokens"] for r in train]
+    ax.plot(x, [r["transition_rate"] for r in train], color="0.75", lw=0.6, label="rate k")
+    ax.plot(x, [r["transition_rate_ema"] for r in train], color="tab:purple", label="EMA K")
+    if "trs_target" in train[0]:
+        ax.plot(x, [r["trs_target"] for r in train], "--", color="k", lw=1, label="target R")
+        ax_u = ax.twinx()
+        ax_u.plot(x, [r["trs_u"] for r in train], color="tab:green", lw=1.2, label="TRS U")
+        ax_u.plot(x, [r["lr"] for r in train], ":", color="tab:green", lw=1, label="schedule LR")
+        ax_u.set_ylabel("learning rate")
+        ax_u.legend(fontsize=7, loc="upper right")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("fraction of codes changed per step")
+    ax.set_title("QAT transition rate")
+    ax.legend(fontsize=7, loc="upper left")

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 # The trainer's position: what a checkpoint restores besides the arrays, and what the other
 # ranks take from rank 0.
 POSITION = ("step", "phase", "tokens_seen", "elapsed", "last_eval", "last_eval_step",
-            "last_test", "rescheduled")  # fmt: skip
+            "last_test", "rescheduled", "qat_update_state")  # fmt: skip
 
 
 def check_resume(ckpt, cfg, run_dir: Path) -> dict:
@@ -148,6 +148,8 @@ def restore_checkpoint(t, ckpt) -> int | None:
     t.last_eval_step = int(st.get("eval_step", -1))
     # None for a checkpoint saved before the run's end (or before the test split existed)
     t.last_test = st.get("test")
+    # the QAT phase's transition statistics and TRS state (trs.py); None before the switch
+    t.qat_update_state = st.get("qat_update")
     set_fake_quant(t.model, bool(ckpt.qat.get("fake_quant")))
     mx.eval(t.model.parameters(), t.optimizer.state)
     how = "branched from" if cfg.branch_from else "resumed from"

@@ -56,6 +56,7 @@ def make_step(
     accum: int = 1,
     compile: bool = True,
     group: mx.distributed.Group | None = None,
+    update=None,
     loss: Callable[[nn.Module, mx.array, mx.array], mx.array] | None = None,
 ) -> Callable[[list[mx.array]], tuple[mx.array, mx.array]]:
     """Build `step(batches) -> (mean loss, pre-clip gradient norm)`; it updates in place.
@@ -68,12 +69,20 @@ def make_step(
         compile: wrap in `mx.compile`.
         group: average gradients and loss over this distributed group (None or size 1: a
             single process).
+        update: instead of `optimizer.update(model, grads)`, call `update(model, optimizer,
+            grads)` (once per optimizer step, on the averaged, clipped gradients); its
+            `update.state` (arrays it carries between steps) is compiled in with the model's
+            (the QAT phase's transition statistics and TRS: `trs.QATUpdate`).
         loss: `loss(model, inputs, targets) -> mean loss` to minimise instead of `loss_fn`
             (the distillation objectives: `distill.make_loss`; a teacher it calls is
             captured by the compiled step as constants, not traced again).
     """
     loss_and_grad = nn.value_and_grad(model, loss or loss_fn)
     state = [model.state, optimizer.state, mx.random.state]
+    if update is not None:
+        state.append(update.state)
+    else:
+        update = lambda model, optimizer, grads: optimizer.update(model, grads)  # noqa: E731
     size = group.size() if group is not None else 1
 
     def average(grads):
@@ -89,7 +98,7 @@ def make_step(
         def fused(batch):
             loss, grads = loss_and_grad(model, batch[:, :-1], batch[:, 1:])
             grads, norm = _clip(average(grads), grad_clip)
-            optimizer.update(model, grads)
+            update(model, optimizer, grads)
             return mean_loss(loss), norm
 
         fused = mx.compile(fused, inputs=state, outputs=state) if compile else fused
@@ -106,7 +115,7 @@ def make_step(
 
     def apply(grads):
         grads, norm = _clip(average(grads), grad_clip)
-        optimizer.update(model, grads)
+        update(model, optimizer, grads)
         return norm
 
     if compile:

@@ -64,6 +64,7 @@ from .plan import PhasePlan, plan_for_model
 from .resume import check_data, checkpoint_state, restore_checkpoint, take_main_state
 from .rundir import DATA, check_out_dir, clear_run, make_run_dir
 from .step import make_step
+from .trs import qat_update_for
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class Trainer:
         self.tokens_per_s: list[float] = []
         self.rescheduled: dict = {}
         self.teacher = None  # the QAT phase's frozen float model, for kd/mix (distill.py)
+        self.qat_update = None  # the QAT phase's update: transition statistics, TRS (trs.py)
+        self.qat_update_state: dict | None = None  # its state from the checkpoint resumed
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -212,9 +215,10 @@ class Trainer:
 
     def _compile(self) -> None:
         cfg = self.cfg
+        self.qat_update = qat_update_for(self)
         self.step_fn = make_step(
             self.model, self.optimizer, cfg.grad_clip, cfg.grad_accum, cfg.compile,
-            group=self.dist.group, loss=make_loss(self.teacher, cfg),
+            group=self.dist.group, update=self.qat_update, loss=make_loss(self.teacher, cfg),
         )  # fmt: skip
 
     # -- events ---------------------------------------------------------------------------
@@ -270,6 +274,7 @@ class Trainer:
             "metrics_lines": self.metrics.lines,
             "elapsed_s": self.elapsed,
             "world_size": self.dist.size,
+            "qat_update": self.qat_update.to_json() if self.qat_update else None,
         }
         qat = {
             "qat_config": self.qcfg.to_dict(),
@@ -311,7 +316,8 @@ class Trainer:
         batches = [self.dist.rows(self.batches.batch(s * a + i)) for i in range(a)]
         with self.dist.collective(f"training step {s}"):
             loss, norm = self.step_fn(batches)
-            mx.eval(loss, norm, self.model.state, self.optimizer.state)
+            extra = self.qat_update.state if self.qat_update else {}
+            mx.eval(loss, norm, self.model.state, self.optimizer.state, extra)
         return loss.item(), norm.item(), lr
 
     def run(self) -> dict:
@@ -369,6 +375,7 @@ class Trainer:
                     "step_s": round(dt, 4),
                     "peak_memory_mb": round(mx.get_peak_memory() / 2**20, 1),
                     "epoch": round(self.batches.epochs_at(self.step * cfg.grad_accum), 4),
+                    **(self.qat_update.record() if self.qat_update else {}),
                 }
             )
         if bar is not None:
