@@ -4,9 +4,10 @@
     >>> result = train(TrainConfig(out="runs/tiny", preset="d2", tokens=300_000, bits=4))
 
 Modules: `config` (TrainConfig), `plan` (the phase plan of a config), `schedules` (LR),
-`optim`, `step` (the compiled step), `metrics`, `trainer` (the loop), `twin` (the FP twin and
-the comparison table), `job` (`train`: the whole job), `plot`. Command line: `mlx_qat.train`,
-and `mlx_qat.plan` to print the phase plan without training.
+`optim`, `step` (the compiled step), `transitions` (how many codes each QAT step changes),
+`trs` (transition-rate scheduling, `lr_control: trs`), `metrics`, `trainer` (the loop), `twin`
+(the FP twin and the comparison table), `job` (`train`: the whole job), `plot`. Command line:
+`mlx_qat.train`, and `mlx_qat.plan` to print the phase plan without training.
 """
 
 from .config import TrainConfig, load_config

@@ -3,7 +3,11 @@
 Records carry a `kind`:
 
 - `"train"`: `step` (steps completed), `phase`, `lr`, `loss`, `grad_norm`, `tokens`,
-  `tokens_per_s`, `step_s`, `peak_memory_mb`, `epoch`.
+  `tokens_per_s`, `step_s`, `peak_memory_mb`, `epoch`; in the QAT phase also the last step's
+  `transition_rate` (share of integer codes it changed), `transition_rate_ema`,
+  `transition_rate_layers` ({layer path: rate}), `transition_distance` (mean distance to the
+  nearest transition point, in grid steps; `transitions.py`), and with `lr_control: trs`
+  `trs_u` (the quantized weights' LR; `trs_u_layers` per layer), `trs_target`, `trs_t`.
 - `"eval"`: `step`, `phase`, and `fp` / `qat` / `ptq` ({loss, bpb, tokens}), `gap_recovered`.
 - `"switch"`: `step`, the FP→QAT switch (fake quant on from here).
 - `"error"`: `step`, `message` (e.g. a non-finite loss).
