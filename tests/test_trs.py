@@ -227,3 +227,27 @@ def test_grad_accumulation_counts_once_per_optimizer_step(tiny_data_dir, tmp_pat
     np.testing.assert_allclose(
         acc["transitions"]["ema"], one["transitions"]["ema"], rtol=0.05, atol=1e-4
     )
+
+
+@pytest.mark.distributed
+def test_two_processes_keep_identical_replicas_and_controller(tiny_data_dir, tmp_path):  # noqa: F811
+    """TRS on 2 ring processes (mlx.launch), per-layer U, learned affine, 2 accumulated
+    micro-batches: both ranks end with the same weights bit for bit (U steers the update, so a
+    rank whose statistics differed would drift), and rank 0's controller state matches one
+    process with the same global batch (t exactly; U within float32 summation order)."""
+    from test_distributed_train import run_driver
+
+    kw = dict(
+        tokens=16 * 2 * 4 * 32, grad_accum=2, qat_fraction=0.5, quantizer="learned_affine",
+        lr_control="trs", trs_granularity="layer", trs_momentum=0.8, final_eval_batches=2,
+    )  # fmt: skip
+    cfg = tiny_config(tiny_data_dir, tmp_path / "dist", **kw)
+    proc = run_driver(tmp_path / "d", {"T": cfg}, {"T": [16]})
+    out, _ = proc.communicate(timeout=300)
+    assert "exited with code" not in out, out
+    w0, w1 = (mx.load(str(tmp_path / "d" / f"T-r{r}-s16.safetensors")) for r in (0, 1))
+    assert all(mx.array_equal(w0[k], w1[k]).item() for k in w0)
+    train(tiny_config(tiny_data_dir, tmp_path / "single", **kw))
+    a, b = (load_checkpoint(tmp_path / r).state["qat_update"] for r in ("dist", "single"))
+    assert a["trs"]["t"] == b["trs"]["t"] == 8
+    np.testing.assert_allclose(a["trs"]["U"], b["trs"]["U"], rtol=1e-3)
