@@ -10,7 +10,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
-from test_train_fixtures import tiny_config, tiny_data_dir, without_test_split  # noqa: F401
+from test_train_fixtures import CORPUS, tiny_config, tiny_data_dir, without_test_split  # noqa: F401
 
 from mlx_qat.checkpoint import build_model, list_checkpoints, load_checkpoint
 from mlx_qat.data import eval_batches, load_bundle
@@ -314,33 +314,50 @@ def test_fp_twin_resumes(tiny_data_dir, tmp_path):  # noqa: F811
     assert again["comparison"] == first["comparison"]
 
 
-def test_qat_fine_tune_of_an_existing_mlx_lm_model(tiny_data_dir, tmp_path):  # noqa: F811
-    from mlx_qat.models import model_from_config, preset_config
+def test_qat_fine_tune_of_an_existing_mlx_lm_model(hf_model, tiny_data_dir, tmp_path):  # noqa: F811
+    """A float mlx-lm model dir with its own Hugging Face tokenizer (512 ids) trains on data
+    of that tokenizer only: data of another tokenizer with the same vocabulary size (the
+    512-piece sentencepiece `tiny_data_dir`) is refused, naming both; raw text is tokenized
+    with the model's tokenizer."""
+    import re
+    import shutil
 
-    # A float mlx-lm model directory: config.json + model.safetensors.
-    src = tmp_path / "float_model"
-    src.mkdir()
-    cfg = preset_config("d2", 512)
-    mx.random.seed(7)
-    model = model_from_config(cfg)
-    mx.save_safetensors(str(src / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    (src / "config.json").write_text(json.dumps(cfg))
+    from mlx_qat.data import prepare_data, tokenizer_sha256
+
+    src = tmp_path / "float_model"  # config.json + model.safetensors + tokenizer files
+    shutil.copytree(hf_model, src)
+    cfg = json.loads((src / "config.json").read_text())
+    assert cfg["vocab_size"] == load_bundle(tiny_data_dir).vocab_size == 512
+    with pytest.raises(
+        ValueError,
+        match=rf"--data .* encoded with the sentencepiece tokenizer .*, but --model "
+        rf"{re.escape(str(src))} has its own hf tokenizer \(sha256 [0-9a-f]{{16}}, vocab 512\).*"
+        rf"\(mlx_qat.data --tokenizer {re.escape(str(src))} --input TEXT --out DIR",
+    ):
+        train(tiny_config(tiny_data_dir, tmp_path / "run0", model=str(src)))
+    assert not (tmp_path / "run0" / "checkpoints").exists()
+    own = tokenizer_sha256(src)
+
+    data = prepare_data(CORPUS, tmp_path / "data", tokenizer=src, val_fraction=0.1)
     run = tmp_path / "run"
-    result = train(
-        tiny_config(tiny_data_dir, run, model=str(src), qat_fraction=1.0, tokens=4 * 128)
-    )
+    result = train(tiny_config(data.path, run, model=str(src), qat_fraction=1.0, tokens=4 * 128))
     assert result["plan"]["qat_steps"] == 4
     ck = load_checkpoint(run, optimizer=False)
     assert ck.model_config["hidden_size"] == 64 and ck.qat["fake_quant"] is True
-    # The run starts from the given weights, not from a fresh init.
-    t = Trainer(tiny_config(tiny_data_dir, tmp_path / "run1", model=str(src)))
+    assert ck.state["tokenizer_sha256"] == own  # what eval and convert check
+    for f in (run / "tokenizer").iterdir():  # the run keeps the model's own tokenizer files
+        assert f.read_bytes() == (src / f.name).read_bytes(), f.name
+    # Raw text (no prepared data): the run tokenizes it with the model's tokenizer.
+    t = Trainer(tiny_config(CORPUS, tmp_path / "run1", model=str(src), vocab_size=1000))
     t.setup()
+    assert t.bundle.manifest["tokenizer"]["sha256"] == own and t.bundle.vocab_size == 512
+    # The run starts from the given weights, not from a fresh init.
     got = dict(tree_flatten(t.model.parameters()))
-    for k, v in tree_flatten(model.parameters()):
+    for k, v in mx.load(str(src / "model.safetensors")).items():
         assert mx.array_equal(got[k], v), k
     t.metrics.close()
     (src / "config.json").write_text(
         json.dumps({**cfg, "quantization": {"bits": 4, "group_size": 64}})
     )
     with pytest.raises(ValueError, match="already quantized"):
-        Trainer(tiny_config(tiny_data_dir, tmp_path / "run2", model=str(src))).setup()
+        Trainer(tiny_config(data.path, tmp_path / "run2", model=str(src))).setup()

@@ -49,7 +49,13 @@ from ..checkpoint import (
     remove_stale_tmp,
     save_checkpoint,
 )
-from ..data.resolve import check_split, copy_tokenizer, open_prepared, prepare_run_data
+from ..data.resolve import (
+    check_split,
+    copy_tokenizer,
+    open_prepared,
+    prepare_run_data,
+    run_vocab_size,
+)
 from ..fileio import atomic_write_json, atomic_write_text
 from ..loss import format_triple
 from ..models.build import make_model, qat_config
@@ -109,13 +115,13 @@ class Trainer:
             dist.check_batch(cfg.batch_size)
             if dist.is_main:
                 check_out_dir(cfg)
-            self.bundle = open_prepared(cfg.data)
+            self.bundle = open_prepared(cfg.data, cfg.model)  # refuses another tokenizer's
             if self.bundle is None and dist.size > 1:
                 raise ValueError(
                     f"--data {cfg.data}: several processes read prepared data: prepare it once "
                     "with mlx_qat.data --out DIR, give every machine the same DIR, pass --data DIR"
                 )
-            self._build(self.bundle.vocab_size if self.bundle else cfg.vocab_size)
+            self._build(run_vocab_size(self.bundle, cfg.vocab_size, cfg.model))
             for split in ("train", "val") if self.bundle else ():
                 check_split(self.bundle, split, cfg.seq_len)
             self.step, self.phase, self.tokens_seen, self.elapsed = 0, "fp", 0, 0.0
@@ -146,13 +152,7 @@ class Trainer:
         remove_stale_tmp(self.run_dir)
         if self.bundle is None:
             out = cfg.data_out or self.run_dir / DATA
-            self.bundle = prepare_run_data(cfg.data, out, cfg.vocab_size, cfg.seed)
-            if self.bundle.vocab_size != cfg.vocab_size:  # sentencepiece makes it exact
-                raise ValueError(
-                    f"data {self.bundle.path}: its tokenizer has {self.bundle.vocab_size} "
-                    f"pieces, not --vocab-size {cfg.vocab_size}; prepare it with mlx_qat.data "
-                    "and pass --data DIR"
-                )
+            self.bundle = prepare_run_data(cfg.data, out, cfg.vocab_size, cfg.seed, cfg.model)
             for split in ("train", "val"):
                 check_split(self.bundle, split, cfg.seq_len)
             if ckpt is not None:
