@@ -148,14 +148,22 @@ class TrainConfig:
         "repointed); default: <out>/data",
         "data",
     )
-    vocab_size: int = _f(1024, "tokenizer vocabulary when the data is built here", "data")
+    vocab_size: int = _f(
+        1024,
+        "tokenizer vocabulary when the data is built here (ignored with a --model that has "
+        "its own tokenizer)",
+        "data",
+    )
     # model
     preset: str = _f("d2", "Llama preset: d<depth> (d2, d4, ...; see mlx_qat.models)", "model")
     model_config: str | None = _f(
         None, "config.json of any mlx-lm model (random init); overrides --preset", "model"
     )
     model: str | None = _f(
-        None, "existing float mlx-lm model dir to QAT-fine-tune; overrides --preset", "model"
+        None,
+        "existing float mlx-lm model dir to QAT-fine-tune; overrides --preset. Its own "
+        "tokenizer encodes raw --data, and prepared data of another tokenizer is refused",
+        "model",
     )
     # qat
     bits: int = _f(4, "weight bits", "qat")
