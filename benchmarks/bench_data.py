@@ -2,7 +2,7 @@
 
 Runs ``prepare_data`` from scratch into fresh temporary folders ``--repeats`` times and reports
 the phases (hashing inputs, reading + splitting, tokenizer training, encoding) plus the
-end-to-end command (``python -m mlx_qat.data ...`` in a subprocess, interpreter start-up
+end-to-end command (``python -m mlx_qat data ...`` in a subprocess, interpreter start-up
 included) and a cached re-run. Writes benchmarks/results/data_prepare.{md,json}.
 
     python benchmarks/bench_data.py [--input ../shared/data] [--vocab-size 4096] [--repeats 3]
@@ -100,7 +100,7 @@ def main() -> None:
     tokens = m["tokens"]["train"] + m["tokens"]["val"]
     enc_med = statistics.median(r["encode"] for r in runs)
 
-    cmd = f"python -m mlx_qat.data --input {args.input} --out data/ --vocab-size {args.vocab_size}"
+    cmd = f"python -m mlx_qat data --input {args.input} --out data/ --vocab-size {args.vocab_size}"
     lines = [
         "# Data pipeline benchmark: shared/data -> tokenizer + token shards",
         "",

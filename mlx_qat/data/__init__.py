@@ -14,7 +14,7 @@ The validation split (``val_fraction``) is for curves and choices; the test spli
 (``test_fraction``, held out by the same document hash) is only reported. ``bundle.test`` is
 None for shards prepared before the test split existed.
 
-Command line: ``python -m mlx_qat.data --input ../shared/data --out data/`` (see ``--help``).
+Command line: ``python -m mlx_qat data --input ../shared/data --out data/`` (see ``--help``).
 A model's own tokenizer instead of a trained one: ``prepare_data(..., tokenizer=MODEL_DIR)``
 (any Hugging Face / mlx-lm model directory; ``--tokenizer MODEL_DIR``).
 """

@@ -109,7 +109,7 @@ def open_prepared(data: list[str] | None, model: str | os.PathLike | None = None
     if missing:
         raise FileNotFoundError(
             f"--data {' '.join(missing)}: no such file or directory; give a prepared data "
-            "dir (python -m mlx_qat.data --out DIR) or text files/folders"
+            "dir (python -m mlx_qat data --out DIR) or text files/folders"
         )
     return None
 

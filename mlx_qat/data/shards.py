@@ -135,7 +135,7 @@ class DataBundle:
                 f"data {self.path}: has no {SPLIT_NAMES[name]} split (prepared before "
                 "mlx_qat.data held one out; its manifest lists "
                 f"{', '.join(self.manifest['splits'])}); prepare the data again with "
-                "`python -m mlx_qat.data` for one, or use the validation split"
+                "`python -m mlx_qat data` for one, or use the validation split"
             )
         return array
 
@@ -197,7 +197,7 @@ def load_bundle(
     manifest_file = path / MANIFEST
     if not manifest_file.is_file():
         raise FileNotFoundError(
-            f"no {MANIFEST} in {path}; prepare the data first with `python -m mlx_qat.data`"
+            f"no {MANIFEST} in {path}; prepare the data first with `python -m mlx_qat data`"
         )
     with open(manifest_file, encoding="utf-8") as f:
         manifest = json.load(f)
@@ -207,20 +207,20 @@ def load_bundle(
     except FileNotFoundError:
         raise FileNotFoundError(
             f"tokenizer for {path} not found: no tokenizer ({MODEL_FILE} or Hugging Face "
-            f"files) in {tok_dir}; rebuild the data with `python -m mlx_qat.data --force`"
+            f"files) in {tok_dir}; rebuild the data with `python -m mlx_qat data --force`"
         ) from None
     want = manifest["tokenizer"]["sha256"]
     if have != want:
         raise ValueError(
             f"tokenizer mismatch: the shards in {path} were encoded with tokenizer sha256 {want}, "
             f"but {tok_dir} has sha256 {have}. Rebuild the shards for this tokenizer "
-            "(`python -m mlx_qat.data --force ...`, or delete that shards folder)."
+            "(`python -m mlx_qat data --force ...`, or delete that shards folder)."
         )
     missing = [s for s in REQUIRED_SPLITS if s not in manifest["splits"]]
     if missing:
         raise ValueError(
             f"{manifest_file}: lists no {' or '.join(missing)} split; rebuild the data with "
-            "`python -m mlx_qat.data --force`"
+            "`python -m mlx_qat data --force`"
         )
     arrays = {
         s: _open_split(path / manifest["splits"][s]["file"])

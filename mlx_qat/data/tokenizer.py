@@ -98,7 +98,7 @@ class Tokenizer:
         model = path / MODEL_FILE if path.is_dir() else path
         if not model.is_file():
             raise FileNotFoundError(
-                f"no {MODEL_FILE} in {path}; train one with `python -m mlx_qat.data` "
+                f"no {MODEL_FILE} in {path}; train one with `python -m mlx_qat data` "
                 "or mlx_qat.data.train_tokenizer()"
             )
         self.dir = model.parent

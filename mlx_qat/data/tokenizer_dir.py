@@ -114,7 +114,7 @@ def tokenizer_kind(path: str | os.PathLike) -> str:
         return "hf"
     raise FileNotFoundError(
         f"tokenizer {path}: no tokenizer in it (no {MODEL_FILE}, tokenizer.json or other "
-        "Hugging Face tokenizer files); train one with `python -m mlx_qat.data`, or give a "
+        "Hugging Face tokenizer files); train one with `python -m mlx_qat data`, or give a "
         "Hugging Face / mlx-lm model directory"
     )
 
