@@ -17,6 +17,15 @@ reports `kl`: the mean over target tokens of KL(p_teacher ‖ p_model) at temper
 token, `kl_to_teacher`), the teacher's logits computed once per batch for every mode.
 
 `mlx_qat.eval.evaluate_checkpoint` (and the `mlx_qat.eval` command) apply this to a checkpoint.
+
+The float model's **basin level** (`basin_level`; a reconstruction of paper B's basin, shared by
+`mlx_qat.diagnose` and the trainer's basin monitor): a loss within
+
+    ε = max(BASIN_TOLERANCE, BASIN_NOISE_Z · SE),   BASIN_TOLERANCE = 0.01 nats, BASIN_NOISE_Z = 2
+
+of the float loss counts as inside the basin, SE the standard error of the mean of the per-batch
+differences (quantized − float) on the same batches (`paired_se`): 0.01 nats is +1% perplexity,
+and a gap the batches cannot tell from zero counts as inside.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import mlx.core as mx
@@ -33,6 +42,8 @@ import mlx.nn as nn
 logger = logging.getLogger(__name__)
 
 MODES = ("fp", "qat", "ptq")
+BASIN_TOLERANCE = 0.01
+BASIN_NOISE_Z = 2.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,54 @@ def evaluate(
     """Mean next-token loss of `model` over `batches` ((B, T+1) int32 arrays), as it is (and
     its mean KL to `teacher`, when given)."""
     return _evaluate_modes(model, batches, bytes_per_token, [None], teacher)[None]
+
+
+def batch_losses(
+    model: nn.Module, batches: Iterable[mx.array], bytes_per_token: float
+) -> tuple[float, list[float]]:
+    """(mean loss over every target token, the mean loss of each batch) of `model` as it is."""
+    per, total, count = [], 0.0, 0
+    for batch in batches:
+        r = evaluate(model, [batch], bytes_per_token)
+        per.append(r.loss)
+        total += r.loss * r.tokens
+        count += r.tokens
+    if count == 0:
+        raise ValueError("evaluate: no validation tokens; use more --eval-batches or data")
+    return total / count, per
+
+
+def paired_se(a: Sequence[float], b: Sequence[float]) -> float:
+    """Standard error of the mean of the per-batch differences a − b (0 with < 2 batches).
+
+    Both points are evaluated on the same batches, so their difference is a paired comparison:
+    its noise is the spread of the per-batch differences, not of the losses themselves.
+    """
+    n = len(a)
+    if n != len(b):
+        raise ValueError(f"paired_se: {n} and {len(b)} batches")
+    if n < 2:
+        return 0.0
+    d = [x - y for x, y in zip(a, b)]
+    mean = sum(d) / n
+    return math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n)
+
+
+def basin_level(
+    quantized: Sequence[float],
+    float_: Sequence[float],
+    tolerance: float = BASIN_TOLERANCE,
+    noise_z: float = BASIN_NOISE_Z,
+) -> tuple[float, float]:
+    """(ε, SE): the basin level of the module header from per-batch losses of a quantized
+    point and of the float point on the same batches.
+
+    Example:
+        >>> basin_level([3.0, 3.5], [3.0, 3.0])   # differences 0, 0.5: SE 0.25, ε = 2 SE
+        (0.5, 0.25)
+    """
+    se = paired_se(quantized, float_)
+    return max(tolerance, noise_z * se), se
 
 
 def _qat_layers(model: nn.Module):

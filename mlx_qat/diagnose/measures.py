@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from ..loss import paired_se  # noqa: F401  (the basin level's noise, shared with train)
+
 
 def basin_edge(alphas: Sequence[float], rise: Sequence[float], eps: float) -> tuple[float, bool]:
     """(α*, extrapolated): where `rise` first exceeds `eps` (rules in the module header).
@@ -64,24 +66,6 @@ def wall_slope(alphas: Sequence[float], rise: Sequence[float], alpha_star: float
         if alphas[k] > alpha_star
     ]
     return max(slopes) if slopes else None
-
-
-def paired_se(a: Sequence[float], b: Sequence[float]) -> float:
-    """Standard error of the mean of the per-batch differences a − b (0 with < 2 batches).
-
-    The diagnostics evaluate every point on the same batches, so a difference of two points is
-    a paired comparison: its noise is the spread of the per-batch differences, not of the
-    losses themselves.
-    """
-    n = len(a)
-    if n != len(b):
-        raise ValueError(f"paired_se: {n} and {len(b)} batches")
-    if n < 2:
-        return 0.0
-    d = [x - y for x, y in zip(a, b)]
-    mean = sum(d) / n
-    var = sum((x - mean) ** 2 for x in d) / (n - 1)
-    return math.sqrt(var / n)
 
 
 def finite(x: float) -> float | None:

@@ -24,12 +24,12 @@ two neighbouring grid points, unbiased in expectation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..loss import evaluate
+from ..loss import batch_losses  # noqa: F401  (moved to loss; kept importable here)
 from ..quant.affine import dequantize_codes, group, minmax_params
 from ..quant.quantizers import MinMaxQuantizer
 from ..quant.spec import QuantSpec
@@ -156,18 +156,3 @@ class Probe:
             p: stochastic_round(self.w0[p], self.specs[p], keys[i], self.scale_dtype)
             for i, p in enumerate(self.layers)
         }
-
-
-def batch_losses(
-    model: nn.Module, batches: Sequence[mx.array], bytes_per_token: float
-) -> tuple[float, list[float]]:
-    """(mean loss over every target token, the mean loss of each batch), via `loss.evaluate`."""
-    per, total, count = [], 0.0, 0
-    for batch in batches:
-        r = evaluate(model, [batch], bytes_per_token)
-        per.append(r.loss)
-        total += r.loss * r.tokens
-        count += r.tokens
-    if count == 0:
-        raise ValueError("diagnose: no validation tokens; use more --eval-batches or data")
-    return total / count, per

@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..loss import bits_per_byte, eval_mode
+from ..loss import basin_level, batch_losses, bits_per_byte, eval_mode
 from ..quant.spec import QuantSpec
 from . import verdict as rules
-from .measures import basin_edge, finite, kappa, paired_se, wall_slope
-from .probe import Probe, batch_losses
+from .measures import basin_edge, finite, kappa, wall_slope
+from .probe import Probe
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +151,7 @@ def _measure(probe: Probe, batches, bpt, st: DiagnoseSettings, key_rand, key_sr)
     l0, per0 = scan[0]
     l1, per1 = scan[alphas.index(1.0)]
     gap = l1 - l0
-    se = paired_se(per1, per0)
-    eps = max(st.tolerance, st.noise_z * se)
+    eps, se = basin_level(per1, per0, st.tolerance, st.noise_z)
     rise = [loss - l0 for loss, _ in scan]
     a_star, extrap = basin_edge(alphas, rise, eps)
     out = {

@@ -5,7 +5,8 @@ Thresholds (reconstructions to be calibrated on the package's own models, not pa
     ε (the level)   = max(TOLERANCE, NOISE_Z · SE), SE the standard error over batches of the
                       PTQ gap (per-batch paired differences); TOLERANCE = 0.01 nats (a loss
                       rise of 0.01 nats is +1% perplexity), NOISE_Z = 2: a gap the batches
-                      cannot tell from zero counts as fine.
+                      cannot tell from zero counts as fine. (`loss.basin_level`: the same
+                      level marks the basin for the trainer's `--basin-monitor`.)
 
 Rules, first match wins:
 
@@ -32,10 +33,11 @@ Rules, first match wins:
 
 from __future__ import annotations
 
+from ..loss import BASIN_NOISE_Z, BASIN_TOLERANCE
 from ..quant.spec import QuantSpec
 
-TOLERANCE = 0.01
-NOISE_Z = 2.0
+TOLERANCE = BASIN_TOLERANCE  # one definition of the basin level (loss.basin_level)
+NOISE_Z = BASIN_NOISE_Z
 MIXED_EXTRA_BITS = 1.0
 FLOAT_BITS = 16
 RANDOM_RADIUS_MIN = 0.25
