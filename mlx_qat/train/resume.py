@@ -119,6 +119,40 @@ def checkpoint_state(cfg, bundle) -> dict:
     }
 
 
+def rng_seed(seed: int, step: int) -> int:
+    """The seed the trainer gives `mx.random` before step `step` (a function of the step)."""
+    return (seed * 1_000_003 + step) % (1 << 63)
+
+
+def trainer_state(t) -> dict:
+    """Trainer `t`'s `state.json`: its position (what `restore_checkpoint` reads back), the
+    data position, the RNG, the plan and what the checks above compare."""
+    cfg, step = t.cfg, t.step
+    return {
+        "step": step,
+        "tokens_seen": t.tokens_seen,
+        "tokens_per_step": cfg.tokens_per_step,
+        "phase": t.phase,
+        "lr": t.plan.lr_at(step - 1) if step else None,
+        "data": {
+            **t.batches.state(step * cfg.grad_accum),
+            "grad_accum": cfg.grad_accum,
+            "shards": str(Path(t.bundle.path).resolve()),
+            "shards_key": t.bundle.manifest.get("key"),
+        },
+        "rng": {"seed": cfg.seed, "next_step_seed": rng_seed(cfg.seed, step)},
+        **checkpoint_state(cfg, t.bundle),
+        "plan": {k: getattr(t.plan, k) for k in ("total_steps", "fp_steps", "qat_steps")},
+        "eval": t.last_eval,
+        "eval_step": t.last_eval_step,
+        "test": t.last_test,
+        "metrics_lines": t.metrics.lines,
+        "elapsed_s": t.elapsed,
+        "world_size": t.dist.size,
+        "qat_update": t.qat_update.to_json() if t.qat_update else None,
+    }
+
+
 def restore_checkpoint(t, ckpt) -> int | None:
     """Check `ckpt` against trainer `t`'s run and load its weights, optimizer and position
     into `t` (no file is written); returns the metrics lines to keep (None for a branch)."""

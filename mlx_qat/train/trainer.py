@@ -67,7 +67,7 @@ from .memory import check_step_memory
 from .metrics import MetricsWriter, NullMetrics
 from .optim import build_optimizer, set_lr
 from .plan import PhasePlan, plan_for_model
-from .resume import check_data, checkpoint_state, restore_checkpoint, take_main_state
+from .resume import check_data, restore_checkpoint, rng_seed, take_main_state, trainer_state
 from .rundir import DATA, check_out_dir, clear_run, make_run_dir
 from .step import make_step
 from .trs import qat_update_for
@@ -79,10 +79,6 @@ RESULT = "result.json"
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradient norm became NaN/inf; the last checkpoint is the last good one."""
-
-
-def _rng_seed(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step) % (1 << 63)
 
 
 class Trainer:
@@ -252,30 +248,7 @@ class Trainer:
         """Write a checkpoint (rank 0; the other ranks write nothing and return None)."""
         if not self.dist.is_main:
             return None
-        cfg, step = self.cfg, self.step
-        state = {
-            "step": step,
-            "tokens_seen": self.tokens_seen,
-            "tokens_per_step": cfg.tokens_per_step,
-            "phase": self.phase,
-            "lr": self.plan.lr_at(step - 1) if step else None,
-            "data": {
-                **self.batches.state(step * cfg.grad_accum),
-                "grad_accum": cfg.grad_accum,
-                "shards": str(Path(self.bundle.path).resolve()),
-                "shards_key": self.bundle.manifest.get("key"),
-            },
-            "rng": {"seed": cfg.seed, "next_step_seed": _rng_seed(cfg.seed, step)},
-            **checkpoint_state(cfg, self.bundle),
-            "plan": {k: getattr(self.plan, k) for k in ("total_steps", "fp_steps", "qat_steps")},
-            "eval": self.last_eval,
-            "eval_step": self.last_eval_step,
-            "test": self.last_test,
-            "metrics_lines": self.metrics.lines,
-            "elapsed_s": self.elapsed,
-            "world_size": self.dist.size,
-            "qat_update": self.qat_update.to_json() if self.qat_update else None,
-        }
+        cfg = self.cfg
         qat = {
             "qat_config": self.qcfg.to_dict(),
             "fake_quant": self.phase == "qat" and not cfg.ablate_qat,
@@ -283,8 +256,8 @@ class Trainer:
         }
         protect = (self.plan.switch_step, *cfg.save_steps)
         return save_checkpoint(
-            self.run_dir, step, self.model, self.optimizer, state, self.model_config, qat,
-            keep=cfg.keep_checkpoints, protect=protect,
+            self.run_dir, self.step, self.model, self.optimizer, trainer_state(self),
+            self.model_config, qat, keep=cfg.keep_checkpoints, protect=protect,
         )  # fmt: skip
 
     def switch(self) -> None:
@@ -311,7 +284,7 @@ class Trainer:
         cfg, s = self.cfg, self.step
         lr = self.plan.lr_at(s)
         set_lr(self.optimizer, lr)
-        mx.random.seed(_rng_seed(cfg.seed, s))
+        mx.random.seed(rng_seed(cfg.seed, s))
         a = cfg.grad_accum
         batches = [self.dist.rows(self.batches.batch(s * a + i)) for i in range(a)]
         with self.dist.collective(f"training step {s}"):
