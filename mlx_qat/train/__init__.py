@@ -5,7 +5,8 @@
 
 Modules: `config` (TrainConfig), `plan` (the phase plan of a config), `schedules` (LR),
 `optim`, `step` (the compiled step), `transitions` (how many codes each QAT step changes),
-`trs` (transition-rate scheduling, `lr_control: trs`), `metrics`, `trainer` (the loop), `twin`
+`trs` (transition-rate scheduling, `lr_control: trs`), `basin` (the QAT phase's basin
+monitor, `basin_monitor`), `metrics`, `trainer` (the loop), `twin`
 (the FP twin and the comparison table), `job` (`train`: the whole job), `plot`. Command line:
 `mlx_qat.train`, and `mlx_qat.plan` to print the phase plan without training.
 """

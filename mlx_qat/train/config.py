@@ -50,6 +50,7 @@ _NOT_HASHED = {
     "compile",
     "cache_limit_mb",
     "dist_timeout",
+    "basin_monitor",  # observes: training is bit-identical with it (tests/test_basin.py)
 }
 # Fields added after runs existed: left out of the hash while at their default, so that those
 # runs keep their hash (resume, sweep rows). A default never changes meaning, so this is exact.
@@ -282,6 +283,15 @@ class TrainConfig:
     )
     keep_checkpoints: int = _f(2, "keep the last K checkpoints (plus the switch one)", "eval")
     log_every: int = _f(1, "write a metrics line every N steps", "eval")
+    basin_monitor: bool = _f(
+        False,
+        "QAT phase, at each evaluation: the cosine between the descent direction -g (STE "
+        "gradient) and the way back from the quantized weights to the float weights at the "
+        "switch (inward_cos, per layer too), and the first step whose QAT loss is within eps "
+        "of the FP loss at the switch (basin_reentry); reconstructions of paper B's "
+        "definitions (train/basin.py)",
+        "eval",
+    )
 
     def __post_init__(self) -> None:
         self.validate()

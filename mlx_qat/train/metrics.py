@@ -10,6 +10,10 @@ Records carry a `kind`:
   `trs_u` (the quantized weights' LR; `trs_u_layers` per layer), `trs_target`, `trs_t`.
 - `"eval"`: `step`, `phase`, and `fp` / `qat` / `ptq` ({loss, bpb, tokens}), `gap_recovered`.
 - `"switch"`: `step`, the FP→QAT switch (fake quant on from here).
+- With `basin_monitor` (`basin.py`): `"basin_reference"` at the switch (`ref_loss`, `eps`,
+  `noise_se`, `ptq_gap`, `outside`, `switch_step`, and the cosines below at t = 0); on the QAT
+  phase's `"eval"` lines `inward_cos`, `inward_cos_fp`, `inward_cos_layers` ({layer path:
+  cosine}); one `"basin_reentry"` (`step`, `qat_loss`, `level`, `steps_after_switch`).
 - `"error"`: `step`, `message` (e.g. a non-finite loss).
 
 Checkpoints record how many lines the file had when they were saved; a resumed run truncates

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 # The trainer's position: what a checkpoint restores besides the arrays, and what the other
 # ranks take from rank 0.
 POSITION = ("step", "phase", "tokens_seen", "elapsed", "last_eval", "last_eval_step",
-            "last_test", "rescheduled", "qat_update_state")  # fmt: skip
+            "last_test", "rescheduled", "qat_update_state", "basin_state")  # fmt: skip
 
 
 def check_resume(ckpt, cfg, run_dir: Path) -> dict:
@@ -150,6 +150,7 @@ def trainer_state(t) -> dict:
         "elapsed_s": t.elapsed,
         "world_size": t.dist.size,
         "qat_update": t.qat_update.to_json() if t.qat_update else None,
+        "basin": t.basin_state,  # the basin monitor's reference and re-entry (basin.py)
     }
 
 
@@ -184,6 +185,7 @@ def restore_checkpoint(t, ckpt) -> int | None:
     t.last_test = st.get("test")
     # the QAT phase's transition statistics and TRS state (trs.py); None before the switch
     t.qat_update_state = st.get("qat_update")
+    t.basin_state = st.get("basin")  # the basin monitor's (basin.py); None before the switch
     set_fake_quant(t.model, bool(ckpt.qat.get("fake_quant")))
     mx.eval(t.model.parameters(), t.optimizer.state)
     how = "branched from" if cfg.branch_from else "resumed from"

@@ -60,6 +60,7 @@ from ..fileio import atomic_write_json, atomic_write_text
 from ..loss import format_triple
 from ..models.build import make_model, qat_config
 from ..prepare import init_quantizers, prepare, set_fake_quant
+from .basin import basin_monitor_for, basin_result
 from .config import TrainConfig
 from .dist import Group
 from .distill import make_loss, run_teacher, teacher_bytes
@@ -97,6 +98,7 @@ class Trainer:
         self.teacher = None  # the QAT phase's frozen float model, for kd/mix (distill.py)
         self.qat_update = None  # the QAT phase's update: transition statistics, TRS (trs.py)
         self.qat_update_state: dict | None = None  # its state from the checkpoint resumed
+        self.basin, self.basin_state = None, None  # --basin-monitor (basin.py) and its state
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -127,6 +129,7 @@ class Trainer:
             take_main_state(self)
         if self.phase == "qat":  # resumed in the QAT phase: its teacher (distill.py)
             self.teacher = run_teacher(self, at_switch=False)
+        self.basin = basin_monitor_for(self)
         with dist.agreed("writing the run directory"):
             if dist.is_main:
                 self._write_start(ckpt, keep_lines)
@@ -226,7 +229,8 @@ class Trainer:
         ev = self.dist.eval_triple(self.model, batches, self.bytes_per_token, ready, self.teacher)
         self.last_eval, self.last_eval_step = ev, self.step
         kind = "final_eval" if final else "eval"
-        self.metrics.write({"kind": kind, "step": self.step, "phase": self.phase, **ev})
+        extra = self.basin.observe(self, ev) if self.basin and not final else {}
+        self.metrics.write({"kind": kind, "step": self.step, "phase": self.phase, **ev, **extra})
         logger.info("%s @ %d (%s): %s", kind, self.step, self.phase, format_triple(ev))
         return ev
 
@@ -276,6 +280,8 @@ class Trainer:
         mx.eval(self.model.parameters())
         self._compile()
         self.metrics.write({"kind": "switch", "step": self.step, "phase": "qat"})
+        if self.basin is not None:
+            self.basin.begin(self)
         logger.info("switch to QAT at step %d", self.step)
 
     # -- the loop -------------------------------------------------------------------------
@@ -385,6 +391,7 @@ class Trainer:
             "peak_memory_mb": round(mx.get_peak_memory() / 2**20, 1),
             "config_hash": self.cfg.hash(),
             "world_size": self.dist.size,
+            **basin_result(self),
         }
         if self.dist.is_main:
             atomic_write_json(self.run_dir / RESULT, result)

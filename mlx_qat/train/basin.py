@@ -1,0 +1,253 @@
+"""The QAT phase's basin monitor (`basin_monitor`, `--basin-monitor`): does the STE gradient
+point back into the float model's basin, and when does the QAT loss re-enter it?
+
+Paper B (Li, Ma, Cui, "Understanding Quantization-Aware Training: Gradients at Quantized
+Weights Bias to the Low-Loss Basin", arXiv 2606.09012) explains QAT's recovery by an
+"inward component" of the gradient taken at the quantized weights, and bounds the loss at the
+first time the quantized iterate enters the low-loss basin. Its full text was not available:
+the two quantities below are **reconstructions** from its abstract and secondary notes
+(docs/research/papers001_002_trs_geometry.md §2.4–§2.7, diagnostics D4 and D5), with the
+float weights at the switch standing in for the paper's river point, not the paper's own
+definitions.
+
+Reference point w_fp: every QAT layer's float weight at the FP→QAT switch (a fine-tune with
+no FP phase: the `--model` weights, which are the switch's).
+
+**Inward cosine**, at the switch and at each periodic evaluation of the QAT phase, on the
+first validation batch, for each QAT layer ℓ (all arithmetic float32):
+
+    g_ℓ   = ∂L/∂w_ℓ            the STE gradient of the training objective (cross-entropy, or
+                               kd/mix against the teacher) w.r.t. the latent weight w_ℓ,
+                               fake quant on: the forward uses Q(w_ℓ), the gradient passes
+                               straight through rounding; uncompiled, outside the step
+    d_ℓ   = w_fp,ℓ − Q(w_ℓ)    from the quantized point back to the float weights, Q(w_ℓ) the
+                               layer's effective (fake-quantized) weight
+    inward_cos           = ⟨−g, d⟩ / (‖g‖·‖d‖)  over all QAT layers' weights flattened together
+    inward_cos_layers[ℓ] = ⟨−g_ℓ, d_ℓ⟩ / (‖g_ℓ‖·‖d_ℓ‖)   (None where a norm is 0)
+    inward_cos_fp        = inward_cos with g = ∂L/∂w at the latent weights (fake quant off)
+
+inward_cos > 0: a descent step moves the latent weights toward w_fp. Paper B predicts it
+positive while Q(w) is outside the basin and larger than inward_cos_fp (≈ 0 in a flat basin):
+the difference is the bias that evaluating the gradient at the quantized point adds.
+
+**Basin re-entry**, with the basin level of `mlx_qat.diagnose` (`loss.basin_level`) at the
+switch weights on the periodic validation batches:
+
+    L_ref = the FP-mode validation loss at the switch (the switch evaluation's `fp` loss)
+    ε     = max(0.01 nats, 2 · SE),  SE the standard error over those batches of the per-batch
+            PTQ gap L(Q_RTN(w_fp)) − L(w_fp)
+    T_enter = the first QAT-phase evaluation step s with  L_qat(s) ≤ L_ref + ε
+
+`outside` = (PTQ gap > ε): the quantized point started outside the basin (paper B's setting).
+When it started inside, T_enter only says when an evaluation of the QAT phase was first
+within ε.
+
+Records: `basin_reference` at the switch (L_ref, ε, SE, PTQ gap, outside, the cosines at
+t = 0), the cosines on every QAT-phase `eval` line, one `basin_reentry`, and
+`basin_reentry_step` (None if never) in result.json.
+
+Cost: one forward and backward (two with inward_cos_fp) on one batch per evaluation, and two
+passes over the periodic validation batches at the switch; nothing in the training step.
+Training is unchanged (no RNG drawn, no training batch read): tests/test_basin.py checks
+that the losses are bit-identical with and without the monitor.
+
+Memory: one copy of the QAT layers' weights at the switch, or none when the teacher already
+holds them (objective kd/mix in the model's own dtype, its teacher the switch weights).
+
+Resume: L_ref, ε, SE, the PTQ gap and T_enter are in every checkpoint's state.json
+(`basin`); w_fp is read again from the switch checkpoint (which the trainer always keeps;
+rank 0 reads it, the other ranks receive it) or the `--model` directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten
+
+from ..checkpoint import CHECKPOINTS, load_checkpoint, step_dir_name
+from ..loss import basin_level, batch_losses, eval_mode
+from ..models.build import make_model
+from ..prepare import qat_layers
+from .distill import make_loss
+from .step import loss_fn
+
+logger = logging.getLogger(__name__)
+
+Loss = Callable[[nn.Module, mx.array, mx.array], mx.array]
+
+
+def ste_gradients(model: nn.Module, loss: Loss, batch: mx.array) -> dict[str, mx.array]:
+    """{QAT layer path: ∂loss/∂weight} on `batch` ((B, T+1) tokens), the model as it is (fake
+    quant on: the STE gradient at the quantized weights; off: the float gradient)."""
+    _, grads = nn.value_and_grad(model, loss)(model, batch[:, :-1], batch[:, 1:])
+    flat = dict(tree_flatten(grads))
+    return {p: flat[f"{p}.weight"] for p, _ in qat_layers(model)}
+
+
+def _cos(dot: float, gg: float, dd: float) -> float | None:
+    return dot / math.sqrt(gg * dd) if gg > 0 and dd > 0 else None
+
+
+def inward_cosines(
+    grads: dict[str, mx.array], ref: dict[str, mx.array], quantized: dict[str, mx.array]
+) -> tuple[float | None, dict[str, float | None]]:
+    """(cos(−g, w_fp − Q(w)) over all layers flattened together, {layer: its own cosine});
+    the module header has the definitions."""
+    sums = {}
+    for p, w_fp in ref.items():
+        g = grads[p].astype(mx.float32)
+        d = w_fp.astype(mx.float32) - quantized[p].astype(mx.float32)
+        sums[p] = mx.stack([-(g * d).sum(), (g * g).sum(), (d * d).sum()])
+    mx.eval(sums)
+    sums = {p: np.array(v, dtype=np.float64) for p, v in sums.items()}
+    total = sum(sums.values()) if sums else np.zeros(3)
+    return _cos(*total), {p: _cos(*s) for p, s in sums.items()}
+
+
+def track_reentry(state: dict, step: int, ev: dict, metrics) -> bool:
+    """Record the first re-entry: when `state` (the monitor's, with `ref_loss`, `eps`) has none
+    yet and the evaluation `ev`'s QAT loss is ≤ ref_loss + eps, set `state["reentry_step"]`
+    to `step` and write a `basin_reentry` record. Returns whether it did."""
+    qat = (ev.get("qat") or {}).get("loss")
+    if state.get("reentry_step") is not None or state.get("ref_loss") is None or qat is None:
+        return False
+    level = state["ref_loss"] + state["eps"]
+    if not qat <= level:
+        return False
+    state["reentry_step"] = step
+    after = step - state["switch_step"]
+    metrics.write({"kind": "basin_reentry", "step": step, "qat_loss": qat, "level": level,
+                   "ref_loss": state["ref_loss"], "eps": state["eps"],
+                   "steps_after_switch": after})  # fmt: skip
+    logger.info("basin re-entry at step %d (%d after the switch): QAT loss %.4f <= %.4f",
+                step, after, qat, level)  # fmt: skip
+    return True
+
+
+class BasinMonitor:
+    """The monitor of one run; its state lives in the trainer (`basin_state`, saved in every
+    checkpoint), its reference weights here (`ref`: {QAT layer path: w_fp})."""
+
+    def __init__(self, ref: dict[str, mx.array] | None = None):
+        self.ref = ref
+
+    def measure(self, t, loss: Loss | None = None) -> dict:
+        """The inward cosines of trainer `t`'s model now (module header), of the training
+        objective (or of `loss(model, inputs, targets)`)."""
+        model, batch = t.model, t.val[0]
+        loss = loss or make_loss(t.teacher, t.cfg) or loss_fn
+        quantized = {p: layer.effective_weight() for p, layer in qat_layers(model)}
+        cos, layers = inward_cosines(ste_gradients(model, loss, batch), self.ref, quantized)
+        with eval_mode(model, "fp"):
+            cos_fp, _ = inward_cosines(ste_gradients(model, loss, batch), self.ref, quantized)
+        return {"inward_cos": cos, "inward_cos_fp": cos_fp, "inward_cos_layers": layers}
+
+    def begin(self, t) -> None:
+        """At the switch (fake quant just turned on): keep w_fp, measure L_ref, ε and the PTQ
+        gap, write the `basin_reference` record."""
+        self.ref = reference_weights(t, at_switch=True)
+        model, bpt = t.model, t.bytes_per_token
+        with eval_mode(model, "fp"):
+            fp_mean, fp = batch_losses(model, t.val, bpt)
+        try:
+            with eval_mode(model, "ptq"):
+                q_mean, q = batch_losses(model, t.val, bpt)
+        except ValueError:  # no MLX format to round to (1-bit sign quantizers): the QAT grid
+            q_mean, q = batch_losses(model, t.val, bpt)
+        eps, se = basin_level(q, fp)
+        gap = q_mean - fp_mean
+        t.basin_state = {
+            "switch_step": t.step,
+            "ref_loss": t.last_eval["fp"]["loss"],
+            "eps": eps,
+            "noise_se": se,
+            "ptq_gap": gap,
+            "outside": gap > eps,
+            "reentry_step": None,
+        }
+        t.metrics.write({"kind": "basin_reference", "step": t.step, **t.basin_state,
+                         **self.measure(t)})  # fmt: skip
+        logger.info("basin monitor: L_ref %.4f, eps %.4f, PTQ gap %.4f (%s the basin)",
+                    t.basin_state["ref_loss"], eps, gap, "outside" if gap > eps else "inside")  # fmt: skip
+
+    def observe(self, t, ev: dict) -> dict:
+        """At a periodic evaluation `ev` of the QAT phase: the cosines for its line ({}
+        before the switch), and the re-entry when it is the first."""
+        if t.phase != "qat":
+            return {}
+        out = self.measure(t)
+        if t.basin_state is not None:
+            track_reentry(t.basin_state, t.step, ev, t.metrics)
+        return out
+
+
+def basin_monitor_for(t) -> BasinMonitor | None:
+    """Trainer `t`'s monitor (None when `basin_monitor` is off, or for a run whose QAT phase
+    has fake quant off), its reference read back when `t` resumed in the QAT phase.
+
+    Raises:
+        ValueError: a from-scratch run without an FP phase (no float model to compare with).
+    """
+    cfg, plan = t.cfg, t.plan
+    if not cfg.basin_monitor:
+        return None
+    if cfg.ablate_qat or plan.qat_steps == 0:
+        logger.info("basin monitor: off (no fake-quant QAT phase in this run)")
+        return None
+    if not cfg.model and plan.fp_steps == 0:
+        raise ValueError(
+            "basin_monitor: the reference is the float model at the FP->QAT switch, and this "
+            "run has no FP phase; give --model DIR (fine-tuning), a --qat-fraction below 1, "
+            "or leave out --basin-monitor"
+        )
+    monitor = BasinMonitor()
+    if t.phase == "qat":
+        monitor.ref = reference_weights(t, at_switch=False)
+        if t.basin_state is None:
+            logger.warning(
+                "basin monitor: the checkpoint has no basin reference (the monitor was off at "
+                "the switch): inward cosines only, no re-entry step"
+            )
+    return monitor
+
+
+def reference_weights(t, at_switch: bool) -> dict[str, mx.array]:
+    """{QAT layer path: its float weight at the switch} for trainer `t`: the model's own (at
+    the switch), the teacher's when it holds exactly them, else read from the `--model`
+    directory (no FP phase) or the switch checkpoint."""
+    cfg, plan = t.cfg, t.plan
+    paths = [p for p, _ in qat_layers(t.model)]
+    if (
+        t.teacher is not None
+        and cfg.teacher_dtype is None
+        and (not cfg.model or plan.fp_steps == 0)
+    ):  # the teacher is the float model at the switch: no second copy
+        have = dict(tree_flatten(t.teacher.parameters()))
+        return {p: have[f"{p}.weight"] for p in paths}
+    if at_switch:  # arrays are immutable: the optimizer's updates replace, never change them
+        return {p: layer.weight for p, layer in qat_layers(t.model)}
+    if plan.fp_steps == 0:  # a fine-tune from step 0: the --model weights
+        model, _ = make_model(cfg, int(t.model_config.get("vocab_size") or 0))
+        have = dict(tree_flatten(model.parameters()))
+        return {p: have[f"{p}.weight"] for p in paths}
+    weights = {p: layer.weight for p, layer in qat_layers(t.model)}  # the layout to receive
+    if t.dist.is_main:
+        source = Path(t.run_dir) / CHECKPOINTS / step_dir_name(plan.switch_step)
+        ckpt = load_checkpoint(source, optimizer=False)
+        weights = {p: ckpt.weights[f"{p}.weight"] for p in paths}
+    return t.dist.broadcast_arrays(weights, "basin reference weights")
+
+
+def basin_result(t) -> dict:
+    """The result.json entries of trainer `t`'s monitor ({} when it is off)."""
+    if getattr(t, "basin", None) is None:
+        return {}
+    st = t.basin_state
+    return {"basin_reentry_step": st.get("reentry_step") if st else None, "basin": st}
