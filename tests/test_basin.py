@@ -6,6 +6,7 @@ exact resume, the references of a fine-tune and of a distillation run."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from dataclasses import replace
@@ -211,6 +212,10 @@ def test_run_records_match_an_independent_recomputation(tiny_data_dir, tmp_path)
     assert evals[-1]["inward_cos"] == pytest.approx(
         np_cos(np.concatenate(gs), np.concatenate(ds)), abs=1e-4
     )
+    if importlib.util.find_spec("matplotlib"):  # the plot draws the level and the cosine
+        from mlx_qat.train.plot import plot_run
+
+        assert plot_run(run).stat().st_size > 0
 
 
 def test_the_monitor_changes_nothing_in_training(tiny_data_dir, tmp_path):  # noqa: F811

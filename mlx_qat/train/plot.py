@@ -47,7 +47,8 @@ def plot_run(
     Left: training loss against tokens. Middle: validation FP / PTQ / QAT losses (zoomed on
     the late evals); an FP twin (`run_dir/fp_twin`, or `twin_dir`) is drawn dashed. Right:
     the learning rate, and (QAT phase) the transition rate (`plot_transitions`). The FP→QAT
-    switch is marked.
+    switch is marked; with the basin monitor, the basin level, the re-entry and the inward
+    cosine too (`plot_basin`).
     """
     plt = pyplot()
     run_dir = Path(run_dir)
@@ -83,6 +84,7 @@ def plot_run(
     if vals:  # zoom on the second half, where the FP / PTQ / QAT gaps are visible
         late = [r[m]["loss"] for r in evals[len(evals) // 2 :] for m in colors if r.get(m)]
         ax_val.set_ylim(min(late) - 0.02, max(late) + 0.5 * (max(late) - min(late)) + 0.02)
+    plot_basin(ax_val, run_dir, evals, tps)
     for a in (ax, ax_val):
         for r in read_metrics(run_dir, "switch"):
             a.axvline(r["step"] * tps, color="k", ls=":", lw=1)
@@ -106,6 +108,28 @@ def _eval_series(ax, evals, tps, colors, ls, suffix, skip=None) -> None:
         if pts and mode != skip:
             ms = 5 if mode == "qat" else 3
             ax.plot(*zip(*pts), ls=ls, marker="o", ms=ms, color=color, label=f"{mode}{suffix}")
+
+
+def plot_basin(ax, run_dir: Path, evals: list[dict], tps: float) -> None:
+    """With `basin_monitor` (`basin.py`): on the validation axis `ax` the basin level (FP loss
+    at the switch + ε) and the re-entry step, and on a right axis the inward cosine."""
+    ref = read_metrics(run_dir, "basin_reference")
+    for r in ref[-1:]:
+        level = r["ref_loss"] + r["eps"]
+        ax.axhline(level, color="tab:blue", ls=":", lw=1, label="basin level (FP at switch + ε)")
+        lo, hi = ax.get_ylim()  # keep the level in view of the zoomed axis
+        ax.set_ylim(min(lo, level - 0.02), max(hi, level + 0.02))
+    for r in read_metrics(run_dir, "basin_reentry"):
+        ax.axvline(r["step"] * tps, color="tab:green", ls="--", lw=1, label="basin re-entry")
+    pts = [
+        (r["step"] * tps, r["inward_cos"]) for r in ref + evals if r.get("inward_cos") is not None
+    ]
+    if pts:
+        right = ax.twinx()
+        right.plot(*zip(*pts), "s-", color="0.45", ms=3, lw=0.8, label="inward cos (right)")
+        right.axhline(0.0, color="0.75", lw=0.6)
+        right.set_ylabel("cos(−g, w_fp − Q(w))")
+        right.legend(fontsize=7, loc="center right")
 
 
 def plot_transitions(ax, train: list[dict]) -> None:
