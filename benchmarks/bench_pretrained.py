@@ -12,11 +12,15 @@ Every method is one subprocess (its wall time and MLX peak memory are its own), 
    (`mlx_qat.data --tokenizer FLOAT_DIR`), split by document into train / validation / test.
 3. `rtn`: `mlx_lm.convert -q` (round to nearest, every linear layer and the tied embedding).
 4. `dwq`: `mlx_lm.quant.dwq.dwq_quantize` (mlx-lm's own function: learned scales and biases,
-   KL to the float teacher at temperature 2, Adam) on our training windows.
+   KL to the float teacher at temperature 2, Adam) on our training windows. `dwq~LR` trains at
+   LR instead of `--dwq-lr`.
 5. `qat_ce`, `qat_kd`: `mlx_qat.train --model FLOAT_DIR` (QAT from the first step, learned
-   affine grid, all layers at the same bits), then `mlx_qat.convert`. `qat_kd@T` distils at
-   temperature T instead of `--temperature`; a suffix `~LR` (`qat_kd~1e-4`) trains the weights
-   at LR instead of `--qat-lr` (the scales stay at DWQ's LR).
+   affine grid, all layers at the same bits), then `mlx_qat.convert`. A method name carries
+   its settings, `qat_OBJ[@T][~LR[:SLR]][+fixed]`: `@T` distils at temperature T instead of
+   `--temperature`; `~LR` trains the weights at LR instead of `--qat-lr`, `:SLR` the scales
+   and biases at SLR instead of `--dwq-lr`; `+fixed` gives the grid DWQ's fixed-code gradient
+   (`--scale-grad fixed_codes`) instead of the straight-through one. E.g.
+   `qat_kd~1e-4:1e-4+fixed`.
 
 Every exported model is evaluated the same way: loaded with `mlx_lm.load`, its quantized layers
 turned into float32 weights (`mlx_lm.utils.dequantize_model`: the same numbers, 20× faster than
@@ -140,12 +144,13 @@ def run_dwq(args) -> None:
     def target_fn(batch, idx, split):
         return mx.stop_gradient(model(batch))
 
-    opt = optim.Adam(learning_rate=args.dwq_lr, bias_correction=True)
+    lr = parse_method(args.method, args)["lr"]
+    opt = optim.Adam(learning_rate=lr, bias_correction=True)
     dwq_quantize(
         q_model, target_fn, opt, [(w, 0) for w in train], valid, args.batch_size,
         args.seq_len + 1, args.seed, dtype=mx.float32,
     )  # fmt: skip
-    save(str(args.work / "dwq"), str(args.work / "float"), q_model, tokenizer, config)
+    save(str(args.work / args.method), str(args.work / "float"), q_model, tokenizer, config)
 
 
 def _train_windows(tokens, n: int, seq_len: int, seed: int) -> list[list[int]]:
@@ -188,7 +193,7 @@ def run_method(args) -> None:
     mx.set_cache_limit(4 << 30)
     t0 = time.perf_counter()
     m, work = args.method, args.work
-    if m == "dwq":
+    if parse_method(m, args)["kind"] == "dwq":
         run_dwq(args)
     elif m.startswith("qat_"):
         run_qat(args, m.removeprefix("qat_"))
@@ -200,25 +205,60 @@ def run_method(args) -> None:
     (work / f"{m}.train.json").write_text(json.dumps(info))
 
 
+def parse_method(name: str, args) -> dict:
+    """The settings a method name carries (module docstring): kind, lr, and for QAT objective,
+    temperature, scale_lr and scale_grad."""
+    head, plus, flag = name.partition("+")
+    if plus and flag != "fixed":
+        raise SystemExit(f"method {name!r}: the only suffix is '+fixed'")
+    head, _, lrs = head.partition("~")
+    lr, _, scale_lr = lrs.partition(":")
+    if head == "dwq":
+        if plus or scale_lr:
+            raise SystemExit(f"method {name!r}: dwq takes only '~LR'")
+        return {"kind": "dwq", "lr": float(lr) if lr else args.dwq_lr}
+    if not head.startswith("qat_"):
+        return {"kind": head}
+    objective, _, temp = head.removeprefix("qat_").partition("@")
+    return {
+        "kind": "qat",
+        "objective": objective,
+        "temperature": float(temp) if temp else args.temperature,
+        "lr": float(lr) if lr else args.qat_lr,
+        "scale_lr": float(scale_lr) if scale_lr else args.dwq_lr,
+        "scale_grad": "fixed_codes" if plus else "ste",
+    }
+
+
+def describe(name: str, args) -> str:
+    """A method's settings in words (the table's `setting` column)."""
+    p = parse_method(name, args)
+    if p["kind"] == "dwq":
+        return f"lr {p['lr']:g}"
+    if p["kind"] != "qat":
+        return ""
+    t = f", T {p['temperature']:g}" if p["objective"] != "ce" else ""
+    grad = "fixed-code" if p["scale_grad"] == "fixed_codes" else "STE"
+    return f"weights lr {p['lr']:g}, grid lr {p['scale_lr']:g} ({grad} gradient){t}"
+
+
 def run_qat(args, spec: str) -> None:
-    """`spec`: "ce" or "kd" (at --temperature), "kd@T"; "~LR" at the end: weights at LR."""
+    """Train `qat_<spec>` (settings from its name, `parse_method`) and convert it."""
     work = args.work
-    head, _, lr = spec.partition("~")
-    objective, _, temp = head.partition("@")
-    temperature = float(temp) if temp else args.temperature
-    lr = float(lr) if lr else args.qat_lr
+    p = parse_method(f"qat_{spec}", args)
+    lr = p["lr"]
     out = work / f"qat_{spec}_run"
     cmd = [
         sys.executable, "-m", "mlx_qat", "train", "--model", str(work / "float"),
         "--data", str(work / "data"), "--out", str(out), "--overwrite",
         "--bits", str(args.bits), "--group-size", str(args.group_size),
         "--embed-bits", str(args.bits), "--quantizer", "learned_affine",
-        "--qat-fraction", "1", "--tokens", str(args.tokens),
+        "--scale-grad", p["scale_grad"], "--qat-fraction", "1", "--tokens", str(args.tokens),
         "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-        "--lr", str(lr), "--quantizer-lr-scale", str(args.dwq_lr / lr),
+        "--lr", str(lr), "--quantizer-lr-scale", str(p["scale_lr"] / lr),
         "--weight-decay", "0", "--eval-every", "0", "--eval-batches", "1",
         "--final-eval-batches", "1", "--save-every", "0", "--seed", str(args.seed),
-        "--objective", objective, "--kd-temperature", str(temperature), "--quiet",
+        "--objective", p["objective"], "--kd-temperature", str(p["temperature"]), "--quiet",
     ]  # fmt: skip
     sh(cmd, work / f"qat_{spec}.train.log")
     sh(
@@ -352,7 +392,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     t = prepare(args)
     for m in args.methods:
-        if (m == "dwq" or m.startswith("qat_")) and not (args.work / f"{m}.train.json").is_file():
+        trained = parse_method(m, args)["kind"] in ("dwq", "qat")
+        if trained and not (args.work / f"{m}.train.json").is_file():
             print(f"[{m}] training", flush=True)
             child(args, "train", m)
         if not (args.work / f"{m}.eval.json").is_file():
@@ -373,11 +414,10 @@ def setup_text(args) -> str:
         f"(nats) on {args.val_batches} validation and {args.test_batches} test batches of "
         f"{args.batch_size} x {args.seq_len} tokens, every model loaded by mlx_lm.load and "
         "dequantized to float32. % recovered = (RTN - method) / (RTN - float) on the test "
-        f"split. DWQ: mlx-lm's `dwq_quantize`, Adam lr {args.dwq_lr:g}, temperature "
-        f"{args.temperature:g}, float32. QAT: learned-affine grid (MLX's scale/bias, trained "
-        f"at the same lr {args.dwq_lr:g} as DWQ's) and the weights at lr {args.qat_lr:g} "
-        "(AdamW, no weight decay, fused 1-sqrt cooldown), QAT from the first step; `kd` at "
-        f"temperature {args.temperature:g}. Train wall = the whole process (loading, "
+        f"split. DWQ: mlx-lm's `dwq_quantize`, Adam, temperature {args.temperature:g}, "
+        "float32. QAT: learned-affine grid (MLX's scale/bias) trained with the weights "
+        "(AdamW, no weight decay, fused 1-sqrt cooldown), QAT from the first step. Learning "
+        "rates, gradients and temperatures per row in `setting`. Train wall = the whole process (loading, "
         "training, the trainer's own evaluations and, for QAT, `mlx_qat.convert` with its "
         "parity check); peak memory = MLX's peak in the training process."
     )
@@ -400,19 +440,19 @@ def write(args, prep_times: dict) -> None:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# SmolLM2-135M at {args.bits}-bit g{args.group_size}: RTN, DWQ, QAT", ""]
     lines += header_lines(cmd, date, m)
-    lines += ["", "| method | bits/weight | val loss | test loss | test ppl | % of RTN gap "
-              "recovered (test) | train wall | peak memory |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", "| method | setting | bits/weight | val loss | test loss | test ppl | % of RTN "
+              "gap recovered (test) | train wall | peak memory |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     import math
 
     for name, r in rows.items():
         rec = r.get("test_recovered")
         lines.append(
-            f"| {name} | {r['bits_per_weight']:.2f} | {r['val']:.4f} | {r['test']:.4f} | "
+            f"| {name} | {describe(name, args)} | {r['bits_per_weight']:.2f} | {r['val']:.4f} | {r['test']:.4f} | "
             f"{math.exp(r['test']):.2f} | {'' if rec is None else f'{100 * rec:.1f}%'} | "
             f"{r['train_s'] / 60:.1f} min | {r['peak_memory_gb']:.2f} GB |"
             if "train_s" in r
-            else f"| {name} | {r['bits_per_weight']:.2f} | {r['val']:.4f} | {r['test']:.4f} | "
+            else f"| {name} | | {r['bits_per_weight']:.2f} | {r['val']:.4f} | {r['test']:.4f} | "
             f"{math.exp(r['test']):.2f} | {'' if rec is None else f'{100 * rec:.1f}%'} | - | - |"
         )
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -69,10 +69,11 @@ class QATLayer(nn.Module):
         fake_quant: bool,
         scale_dtype: mx.Dtype | None,
         per: str,
+        scale_grad: str,
     ):
         w = module["weight"]
         if isinstance(quantizer, str):
-            quantizer = make_quantizer(quantizer, spec, w, scale_dtype=scale_dtype, per=per)
+            quantizer = make_quantizer(quantizer, spec, w, scale_dtype, per, scale_grad)
         layer = cls(w, quantizer, fake_quant)
         if "bias" in module:
             layer.bias = module["bias"]
@@ -102,6 +103,7 @@ class QATLinear(QATLayer):
         fake_quant: bool = True,
         scale_dtype: mx.Dtype | None = None,
         per: str = "row",
+        scale_grad: str = "ste",
     ) -> QATLinear:
         """Wrap an `nn.Linear` (its weight and bias arrays are shared, not copied).
 
@@ -113,8 +115,9 @@ class QATLinear(QATLayer):
             fake_quant: start with fake quantization on.
             scale_dtype: storage dtype of scales/biases (None: the weight's dtype).
             per: LSQ step granularity, "row" or "group".
+            scale_grad: learned_affine's grid gradient, "ste" or "fixed_codes".
         """
-        return cls._make(module, spec, quantizer, fake_quant, scale_dtype, per)
+        return cls._make(module, spec, quantizer, fake_quant, scale_dtype, per, scale_grad)
 
     def to_quantized(self) -> nn.QuantizedLinear:
         """Stock `nn.QuantizedLinear` holding the trained grid."""
@@ -159,9 +162,10 @@ class QATEmbedding(QATLayer):
         fake_quant: bool = True,
         scale_dtype: mx.Dtype | None = None,
         per: str = "row",
+        scale_grad: str = "ste",
     ) -> QATEmbedding:
         """Wrap an `nn.Embedding` (arguments as in `QATLinear.from_float`)."""
-        return cls._make(module, spec, quantizer, fake_quant, scale_dtype, per)
+        return cls._make(module, spec, quantizer, fake_quant, scale_dtype, per, scale_grad)
 
     def to_quantized(self) -> nn.QuantizedEmbedding:
         """Stock `nn.QuantizedEmbedding` holding the trained grid."""
@@ -209,9 +213,10 @@ class QATSwitchLinear(QATLayer):
         fake_quant: bool = True,
         scale_dtype: mx.Dtype | None = None,
         per: str = "row",
+        scale_grad: str = "ste",
     ) -> QATSwitchLinear:
         """Wrap a `SwitchLinear` (arguments as in `QATLinear.from_float`)."""
-        return cls._make(module, spec, quantizer, fake_quant, scale_dtype, per)
+        return cls._make(module, spec, quantizer, fake_quant, scale_dtype, per, scale_grad)
 
     def to_quantized(self) -> QuantizedSwitchLinear:
         """mlx-lm's `QuantizedSwitchLinear` holding the trained grid (no global scale)."""

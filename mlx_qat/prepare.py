@@ -161,6 +161,7 @@ def prepare(model: nn.Module, config: QATConfig | None = None, enabled: bool = T
             fake_quant=enabled,
             scale_dtype=config.mx_scale_dtype,
             per=config.lsq_per,
+            scale_grad=config.scale_grad,
         )
     if new:
         model.update_modules(tree_unflatten(list(new.items())))

@@ -26,6 +26,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .quant.learned_affine import SCALE_GRADS
 from .quant.quantizers import QUANTIZERS
 from .quant.spec import AFFINE_BITS, QuantSpec
 
@@ -73,6 +74,8 @@ class QATConfig:
             QAT recipe uses max(B, 4)); None disables.
         quantizer: "minmax", "lsq" or "learned_affine" (the last two need affine formats).
         lsq_per: LSQ step granularity, "row" or "group".
+        scale_grad: learned_affine's grid gradient: "ste" (straight-through, the rounding
+            error) or "fixed_codes" (DWQ's, codes held fixed); see `quant/learned_affine.py`.
         scale_dtype: storage dtype of scales/biases used in the forward and at export, e.g.
             "float16"; None = each weight's dtype.
         overrides: `{path_or_glob: QuantSpec | dict | True | None | False}` per-layer rules.
@@ -90,6 +93,7 @@ class QATConfig:
     embeddings_min_bits: int | None = None
     quantizer: str = "minmax"
     lsq_per: str = "row"
+    scale_grad: str = "ste"
     scale_dtype: str | None = None
     overrides: dict[str, LayerRule] = field(default_factory=dict)
     predicate: Predicate | None = None
@@ -105,6 +109,15 @@ class QATConfig:
             )
         if self.lsq_per not in ("row", "group"):
             raise ValueError(f"QATConfig(lsq_per={self.lsq_per!r}): choose 'row' or 'group'")
+        if self.scale_grad not in SCALE_GRADS:
+            raise ValueError(
+                f"QATConfig(scale_grad={self.scale_grad!r}): choose one of {', '.join(SCALE_GRADS)}"
+            )
+        if self.scale_grad != "ste" and self.quantizer != "learned_affine":
+            raise ValueError(
+                f"QATConfig(scale_grad={self.scale_grad!r}) is a learned_affine option; "
+                f"quantizer={self.quantizer!r} has its own gradient: use quantizer='learned_affine'"
+            )
         if self.scale_dtype is not None and not isinstance(
             getattr(mx, str(self.scale_dtype), None), mx.Dtype
         ):

@@ -4,6 +4,7 @@ The quantizers run on the default device (the fused kernels on a Mac); the MLX r
 must equal bit for bit, mx.quantize / mx.dequantize, run on MLX's CPU backend, whose grid is
 the canonical one (`cpu_dequantize`)."""
 
+from dataclasses import replace
 from functools import partial
 
 import mlx.core as mx
@@ -231,3 +232,86 @@ def test_quantizer_errors():
         make_quantizer("lsq", QuantSpec.for_mode("mxfp4"), w)
     with pytest.raises(ValueError, match="not a multiple of group_size"):
         make_quantizer("lsq", QuantSpec("affine", 4, 64), mx.zeros((4, 96)))
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_learned_affine_fixed_codes_gradients(bits):
+    """scale_grad="fixed_codes": the grid's gradient with the codes held constant, the weight's
+    straight-through, against the same numpy transcription as above."""
+    w = weights(seed=40 + bits)
+    cot = mx.random.normal(w.shape, key=mx.random.key(41))
+    q = make_quantizer("learned_affine", QuantSpec("affine", bits, GS), w, scale_grad="fixed_codes")
+    q.scale, q.bias = q.scale * 0.8, q.bias * 0.9
+    gw, gp = grads(q, w, cot)
+    wg = np.array(w).reshape(6, -1, GS)
+    s, b = np.array(q.scale)[..., None], np.array(q.bias)[..., None]
+    x = ((wg - b) / s).astype(np.float64)
+    code = np.clip(np.round(x), 0, 2**bits - 1)
+    inside = (x >= 0) & (x <= 2**bits - 1)
+    c = np.array(cot).reshape(wg.shape)
+    assert 0 < inside.mean() < 1
+    np.testing.assert_allclose(gw.reshape(wg.shape), c * inside, atol=1e-7)
+    terms = c * code
+    assert (np.abs(gp["scale"] - terms.sum(-1)) <= 1e-6 * np.abs(terms).sum(-1)).all()
+    np.testing.assert_allclose(gp["bias"], c.sum(-1), atol=1e-5)
+
+
+def test_fixed_codes_grid_gradient_is_dwqs():
+    """The scale/bias gradient of a QATLinear with fixed codes equals the one MLX's own
+    quantized matmul gives the exported `nn.QuantizedLinear` (what mlx-lm's DWQ trains)."""
+    from mlx_qat.layers import QATLinear
+
+    spec = QuantSpec("affine", 3, GS)
+    lin = nn.Linear(128, 16, bias=False)
+    lin.weight = weights((16, 128), seed=50)
+    qat = QATLinear.from_float(lin, spec, "learned_affine", scale_grad="fixed_codes")
+    ref = qat.to_quantized()
+    x = mx.random.normal((5, 128), key=mx.random.key(51))
+    y = mx.random.normal((5, 16), key=mx.random.key(52))
+
+    def loss(m):
+        return ((m(x) - y) ** 2).sum()
+
+    g_qat = nn.value_and_grad(qat, loss)(qat)[1]["quantizer"]
+    with mx.stream(mx.cpu):
+        ref.freeze()
+        ref.unfreeze(keys=["scales", "biases"])
+        g_ref = nn.value_and_grad(ref, loss)(ref)[1]
+        mx.eval(g_ref)
+    for mine, theirs in (("scale", "scales"), ("bias", "biases")):
+        np.testing.assert_allclose(g_qat[mine], g_ref[theirs], rtol=1e-4, atol=1e-4)
+    # The straight-through gradient differs (it is the rounding error's): the test can fail.
+    ste = QATLinear.from_float(lin, spec, "learned_affine")
+    g_ste = nn.value_and_grad(ste, loss)(ste)[1]["quantizer"]
+    assert not np.allclose(g_ste["scale"], g_ref["scales"], rtol=1e-2, atol=1e-2)
+
+
+def test_scale_grad_errors():
+    w = weights()
+    with pytest.raises(ValueError, match="scale_grad='codes'.*ste, fixed_codes"):
+        make_quantizer("learned_affine", QuantSpec("affine", 4, GS), w, scale_grad="codes")
+    from mlx_qat import QATConfig
+
+    with pytest.raises(ValueError, match="learned_affine option.*quantizer='learned_affine'"):
+        QATConfig(quantizer="lsq", scale_grad="fixed_codes")
+    from mlx_qat.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="scale_grad='fixed_codes'.*--quantizer learned_affine"):
+        TrainConfig(scale_grad="fixed_codes")
+
+
+def test_scale_grad_reaches_every_layer_and_the_saved_config():
+    """TrainConfig -> QATConfig -> prepare -> each quantizer, and through to_dict/from_dict (the
+    checkpoint's copy, which convert and resume rebuild from); the hash changes only when set."""
+    from mlx_qat import QATConfig, prepare
+    from mlx_qat.models.build import qat_config
+    from mlx_qat.train.config import TrainConfig
+
+    cfg = TrainConfig(quantizer="learned_affine", scale_grad="fixed_codes")
+    assert cfg.hash() != replace(cfg, scale_grad="ste").hash()
+    qcfg = QATConfig.from_dict(qat_config(cfg).to_dict())
+    model = nn.Module()
+    model.embed, model.proj = nn.Embedding(32, 128), nn.Linear(128, 16)
+    model = prepare(model, qcfg)
+    qs = [m for _, m in model.named_modules() if m.__class__.__name__ == "LearnedAffineQuantizer"]
+    assert qs and all(q.scale_grad == "fixed_codes" for q in qs)

@@ -26,6 +26,7 @@ def qat_config(config) -> QATConfig:
         ValueError: naming the format, or the override, that MLX cannot quantize to.
     """
     kw = dict(quantizer=config.quantizer, lsq_per=config.lsq_per, scale_dtype=config.scale_dtype)
+    kw["scale_grad"] = config.scale_grad
     if config.embed_bits is None:
         base = QATConfig.with_bits(config.bits, config.group_size, config.q_mode, 4, **kw)
     else:

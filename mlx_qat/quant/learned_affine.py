@@ -11,6 +11,18 @@ Gradients (straight-through on the rounding, clipped outside the grid), cot = �
     ∂L/∂s = Σ_group cot·(code − x) inside,  cot·code outside
     ∂L/∂b = Σ_group cot·[x < 0 or x > n]
 
+With `scale_grad="fixed_codes"` the grid gets DWQ's gradient instead, the codes held fixed
+(ŵ = code·s + b with code a constant), while the weights keep the straight-through one above:
+
+    ∂L/∂s = Σ_group cot·code        ∂L/∂b = Σ_group cot
+
+Inside the grid the STE scale gradient Σ cot·(code − x) is the rounding error times cot: it is
+the consistent gradient when the weights move, but small when they hardly do (fine-tuning at a
+small LR), where it leaves the grid almost frozen. The fixed-code gradient is the one
+`mlx_lm`'s DWQ trains scales and biases with, so QAT with it and the weights' LR at zero *is*
+DWQ; at a positive LR it trains the weights on top. It has no fused kernel: its backward is
+the pure-MLX `fixed_codes_backward` on every backend (the forward still uses the kernels).
+
 Export is exact by construction: the codes, T(s) and T(b) are the grid (scale/bias may be
 stored in another dtype S: the forward then computes T(S(code)·S(s) + S(b)) as MLX will).
 
@@ -72,6 +84,19 @@ def reference_backward(w, scale, bias, cot, bits: int, group_size: int):
     return dw, ds.astype(scale.dtype), db.astype(bias.dtype)
 
 
+def fixed_codes_backward(w, scale, bias, cot, bits: int, group_size: int):
+    """Pure-MLX (∂L/∂w, ∂L/∂scale, ∂L/∂bias) with the codes held fixed for the grid's
+    gradient (DWQ's) and straight-through for the weight's."""
+    code, _, _, x = codes(group(w, group_size).astype(mx.float32), scale, bias, bits)
+    c = group(cot, group_size).astype(mx.float32)
+    inside = (x >= 0) & (x <= float(2**bits - 1))
+    dw = mx.where(inside, c, 0.0).astype(cot.dtype).reshape(w.shape)
+    return dw, (c * code).sum(axis=-1).astype(scale.dtype), c.sum(axis=-1).astype(bias.dtype)
+
+
+SCALE_GRADS = ("ste", "fixed_codes")
+
+
 def _kernel_params(w, scale, bias, group_size: int) -> tuple[mx.array, mx.array]:
     s = backend.per_group(clamp_scale(scale), w, group_size)
     return s, backend.per_group(bias, w, group_size)
@@ -101,9 +126,12 @@ def fused_backward(w, scale, bias, cot, bits: int, group_size: int, on=None):
 
 
 @cache
-def learned_affine_function(bits: int, group_size: int, scale_dtype=None):
+def learned_affine_function(bits: int, group_size: int, scale_dtype=None, scale_grad="ste"):
     """custom_function (w, scale, bias) -> ŵ with the gradients above (fused kernels when
-    backend.py has a GPU backend active, else the pure-MLX reference)."""
+    backend.py has a GPU backend active, else the pure-MLX reference); `scale_grad` "ste" or
+    "fixed_codes" picks the grid's gradient."""
+    if scale_grad not in SCALE_GRADS:
+        raise ValueError(f"scale_grad={scale_grad!r}: choose one of {', '.join(SCALE_GRADS)}")
 
     @mx.custom_function
     def fq(w, scale, bias):
@@ -115,6 +143,8 @@ def learned_affine_function(bits: int, group_size: int, scale_dtype=None):
     @fq.vjp
     def fq_vjp(primals, cot, output):
         w, scale, bias = primals
+        if scale_grad == "fixed_codes":
+            return fixed_codes_backward(w, scale, bias, cot, bits, group_size)
         on = backend.fused_backend()
         if on:
             return fused_backward(w, scale, bias, cot, bits, group_size, on)

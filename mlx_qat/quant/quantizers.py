@@ -157,25 +157,35 @@ class LSQQuantizer(Quantizer):
 
 
 class LearnedAffineQuantizer(Quantizer):
-    """MLX's asymmetric per-group grid with learnable scale and bias (init from min/max)."""
+    """MLX's asymmetric per-group grid with learnable scale and bias (init from min/max);
+    `scale_grad` "ste" or "fixed_codes" (DWQ's) picks the grid's gradient."""
 
     kind = "learned_affine"
 
-    def __init__(self, spec: QuantSpec, shape, scale_dtype=None):
+    def __init__(self, spec: QuantSpec, shape, scale_dtype=None, scale_grad: str = "ste"):
         if not spec.is_affine:
             raise ValueError(f"learned_affine needs mode='affine', got mode={spec.mode!r}")
+        if scale_grad not in learned_affine.SCALE_GRADS:
+            raise ValueError(
+                f"learned_affine(scale_grad={scale_grad!r}): choose one of "
+                f"{', '.join(learned_affine.SCALE_GRADS)}"
+            )
         super().__init__(spec, scale_dtype)
+        self.scale_grad = scale_grad
         spec.check_shape(tuple(shape))
         groups = (*shape[:-1], shape[-1] // spec.group_size)
         self.scale = mx.ones(groups, dtype=mx.float32)
         self.bias = mx.zeros(groups, dtype=mx.float32)
+
+    def _extra_repr(self) -> str:
+        return f"{self.kind}, {self.spec}, scale_grad={self.scale_grad}"
 
     def init_from(self, w: mx.array) -> None:
         self.scale, self.bias = learned_affine.init_params(w, self.spec.bits, self.spec.group_size)
 
     def __call__(self, w: mx.array) -> mx.array:
         fn = learned_affine.learned_affine_function(
-            self.spec.bits, self.spec.group_size, self.scale_dtype
+            self.spec.bits, self.spec.group_size, self.scale_dtype, self.scale_grad
         )
         return fn(w, self.scale, self.bias)
 
@@ -196,6 +206,7 @@ def make_quantizer(
     weight: mx.array,
     scale_dtype: mx.Dtype | None = None,
     per: str = "row",
+    scale_grad: str = "ste",
 ) -> Quantizer:
     """Build a quantizer for `weight` and initialise it from the weight's current values.
 
@@ -206,6 +217,7 @@ def make_quantizer(
         scale_dtype: round scales/biases to this dtype in the forward (the export dtype);
             None keeps the weight's dtype.
         per: for lsq, "row" or "group".
+        scale_grad: for learned_affine, "ste" or "fixed_codes" (`learned_affine.py`).
     """
     spec.check_shape(tuple(weight.shape))
     if kind == "minmax":
@@ -215,7 +227,7 @@ def make_quantizer(
             raise ValueError(f"quantizer='lsq' needs mode='affine', got mode={spec.mode!r}")
         q = LSQQuantizer(spec.bits, spec.group_size, weight.shape, per, scale_dtype)
     elif kind == "learned_affine":
-        q = LearnedAffineQuantizer(spec, weight.shape, scale_dtype)
+        q = LearnedAffineQuantizer(spec, weight.shape, scale_dtype, scale_grad)
     else:
         raise ValueError(f"quantizer={kind!r}: choose one of {', '.join(QUANTIZERS)}")
     q.init_from(weight)

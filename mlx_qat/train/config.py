@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from ..quant.learned_affine import SCALE_GRADS
 from ..quant.quantizers import QUANTIZERS
 from ..quant.spec import MODES as Q_MODES
 from .config_checks import (  # noqa: F401  (the allowed values, importable from here)
@@ -58,7 +59,7 @@ _NOT_HASHED = {
 # runs keep their hash (resume, sweep rows). A default never changes meaning, so this is exact.
 _HASHED_WHEN_SET = ("objective", "kd_temperature", "kd_weight", "teacher_dtype", "quant_overrides")
 _HASHED_WHEN_SET += ("lr_control", "trs_lambda", "trs_momentum", "trs_granularity", "trs_u0",
-                     "trs_eta")  # fmt: skip
+                     "trs_eta", "scale_grad")  # fmt: skip
 # Settings a resumed run may change with `reschedule` (e.g. after a divergence): they shape the
 # LR and the update from the resumed step on, not the plan, the model or the data.
 SCHEDULE_FIELDS = (
@@ -173,6 +174,13 @@ class TrainConfig:
     q_mode: str = _f("affine", "MLX quantization mode", "qat", choices=Q_MODES)
     quantizer: str = _f("minmax", "fake-quant quantizer", "qat", choices=QUANTIZERS)
     lsq_per: str = _f("row", "LSQ step granularity", "qat", choices=("row", "group"))
+    scale_grad: str = _f(
+        "ste",
+        "learned_affine's grid gradient: ste (straight-through) or fixed_codes (DWQ's, codes "
+        "held fixed; trains the grid even when the weights hardly move)",
+        "qat",
+        choices=SCALE_GRADS,
+    )
     embed_bits: int | None = _f(None, "embedding/head bits (default: max(bits, 4))", "qat")
     scale_dtype: str | None = _f(None, "scale/bias storage dtype (default: weight dtype)", "qat")
     quant_overrides: dict[str, Any] = _f(

@@ -11,6 +11,7 @@ import math
 import os
 from typing import Any
 
+from ..quant.learned_affine import SCALE_GRADS
 from ..quant.quantizers import QUANTIZERS
 from ..quant.spec import MODES as Q_MODES
 from .overrides import normalize_overrides
@@ -41,6 +42,7 @@ def validate_config(self) -> None:
         ("cooldown_shape", COOLDOWN_SHAPES),
         ("optimizer_state_at_switch", SWITCH_STATE),
         ("quantizer", QUANTIZERS),
+        ("scale_grad", SCALE_GRADS),
         ("q_mode", Q_MODES),
         ("objective", OBJECTIVES),
         ("lr_control", LR_CONTROLS),
@@ -113,6 +115,11 @@ def _check_ranges(self) -> None:
     need(self.dist_timeout > 0, "dist_timeout", "> 0 seconds")
     need(self.grad_clip >= 0, "grad_clip", ">= 0 (0: off)")
     need(self.weight_decay >= 0, "weight_decay", ">= 0")
+    need(
+        self.scale_grad == "ste" or self.quantizer == "learned_affine",
+        "scale_grad",
+        "'ste' unless --quantizer learned_affine (the option is that quantizer's)",
+    )
     need(0 <= self.beta1 < 1, "beta1", "in [0, 1)")
     need(0 <= self.beta2 < 1, "beta2", "in [0, 1)")
     need(self.eps > 0, "eps", "> 0")
