@@ -17,7 +17,12 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
-from test_train_fixtures import tiny_config, tiny_data_dir  # noqa: F401
+from test_train_fixtures import (  # noqa: F401
+    timeless_records,
+    tiny_config,
+    tiny_data_dir,
+    train_until,
+)
 
 from mlx_qat import QATConfig, QuantSpec, prepare
 from mlx_qat.checkpoint import build_model, list_checkpoints, load_checkpoint
@@ -237,10 +242,6 @@ def test_the_monitor_changes_nothing_in_training(tiny_data_dir, tmp_path):  # no
         assert mx.array_equal(a.weights[k], v), k
 
 
-class Stop(Exception):
-    pass
-
-
 def test_resume_keeps_the_reference_and_the_reentry(tiny_data_dir, tmp_path):  # noqa: F811
     """Stopped at step 27 (after the QAT-phase checkpoint at 25) and resumed: the reference is
     read back from the switch checkpoint and the re-entry from state.json; the metrics repeat
@@ -248,26 +249,19 @@ def test_resume_keeps_the_reference_and_the_reentry(tiny_data_dir, tmp_path):  #
     kw = {**KW, "save_every": 5}
     ref = train(tiny_config(tiny_data_dir, tmp_path / "ref", **kw))
     cut = tiny_config(tiny_data_dir, tmp_path / "cut", **kw)
-
-    def stop(t, step):
-        if step == 27:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(cut, on_step=stop)
+    train_until(cut, 27)
     state = load_checkpoint(tmp_path / "cut").state
     assert state["step"] == 25 and state["basin"]["switch_step"] == 20
     resumed = train(replace(cut, resume=True))
     assert ref["basin_reentry_step"] is not None
     assert resumed["basin_reentry_step"] == ref["basin_reentry_step"]
     assert resumed["basin"] == ref["basin"]
-
-    def records(run, kind):
-        return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "step_s",
-                 "peak_memory_mb")} for r in read_metrics(run, kind)]  # fmt: skip
-
     for kind in ("basin_reference", "eval", "basin_reentry", "train"):
-        assert records(tmp_path / "cut", kind) == records(tmp_path / "ref", kind), kind
+        got, want = (
+            timeless_records(tmp_path / "cut", kind),
+            timeless_records(tmp_path / "ref", kind),
+        )
+        assert got == want, kind
     assert len(read_metrics(tmp_path / "cut", "basin_reentry")) == 1
 
 

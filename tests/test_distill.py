@@ -11,7 +11,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
-from test_train_fixtures import tiny_config, tiny_data_dir  # noqa: F401
+from test_train_fixtures import (  # noqa: F401
+    timeless_records,
+    tiny_config,
+    tiny_data_dir,
+    train_until,
+)
 
 from mlx_qat.checkpoint import build_model, load_checkpoint
 from mlx_qat.data import TokenBatches, eval_batches, load_bundle
@@ -174,10 +179,6 @@ def test_kd_lowers_the_kl_to_the_teacher_more_than_ce(tiny_data_dir, tmp_path): 
     assert kl[1.0] < 0.5 * kl[0.0], kl
 
 
-class Stop(Exception):
-    pass
-
-
 def test_resume_with_kd_is_exact(tiny_data_dir, tmp_path):  # noqa: F811
     """Stopped in the QAT phase (step 27, two steps after the step-25 checkpoint) and
     resumed: the teacher is read from the switch checkpoint, and the run repeats the
@@ -185,21 +186,14 @@ def test_resume_with_kd_is_exact(tiny_data_dir, tmp_path):  # noqa: F811
     kw = dict(save_every=5, eval_every=5, objective="mix", kd_weight=0.7, kd_temperature=1.5)
     ref = train(kd_config(tiny_data_dir, tmp_path / "ref", **kw))
     cut = kd_config(tiny_data_dir, tmp_path / "cut", **kw)
-
-    def stop(t, step):
-        if step == 27:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(cut, on_step=stop)
+    train_until(cut, 27)
     resumed = train(replace(cut, resume=True))
-
-    def records(run, kind):
-        return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "step_s",
-                 "peak_memory_mb")} for r in read_metrics(run, kind)]  # fmt: skip
-
     for kind in ("train", "eval", "final_eval"):
-        assert records(tmp_path / "cut", kind) == records(tmp_path / "ref", kind), kind
+        got, want = (
+            timeless_records(tmp_path / "cut", kind),
+            timeless_records(tmp_path / "ref", kind),
+        )
+        assert got == want, kind
     assert resumed["eval"] == ref["eval"] and "kl" in ref["eval"]["qat"]
     a, b = load_checkpoint(tmp_path / "cut"), load_checkpoint(tmp_path / "ref")
     for k, v in b.weights.items():

@@ -1,4 +1,5 @@
-"""Shared fixtures for the trainer tests (no tests here): tiny data and tiny configs.
+"""Shared fixtures for the trainer tests (no tests here): tiny data, tiny configs, and a run
+stopped mid-way.
 
 The data is the committed corpus sample (`tests/fixtures/corpus`) with a 512-piece
 tokenizer, prepared once per session; models are the `d2` preset (width 64, 2 layers).
@@ -69,6 +70,32 @@ def tiny_config(data_dir: Path, out: Path, **kw) -> TrainConfig:
     )
     base.update(kw)
     return TrainConfig(**base)
+
+
+class Stop(Exception):
+    """Raised from `on_step` to stop a run as a kill would (after its last checkpoint)."""
+
+
+def train_until(config: TrainConfig, step: int) -> None:
+    """Run `config` and stop it at `step`, as if killed there (nothing after the last
+    checkpoint is kept)."""
+    from mlx_qat.train import train
+
+    def stop(_trainer, s):
+        if s == step:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(config, on_step=stop)
+
+
+def timeless_records(run: Path, kind: str) -> list[dict]:
+    """The run's metrics records of `kind` without the wall-clock fields (tokens_per_s, step_s,
+    peak_memory_mb): what two runs of the same config must agree on bit for bit."""
+    from mlx_qat.train.metrics import read_metrics
+
+    clock = ("tokens_per_s", "step_s", "peak_memory_mb")
+    return [{k: v for k, v in r.items() if k not in clock} for r in read_metrics(run, kind)]
 
 
 @pytest.fixture
