@@ -297,3 +297,30 @@ def test_references_of_a_fine_tune_and_of_a_distillation_run(tiny_data_dir, tmp_
     w_fp = load_checkpoint(dict(list_checkpoints(tmp_path / "kd"))[20], optimizer=False).weights
     for p, w in t.basin.ref.items():
         assert w is teacher[f"{p}.weight"] and mx.array_equal(w, w_fp[f"{p}.weight"]), p
+
+
+def test_the_memory_check_counts_the_reference_copy(tiny_data_dir, tmp_path, monkeypatch):  # noqa: F811
+    """The step-memory estimate adds the reference (the QAT layers' float weights) unless the
+    teacher holds it; with a limit between the two estimates, only the monitored run is
+    refused, by name."""
+    from mlx_qat.train import memory
+    from mlx_qat.train.basin import basin_reference_bytes
+
+    cfg = tiny_config(tiny_data_dir, tmp_path / "run", **KW)
+    t = Trainer(cfg)
+    t.setup()
+    n = sum(layer.weight.nbytes for _, layer in qat_layers(t.model))
+    assert n > 0 and basin_reference_bytes(cfg, t.model, t.plan) == n
+    for kw, want in (
+        (dict(basin_monitor=False), 0),
+        (dict(objective="kd"), 0),  # the teacher is the switch weights: shared
+        (dict(objective="kd", teacher_dtype="bfloat16"), n),
+    ):
+        assert basin_reference_bytes(replace(cfg, **kw), t.model, t.plan) == want, kw
+    params = sum(v.nbytes for _, v in tree_flatten(t.model.parameters()))
+    t.metrics.close()
+    base = memory.step_bytes(t.model_config, params, cfg.batch_size, cfg.seq_len)["total"]
+    monkeypatch.setattr(memory, "available_memory", lambda: (base + n // 2, "a test limit"))
+    Trainer(replace(cfg, basin_monitor=False, out=str(tmp_path / "off"))).setup()
+    with pytest.raises(ValueError, match=r"basin_reference 0\.0.*a test limit"):
+        Trainer(replace(cfg, out=str(tmp_path / "on"))).setup()

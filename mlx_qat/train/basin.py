@@ -52,7 +52,8 @@ Training is unchanged (no RNG drawn, no training batch read): tests/test_basin.p
 that the losses are bit-identical with and without the monitor.
 
 Memory: one copy of the QAT layers' weights at the switch, or none when the teacher already
-holds them (objective kd/mix in the model's own dtype, its teacher the switch weights).
+holds them (objective kd/mix in the model's own dtype, its teacher the switch weights); the
+step-memory check counts it (`basin_reference_bytes`).
 
 Resume: L_ref, ε, SE, the PTQ gap and T_enter are in every checkpoint's state.json
 (`basin`); w_fp is read again from the switch checkpoint (which the trainer always keeps;
@@ -218,17 +219,32 @@ def basin_monitor_for(t) -> BasinMonitor | None:
     return monitor
 
 
+def _teacher_is_reference(cfg, plan) -> bool:
+    """Whether a distillation teacher holds exactly the reference: the float model at the
+    switch, in its own dtype (a from-scratch run's switch weights, or a fine-tune's `--model`
+    weights when QAT starts at step 0)."""
+    return (
+        cfg.objective != "ce"
+        and cfg.teacher_dtype is None
+        and (not cfg.model or plan.fp_steps == 0)
+    )
+
+
+def basin_reference_bytes(cfg, model: nn.Module, plan) -> int:
+    """Bytes the monitor's reference copy adds to a run (for `memory.check_step_memory`): the
+    QAT layers' weights, or 0 when the monitor is off or the teacher already holds them."""
+    if not cfg.basin_monitor or plan.qat_steps == 0 or _teacher_is_reference(cfg, plan):
+        return 0
+    return sum(layer.weight.nbytes for _, layer in qat_layers(model))
+
+
 def reference_weights(t, at_switch: bool) -> dict[str, mx.array]:
     """{QAT layer path: its float weight at the switch} for trainer `t`: the model's own (at
     the switch), the teacher's when it holds exactly them, else read from the `--model`
     directory (no FP phase) or the switch checkpoint."""
     cfg, plan = t.cfg, t.plan
     paths = [p for p, _ in qat_layers(t.model)]
-    if (
-        t.teacher is not None
-        and cfg.teacher_dtype is None
-        and (not cfg.model or plan.fp_steps == 0)
-    ):  # the teacher is the float model at the switch: no second copy
+    if t.teacher is not None and _teacher_is_reference(cfg, plan):  # no second copy
         have = dict(tree_flatten(t.teacher.parameters()))
         return {p: have[f"{p}.weight"] for p in paths}
     if at_switch:  # arrays are immutable: the optimizer's updates replace, never change them

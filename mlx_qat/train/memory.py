@@ -28,8 +28,9 @@ import mlx.core as mx
 
 def step_bytes(model_config: dict, param_bytes: int, batch_size: int, seq_len: int, **kw) -> dict:
     """Lower bounds, in bytes, of what one training step holds: {"params", "activations",
-    "attention", "logits", "total"}, and "teacher" with `teacher_bytes`. `kw`: `grad_accum`
-    (default 1), `act_bytes` (default 4), `teacher_bytes` (a distillation teacher's weights).
+    "attention", "logits", "total"}, "teacher" with `teacher_bytes` and "basin_reference" with
+    `reference_bytes`. `kw`: `grad_accum` (default 1), `act_bytes` (default 4), `teacher_bytes`
+    (a distillation teacher's weights), `reference_bytes` (the basin monitor's float copy).
     """
     c = model_config
     n = int(c.get("num_hidden_layers") or c.get("n_layer") or 1)
@@ -47,6 +48,8 @@ def step_bytes(model_config: dict, param_bytes: int, batch_size: int, seq_len: i
     }
     if kw.get("teacher_bytes"):
         out["teacher"] = int(kw["teacher_bytes"]) + bt * v * 4
+    if kw.get("reference_bytes"):
+        out["basin_reference"] = int(kw["reference_bytes"])
     out["total"] = sum(out.values())
     return out
 
@@ -93,13 +96,14 @@ def available_memory() -> tuple[int | None, str]:
 
 
 def check_step_memory(
-    cfg, model_config: dict, param_bytes: int, act_bytes: int = 4, teacher_bytes: int = 0
+    cfg, model_config: dict, param_bytes: int, act_bytes: int = 4, **extra
 ) -> dict:
     """Raise ValueError when one step of `cfg` cannot fit in the available memory, naming
-    the estimate, the limit and the fix. Returns the estimate."""
+    the estimate, the limit and the fix. `extra`: `teacher_bytes`, `reference_bytes` (see
+    `step_bytes`). Returns the estimate."""
     est = step_bytes(
         model_config, param_bytes, cfg.batch_size, cfg.seq_len,
-        grad_accum=cfg.grad_accum, act_bytes=act_bytes, teacher_bytes=teacher_bytes,
+        grad_accum=cfg.grad_accum, act_bytes=act_bytes, **extra,
     )  # fmt: skip
     limit, where = available_memory()
     if limit is not None and est["total"] > limit:

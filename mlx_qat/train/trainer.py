@@ -60,7 +60,7 @@ from ..fileio import atomic_write_json, atomic_write_text
 from ..loss import format_triple
 from ..models.build import make_model, qat_config
 from ..prepare import init_quantizers, prepare, set_fake_quant
-from .basin import basin_monitor_for, basin_result
+from .basin import basin_monitor_for, basin_reference_bytes, basin_result
 from .config import TrainConfig
 from .dist import Group
 from .distill import make_loss, run_teacher, teacher_bytes
@@ -178,6 +178,7 @@ class Trainer:
         check_step_memory(
             cfg, self.model_config, sum(v.nbytes for _, v in weights), act,
             teacher_bytes=teacher_bytes(cfg, self.model, self.plan),
+            reference_bytes=basin_reference_bytes(cfg, self.model, self.plan),
         )  # fmt: skip
         self.optimizer = build_optimizer(self.model, cfg)
 
