@@ -274,3 +274,30 @@ def test_eval_teacher_flag_reports_kl(tiny_data_dir, tmp_path):  # noqa: F811
     set_fake_quant(trained, False)
     hand = [np_kl(np.array(trained(b[:, :-1])), np.array(teacher(b[:, :-1])), 1.0) for b in val]
     assert ev["fp"]["kl"] == pytest.approx(float(np.concatenate(hand).mean()), rel=1e-4)
+
+
+def test_resume_refuses_a_changed_model_dir(tiny_data_dir, tmp_path):  # noqa: F811
+    """A fine-tune reads its teacher from --model again on resume: if the folder now holds
+    other weights, the resume is refused by name instead of distilling from another model."""
+    from mlx_qat.checkpoint import CheckpointError
+    from mlx_qat.models import model_from_config, preset_config
+
+    src = tmp_path / "float_model"
+    src.mkdir()
+    mcfg = preset_config("d2", 512)
+    (src / "config.json").write_text(json.dumps(mcfg))
+    mx.random.seed(7)
+    weights = dict(tree_flatten(model_from_config(mcfg).parameters()))
+    mx.save_safetensors(str(src / "model.safetensors"), weights)
+    cfg = tiny_config(
+        tiny_data_dir, tmp_path / "run", model=str(src), qat_fraction=1.0, tokens=12 * 128,
+        objective="kd", save_every=4,
+    )  # fmt: skip
+    train_until(cfg, 6)
+    original = (src / "model.safetensors").read_bytes()
+    changed = {**weights, "model.norm.weight": weights["model.norm.weight"] * 1.01}
+    mx.save_safetensors(str(src / "model.safetensors"), changed)
+    with pytest.raises(CheckpointError, match="another --model .* Resume with the original"):
+        train(replace(cfg, resume=True))
+    (src / "model.safetensors").write_bytes(original)  # the same bytes again: it resumes
+    assert train(replace(cfg, resume=True))["steps"] == 12

@@ -11,6 +11,8 @@ data), loading it (`restore_checkpoint`), and, with several processes, every ran
   both LR schedules agree.
 * Data: the checkpoint's shards (by content key) and tokenizer (by sha256) must be this
   run's; the tokenizer recorded here is what `mlx_qat.eval` and `mlx_qat.convert` check.
+* Model: a fine-tune's `--model` folder (its config.json and safetensors, by sha256) must be
+  the one the run started from: the teacher and the basin reference are read from it again.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ..checkpoint import CheckpointError, qat_config_of
+from ..models.build import model_dir_sha256
 from ..prepare import set_fake_quant
 from .config import DATA_FIELDS, SCHEDULE_FIELDS
 from .optim import load_optimizer_arrays, optimizer_arrays
@@ -39,6 +42,7 @@ def check_resume(ckpt, cfg, run_dir: Path) -> dict:
     """Raise CheckpointError unless `ckpt` may be resumed with `cfg`; returns the schedule
     settings that changed ({name: [old, new]}; non-empty only with `cfg.reschedule`)."""
     st = ckpt.state
+    _check_model_dir(st, cfg, ckpt.path)
     if "resume_hash" in st:
         same = st["resume_hash"] == cfg.hash(exclude=DATA_FIELDS)
     else:
@@ -64,6 +68,22 @@ def check_resume(ckpt, cfg, run_dir: Path) -> dict:
         f"with the run's own config (--config {run_dir / 'config.yaml'}), or start a new run "
         "(another --out)"
     )
+
+
+def _check_model_dir(st: dict, cfg, where) -> None:
+    """A fine-tune reads its teacher and basin reference from `--model` again on resume: the
+    folder must hold the files the run started from (checkpoints from before the hash was
+    recorded are not checked)."""
+    if not cfg.model or not st.get("model_sha256"):
+        return
+    now = model_dir_sha256(cfg.model)
+    if now != st["model_sha256"]:
+        raise CheckpointError(
+            f"checkpoint {where}: the run started from another --model {cfg.model} (its "
+            f"config.json and safetensors hashed to {st['model_sha256'][:12]}, now "
+            f"{now[:12]}); the teacher and the basin reference would silently change. Resume "
+            "with the original model files, or start a new run (another --out)"
+        )
 
 
 def check_branch(ckpt, cfg, plan, model_config: dict, qcfg) -> None:
@@ -116,6 +136,7 @@ def checkpoint_state(cfg, bundle) -> dict:
         "train_hash": cfg.hash(exclude=DATA_FIELDS + SCHEDULE_FIELDS),
         "schedule": cfg.schedule(),
         "tokenizer_sha256": bundle.manifest["tokenizer"]["sha256"],
+        "model_sha256": model_dir_sha256(cfg.model) if cfg.model else None,
     }
 
 
