@@ -282,3 +282,16 @@ def test_mlx_lm_model_dir(tiny_data_dir, tmp_path):  # noqa: F811
     )
     with pytest.raises(ValueError, match="no data recorded; pass --data"):
         diagnose(tmp_path / "m", bits=4)
+
+
+def test_only_a_fake_quant_checkpoint_is_warned_about(tiny_data_dir, tmp_path, caplog):  # noqa: F811
+    """A QAT-phase checkpoint holds latent weights (warned about); an FP twin's (the QAT
+    phase with fake quant off, `ablate_qat`) holds a float model like any FP checkpoint."""
+    from mlx_qat.diagnose.source import load_source
+
+    for name, kw in (("qat", {}), ("twin", {"ablate_qat": True})):
+        train(tiny_config(tiny_data_dir, tmp_path / name, tokens=8 * 128, qat_fraction=0.5, **kw))
+        caplog.clear()
+        load_source(tmp_path / name)
+        warned = any("a QAT-phase checkpoint" in r.getMessage() for r in caplog.records)
+        assert warned == (name == "qat"), name

@@ -107,7 +107,8 @@ def _from_checkpoint(path, bits, group_size, mode, embed_bits) -> Source:
         base_rules = target_config(None, bits, group_size, mode, embed_bits)
         prepare(model, base_rules, enabled=False)
     phase = ckpt.qat.get("phase")
-    if phase == "qat":
+    # An FP twin / ablation run is in its "QAT phase" with fake quant off: a float model.
+    if phase == "qat" and ckpt.qat.get("fake_quant", True):
         logger.warning(
             "%s: a QAT-phase checkpoint; diagnosing its latent float weights (the FP-phase "
             "checkpoint before the switch is the float model PTQ would start from)",
