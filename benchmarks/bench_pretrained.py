@@ -19,7 +19,9 @@ Every method is one subprocess (its wall time and MLX peak memory are its own), 
    its settings, `qat_OBJ[@T][~LR[:SLR]][+fixed]`: `@T` distils at temperature T instead of
    `--temperature`; `~LR` trains the weights at LR instead of `--qat-lr`, `:SLR` the scales
    and biases at SLR instead of `--dwq-lr`; `+fixed` gives the grid DWQ's fixed-code gradient
-   (`--scale-grad fixed_codes`) instead of the straight-through one. E.g.
+   (`--scale-grad fixed_codes`) instead of the straight-through one; `+adam` uses DWQ's
+   optimizer settings (Adam β2 0.999, no gradient clipping, constant LR) instead of the
+   trainer's defaults (β2 0.95, clip 1, 1-sqrt cooldown over the last 20%). E.g.
    `qat_kd~1e-4:1e-4+fixed`.
 
 Every exported model is evaluated the same way: loaded with `mlx_lm.load`, its quantized layers
@@ -208,13 +210,13 @@ def run_method(args) -> None:
 def parse_method(name: str, args) -> dict:
     """The settings a method name carries (module docstring): kind, lr, and for QAT objective,
     temperature, scale_lr and scale_grad."""
-    head, plus, flag = name.partition("+")
-    if plus and flag != "fixed":
-        raise SystemExit(f"method {name!r}: the only suffix is '+fixed'")
+    head, *flags = name.split("+")
+    if set(flags) - {"fixed", "adam"}:
+        raise SystemExit(f"method {name!r}: the suffixes are '+fixed' and '+adam'")
     head, _, lrs = head.partition("~")
     lr, _, scale_lr = lrs.partition(":")
     if head == "dwq":
-        if plus or scale_lr:
+        if flags or scale_lr:
             raise SystemExit(f"method {name!r}: dwq takes only '~LR'")
         return {"kind": "dwq", "lr": float(lr) if lr else args.dwq_lr}
     if not head.startswith("qat_"):
@@ -226,7 +228,8 @@ def parse_method(name: str, args) -> dict:
         "temperature": float(temp) if temp else args.temperature,
         "lr": float(lr) if lr else args.qat_lr,
         "scale_lr": float(scale_lr) if scale_lr else args.dwq_lr,
-        "scale_grad": "fixed_codes" if plus else "ste",
+        "scale_grad": "fixed_codes" if "fixed" in flags else "ste",
+        "adam": "adam" in flags,
     }
 
 
@@ -239,7 +242,8 @@ def describe(name: str, args) -> str:
         return ""
     t = f", T {p['temperature']:g}" if p["objective"] != "ce" else ""
     grad = "fixed-code" if p["scale_grad"] == "fixed_codes" else "STE"
-    return f"weights lr {p['lr']:g}, grid lr {p['scale_lr']:g} ({grad} gradient){t}"
+    opt = "; DWQ's Adam: β2 0.999, no clip, constant LR" if p["adam"] else ""
+    return f"weights lr {p['lr']:g}, grid lr {p['scale_lr']:g} ({grad} gradient){t}{opt}"
 
 
 def run_qat(args, spec: str) -> None:
@@ -260,6 +264,8 @@ def run_qat(args, spec: str) -> None:
         "--final-eval-batches", "1", "--save-every", "0", "--seed", str(args.seed),
         "--objective", p["objective"], "--kd-temperature", str(p["temperature"]), "--quiet",
     ]  # fmt: skip
+    if p["adam"]:  # DWQ's optimizer settings instead of the trainer's defaults
+        cmd += ["--beta2", "0.999", "--grad-clip", "0", "--cooldown-fraction", "0"]
     sh(cmd, work / f"qat_{spec}.train.log")
     sh(
         [

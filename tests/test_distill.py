@@ -301,3 +301,47 @@ def test_resume_refuses_a_changed_model_dir(tiny_data_dir, tmp_path):  # noqa: F
         train(replace(cfg, resume=True))
     (src / "model.safetensors").write_bytes(original)  # the same bytes again: it resumes
     assert train(replace(cfg, resume=True))["steps"] == 12
+
+
+def test_kd_with_fixed_codes_takes_dwqs_gradient_on_a_whole_model():
+    """The grid gradient of a QAT model (learned_affine, fixed codes, `kd`) is, up to the T²
+    factor, the gradient mlx-lm's DWQ takes for the scales and biases of the same model
+    quantized by `mlx_lm` (its loss: KL of the logits at temperature T), tied embedding too."""
+    import copy
+
+    import mlx.nn as nn
+    from mlx_lm.tuner.losses import kl_div_loss
+    from mlx_lm.utils import quantize_model
+    from tiny_models import tiny_model
+
+    from mlx_qat import QATConfig, QuantSpec, prepare
+
+    teacher, T = tiny_model("llama", seed=3, tie=True, vocab=256), 2.0
+    dwq, ours = copy.deepcopy(teacher), copy.deepcopy(teacher)
+    quantize_model(dwq, {"model_type": "llama"}, group_size=32, bits=3)
+    dwq.freeze()
+    dwq.apply_to_modules(
+        lambda _, m: (
+            m.unfreeze(keys=["scales", "biases"], recurse=False) if hasattr(m, "bits") else None
+        )
+    )
+    spec = QuantSpec("affine", 3, 32)
+    cfg = QATConfig(spec, spec, quantizer="learned_affine", scale_grad="fixed_codes")
+    prepare(ours, cfg)
+    x = mx.random.randint(0, 256, (2, 16), key=mx.random.key(0))
+    target = teacher(x)
+    assert mx.array_equal(dwq(x), ours(x))  # the same grid
+
+    def dwq_loss(m):
+        return kl_div_loss(m(x) / T, target / T).mean()
+
+    def our_loss(m):
+        return objective_loss(m(x), target, x, "kd", T)
+
+    theirs = dict(tree_flatten(nn.value_and_grad(dwq, dwq_loss)(dwq)[1]))
+    mine = dict(tree_flatten(nn.value_and_grad(ours, our_loss)(ours)[1]))
+    assert len(theirs) == 2 * 15  # 14 linear layers and the embedding
+    for k, v in theirs.items():
+        path, name = k.rsplit(".", 1)
+        g = mine[f"{path}.quantizer.{'scale' if name == 'scales' else 'bias'}"] / T**2
+        np.testing.assert_allclose(g, v, rtol=1e-5, atol=1e-7 * float(mx.abs(v).max()))
