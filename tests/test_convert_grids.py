@@ -35,6 +35,9 @@ CASES = {
     "lsq3": dict(bits=3, quantizer="lsq", embed_bits=3),
     "lsq4-per-group": dict(bits=4, group_size=32, quantizer="lsq", lsq_per="group"),
     "learned_affine4": dict(bits=4, quantizer="learned_affine"),
+    "learned_affine3-fixed-codes": dict(
+        bits=3, quantizer="learned_affine", scale_grad="fixed_codes", embed_bits=3
+    ),
     "mxfp4": dict(q_mode="mxfp4"),
     "nvfp4": dict(q_mode="nvfp4"),
 }
@@ -45,6 +48,7 @@ FORMATS = {  # the weights' format of each case
     "lsq3": spec(bits=3),
     "lsq4-per-group": spec(bits=4, group_size=32),
     "learned_affine4": spec(bits=4),
+    "learned_affine3-fixed-codes": spec(bits=3),
     "mxfp4": QuantSpec("mxfp4", 4, 32),
     "nvfp4": QuantSpec("nvfp4", 4, 16),
 }

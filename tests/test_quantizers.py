@@ -12,6 +12,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 from mlx_qat.quant import QuantSpec, make_quantizer
 from mlx_qat.quant.affine import minmax_params
@@ -236,24 +237,34 @@ def test_quantizer_errors():
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_learned_affine_fixed_codes_gradients(bits):
-    """scale_grad="fixed_codes": the grid's gradient with the codes held constant, the weight's
-    straight-through, against the same numpy transcription as above."""
+    """scale_grad="fixed_codes": codes read on the frozen anchor grid (the initial one), valued
+    by the learned grid; DWQ's gradient for the grid, straight-through (times s/s₀) for the
+    weight; against a numpy transcription of the formulas."""
     w = weights(seed=40 + bits)
     cot = mx.random.normal(w.shape, key=mx.random.key(41))
     q = make_quantizer("learned_affine", QuantSpec("affine", bits, GS), w, scale_grad="fixed_codes")
-    q.scale, q.bias = q.scale * 0.8, q.bias * 0.9
+    s0, b0 = np.array(q.scale)[..., None], np.array(q.bias)[..., None]
+    q.scale, q.bias = q.scale * 0.8, q.bias * 0.9  # the learned grid moved; the anchors did not
+    assert "anchor_scale" not in dict(tree_flatten(q.trainable_parameters()))
     gw, gp = grads(q, w, cot)
+    assert set(gp) == {"scale", "bias"}
     wg = np.array(w).reshape(6, -1, GS)
     s, b = np.array(q.scale)[..., None], np.array(q.bias)[..., None]
-    x = ((wg - b) / s).astype(np.float64)
+    x = ((wg - b0) / s0).astype(np.float64)
     code = np.clip(np.round(x), 0, 2**bits - 1)
     inside = (x >= 0) & (x <= 2**bits - 1)
     c = np.array(cot).reshape(wg.shape)
-    assert 0 < inside.mean() < 1
-    np.testing.assert_allclose(gw.reshape(wg.shape), c * inside, atol=1e-7)
+    np.testing.assert_allclose(np.array(q(w)).reshape(wg.shape), code * s + b, atol=1e-6)
+    np.testing.assert_allclose(gw.reshape(wg.shape), c * inside * s / s0, rtol=1e-6, atol=1e-7)
     terms = c * code
     assert (np.abs(gp["scale"] - terms.sum(-1)) <= 1e-6 * np.abs(terms).sum(-1)).all()
     np.testing.assert_allclose(gp["bias"], c.sum(-1), atol=1e-5)
+    # the export: the anchor grid's codes with the learned scales and biases
+    g = q.grid(w)
+    np.testing.assert_array_equal(
+        np.array(cpu_dequantize(g.wq, mx.ones_like(g.scales), mx.zeros_like(g.biases),
+                                group_size=GS, bits=bits)).reshape(wg.shape), code)  # fmt: skip
+    np.testing.assert_allclose(np.array(g.scales), s[..., 0])
 
 
 def test_fixed_codes_grid_gradient_is_dwqs():

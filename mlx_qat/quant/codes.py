@@ -9,7 +9,8 @@ deployed integer:
 
     min/max affine   (s, b) = the group's min/max grid (affine.py)   u = (w − b)/s
                      code = clip(rint(u), 0, n),  n = 2^bits − 1
-    learned affine   (s, b) learned, |s| ≥ 1e-7 (learned_affine.py)   u = (w − b)/s
+    learned affine   (s, b) learned, |s| ≥ 1e-7 (learned_affine.py)   u = (w − b)/s, on the
+                     anchor grid (s₀, b₀) with scale_grad="fixed_codes"
                      code = clip(rint(u), 0, n)
     LSQ, 3–8 bit     α learned (≥ 1e-5), x = w/α (lsq.py)            u = x − Qn
                      code = clip(rint(x), Qn, Qp) − Qn,  Qn = −2^(b−1), Qp = 2^(b−1) − 1
@@ -58,8 +59,9 @@ def quantizer_params(quantizer: Quantizer) -> dict[str, mx.array]:
     min/max), so codes can be taken on the grid as it was before an update."""
     if isinstance(quantizer, LSQQuantizer):
         return {"alpha": quantizer["alpha"]}
-    if isinstance(quantizer, LearnedAffineQuantizer):
-        return {"scale": quantizer["scale"], "bias": quantizer["bias"]}
+    if isinstance(quantizer, LearnedAffineQuantizer):  # the grid the codes are read on
+        scale, bias = quantizer.code_grid()
+        return {"scale": scale, "bias": bias}
     return {}
 
 

@@ -11,17 +11,20 @@ Gradients (straight-through on the rounding, clipped outside the grid), cot = �
     ∂L/∂s = Σ_group cot·(code − x) inside,  cot·code outside
     ∂L/∂b = Σ_group cot·[x < 0 or x > n]
 
-With `scale_grad="fixed_codes"` the grid gets DWQ's gradient instead, the codes held fixed
-(ŵ = code·s + b with code a constant), while the weights keep the straight-through one above:
+With `scale_grad="fixed_codes"` the codes are read on an **anchor grid** (s₀, b₀) — the
+min/max grid at initialisation, kept frozen — and the learned (s, b) only map them to values:
 
-    ∂L/∂s = Σ_group cot·code        ∂L/∂b = Σ_group cot
+    x = (w − b₀) / s₀      code = clip(rint(x), 0, n)      ŵ = T(code)·T(s) + T(b)
 
-Inside the grid the STE scale gradient Σ cot·(code − x) is the rounding error times cot: it is
-the consistent gradient when the weights move, but small when they hardly do (fine-tuning at a
-small LR), where it leaves the grid almost frozen. The fixed-code gradient is the one
-`mlx_lm`'s DWQ trains scales and biases with, so QAT with it and the weights' LR at zero *is*
-DWQ; at a positive LR it trains the weights on top. It has no fused kernel: its backward is
-the pure-MLX `fixed_codes_backward` on every backend (the forward still uses the kernels).
+    ∂L/∂w = cot·(s/s₀)·[0 ≤ x ≤ n]      ∂L/∂s = Σ_group cot·code      ∂L/∂b = Σ_group cot
+
+Moving the grid then never flips a code, so the grid's gradient is exact, and it is the one
+`mlx_lm`'s DWQ trains scales and biases with: with the weights frozen this quantizer *is* DWQ
+(tests/test_distill.py follows both for several Adam steps); the weights' STE moves codes on
+top. In the plain mode above the codes are re-derived from (s, b), and DWQ's gradient there
+would ignore the codes a grid update flips (measured: 5% of SmolLM2's codes in 49 steps at a
+weight LR of 1e-5), which is why it is not offered. This mode has no fused kernel: forward and
+backward are pure MLX on every backend.
 
 Export is exact by construction: the codes, T(s) and T(b) are the grid (scale/bias may be
 stored in another dtype S: the forward then computes T(S(code)·S(s) + S(b)) as MLX will).
@@ -84,13 +87,21 @@ def reference_backward(w, scale, bias, cot, bits: int, group_size: int):
     return dw, ds.astype(scale.dtype), db.astype(bias.dtype)
 
 
-def fixed_codes_backward(w, scale, bias, cot, bits: int, group_size: int):
-    """Pure-MLX (∂L/∂w, ∂L/∂scale, ∂L/∂bias) with the codes held fixed for the grid's
-    gradient (DWQ's) and straight-through for the weight's."""
-    code, _, _, x = codes(group(w, group_size).astype(mx.float32), scale, bias, bits)
+def anchored_forward(w, scale, bias, anchor_scale, anchor_bias, bits, group_size, scale_dtype=None):
+    """Pure-MLX ŵ with the codes read on the anchor grid (s₀, b₀) and valued by (s, b)."""
+    code, _, _, _ = codes(group(w, group_size).astype(mx.float32), anchor_scale, anchor_bias, bits)
+    s, b = clamp_scale(scale)[..., None], bias.astype(mx.float32)[..., None]
+    dt = w.dtype if scale_dtype is None else scale_dtype
+    return dequantize_codes(code, s, b, dt).astype(w.dtype).reshape(w.shape)
+
+
+def anchored_backward(w, scale, bias, anchor_scale, anchor_bias, cot, bits, group_size):
+    """Pure-MLX (∂L/∂w, ∂L/∂scale, ∂L/∂bias) of `anchored_forward` (the anchors get none)."""
+    code, s0, _, x = codes(group(w, group_size).astype(mx.float32), anchor_scale, anchor_bias, bits)
     c = group(cot, group_size).astype(mx.float32)
     inside = (x >= 0) & (x <= float(2**bits - 1))
-    dw = mx.where(inside, c, 0.0).astype(cot.dtype).reshape(w.shape)
+    ratio = clamp_scale(scale)[..., None] / s0
+    dw = mx.where(inside, c * ratio, 0.0).astype(cot.dtype).reshape(w.shape)
     return dw, (c * code).sum(axis=-1).astype(scale.dtype), c.sum(axis=-1).astype(bias.dtype)
 
 
@@ -126,12 +137,9 @@ def fused_backward(w, scale, bias, cot, bits: int, group_size: int, on=None):
 
 
 @cache
-def learned_affine_function(bits: int, group_size: int, scale_dtype=None, scale_grad="ste"):
+def learned_affine_function(bits: int, group_size: int, scale_dtype=None):
     """custom_function (w, scale, bias) -> ŵ with the gradients above (fused kernels when
-    backend.py has a GPU backend active, else the pure-MLX reference); `scale_grad` "ste" or
-    "fixed_codes" picks the grid's gradient."""
-    if scale_grad not in SCALE_GRADS:
-        raise ValueError(f"scale_grad={scale_grad!r}: choose one of {', '.join(SCALE_GRADS)}")
+    backend.py has a GPU backend active, else the pure-MLX reference)."""
 
     @mx.custom_function
     def fq(w, scale, bias):
@@ -143,11 +151,28 @@ def learned_affine_function(bits: int, group_size: int, scale_dtype=None, scale_
     @fq.vjp
     def fq_vjp(primals, cot, output):
         w, scale, bias = primals
-        if scale_grad == "fixed_codes":
-            return fixed_codes_backward(w, scale, bias, cot, bits, group_size)
         on = backend.fused_backend()
         if on:
             return fused_backward(w, scale, bias, cot, bits, group_size, on)
         return reference_backward(w, scale, bias, cot, bits, group_size)
+
+    return fq
+
+
+@cache
+def anchored_function(bits: int, group_size: int, scale_dtype=None):
+    """custom_function (w, scale, bias, anchor_scale, anchor_bias) -> ŵ, the fixed-code mode."""
+
+    @mx.custom_function
+    def fq(w, scale, bias, anchor_scale, anchor_bias):
+        return anchored_forward(
+            w, scale, bias, anchor_scale, anchor_bias, bits, group_size, scale_dtype
+        )
+
+    @fq.vjp
+    def fq_vjp(primals, cot, output):
+        w, scale, bias, s0, b0 = primals
+        dw, ds, db = anchored_backward(w, scale, bias, s0, b0, cot, bits, group_size)
+        return dw, ds, db, mx.zeros_like(s0), mx.zeros_like(b0)
 
     return fq

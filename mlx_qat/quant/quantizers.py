@@ -157,8 +157,12 @@ class LSQQuantizer(Quantizer):
 
 
 class LearnedAffineQuantizer(Quantizer):
-    """MLX's asymmetric per-group grid with learnable scale and bias (init from min/max);
-    `scale_grad` "ste" or "fixed_codes" (DWQ's) picks the grid's gradient."""
+    """MLX's asymmetric per-group grid with learnable scale and bias (init from min/max).
+
+    `scale_grad="fixed_codes"` reads the codes on the frozen initial grid (`anchor_scale`,
+    `anchor_bias`: saved with the model, never trained) and trains the grid with DWQ's
+    gradient (`learned_affine.py`); "ste" re-derives the codes from the learned grid.
+    """
 
     kind = "learned_affine"
 
@@ -176,27 +180,44 @@ class LearnedAffineQuantizer(Quantizer):
         groups = (*shape[:-1], shape[-1] // spec.group_size)
         self.scale = mx.ones(groups, dtype=mx.float32)
         self.bias = mx.zeros(groups, dtype=mx.float32)
+        if self.anchored:
+            self.anchor_scale, self.anchor_bias = self.scale, self.bias
+            self.freeze(recurse=False, keys=["anchor_scale", "anchor_bias"])
+
+    @property
+    def anchored(self) -> bool:
+        """Codes read on the frozen anchor grid (scale_grad="fixed_codes")."""
+        return self.scale_grad == "fixed_codes"
 
     def _extra_repr(self) -> str:
         return f"{self.kind}, {self.spec}, scale_grad={self.scale_grad}"
 
     def init_from(self, w: mx.array) -> None:
         self.scale, self.bias = learned_affine.init_params(w, self.spec.bits, self.spec.group_size)
+        if self.anchored:
+            self.anchor_scale, self.anchor_bias = self.scale, self.bias
 
     def __call__(self, w: mx.array) -> mx.array:
-        fn = learned_affine.learned_affine_function(
-            self.spec.bits, self.spec.group_size, self.scale_dtype, self.scale_grad
-        )
-        return fn(w, self.scale, self.bias)
+        bits, gs, sd = self.spec.bits, self.spec.group_size, self.scale_dtype
+        if self.anchored:
+            fn = learned_affine.anchored_function(bits, gs, sd)
+            return fn(w, self.scale, self.bias, self.anchor_scale, self.anchor_bias)
+        return learned_affine.learned_affine_function(bits, gs, sd)(w, self.scale, self.bias)
+
+    def code_grid(self) -> tuple[mx.array, mx.array]:
+        """(scale, bias) the codes are read on: the anchors, or the learned grid itself."""
+        if self.anchored:
+            return self.anchor_scale, self.anchor_bias
+        return self.scale, self.bias
 
     def grid(self, w: mx.array) -> Grid:
         wg = group(w, self.spec.group_size).astype(mx.float32)
-        code, s, b, _ = learned_affine.codes(wg, self.scale, self.bias, self.spec.bits)
+        code, _, _, _ = learned_affine.codes(wg, *self.code_grid(), self.spec.bits)
         sd = self._storage(w)
         return Grid(
             pack_codes(code.reshape(w.shape), self.spec.bits),
-            s.squeeze(-1).astype(sd),
-            b.squeeze(-1).astype(sd),
+            learned_affine.clamp_scale(self.scale).astype(sd),
+            self.bias.astype(sd),
         )
 
 
