@@ -119,6 +119,40 @@ def bits_per_weight(path: Path) -> float:
     return nbytes * 8 / get_total_parameters(model)
 
 
+def grid_drift(work: Path, method: str, bits: int, group_size: int) -> dict:
+    """How far `work/<method>`'s quantized grid moved from round-to-nearest's (`work/rtn`):
+    the fraction of integer codes that differ, over all quantized layers and in the embedding
+    alone, and the mean relative change of the scales."""
+    import mlx.core as mx
+
+    rtn, got = (
+        mx.load(str(work / "rtn" / "model.safetensors")),
+        mx.load(str(work / method / "model.safetensors")),
+    )
+
+    def codes(packed, scales):  # the integers, through dequantize with scale 1 and bias 0
+        one = mx.ones(scales.shape, dtype=mx.float32)
+        return mx.dequantize(packed, one, mx.zeros_like(one), group_size, bits)
+
+    changed = total = emb_changed = emb_total = 0
+    moved = []
+    for k, v in rtn.items():
+        if not k.endswith(".weight") or v.dtype != mx.uint32:
+            continue
+        sk = k.removesuffix(".weight") + ".scales"
+        diff = (codes(v, rtn[sk]) != codes(got[k], rtn[sk])).sum().item()
+        n = v.size * 32 // bits
+        changed, total = changed + diff, total + n
+        if "embed" in k:
+            emb_changed, emb_total = emb_changed + diff, emb_total + n
+        moved.append((mx.abs(got[sk] - rtn[sk]).mean() / mx.abs(rtn[sk]).mean()).item())
+    return {
+        "codes_changed": changed / total,
+        "embedding_codes_changed": emb_changed / max(emb_total, 1),
+        "scales_moved": sum(moved) / len(moved),
+    }
+
+
 def run_dwq(args) -> None:
     """mlx-lm's DWQ on our windows (the student's quantized layers run through dequantize)."""
     import copy
@@ -423,7 +457,9 @@ def setup_text(args) -> str:
         f"split. DWQ: mlx-lm's `dwq_quantize`, Adam, temperature {args.temperature:g}, "
         "float32. QAT: learned-affine grid (MLX's scale/bias) trained with the weights "
         "(AdamW, no weight decay, fused 1-sqrt cooldown), QAT from the first step. Learning "
-        "rates, gradients and temperatures per row in `setting`. Train wall = the whole process (loading, "
+        "rates, gradients and temperatures per row in `setting`. Codes ≠ RTN: the fraction of "
+        "integer codes that differ from round-to-nearest's; scales moved: mean |s - s_RTN| / "
+        "mean |s_RTN|, averaged over layers. Train wall = the whole process (loading, "
         "training, the trainer's own evaluations and, for QAT, `mlx_qat.convert` with its "
         "parity check); peak memory = MLX's peak in the training process."
     )
@@ -437,30 +473,38 @@ def write(args, prep_times: dict) -> None:
         r.update(json.loads(tj.read_text()) if tj.is_file() else {})
         rows[m] = r
     fp, rtn = rows.get("float"), rows.get("rtn")
-    for r in rows.values():
+    for name, r in rows.items():
         for s in ("val", "test"):
             if fp and rtn and rtn[s] != fp[s]:
                 r[f"{s}_recovered"] = (rtn[s] - r[s]) / (rtn[s] - fp[s])
+        if name not in ("float", "rtn") and rtn:
+            r.update(grid_drift(args.work, name, args.bits, args.group_size))
     m = machine()
     cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# SmolLM2-135M at {args.bits}-bit g{args.group_size}: RTN, DWQ, QAT", ""]
     lines += header_lines(cmd, date, m)
     lines += ["", "| method | setting | bits/weight | val loss | test loss | test ppl | % of RTN "
-              "gap recovered (test) | train wall | peak memory |",
-              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "gap recovered (test) | codes ≠ RTN (all / embedding) | scales moved | train wall "
+              "| peak memory |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     import math
 
+    def pct(x):
+        return "" if x is None else f"{100 * x:.1f}%"
+
     for name, r in rows.items():
-        rec = r.get("test_recovered")
-        lines.append(
-            f"| {name} | {describe(name, args)} | {r['bits_per_weight']:.2f} | {r['val']:.4f} | {r['test']:.4f} | "
-            f"{math.exp(r['test']):.2f} | {'' if rec is None else f'{100 * rec:.1f}%'} | "
-            f"{r['train_s'] / 60:.1f} min | {r['peak_memory_gb']:.2f} GB |"
-            if "train_s" in r
-            else f"| {name} | | {r['bits_per_weight']:.2f} | {r['val']:.4f} | {r['test']:.4f} | "
-            f"{math.exp(r['test']):.2f} | {'' if rec is None else f'{100 * rec:.1f}%'} | - | - |"
-        )
+        cells = [name, describe(name, args), f"{r['bits_per_weight']:.2f}", f"{r['val']:.4f}",
+                 f"{r['test']:.4f}", f"{math.exp(r['test']):.2f}", pct(r.get("test_recovered"))]  # fmt: skip
+        if "codes_changed" in r:
+            cells += [f"{pct(r['codes_changed'])} / {pct(r['embedding_codes_changed'])}",
+                      f"{100 * r['scales_moved']:.2f}%"]  # fmt: skip
+        else:
+            cells += ["-", "-"]
+        if "train_s" in r:
+            cells += [f"{r['train_s'] / 60:.1f} min", f"{r['peak_memory_gb']:.2f} GB"]
+        else:
+            cells += ["-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"command": cmd, "date": date, "machine": m, "args": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -27,8 +27,7 @@ def qat_config(config) -> QATConfig:
     Raises:
         ValueError: naming the format, or the override, that MLX cannot quantize to.
     """
-    kw = dict(quantizer=config.quantizer, lsq_per=config.lsq_per, scale_dtype=config.scale_dtype)
-    kw["scale_grad"] = config.scale_grad
+    kw = {k: getattr(config, k) for k in ("quantizer", "lsq_per", "scale_grad", "scale_dtype")}
     if config.embed_bits is None:
         base = QATConfig.with_bits(config.bits, config.group_size, config.q_mode, 4, **kw)
     else:

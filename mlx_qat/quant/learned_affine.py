@@ -22,8 +22,8 @@ Moving the grid then never flips a code, so the grid's gradient is exact, and it
 `mlx_lm`'s DWQ trains scales and biases with: with the weights frozen this quantizer *is* DWQ
 (tests/test_distill.py follows both for several Adam steps); the weights' STE moves codes on
 top. In the plain mode above the codes are re-derived from (s, b), and DWQ's gradient there
-would ignore the codes a grid update flips (measured: 5% of SmolLM2's codes in 49 steps at a
-weight LR of 1e-5), which is why it is not offered. This mode has no fused kernel: forward and
+would ignore the codes a grid update flips (5% of SmolLM2's codes in 49 steps at a weight LR
+of 1e-5: benchmarks/results/pretrained_smollm2_fixed_v1.md), which is why it is not offered. This mode has no fused kernel: forward and
 backward are pure MLX on every backend.
 
 Export is exact by construction: the codes, T(s) and T(b) are the grid (scale/bias may be
@@ -45,6 +45,7 @@ from . import backend
 from .affine import dequantize_codes, group, minmax_params
 
 SCALE_MIN = 1e-7
+SCALE_GRADS = ("ste", "fixed_codes")  # the grid's gradient: straight-through, or DWQ's
 
 
 def init_params(w: mx.array, bits: int, group_size: int) -> tuple[mx.array, mx.array]:
@@ -103,9 +104,6 @@ def anchored_backward(w, scale, bias, anchor_scale, anchor_bias, cot, bits, grou
     ratio = clamp_scale(scale)[..., None] / s0
     dw = mx.where(inside, c * ratio, 0.0).astype(cot.dtype).reshape(w.shape)
     return dw, (c * code).sum(axis=-1).astype(scale.dtype), c.sum(axis=-1).astype(bias.dtype)
-
-
-SCALE_GRADS = ("ste", "fixed_codes")
 
 
 def _kernel_params(w, scale, bias, group_size: int) -> tuple[mx.array, mx.array]:
