@@ -153,6 +153,17 @@ def grid_drift(work: Path, method: str, bits: int, group_size: int) -> dict:
     }
 
 
+def trainer_kl(run: Path) -> dict:
+    """A QAT run's own final test evaluation (1 batch, T = 1): the KL to the teacher of the
+    fake-quant model (`kl_test`) and of its latent float weights (`kl_latent`); {} for others."""
+    from mlx_qat.train.metrics import read_metrics
+
+    evals = read_metrics(run, "test_eval") if (run / "metrics.jsonl").is_file() else []
+    if not evals or "kl" not in (evals[-1].get("qat") or {}):
+        return {}
+    return {"kl_test": evals[-1]["qat"]["kl"], "kl_latent": evals[-1]["fp"]["kl"]}
+
+
 def run_dwq(args) -> None:
     """mlx-lm's DWQ on our windows (the student's quantized layers run through dequantize)."""
     import copy
@@ -479,6 +490,7 @@ def write(args, prep_times: dict) -> None:
                 r[f"{s}_recovered"] = (rtn[s] - r[s]) / (rtn[s] - fp[s])
         if name not in ("float", "rtn") and rtn:
             r.update(grid_drift(args.work, name, args.bits, args.group_size))
+        r.update(trainer_kl(args.work / f"{name}_run"))
     m = machine()
     cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
