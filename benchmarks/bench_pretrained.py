@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -119,20 +120,18 @@ def bits_per_weight(path: Path) -> float:
     return nbytes * 8 / get_total_parameters(model)
 
 
-def grid_drift(work: Path, method: str, bits: int, group_size: int) -> dict:
+def grid_drift(work: Path, method: str, bits: int) -> dict:
     """How far `work/<method>`'s quantized grid moved from round-to-nearest's (`work/rtn`):
     the fraction of integer codes that differ, over all quantized layers and in the embedding
     alone, and the mean relative change of the scales."""
     import mlx.core as mx
 
+    from mlx_qat.quant.affine import unpack_codes
+
     rtn, got = (
         mx.load(str(work / "rtn" / "model.safetensors")),
         mx.load(str(work / method / "model.safetensors")),
     )
-
-    def codes(packed, scales):  # the integers, through dequantize with scale 1 and bias 0
-        one = mx.ones(scales.shape, dtype=mx.float32)
-        return mx.dequantize(packed, one, mx.zeros_like(one), group_size, bits)
 
     changed = total = emb_changed = emb_total = 0
     moved = []
@@ -140,7 +139,7 @@ def grid_drift(work: Path, method: str, bits: int, group_size: int) -> dict:
         if not k.endswith(".weight") or v.dtype != mx.uint32:
             continue
         sk = k.removesuffix(".weight") + ".scales"
-        diff = (codes(v, rtn[sk]) != codes(got[k], rtn[sk])).sum().item()
+        diff = (unpack_codes(v, bits) != unpack_codes(got[k], bits)).sum().item()
         n = v.size * 32 // bits
         changed, total = changed + diff, total + n
         if "embed" in k:
@@ -489,7 +488,7 @@ def write(args, prep_times: dict) -> None:
             if fp and rtn and rtn[s] != fp[s]:
                 r[f"{s}_recovered"] = (rtn[s] - r[s]) / (rtn[s] - fp[s])
         if name not in ("float", "rtn") and rtn:
-            r.update(grid_drift(args.work, name, args.bits, args.group_size))
+            r.update(grid_drift(args.work, name, args.bits))
         r.update(trainer_kl(args.work / f"{name}_run"))
     m = machine()
     cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
@@ -499,7 +498,6 @@ def write(args, prep_times: dict) -> None:
     lines += ["", "| method | setting | bits/weight | val loss | test loss | test ppl | % of RTN "
               "gap recovered (test) | codes ≠ RTN (all / embedding) | scales moved | train wall "
               "| peak memory |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    import math
 
     def pct(x):
         return "" if x is None else f"{100 * x:.1f}%"

@@ -23,8 +23,8 @@ Moving the grid then never flips a code, so the grid's gradient is exact, and it
 (tests/test_distill.py follows both for several Adam steps); the weights' STE moves codes on
 top. In the plain mode above the codes are re-derived from (s, b), and DWQ's gradient there
 would ignore the codes a grid update flips (5% of SmolLM2's codes in 49 steps at a weight LR
-of 1e-5: benchmarks/results/pretrained_smollm2_fixed_v1.md), which is why it is not offered. This mode has no fused kernel: forward and
-backward are pure MLX on every backend.
+of 1e-5: benchmarks/results/pretrained_smollm2_fixed_v1.md), which is why it is not offered.
+This mode has no fused kernel: forward and backward are pure MLX on every backend.
 
 Export is exact by construction: the codes, T(s) and T(b) are the grid (scale/bias may be
 stored in another dtype S: the forward then computes T(S(code)·S(s) + S(b)) as MLX will).
