@@ -34,6 +34,7 @@ __all__ = [
     "qat_layers",
     "quantize",
     "set_fake_quant",
+    "train_only_grid",
 ]
 
 
@@ -225,6 +226,30 @@ def init_quantizers(model: nn.Module) -> int:
         layer.quantizer.init_from(layer["weight"])
         n += 1
     return n
+
+
+def train_only_grid(model: nn.Module) -> list[str]:
+    """Freeze every weight of `model`: only the quantizers' own parameters (a learned grid's
+    scale/bias, LSQ's step) and the 1-D parameters outside QAT layers (the norms) stay
+    trainable. This is the parameter set mlx-lm's DWQ trains (`mlx_lm.quant.dwq`: its quantized
+    layers frozen but for their scales and biases, every norm left trainable), so with the
+    fixed-code grid gradient and a `kd` objective QAT *is* DWQ. Unlike DWQ, a layer `prepare`
+    left in float keeps its weight frozen too. Returns the trainable paths, sorted.
+    """
+    keep = set()
+    inside = {path for path, _ in qat_layers(model)}
+    for path, p in tree_flatten(model.trainable_parameters()):
+        owner = path.rpartition(".")[0]
+        in_layer = any(owner == q or owner.startswith(q + ".") for q in inside)
+        quantizer = "quantizer" in path.split(".")
+        if quantizer or (p.ndim == 1 and not in_layer):
+            keep.add(path)
+    model.freeze()
+    for path, m in model.named_modules():
+        own = [k.rpartition(".")[2] for k in keep if k.rpartition(".")[0] == path]
+        if own:
+            m.unfreeze(recurse=False, keys=own)
+    return sorted(keep)
 
 
 def quantize(model: nn.Module) -> nn.Module:

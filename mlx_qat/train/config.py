@@ -24,6 +24,7 @@ from .config_checks import (  # noqa: F401  (the allowed values, importable from
     OBJECTIVES,
     SWITCH_STATE,
     TEACHER_DTYPES,
+    TRAINED,
     normalize_fraction,
     parse_count,
     validate_config,
@@ -59,7 +60,7 @@ _NOT_HASHED = {
 # runs keep their hash (resume, sweep rows). A default never changes meaning, so this is exact.
 _HASHED_WHEN_SET = ("objective", "kd_temperature", "kd_weight", "teacher_dtype", "quant_overrides")
 _HASHED_WHEN_SET += ("lr_control", "trs_lambda", "trs_momentum", "trs_granularity", "trs_u0",
-                     "trs_eta", "scale_grad")  # fmt: skip
+                     "trs_eta", "scale_grad", "train")  # fmt: skip
 # Settings a resumed run may change with `reschedule` (e.g. after a divergence): they shape the
 # LR and the update from the resumed step on, not the plan, the model or the data.
 SCHEDULE_FIELDS = (
@@ -180,6 +181,14 @@ class TrainConfig:
         "held fixed; trains the grid even when the weights hardly move)",
         "qat",
         choices=SCALE_GRADS,
+    )
+    train: str = _f(
+        "all",
+        "what the QAT phase trains: all (weights, grid, norms) or grid (the quantization grid "
+        "and the norms, every weight frozen; with --scale-grad fixed_codes and --objective kd "
+        "this is mlx-lm's DWQ). grid needs QAT from the first step (--qat-fraction 1)",
+        "qat",
+        choices=TRAINED,
     )
     embed_bits: int | None = _f(None, "embedding/head bits (default: max(bits, 4))", "qat")
     scale_dtype: str | None = _f(None, "scale/bias storage dtype (default: weight dtype)", "qat")

@@ -23,6 +23,7 @@ LR_CONTROLS = ("schedule", "trs")
 GRANULARITIES = ("global", "layer")
 OBJECTIVES = ("ce", "kd", "mix")
 TEACHER_DTYPES = ("float32", "float16", "bfloat16")
+TRAINED = ("all", "grid")
 # Path fields: one spelling per path (`runs/a/` and `runs/a` are the same run).
 PATHS = ("out", "branch_from", "data_out", "model_config", "model")
 
@@ -47,6 +48,7 @@ def validate_config(self) -> None:
         ("objective", OBJECTIVES),
         ("lr_control", LR_CONTROLS),
         ("trs_granularity", GRANULARITIES),
+        ("train", TRAINED),
     ):
         if getattr(self, name) not in allowed:
             raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
@@ -119,6 +121,17 @@ def _check_ranges(self) -> None:
         self.scale_grad == "ste" or self.quantizer == "learned_affine",
         "scale_grad",
         "'ste' unless --quantizer learned_affine (the option is that quantizer's)",
+    )
+    need(
+        self.train == "all" or self.quantizer != "minmax",
+        "train",
+        "'all' with --quantizer minmax (its grid has nothing to learn): use --quantizer "
+        "learned_affine (or lsq) with --train grid",
+    )
+    need(
+        self.train == "all" or self.lr_control == "schedule",
+        "train",
+        "'all' with --lr-control trs (TRS steers the weights, which --train grid freezes)",
     )
     need(0 <= self.beta1 < 1, "beta1", "in [0, 1)")
     need(0 <= self.beta2 < 1, "beta2", "in [0, 1)")

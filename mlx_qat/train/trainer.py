@@ -59,7 +59,7 @@ from ..data.resolve import (
 from ..fileio import atomic_write_json, atomic_write_text
 from ..loss import format_triple
 from ..models.build import make_model, qat_config
-from ..prepare import init_quantizers, prepare, set_fake_quant
+from ..prepare import init_quantizers, prepare, set_fake_quant, train_only_grid
 from .basin import basin_monitor_for, basin_reference_bytes, basin_result
 from .config import TrainConfig
 from .dist import Group
@@ -180,6 +180,14 @@ class Trainer:
             teacher_bytes=teacher_bytes(cfg, self.model, self.plan),
             reference_bytes=basin_reference_bytes(cfg, self.model, self.plan),
         )  # fmt: skip
+        if cfg.train == "grid":
+            if self.plan.fp_steps:
+                raise ValueError(
+                    f"train=grid: the weights are frozen, so there is no FP phase to train "
+                    f"(this plan has {self.plan.fp_steps} FP steps): give --qat-fraction 1"
+                )
+            trained = train_only_grid(self.model)
+            logger.info("train=grid: %d trainable arrays (grid and norms)", len(trained))
         self.optimizer = build_optimizer(self.model, cfg)
 
     def _open_batches(self) -> None:
