@@ -200,9 +200,11 @@ class QATConfig:
         return self.default_spec(path, module), "default"
 
     def check_overrides(self, model: nn.Module, where: str = "overrides") -> None:
-        """Raise ValueError for an `overrides` key that names no quantizable layer of
-        `model` (a typo would otherwise leave the layer at its default format silently);
-        the message lists the model's layers, block indices written as `*`."""
+        """Raise ValueError for an `overrides` key that decides no layer of `model`: one that
+        names no quantizable layer (a typo), or one whose every layer an earlier rule (or an
+        exact path) already decides — shadowed, it could never apply. Either would leave
+        layers at another format than the rule says, silently. The first message lists the
+        model's layers, block indices written as `*`; the second names the winning rules."""
         paths = list(quantization_map(model))
         unused = [
             k for k in self.overrides if not any(k == p or fnmatch.fnmatchcase(p, k) for p in paths)
@@ -212,6 +214,16 @@ class QATConfig:
             raise ValueError(
                 f"{where}: {', '.join(map(repr, unused))}: no quantizable layer of this model "
                 f"matches; its {len(paths)} layers are: {', '.join(names)}"
+            )
+        winner = {p: next(self._matching_overrides(p), None) for p in paths}
+        for key in self.overrides:
+            if key in winner.values():
+                continue
+            beaten = {winner[p] for p in paths if key == p or fnmatch.fnmatchcase(p, key)}
+            raise ValueError(
+                f"{where}: {key!r} is shadowed: every layer it matches is decided by "
+                f"{', '.join(map(repr, sorted(beaten)))} (an exact path first, then globs in "
+                f"order), so it would never apply; move it before those, or remove it"
             )
 
     def _matching_overrides(self, path: str):

@@ -137,3 +137,78 @@ def test_mixed_precision_run_exports_per_path_entries_and_mlx_lm_loads_it(
     # and the run's own config says so: the checkpoint's QAT config has the rules
     cfg = load_config(run.path / "config.yaml")
     assert cfg.quant_overrides == RULES and replace(cfg, quant_overrides={}).hash() != cfg.hash()
+
+
+# The README's --quant-overrides example, item for item ("QAT a pretrained model").
+README_ITEMS = [
+    "model.embed_tokens=8",
+    "*.mlp.down_proj=4",
+    "model.layers.0.*={bits: 6, group_size: 32}",
+    "*.gate=float",
+]
+# A tiny MoE model on which every README rule decides a layer: layer 0 a plain MLP
+# (mlp.down_proj), layer 1 a mixture of experts with a router (mlp.gate).
+MOE = dict(
+    model_type="qwen3_moe", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+    num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=512,
+    num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[0],
+    moe_intermediate_size=64, head_dim=16, rope_theta=10000.0, tie_word_embeddings=False,
+    max_position_embeddings=512, norm_topk_prob=True,
+)  # fmt: skip
+
+
+def test_readme_quant_overrides_example_trains_from_the_command_line(tiny_data_dir, tmp_path):  # noqa: F811
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mlx_qat.checkpoint import build_model
+    from mlx_qat.qat_config import quantization_map
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    flat = " ".join(readme.split())  # the example wraps over lines
+    assert "--quant-overrides " + " ".join(f"'{i}'" for i in README_ITEMS) in flat
+    (tmp_path / "moe.json").write_text(json.dumps(MOE))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mlx_qat", "train", "--data", str(tiny_data_dir), "--out",
+           str(run), "--model-config", str(tmp_path / "moe.json"), "--tokens", "256",
+           "--batch-size", "2", "--seq-len", "32", "--qat-fraction", "0.5", "--eval-batches",
+           "1", "--final-eval-batches", "1", "--no-compile", "--quiet",
+           "--quant-overrides", *README_ITEMS]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = quantization_map(build_model(run))
+    fmt = {p: (s.bits, s.group_size) if s else None for p, s in got.items()}
+    assert fmt["model.embed_tokens"] == (8, 64)
+    assert fmt["model.layers.0.mlp.down_proj"] == (4, 64)  # the earlier glob wins there
+    assert fmt["model.layers.0.self_attn.q_proj"] == fmt["model.layers.0.mlp.up_proj"] == (6, 32)
+    assert fmt["model.layers.1.mlp.gate"] is None  # the router stays float
+    assert fmt["model.layers.1.self_attn.q_proj"] == (4, 64)  # no rule: --bits
+    assert load_config(run / "config.yaml").quant_overrides == dict(
+        [("model.embed_tokens", 8), ("*.mlp.down_proj", 4),
+         ("model.layers.0.*", {"bits": 6, "group_size": 32}), ("*.gate", None)]
+    )  # fmt: skip
+
+
+def test_a_shadowed_rule_is_refused_by_name(tiny_data_dir, tmp_path):  # noqa: F811
+    from tiny_models import tiny_model
+
+    from mlx_qat.qat_config import QATConfig
+
+    model = tiny_model("llama")
+    # an exact path is decided before any glob, wherever it stands
+    QATConfig(overrides={"*.mlp.*": 4, "model.layers.0.mlp.up_proj": 8}).check_overrides(model)
+    QATConfig(overrides={"*.mlp.down_proj": 4, "model.layers.0.*": 6}).check_overrides(model)
+    for rules, dead, by in [
+        ({"*.mlp.*": 4, "*.mlp.up_proj": 8}, r"\*\.mlp\.up_proj", r"'\*\.mlp\.\*'"),
+        ({"model.layers.0.mlp.up_*": 8, "model.layers.0.mlp.up_proj": 3},
+         r"model\.layers\.0\.mlp\.up_\*", "'model.layers.0.mlp.up_proj'"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=f"overrides: '{dead}' is shadowed: .* by {by}"):
+            QATConfig(overrides=rules).check_overrides(model)
+    cfg = tiny_config(
+        tiny_data_dir, tmp_path / "run", quant_overrides={"*.mlp.*": 4, "*.mlp.up_proj": 8}
+    )
+    with pytest.raises(ValueError, match=r"quant_overrides: '\*\.mlp\.up_proj' is shadowed"):
+        Trainer(cfg).setup()
+    assert not (tmp_path / "run").exists()

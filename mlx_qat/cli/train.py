@@ -60,8 +60,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                 flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
             )
         else:
+            # an "extend" flag starts from None: argparse extends its default in place, and a
+            # mapping default (quant_overrides: {}) has no .extend (TrainConfig fills it)
+            start = None if kw.get("action") in ("extend", "append") else default
             g.add_argument(
-                flag, type=typ, default=default, help=help_text,
+                flag, type=typ, default=start, help=help_text,
                 **{"metavar": f.name.upper(), **kw},
             )  # fmt: skip
 
