@@ -163,12 +163,19 @@ def read_jsonl(path: str | os.PathLike) -> JsonLines:
     """The complete JSON lines of `path` (none if it does not exist).
 
     A line that does not end in a newline is what a killed appender leaves: it is never parsed
-    and is reported as `torn`. Any other line that is not JSON is a ValueError naming it.
+    and is reported as `torn`. Any other line that is not JSON, or a file that is not UTF-8
+    text, is a ValueError naming it.
     """
     p = Path(path)
     if not p.is_file():
         return JsonLines(([], False))
-    *lines, tail = p.read_text(encoding="utf-8").split("\n")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:  # a binary file given where JSON lines belong
+        raise ValueError(
+            f"{p}: not a JSON lines file (byte {e.start} is not UTF-8 text); give a .jsonl file"
+        ) from None
+    *lines, tail = text.split("\n")
     rows = []
     for i, line in enumerate(lines, 1):
         if line.strip():

@@ -154,6 +154,16 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert "give the sweep results" in capsys.readouterr().err
 
 
+def test_a_binary_file_is_refused_naming_it(tmp_path, capsys):
+    binary = tmp_path / "fit.npy"
+    binary.write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr': '<f4'}\n\xff\xfe\x00\x00")
+    assert fit_cli.main([str(binary), "--no-plots"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith(f"mlx_qat.fit: error: {binary}: not a JSON lines file") and "\n" not in err
+    )
+
+
 def test_report(fitted):
     text, out = fitted
     assert "rows: 87 from 2 file(s)" in text
