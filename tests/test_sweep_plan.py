@@ -64,6 +64,27 @@ def test_bad_sweep_files_name_the_key(tmp_path, grids, train, match):
         load_sweep(path)
 
 
+@pytest.mark.parametrize(
+    "axis, value, match",
+    [
+        ("bits", "two", "grids[0]: bits: 'two' is not a whole number"),
+        ("bits", 4.5, "grids[0]: bits: 4.5 is not a whole number"),
+        ("seeds", "x", "grids[0]: seeds: 'x' is not a whole number"),
+        ("bits", 7, "grids[0]: run d2_D100000_b7_f0.1_fused_s0: QuantSpec(bits=7)"),
+    ],
+)
+def test_bad_grid_values_are_one_line_errors_naming_file_and_key(
+    tmp_path, capsys, axis, value, match
+):
+    from mlx_qat.cli.sweep import main as sweep_main
+
+    grid = {"models": ["d2"], "tokens": [1e5], "bits": [4], "fractions": [0.1], axis: [value]}
+    path = sweep_file(tmp_path, [grid])
+    assert sweep_main([path, "--dry-run"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mlx_qat.sweep: error: {path}: {match}") and "\n" not in err
+
+
 def test_trunks_branch_points_and_saved_checkpoints(tmp_path):
     D = 200 * TPS  # 200 steps
     grids = [

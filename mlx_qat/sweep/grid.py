@@ -114,6 +114,17 @@ def _axis(grid: dict, defaults: dict, key: str, where: str) -> list:
     return values
 
 
+def _whole(value: Any, key: str, where: str) -> int:
+    """An integer grid value (bits, seeds): 4, 4.0 or "4"; anything else names the key."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"{where}: {key}: {value!r} is not a whole number")
+
+
 def _points(grid: dict, defaults: dict, where: str) -> list[Point]:
     unknown = sorted(set(grid) - {*AXES, "name"})
     if unknown:
@@ -122,11 +133,13 @@ def _points(grid: dict, defaults: dict, where: str) -> list[Point]:
     models = [Model.parse(m, where) for m in axes["models"]]
     tokens = [parse_count(t, f"{where}: tokens") for t in axes["tokens"]]
     fractions = [normalize_fraction(f) for f in axes["fractions"]]
+    bits = [_whole(b, "bits", where) for b in axes["bits"]]
+    seeds = [_whole(s, "seeds", where) for s in axes["seeds"]]
     name = str(grid.get("name", where))
     return [
-        Point(m, t, int(b), f, str(p), int(s), (name,))
+        Point(m, t, b, f, str(p), s, (name,))
         for m, t, b, f, p, s in itertools.product(
-            models, tokens, axes["bits"], fractions, axes["pipelines"], axes["seeds"]
+            models, tokens, bits, fractions, axes["pipelines"], seeds
         )
     ]
 
@@ -157,6 +170,7 @@ def load_sweep(path: str | Path) -> Sweep:
     TrainConfig.from_dict(train, where=f"{where}: train")  # unknown keys / bad values, now
     defaults = raw.get("defaults") or {}
     seen: dict[Point, Point] = {}
+    grid_of: dict[Point, str] = {}  # where each run was first given, for the errors below
     for i, grid in enumerate(raw["grids"]):
         if not isinstance(grid, dict):
             raise ValueError(f"sweep file {where}: grids[{i}] must be a mapping")
@@ -166,7 +180,8 @@ def load_sweep(path: str | Path) -> Sweep:
                 seen[p] = Point(**{**q.__dict__, "groups": q.groups + p.groups})
             else:
                 seen[p] = p
-    return Sweep(
+                grid_of[p] = f"{where}: grids[{i}]"
+    sweep = Sweep(
         out=Path(raw["out"]),
         data=str(raw["data"]),
         train=train,
@@ -174,3 +189,9 @@ def load_sweep(path: str | Path) -> Sweep:
         fp_anchor=bool(raw.get("fp_anchor", True)),
         source=where,
     )
+    for p in sweep.points:  # a bad grid value (bits 7, pipeline x) is named with its grid
+        try:
+            sweep.config(p)
+        except ValueError as e:
+            raise ValueError(f"{grid_of[p]}: run {p.name}: {e}") from None
+    return sweep
