@@ -340,7 +340,8 @@ def test_existing_tokenizer_can_encode_new_inputs(prepared, tmp_path):
         test_fraction=0.0,
         tokenizer=first.tokenizer_dir,
     )
-    assert b.built["tokenizer"] is False and b.manifest["tokens"]["val"] == 0 and b.val.size == 0
+    assert b.tokenizer_dir.parent == tmp_path  # copied into the new data folder, not retrained
+    assert b.manifest["tokens"]["val"] == 0 and b.val.size == 0
     assert b.manifest["tokens"]["test"] == 0 and b.test.size == 0
     assert b.manifest["tokenizer"]["sha256"] == first.manifest["tokenizer"]["sha256"]
 

@@ -125,11 +125,40 @@ def test_data_cli_tokenizer_flag_takes_both_kinds(hf_model, tiny_data, tmp_path,
     b = load_bundle(tmp_path / "sp")
     assert b.manifest["tokenizer"]["kind"] == "sentencepiece"
     assert b.manifest["tokenizer"]["sha256"] == tiny_data.manifest["tokenizer"]["sha256"]
-    assert b.tokenizer_dir.resolve() == sp.resolve()  # used where it is, as before
+    assert b.tokenizer_dir.parent.resolve() == (tmp_path / "sp").resolve()  # a copy in --out
     (tmp_path / "none").mkdir()
     capsys.readouterr()
     assert main([*common, "--out", str(tmp_path / "x"), "--tokenizer", str(tmp_path / "none")]) == 1
     assert "no tokenizer in it" in capsys.readouterr().err
+
+
+def test_data_made_with_a_tokenizer_holds_it_and_no_ignored_vocab_size(
+    hf_model, tiny_data, tmp_path
+):
+    """A data folder made with `--tokenizer` keeps working when the tokenizer's folder is gone
+    and the data folder is moved; its config.yaml records no --vocab-size (it was ignored)."""
+    import yaml
+
+    from mlx_qat.cli.data import main
+    from mlx_qat.data import load_bundle
+
+    origin = tmp_path / "origin"
+    shutil.copytree(tiny_data.tokenizer_dir, origin)
+    common = ["--input", str(CORPUS / "milton.txt.gz"), "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "sp"), "--tokenizer", str(origin)]) == 0
+    assert main([*common, "--out", str(tmp_path / "hf"), "--tokenizer", str(hf_model)]) == 0
+    shutil.rmtree(origin)
+    shutil.move(tmp_path / "sp", tmp_path / "moved")
+    b = load_bundle(tmp_path / "moved")
+    assert b.tokenizer_dir.parent.resolve() == (tmp_path / "moved").resolve()
+    assert b.manifest["tokenizer"]["sha256"] == tiny_data.manifest["tokenizer"]["sha256"]
+    assert b.tokenizer().encode("To be") == tiny_data.tokenizer().encode("To be")
+    for out in ("moved", "hf"):
+        saved = yaml.safe_load((tmp_path / out / "config.yaml").read_text())
+        assert "vocab_size" not in saved and saved["tokenizer"]
+    # without --tokenizer the size is what the tokenizer was trained with: recorded
+    assert main([*common, "--out", str(tmp_path / "own"), "--vocab-size", "400"]) == 0
+    assert yaml.safe_load((tmp_path / "own" / "config.yaml").read_text())["vocab_size"] == 400
 
 
 def test_a_tokenizer_whose_encode_ends_with_eos_gets_no_second_one(hf_model, tmp_path):

@@ -134,6 +134,8 @@ def _run(opts: dict) -> int:
         input_sentence_size=opts["input_sentence_size"],
         force=opts["force"],
     )
+    if opts["tokenizer"]:  # the tokenizer's own vocabulary is used: record no ignored size
+        opts = {k: v for k, v in opts.items() if k != "vocab_size"}
     save_resolved(Path(opts["out"]) / "config.yaml", "data", opts)
     if not opts["quiet"]:
         print(summary(bundle, opts, time.perf_counter() - t0))

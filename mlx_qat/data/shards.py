@@ -5,6 +5,7 @@ Layout of a data directory (``--out``, default ``data/``)::
     data/
       tokenizer-<vocab>-<key>/   tokenizer.model + HF files + tokenizer_meta.json
       tokenizer-hf-<sha16>/      or: a copy of a model's own HF tokenizer (``tokenizer=DIR``)
+      tokenizer-sp-<sha16>/      or: a copy of an mlx_qat tokenizer (``tokenizer=DIR``)
       shards-<key>/              train.npy, val.npy, test.npy (uint16, or uint32 for
                                  vocab > 65536), manifest.json
       latest.json                the shards directory of the last prepare_data call (with
@@ -52,7 +53,7 @@ from .sources import default_corpus
 from .tokenizer import DEFAULT_SETTINGS, FORMAT, MODEL_FILE, Tokenizer, default_threads
 from .tokenizer import train_tokenizer as _train_tokenizer
 from .tokenizer_dir import load_tokenizer as _load_tokenizer
-from .tokenizer_dir import store_hf_tokenizer, tokenizer_kind, tokenizer_sha256
+from .tokenizer_dir import store_tokenizer, tokenizer_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +268,8 @@ def prepare_data(
     test split (reported, never used for a choice), the rest train. ``inputs``: files/folders (``.txt``, ``.txt.gz``, ``.jsonl``); None means the default
     corpus (:func:`~mlx_qat.data.default_corpus`). ``tokenizer``: use this existing tokenizer
     instead of training one (``vocab_size`` is then ignored): an `mlx_qat.data` tokenizer
-    directory, or any Hugging Face / mlx-lm model directory, whose own tokenizer is copied to
+    directory (copied to ``out_dir/tokenizer-sp-<sha16>/`` unless it is in ``out_dir``), or any
+    Hugging Face / mlx-lm model directory, whose own tokenizer is copied to
     ``out_dir/tokenizer-hf-<sha16>/`` and encodes as mlx-lm does (`hf_tokenizer`). ``force``
     rebuilds even when cached artifacts exist. ``keep_latest`` leaves an existing ``latest.json``
     pointing where it points (other runs may rely on it). Logs a warning when the validation
@@ -349,11 +351,9 @@ def prepare_data(
             built["tokenizer"] = True
         else:
             logger.info("reusing tokenizer %s", tok_dir)
-    elif tokenizer_kind(tokenizer) == "hf":
-        tok_dir, built["tokenizer"] = store_hf_tokenizer(tokenizer, out)
-        logger.info("tokenizer of %s (copied to %s)", tokenizer, tok_dir)
-    else:
-        tok_dir = Path(tokenizer)
+    else:  # a copy inside `out`: the data folder never points outside itself
+        tok_dir, built["tokenizer"] = store_tokenizer(tokenizer, out)
+        logger.info("tokenizer of %s (in %s)", tokenizer, tok_dir)
     tok = _load_tokenizer(tok_dir)
 
     shard_key = sha256_json({**split_key, "format": SHARD_FORMAT, "tokenizer": tok.sha256})

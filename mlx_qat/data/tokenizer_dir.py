@@ -178,20 +178,32 @@ def copy_tokenizer_files(src: str | os.PathLike, dest: str | os.PathLike) -> lis
     return dropped
 
 
-def store_hf_tokenizer(src: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, bool]:
-    """`out_dir/tokenizer-hf-<sha16>/`: a copy of the HF tokenizer `src` (data files only,
-    `copy_tokenizer_files`), so that prepared data keeps the tokenizer it was encoded with
-    whatever happens to `src`. Built aside and renamed; an existing copy with the same
-    identity is reused. Returns (its path, whether it was copied now)."""
-    src = Path(src)
-    sha = tokenizer_sha256(src)
-    dest = Path(out_dir) / f"tokenizer-hf-{sha[:16]}"
+def store_tokenizer(src: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, bool]:
+    """A copy of the tokenizer `src` inside `out_dir`, so that prepared data keeps the tokenizer
+    it was encoded with whatever happens to `src` (and a copied data folder keeps working):
+    `out_dir/tokenizer-hf-<sha16>/` (data files only, `copy_tokenizer_files`) or, for a
+    sentencepiece one, `out_dir/tokenizer-sp-<sha16>/` (``tokenizer.model``, its
+    ``tokenizer_meta.json`` and HF files). A sentencepiece directory already directly in
+    `out_dir` (one `mlx_qat.data` trained there) is used where it is. Built aside and renamed;
+    an existing copy with the same identity is reused. Returns (its path, whether it was
+    copied now)."""
+    src, out_dir = Path(src), Path(out_dir)
+    kind, sha = tokenizer_kind(src), tokenizer_sha256(src)
+    if kind == "sentencepiece" and src.is_dir() and src.resolve().parent == out_dir.resolve():
+        return src, False
+    dest = out_dir / f"tokenizer-{'hf' if kind == 'hf' else 'sp'}-{sha[:16]}"
     if dest.is_dir() and has_tokenizer(dest) and tokenizer_sha256(dest) == sha:
         return dest, False
     tmp = new_tmp_dir(dest)
     try:
-        copy_tokenizer_files(src, tmp)
-        if tokenizer_sha256(tmp) != sha:  # a file the identity reads was not copied
+        if src.is_file():  # a bare tokenizer.model
+            shutil.copyfile(src, tmp / MODEL_FILE)
+        else:
+            copy_tokenizer_files(src, tmp)
+            if kind == "sentencepiece" and (src / META_FILE).is_file():
+                shutil.copyfile(src / META_FILE, tmp / META_FILE)
+        if tokenizer_kind(tmp) != kind or tokenizer_sha256(tmp) != sha:
+            # a file the identity reads was not copied
             raise ValueError(f"tokenizer {src}: its copy in {dest} is not the same tokenizer")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
