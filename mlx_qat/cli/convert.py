@@ -154,8 +154,8 @@ def _summary(r) -> str:
         lines += [
             f"  loss before      {p['reference']:.6f}",
             f"  loss exported    {p['exported']:.6f}",
-            f"  parity           rel diff {p['rel_diff']:.2e} <= {p['tolerance']:.0e}: ok "
-            f"({p['num_tokens']:,} tokens)",
+            f"  parity           rel diff {p['rel_diff']:.2e} <= {p['tolerance']:.0e}: "
+            f"{'ok' if p['passed'] else 'FAILED'} ({p['num_tokens']:,} tokens)",
         ]
     return "\n".join(lines)
 

@@ -8,7 +8,9 @@ Three methods, one tool, so FP, PTQ and QAT numbers come from the same code:
 * dequantize (`dequantize=True`): a float model; the fake-quant weights of a checkpoint, or
   the float weights of a quantized mlx-lm model (a starting point for QAT fine-tuning).
 
-Each export is checked: the validation loss of the model before export (the fake-quant model)
+Nothing non-finite is exported (`finite.py`): a NaN or inf parameter of the input, of the
+model after the cast to the output dtype, or a non-finite validation loss is refused by name
+before anything is written. Each export is checked: the validation loss of the model before export (the fake-quant model)
 and of the staged directory loaded back by mlx-lm's loader must agree (`parity.py`); only then
 is `config.json` written and the directory renamed into place (`write.py`). The output path,
 what `force` may replace and stale temporaries: `output.py`; the tokenizer shipped (data files
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +32,7 @@ import mlx.nn as nn
 from . import pack
 from .card import model_card
 from .errors import ConvertError, ParityError
+from .finite import check_loss, check_model
 from .output import check_output
 from .parity import (
     ParityData,
@@ -130,7 +134,9 @@ def _parity_data(source: Source, parity_data, parity_batches, tok_dir) -> Parity
     )
 
 
-def _losses(model: nn.Module, data: ParityData | None, *modes: str) -> dict[str, float | None]:
+def _losses(
+    model: nn.Module, data: ParityData | None, *modes: str, ref: str = "the model before export"
+) -> dict[str, float | None]:
     """Validation loss of the model before export: as it is ("ref") and in eval `modes`.
 
     Modes are `mlx_qat.eval`'s: "fp" (fake quant off), "ptq" (min/max at each layer's format).
@@ -141,11 +147,12 @@ def _losses(model: nn.Module, data: ParityData | None, *modes: str) -> dict[str,
     from ..loss import eval_mode
     from ..prepare import qat_layers
 
-    out["ref"] = val_loss(model, data.batches)
+    out["ref"] = val_loss(model, data.batches, ref)
     if any(True for _ in qat_layers(model)):
+        names = {"fp": "its float weights (fake quant off)", "ptq": "round-to-nearest PTQ"}
         for mode in modes:
             with eval_mode(model, mode):
-                out[mode] = val_loss(model, data.batches)
+                out[mode] = val_loss(model, data.batches, names.get(mode, mode))
     return out
 
 
@@ -172,7 +179,7 @@ def _prepare_export(source: Source, model, method: str, requested, data):
     if method == "ptq":
         cfg = pack.ptq_config(qcfg, requested)
         pack.to_float(model, dequantized=False)  # PTQ starts from the float weights
-        fp = _losses(model, data)["ref"]
+        fp = _losses(model, data, ref="the float model")["ref"]
         prepare(model, cfg, enabled=True)
         losses = _losses(model, data)
         losses.update(fp=fp, ptq=losses["ref"])
@@ -293,10 +300,18 @@ def convert(
         model = load_checkpoint_model(source)
     else:
         model = load_mlx_model(source)
+    _check_source_finite(source, model)
     train_dtype = pack.float_dtype(model)
 
     logger.info("%s export to %s", method, mlx_path)
     block, qcfg, losses = _prepare_export(source, model, method, requested, data)
+    check_loss(
+        "the validation loss of the model before export",
+        losses["ref"],
+        f"{source.path} on {data.description if data else '?'}",
+        "its weights are finite but its forward overflows (a diverged run); convert an "
+        "earlier checkpoint",
+    )
     scale_dtype = qcfg.mx_scale_dtype if qcfg is not None and block is not None else None
     if out_dtype is None:
         src_dtype = source.config.get("torch_dtype") if source.kind == "mlx" else None
@@ -305,6 +320,11 @@ def convert(
         else:
             out_dtype = pack.default_dtype(train_dtype, scale_dtype)
     pack.cast_model(model, out_dtype, scale_dtype)
+    check_model(
+        model,
+        f"the {_dtype_name(out_dtype)} export of {source.path}",
+        f"weights beyond {_dtype_name(out_dtype)}'s range; pass --dtype float32",
+    )
     if data is not None and block is not None and out_dtype != mx.float32:
         if mx.default_device() == mx.cpu:
             logger.warning(
@@ -361,6 +381,20 @@ def convert(
     return result
 
 
+def _check_source_finite(source: Source, model: nn.Module) -> None:
+    """Refuse an input with a NaN or inf parameter, naming it, before anything is computed."""
+    if source.kind == "checkpoint":
+        where = f"checkpoint {source.path}"
+        fix = (
+            "the run diverged before it was saved or its weights were edited; convert an "
+            "earlier checkpoint (its checkpoints/step_XXXXXXXX directory)"
+        )
+    else:
+        where = f"model {source.path}"
+        fix = "its weight files are damaged; download or convert the model again"
+    check_model(model, where, fix)
+
+
 def _check_tokenizer_loads(path: Path) -> None:
     """The shipped tokenizer loads from the complete directory, as `mlx_lm.load` loads it."""
     from mlx_lm.utils import load_tokenizer
@@ -372,6 +406,12 @@ def _check_tokenizer_loads(path: Path) -> None:
 
 
 def _parity_message(report: ParityReport, mlx_path: Path) -> str:
+    if not math.isfinite(report.exported):
+        return (
+            f"parity check failed for {mlx_path}: validation loss {report.exported} after export "
+            f"vs {report.reference:.6f} before: the exported model computes NaN/inf; nothing "
+            "was written. Try --dtype float32 (a half-precision forward can overflow)"
+        )
     return (
         f"parity check failed for {mlx_path}: validation loss {report.exported:.6f} after export "
         f"vs {report.reference:.6f} before (relative difference {report.rel_diff:.2e} > "

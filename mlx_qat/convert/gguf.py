@@ -25,6 +25,11 @@ Two weight formats:
   common (e.g. a Q8_0 embedding among Q4_1 layers). Files with other quantized types are
   refused here (import them as float).
 
+Non-finite values are refused by name before anything is built (`finite`): every tensor, a
+quantized one after dequantization to float32, must be finite (random bytes in a Q4_1 block
+give NaN scales; a flipped exponent gives inf, which compares equal to itself and would pass
+the check below), and so must the check-text loss and every parameter after the cast to `dtype`.
+
 The check before publishing: the staged directory, loaded back by mlx-lm's own loader
 (`parity.load_staged`), must hold exactly the model built here: equal model arguments, every
 parameter bit for bit (dtype included), the same quantized formats. Before the cast to `dtype`,
@@ -50,6 +55,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from ..fileio import sha256_file
 from .errors import ConvertError, ParityError
+from .finite import check_loss, check_model, check_tensors
 from .gguf_llama import ARCH, check_architecture, llama_config, to_mlx_weights
 from .gguf_read import GROUP_SIZE, QTensor, Tensor, load_tensors, read_header
 from .gguf_tokenizer import save_gguf_tokenizer
@@ -272,7 +278,10 @@ def import_gguf(
     check_architecture(header)
     config = llama_config(header)
     logger.info("loading %s (%s)", gguf_path, header.type_counts())
-    weights = to_mlx_weights(header, load_tensors(header, keep_quantized=quantize), config)
+    tensors = load_tensors(header, keep_quantized=quantize)
+    check_gguf_tensors(header, tensors)
+    weights = to_mlx_weights(header, tensors, config)
+    del tensors
     block, specs = quantization_block(weights)
     if block is not None:
         config["quantization"] = block
@@ -311,7 +320,20 @@ def import_gguf(
             save_tokenizer(tmp, Path(scratch), config["vocab_size"])
             ids = _check_ids(tmp, config["vocab_size"])
             result.check_loss = check_text_loss(model, ids, config["vocab_size"])
+            check_loss(
+                "the imported model's loss on the check text",
+                result.check_loss["loss"],
+                f"GGUF file {gguf_path}",
+                "its weights are finite but the forward overflows; the file is not a usable "
+                "model (download it again, or convert the original Hugging Face model with "
+                "mlx_lm.convert)",
+            )
             cast_floats(model, out_dtype)
+            check_model(
+                model,
+                f"the import of {gguf_path} in {_dtype_name(out_dtype)}",
+                "the cast overflowed; pass --dtype float32",
+            )
             result.bits_per_weight = round(float(compute_bits_per_weight(model)), 4)
             index = save_weights(tmp, model, max_file_size_gb)
             save_config(tmp, config, pending=True)  # config.json only once verified
@@ -329,6 +351,21 @@ def import_gguf(
             (tmp / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
     logger.info("wrote %s (%.3f bits per weight)", mlx_path, result.bits_per_weight)
     return result
+
+
+def check_gguf_tensors(header, tensors: dict[str, Tensor]) -> None:
+    """Refuse a file with a NaN or inf weight (a quantized tensor after dequantization, in
+    float32), naming the tensor and its ggml type, before anything is built or written."""
+    named = (
+        (f"{n} [{header.types.get(n, '?')}]", t.dequantize() if isinstance(t, QTensor) else t)
+        for n, t in tensors.items()
+    )
+    check_tensors(
+        named,
+        f"GGUF file {header.path}",
+        "the file is damaged (an interrupted download or a disk error): download it again and "
+        "compare its sha256 with the publisher's",
+    )
 
 
 def _check_message(c: dict, mlx_path: Path) -> str:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from .errors import ConvertError
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = {"float32": 1e-4, "float16": 1e-3, "bfloat16": 5e-3}
+PROGRESS_SECONDS = 5.0  # at most one progress line per evaluation this often
 
 
 def default_tolerance(dtype: mx.Dtype) -> float:
@@ -74,7 +76,9 @@ class ParityReport:
 
     @property
     def passed(self) -> bool:
-        return self.rel_diff <= self.tolerance
+        """Both losses finite and within the tolerance (a NaN loss never passes)."""
+        finite = math.isfinite(self.reference) and math.isfinite(self.exported)
+        return finite and self.rel_diff <= self.tolerance
 
     def to_dict(self) -> dict:
         return {**asdict(self), "rel_diff": self.rel_diff, "passed": self.passed}
@@ -94,17 +98,41 @@ class ParityData:
         return sum(int(b[:, 1:].size) for b in self.batches)
 
 
-def val_loss(model: nn.Module, batches: Iterable[mx.array]) -> float:
+def val_loss(model: nn.Module, batches: Iterable[mx.array], what: str | None = None) -> float:
     """Mean next-token cross-entropy (nats) over all target tokens of `batches`.
 
     The trainer's own evaluation (`mlx_qat.eval.evaluate`), so the numbers are comparable.
+    With `what` (e.g. "the QAT model before export"), progress is logged at INFO: the start,
+    the batch reached every `PROGRESS_SECONDS`, and the loss with the time it took (a 135M
+    model's parity evaluations take minutes on a CPU).
     """
     from ..loss import evaluate
 
+    t0 = time.perf_counter()
+    if what is not None:
+        batches = _logged(batches, what, t0)
     try:
-        return evaluate(model, batches, 1.0).loss
+        loss = evaluate(model, batches, 1.0).loss
     except ValueError as e:
         raise ConvertError(f"parity check: {e}") from e
+    if what is not None:
+        logger.info("parity: %s: loss %.6f (%.1f s)", what, loss, time.perf_counter() - t0)
+    return loss
+
+
+def _logged(batches, what: str, t0: float) -> Iterator[mx.array]:
+    """`batches`, logging which one is reached every `PROGRESS_SECONDS` (the evaluation asks
+    for batch i + 1 once batch i is computed)."""
+    batches = list(batches)
+    n, last = len(batches), t0
+    tokens = sum(int(b[:, 1:].size) for b in batches)
+    logger.info("parity: %s, %d batch(es) of %d tokens ...", what, n, tokens)
+    for i, batch in enumerate(batches):
+        now = time.perf_counter()
+        if i and now - last >= PROGRESS_SECONDS:
+            logger.info("parity: %s, batch %d/%d (%.0f s)", what, i, n, now - t0)
+            last = now
+        yield batch
 
 
 def _tokens_from(path: Path, tokenizer_dir: Path | None) -> tuple[np.ndarray, str, float | None]:
@@ -209,7 +237,7 @@ def load_staged(path: Path) -> nn.Module:
 
 def check_parity(path: Path, data: ParityData, losses: dict, tolerance: float) -> ParityReport:
     """Compare the staged export's validation loss with the reference `losses["ref"]`."""
-    exported = val_loss(load_staged(path), data.batches)
+    exported = val_loss(load_staged(path), data.batches, "the exported directory (mlx-lm)")
     bpb = None
     if data.bytes_per_token:
         bpb = exported / math.log(2) / data.bytes_per_token

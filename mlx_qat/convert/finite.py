@@ -1,0 +1,69 @@
+"""Nothing non-finite is published: weights and losses are checked before anything is written.
+
+A NaN or inf weight makes every loss NaN, and NaN compares unequal to itself: without this
+check a corrupt input surfaces as a misleading parity failure ("relative difference nan"), or,
+with inf (which does compare equal) or without a parity check, as a published model that
+produces NaN. So every float tensor is checked where it enters (a GGUF tensor after
+dequantization, a checkpoint's or mlx-lm model's parameters) and where it leaves (after the
+cast to the output dtype, which turns |w| > 65504 into inf in float16), and the losses the
+export reports must be finite. Each refusal names the tensor or the loss and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from .errors import ConvertError
+
+SHOWN = 3  # tensors named in one message
+
+
+def nonfinite(a: mx.array) -> tuple[int, int]:
+    """(NaN count, ±inf count) of `a`; (0, 0) for an integer array (packed codes)."""
+    if not mx.issubdtype(a.dtype, mx.floating):
+        return 0, 0
+    nan, inf = mx.isnan(a).sum(), mx.isinf(a).sum()
+    mx.eval(nan, inf)
+    return int(nan.item()), int(inf.item())
+
+
+def bad_tensors(named: Iterable[tuple[str, mx.array]]) -> list[str]:
+    """'NaN in tensor NAME (n NaN, m inf of its s values)' for each tensor holding a
+    non-finite value ("inf in tensor ..." when it holds no NaN)."""
+    out = []
+    for name, a in named:
+        nan, inf = nonfinite(a)
+        if nan or inf:
+            what = "NaN" if nan else "inf"
+            out.append(f"{what} in tensor {name} ({nan} NaN, {inf} inf of its {a.size} values)")
+    return out
+
+
+def check_tensors(named: Iterable[tuple[str, mx.array]], where: str, fix: str) -> None:
+    """Raise ConvertError naming the tensors of `named` that hold NaN or inf.
+
+    Args:
+        named: (name, array) pairs; arrays are evaluated one at a time.
+        where: what holds them, for the message ("GGUF file x.gguf", "checkpoint ...").
+        fix: what to do about it.
+    """
+    bad = bad_tensors(named)
+    if bad:
+        more = f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
+        raise ConvertError(f"{where}: {'; '.join(bad[:SHOWN])}{more}; {fix}; nothing was written")
+
+
+def check_model(model: nn.Module, where: str, fix: str) -> None:
+    """`check_tensors` over every parameter of `model` (QAT quantizer parameters included)."""
+    check_tensors(tree_flatten(model.parameters()), where, fix)
+
+
+def check_loss(name: str, value: float | None, where: str, fix: str) -> None:
+    """Raise ConvertError when the loss `name` was measured and is NaN or inf."""
+    if value is not None and not math.isfinite(value):
+        raise ConvertError(f"{where}: {name} is {value}; {fix}; nothing was written")
