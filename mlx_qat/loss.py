@@ -75,16 +75,47 @@ def log_softmax(logits: mx.array, temperature: float = 1.0) -> mx.array:
     return z - mx.logsumexp(z, axis=-1, keepdims=True)
 
 
+# expm1 of a float32 stays finite up to ~88; past this shifted log-ratio the direct form is used
+_EXPM1_MAX = 80.0
+
+
 def kl_to_teacher(logits: mx.array, teacher_logits: mx.array, temperature: float = 1.0) -> mx.array:
     """Per-token KL(p_teacher ‖ p_student) at temperature T (shape `logits.shape[:-1]`, float32):
 
         p^T = softmax(z / T),   KL = Σ_v p_t^T(v) · (log p_t^T(v) − log p_s^T(v))
 
-    from float32 log-softmaxes. It is >= 0, and exactly 0 where the logits are equal.
+    Computed in float32 from the logit difference d = (z_t − z_s) / T, not from the two
+    log-softmaxes: log p_t − log p_s = d − c with c = lse(z_t/T) − lse(z_s/T) = log E_s[e^d],
+    so with u = d − k (k = E_s[d], any constant cancels)
+
+        KL = E_t[u] − log1p(E_s[expm1(u)]),   E_q[x] = Σ q·x / Σ q.
+
+    Both terms carry float32 rounding relative to |u|, where the log-softmax form carries
+    rounding of log V (~11 for 49k ids) that swamps KL ~ |u|²/2 at large T (it was negative at
+    T = 100). Tokens where some u > `_EXPM1_MAX` (a huge teacher/student gap, small T: KL is
+    then large) use c = lse_t − lse_s directly. The result is clamped at 0: KL ≥ 0 exactly,
+    and what is left below 0 is rounding of a few float32 ulps of |u|, not signal. It is
+    exactly 0 where the logits are equal; its gradient is (p_s^T − p_t^T) / T.
     """
-    log_s = log_softmax(logits, temperature)
-    log_t = log_softmax(teacher_logits, temperature)
-    return (mx.exp(log_t) * (log_t - log_s)).sum(axis=-1)
+    zs = logits.astype(mx.float32)
+    zt = teacher_logits.astype(mx.float32)
+    d = zt - zs  # the difference first: z_t/T − z_s/T would round each to |z|/T precision
+    d = d / temperature if temperature != 1.0 else d
+    log_s = log_softmax(zs, temperature)
+    log_t = log_softmax(zt, temperature)
+    p_s, p_t = mx.exp(log_s), mx.exp(log_t)
+    n_s, n_t = p_s.sum(axis=-1), p_t.sum(axis=-1)  # 1 up to the rounding of lse
+    k = mx.stop_gradient((p_s * d).sum(axis=-1, keepdims=True) / n_s[..., None])
+    u = d - k
+    mean_t = (p_t * u).sum(axis=-1) / n_t
+    small = mean_t - mx.log1p((p_s * mx.expm1(mx.minimum(u, _EXPM1_MAX))).sum(axis=-1) / n_s)
+    direct = (
+        mean_t
+        + k[..., 0]
+        - (mx.logsumexp(zt / temperature, axis=-1) - mx.logsumexp(zs / temperature, axis=-1))
+    )
+    kl = mx.where(u.max(axis=-1) <= _EXPM1_MAX, small, direct)
+    return mx.maximum(kl, 0.0)
 
 
 def _evaluate_modes(

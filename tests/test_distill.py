@@ -5,6 +5,7 @@ weights), KL in the evaluations, exact resume, the teacher's memory."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import mlx.core as mx
@@ -84,6 +85,44 @@ def test_mix_weights_ce_and_kd(logits, w):
     assert got == pytest.approx(want, rel=1e-5)
     ce = objective_loss(mx.array(s), None, mx.array(y), "ce").item()
     assert ce == pytest.approx(np_ce(s, y), rel=1e-5)
+
+
+def test_kl_is_never_negative_and_matches_float64_at_large_temperatures():
+    """At large T, KL ~ Var(z_t − z_s) / (2T²) is far below the float32 rounding of a
+    log-softmax (~log V · 6e-8): the KD loss came out negative (−0.018 at T = 1000)."""
+    rng = np.random.default_rng(1)
+    s = rng.normal(0, 3, (3, 4096)).astype(np.float32)
+    t = (s + rng.normal(0, 0.5, s.shape)).astype(np.float32)  # a student near its teacher
+    for temp in (1.0, 10.0, 100.0, 1000.0):
+        got = np.array(kl_to_teacher(mx.array(s), mx.array(t), temp))
+        np.testing.assert_allclose(got, np_kl(s, t, temp), rtol=1e-3, err_msg=f"T={temp}")
+    for temp in (1e4, 1e6, 1e9):  # beyond what a config accepts: never below 0 either
+        assert (np.array(kl_to_teacher(mx.array(s), mx.array(t), temp)) >= 0).all(), temp
+    y = mx.zeros(s.shape[:1], dtype=mx.int32)
+    kd = objective_loss(mx.array(s), mx.array(t), y, "kd", 100.0).item()
+    assert kd == pytest.approx(100.0**2 * np_kl(s, t, 100.0).mean(), rel=1e-3)
+    # a gap expm1 cannot hold (z_t − z_s = 200 nats at T = 1) takes the direct form
+    far = t.copy()
+    far[:, 0] += 200.0
+    got = np.array(kl_to_teacher(mx.array(s), mx.array(far), 1.0))
+    np.testing.assert_allclose(got, np_kl(s, far, 1.0), rtol=1e-5)
+
+
+def test_absurd_kd_temperature_is_refused_on_the_command_line(tiny_data_dir, tmp_path):  # noqa: F811
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "mlx_qat", "train", "--objective", "kd", "--data",
+           str(tiny_data_dir), "--out", str(tmp_path / "run"), "--tokens", "256",
+           "--batch-size", "2", "--seq-len", "32", "--no-compile", "--kd-temperature"]  # fmt: skip
+    for temp in ("1000", "1e6", "0"):
+        proc = subprocess.run([*cmd, temp], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1, proc.stderr
+        assert re.search(
+            r"kd_temperature=.*: must be in \(0, 100\] \(--kd-temperature", proc.stderr
+        )
+        assert not (tmp_path / "run").exists()
+    assert TrainConfig(kd_temperature=100).kd_temperature == 100
 
 
 def test_kd_gradient_is_t_times_the_probability_difference(logits):

@@ -23,6 +23,10 @@ LR_CONTROLS = ("schedule", "trs")
 GRANULARITIES = ("global", "layer")
 OBJECTIVES = ("ce", "kd", "mix")
 TEACHER_DTYPES = ("float32", "float16", "bfloat16")
+# T^2 KL(p_t^T || p_s^T) -> Var(z_t - z_s) / 2 as T grows (Hinton et al. 2015, logit matching):
+# at T = 100 a logit spread of +-20 nats is within 0.2 of uniform, so a larger T changes nothing
+# but the float32 precision of a KL that shrinks as 1/T^2.
+KD_MAX_TEMPERATURE = 100.0
 TRAINED = ("all", "grid")
 # Path fields: one spelling per path (`runs/a/` and `runs/a` are the same run).
 PATHS = ("out", "branch_from", "data_out", "model_config", "model")
@@ -142,7 +146,12 @@ def _check_ranges(self) -> None:
     need(0 <= self.trs_momentum < 1, "trs_momentum", "in [0, 1)")
     need(self.trs_u0 is None or 0 <= self.trs_u0 < math.inf, "trs_u0", ">= 0 (or unset)")
     need(self.trs_eta is None or 0 <= self.trs_eta < math.inf, "trs_eta", ">= 0 (or unset)")
-    need(0 < self.kd_temperature < math.inf, "kd_temperature", "> 0 and finite")
+    need(
+        0 < self.kd_temperature <= KD_MAX_TEMPERATURE,
+        "kd_temperature",
+        f"in (0, {KD_MAX_TEMPERATURE:g}] (--kd-temperature; 1-4 is usual): past that T^2 KL is "
+        "the logit-matching limit and only loses float32 precision",
+    )
     need(0 <= self.kd_weight <= 1, "kd_weight", "in [0, 1]")
     need(self.vocab_size >= 1, "vocab_size", ">= 1")
     need(self.warmup_tokens is None or self.warmup_tokens >= 0, "warmup_tokens", ">= 0")
