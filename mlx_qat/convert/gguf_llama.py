@@ -7,7 +7,10 @@
   `context_length` → max_position_embeddings, `rope.scaling.type linear` + `factor` →
   rope_scaling; vocab_size is the embedding's rows; tie_word_embeddings when the file has no
   `output.weight`. GGUF stores floats as float32: each is written as the shortest decimal
-  that reads back as the same float32 (9.999999747378752e-06 → 1e-05).
+  that reads back as the same float32 (9.999999747378752e-06 → 1e-05). Every value is
+  checked where it is read (counts and lengths integers >= 1, head_count_kv a divisor of
+  head_count, epsilons, bases and factors finite and > 0, token ids below vocab_size): a bad
+  one is a one-line `ConvertError` naming the key, not a traceback further on.
 * Names (`mlx_name`): token_embd → model.embed_tokens, blk.N.attn_q/k/v/output →
   model.layers.N.self_attn.q/k/v/o_proj, blk.N.ffn_gate/up/down → mlp.gate/up/down_proj,
   attn_norm → input_layernorm, ffn_norm → post_attention_layernorm, output_norm → model.norm,
@@ -22,6 +25,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from typing import Any
 
@@ -54,10 +59,36 @@ def _f32(x: float) -> float:
     return float(str(np.float32(x)))
 
 
-def _int(meta: dict, key: str, path) -> int:
+def _bad(path, key: str, value, want: str) -> ConvertError:
+    return ConvertError(
+        f"{path}: GGUF metadata {key} = {value!r}, but it must be {want}; the file is damaged "
+        f"or was written wrong (download it again), or {FIX}"
+    )
+
+
+def _int(meta: dict, key: str, path, default: int | None = None, low: int = 1) -> int:
+    """The integer `meta[key]` (`default` when absent and not None), refused by name unless
+    it is an integer >= `low`."""
     if key not in meta:
+        if default is not None:
+            return default
         raise ConvertError(f"{path}: GGUF metadata has no {key}, which a llama model needs")
-    return int(meta[key])
+    value = meta[key]
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise _bad(path, key, value, f"an integer >= {low}")
+    return int(value)
+
+
+def _positive(meta: dict, key: str, path, default: float | None = None) -> float:
+    """The float `meta[key]` (`default` when absent and not None) as `_f32` writes it, refused
+    by name unless it is a finite number > 0."""
+    if key not in meta and default is None:
+        raise ConvertError(f"{path}: GGUF metadata has no {key}, which a llama model needs")
+    value = meta.get(key, default)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (ok and math.isfinite(value) and value > 0):
+        raise _bad(path, key, value, "a finite number > 0")
+    return _f32(value)
 
 
 def check_architecture(header: GGUFHeader) -> None:
@@ -76,10 +107,17 @@ def llama_config(header: GGUFHeader) -> dict[str, Any]:
     m, p = header.metadata, header.path
     heads = _int(m, "llama.attention.head_count", p)
     hidden = _int(m, "llama.embedding_length", p)
-    head_dim = int(m.get("llama.attention.key_length", hidden // heads))
-    if int(m.get("llama.attention.value_length", head_dim)) != head_dim:
+    kv_heads = _int(m, "llama.attention.head_count_kv", p, default=heads)
+    if heads % kv_heads:
+        raise _bad(p, "llama.attention.head_count_kv", kv_heads, f"a divisor of head_count {heads}")
+    if "llama.attention.key_length" not in m and hidden % heads:
+        raise _bad(p, "llama.embedding_length", hidden, f"a multiple of head_count {heads}")
+    head_dim = _int(m, "llama.attention.key_length", p, default=hidden // heads)
+    if head_dim % 2:
+        raise _bad(p, "llama.attention.key_length", head_dim, "even (rotary pairs)")
+    if _int(m, "llama.attention.value_length", p, default=head_dim) != head_dim:
         raise ConvertError(f"{p}: key_length != value_length is not a llama model mlx-lm runs")
-    rot = int(m.get("llama.rope.dimension_count", head_dim))
+    rot = _int(m, "llama.rope.dimension_count", p, default=head_dim)
     if rot != head_dim:
         raise ConvertError(
             f"{p}: llama.rope.dimension_count {rot} != head_dim {head_dim} (partial rotary), "
@@ -101,31 +139,36 @@ def llama_config(header: GGUFHeader) -> dict[str, Any]:
         "num_hidden_layers": _int(m, "llama.block_count", p),
         "intermediate_size": _int(m, "llama.feed_forward_length", p),
         "num_attention_heads": heads,
-        "num_key_value_heads": int(m.get("llama.attention.head_count_kv", heads)),
+        "num_key_value_heads": kv_heads,
         "head_dim": head_dim,
-        "rms_norm_eps": _f32(m.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": _f32(m.get("llama.rope.freq_base", 10000.0)),
+        "rms_norm_eps": _positive(m, "llama.attention.layer_norm_rms_epsilon", p, 1e-5),
+        "rope_theta": _positive(m, "llama.rope.freq_base", p, 10000.0),
         "vocab_size": int(embd[0]),
         "tie_word_embeddings": "output.weight" not in header.types,
         "attention_bias": "blk.0.attn_q.bias" in header.types,
         "mlp_bias": "blk.0.ffn_up.bias" in header.types,
     }
     if "llama.context_length" in m:
-        cfg["max_position_embeddings"] = int(m["llama.context_length"])
+        cfg["max_position_embeddings"] = _int(m, "llama.context_length", p)
     scaling = m.get("llama.rope.scaling.type", "none")
     if scaling == "linear":
-        cfg["rope_scaling"] = {"type": "linear", "factor": _f32(m["llama.rope.scaling.factor"])}
+        factor = _positive(m, "llama.rope.scaling.factor", p)
+        cfg["rope_scaling"] = {"type": "linear", "factor": factor}
     elif scaling != "none":
         raise ConvertError(f"{p}: rope scaling {scaling!r} is not supported (linear is); {FIX}")
-    n_vocab = m.get("llama.vocab_size")
-    if n_vocab is not None and int(n_vocab) != cfg["vocab_size"]:
+    n_vocab = _int(m, "llama.vocab_size", p, default=cfg["vocab_size"])
+    if n_vocab != cfg["vocab_size"]:
         raise ConvertError(
             f"{p}: llama.vocab_size {n_vocab} != token_embd rows {cfg['vocab_size']}; the file "
             "is inconsistent"
         )
     for key, tok in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id")):
         if f"tokenizer.ggml.{tok}" in m:
-            cfg[key] = int(m[f"tokenizer.ggml.{tok}"])
+            cfg[key] = _int(m, f"tokenizer.ggml.{tok}", p, low=0)
+            if cfg[key] >= cfg["vocab_size"]:
+                raise _bad(
+                    p, f"tokenizer.ggml.{tok}", cfg[key], f"< vocab_size {cfg['vocab_size']}"
+                )
     return cfg
 
 
