@@ -131,6 +131,28 @@ def test_merge_is_the_union(sweep, split):
     assert all(p["classic"] - p["fused"] == pytest.approx(0.01, abs=0.01) for p in pairs)
 
 
+def test_a_sweep_folder_fits_its_own_rows_and_its_shards_each_run_once(sweep, tmp_path):
+    """`mlx_qat.fit <out>` with `<out>/results.jsonl` and `<out>/shard-i-of-n/results.jsonl`
+    fits all of them; a run in both (trained by the sweep and again by a shard: other
+    timings) counts once."""
+    out = tmp_path / "sweep"
+    (out / "shard-0-of-2").mkdir(parents=True), (out / "shard-1-of-2").mkdir()
+    write_jsonl(out / "results.jsonl", sweep[:30])
+    again = [
+        dict(r, wall_s=r["wall_s"] + 1, tokens_per_s=r["tokens_per_s"] / 2) for r in sweep[20:30]
+    ]
+    write_jsonl(out / "shard-0-of-2" / "results.jsonl", again + sweep[30:60])
+    write_jsonl(out / "shard-1-of-2" / "results.jsonl", sweep[60:])
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = fit_cli.main([str(out), "--bootstrap", "0", "--no-plots"])
+    assert rc == 0
+    text = buf.getvalue()
+    assert "rows: 87 from 3 file(s)" in text and "10 identical duplicate(s) kept once" in text
+    assert f"{out / 'shard-1-of-2' / 'results.jsonl'} (27)" in text
+    assert "law fit on the fused pipeline: 12 FP + 72 QAT rows" in text
+
+
 def test_colliding_config_hash_is_refused_by_name(sweep, tmp_path, capsys):
     a = write_jsonl(tmp_path / "a.jsonl", sweep[:5])
     other = dict(sweep[3], final_loss=sweep[3]["final_loss"] + 0.1, wall_s=9.0)

@@ -5,8 +5,9 @@
     mlx_qat.fit machine_a/ machine_b/ --out fit --bootstrap 500   # a sweep split across machines
     mlx_qat.plan --config configs/main.yaml --law runs/sweep_tiny/fit/fit.json
 
-RESULTS are results.jsonl files or folders holding them; their rows are merged (identical
-duplicates kept once; one config_hash with two different rows is refused, naming both). The law
+RESULTS are results.jsonl files or folders (every results.jsonl in them and below: a sweep's own
+rows and its shards'); their rows are merged (one run's rows kept once, whatever their timings;
+one config_hash with two different results is refused, naming both). The law
 is fitted on the FP anchors and the QAT runs of one pipeline (`--pipeline`, fused by default);
 classic runs feed the fused-vs-classic comparison. Writes DIR/fit.json (`FitResult`, what
 `plan --law` reads), DIR/report.txt (the printed report), the PNGs (`--no-plots` to skip) and
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         action=_Paths,
         metavar="RESULTS",
-        help="results.jsonl files, or folders holding them (rows are merged)",
+        help="results.jsonl files, or folders (every results.jsonl in and below them); rows "
+        "are merged",
     )
     p.add_argument("--out", metavar="DIR", help="output folder (default: fit/ next to the first)")
     p.add_argument(

@@ -1,13 +1,13 @@
 """Sweep results as the fit reads them: merged from several files, split by pipeline, paired.
 
-- `find_results`: a path is a results.jsonl file, or a folder holding `results.jsonl` (or,
-  failing that, any `results.jsonl` below it: a sweep split across machines and copied back).
+- `find_results`: a path is a results.jsonl file, or a folder: every `results.jsonl` in it and
+  below it (a sweep's own rows and its shards', split across machines and copied back).
 - `read_results`: the rows of every file, merged. A row is keyed by its `config_hash` (the
   sweep's hash of the run's full config; a row without one is keyed by its whole content).
-  Identical rows under one key are kept once; rows with one key and different content are
-  refused, naming both places (file:line), since they are two different results for the same
-  run. A torn last line (a writer killed mid-row, or a sweep still running) is skipped, as the
-  sweep itself skips it.
+  Rows under one key that agree on everything but timing (`TIMING`: the same run trained
+  twice, e.g. by a sweep and by a shard) are kept once; rows with one key and different
+  results are refused, naming both places (file:line). A torn last line (a writer killed
+  mid-row, or a sweep still running) is skipped, as the sweep itself skips it.
 - `select_pipeline`: the rows a law fit takes: pure-FP rows (bits null; the FP anchor, the
   same whatever the pipeline) and the QAT rows of one pipeline. Rows without a final loss are
   left out and counted.
@@ -25,6 +25,7 @@ from .law import FP_BITS
 
 RESULTS = "results.jsonl"
 PIPELINES = ("fused", "classic")
+TIMING = ("wall_s", "tokens_per_s")  # what two trainings of one run may differ in
 
 
 def find_results(paths) -> list[Path]:
@@ -34,7 +35,7 @@ def find_results(paths) -> list[Path]:
         if p.is_file():
             found = [p]
         elif p.is_dir():
-            found = [p / RESULTS] if (p / RESULTS).is_file() else sorted(p.rglob(RESULTS))
+            found = sorted(p.rglob(RESULTS))  # <out>/results.jsonl first, then the shards
             if not found:
                 raise ValueError(f"{p}: no {RESULTS} in this folder or below it")
         else:
@@ -86,12 +87,12 @@ def read_results(paths) -> Merged:
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{line}: a row must be a JSON object")
             m.files[str(path)] += 1
-            canon = json.dumps(row, sort_keys=True)
+            canon = _result(row)
             key = "hash:" + str(row["config_hash"]) if "config_hash" in row else canon
             where = f"{path}:{line}"
             if key in seen:
                 j = seen[key]
-                if json.dumps(m.rows[j], sort_keys=True) == canon:
+                if _result(m.rows[j]) == canon:
                     m.duplicates += 1
                     continue
                 differ = sorted(
@@ -108,6 +109,11 @@ def read_results(paths) -> Merged:
             m.rows.append(row)
             m.origins.append(where)
     return m
+
+
+def _result(row: dict) -> str:
+    """The row without its timing, canonical: what two copies of one run must agree on."""
+    return json.dumps({k: v for k, v in row.items() if k not in TIMING}, sort_keys=True)
 
 
 def is_fp_row(row: dict) -> bool:
