@@ -76,13 +76,28 @@ def lr_line(plan) -> str:
 
 
 def load_law(path: str):
-    """The `FitResult` of `--law PATH`; ValueError naming the file when it cannot be read."""
+    """The `FitResult` of `--law PATH`; ValueError naming the file, what it holds and what was
+    expected when it is not a fit.json of `mlx_qat.fit`."""
     from ..fit import FitResult
 
+    what = "a fit.json written by mlx_qat.fit (a JSON object with schema, params, ...)"
     try:
-        return FitResult.load(path)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"--law {path}: cannot read it as a fit.json of mlx_qat.fit ({e})") from e
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a JSON {_json_type(data)}, not an object")
+        if "params" in data and not isinstance(data["params"], dict):
+            raise ValueError(f"its params is a JSON {_json_type(data['params'])}, not an object")
+        return FitResult.from_dict(data)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(
+            f"--law {path}: cannot read it as {what} ({e}); pass the fit.json that "
+            "`mlx_qat.fit RESULTS.jsonl` writes"
+        ) from e
+
+
+def _json_type(x) -> str:
+    names = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if x is None else names.get(type(x), type(x).__name__)
 
 
 def law_section(opts: dict, fitted, cfg, plan) -> tuple[dict, str]:
