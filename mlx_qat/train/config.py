@@ -21,6 +21,7 @@ from ..quant.spec import MODES as Q_MODES
 from .config_checks import (  # noqa: F401  (the allowed values, importable from here)
     GRANULARITIES,
     LR_CONTROLS,
+    MASTER_DTYPES,
     OBJECTIVES,
     SWITCH_STATE,
     TEACHER_DTYPES,
@@ -29,6 +30,7 @@ from .config_checks import (  # noqa: F401  (the allowed values, importable from
     parse_count,
     validate_config,
 )
+from .defaults import scratch_default
 from .overrides import parse_quant_override
 from .schedules import PIPELINES
 from .schedules import SHAPES as COOLDOWN_SHAPES
@@ -60,7 +62,7 @@ _NOT_HASHED = {
 # runs keep their hash (resume, sweep rows). A default never changes meaning, so this is exact.
 _HASHED_WHEN_SET = ("objective", "kd_temperature", "kd_weight", "teacher_dtype", "quant_overrides")
 _HASHED_WHEN_SET += ("lr_control", "trs_lambda", "trs_momentum", "trs_granularity", "trs_u0",
-                     "trs_eta", "scale_grad", "train")  # fmt: skip
+                     "trs_eta", "scale_grad", "train", "master_dtype")  # fmt: skip
 # Settings a resumed run may change with `reschedule` (e.g. after a divergence): they shape the
 # LR and the update from the resumed step on, not the plan, the model or the data.
 SCHEDULE_FIELDS = (
@@ -166,8 +168,20 @@ class TrainConfig:
     model: str | None = _f(
         None,
         "existing float mlx-lm model dir to QAT-fine-tune; overrides --preset. Its own "
-        "tokenizer encodes raw --data, and prepared data of another tokenizer is refused",
+        "tokenizer encodes raw --data, and prepared data of another tokenizer is refused. "
+        "Fine-tuning defaults (any of them given wins): --lr 1e-4, --qat-fraction 1, "
+        "--weight-decay 0, --quantizer-lr-scale 1, --scale-grad fixed_codes with --quantizer "
+        "learned_affine, --kd-temperature 2 with --objective kd/mix",
         "model",
+    )
+    master_dtype: str = _f(
+        "float32",
+        "--model: dtype of the trained (latent) weights and their optimizer state: float32 "
+        "(an update of 1e-5 to a bfloat16 weight of 0.02 would round away) or model (the "
+        "model's own dtype: half the memory of a 16-bit model's weights). The teacher stays in "
+        "the model's dtype, and so do the exported scales unless --scale-dtype says otherwise",
+        "model",
+        choices=MASTER_DTYPES,
     )
     # qat
     bits: int = _f(4, "weight bits", "qat")
@@ -175,8 +189,8 @@ class TrainConfig:
     q_mode: str = _f("affine", "MLX quantization mode", "qat", choices=Q_MODES)
     quantizer: str = _f("minmax", "fake-quant quantizer", "qat", choices=QUANTIZERS)
     lsq_per: str = _f("row", "LSQ step granularity", "qat", choices=("row", "group"))
-    scale_grad: str = _f(
-        "ste",
+    scale_grad: str | None = _f(
+        None,
         "learned_affine's grid gradient: ste (straight-through) or fixed_codes (DWQ's, codes "
         "held fixed; trains the grid even when the weights hardly move)",
         "qat",
@@ -213,7 +227,9 @@ class TrainConfig:
         "distill",
         choices=OBJECTIVES,
     )
-    kd_temperature: float = _f(1.0, "softmax temperature T of kd and mix", "distill")
+    kd_temperature: float | None = _f(
+        None, "softmax temperature T of kd and mix, in (0, 100]", "distill"
+    )
     kd_weight: float = _f(0.5, "mix: weight w of the kd term", "distill")
     teacher_dtype: str | None = _f(
         None,
@@ -224,8 +240,8 @@ class TrainConfig:
     )
     # budget
     tokens: int = _f(3_000_000, "total training tokens D (FP + QAT)", "budget")
-    qat_fraction: str = _f(
-        "auto", "QAT share f of the tokens, or 'auto' = exp(-a / ln S)", "budget"
+    qat_fraction: str | None = _f(
+        None, "QAT share f of the tokens, or 'auto' = exp(-a / ln S)", "budget"
     )
     auto_a: float = _f(6.7297, "constant a of the auto fraction", "budget")
     # schedule
@@ -243,21 +259,21 @@ class TrainConfig:
     qat_warmup_fraction: float = _f(
         0.01, "classic: QAT re-warmup as a share of the QAT steps", "schedule"
     )
-    lr: float = _f(3e-3, "peak learning rate", "schedule")
+    lr: float | None = _f(None, "peak learning rate", "schedule")
     min_lr: float = _f(0.0, "learning rate at the end of a decay", "schedule")
     optimizer_state_at_switch: str = _f(
         "keep", "AdamW moments at the FP->QAT switch", "schedule", choices=SWITCH_STATE
     )
     # optimizer
-    weight_decay: float = _f(0.1, "AdamW weight decay (matrices only)", "optimizer")
+    weight_decay: float | None = _f(None, "AdamW weight decay (matrices only)", "optimizer")
     beta1: float = _f(0.9, "AdamW beta1", "optimizer")
     beta2: float = _f(0.95, "AdamW beta2", "optimizer")
     eps: float = _f(1e-8, "AdamW epsilon", "optimizer")
     grad_clip: float = _f(1.0, "global gradient-norm clip (0: off)", "optimizer")
     # 0.03: learned_affine on the main job recovered 47-53% of the PTQ gap at x0.003-x0.03 and
     # 41% at x0.1 (benchmarks/results/main_job.md); LSQ at x1 diverged at a pretraining LR.
-    quantizer_lr_scale: float = _f(
-        0.03, "LR multiplier of learnable quantizer parameters (LSQ alpha, scales)", "optimizer"
+    quantizer_lr_scale: float | None = _f(
+        None, "LR multiplier of learnable quantizer parameters (LSQ alpha, scales)", "optimizer"
     )
     # transition-rate scheduling (train/trs.py; paper 001)
     lr_control: str = _f(
@@ -356,9 +372,8 @@ class TrainConfig:
         defaults = TrainConfig.__dataclass_fields__
         for k in _HASHED_WHEN_SET:
             f = defaults[k]
-            if k in d and d[k] == (
-                f.default_factory() if callable(f.default_factory) else f.default
-            ):
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            if k in d and d[k] == scratch_default(k, default):
                 del d[k]
         if "quant_overrides" in d:  # their order matters (the first matching glob wins)
             d["quant_overrides"] = [[k, v] for k, v in d["quant_overrides"].items()]

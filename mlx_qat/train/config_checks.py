@@ -14,6 +14,7 @@ from typing import Any
 from ..quant.learned_affine import SCALE_GRADS
 from ..quant.quantizers import QUANTIZERS
 from ..quant.spec import MODES as Q_MODES
+from .defaults import fill_defaults
 from .overrides import normalize_overrides
 from .schedules import PIPELINES
 from .schedules import SHAPES as COOLDOWN_SHAPES
@@ -28,6 +29,7 @@ TEACHER_DTYPES = ("float32", "float16", "bfloat16")
 # but the float32 precision of a KL that shrinks as 1/T^2.
 KD_MAX_TEMPERATURE = 100.0
 TRAINED = ("all", "grid")
+MASTER_DTYPES = ("float32", "model")
 # Path fields: one spelling per path (`runs/a/` and `runs/a` are the same run).
 PATHS = ("out", "branch_from", "data_out", "model_config", "model")
 
@@ -35,6 +37,7 @@ PATHS = ("out", "branch_from", "data_out", "model_config", "model")
 def validate_config(self) -> None:
     """Check and normalize a `TrainConfig` in place; raise ValueError naming the field, the
     problem and the fix."""
+    fill_defaults(self)  # from scratch or fine-tune (--model): what the user left out
     self.tokens = parse_count(self.tokens, "tokens")
     if self.warmup_tokens is not None:
         self.warmup_tokens = parse_count(self.warmup_tokens, "warmup_tokens")
@@ -53,6 +56,7 @@ def validate_config(self) -> None:
         ("lr_control", LR_CONTROLS),
         ("trs_granularity", GRANULARITIES),
         ("train", TRAINED),
+        ("master_dtype", MASTER_DTYPES),
     ):
         if getattr(self, name) not in allowed:
             raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")

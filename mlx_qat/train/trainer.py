@@ -166,6 +166,7 @@ class Trainer:
         """Model, plan, optimizer; refuses a step that cannot fit in memory."""
         cfg = self.cfg
         self.model, self.model_config = make_model(cfg, vocab_size)
+        self._float32_masters()
         self.qcfg.check_overrides(self.model, "quant_overrides")
         prepare(self.model, self.qcfg, enabled=False)
         self.plan: PhasePlan = plan_for_model(cfg, self.model)
@@ -189,6 +190,24 @@ class Trainer:
             trained = train_only_grid(self.model)
             logger.info("train=grid: %d trainable arrays (grid and norms)", len(trained))
         self.optimizer = build_optimizer(self.model, cfg)
+
+    def _float32_masters(self) -> None:
+        """A `--model` in a 16-bit dtype trains float32 weights (and so float32 optimizer
+        moments) unless `master_dtype` is "model"; its quantization scales keep the model's
+        dtype (the export's, as mlx_lm.convert writes it) unless `scale_dtype` is set."""
+        cfg = self.cfg
+        if not cfg.model or cfg.master_dtype != "float32":
+            return
+        own = {v.dtype for _, v in tree_flatten(self.model.parameters())}
+        own = sorted(str(d).split(".")[-1] for d in own if mx.issubdtype(d, mx.floating))
+        if own in ([], ["float32"]):
+            return
+        if self.qcfg.scale_dtype is None and len(own) == 1:
+            self.qcfg = replace(self.qcfg, scale_dtype=own[0])
+        self.model.set_dtype(mx.float32)
+        mx.eval(self.model.parameters())
+        logger.info("--model weights are %s: trained as float32 masters (--master-dtype model "
+                    "keeps them as they are)", "/".join(own))  # fmt: skip
 
     def _open_batches(self) -> None:
         from ..data import TokenBatches, eval_batches
