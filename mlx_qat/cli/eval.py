@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher",
         metavar="DIR",
         help="also report each mode's mean KL(teacher || model) per token: an mlx-lm model dir "
-        "or a run/checkpoint dir (its float weights)",
+        "or a run/checkpoint dir (its float weights), with the run's vocabulary and tokenizer "
+        "(checked by hash)",
     )
     p.add_argument("--out", metavar="DIR", help="where eval.json goes (default: the run dir)")
     add_common(p)
