@@ -3,7 +3,7 @@ name, the report, fit.json and the plots, on synthetic runs in the sweep's row f
 by a known law plus noise.
 
 The synthetic sweep: 3 sizes x 2 budgets x bits {2, 4} x 6 fractions, an FP anchor per
-(N, D, bits) as the sweep writes it, and classic runs at one setting; 87 rows.
+(N, D, bits) (each its own run: another loss), and classic runs at one setting; 87 rows.
 """
 
 from __future__ import annotations
@@ -151,6 +151,28 @@ def test_a_sweep_folder_fits_its_own_rows_and_its_shards_each_run_once(sweep, tm
     assert "rows: 87 from 3 file(s)" in text and "10 identical duplicate(s) kept once" in text
     assert f"{out / 'shard-1-of-2' / 'results.jsonl'} (27)" in text
     assert "law fit on the fused pipeline: 12 FP + 72 QAT rows" in text
+
+
+def test_one_fp_run_at_two_bit_widths_counts_once(sweep, tmp_path):
+    """Sweeps before the anchor trained once wrote one FP row per bit width: the same run
+    (N, D, seed, loss) under two config hashes. The fit counts it once."""
+    fp2 = {(r["N"], r["D"]): r for r in sweep if r["bits"] is None and r["ptq_bits"] == 2}
+    rows = [
+        dict(
+            r, final_loss=fp2[r["N"], r["D"]]["final_loss"], fp_loss=fp2[r["N"], r["D"]]["fp_loss"]
+        )
+        if r["bits"] is None and r["ptq_bits"] == 4
+        else r
+        for r in sweep
+    ]
+    m = read_results([write_jsonl(tmp_path / "results.jsonl", rows)])
+    assert len(m.rows) == 81 and m.fp_repeats == 6
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert fit_cli.main([str(tmp_path), "--bootstrap", "0", "--no-plots"]) == 0
+    text = buf.getvalue()
+    assert "6 FP row(s) of an FP run already read (at another bit width) counted once" in text
+    assert "law fit on the fused pipeline: 6 FP + 72 QAT rows" in text
 
 
 def test_colliding_config_hash_is_refused_by_name(sweep, tmp_path, capsys):

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import yaml
+from test_train_fixtures import tiny_data_dir  # noqa: F401
 
 from mlx_qat.sweep.grid import load_sweep
 from mlx_qat.sweep.trunks import plan_trunks
@@ -83,6 +84,20 @@ def test_bad_grid_values_are_one_line_errors_naming_file_and_key(
     assert sweep_main([path, "--dry-run"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"mlx_qat.sweep: error: {path}: {match}") and "\n" not in err
+
+
+def test_the_fp_anchor_trains_once_whatever_the_bit_widths(tmp_path, capsys, tiny_data_dir):  # noqa: F811
+    """bits [2, 4]: one FP anchor per model, budget and seed, not one per bit width (an FP
+    run trains no grid: two would be the same run, trained and fitted twice)."""
+    from mlx_qat.cli.sweep import main as sweep_main
+
+    grids = [{"models": ["d2"], "tokens": [8 * TPS], "bits": [2, 4], "fractions": [0.5]}]
+    path = sweep_file(tmp_path, grids, data=str(tiny_data_dir))
+    trunks = plan_trunks(load_sweep(path))
+    fp = [m.point.name for t in trunks for m in t.members if m.point.fraction == 0]
+    assert fp == ["d2_D1024_b2_f0_fused_s0"]
+    assert sweep_main([path, "--dry-run"]) == 0
+    assert ": 3 runs in 2 trunks (0 done, 3 to run)" in capsys.readouterr().out
 
 
 def test_trunks_branch_points_and_saved_checkpoints(tmp_path):

@@ -40,6 +40,10 @@ def _sources(merged: Merged, counts: dict, pipeline: str) -> list[str]:
     extra = []
     if merged.duplicates:
         extra.append(f"{merged.duplicates} identical duplicate(s) kept once")
+    if merged.fp_repeats:
+        extra.append(
+            f"{merged.fp_repeats} FP row(s) of an FP run already read (at another bit width) counted once"
+        )
     if merged.torn:
         extra.append(f"{merged.torn} torn last line(s) skipped")
     if counts.get("no_loss"):

@@ -7,7 +7,10 @@
   Rows under one key that agree on everything but timing (`TIMING`: the same run trained
   twice, e.g. by a sweep and by a shard) are kept once; rows with one key and different
   results are refused, naming both places (file:line). A torn last line (a writer killed
-  mid-row, or a sweep still running) is skipped, as the sweep itself skips it.
+  mid-row, or a sweep still running) is skipped, as the sweep itself skips it. A pure-FP row
+  with the N, D, seed and final loss of an earlier one is the same FP run (sweeps before the
+  anchor trained once per model, budget and seed trained it once per bit width, under
+  another config hash): it counts once (`fp_repeats`).
 - `select_pipeline`: the rows a law fit takes: pure-FP rows (bits null; the FP anchor, the
   same whatever the pipeline) and the QAT rows of one pipeline. Rows without a final loss are
   left out and counted.
@@ -26,6 +29,8 @@ from .law import FP_BITS
 RESULTS = "results.jsonl"
 PIPELINES = ("fused", "classic")
 TIMING = ("wall_s", "tokens_per_s")  # what two trainings of one run may differ in
+# What identifies a pure-FP run's result (its bits do not: FP trains no grid).
+FP_RUN = ("N", "D", "D_fp", "D_qat", "seed", "final_loss", "eval_tokens", "data")
 
 
 def find_results(paths) -> list[Path]:
@@ -55,6 +60,7 @@ class Merged:
         origins: "file:line" of each row.
         files: {file: rows read from it}.
         duplicates: identical rows dropped (seen before in this or another file).
+        fp_repeats: FP rows dropped as another row's FP run (at another bit width).
         torn: torn last lines skipped.
     """
 
@@ -62,6 +68,7 @@ class Merged:
     origins: list = field(default_factory=list)
     files: dict = field(default_factory=dict)
     duplicates: int = 0
+    fp_repeats: int = 0
     torn: int = 0
 
 
@@ -77,7 +84,8 @@ def read_results(paths) -> Merged:
     """Read and merge results files (see the module docstring). Raises ValueError on a
     collision (one config_hash, two different rows), naming both places."""
     m = Merged()
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[dict, str]] = {}  # key -> the first row under it, and where
+    fp_seen: set[str] = set()
     for path in find_results(paths):
         m.files[str(path)] = 0
         for line, row in _lines(path):
@@ -91,21 +99,27 @@ def read_results(paths) -> Merged:
             key = "hash:" + str(row["config_hash"]) if "config_hash" in row else canon
             where = f"{path}:{line}"
             if key in seen:
-                j = seen[key]
-                if _result(m.rows[j]) == canon:
+                first, origin = seen[key]
+                if _result(first) == canon:
                     m.duplicates += 1
                     continue
                 differ = sorted(
                     k
-                    for k in set(row) | set(m.rows[j])
-                    if row.get(k, "<absent>") != m.rows[j].get(k, "<absent>")
+                    for k in set(row) | set(first)
+                    if row.get(k, "<absent>") != first.get(k, "<absent>")
                 )
                 raise ValueError(
-                    f"config_hash {row['config_hash']}: {m.origins[j]} and {where} hold "
+                    f"config_hash {row['config_hash']}: {origin} and {where} hold "
                     f"different results for the same run (they differ in {', '.join(differ)}); "
                     "keep one of them"
                 )
-            seen[key] = len(m.rows)
+            seen[key] = (row, where)
+            if is_fp_row(row):
+                fp_key = json.dumps([row.get(k) for k in FP_RUN], sort_keys=True)
+                if fp_key in fp_seen:
+                    m.fp_repeats += 1
+                    continue
+                fp_seen.add(fp_key)
             m.rows.append(row)
             m.origins.append(where)
     return m

@@ -3,7 +3,7 @@
     out: runs/sweep_tiny              # every run in <out>/runs/<name>/, rows in <out>/results.jsonl
     data: data/sweep                  # one prepared data set (mlx_qat.data) for every run
     train: {batch_size: 8, ...}       # TrainConfig settings shared by every run
-    fp_anchor: true                   # add a pure-FP run (f = 0) to every trunk: the law's anchor
+    fp_anchor: true                   # add a pure-FP run (f = 0) per model, budget and seed
     grids:                            # each a product; keys left out come from `defaults`
       - name: main
         models: [d2, d4]              # presets, or {name: x, model_config: path/config.json}

@@ -102,16 +102,22 @@ class Trunk:
         return out
 
 
+def _fp_run(p: Point) -> tuple:
+    """What a pure-FP run depends on of its grid point: not its bits (FP trains no grid)."""
+    return p.model, p.tokens, p.seed
+
+
 def plan_trunks(sweep: Sweep) -> list[Trunk]:
-    """Group the sweep's runs into trunks (adding the FP anchor f = 0 to each when asked)."""
+    """Group the sweep's runs into trunks, adding the FP anchor (f = 0) when asked: one per
+    model, budget and seed, in the trunk of the first bit width the grid gives there (an FP
+    run trains no grid, so one per bit width would train, and count, the same run twice)."""
     points = list(sweep.points)
     if sweep.fp_anchor:
-        have = set(points)
+        have = {_fp_run(p) for p in points if p.fraction == 0 and p.pipeline == "fused"}
         for p in sweep.points:
-            anchor = replace(p, fraction=0.0, pipeline="fused", groups=("fp_anchor",))
-            if anchor not in have:
-                have.add(anchor)
-                points.append(anchor)
+            if _fp_run(p) not in have:
+                have.add(_fp_run(p))
+                points.append(replace(p, fraction=0.0, pipeline="fused", groups=("fp_anchor",)))
     trunks: dict[str, Trunk] = {}
     for p in points:
         cfg = sweep.config(p)
