@@ -269,7 +269,7 @@ def test_fine_tune_teacher_is_the_model_dir_in_teacher_dtype(tiny_data_dir, tmp_
     (src / "config.json").write_text(json.dumps(mcfg))
     cfg = tiny_config(
         tiny_data_dir, tmp_path / "run", model=str(src), qat_fraction=1.0, tokens=4 * 128,
-        objective="kd", teacher_dtype="bfloat16",
+        objective="kd", teacher_dtype="bfloat16", kd_temperature=1.0,  # a fine-tune's is 2
     )  # fmt: skip
     t = Trainer(cfg)
     t.setup()

@@ -25,6 +25,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..train.config import TrainConfig, parse_count
+from ..train.defaults import SCRATCH, default_help
 from .common import run_verb
 
 
@@ -52,7 +53,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         name = f.metadata.get("group", "other")
         g = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
         default = f.default_factory() if callable(f.default_factory) else f.default
-        help_text = (f.metadata.get("help", "") + f" (default: {default})").replace("%", "%%")
+        shown = default_help(f.name) if f.name in SCRATCH else f"(default: {default})"
+        help_text = (f.metadata.get("help", "") + " " + shown).replace("%", "%%")
         typ, kw = _flag_type(f)
         flag = "--" + f.name.replace("_", "-")
         if typ is None:
