@@ -74,6 +74,26 @@ def test_shards_keep_whole_trunks_balanced_by_tokens_and_deterministic(tiny_data
     assert [len(p) for p in (Shard(i, 7).select(trunks) for i in range(7))].count(0) == 2
 
 
+def test_a_shard_without_a_trunk_is_refused_and_surplus_shards_are_named(
+    tiny_data_dir,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    """--shard 5/10 on a sweep of 2 trunks would write no row: refused before anything is
+    written, naming the shard count that fits; --shard 1/3 runs, warning that one shard idles."""
+    out = tmp_path / "sweep"
+    path = write_sweep(tmp_path, tiny_data_dir, out)  # 2 trunks
+    assert sweep_main([path, "--shard", "5/10"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("mlx_qat.sweep: error: --shard 5/10: this sweep has 2 trunk(s)")
+    assert err.endswith("split it into at most 2 shard(s) (--shard I/2)") and not out.exists()
+    assert sweep_main([path, "--shard", "1/3", "--dry-run"]) == 0
+    assert (
+        "--shard 1/3: this sweep has only 2 trunk(s), so 1 of the 3 shards get no run; "
+        "--shard I/2 uses every machine" in capsys.readouterr().err
+    )
+
+
 @pytest.mark.parametrize("bad", ["2/2", "-1/2", "1", "a/b", "0/0"])
 def test_a_bad_shard_is_refused_naming_the_flag(bad):
     with pytest.raises(ValueError, match="--shard"):

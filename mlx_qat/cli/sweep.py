@@ -87,7 +87,7 @@ def _run(opts: dict) -> int:
     sweep = sw.load_sweep(opts["sweep"])
     shard = sw.Shard.parse(opts["shard"]) if opts.get("shard") else None
     trunks = sw.plan_trunks(sweep)
-    trunks = shard.select(trunks) if shard else trunks
+    trunks = shard.take(trunks) if shard else trunks
     if opts["dry_run"]:
         rates = {}
         for t in trunks:

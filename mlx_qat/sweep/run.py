@@ -134,7 +134,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, on_event=None, shard: Shard | None = 
         )
     path = results_path(sweep, shard)
     trunks = plan_trunks(sweep)
-    trunks = shard.select(trunks) if shard else trunks
+    trunks = shard.take(trunks, warn=False) if shard else trunks  # the CLI warned
     todo = [
         j
         for j in sweep_jobs(sweep, trunks)

@@ -15,11 +15,14 @@ them and refusing rows whose config hash collides with different content.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .trunks import Trunk
+
+logger = logging.getLogger(__name__)
 
 RESULTS = "results.jsonl"
 
@@ -57,6 +60,25 @@ class Shard:
         """This shard's trunks, in the sweep's order."""
         owner = assign(trunks, self.count)
         return [t for t, s in zip(trunks, owner) if s == self.index]
+
+    def take(self, trunks: list[Trunk], warn: bool = True) -> list[Trunk]:
+        """`select`, for a shard about to run: ValueError when it gets no trunk (it would write
+        no row), a warning (`warn`) when some other shard gets none; both name the count that
+        fits."""
+        mine, n = self.select(trunks), len(trunks)
+        if not mine:
+            raise ValueError(
+                f"--shard {self.index}/{self.count}: this sweep has {n} trunk(s) and a trunk is "
+                f"never split, so shard {self.index} of {self.count} gets no run and would "
+                f"write no row; split it into at most {n} shard(s) (--shard I/{n})"
+            )
+        if warn and self.count > n:
+            logger.warning(
+                "--shard %d/%d: this sweep has only %d trunk(s), so %d of the %d shards get "
+                "no run; --shard I/%d uses every machine",
+                self.index, self.count, n, self.count - n, self.count, n,
+            )  # fmt: skip
+        return mine
 
 
 def assign(trunks: list[Trunk], count: int) -> list[int]:
