@@ -4,6 +4,7 @@ target format per layer, and the validation batches."""
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,10 +15,12 @@ from ..checkpoint import CHECKPOINTS, STATE_FILE, build_model, load_checkpoint, 
 from ..data.resolve import open_eval_data
 from ..eval import check_vocabulary
 from ..prepare import prepare, qat_layers
-from ..qat_config import QATConfig
-from ..quant.spec import FP_MODES, QuantSpec
+from ..qat_config import QATConfig, quantization_map
+from ..quant.spec import AFFINE_GROUP_SIZES, FP_MODES, QuantSpec
 
 logger = logging.getLogger(__name__)
+
+SHOWN = 4  # layer names in a message
 
 
 @dataclass
@@ -103,6 +106,7 @@ def _from_checkpoint(path, bits, group_size, mode, embed_bits) -> Source:
     cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
     model = build_model(ckpt)
     base = qat_config_of(ckpt)
+    check_group_sizes(model, target_config(base, bits, group_size, mode, embed_bits))
     if base is None:  # never prepared: the trainer's rule at the target format
         base_rules = target_config(None, bits, group_size, mode, embed_bits)
         prepare(model, base_rules, enabled=False)
@@ -147,10 +151,58 @@ def _from_mlx_lm(path, bits, group_size, mode, embed_bits) -> Source:
         )
     model, _ = load_model(path)
     config = target_config(None, bits, group_size, mode, embed_bits)
+    check_group_sizes(model, config)
     prepare(model, config, enabled=False)
     mx.eval(model.parameters())
     model.eval()
     return Source(model=model, kind="mlx-lm", path=path, config=config)
+
+
+def check_group_sizes(model: nn.Module, config: QATConfig) -> None:
+    """Raise ValueError when the target format's group size does not divide the input width of
+    a layer its rules quantize, naming the layers and the group sizes that would fit.
+
+    Such a layer would stay in float (`prepare` skips it), and the diagnosis would be about
+    whatever share of the model is left: `--group-size 128` on a width-64 model quantized 2 of
+    15 layers and said "PTQ is fine". Layers the rules themselves leave in float (overrides, a
+    model's quant_predicate) are a choice, reported as skipped, not refused.
+    """
+    modules = dict(model.named_modules())
+    widths: list[int] = []
+    misfit: dict[str, int] = {}  # layer path (block index as *) -> input width
+    sizes: set[int] = set()
+    affine = True
+    for path in quantization_map(model):
+        m = modules[path]
+        spec, _ = config.resolve(path, m, model)
+        if spec is None or "weight" not in m:
+            continue
+        width = int(m["weight"].shape[-1])
+        widths.append(width)
+        if width % spec.group_size:
+            misfit[re.sub(r"\.\d+\.", ".*.", path)] = width
+            sizes.add(spec.group_size)
+            affine = affine and spec.is_affine
+    if not misfit:
+        return
+    count = sum(1 for p in quantization_map(model) if re.sub(r"\.\d+\.", ".*.", p) in misfit)
+    names = list(misfit)
+    shown = ", ".join(names[:SHOWN]) + (
+        f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
+    )
+    width = "/".join(map(str, sorted(set(misfit.values()))))
+    fit = [g for g in AFFINE_GROUP_SIZES if all(w % g == 0 for w in widths)]
+    if fit:
+        fix = f"group sizes that divide every layer: {', '.join(map(str, fit))} (pass --group-size {max(fit)}"
+        fix += ")" if affine else " --mode affine)"
+    else:
+        fix = f"none of MLX's group sizes ({', '.join(map(str, AFFINE_GROUP_SIZES))}) divides every layer"
+    raise ValueError(
+        f"group size {'/'.join(map(str, sorted(sizes)))} does not divide the input width "
+        f"({width}) of {count} of the {len(widths)} layers the target format quantizes "
+        f"({shown}): they would stay in float and the verdict would not be about this format; "
+        f"{fix}"
+    )
 
 
 def target_layers(src: Source) -> tuple[dict[str, tuple[nn.Module, QuantSpec]], list[dict]]:
