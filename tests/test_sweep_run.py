@@ -123,6 +123,30 @@ def test_killed_sweep_resumes_without_repeating_or_losing_rows(reference, tmp_pa
     }  # no finished run trained again
 
 
+def test_jobs_2_gives_the_rows_of_one_process_and_runs_again(reference, tmp_path):
+    """`--jobs 2` trains each run in its own `mlx_qat train` process, two at a time: the rows
+    of the in-process sweep, nothing written into the run directories but the runs, and a
+    second invocation (and a folder an older sweep left with its sweep_run.yaml) runs too."""
+    _, ref_rows = reference
+    out = tmp_path / "jobs"
+    spec = write_sweep(tmp_path, load_sweep_data(reference), out)
+    trunk = out / "runs" / "d2_D3072_b4_f0_fused_s0"
+    trunk.mkdir(parents=True)
+    (trunk / "sweep_run.yaml").write_text("# what an older sweep --jobs N left here\n")
+    cmd = [sys.executable, "-m", "mlx_qat", "sweep", spec, "--jobs", "2"]
+    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    rows = read_rows(out / "results.jsonl")
+    ref = {r["name"]: r for r in ref_rows}
+    assert sorted(r["name"] for r in rows) == sorted(ref)
+    for r in rows:
+        assert r["final_loss"] == pytest.approx(ref[r["name"]]["final_loss"], rel=1e-6)
+    assert not list(out.rglob("sweep_run.yaml"))
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "training" not in again.stdout and read_rows(out / "results.jsonl") == rows
+
+
 def load_sweep_data(reference) -> str:
     return reference[0].data
 

@@ -35,6 +35,7 @@ from .trunks import Member, Trunk, plan_trunks
 logger = logging.getLogger(__name__)
 
 RESULTS = "results.jsonl"
+OLD_SPEC = "sweep_run.yaml"  # a run's config as sweeps with --jobs once wrote it, in its dir
 
 
 @dataclass
@@ -89,11 +90,14 @@ def _train_in_process(cfg: TrainConfig) -> dict:
 
 def _train_subprocess(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    spec = out / "sweep_run.yaml"
-    spec.write_text(cfg.to_yaml(), encoding="utf-8")
-    cmd = [sys.executable, "-m", "mlx_qat", "train", "--config", str(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # The config goes outside the run directory: `train` refuses a directory holding files
+    # that are not a run's. Sweeps that wrote it there left it behind: it is theirs to remove.
+    (out / OLD_SPEC).unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mlx_qat_sweep_") as tmp:
+        spec = Path(tmp) / "train.yaml"
+        spec.write_text(cfg.to_yaml(), encoding="utf-8")
+        cmd = [sys.executable, "-m", "mlx_qat", "train", "--config", str(spec)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{cfg.out}: training failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return json.loads((out / "result.json").read_text(encoding="utf-8"))
