@@ -123,3 +123,48 @@ def test_eval_split_test_of_data_without_one_names_the_fix(tiny_data_dir, tmp_pa
     assert "has no test split" in err and "prepare the data again" in err
     assert "Traceback" not in err and not (tmp_path / "run" / "eval_test.json").exists()
     assert eval_main([str(tmp_path / "run"), "--quiet"]) == 0  # validation: as before
+
+
+def test_fine_tune_headline_is_teacher_rtn_of_teacher_and_qat(tiny_data_dir, tmp_path):  # noqa: F811
+    """A `--model` run's printed table (and result.json) compares QAT with the model it
+    started from and that model's round-to-nearest, not with its own drifted latent weights."""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    import mlx.nn as nn
+    from tiny_models import float_model_dir
+
+    src, teacher = float_model_dir(tmp_path / "float_model", vocab=VOCAB)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mlx_qat", "train", "--model", str(src), "--data",
+           str(tiny_data_dir), "--out", str(run), "--tokens", "512", "--batch-size", "2",
+           "--seq-len", "32", "--eval-batches", "1", "--final-eval-batches", "2", "--bits", "2",
+           "--quantizer", "learned_affine", "--lr", "3e-3", "--no-compile", "--quiet"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # independent references on the final test batches: the float model as mlx-lm runs it,
+    # and MLX's own round-to-nearest of it (2-bit layers, the tied embedding at 4 bits)
+    test = list(eval_batches(load_bundle(tiny_data_dir).test, 2, 32, 2))
+    want_teacher = evaluate(teacher, test, 1.0).loss
+    nn.quantize(teacher, class_predicate=lambda p, m: hasattr(m, "to_quantized") and {
+        "group_size": 64, "bits": 4 if p.endswith("embed_tokens") else 2})  # fmt: skip
+    want_rtn = evaluate(teacher, test, 1.0).loss
+    res = json.loads((run / "result.json").read_text())
+    cmp_ = res["comparison"]
+    assert (cmp_["baseline"], cmp_["split"]) == ("teacher", "test")
+    assert cmp_["fp"]["loss"] == pytest.approx(want_teacher, rel=1e-5)
+    assert cmp_["ptq"]["loss"] == pytest.approx(want_rtn, rel=1e-5)
+    qat = res["test"]["qat"]["loss"]
+    assert cmp_["qat"]["loss"] == qat
+    teacher_loss, rtn_loss = cmp_["fp"]["loss"], cmp_["ptq"]["loss"]
+    assert cmp_["gap_recovered"] == pytest.approx((rtn_loss - qat) / (rtn_loss - teacher_loss))
+    # not the run's own float weights, which moved away from the teacher at this LR
+    assert abs(res["test"]["fp"]["loss"] - want_teacher) > 1e-3
+    out = proc.stdout
+    for label, value in [("teacher (--model float)", want_teacher), ("RTN of the teacher", want_rtn),
+                         ("QAT", qat)]:  # fmt: skip
+        row = re.search(rf"\| {re.escape(label)} +\| ([0-9.]+) ", out)
+        assert row and float(row.group(1)) == pytest.approx(value, abs=1e-4), (label, out)
+    assert f"RTN gap recovered by QAT: {100 * cmp_['gap_recovered']:.1f}%" in out

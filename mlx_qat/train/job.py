@@ -8,7 +8,7 @@ from pathlib import Path
 from ..fileio import atomic_write_json
 from .config import TrainConfig
 from .trainer import RESULT, Trainer
-from .twin import run_fp_twin
+from .twin import comparison, run_fp_twin
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,9 @@ def train(config: TrainConfig, on_step=None) -> dict:
     """Train per `config`; returns the result (plan, final eval, throughput).
 
     With `config.fp_twin`, also trains the FP twin from the switch checkpoint (the QAT phase
-    with fake quant off) and adds `result["twin"]` and `result["comparison"]`; with
+    with fake quant off) and adds `result["twin"]` and `result["comparison"]`; a fine-tune
+    (`config.model`) has `result["pretrained"]` (its teacher and the teacher's RTN) and a
+    `result["comparison"]` against them; with
     `config.plot`, draws `<out>/loss.png` (`result["plot"]`; needs matplotlib). Started by
     `mlx.launch` on several processes, trains data-parallel (`mlx_qat.train.dist`): every
     process returns the same result, rank 0 alone writes.
@@ -32,8 +34,10 @@ def train(config: TrainConfig, on_step=None) -> dict:
     main = trainer.dist.is_main  # with several processes (mlx.launch) rank 0 alone writes
     if config.fp_twin:
         result = run_fp_twin(config, trainer, result)
-        if main:
-            atomic_write_json(Path(config.out) / RESULT, result)
+    elif result.get("pretrained"):  # a fine-tune: its teacher / RTN / QAT headline
+        result = {**result, "comparison": comparison(result, None)}
+    if main and (config.fp_twin or result.get("pretrained")):
+        atomic_write_json(Path(config.out) / RESULT, result)
     if config.plot and main:
         from .plot import plot_run
 

@@ -99,6 +99,7 @@ class Trainer:
         self.qat_update = None  # the QAT phase's update: transition statistics, TRS (trs.py)
         self.qat_update_state: dict | None = None  # its state from the checkpoint resumed
         self.basin, self.basin_state = None, None  # --basin-monitor (basin.py) and its state
+        self.pretrained: dict | None = None  # a fine-tune's teacher and its RTN (the baseline)
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -276,6 +277,29 @@ class Trainer:
         logger.info("test_eval @ %d (%s): %s", self.step, self.phase, format_triple(ev))
         return ev
 
+    def evaluate_pretrained(self) -> dict | None:
+        """A fine-tune's baseline: the `--model` float weights as given (the teacher) and their
+        round-to-nearest at the run's formats, on the final evaluation's batches of each split
+        ({"val": {"teacher", "rtn"}, "test": ...}). The run's own fp/ptq are its latent
+        weights, which drifted from the teacher; a fine-tune is judged against the model it
+        started from. None for a from-scratch run."""
+        cfg = self.cfg
+        if not cfg.model:
+            return None
+        model, _ = make_model(cfg, int(self.model_config.get("vocab_size") or 0))
+        prepare(model, self.qcfg, enabled=False)  # fake quant off: fp is the teacher as given
+        out = {}
+        splits = [("val", self.final_val, self.bytes_per_token)]
+        if self.final_test is not None:
+            splits.append(("test", self.final_test, self.test_bytes_per_token))
+        for split, batches, bpt in splits:
+            ev = self.dist.eval_triple(model, batches, bpt, False)  # "ptq": min/max RTN
+            out[split] = {"teacher": ev["fp"], "rtn": ev["ptq"]}
+            logger.info("--model %s @ %s: teacher %.4f | rtn %s", cfg.model, split,
+                        ev["fp"]["loss"], f"{ev['ptq']['loss']:.4f}" if ev["ptq"] else "n/a")  # fmt: skip
+        self.metrics.write({"kind": "pretrained_eval", "step": self.step, **out})
+        return out
+
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0; the other ranks write nothing and return None)."""
         if not self.dist.is_main:
@@ -354,6 +378,7 @@ class Trainer:
                 if done:
                     self.evaluate(final=True)
                     self.evaluate_test()
+                    self.pretrained = self.evaluate_pretrained()
                 periodic = cfg.save_every and self.step % cfg.save_every == 0
                 if done or periodic or self.step in cfg.save_steps:
                     self.save()
@@ -421,6 +446,9 @@ class Trainer:
             "world_size": self.dist.size,
             **basin_result(self),
         }
+        if self.cfg.model:  # a finished run resumed keeps the baseline it measured
+            old = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else {}
+            result["pretrained"] = self.pretrained or old.get("pretrained")
         if self.dist.is_main:
             atomic_write_json(self.run_dir / RESULT, result)
         return result

@@ -7,6 +7,15 @@ total tokens D, and costs only the QAT phase's tokens again:
 
     % of the PTQ gap recovered = (PTQ_twin − QAT_run) / (PTQ_twin − FP_twin)
 
+A fine-tune (`--model`) is compared with the model it started from instead: the `--model` float
+weights (the teacher) and their round-to-nearest at the run's formats (`result["pretrained"]`,
+measured on the same final batches), so that
+
+    % of the RTN gap recovered = (RTN_teacher − QAT_run) / (RTN_teacher − teacher)
+
+— its own latent weights drift from the teacher while QAT trains, and their PTQ is not what a
+user would otherwise ship.
+
 The table is measured on the held-out test split (`result["test"]` of the run and of the twin),
 which no choice was made on; the validation split's numbers (`result["eval"]`) are the ones
 that settings were tuned on. Data prepared before the test split existed has none: the table
@@ -57,17 +66,27 @@ SPLIT_NOTES = {
 }
 
 
+BASELINES = {"teacher": "the --model float weights (teacher) and their round-to-nearest"}
+
+
 def comparison(run: dict, twin: dict | None) -> dict:
     """FP, PTQ and QAT loss/bpb at equal budget and the gap recovered, on the test split
     (`split`: "test"; "val" when the run or its twin has no test evaluation).
 
-    Without a twin (no QAT phase, or no FP phase to branch from) the run's own final eval is
-    used: FP and PTQ of its weights, and QAT = the fake-quant eval.
+    A fine-tune (`run["pretrained"]`) is compared with its teacher and the teacher's RTN
+    (`baseline` "teacher"), twin or not. Without a twin (no QAT phase, or no FP phase to
+    branch from) the run's own final eval is used: FP and PTQ of its weights, and QAT = the
+    fake-quant eval.
     """
+    pre = run.get("pretrained")
     split = "test" if run.get("test") and (twin is None or twin.get("test")) else "val"
+    if pre:
+        split = "test" if run.get("test") and pre.get("test") else "val"
     key = "test" if split == "test" else "eval"
     ev = run.get(key) or {}
-    if twin is not None:
+    if pre:
+        fp, ptq, source = pre[split]["teacher"], pre[split]["rtn"], "teacher"
+    elif twin is not None:
         tw = twin.get(key) or {}
         fp, ptq, source = tw.get("fp"), tw.get("ptq"), "fp twin"
     else:
@@ -110,7 +129,10 @@ def format_comparison(result: dict) -> str:
     cmp_ = result.get("comparison") or comparison(result, None)
     split = cmp_.get("split", "val")
     rows = [("model", f"{split} loss", "bits/byte")]
-    for name, key in (("FP (float)", "fp"), ("PTQ (RTN of FP)", "ptq"), ("QAT", "qat")):
+    names = ("FP (float)", "PTQ (RTN of FP)", "QAT", "PTQ gap")
+    if cmp_.get("baseline") == "teacher":
+        names = ("teacher (--model float)", "RTN of the teacher", "QAT", "RTN gap")
+    for name, key in zip(names, ("fp", "ptq", "qat")):
         r = cmp_.get(key)
         rows.append((name, f"{r['loss']:.4f}" if r else "-", f"{r['bpb']:.4f}" if r else "-"))
     w = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -121,11 +143,11 @@ def format_comparison(result: dict) -> str:
     tps = result.get("tokens_per_s")
     lines += [
         "",
-        f"PTQ gap recovered by QAT: {100 * gap:.1f}%"
+        f"{names[3]} recovered by QAT: {100 * gap:.1f}%"
         if gap is not None
-        else "PTQ gap recovered by QAT: n/a",
+        else f"{names[3]} recovered by QAT: n/a",
         f"split: {SPLIT_NOTES[split]}",
-        f"baseline: {cmp_.get('baseline')}; tokens D = {plan['total_tokens']:,}, QAT fraction "
+        f"baseline: {BASELINES.get(cmp_.get('baseline'), cmp_.get('baseline'))}; tokens D = {plan['total_tokens']:,}, QAT fraction "
         f"f = {plan['fraction']:.3f} (S = {plan['tokens_per_byte']:.1f} tokens/byte, "
         f"auto f = {plan['f_hat']:.3f}), {plan['pipeline']} pipeline",
         f"throughput: {tps:,.0f} tokens/s (median step), train time {result['train_s']:.0f} s"
