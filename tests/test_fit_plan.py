@@ -221,3 +221,59 @@ def test_plan_memory_bad_value_is_a_usage_error(fits, capsys):
     with pytest.raises(SystemExit) as e:
         plan_main([*BASE, "--law", str(fits / "p.json"), "--memory", "lots"])
     assert e.value.code == 2 and "is not a byte count" in capsys.readouterr().err
+
+
+def test_a_degenerate_fit_is_flagged_and_plan_refuses_sizes_far_outside_the_fit(tmp_path):
+    """Rows whose loss does not depend on N (alpha = 0): `mlx_qat.fit` used to fit them without
+    a word, and `plan --memory 3` then named a 3-parameter 8-bit model best."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    import numpy as np
+    from test_fit_cli import BITS, FRACTIONS, SIGMA, SIZES, TPP, TRUE, make_sweep, sweep_row
+
+    from mlx_qat.fit import fit
+    from mlx_qat.fit.sources import select_pipeline
+
+    flat = dataclasses.replace(TRUE, alpha=0.0, A=0.3)  # A/N^0: a constant, not a size term
+    rng = np.random.default_rng(0)
+    rows = []
+    for N in SIZES:
+        for D in (N * t for t in TPP):
+            for b in BITS:
+                for f in (0.0, *FRACTIONS):
+                    loss = float(predict(flat, N, (1 - f) * D, f * D, None if f == 0 else b))
+                    rows.append(
+                        sweep_row(N, D, f, b, "fused", loss * math.exp(rng.normal(0, SIGMA)))
+                    )
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def cli(*args):
+        cmd = [sys.executable, "-m", "mlx_qat", *map(str, args)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    out = tmp_path / "fit"
+    proc = cli("fit", tmp_path / "results.jsonl", "--out", out, "--bootstrap", 0, "--no-plots")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = FitResult.load(out / "fit.json")
+    assert {d["name"]: d["bound"] for d in res.degenerate}["alpha"] == "lower"
+    assert res.n_range == [min(SIZES), max(SIZES)]
+    assert "WARNING: degenerate fit: alpha = " in proc.stdout  # the report, and report.txt
+    assert "model sizes are not ranked" in (out / "report.txt").read_text()
+    assert "degenerate fit: alpha" in proc.stderr
+    # 3 bytes: N = 3..12 parameters, a million times below the fitted 8M..32M
+    base = ["plan", "--preset", "d2", "--vocab-size", 512, "--law", out / "fit.json"]
+    proc = cli(*base, "--memory", 3)
+    assert proc.returncode == 1 and "more than 10x outside the sizes the law was fitted on" in (
+        proc.stderr
+    )
+    assert "give a memory between 800,000 and 80,000,000 bytes" in proc.stderr
+    # inside the fitted sizes it plans, and says the law is degenerate; d2 (~0.1M) is outside
+    proc = cli(*base, "--memory", "4M", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = json.loads(proc.stdout)["law"]["warnings"]
+    assert warnings[0].startswith("degenerate fit: alpha") and "outside the fitted" in warnings[1]
+    assert "mlx_qat.plan: warning: degenerate fit" in proc.stderr
+    # a fit the rows determine has no constant at a bound
+    assert fit(select_pipeline(make_sweep(), "fused")[0], n_bootstrap=0).degenerate == []

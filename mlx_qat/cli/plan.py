@@ -19,12 +19,18 @@ predicted best bit width for that parameter memory (`memory_plan`: N = 8·M/B fo
 2, 3, 4, 6, 8, each at its optimal fraction) at the config's token budget, or at iso-FLOP with
 `--iso-flops C` (D = C / (6·N)). With `--json` the law's numbers go under "law" and "memory";
 with `--save` into DIR/law_plan.json.
+
+A degenerate law (constants at their bounds, which `mlx_qat.fit` warned about) or a model size
+more than 10x outside the fitted sizes is warned about (in the table, `law.warnings` and on
+stderr); `--memory` whose widths' sizes lie that far outside is refused, naming the memory
+range the law covers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..fileio import atomic_write_json, atomic_write_text
@@ -103,7 +109,7 @@ def _json_type(x) -> str:
 def law_section(opts: dict, fitted, cfg, plan) -> tuple[dict, str]:
     """What the fitted law (`--law`, loaded as `fitted`) says about this plan, as JSON and
     as text."""
-    from ..fit.planning import law_plan, memory_plan
+    from ..fit.planning import check_memory_sizes, law_plan, law_warnings, memory_plan
 
     a_fit = (fitted.a or {}).get("vertex")
     D = plan.total_steps * plan.tokens_per_step  # the D a sweep row of this config records
@@ -111,8 +117,10 @@ def law_section(opts: dict, fitted, cfg, plan) -> tuple[dict, str]:
     lp = law_plan(
         fitted.params, plan.n_params, D, cfg.bits, a_fit, {f"this config ({req})": plan.fraction}
     )
-    data = {"file": str(opts["law"]), **lp.to_dict()}
-    text = [f"predicted by the fitted law {opts['law']}:", lp.table()]
+    warnings = law_warnings(fitted, plan.n_params)
+    data = {"file": str(opts["law"]), **lp.to_dict(), "warnings": warnings}
+    text = [f"predicted by the fitted law {opts['law']}:"]
+    text += [f"  WARNING: {w}" for w in warnings] + [lp.table()]
     if abs(lp.S - plan.tokens_per_byte) > 1e-9 * lp.S:
         text.append(
             f"  (the law's S counts N·B/8 bytes; the trainer's S = {plan.tokens_per_byte:,.2f} "
@@ -121,6 +129,7 @@ def law_section(opts: dict, fitted, cfg, plan) -> tuple[dict, str]:
     if opts.get("memory") is not None:
         flops = opts.get("iso_flops")
         mp = memory_plan(fitted.params, opts["memory"], D=None if flops else D, flops=flops)
+        check_memory_sizes(fitted, mp, "--memory")
         data["memory"] = mp.to_dict()
         text += ["predicted best bit width for the memory budget:", mp.table()]
     return data, "\n".join(text)
@@ -139,6 +148,8 @@ def _run(opts: dict) -> int:
     cfg = config_from(opts)
     plan = plan_for_config(cfg)
     law, law_text = law_section(opts, fitted, cfg, plan) if fitted else (None, "")
+    for w in (law or {}).get("warnings", ()):  # also on stderr, where --json leaves it visible
+        print(f"mlx_qat.plan: warning: {w}", file=sys.stderr)
     if opts.get("save"):
         out = Path(opts["save"])
         out.mkdir(parents=True, exist_ok=True)

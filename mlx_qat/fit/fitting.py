@@ -38,6 +38,9 @@ from .rows import Rows, parse_rows
 log = logging.getLogger(__name__)
 
 START_ITERS = 150  # L-BFGS-B iterations per grid start; the best start is then run to convergence
+# A constant within this share of its box's width from a bound counts as at the bound: the rows
+# did not determine it (e.g. alpha ~ 0: the loss does not depend on N), and the fit is degenerate.
+AT_BOUND = 0.01
 PENALTY_GRID = {"omega": (0.2, 0.8), "rho": (0.2, 0.8), "xi": (-1.0, 0.5), "chi": (0.3, 1.0)}
 # stage-2 start of every penalty exponent; PENALTY_GRID overrides some of them
 PENALTY_START = dict(kappa=0.5, chi=0.5, psi=0.0, omega=0.5, mu=0.5, nu=0.0, xi=0.0, rho=0.5)
@@ -182,6 +185,11 @@ def fit(
     params, _ = fit_law(R, penalty_grid=penalty_grid, **kw)
     log.info("fitted the law on %d rows", int(R.fittable.sum()))
     res = FitResult(params, huber_delta, fp_weight, n_rows=_counts(R))
+    sizes = R.N[R.fittable]
+    res.n_range = [float(sizes.min()), float(sizes.max())]
+    res.degenerate = constants_at_bounds(params, R, fp_tokens)
+    if res.degenerate:
+        log.warning("fit: %s", degenerate_text(res.degenerate))
     res.r2_log, res.rmse_log = _r2_rmse(params, R.take(R.fittable))
     res.r2_log_qat, res.rmse_log_qat = _r2_rmse(params, R.take(R.qat))
     if holdout:
@@ -190,6 +198,35 @@ def fit(
     if n_bootstrap > 0:
         res.bootstrap = _bootstrap(R, res, n_bootstrap, seed, level, a_loss, kw)
     return res
+
+
+def constants_at_bounds(params: law.LawParams, rows: Rows, fp_tokens: str = "total") -> list:
+    """The constants of a fit that sit at a bound of the fitter's box (within `AT_BOUND` of
+    its width, in the fitter's coordinates: ln E, centred ln c', exponents), as
+    [{"name", "value", "bound": "lower" | "upper"}]: the rows did not determine them."""
+    R = rows.take(rows.fittable)
+    theta = ob.from_params(params, _objective(R, fp_tokens, 1e-3, 1.0).ref)
+    out = []
+    for name, v, (lo, hi) in zip(ob.NAMES, theta, ob.bounds(float(R.loss.max()))):
+        tol = AT_BOUND * (hi - lo)
+        side = "lower" if v <= lo + tol else "upper" if v >= hi - tol else None
+        if side:
+            out.append({"name": name, "value": float(getattr(params, name)), "bound": side})
+    return out
+
+
+def degenerate_text(degenerate: list) -> str:
+    """One line that says which constants are at their bounds and what that means."""
+    names = ", ".join(
+        f"{d['name']} = {d['value']:.4g} (at its {d['bound']} bound)" for d in degenerate
+    )
+    why = ""
+    if any(d["name"] in ("alpha", "A") for d in degenerate):
+        why = " alpha or A at a bound: the fitted loss hardly depends on N, so model sizes are not ranked;"
+    return (
+        f"degenerate fit: {names}.{why} the rows do not determine these constants and "
+        "predictions that lean on them are unreliable (add model sizes or budgets to the sweep)"
+    )
 
 
 def _counts(R: Rows) -> dict:

@@ -12,6 +12,10 @@ For a model of N parameters, D tokens and B bits (S = D / (N·B/8), the law's no
 - `memory_plan` wraps `law.best_bits_for_memory`: N = 8·M/B at each B, each at its law-optimal
   fraction, at a fixed D or at iso-FLOP (D = C / (6·N)); the lowest loss wins.
 - `parse_bytes` reads memory sizes written as 1e6, 1M, 100KB or 64MiB.
+- `law_warnings` and `check_memory_sizes` guard both: a degenerate fit (constants at their
+  bounds) is warned about, a model size more than `EXTRAPOLATION`x outside the fitted sizes
+  too, and a memory plan whose widths' sizes lie that far outside is refused — a law with
+  alpha = 0 once named a 3-parameter 8-bit model the best use of 3 bytes.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from .result import json_safe
 FIXED_RULE = 0.10  # the common "last 10 % of training is QAT" rule
 MEMORY_BITS = (2, 3, 4, 6, 8)
 MAX_TOKEN_FACTOR = 1e6  # tokens_to_match gives up beyond this many times the budget
+EXTRAPOLATION = 10.0  # a size beyond [N_min / 10, 10 N_max] of the fitted rows is not predicted
 _UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _BYTES = re.compile(r"^\s*([0-9._]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
 
@@ -290,3 +295,47 @@ def memory_curves(
         f = np.asarray(optimal_fraction(law, n, d, b))
         out[int(b)] = (f, np.asarray(predict(law, n, (1.0 - f) * d, f * d, b)))
     return out
+
+
+def fitted_sizes(fitted) -> tuple[float, float] | None:
+    """(smallest, largest) N a `FitResult` was fitted on: its `n_range`, else (a fit saved
+    before it was recorded) the sizes of its empirical optima; None when neither is known."""
+    if fitted.n_range:
+        return float(fitted.n_range[0]), float(fitted.n_range[1])
+    sizes = [float(o["N"]) for o in fitted.optima or ()]
+    return (min(sizes), max(sizes)) if sizes else None
+
+
+def law_warnings(fitted, N: float) -> list[str]:
+    """What makes the law's plan for a model of N parameters doubtful: a degenerate fit, or N
+    more than `EXTRAPOLATION`x outside the fitted sizes (one line each; [] when neither)."""
+    from .fitting import degenerate_text
+
+    out = [degenerate_text(fitted.degenerate)] if fitted.degenerate else []
+    sizes = fitted_sizes(fitted)
+    if sizes and not sizes[0] / EXTRAPOLATION <= N <= sizes[1] * EXTRAPOLATION:
+        out.append(
+            f"N = {N:,.0f} is more than {EXTRAPOLATION:g}x outside the fitted sizes "
+            f"{sizes[0]:,.0f}..{sizes[1]:,.0f}: the law's numbers for it are an extrapolation"
+        )
+    return out
+
+
+def check_memory_sizes(fitted, plan: MemoryPlan, where: str = "memory") -> None:
+    """Refuse a memory plan whose widths' model sizes (N = 8·M/B) lie more than
+    `EXTRAPOLATION`x outside the fitted sizes: the law cannot rank widths there. The error
+    names the memory range that keeps every width inside."""
+    sizes = fitted_sizes(fitted)
+    if sizes is None:
+        return
+    lo, hi = sizes[0] / EXTRAPOLATION, sizes[1] * EXTRAPOLATION
+    out = [o for o in plan.options if not lo <= o.N <= hi]
+    if out:
+        ns = ", ".join(f"{o.bits} bits: N = {o.N:,.0f}" for o in out)
+        b_min, b_max = min(o.bits for o in plan.options), max(o.bits for o in plan.options)
+        raise ValueError(
+            f"{where} {plan.M_bytes:,.0f} bytes: {ns} — more than {EXTRAPOLATION:g}x outside "
+            f"the sizes the law was fitted on ({sizes[0]:,.0f}..{sizes[1]:,.0f} parameters), "
+            f"where it cannot rank bit widths; give a memory between {lo * b_max / 8:,.0f} and "
+            f"{hi * b_min / 8:,.0f} bytes, or fit the law on runs of sizes near these"
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from .fitting import degenerate_text
 from .law import A_PAPER
 from .objective import NAMES
 from .result import FitResult
@@ -85,7 +86,8 @@ def _params(res: FitResult) -> list[str]:
 
 def _quality(res: FitResult) -> list[str]:
     n = res.n_rows or {}
-    lines = [
+    lines = [f"WARNING: {degenerate_text(res.degenerate)}"] if res.degenerate else []
+    lines += [
         "fit quality",
         f"  R² of log L     {_num(res.r2_log)} on {n.get('fit', '?')} rows "
         f"(QAT rows only: {_num(res.r2_log_qat)})",

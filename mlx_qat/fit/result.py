@@ -37,6 +37,10 @@ class FitResult:
             and "f_hat" (f̂ with the vertex-fitted a).
         bootstrap: {"n", "seed", "level", "n_failed", "params": {name: [lo, hi]},
             "a": {kind: [lo, hi]}}; None when n_bootstrap = 0.
+        n_range: [smallest, largest] N of the fitted rows (None in fits saved before it was
+            recorded): the sizes the law may be asked about.
+        degenerate: the constants at a bound of the fitter's box ([{"name", "value",
+            "bound"}], `fitting.constants_at_bounds`): empty for a fit the rows determine.
     """
 
     params: LawParams
@@ -54,6 +58,8 @@ class FitResult:
     mae_law: dict | None = None
     optima: list = field(default_factory=list)
     bootstrap: dict | None = None
+    n_range: list | None = None
+    degenerate: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = {"schema": SCHEMA, **asdict(self)}
