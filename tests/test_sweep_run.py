@@ -147,6 +147,77 @@ def test_jobs_2_gives_the_rows_of_one_process_and_runs_again(reference, tmp_path
     assert "training" not in again.stdout and read_rows(out / "results.jsonl") == rows
 
 
+def test_a_second_sweep_on_a_folder_is_refused_and_a_dead_ones_lock_is_taken_over(
+    reference, tmp_path
+):
+    """Two sweeps on one folder: the second is refused, naming the first's PID (else both
+    train and append every run); once the first is killed, the next takes its lock over,
+    says so, and writes each row once."""
+    _, ref_rows = reference
+    out = tmp_path / "locked"
+    spec = write_sweep(tmp_path, load_sweep_data(reference), out)
+    cmd = [sys.executable, "-m", "mlx_qat", "sweep", spec]
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        lock, deadline = out / "sweep.lock", time.time() + 120
+        while time.time() < deadline and not (lock.is_file() and lock.read_text()):
+            assert first.poll() is None, first.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+        first.send_signal(signal.SIGSTOP)  # the first sweep holds the folder, mid-sweep
+        pid = json.loads(lock.read_text())["pid"]
+        second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 1
+        err = second.stderr.strip().splitlines()[-1]
+        assert err.startswith(f"mlx_qat.sweep: error: {out}: another sweep is writing this folder")
+        assert f"PID {pid} on " in err and f"(kill {pid})" in err
+    finally:
+        first.kill()  # a stopped process dies of SIGKILL too
+        first.wait()
+    third = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert f"{out}: taking over the lock of PID {pid} on " in third.stderr
+    names = [r["name"] for r in read_rows(out / "results.jsonl")]
+    assert sorted(names) == sorted(r["name"] for r in ref_rows)  # each once
+    assert lock.read_text() == ""  # released
+
+
+def test_a_folder_holding_another_sweep_is_refused_before_anything_is_written(
+    reference, tmp_path, capsys
+):
+    """A sweep file with other shared settings pointed at a sweep's folder is refused, naming
+    the folder's grid.yaml and what differs, and leaves the folder's files as they were; the
+    same study with a changed grid continues there."""
+    from mlx_qat.cli.sweep import main as sweep_main
+
+    out = tmp_path / "study"
+    doc = yaml.safe_load(open(write_sweep(tmp_path, load_sweep_data(reference), out)))
+    doc["fp_anchor"] = False
+    doc["grids"] = [
+        {"name": "one", "models": ["d2"], "tokens": [8 * TPS], "bits": [4], "fractions": [0.5]}
+    ]
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(doc))
+    assert sweep_main([str(good), "--quiet"]) == 0
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**doc, "train": {**doc["train"], "lr": 1e-3}}))
+    capsys.readouterr()
+    for extra in ([], ["--shard", "0/1"], ["--dry-run"]):
+        assert sweep_main([str(other), "--quiet", *extra]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(
+            f"mlx_qat.sweep: error: {out} holds another sweep ({out / 'grid.yaml'}"
+        )
+        assert "train: lr: 0.003 there, 0.001 here" in err and f"Give {other} its own out:" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    more = tmp_path / "more.yaml"  # the same study, one run more: continues in the folder
+    more.write_text(
+        yaml.safe_dump({**doc, "grids": [{**doc["grids"][0], "fractions": [0.25, 0.5]}]})
+    )
+    assert sweep_main([str(more), "--dry-run"]) == 0
+    assert "2 runs in 1 trunks (1 done, 1 to run)" in capsys.readouterr().out
+
+
 def load_sweep_data(reference) -> str:
     return reference[0].data
 

@@ -12,7 +12,10 @@ tokens) into its own results file; copy the outputs together and fit them all:
     mlx_qat.sweep configs/sweep_tiny.yaml --shard 1/2  # machine B: <out>/shard-1-of-2/results.jsonl
     mlx_qat.fit runs/sweep_tiny                        # every results.jsonl below it, merged
 
-The resolved settings are written to `<out>/sweep.yaml` (`<out>/shard-i-of-n/sweep.yaml`).
+The resolved settings are written to `<out>/sweep.yaml` (`<out>/shard-i-of-n/sweep.yaml`) and
+the sweep file to `grid.yaml` beside it, while the folder is locked (`<out>/sweep.lock`: a
+second sweep there is refused, naming the first's PID); a folder whose grid.yaml is another
+study (other data or shared settings) is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ def _run(opts: dict) -> int:
     shard = sw.Shard.parse(opts["shard"]) if opts.get("shard") else None
     trunks = sw.plan_trunks(sweep)
     trunks = shard.take(trunks) if shard else trunks
+    sw.check_same_sweep(sweep)  # before anything is written (and again under the lock)
     if opts["dry_run"]:
         rates = {}
         for t in trunks:
@@ -96,10 +100,16 @@ def _run(opts: dict) -> int:
                 rates[name] = sw.measure_tokens_per_s(t.root.config)
         print(_plan_text(sweep, trunks, rates, shard))
         return 0
-    where = shard.dir(sweep.out) if shard else sweep.out  # shards never write the same file
-    where.mkdir(parents=True, exist_ok=True)
-    save_resolved(where / "sweep.yaml", "sweep", opts)
-    shutil.copyfile(opts["sweep"], where / "grid.yaml")
+    with sw.lock_folder(sweep.out, shard) as where:  # shards never write the same file
+        sw.check_same_sweep(sweep)
+        save_resolved(where / "sweep.yaml", "sweep", opts)
+        shutil.copyfile(opts["sweep"], where / "grid.yaml")
+        return _train(sweep, trunks, shard, opts)
+
+
+def _train(sweep, trunks, shard, opts: dict) -> int:
+    from .. import sweep as sw
+
     path = sw.results_path(sweep, shard)
     n = len(sw.sweep_jobs(sweep, trunks))
     state = {"done": len(sw.read_rows(path)), "t0": time.time(), "tokens": 0}

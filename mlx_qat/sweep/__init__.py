@@ -5,9 +5,11 @@
 
 Modules: `grid` (the sweep file and its runs), `trunks` (which runs share an FP prefix and
 where each branches), `results` (the rows, appended atomically), `run` (training them),
-`shard` (`--shard i/n`: a deterministic share of the trunks per machine).
+`shard` (`--shard i/n`: a deterministic share of the trunks per machine), `folder` (one sweep
+writes a folder at a time, and a folder holds one study).
 """
 
+from .folder import FolderBusy, check_same_sweep, lock_folder
 from .grid import Sweep, load_sweep
 from .results import append_row, make_row, read_rows
 from .run import RESULTS, measure_tokens_per_s, results_path, run_sweep, sweep_jobs
@@ -15,13 +17,16 @@ from .shard import Shard
 from .trunks import Trunk, branch_step, plan_trunks
 
 __all__ = [
+    "FolderBusy",
     "RESULTS",
     "Shard",
     "Sweep",
     "Trunk",
     "append_row",
     "branch_step",
+    "check_same_sweep",
     "load_sweep",
+    "lock_folder",
     "make_row",
     "measure_tokens_per_s",
     "plan_trunks",

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..train.config import TrainConfig
+from .folder import check_same_sweep, lock_folder
 from .grid import Sweep
 from .results import append_row, make_row, read_rows
 from .shard import Shard
@@ -127,6 +128,9 @@ def run_sweep(sweep: Sweep, jobs: int = 1, on_event=None, shard: Shard | None = 
         jobs: runs side by side (1: in this process; more: one subprocess each).
         on_event: `on_event(kind, job, info)` for progress ("start", "done", "skip").
         shard: train only this share of the trunks (`Shard.parse("0/2")`).
+
+    Raises FolderBusy while another sweep writes the folder, and ValueError when the folder
+    holds another study (`folder.py`).
     """
     from ..train.dist import process_count
 
@@ -136,6 +140,12 @@ def run_sweep(sweep: Sweep, jobs: int = 1, on_event=None, shard: Shard | None = 
             "same runs. Split a sweep across machines with --shard I/N instead, one plain "
             "process per machine (see the README)"
         )
+    check_same_sweep(sweep)
+    with lock_folder(sweep.out, shard):
+        return _run_locked(sweep, jobs, on_event, shard)
+
+
+def _run_locked(sweep: Sweep, jobs: int, on_event, shard: Shard | None) -> list[dict]:
     path = results_path(sweep, shard)
     trunks = plan_trunks(sweep)
     trunks = shard.take(trunks, warn=False) if shard else trunks  # the CLI warned
