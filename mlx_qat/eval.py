@@ -16,12 +16,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mlx.utils import tree_flatten
+
 from .checkpoint import CHECKPOINTS, STATE_FILE, build_model, latest_checkpoint, load_checkpoint
 from .data.resolve import open_eval_data
 from .data.tokenizer_dir import has_tokenizer, tokenizer_sha256
 from .loss import all_minmax, eval_triple
 from .train.config import load_config
 from .train.distill import load_teacher
+from .train.memory import check_forward_memory
 
 
 def evaluate_checkpoint(
@@ -73,6 +76,7 @@ def evaluate_checkpoint(
     model = build_model(ckpt)
     ready = ckpt.qat.get("phase") == "qat"
     teacher_model = load_teacher(teacher) if teacher else None
+    check_eval_memory(ckpt.model_config, batches, model, teacher_model)
     ev = eval_triple(model, batches, bpt, quantizers_ready=ready, teacher=teacher_model)
     tokens = getattr(batches, "num_tokens", None)
     return {
@@ -84,6 +88,34 @@ def evaluate_checkpoint(
         "minmax": all_minmax(model),
         **ev,
     }
+
+
+def param_bytes(model) -> int:
+    """Bytes of every parameter of `model` (0 for None)."""
+    if model is None:
+        return 0
+    return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+
+
+def check_eval_memory(
+    model_config: dict, batches, model, teacher=None, extra_bytes: int = 0
+) -> dict:
+    """Raise ValueError, naming a --seq-len that fits, when one evaluation forward of the first
+    batch cannot fit in memory (`train.memory.check_forward_memory`; MLX would crash on the
+    allocation, on Linux with a segfault). The batch is the first of `batches`: a split with
+    fewer windows than --batch-size fills one smaller batch. `extra_bytes`: copies of weights
+    the caller keeps besides the model (diagnose's rounded points)."""
+    if hasattr(batches, "num_windows"):
+        rows, seq = min(batches.batch_size, batches.num_windows), batches.seq_len
+    else:
+        rows, seq = batches[0].shape[0], batches[0].shape[1] - 1
+    return check_forward_memory(
+        model_config,
+        param_bytes(model) + extra_bytes,
+        rows,
+        seq,
+        teacher_bytes=param_bytes(teacher),
+    )
 
 
 def _recorded_data(ckpt, run_dir: Path) -> str | None:

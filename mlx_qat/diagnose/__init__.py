@@ -39,8 +39,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..eval import check_eval_memory
 from .scan import ATTRIBUTION, DiagnoseSettings, diagnose_model
-from .source import load_source, open_batches, target_config, target_layers
+from .source import load_source, model_config, open_batches, target_config, target_layers
 from .verdict import CHANGE_FORMAT, PTQ_FINE, QAT_NEEDED
 
 __all__ = [
@@ -93,6 +94,9 @@ def diagnose(
     src = load_source(path, bits, group_size, mode, embed_bits)
     bundle, batches, bpt = open_batches(src, data, eval_batches, batch_size, seq_len)
     layers, skipped = target_layers(src)
+    # the model, its rounded copy and the point being evaluated (Probe) per covered layer
+    rounded = 2 * sum(layer["weight"].nbytes for layer, _ in layers.values())
+    check_eval_memory(model_config(src.model), batches, src.model, extra_bytes=rounded)
     cfg = src.config
     out = {
         "source": {

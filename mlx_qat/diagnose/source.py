@@ -243,6 +243,12 @@ def open_batches(src: Source, data, eval_batches: int, batch_size, seq_len):
     return bundle, batches, bpt
 
 
+def model_config(model: nn.Module) -> dict:
+    """The model's mlx-lm arguments as a dict (sizes for the memory estimate)."""
+    args = getattr(model, "args", None)
+    return dict(vars(args)) if args is not None else {}
+
+
 def _model_vocab(model: nn.Module) -> int | None:
     args = getattr(model, "args", None)
     return getattr(args, "vocab_size", None)

@@ -12,9 +12,16 @@ A step of `B` sequences of `T` tokens on a model with `n` layers, width `d`, MLP
                                                              teacher_dtype, plus its logits)
 
 The terms count only what MLX must hold at once, so the sum is a lower bound (measured peaks
-are 1-2x it; see tests/test_reliability_train.py). A run whose lower bound exceeds the memory
-available is refused before anything is written, naming both numbers, instead of allocating
-tens of GB and crashing in BLAS. The limit is the Metal working set on an Apple GPU, else
+are 1-2x it; see tests/test_reliability_train.py). An evaluation forward (`mlx_qat.eval`,
+`mlx_qat.diagnose`; `forward_bytes`) keeps no activations for a backward, so it holds the
+weights, one layer's activations (B · T · (4·d + 2·m) · a), one layer's attention scores
+(B · h · T² · a, counted on the CPU only: MLX's fused GPU attention streams them; the softmax
+may reuse their buffer), and the float32 logits with their log-softmax (2 · B · T · V · 4).
+Measured on the CPU (d2, B = 2, T = 2048 and 8192): peaks 1.1-1.2x this bound.
+
+A run (or an evaluation) whose lower bound exceeds the memory available is refused before
+anything is written, naming both numbers, instead of allocating tens of GB and crashing in
+BLAS (or, for an allocation MLX cannot make, with a segfault). The limit is the Metal working set on an Apple GPU, else
 `MemAvailable` (Linux; capped by a cgroup `memory.max`) or the physical memory.
 """
 
@@ -93,6 +100,66 @@ def available_memory() -> tuple[int | None, str]:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "the physical memory"
     except (ValueError, OSError, AttributeError):
         return None, "unknown"
+
+
+def forward_bytes(model_config: dict, param_bytes: int, batch_size: int, seq_len: int, **kw):
+    """Lower bounds, in bytes, of what one evaluation forward (no gradients) holds: {"params",
+    "activations", "attention", "logits", "total"}, with "teacher" for `teacher_bytes` (its
+    weights, plus its logits). `kw`: `act_bytes` (default 4), `teacher_bytes`, `attention`
+    (count the scores; default: on the CPU only, see the module)."""
+    c = model_config
+    d = int(c.get("hidden_size") or c.get("d_model") or 1)
+    m = int(c.get("intermediate_size") or 4 * d)
+    h = int(c.get("num_attention_heads") or 1)
+    v = int(c.get("vocab_size") or 1)
+    a = int(kw.get("act_bytes", 4))
+    attention = kw.get("attention", mx.default_device() == mx.cpu)
+    bt = batch_size * seq_len
+    out = {
+        "params": int(param_bytes),
+        "activations": bt * (4 * d + 2 * m) * a,
+        "attention": batch_size * h * seq_len * seq_len * a if attention else 0,
+        "logits": 2 * bt * v * 4,
+    }
+    if kw.get("teacher_bytes"):
+        out["teacher"] = int(kw["teacher_bytes"]) + bt * v * 4
+    out["total"] = sum(out.values())
+    return out
+
+
+def check_forward_memory(
+    model_config: dict, param_bytes: int, batch_size: int, seq_len: int, **kw
+) -> dict:
+    """Raise ValueError when one evaluation forward of `batch_size` x `seq_len` tokens cannot
+    fit in the available memory (MLX would fail to allocate, on Linux with a segfault), naming
+    the estimate, the limit and the longest --seq-len that fits at this --batch-size. `kw`:
+    `forward_bytes`'s. Returns the estimate."""
+    est = forward_bytes(model_config, param_bytes, batch_size, seq_len, **kw)
+    limit, where = available_memory()
+    if limit is None or est["total"] <= limit:
+        return est
+
+    def fits(t: int) -> bool:  # a quarter to spare: measured peaks are 1.1-1.2x the bound
+        need = forward_bytes(model_config, param_bytes, batch_size, t, **kw)["total"]
+        return need <= 0.75 * limit
+
+    lo, hi = 0, seq_len  # the longest t in [0, seq_len) that fits: fits(lo), not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    gib = 1 << 30
+    parts = ", ".join(f"{k} {v / gib:.1f}" for k, v in est.items() if k != "total" and v)
+    if lo >= 1:
+        t = lo // 128 * 128 or lo
+        fix = f"--seq-len {t} fits at --batch-size {batch_size}, with a quarter to spare"
+        fix += "" if batch_size == 1 else "; a smaller --batch-size allows a longer one"
+    else:
+        fix = "the weights alone do not fit; evaluate on a machine with more memory"
+    raise ValueError(
+        f"--seq-len {seq_len}, --batch-size {batch_size}: one evaluation forward needs at least "
+        f"{est['total'] / gib:.1f} GiB ({parts} GiB), more than the {limit / gib:.1f} GiB "
+        f"available ({where}); {fix}"
+    )
 
 
 def check_step_memory(
