@@ -15,8 +15,8 @@ The terms count only what MLX must hold at once, so the sum is a lower bound (me
 are 1-2x it; see tests/test_reliability_train.py). An evaluation forward (`mlx_qat.eval`,
 `mlx_qat.diagnose`; `forward_bytes`) keeps no activations for a backward, so it holds the
 weights, one layer's activations (B · T · (4·d + 2·m) · a), one layer's attention scores
-(B · h · T² · a, counted on the CPU only: MLX's fused GPU attention streams them; the softmax
-may reuse their buffer), and the float32 logits with their log-softmax (2 · B · T · V · 4).
+(B · h · T² · a, counted except on an Apple GPU, whose fused attention kernel streams them;
+the softmax may reuse their buffer), and the float32 logits with their log-softmax (2 · B · T · V · 4).
 Measured on the CPU (d2, B = 2, T = 2048 and 8192): peaks 1.1-1.2x this bound.
 
 A run (or an evaluation) whose lower bound exceeds the memory available is refused before
@@ -106,14 +106,15 @@ def forward_bytes(model_config: dict, param_bytes: int, batch_size: int, seq_len
     """Lower bounds, in bytes, of what one evaluation forward (no gradients) holds: {"params",
     "activations", "attention", "logits", "total"}, with "teacher" for `teacher_bytes` (its
     weights, plus its logits). `kw`: `act_bytes` (default 4), `teacher_bytes`, `attention`
-    (count the scores; default: on the CPU only, see the module)."""
+    (count the scores; default: except on an Apple GPU, see the module)."""
     c = model_config
     d = int(c.get("hidden_size") or c.get("d_model") or 1)
     m = int(c.get("intermediate_size") or 4 * d)
     h = int(c.get("num_attention_heads") or 1)
     v = int(c.get("vocab_size") or 1)
     a = int(kw.get("act_bytes", 4))
-    attention = kw.get("attention", mx.default_device() == mx.cpu)
+    metal = mx.default_device() == mx.gpu and mx.metal.is_available()
+    attention = kw.get("attention", not metal)
     bt = batch_size * seq_len
     out = {
         "params": int(param_bytes),
