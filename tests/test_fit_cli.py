@@ -19,7 +19,7 @@ import pytest
 
 from mlx_qat.cli import fit as fit_cli
 from mlx_qat.fit import FitResult, LawParams, predict
-from mlx_qat.fit.sources import pipeline_pairs, read_results, select_pipeline
+from mlx_qat.fit.sources import check_one_data, pipeline_pairs, read_results, select_pipeline
 
 TRUE = LawParams(
     E=1.8, A=300.0, alpha=0.35, B_c=600.0, beta=0.3, theta=0.4, kappa=0.7, phi=3.0, chi=0.4,
@@ -173,6 +173,30 @@ def test_one_fp_run_at_two_bit_widths_counts_once(sweep, tmp_path):
     text = buf.getvalue()
     assert "6 FP row(s) of an FP run already read (at another bit width) counted once" in text
     assert "law fit on the fused pipeline: 6 FP + 72 QAT rows" in text
+
+
+def test_rows_of_two_data_sets_are_refused_unless_mixing_is_asked(sweep, tmp_path, capsys):
+    """Rows record their data (shards key, tokenizer sha256): two data sets with one
+    vocabulary (the same config hashes) are refused by name unless --mix-data; rows of an
+    unknown data set (older rows) beside rows of a known one are refused too."""
+    a_data = {"shards_key": "a" * 64, "tokenizer_sha256": "t" * 64}
+    b_data = {"shards_key": "b" * 64, "tokenizer_sha256": "t" * 64}
+    a = write_jsonl(tmp_path / "a.jsonl", [dict(r, data=a_data) for r in sweep])
+    b = write_jsonl(tmp_path / "b.jsonl", [dict(r, data=b_data) for r in sweep[:20]])
+    assert fit_cli.main([str(a), str(b), "--no-plots", "--bootstrap", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mlx_qat.fit: error: the rows come from 2 data sets")
+    assert f"shards key {'a' * 16}, tokenizer sha256 {'t' * 16} in {a} (87 rows)" in err
+    assert f"shards key {'b' * 16}" in err and f"{b} (20 rows)" in err and "--mix-data" in err
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = fit_cli.main([str(a), str(b), "--no-plots", "--bootstrap", "0", "--mix-data"])
+    assert rc == 0 and "rows: 107 from 2 file(s)" in buf.getvalue()
+    assert "rows of 2 data sets fitted together (--mix-data)" in buf.getvalue()
+    old = write_jsonl(tmp_path / "old.jsonl", sweep[:5])  # written before rows had `data`
+    with pytest.raises(ValueError, match=f"unknown data .* in {old} "):
+        check_one_data(read_results([a, old]))
+    assert check_one_data(read_results([old])) == 1  # alone: fitted as before
 
 
 def test_colliding_config_hash_is_refused_by_name(sweep, tmp_path, capsys):

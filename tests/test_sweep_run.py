@@ -218,6 +218,55 @@ def test_a_folder_holding_another_sweep_is_refused_before_anything_is_written(
     assert "2 runs in 1 trunks (1 done, 1 to run)" in capsys.readouterr().out
 
 
+def test_rows_carry_their_data_and_a_folder_of_other_data_is_refused(
+    tiny_data_dir,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    """Rows record the data's identity (shards key, tokenizer sha256); other text prepared at
+    the same path with the same vocabulary is refused by a sweep continuing that folder, and
+    `fit` refuses to mix the two folders' rows unless told to (--mix-data)."""
+    from test_train_fixtures import CORPUS
+
+    from mlx_qat.cli.data import main as data_main
+    from mlx_qat.cli.fit import main as fit_main
+    from mlx_qat.cli.sweep import main as sweep_main
+    from mlx_qat.data import load_bundle
+
+    data, tok = tmp_path / "data", load_bundle(tiny_data_dir).tokenizer_dir
+
+    def prepare(name: str) -> dict:
+        args = ["--input", str(CORPUS / name), "--out", str(data), "--tokenizer", str(tok)]
+        assert data_main([*args, "--val-fraction", "0.2", "--quiet"]) == 0
+        return load_bundle(data).identity
+
+    def sweep(name: str, fractions: list) -> str:
+        doc = yaml.safe_load(open(write_sweep(tmp_path, data, tmp_path / name)))
+        grid = {"name": "one", "models": ["d2"], "tokens": [8 * TPS], "bits": [4]}
+        doc.update(fp_anchor=False, grids=[{**grid, "fractions": fractions}])
+        path = tmp_path / f"{name}-{len(fractions)}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return str(path)
+
+    milton = prepare("milton.txt.gz")
+    assert sweep_main([sweep("a", [0.5]), "--quiet"]) == 0
+    (row,) = read_rows(tmp_path / "a" / "results.jsonl")
+    assert row["data"] == milton and milton["shards_key"] and milton["tokenizer_sha256"]
+    austen = prepare("austen.txt.gz")  # other text, same path, same vocabulary
+    assert austen["shards_key"] != milton["shards_key"]
+    capsys.readouterr()
+    assert sweep_main([sweep("a", [0.25, 0.5]), "--quiet"]) == 1  # continue folder a: refused
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mlx_qat.sweep: error: {tmp_path / 'a' / 'results.jsonl'}: its rows")
+    assert milton["shards_key"][:16] in err and austen["shards_key"][:16] in err
+    assert len(read_rows(tmp_path / "a" / "results.jsonl")) == 1
+    assert sweep_main([sweep("b", [0.5]), "--quiet"]) == 0  # the new text in its own folder
+    assert fit_main([str(tmp_path / "a"), str(tmp_path / "b"), "--no-plots"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mlx_qat.fit: error: the rows come from 2 data sets") and "\n" not in err
+    assert f"{tmp_path / 'b' / 'results.jsonl'} (1 rows)" in err and "pass --mix-data" in err
+
+
 def load_sweep_data(reference) -> str:
     return reference[0].data
 

@@ -7,11 +7,13 @@
 
 RESULTS are results.jsonl files or folders (every results.jsonl in them and below: a sweep's own
 rows and its shards'); their rows are merged (one run's rows kept once, whatever their timings;
-one config_hash with two different results is refused, naming both). The law
-is fitted on the FP anchors and the QAT runs of one pipeline (`--pipeline`, fused by default);
-classic runs feed the fused-vs-classic comparison. Writes DIR/fit.json (`FitResult`, what
-`plan --law` reads), DIR/report.txt (the printed report), the PNGs (`--no-plots` to skip) and
-DIR/fit.yaml (the resolved settings). DIR defaults to `fit/` next to the first results file.
+one config_hash with two different results is refused, naming both). The law is fitted on the FP
+anchors and the QAT runs of one pipeline (`--pipeline`, fused by default); classic runs feed the
+fused-vs-classic comparison. Rows record their data's identity; rows of several data sets are
+refused unless `--mix-data` (rows older than the identity: unknown data, fitted alone as before,
+refused beside rows of known data). Writes DIR/fit.json (`FitResult`, what `plan --law` reads),
+DIR/report.txt (the printed report), the PNGs (`--no-plots` to skip) and DIR/fit.yaml (the
+resolved settings). DIR defaults to `fit/` next to the first results file.
 """
 
 from __future__ import annotations
@@ -71,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokens in the law's FP term: all of D (QAT tokens train too) or D_fp only",
     )
     p.add_argument(
+        "--mix-data",
+        action="store_true",
+        help="fit rows of several data sets together (rows record their data's identity: "
+        "without this flag, rows of two data sets are refused)",
+    )
+    p.add_argument(
         "--plots",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -83,7 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(opts: dict) -> int:
     from .. import fit as ft
     from ..fit.report import format_report
-    from ..fit.sources import find_results, pipeline_pairs, read_results, select_pipeline
+    from ..fit.sources import (
+        check_one_data,
+        find_results,
+        pipeline_pairs,
+        read_results,
+        select_pipeline,
+    )
 
     if not opts.get("results"):
         raise ValueError("give the sweep results: mlx_qat.fit RESULTS.jsonl|DIR [...]")
@@ -93,7 +107,9 @@ def _run(opts: dict) -> int:
     out = Path(opts["out"]) if opts.get("out") else files[0].parent / "fit"
     opts["out"] = str(out)
     merged = read_results(files)
+    n_data = check_one_data(merged, opts["mix_data"])
     rows, counts = select_pipeline(merged.rows, opts["pipeline"])
+    counts["data_sets"] = n_data
     t0 = time.time()
     log.info(
         "mlx_qat.fit: %d rows (%d FP, %d %s QAT); fitting, then %d bootstrap resamples",

@@ -118,6 +118,17 @@ class DataBundle:
         return dict(self.manifest["bytes_per_token"])
 
     @property
+    def identity(self) -> dict:
+        """What names these tokens by content (results rows carry it): the shards' key (a hash
+        of the input files' sha256, the split settings and the tokenizer's sha256; None for
+        shards older than the key) and the tokenizer's sha256. Read from the manifest: nothing
+        is hashed again."""
+        return {
+            "shards_key": self.manifest.get("key"),
+            "tokenizer_sha256": self.manifest["tokenizer"]["sha256"],
+        }
+
+    @property
     def has_test(self) -> bool:
         """True when the shards hold a test split (older ones have train and val only)."""
         return self.test is not None

@@ -45,6 +45,8 @@ def _sources(merged: Merged, counts: dict, pipeline: str) -> list[str]:
         extra.append(
             f"{merged.fp_repeats} FP row(s) of an FP run already read (at another bit width) counted once"
         )
+    if counts.get("data_sets", 1) > 1:
+        extra.append(f"rows of {counts['data_sets']} data sets fitted together (--mix-data)")
     if merged.torn:
         extra.append(f"{merged.torn} torn last line(s) skipped")
     if counts.get("no_loss"):

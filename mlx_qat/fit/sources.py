@@ -11,6 +11,13 @@
   with the N, D, seed and final loss of an earlier one is the same FP run (sweeps before the
   anchor trained once per model, budget and seed trained it once per bit width, under
   another config hash): it counts once (`fp_repeats`).
+- `check_one_data`: rows carry their data's identity (`data`: the shards' key and the
+  tokenizer's sha256); rows of two data sets (other text prepared at the same path, or two
+  corpora with one vocabulary) are refused unless mixing is asked for (`--mix-data`). Rows
+  written before rows carried it have an unknown identity: alone they fit as before (nothing
+  to compare), beside rows of a known data set they count as another data set. A row's
+  identity is part of its key, so one config hash on two data sets is two rows, not a
+  collision.
 - `select_pipeline`: the rows a law fit takes: pure-FP rows (bits null; the FP anchor, the
   same whatever the pipeline) and the QAT rows of one pipeline. Rows without a final loss are
   left out and counted.
@@ -96,7 +103,9 @@ def read_results(paths) -> Merged:
                 raise ValueError(f"{path}:{line}: a row must be a JSON object")
             m.files[str(path)] += 1
             canon = _result(row)
-            key = "hash:" + str(row["config_hash"]) if "config_hash" in row else canon
+            key = canon
+            if "config_hash" in row:  # the hash names the data by path: add its identity
+                key = f"hash:{row['config_hash']}@{json.dumps(row.get('data'), sort_keys=True)}"
             where = f"{path}:{line}"
             if key in seen:
                 first, origin = seen[key]
@@ -123,6 +132,43 @@ def read_results(paths) -> Merged:
             m.rows.append(row)
             m.origins.append(where)
     return m
+
+
+def data_sets(m: Merged) -> dict[str, dict]:
+    """The data sets of the merged rows: {identity as JSON: {"identity": the row's `data`
+    (None: unknown), "files": {file: rows}}}, in the order first seen."""
+    out: dict[str, dict] = {}
+    for row, origin in zip(m.rows, m.origins):
+        ident = row.get("data")
+        d = out.setdefault(json.dumps(ident, sort_keys=True), {"identity": ident, "files": {}})
+        f = origin.rsplit(":", 1)[0]
+        d["files"][f] = d["files"].get(f, 0) + 1
+    return out
+
+
+def _describe_data(ident) -> str:
+    if not ident:
+        return "unknown data (rows written before rows recorded their data)"
+    key, tok = ident.get("shards_key"), ident.get("tokenizer_sha256")
+    return f"shards key {str(key)[:16]}, tokenizer sha256 {str(tok)[:16]}"
+
+
+def check_one_data(m: Merged, mix: bool = False) -> int:
+    """The number of data sets the rows come from (see the module); ValueError naming each
+    data set and its files when there are several, unless `mix`."""
+    sets = data_sets(m)
+    if len(sets) > 1 and not mix:
+        parts = [
+            f"{_describe_data(d['identity'])} in "
+            + ", ".join(f"{f} ({n} rows)" for f, n in d["files"].items())
+            for d in sets.values()
+        ]
+        raise ValueError(
+            f"the rows come from {len(sets)} data sets, which one law would mix: "
+            f"{'; '.join(parts)}. Fit one data set's results at a time, or pass --mix-data "
+            "to fit them together"
+        )
+    return len(sets)
 
 
 def _result(row: dict) -> str:

@@ -15,7 +15,9 @@ flock gets a warning and no lock.
 sweep in a folder whose `grid.yaml` (the sweep file a sweep copied there) is another study:
 other data, or shared `train:` settings that change what is trained or how the rows are
 measured (the config hash's settings, `final_eval_batches`). A changed grid is the same study
-(a run's name spells its grid point: the runs that still match keep their rows).
+(a run's name spells its grid point: the runs that still match keep their rows). Rows carry
+their data's identity (`DataBundle.identity`); a folder whose rows were trained on other data
+than the sweep's `data:` holds now (other text prepared again at the same path) is refused too.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ import yaml
 
 from ..train.config import DATA_FIELDS, TrainConfig
 from .grid import Sweep
-from .shard import Shard
+from .results import read_rows
+from .shard import RESULTS, Shard
 
 try:
     import fcntl
@@ -240,10 +243,43 @@ def _differences(old: dict, sweep: Sweep) -> list[str]:
     return out
 
 
+def _data_identity(data: str) -> dict | None:
+    """`DataBundle.identity` of prepared data at `data` (None for raw text, or none there)."""
+    from ..data.shards import load_bundle
+
+    try:
+        return load_bundle(data).identity
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _check_rows_data(sweep: Sweep, out: Path) -> None:
+    """ValueError when the folder's rows were trained on other data than `sweep.data` holds
+    now (other text prepared again at the same path): continuing would mix two data sets."""
+    now = _data_identity(sweep.data)
+    if now is None:
+        return
+    for path in [out / RESULTS, *sorted(out.glob(f"shard-*-of-*/{RESULTS}"))]:
+        for row in read_rows(path):
+            was = row.get("data")
+            if was and was != now:
+                raise ValueError(
+                    f"{path}: its rows were trained on other data (shards key "
+                    f"{str(was.get('shards_key'))[:16]}, tokenizer sha256 "
+                    f"{str(was.get('tokenizer_sha256'))[:16]}) than {sweep.data} holds now "
+                    f"(shards key {str(now['shards_key'])[:16]}, tokenizer sha256 "
+                    f"{now['tokenizer_sha256'][:16]}): was it prepared again? The folder's rows "
+                    f"would mix two data sets. Give {sweep.source} its own out:, or prepare "
+                    f"the rows' data again at {sweep.data}"
+                )
+
+
 def check_same_sweep(sweep: Sweep) -> None:
     """Raise ValueError, naming the file and what differs, when `sweep.out` (or a shard folder
-    in it) holds the grid.yaml of another study (see the module); nothing is written."""
+    in it) holds the grid.yaml of another study, or rows of other data than `sweep.data` holds
+    now (see the module); nothing is written."""
     out = Path(sweep.out)
+    _check_rows_data(sweep, out)
     for path in [out / GRID, *sorted(out.glob(f"shard-*-of-*/{GRID}"))]:
         if not path.is_file():
             continue

@@ -1,12 +1,13 @@
 """`results.jsonl`: one row per finished run, appended atomically, read back defensively.
 
 A row holds what the law fit needs and nothing it must recompute (the schema `mlx_qat.fit`
-reads, `mlx_qat/fit/rows.py`): N, D, D_fp, D_qat, bits (null for a pure-FP run), final_loss
-(the fake-quant model's loss for a QAT run, the float model's for an FP run), plus the run's
-name and groups, config hash, N without embeddings, exact parameter bytes (every tensor at its
-own bits) and nominal N·B/8, S, f, group size, quantizer, pipeline, seed, the FP / QAT / PTQ
-loss and bits per byte of the final evaluation (the whole validation split), wall time and
-tokens/s.
+reads, `mlx_qat/fit/rows.py`): N, D, D_fp, D_qat, bits (null for a pure-FP run), final_loss (the
+fake-quant model's loss for a QAT run, the float model's for an FP run), plus the run's name and
+groups, config hash, the data's identity (`data`: the shards' key and the tokenizer's sha256,
+`DataBundle.identity`; the config hash holds only the data's path), N without embeddings, exact
+parameter bytes (every tensor at its own bits) and nominal N·B/8, S, f, group size, quantizer,
+pipeline, seed, the FP / QAT / PTQ loss and bits per byte of the final evaluation (the whole
+validation split), wall time and tokens/s.
 
 Appending: each row is one `os.write` of one line on an `O_APPEND` descriptor, then fsync. A
 kill can at worst leave a line without its newline at the end of the file; `read_rows` ignores
@@ -60,6 +61,7 @@ def make_row(name: str, groups: tuple[str, ...], config: TrainConfig, result: di
             for k, v in (("fp", fp), ("qat", qat), ("ptq", ptq))
         },
         "eval_tokens": (fp or {}).get("tokens"),
+        "data": result.get("data"),
         "wall_s": result.get("train_s"),
         "tokens_per_s": result.get("tokens_per_s"),
     }

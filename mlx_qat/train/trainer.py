@@ -443,6 +443,7 @@ class Trainer:
             "train_s": round(self.elapsed, 2),
             "peak_memory_mb": round(mx.get_peak_memory() / 2**20, 1),
             "config_hash": self.cfg.hash(),
+            "data": self.bundle.identity if self.bundle is not None else None,
             "world_size": self.dist.size,
             **basin_result(self),
         }
