@@ -141,6 +141,8 @@ def test_jobs_2_gives_the_rows_of_one_process_and_runs_again(reference, tmp_path
     assert sorted(r["name"] for r in rows) == sorted(ref)
     for r in rows:
         assert r["final_loss"] == pytest.approx(ref[r["name"]]["final_loss"], rel=1e-6)
+        # the progress line says the row's loss (an FP run's float loss, not its PTQ loss)
+        assert f"{r['name']}: done, loss {r['final_loss']:.4f} " in first.stdout
     assert not list(out.rglob("sweep_run.yaml"))
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]

@@ -123,7 +123,9 @@ def _train(sweep, trunks, shard, opts: dict) -> int:
             state["tokens"] += job.member.tokens
             rate = state["tokens"] / max(time.time() - state["t0"], 1e-9)
             left = max(total_tokens - state["tokens"], 0) / rate if rate else 0
-            loss = (info.get("eval") or {}).get("qat") or (info.get("eval") or {}).get("fp")
+            # the row's final loss: the float model's for a pure-FP run (its "qat" is its PTQ)
+            ev = info.get("eval") or {}
+            loss = ev.get("fp") if job.member.plan.qat_steps == 0 else ev.get("qat")
             print(
                 f"[{state['done']}/{n}] {job.name}: done, loss {loss['loss']:.4f}"
                 f" (~{left / 60:.0f} min left)"
