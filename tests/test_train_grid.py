@@ -39,7 +39,7 @@ def dwq_settings(data, out, model, **kw):
 def grid_and_norms(model) -> dict[str, mx.array]:
     """Our trainable arrays under mlx-lm's names (`<layer>.scales` / `.biases`, norms as is)."""
     names = {}
-    for path, layer in qat_layers(model):
+    for path, _ in qat_layers(model):
         names[f"{path}.quantizer.scale"] = f"{path}.scales"
         names[f"{path}.quantizer.bias"] = f"{path}.biases"
     return {names.get(k, k): mx.array(v) for k, v in tree_flatten(model.trainable_parameters())}

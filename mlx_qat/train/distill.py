@@ -3,7 +3,7 @@
 Objectives (`TrainConfig.objective`), per target token, averaged over the batch's tokens:
 
     ce:   CE  = −log p_s(y)                                   next-token cross-entropy
-    kd:   KD  = T² · KL(p_t^T ‖ p_s^T),  p^T = softmax(z / T)  (`loss.kl_to_teacher`)
+    kd:   KD  = T² · KL(p_t^T ‖ p_s^T),  p^T = softmax(z / T)  (`kd.kd_per_token`)
     mix:  (1 − w) · CE + w · KD
 
 with T = `kd_temperature`, w = `kd_weight`, z the logits, s the student (the model being
@@ -39,10 +39,10 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..checkpoint import CHECKPOINTS, load_checkpoint, step_dir_name
-from ..loss import kl_to_teacher
 from ..models.build import make_model
 from ..models.presets import model_from_config
 from .config import OBJECTIVES
+from .kd import kd_per_token
 from .optim import is_quantizer_param
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def objective_loss(
     if objective != "ce":
         if teacher_logits is None:
             raise ValueError(f"objective={objective!r}: needs the teacher's logits")
-        kd = temperature**2 * kl_to_teacher(logits, teacher_logits, temperature).mean()
+        kd = kd_per_token(logits, teacher_logits, temperature).mean()
     if objective == "mix":
         return (1.0 - weight) * ce + weight * kd
     return ce if objective == "ce" else kd
