@@ -23,6 +23,12 @@ Every method is one subprocess (its wall time and MLX peak memory are its own), 
    optimizer settings (Adam β2 0.999, no gradient clipping, constant LR) instead of the
    trainer's defaults (β2 0.95, clip 1, 1-sqrt cooldown over the last 20%). E.g.
    `qat_kd~1e-4:1e-4+fixed`.
+6. `grid`: `mlx_qat.train --train grid` (every weight frozen; the grid and the norms trained,
+   the parameters DWQ trains) with DWQ's settings — `kd` at `--temperature`, the fixed-code
+   gradient, Adam β2 0.999 with ε = T² · 1e-8 (DWQ's 1e-8 for a loss without the T² factor),
+   no clipping, constant LR, no warmup — at `--dwq-lr`, or `grid~LR`. `+trainer` keeps the
+   trainer's own optimizer defaults instead. tests/test_train_grid.py checks that these
+   settings take DWQ's steps exactly on the same windows.
 
 Every exported model is evaluated the same way: loaded with `mlx_lm.load`, its quantized layers
 turned into float32 weights (`mlx_lm.utils.dequantize_model`: the same numbers, 20× faster than
@@ -241,11 +247,11 @@ def run_method(args) -> None:
     m, work = args.method, args.work
     if parse_method(m, args)["kind"] == "dwq":
         run_dwq(args)
-    elif m.startswith("qat_"):
-        run_qat(args, m.removeprefix("qat_"))
+    elif parse_method(m, args)["kind"] == "qat":
+        run_qat(args, m)
     info = {"method": m, "train_s": time.perf_counter() - t0,
             "peak_memory_gb": mx.get_peak_memory() / 1e9}  # fmt: skip
-    if m.startswith("qat_"):  # trained in a grandchild: its own record (steps only, and peak)
+    if parse_method(m, args)["kind"] == "qat":  # trained in a grandchild: its own record
         r = json.loads((work / f"{m}_run" / "result.json").read_text())
         info.update(steps_s=r["train_s"], peak_memory_gb=r["peak_memory_mb"] * 2**20 / 1e9)
     (work / f"{m}.train.json").write_text(json.dumps(info))
@@ -255,10 +261,17 @@ def parse_method(name: str, args) -> dict:
     """The settings a method name carries (module docstring): kind, lr, and for QAT objective,
     temperature, scale_lr and scale_grad."""
     head, *flags = name.split("+")
-    if set(flags) - {"fixed", "adam"}:
-        raise SystemExit(f"method {name!r}: the suffixes are '+fixed' and '+adam'")
+    if set(flags) - {"fixed", "adam", "trainer"}:
+        raise SystemExit(f"method {name!r}: the suffixes are '+fixed', '+adam' and '+trainer'")
     head, _, lrs = head.partition("~")
     lr, _, scale_lr = lrs.partition(":")
+    if head == "grid":
+        if scale_lr or set(flags) - {"trainer"}:
+            raise SystemExit(f"method {name!r}: grid takes only '~LR' and '+trainer'")
+        lr = float(lr) if lr else args.dwq_lr
+        return {"kind": "qat", "objective": "kd", "temperature": args.temperature, "lr": lr,
+                "scale_lr": lr, "scale_grad": "fixed_codes", "adam": "trainer" not in flags,
+                "train": "grid"}  # fmt: skip
     if head == "dwq":
         if flags or scale_lr:
             raise SystemExit(f"method {name!r}: dwq takes only '~LR'")
@@ -274,6 +287,7 @@ def parse_method(name: str, args) -> dict:
         "scale_lr": float(scale_lr) if scale_lr else args.dwq_lr,
         "scale_grad": "fixed_codes" if "fixed" in flags else "ste",
         "adam": "adam" in flags,
+        "train": "all",
     }
 
 
@@ -287,15 +301,18 @@ def describe(name: str, args) -> str:
     t = f", T {p['temperature']:g}" if p["objective"] != "ce" else ""
     grad = "fixed-code" if p["scale_grad"] == "fixed_codes" else "STE"
     opt = "; DWQ's Adam: β2 0.999, no clip, constant LR" if p["adam"] else ""
+    if p["train"] == "grid":
+        return f"weights frozen, grid and norms lr {p['lr']:g} ({grad} gradient){t}{opt}"
     return f"weights lr {p['lr']:g}, grid lr {p['scale_lr']:g} ({grad} gradient){t}{opt}"
 
 
-def run_qat(args, spec: str) -> None:
-    """Train `qat_<spec>` (settings from its name, `parse_method`) and convert it."""
+def run_qat(args, method: str) -> None:
+    """Train `method` through mlx_qat.train (settings from its name, `parse_method`) and
+    convert it."""
     work = args.work
-    p = parse_method(f"qat_{spec}", args)
+    p = parse_method(method, args)
     lr = p["lr"]
-    out = work / f"qat_{spec}_run"
+    out = work / f"{method}_run"
     cmd = [
         sys.executable, "-m", "mlx_qat", "train", "--model", str(work / "float"),
         "--data", str(work / "data"), "--out", str(out), "--overwrite",
@@ -310,7 +327,11 @@ def run_qat(args, spec: str) -> None:
     ]  # fmt: skip
     if p["adam"]:  # DWQ's optimizer settings instead of the trainer's defaults
         cmd += ["--beta2", "0.999", "--grad-clip", "0", "--cooldown-fraction", "0"]
-    sh(cmd, work / f"qat_{spec}.train.log")
+    if p["train"] == "grid":
+        cmd += ["--train", "grid"]
+        if p["adam"]:  # and DWQ's ε (its loss has no T² factor), no warmup
+            cmd += ["--eps", str(p["temperature"] ** 2 * 1e-8), "--warmup-steps", "0"]
+    sh(cmd, work / f"{method}.train.log")
     sh(
         [
             sys.executable,
@@ -319,10 +340,10 @@ def run_qat(args, spec: str) -> None:
             "convert",
             str(out),
             "--mlx-path",
-            str(work / f"qat_{spec}"),
+            str(work / method),
             "--force",
         ],  # fmt: skip
-        work / f"qat_{spec}.convert.log",
+        work / f"{method}.convert.log",
     )
 
 
