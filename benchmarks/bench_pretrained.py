@@ -21,8 +21,10 @@ Every method is one subprocess (its wall time and MLX peak memory are its own), 
    and biases at SLR instead of `--dwq-lr`; `+fixed` gives the grid DWQ's fixed-code gradient
    (`--scale-grad fixed_codes`) instead of the straight-through one; `+adam` uses DWQ's
    optimizer settings (Adam β2 0.999, no gradient clipping, constant LR) instead of the
-   trainer's defaults (β2 0.95, clip 1, 1-sqrt cooldown over the last 20%). E.g.
-   `qat_kd~1e-4:1e-4+fixed`.
+   trainer's defaults (β2 0.95, clip 1, 1-sqrt cooldown over the last 20%); `+split` trains
+   the norms at the grid's LR SLR (as DWQ does) and only the weight matrices at LR
+   (`--lr SLR --weight-lr-scale LR/SLR`) instead of the norms at LR. E.g.
+   `qat_kd~1e-4:1e-4+fixed`, `qat_kd~1e-5:1e-4+fixed+adam+split`.
 6. `grid`: `mlx_qat.train --train grid` (every weight frozen; the grid and the norms trained,
    the parameters DWQ trains) with DWQ's settings — `kd` at `--temperature`, the fixed-code
    gradient, Adam β2 0.999 with ε = T² · 1e-8 (DWQ's 1e-8 for a loss without the T² factor),
@@ -261,8 +263,10 @@ def parse_method(name: str, args) -> dict:
     """The settings a method name carries (module docstring): kind, lr, and for QAT objective,
     temperature, scale_lr and scale_grad."""
     head, *flags = name.split("+")
-    if set(flags) - {"fixed", "adam", "trainer"}:
-        raise SystemExit(f"method {name!r}: the suffixes are '+fixed', '+adam' and '+trainer'")
+    if set(flags) - {"fixed", "adam", "trainer", "split"}:
+        raise SystemExit(
+            f"method {name!r}: the suffixes are '+fixed', '+adam', '+split' and '+trainer'"
+        )
     head, _, lrs = head.partition("~")
     lr, _, scale_lr = lrs.partition(":")
     if head == "grid":
@@ -287,6 +291,7 @@ def parse_method(name: str, args) -> dict:
         "scale_lr": float(scale_lr) if scale_lr else args.dwq_lr,
         "scale_grad": "fixed_codes" if "fixed" in flags else "ste",
         "adam": "adam" in flags,
+        "split": "split" in flags,
         "train": "all",
     }
 
@@ -303,6 +308,9 @@ def describe(name: str, args) -> str:
     opt = "; DWQ's Adam: β2 0.999, no clip, constant LR" if p["adam"] else ""
     if p["train"] == "grid":
         return f"weights frozen, grid and norms lr {p['lr']:g} ({grad} gradient){t}{opt}"
+    if p.get("split"):
+        return (f"weights lr {p['lr']:g}, grid and norms lr {p['scale_lr']:g} ({grad} "
+                f"gradient){t}{opt}")  # fmt: skip
     return f"weights lr {p['lr']:g}, grid lr {p['scale_lr']:g} ({grad} gradient){t}{opt}"
 
 
@@ -320,7 +328,9 @@ def run_qat(args, method: str) -> None:
         "--embed-bits", str(args.bits), "--quantizer", "learned_affine",
         "--scale-grad", p["scale_grad"], "--qat-fraction", "1", "--tokens", str(args.tokens),
         "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-        "--lr", str(lr), "--quantizer-lr-scale", str(p["scale_lr"] / lr),
+        *(["--lr", str(p["scale_lr"]), "--quantizer-lr-scale", "1",
+           "--weight-lr-scale", str(lr / p["scale_lr"])] if p.get("split") else
+          ["--lr", str(lr), "--quantizer-lr-scale", str(p["scale_lr"] / lr)]),
         "--weight-decay", "0", "--eval-every", "0", "--eval-batches", "1",
         "--final-eval-batches", "1", "--save-every", "0", "--seed", str(args.seed),
         "--objective", p["objective"], "--kd-temperature", str(p["temperature"]), "--quiet",
@@ -329,8 +339,9 @@ def run_qat(args, method: str) -> None:
         cmd += ["--beta2", "0.999", "--grad-clip", "0", "--cooldown-fraction", "0"]
     if p["train"] == "grid":
         cmd += ["--train", "grid"]
-        if p["adam"]:  # and DWQ's ε (its loss has no T² factor), no warmup
-            cmd += ["--eps", str(p["temperature"] ** 2 * 1e-8), "--warmup-steps", "0"]
+    if p["adam"] and (p["train"] == "grid" or p.get("split")):
+        # and DWQ's ε (its loss has no T² factor), no warmup: grid mode is then DWQ exactly
+        cmd += ["--eps", str(p["temperature"] ** 2 * 1e-8), "--warmup-steps", "0"]
     sh(cmd, work / f"{method}.train.log")
     sh(
         [

@@ -117,3 +117,30 @@ def test_grid_mode_needs_qat_from_the_first_step_and_a_learnable_grid(tiny_data_
         Trainer(dwq_settings(tiny_data_dir, tmp_path / "a", src, qat_fraction=0.5)).setup()
     with pytest.raises(ValueError, match="use --quantizer learned_affine"):
         dwq_settings(tiny_data_dir, tmp_path / "b", src, quantizer="minmax", scale_grad="ste")
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5])
+def test_weight_lr_scale_moves_the_weights_that_much_slower(tiny_data_dir, tmp_path, scale):  # noqa: F811
+    """One Adam step moves each weight by about its LR (sign(g)·lr where |g| ≫ ε): with
+    `weight_lr_scale` s by s·lr, while the grid and the norms take the full LR; at s = 0 the
+    weights stay put and the grid follows `--train grid` exactly."""
+    src, _ = float_model_dir(tmp_path / "float", vocab=512)
+    start = mx.load(str(src / "model.safetensors"))
+    one = dict(tokens=B * L, eps=1e-12)
+    t = Trainer(
+        dwq_settings(tiny_data_dir, tmp_path / "all", src, train="all", weight_lr_scale=scale, **one)
+    )  # fmt: skip
+    t.setup()
+    t.run()
+    w = dict(tree_flatten(t.model.parameters()))
+    step = max(float(mx.abs(w[k] - v).max()) for k, v in start.items() if "norm" not in k)
+    norm = max(float(mx.abs(w[k] - v).max()) for k, v in start.items() if "norm" in k)
+    np.testing.assert_allclose(step, scale * LR, rtol=1e-3, atol=1e-9)
+    np.testing.assert_allclose(norm, LR, rtol=1e-3)
+    if scale == 0.0:
+        g = Trainer(dwq_settings(tiny_data_dir, tmp_path / "grid", src, **one))
+        g.setup()
+        g.run()
+        ours, grid = grid_and_norms(t.model), grid_and_norms(g.model)
+        for k, v in grid.items():
+            np.testing.assert_allclose(ours[k], v, rtol=1e-5, atol=1e-7, err_msg=k)

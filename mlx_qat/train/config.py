@@ -62,7 +62,8 @@ _NOT_HASHED = {
 # runs keep their hash (resume, sweep rows). A default never changes meaning, so this is exact.
 _HASHED_WHEN_SET = ("objective", "kd_temperature", "kd_weight", "teacher_dtype", "quant_overrides")
 _HASHED_WHEN_SET += ("lr_control", "trs_lambda", "trs_momentum", "trs_granularity", "trs_u0",
-                     "trs_eta", "scale_grad", "train", "master_dtype")  # fmt: skip
+                     "trs_eta", "scale_grad", "train", "master_dtype",
+                     "weight_lr_scale")  # fmt: skip
 # Settings a resumed run may change with `reschedule` (e.g. after a divergence): they shape the
 # LR and the update from the resumed step on, not the plan, the model or the data.
 SCHEDULE_FIELDS = (
@@ -274,6 +275,14 @@ class TrainConfig:
     # 41% at x0.1 (benchmarks/results/main_job.md); LSQ at x1 diverged at a pretraining LR.
     quantizer_lr_scale: float | None = _f(
         None, "LR multiplier of learnable quantizer parameters (LSQ alpha, scales)", "optimizer"
+    )
+    weight_lr_scale: float = _f(
+        1.0,
+        "LR multiplier of the weight matrices (linear layers, embedding); norms and biases stay "
+        "at --lr. Below 1 with --quantizer-lr-scale 1, the grid and the norms train at --lr "
+        "(as DWQ's do) while the weights move slower; 0 holds them (use --train grid: the same "
+        "training without their gradients and moments)",
+        "optimizer",
     )
     # transition-rate scheduling (train/trs.py; paper 001)
     lr_control: str = _f(

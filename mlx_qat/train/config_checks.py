@@ -145,6 +145,7 @@ def _check_ranges(self) -> None:
     need(0 <= self.beta2 < 1, "beta2", "in [0, 1)")
     need(self.eps > 0, "eps", "> 0")
     need(self.quantizer_lr_scale >= 0, "quantizer_lr_scale", ">= 0")
+    need(0 <= self.weight_lr_scale < math.inf, "weight_lr_scale", ">= 0 and finite")
     need(self.auto_a > 0, "auto_a", "> 0")
     need(0 < self.trs_lambda < math.inf, "trs_lambda", "> 0 and finite")
     need(0 <= self.trs_momentum < 1, "trs_momentum", "in [0, 1)")

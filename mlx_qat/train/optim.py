@@ -8,8 +8,9 @@ Three AdamW instances behind `optim.MultiOptimizer`, split by parameter path:
   scale of ~1e-2 would jump by 100% per step at a pretraining LR of 1e-2.
 - not decayed: norms and biases (1-D).
 - decayed: float weights with ≥ 2 dimensions — every linear weight and the (tied) embedding
-  table. The tied table is also the output projection, and decaying it keeps its range (and
-  so its 4-bit grid) tight, as GPT-2/nanoGPT do.
+  table — at the LR times `weight_lr_scale` (1, but for fine-tunes that move the weights
+  slower than the grid and the norms). The tied table is also the output projection, and
+  decaying it keeps its range (and so its 4-bit grid) tight, as GPT-2/nanoGPT do.
 
 Both use bias-corrected moments (β1, β2, ε from the config). The learning rate is set from
 the plan before every step (`set_lr`), so the schedule is a pure function of the step.
@@ -38,7 +39,8 @@ def build_optimizer(model: nn.Module, config) -> optim.MultiOptimizer:
 
     Args:
         model: the prepared model.
-        config: a `TrainConfig` (lr, beta1, beta2, eps, weight_decay, quantizer_lr_scale).
+        config: a `TrainConfig` (lr, beta1, beta2, eps, weight_decay, quantizer_lr_scale,
+            weight_lr_scale).
     """
 
     def adamw(wd: float) -> optim.AdamW:
@@ -54,7 +56,7 @@ def build_optimizer(model: nn.Module, config) -> optim.MultiOptimizer:
         [adamw(0.0), adamw(0.0), adamw(config.weight_decay)],
         [lambda path, p: is_quantizer_param(path), lambda path, p: not is_decayed(path, p)],
     )
-    opt.lr_scales = (float(config.quantizer_lr_scale), 1.0, 1.0)
+    opt.lr_scales = (float(config.quantizer_lr_scale), 1.0, float(config.weight_lr_scale))
     opt.init(model.trainable_parameters())
     return opt
 
