@@ -9,7 +9,7 @@ from .prepare import init_quantizers, prepare, prepare_report, qat_layers, quant
 from .qat_config import QATConfig
 from .quant import QuantSpec, fake_quantize, make_quantizer, quantize_grid
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place: pyproject.toml reads it (tool.setuptools.dynamic)
 
 __all__ = [
     "QATConfig",

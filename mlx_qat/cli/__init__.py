@@ -4,7 +4,8 @@ One module per verb (`mlx_qat.cli.data`, `.train`, `.eval`, `.convert`, `.plan`,
 `.sweep`, `.fit`, `.diagnose`),
 each with `build_parser()` and `main(argv=None) -> int`, built on `cli.common`. This module only
 dispatches. On Linux the process first re-executes itself with Debian's OpenBLAS preloaded
-(`mlx_qat.blas`; opt out with `MLX_QAT_NO_OPENBLAS=1`).
+(`mlx_qat.blas`; opt out with `MLX_QAT_NO_OPENBLAS=1`). `python -m mlx_qat --debug <verb>` is
+`<verb> --debug`: errors raise with their traceback (`cli.common.run_verb`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,17 @@ VERBS = {
 
 def _usage() -> str:
     rows = "\n".join(f"  {v:<8} {what}" for v, what in VERBS.items())
-    return f"usage: python -m mlx_qat <verb> [args...]   (<verb> --help for its flags)\n{rows}"
+    return (
+        "usage: python -m mlx_qat [--debug] <verb> [args...]   (<verb> --help for its flags)\n"
+        + rows
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m mlx_qat <verb> [args]`: run the verb's `main`; returns its exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["--debug"]:  # a global flag before the verb: the verb's own --debug
+        args = [*args[1:2], "--debug", *args[2:]] if len(args) > 1 else []
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         return 0 if args else 2

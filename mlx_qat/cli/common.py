@@ -9,7 +9,14 @@ Precedence is CLI > YAML > defaults, as in `mlx_lm.lora`: every flag is parsed w
 None (= not given), YAML values fill what the command line left out, and the parser's declared
 defaults fill the rest. YAML keys may use `-` or `_`; an unknown key is an error naming it, and
 every value is coerced with the flag's own `type` (PyYAML reads `1e-3` as a string) and checked
-against its `choices`, so a bad value fails before anything runs.
+against its `choices`, so a bad value fails before anything runs. `--config NAME` that is not a
+file names a config shipped in `mlx_qat/configs/` (`--config main`).
+
+Errors (`run_verb`): bad input (ValueError and its subclasses, which every validation raises;
+OSError; RuntimeError, which MLX raises for memory and shapes it cannot handle) is one line,
+`mlx_qat.<verb>: error: ...`, exit 1. Any other exception is a bug in mlx_qat: its message,
+where it was raised, and the full traceback in a crash file (`crash_dir()`), exit 1. `--debug`
+on every verb, or `MLX_QAT_DEBUG=1`, lets every exception propagate with its traceback.
 """
 
 from __future__ import annotations
@@ -17,25 +24,63 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import platform
 import sys
+import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, cache_dir
 
 # Flags that steer the command itself, not its result: never saved in the resolved settings.
-NOT_SAVED = ("config", "quiet", "force", "help")
+NOT_SAVED = ("config", "quiet", "force", "help", "debug")
+# The configs shipped with the package (package data): `--config main` is CONFIGS/main.yaml.
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DEBUG_ENV = "MLX_QAT_DEBUG"
+# Bad input, reported in one line: what our validation raises (ValueError and its subclasses:
+# ConvertError, CheckpointError, ...), I/O errors, and MLX's RuntimeErrors (memory, shapes).
+USER_ERRORS = (ValueError, OSError, RuntimeError, MemoryError)
+
+
+def add_config(parser: argparse.ArgumentParser) -> None:
+    """`--config FILE.yaml` (or the NAME of a shipped config)."""
+    names = ", ".join(shipped_configs())
+    parser.add_argument(
+        "--config",
+        metavar="FILE.yaml|NAME",
+        help=f"read settings from a YAML file, or a shipped config by name ({names}); CLI flags win",
+    )
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
     """`--config FILE.yaml` and `--quiet`, which every verb takes."""
-    parser.add_argument(
-        "--config", metavar="FILE.yaml", help="read settings from a YAML file (CLI flags win)"
-    )
+    add_config(parser)
     parser.add_argument("--quiet", action="store_true", help="print only results and errors")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped in `mlx_qat/configs/` (`main`, `mac`, ...)."""
+    return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+
+
+def config_file(value: str | Path, flag: str = "--config") -> Path:
+    """`value` when it exists; else the shipped config it names (`main` or `main.yaml` is
+    `mlx_qat/configs/main.yaml`). Raises ValueError listing the shipped names otherwise."""
+    path = Path(value)
+    if path.exists():
+        return path
+    name = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if str(path) in (name, f"{name}.yaml") and (CONFIGS / f"{name}.yaml").is_file():
+        return CONFIGS / f"{name}.yaml"
+    raise ValueError(
+        f"{flag} {value}: no such file, and not the name of a shipped config "
+        f"({', '.join(shipped_configs())})"
+    )
 
 
 def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -112,6 +157,7 @@ def resolve(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict:
     merged = {k: v for k, v in defaults.items() if v is not argparse.SUPPRESS}
     path = given.pop("config", None)
     if path is not None:
+        path = config_file(path)
         loaded = load_yaml(path)
         known = sorted(set(actions) - {"config"})
         unknown = sorted(set(loaded) - set(known))
@@ -166,6 +212,65 @@ def save_resolved(path: str | Path, verb: str, opts: dict) -> Path:
     return Path(path)
 
 
+def debugging(opts: dict | None = None) -> bool:
+    """True with `--debug` (in `opts`) or `MLX_QAT_DEBUG` set to anything but "", "0"."""
+    return bool((opts or {}).get("debug")) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def crash_dir() -> Path:
+    """Where crash reports go: `<cache>/crashes` (`$MLX_QAT_CACHE`, `$XDG_CACHE_HOME/mlx_qat`
+    or `~/.cache/mlx_qat`)."""
+    return cache_dir() / "crashes"
+
+
+def write_crash_report(verb: str, argv: list[str], exc: BaseException) -> Path:
+    """The command, versions and full traceback of `exc`, in a new file under `crash_dir()`."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = crash_dir() / f"{verb}-{stamp}-{os.getpid()}.txt"
+    text = (
+        f"command: mlx_qat.{verb} {' '.join(argv)}\n"
+        f"cwd: {os.getcwd()}\n"
+        f"mlx_qat {ver('mlx_qat')}, mlx {ver('mlx')}, mlx-lm {ver('mlx-lm')}, "
+        f"Python {platform.python_version()}, {platform.platform()}\n\n"
+        + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+    return path
+
+
+def report_bug(verb: str, argv: list[str], exc: BaseException) -> None:
+    """Print an unexpected exception as a bug: its message, where it was raised, and where its
+    traceback was saved (the traceback itself when it cannot be saved)."""
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    lines = [
+        f"mlx_qat.{verb}: internal error: {type(exc).__name__}: {exc}",
+        f"  raised at {frame.filename}:{frame.lineno} in {frame.name}",
+    ]
+    try:
+        path = write_crash_report(verb, argv, exc)
+        lines += [
+            f"This is a bug in mlx_qat, not in your input. Its full traceback is in {path}:",
+            "please report it with that file. Rerun with --debug (or MLX_QAT_DEBUG=1) to see "
+            "the traceback here.",
+        ]
+    except OSError as e:
+        lines += [
+            f"This is a bug in mlx_qat, not in your input (could not save its traceback: {e});",
+            "please report it with this traceback:",
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip(),
+        ]
+    print("\n".join(lines), file=sys.stderr)
+
+
 def run_verb(
     verb: str,
     build_parser: Callable[[], argparse.ArgumentParser],
@@ -174,25 +279,41 @@ def run_verb(
     log_format: str = "%(message)s",
 ) -> int:
     """Run one verb: re-exec with OpenBLAS (console script only), resolve the settings, set up
-    logging once, call `body(opts)`; bad input and I/O errors become `mlx_qat.<verb>: error:
-    ...` and exit 1 (argparse's own usage errors exit 2). RuntimeError counts as bad input
-    too: MLX raises it for shapes and memory it cannot handle."""
+    logging once, call `body(opts)`. Bad input (`USER_ERRORS`) becomes `mlx_qat.<verb>: error:
+    ...` and exit 1 (argparse's own usage errors and bad `--config` settings exit 2); any other
+    exception is reported as a bug (`report_bug`), exit 1. With `--debug` (added to every
+    verb's parser here) or `MLX_QAT_DEBUG=1`, every exception propagates with its traceback."""
     if argv is None:  # a console script: argv is ours to re-exec with
         from ..blas import reexec_with_openblas
 
         reexec_with_openblas(["-m", "mlx_qat", verb, *sys.argv[1:]])
         argv = sys.argv[1:]
+    argv = list(argv)
     parser = build_parser()
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"on any error, raise it with its full traceback (or set {DEBUG_ENV}=1)",
+    )
     try:
-        opts = resolve(parser, list(argv))
+        opts = resolve(parser, argv)
     except ValueError as e:
+        if "--debug" in argv or debugging():
+            raise
         parser.error(str(e))
     setup_logging(bool(opts.get("quiet")), log_format)
     try:
         return int(body(opts))
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f"mlx_qat.{verb}: error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
+        if debugging(opts):
+            raise
         print(f"mlx_qat.{verb}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if debugging(opts):
+            raise
+        if isinstance(e, USER_ERRORS):
+            print(f"mlx_qat.{verb}: error: {e}", file=sys.stderr)
+        else:
+            report_bug(verb, argv, e)
+        return 1

@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Options of the command that are not `convert()` arguments.
-_CLI_ONLY = ("path", "config", "quiet", "quantize")
+_CLI_ONLY = ("path", "config", "quiet", "quantize", "debug")
 
 
 def _convert_kwargs(opts: dict) -> dict:

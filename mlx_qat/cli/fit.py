@@ -3,7 +3,7 @@
 
     mlx_qat.fit runs/sweep_tiny/results.jsonl               # -> runs/sweep_tiny/fit/
     mlx_qat.fit machine_a/ machine_b/ --out fit --bootstrap 500   # a sweep split across machines
-    mlx_qat.plan --config configs/main.yaml --law runs/sweep_tiny/fit/fit.json
+    mlx_qat.plan --config main --law runs/sweep_tiny/fit/fit.json
 
 RESULTS are results.jsonl files or folders (every results.jsonl in them and below: a sweep's own
 rows and its shards'); their rows are merged (one run's rows kept once, whatever their timings;

@@ -2,9 +2,9 @@
 (`mlx_qat.train.plan_for_config`).
 
     mlx_qat.plan --preset d4 --tokens 20e6 --bits 4         # N, bytes, S, auto f, steps, LR
-    mlx_qat.plan --config configs/main.yaml --json
-    mlx_qat.plan --config configs/main.yaml --save plans/main   # plan.json + config.yaml
-    mlx_qat.plan --config configs/main.yaml --law runs/sweep_tiny/fit/fit.json --memory 1M
+    mlx_qat.plan --config main --json
+    mlx_qat.plan --config main --save plans/main   # plan.json + config.yaml
+    mlx_qat.plan --config main --law runs/sweep_tiny/fit/fit.json --memory 1M
 
 Takes every flag of `mlx_qat.train`. With `--save DIR` it writes the plan to `DIR/plan.json`
 and the resolved training config to `DIR/config.yaml` (`mlx_qat.train --config DIR/config.yaml`

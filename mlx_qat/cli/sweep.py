@@ -1,16 +1,16 @@
 """`mlx_qat.sweep`: run a scaling-law grid (`mlx_qat.sweep`), one row per run in
 `<out>/results.jsonl`; re-running continues where it stopped.
 
-    mlx_qat.sweep configs/sweep_tiny.yaml --dry-run    # runs, trunks, tokens, estimated time
-    mlx_qat.sweep configs/sweep_tiny.yaml              # train (skips finished rows)
-    mlx_qat.fit runs/sweep_tiny/results.jsonl          # the loss law and the optimal fraction
+    mlx_qat.sweep sweep_tiny --dry-run         # a shipped sweep by name: runs, trunks, time
+    mlx_qat.sweep my_sweep.yaml                # train (skips finished rows)
+    mlx_qat.fit runs/sweep_tiny/results.jsonl  # the loss law and the optimal fraction
 
 Across machines, each runs a deterministic share of the trunks (whole trunks, balanced by
 tokens) into its own results file; copy the outputs together and fit them all:
 
-    mlx_qat.sweep configs/sweep_tiny.yaml --shard 0/2  # machine A: <out>/shard-0-of-2/results.jsonl
-    mlx_qat.sweep configs/sweep_tiny.yaml --shard 1/2  # machine B: <out>/shard-1-of-2/results.jsonl
-    mlx_qat.fit runs/sweep_tiny                        # every results.jsonl below it, merged
+    mlx_qat.sweep sweep_tiny --shard 0/2       # machine A: <out>/shard-0-of-2/results.jsonl
+    mlx_qat.sweep sweep_tiny --shard 1/2       # machine B: <out>/shard-1-of-2/results.jsonl
+    mlx_qat.fit runs/sweep_tiny                # every results.jsonl below it, merged
 
 The resolved settings are written to `<out>/sweep.yaml` (`<out>/shard-i-of-n/sweep.yaml`) and
 the sweep file to `grid.yaml` beside it, while the folder is locked (`<out>/sweep.lock`: a
@@ -24,7 +24,7 @@ import argparse
 import shutil
 import time
 
-from .common import add_common, run_verb, save_resolved
+from .common import add_common, config_file, run_verb, save_resolved, shipped_configs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a grid of (model, tokens, bits, QAT fraction, pipeline, seed) runs "
         "with shared FP trunks; one row per finished run in <out>/results.jsonl.",
     )
-    p.add_argument("sweep", nargs="?", help="the sweep YAML file (grids, shared settings)")
+    p.add_argument(
+        "sweep",
+        nargs="?",
+        help="the sweep YAML file (grids, shared settings), or a shipped one by name "
+        f"({', '.join(n for n in shipped_configs() if n.startswith('sweep'))})",
+    )
     p.add_argument("--jobs", type=int, default=1, help="runs side by side (each a process)")
     p.add_argument(
         "--shard",
@@ -84,9 +89,10 @@ def _run(opts: dict) -> int:
     from .. import sweep as sw
 
     if not opts.get("sweep"):
-        raise ValueError("give the sweep file: mlx_qat.sweep SWEEP.yaml (see configs/)")
+        raise ValueError("give the sweep file: mlx_qat.sweep SWEEP.yaml (or sweep_tiny)")
     if opts["jobs"] < 1:
         raise ValueError(f"--jobs {opts['jobs']}: must be >= 1")
+    opts["sweep"] = str(config_file(opts["sweep"], "sweep file"))
     sweep = sw.load_sweep(opts["sweep"])
     shard = sw.Shard.parse(opts["shard"]) if opts.get("shard") else None
     trunks = sw.plan_trunks(sweep)

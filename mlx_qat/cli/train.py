@@ -1,6 +1,6 @@
 """`mlx_qat.train`: train a model with an FP phase then QAT (`mlx_qat.train.train`).
 
-    mlx_qat.train --config configs/main.yaml --data data --out runs/main   # add --resume after a crash
+    mlx_qat.train --config main --data data --out runs/main   # add --resume after a crash
 
 One `--kebab-case` flag per `TrainConfig` field (see `--help`), and `--config FILE.yaml` with
 the same keys; CLI > YAML > defaults. Prints the phase plan, trains (and the FP twin with
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..train.config import TrainConfig, parse_count
 from ..train.defaults import SCRATCH, default_help
-from .common import run_verb
+from .common import add_config, debugging, run_verb
 
 
 def _flag_type(f) -> tuple[object, dict]:
@@ -78,9 +78,7 @@ def build_parser(prog: str = "mlx_qat.train", description: str | None = None):
         description=description
         or "Train a model with an FP phase then QAT (fake quantization) on MLX.",
     )
-    p.add_argument(
-        "--config", metavar="FILE.yaml", help="read settings from a YAML file (CLI flags win)"
-    )
+    add_config(p)
     add_train_arguments(p)
     return p
 
@@ -131,9 +129,13 @@ def _run(opts: dict, argv: list[str]) -> int:
     try:
         result = train(cfg)
     except TrainingDiverged as e:
+        if debugging(opts):
+            raise
         print(f"mlx_qat.train: stopped: {e}", file=sys.stderr)
         return 3
     except DistributedError as e:
+        if debugging(opts):
+            raise
         print(f"mlx_qat.train: stopped: {e}", file=sys.stderr)
         return EXIT_CODE
     if not main:

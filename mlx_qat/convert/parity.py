@@ -217,22 +217,18 @@ def load_staged(path: Path) -> nn.Module:
 
     `mlx_lm.utils.load_model` (what `mlx_lm.load` calls) reads `<path>/config.json`; that file
     is only written once this check has passed (`write.commit_config`), so for this one call
-    its `load_config` reads `config.unverified.json` instead. Everything else (model class,
-    quantized layers, weight loading, strict key check) is mlx-lm's.
+    it reads `config.unverified.json` instead (`mlxlm_compat.load_model_with_config`).
+    Everything else (model class, quantized layers, weight loading, strict key check) is
+    mlx-lm's.
     """
-    from unittest import mock
-
-    import mlx_lm.utils
-
+    from ..mlxlm_compat import load_model_with_config
     from .output import PENDING_CONFIG
 
-    def pending_config(model_path) -> dict:
-        with open(Path(model_path) / PENDING_CONFIG, encoding="utf-8") as f:
+    def pending_config(model_path: Path) -> dict:
+        with open(model_path / PENDING_CONFIG, encoding="utf-8") as f:
             return json.load(f)
 
-    with mock.patch.object(mlx_lm.utils, "load_config", pending_config):
-        model, _ = mlx_lm.utils.load_model(Path(path))
-    return model
+    return load_model_with_config(path, pending_config)
 
 
 def check_parity(path: Path, data: ParityData, losses: dict, tolerance: float) -> ParityReport:

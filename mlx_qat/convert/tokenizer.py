@@ -70,7 +70,9 @@ def check_recorded(tokenizer_dir: Path, recorded: tuple[str, str] | None, source
 
 def check_vocab(tokenizer, tokenizer_dir: Path, vocab_size: int | None) -> None:
     """Refuse a tokenizer with more ids than the model's embedding has rows."""
-    n = len(getattr(tokenizer, "_tokenizer", tokenizer))
+    from ..mlxlm_compat import hf_tokenizer
+
+    n = len(hf_tokenizer(tokenizer))
     if vocab_size is not None and n > vocab_size:
         raise ConvertError(
             f"tokenizer {tokenizer_dir} has {n} tokens but the model's vocab_size is "

@@ -27,14 +27,6 @@ from .sources import default_corpus, fetch_shakespeare
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
 from .tokenizer_dir import load_tokenizer, tokenizer_kind, tokenizer_sha256
 
-
-def main(argv: list[str] | None = None) -> int:
-    """The ``mlx_qat.data`` command (see :func:`mlx_qat.data.cli.main`)."""
-    from .cli import main as _main
-
-    return _main(argv)
-
-
 __all__ = [
     "BOS_ID",
     "EOS_ID",
@@ -50,7 +42,6 @@ __all__ = [
     "fetch_shakespeare",
     "load_bundle",
     "load_tokenizer",
-    "main",
     "prepare_data",
     "read_documents",
     "resolve_files",

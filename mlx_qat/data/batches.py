@@ -57,11 +57,6 @@ class TokenBatches:
         self._slack = len(tokens) - 1 - self.windows_per_epoch * seq_len
         self._orders: dict[int, tuple[int, np.ndarray]] = {}
 
-    @property
-    def steps_per_epoch(self) -> float:
-        """Batches per pass over the windows (may be fractional)."""
-        return self.windows_per_epoch / self.batch_size
-
     def _order(self, epoch: int) -> tuple[int, np.ndarray]:
         if epoch not in self._orders:
             rng = np.random.default_rng([self.seed, epoch])

@@ -35,6 +35,7 @@ class HFTokenizer:
         from mlx_lm.utils import load_tokenizer
         from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+        from ..mlxlm_compat import hf_tokenizer
         from .tokenizer_dir import tokenizer_sha256
 
         self.dir = Path(path)
@@ -45,7 +46,7 @@ class HFTokenizer:
                 f"tokenizer {self.dir}: mlx-lm cannot load it ({type(e).__name__}: {e}); give "
                 "a directory `mlx_lm.load` reads (tokenizer.json, tokenizer_config.json, ...)"
             ) from e
-        self.hf = self.wrapper._tokenizer
+        self.hf = hf_tokenizer(self.wrapper)
         if self.hf.eos_token_id is None:
             raise ValueError(
                 f"tokenizer {self.dir}: has no EOS token (eos_token in tokenizer_config.json); "

@@ -148,11 +148,6 @@ def prepare_run_data(
     return bundle
 
 
-def resolve_data(data: list[str] | None, data_out: str, vocab_size: int, seed: int = 0):
-    """`open_prepared(data)`, or `prepare_run_data(data, data_out, ...)` for raw inputs."""
-    return open_prepared(data) or prepare_run_data(data, data_out, vocab_size, seed)
-
-
 def check_split(bundle, split: str, seq_len: int) -> None:
     """Raise ValueError naming the data, the split and the fix when `split` is missing (the
     test split of data prepared before there was one) or holds fewer than `seq_len + 1`

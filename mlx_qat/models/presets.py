@@ -82,12 +82,12 @@ def model_from_config(config: dict) -> nn.Module:
 
     Uses mlx-lm's own class lookup, so any architecture mlx-lm supports works.
     """
-    from mlx_lm.utils import _get_classes
+    from ..mlxlm_compat import model_classes
 
     if "model_type" not in config:
         raise ValueError("model config: no 'model_type'; give an mlx-lm config.json")
     try:
-        model_class, args_class = _get_classes(config)
+        model_class, args_class = model_classes(config)
     except ValueError as e:
         raise ValueError(f"model config: {e} (model_type={config['model_type']!r})") from e
     return model_class(args_class.from_dict(config))

@@ -112,11 +112,6 @@ class QuantSpec:
         """The `"quantization"` entry mlx-lm writes to config.json for this format."""
         return {"group_size": self.group_size, "bits": self.bits, "mode": self.mode}
 
-    @classmethod
-    def from_mlx(cls, d: dict) -> QuantSpec:
-        """Inverse of `to_mlx` (mode defaults to affine, as in older mlx-lm configs)."""
-        return cls(d.get("mode", "affine"), int(d["bits"]), int(d["group_size"]))
-
     def asdict(self) -> dict:
         return asdict(self)
 

@@ -1,7 +1,7 @@
 """Scaling-law mini-sweeps: a YAML grid of runs sharing FP trunks, one row per run.
 
     >>> from mlx_qat.sweep import load_sweep, run_sweep
-    >>> rows = run_sweep(load_sweep("configs/sweep_tiny.yaml"))
+    >>> rows = run_sweep(load_sweep("my_sweep.yaml"))  # shipped: mlx_qat/configs/sweep_tiny.yaml
 
 Modules: `grid` (the sweep file and its runs), `trunks` (which runs share an FP prefix and
 where each branches), `results` (the rows, appended atomically), `run` (training them),

@@ -13,6 +13,9 @@
         pipelines: [fused]
         seeds: [0]
 
+A relative `model_config` path is looked up beside the sweep file first (the shipped sweeps'
+`models/w64_l1.json`), then from the working directory.
+
 Runs that differ only in grid (same model, tokens, bits, seed and shared settings) are the same
 run and appear once. A run's name spells its grid point, so a changed grid keeps the runs (and
 rows) that still match.
@@ -44,11 +47,16 @@ class Model:
     model_config: str | None = None
 
     @classmethod
-    def parse(cls, value: Any, where: str) -> Model:
+    def parse(cls, value: Any, where: str, base: Path | None = None) -> Model:
+        """A grid's `models:` entry; a relative model_config that exists under `base` (the
+        sweep file's folder) is taken from there."""
         if isinstance(value, str):
             return cls(value)
         if isinstance(value, dict) and set(value) == {"name", "model_config"}:
-            return cls(str(value["name"]), str(value["model_config"]))
+            path = Path(str(value["model_config"]))
+            if base is not None and not path.is_absolute() and (base / path).is_file():
+                path = base / path
+            return cls(str(value["name"]), str(path))
         raise ValueError(
             f"{where}: a model is a preset name (d2) or {{name: x, model_config: path}}; "
             f"got {value!r}"
@@ -125,12 +133,12 @@ def _whole(value: Any, key: str, where: str) -> int:
     raise ValueError(f"{where}: {key}: {value!r} is not a whole number")
 
 
-def _points(grid: dict, defaults: dict, where: str) -> list[Point]:
+def _points(grid: dict, defaults: dict, where: str, base: Path | None = None) -> list[Point]:
     unknown = sorted(set(grid) - {*AXES, "name"})
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; a grid has {AXES}")
     axes = {k: _axis(grid, defaults, k, where) for k in AXES}
-    models = [Model.parse(m, where) for m in axes["models"]]
+    models = [Model.parse(m, where, base) for m in axes["models"]]
     tokens = [parse_count(t, f"{where}: tokens") for t in axes["tokens"]]
     fractions = [normalize_fraction(f) for f in axes["fractions"]]
     bits = [_whole(b, "bits", where) for b in axes["bits"]]
@@ -174,7 +182,7 @@ def load_sweep(path: str | Path) -> Sweep:
     for i, grid in enumerate(raw["grids"]):
         if not isinstance(grid, dict):
             raise ValueError(f"sweep file {where}: grids[{i}] must be a mapping")
-        for p in _points(grid, defaults, f"{where}: grids[{i}]"):
+        for p in _points(grid, defaults, f"{where}: grids[{i}]", Path(path).parent):
             if p in seen:  # the same run in two grids: once, in both groups
                 q = seen[p]
                 seen[p] = Point(**{**q.__dict__, "groups": q.groups + p.groups})
