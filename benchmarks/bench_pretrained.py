@@ -13,7 +13,8 @@ Every method is one subprocess (its wall time and MLX peak memory are its own), 
 3. `rtn`: `mlx_lm.convert -q` (round to nearest, every linear layer and the tied embedding).
 4. `dwq`: `mlx_lm.quant.dwq.dwq_quantize` (mlx-lm's own function: learned scales and biases,
    KL to the float teacher at temperature 2, Adam) on our training windows. `dwq~LR` trains at
-   LR instead of `--dwq-lr`.
+   LR instead of `--dwq-lr`; `+same` feeds it the windows mlx_qat.train's batches hold, in
+   the trainer's order, instead of the split's first windows.
 5. `qat_ce`, `qat_kd`: `mlx_qat.train --model FLOAT_DIR` (QAT from the first step, learned
    affine grid, all layers at the same bits), then `mlx_qat.convert`. A method name carries
    its settings, `qat_OBJ[@T][~LR[:SLR]][+fixed]`: `@T` distils at temperature T instead of
@@ -191,7 +192,10 @@ def run_dwq(args) -> None:
 
     bundle = load_bundle(args.work / "data")
     n = args.tokens // args.seq_len  # windows of seq_len targets, as mlx_qat.train counts
-    train = _train_windows(bundle.train, n, args.seq_len, args.seed)
+    if parse_method(args.method, args)["same"]:
+        train = _trainer_windows(bundle.train, n // args.batch_size, args)
+    else:
+        train = _train_windows(bundle.train, n, args.seq_len, args.seed)
     valid = [(list(map(int, b)), 0) for b in np.asarray(bundle.val[: 4 * (args.seq_len + 1)])
              .reshape(4, args.seq_len + 1)]  # fmt: skip
 
@@ -215,6 +219,24 @@ def _train_windows(tokens, n: int, seq_len: int, seed: int) -> list[list[int]]:
 
     w = np.asarray(tokens[: n * (seq_len + 1)]).reshape(n, seq_len + 1)
     return [list(map(int, r)) for r in w]
+
+
+def _trainer_windows(tokens, steps: int, args) -> list[list[int]]:
+    """The windows mlx_qat.train's first `steps` batches hold, placed so that mlx-lm's
+    iterate_batches (batches of consecutive windows, taken in np.random.permutation order
+    after np.random.seed(seed)) yields them in the trainer's order (tests/test_train_grid.py
+    checks this placement step for step)."""
+    import numpy as np
+
+    from mlx_qat.data import TokenBatches
+
+    batches = TokenBatches(tokens, args.batch_size, args.seq_len, args.seed)
+    np.random.seed(args.seed)
+    perm = np.random.permutation(steps)
+    groups = [None] * steps
+    for k in range(steps):
+        groups[perm[k]] = np.array(batches.batch(k))
+    return [row.tolist() for g in groups for row in g]
 
 
 def _dequantized_forward() -> None:
@@ -263,9 +285,10 @@ def parse_method(name: str, args) -> dict:
     """The settings a method name carries (module docstring): kind, lr, and for QAT objective,
     temperature, scale_lr and scale_grad."""
     head, *flags = name.split("+")
-    if set(flags) - {"fixed", "adam", "trainer", "split"}:
+    if set(flags) - {"fixed", "adam", "trainer", "split", "same"}:
         raise SystemExit(
-            f"method {name!r}: the suffixes are '+fixed', '+adam', '+split' and '+trainer'"
+            f"method {name!r}: the suffixes are '+fixed', '+adam', '+split', '+trainer' and "
+            "'+same'"
         )
     head, _, lrs = head.partition("~")
     lr, _, scale_lr = lrs.partition(":")
@@ -277,9 +300,9 @@ def parse_method(name: str, args) -> dict:
                 "scale_lr": lr, "scale_grad": "fixed_codes", "adam": "trainer" not in flags,
                 "train": "grid"}  # fmt: skip
     if head == "dwq":
-        if flags or scale_lr:
-            raise SystemExit(f"method {name!r}: dwq takes only '~LR'")
-        return {"kind": "dwq", "lr": float(lr) if lr else args.dwq_lr}
+        if set(flags) - {"same"} or scale_lr:
+            raise SystemExit(f"method {name!r}: dwq takes only '~LR' and '+same'")
+        return {"kind": "dwq", "lr": float(lr) if lr else args.dwq_lr, "same": "same" in flags}
     if not head.startswith("qat_"):
         return {"kind": head}
     objective, _, temp = head.removeprefix("qat_").partition("@")
@@ -300,7 +323,7 @@ def describe(name: str, args) -> str:
     """A method's settings in words (the table's `setting` column)."""
     p = parse_method(name, args)
     if p["kind"] == "dwq":
-        return f"lr {p['lr']:g}"
+        return f"lr {p['lr']:g}" + (", mlx_qat.train's windows in its order" if p["same"] else "")
     if p["kind"] != "qat":
         return ""
     t = f", T {p['temperature']:g}" if p["objective"] != "ce" else ""
