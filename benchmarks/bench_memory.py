@@ -15,9 +15,11 @@ two optimizer steps on batches of `--batch-size` x `--seq-len` tokens, and repor
 Cases: `dwq` (mlx_lm.quant.dwq.dwq_quantize, the student's quantized layers through
 dequantize, as bench_pretrained runs it), and `mlx_qat.train` fine-tunes (`Trainer`, QAT from
 the first step, learned affine grid, fixed-code gradient): `kd` and `ce` training everything,
-`grid` (`--train grid`: weights frozen, the DWQ parameter set). A case `NAME@autodiff` runs
-NAME with the KD loss differentiated by MLX's autodiff through `loss.kl_to_teacher` (what the
-step did before `train/kd.py`) instead of the closed-form gradient in token chunks.
+`grid` (`--train grid`: weights frozen, the DWQ parameter set). The KD loss is
+`train/kd.py`'s: logits formed a chunk of tokens at a time from the hidden states and the
+output matrix. `NAME@logits` forms both models' full logits and applies the closed-form
+gradient in chunks (`kd.kd_per_token`); `NAME@autodiff` also differentiates the KL by MLX's
+autodiff through `loss.kl_to_teacher` (the step before `train/kd.py`).
 
 (Re-executes itself with OpenBLAS preloaded, see `mlx_qat.blas`.)
 """
@@ -67,6 +69,10 @@ def case_qat(args, case: str) -> dict:
             return temperature**2 * kl_to_teacher(logits, teacher_logits, temperature)
 
         distill.kd_per_token = autodiff
+    if variant in ("autodiff", "logits"):  # both models' full logits (no head chunks)
+        from mlx_qat.train import distill
+
+        distill.split_head = lambda model: False
     steps = 2
     cfg = TrainConfig(
         out=str(args.work / f"mem_{case}"), overwrite=True, model=str(args.work / "float"),

@@ -53,3 +53,48 @@ def test_compiled_step_gradient_and_no_teacher_gradient():
     g = mx.compile(mx.grad(loss, argnums=(0, 1)))(zs, zt)
     assert float(mx.abs(g[0]).max()) > 0
     assert float(mx.abs(g[1]).max()) == 0.0
+
+
+@pytest.mark.parametrize("temp", [1.0, 2.0])
+def test_head_chunks_equal_the_full_logit_loss_and_its_gradients(monkeypatch, temp):
+    monkeypatch.setattr(kd, "CHUNK", 2 * 97)  # 2 tokens a chunk: 10 chunks
+    keys = mx.random.split(mx.random.key(5), 5)
+    h, ht = mx.random.normal((4, 5, 16), key=keys[0]), mx.random.normal((4, 5, 12), key=keys[1])
+    w, wt = mx.random.normal((97, 16), key=keys[2]), mx.random.normal((97, 12), key=keys[3])
+    c = mx.random.uniform(shape=(4, 5), key=keys[4])
+
+    def ours(h, w):
+        return (c * kd.kd_head_per_token(h, w, ht, wt, temp)).sum()
+
+    def reference(h, w):
+        return (c * temp**2 * kl_to_teacher(h @ w.T, ht @ wt.T, temp)).sum()
+
+    v, (gh, gw) = mx.value_and_grad(ours, argnums=(0, 1))(h, w)
+    rv, (rh, rw) = mx.value_and_grad(reference, argnums=(0, 1))(h, w)
+    np.testing.assert_allclose(v.item(), rv.item(), rtol=1e-5)
+    np.testing.assert_allclose(np.array(gh), np.array(rh), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.array(gw), np.array(rw), rtol=1e-4, atol=1e-6)
+
+
+def test_split_head_accepts_mlx_lm_decoders_and_refuses_other_heads():
+    import mlx.nn as nn
+    from tiny_models import tiny_model
+
+    from mlx_qat import QATConfig, QuantSpec, prepare
+
+    for tie in (True, False):
+        m = tiny_model("llama", seed=3, tie=tie, vocab=256)
+        assert kd.split_head(m)
+        spec = QuantSpec("affine", 4, 32)
+        prepare(m, QATConfig(spec, spec, quantizer="learned_affine"))
+        assert kd.split_head(m)  # fake quant on: the head's ŵ is the effective weight
+
+    class Scaled(nn.Module):  # a logit scale after the head (as some mlx-lm models have)
+        def __init__(self, inner):
+            super().__init__()
+            self.model, self.lm_head = inner.model, inner.lm_head
+
+        def __call__(self, x):
+            return 0.5 * self.lm_head(self.model(x))
+
+    assert not kd.split_head(Scaled(tiny_model("llama", seed=3, tie=False, vocab=256)))

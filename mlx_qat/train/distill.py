@@ -42,7 +42,7 @@ from ..checkpoint import CHECKPOINTS, load_checkpoint, step_dir_name
 from ..models.build import make_model
 from ..models.presets import model_from_config
 from .config import OBJECTIVES
-from .kd import kd_per_token
+from .kd import hidden_and_head, kd_head_per_token, kd_per_token, split_head
 from .optim import is_quantizer_param
 
 logger = logging.getLogger(__name__)
@@ -71,12 +71,25 @@ def objective_loss(
     return ce if objective == "ce" else kd
 
 
-def make_loss(teacher: nn.Module | None, cfg) -> Callable | None:
+def make_loss(teacher: nn.Module | None, cfg, student: nn.Module | None = None) -> Callable | None:
     """`loss(model, inputs, targets)` of `cfg.objective` against `teacher` for
-    `step.make_step`; None (the step's cross-entropy) for "ce" or without a teacher."""
+    `step.make_step`; None (the step's cross-entropy) for "ce" or without a teacher.
+
+    With `student` (the model the loss will be called with) and the `kd` objective, when both
+    models are decoders whose logits are hidden states times an output matrix (`kd.split_head`),
+    the loss never forms either model's full logits (`kd.kd_head_per_token`)."""
     if teacher is None or cfg.objective == "ce":
         return None
     objective, temperature, weight = cfg.objective, cfg.kd_temperature, cfg.kd_weight
+    if objective == "kd" and student is not None and split_head(student) and split_head(teacher):
+
+        def chunked(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
+            ht, wt = (mx.stop_gradient(a) for a in hidden_and_head(teacher, inputs))
+            h, w = hidden_and_head(model, inputs)
+            return kd_head_per_token(h, w, ht, wt, temperature).mean()
+
+        logger.info("kd: logits formed a chunk of tokens at a time (kd.kd_head_per_token)")
+        return chunked
 
     def loss(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
         teacher_logits = mx.stop_gradient(teacher(inputs))

@@ -13,13 +13,27 @@ elements at a time (whole tokens per chunk) inside an `mx.custom_function` whose
 closed form above, so the step holds the two logit arrays, the gradient and one chunk's
 temporaries. The teacher gets no gradient (it is under `stop_gradient` in the step; its
 cotangent is a lazy zero that is never evaluated).
+
+`kd_head_per_token` goes one step further for mlx-lm's decoders, whose logits are the final
+hidden states h times an output matrix W (`lm_head`, or the tied embedding): it takes
+(h_s, W_s, h_t, W_t) and forms the logits z = h·Wᵀ one chunk at a time, so neither model's
+full (tokens, V) logits nor their gradient ever exist. Its VJP recomputes each chunk's logits
+(two more head matmuls per step) and returns
+
+    ∂/∂h_s = G·W_s,   ∂/∂W_s = Σ_chunks Gᵀ·h_s,   G = cot·T·(p_s^T − p_t^T)  per chunk.
+
+`split_head` finds (h, W) and checks on a short input that h·Wᵀ is the model's own output
+(a model with a head bias, logit scaling or soft-capping fails the check and keeps the
+full-logit loss).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 
 import mlx.core as mx
+import mlx.nn as nn
 
 from ..loss import kl_to_teacher
 
@@ -64,3 +78,83 @@ def _kd(temperature: float):
         return grad, mx.zeros_like(zt)
 
     return kd
+
+
+def kd_head_per_token(
+    h: mx.array, w: mx.array, teacher_h: mx.array, teacher_w: mx.array, temperature: float
+) -> mx.array:
+    """`kd_per_token` of the logits h·wᵀ against teacher_h·teacher_wᵀ, formed chunk by chunk;
+    differentiable in `h` and `w` (shape `h.shape[:-1]`, float32)."""
+    return _kd_head(float(temperature))(h, w, teacher_h, teacher_w)
+
+
+@cache
+def _kd_head(temperature: float):
+    t = temperature
+
+    def logits(h, w):
+        return (h @ w.T).astype(mx.float32)
+
+    @mx.custom_function
+    def kd(h, w, ht, wt):
+        shape, d = h.shape[:-1], h.shape[-1]
+        h2, ht2 = h.reshape(-1, d), ht.reshape(-1, ht.shape[-1])
+        parts = [
+            kl_to_teacher(logits(h2[a:b], w), logits(ht2[a:b], wt), t)
+            for a, b in _chunks(h2.shape[0], w.shape[0])
+        ]
+        return (t * t * mx.concatenate(parts)).reshape(shape)
+
+    @kd.vjp
+    def kd_vjp(primals, cotangent, output):
+        h, w, ht, wt = primals
+        d = h.shape[-1]
+        h2, ht2 = h.reshape(-1, d), ht.reshape(-1, ht.shape[-1])
+        cot = cotangent.reshape(-1, 1).astype(mx.float32)
+        w32 = w.astype(mx.float32)
+        dh, dw = [], mx.zeros(w.shape, mx.float32)
+        for a, b in _chunks(h2.shape[0], w.shape[0]):
+            ps = mx.softmax(logits(h2[a:b], w) / t, axis=-1)
+            pt = mx.softmax(logits(ht2[a:b], wt) / t, axis=-1)
+            g = (cot[a:b] * t) * (ps - pt)
+            dh.append(g @ w32)
+            dw = dw + g.T @ h2[a:b].astype(mx.float32)
+        dh = mx.concatenate(dh).reshape(h.shape).astype(h.dtype)
+        return dh, dw.astype(w.dtype), mx.zeros_like(ht), mx.zeros_like(wt)
+
+    return kd
+
+
+def _head_weight(model: nn.Module) -> Callable[[], mx.array] | None:
+    """The output matrix of an mlx-lm decoder (`lm_head` without a bias, else the tied
+    `model.embed_tokens`), as the array its forward multiplies by (fake-quantized in a QAT
+    layer); None for any other layout."""
+    inner = model.get("model") if isinstance(model, dict) else None
+    head = model.get("lm_head") if isinstance(model, dict) else None
+    if head is None and isinstance(inner, nn.Module):
+        head = inner.get("embed_tokens")
+    if not isinstance(head, nn.Module) or "bias" in head or "weight" not in head:
+        return None
+    if head["weight"].dtype not in (mx.float32, mx.float16, mx.bfloat16):
+        return None  # a stock quantized layer
+    effective = getattr(head, "effective_weight", None)
+    return effective if callable(effective) else (lambda: head["weight"])
+
+
+def hidden_and_head(model: nn.Module, inputs: mx.array) -> tuple[mx.array, mx.array]:
+    """(final hidden states, output matrix) of a model `split_head` accepted."""
+    return model["model"](inputs), _head_weight(model)()
+
+
+def split_head(model: nn.Module) -> bool:
+    """True when model(x) == h·Wᵀ for (h, W) = `hidden_and_head(model, x)`, checked on a
+    short input; False when the model is not laid out that way."""
+    if _head_weight(model) is None or not isinstance(model.get("model"), nn.Module):
+        return False
+    x = mx.arange(8)[None]
+    try:
+        h, w = hidden_and_head(model, x)
+        want, got = model(x), h @ w.T
+    except Exception:  # a layout this reading does not fit: the caller keeps full logits
+        return False
+    return want.shape == got.shape and mx.allclose(want, got, rtol=1e-4, atol=1e-5).item()

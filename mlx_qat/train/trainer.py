@@ -246,7 +246,7 @@ class Trainer:
         self.qat_update = qat_update_for(self)
         self.step_fn = make_step(
             self.model, self.optimizer, cfg.grad_clip, cfg.grad_accum, cfg.compile,
-            group=self.dist.group, update=self.qat_update, loss=make_loss(self.teacher, cfg),
+            group=self.dist.group, update=self.qat_update, loss=make_loss(self.teacher, cfg, self.model),
         )  # fmt: skip
 
     # -- events ---------------------------------------------------------------------------
