@@ -1,6 +1,6 @@
-"""A model's own Hugging Face tokenizer in `mlx_qat.data` (data/hf_tokenizer.py and
-data/tokenizer_dir.py): shards encoded as mlx-lm encodes, one identity per tokenizer, uint32
-shards for large vocabularies, the `--tokenizer` flag for both kinds."""
+"""A model's own Hugging Face tokenizer in `mlx_qat.data` (data/tokenizer_dir.py): shards
+encoded as mlx-lm encodes, one identity per tokenizer, uint32 shards for large vocabularies,
+the `--tokenizer` flag for both kinds."""
 
 from __future__ import annotations
 

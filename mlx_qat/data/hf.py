@@ -29,8 +29,10 @@ from pathlib import Path
 import sentencepiece as spm
 
 from ..fileio import atomic_open, atomic_write_json, atomic_write_text
-from .tokenizer import MODEL_FILE
 
+# The sentencepiece model's file name: the one `mlx_qat.data.tokenizer` trains (and re-exports)
+# and the one Hugging Face's sentencepiece tokenizers read beside tokenizer.json.
+MODEL_FILE = "tokenizer.model"
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 

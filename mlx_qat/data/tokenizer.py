@@ -34,10 +34,10 @@ from pathlib import Path
 import sentencepiece as spm
 
 from ..fileio import atomic_write_bytes, atomic_write_json, new_tmp_dir, publish_dir, sha256_file
+from .hf import MODEL_FILE, save_hf_tokenizer
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "tokenizer.model"
 META_FILE = "tokenizer_meta.json"
 FORMAT = "mlx_qat.tokenizer/1"
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, -1
@@ -275,8 +275,6 @@ def train_tokenizer(
             },
         )
         if hf_files:
-            from .hf import save_hf_tokenizer
-
             save_hf_tokenizer(tmp, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
