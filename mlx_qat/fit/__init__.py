@@ -3,7 +3,8 @@ fraction, the closed form f̂ = exp(−a / ln S), and fits of both to sweep resu
 
 numpy only at import; scipy (`pip install "mlx_qat[fit]"`) is imported when a fit runs, and
 matplotlib (same extra) when `fit.plots` draws. `sources` merges results files, `report`
-formats a fit, `planning` turns a fit into advice (`mlx_qat.plan --law`). The command line:
+formats a fit, `baselines` holds the trivial predictors the law must beat on the held-out size,
+`planning` turns a fit into advice (`mlx_qat.plan --law`). The command line:
 `mlx_qat.fit RESULTS...` (`mlx_qat.cli.fit`).
 
 Example:

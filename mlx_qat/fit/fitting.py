@@ -13,12 +13,17 @@ Staged fit (notes §5.3), each stage L-BFGS-B on the Huber-on-log-loss objective
 Grid starts run at most `START_ITERS` L-BFGS-B iterations; the best one is then run to
 convergence. QAT-from-scratch and PTQ rows are not fitted (see `rows`).
 
-`fit` adds the report: R² and RMSE of log L on the fitted rows; the leave-largest-size-out
-error (refit without the largest N, predict its QAT rows' final loss); the empirical optima
-and the fits of `a` (see `optima`); the MAE of f̂ and of the law's own argmin against the
-optima; bootstrap percentile intervals (rows resampled with replacement within FP and QAT rows
-separately, `n_bootstrap` ≥ 200 by default, seeded; each resample refits stage 3 from the
-full-data estimate).
+`fit` first keeps each FP measurement once (`fp_once`: an FP row with the N, D, seed and loss
+of an earlier one is the same run, written once per bit width by older sweeps), then adds the
+report: R² and RMSE of log L on the fitted rows; the leave-largest-size-out check (refit
+without the largest N, predict its QAT rows' final loss and its empirical optima, next to the
+trivial baselines of `baselines`: the nearest size's loss copied, a constant f = 0.1); the
+empirical optima and the fits of `a` (see `optima`); the MAE of f̂, of the law's own argmin and
+of a constant f = 0.1 against the optima; bootstrap percentile intervals (`n_bootstrap` ≥ 200
+by default, seeded): each resample draws rows with replacement within each kind (FP, QAT,
+from-scratch, PTQ), refits the law from the same fixed start grid as the full-data fit (stages
+1-3, never from the full-data estimate, which would leave the intervals of constants at a
+bound degenerate), and re-derives the empirical optima and `a` from its rows.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from . import baselines as bl
 from . import law
 from . import objective as ob
-from .optima import bootstrap_a, empirical_optima, fit_a, mae
+from .optima import a_from_rows, empirical_optima, fit_a, mae
 from .result import FitResult
 from .rows import Rows, parse_rows
 
@@ -181,10 +187,14 @@ def fit(
     if n_bootstrap < 0 or not 0.0 < level < 1.0:
         raise ValueError(f"fit(n_bootstrap={n_bootstrap}, level={level}): need >= 0 and in (0, 1)")
     R = rows if isinstance(rows, Rows) else parse_rows(rows, n_key)
+    R, fp_repeats = fp_once(R)
+    if fp_repeats:
+        log.info("fit: %d FP row(s) repeat an earlier FP run and count once", fp_repeats)
     kw = dict(fp_tokens=fp_tokens, huber_delta=huber_delta, fp_weight=fp_weight)
     params, _ = fit_law(R, penalty_grid=penalty_grid, **kw)
     log.info("fitted the law on %d rows", int(R.fittable.sum()))
     res = FitResult(params, huber_delta, fp_weight, n_rows=_counts(R))
+    res.n_rows["fp_repeats"] = fp_repeats
     sizes = R.N[R.fittable]
     res.n_range = [float(sizes.min()), float(sizes.max())]
     res.degenerate = constants_at_bounds(params, R, fp_tokens)
@@ -193,11 +203,24 @@ def fit(
     res.r2_log, res.rmse_log = _r2_rmse(params, R.take(R.fittable))
     res.r2_log_qat, res.rmse_log_qat = _r2_rmse(params, R.take(R.qat))
     if holdout:
-        res.holdout = _holdout(R, penalty_grid, kw)
+        res.holdout = _holdout(R, penalty_grid, a_loss, kw)
     _fractions(res, R, a_loss)
     if n_bootstrap > 0:
-        res.bootstrap = _bootstrap(R, res, n_bootstrap, seed, level, a_loss, kw)
+        res.bootstrap = _bootstrap(R, res, n_bootstrap, seed, level, a_loss, penalty_grid, kw)
     return res
+
+
+def fp_once(R: Rows) -> tuple[Rows, int]:
+    """The rows with each FP measurement once: an FP row with the N, D, seed and final loss of
+    an earlier FP row is the same run (sweeps before the shared FP anchor wrote it once per bit
+    width) and is dropped. Returns (rows, number dropped)."""
+    keep, seen = np.ones(len(R), bool), set()
+    for i in np.flatnonzero(R.fp):
+        seed = None if np.isnan(R.seed[i]) else float(R.seed[i])
+        key = (float(R.N[i]), float(R.D[i]), seed, float(R.loss[i]))
+        keep[i] = key not in seen
+        seen.add(key)
+    return R.take(keep), int((~keep).sum())
 
 
 def constants_at_bounds(params: law.LawParams, rows: Rows, fp_tokens: str = "total") -> list:
@@ -245,7 +268,9 @@ def _r2_rmse(params: law.LawParams, R: Rows) -> tuple[float, float]:
     return r2, float(np.sqrt(np.mean(r**2)))
 
 
-def _holdout(R: Rows, penalty_grid, kw) -> dict | None:
+def _holdout(R: Rows, penalty_grid, a_loss: str, kw) -> dict | None:
+    """Leave the largest fitted size out: refit on the other sizes, predict its QAT runs' loss
+    and its empirical optima, and score the trivial baselines (`baselines`) on the same."""
     sizes = np.unique(R.N[R.fittable])
     if len(sizes) < 2:
         return None
@@ -253,20 +278,35 @@ def _holdout(R: Rows, penalty_grid, kw) -> dict | None:
     test = R.take(R.qat & (R.N == big))
     if len(test) == 0:
         return None
+    train = R.take(R.N < big)
     try:
-        params, _ = fit_law(R.take(R.N < big), penalty_grid=penalty_grid, **kw)
+        params, _ = fit_law(train, penalty_grid=penalty_grid, **kw)
     except ValueError as e:
         log.warning("holdout skipped: %s", e)
         return None
     pred = law.predict(params, test.N, test.D_fp, test.D_qat, test.bits)
-    rel = np.abs(pred / test.loss - 1.0)
-    return {
-        "N": float(big),
-        "n_rows": len(test),
-        "mean_abs_rel_err": float(rel.mean()),
-        "max_abs_rel_err": float(rel.max()),
-        "rmse_log": float(np.sqrt(np.mean(np.log(pred / test.loss) ** 2))),
-    }
+    out = {"N": float(big), **bl.rel_errors(pred, test.loss)}
+    out["copy"] = bl.copy_check(train, test, pred)
+    out["fraction"] = _holdout_fraction(params, train, R.take(R.N == big), a_loss)
+    out["law_beats"], out["verdict"] = bl.verdict(out["copy"], out["fraction"])
+    return out
+
+
+def _holdout_fraction(params: law.LawParams, train: Rows, big: Rows, a_loss: str) -> dict | None:
+    """The held-out size's empirical optima against the refitted law's argmin, f̂ with `a`
+    fitted to the other sizes' optima, and a constant f (`baselines.fraction_check`)."""
+    optima, known = empirical_optima(big), empirical_optima(train)
+    S_known = np.array([o.S for o in known])
+    if not optima or not (S_known > 1.0).any():
+        return None
+    S = np.array([o.S for o in optima])
+    emp = {k: [getattr(o, f"f_{k}") for o in optima] for k in KINDS}
+    a = {k: fit_a(S_known, [getattr(o, f"f_{k}") for o in known], a_loss) for k in KINDS}
+    f_law = law.optimal_fraction(
+        params, [o.N for o in optima], [o.D for o in optima], [o.bits for o in optima]
+    )
+    f_hat = {k: np.atleast_1d(law.f_hat(S, a[k])) for k in KINDS}
+    return {**bl.fraction_check(emp, np.atleast_1d(f_law), f_hat), "a": a}
 
 
 KINDS = ("argmin", "vertex")
@@ -287,6 +327,7 @@ def _fractions(res: FitResult, R: Rows, a_loss: str) -> None:
     res.mae_f_hat = {k: mae(law.f_hat(S, res.a[k]), emp[k]) for k in KINDS}
     res.mae_f_hat_paper = {k: mae(law.f_hat(S), emp[k]) for k in KINDS}
     res.mae_law = {k: mae(f_law, emp[k]) for k in KINDS}
+    res.mae_const_f = {k: mae(bl.CONST_F, emp[k]) for k in KINDS}
     f_vertex_hat = law.f_hat(S, res.a["vertex"])
     res.optima = [
         {**o.to_dict(), "f_law": float(fl), "f_hat": float(fh)}
@@ -294,27 +335,36 @@ def _fractions(res: FitResult, R: Rows, a_loss: str) -> None:
     ]
 
 
-def _bootstrap(R: Rows, res: FitResult, n: int, seed: int, level: float, a_loss, kw) -> dict:
+def _bootstrap(
+    R: Rows, res: FitResult, n: int, seed: int, level: float, a_loss, penalty_grid, kw
+) -> dict:
+    """Percentile intervals over `n` resamples of the rows (module docstring). Each resample
+    refits the law from the fixed start grid (`res.params`, the full-data estimate, is not a
+    start: a polish from the optimum barely moves, and a constant at a bound would stay
+    there in every resample) and fits `a` to the optima of its own rows."""
     rng = np.random.default_rng(seed)
-    strata = [np.flatnonzero(R.fp), np.flatnonzero(R.qat)]
-    draws, failed = [], 0
+    kinds = (R.fp, R.qat, R.from_scratch, R.ptq)
+    strata = [s for s in (np.flatnonzero(k) for k in kinds) if len(s)]
+    draws, a_draws, failed, a_failed = [], [], 0, 0
     for _ in range(n):
-        idx = np.concatenate([rng.choice(s, len(s)) for s in strata])
+        Rb = R.take(np.concatenate([rng.choice(s, len(s)) for s in strata]))
         try:
-            p, _ = fit_law(R.take(idx), start=res.params, **kw)
+            p, _ = fit_law(Rb, penalty_grid=penalty_grid, **kw)
+            draws.append([getattr(p, k) for k in ob.NAMES])
         except (ValueError, FloatingPointError):
             failed += 1
-            continue
-        draws.append([getattr(p, k) for k in ob.NAMES])
+        a = a_from_rows(Rb, a_loss) if res.optima else None
+        if a is None:
+            a_failed += 1
+        else:
+            a_draws.append([a[k] for k in KINDS])
     q = (1.0 - level) / 2.0
     out = {"n": n, "seed": seed, "level": level, "n_failed": failed, "params": {}, "a": None}
     if draws:
         lo, hi = np.quantile(np.array(draws), [q, 1.0 - q], axis=0)
         out["params"] = {k: [float(a), float(b)] for k, a, b in zip(ob.NAMES, lo, hi)}
-    if res.optima:
-        S = np.array([o["S"] for o in res.optima])
-        out["a"] = {
-            k: list(bootstrap_a(S, [o[f"f_{k}"] for o in res.optima], n, seed, level, a_loss))
-            for k in KINDS
-        }
+    if a_draws:
+        lo, hi = np.quantile(np.array(a_draws), [q, 1.0 - q], axis=0)
+        out["a"] = {k: [float(x), float(y)] for k, x, y in zip(KINDS, lo, hi)}
+        out["n_failed_a"] = a_failed
     return out

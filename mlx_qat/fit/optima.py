@@ -120,10 +120,24 @@ def mae(pred, target) -> float:
     return float(np.mean(np.abs(np.asarray(pred, float) - np.asarray(target, float))))
 
 
+def a_from_rows(rows: Rows, loss: str = "l2") -> dict | None:
+    """`a` fitted to the empirical optima of `rows`, per kind: {"argmin": a, "vertex": a}; None
+    when the rows hold no optimum with S > 1. The fit's bootstrap calls it on each resample of
+    the runs, so that the interval of `a` carries the noise of each measured optimum."""
+    optima = [o for o in empirical_optima(rows) if o.S > 1.0]
+    if not optima:
+        return None
+    S = np.array([o.S for o in optima])
+    return {k: fit_a(S, [getattr(o, f"f_{k}") for o in optima], loss) for k in ("argmin", "vertex")}
+
+
 def bootstrap_a(
     S, f, n: int = 200, seed: int = 0, level: float = 0.95, loss: str = "l2"
 ) -> tuple[float, float]:
-    """Percentile interval of `a` over `n` resamples (with replacement) of the optima."""
+    """Percentile interval of `a` over `n` resamples (with replacement) of the optima.
+
+    The optima are taken as exact: the noise of each measured optimum is not in this interval
+    (the fit resamples the runs instead, `a_from_rows` on each resample)."""
     S, f = np.asarray(S, float), np.asarray(f, float)
     rng = np.random.default_rng(seed)
     draws = []

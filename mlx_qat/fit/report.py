@@ -1,10 +1,12 @@
 """The fit's report as text (what `mlx_qat.fit` prints and saves as `report.txt`).
 
 Sections: the rows read; the fitted constants with their bootstrap intervals; how well the law
-fits (R² and RMSE of log L, the leave-largest-size-out error); the optimal QAT fraction (a of
-f̂ = exp(−a / ln S) fitted to the grid argmins and to the parabola vertices, with intervals, and
-the MAE of f̂ and of the law's own argmin against the empirical optima); the empirical optima
-per (N, D, bits); fused against classic at equal budget when the rows hold classic runs.
+fits (R² and RMSE of log L, the leave-largest-size-out error next to its trivial baselines,
+and a plain sentence per baseline saying whether the law beats it); the optimal QAT fraction
+(a of f̂ = exp(−a / ln S) fitted to the grid argmins and to the parabola vertices, with
+intervals, and the MAE of f̂, of the law's own argmin and of a constant f = 0.1 against the
+empirical optima); the empirical optima per (N, D, bits); fused against classic at equal
+budget when the rows hold classic runs.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ def _params(res: FitResult) -> list[str]:
         lines.append(
             f"  [..]: {100 * b['level']:g}% bootstrap intervals, {b['n']} resamples"
             + (f" ({b['n_failed']} failed)" if b.get("n_failed") else "")
+            + " of the runs, each refitted from the fixed start grid"
         )
     return lines
 
@@ -102,8 +105,38 @@ def _quality(res: FitResult) -> list[str]:
             f"{h['n_rows']} QAT runs: mean |error| {100 * h['mean_abs_rel_err']:.2f}%, "
             f"max {100 * h['max_abs_rel_err']:.2f}%, RMSE of log L {h['rmse_log']:.4f}"
         )
+        lines += _baselines(h)
     else:
         lines.append("  leave-largest-size-out: not run (needs >= 2 sizes and enough rows)")
+    return lines
+
+
+def _baselines(h: dict) -> list[str]:
+    lines = []
+    c = h.get("copy")
+    if c:
+        sizes = ", ".join(si(n) for n in c["from_N"])
+        lines.append(
+            f"    baseline, the nearest size's loss copied (from N = {sizes}, same D, bits, f): "
+            f"mean |error| {100 * c['mean_abs_rel_err']:.2f}%, max "
+            f"{100 * c['max_abs_rel_err']:.2f}% on {c['n_rows']} runs (the law on these: "
+            f"{100 * c['law']['mean_abs_rel_err']:.2f}%, max {100 * c['law']['max_abs_rel_err']:.2f}%)"
+        )
+    fr = h.get("fraction")
+    if fr:
+        m = fr["mae"]
+        lines.append(
+            f"    optimal fraction of its {fr['n_optima']} (D, bits) groups, MAE in f "
+            "(vertex, argmin):"
+        )
+        for who, label in (
+            ("law", "the refitted law's argmin"),
+            ("f_hat", f"f-hat, a = {fr['a']['vertex']:.3f} from the other sizes' vertices"),
+            ("const", f"baseline, a constant f = {fr['const_f']:g}"),
+        ):
+            lines.append(f"      {label:<52} {m[who]['vertex']:>6.3f}  {m[who]['argmin']:>6.3f}")
+    for v in h.get("verdict") or []:
+        lines.append(f"  verdict: {v}")
     return lines
 
 
@@ -118,13 +151,32 @@ def _fraction(res: FitResult) -> list[str]:
             f"  a from the {what:<24} {res.a[kind]:.3f}"
             + (f"  [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
         )
+    if ci:
+        lines.append(
+            "  [..]: the runs resampled, each resample's optima and a re-derived (a run left out "
+            "moves its group's optimum by a grid cell)"
+        )
     lines.append("  MAE against the empirical optima       vertex   argmin")
     for label, d in (
         ("f-hat, fitted a", res.mae_f_hat),
         (f"f-hat, paper a = {A_PAPER:.2f}", res.mae_f_hat_paper),
         ("the law's own argmin", res.mae_law),
+        ("baseline, a constant f = 0.1", res.mae_const_f),
     ):
+        if d is None:  # a fit saved before the baseline was reported
+            continue
         lines.append(f"    {label:<34} {d['vertex']:>7.3f}  {d['argmin']:>7.3f}")
+    const = res.mae_const_f
+    if const:
+        for label, d in (
+            ("f-hat with the fitted a", res.mae_f_hat),
+            ("the law's argmin", res.mae_law),
+        ):
+            if not all(d[k] < const[k] for k in d):
+                lines.append(
+                    f"  verdict: {label} does NOT beat a constant f = 0.1 on these optima "
+                    "(in sample)"
+                )
     return lines
 
 

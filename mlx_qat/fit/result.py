@@ -24,19 +24,27 @@ class FitResult:
     Attributes:
         params: the law's constants.
         huber_delta, fp_weight: fit settings.
-        n_rows: counts: fit (FP + QAT used), fp, qat, from_scratch, ptq (the last two unused).
+        n_rows: counts: fit (FP + QAT used), fp, qat, from_scratch, ptq (the last two unused),
+            fp_repeats (FP rows dropped as a repeat of an FP run already counted).
         r2_log, rmse_log: R² and RMSE of log L on the fitted rows; `*_qat` on QAT rows only.
         holdout: leave-largest-size-out: {"N", "n_rows", "mean_abs_rel_err",
             "max_abs_rel_err", "rmse_log"} of the refit's prediction of the held-out size's QAT
-            final losses; None with fewer than 2 sizes (or too few rows without the largest).
+            final losses; "copy": the nearest-size copy's errors and the law's on the same runs
+            (`baselines.copy_check`); "fraction": MAE of the refit's argmin, of f̂ with `a`
+            from the other sizes and of a constant f = 0.1 against the held-out size's optima
+            (`baselines.fraction_check`, plus that "a"); "law_beats" and "verdict" (one plain
+            sentence per comparison, `baselines.verdict`); None with fewer than 2 sizes (or
+            too few rows without the largest).
         a: fitted `a` of f̂ per optimum kind {"argmin", "vertex"}; None without optima.
         mae_f_hat: MAE of f̂ (fitted a) against the optima, per kind.
         mae_f_hat_paper: MAE of f̂ with the paper's a = 6.7297, per kind.
         mae_law: MAE of the law's own argmin against the optima, per kind.
+        mae_const_f: MAE of a constant f = 0.1 (the trivial baseline) against the optima.
         optima: per (N, D, bits) group: `Optimum.to_dict()` plus "f_law" (the law's argmin)
             and "f_hat" (f̂ with the vertex-fitted a).
         bootstrap: {"n", "seed", "level", "n_failed", "params": {name: [lo, hi]},
-            "a": {kind: [lo, hi]}}; None when n_bootstrap = 0.
+            "a": {kind: [lo, hi]}, "n_failed_a"}; each resample of the rows refits the law
+            from the fixed start grid and `a` from its own optima; None when n_bootstrap = 0.
         n_range: [smallest, largest] N of the fitted rows (None in fits saved before it was
             recorded): the sizes the law may be asked about.
         degenerate: the constants at a bound of the fitter's box ([{"name", "value",
@@ -56,6 +64,7 @@ class FitResult:
     mae_f_hat: dict | None = None
     mae_f_hat_paper: dict | None = None
     mae_law: dict | None = None
+    mae_const_f: dict | None = None
     optima: list = field(default_factory=list)
     bootstrap: dict | None = None
     n_range: list | None = None
