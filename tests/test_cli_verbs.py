@@ -1,16 +1,24 @@
 """Every verb the same way: `--config` YAML under the flags (CLI > YAML > defaults), unknown
 keys refused by name, YAML values coerced to the flag's type, the resolved settings written
-next to the output and fed back unchanged."""
+next to the output and fed back unchanged; one flag name per concept (a renamed flag read under
+its old spelling, on the command line and in YAML), and `--help` with every choice and each
+flag's real default once."""
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
+import re
 
 import pytest
 import yaml
 from test_train_fixtures import CORPUS, tiny_config, tiny_data_dir  # noqa: F401
 
 from mlx_qat.cli import check, convert, data, diagnose, eval, fit, plan, sweep, train
+from mlx_qat.cli.common import CONFIGS, resolve
+from mlx_qat.data.tokenizer import DEFAULT_VOCAB_SIZE
+from mlx_qat.train.config import TrainConfig
 
 VERBS = {
     "data": data,
@@ -138,3 +146,168 @@ def test_convert_precedence_and_resolved_config(tiny_run, tmp_path, capsys):
 def test_check_runs_on_this_machine(capsys):
     assert check.main([]) == 0
     assert capsys.readouterr().out.strip()
+
+
+# --- one vocabulary: one flag name per concept, --help with choices and real defaults ----------
+
+# Old spelling -> the spelling every verb now uses (the old one is read for one release).
+RENAMED = {"--q-bits": "--bits", "--q-group-size": "--group-size", "--q-mode": "--mode"}
+RENAMED |= {"--plots": "--plot", "--no-plots": "--no-plot"}
+
+
+def visible_flags(parser) -> set[str]:
+    return {s for a in parser._actions if a.help != argparse.SUPPRESS for s in a.option_strings}
+
+
+def test_one_flag_name_per_concept_across_verbs():
+    flags = {verb: visible_flags(mod.build_parser()) for verb, mod in VERBS.items()}
+    for verb, shown in flags.items():
+        assert not shown & set(RENAMED), verb  # an old spelling is never listed
+        assert not {f for f in shown if f.startswith("--q-")}, verb
+    for verb in ("train", "plan", "convert", "diagnose"):
+        assert {"--bits", "--group-size", "--mode"} <= flags[verb], verb
+    for verb in ("train", "fit", "diagnose"):
+        assert {"--plot", "--no-plot"} <= flags[verb], verb
+
+
+@pytest.mark.parametrize(
+    "verb, old, new, dest, value",
+    [
+        ("train", ["--q-mode", "mxfp4"], ["--mode", "mxfp4"], "q_mode", "mxfp4"),
+        ("plan", ["--q-mode", "mxfp4"], ["--mode", "mxfp4"], "q_mode", "mxfp4"),
+        ("convert", ["--q-bits", "3"], ["--bits", "3"], "bits", 3),
+        ("convert", ["--q-group-size=32"], ["--group-size=32"], "group_size", 32),
+        ("convert", ["--q-mode", "mxfp4"], ["--mode", "mxfp4"], "mode", "mxfp4"),
+        ("fit", ["--no-plots"], ["--no-plot"], "plot", False),
+    ],
+)
+def test_a_renamed_flag_sets_the_same_setting(verb, old, new, dest, value, capsys):
+    parser = VERBS[verb].build_parser()
+    assert resolve(parser, old)[dest] == resolve(parser, new)[dest] == value
+    err = capsys.readouterr().err
+    flag = old[0].split("=")[0]
+    assert f"mlx_qat.{verb}: warning: {flag} is now spelt {RENAMED[flag]}" in err
+    assert err.count("warning") == 1  # the old spelling warns, the new one does not
+
+
+@pytest.mark.parametrize(
+    "verb, old, new, dest, value",
+    [
+        ("convert", {"q_bits": 3}, {"bits": 3}, "bits", 3),
+        ("convert", {"q_mode": "mxfp4"}, {"mode": "mxfp4"}, "mode", "mxfp4"),
+        ("fit", {"plots": False}, {"plot": False}, "plot", False),
+        ("diagnose", {"no_plot": True}, {"plot": False}, "plot", False),  # --no-plot was a switch
+        ("diagnose", {"no_plot": False}, {"plot": True}, "plot", True),
+    ],
+)
+def test_a_renamed_yaml_key_sets_the_same_setting(verb, old, new, dest, value, tmp_path, capsys):
+    parser = VERBS[verb].build_parser()
+    a, b = write_yaml(tmp_path / "old.yaml", old), write_yaml(tmp_path / "new.yaml", new)
+    assert resolve(parser, ["--config", a])[dest] == resolve(parser, ["--config", b])[dest] == value
+
+
+def test_train_mode_keeps_its_field_name_and_hash(tmp_path, capsys):
+    # `--mode` is the flag of TrainConfig.q_mode: config.yaml and the hash of a run keep q_mode
+    by_flag = train.parse_args(["--mode", "mxfp4", "--bits", "4"])
+    by_old_flag = train.parse_args(["--q-mode", "mxfp4", "--bits", "4"])
+    for key in ("mode", "q_mode", "q-mode"):
+        cfg = train.parse_args(["--config", write_yaml(tmp_path / "m.yaml", {key: "mxfp4"})])
+        assert cfg == by_flag == by_old_flag, key
+    assert TrainConfig.from_dict({"mode": "mxfp4"}) == TrainConfig(q_mode="mxfp4")
+    saved = yaml.safe_load(by_flag.to_yaml())
+    assert saved["q_mode"] == "mxfp4" and "mode" not in saved
+    # the hash such a config had before the flag was renamed
+    assert by_flag.hash() == TrainConfig(q_mode="mxfp4").hash() == "1447c149b42cab34"
+    both = write_yaml(tmp_path / "both.yaml", {"q_mode": "mxfp4", "mode": "affine"})
+    with pytest.raises(ValueError, match="(q_mode and mode|mode and q_mode) are the same setting"):
+        train.parse_args(["--config", both])
+    with pytest.raises(ValueError, match="q_mode and mode are the same setting"):
+        TrainConfig.from_dict({"q_mode": "mxfp4", "mode": "affine"})
+
+
+def expanded_help(parser) -> dict[str, str]:
+    """Each listed flag's help text as --help prints it (defaults filled in)."""
+    fmt = parser._get_formatter()
+    return {
+        (a.option_strings or [a.dest])[0]: " ".join(fmt._expand_help(a).split())
+        for a in parser._actions
+        if a.help not in (None, argparse.SUPPRESS)
+    }
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_help_lists_choices_and_one_real_default(verb):
+    parser = VERBS[verb].build_parser()
+    text = parser.format_help()
+    for a in parser._actions:
+        if a.choices and a.help != argparse.SUPPRESS:
+            assert "{" + ",".join(map(str, a.choices)) + "}" in text, a.option_strings
+    for flag, h in expanded_help(parser).items():
+        assert "(default: None)" not in h and "(default: [])" not in h, (flag, h)
+        assert len(re.findall(r"\(default|default:", h)) <= 1, (flag, h)
+
+
+def test_help_shows_what_the_defaults_are(capsys):
+    # --help as the verb prints it: while the command line is parsed (every flag from None)
+    for verb in ("data", "train"):
+        with pytest.raises(SystemExit):
+            VERBS[verb].main(["--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert f"(default: {DEFAULT_VOCAB_SIZE})" in out and "(default: None)" not in out
+    train_help = " ".join(train.build_parser().format_help().split())
+    for shown in (
+        "--quantizer {minmax,lsq,learned_affine}",
+        "--train {all,grid}",
+        "--objective {ce,kd,mix}",
+        "--mode {affine,mxfp4,nvfp4,mxfp8}",
+    ):
+        assert shown in train_help
+    data_help = expanded_help(data.build_parser())
+    assert data_help["--vocab-size"].endswith(f"(default: {DEFAULT_VOCAB_SIZE})")
+    assert data_help["--out"].endswith("(default: data)")
+    assert "default" not in data_help["--tokenizer"]  # None: nothing to show
+    train_help = expanded_help(train.build_parser())
+    assert train_help["--vocab-size"].endswith(f"(default: {DEFAULT_VOCAB_SIZE})")
+    assert train_help["--lr"].endswith("(default: 0.003; with --model: 1e-4)")
+    assert train_help["--embed-bits"].endswith("(default: max(bits, 4))")
+    assert expanded_help(diagnose.build_parser())["--eval-batches"].endswith("(default: 4)")
+
+
+def test_train_help_is_in_titled_sections_in_order():
+    text = train.build_parser().format_help()
+    starts = [text.index(f"\n{title}:\n") for title in train.GROUPS.values()]
+    assert starts == sorted(starts)
+    for key in ("dist_timeout", "compile", "cache_limit_mb"):
+        assert train.TrainConfig.__dataclass_fields__[key].metadata["group"] == "distributed"
+    assert "\nother:\n" not in text and "\nqat:\n" not in text  # every section has its title
+
+
+def test_plan_takes_only_what_planning_reads(tmp_path, capsys):
+    parser = plan.build_parser()
+    shown = visible_flags(parser)
+    assert {train.flag_of(f) for f in train.PLAN_FIELDS} <= shown
+    for flag in ("--resume", "--fp-twin", "--out", "--objective", "--compile", "--plot"):
+        assert flag not in shown
+        assert flag in visible_flags(train.build_parser())
+    with pytest.raises(SystemExit) as e:
+        plan.main(["--resume"])
+    assert e.value.code == 2 and "unrecognized arguments: --resume" in capsys.readouterr().err
+    # a whole training config still plans, and --save passes its other settings through
+    assert plan.main(["--config", "main", "--tokens", "1e6", "--save", str(tmp_path)]) == 0
+    saved = train.parse_args(["--config", str(tmp_path / "config.yaml")])
+    assert saved.fp_twin is True and saved.quantizer == "learned_affine"
+    assert saved.tokens == 1_000_000
+
+
+def test_one_default_vocabulary_size():
+    from mlx_qat.data import prepare_data, train_tokenizer
+
+    def default_of(fn):
+        return inspect.signature(fn).parameters["vocab_size"].default
+
+    data_default = data.build_parser().get_default("vocab_size")
+    assert data_default == TrainConfig().vocab_size == DEFAULT_VOCAB_SIZE
+    assert default_of(prepare_data) == default_of(train_tokenizer) == DEFAULT_VOCAB_SIZE
+    # the main job states its own (scripts/main.sh passes it to mlx_qat.data too)
+    main = yaml.safe_load((CONFIGS / "main.yaml").read_text())
+    assert main["vocab_size"] == 1024

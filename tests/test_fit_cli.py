@@ -145,7 +145,7 @@ def test_a_sweep_folder_fits_its_own_rows_and_its_shards_each_run_once(sweep, tm
     write_jsonl(out / "shard-1-of-2" / "results.jsonl", sweep[60:])
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = fit_cli.main([str(out), "--bootstrap", "0", "--no-plots"])
+        rc = fit_cli.main([str(out), "--bootstrap", "0", "--no-plot"])
     assert rc == 0
     text = buf.getvalue()
     assert "rows: 87 from 3 file(s)" in text and "10 identical duplicate(s) kept once" in text
@@ -169,7 +169,7 @@ def test_one_fp_run_at_two_bit_widths_counts_once(sweep, tmp_path):
     assert len(m.rows) == 81 and m.fp_repeats == 6
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert fit_cli.main([str(tmp_path), "--bootstrap", "0", "--no-plots"]) == 0
+        assert fit_cli.main([str(tmp_path), "--bootstrap", "0", "--no-plot"]) == 0
     text = buf.getvalue()
     assert "6 FP row(s) of an FP run already read (at another bit width) counted once" in text
     assert "law fit on the fused pipeline: 6 FP + 72 QAT rows" in text
@@ -183,14 +183,14 @@ def test_rows_of_two_data_sets_are_refused_unless_mixing_is_asked(sweep, tmp_pat
     b_data = {"shards_key": "b" * 64, "tokenizer_sha256": "t" * 64}
     a = write_jsonl(tmp_path / "a.jsonl", [dict(r, data=a_data) for r in sweep])
     b = write_jsonl(tmp_path / "b.jsonl", [dict(r, data=b_data) for r in sweep[:20]])
-    assert fit_cli.main([str(a), str(b), "--no-plots", "--bootstrap", "0"]) == 1
+    assert fit_cli.main([str(a), str(b), "--no-plot", "--bootstrap", "0"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("mlx_qat.fit: error: the rows come from 2 data sets")
     assert f"shards key {'a' * 16}, tokenizer sha256 {'t' * 16} in {a} (87 rows)" in err
     assert f"shards key {'b' * 16}" in err and f"{b} (20 rows)" in err and "--mix-data" in err
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = fit_cli.main([str(a), str(b), "--no-plots", "--bootstrap", "0", "--mix-data"])
+        rc = fit_cli.main([str(a), str(b), "--no-plot", "--bootstrap", "0", "--mix-data"])
     assert rc == 0 and "rows: 107 from 2 file(s)" in buf.getvalue()
     assert "rows of 2 data sets fitted together (--mix-data)" in buf.getvalue()
     old = write_jsonl(tmp_path / "old.jsonl", sweep[:5])  # written before rows had `data`
@@ -208,7 +208,7 @@ def test_colliding_config_hash_is_refused_by_name(sweep, tmp_path, capsys):
     msg = str(e.value)
     assert sweep[3]["config_hash"] in msg and f"{a}:4" in msg and f"{b}:2" in msg
     assert "final_loss, wall_s" in msg
-    assert fit_cli.main([str(a), str(b), "--no-plots"]) == 1
+    assert fit_cli.main([str(a), str(b), "--no-plot"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("mlx_qat.fit: error: config_hash") and f"{b}:2" in err
 
@@ -225,7 +225,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
 def test_a_binary_file_is_refused_naming_it(tmp_path, capsys):
     binary = tmp_path / "fit.npy"
     binary.write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr': '<f4'}\n\xff\xfe\x00\x00")
-    assert fit_cli.main([str(binary), "--no-plots"]) == 1
+    assert fit_cli.main([str(binary), "--no-plot"]) == 1
     err = capsys.readouterr().err.strip()
     assert (
         err.startswith(f"mlx_qat.fit: error: {binary}: not a JSON lines file") and "\n" not in err
@@ -287,7 +287,7 @@ def test_resolved_settings_repeat_the_command(fitted, tmp_path):
 
     _, out = fitted
     saved = yaml.safe_load((out / "fit.yaml").read_text())
-    assert saved["bootstrap"] == 4 and saved["pipeline"] == "fused" and saved["plots"] is True
+    assert saved["bootstrap"] == 4 and saved["pipeline"] == "fused" and saved["plot"] is True
     assert saved["fp_tokens"] == "total" and saved["out"] == str(out) and len(saved["results"]) == 2
     again = fit_cli.build_parser()
     from mlx_qat.cli.common import resolve
@@ -298,7 +298,7 @@ def test_resolved_settings_repeat_the_command(fitted, tmp_path):
 
 def test_default_out_is_next_to_the_first_results(sweep, tmp_path):
     a = write_jsonl(tmp_path / "results.jsonl", sweep)
-    assert fit_cli.main([str(a), "--bootstrap", "0", "--no-plots", "--quiet"]) == 0
+    assert fit_cli.main([str(a), "--bootstrap", "0", "--no-plot", "--quiet"]) == 0
     assert (tmp_path / "fit" / "fit.json").is_file() and (tmp_path / "fit" / "fit.yaml").is_file()
     assert not list((tmp_path / "fit").glob("*.png"))
 

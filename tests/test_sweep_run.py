@@ -263,7 +263,7 @@ def test_rows_carry_their_data_and_a_folder_of_other_data_is_refused(
     assert milton["shards_key"][:16] in err and austen["shards_key"][:16] in err
     assert len(read_rows(tmp_path / "a" / "results.jsonl")) == 1
     assert sweep_main([sweep("b", [0.5]), "--quiet"]) == 0  # the new text in its own folder
-    assert fit_main([str(tmp_path / "a"), str(tmp_path / "b"), "--no-plots"]) == 1
+    assert fit_main([str(tmp_path / "a"), str(tmp_path / "b"), "--no-plot"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("mlx_qat.fit: error: the rows come from 2 data sets") and "\n" not in err
     assert f"{tmp_path / 'b' / 'results.jsonl'} (1 rows)" in err and "pass --mix-data" in err

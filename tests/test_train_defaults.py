@@ -80,7 +80,10 @@ def test_help_names_the_fine_tune_defaults(capsys):
         ("--qat-fraction QAT_FRACTION", "(default: auto; with --model: 1)"),
         ("--weight-decay WEIGHT_DECAY", "(default: 0.1; with --model: 0)"),
         ("--quantizer-lr-scale QUANTIZER_LR_SCALE", "(default: 0.03; with --model: 1)"),
-        ("--scale-grad SCALE_GRAD", "with --model: fixed_codes with --quantizer learned_affine"),
+        (
+            "--scale-grad {ste,fixed_codes}",
+            "with --model: fixed_codes with --quantizer learned_affine",
+        ),
         ("--kd-temperature KD_TEMPERATURE", "with --model: 2 with --objective kd or mix"),
     ]:
         start = out.index(f" {flag} ")  # the flag's own line, not the usage's [--flag]

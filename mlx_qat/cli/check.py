@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common, run_verb
+from .common import HelpFormatter, add_common, run_verb
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlx_qat.check",
         description="Check the fused GPU kernels against the reference on this machine.",
+        formatter_class=HelpFormatter,
     )
     add_common(p)  # --quiet: only the failing rows and the verdict
     return p

@@ -1,5 +1,6 @@
 """`mlx_qat.convert`: a QAT run → an MLX model directory that `mlx_lm.load` reads
-(`mlx_qat.convert.convert`). Flags mirror `mlx_lm.convert` where they overlap.
+(`mlx_qat.convert.convert`). Flags mirror `mlx_lm.convert` where they overlap, but for the
+format flags, spelt as in every mlx_qat verb (`--bits`, `--group-size`, `--mode`).
 
     mlx_qat.convert runs/main --mlx-path mlx_model [--dtype float16] [--ptq] [--dequantize]
     mlx_qat.convert model.Q4_1.gguf --mlx-path mlx_model [-q] [--dtype float16]
@@ -7,8 +8,9 @@
 A `.gguf` input (a file named `*.gguf` or starting with the GGUF magic) is imported rather than
 exported (`mlx_qat.convert.gguf.import_gguf`): same output rules, `--force`, `--dtype`,
 `--max-file-size-gb` and check; `-q` keeps its Q4_0/Q4_1/Q8_0 tensors quantized. Flags that
-only mean something for a QAT run (`--q-*`, `--ptq`, `--tokenizer`, `--parity-data/-batches`)
-are refused for it.
+only mean something for a QAT run (`--bits`, `--group-size`, `--mode`, `--ptq`, `--tokenizer`,
+`--parity-data/-batches`) are refused for it. mlx_lm.convert's `--q-bits`, `--q-group-size`
+and `--q-mode` are read too, for one release.
 
 The resolved settings are written to `<mlx-path>/convert.yaml`. Exit status: 0 done, 1 the
 train = deploy parity check failed, 2 bad input (or usage), an output `--force` may not
@@ -27,7 +29,7 @@ from ..convert.errors import ConvertError, ParityError
 from ..convert.pack import DTYPES
 from ..convert.write import MAX_FILE_SIZE_GB
 from ..quant.spec import MODES
-from .common import add_common, run_verb, save_resolved
+from .common import HelpFormatter, add_common, add_renamed, run_verb, save_resolved
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,15 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mlx_qat.convert",
         description="Export a QAT run/checkpoint (or an mlx-lm model) as an MLX model directory "
         "that mlx_lm.load reads, with a train = deploy loss check; or import a llama GGUF file.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "path", nargs="?", help="run dir, checkpoint dir, mlx-lm model dir or .gguf file"
     )
     p.add_argument("--qat-path", "--model", dest="qat_path", help="same as the positional path")
     p.add_argument("--mlx-path", default="mlx_model", help="output directory (default: mlx_model)")
-    p.add_argument("--q-bits", type=int, help="bits per weight (must match a QAT run)")
-    p.add_argument("--q-group-size", type=int, help="group size (must match a QAT run)")
-    p.add_argument("--q-mode", choices=MODES, help="quantization mode (must match a QAT run)")
+    # A QAT run's own format (any other is refused), or the one --ptq rounds to.
+    bits = p.add_argument("--bits", type=int, help="weight bits (default: the run's, else 4)")
+    group_size = p.add_argument(
+        "--group-size", type=int, help="quantization group size (default: the run's, else 64)"
+    )
+    mode = p.add_argument(
+        "--mode", choices=MODES, help="MLX quantization mode (default: the run's, else affine)"
+    )
+    for old, action in (("--q-bits", bits), ("--q-group-size", group_size), ("--q-mode", mode)):
+        add_renamed(p, old, action)  # mlx_lm.convert's spelling, read for one release
     p.add_argument(
         "--dtype",
         choices=DTYPES,
@@ -111,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Options of the command that are not `convert()` arguments.
 _CLI_ONLY = ("path", "config", "quiet", "quantize", "debug")
+# The format flags (as every verb spells them) -> `convert()`'s arguments (mlx_lm.convert's).
+_FORMAT_ARGS = {"bits": "q_bits", "group_size": "q_group_size", "mode": "q_mode"}
 
 
 def _convert_kwargs(opts: dict) -> dict:
@@ -118,7 +130,7 @@ def _convert_kwargs(opts: dict) -> dict:
         raise ConvertError("choose either -q/--quantize or -d/--dequantize, not both")
     if opts.get("path") and opts.get("qat_path") and opts["path"] != opts["qat_path"]:
         raise ConvertError("give the input once: positional path or --qat-path/--model")
-    kw = {k: v for k, v in opts.items() if k not in _CLI_ONLY}
+    kw = {_FORMAT_ARGS.get(k, k): v for k, v in opts.items() if k not in _CLI_ONLY}
     kw["qat_path"] = opts.get("path") or opts.get("qat_path")
     if not kw["qat_path"]:
         raise ConvertError(
@@ -162,9 +174,9 @@ def _summary(r) -> str:
 
 # Flags of a QAT export that mean nothing for a GGUF import (refused, not ignored).
 _NOT_FOR_GGUF = (
-    "q_bits",
-    "q_group_size",
-    "q_mode",
+    "bits",
+    "group_size",
+    "mode",
     "ptq",
     "tokenizer",
     "parity_data",

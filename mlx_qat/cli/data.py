@@ -14,8 +14,8 @@ import argparse
 import time
 from pathlib import Path
 
-from ..data.tokenizer import DEFAULT_SETTINGS
-from .common import add_common, run_verb, save_resolved
+from ..data.tokenizer import DEFAULT_SETTINGS, DEFAULT_VOCAB_SIZE
+from .common import HelpFormatter, add_common, run_verb, save_resolved
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read .txt/.txt.gz/.jsonl corpora, split by document (train / validation / "
         "held-out test), train a BPE tokenizer and write memory-mapped token shards (cached by "
         "content hash).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--input",
@@ -36,7 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         "downloaded with pip into the cache ($MLX_QAT_CACHE or ~/.cache/mlx_qat)",
     )
     p.add_argument("--out", metavar="DIR", default="data", help="output folder")
-    p.add_argument("--vocab-size", type=int, metavar="N", default=4096, help="tokenizer vocabulary")
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        metavar="N",
+        default=DEFAULT_VOCAB_SIZE,
+        help="tokenizer vocabulary (mlx_qat.train's default too)",
+    )
     p.add_argument(
         "--val-fraction",
         type=float,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..fileio import atomic_write_json
 from ..quant.spec import MODES
-from .common import add_common, run_verb, save_resolved
+from .common import HelpFormatter, add_common, run_verb, save_resolved
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "along the quantization direction (PTQ gap, basin edge, kappa), along random "
         "directions of the same size, at stochastic roundings, per layer; and a verdict: "
         "PTQ is fine / QAT needed / change the format.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("path", nargs="?", help="run dir, checkpoint dir, or float mlx-lm model dir")
     p.add_argument("--data", help="prepared data dir (default: the run's; needed for mlx-lm)")
@@ -84,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--seed", type=int, default=d.seed, help="seed of every random draw")
     p.add_argument("--out", metavar="DIR", help="where diagnose.json goes (default: see above)")
-    p.add_argument("--no-plot", action="store_true", help="skip diagnose.png")
+    p.add_argument(
+        "--plot",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="draw diagnose.png (needs matplotlib)",
+    )
     add_common(p)
     return p
 
@@ -163,7 +169,7 @@ def _run(opts: dict) -> int:
         print(report)
         raise ValueError(_unwritable(out, e)) from None
     print(report)
-    if not opts.get("no_plot"):
+    if opts["plot"]:
         try:
             print(f"  plot: {plot_diagnosis(d, out / 'diagnose.png')}")
         except ImportError as e:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..fileio import atomic_write_json, ensure_writable_dir
 from ..loss import MODES
-from .common import add_common, run_verb, save_resolved
+from .common import HelpFormatter, add_common, run_verb, save_resolved
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mlx_qat.eval",
         description="Loss and bits per byte of a checkpoint with fake quant off (FP), on (QAT) "
         "and round-to-nearest PTQ of its float weights, on the validation or the test split.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("path", nargs="?", help="run directory (latest checkpoint) or checkpoint dir")
     p.add_argument("--data", help="prepared data dir (default: the run's)")

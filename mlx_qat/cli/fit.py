@@ -12,7 +12,7 @@ anchors and the QAT runs of one pipeline (`--pipeline`, fused by default); class
 fused-vs-classic comparison. Rows record their data's identity; rows of several data sets are
 refused unless `--mix-data` (rows older than the identity: unknown data, fitted alone as before,
 refused beside rows of known data). Writes DIR/fit.json (`FitResult`, what `plan --law` reads),
-DIR/report.txt (the printed report), the PNGs (`--no-plots` to skip) and DIR/fit.yaml (the
+DIR/report.txt (the printed report), the PNGs (`--no-plot` to skip) and DIR/fit.yaml (the
 resolved settings). DIR defaults to `fit/` next to the first results file.
 """
 
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from ..fileio import atomic_write_text
-from .common import add_common, run_verb, save_resolved
+from .common import HelpFormatter, add_common, add_renamed, run_verb, save_resolved
 
 log = logging.getLogger("mlx_qat.fit")
 
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mlx_qat.fit",
         description="Fit the QAT loss law L(N, D_fp, D_qat, B) and f-hat = exp(-a / ln S) to "
         "sweep results; print the report, write fit.json and plots.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "results",
@@ -78,12 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit rows of several data sets together (rows record their data's identity: "
         "without this flag, rows of two data sets are refused)",
     )
-    p.add_argument(
-        "--plots",
+    plot = p.add_argument(
+        "--plot",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="write the PNG figures (needs matplotlib)",
     )
+    add_renamed(p, "--plots", plot)
     add_common(p)
     return p
 
@@ -128,7 +130,7 @@ def _run(opts: dict) -> int:
     res.save(out / "fit.json")
     atomic_write_text(out / "report.txt", report + "\n")
     written = [out / "fit.json", out / "report.txt"]
-    if opts["plots"]:
+    if opts["plot"]:
         try:
             from ..fit.plots import write_plots
 

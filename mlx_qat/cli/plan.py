@@ -6,9 +6,11 @@
     mlx_qat.plan --config main --save plans/main   # plan.json + config.yaml
     mlx_qat.plan --config main --law runs/sweep_tiny/fit/fit.json --memory 1M
 
-Takes every flag of `mlx_qat.train`. With `--save DIR` it writes the plan to `DIR/plan.json`
-and the resolved training config to `DIR/config.yaml` (`mlx_qat.train --config DIR/config.yaml`
-then trains exactly this plan).
+Takes the flags of `mlx_qat.train` that the plan reads (`cli.train.PLAN_FIELDS`: data and
+vocabulary, model, format and quantizer, budget, schedule, batch shape); its `--config` YAML may
+hold a whole training config (`--config main`), whose other settings pass through unread. With
+`--save DIR` it writes the plan to `DIR/plan.json` and the resolved training config to
+`DIR/config.yaml` (`mlx_qat.train --config DIR/config.yaml` then trains exactly this plan).
 
 With `--law FIT.json` (from `mlx_qat.fit`) it also prints, for the config's model and token
 budget, what the fitted law predicts (`mlx_qat.fit.planning.law_plan`): S, the law-optimal
@@ -34,16 +36,22 @@ import sys
 from pathlib import Path
 
 from ..fileio import atomic_write_json, atomic_write_text
-from .common import run_verb
+from .common import HelpFormatter, accept_in_yaml, add_common, run_verb
+from .train import PLAN_FIELDS, add_train_arguments, config_from
 from .train import build_parser as train_parser
-from .train import config_from
 
 
 def build_parser():
-    """The flags of `mlx_qat.train`, plus `--json` and `--save`."""
-    p = train_parser(
-        "mlx_qat.plan", "Print the phase plan of a training config (nothing is trained)."
+    """The flags of `mlx_qat.train` that planning reads, plus `--json`, `--save` and the
+    fitted law's; `--config` also takes a whole training config."""
+    p = argparse.ArgumentParser(
+        prog="mlx_qat.plan",
+        description="Print the phase plan of a training config (nothing is trained).",
+        formatter_class=HelpFormatter,
     )
+    add_common(p)
+    add_train_arguments(p, only=PLAN_FIELDS)
+    accept_in_yaml(p, train_parser())
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--save", metavar="DIR", help="write DIR/plan.json and DIR/config.yaml")
     law = p.add_argument_group("fitted law (mlx_qat.fit)")

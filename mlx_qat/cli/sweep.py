@@ -24,7 +24,7 @@ import argparse
 import shutil
 import time
 
-from .common import add_common, config_file, run_verb, save_resolved, shipped_configs
+from .common import HelpFormatter, add_common, config_file, run_verb, save_resolved, shipped_configs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mlx_qat.sweep",
         description="Train a grid of (model, tokens, bits, QAT fraction, pipeline, seed) runs "
         "with shared FP trunks; one row per finished run in <out>/results.jsonl.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "sweep",

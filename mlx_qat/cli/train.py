@@ -2,8 +2,9 @@
 
     mlx_qat.train --config main --data data --out runs/main   # add --resume after a crash
 
-One `--kebab-case` flag per `TrainConfig` field (see `--help`), and `--config FILE.yaml` with
-the same keys; CLI > YAML > defaults. Prints the phase plan, trains (and the FP twin with
+One `--kebab-case` flag per `TrainConfig` field (see `--help`, in titled sections; `q_mode` is
+`--mode`, as every verb spells it), and `--config FILE.yaml` with the same keys; CLI > YAML >
+defaults. Prints the phase plan, trains (and the FP twin with
 `--fp-twin`), prints the FP / PTQ / QAT table. The resolved config is `<out>/config.yaml`.
 Exit status: 0 done, 1 bad input or I/O error, 2 usage, 3 the loss diverged (lower --lr,
 then continue with --resume --reschedule), 4 another process of a distributed run died or hung
@@ -24,9 +25,9 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from ..train.config import TrainConfig, parse_count
+from ..train.config import FLAG_NAMES, TrainConfig, parse_count
 from ..train.defaults import SCRATCH, default_help
-from .common import add_config, debugging, run_verb
+from .common import HelpFormatter, add_config, add_renamed, debugging, run_verb
 
 
 def _flag_type(f) -> tuple[object, dict]:
@@ -46,29 +47,76 @@ def _flag_type(f) -> tuple[object, dict]:
     return str, kw
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """One `--kebab-case` flag per TrainConfig field, with its default, grouped for --help."""
-    groups: dict = {}
-    for f in fields(TrainConfig):
-        name = f.metadata.get("group", "other")
-        g = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
+# The sections of `--help`, in order: TrainConfig field metadata "group" -> title.
+GROUPS = {
+    "model": "model (what is trained)",
+    "data": "data",
+    "run": "run directory, resume and seed",
+    "budget": "token budget and FP/QAT split",
+    "schedule": "learning-rate schedule",
+    "optimizer": "optimizer (AdamW)",
+    "batch": "batch shape",
+    "qat": "QAT (quantization format, quantizer, what the QAT phase trains)",
+    "distill": "distillation (the QAT phase's loss)",
+    "trs": "transition-rate scheduling (TRS, the QAT phase's LR control)",
+    "eval": "evaluation, checkpoints and logging",
+    "distributed": "execution (compilation, memory, several processes)",
+}
+# What `plan_for_config` reads (`mlx_qat.plan` takes only these): the data's vocabulary, the
+# model, the format of each layer (parameter bytes), the budget, the schedule, the batch shape.
+PLAN_FIELDS = (
+    "data", "vocab_size", "preset", "model_config", "model",
+    "bits", "group_size", "q_mode", "embed_bits", "quant_overrides",
+    "tokens", "qat_fraction", "auto_a", "pipeline", "cooldown_shape",
+    "cooldown_fraction", "warmup_tokens", "warmup_steps", "qat_warmup_fraction", "lr", "min_lr",
+    "batch_size", "seq_len", "grad_accum",
+)  # fmt: skip
+
+
+def flag_of(name: str) -> str:
+    """The flag of TrainConfig field `name` (`--group-size`; `--mode` for q_mode, as every
+    verb spells it: `FLAG_NAMES`, whose old flag `--q-mode` stays for one release)."""
+    return "--" + FLAG_NAMES.get(name, name).replace("_", "-")
+
+
+def add_train_arguments(
+    parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None
+) -> None:
+    """One flag per TrainConfig field (`only` these when given), in the titled `GROUPS`, each
+    with its choices and its default (`HelpFormatter`; the fields whose default depends on
+    `--model` state both)."""
+    groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
+    order = list(GROUPS)
+    for f in sorted(fields(TrainConfig), key=lambda f: order.index(f.metadata["group"])):
+        if only is not None and f.name not in only:
+            continue
+        g = groups[f.metadata["group"]]
         default = f.default_factory() if callable(f.default_factory) else f.default
-        shown = default_help(f.name) if f.name in SCRATCH else f"(default: {default})"
-        help_text = (f.metadata.get("help", "") + " " + shown).replace("%", "%%")
+        help_text = f.metadata.get("help", "")
+        if f.name in SCRATCH:
+            help_text += " " + default_help(f.name)
+        help_text = help_text.replace("%", "%%")
         typ, kw = _flag_type(f)
-        flag = "--" + f.name.replace("_", "-")
+        flag = flag_of(f.name)
         if typ is None:
-            g.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
-            )
+            action = g.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                help=help_text,
+            )  # fmt: skip
         else:
             # an "extend" flag starts from None: argparse extends its default in place, and a
             # mapping default (quant_overrides: {}) has no .extend (TrainConfig fills it)
             start = None if kw.get("action") in ("extend", "append") else default
-            g.add_argument(
-                flag, type=typ, default=start, help=help_text,
-                **{"metavar": f.name.upper(), **kw},
-            )  # fmt: skip
+            if "choices" not in kw:  # argparse shows the choices where no metavar is set
+                kw = {"metavar": f.name.upper(), **kw}
+            action = g.add_argument(
+                flag, dest=f.name, type=typ, default=start, help=help_text, **kw
+            )
+        if flag != "--" + f.name.replace("_", "-"):
+            add_renamed(g, "--" + f.name.replace("_", "-"), action)
+    for group in groups.values():  # a section with no flag (plan's subset) is left out
+        if not group._group_actions:  # noqa: SLF001
+            parser._action_groups.remove(group)  # noqa: SLF001
 
 
 def build_parser(prog: str = "mlx_qat.train", description: str | None = None):
@@ -77,6 +125,7 @@ def build_parser(prog: str = "mlx_qat.train", description: str | None = None):
         prog=prog,
         description=description
         or "Train a model with an FP phase then QAT (fake quantization) on MLX.",
+        formatter_class=HelpFormatter,
     )
     add_config(p)
     add_train_arguments(p)

@@ -167,9 +167,7 @@ def _prepare_export(source: Source, model, method: str, requested, data):
     qcfg = source.qat_config if source.kind == "checkpoint" else None
     if method == "dequantize":
         if requested is not None:
-            raise ConvertError(
-                "--dequantize writes a float model; drop --q-bits/--q-group-size/--q-mode"
-            )
+            raise ConvertError("--dequantize writes a float model; drop --bits/--group-size/--mode")
         losses = _losses(model, data, "fp")
         if source.kind == "checkpoint":
             pack.to_float(model, dequantized=True)

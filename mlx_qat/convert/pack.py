@@ -37,13 +37,13 @@ DTYPES = ("float16", "bfloat16", "float32")
 
 
 def format_flags(q_bits, q_group_size, q_mode) -> QuantSpec | None:
-    """The format `--q-bits/--q-group-size/--q-mode` ask for (None when none was given)."""
+    """The format `--bits/--group-size/--mode` ask for (None when none was given)."""
     if q_bits is None and q_group_size is None and q_mode is None:
         return None
     try:
         return QuantSpec.for_mode(q_mode or "affine", q_bits, q_group_size)
     except ValueError as e:
-        raise ConvertError(f"--q-bits/--q-group-size/--q-mode: {e}") from e
+        raise ConvertError(f"--bits/--group-size/--mode: {e}") from e
 
 
 def check_trained_format(qcfg, requested: QuantSpec | None, where) -> None:
@@ -53,7 +53,7 @@ def check_trained_format(qcfg, requested: QuantSpec | None, where) -> None:
     raise ConvertError(
         f"checkpoint {where} was trained with QAT for {qcfg.weights} ({qcfg.weights.to_mlx()}), "
         f"but the flags ask for {requested} ({requested.to_mlx()}). Exporting a QAT model to "
-        "another format throws the training away: drop --q-bits/--q-group-size/--q-mode, or "
+        "another format throws the training away: drop --bits/--group-size/--mode, or "
         "pass --ptq to round the float weights to the new format"
     )
 

@@ -50,7 +50,14 @@ from ..fileio import (
 )
 from .corpus import Paths, check_fractions, read_documents, split_documents
 from .sources import default_corpus
-from .tokenizer import DEFAULT_SETTINGS, FORMAT, MODEL_FILE, Tokenizer, default_threads
+from .tokenizer import (
+    DEFAULT_SETTINGS,
+    DEFAULT_VOCAB_SIZE,
+    FORMAT,
+    MODEL_FILE,
+    Tokenizer,
+    default_threads,
+)
 from .tokenizer import train_tokenizer as _train_tokenizer
 from .tokenizer_dir import load_tokenizer as _load_tokenizer
 from .tokenizer_dir import store_tokenizer, tokenizer_sha256
@@ -260,7 +267,7 @@ def _split_stats(docs: Sequence[str], tokens: np.ndarray, file: str) -> dict:
 def prepare_data(
     inputs: Paths | None = None,
     out_dir: str | os.PathLike = "data",
-    vocab_size: int = 4096,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
     val_fraction: float = 0.05,
     seed: int = 0,
     *,

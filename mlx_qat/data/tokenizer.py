@@ -42,6 +42,10 @@ META_FILE = "tokenizer_meta.json"
 FORMAT = "mlx_qat.tokenizer/1"
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, -1
 MAX_SENTENCE_CHARS = 2048
+# The tokenizer size when none is given: `mlx_qat.data`, `mlx_qat.train` (raw --data) and
+# `prepare_data` alike. 1024 suits the default d2 preset (width 64: a 4096-piece embedding
+# would hold most of its parameters); the main job states its own (configs/main.yaml).
+DEFAULT_VOCAB_SIZE = 1024
 
 DEFAULT_SETTINGS: dict = {
     "model_type": "bpe",
@@ -202,7 +206,7 @@ def _train_error(err: Exception, vocab_size: int) -> ValueError:
 def train_tokenizer(
     docs: Sequence[str],
     out_dir: str | os.PathLike,
-    vocab_size: int = 4096,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
     *,
     num_threads: int | None = None,
     seed: int = 0,

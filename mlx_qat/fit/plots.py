@@ -38,7 +38,7 @@ def _mpl():
         from matplotlib.figure import Figure
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "mlx_qat.fit plots need matplotlib: pip install 'mlx_qat[fit]' (or pass --no-plots)"
+            "mlx_qat.fit plots need matplotlib: pip install 'mlx_qat[fit]' (or pass --no-plot)"
         ) from e
     return Figure
 

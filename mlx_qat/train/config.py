@@ -1,7 +1,8 @@
 """`TrainConfig`: every setting of a training run, as plain data.
 
-The command line (`mlx_qat.cli.train`) makes one `--kebab-case` flag per field, grouped (run,
-data, model, qat, budget, schedule, optimizer, batch, eval) for `--help`; the YAML file is flat.
+The command line (`mlx_qat.cli.train`) makes one `--kebab-case` flag per field (`q_mode` is
+`--mode`), in the sections of each field's `group` (titled and ordered in `cli.train.GROUPS`)
+for `--help`; the YAML file is flat.
 The trainer writes the resolved config to `<out>/config.yaml`, and `load_config` reads it back.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ..data.tokenizer import DEFAULT_VOCAB_SIZE
 from ..quant.learned_affine import SCALE_GRADS
 from ..quant.quantizers import QUANTIZERS
 from ..quant.spec import MODES as Q_MODES
@@ -74,6 +76,10 @@ SCHEDULE_FIELDS = (
     "qat_warmup_fraction",
     "grad_clip",
 )
+# Fields whose flag is spelt otherwise (one flag name per concept across the verbs): field ->
+# flag name. The field keeps its name (config.yaml, the hash of existing runs); `from_dict`
+# reads the flag's name as a key too, and the CLI keeps the old flag for one release.
+FLAG_NAMES = {"q_mode": "mode"}
 # Left out of the hash a resume compares: the data is checked by content instead (the shards'
 # key and the tokenizer's sha256 in every checkpoint), so however its path is spelt (`data/`,
 # `./data`, absolute, a copied run's) the same data resumes and other data is refused.
@@ -120,26 +126,26 @@ class TrainConfig:
         "run",
     )
     seed: int = _f(0, "seed of the model init and the data order", "run")
-    quiet: bool = _f(False, "no progress bar or per-eval lines", "run")
-    plot: bool = _f(False, "draw <out>/loss.png at the end (needs matplotlib)", "run")
+    quiet: bool = _f(False, "no progress bar or per-eval lines", "eval")
+    plot: bool = _f(False, "draw <out>/loss.png at the end (needs matplotlib)", "eval")
     fp_twin: bool = _f(
         False,
         "after training, rerun the QAT phase from the switch checkpoint with fake quant off "
         "(<out>/fp_twin): the FP model and its PTQ that QAT is compared with",
-        "run",
+        "qat",
     )
     ablate_qat: bool = _f(
-        False, "run the QAT phase with fake quant off (what --fp-twin trains)", "run"
+        False, "run the QAT phase with fake quant off (what --fp-twin trains)", "qat"
     )
-    compile: bool = _f(True, "mx.compile the training step", "run")
+    compile: bool = _f(True, "mx.compile the training step", "distributed")
     cache_limit_mb: int = _f(
-        4096, "MLX buffer cache limit in MiB (MLX's CPU default, 32, is slow)", "run"
+        4096, "MLX buffer cache limit in MiB (MLX's CPU default, 32, is slow)", "distributed"
     )
     dist_timeout: float = _f(
         300.0,
         "several processes (mlx.launch): seconds one training step or exchange may wait for "
         "the others before this process stops, naming a dead or hung rank",
-        "run",
+        "distributed",
     )
     # data
     data: list[str] | None = _f(
@@ -156,7 +162,7 @@ class TrainConfig:
         "data",
     )
     vocab_size: int = _f(
-        1024,
+        DEFAULT_VOCAB_SIZE,
         "tokenizer vocabulary when the data is built here (ignored with a --model that has "
         "its own tokenizer)",
         "data",
@@ -253,7 +259,9 @@ class TrainConfig:
         "fused: decay over min(D_qat, c*D); classic: FP cooldown over c*D_fp",
         "schedule",
     )
-    warmup_tokens: int | None = _f(None, "LR warmup in tokens", "schedule")
+    warmup_tokens: int | None = _f(
+        None, "LR warmup in tokens, instead of --warmup-steps", "schedule"
+    )
     warmup_steps: int | None = _f(
         None, "LR warmup in steps (default: min(2% of steps, 500))", "schedule"
     )
@@ -263,7 +271,7 @@ class TrainConfig:
     lr: float | None = _f(None, "peak learning rate", "schedule")
     min_lr: float = _f(0.0, "learning rate at the end of a decay", "schedule")
     optimizer_state_at_switch: str = _f(
-        "keep", "AdamW moments at the FP->QAT switch", "schedule", choices=SWITCH_STATE
+        "keep", "AdamW moments at the FP->QAT switch", "optimizer", choices=SWITCH_STATE
     )
     # optimizer
     weight_decay: float | None = _f(None, "AdamW weight decay (matrices only)", "optimizer")
@@ -359,8 +367,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> TrainConfig:
-        """Build from a (possibly kebab-case) mapping; unknown keys raise ValueError."""
+        """Build from a (possibly kebab-case) mapping whose keys are fields or their flags'
+        names (`mode` for q_mode); unknown keys, or a field given twice, raise ValueError."""
         d = {str(k).replace("-", "_"): v for k, v in d.items()}
+        for name, flag in FLAG_NAMES.items():
+            if flag in d:
+                if name in d:
+                    raise ValueError(f"{where}: {name} and {flag} are the same setting; keep one")
+                d[name] = d.pop(flag)
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
