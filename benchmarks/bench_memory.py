@@ -3,6 +3,9 @@ and batch.
 
     python benchmarks/bench_memory.py --work /tmp/bp    # bench_pretrained.py's work dir
 
+(`WORK/float` the teacher, the data `WORK/all/data` — bench_pretrained's layout — or `WORK/data`,
+its layout before per-width folders.)
+
 Each case is one process (MLX's peak is per process) that builds what its training holds, runs
 two optimizer steps on batches of `--batch-size` x `--seq-len` tokens, and reports:
 
@@ -40,6 +43,12 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import header_lines, machine  # noqa: E402
 from mlx_qat.blas import reexec_with_openblas  # noqa: E402
 
+
+def data_dir(work: Path) -> Path:
+    """bench_pretrained's training data in `work`: `all/data` (its layout), else `data`."""
+    return work / "data" if (work / "data").is_dir() else work / "all" / "data"
+
+
 RESULTS = ROOT / "benchmarks" / "results"
 GB = 1e9
 
@@ -76,7 +85,7 @@ def case_qat(args, case: str) -> dict:
     steps = 2
     cfg = TrainConfig(
         out=str(args.work / f"mem_{case}"), overwrite=True, model=str(args.work / "float"),
-        data=[str(args.work / "data")], qat_fraction=1.0, bits=args.bits, group_size=64,
+        data=[str(data_dir(args.work))], qat_fraction=1.0, bits=args.bits, group_size=64,
         embed_bits=args.bits, quantizer="learned_affine", scale_grad="fixed_codes",
         objective="ce" if kind == "ce" else "kd", kd_temperature=2.0,
         train="grid" if kind == "grid" else "all", lr=1e-4, quantizer_lr_scale=1.0,
@@ -124,7 +133,7 @@ def case_dwq(args) -> dict:
     quantize_model(q_model, config, group_size=64, bits=args.bits)
     model.freeze()
     n, L = 2 * args.batch_size, args.seq_len + 1
-    w = np.asarray(load_bundle(args.work / "data").train[: n * L]).reshape(n, L)
+    w = np.asarray(load_bundle(data_dir(args.work)).train[: n * L]).reshape(n, L)
     windows = [(r.tolist(), 0) for r in w]
     opt = optim.Adam(learning_rate=1e-4, bias_correction=True)
     held = {"weights": nbytes(q_model.parameters()), "teacher": nbytes(model.parameters())}

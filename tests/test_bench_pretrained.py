@@ -1,0 +1,83 @@
+"""benchmarks/bench_pretrained.py's bookkeeping (no model, no training): the json rows' `method`
+for each method string, refused names, the share of the RTN gap, and where each method's
+results live (per width and seed; float and float_ce shared by every width)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench_pretrained", ROOT / "benchmarks" / "bench_pretrained.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _args(**kw):
+    base = dict(dwq_lr=1e-5, qat_lr=2e-5, temperature=2.0, work=Path("/w"), left_out=None,
+                group_size=64, bits=3, seed=0, float_dir=None)  # fmt: skip
+    return argparse.Namespace(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    "name, family",
+    [
+        ("float", "float"),
+        ("rtn", "rtn"),
+        ("dwq", "dwq"),
+        ("dwq~1e-4+same", "dwq"),
+        ("grid~1e-4", "grid_only"),
+        ("grid+trainer", "grid_only"),
+        ("qat_kd~1e-5:1e-4+fixed+adam+split", "qat_kd"),
+        ("qat_kd@1.5", "qat_kd"),
+        ("qat_ce~1e-4", "qat_ce"),
+        ("float_ce", "float_ce"),
+        ("float_ce~1e-4+adam", "float_ce"),
+    ],
+)
+def test_family(bench, name, family):
+    assert bench.family(name, _args()) == family
+
+
+def test_float_ce_settings(bench):
+    assert bench.parse_method("float_ce", _args()) == {
+        "kind": "float_ce", "objective": "ce", "lr": 2e-5, "adam": False}  # fmt: skip
+    assert bench.parse_method("float_ce~1e-4+adam", _args())["lr"] == 1e-4
+
+
+@pytest.mark.parametrize("name", ["dwqq", "float~1e-4", "rtn+adam", "float_ce+fixed", "dwq:1"])
+def test_refused(bench, name):
+    with pytest.raises(SystemExit):
+        bench.parse_method(name, _args())
+
+
+def test_recovered(bench):
+    fp, rtn = {"test": 2.0, "left_out": 3.0}, {"test": 2.5, "left_out": 3.0}
+    assert bench.recovered(rtn, fp, {"test": 2.1}, "test") == pytest.approx(0.8)
+    assert bench.recovered(rtn, fp, {"test": 1.9}, "test") == pytest.approx(1.2)
+    assert bench.recovered(rtn, fp, {"left_out": 2.9}, "left_out") is None  # no gap
+    assert bench.recovered(rtn, fp, {"left_out": None}, "left_out") is None
+    assert bench.recovered(None, fp, {"test": 2.1}, "test") is None
+
+
+def test_layout(bench):
+    a = _args(left_out="sotu", bits=4, seed=1)
+    w = Path("/w/without_sotu")
+    assert bench.model_dir(a, "float") == Path("/w/float")
+    assert bench.home(a, "float") == w
+    assert bench.model_dir(a, "rtn") == w / "4bit_g64" / "rtn"
+    assert bench.model_dir(a, "dwq~1e-4") == w / "4bit_g64" / "seed1" / "dwq~1e-4"
+    assert bench.model_dir(a, "float_ce~1e-4") == w / "seed1" / "float_ce~1e-4"
+    assert bench.data_dir(a) == w / "data" and bench.left_out_dir(a) == w / "left_out"
+    b = _args(float_dir=Path("/m"))
+    assert bench.model_dir(b, "float") == Path("/m") and bench.data_dir(b) == Path("/w/all/data")
