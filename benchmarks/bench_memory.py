@@ -22,7 +22,7 @@ the first step, learned affine grid, fixed-code gradient): `kd` and `ce` trainin
 `train/kd.py`'s: logits formed a chunk of tokens at a time from the hidden states and the
 output matrix. `NAME@logits` forms both models' full logits and applies the closed-form
 gradient in chunks (`kd.kd_per_token`); `NAME@autodiff` also differentiates the KL by MLX's
-autodiff through `loss.kl_to_teacher` (the step before `train/kd.py`).
+autodiff through `eval_modes.kl_to_teacher` (the step before `train/kd.py`).
 
 (Re-executes itself with OpenBLAS preloaded, see `mlx_qat.blas`.)
 """
@@ -71,7 +71,7 @@ def case_qat(args, case: str) -> dict:
 
     kind, _, variant = case.partition("@")
     if variant == "autodiff":  # the step's KD before train/kd.py
-        from mlx_qat.loss import kl_to_teacher
+        from mlx_qat.eval_modes import kl_to_teacher
         from mlx_qat.train import distill
 
         def autodiff(logits, teacher_logits, temperature):

@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint: FP, QAT and PTQ loss and bits per byte (`mlx_qat.loss`) on the
+"""Evaluate a checkpoint: FP, QAT and PTQ loss and bits per byte (`mlx_qat.eval_modes`) on the
 validation split or the held-out test split.
 
     >>> from mlx_qat.eval import evaluate_checkpoint
@@ -21,7 +21,7 @@ from mlx.utils import tree_flatten
 from .checkpoint import CHECKPOINTS, STATE_FILE, build_model, latest_checkpoint, load_checkpoint
 from .data.resolve import open_eval_data
 from .data.tokenizer_dir import has_tokenizer, tokenizer_sha256
-from .loss import all_minmax, eval_triple
+from .eval_modes import all_minmax, eval_triple
 from .train.config import load_config
 from .train.distill import load_teacher
 from .train.memory import check_forward_memory

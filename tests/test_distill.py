@@ -21,7 +21,7 @@ from test_train_fixtures import (  # noqa: F401
 
 from mlx_qat.checkpoint import build_model, load_checkpoint
 from mlx_qat.data import TokenBatches, eval_batches, load_bundle
-from mlx_qat.loss import kl_to_teacher
+from mlx_qat.eval_modes import kl_to_teacher
 from mlx_qat.prepare import set_fake_quant
 from mlx_qat.train import Trainer, train
 from mlx_qat.train.config import TrainConfig

@@ -8,7 +8,7 @@ import yaml
 from test_train_fixtures import tiny_data_dir  # noqa: F401
 
 from mlx_qat.cli.sweep import main as sweep_main
-from mlx_qat.fit.sources import read_results
+from mlx_qat.fit.results import read_results
 from mlx_qat.sweep import Shard, load_sweep, plan_trunks, read_rows, run_sweep
 from mlx_qat.sweep.shard import assign
 

@@ -19,7 +19,7 @@ import pytest
 
 from mlx_qat.cli import fit as fit_cli
 from mlx_qat.fit import FitResult, LawParams, predict
-from mlx_qat.fit.sources import check_one_data, pipeline_pairs, read_results, select_pipeline
+from mlx_qat.fit.results import check_one_data, pipeline_pairs, read_results, select_pipeline
 
 TRUE = LawParams(
     E=1.8, A=300.0, alpha=0.35, B_c=600.0, beta=0.3, theta=0.4, kappa=0.7, phi=3.0, chi=0.4,

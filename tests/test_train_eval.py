@@ -12,7 +12,7 @@ from test_train_fixtures import VOCAB, tiny_config, tiny_data_dir  # noqa: F401
 
 from mlx_qat.cli.eval import main as eval_main
 from mlx_qat.data import eval_batches, load_bundle
-from mlx_qat.loss import bits_per_byte, eval_mode, eval_triple, evaluate, gap_recovered
+from mlx_qat.eval_modes import bits_per_byte, eval_mode, eval_triple, evaluate, gap_recovered
 from mlx_qat.models import model_from_config, preset_config
 from mlx_qat.prepare import prepare, qat_layers, set_fake_quant
 from mlx_qat.qat_config import QATConfig

@@ -8,7 +8,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_qat.loss import kl_to_teacher
+from mlx_qat.eval_modes import kl_to_teacher
 from mlx_qat.train import kd
 
 

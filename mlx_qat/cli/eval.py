@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..eval_modes import MODES
 from ..fileio import atomic_write_json, ensure_writable_dir
-from ..loss import MODES
 from .common import HelpFormatter, add_common, run_verb, save_resolved
 
 

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(opts: dict) -> int:
     from .. import fit as ft
     from ..fit.report import format_report
-    from ..fit.sources import (
+    from ..fit.results import (
         check_one_data,
         find_results,
         pipeline_pairs,

@@ -144,7 +144,7 @@ def _losses(
     out: dict[str, float | None] = {"ref": None, **dict.fromkeys(modes)}
     if data is None:
         return out
-    from ..loss import eval_mode
+    from ..eval_modes import eval_mode
     from ..prepare import qat_layers
 
     out["ref"] = val_loss(model, data.batches, ref)

@@ -106,7 +106,7 @@ def val_loss(model: nn.Module, batches: Iterable[mx.array], what: str | None = N
     the batch reached every `PROGRESS_SECONDS`, and the loss with the time it took (a 135M
     model's parity evaluations take minutes on a CPU).
     """
-    from ..loss import evaluate
+    from ..eval_modes import evaluate
 
     t0 = time.perf_counter()
     if what is not None:

@@ -49,7 +49,7 @@ from ..fileio import (
     sha256_json,
 )
 from .corpus import Paths, check_fractions, read_documents, split_documents
-from .sources import default_corpus
+from .shakespeare import default_corpus
 from .tokenizer import (
     DEFAULT_SETTINGS,
     DEFAULT_VOCAB_SIZE,

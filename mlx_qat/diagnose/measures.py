@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..loss import paired_se  # noqa: F401  (the basin level's noise, shared with train)
+from ..eval_modes import paired_se  # noqa: F401  (the basin level's noise, shared with train)
 
 
 def basin_edge(alphas: Sequence[float], rise: Sequence[float], eps: float) -> tuple[float, bool]:

@@ -2,7 +2,7 @@
 
 For every layer the diagnosis covers, a `Probe` keeps the float weight w (as the model held
 it) and its round-to-nearest point Q(w) = `MinMaxQuantizer(spec, scale_dtype)(w)`, the very
-grid `mlx_qat.loss`'s "ptq" mode evaluates (bit-identical to `mx.quantize`/`mx.dequantize`).
+grid `mlx_qat.eval_modes`'s "ptq" mode evaluates (bit-identical to `mx.quantize`/`mx.dequantize`).
 A point along a direction d is written into the layer's `weight`, computed in float32 and
 cast back to the weight's dtype:
 
@@ -29,7 +29,7 @@ from collections.abc import Iterable
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..loss import batch_losses  # noqa: F401  (moved to loss; kept importable here)
+from ..eval_modes import batch_losses  # noqa: F401  (moved to eval_modes; kept importable here)
 from ..quant.affine import dequantize_codes, group, minmax_params
 from ..quant.quantizers import MinMaxQuantizer
 from ..quant.spec import QuantSpec

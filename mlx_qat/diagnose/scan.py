@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..loss import basin_level, batch_losses, bits_per_byte, eval_mode
+from ..eval_modes import basin_level, batch_losses, bits_per_byte, eval_mode
 from ..quant.spec import QuantSpec
 from . import verdict as rules
 from .measures import basin_edge, finite, kappa, wall_slope

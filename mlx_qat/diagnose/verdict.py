@@ -33,7 +33,7 @@ Rules, first match wins:
 
 from __future__ import annotations
 
-from ..loss import BASIN_NOISE_Z, BASIN_TOLERANCE
+from ..eval_modes import BASIN_NOISE_Z, BASIN_TOLERANCE
 from ..quant.spec import QuantSpec
 
 TOLERANCE = BASIN_TOLERANCE  # one definition of the basin level (loss.basin_level)

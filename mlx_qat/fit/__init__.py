@@ -2,10 +2,10 @@
 fraction, the closed form f̂ = exp(−a / ln S), and fits of both to sweep results.
 
 numpy only at import; scipy (`pip install "mlx_qat[fit]"`) is imported when a fit runs, and
-matplotlib (same extra) when `fit.plots` draws. `sources` merges results files, `report`
-formats a fit, `baselines` holds the trivial predictors the law must beat on the held-out size,
-`planning` turns a fit into advice (`mlx_qat.plan --law`). The command line:
-`mlx_qat.fit RESULTS...` (`mlx_qat.cli.fit`).
+matplotlib (same extra) when `fit.plots` draws. `rows` is the row schema, `results` reads and
+merges results files, `report` formats a fit, `baselines` holds the trivial predictors the law
+must beat on the held-out size, `planning` turns a fit into advice (`mlx_qat.plan --law`). The
+command line: `mlx_qat.fit RESULTS...` (`mlx_qat.cli.fit`).
 
 Example:
     >>> from mlx_qat.fit import fit, load_rows  # doctest: +SKIP
@@ -27,8 +27,8 @@ from .law import (
 from .optima import Optimum, empirical_optima, fit_a
 from .planning import LawPlan, MemoryPlan, law_plan, memory_plan, parse_bytes, tokens_to_match
 from .result import FitResult
+from .results import read_results, select_pipeline
 from .rows import Rows, load_rows, parse_rows
-from .sources import read_results, select_pipeline
 
 __all__ = [
     "A_PAPER",

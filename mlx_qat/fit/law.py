@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-A_PAPER = 6.7297  # the paper's fitted a for f̂ (same value as train.plan.AUTO_A)
+A_PAPER = 6.7297  # the paper's fitted a for f̂ (same value as train.phase_plan.AUTO_A)
 FP_BITS = 16  # bits at or above this (or None/NaN) mark a full-precision row
 F_LO, F_HI = 1e-4, 1.0 - 1e-4  # search range of the law's optimal fraction
 

@@ -27,7 +27,7 @@ import numpy as np
 from .law import A_PAPER, f_hat, predict
 from .planning import MEMORY_BITS, memory_curves
 from .result import FitResult
-from .sources import is_fp_row, row_fraction
+from .results import is_fp_row, row_fraction
 
 MAX_PANELS = 16
 COLOURS = {1: "#8c564b", 2: "#1f77b4", 3: "#9467bd", 4: "#2ca02c", 6: "#ff7f0e", 8: "#d62728"}

@@ -17,7 +17,7 @@ from .fitting import degenerate_text
 from .law import A_PAPER
 from .objective import NAMES
 from .result import FitResult
-from .sources import Merged
+from .results import Merged
 
 LAW_TEXT = (
     "L = E + A/N^alpha + B_c/D*^beta + theta·2^(-kappa·B)\n"

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from ..checkpoint import CHECKPOINTS, step_dir_name
 from ..train.config import TrainConfig
-from ..train.plan import PhasePlan, plan_for_config
+from ..train.phase_plan import PhasePlan, plan_for_config
 from .grid import Point, Sweep
 
 # Settings that may differ between the members of one trunk.

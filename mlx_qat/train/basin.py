@@ -73,7 +73,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from ..checkpoint import CHECKPOINTS, load_checkpoint, step_dir_name
-from ..loss import basin_level, batch_losses, eval_mode
+from ..eval_modes import basin_level, batch_losses, eval_mode
 from ..models.build import make_model
 from ..prepare import qat_layers
 from .distill import make_loss

@@ -44,7 +44,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from ..loss import MODES, all_minmax, bits_per_byte, eval_triple, gap_recovered
+from ..eval_modes import MODES, all_minmax, bits_per_byte, eval_triple, gap_recovered
 from .watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ class Group:
         quantizers_ready: bool = True,
         teacher=None,
     ) -> dict:
-        """`mlx_qat.loss.eval_triple` over `batches`, shared out among the ranks (see the
+        """`mlx_qat.eval_modes.eval_triple` over `batches`, shared out among the ranks (see the
         module docstring); the same dict on every rank."""
         n = len(batches)
         if self.size == 1 or n < self.size:

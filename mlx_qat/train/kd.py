@@ -35,7 +35,7 @@ from functools import cache
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..loss import kl_to_teacher
+from ..eval_modes import kl_to_teacher
 
 # Elements of one (tokens, V) chunk: 16 MiB of float32 per temporary.
 CHUNK = 1 << 22

@@ -56,8 +56,8 @@ from ..data.resolve import (
     prepare_run_data,
     run_vocab_size,
 )
+from ..eval_modes import format_triple
 from ..fileio import atomic_write_json, atomic_write_text
-from ..loss import format_triple
 from ..models.build import make_model, qat_config
 from ..prepare import init_quantizers, prepare, set_fake_quant, train_only_grid
 from .basin import basin_monitor_for, basin_reference_bytes, basin_result
@@ -67,7 +67,7 @@ from .distill import make_loss, run_teacher, teacher_bytes
 from .memory import check_step_memory
 from .metrics import MetricsWriter, NullMetrics
 from .optim import build_optimizer, set_lr
-from .plan import PhasePlan, plan_for_model
+from .phase_plan import PhasePlan, plan_for_model
 from .resume import check_data, restore_checkpoint, rng_seed, take_main_state, trainer_state
 from .rundir import DATA, check_out_dir, clear_run, make_run_dir
 from .step import make_step

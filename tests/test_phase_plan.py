@@ -9,7 +9,7 @@ import pytest
 
 from mlx_qat.cli.plan import main as plan_main
 from mlx_qat.train.config import TrainConfig
-from mlx_qat.train.plan import AUTO_A, auto_fraction, make_plan, plan_for_config
+from mlx_qat.train.phase_plan import AUTO_A, auto_fraction, make_plan, plan_for_config
 
 # Paper 000 §4.2's table of f̂ (a = 6.7297, natural log).
 TABLE = {10: 0.054, 20: 0.106, 50: 0.179, 100: 0.232, 200: 0.281, 500: 0.339, 1e3: 0.377}
