@@ -19,8 +19,8 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from .layers import QATLayer, qat_class
 from .qat_config import QATConfig
+from .quant.kernel_check import self_check
 from .quant.quantizers import Quantizer
-from .quant.self_check import self_check
 from .quant.spec import QuantSpec
 
 logger = logging.getLogger(__name__)

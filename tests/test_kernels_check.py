@@ -1,7 +1,7 @@
-"""quant/kernel_check.py (the check a user runs) and quant/self_check.py (the check `prepare`
-runs on every kernel a run will use), on CPU: with the C++ build of the kernel bodies standing
-in for a GPU (tests/kernel_harness), and with broken stand-ins for each job, forward and
-backward, that must turn the kernels off with a warning naming the kernel.
+"""quant/kernel_check.py: `check_backend` (the check a user runs) and `self_check` (the check
+`prepare` runs on every kernel a run will use), on CPU: with the C++ build of the kernel bodies
+standing in for a GPU (tests/kernel_harness), and with broken stand-ins for each job, forward
+and backward, that must turn the kernels off with a warning naming the kernel.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from kernel_harness import cpp, standins
 
 from mlx_qat.kernels import FP_KINDS, gpu, sources
-from mlx_qat.quant import QuantSpec, affine_cpu, backend, kernel_check, self_check
+from mlx_qat.quant import QuantSpec, affine_cpu, backend, kernel_check
 from mlx_qat.quant.affine import fake_quant_minmax
 
 
@@ -53,29 +53,29 @@ def test_check_backend_on_cpu_checks_the_fast_path(monkeypatch):
 
 @pytest.fixture
 def fresh_self_check(monkeypatch):
-    monkeypatch.setattr(self_check, "_checked", {})
-    return self_check
+    monkeypatch.setattr(kernel_check, "_checked", {})
+    return kernel_check
 
 
 def test_kernel_uses_mirror_the_quantizers():
     a4, a2, nv = QuantSpec("affine", 4, 64), QuantSpec("affine", 2, 32), QuantSpec.for_mode("nvfp4")
     layers = [(a4, mx.bfloat16), (a4, mx.bfloat16), (a4, mx.float16), (nv, mx.bfloat16)]
-    uses = self_check.kernel_uses("minmax", layers, scale_dtype=mx.float16)
+    uses = kernel_check.kernel_uses("minmax", layers, scale_dtype=mx.float16)
     # Min/max dequantizes in scale_dtype only for affine weights of another dtype.
     assert [(u.spec, u.dtype, u.dequant_dtype) for u in uses] == [
         (a4, mx.bfloat16, mx.float16),
         (a4, mx.float16, None),
         (nv, mx.bfloat16, None),
     ]
-    uses = self_check.kernel_uses("lsq", [(a2, mx.float32)], None, per="group")
-    assert uses == [self_check.KernelUse("lsq", a2, mx.float32, None, "group")]
+    uses = kernel_check.kernel_uses("lsq", [(a2, mx.float32)], None, per="group")
+    assert uses == [kernel_check.KernelUse("lsq", a2, mx.float32, None, "group")]
     assert uses[0].describe() == "affine bits=2 g32 float32 per=group"
-    uses = self_check.kernel_uses("learned_affine", [(a4, mx.float32)], mx.bfloat16, "group")
-    assert uses == [self_check.KernelUse("learned_affine", a4, mx.float32, mx.bfloat16, "row")]
+    uses = kernel_check.kernel_uses("learned_affine", [(a4, mx.float32)], mx.bfloat16, "group")
+    assert uses == [kernel_check.KernelUse("learned_affine", a4, mx.float32, mx.bfloat16, "row")]
     with pytest.raises(ValueError, match="needs affine"):
-        self_check.kernel_uses("lsq", [(nv, mx.float32)])
+        kernel_check.kernel_uses("lsq", [(nv, mx.float32)])
     with pytest.raises(ValueError, match="unknown quantizer"):
-        self_check.kernel_uses("gptq", [(a4, mx.float32)])
+        kernel_check.kernel_uses("gptq", [(a4, mx.float32)])
 
 
 def test_self_check_without_gpu_checks_nothing(monkeypatch, fresh_self_check):
@@ -108,7 +108,7 @@ def test_self_check_falls_back_when_a_gpu_kernel_fails(
     broken = {job: standins.broken(job, failure) for job in standins.JOBS}
     standins.install(monkeypatch, **broken)
     assert backend.active_backend() == standins.NAME
-    with caplog.at_level("WARNING", logger="mlx_qat.quant.self_check"):
+    with caplog.at_level("WARNING", logger="mlx_qat.quant.kernel_check"):
         assert fresh_self_check.self_check(quantizer, [(spec, mx.bfloat16)]) is False
     assert not backend.kernels_enabled() and backend.active_backend() == "reference"
     text = caplog.text
@@ -148,7 +148,7 @@ def test_prepare_self_checks_the_runs_kernels(monkeypatch, caplog, fresh_self_ch
 
     standins.install(monkeypatch, **{j: standins.broken(j, "raises") for j in standins.JOBS})
     config = QATConfig.with_bits(2, 32, quantizer="lsq", scale_dtype="float16", lsq_per="group")
-    with caplog.at_level("WARNING", logger="mlx_qat.quant.self_check"):
+    with caplog.at_level("WARNING", logger="mlx_qat.quant.kernel_check"):
         prepare(tiny_model(), config)
     assert not backend.kernels_enabled()
     for spec in ("bits=2 g32", "bits=4 g32"):  # weights and the embeddings/head at 4 bits
@@ -189,17 +189,17 @@ def test_self_check_passes_on_the_cpp_build(
     # Every kernel a run uses, forward AND backward, passes when the kernels are right.
     calls: list = []
     standins.install(monkeypatch, **standins.harness_launches(harness, calls))
-    monkeypatch.setattr(self_check, "_checked", {})
+    monkeypatch.setattr(kernel_check, "_checked", {})
     for per in ("row", "group"):
-        assert self_check.self_check(quantizer, layers, scale_dtype, per) is True
+        assert kernel_check.self_check(quantizer, layers, scale_dtype, per) is True
     assert backend.kernels_enabled() and set(calls) == jobs
     # Once per kernel use (learned_affine's and min/max's ignore `per`): 2 or 4 here.
     uses = {
         u
         for per in ("row", "group")
-        for u in self_check.kernel_uses(quantizer, layers, scale_dtype, per)
+        for u in kernel_check.kernel_uses(quantizer, layers, scale_dtype, per)
     }
-    assert len(self_check._checked) == len(uses)
+    assert len(kernel_check._checked) == len(uses)
     assert calls.count("backward") == (0 if quantizer == "minmax" else len(uses))
 
 
@@ -223,9 +223,9 @@ def test_self_check_names_the_broken_kernel(
     # kernel, with the count and the max abs diff, and the run falls back to the reference.
     good = standins.harness_launches(harness)
     standins.install(monkeypatch, **{**good, job: standins.broken(job, how, good[job])})
-    monkeypatch.setattr(self_check, "_checked", {})
-    with caplog.at_level("WARNING", logger="mlx_qat.quant.self_check"):
-        assert self_check.self_check(quantizer, [(spec, mx.float32)]) is False
+    monkeypatch.setattr(kernel_check, "_checked", {})
+    with caplog.at_level("WARNING", logger="mlx_qat.quant.kernel_check"):
+        assert kernel_check.self_check(quantizer, [(spec, mx.float32)]) is False
     assert backend.active_backend() == "reference"
     failed = caplog.text.split("reference: ", 1)[1].split(". Using", 1)[0].split("; ")
     assert all(named in f or (how == "wrong_sums" and "∂bias" in f) for f in failed), failed

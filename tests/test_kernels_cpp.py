@@ -5,7 +5,7 @@ to Metal/CUDA into C++ and runs every thread of a launch, including the surplus 
 CUDA grid, 32 at a time as one SIMD group whose shuffles are emulated in lockstep
 (kernel_harness/simd_emulation.py). Forwards must match bit for bit; backward reductions up to
 float32 summation order. With the harness standing in for the GPU, the quantizers' fused glue,
-the user-facing check (quant/kernel_check.py) and the self-check run end to end.
+the user-facing check and the self-check (quant/kernel_check.py) run end to end.
 """
 
 from __future__ import annotations

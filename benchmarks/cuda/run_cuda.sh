@@ -22,8 +22,8 @@ print(k.format_report(r))
 raise SystemExit(r.exit_code)
 PY
 python3 - <<'PY' 2>&1 | tail -5
-from mlx_qat.quant import backend, self_check
-print("self_check", self_check.self_check(), "active", backend.active_backend())
+from mlx_qat.quant import backend, kernel_check
+print("self_check", kernel_check.self_check(), "active", backend.active_backend())
 PY
 timeout 120 python3 benchmarks/bench_fake_quant.py --size 8192 --repeats 21 --out $OUT/fake_quant_cuda_8192 2>&1 | tail -30
 timeout 90 python3 benchmarks/bench_fake_quant.py --size 8192 --repeats 21 --extra-bits "" --fp-modes mxfp4,nvfp4,mxfp8 --out $OUT/fake_quant_cuda_8192_fp 2>&1 | tail -30

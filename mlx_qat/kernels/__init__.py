@@ -10,8 +10,9 @@ learnable parameters or apply gradient rules. All of that is in `mlx_qat.quant`:
                             or the pure-MLX reference
     quant/lsq.py            LSQ/SEQ/sign: α clamp, per-row sums and ParetoQ's g around the
     quant/learned_affine.py   kernels' per-group reductions (and the scale clamp)
-    quant/kernel_check.py   the parity check a user runs (`check_backend`, `format_report`)
-    quant/self_check.py     the check `prepare` runs on every kernel the run will launch
+    quant/kernel_check.py   the parity checks: the one a user runs (`check_backend`,
+                            `format_report`) and the one `prepare` runs on every kernel the
+                            run will launch (`self_check`)
 
 Modules here:
     sources.py     ONE body per job (min/max, learned, LSQ/SEQ/sign forward; their backward),

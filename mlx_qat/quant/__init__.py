@@ -8,8 +8,8 @@ Modules:
     lsq.py, learned_affine.py   learnable quantizers (reference and fused paths)
     quantizers.py      the nn.Module quantizers the QAT layers hold
     backend.py         which path runs: fused kernels (mlx_qat.kernels), CPU path, reference
-    kernel_check.py    fused kernels vs the reference: the check a user runs
-    self_check.py      the same, for the kernels a run will use, before it trains
+    kernel_check.py    fused kernels vs the reference: the check a user runs (`check_backend`)
+                       and the one `prepare` runs on the kernels a run will use (`self_check`)
     kernel_cases.py    the awkward inputs both checks use
 """
 

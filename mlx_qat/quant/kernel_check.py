@@ -1,12 +1,22 @@
-"""The fused kernels against the pure-MLX reference: the check a user runs on their machine.
+"""The fused kernels against the pure-MLX reference, with two ways in.
 
-`check_backend()` runs every fused kernel (min/max, mxfp4/mxfp8/nvfp4, LSQ/SEQ/sign, learned
-affine; forward and backward) on the awkward inputs of kernel_cases.py in float32, float16 and
-bfloat16, through the same glue the quantizers use (lsq.py's α clamp, per-row sum and g, ...),
-and compares with the reference computed on MLX's CPU. On a machine without Metal/CUDA it checks
-the CPU fast path (affine_cpu.py) instead. `format_report` prints the pass/fail table.
+- `check_backend()` (the `mlx_qat.check` verb; `format_report` prints its pass/fail table):
+  every fused kernel (min/max, mxfp4/mxfp8/nvfp4, LSQ/SEQ/sign, learned affine; forward and
+  backward) on the awkward inputs of kernel_cases.py in float32, float16 and bfloat16. On a
+  machine without Metal/CUDA it checks the CPU fast path (affine_cpu.py) instead.
+- `self_check(...)` (what `prepare` runs, before a run trains): only the kernels the run will
+  launch, for its quantizer and layers (`kernel_uses`: in the weight dtype, dequantizing in the
+  scale dtype the quantizer uses), once per backend and kernel, on fewer rows of the same
+  inputs. No CI machine has a GPU, so a kernel that miscompiles on a user's Mac or NVIDIA card
+  would otherwise train silently on a wrong grid. On any failure (compile error, launch error,
+  disagreement) it logs one warning naming each failing kernel (job, quantizer, bits, group
+  size, dtypes) and the size of the disagreement (elements that differ, max abs diff), and
+  turns the kernels off (`backend.set_kernels_enabled`), so training runs on the pure-MLX
+  reference: same numerics, slower.
 
-What must hold (the rows' `tolerance`):
+Both launch each kernel through the same glue the quantizers use (lsq.py's α clamp, per-row
+sum and g, ...), build the same rows (`kernel_rows`) and compare them with the reference
+computed on MLX's CPU. What must hold (the rows' `tolerance`):
     ŵ, ∂L/∂w           bit for bit (NaN payloads not compared: they depend on reduction order)
     ∂L/∂α, ∂L/∂scale,  max|got − ref| ≤ REDUCTION_RTOL · max|ref| over the tensor. The kernel
     ∂L/∂bias           sums each group sequentially in float32, the reference in MLX's order; two
@@ -14,13 +24,13 @@ What must hold (the rows' `tolerance`):
                        scale (at most 2n·2⁻²⁴ of Σ|terms|). Measured on the C++ build: 0 for
                        per-group sums, ≤ 1.4e-6 for per-row α (6 groups summed). A miscompiled
                        kernel (a wrong rint, a dropped clip) is off by whole terms: ≳ 1e-2.
-
-The self-check `prepare` runs (self_check.py) uses the same row builders on small inputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -41,6 +51,7 @@ from .kernel_cases import (
 )
 from .spec import AFFINE_BITS, AFFINE_GROUP_SIZES, FP_MODES, QuantSpec
 
+logger = logging.getLogger(__name__)
 REDUCTION_RTOL = 1e-5
 DTYPES = (mx.float32, mx.float16, mx.bfloat16)
 
@@ -231,19 +242,60 @@ def cpu_rows(w: mx.array, bits: int, gs: int, case: str) -> list:
     return rows
 
 
-def _dname(dtype: mx.Dtype) -> str:
+def kernel_rows(
+    on: str,
+    quantizer: str,
+    bits: int,
+    gs: int,
+    dtype: mx.Dtype,
+    *,
+    mode: str = "affine",
+    dequant_dtype: mx.Dtype | None = None,
+    per: str = "row",
+    rows: int | None = None,
+    case: str = "",
+) -> list[CheckRow]:
+    """Rows for every fused kernel output `quantizer` launches at (`bits`, `gs`, `dtype`), on
+    backend `on`, for the awkward inputs of kernel_cases.py: what both checks compare.
+
+    Args:
+        quantizer: "minmax" (the affine or fp forward of `mode`), "lsq" (LSQ/SEQ/sign: bits 1
+            to 8) or "learned_affine".
+        dequant_dtype: the dtype ŵ is dequantized in when it is not `dtype` (scale_dtype).
+        per: LSQ's α granularity, "row" or "group".
+        rows: rows per input family; None for kernel_cases.py's defaults (the user's check);
+            the self-check passes fewer.
+        case: the rows' case label.
+    """
+    size = {} if rows is None else {"rows": rows}
+    if quantizer == "minmax":
+        spec = QuantSpec(mode, bits, gs)
+        if spec.is_affine:
+            families = minmax_families(bits, gs, seed=bits * gs, **size)
+        else:  # the fp modes: the min/max families' shapes plus the fp formats' edges
+            families = {**minmax_families(4, 32, seed=11, **size), **fp_families(seed=12, **size)}
+        return minmax_rows(on, stacked(families, dtype), spec, dequant_dtype, case)
+    if quantizer == "lsq":
+        w, alpha = lsq_case(bits, gs, per, seed=bits, **size)
+        return lsq_rows(on, w.astype(dtype), alpha, bits, gs, dequant_dtype, case)
+    w, scale, bias = learned_case(bits, gs, seed=bits, **size)
+    return learned_rows(on, w.astype(dtype), scale, bias, bits, gs, dequant_dtype, case)
+
+
+def _name(dtype: mx.Dtype) -> str:
     return str(dtype).split(".")[-1]
+
+
+# --- the user's check: every kernel of a backend ----------------------------------------------
 
 
 def _gpu_rows(on: str) -> list[CheckRow]:
     rows: list[CheckRow] = []
     for dtype in DTYPES:
-        dn = _dname(dtype)
+        dn = _name(dtype)
         for bits in AFFINE_BITS:
             for gs in AFFINE_GROUP_SIZES:
-                w = stacked(minmax_families(bits, gs, seed=bits * gs), dtype)
-                spec = QuantSpec("affine", bits, gs)
-                rows += minmax_rows(on, w, spec, case=f"bits={bits} g{gs} {dn}")
+                rows += kernel_rows(on, "minmax", bits, gs, dtype, case=f"bits={bits} g{gs} {dn}")
         for gs in AFFINE_GROUP_SIZES:
             w = mx.array(nonfinite_case()).astype(dtype)
             case = f"nan/inf/±0 bits=4 g{gs} {dn}"
@@ -252,17 +304,13 @@ def _gpu_rows(on: str) -> list[CheckRow]:
         rows += minmax_rows(on, w, QuantSpec("affine", 3, 128), case=f"one group bits=3 {dn}")
         for mode in FP_MODES:
             spec = QuantSpec.for_mode(mode)
-            w = stacked({**minmax_families(4, 32, seed=11), **fp_families(seed=12)}, dtype)
-            rows += minmax_rows(on, w, spec, case=dn)
+            rows += kernel_rows(on, "minmax", spec.bits, spec.group_size, dtype, mode=mode, case=dn)
             w = stacked(fp_families(seed=4), dtype)[:1, : 3 * spec.group_size]
             rows += minmax_rows(on, w, spec, case=f"3 groups {dn}")
         for bits in (1, 2, 4, 8):
-            w, alpha = lsq_case(bits, 64, "row", seed=bits)
-            rows += lsq_rows(on, w.astype(dtype), alpha, bits, 64, case=f"bits={bits} g64 {dn}")
+            rows += kernel_rows(on, "lsq", bits, 64, dtype, case=f"bits={bits} g64 {dn}")
         for bits in (2, 4, 8):
-            w, scale, bias = learned_case(bits, 64, seed=bits)
-            case = f"bits={bits} g64 {dn}"
-            rows += learned_rows(on, w.astype(dtype), scale, bias, bits, 64, case=case)
+            rows += kernel_rows(on, "learned_affine", bits, 64, dtype, case=f"bits={bits} g64 {dn}")
     return rows
 
 
@@ -272,7 +320,7 @@ def _cpu_report(note: str) -> CheckReport:
         for bits in AFFINE_BITS:
             for gs in AFFINE_GROUP_SIZES:
                 w = stacked(minmax_families(bits, gs, seed=100 + bits * gs), dtype)
-                rows += cpu_rows(w, bits, gs, f"bits={bits} g{gs} {_dname(dtype)}")
+                rows += cpu_rows(w, bits, gs, f"bits={bits} g{gs} {_name(dtype)}")
     return CheckReport("cpu", rows, note)
 
 
@@ -335,3 +383,136 @@ def format_report(report: CheckReport, failures_only: bool = False) -> str:
     verdict = "PASS" if report.passed else "FAIL"
     out.append(f"{verdict}: {n - bad} of {n} checks passed" + (f", {bad} failed" if bad else ""))
     return "\n".join(out)
+
+
+# --- prepare's self-check: the kernels one run will launch -----------------------------------
+
+_checked: dict[tuple, bool] = {}  # (backend, KernelUse) -> passed
+_DEFAULT_LAYERS = ((QuantSpec(), mx.float32), (QuantSpec(), mx.bfloat16))
+SELF_CHECK_ROWS = {"minmax": 1, "lsq": 4, "learned_affine": 4}  # rows per input family
+
+
+@dataclass(frozen=True)
+class KernelUse:
+    """The fused kernels one kind of layer launches.
+
+    Attributes:
+        quantizer: "minmax", "lsq" or "learned_affine".
+        spec: the layer's format (lsq and learned_affine: affine).
+        dtype: the weight dtype (the cotangent has it too).
+        dequant_dtype: the dtype ŵ is dequantized in when it is not `dtype` (scale_dtype).
+        per: LSQ's α granularity, "row" or "group" ("row" for the others).
+    """
+
+    quantizer: str
+    spec: QuantSpec
+    dtype: mx.Dtype
+    dequant_dtype: mx.Dtype | None = None
+    per: str = "row"
+
+    def describe(self) -> str:
+        parts = [self.spec.mode, f"bits={self.spec.bits}", f"g{self.spec.group_size}"]
+        parts.append(_name(self.dtype))
+        if self.dequant_dtype is not None:
+            parts.append(f"dequant {_name(self.dequant_dtype)}")
+        if self.quantizer == "lsq":
+            parts.append(f"per={self.per}")
+        return " ".join(parts)
+
+
+def kernel_uses(
+    quantizer: str,
+    layers: Iterable[tuple[QuantSpec, mx.Dtype]],
+    scale_dtype: mx.Dtype | None = None,
+    per: str = "row",
+) -> list[KernelUse]:
+    """The distinct `KernelUse`s of a run, mirroring what the quantizers launch.
+
+    Args:
+        quantizer: the run's quantizer kind.
+        layers: (spec, weight dtype) of each quantized layer (repeats are fine).
+        scale_dtype: the run's scale storage dtype (None: each weight's dtype).
+        per: LSQ's α granularity.
+
+    Raises:
+        ValueError: an unknown quantizer, or a learnable quantizer with a non-affine spec.
+    """
+    out: dict[KernelUse, None] = {}
+    for spec, dtype in layers:
+        if quantizer == "minmax":
+            # MinMaxQuantizer dequantizes in scale_dtype only for affine and another dtype.
+            other = spec.is_affine and scale_dtype is not None and scale_dtype != dtype
+            out[KernelUse("minmax", spec, dtype, scale_dtype if other else None)] = None
+        elif quantizer in ("lsq", "learned_affine"):
+            if not spec.is_affine:
+                raise ValueError(f"self_check: quantizer={quantizer!r} needs affine, got {spec}")
+            lsq_per = per if quantizer == "lsq" else "row"
+            out[KernelUse(quantizer, spec, dtype, scale_dtype, lsq_per)] = None
+        else:
+            raise ValueError(f"self_check: unknown quantizer {quantizer!r}")
+    return list(out)
+
+
+def use_rows(on: str, use: KernelUse) -> list[CheckRow]:
+    """Rows for every kernel output `use` involves, on fused backend `on` (small inputs)."""
+    spec = use.spec
+    return kernel_rows(
+        on,
+        use.quantizer,
+        spec.bits,
+        spec.group_size,
+        use.dtype,
+        mode=spec.mode,
+        dequant_dtype=use.dequant_dtype,
+        per=use.per,
+        rows=SELF_CHECK_ROWS[use.quantizer],
+        case=use.describe(),
+    )
+
+
+def self_check(
+    quantizer: str = "minmax",
+    layers: Iterable[tuple[QuantSpec, mx.Dtype]] | None = None,
+    scale_dtype: mx.Dtype | None = None,
+    per: str = "row",
+) -> bool:
+    """Check each fused kernel the run will use against the reference; fall back if one fails.
+
+    Call outside `mx.compile`, before training (`prepare` does). Each (backend, kernel use)
+    is checked once per process.
+
+    Args:
+        quantizer: "minmax", "lsq" or "learned_affine".
+        layers: (spec, weight dtype) of the quantized layers (default: affine 4-bit, group 64,
+            in float32 and bfloat16).
+        scale_dtype: the run's scale storage dtype, None for each weight's dtype.
+        per: LSQ's α granularity ("row" or "group").
+
+    Returns:
+        True when no fused backend is active or every kernel passed; False when one failed
+        (the kernels are then off and training uses the pure-MLX path).
+
+    Example:
+        >>> self_check("lsq", [(QuantSpec("affine", 2, 64), mx.bfloat16)])
+    """
+    on = backend.fused_backend()
+    if on is None:
+        return True
+    uses = kernel_uses(quantizer, _DEFAULT_LAYERS if layers is None else layers, scale_dtype, per)
+    todo = [u for u in uses if (on, u) not in _checked]
+    failed: list[CheckRow] = []
+    for use in todo:
+        bad = [r for r in use_rows(on, use) if not r.passed]
+        _checked[(on, use)] = not bad
+        failed += bad
+    if failed:
+        logger.warning(
+            "mlx_qat: a fused %s fake-quant kernel failed its self-check against the "
+            "pure-MLX reference: %s. Using the pure-MLX path instead (same numerics, slower). "
+            "Please report this with the table of `python -m mlx_qat check`; set "
+            "MLX_QAT_KERNELS=0 to skip the kernels and this check.",
+            on,
+            "; ".join(r.describe() for r in failed),
+        )
+        backend.set_kernels_enabled(False)
+    return all(_checked[(on, u)] for u in uses)
