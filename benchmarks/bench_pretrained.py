@@ -25,9 +25,13 @@ Every method is one subprocess (its wall time and MLX peak memory are its own):
 3. `rtn`: `mlx_lm.convert -q` (round to nearest, every linear layer and the tied embedding),
    once per bit width.
 4. `dwq`: `mlx_lm.quant.dwq.dwq_quantize` (mlx-lm's own function: learned scales and biases,
-   KL to the float teacher at temperature 2, Adam) on our training windows. `dwq~LR` trains at
-   LR instead of `--dwq-lr`; `+same` feeds it the windows mlx_qat.train's batches hold, in
-   the trainer's order, instead of the split's first windows.
+   KL to the float teacher at temperature 2, Adam) on the windows mlx_qat.train's batches
+   hold, in the trainer's order. `dwq~LR` trains at LR instead of `--dwq-lr`; `+first` feeds
+   it the split's first windows instead (the protocol before 2026-12-06, whose rows it
+   reproduces: on SmolLM2 those 196 windows are all from one novel, and that data difference,
+   not the method, was the 6 points between DWQ and our grid mode,
+   `benchmarks/results/pretrained_smollm2_grid50k.md`). `+same` is the default, still
+   accepted.
 5. `qat_ce`, `qat_kd`: `mlx_qat.train --model FLOAT_DIR` (QAT from the first step, learned
    affine grid, all layers at the same bits), then `mlx_qat.convert`. A method name carries
    its settings, `qat_OBJ[@T][~LR[:SLR]][+fixed]`: `@T` distils at temperature T instead of
@@ -81,8 +85,8 @@ turned into float32 weights (`mlx_lm.utils.dequantize_model`: the same numbers, 
 the test split (and of the left-out corpus). The test split and the left-out corpus are not used
 for anything else; the DWQ and QAT learning rates were fixed before they were evaluated.
 
-Equal budget: every trained method sees the same training windows (`--tokens`, in windows of
-`--seq-len` + 1 tokens, batches of `--batch-size`), once.
+Equal budget: every trained method sees the same training windows in the same order
+(`--tokens`, in windows of `--seq-len` + 1 tokens, batches of `--batch-size`), once.
 
 Results: `benchmarks/results/<name>.md`, one table per width (float and float_ce repeated in
 each), and `<name>.json`: {"command", "date", "machine", "args", "rows": [...]}, a row per
@@ -314,7 +318,7 @@ def run_dwq(args) -> None:
 
     bundle = load_bundle(data_dir(args))
     n = args.tokens // args.seq_len  # windows of seq_len targets, as mlx_qat.train counts
-    if parse_method(args.method, args)["same"]:
+    if not parse_method(args.method, args)["first"]:
         train = _trainer_windows(bundle.train, n // args.batch_size, args)
     else:
         train = _train_windows(bundle.train, n, args.seq_len, args.seed)
@@ -408,9 +412,10 @@ def parse_method(name: str, args) -> dict:
     """The settings a method name carries (module docstring): kind, lr, and for QAT objective,
     temperature, scale_lr and scale_grad."""
     head, *flags = name.split("+")
-    if set(flags) - {"fixed", "adam", "trainer", "split", "same"}:
+    if set(flags) - {"fixed", "adam", "trainer", "split", "same", "first"}:
         raise SystemExit(
-            f"method {name!r}: the suffixes are '+fixed', '+adam', '+split', '+trainer' and '+same'"
+            f"method {name!r}: the suffixes are '+fixed', '+adam', '+split', '+trainer', "
+            "'+first' and '+same'"
         )
     head, _, lrs = head.partition("~")
     lr, _, scale_lr = lrs.partition(":")
@@ -426,9 +431,9 @@ def parse_method(name: str, args) -> dict:
                 "scale_lr": lr, "scale_grad": "fixed_codes", "adam": "trainer" not in flags,
                 "train": "grid"}  # fmt: skip
     if head == "dwq":
-        if set(flags) - {"same"} or scale_lr:
-            raise SystemExit(f"method {name!r}: dwq takes only '~LR' and '+same'")
-        return {"kind": "dwq", "lr": float(lr) if lr else args.dwq_lr, "same": "same" in flags}
+        if set(flags) - {"same", "first"} or scale_lr or {"same", "first"} <= set(flags):
+            raise SystemExit(f"method {name!r}: dwq takes only '~LR' and one of '+first', '+same'")
+        return {"kind": "dwq", "lr": float(lr) if lr else args.dwq_lr, "first": "first" in flags}
     if head == "float_ce":
         if set(flags) - {"adam"} or scale_lr:
             raise SystemExit(f"method {name!r}: float_ce takes only '~LR' and '+adam'")
@@ -465,7 +470,7 @@ def describe(name: str, args) -> str:
     """A method's settings in words (the table's `setting` column)."""
     p = parse_method(name, args)
     if p["kind"] == "dwq":
-        return f"lr {p['lr']:g}" + (", mlx_qat.train's windows in its order" if p["same"] else "")
+        return f"lr {p['lr']:g}" + (", the split's first windows" if p["first"] else "")
     opt = "; DWQ's Adam: β2 0.999, no clip, constant LR" if p.get("adam") else ""
     if p["kind"] == "float_ce":
         return f"float fine-tune (no quantization), lr {p['lr']:g}{opt}"
