@@ -144,3 +144,26 @@ def test_weight_lr_scale_moves_the_weights_that_much_slower(tiny_data_dir, tmp_p
         ours, grid = grid_and_norms(t.model), grid_and_norms(g.model)
         for k, v in grid.items():
             np.testing.assert_allclose(ours[k], v, rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_grid_mode_resumes_bit_for_bit(tiny_data_dir, tmp_path):  # noqa: F811
+    """The frozen set and its optimizer state survive a stop: a grid-only fine-tune killed
+    after a checkpoint resumes to the uninterrupted run's losses and weights."""
+    from dataclasses import replace
+
+    from test_train_fixtures import timeless_records, train_until
+
+    from mlx_qat.checkpoint import load_checkpoint
+    from mlx_qat.train import train
+
+    src, _ = float_model_dir(tmp_path / "float", vocab=512)
+    kw = dict(tokens=8 * B * L, save_every=3)
+    ref = dwq_settings(tiny_data_dir, tmp_path / "ref", src, **kw)
+    train(ref)
+    cut = dwq_settings(tiny_data_dir, tmp_path / "cut", src, **kw)
+    train_until(cut, 5)
+    train(replace(cut, resume=True))
+    assert timeless_records(cut.out, "train") == timeless_records(ref.out, "train")
+    a, b = load_checkpoint(tmp_path / "cut"), load_checkpoint(tmp_path / "ref")
+    for k, v in b.weights.items():
+        assert mx.array_equal(a.weights[k], v), k
