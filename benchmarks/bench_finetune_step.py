@@ -1,0 +1,146 @@
+"""Benchmark: the wall time of one fine-tune step, mlx_qat.train against mlx-lm's DWQ, on the
+same model and batches, alternated in one process (the ratio is what is reported).
+
+    python benchmarks/bench_finetune_step.py --work /tmp/bp    # bench_pretrained.py's work dir
+
+DWQ's step is the one `mlx_lm.quant.dwq.dwq_quantize` takes (its loss, `value_and_grad` of the
+float32 master scales/biases/norms, Adam; the teacher's logits first), with the student's
+quantized layers through dequantize as bench_pretrained runs it. Ours is `Trainer.train_step`
+(compiled) of `--train grid` or `kd` training every weight. Steps alternate DWQ, ours, DWQ,
+ours, ...; the first pair is a warm-up and is not counted; medians over the rest.
+
+(Re-executes itself with OpenBLAS preloaded, see `mlx_qat.blas`.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import header_lines, machine  # noqa: E402
+from mlx_qat.blas import reexec_with_openblas  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def dwq_step(args, batches):
+    """A function running DWQ's step k (mlx-lm's loss and update, as in dwq_quantize)."""
+    import copy
+
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    from mlx.utils import tree_map
+    from mlx_lm.tuner.losses import kl_div_loss
+    from mlx_lm.utils import load, quantize_model
+
+    from benchmarks.bench_pretrained import _dequantized_forward
+
+    _dequantized_forward()
+    model, _, config = load(str(args.work / "float"), return_config=True)
+    q = copy.deepcopy(model)
+    quantize_model(q, config, group_size=64, bits=args.bits)
+    model.freeze()
+    q.train()
+    for _, m in q.named_modules():
+        if hasattr(m, "bits") and m.mode == "affine" and m.bits < 8:
+            m.unfreeze(keys=["scales", "biases"], recurse=False)
+    params = tree_map(lambda x: x.astype(mx.float32), q.trainable_parameters())
+    opt = optim.Adam(learning_rate=1e-4, bias_correction=True)
+    scale = 0.5
+
+    def loss_fn(params, x, targets):
+        q.update(params)
+        return kl_div_loss(scale * q(x), scale * targets).mean()
+
+    def step(k):
+        nonlocal params
+        x = batches[k][:, :-1]
+        targets = model(x)
+        mx.eval(targets)
+        loss, grads = mx.value_and_grad(loss_fn)(params, x, targets)
+        params = opt.apply_gradients(grads, params)
+        mx.eval(loss, params)
+
+    return step
+
+
+def our_step(args, case: str):
+    from mlx_qat.train.config import TrainConfig
+    from mlx_qat.train.trainer import Trainer
+
+    cfg = TrainConfig(
+        out=str(args.work / f"step_{case}"), overwrite=True, model=str(args.work / "float"),
+        data=[str(args.work / "data")], qat_fraction=1.0, bits=args.bits, group_size=64,
+        embed_bits=args.bits, quantizer="learned_affine", objective="kd", kd_temperature=2.0,
+        train="grid" if case == "grid" else "all", tokens=64 * 4 * 256, batch_size=4,
+        seq_len=256, eval_every=0, save_every=0, quiet=True,
+    )  # fmt: skip
+    t = Trainer(cfg)
+    t.setup()
+    t.switch()  # QAT from the first step: teacher, fake quant on, compiled step
+
+    def step(k):
+        t.step = k
+        t.train_step()
+
+    return step, t
+
+
+def main() -> None:
+    reexec_with_openblas()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, default=Path("/tmp/mlx_qat_bench_pretrained"))
+    p.add_argument("--case", default="kd", choices=("kd", "grid"))
+    p.add_argument("--bits", type=int, default=3)
+    p.add_argument("--pairs", type=int, default=4)
+    p.add_argument("--name", default="finetune_step")
+    args = p.parse_args()
+    import mlx.core as mx
+
+    mx.set_cache_limit(4 << 30)
+    ours, t = our_step(args, args.case)
+    batches = [t.batches.batch(k) for k in range(args.pairs + 1)]
+    theirs = dwq_step(args, batches)
+    times = {"dwq": [], "ours": []}
+    for k in range(args.pairs + 1):
+        for name, fn in (("dwq", theirs), ("ours", ours)):
+            t0 = time.perf_counter()
+            fn(k)
+            if k:  # the first pair compiles and warms up
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["ours"] / med["dwq"]
+    cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    name = f"{args.name}_{args.case}"
+    lines = [f"# One fine-tune step of SmolLM2-135M at {args.bits} bits: mlx_qat.train "
+             f"({args.case}) vs mlx-lm's DWQ", ""]  # fmt: skip
+    lines += header_lines(cmd, date, machine())
+    lines += ["", "| step | median s (4 x 256 tokens) | all |", "|---|---|---|"]
+    for k, v in times.items():
+        lines.append(f"| {k} | {med[k]:.2f} | {', '.join(f'{x:.2f}' for x in v)} |")
+    lines += ["", f"ours / DWQ: **{ratio:.2f}** (median over {args.pairs} alternated pairs, "
+              "after one warm-up pair)."]  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps(
+            {"command": cmd, "date": date, "machine": machine(), "times": times, "ratio": ratio},
+            indent=2,
+        )
+        + "\n"  # fmt: skip
+    )
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
