@@ -319,16 +319,29 @@ def test_plots(fitted):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, name
 
 
-def test_one_blas_thread_sets_and_restores():
-    """L-BFGS-B runs on one scipy OpenBLAS thread (12x faster on a busy 2-core machine)."""
-    pytest.importorskip("scipy")
-    from mlx_qat.fit.threads import _scipy_openblas, one_blas_thread
+def test_minimize_runs_scipy_openblas_on_one_thread():
+    """L-BFGS-B runs on one scipy OpenBLAS thread (12x faster on a busy 2-core machine); the
+    count is restored afterwards."""
+    pytest.importorskip("scipy.optimize")
+    from threadpoolctl import ThreadpoolController, threadpool_info
 
-    fns = _scipy_openblas()
-    if fns is None:
+    from mlx_qat.fit import objective as ob
+
+    def scipy_threads():
+        return [i["num_threads"] for i in threadpool_info() if "scipy.libs" in i["filepath"]]
+
+    if not scipy_threads():
         pytest.skip("scipy does not bundle OpenBLAS here")
-    setter, getter = fns
-    before = getter()
-    with one_blas_thread():
-        assert getter() == 1
-    assert getter() == before
+    seen = []
+
+    def quadratic(theta):
+        seen.append(scipy_threads())
+        return float(theta @ theta), 2 * theta
+
+    with ThreadpoolController().select(prefix="libscipy_openblas").limit(limits=2):
+        before = scipy_threads()
+        theta, j = ob.minimize(quadratic, np.ones(3), [0, 2], [(-5.0, 5.0)] * 3)
+        assert seen and all(t == [1] * len(before) for t in seen)
+        assert scipy_threads() == before == [2] * len(before)
+    np.testing.assert_allclose(theta, [0.0, 1.0, 0.0], atol=1e-6)
+    assert j == pytest.approx(1.0)

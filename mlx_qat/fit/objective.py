@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from .law import TERMS, LawParams
-from .threads import one_blas_thread
 
 # θ layout, derived from law.TERMS: index 0 is ln E.
 NAMES: tuple[str, ...] = ("E",) + tuple(n for c, fs, _ in TERMS for n in (c, *(f[0] for f in fs)))
@@ -170,7 +170,10 @@ def minimize(
         v, g = obj(th)
         return v, g[free]
 
-    with one_blas_thread():  # 12x faster on a busy machine (see `threads`)
+    # scipy's bundled OpenBLAS (prefix libscipy_openblas; not the one MLX uses) on one thread:
+    # L-BFGS-B's BLAS calls are on 16 × m matrices, where threads only add hand-offs (a fit ran
+    # 12x slower on a busy 2-core machine). Restored on exit; a no-op where it is not found.
+    with ThreadpoolController().select(prefix="libscipy_openblas").limit(limits=1):
         res = opt.minimize(
             fun,
             x0,
