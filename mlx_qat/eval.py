@@ -13,17 +13,15 @@ Settings the call leaves out come from the run's `config.yaml` (data, batch shap
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mlx.utils import tree_flatten
 
-from .checkpoint import CHECKPOINTS, STATE_FILE, build_model, latest_checkpoint, load_checkpoint
+from .checkpoint import STATE_FILE, build_model, load_checkpoint
 from .data.resolve import open_eval_data
-from .data.tokenizer_dir import has_tokenizer, tokenizer_sha256
 from .eval_modes import all_minmax, eval_triple
+from .model_source import ModelSource, load_float, resolve_model
 from .train.config import load_config
-from .train.distill import load_teacher
 from .train.memory import check_forward_memory
 
 
@@ -35,6 +33,7 @@ def evaluate_checkpoint(
     seq_len: int | None = None,
     split: str = "val",
     teacher: str | Path | None = None,
+    revision: str | None = None,
 ) -> dict:
     """FP / QAT / PTQ loss and bpb of a run's latest checkpoint or of one checkpoint dir.
 
@@ -45,9 +44,10 @@ def evaluate_checkpoint(
         batch_size, seq_len: the batch shape (default: the run's).
         split: "val" (validation: curves, tuning) or "test" (held out: report only);
             ValueError naming the fix for data prepared without a test split.
-        teacher: an mlx-lm model dir, or a run / checkpoint dir (its float weights): each
-            mode also reports `kl`, the mean KL(teacher ‖ model) per token at T = 1. Its
-            vocabulary and tokenizer must be the run's (`check_teacher`).
+        teacher: an mlx-lm model dir or Hugging Face repo id, or a run / checkpoint dir (its
+            float weights): each mode also reports `kl`, the mean KL(teacher ‖ model) per
+            token at T = 1. Its vocabulary and tokenizer must be the run's (`check_teacher`).
+        revision: the hub revision of a `teacher` repo id.
 
     Returns:
         `eval_triple`'s dict plus "checkpoint", "step", "phase", "split", "tokens" and
@@ -71,11 +71,12 @@ def evaluate_checkpoint(
     nb = eval_batches if eval_batches is not None else (cfg.final_eval_batches if cfg else 0)
     bundle, batches, bpt = open_eval_data(data, bs, seq, nb or None, split)
     check_vocabulary(ckpt, bundle)
-    if teacher:
-        check_teacher(teacher, ckpt, bundle)
+    source = resolve_model(teacher, revision, "--teacher") if teacher else None
+    if source is not None:
+        check_teacher(source, ckpt, bundle)
     model = build_model(ckpt)
     ready = ckpt.qat.get("phase") == "qat"
-    teacher_model = load_teacher(teacher) if teacher else None
+    teacher_model = load_float(source, frozen=True, what="--teacher")[0] if source else None
     check_eval_memory(ckpt.model_config, batches, model, teacher_model)
     ev = eval_triple(model, batches, bpt, quantizers_ready=ready, teacher=teacher_model)
     tokens = getattr(batches, "num_tokens", None)
@@ -159,56 +160,18 @@ TEACHER_FIX = (
 )
 
 
-def teacher_identity(path: str | Path) -> tuple[int | None, str | None, str]:
-    """(vocabulary size, tokenizer sha256, where that hash comes from) of a `--teacher`: a run
-    or checkpoint dir (its config.json, and the hash its state.json records, else its run's
-    tokenizer/), or an mlx-lm model dir (config.json, and the tokenizer it ships). Reads JSON
-    and tokenizer files only; the hash is None when there is no tokenizer to read."""
-    path = Path(path)
-    if (path / CHECKPOINTS).is_dir():
-        path = latest_checkpoint(path) or path
-    config = _json(path / "config.json", path)
-    vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
-    vocab = int(vocab) if vocab else None
-    if (path / STATE_FILE).is_file():
-        sha = _json(path / STATE_FILE, path).get("tokenizer_sha256")
-        if sha:
-            return vocab, str(sha), str(path / STATE_FILE)
-        tok = path.parent.parent / "tokenizer"
-        if has_tokenizer(tok):
-            return vocab, tokenizer_sha256(tok), str(tok)
-        return vocab, None, str(path)
-    if has_tokenizer(path):
-        return vocab, tokenizer_sha256(path), f"the tokenizer files in {path}"
-    return vocab, None, str(path)
-
-
-def _json(file: Path, teacher: Path) -> dict:
-    try:
-        out = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(
-            f"--teacher {teacher}: neither an mlx-lm model directory (config.json) nor a run or "
-            "checkpoint directory"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise ValueError(f"--teacher {teacher}: cannot read {file.name} ({e})") from e
-    if not isinstance(out, dict):
-        raise ValueError(f"--teacher {teacher}: {file.name} is not a JSON object")
-    return out
-
-
-def check_teacher(teacher: str | Path, ckpt, bundle) -> None:
+def check_teacher(teacher: ModelSource, ckpt, bundle) -> None:
     """Raise ValueError unless the `--teacher` reads the run's tokens: the same vocabulary size
     as the checkpoint's model, and the tokenizer (by `tokenizer_sha256`) the checkpoint records,
     else the one its data was encoded with. Called before the teacher is loaded: a KL between
     models of different tokenizers compares unrelated tokens (and of different sizes, fails
     inside MLX)."""
-    vocab, sha, where = teacher_identity(teacher)
+    vocab = teacher.vocab_size
+    sha, where = teacher.tokenizer_identity() or (None, str(teacher.path))
     model_vocab = int(ckpt.model_config.get("vocab_size") or 0)
     if vocab and model_vocab and vocab != model_vocab:
         raise ValueError(
-            f"--teacher {teacher}: vocabulary {vocab}, but the model of checkpoint {ckpt.path} "
+            f"--teacher {teacher.name}: vocabulary {vocab}, but the model of checkpoint {ckpt.path} "
             f"has {model_vocab}: the teacher must read the run's tokens; {TEACHER_FIX}"
         )
     mine = ckpt.state.get("tokenizer_sha256")
@@ -217,13 +180,13 @@ def check_teacher(teacher: str | Path, ckpt, bundle) -> None:
         mine, mine_where = bundle.manifest["tokenizer"]["sha256"], f"of the data {bundle.path}"
     if sha is None:
         raise ValueError(
-            f"--teacher {teacher}: holds no tokenizer and records none, so it cannot be checked "
+            f"--teacher {teacher.name}: holds no tokenizer and records none, so it cannot be checked "
             f"to read the run's tokens (tokenizer sha256 {mine[:16]}, {mine_where}); "
             f"{TEACHER_FIX}, or put the tokenizer it was trained with beside its weights"
         )
     if sha != mine:
         raise ValueError(
-            f"--teacher {teacher}: its tokenizer (sha256 {sha[:16]}, {where}) is not the run's "
+            f"--teacher {teacher.name}: its tokenizer (sha256 {sha[:16]}, {where}) is not the run's "
             f"(sha256 {mine[:16]}, {mine_where}): the KL would compare different tokens; "
             f"{TEACHER_FIX}"
         )

@@ -4,6 +4,11 @@ mlx_qat uses mlx-lm's public functions (`mlx_lm.load`, `mlx_lm.utils.load_model`
 `load_tokenizer`, `save_config`, ...) where they are needed, and three things that are not
 public, which an mlx-lm release may change without notice. They live here only:
 
+- `mlx_lm.utils._download(path_or_hf_repo, revision)`: how every mlx-lm command turns a
+  Hugging Face repo id into a local snapshot folder (`huggingface_hub.snapshot_download` with
+  mlx-lm's `DEFAULT_ALLOW_PATTERNS`); `hub_snapshot` tries the local cache first with the same
+  patterns, then this.
+
 - `mlx_lm.utils._get_classes(config) -> (Model, ModelArgs)`: the classes a config.json names,
   by mlx-lm's own lookup (with its model-type remappings), so every architecture mlx-lm
   supports builds (`model_classes`); an unknown `model_type` raises ValueError.
@@ -28,10 +33,35 @@ from typing import Any
 
 # What check() verifies, by the name an mlx-lm upgrade would break.
 PRIVATE = (
+    "mlx_lm.utils._download",
     "mlx_lm.utils._get_classes",
     "mlx_lm.utils.load_config (read by mlx_lm.utils.load_model)",
     "mlx_lm.tokenizer_utils.TokenizerWrapper._tokenizer",
 )
+
+
+def hub_snapshot(repo: str, revision: str | None = None) -> Path:
+    """The local folder of Hugging Face repo `repo` at `revision`, as mlx-lm resolves it: the
+    local cache first (no network; what mlx-lm downloads, `DEFAULT_ALLOW_PATTERNS`), else
+    `mlx_lm.utils._download`. Raises huggingface_hub's errors as they are
+    (`LocalEntryNotFoundError` when offline and not cached, `HFValidationError` for a name
+    that is no repo id, `RepositoryNotFoundError`, ...)."""
+    import mlx_lm.utils
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(
+            snapshot_download(
+                repo,
+                revision=revision,
+                local_files_only=True,
+                allow_patterns=mlx_lm.utils.DEFAULT_ALLOW_PATTERNS,
+            )
+        )
+    except LocalEntryNotFoundError:
+        pass
+    return Path(mlx_lm.utils._download(repo, revision=revision))
 
 
 def model_classes(config: dict) -> tuple[type, type]:
@@ -63,6 +93,21 @@ def hf_tokenizer(wrapper: Any) -> Any:
     from mlx_lm.tokenizer_utils import TokenizerWrapper
 
     return wrapper._tokenizer if isinstance(wrapper, TokenizerWrapper) else wrapper
+
+
+def _check_download() -> None:
+    import inspect
+
+    import mlx_lm.utils
+
+    params = inspect.signature(mlx_lm.utils._download).parameters
+    if "revision" not in params:
+        raise AssertionError(f"_download takes {list(params)}, no revision")
+    if not isinstance(mlx_lm.utils.DEFAULT_ALLOW_PATTERNS, list):
+        raise AssertionError("DEFAULT_ALLOW_PATTERNS is no longer a list of patterns")
+    with tempfile.TemporaryDirectory() as tmp:  # an existing path is returned as it is
+        if Path(mlx_lm.utils._download(tmp)) != Path(tmp):
+            raise AssertionError("_download no longer returns an existing local path as it is")
 
 
 def _check_classes() -> None:
@@ -118,7 +163,7 @@ def check() -> list[str]:
     """Exercise each private mlx-lm name mlx_qat uses; returns one line per broken name
     (`"<name>: <what failed>"`), empty when the installed mlx-lm still provides them all."""
     problems = []
-    checks = (_check_classes, _check_load_config, _check_tokenizer)
+    checks = (_check_download, _check_classes, _check_load_config, _check_tokenizer)
     for name, run in zip(PRIVATE, checks, strict=True):
         try:
             run()

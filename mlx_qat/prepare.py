@@ -197,6 +197,11 @@ def _warn_scale_dtype(config: QATConfig, dtypes: list) -> None:
         )
 
 
+def is_quantizer_param(path: str) -> bool:
+    """True for learnable quantizer parameters (`....quantizer.alpha`, `.scale`, `.bias`)."""
+    return "quantizer" in path.split(".")
+
+
 def qat_layers(model: nn.Module) -> Iterator[tuple[str, QATLayer]]:
     """(path, layer) for every QAT layer of `model`, in module order."""
     for path, m in model.named_modules()[::-1]:

@@ -25,6 +25,10 @@ def test_installed_mlx_lm_still_has_every_private_name_mlx_qat_uses():
     )
 
 
+def _broken_download(monkeypatch):
+    monkeypatch.delattr(mlx_lm.utils, "_download")
+
+
 def _broken_get_classes(monkeypatch):
     monkeypatch.delattr(mlx_lm.utils, "_get_classes")
 
@@ -52,7 +56,13 @@ def _broken_tokenizer(monkeypatch):
 
 @pytest.mark.parametrize(
     "name, brk",
-    list(zip(mlxlm_compat.PRIVATE, [_broken_get_classes, _broken_load_config, _broken_tokenizer])),
+    list(
+        zip(
+            mlxlm_compat.PRIVATE,
+            [_broken_download, _broken_get_classes, _broken_load_config, _broken_tokenizer],
+            strict=True,
+        )
+    ),
 )
 def test_a_changed_private_name_is_named(monkeypatch, name, brk):
     brk(monkeypatch)

@@ -41,9 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument(
-        "path", nargs="?", help="run dir, checkpoint dir, mlx-lm model dir or .gguf file"
+        "path",
+        nargs="?",
+        help="run dir, checkpoint dir, mlx-lm model dir, .gguf file or Hugging Face repo id",
     )
     p.add_argument("--qat-path", "--model", dest="qat_path", help="same as the positional path")
+    p.add_argument(
+        "--revision", help="hub revision (branch, tag or commit) of a Hugging Face repo id"
+    )
     p.add_argument("--mlx-path", default="mlx_model", help="output directory (default: mlx_model)")
     # A QAT run's own format (any other is refused), or the one --ptq rounds to.
     bits = p.add_argument("--bits", type=int, help="weight bits (default: the run's, else 4)")
@@ -134,7 +139,7 @@ def _convert_kwargs(opts: dict) -> dict:
     kw["qat_path"] = opts.get("path") or opts.get("qat_path")
     if not kw["qat_path"]:
         raise ConvertError(
-            "the input path is required (run dir, checkpoint dir or mlx-lm model dir)"
+            "the input path is required (run dir, checkpoint dir, mlx-lm model dir or hub id)"
         )
     return kw
 
@@ -174,6 +179,7 @@ def _summary(r) -> str:
 
 # Flags of a QAT export that mean nothing for a GGUF import (refused, not ignored).
 _NOT_FOR_GGUF = (
+    "revision",
     "bits",
     "group_size",
     "mode",

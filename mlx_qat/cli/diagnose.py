@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
         "PTQ is fine / QAT needed / change the format.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("path", nargs="?", help="run dir, checkpoint dir, or float mlx-lm model dir")
+    p.add_argument(
+        "path", nargs="?", help="run dir, checkpoint dir, float mlx-lm model dir or hub repo id"
+    )
+    p.add_argument("--revision", help="hub revision (branch, tag or commit) of a repo id")
     p.add_argument("--data", help="prepared data dir (default: the run's; needed for mlx-lm)")
     fmt = p.add_argument_group("target format (default: the checkpoint's own)")
     fmt.add_argument("--bits", type=int, help="weight bits")
@@ -95,14 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def default_out(path: Path, weights: str) -> Path:
-    """`<run dir>/diagnose_<format>` for a run or checkpoint, else `./diagnose_<name>_<format>`."""
-    from ..diagnose.source import is_checkpoint
+def default_out(path: str | Path, weights: str) -> Path:
+    """`<run dir>/diagnose_<format>` for a run or checkpoint, else `./diagnose_<name>_<format>`
+    (a hub id's name: `org/name` -> `name`)."""
+    from ..model_source import is_checkpoint_dir
 
-    if is_checkpoint(path):
-        run_dir = path if (path / "checkpoints").is_dir() else path.parent.parent
+    p = Path(path)
+    if p.is_dir() and is_checkpoint_dir(p):
+        run_dir = p if (p / "checkpoints").is_dir() else p.parent.parent
         return run_dir / f"diagnose_{weights}"
-    return Path.cwd() / f"diagnose_{path.resolve().name}_{weights}"
+    name = p.resolve().name if p.exists() else str(path).rsplit("/", 1)[-1]
+    return Path.cwd() / f"diagnose_{name}_{weights}"
 
 
 def _unwritable(out: Path, e: OSError) -> str:
@@ -154,12 +160,11 @@ def _run(opts: dict) -> int:
         batch_size=opts["batch_size"],
         seq_len=opts["seq_len"],
         settings=settings,
+        revision=opts.get("revision"),
     )
     report = format_report(d)
     out = (
-        Path(opts["out"])
-        if opts.get("out")
-        else default_out(Path(opts["path"]), d["format"]["weights"])
+        Path(opts["out"]) if opts.get("out") else default_out(opts["path"], d["format"]["weights"])
     )
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -46,9 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher",
         metavar="DIR",
         help="also report each mode's mean KL(teacher || model) per token: an mlx-lm model dir "
-        "or a run/checkpoint dir (its float weights), with the run's vocabulary and tokenizer "
-        "(checked by hash)",
+        "or Hugging Face repo id, or a run/checkpoint dir (its float weights), with the run's "
+        "vocabulary and tokenizer (checked by hash)",
     )
+    p.add_argument("--revision", help="hub revision (branch, tag or commit) of a --teacher repo id")
     p.add_argument("--out", metavar="DIR", help="where eval.json goes (default: the run dir)")
     add_common(p)
     return p
@@ -103,6 +104,7 @@ def _run(opts: dict) -> int:
         opts["seq_len"],
         split=split,
         teacher=opts.get("teacher"),
+        revision=opts.get("revision"),
     )
     name = "eval" if split == "val" else f"eval_{split}"
     try:

@@ -29,6 +29,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..model_source import ModelSource
 from . import pack
 from .card import model_card
 from .errors import ConvertError, ParityError
@@ -43,7 +44,6 @@ from .parity import (
     val_loss,
 )
 from .source import (
-    Source,
     load_checkpoint_model,
     load_mlx_model,
     resolve_source,
@@ -110,7 +110,7 @@ def _default_batches(setup) -> int:
     return min(setup.eval_batches or cap, cap)
 
 
-def _parity_data(source: Source, parity_data, parity_batches, tok_dir) -> ParityData | str:
+def _parity_data(source: ModelSource, parity_data, parity_batches, tok_dir) -> ParityData | str:
     """Validation batches for the check, or the reason there are none."""
     setup = run_eval_setup(source)
     if parity_data is not None:
@@ -156,7 +156,7 @@ def _losses(
     return out
 
 
-def _prepare_export(source: Source, model, method: str, requested, data):
+def _prepare_export(source: ModelSource, model, method: str, requested, data):
     """Turn the loaded model into the one to save; return (quantization block, config, losses).
 
     `losses` (None without parity data): "ref" (the model as exported, before packing), "fp"
@@ -187,7 +187,7 @@ def _prepare_export(source: Source, model, method: str, requested, data):
     return pack.quantize_model(model, qcfg), qcfg, losses
 
 
-def _method(source: Source, ptq: bool, dequantize: bool) -> str:
+def _method(source: ModelSource, ptq: bool, dequantize: bool) -> str:
     if ptq and dequantize:
         raise ConvertError("choose either --ptq or --dequantize, not both")
     if dequantize:
@@ -233,12 +233,14 @@ def convert(
     parity_batches: int | None = None,
     max_file_size_gb: float = MAX_FILE_SIZE_GB,
     tokenizer: str | Path | None = None,
+    revision: str | None = None,
 ) -> ConvertResult:
     """Export a training run, checkpoint or mlx-lm model as an MLX model directory.
 
     Args:
         qat_path: a run directory (its latest checkpoint), a checkpoint directory, or an
-            mlx-lm model directory (float: PTQ or re-save; quantized: needs `dequantize`).
+            mlx-lm model directory or Hugging Face repo id (float: PTQ or re-save;
+            quantized: needs `dequantize`).
         mlx_path: output directory (built as `<mlx_path>.tmp-<pid>`, renamed when complete).
         q_bits, q_group_size, q_mode: target format. For a QAT checkpoint they must match the
             trained format; for PTQ they choose it (default: the trained one, else affine 4/64).
@@ -257,6 +259,7 @@ def convert(
         max_file_size_gb: shard size of the weight files.
         tokenizer: tokenizer directory to ship (default: the run's tokenizer/, or the mlx-lm
             model's own).
+        revision: the hub revision (branch, tag or commit) when `qat_path` is a repo id.
 
     Returns:
         A `ConvertResult`; raises `ConvertError` on bad input and `ParityError` when the
@@ -273,7 +276,7 @@ def convert(
     given = {"--tokenizer": tokenizer, "--parity-data": parity_data}
     # Before loading anything; what --force may replace once the inputs are known.
     check_output(mlx_path, force, given, {"the input": qat_path}, judge_force=False)
-    source = resolve_source(qat_path)
+    source = resolve_source(qat_path, revision)
     if tokenizer is not None:
         tok_dir = Path(tokenizer)
     else:
@@ -379,7 +382,7 @@ def convert(
     return result
 
 
-def _check_source_finite(source: Source, model: nn.Module) -> None:
+def _check_source_finite(source: ModelSource, model: nn.Module) -> None:
     """Refuse an input with a NaN or inf parameter, naming it, before anything is computed."""
     if source.kind == "checkpoint":
         where = f"checkpoint {source.path}"

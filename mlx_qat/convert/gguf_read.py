@@ -36,32 +36,21 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from ..model_source import GGUF_MAGIC as MAGIC
+from ..model_source import is_gguf
 from .errors import ConvertError
 
 logger = logging.getLogger(__name__)
 
-MAGIC = b"GGUF"
 GROUP_SIZE = 32  # ggml's block size for Q4_0, Q4_1, Q8_0
 MLX_QUANTIZED = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}  # ggml type -> MLX affine bits (exact)
 MLX_TYPES = frozenset({"F32", "F16", *MLX_QUANTIZED})  # what mx.load reads without loss
 INSTALL = "pip install 'mlx_qat[gguf]' (the gguf package)"
 
 
-def has_gguf_magic(path: str | Path) -> bool:
-    """True when `path` is a file that starts with the GGUF magic bytes."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == MAGIC
-    except OSError:
-        return False
-
-
 def is_gguf_input(path: str | Path | None) -> bool:
     """Whether the convert input is a GGUF file: a file named `*.gguf` or starting with `GGUF`."""
-    if not path:
-        return False
-    p = Path(path).expanduser()
-    return p.is_file() and (p.suffix.lower() == ".gguf" or has_gguf_magic(p))
+    return bool(path) and is_gguf(Path(path).expanduser())
 
 
 @dataclass
@@ -132,9 +121,9 @@ def read_header(path: str | Path) -> GGUFHeader:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConvertError(f"{path}: no such GGUF file")
-    if not has_gguf_magic(path):
-        with open(path, "rb") as f:
-            head = f.read(4)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != MAGIC:
         raise ConvertError(
             f"{path} is not a GGUF file (it starts with {head!r}, not {MAGIC!r}); give a .gguf "
             "file written by llama.cpp (convert_hf_to_gguf.py / llama-quantize), or a run, "

@@ -67,12 +67,13 @@ def diagnose(
     batch_size: int | None = None,
     seq_len: int | None = None,
     settings: DiagnoseSettings | None = None,
+    revision: str | None = None,
 ) -> dict:
     """Diagnose PTQ of a float model at a target format (definitions in the module header).
 
     Args:
         path: a run directory (its latest checkpoint), a checkpoint directory, or a float
-            mlx-lm model directory.
+            mlx-lm model directory or Hugging Face repo id (at `revision`).
         data: prepared data dir (default: the checkpoint's; required for an mlx-lm model).
         bits, group_size, mode: the target format of the weights (default: the checkpoint's
             own; for an mlx-lm model affine 4-bit groups of 64). See `target_config`.
@@ -91,7 +92,7 @@ def diagnose(
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} {value}: must be >= 1")
     settings = settings or DiagnoseSettings()
-    src = load_source(path, bits, group_size, mode, embed_bits)
+    src = load_source(path, bits, group_size, mode, embed_bits, revision)
     bundle, batches, bpt = open_batches(src, data, eval_batches, batch_size, seq_len)
     layers, skipped = target_layers(src)
     # the model, its rounded copy and the point being evaluated (Probe) per covered layer

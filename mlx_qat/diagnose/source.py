@@ -11,9 +11,10 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..checkpoint import CHECKPOINTS, STATE_FILE, build_model, load_checkpoint, qat_config_of
+from ..checkpoint import build_model, qat_config_of
 from ..data.resolve import open_eval_data
 from ..eval import check_vocabulary
+from ..model_source import ModelSource, load_float, resolve_model
 from ..prepare import prepare, qat_layers
 from ..qat_config import QATConfig, quantization_map
 from ..quant.spec import AFFINE_GROUP_SIZES, FP_MODES, QuantSpec
@@ -77,31 +78,39 @@ def target_config(
     )
 
 
-def is_checkpoint(path: Path) -> bool:
-    """A run directory or one of its checkpoint directories (else: an mlx-lm model dir)."""
-    return (path / CHECKPOINTS).is_dir() or (path / STATE_FILE).is_file()
-
-
 def load_source(
     path: str | Path,
     bits: int | None = None,
     group_size: int | None = None,
     mode: str | None = None,
     embed_bits: int | None = None,
+    revision: str | None = None,
 ) -> Source:
-    """Load the float model at `path` and the target format's rules."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"{path}: no such run, checkpoint or mlx-lm model directory")
-    if is_checkpoint(path):
-        return _from_checkpoint(path, bits, group_size, mode, embed_bits)
-    return _from_mlx_lm(path, bits, group_size, mode, embed_bits)
+    """Load the float model at `path` (resolved by `model_source.resolve_model`) and the
+    target format's rules."""
+    source = resolve_model(path, revision)
+    if source.kind == "checkpoint":
+        return _from_checkpoint(source, bits, group_size, mode, embed_bits)
+    if source.kind != "mlx":
+        raise ValueError(f"{path}: a GGUF file; import it first (mlx_qat.convert FILE.gguf)")
+    if source.quantized:
+        raise ValueError(
+            f"{path}: the model is already quantized; diagnose needs the float model (e.g. "
+            "the Hugging Face weights converted without -q)"
+        )
+    model, _ = load_float(source)
+    config = target_config(None, bits, group_size, mode, embed_bits)
+    check_group_sizes(model, config)
+    prepare(model, config, enabled=False)
+    mx.eval(model.parameters())
+    model.eval()
+    return Source(model=model, kind="mlx-lm", path=source.path, config=config)
 
 
-def _from_checkpoint(path, bits, group_size, mode, embed_bits) -> Source:
+def _from_checkpoint(source: ModelSource, bits, group_size, mode, embed_bits) -> Source:
     from ..train.config import load_config
 
-    ckpt = load_checkpoint(path, optimizer=False)
+    ckpt = source.checkpoint
     run_dir = ckpt.path.parent.parent
     cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
     model = build_model(ckpt)
@@ -133,29 +142,6 @@ def _from_checkpoint(path, bits, group_size, mode, embed_bits) -> Source:
         phase=phase,
         checkpoint=ckpt,
     )
-
-
-def _from_mlx_lm(path, bits, group_size, mode, embed_bits) -> Source:
-    from mlx_lm.utils import load_config, load_model
-
-    if not (path / "config.json").is_file():
-        raise ValueError(
-            f"{path}: neither a run/checkpoint directory (no {CHECKPOINTS}/ or {STATE_FILE}) "
-            "nor an mlx-lm model directory (no config.json)"
-        )
-    raw = load_config(path)
-    if "quantization" in raw or "quantization_config" in raw:
-        raise ValueError(
-            f"{path}: the model is already quantized; diagnose needs the float model (e.g. "
-            "the Hugging Face weights converted without -q)"
-        )
-    model, _ = load_model(path)
-    config = target_config(None, bits, group_size, mode, embed_bits)
-    check_group_sizes(model, config)
-    prepare(model, config, enabled=False)
-    mx.eval(model.parameters())
-    model.eval()
-    return Source(model=model, kind="mlx-lm", path=path, config=config)
 
 
 def check_group_sizes(model: nn.Module, config: QATConfig) -> None:

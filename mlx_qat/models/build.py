@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import replace
@@ -59,7 +60,7 @@ def make_model(config, vocab_size: int) -> tuple[nn.Module, dict]:
     """
     mx.random.seed(config.seed)
     if config.model:
-        return _load_pretrained(Path(config.model), vocab_size)
+        return load_pretrained(config.model, vocab_size=vocab_size)
     if config.model_config:
         path = Path(config.model_config)
         try:
@@ -104,18 +105,54 @@ def _dir_sha256(path: str, stamp: tuple) -> str:
     return sha256_json({name: sha256_file(Path(path) / name) for name, _, _ in stamp})
 
 
-def _load_pretrained(path: Path, vocab_size: int) -> tuple[nn.Module, dict]:
-    from mlx_lm.utils import load_config, load_model
+def read_model_config(path: str | Path, what: str = "--model") -> dict:
+    """An mlx-lm folder's config.json as mlx-lm reads it (`mlx_lm.utils.load_config`: with
+    generation_config.json's eos_token_id)."""
+    from mlx_lm.utils import load_config
 
+    path = Path(path)
     if not (path / "config.json").is_file():
-        raise ValueError(f"--model {path}: no config.json; give an mlx-lm model directory")
-    cfg = load_config(path)
-    if "quantization" in cfg or "quantization_config" in cfg:
+        raise ValueError(f"{what} {path}: no config.json; give an mlx-lm model directory")
+    try:
+        config = load_config(path)
+    except (OSError, ValueError) as e:
         raise ValueError(
-            f"--model {path}: the model is already quantized; QAT needs the float model "
+            f"{what} {path}: cannot read config.json ({e}); the file is corrupt"
+        ) from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{what} {path}: config.json is not a JSON object")
+    return config
+
+
+def load_pretrained(
+    path: str | Path,
+    config: dict | None = None,
+    vocab_size: int | None = None,
+    what: str = "--model",
+    allow_quantized: bool = False,
+) -> tuple[nn.Module, dict]:
+    """(model, its config dict) of the mlx-lm folder `path`, through mlx-lm's own loader with
+    `config` (its config.json, read here when None, so that a caller that read it already
+    does not read it again).
+
+    Raises:
+        ValueError: no config.json, an already quantized model (unless `allow_quantized`), or
+            fewer embedding rows than `vocab_size`.
+    """
+    from ..mlxlm_compat import load_model_with_config
+
+    path = Path(path)
+    config = read_model_config(path, what) if config is None else config
+    if not allow_quantized and ("quantization" in config or "quantization_config" in config):
+        raise ValueError(
+            f"{what} {path}: the model is already quantized; QAT needs the float model "
             "(e.g. the original Hugging Face weights converted without -q)"
         )
-    _check_vocab(cfg.get("vocab_size", vocab_size), vocab_size, f"--model {path}")
-    model, cfg = load_model(path)
+    if vocab_size is not None:
+        _check_vocab(config.get("vocab_size", vocab_size), vocab_size, f"{what} {path}")
+    try:
+        model = load_model_with_config(path, lambda _: copy.deepcopy(config))
+    except (ValueError, RuntimeError, FileNotFoundError, KeyError) as e:
+        raise ValueError(f"{what} {path}: mlx-lm cannot load this model ({e})") from e
     mx.eval(model.parameters())
-    return model, model_config_dict(model, cfg)
+    return model, model_config_dict(model, config)

@@ -65,7 +65,7 @@ _NOT_HASHED = {
 _HASHED_WHEN_SET = ("objective", "kd_temperature", "kd_weight", "teacher_dtype", "quant_overrides")
 _HASHED_WHEN_SET += ("lr_control", "trs_lambda", "trs_momentum", "trs_granularity", "trs_u0",
                      "trs_eta", "scale_grad", "train", "master_dtype",
-                     "weight_lr_scale")  # fmt: skip
+                     "weight_lr_scale", "revision")  # fmt: skip
 # Settings a resumed run may change with `reschedule` (e.g. after a divergence): they shape the
 # LR and the update from the resumed step on, not the plan, the model or the data.
 SCHEDULE_FIELDS = (
@@ -174,12 +174,16 @@ class TrainConfig:
     )
     model: str | None = _f(
         None,
-        "existing float mlx-lm model dir to QAT-fine-tune; overrides --preset. Its own "
+        "existing float mlx-lm model dir or Hugging Face repo id (org/name, the local cache "
+        "first) to QAT-fine-tune; overrides --preset. Its own "
         "tokenizer encodes raw --data, and prepared data of another tokenizer is refused. "
         "Fine-tuning defaults (any of them given wins): --lr 1e-4, --qat-fraction 1, "
         "--weight-decay 0, --quantizer-lr-scale 1, --scale-grad fixed_codes with --quantizer "
         "learned_affine, --kd-temperature 2 with --objective kd/mix",
         "model",
+    )
+    revision: str | None = _f(
+        None, "hub revision (branch, tag or commit) of a --model repo id", "model"
     )
     master_dtype: str = _f(
         "float32",

@@ -39,11 +39,12 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..checkpoint import CHECKPOINTS, load_checkpoint, step_dir_name
+from ..model_source import build_float, freeze
 from ..models.build import make_model
-from ..models.presets import model_from_config
+from ..prepare import is_quantizer_param
 from .config import OBJECTIVES
 from .kd import hidden_and_head, kd_head_per_token, kd_per_token, split_head
-from .optim import is_quantizer_param
+from .step import masked_mean
 
 logger = logging.getLogger(__name__)
 
@@ -55,24 +56,28 @@ def objective_loss(
     objective: str = "kd",
     temperature: float = 1.0,
     weight: float = 0.5,
+    weights: mx.array | None = None,
 ) -> mx.array:
-    """The mean loss of `objective` ("ce", "kd" or "mix") over every target token (float32)."""
+    """The mean loss of `objective` ("ce", "kd" or "mix") over every target token (float32);
+    with `weights` (the targets' shape, 0 on prompt tokens), over the tokens of weight 1
+    (`step.masked_mean`)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective={objective!r}: choose one of {', '.join(OBJECTIVES)}")
     ce = kd = None
     if objective != "kd":
-        ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="mean")
+        ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="none")
+        ce = masked_mean(ce, weights)
     if objective != "ce":
         if teacher_logits is None:
             raise ValueError(f"objective={objective!r}: needs the teacher's logits")
-        kd = kd_per_token(logits, teacher_logits, temperature).mean()
+        kd = masked_mean(kd_per_token(logits, teacher_logits, temperature), weights)
     if objective == "mix":
         return (1.0 - weight) * ce + weight * kd
     return ce if objective == "ce" else kd
 
 
 def make_loss(teacher: nn.Module | None, cfg, student: nn.Module | None = None) -> Callable | None:
-    """`loss(model, inputs, targets)` of `cfg.objective` against `teacher` for
+    """`loss(model, inputs, targets, weights=None)` of `cfg.objective` against `teacher` for
     `step.make_step`; None (the step's cross-entropy) for "ce" or without a teacher.
 
     With `student` (the model the loss will be called with) and the `kd` objective, when both
@@ -83,18 +88,18 @@ def make_loss(teacher: nn.Module | None, cfg, student: nn.Module | None = None) 
     objective, temperature, weight = cfg.objective, cfg.kd_temperature, cfg.kd_weight
     if objective == "kd" and student is not None and split_head(student) and split_head(teacher):
 
-        def chunked(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
+        def chunked(model: nn.Module, inputs: mx.array, targets: mx.array, weights=None):
             ht, wt = (mx.stop_gradient(a) for a in hidden_and_head(teacher, inputs))
             h, w = hidden_and_head(model, inputs)
-            return kd_head_per_token(h, w, ht, wt, temperature).mean()
+            return masked_mean(kd_head_per_token(h, w, ht, wt, temperature), weights)
 
         logger.info("kd: logits formed a chunk of tokens at a time (kd.kd_head_per_token)")
         return chunked
 
-    def loss(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
+    def loss(model: nn.Module, inputs: mx.array, targets: mx.array, weights=None) -> mx.array:
         teacher_logits = mx.stop_gradient(teacher(inputs))
         return objective_loss(
-            model(inputs), teacher_logits, targets, objective, temperature, weight
+            model(inputs), teacher_logits, targets, objective, temperature, weight, weights
         )
 
     return loss
@@ -105,27 +110,6 @@ def float_weights(model: nn.Module) -> dict[str, mx.array]:
     return {
         k: v for k, v in tree_flatten(model.parameters()) if not is_quantizer_param(k)
     }  # fmt: skip
-
-
-def build_teacher(
-    model_config: dict, weights: dict[str, mx.array], dtype: str | None = None
-) -> nn.Module:
-    """A frozen float mlx-lm model of `model_config` holding `weights` (cast to `dtype`, e.g.
-    "bfloat16"; None keeps each weight's dtype)."""
-    teacher = model_from_config(model_config)
-    # New arrays: the compiled step refuses a captured array that is also one of its inputs
-    # (the student's weights at the switch), and the student's next update must not reach it.
-    teacher.load_weights([(k, mx.array(v)) for k, v in weights.items()], strict=True)
-    return _frozen(teacher, dtype)
-
-
-def _frozen(teacher: nn.Module, dtype: str | None) -> nn.Module:
-    if dtype is not None:
-        teacher.set_dtype(getattr(mx, dtype))
-    teacher.freeze()
-    teacher.eval()
-    mx.eval(teacher.parameters())
-    return teacher
 
 
 def teacher_bytes(cfg, model: nn.Module, plan) -> int:
@@ -158,7 +142,7 @@ def run_teacher(t, at_switch: bool) -> nn.Module | None:
         return None
     if cfg.model:
         model, _ = make_model(cfg, int(t.model_config.get("vocab_size") or 0))
-        teacher = _frozen(model, cfg.teacher_dtype)
+        teacher = freeze(model, cfg.teacher_dtype)
         source = cfg.model
     else:
         weights = float_weights(t.model)  # at the switch; else the layout to receive
@@ -170,28 +154,9 @@ def run_teacher(t, at_switch: bool) -> nn.Module | None:
             weights = t.dist.broadcast_arrays(weights, "teacher weights")
         else:
             source = f"the weights at the switch (step {t.step})"
-        teacher = build_teacher(t.model_config, weights, cfg.teacher_dtype)
+        teacher = build_float(t.model_config, weights, cfg.teacher_dtype)
     n = sum(v.size for _, v in tree_flatten(teacher.parameters()))
     mb = sum(v.nbytes for _, v in tree_flatten(teacher.parameters())) / 2**20
     logger.info("teacher (%s, T=%g): %s, %d parameters, %.1f MiB", cfg.objective,
                 cfg.kd_temperature, source, n, mb)  # fmt: skip
     return teacher
-
-
-def load_teacher(path: str | Path, dtype: str | None = None) -> nn.Module:
-    """A teacher for `mlx_qat.eval --teacher`: an mlx-lm model directory (config.json and
-    safetensors), or a run / checkpoint directory (its float weights, quantizers dropped)."""
-    path = Path(path)
-    if (path / "state.json").is_file() or (path / CHECKPOINTS).is_dir():
-        ckpt = load_checkpoint(path, optimizer=False)
-        weights = {k: v for k, v in ckpt.weights.items() if not is_quantizer_param(k)}
-        return build_teacher(ckpt.model_config, weights, dtype)
-    if not (path / "config.json").is_file():
-        raise ValueError(
-            f"--teacher {path}: neither an mlx-lm model directory (config.json) nor a run or "
-            "checkpoint directory"
-        )
-    from mlx_lm.utils import load_model
-
-    model, _ = load_model(path)
-    return _frozen(model, dtype)

@@ -23,10 +23,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
-
-def is_quantizer_param(path: str) -> bool:
-    """True for learnable quantizer parameters (`....quantizer.alpha`, `.scale`, `.bias`)."""
-    return "quantizer" in path.split(".")
+from ..prepare import is_quantizer_param
 
 
 def is_decayed(path: str, param: mx.array) -> bool:

@@ -21,6 +21,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..model_source import resolve_model
 from .schedules import lr_at
 
 AUTO_A = 6.7297
@@ -259,8 +260,11 @@ def plan_for_config(config) -> PhasePlan:
     from ..prepare import prepare
 
     vocab = _vocab_size(config)
-    if config.model or config.model_config:
-        path = Path(config.model) / "config.json" if config.model else Path(config.model_config)
+    if config.model:
+        mcfg = dict(resolve_model(config.model, config.revision, "--model").config)
+        mcfg.setdefault("vocab_size", vocab)
+    elif config.model_config:
+        path = Path(config.model_config)
         try:
             mcfg = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
