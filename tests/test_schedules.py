@@ -118,3 +118,52 @@ def test_schedule_is_continuous_at_the_fused_switch():
     curve = lr_curve(p)
     assert curve[p.switch_step - 1] == curve[p.switch_step] == ETA
     assert all(a >= b for a, b in zip(curve[p.warmup_steps :], curve[p.warmup_steps + 1 :]))
+
+
+def _fixed_by_hand(total=100, warmup=5, decay=20):
+    """The fixed cooldown's LR, written out: warmup (j+1)/W·η, η, then η·(1 − t) over the
+    last `decay` steps (linear shape), whatever f is."""
+    out = []
+    for s in range(total):
+        if s < warmup:
+            out.append(ETA * (s + 1) / warmup)
+        elif s < total - decay:
+            out.append(ETA)
+        else:
+            out.append(ETA * (1 - (s - (total - decay)) / decay))
+    return out
+
+
+def test_fixed_cooldown_short_qat_phase_starts_inside_the_decay():
+    p = plan_for(total=100, f=0.1, shape="linear", cooldown_mode="fixed")
+    assert (p.fp_steps, p.qat_steps, p.cooldown_steps) == (90, 10, 20)
+    assert lr_curve(p) == pytest.approx(_fixed_by_hand())
+    assert p.lr_at(89) == pytest.approx(ETA * 0.55)  # FP, already decaying: t = 9/20
+    assert p.phase(89) == "fp" and p.phase(90) == "qat"
+    assert p.lr_at(90) == pytest.approx(ETA * 0.5)  # QAT starts mid-decay, t = 10/20
+    # the default ("fused") ties the decay to the 10 QAT steps instead
+    assert plan_for(total=100, f=0.1, shape="linear").lr_at(90) == pytest.approx(ETA)
+
+
+def test_fixed_cooldown_long_qat_phase_holds_the_peak_first():
+    p = plan_for(total=100, f=0.35, shape="linear", cooldown_mode="fixed")
+    assert (p.fp_steps, p.qat_steps, p.cooldown_steps) == (65, 35, 20)
+    assert lr_curve(p) == pytest.approx(_fixed_by_hand())
+    assert p.lr_at(65) == p.lr_at(79) == pytest.approx(ETA)  # QAT holds η for 15 steps
+    assert p.lr_at(90) == pytest.approx(ETA * 0.5)
+
+
+@pytest.mark.parametrize("shape", ["linear", "1-sqrt"])
+def test_fixed_cooldown_gives_every_fraction_the_same_lr_sequence(shape):
+    fs = (0.0, 0.025, 0.05, 0.1, 0.2, 0.3, 0.6, 1.0)
+    curves = {f: lr_curve(plan_for(total=400, f=f, shape=shape, cooldown_mode="fixed")) for f in fs}
+    assert all(curves[f] == curves[0.0] for f in fs)  # exactly, not approximately
+    # ... which is the pure-FP run's, the same in either mode
+    assert curves[0.0] == lr_curve(plan_for(total=400, f=0.0, shape=shape))
+
+
+def test_classic_pipeline_ignores_the_cooldown_mode():
+    for f in (0.1, 0.3):
+        a = plan_for(total=100, f=f, pipeline="classic", shape="cosine")
+        b = plan_for(total=100, f=f, pipeline="classic", shape="cosine", cooldown_mode="fixed")
+        assert lr_curve(a) == lr_curve(b)

@@ -69,7 +69,7 @@ PLAN_FIELDS = (
     "bits", "group_size", "q_mode", "embed_bits", "quant_overrides",
     "tokens", "qat_fraction", "auto_a", "pipeline", "cooldown_shape",
     "cooldown_fraction", "warmup_tokens", "warmup_steps", "qat_warmup_fraction", "lr", "min_lr",
-    "batch_size", "seq_len", "grad_accum",
+    "cooldown_mode", "batch_size", "seq_len", "grad_accum",
 )  # fmt: skip
 
 

@@ -34,7 +34,7 @@ from .config_checks import (  # noqa: F401  (the allowed values, importable from
 )
 from .defaults import scratch_default
 from .overrides import parse_quant_override
-from .schedules import PIPELINES
+from .schedules import COOLDOWN_MODES, PIPELINES
 from .schedules import SHAPES as COOLDOWN_SHAPES
 
 # Fields that do not change what is trained: excluded from the config hash.
@@ -65,7 +65,7 @@ _NOT_HASHED = {
 _HASHED_WHEN_SET = ("objective", "kd_temperature", "kd_weight", "teacher_dtype", "quant_overrides")
 _HASHED_WHEN_SET += ("lr_control", "trs_lambda", "trs_momentum", "trs_granularity", "trs_u0",
                      "trs_eta", "scale_grad", "train", "master_dtype",
-                     "weight_lr_scale", "revision")  # fmt: skip
+                     "weight_lr_scale", "revision", "cooldown_mode")  # fmt: skip
 # Settings a resumed run may change with `reschedule` (e.g. after a divergence): they shape the
 # LR and the update from the resumed step on, not the plan, the model or the data.
 SCHEDULE_FIELDS = (
@@ -262,6 +262,14 @@ class TrainConfig:
         0.2,
         "fused: decay over min(D_qat, c*D); classic: FP cooldown over c*D_fp",
         "schedule",
+    )
+    cooldown_mode: str = _f(
+        "fused",
+        "fused pipeline: 'fused' ties the decay to the QAT phase (min(D_qat, c*D)); 'fixed' "
+        "decays over the last c*D whatever f (the QAT fraction moves the switch, not the "
+        "cooldown); the classic pipeline ignores it",
+        "schedule",
+        choices=COOLDOWN_MODES,
     )
     warmup_tokens: int | None = _f(
         None, "LR warmup in tokens, instead of --warmup-steps", "schedule"

@@ -16,7 +16,7 @@ from ..quant.quantizers import QUANTIZERS
 from ..quant.spec import MODES as Q_MODES
 from .defaults import fill_defaults
 from .overrides import normalize_overrides
-from .schedules import PIPELINES
+from .schedules import COOLDOWN_MODES, PIPELINES
 from .schedules import SHAPES as COOLDOWN_SHAPES
 
 SWITCH_STATE = ("keep", "reset")
@@ -48,6 +48,7 @@ def validate_config(self) -> None:
     for name, allowed in (
         ("pipeline", PIPELINES),
         ("cooldown_shape", COOLDOWN_SHAPES),
+        ("cooldown_mode", COOLDOWN_MODES),
         ("optimizer_state_at_switch", SWITCH_STATE),
         ("quantizer", QUANTIZERS),
         ("scale_grad", SCALE_GRADS),

@@ -55,9 +55,12 @@ class PhasePlan:
         pipeline, shape: LR pipeline and decay shape.
         lr, min_lr: peak and floor.
         warmup_steps: initial warmup.
-        cooldown_steps: fused: the decay at the end of the run; classic: the FP cooldown.
+        cooldown_steps: fused: the decay at the end of the run (cooldown mode fixed: it may
+            start before the switch); classic: the FP cooldown.
         qat_warmup_steps: classic: the QAT re-warmup (0 for fused).
         warning: a note for the user (e.g. S ≤ 1), or "".
+        cooldown_mode: "fused" (the decay lies in the QAT phase when f ≤ c) or "fixed" (the
+            f = 0 run's decay for every f; `schedules`).
     """
 
     total_tokens: int
@@ -80,6 +83,7 @@ class PhasePlan:
     cooldown_steps: int
     qat_warmup_steps: int
     warning: str = field(default="")
+    cooldown_mode: str = field(default="fused")
 
     @property
     def switch_step(self) -> int:
@@ -145,7 +149,8 @@ class PhasePlan:
     def _lr_summary(self) -> str:
         parts = [f"peak {self.lr:g}, floor {self.min_lr:g}", f"warmup {self.warmup_steps} steps"]
         if self.pipeline == "fused" or not self.qat_steps:
-            parts.append(f"decay over the last {self.cooldown_steps} steps")
+            fixed = " (fixed: the same for every f)" if self.cooldown_mode == "fixed" else ""
+            parts.append(f"decay over the last {self.cooldown_steps} steps{fixed}")
         else:
             parts.append(f"FP cooldown {self.cooldown_steps} steps")
             parts.append(f"QAT re-warmup {self.qat_warmup_steps} steps then decay")
@@ -161,8 +166,9 @@ def make_plan(
     """The plan for a `TrainConfig` and a model size (from `parameter_bytes`).
 
     Args:
-        config: a `TrainConfig` (uses tokens, qat_fraction, auto_a, pipeline, cooldown_*,
-            warmup_*, qat_warmup_fraction, lr, min_lr and the batch shape).
+        config: a `TrainConfig` (uses tokens, qat_fraction, auto_a, pipeline, cooldown_*
+            (cooldown_mode "fixed": the fused decay over the last round(c·T) steps for
+            every f), warmup_*, qat_warmup_fraction, lr, min_lr and the batch shape).
         n_params, n_params_no_embed, param_bytes: the model's size.
     """
     tps = config.tokens_per_step
@@ -197,7 +203,9 @@ def make_plan(
     c = config.cooldown_fraction
     qw = 0
     if config.pipeline == "fused" or qat == 0:
-        cooldown = min(qat, round(c * total)) if qat else round(c * total)
+        # fixed: the f = 0 run's decay whatever f (the schedule does not move with f)
+        fixed = config.cooldown_mode == "fixed"
+        cooldown = min(qat, round(c * total)) if qat and not fixed else round(c * total)
     else:
         cooldown = round(c * fp)
         qw = max(1, round(config.qat_warmup_fraction * qat))
@@ -225,6 +233,7 @@ def make_plan(
         cooldown_steps=int(cooldown),
         qat_warmup_steps=int(qw),
         warning=warning,
+        cooldown_mode=config.cooldown_mode,
     )
 
 

@@ -9,7 +9,12 @@ Notation: `W` warmup steps, `T` total steps, `T_fp` / `T_qat` steps per phase, `
 
 **fused** (paper 000 §6.1): FP warmup → constant η; the QAT phase starts at η, holds, and
 decays over its last `cooldown_steps = min(T_qat, round(c·T))` steps. Without a QAT phase
-(f = 0, PTQ only) the FP phase ends with the `round(c·T)`-step decay instead.
+(f = 0, PTQ only) the FP phase ends with the `round(c·T)`-step decay instead. With the
+cooldown mode **fixed** the decay always covers the last `round(c·T)` steps, whatever f: the
+LR sequence is the same for every f (the f = 0 run's), so a QAT phase shorter than the
+cooldown starts inside it and a longer one holds η first. The fraction then moves only the
+switch, not the cooldown (the default mode, **fused**, ties the cooldown to the QAT phase
+for f ≤ c). The classic pipeline ignores the mode: its FP cooldown always ends the FP phase.
 
 **classic**: FP warmup → constant → decay over the last `round(c·T_fp)` FP steps; the QAT
 phase re-warms up over `max(1, round(r·T_qat))` steps back to η (r = `qat_warmup_fraction`),
@@ -24,6 +29,7 @@ import math
 
 SHAPES = ("linear", "cosine", "1-sqrt")
 PIPELINES = ("fused", "classic")
+COOLDOWN_MODES = ("fused", "fixed")
 
 
 def decay_factor(shape: str, t: float) -> float:
