@@ -7,7 +7,9 @@ Formats (chosen by file name, case-insensitive):
   (lines that are empty or hold only spaces/tabs). Inside a document, single newlines and
   indentation are kept exactly; leading blank lines and trailing whitespace are dropped.
 * ``.jsonl`` and ``.jsonl.gz``: one JSON object per line with a string ``"text"`` field; each
-  record is one document (kept whole, blank lines inside included).
+  record is one document (kept whole, blank lines inside included). With a model's own
+  tokenizer, the records are read as mlx-lm reads them (``records=True``: text, completions
+  or chat records, `mlx_qat.data.records`).
 
 A folder is searched recursively for those files (hidden files and other extensions such as
 ``MANIFEST.md`` are ignored), in sorted path order.
@@ -23,6 +25,8 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from .records import record_format
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +115,8 @@ def split_text(text: str) -> list[str]:
     return docs
 
 
-def _read_jsonl(path: Path) -> list[str]:
-    docs = []
+def _read_jsonl(path: Path, records: bool = False) -> list:
+    docs: list = []
     for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
@@ -120,25 +124,35 @@ def _read_jsonl(path: Path) -> list[str]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
-        text = record.get("text") if isinstance(record, dict) else None
-        if not isinstance(text, str):
-            raise ValueError(f'{path}:{lineno}: expected an object with a string "text" field')
-        text = text.strip("\n").rstrip()
+        fmt = record_format(record, f"{path}:{lineno}")
+        if records:  # read as mlx-lm reads it: the record itself, its text untouched
+            if fmt != "text" or record["text"].strip():
+                docs.append(record)
+            continue
+        if fmt != "text":
+            raise ValueError(
+                f"{path}:{lineno}: a {fmt} record is rendered with a model's chat template; "
+                "pass the model's tokenizer (mlx_qat.data --tokenizer MODEL_DIR, or "
+                "mlx_qat.train --model MODEL_DIR)"
+            )
+        text = record["text"].strip("\n").rstrip()
         if text.strip():
             docs.append(text)
     return docs
 
 
-def read_file(path: PathLike) -> list[str]:
-    """Read one ``.txt``/``.txt.gz``/``.jsonl`` file into its documents."""
+def read_file(path: PathLike, records: bool = False) -> list:
+    """Read one ``.txt``/``.txt.gz``/``.jsonl`` file into its documents. With ``records``, a
+    JSONL file gives its mlx-lm records (dicts, `records.record_format`) rather than texts."""
     path = Path(path)
     if path.name.lower().endswith(JSONL_SUFFIXES):
-        return _read_jsonl(path)
+        return _read_jsonl(path, records)
     return split_text(_read_text(path))
 
 
-def read_documents(paths: Paths) -> list[str]:
-    """Read files and/or folders into one list of documents, in sorted-file order.
+def read_documents(paths: Paths, records: bool = False) -> list:
+    """Read files and/or folders into one list of documents, in sorted-file order (with
+    ``records``, JSONL files give mlx-lm records: `read_file`).
 
     Raises FileNotFoundError for a missing path (named), OSError for an unreadable file, and
     ValueError when a file is not UTF-8 or when no document at all was found.
@@ -146,7 +160,7 @@ def read_documents(paths: Paths) -> list[str]:
     files = resolve_files(paths)
     docs: list[str] = []
     for f in files:
-        part = read_file(f)
+        part = read_file(f, records)
         logger.debug("read %d documents from %s", len(part), f)
         docs.extend(part)
     if not docs:

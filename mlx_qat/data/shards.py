@@ -48,7 +48,15 @@ from ..fileio import (
     sha256_file,
     sha256_json,
 )
-from .corpus import Paths, check_fractions, read_documents, split_documents
+from .corpus import Paths, check_fractions, read_documents, read_file, split_documents
+from .records import (
+    FOLDER_FILES,
+    RECORDS_VERSION,
+    encode_units,
+    mlx_lm_folder,
+    unit_key,
+    uses_records,
+)
 from .shakespeare import default_corpus
 from .tokenizer import (
     DEFAULT_SETTINGS,
@@ -60,7 +68,7 @@ from .tokenizer import (
 )
 from .tokenizer import train_tokenizer as _train_tokenizer
 from .tokenizer_dir import load_tokenizer as _load_tokenizer
-from .tokenizer_dir import store_tokenizer, tokenizer_sha256
+from .tokenizer_dir import store_tokenizer, tokenizer_kind, tokenizer_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +109,7 @@ class DataBundle:
     test: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
     built: dict[str, bool] = field(default_factory=dict)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def vocab_size(self) -> int:
@@ -158,6 +167,13 @@ class DataBundle:
             )
         return array
 
+    def loss_mask(self, name: str) -> np.ndarray | None:
+        """The uint8 loss mask of split ``name`` beside its tokens (0 on the prompt tokens of
+        completions/chat records, 1 elsewhere: `records.encode_units`), or None when the data
+        has no prompts (every token carries loss)."""
+        self.split(name)
+        return self.masks.get(name)
+
     def tokenizer(self):
         """Load the tokenizer these shards were encoded with (a sentencepiece `Tokenizer` or
         an `HFTokenizer`)."""
@@ -188,6 +204,20 @@ def encode_documents(
         parts.append(np.insert(flat, np.cumsum(lens), tok.eos_id))
         start = stop
     return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
+def split_units(
+    units: Sequence, val_fraction: float, seed: int, test_fraction: float
+) -> tuple[list, list, list]:
+    """`split_documents` of documents and mlx-lm records alike, each hashed by
+    `records.unit_key` (a document by its text, as always)."""
+    keys = [unit_key(u) for u in units]
+    _, val, test = (set(p) for p in split_documents(keys, val_fraction, seed, test_fraction))
+    return (
+        [u for u, k in zip(units, keys) if k not in val and k not in test],
+        [u for u, k in zip(units, keys) if k in val],
+        [u for u, k in zip(units, keys) if k in test],
+    )
 
 
 def _rel(path: Path, start: Path) -> str:
@@ -246,15 +276,24 @@ def load_bundle(
         for s in SPLITS
         if s in manifest["splits"]
     }
+    masks = {  # shards without prompts have none: every token carries loss
+        s: _open_split(path / manifest["splits"][s]["mask"])
+        for s in arrays
+        if "mask" in manifest["splits"][s]
+    }
     if "test" not in arrays:
         logger.info("data %s: no test split (prepared before there was one)", path)
     return DataBundle(
-        path, tok_dir, arrays["train"], arrays["val"], manifest, test=arrays.get("test")
-    )
+        path, tok_dir, arrays["train"], arrays["val"], manifest, test=arrays.get("test"),
+        masks=masks,
+    )  # fmt: skip
 
 
-def _split_stats(docs: Sequence[str], tokens: np.ndarray, file: str) -> dict:
-    text_bytes = sum(len(d.encode("utf-8")) for d in docs)
+def _split_stats(
+    docs: Sequence[str], tokens: np.ndarray, file: str, text_bytes: int | None = None
+) -> dict:
+    if text_bytes is None:
+        text_bytes = sum(len(d.encode("utf-8")) for d in docs)
     return {
         "file": file,
         "documents": len(docs),
@@ -304,7 +343,11 @@ def prepare_data(
     out.mkdir(parents=True, exist_ok=True)
     threads = num_threads or default_threads()
 
-    files = default_corpus(inputs)
+    # A model's own tokenizer reads JSONL as mlx-lm does (text, completions, chat records);
+    # an mlx-lm data folder (train.jsonl, valid.jsonl, test.jsonl) gives the splits as they are.
+    records = tokenizer is not None and tokenizer_kind(tokenizer) == "hf"
+    folder = mlx_lm_folder(inputs)
+    files = list(folder.values()) if folder else default_corpus(inputs)
     t0 = time.perf_counter()
     fingerprint = [
         {"path": str(f), "sha256": sha256_file(f), "bytes": f.stat().st_size} for f in files
@@ -315,16 +358,25 @@ def prepare_data(
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
         "seed": seed,
+        **({"records": RECORDS_VERSION} if records else {}),
+        **({"given_splits": sorted(folder)} if folder else {}),
     }
     timings["hash"] = time.perf_counter() - t0
 
-    cache: dict[str, tuple[list[str], list[str], list[str]]] = {}
+    cache: dict[str, tuple[list, list, list]] = {}
 
-    def splits() -> tuple[list[str], list[str], list[str]]:
+    def splits() -> tuple[list, list, list]:
         if "docs" not in cache:
             t = time.perf_counter()
-            docs = read_documents(files)
-            cache["docs"] = split_documents(docs, val_fraction, seed, test_fraction)
+            if folder:
+                cache["docs"] = tuple(
+                    read_file(folder[s], records) if s in folder else [] for s in SPLITS
+                )
+                docs = [d for part in cache["docs"] for d in part]
+            else:
+                docs = read_documents(files, records)
+                split = split_units if records else split_documents
+                cache["docs"] = split(docs, val_fraction, seed, test_fraction)
             timings["read"] = time.perf_counter() - t
             logger.info(
                 "read %d documents from %d files (%d train, %d val, %d test)",
@@ -374,14 +426,37 @@ def prepare_data(
         logger.info("tokenizer of %s (in %s)", tokenizer, tok_dir)
     tok = _load_tokenizer(tok_dir)
 
-    shard_key = sha256_json({**split_key, "format": SHARD_FORMAT, "tokenizer": tok.sha256})
+    template = getattr(getattr(tok, "hf", None), "chat_template", None) if records else None
+    shard_key = sha256_json(
+        {
+            **split_key,
+            "format": SHARD_FORMAT,
+            "tokenizer": tok.sha256,
+            # the tokenizer's identity leaves the chat template out; chat records depend on it
+            **({"chat_template": sha256_json(template)} if template else {}),
+        }
+    )
     shard_dir = out / f"shards-{shard_key[:16]}"
     if force or not (shard_dir / MANIFEST).is_file():
         split_docs = dict(zip(SPLITS, splits()))
         t = time.perf_counter()
-        arrays = {s: encode_documents(tok, d, threads) for s, d in split_docs.items()}
+        masks: dict[str, np.ndarray] = {}
+        nbytes: dict[str, int | None] = dict.fromkeys(SPLITS)
+        if records:
+            dtype = token_dtype(tok.vocab_size)
+            encoded = {s: encode_units(tok, d, dtype, threads) for s, d in split_docs.items()}
+            arrays = {s: e[0] for s, e in encoded.items()}
+            nbytes = {s: e[2] for s, e in encoded.items()}
+            if any(uses_records(d) for d in split_docs.values()):
+                masks = {s: e[1] for s, e in encoded.items()}
+        else:
+            arrays = {s: encode_documents(tok, d, threads) for s, d in split_docs.items()}
         timings["encode"] = time.perf_counter() - t
-        stats = {s: _split_stats(d, arrays[s], f"{s}.npy") for s, d in split_docs.items()}
+        stats = {
+            s: _split_stats(d, arrays[s], f"{s}.npy", nbytes[s]) for s, d in split_docs.items()
+        }
+        for s, m in masks.items():
+            stats[s].update(mask=f"{s}.mask.npy", prompt_tokens=int(m.size - m.sum()))
         manifest = {
             "format": SHARD_FORMAT,
             "key": shard_key,
@@ -401,6 +476,7 @@ def prepare_data(
             "val_fraction": val_fraction,
             "test_fraction": test_fraction,
             "seed": seed,
+            **({"given_splits": {s: f.name for s, f in folder.items()}} if folder else {}),
             "splits": stats,
             "tokens": {s: stats[s]["tokens"] for s in SPLITS},
             "documents": {s: stats[s]["documents"] for s in SPLITS},
@@ -412,6 +488,9 @@ def prepare_data(
             for s in SPLITS:
                 with atomic_open(tmp / f"{s}.npy") as f:
                     np.save(f, arrays[s])
+                if s in masks:
+                    with atomic_open(tmp / f"{s}.mask.npy") as f:
+                        np.save(f, masks[s])
             atomic_write_json(tmp / MANIFEST, manifest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -428,7 +507,14 @@ def prepare_data(
         atomic_write_json(out / LATEST, pointer)
     docs = bundle.manifest["documents"]
     for split, frac in (("val", val_fraction), ("test", test_fraction)):
-        if split in docs and not docs[split]:
+        if split in docs and not docs[split] and folder:
+            logger.warning(
+                "the %s split is empty: the mlx-lm data folder %s has no %s with records",
+                SPLIT_NAMES[split],
+                inputs if isinstance(inputs, str | os.PathLike) else inputs[0],
+                FOLDER_FILES[split],
+            )
+        elif split in docs and not docs[split]:
             n = sum(docs.values())
             option = f"--{split}-fraction"
             fix = f"raise {option}" if n > 2 and frac > 0 else "add text"
