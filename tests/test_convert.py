@@ -80,6 +80,14 @@ def test_cli_export_loads_generates_and_matches_fake_quant_in_fresh_process(
     assert config["quantization_config"] == config["quantization"]
     card = (out / "README.md").read_text()
     assert "step 3" in card and "passed" in card and f"{ref:.4f}"[:5] in card
+    from huggingface_hub import ModelCard  # the header: mlx-lm's Hub metadata
+
+    meta = ModelCard.load(out / "README.md").data
+    assert (meta.library_name, meta.pipeline_tag, meta.tags) == (
+        "mlx",
+        "text-generation",
+        ["mlx", "mlx_qat"],
+    )
     assert not list(tmp_path.glob("*.tmp-*"))
 
 

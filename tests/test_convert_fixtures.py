@@ -187,3 +187,20 @@ def exported(path) -> dict[str, mx.array]:
 def same(a: mx.array, b: mx.array) -> bool:
     """Same dtype, shape and bits."""
     return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(np.array(a), np.array(b))
+
+
+def small_shards(monkeypatch, max_bytes: int = 20_000) -> None:
+    """Make mlx-lm's `save_model` (the writer `convert` uses) shard at `max_bytes` instead of
+    5 GB: it splits through the module-level `mlx_lm.utils.make_shards`, whose own limit is in
+    whole GB."""
+    import mlx_lm.utils
+
+    def make_shards(weights: dict, max_file_size_gb=None) -> list[dict]:
+        shards: list[dict] = []
+        for k, v in weights.items():
+            if not shards or sum(x.nbytes for x in shards[-1].values()) + v.nbytes > max_bytes:
+                shards.append({})
+            shards[-1][k] = v
+        return shards
+
+    monkeypatch.setattr(mlx_lm.utils, "make_shards", make_shards)

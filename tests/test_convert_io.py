@@ -74,9 +74,10 @@ def test_quantized_mlx_model_dequantizes_for_training(tmp_path, tiny_data, runs)
     assert again.method == "ptq" and again.parity["passed"]
 
 
-def test_sharded_weights_with_index(tmp_path, runs):
+def test_sharded_weights_with_index(tmp_path, runs, monkeypatch):
     run = runs.make(tmp_path / "run")
-    result = convert(run.path, tmp_path / "out", max_file_size_gb=20_000 / 2**30)
+    fx.small_shards(monkeypatch, 20_000)
+    result = convert(run.path, tmp_path / "out")
     names = sorted(result.files)
     n = len(names)
     assert n > 1 and names == [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]

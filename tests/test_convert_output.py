@@ -15,7 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from test_convert_fixtures import REPO
+from test_convert_fixtures import REPO, small_shards
 
 from mlx_qat.cli.convert import main
 from mlx_qat.convert import ConvertError, ParityError, convert
@@ -62,12 +62,14 @@ def test_force_refuses_a_model_dir_with_extra_files(run, tmp_path):
     assert (out / "my_script.py").exists()
 
 
-def test_force_replaces_a_previous_export_or_an_mlx_lm_dir(run, tmp_path):
+def test_force_replaces_a_previous_export_or_an_mlx_lm_dir(run, tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert main([str(run.path), "--mlx-path", str(out), "--no-parity-check", "--quiet"]) == 0
     assert (out / "convert.yaml").exists()  # everything the command writes is replaceable
     (out / ".DS_Store").write_bytes(b"\0")
-    sharded = convert(run.path, out, force=True, max_file_size_gb=20_000 / 2**30)
+    with monkeypatch.context() as m:
+        small_shards(m, 20_000)
+        sharded = convert(run.path, out, force=True)
     assert len(sharded.files) > 1 and not (out / ".DS_Store").exists()
     again = convert(run.path, out, force=True, parity_batches=1)
     assert again.parity["passed"] and list(again.files) == ["model.safetensors"]

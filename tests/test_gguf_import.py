@@ -232,6 +232,13 @@ def test_config_json_round_trips(mixed, tmp_path):
         assert config[key] == value, key
     assert config["bos_token_id"] == 1 and config["eos_token_id"] == 2
     assert llama.ModelArgs.from_dict(config) == llama.ModelArgs.from_dict(cfg)
+    # The model card: mlx-lm's Hub metadata (as `create_model_card` sets it), the source.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.library_name == "mlx" and card.data.pipeline_tag == "text-generation"
+    assert card.data.tags == ["mlx", "mlx_qat", "gguf"]
+    assert f"from the GGUF file `{path.name}`" in card.text and "bit for bit" in card.text
 
 
 def test_quantized_import_keeps_ggml_grid(mixed, tmp_path):

@@ -6,11 +6,11 @@ format flags, spelt as in every mlx_qat verb (`--bits`, `--group-size`, `--mode`
     mlx_qat.convert model.Q4_1.gguf --mlx-path mlx_model [-q] [--dtype float16]
 
 A `.gguf` input (a file named `*.gguf` or starting with the GGUF magic) is imported rather than
-exported (`mlx_qat.convert.gguf.import_gguf`): same output rules, `--force`, `--dtype`,
-`--max-file-size-gb` and check; `-q` keeps its Q4_0/Q4_1/Q8_0 tensors quantized. Flags that
-only mean something for a QAT run (`--bits`, `--group-size`, `--mode`, `--ptq`, `--tokenizer`,
-`--parity-data/-batches`) are refused for it. mlx_lm.convert's `--q-bits`, `--q-group-size`
-and `--q-mode` are read too, for one release.
+exported (`mlx_qat.convert.gguf.import_gguf`): same output rules, `--force`, `--dtype` and
+check; `-q` keeps its Q4_0/Q4_1/Q8_0 tensors quantized. Flags that only mean something for a
+QAT run (`--bits`, `--group-size`, `--mode`, `--ptq`, `--tokenizer`, `--parity-data/-batches`)
+are refused for it. mlx_lm.convert's `--q-bits`, `--q-group-size` and `--q-mode` are read
+too, for one release. Weight files are mlx-lm's (`mlx_lm.utils.save_model`: 5 GB shards).
 
 The resolved settings are written to `<mlx-path>/convert.yaml`. Exit status: 0 done, 1 the
 train = deploy parity check failed, 2 bad input (or usage), an output `--force` may not
@@ -27,7 +27,6 @@ from pathlib import Path
 
 from ..convert.errors import ConvertError, ParityError
 from ..convert.pack import DTYPES
-from ..convert.write import MAX_FILE_SIZE_GB
 from ..quant.spec import MODES
 from .common import HelpFormatter, add_common, add_renamed, run_verb, save_resolved
 
@@ -106,12 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the run's data)",
     )
     p.add_argument("--parity-batches", type=int, help="validation batches (default: the run's)")
-    p.add_argument(
-        "--max-file-size-gb",
-        type=float,
-        default=MAX_FILE_SIZE_GB,
-        help=f"shard size of the weight files (default {MAX_FILE_SIZE_GB:g})",
-    )
     p.add_argument(
         "-q",
         "--quantize",
@@ -211,7 +204,6 @@ def _import_kwargs(opts: dict) -> dict:
         "quantize": bool(opts.get("quantize")),
         "force": bool(opts.get("force")),
         "check": opts.get("parity_check", True),
-        "max_file_size_gb": opts["max_file_size_gb"],
     }
 
 

@@ -51,7 +51,6 @@ from .source import (
 )
 from .tokenizer import REMOTE_CODE_KEYS, check_recorded, save_tokenizer
 from .write import (
-    MAX_FILE_SIZE_GB,
     commit_config,
     file_sizes,
     save_config,
@@ -231,7 +230,6 @@ def convert(
     parity_tolerance: float | None = None,
     parity_data: str | Path | None = None,
     parity_batches: int | None = None,
-    max_file_size_gb: float = MAX_FILE_SIZE_GB,
     tokenizer: str | Path | None = None,
     revision: str | None = None,
 ) -> ConvertResult:
@@ -256,7 +254,6 @@ def convert(
             default: the run's own data from its config.yaml.
         parity_batches: number of validation batches (default: the run's eval batches, at
             most `PARITY_TOKENS` target tokens).
-        max_file_size_gb: shard size of the weight files.
         tokenizer: tokenizer directory to ship (default: the run's tokenizer/, or the mlx-lm
             model's own).
         revision: the hub revision (branch, tag or commit) when `qat_path` is a repo id.
@@ -361,8 +358,8 @@ def convert(
         options=options,
     )
     with staged_dir(mlx_path, force) as tmp:
-        index = save_weights(tmp, model, max_file_size_gb)
-        del model  # the reload below needs the memory more
+        index = save_weights(tmp, model, donate=True)  # the reload below needs the memory
+        del model
         save_tokenizer(tmp, tok_dir, source.vocab_size)
         save_config(tmp, config, pending=True)  # config.json only once verified
         result.num_parameters = int(index["metadata"]["total_parameters"])

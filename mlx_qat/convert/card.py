@@ -1,9 +1,16 @@
-"""The short `README.md` model card written next to an exported model."""
+"""The short `README.md` model cards written next to an exported or imported model.
+
+The YAML header carries mlx-lm's fields (`mlx_lm.utils.create_model_card`: library_name,
+pipeline_tag, the "mlx" tag); that function itself does not fit: mlx-lm 0.28 requires the
+source's Hub card, and it leaves the body empty, where ours reports provenance and the check.
+"""
 
 from __future__ import annotations
 
 import datetime
+import json
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 METHODS = {
     "qat": "QAT: the packed codes, scales and biases are the trained fake-quant grid",
@@ -42,19 +49,30 @@ def _fmt(x: float | None, digits: int = 6) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+def _header(*tags: str) -> list[str]:
+    tag_lines = [f"- {t}" for t in ("mlx", "mlx_qat", *tags)]
+    return ["---", "library_name: mlx", "pipeline_tag: text-generation", "tags:", *tag_lines, "---"]
+
+
+def _usage(mlx_path) -> list[str]:
+    return [
+        "```python",
+        "from mlx_lm import load, generate",
+        "",
+        f'model, tokenizer = load("{mlx_path}")',
+        'print(generate(model, tokenizer, prompt="Hello", max_tokens=50))',
+        "```",
+        "",
+    ]
+
+
 def model_card(result) -> str:
     """Markdown for a `ConvertResult`: provenance, format, size and the parity losses."""
     name = result.mlx_path.rstrip("/").rsplit("/", 1)[-1]
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     step = f", step {result.step}" if result.step is not None else ""
     lines = [
-        "---",
-        "library_name: mlx",
-        "pipeline_tag: text-generation",
-        "tags:",
-        "- mlx",
-        "- mlx_qat",
-        "---",
+        *_header(),
         "",
         f"# {name}",
         "",
@@ -94,16 +112,46 @@ def model_card(result) -> str:
         ]
         if p.get("bits_per_byte") is not None:
             lines.append(f"Exported model: {p['bits_per_byte']:.4f} bits per byte.")
-    lines += [
+    lines += ["", "## Use with mlx", "", *_usage(result.mlx_path)]
+    return "\n".join(lines)
+
+
+def gguf_card(r) -> str:
+    """Markdown for a `GGUFImportResult`: the GGUF source, format, size and the checks."""
+    name = Path(r.mlx_path).name
+    fmt = (
+        "float weights: every tensor dequantized (ggml's grid, exact in float32)"
+        if r.method == "float"
+        else "Q4_0/Q4_1/Q8_0 kept quantized as MLX affine, group size 32 (exact); "
+        f"quantization block: `{json.dumps(r.quantization)}`"
+    )
+    lines = [
+        *_header("gguf"),
         "",
-        "## Use with mlx",
+        f"# {name}",
         "",
-        "```python",
-        "from mlx_lm import load, generate",
+        f"Imported by `mlx_qat.convert` from the GGUF file `{Path(r.source).name}`"
+        + (f" ({r.name})" if r.name else "")
+        + f", sha256 `{r.source_sha256}`.",
         "",
-        f'model, tokenizer = load("{result.mlx_path}")',
-        'print(generate(model, tokenizer, prompt="Hello", max_tokens=50))',
-        "```",
+        f"- GGUF tensors: {', '.join(f'{n} {t}' for t, n in r.tensor_types.items())}",
+        f"- Format: {fmt}",
+        f"- Float parameters: {r.dtype}",
+        f"- Bits per weight: {r.bits_per_weight:.3f}",
+        f"- Size: {r.total_bytes:,} bytes, {r.num_parameters:,} parameters",
         "",
     ]
-    return "\n".join(lines)
+    if r.check_loss is not None:
+        c = r.check_loss
+        lines += [
+            f"Loss {c['loss']:.4f} nats/token on a {c['tokens']}-token English sentence "
+            f"(float32 forward; chance: {c['chance']:.2f}).",
+            "",
+        ]
+    if r.check is not None:
+        lines += [
+            "Checked: the directory loaded by mlx-lm's loader is the model built from the GGUF "
+            f"tensors, {r.check['parameters']} parameter tensors bit for bit.",
+            "",
+        ]
+    return "\n".join(lines + _usage(r.mlx_path))

@@ -54,6 +54,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
 from ..fileio import sha256_file
+from .card import gguf_card
 from .errors import ConvertError, ParityError
 from .finite import check_loss, check_model, check_tensors
 from .gguf_llama import ARCH, check_architecture, llama_config, to_mlx_weights
@@ -64,7 +65,6 @@ from .pack import DTYPES
 from .parity import load_staged
 from .tokenizer import save_tokenizer
 from .write import (
-    MAX_FILE_SIZE_GB,
     commit_config,
     file_sizes,
     save_config,
@@ -247,7 +247,6 @@ def import_gguf(
     quantize: bool = False,
     force: bool = False,
     check: bool = True,
-    max_file_size_gb: float = MAX_FILE_SIZE_GB,
 ) -> GGUFImportResult:
     """Import a llama-architecture GGUF file as an mlx-lm model directory.
 
@@ -260,7 +259,6 @@ def import_gguf(
         quantize: keep Q4_0/Q4_1/Q8_0 tensors quantized (MLX affine, group size 32, exact).
         force: replace an existing `mlx_path` (only a model directory; `output.check_output`).
         check: require the staged directory, loaded by mlx-lm, to be the built model exactly.
-        max_file_size_gb: shard size of the weight files.
 
     Returns:
         A `GGUFImportResult`. Raises `ConvertError` for a bad input (not GGUF, another
@@ -335,7 +333,7 @@ def import_gguf(
                 "the cast overflowed; pass --dtype float32",
             )
             result.bits_per_weight = round(float(compute_bits_per_weight(model)), 4)
-            index = save_weights(tmp, model, max_file_size_gb)
+            index = save_weights(tmp, model)
             save_config(tmp, config, pending=True)  # config.json only once verified
             result.num_parameters = int(index["metadata"]["total_parameters"])
             result.total_bytes = int(index["metadata"]["total_size"])
@@ -347,7 +345,7 @@ def import_gguf(
             del model
             commit_config(tmp)
             result.seconds = round(time.perf_counter() - t0, 3)
-            (tmp / "README.md").write_text(model_card(result), encoding="utf-8")
+            (tmp / "README.md").write_text(gguf_card(result), encoding="utf-8")
             (tmp / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
     logger.info("wrote %s (%.3f bits per weight)", mlx_path, result.bits_per_weight)
     return result
@@ -406,61 +404,4 @@ def summary(r: GGUFImportResult) -> str:
             f"  check            loaded by mlx-lm = built: {r.check['parameters']} parameter "
             "tensors bit for bit, config and formats: ok"
         )
-    return "\n".join(lines)
-
-
-def model_card(r: GGUFImportResult) -> str:
-    """The README.md written next to an imported model."""
-    name = Path(r.mlx_path).name
-    fmt = (
-        "float weights: every tensor dequantized (ggml's grid, exact in float32)"
-        if r.method == "float"
-        else "Q4_0/Q4_1/Q8_0 kept quantized as MLX affine, group size 32 (exact); "
-        f"quantization block: `{json.dumps(r.quantization)}`"
-    )
-    lines = [
-        "---",
-        "library_name: mlx",
-        "pipeline_tag: text-generation",
-        "tags:",
-        "- mlx",
-        "- mlx_qat",
-        "- gguf",
-        "---",
-        "",
-        f"# {name}",
-        "",
-        f"Imported by `mlx_qat.convert` from the GGUF file `{Path(r.source).name}`"
-        + (f" ({r.name})" if r.name else "")
-        + f", sha256 `{r.source_sha256}`.",
-        "",
-        f"- GGUF tensors: {', '.join(f'{n} {t}' for t, n in r.tensor_types.items())}",
-        f"- Format: {fmt}",
-        f"- Float parameters: {r.dtype}",
-        f"- Bits per weight: {r.bits_per_weight:.3f}",
-        f"- Size: {r.total_bytes:,} bytes, {r.num_parameters:,} parameters",
-        "",
-    ]
-    if r.check_loss is not None:
-        c = r.check_loss
-        lines += [
-            f"Loss {c['loss']:.4f} nats/token on a {c['tokens']}-token English sentence "
-            f"(float32 forward; chance: {c['chance']:.2f}).",
-            "",
-        ]
-    if r.check is not None:
-        lines += [
-            "Checked: the directory loaded by mlx-lm's loader is the model built from the GGUF "
-            f"tensors, {r.check['parameters']} parameter tensors bit for bit.",
-            "",
-        ]
-    lines += [
-        "```python",
-        "from mlx_lm import load, generate",
-        "",
-        f'model, tokenizer = load("{r.mlx_path}")',
-        'print(generate(model, tokenizer, prompt="Hello", max_tokens=50))',
-        "```",
-        "",
-    ]
     return "\n".join(lines)

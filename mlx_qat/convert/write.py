@@ -1,9 +1,9 @@
 """Writing an mlx-lm model directory, atomically.
 
-The layout is mlx-lm's own (`mlx_lm.utils.save_model` / `save_config`): `model.safetensors`,
-or `model-0000i-of-0000n.safetensors` shards above `max_file_size_gb`, always with
-`model.safetensors.index.json`; `config.json` sorted, with `"quantization"` mirrored into
-`"quantization_config"`; tokenizer files; `README.md`.
+mlx-lm writes the files (`mlx_lm.utils.save_model` / `save_config`): `model.safetensors`, or
+`model-0000i-of-0000n.safetensors` shards of at most 5 GB (mlx-lm's `MAX_FILE_SIZE_GB`), always
+with `model.safetensors.index.json`; `config.json` sorted, with `"quantization"` mirrored into
+`"quantization_config"`. Beside them: tokenizer files and `README.md`.
 
 `staged_dir` builds everything under `<mlx_path>.tmp-<pid>` and renames it into place only when
 the block finishes without error; the output it replaces is removed only after that rename.
@@ -24,9 +24,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
 
 from ..fileio import fsync_path
 from .errors import ConvertError
@@ -41,7 +39,6 @@ from .output import (
 
 logger = logging.getLogger(__name__)
 
-MAX_FILE_SIZE_GB = 5.0  # mlx-lm's default shard size (mlx_lm.utils.MAX_FILE_SIZE_GB)
 INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
 
@@ -114,41 +111,15 @@ def _fsync_tree(root: Path) -> None:
     fsync_path(root)
 
 
-def make_shards(weights: dict[str, mx.array], max_bytes: int) -> list[dict[str, mx.array]]:
-    """Split weights into shards of at most `max_bytes` (a bigger tensor gets its own shard)."""
-    shards: list[dict[str, mx.array]] = []
-    size = 0
-    for k, v in weights.items():
-        if not shards or size + v.nbytes > max_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][k] = v
-        size += v.nbytes
-    return shards
+def save_weights(path: Path, model: nn.Module, donate: bool = False) -> dict:
+    """Save `model.parameters()` with mlx-lm's `save_model` (shards + index); return the index.
 
+    `donate`: mlx-lm frees the model's arrays as it writes them (the model is unusable after).
+    """
+    from mlx_lm.utils import save_model
 
-def save_weights(path: Path, model: nn.Module, max_file_size_gb: float = MAX_FILE_SIZE_GB) -> dict:
-    """Save `model.parameters()` as mlx-lm does (shards + index); return the index dict."""
-    from mlx_lm.utils import get_total_parameters
-
-    weights = dict(tree_flatten(model.parameters()))
-    shards = make_shards(weights, int(max_file_size_gb * (1 << 30)))
-    n = len(shards)
-    fmt = "model-{:05d}-of-{:05d}.safetensors" if n > 1 else "model.safetensors"
-    weight_map: dict[str, str] = {}
-    for i, shard in enumerate(shards):
-        name = fmt.format(i + 1, n)
-        mx.save_safetensors(str(path / name), shard, metadata={"format": "mlx"})
-        weight_map.update(dict.fromkeys(shard, name))
-    index = {
-        "metadata": {
-            "total_size": sum(v.nbytes for v in weights.values()),
-            "total_parameters": get_total_parameters(model),
-        },
-        "weight_map": dict(sorted(weight_map.items())),
-    }
-    (path / INDEX).write_text(json.dumps(index, indent=4), encoding="utf-8")
-    return index
+    save_model(path, model, donate_model=donate)
+    return json.loads((path / INDEX).read_text(encoding="utf-8"))
 
 
 def save_config(path: Path, config: dict, pending: bool = False) -> None:
