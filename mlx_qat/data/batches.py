@@ -10,6 +10,11 @@ a start offset (so window boundaries move between epochs) and a permutation of t
 Global window ``g = step * batch_size + i`` is window ``perm_e[g % n]`` of epoch ``g // n``, so
 ``batch(step)`` is a pure function of ``(tokens, batch_size, seq_len, seed, step)``: a resumed
 run only needs the step number, and any step is reached in O(1) (plus one O(n) permutation).
+
+With a loss ``mask`` beside the tokens (`DataBundle.loss_mask`: 0 on prompt tokens), a training
+batch is the pair ``(tokens, weights)``: ``weights`` float32 ``(batch_size, seq_len)`` is the
+mask of the targets (``mask`` over the same windows, ``[:, 1:]``), what `train.step` averages the
+loss with (`--mask-prompt`).
 """
 
 from __future__ import annotations
@@ -45,9 +50,19 @@ class TokenBatches:
     ``state(step)`` / ``from_state`` round-trip the only state there is.
     """
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int = 0):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        seed: int = 0,
+        mask: np.ndarray | None = None,
+    ):
         _check(tokens, batch_size, seq_len)
+        if mask is not None and np.shape(mask) != np.shape(tokens):
+            raise ValueError(f"mask shape {np.shape(mask)} is not the tokens' {np.shape(tokens)}")
         self.tokens = tokens
+        self.mask = mask
         self.batch_size = int(batch_size)
         self.seq_len = int(seq_len)
         self.seed = int(seed)
@@ -80,9 +95,14 @@ class TokenBatches:
             out[sel] = offset + perm[index[sel]] * self.seq_len
         return out
 
-    def batch(self, step: int) -> mx.array:
-        """The batch for ``step``: int32 ``(batch_size, seq_len + 1)``."""
-        return _gather(self.tokens, self.starts(step), self.seq_len + 1)
+    def batch(self, step: int) -> mx.array | tuple[mx.array, mx.array]:
+        """The batch for ``step``: int32 ``(batch_size, seq_len + 1)``; with a ``mask``, the
+        pair (that batch, float32 ``(batch_size, seq_len)`` weights of its targets)."""
+        starts = self.starts(step)
+        tokens = _gather(self.tokens, starts, self.seq_len + 1)
+        if self.mask is None:
+            return tokens
+        return tokens, _gather(self.mask, starts + 1, self.seq_len).astype(mx.float32)
 
     def epoch(self, step: int) -> int:
         """The epoch the first window of batch ``step`` belongs to."""

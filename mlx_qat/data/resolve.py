@@ -11,6 +11,7 @@
 * `copy_tokenizer` makes `<run>/tokenizer/` the tokenizer the run's data was encoded with,
   checked by hash (`tokenizer_sha256`): a stale one left by an earlier attempt is replaced.
 * `check_split` names a missing, empty or too-small split and the fix, before any batch is cut.
+* `train_loss_mask`: the training split's prompt mask for `--mask-prompt`, or the fix.
 * `open_eval_data` opens the data `mlx_qat.eval` scores with (its validation or test split).
 """
 
@@ -173,6 +174,23 @@ def check_split(bundle, split: str, seq_len: int) -> None:
         f"{where} has {tokens} tokens ({docs} documents), fewer than one window of seq_len + 1 "
         f"= {seq_len + 1}; use a shorter --seq-len or more text"
     )
+
+
+def train_loss_mask(bundle, mask_prompt: bool):
+    """The training split's loss mask for `--mask-prompt` (None without it); ValueError naming
+    the data and the fix when the data has no prompts to mask (text only, or prepared before
+    masks existed)."""
+    if not mask_prompt:
+        return None
+    mask = bundle.loss_mask("train")
+    if mask is None:
+        raise ValueError(
+            f"--mask-prompt: data {bundle.path} has no prompts to mask (text only, or "
+            "prepared before prompt masks); prepare mlx-lm completions/chat JSONL with the "
+            "model's tokenizer (mlx_qat.data --input DIR --tokenizer MODEL_DIR), or drop "
+            "--mask-prompt"
+        )
+    return mask
 
 
 def copy_tokenizer(bundle, run_dir: str | os.PathLike) -> Path:

@@ -65,7 +65,7 @@ _NOT_HASHED = {
 _HASHED_WHEN_SET = ("objective", "kd_temperature", "kd_weight", "teacher_dtype", "quant_overrides")
 _HASHED_WHEN_SET += ("lr_control", "trs_lambda", "trs_momentum", "trs_granularity", "trs_u0",
                      "trs_eta", "scale_grad", "train", "master_dtype",
-                     "weight_lr_scale", "revision", "cooldown_mode")  # fmt: skip
+                     "weight_lr_scale", "mask_prompt", "revision", "cooldown_mode")  # fmt: skip
 # Settings a resumed run may change with `reschedule` (e.g. after a divergence): they shape the
 # LR and the update from the resumed step on, not the plan, the model or the data.
 SCHEDULE_FIELDS = (
@@ -165,6 +165,13 @@ class TrainConfig:
         DEFAULT_VOCAB_SIZE,
         "tokenizer vocabulary when the data is built here (ignored with a --model that has "
         "its own tokenizer)",
+        "data",
+    )
+    mask_prompt: bool = _f(
+        False,
+        "train on the completions only (mlx-lm's --mask-prompt): the prompt tokens of "
+        "completions/chat records carry no loss in ce, kd and mix (evaluations score every "
+        "token); needs data with such records (mlx_qat.data --tokenizer MODEL_DIR)",
         "data",
     )
     # model

@@ -105,10 +105,12 @@ class Group:
                 "of every global batch)"
             )
 
-    def rows(self, batch: mx.array) -> mx.array:
-        """This rank's rows of a global batch."""
+    def rows(self, batch):
+        """This rank's rows of a global batch (of each array of a `(tokens, weights)` pair)."""
         if self.size == 1:
             return batch
+        if isinstance(batch, tuple):
+            return tuple(self.rows(b) for b in batch)
         k = batch.shape[0] // self.size
         return batch[self.rank * k : (self.rank + 1) * k]
 

@@ -44,6 +44,7 @@ from ..models.build import make_model
 from ..prepare import is_quantizer_param
 from .config import OBJECTIVES
 from .kd import hidden_and_head, kd_head_per_token, kd_per_token, split_head
+from .step import masked_mean
 
 logger = logging.getLogger(__name__)
 
@@ -55,24 +56,28 @@ def objective_loss(
     objective: str = "kd",
     temperature: float = 1.0,
     weight: float = 0.5,
+    weights: mx.array | None = None,
 ) -> mx.array:
-    """The mean loss of `objective` ("ce", "kd" or "mix") over every target token (float32)."""
+    """The mean loss of `objective` ("ce", "kd" or "mix") over every target token (float32);
+    with `weights` (the targets' shape, 0 on prompt tokens), over the tokens of weight 1
+    (`step.masked_mean`)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective={objective!r}: choose one of {', '.join(OBJECTIVES)}")
     ce = kd = None
     if objective != "kd":
-        ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="mean")
+        ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="none")
+        ce = masked_mean(ce, weights)
     if objective != "ce":
         if teacher_logits is None:
             raise ValueError(f"objective={objective!r}: needs the teacher's logits")
-        kd = kd_per_token(logits, teacher_logits, temperature).mean()
+        kd = masked_mean(kd_per_token(logits, teacher_logits, temperature), weights)
     if objective == "mix":
         return (1.0 - weight) * ce + weight * kd
     return ce if objective == "ce" else kd
 
 
 def make_loss(teacher: nn.Module | None, cfg, student: nn.Module | None = None) -> Callable | None:
-    """`loss(model, inputs, targets)` of `cfg.objective` against `teacher` for
+    """`loss(model, inputs, targets, weights=None)` of `cfg.objective` against `teacher` for
     `step.make_step`; None (the step's cross-entropy) for "ce" or without a teacher.
 
     With `student` (the model the loss will be called with) and the `kd` objective, when both
@@ -83,18 +88,18 @@ def make_loss(teacher: nn.Module | None, cfg, student: nn.Module | None = None) 
     objective, temperature, weight = cfg.objective, cfg.kd_temperature, cfg.kd_weight
     if objective == "kd" and student is not None and split_head(student) and split_head(teacher):
 
-        def chunked(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
+        def chunked(model: nn.Module, inputs: mx.array, targets: mx.array, weights=None):
             ht, wt = (mx.stop_gradient(a) for a in hidden_and_head(teacher, inputs))
             h, w = hidden_and_head(model, inputs)
-            return kd_head_per_token(h, w, ht, wt, temperature).mean()
+            return masked_mean(kd_head_per_token(h, w, ht, wt, temperature), weights)
 
         logger.info("kd: logits formed a chunk of tokens at a time (kd.kd_head_per_token)")
         return chunked
 
-    def loss(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
+    def loss(model: nn.Module, inputs: mx.array, targets: mx.array, weights=None) -> mx.array:
         teacher_logits = mx.stop_gradient(teacher(inputs))
         return objective_loss(
-            model(inputs), teacher_logits, targets, objective, temperature, weight
+            model(inputs), teacher_logits, targets, objective, temperature, weight, weights
         )
 
     return loss

@@ -1,7 +1,8 @@
 """The training step: loss, gradients, clipping and the AdamW update, compiled.
 
 `make_step(model, optimizer, grad_clip, accum, compile)` returns `step(batches) -> (loss,
-grad_norm)` for a list of `accum` micro-batches ((B, T+1) int32 each). With one micro-batch
+grad_norm)` for a list of `accum` micro-batches ((B, T+1) int32 each, or `(tokens, weights)`
+pairs whose (B, T) weights mask the loss: `--mask-prompt`). With one micro-batch
 the whole step is one `mx.compile`d function whose inputs and outputs are the model, optimizer
 and RNG state; with several, a compiled `loss+grad` per micro-batch is evaluated one at a time
 (so activations of only one micro-batch are alive), the gradients are averaged, and a compiled
@@ -30,10 +31,33 @@ import mlx.optimizers as optim
 from mlx.utils import tree_map, tree_reduce
 
 
-def loss_fn(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
-    """Mean next-token cross-entropy (nats), computed in float32."""
+def masked_mean(per_token: mx.array, weights: mx.array | None) -> mx.array:
+    """Σ wᵢ·lᵢ / Σ wᵢ: the mean over the tokens that carry loss (`weights` 1, the prompt 0);
+    the plain mean without `weights`. A batch of prompt tokens only has loss 0 (no gradient)."""
+    if weights is None:
+        return per_token.mean()
+    w = weights.astype(mx.float32)
+    return (per_token * w).sum() / mx.maximum(w.sum(), 1.0)
+
+
+def loss_fn(
+    model: nn.Module, inputs: mx.array, targets: mx.array, weights: mx.array | None = None
+) -> mx.array:
+    """Mean next-token cross-entropy (nats), computed in float32; with `weights` (B, T), the
+    mean over the targets of weight 1 (`masked_mean`: `--mask-prompt`)."""
     logits = model(inputs).astype(mx.float32)
-    return nn.losses.cross_entropy(logits, targets, reduction="mean")
+    if weights is None:
+        return nn.losses.cross_entropy(logits, targets, reduction="mean")
+    return masked_mean(nn.losses.cross_entropy(logits, targets, reduction="none"), weights)
+
+
+def _loss_args(batch) -> tuple:
+    """(inputs, targets) of a (B, T+1) token batch; (inputs, targets, weights) of a
+    `(tokens, weights)` pair (`TokenBatches` with a loss mask)."""
+    if isinstance(batch, tuple | list):
+        tokens, weights = batch
+        return tokens[:, :-1], tokens[:, 1:], weights
+    return batch[:, :-1], batch[:, 1:]
 
 
 def global_norm(grads) -> mx.array:
@@ -73,7 +97,8 @@ def make_step(
             grads)` (once per optimizer step, on the averaged, clipped gradients); its
             `update.state` (arrays it carries between steps) is compiled in with the model's
             (the QAT phase's transition statistics and TRS: `trs.QATUpdate`).
-        loss: `loss(model, inputs, targets) -> mean loss` to minimise instead of `loss_fn`
+        loss: `loss(model, inputs, targets, weights=None) -> mean loss` to minimise instead
+            of `loss_fn` (called with `weights` only for batches that carry them)
             (the distillation objectives: `distill.make_loss`; a teacher it calls is
             captured by the compiled step as constants, not traced again).
     """
@@ -96,7 +121,7 @@ def make_step(
     if accum == 1:
 
         def fused(batch):
-            loss, grads = loss_and_grad(model, batch[:, :-1], batch[:, 1:])
+            loss, grads = loss_and_grad(model, *_loss_args(batch))
             grads, norm = _clip(average(grads), grad_clip)
             update(model, optimizer, grads)
             return mean_loss(loss), norm
@@ -111,7 +136,7 @@ def make_step(
         return step
 
     def micro(batch):
-        return loss_and_grad(model, batch[:, :-1], batch[:, 1:])
+        return loss_and_grad(model, *_loss_args(batch))
 
     def apply(grads):
         grads, norm = _clip(average(grads), grad_clip)

@@ -212,9 +212,11 @@ class Trainer:
 
     def _open_batches(self) -> None:
         from ..data import TokenBatches, eval_batches
+        from ..data.resolve import train_loss_mask
 
         cfg, b = self.cfg, self.bundle
-        self.batches = TokenBatches(b.train, cfg.batch_size, cfg.seq_len, cfg.seed)
+        mask = train_loss_mask(b, cfg.mask_prompt)  # --mask-prompt: prompts carry no loss
+        self.batches = TokenBatches(b.train, cfg.batch_size, cfg.seq_len, cfg.seed, mask)
         self.val = list(eval_batches(b.val, cfg.batch_size, cfg.seq_len, cfg.eval_batches))
         # The result's numbers: a larger sample than the periodic evals (the PTQ gap of a small
         # model is a few hundredths of a nat, so 16 batches leave a few % of noise in it).
