@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up: a venv in .venv with mlx_qat (editable) and its test extras, plus Debian's
+# Idempotent set-up: a venv in .venv with mlx_qat (editable) and its test extras (track: wandb,
+# for tests/test_report.py), plus Debian's
 # OpenBLAS on Linux (MLX's CPU wheel ships the reference BLAS, ~20x slower for matmuls).
 # Sourced by scripts/main.sh and scripts/test.sh; safe to run again.
 set -euo pipefail
@@ -11,7 +12,7 @@ fi
 stamp=.venv/.mlx_qat-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev,fit]"
+  .venv/bin/python -m pip install -q -e ".[dev,fit,track]"
   touch "$stamp"
 fi
 if [ "$(uname -s)" = Linux ] && ! ldconfig -p 2>/dev/null | grep -q 'libopenblas.so.0 '; then

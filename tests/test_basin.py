@@ -285,7 +285,7 @@ def test_references_of_a_fine_tune_and_of_a_distillation_run(tiny_data_dir, tmp_
     t = Trainer(cfg)
     t.setup()
     t.run()
-    assert t.basin_state["switch_step"] == 0 and read_metrics(tmp_path / "ft", "basin_reference")
+    assert t.basin.state["switch_step"] == 0 and read_metrics(tmp_path / "ft", "basin_reference")
     again = reference_weights(t, at_switch=False)
     for p, w in t.basin.ref.items():
         assert mx.array_equal(w, weights[f"{p}.weight"]) and mx.array_equal(again[p], w), p

@@ -51,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true", help="print the plan and the estimated time only"
     )
+    p.add_argument(
+        "--report-to",
+        metavar="TRACKER",
+        help="every run also reports its metrics.jsonl records to an experiment tracker through "
+        "mlx-lm: wandb or swanlab (comma-separated for both; pip install wandb / swanlab)",
+    )
+    p.add_argument(
+        "--project-name", help="the tracker's project (default: the sweep folder's name)"
+    )
     add_common(p)
     return p
 
@@ -93,6 +102,10 @@ def _run(opts: dict) -> int:
         raise ValueError("give the sweep file: mlx_qat.sweep SWEEP.yaml (or sweep_tiny)")
     if opts["jobs"] < 1:
         raise ValueError(f"--jobs {opts['jobs']}: must be >= 1")
+    if opts.get("report_to"):
+        from ..train.report import tracker_names
+
+        tracker_names(opts["report_to"])  # installed? before anything is written
     opts["sweep"] = str(config_file(opts["sweep"], "sweep file"))
     sweep = sw.load_sweep(opts["sweep"])
     shard = sw.Shard.parse(opts["shard"]) if opts.get("shard") else None
@@ -141,7 +154,9 @@ def _train(sweep, trunks, shard, opts: dict) -> int:
                 flush=True,
             )
 
-    rows = sw.run_sweep(sweep, jobs=opts["jobs"], on_event=event, shard=shard)
+    rows = sw.run_sweep(
+        sweep, opts["jobs"], event, shard, opts.get("report_to"), opts.get("project_name")
+    )
     print(f"mlx_qat.sweep: {len(rows)} rows in {path}")
     if shard:
         print(f"merge the shards (copied into one folder) with: mlx_qat.fit {sweep.out}")

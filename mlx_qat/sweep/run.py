@@ -111,6 +111,7 @@ def _finished_result(cfg: TrainConfig) -> dict | None:
         return None
     result = json.loads(path.read_text(encoding="utf-8"))
     done = result.get("steps") == result["plan"]["total_steps"]
+    done = done and (not cfg.fp_twin or "twin" in result)  # killed while its twin trained
     return result if done and result.get("config_hash") == cfg.hash() else None
 
 
@@ -119,7 +120,14 @@ def results_path(sweep: Sweep, shard: Shard | None = None) -> Path:
     return shard.results(sweep.out) if shard else sweep.out / RESULTS
 
 
-def run_sweep(sweep: Sweep, jobs: int = 1, on_event=None, shard: Shard | None = None) -> list[dict]:
+def run_sweep(
+    sweep: Sweep,
+    jobs: int = 1,
+    on_event=None,
+    shard: Shard | None = None,
+    report_to: str | None = None,
+    project_name: str | None = None,
+) -> list[dict]:
     """Train every run of `sweep` (of `shard`'s trunks) that has no row yet; returns all rows
     of the results file (the shard's).
 
@@ -128,6 +136,9 @@ def run_sweep(sweep: Sweep, jobs: int = 1, on_event=None, shard: Shard | None = 
         jobs: runs side by side (1: in this process; more: one subprocess each).
         on_event: `on_event(kind, job, info)` for progress ("start", "done", "skip").
         shard: train only this share of the trunks (`Shard.parse("0/2")`).
+        report_to: every run also reports its metrics to this tracker ("wandb", "swanlab";
+            `train/report.py`), in the project `project_name` (default: the sweep folder's
+            name). Neither changes a run's config hash.
 
     Raises FolderBusy while another sweep writes the folder, and ValueError when the folder
     holds another study (`folder.py`).
@@ -142,10 +153,13 @@ def run_sweep(sweep: Sweep, jobs: int = 1, on_event=None, shard: Shard | None = 
         )
     check_same_sweep(sweep)
     with lock_folder(sweep.out, shard):
-        return _run_locked(sweep, jobs, on_event, shard)
+        report = {}
+        if report_to:
+            report = {"report_to": report_to, "project_name": project_name or sweep.out.name}
+        return _run_locked(sweep, jobs, on_event, shard, report)
 
 
-def _run_locked(sweep: Sweep, jobs: int, on_event, shard: Shard | None) -> list[dict]:
+def _run_locked(sweep: Sweep, jobs: int, on_event, shard: Shard | None, report: dict) -> list[dict]:
     path = results_path(sweep, shard)
     trunks = plan_trunks(sweep)
     trunks = shard.take(trunks, warn=False) if shard else trunks  # the CLI warned
@@ -164,7 +178,7 @@ def _run_locked(sweep: Sweep, jobs: int, on_event, shard: Shard | None) -> list[
         event("done", job, result)
 
     def start(job: Job) -> dict:
-        cfg = _ready_config(job)
+        cfg = replace(_ready_config(job), **report)
         result = _finished_result(cfg)
         if result is None:
             event("start", job, cfg)

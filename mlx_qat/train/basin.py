@@ -55,9 +55,10 @@ Memory: one copy of the QAT layers' weights at the switch, or none when the teac
 holds them (objective kd/mix in the model's own dtype, its teacher the switch weights); the
 step-memory check counts it (`basin_reference_bytes`).
 
-Resume: L_ref, ε, SE, the PTQ gap and T_enter are in every checkpoint's state.json
-(`basin`); w_fp is read again from the switch checkpoint (which the trainer always keeps;
-rank 0 reads it, the other ranks receive it) or the `--model` directory.
+Resume: L_ref, ε, SE, the PTQ gap and T_enter are the monitor's own state (it is a
+`TrainingCallback`, `callbacks.py`), in every checkpoint's state.json (`basin`); w_fp is read
+again from the switch checkpoint (which the trainer always keeps; rank 0 reads it, the other
+ranks receive it) or the `--model` directory.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ from ..checkpoint import CHECKPOINTS, load_checkpoint, step_dir_name
 from ..eval_modes import basin_level, batch_losses, eval_mode
 from ..models.build import make_model
 from ..prepare import qat_layers
+from .callbacks import TrainingCallback
 from .distill import make_loss
 from .step import loss_fn
 
@@ -132,12 +134,43 @@ def track_reentry(state: dict, step: int, ev: dict, metrics) -> bool:
     return True
 
 
-class BasinMonitor:
-    """The monitor of one run; its state lives in the trainer (`basin_state`, saved in every
-    checkpoint), its reference weights here (`ref`: {QAT layer path: w_fp})."""
+class BasinMonitor(TrainingCallback):
+    """The monitor of one run, a trainer feature: its state (`state`: L_ref, ε, SE, the PTQ
+    gap, T_enter; saved in every checkpoint as "basin") and its reference weights (`ref`:
+    {QAT layer path: w_fp}) are its own."""
+
+    name = "basin"
 
     def __init__(self, ref: dict[str, mx.array] | None = None):
         self.ref = ref
+        self.state: dict | None = None  # None until the switch
+
+    def state_dict(self) -> dict | None:
+        return self.state
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self.state = state
+
+    def on_train_begin(self, t) -> None:
+        """A run resumed in the QAT phase: read the reference back."""
+        if t.phase != "qat":
+            return
+        self.ref = reference_weights(t, at_switch=False)
+        if self.state is None:
+            logger.warning(
+                "basin monitor: the checkpoint has no basin reference (the monitor was off at "
+                "the switch): inward cosines only, no re-entry step"
+            )
+
+    def on_phase_switch(self, t) -> None:
+        self.begin(t)
+
+    def on_eval(self, t, step: int, info: dict) -> dict | None:
+        return self.observe(t, info)
+
+    def on_train_end(self, t, result: dict) -> dict | None:
+        st = self.state
+        return {"basin_reentry_step": st.get("reentry_step") if st else None, "basin": st}
 
     def measure(self, t, loss: Loss | None = None) -> dict:
         """The inward cosines of trainer `t`'s model now (module header), of the training
@@ -164,7 +197,7 @@ class BasinMonitor:
             q_mean, q = batch_losses(model, t.val, bpt)
         eps, se = basin_level(q, fp)
         gap = q_mean - fp_mean
-        t.basin_state = {
+        self.state = {
             "switch_step": t.step,
             "ref_loss": t.last_eval["fp"]["loss"],
             "eps": eps,
@@ -173,10 +206,10 @@ class BasinMonitor:
             "outside": gap > eps,
             "reentry_step": None,
         }
-        t.metrics.write({"kind": "basin_reference", "step": t.step, **t.basin_state,
+        t.metrics.write({"kind": "basin_reference", "step": t.step, **self.state,
                          **self.measure(t)})  # fmt: skip
         logger.info("basin monitor: L_ref %.4f, eps %.4f, PTQ gap %.4f (%s the basin)",
-                    t.basin_state["ref_loss"], eps, gap, "outside" if gap > eps else "inside")  # fmt: skip
+                    self.state["ref_loss"], eps, gap, "outside" if gap > eps else "inside")  # fmt: skip
 
     def observe(self, t, ev: dict) -> dict:
         """At a periodic evaluation `ev` of the QAT phase: the cosines for its line ({}
@@ -184,19 +217,19 @@ class BasinMonitor:
         if t.phase != "qat":
             return {}
         out = self.measure(t)
-        if t.basin_state is not None:
-            track_reentry(t.basin_state, t.step, ev, t.metrics)
+        if self.state is not None:
+            track_reentry(self.state, t.step, ev, t.metrics)
         return out
 
 
-def basin_monitor_for(t) -> BasinMonitor | None:
-    """Trainer `t`'s monitor (None when `basin_monitor` is off, or for a run whose QAT phase
-    has fake quant off), its reference read back when `t` resumed in the QAT phase.
+def basin_monitor_for(cfg, plan) -> BasinMonitor | None:
+    """The monitor of a run of `cfg` and `plan` (None when `basin_monitor` is off, or for a
+    run whose QAT phase has fake quant off); a resumed run's reference is read back in its
+    `on_train_begin`.
 
     Raises:
         ValueError: a from-scratch run without an FP phase (no float model to compare with).
     """
-    cfg, plan = t.cfg, t.plan
     if not cfg.basin_monitor:
         return None
     if cfg.ablate_qat or plan.qat_steps == 0:
@@ -208,15 +241,7 @@ def basin_monitor_for(t) -> BasinMonitor | None:
             "run has no FP phase; give --model DIR (fine-tuning), a --qat-fraction below 1, "
             "or leave out --basin-monitor"
         )
-    monitor = BasinMonitor()
-    if t.phase == "qat":
-        monitor.ref = reference_weights(t, at_switch=False)
-        if t.basin_state is None:
-            logger.warning(
-                "basin monitor: the checkpoint has no basin reference (the monitor was off at "
-                "the switch): inward cosines only, no re-entry step"
-            )
-    return monitor
+    return BasinMonitor()
 
 
 def _teacher_is_reference(cfg, plan) -> bool:
@@ -259,11 +284,3 @@ def reference_weights(t, at_switch: bool) -> dict[str, mx.array]:
         ckpt = load_checkpoint(source, optimizer=False)
         weights = {p: ckpt.weights[f"{p}.weight"] for p in paths}
     return t.dist.broadcast_arrays(weights, "basin reference weights")
-
-
-def basin_result(t) -> dict:
-    """The result.json entries of trainer `t`'s monitor ({} when it is off)."""
-    if getattr(t, "basin", None) is None:
-        return {}
-    st = t.basin_state
-    return {"basin_reentry_step": st.get("reentry_step") if st else None, "basin": st}

@@ -59,6 +59,8 @@ _NOT_HASHED = {
     "cache_limit_mb",
     "dist_timeout",
     "basin_monitor",  # observes: training is bit-identical with it (tests/test_basin.py)
+    "report_to",  # observes too: metrics.jsonl's records, also sent to a tracker (report.py)
+    "project_name",
 }
 # Fields added after runs existed: left out of the hash while at their default, so that those
 # runs keep their hash (resume, sweep rows). A default never changes meaning, so this is exact.
@@ -127,6 +129,13 @@ class TrainConfig:
     )
     seed: int = _f(0, "seed of the model init and the data order", "run")
     quiet: bool = _f(False, "no progress bar or per-eval lines", "eval")
+    report_to: str | None = _f(
+        None,
+        "also report metrics.jsonl's records to an experiment tracker through mlx-lm: wandb "
+        "or swanlab (comma-separated for both; pip install wandb / swanlab)",
+        "eval",
+    )
+    project_name: str | None = _f(None, "the tracker's project (with --report-to)", "eval")
     plot: bool = _f(False, "draw <out>/loss.png at the end (needs matplotlib)", "eval")
     fp_twin: bool = _f(
         False,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 METRICS = "metrics.jsonl"
@@ -44,10 +45,17 @@ def _clean(value):
 class MetricsWriter:
     """Appends records to `run_dir/metrics.jsonl` (line-buffered, flushed per record)."""
 
-    def __init__(self, run_dir: str | os.PathLike, keep_lines: int | None = None):
-        """Open for appending; with `keep_lines`, first truncate to that many lines."""
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        keep_lines: int | None = None,
+        on_write: Callable[[dict], None] | None = None,
+    ):
+        """Open for appending; with `keep_lines`, first truncate to that many lines.
+        `on_write(record)` is called with each record as written (NaN/inf as strings)."""
         self.path = Path(run_dir) / METRICS
         self.lines = 0
+        self.on_write = on_write
         if keep_lines is not None and self.path.exists():
             kept = self.path.read_text(encoding="utf-8").splitlines(keepends=True)[:keep_lines]
             tmp = self.path.with_name(f"{METRICS}.tmp-{os.getpid()}")
@@ -63,9 +71,12 @@ class MetricsWriter:
 
     def write(self, record: dict) -> None:
         """Append one record."""
-        self._f.write(json.dumps(_clean(record)) + "\n")
+        record = _clean(record)
+        self._f.write(json.dumps(record) + "\n")
         self._f.flush()
         self.lines += 1
+        if self.on_write is not None:
+            self.on_write(record)
 
     def close(self) -> None:
         self._f.close()

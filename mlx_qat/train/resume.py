@@ -27,15 +27,16 @@ from mlx.utils import tree_flatten
 from ..checkpoint import CheckpointError, qat_config_of
 from ..models.build import model_dir_sha256
 from ..prepare import set_fake_quant
+from .callbacks import callback_states
 from .config import DATA_FIELDS, SCHEDULE_FIELDS
 from .optim import load_optimizer_arrays, optimizer_arrays
 
 logger = logging.getLogger(__name__)
 
-# The trainer's position: what a checkpoint restores besides the arrays, and what the other
-# ranks take from rank 0.
+# The trainer's position: what a checkpoint restores besides the arrays and its callbacks'
+# states (`callbacks.py`), and what the other ranks take from rank 0.
 POSITION = ("step", "phase", "tokens_seen", "elapsed", "last_eval", "last_eval_step",
-            "last_test", "rescheduled", "qat_update_state", "basin_state")  # fmt: skip
+            "last_test", "rescheduled")  # fmt: skip
 
 
 def check_resume(ckpt, cfg, run_dir: Path) -> dict:
@@ -170,22 +171,24 @@ def trainer_state(t) -> dict:
         "metrics_lines": t.metrics.lines,
         "elapsed_s": t.elapsed,
         "world_size": t.dist.size,
-        "qat_update": t.qat_update.to_json() if t.qat_update else None,
-        "basin": t.basin_state,  # the basin monitor's reference and re-entry (basin.py)
+        # each feature's own state (callbacks.py): "qat_update" (trs.py), "basin" (basin.py)
+        **callback_states(t.callbacks),
     }
 
 
-def restore_checkpoint(t, ckpt) -> int | None:
-    """Check `ckpt` against trainer `t`'s run and load its weights, optimizer and position
-    into `t` (no file is written); returns the metrics lines to keep (None for a branch)."""
+def restore_checkpoint(t, ckpt) -> tuple[dict, int | None]:
+    """Check `ckpt` against trainer `t`'s run and load its weights and optimizer state into
+    `t`'s model and optimizer (no file is written); returns the position to continue from
+    (`POSITION` and "callbacks": each named callback's state) and the metrics lines to keep
+    (None for a branch)."""
     st, cfg = ckpt.state, t.cfg
-    t.rescheduled = {}
+    rescheduled = {}
     if cfg.branch_from:
         check_branch(ckpt, cfg, t.plan, t.model_config, t.qcfg)
     else:
         changed = check_resume(ckpt, cfg, t.run_dir)
         if changed:
-            t.rescheduled = {"changed": changed}
+            rescheduled = {"changed": changed}
             logger.warning("reschedule: from step %s, %s", st["step"], changed)
     if t.bundle is not None:
         check_data(ckpt, t.bundle)
@@ -197,30 +200,37 @@ def restore_checkpoint(t, ckpt) -> int | None:
             f"checkpoint {ckpt.path}: does not match this model ({e}); resume with the "
             "run's own config or start a new run"
         ) from None
-    t.step, t.phase = int(st["step"]), st["phase"]
-    t.tokens_seen = int(st.get("tokens_seen", t.step * cfg.tokens_per_step))
-    t.elapsed = float(st.get("elapsed_s", 0.0))
-    t.last_eval = st.get("eval") or {}
-    t.last_eval_step = int(st.get("eval_step", -1))
-    # None for a checkpoint saved before the run's end (or before the test split existed)
-    t.last_test = st.get("test")
-    # the QAT phase's transition statistics and TRS state (trs.py); None before the switch
-    t.qat_update_state = st.get("qat_update")
-    t.basin_state = st.get("basin")  # the basin monitor's (basin.py); None before the switch
+    step = int(st["step"])
+    position = {
+        "step": step,
+        "phase": st["phase"],
+        "tokens_seen": int(st.get("tokens_seen", step * cfg.tokens_per_step)),
+        "elapsed": float(st.get("elapsed_s", 0.0)),
+        "last_eval": st.get("eval") or {},
+        "last_eval_step": int(st.get("eval_step", -1)),
+        # None for a checkpoint saved before the run's end (or before the test split existed)
+        "last_test": st.get("test"),
+        "rescheduled": rescheduled,
+        # e.g. the transition statistics and TRS (trs.py), the basin monitor's (basin.py);
+        # None before the switch
+        "callbacks": {cb.name: st.get(cb.name) for cb in t.callbacks if cb.name},
+    }
     set_fake_quant(t.model, bool(ckpt.qat.get("fake_quant")))
     mx.eval(t.model.parameters(), t.optimizer.state)
     how = "branched from" if cfg.branch_from else "resumed from"
-    logger.info("%s %s (step %d, phase %s)", how, ckpt.path, t.step, t.phase)
-    return None if cfg.branch_from else int(st.get("metrics_lines", 0))
+    logger.info("%s %s (step %d, phase %s)", how, ckpt.path, step, st["phase"])
+    return position, None if cfg.branch_from else int(st.get("metrics_lines", 0))
 
 
-def take_main_state(t) -> None:
-    """Several processes: every rank of trainer `t` takes rank 0's position, weights and
-    optimizer state (a fresh start or the checkpoint rank 0 restored), after checking that
-    it reads rank 0's data (shards key and tokenizer)."""
+def take_main_state(t) -> dict | None:
+    """Several processes: every rank of trainer `t` takes rank 0's weights and optimizer
+    state (a fresh start or the checkpoint rank 0 restored), after checking that it reads
+    rank 0's data (shards key and tokenizer); returns rank 0's position on the other ranks
+    (as `restore_checkpoint` does), None on rank 0."""
     dist, b = t.dist, t.bundle
     data = [b.manifest.get("key"), b.manifest["tokenizer"]["sha256"]]
-    state = dist.broadcast_json({**{k: getattr(t, k) for k in POSITION}, "data": data})
+    mine = {k: getattr(t, k) for k in POSITION}
+    state = dist.broadcast_json({**mine, "callbacks": callback_states(t.callbacks), "data": data})
     with dist.agreed("comparing the data with rank 0's"):
         if state["data"] != data:
             raise ValueError(
@@ -229,13 +239,13 @@ def take_main_state(t) -> None:
                 "prepared --data directory (a copy of rank 0's)"
             )
     if not dist.is_main:
-        for k in POSITION:
-            setattr(t, k, state[k])
-        set_fake_quant(t.model, t.phase == "qat" and not t.cfg.ablate_qat)
+        set_fake_quant(t.model, state["phase"] == "qat" and not t.cfg.ablate_qat)
     # rank 0 keeps its own arrays; the others receive them bit for bit
     weights = dist.broadcast_arrays(dict(tree_flatten(t.model.parameters())), "weights")
     moments = dist.broadcast_arrays(optimizer_arrays(t.optimizer), "optimizer state")
-    if not dist.is_main:
-        t.model.load_weights(list(weights.items()), strict=True)
-        load_optimizer_arrays(t.optimizer, moments)
-        mx.eval(t.model.parameters(), t.optimizer.state)
+    if dist.is_main:
+        return None
+    t.model.load_weights(list(weights.items()), strict=True)
+    load_optimizer_arrays(t.optimizer, moments)
+    mx.eval(t.model.parameters(), t.optimizer.state)
+    return {k: state[k] for k in (*POSITION, "callbacks")}

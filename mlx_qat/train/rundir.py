@@ -14,7 +14,8 @@ Before anything is written, `check_out_dir` decides:
   nothing to resume: a plain or branched run starts over there (as a sweep re-runs a killed
   branch);
 * `--overwrite`: `clear_run` deletes the run's own entries (checkpoints, metrics, result,
-  config, tokenizer, FP twin, plot, eval) and keeps `data/` (content-addressed, reusable).
+  config, tokenizer, FP twin, plot, eval) and keeps `data/` (content-addressed, reusable)
+  and an experiment tracker's files (`wandb/`, `swanlog/`: `--report-to`'s, maybe not synced).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..fileio import ensure_writable_dir
 
 CONFIG_HEADER = "# mlx_qat.train resolved config"
 DATA = "data"
+TRACKER_DIRS = ("wandb", "swanlog")  # --report-to's files (report.py): kept by --overwrite
 RUN_ENTRIES = (
     "config.yaml",
     "metrics.jsonl",
@@ -39,6 +41,7 @@ RUN_ENTRIES = (
     "checkpoints",
     "fp_twin",
     DATA,
+    *TRACKER_DIRS,
 )
 
 
@@ -107,7 +110,7 @@ def clear_run(run: Path) -> list[str]:
     removed = []
     for name in RUN_ENTRIES:
         path = run / name
-        if name == DATA or not (path.exists() or path.is_symlink()):
+        if name in (DATA, *TRACKER_DIRS) or not (path.exists() or path.is_symlink()):
             continue
         doomed = run / f"{name}.tmp-del-{os.getpid()}"
         os.replace(path, doomed)

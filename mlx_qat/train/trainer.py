@@ -60,7 +60,8 @@ from ..eval_modes import format_triple
 from ..fileio import atomic_write_json, atomic_write_text
 from ..models.build import make_model, qat_config
 from ..prepare import init_quantizers, prepare, set_fake_quant, train_only_grid
-from .basin import basin_monitor_for, basin_reference_bytes, basin_result
+from .basin import basin_monitor_for, basin_reference_bytes
+from .callbacks import TrainingCallback, load_callback_states
 from .config import TrainConfig
 from .dist import Group
 from .distill import make_loss, run_teacher, teacher_bytes
@@ -68,10 +69,18 @@ from .memory import check_step_memory
 from .metrics import MetricsWriter, NullMetrics
 from .optim import build_optimizer, set_lr
 from .phase_plan import PhasePlan, plan_for_model
-from .resume import check_data, restore_checkpoint, rng_seed, take_main_state, trainer_state
+from .report import reporter_for
+from .resume import (
+    POSITION,
+    check_data,
+    restore_checkpoint,
+    rng_seed,
+    take_main_state,
+    trainer_state,
+)
 from .rundir import DATA, check_out_dir, clear_run, make_run_dir
 from .step import make_step
-from .trs import qat_update_for
+from .trs import QATUpdates
 
 logger = logging.getLogger(__name__)
 
@@ -84,21 +93,21 @@ class TrainingDiverged(RuntimeError):
 
 class Trainer:
     """One run: `t = Trainer(config); t.setup(); t.run()`. `mlx_qat.train.train(config)` runs
-    the whole job (this, then the FP twin and the plot when the config asks for them)."""
+    the whole job (this, then the FP twin and the plot when the config asks for them).
+    Features plug in as `callbacks` (`callbacks.TrainingCallback`), after the built-in ones."""
 
-    def __init__(self, config: TrainConfig, on_step=None):
+    def __init__(self, config: TrainConfig, on_step=None, callbacks=()):
         self.cfg = config
         self.on_step = on_step  # test/tool hook: on_step(trainer, step) after each step
+        self.extra_callbacks: list[TrainingCallback] = list(callbacks)
         self.run_dir = Path(config.out)
+        self.step, self.phase, self.tokens_seen, self.elapsed = 0, "fp", 0, 0.0
         self.last_eval: dict = {}
         self.last_eval_step = -1
         self.last_test: dict | None = None
         self.tokens_per_s: list[float] = []
         self.rescheduled: dict = {}
         self.teacher = None  # the QAT phase's frozen float model, for kd/mix (distill.py)
-        self.qat_update = None  # the QAT phase's update: transition statistics, TRS (trs.py)
-        self.qat_update_state: dict | None = None  # its state from the checkpoint resumed
-        self.basin, self.basin_state = None, None  # --basin-monitor (basin.py) and its state
         self.pretrained: dict | None = None  # a fine-tune's teacher and its RTN (the baseline)
 
     # -- set-up ---------------------------------------------------------------------------
@@ -123,23 +132,42 @@ class Trainer:
             self._build(run_vocab_size(self.bundle, cfg.vocab_size, cfg.model))
             for split in ("train", "val") if self.bundle else ():
                 check_split(self.bundle, split, cfg.seq_len)
-            self.step, self.phase, self.tokens_seen, self.elapsed = 0, "fp", 0, 0.0
+            self._features()
             ckpt = self._find_resume() if dist.is_main else None
-            keep_lines = restore_checkpoint(self, ckpt) if ckpt is not None else None
-        if dist.size > 1:
-            take_main_state(self)
+            keep_lines = None
+            if ckpt is not None:
+                position, keep_lines = restore_checkpoint(self, ckpt)
+                self._continue_from(position)
+        if dist.size > 1 and (position := take_main_state(self)) is not None:
+            self._continue_from(position)
         if self.phase == "qat":  # resumed in the QAT phase: its teacher (distill.py)
             self.teacher = run_teacher(self, at_switch=False)
-        self.basin = basin_monitor_for(self)
         with dist.agreed("writing the run directory"):
             if dist.is_main:
                 self._write_start(ckpt, keep_lines)
             else:
                 self._open_batches()
                 self.metrics = NullMetrics()
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
         if self.rescheduled:
             self.metrics.write({"kind": "reschedule", "step": self.step, **self.rescheduled})
         self._compile()
+
+    def _features(self) -> None:
+        """The callbacks: the QAT update's statistics and TRS, the basin monitor, the
+        reporter (rank 0), then the caller's."""
+        self.qat = QATUpdates()
+        self.basin = basin_monitor_for(self.cfg, self.plan)
+        report = reporter_for(self.cfg) if self.dist.is_main else None
+        own = [self.qat, self.basin, report]
+        self.callbacks = [cb for cb in own if cb is not None] + self.extra_callbacks
+
+    def _continue_from(self, position: dict) -> None:
+        """Take a checkpoint's (or rank 0's) position and hand each callback its state."""
+        for k in POSITION:
+            setattr(self, k, position[k])
+        load_callback_states(self.callbacks, position["callbacks"])
 
     def _write_start(self, ckpt, keep_lines: int | None) -> None:
         """Rank 0: the run directory, the data (raw text is tokenized here), the tokenizer,
@@ -161,7 +189,11 @@ class Trainer:
         self._open_batches()
         # Written only once the checkpoint (if any) was accepted for this config.
         atomic_write_text(self.run_dir / "config.yaml", replace(cfg, overwrite=False).to_yaml())
-        self.metrics = MetricsWriter(self.run_dir, keep_lines)
+        self.metrics = MetricsWriter(self.run_dir, keep_lines, self._on_record)
+
+    def _on_record(self, record: dict) -> None:
+        for cb in self.callbacks:
+            cb.on_record(record)
 
     def _build(self, vocab_size: int) -> None:
         """Model, plan, optimizer; refuses a step that cannot fit in memory."""
@@ -245,7 +277,7 @@ class Trainer:
 
     def _compile(self) -> None:
         cfg = self.cfg
-        self.qat_update = qat_update_for(self)
+        self.qat_update = self.qat.update_for(self)
         self.step_fn = make_step(
             self.model, self.optimizer, cfg.grad_clip, cfg.grad_accum, cfg.compile,
             group=self.dist.group, update=self.qat_update, loss=make_loss(self.teacher, cfg, self.model),
@@ -260,8 +292,10 @@ class Trainer:
         ev = self.dist.eval_triple(self.model, batches, self.bytes_per_token, ready, self.teacher)
         self.last_eval, self.last_eval_step = ev, self.step
         kind = "final_eval" if final else "eval"
-        extra = self.basin.observe(self, ev) if self.basin and not final else {}
-        self.metrics.write({"kind": kind, "step": self.step, "phase": self.phase, **ev, **extra})
+        record = {"kind": kind, "step": self.step, "phase": self.phase, **ev}
+        for cb in self.callbacks if not final else ():
+            record.update(cb.on_eval(self, self.step, ev) or {})
+        self.metrics.write(record)
         logger.info("%s @ %d (%s): %s", kind, self.step, self.phase, format_triple(ev))
         return ev
 
@@ -334,8 +368,8 @@ class Trainer:
         mx.eval(self.model.parameters())
         self._compile()
         self.metrics.write({"kind": "switch", "step": self.step, "phase": "qat"})
-        if self.basin is not None:
-            self.basin.begin(self)
+        for cb in self.callbacks:
+            cb.on_phase_switch(self)
         logger.info("switch to QAT at step %d", self.step)
 
     # -- the loop -------------------------------------------------------------------------
@@ -395,23 +429,27 @@ class Trainer:
         tps = cfg.tokens_per_step / dt if dt > 0 else 0.0
         if self.step > 2:  # the first steps include compilation
             self.tokens_per_s.append(tps)
+        info = None
         if self.step % cfg.log_every == 0 or self.step == self.plan.total_steps:
-            self.metrics.write(
-                {
-                    "kind": "train",
-                    "step": self.step,
-                    "phase": self.phase,
-                    "lr": lr,
-                    "loss": loss,
-                    "grad_norm": norm,
-                    "tokens": self.tokens_seen,
-                    "tokens_per_s": round(tps, 1),
-                    "step_s": round(dt, 4),
-                    "peak_memory_mb": round(mx.get_peak_memory() / 2**20, 1),
-                    "epoch": round(self.batches.epochs_at(self.step * cfg.grad_accum), 4),
-                    **(self.qat_update.record() if self.qat_update else {}),
-                }
-            )
+            info = {
+                "kind": "train",
+                "step": self.step,
+                "phase": self.phase,
+                "lr": lr,
+                "loss": loss,
+                "grad_norm": norm,
+                "tokens": self.tokens_seen,
+                "tokens_per_s": round(tps, 1),
+                "step_s": round(dt, 4),
+                "peak_memory_mb": round(mx.get_peak_memory() / 2**20, 1),
+                "epoch": round(self.batches.epochs_at(self.step * cfg.grad_accum), 4),
+            }
+        for cb in self.callbacks:
+            extra = cb.on_step_end(self, self.step, info)
+            if info is not None:
+                info.update(extra or {})
+        if info is not None:
+            self.metrics.write(info)
         if bar is not None:
             bar.set_postfix_str(f"{self.phase} loss {loss:.3f} {tps:,.0f} tok/s", refresh=False)
             bar.update(1)
@@ -447,8 +485,9 @@ class Trainer:
             "config_hash": self.cfg.hash(),
             "data": self.bundle.identity if self.bundle is not None else None,
             "world_size": self.dist.size,
-            **basin_result(self),
         }
+        for cb in self.callbacks:
+            result.update(cb.on_train_end(self, result) or {})
         if self.cfg.model:  # a finished run resumed keeps the baseline it measured
             old = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else {}
             result["pretrained"] = self.pretrained or old.get("pretrained")

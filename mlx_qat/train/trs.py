@@ -49,6 +49,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
+from .callbacks import TrainingCallback
 from .config import GRANULARITIES
 from .transitions import Transitions
 
@@ -252,14 +253,37 @@ def make_qat_update(model: nn.Module, cfg, plan, saved: dict | None = None) -> Q
     return update
 
 
-def qat_update_for(trainer) -> QATUpdate | None:
-    """The update a `Trainer`'s next compiled step uses: a `QATUpdate` in the QAT phase with
-    fake quant on (continuing the checkpoint's state after a resume), else None (the plain
-    optimizer update: the FP phase, and the FP twin, which trains on the schedule)."""
-    saved, trainer.qat_update_state = trainer.qat_update_state, None
-    cfg = trainer.cfg
-    if trainer.phase != "qat" or cfg.ablate_qat:
-        if trainer.phase == "qat" and cfg.lr_control == "trs":
-            logger.info("TRS: off with fake quant off (ablate_qat): the schedule's LR is used")
-        return None
-    return make_qat_update(trainer.model, cfg, trainer.plan, saved)
+class QATUpdates(TrainingCallback):
+    """The QAT phase's update as a trainer feature: the `QATUpdate` each compiled step uses
+    (`update_for`), its statistics on the "train" records, its state in every checkpoint
+    (`state.json` "qat_update": transition statistics and TRS, None before the switch)."""
+
+    name = "qat_update"
+
+    def __init__(self):
+        self.update: QATUpdate | None = None
+        self._saved: dict | None = None  # a checkpoint's, until the update continues from it
+
+    def update_for(self, t) -> QATUpdate | None:
+        """The update trainer `t`'s next compiled step uses: a `QATUpdate` in the QAT phase
+        with fake quant on (continuing the checkpoint's state after a resume), else None (the
+        plain optimizer update: the FP phase, and the FP twin, which trains on the schedule)."""
+        saved, self._saved = self._saved, None
+        cfg = t.cfg
+        self.update = None
+        if t.phase != "qat" or cfg.ablate_qat:
+            if t.phase == "qat" and cfg.lr_control == "trs":
+                logger.info("TRS: off with fake quant off (ablate_qat): the schedule's LR is used")
+            return None
+        self.update = make_qat_update(t.model, cfg, t.plan, saved)
+        return self.update
+
+    def on_step_end(self, t, step: int, info: dict | None) -> dict | None:
+        # host reads of the statistics: only at a step that writes a record
+        return self.update.record() if info is not None and self.update else None
+
+    def state_dict(self) -> dict | None:
+        return self.update.to_json() if self.update else self._saved
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self._saved = state
