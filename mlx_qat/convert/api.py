@@ -273,7 +273,7 @@ def convert(
     given = {"--tokenizer": tokenizer, "--parity-data": parity_data}
     # Before loading anything; what --force may replace once the inputs are known.
     check_output(mlx_path, force, given, {"the input": qat_path}, judge_force=False)
-    source = resolve_source(qat_path, revision)
+    source = resolve_source(qat_path, revision, check_qat=not ptq)
     if tokenizer is not None:
         tok_dir = Path(tokenizer)
     else:

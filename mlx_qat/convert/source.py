@@ -21,14 +21,21 @@ from .errors import ConvertError
 logger = logging.getLogger(__name__)
 
 
-def resolve_source(path: str | Path, revision: str | None = None) -> ModelSource:
-    """Find out what `path` is and read it (a checkpoint's weights are loaded here)."""
+def resolve_source(
+    path: str | Path, revision: str | None = None, check_qat: bool = True
+) -> ModelSource:
+    """Find out what `path` is and read it (a checkpoint's weights are loaded here).
+
+    `check_qat`: validate a checkpoint's qat_config now; PTQ of its float weights does not
+    read it (a model the trainer can no longer describe still has weights to round).
+    """
     try:
         source = resolve_model(path, revision)
         if source.kind == "gguf":
             raise ConvertError(f"{path}: a GGUF file is imported (mlx_qat.convert FILE.gguf)")
         source.config  # noqa: B018  (read now: a corrupt checkpoint is reported here)
-        source.qat_config  # noqa: B018
+        if check_qat:
+            source.qat_config  # noqa: B018
     except ValueError as e:  # SourceError, CheckpointError
         raise ConvertError(str(e)) from None
     return source
