@@ -15,7 +15,7 @@ from .twin import comparison, run_fp_twin
 logger = logging.getLogger(__name__)
 
 
-def train(config: TrainConfig, on_step=None) -> dict:
+def train(config: TrainConfig, on_step=None, callbacks=()) -> dict:
     """Train per `config`; returns the result (plan, final eval, throughput).
 
     With `config.fp_twin`, also trains the FP twin from the switch checkpoint (the QAT phase
@@ -25,6 +25,7 @@ def train(config: TrainConfig, on_step=None) -> dict:
     `config.plot`, draws `<out>/loss.png` (`result["plot"]`; needs matplotlib). Started by
     `mlx.launch` on several processes, trains data-parallel (`mlx_qat.train.dist`): every
     process returns the same result, rank 0 alone writes.
+    `callbacks` (`callbacks.TrainingCallback`) plug into the run (not into its FP twin).
 
     Example:
         >>> result = train(TrainConfig(out="runs/tiny", preset="d2", tokens=300_000))
@@ -32,7 +33,7 @@ def train(config: TrainConfig, on_step=None) -> dict:
     """
     if config.model:
         config = local_model(config)
-    trainer = Trainer(config, on_step)
+    trainer = Trainer(config, on_step, callbacks)
     trainer.setup()
     result = trainer.run()
     main = trainer.dist.is_main  # with several processes (mlx.launch) rank 0 alone writes
