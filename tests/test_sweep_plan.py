@@ -145,7 +145,7 @@ def test_auto_fraction_and_qat_from_scratch(tmp_path):
     assert [c.branch_from for c in t.configs() if c.qat_fraction == 1.0] == [None]
 
 
-@pytest.mark.parametrize("name", ["sweep_tiny", "sweep_mac"])
+@pytest.mark.parametrize("name", ["sweep_tiny", "sweep_mac", "sweep_tiny_v2"])
 def test_shipped_sweeps_span_what_the_study_needs(name):
     """≥ 3 sizes, bits 2 and 4, ≥ 5 QAT fractions per (size, budget, bits), S over ≥ 1.5
     decades, fused and classic, and (tiny) a memory-matched pair of bit widths."""
@@ -168,3 +168,63 @@ def test_shipped_sweeps_span_what_the_study_needs(name):
     if name == "sweep_tiny":  # l2 at 4 bits and l4 at 2 bits hold the same parameter bytes
         pb = {(m.point.model.name, m.point.bits): m.plan.param_bytes for m in members}
         assert pb[("l2", 4)] == pytest.approx(pb[("l4", 2)], rel=0.02)
+
+
+def test_fixed_cooldown_trunk_is_the_fp_anchor_and_twins_cost_their_qat_phase(tmp_path):
+    """cooldown_mode fixed: every run has the f = 0 run's LR, so the FP anchor is the trunk
+    (it trains the whole schedule once) and a fused run branches at its switch even inside
+    the decay; each float twin costs its run's QAT steps again (from the run's switch)."""
+    D, T, c = 200 * TPS, 200, 0.2
+    grids = [
+        {"models": ["d2"], "tokens": [D], "bits": [4], "fractions": [0.1, 0.3]},
+        {"models": ["d2"], "tokens": [D], "bits": [4], "fractions": [0.3], "pipelines": ["classic"]},
+    ]  # fmt: skip
+    path = sweep_file(tmp_path, grids, fp_twins=True)
+    doc = yaml.safe_load(open(path))
+    doc["train"]["cooldown_mode"] = "fixed"
+    open(path, "w").write(yaml.safe_dump(doc))
+    (t,) = plan_trunks(load_sweep(path))
+    assert (t.root.point.fraction, t.root.branch) == (0.0, T)  # the anchor: no cooldown left out
+    branch = {(m.point.fraction, m.point.pipeline): m.branch for m in t.members}
+    assert branch[(0.1, "fused")] == 180  # T_fp = 180 > T - round(c·T) = 160: mid-decay
+    assert branch[(0.3, "fused")] == 140
+    assert branch[(0.3, "classic")] == 140 - round(c * 140)  # 112: its own FP cooldown
+    assert t.save_steps == [112, 140, 180]
+    twins = {m.point.name: m.twin_tokens // TPS for m in t.members}
+    assert sorted(twins.values()) == [0, 20, 60, 60]  # the anchor has none
+    # anchor 200 + fused 20 + fused 60 + classic (200 - 112) + the three twins 20 + 60 + 60
+    assert t.tokens_trained() == TPS * (200 + 20 + 60 + 88 + 140)
+    assert all(cfg.fp_twin for cfg in t.configs())
+
+
+def test_sweep_tiny_v2_separates_qat_from_the_cooldown():
+    """Issue #27 item 1: one schedule for every fraction (fixed cooldown), float twins, sizes
+    over >= 10x in N, fractions 0.025-0.3, both pipelines at 2 and 4 bits, a second seed at
+    the largest budget; the largest FP-only anchor is the trunk of its own run."""
+    from test_train_fixtures import REPO
+
+    sweep = load_sweep(REPO / "mlx_qat" / "configs" / "sweep_tiny_v2.yaml")
+    assert sweep.fp_twins and sweep.train["cooldown_mode"] == "fixed"
+    members = [m for t in plan_trunks(sweep) for m in t.members]
+    N = [m.plan.n_params for m in members]
+    assert max(N) / min(N) >= 10
+    qat = [m for m in members if 0 < m.plan.qat_steps < m.plan.total_steps]
+    assert all(m.config.fp_twin for m in qat)
+    fused = {float(m.point.fraction) for m in qat if m.point.pipeline == "fused"}
+    assert min(fused) == 0.025 and max(fused) == 0.3
+    assert {(m.point.pipeline, m.point.bits) for m in qat} >= {
+        ("fused", 2),
+        ("fused", 4),
+        ("classic", 2),
+        ("classic", 4),
+    }
+    largest = max(m.point.tokens for m in qat)
+    assert {m.point.seed for m in qat if m.point.tokens == largest} == {0, 1}
+    # fixed cooldown: all fused runs of one (size, budget) share the f = 0 run's LR exactly
+    from mlx_qat.train.schedules import lr_curve
+
+    by = {}
+    for m in members:
+        if m.point.pipeline == "fused" and m.point.model.name == "l1" and m.point.seed == 0:
+            by.setdefault(m.point.tokens, set()).add(tuple(lr_curve(m.plan)))
+    assert by and all(len(curves) == 1 for curves in by.values())

@@ -14,7 +14,8 @@ flock gets a warning and no lock.
 **One sweep per folder.** `check_same_sweep` refuses, before anything is written, to run a
 sweep in a folder whose `grid.yaml` (the sweep file a sweep copied there) is another study:
 other data, or shared `train:` settings that change what is trained or how the rows are
-measured (the config hash's settings, `final_eval_batches`). A changed grid is the same study
+measured (the config hash's settings, `final_eval_batches`; `fp_twins` turned on over rows
+without twins). A changed grid is the same study
 (a run's name spells its grid point: the runs that still match keep their rows). Rows carry
 their data's identity (`DataBundle.identity`); a folder whose rows were trained on other data
 than the sweep's `data:` holds now (other text prepared again at the same path) is refused too.
@@ -225,6 +226,8 @@ def _differences(old: dict, sweep: Sweep) -> list[str]:
     out = []
     if not _same_data(str(old.get("data")), sweep.data):
         out.append(f"data: {old.get('data')} there, {sweep.data} here")
+    if sweep.fp_twins and not old.get("fp_twins"):  # its rows would count as done, twinless
+        out.append("fp_twins: false there, true here")
     train = {str(k).replace("-", "_"): v for k, v in (old.get("train") or {}).items()}
     a, b = _train_config(train), _train_config(sweep.train)
     if a is None or b is None:  # an old file this version cannot read: compare as written

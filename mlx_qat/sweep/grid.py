@@ -4,6 +4,7 @@
     data: data/sweep                  # one prepared data set (mlx_qat.data) for every run
     train: {batch_size: 8, ...}       # TrainConfig settings shared by every run
     fp_anchor: true                   # add a pure-FP run (f = 0) per model, budget and seed
+    fp_twins: false                   # true: every QAT run also trains its float twin
     grids:                            # each a product; keys left out come from `defaults`
       - name: main
         models: [d2, d4]              # presets, or {name: x, model_config: path/config.json}
@@ -12,6 +13,13 @@
         fractions: [0.1, 0.3, auto]   # numbers in (0, 1], or auto = exp(-a / ln S)
         pipelines: [fused]
         seeds: [0]
+
+`fp_twins: true` gives every run with an FP and a QAT phase its float twin
+(`train.twin`: branched from the run's switch checkpoint, the same data, LR schedule and steps,
+fake quant off), so its row holds L_FP at the same schedule and the QAT penalty
+`qat_penalty = L_QAT − L_FP(twin)` (`results.py`). With `train: {cooldown_mode: fixed}` every
+fraction of the fused pipeline has the same LR schedule, so the penalty and the loss can be
+told apart from the cooldown.
 
 A relative `model_config` path is looked up beside the sweep file first (the shipped sweeps'
 `models/w64_l1.json`), then from the working directory.
@@ -91,6 +99,7 @@ class Sweep:
     points: list[Point]
     fp_anchor: bool = True
     source: str = "sweep"
+    fp_twins: bool = False
 
     def config(self, point: Point) -> TrainConfig:
         """The TrainConfig of one grid point (output in `<out>/runs/<name>`)."""
@@ -104,6 +113,7 @@ class Sweep:
             pipeline=point.pipeline,
             seed=point.seed,
             quiet=True,
+            fp_twin=self.fp_twins,  # the trainer skips it where a phase is empty (f = 0, 1)
         )
         if point.model.model_config:
             kw["model_config"] = point.model.model_config
@@ -131,6 +141,12 @@ def _whole(value: Any, key: str, where: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise ValueError(f"{where}: {key}: {value!r} is not a whole number")
+
+
+def _flag(value: Any, key: str, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"sweep file {where}: {key}: {value!r} is not true or false")
+    return value
 
 
 def _points(grid: dict, defaults: dict, where: str, base: Path | None = None) -> list[Point]:
@@ -161,7 +177,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ValueError(f"sweep file {where}: cannot read it ({e})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"sweep file {where}: must hold a mapping (out, data, train, grids)")
-    known = {"out", "data", "train", "defaults", "grids", "fp_anchor"}
+    known = {"out", "data", "train", "defaults", "grids", "fp_anchor", "fp_twins"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"sweep file {where}: unknown key(s) {', '.join(unknown)}; known: {known}")
@@ -196,6 +212,7 @@ def load_sweep(path: str | Path) -> Sweep:
         points=list(seen.values()),
         fp_anchor=bool(raw.get("fp_anchor", True)),
         source=where,
+        fp_twins=_flag(raw.get("fp_twins", False), "fp_twins", where),
     )
     for p in sweep.points:  # a bad grid value (bits 7, pipeline x) is named with its grid
         try:

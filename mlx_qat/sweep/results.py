@@ -7,7 +7,12 @@ groups, config hash, the data's identity (`data`: the shards' key and the tokeni
 `DataBundle.identity`; the config hash holds only the data's path), N without embeddings, exact
 parameter bytes (every tensor at its own bits) and nominal N·B/8, S, f, group size, quantizer,
 pipeline, seed, the FP / QAT / PTQ loss and bits per byte of the final evaluation (the whole
-validation split), wall time and tokens/s.
+validation split), wall time and tokens/s. The test split's final loss (`test_loss`, of the
+same model as `final_loss`) when the data has one. A run trained with its float twin
+(`fp_twins: true`: the QAT phase again with fake quant off, the same LR schedule) adds the
+twin's losses — `fp_twin_loss` / `fp_twin_bpb` / `fp_twin_ptq_loss` on validation,
+`fp_twin_test_loss` on test — and the QAT penalty at equal schedule, `qat_penalty =
+final_loss − fp_twin_loss` (`qat_penalty_test` on test); null without a twin.
 
 Appending: each row is one `os.write` of one line on an `O_APPEND` descriptor, then fsync. A
 kill can at worst leave a line without its newline at the end of the file; `read_rows` ignores
@@ -60,10 +65,35 @@ def make_row(name: str, groups: tuple[str, ...], config: TrainConfig, result: di
             f"{k}_bpb": (v["bpb"] if v else None)
             for k, v in (("fp", fp), ("qat", qat), ("ptq", ptq))
         },
+        **_twin_fields(result, final, "fp" if is_fp else "qat"),
         "eval_tokens": (fp or {}).get("tokens"),
         "data": result.get("data"),
         "wall_s": result.get("train_s"),
         "tokens_per_s": result.get("tokens_per_s"),
+    }
+
+
+def _loss(ev: dict | None, key: str) -> float | None:
+    v = (ev or {}).get(key)
+    return v["loss"] if v else None
+
+
+def _twin_fields(result: dict, final: dict | None, kind: str) -> dict:
+    """The run's test loss, its float twin's losses and the penalty (module docstring)."""
+    twin = result.get("twin") or {}
+    tv, tt = twin.get("eval"), twin.get("test")
+    own, own_test = final["loss"] if final else None, _loss(result.get("test"), kind)
+    fp, fp_test = _loss(tv, "fp"), _loss(tt, "fp")
+    return {
+        "test_loss": own_test,
+        "fp_twin_loss": fp,
+        "fp_twin_bpb": ((tv or {}).get("fp") or {}).get("bpb"),
+        "fp_twin_ptq_loss": _loss(tv, "ptq"),
+        "fp_twin_test_loss": fp_test,
+        "qat_penalty": own - fp if own is not None and fp is not None else None,
+        "qat_penalty_test": (
+            own_test - fp_test if own_test is not None and fp_test is not None else None
+        ),
     }
 
 

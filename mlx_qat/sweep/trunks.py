@@ -7,6 +7,8 @@ fraction):
 
     fused, f > 0      b = T_fp                     (the QAT phase starts at the peak LR)
     fused, f = 0      b = T − round(c·T)           (the pure-FP run's final decay starts)
+    fixed cooldown    b = T for f = 0               (`cooldown_mode: fixed`: every fused run
+                                                    has the f = 0 run's LR, decay included)
     classic, f > 0    b = T_fp − round(c·T_fp)     (its FP cooldown starts)
     f = 1             b = 0                        (QAT from scratch: nothing to share)
 
@@ -14,7 +16,12 @@ The member with the largest b is the **trunk**: it trains as an ordinary run and
 checkpoint at every other member's b. Every other member then branches from the trunk's
 checkpoint at its own b (`TrainConfig.branch_from`; the trainer checks that the schedules agree
 there) and trains only its remaining T − b steps. A fused branch never re-runs FP tokens beyond
-the trunk's; a classic branch runs its own FP cooldown from its branch point.
+the trunk's; a classic branch runs its own FP cooldown from its branch point. With the fixed
+cooldown the pure-FP run is the trunk (it trains the whole schedule once) and a fused run whose
+switch lies inside the cooldown branches there, mid-decay.
+
+A run with its float twin (`fp_twins`) trains the twin from its own switch checkpoint: the
+twin costs the run's QAT steps again and no FP step (`Member.twin_tokens`).
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ def branch_step(plan: PhasePlan) -> int:
     if plan.qat_steps == plan.total_steps:
         return 0
     if plan.qat_steps == 0:
+        if plan.cooldown_mode == "fixed":  # the fused runs of its trunk share its decay too
+            return plan.total_steps
         return plan.total_steps - plan.cooldown_steps
     if plan.pipeline == "fused":
         return plan.fp_steps
@@ -62,6 +71,12 @@ class Member:
     def tokens(self) -> int:
         return self.plan.total_steps * self.plan.tokens_per_step
 
+    @property
+    def twin_tokens(self) -> int:
+        """Tokens of its float twin: its QAT phase again (`train.twin`), when it has one."""
+        p = self.plan
+        return p.qat_tokens if self.config.fp_twin and 0 < p.qat_steps < p.total_steps else 0
+
 
 @dataclass
 class Trunk:
@@ -80,14 +95,16 @@ class Trunk:
         return sorted({m.branch for m in self.members[1:] if m.branch > 0})
 
     def tokens_trained(self) -> int:
-        """Tokens this trunk costs: the root in full, each branch after its branch point."""
+        """Tokens this trunk costs: the root in full, each branch after its branch point,
+        and every float twin."""
         tps = self.root.plan.tokens_per_step
         rest = sum(m.tokens - (m.branch * tps if m.branch > 0 else 0) for m in self.members[1:])
-        return self.root.tokens + rest
+        return self.root.tokens + rest + sum(m.twin_tokens for m in self.members)
 
     def tokens_independent(self) -> int:
-        """Tokens the same runs cost trained one by one."""
-        return sum(m.tokens for m in self.members)
+        """Tokens the same runs cost trained one by one (the twins as in a trunk: from their
+        run's switch)."""
+        return sum(m.tokens + m.twin_tokens for m in self.members)
 
     def configs(self) -> list[TrainConfig]:
         """Each member's final TrainConfig: the root saves the branch points, the others branch."""
