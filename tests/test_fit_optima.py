@@ -151,3 +151,44 @@ def test_a_of_the_paper_table():
     assert a_of(rows) == pytest.approx(6.7297, abs=0.03)
     S = np.array(list(PAPER_TABLE))
     assert np.round(f_hat(S, 6.7297), 3) == pytest.approx(list(PAPER_TABLE.values()), abs=1e-9)
+
+
+def _twin_rows(f_loss, f_pen, N=1e5, D=1e6, bits=4, pipeline="fused"):
+    """Rows whose final loss is an exact parabola in ln f with its vertex at `f_loss`, and
+    whose QAT penalty is one with its vertex at `f_pen` (the twin's loss is their difference)."""
+    rows = []
+    for f in (0.025, 0.05, 0.1, 0.2, 0.3):
+        loss = 3.0 + 0.02 * (math.log(f) - math.log(f_loss)) ** 2
+        pen = 0.01 + 0.005 * (math.log(f) - math.log(f_pen)) ** 2
+        rows.append({
+            "N": N, "D": D, "D_fp": (1 - f) * D, "D_qat": f * D, "bits": bits,
+            "final_loss": loss, "fp_twin_loss": loss - pen, "qat_penalty": pen,
+            "pipeline": pipeline, "seed": 0,
+        })  # fmt: skip
+    return rows
+
+
+def test_twin_optima_locate_the_loss_and_the_penalty_apart():
+    """Closed form: the vertex of an exact parabola in ln f is its centre, so the loss's f*
+    and the penalty's f* are recovered exactly, each from its own column."""
+    from mlx_qat.fit.optima import twin_optima
+    from mlx_qat.fit.report import _twins
+
+    rows = _twin_rows(0.07, 0.15) + _twin_rows(0.2, 0.04, bits=2, pipeline="classic")
+    fp = {"N": 1e5, "D": 1e6, "D_fp": 1e6, "D_qat": 0, "bits": None, "final_loss": 3.1}
+    no_twin = {**rows[0], "qat_penalty": None, "D": 2e6, "D_fp": 2e6 * 0.975, "D_qat": 5e4}
+    (c, f) = twin_optima([fp, no_twin, *rows])
+    assert (f["pipeline"], f["bits"], c["pipeline"], c["bits"]) == ("fused", 4, "classic", 2)
+    assert f["f_loss_vertex"] == pytest.approx(0.07) and f["f_loss_argmin"] == 0.05
+    assert f["f_penalty_vertex"] == pytest.approx(0.15) and f["f_penalty_argmin"] == 0.2
+    assert c["f_loss_vertex"] == pytest.approx(0.2) and c["f_penalty_vertex"] == pytest.approx(0.04)
+    pen = 0.01 + 0.005 * math.log(0.2 / 0.15) ** 2  # the penalty at its grid argmin
+    assert f["penalty_at_f"] == pytest.approx(pen)
+    # worst f = 0.3, best on the grid f = 0.05
+    assert f["loss_spread"] == pytest.approx(
+        0.02 * (math.log(0.3 / 0.07) ** 2 - math.log(0.05 / 0.07) ** 2)
+    )
+    text = "\n".join(_twins([c, f]))
+    assert "0.070 (0.050)" in text and "0.150 (0.200)" in text
+    assert "agree in 0 of 2 groups" in text
+    assert twin_optima([fp, no_twin]) == []

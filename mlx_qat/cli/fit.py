@@ -125,7 +125,8 @@ def _run(opts: dict) -> int:
         raise RuntimeError(str(e)) from None
     log.info("mlx_qat.fit: fitted in %.1f s", time.time() - t0)
     pairs = pipeline_pairs(merged.rows)
-    report = format_report(res, merged, counts, pairs, opts["pipeline"])
+    twins = ft.twin_optima(merged.rows)  # f* of the loss and of the penalty, with twins
+    report = format_report(res, merged, counts, pairs, opts["pipeline"], twins)
     out.mkdir(parents=True, exist_ok=True)
     res.save(out / "fit.json")
     atomic_write_text(out / "report.txt", report + "\n")

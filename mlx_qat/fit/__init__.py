@@ -24,7 +24,7 @@ from .law import (
     predict,
     tokens_per_byte,
 )
-from .optima import Optimum, empirical_optima, fit_a
+from .optima import Optimum, empirical_optima, fit_a, twin_optima
 from .planning import LawPlan, MemoryPlan, law_plan, memory_plan, parse_bytes, tokens_to_match
 from .result import FitResult
 from .results import read_results, select_pipeline
@@ -56,4 +56,5 @@ __all__ = [
     "select_pipeline",
     "tokens_per_byte",
     "tokens_to_match",
+    "twin_optima",
 ]

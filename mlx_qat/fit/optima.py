@@ -9,6 +9,12 @@ f = D_qat/D. Losses of runs at the same f (seeds) are averaged. With at least 3 
   f_vertex = exp(x*), clipped to the neighbours' range. At an edge of the grid (argmin is the
   smallest or largest f) there is no bracket and f_vertex = f_argmin (`at_edge` = True).
 
+With float twins (sweep `fp_twins`: each QAT run's row holds `fp_twin_loss`, the same
+schedule's float loss, and `qat_penalty` = final_loss − fp_twin_loss), `twin_optima` locates
+the optimum of the loss and of the penalty side by side in each (pipeline, N, D, B) group: the
+loss's optimum mixes what the fraction does to the schedule with what it does to quantization;
+the penalty's is the second alone.
+
 S = D / (N·B/8) per group. `a` minimises Σ (f̂(S_i; a) − f_i)² ("l2", default) or Σ |·|
 ("l1") over groups with S > 1: a 200-point grid in ln a over [0.01, 100], then a bounded
 Brent search between the best grid point's neighbours. f̂ is monotone in a, so the objective
@@ -85,6 +91,62 @@ def empirical_optima(rows: Rows, min_fractions: int = 3) -> list[Optimum]:
         s = float(tokens_per_byte(d, n, b))
         out.append(Optimum(float(n), float(d), int(b), s, float(fs[i]), fv, edge, len(fs)))
     return out
+
+
+def twin_optima(rows: list[dict], min_fractions: int = 3) -> list[dict]:
+    """f* of the final loss and f* of the QAT penalty, per (pipeline, N, D, bits) group of QAT
+    rows that have a float twin (`qat_penalty` not null); [] when no row has one.
+
+    Args:
+        rows: results rows (dicts, `results.jsonl`); FP rows and rows without a twin are
+            skipped.
+        min_fractions: groups with fewer distinct f are skipped (as `empirical_optima`).
+    Returns:
+        dicts sorted by (pipeline, bits, N, D): N, D, bits, S, n_fractions, "pipeline";
+        `f_loss_*` / `f_penalty_*` for * in argmin, vertex (and `*_at_edge`); `penalty_at_f`:
+        the mean penalty at the penalty's grid argmin; `loss_spread` and `fp_twin_spread`:
+        max − min over f of the mean final loss and of the mean twin loss (a twin loss that
+        moves with f is a schedule that moves with f).
+    """
+    from .rows import parse_rows
+
+    twins = [r for r in rows if r.get("bits") is not None and r.get("qat_penalty") is not None]
+    out = []
+    for pipe in sorted({str(r.get("pipeline", "fused")) for r in twins}):
+        group = [r for r in twins if str(r.get("pipeline", "fused")) == pipe]
+        R = parse_rows(group)
+        pen, twin = (
+            Rows(R.N, R.D_fp, R.D_qat, R.bits, np.array([float(r[k]) for r in group]), R.seed)
+            for k in ("qat_penalty", "fp_twin_loss")
+        )
+        with_loss = {(o.N, o.D, o.bits): o for o in empirical_optima(R, min_fractions)}
+        for p in empirical_optima(pen, min_fractions):
+            o = with_loss[(p.N, p.D, p.bits)]
+            mean = {k: _means(x, p) for k, x in (("loss", R), ("penalty", pen), ("twin", twin))}
+            out.append({
+                "pipeline": pipe, "N": p.N, "D": p.D, "bits": p.bits, "S": p.S,
+                "n_fractions": p.n_fractions,
+                "f_loss_argmin": o.f_argmin, "f_loss_vertex": o.f_vertex,
+                "f_loss_at_edge": o.at_edge,
+                "f_penalty_argmin": p.f_argmin, "f_penalty_vertex": p.f_vertex,
+                "f_penalty_at_edge": p.at_edge,
+                "penalty_at_f": mean["penalty"][round(p.f_argmin, 12)],
+                "loss_spread": _spread(mean["loss"]),
+                "fp_twin_spread": _spread(mean["twin"]),
+            })  # fmt: skip
+    return sorted(out, key=lambda d: (d["pipeline"], d["bits"], d["N"], d["D"]))
+
+
+def _means(R: Rows, o: Optimum) -> dict[float, float]:
+    """{f: mean value over seeds} of the rows of `o`'s (N, D, bits) group."""
+    key = np.array([[float(f"{v:.9g}") for v in row] for row in zip(R.N, R.D, R.bits)])
+    g = np.all(key.reshape(-1, 3) == (o.N, o.D, o.bits), axis=1)
+    f = np.round(R.f[g], 12)
+    return {float(x): float(R.loss[g][f == x].mean()) for x in np.unique(f)}
+
+
+def _spread(means: dict[float, float]) -> float:
+    return max(means.values()) - min(means.values())
 
 
 def fit_a(S, f, loss: str = "l2") -> float:

@@ -5,8 +5,9 @@ fits (R² and RMSE of log L, the leave-largest-size-out error next to its trivia
 and a plain sentence per baseline saying whether the law beats it); the optimal QAT fraction
 (a of f̂ = exp(−a / ln S) fitted to the grid argmins and to the parabola vertices, with
 intervals, and the MAE of f̂, of the law's own argmin and of a constant f = 0.1 against the
-empirical optima); the empirical optima per (N, D, bits); fused against classic at equal
-budget when the rows hold classic runs.
+empirical optima); the empirical optima per (N, D, bits); with float twins (sweep `fp_twins`), the optimum of the loss
+and of the QAT penalty L_QAT − L_FP(twin, same schedule) side by side per (pipeline, N, D,
+bits); fused against classic at equal budget when the rows hold classic runs.
 """
 
 from __future__ import annotations
@@ -199,6 +200,31 @@ def _optima(res: FitResult) -> list[str]:
     return lines
 
 
+def _twins(twins: list[dict]) -> list[str]:
+    if not twins:
+        return []
+    lines = [
+        "f* of the loss and of the QAT penalty (L_QAT - L_FP of its float twin, same schedule)",
+        "  per (pipeline, N, D, bits): parabola vertex in ln f (argmin); * = at the grid's edge;",
+        "  spread = max - min over f of the final loss / of the twin's FP loss",
+        f"  {'pipeline':>8} {'N':>7} {'D':>7} {'bits':>4} {'S':>7} {'f* loss':>14} "
+        f"{'f* penalty':>14} {'penalty':>8} {'spread':>7} {'twin':>7}",
+    ]
+    for t in twins:
+        cells = []
+        for k in ("loss", "penalty"):
+            edge = "*" if t[f"f_{k}_at_edge"] else " "
+            cells.append(f"{t[f'f_{k}_vertex']:.3f}{edge}({t[f'f_{k}_argmin']:.3f})")
+        lines.append(
+            f"  {t['pipeline']:>8} {si(t['N']):>7} {si(t['D']):>7} {t['bits']:>4} "
+            f"{t['S']:>7.2f} {cells[0]:>14} {cells[1]:>14} {t['penalty_at_f']:>8.4f} "
+            f"{t['loss_spread']:>7.4f} {t['fp_twin_spread']:>7.4f}"
+        )
+    same = sum(t["f_loss_argmin"] == t["f_penalty_argmin"] for t in twins)
+    lines.append(f"  the two grid argmins agree in {same} of {len(twins)} groups")
+    return lines
+
+
 def _pairs(pairs: list[dict]) -> list[str]:
     if not pairs:
         return []
@@ -228,10 +254,12 @@ def format_report(
     counts: dict | None = None,
     pairs: list[dict] | None = None,
     pipeline: str = "fused",
+    twins: list[dict] | None = None,
 ) -> str:
-    """The report of a fit, as text (module docstring)."""
+    """The report of a fit, as text (module docstring); `twins`: `optima.twin_optima`."""
     parts = []
     if merged is not None:
         parts.append(_sources(merged, counts or {}, pipeline))
-    parts += [_params(res), _quality(res), _fraction(res), _optima(res), _pairs(pairs or [])]
+    parts += [_params(res), _quality(res), _fraction(res), _optima(res), _twins(twins or [])]
+    parts.append(_pairs(pairs or []))
     return "\n\n".join("\n".join(p) for p in parts if p)
