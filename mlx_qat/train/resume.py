@@ -24,7 +24,13 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from ..checkpoint import CheckpointError, qat_config_of
+from ..checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    qat_config_of,
+)
 from ..models.build import model_dir_sha256
 from ..prepare import set_fake_quant
 from .callbacks import callback_states
@@ -37,6 +43,18 @@ logger = logging.getLogger(__name__)
 # states (`callbacks.py`), and what the other ranks take from rank 0.
 POSITION = ("step", "phase", "tokens_seen", "elapsed", "last_eval", "last_eval_step",
             "last_test", "rescheduled")  # fmt: skip
+
+
+def find_resume(cfg, run_dir: Path):
+    """The checkpoint a run of `cfg` in `run_dir` continues: `--branch-from`'s, the latest
+    one with `--resume`, else None (a fresh start)."""
+    if cfg.branch_from:
+        return load_checkpoint(cfg.branch_from)
+    if cfg.resume and list_checkpoints(run_dir):
+        return load_checkpoint(latest_checkpoint(run_dir))
+    if cfg.resume:
+        logger.info("resume: no checkpoint in %s yet; starting from step 0", run_dir)
+    return None
 
 
 def check_resume(ckpt, cfg, run_dir: Path) -> dict:

@@ -45,7 +45,6 @@ from mlx.utils import tree_flatten
 from ..checkpoint import (
     latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
     remove_stale_tmp,
     save_checkpoint,
 )
@@ -60,6 +59,7 @@ from ..eval_modes import format_triple
 from ..fileio import atomic_write_json, atomic_write_text
 from ..models.build import make_model, qat_config
 from ..prepare import init_quantizers, prepare, set_fake_quant, train_only_grid
+from .baseline import pretrained_baseline
 from .basin import basin_monitor_for, basin_reference_bytes
 from .callbacks import TrainingCallback, load_callback_states
 from .config import TrainConfig
@@ -73,6 +73,7 @@ from .report import reporter_for
 from .resume import (
     POSITION,
     check_data,
+    find_resume,
     restore_checkpoint,
     rng_seed,
     take_main_state,
@@ -133,7 +134,7 @@ class Trainer:
             for split in ("train", "val") if self.bundle else ():
                 check_split(self.bundle, split, cfg.seq_len)
             self._features()
-            ckpt = self._find_resume() if dist.is_main else None
+            ckpt = find_resume(cfg, self.run_dir) if dist.is_main else None
             keep_lines = None
             if ckpt is not None:
                 position, keep_lines = restore_checkpoint(self, ckpt)
@@ -264,17 +265,6 @@ class Trainer:
         self.final_test = eval_batches(b.test, cfg.batch_size, cfg.seq_len, final)
         self.test_bytes_per_token = float(b.bytes_per_token["test"])
 
-    def _find_resume(self):
-        cfg = self.cfg
-        if cfg.branch_from:
-            return load_checkpoint(cfg.branch_from)
-        found = list_checkpoints(self.run_dir)
-        if cfg.resume and found:
-            return load_checkpoint(latest_checkpoint(self.run_dir))
-        if cfg.resume:
-            logger.info("resume: no checkpoint in %s yet; starting from step 0", self.run_dir)
-        return None
-
     def _compile(self) -> None:
         cfg = self.cfg
         self.qat_update = self.qat.update_for(self)
@@ -312,29 +302,6 @@ class Trainer:
         self.metrics.write({"kind": "test_eval", "step": self.step, "phase": self.phase, **ev})
         logger.info("test_eval @ %d (%s): %s", self.step, self.phase, format_triple(ev))
         return ev
-
-    def evaluate_pretrained(self) -> dict | None:
-        """A fine-tune's baseline: the `--model` float weights as given (the teacher) and their
-        round-to-nearest at the run's formats, on the final evaluation's batches of each split
-        ({"val": {"teacher", "rtn"}, "test": ...}). The run's own fp/ptq are its latent
-        weights, which drifted from the teacher; a fine-tune is judged against the model it
-        started from. None for a from-scratch run."""
-        cfg = self.cfg
-        if not cfg.model:
-            return None
-        model, _ = make_model(cfg, int(self.model_config.get("vocab_size") or 0))
-        prepare(model, self.qcfg, enabled=False)  # fake quant off: fp is the teacher as given
-        out = {}
-        splits = [("val", self.final_val, self.bytes_per_token)]
-        if self.final_test is not None:
-            splits.append(("test", self.final_test, self.test_bytes_per_token))
-        for split, batches, bpt in splits:
-            ev = self.dist.eval_triple(model, batches, bpt, False)  # "ptq": min/max RTN
-            out[split] = {"teacher": ev["fp"], "rtn": ev["ptq"]}
-            logger.info("--model %s @ %s: teacher %.4f | rtn %s", cfg.model, split,
-                        ev["fp"]["loss"], f"{ev['ptq']['loss']:.4f}" if ev["ptq"] else "n/a")  # fmt: skip
-        self.metrics.write({"kind": "pretrained_eval", "step": self.step, **out})
-        return out
 
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0; the other ranks write nothing and return None)."""
@@ -414,7 +381,7 @@ class Trainer:
                 if done:
                     self.evaluate(final=True)
                     self.evaluate_test()
-                    self.pretrained = self.evaluate_pretrained()
+                    self.pretrained = pretrained_baseline(self)
                 periodic = cfg.save_every and self.step % cfg.save_every == 0
                 if done or periodic or self.step in cfg.save_steps:
                     self.save()
