@@ -113,6 +113,19 @@ def test_noisy_recovery(noisy):
         assert np.max(np.abs(f_fit - f_true)) < 0.03
 
 
+def test_holdout_is_the_largest_size_with_qat_runs():
+    """A larger FP-only anchor (sweep_tiny_v2's 1.12M model) stays in the fit; the held-out
+    size is the largest one with QAT runs to predict."""
+    rows = make_rows()
+    for tpp in TPP:  # an FP-only anchor 2x above the largest QAT size
+        D = 64e6 * tpp
+        rows.append(dict(N=64e6, D=D, D_fp=D, D_qat=0.0, bits=None,
+                         final_loss=predict(TRUE, 64e6, D, 0.0, None)))  # fmt: skip
+    h = fit(rows, n_bootstrap=0).holdout
+    assert h is not None and h["N"] == 32e6 and h["n_rows"] == len(BITS) * len(TPP) * 7
+    assert h["mean_abs_rel_err"] < 0.01 and h["max_abs_rel_err"] < 0.03
+
+
 def test_report_metrics(noisy):
     _, res = noisy
     assert res.n_rows == {
