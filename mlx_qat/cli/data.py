@@ -64,9 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="split/tokenizer seed")
     p.add_argument(
         "--tokenizer",
-        metavar="DIR",
+        metavar="DIR|ID",
         help="use this tokenizer instead of training one (--vocab-size is then ignored): an "
-        "mlx_qat.data tokenizer dir, or any Hugging Face / mlx-lm model dir, whose own "
+        "mlx_qat.data tokenizer dir, any Hugging Face / mlx-lm model dir or a Hugging Face "
+        "repo id (as --model takes it), whose own "
         "tokenizer encodes each document as mlx-lm does (BOS where it adds one, EOS after)",
     )
     p.add_argument(
@@ -127,6 +128,17 @@ def summary(bundle, cfg: dict, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def tokenizer_path(name: str | None) -> str | None:
+    """`--tokenizer` as mlx-lm names models: a folder (which always wins), or a Hugging Face
+    repo id, resolved as `--model` is (the local cache first; offline, an error that says how
+    to fetch it)."""
+    if name is None or Path(name).expanduser().exists():
+        return name
+    from ..model_source import resolve_model
+
+    return str(resolve_model(name, what="--tokenizer").path)
+
+
 def _run(opts: dict) -> int:
     from ..data import prepare_data
 
@@ -138,7 +150,7 @@ def _run(opts: dict) -> int:
         val_fraction=opts["val_fraction"],
         seed=opts["seed"],
         test_fraction=opts["test_fraction"],
-        tokenizer=opts["tokenizer"],
+        tokenizer=tokenizer_path(opts["tokenizer"]),  # config.yaml keeps the id as given
         num_threads=opts["num_threads"],
         input_sentence_size=opts["input_sentence_size"],
         force=opts["force"],
