@@ -20,10 +20,11 @@ A model's own tokenizer instead of a trained one: ``prepare_data(..., tokenizer=
 """
 
 from .batches import EvalBatches, TokenBatches, eval_batches
+from .bundle import DataBundle, load_bundle
 from .corpus import read_documents, resolve_files, split_documents
 from .hf import save_hf_tokenizer
 from .shakespeare import default_corpus, fetch_shakespeare
-from .shards import DataBundle, encode_documents, load_bundle, prepare_data
+from .shards import encode_documents, prepare_data
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
 from .tokenizer_dir import load_tokenizer, tokenizer_kind, tokenizer_sha256
 

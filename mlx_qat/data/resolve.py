@@ -22,12 +22,12 @@ import os
 import shutil
 from pathlib import Path
 
+from .bundle import SPLIT_NAMES
 from .tokenizer_dir import has_tokenizer, load_tokenizer, tokenizer_kind, tokenizer_sha256
 
 logger = logging.getLogger(__name__)
 
 TOKENIZER = "tokenizer"
-RUN_DATA = "data"
 
 
 def is_prepared(path: str | os.PathLike) -> bool:
@@ -153,8 +153,6 @@ def check_split(bundle, split: str, seq_len: int) -> None:
     """Raise ValueError naming the data, the split and the fix when `split` is missing (the
     test split of data prepared before there was one) or holds fewer than `seq_len + 1`
     tokens (one window)."""
-    from .shards import SPLIT_NAMES
-
     tokens = len(bundle.split(split))
     if tokens >= seq_len + 1:
         return
