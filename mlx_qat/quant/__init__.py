@@ -10,6 +10,7 @@ Modules:
     backend.py         which path runs: fused kernels (mlx_qat.kernels), CPU path, reference
     kernel_check.py    fused kernels vs the reference: the check a user runs (`check_backend`)
                        and the one `prepare` runs on the kernels a run will use (`self_check`)
+    kernel_compare.py  one kernel output vs the reference (a row; the tolerances)
     kernel_cases.py    the awkward inputs both checks use
 """
 
