@@ -241,6 +241,27 @@ def resolve_model(
     return _mlx_source(text, _hub_path(text, revision, what), what, hub=text, revision=revision)
 
 
+def float_model_dir(name: str, revision: str | None = None, what: str = "--model") -> str:
+    """The local folder of a float mlx-lm model given as a folder (returned as given) or a
+    Hugging Face repo id (its snapshot, the local cache first, at `revision`): what the
+    trainer reads; the run's config keeps `name`, so that a resume resolves it again.
+
+    Raises:
+        SourceError: no mlx-lm folder or repo id, a hub id offline and not in the cache (the
+            message says how to fetch it), or another kind of model.
+    """
+    source = resolve_model(name, revision, what)
+    if source.kind != "mlx":
+        raise SourceError(
+            f"{what} {name}: a {source.kind}, not an mlx-lm model; give a float mlx-lm "
+            "model directory or a Hugging Face repo id"
+        )
+    if source.hub is None:
+        return str(name)
+    logger.info("%s %s: %s", what, source.hub, source.path)
+    return str(source.path)
+
+
 def _checkpoint_source(name: str, path: Path) -> ModelSource:
     if (path / CHECKPOINTS).is_dir():
         latest = latest_checkpoint(path)

@@ -19,6 +19,7 @@ from test_convert_fixtures import CORPUS, REPO
 
 from mlx_qat.data import tokenizer_sha256
 from mlx_qat.model_source import SourceError, resolve_model
+from mlx_qat.train import TrainConfig, Trainer, load_config
 
 REPO_ID = "tiny-org/tiny-model"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -86,6 +87,32 @@ def test_offline_a_repo_id_not_in_the_cache_says_how_to_fetch_it(hub):
         resolve_model("./nowhere/at/all")
 
 
+def test_a_trainer_takes_a_repo_id_and_its_config_yaml_keeps_it(hub, hf_model, tmp_path):
+    """`Trainer(cfg)` with a repo id resolves it itself and trains what the snapshot folder
+    trains; config.yaml records the id and the revision (not the snapshot path), reads back,
+    and a resume from it resolves the id again."""
+    small = dict(data=[CORPUS], tokens=2 * 2 * 32, batch_size=2, seq_len=32, eval_batches=1,
+                 final_eval_batches=1, compile=False, quiet=True)  # fmt: skip
+    results = {}
+    for name, model, revision in (("hub", REPO_ID, COMMIT), ("local", str(hub), None)):
+        t = Trainer(
+            TrainConfig(out=str(tmp_path / f"run_{name}"), model=model, revision=revision, **small)
+        )
+        t.setup()
+        results[name] = t.run()
+        assert t.model_dir == str(hub)
+    assert results["hub"]["eval"] == results["local"]["eval"]
+    text = (tmp_path / "run_hub" / "config.yaml").read_text()
+    assert str(hub) not in text
+    saved = load_config(tmp_path / "run_hub" / "config.yaml")
+    assert (saved.model, saved.revision) == (REPO_ID, COMMIT)
+    assert saved.hash() == results["hub"]["config_hash"]
+    saved.resume = True  # the finished run, continued from its own config.yaml
+    again = Trainer(saved)
+    again.setup()
+    assert again.model_dir == str(hub) and again.step == results["hub"]["steps"]
+
+
 @pytest.mark.slow
 def test_train_convert_and_eval_teacher_take_a_repo_id(hub, hf_model, tmp_path):
     """Each verb given the repo id does what it does given the same model as a folder."""
@@ -101,7 +128,7 @@ def test_train_convert_and_eval_teacher_take_a_repo_id(hub, hf_model, tmp_path):
     assert results["hub"]["eval"] == results["local"]["eval"]
     assert results["hub"]["pretrained"] == results["local"]["pretrained"]
     saved = (tmp_path / "run_hub" / "config.yaml").read_text()
-    assert str(hub) in saved  # the snapshot it trained from
+    assert f"model: {REPO_ID}" in saved and str(hub) not in saved  # the id, not the snapshot
     # convert: the repo id's PTQ export is the folder's, byte for byte
     for name, model in (("hub", REPO_ID), ("local", hf_model)):
         proc = cli("convert", model, "--mlx-path", tmp_path / f"{name}_q4", "--ptq",

@@ -52,15 +52,16 @@ def qat_config(config) -> QATConfig:
     return replace(base, overrides=overrides) if overrides else base
 
 
-def make_model(config, vocab_size: int) -> tuple[nn.Module, dict]:
+def make_model(config, vocab_size: int, model_dir: str | None = None) -> tuple[nn.Module, dict]:
     """(float model, its mlx-lm config.json dict), seeded by `config.seed`.
 
-    Priority: `--model` (an existing float mlx-lm model dir, for QAT fine-tuning), then
-    `--model-config` (any mlx-lm config.json, random init), then `--preset`.
+    Priority: `--model` (an existing float mlx-lm model dir, for QAT fine-tuning; read from
+    `model_dir`, its local folder, when given: a hub id's snapshot), then `--model-config`
+    (any mlx-lm config.json, random init), then `--preset`.
     """
     mx.random.seed(config.seed)
     if config.model:
-        return load_pretrained(config.model, vocab_size=vocab_size)
+        return load_pretrained(model_dir or config.model, vocab_size=vocab_size)
     if config.model_config:
         path = Path(config.model_config)
         try:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 from ..fileio import atomic_write_json
-from ..model_source import resolve_model
 from .config import TrainConfig
 from .trainer import RESULT, Trainer
 from .twin import comparison, run_fp_twin
@@ -26,13 +24,13 @@ def train(config: TrainConfig, on_step=None, callbacks=()) -> dict:
     `mlx.launch` on several processes, trains data-parallel (`mlx_qat.train.dist`): every
     process returns the same result, rank 0 alone writes.
     `callbacks` (`callbacks.TrainingCallback`) plug into the run (not into its FP twin).
+    A `--model` repo id is resolved by the trainer (`model_source.float_model_dir`):
+    config.yaml keeps the id, and a resume resolves it again.
 
     Example:
         >>> result = train(TrainConfig(out="runs/tiny", preset="d2", tokens=300_000))
         >>> result["eval"]["qat"]["bpb"]
     """
-    if config.model:
-        config = local_model(config)
     trainer = Trainer(config, on_step, callbacks)
     trainer.setup()
     result = trainer.run()
@@ -51,24 +49,3 @@ def train(config: TrainConfig, on_step=None, callbacks=()) -> dict:
         except ImportError as e:
             logger.warning("plot: %s", e)
     return result
-
-
-def local_model(config: TrainConfig) -> TrainConfig:
-    """`config` with its `--model` resolved once (`model_source.resolve_model`): a Hugging Face
-    repo id becomes its local snapshot folder (the local cache first, at `revision`), which
-    config.yaml then records; a local folder is kept as given.
-
-    Raises:
-        ValueError: a `--model` that is no mlx-lm folder or repo id, or a hub id offline and
-            not in the cache (the message says how to fetch it).
-    """
-    source = resolve_model(config.model, config.revision, "--model")
-    if source.kind != "mlx":
-        raise ValueError(
-            f"--model {config.model}: a {source.kind}, not an mlx-lm model; give a float mlx-lm "
-            "model directory or a Hugging Face repo id"
-        )
-    if source.hub is None:
-        return config
-    logger.info("--model %s: %s", source.hub, source.path)
-    return replace(config, model=str(source.path))

@@ -21,7 +21,7 @@ def pretrained_baseline(t) -> dict | None:
     cfg = t.cfg
     if not cfg.model:
         return None
-    model, _ = make_model(cfg, int(t.model_config.get("vocab_size") or 0))
+    model, _ = make_model(cfg, int(t.model_config.get("vocab_size") or 0), t.model_dir)
     prepare(model, t.qcfg, enabled=False)  # fake quant off: fp is the teacher as given
     out = {}
     splits = [("val", t.final_val, t.bytes_per_token)]

@@ -275,7 +275,7 @@ def reference_weights(t, at_switch: bool) -> dict[str, mx.array]:
     if at_switch:  # arrays are immutable: the optimizer's updates replace, never change them
         return {p: layer.weight for p, layer in qat_layers(t.model)}
     if plan.fp_steps == 0:  # a fine-tune from step 0: the --model weights
-        model, _ = make_model(cfg, int(t.model_config.get("vocab_size") or 0))
+        model, _ = make_model(cfg, int(t.model_config.get("vocab_size") or 0), t.model_dir)
         have = dict(tree_flatten(model.parameters()))
         return {p: have[f"{p}.weight"] for p in paths}
     weights = {p: layer.weight for p, layer in qat_layers(t.model)}  # the layout to receive

@@ -141,7 +141,7 @@ def run_teacher(t, at_switch: bool) -> nn.Module | None:
     if cfg.objective == "ce":
         return None
     if cfg.model:
-        model, _ = make_model(cfg, int(t.model_config.get("vocab_size") or 0))
+        model, _ = make_model(cfg, int(t.model_config.get("vocab_size") or 0), t.model_dir)
         teacher = freeze(model, cfg.teacher_dtype)
         source = cfg.model
     else:

@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 
 
 def step_bytes(model_config: dict, param_bytes: int, batch_size: int, seq_len: int, **kw) -> dict:
@@ -161,6 +162,15 @@ def check_forward_memory(
         f"{est['total'] / gib:.1f} GiB ({parts} GiB), more than the {limit / gib:.1f} GiB "
         f"available ({where}); {fix}"
     )
+
+
+def check_model_memory(cfg, model, model_config: dict, **extra) -> dict:
+    """`check_step_memory` for `model` as built: its parameter bytes, activations in its
+    widest floating dtype."""
+    weights = [v for _, v in tree_flatten(model.parameters())]
+    floating = [v.dtype.size for v in weights if mx.issubdtype(v.dtype, mx.floating)]
+    param_bytes = sum(v.nbytes for v in weights)
+    return check_step_memory(cfg, model_config, param_bytes, max(floating, default=4), **extra)
 
 
 def check_step_memory(

@@ -14,16 +14,25 @@ Three AdamW instances behind `optim.MultiOptimizer`, split by parameter path:
 
 Both use bias-corrected moments (β1, β2, ε from the config). The learning rate is set from
 the plan before every step (`set_lr`), so the schedule is a pure function of the step.
+
+A `--model` in a 16-bit dtype trains float32 master weights (and so float32 moments) unless
+`master_dtype` is "model" (`float32_masters`): an update of 1e-5 to a bfloat16 weight of 0.02
+would round away.
 """
 
 from __future__ import annotations
+
+import logging
+from dataclasses import replace
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ..prepare import is_quantizer_param
+from ..prepare import is_quantizer_param, train_only_grid
+
+logger = logging.getLogger(__name__)
 
 
 def is_decayed(path: str, param: mx.array) -> bool:
@@ -90,3 +99,36 @@ def load_optimizer_arrays(opt: optim.Optimizer, arrays: dict[str, mx.array]) -> 
     # (keeping the loaded arrays); mark them initialised so compile sees a fixed state.
     for o in getattr(opt, "optimizers", [opt]):
         o._initialized = True
+
+
+def freeze_for_grid(model: nn.Module, cfg, plan) -> None:
+    """`train=grid`: freeze every weight (the quantization grid and the norms train), which
+    leaves no FP phase to train: refused with one."""
+    if cfg.train != "grid":
+        return
+    if plan.fp_steps:
+        raise ValueError(
+            f"train=grid: the weights are frozen, so there is no FP phase to train "
+            f"(this plan has {plan.fp_steps} FP steps): give --qat-fraction 1"
+        )
+    trained = train_only_grid(model)
+    logger.info("train=grid: %d trainable arrays (grid and norms)", len(trained))
+
+
+def float32_masters(model: nn.Module, cfg, qcfg):
+    """Set a `--model` in a 16-bit dtype to float32 (in place) unless `master_dtype` is
+    "model"; returns `qcfg` with the model's own dtype as its `scale_dtype` when that is unset
+    (the quantization scales keep the export's dtype, as mlx_lm.convert writes it)."""
+    if not cfg.model or cfg.master_dtype != "float32":
+        return qcfg
+    own = {v.dtype for _, v in tree_flatten(model.parameters())}
+    own = sorted(str(d).split(".")[-1] for d in own if mx.issubdtype(d, mx.floating))
+    if own in ([], ["float32"]):
+        return qcfg
+    if qcfg.scale_dtype is None and len(own) == 1:
+        qcfg = replace(qcfg, scale_dtype=own[0])
+    model.set_dtype(mx.float32)
+    mx.eval(model.parameters())
+    logger.info("--model weights are %s: trained as float32 masters (--master-dtype model "
+                "keeps them as they are)", "/".join(own))  # fmt: skip
+    return qcfg

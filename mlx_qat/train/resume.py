@@ -57,11 +57,12 @@ def find_resume(cfg, run_dir: Path):
     return None
 
 
-def check_resume(ckpt, cfg, run_dir: Path) -> dict:
-    """Raise CheckpointError unless `ckpt` may be resumed with `cfg`; returns the schedule
-    settings that changed ({name: [old, new]}; non-empty only with `cfg.reschedule`)."""
+def check_resume(ckpt, cfg, run_dir: Path, model_dir: str | None = None) -> dict:
+    """Raise CheckpointError unless `ckpt` may be resumed with `cfg` (`model_dir`: the local
+    folder of its `--model`); returns the schedule settings that changed ({name: [old, new]};
+    non-empty only with `cfg.reschedule`)."""
     st = ckpt.state
-    _check_model_dir(st, cfg, ckpt.path)
+    _check_model_dir(st, cfg, model_dir or cfg.model, ckpt.path)
     if "resume_hash" in st:
         same = st["resume_hash"] == cfg.hash(exclude=DATA_FIELDS)
     else:
@@ -89,13 +90,13 @@ def check_resume(ckpt, cfg, run_dir: Path) -> dict:
     )
 
 
-def _check_model_dir(st: dict, cfg, where) -> None:
-    """A fine-tune reads its teacher and basin reference from `--model` again on resume: the
-    folder must hold the files the run started from (checkpoints from before the hash was
-    recorded are not checked)."""
+def _check_model_dir(st: dict, cfg, model_dir: str | None, where) -> None:
+    """A fine-tune reads its teacher and basin reference from `--model` (its local folder
+    `model_dir`: a hub id's snapshot, resolved again) on resume: the folder must hold the files
+    the run started from (checkpoints from before the hash was recorded are not checked)."""
     if not cfg.model or not st.get("model_sha256"):
         return
-    now = model_dir_sha256(cfg.model)
+    now = model_dir_sha256(model_dir)
     if now != st["model_sha256"]:
         raise CheckpointError(
             f"checkpoint {where}: the run started from another --model {cfg.model} (its "
@@ -147,15 +148,16 @@ def check_data(ckpt, bundle) -> None:
         )
 
 
-def checkpoint_state(cfg, bundle) -> dict:
-    """The entries of `state.json` that the checks above read back."""
+def checkpoint_state(cfg, bundle, model_dir: str | None = None) -> dict:
+    """The entries of `state.json` that the checks above read back (`model_dir`: the local
+    folder of `cfg.model`)."""
     return {
         "config_hash": cfg.hash(),
         "resume_hash": cfg.hash(exclude=DATA_FIELDS),
         "train_hash": cfg.hash(exclude=DATA_FIELDS + SCHEDULE_FIELDS),
         "schedule": cfg.schedule(),
         "tokenizer_sha256": bundle.manifest["tokenizer"]["sha256"],
-        "model_sha256": model_dir_sha256(cfg.model) if cfg.model else None,
+        "model_sha256": model_dir_sha256(model_dir or cfg.model) if cfg.model else None,
     }
 
 
@@ -181,7 +183,7 @@ def trainer_state(t) -> dict:
             "shards_key": t.bundle.manifest.get("key"),
         },
         "rng": {"seed": cfg.seed, "next_step_seed": rng_seed(cfg.seed, step)},
-        **checkpoint_state(cfg, t.bundle),
+        **checkpoint_state(cfg, t.bundle, t.model_dir),
         "plan": {k: getattr(t.plan, k) for k in ("total_steps", "fp_steps", "qat_steps")},
         "eval": t.last_eval,
         "eval_step": t.last_eval_step,
@@ -204,7 +206,7 @@ def restore_checkpoint(t, ckpt) -> tuple[dict, int | None]:
     if cfg.branch_from:
         check_branch(ckpt, cfg, t.plan, t.model_config, t.qcfg)
     else:
-        changed = check_resume(ckpt, cfg, t.run_dir)
+        changed = check_resume(ckpt, cfg, t.run_dir, t.model_dir)
         if changed:
             rescheduled = {"changed": changed}
             logger.warning("reschedule: from step %s, %s", st["step"], changed)

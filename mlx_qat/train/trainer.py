@@ -40,14 +40,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
-from mlx.utils import tree_flatten
 
-from ..checkpoint import (
-    latest_checkpoint,
-    list_checkpoints,
-    remove_stale_tmp,
-    save_checkpoint,
-)
+from ..checkpoint import list_checkpoints, remove_stale_tmp, save_checkpoint
 from ..data.resolve import (
     check_split,
     copy_tokenizer,
@@ -57,17 +51,20 @@ from ..data.resolve import (
 )
 from ..eval_modes import format_triple
 from ..fileio import atomic_write_json, atomic_write_text
+from ..model_source import float_model_dir
 from ..models.build import make_model, qat_config
-from ..prepare import init_quantizers, prepare, set_fake_quant, train_only_grid
+from ..prepare import init_quantizers, prepare, set_fake_quant
 from .baseline import pretrained_baseline
 from .basin import basin_monitor_for, basin_reference_bytes
+from .batches import open_batches
 from .callbacks import TrainingCallback, load_callback_states
 from .config import TrainConfig
 from .dist import Group
 from .distill import make_loss, run_teacher, teacher_bytes
-from .memory import check_step_memory
+from .divergence import TrainingDiverged, diverged_message
+from .memory import check_model_memory
 from .metrics import MetricsWriter, NullMetrics
-from .optim import build_optimizer, set_lr
+from .optim import build_optimizer, float32_masters, freeze_for_grid, set_lr
 from .phase_plan import PhasePlan, plan_for_model
 from .report import reporter_for
 from .resume import (
@@ -88,10 +85,6 @@ logger = logging.getLogger(__name__)
 RESULT = "result.json"
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss or gradient norm became NaN/inf; the last checkpoint is the last good one."""
-
-
 class Trainer:
     """One run: `t = Trainer(config); t.setup(); t.run()`. `mlx_qat.train.train(config)` runs
     the whole job (this, then the FP twin and the plot when the config asks for them).
@@ -103,9 +96,7 @@ class Trainer:
         self.extra_callbacks: list[TrainingCallback] = list(callbacks)
         self.run_dir = Path(config.out)
         self.step, self.phase, self.tokens_seen, self.elapsed = 0, "fp", 0, 0.0
-        self.last_eval: dict = {}
-        self.last_eval_step = -1
-        self.last_test: dict | None = None
+        self.last_eval, self.last_eval_step, self.last_test = {}, -1, None
         self.tokens_per_s: list[float] = []
         self.rescheduled: dict = {}
         self.teacher = None  # the QAT phase's frozen float model, for kd/mix (distill.py)
@@ -121,16 +112,18 @@ class Trainer:
         self.dist = dist = Group.init(cfg.dist_timeout)
         self.qcfg = qat_config(cfg)
         with dist.agreed("checking the settings, the data and the checkpoint"):
+            # a hub id's snapshot, resolved here (and again on resume): config.yaml keeps the id
+            self.model_dir = float_model_dir(cfg.model, cfg.revision) if cfg.model else None
             dist.check_batch(cfg.batch_size)
             if dist.is_main:
                 check_out_dir(cfg)
-            self.bundle = open_prepared(cfg.data, cfg.model)  # refuses another tokenizer's
+            self.bundle = open_prepared(cfg.data, self.model_dir)  # refuses another tokenizer's
             if self.bundle is None and dist.size > 1:
                 raise ValueError(
                     f"--data {cfg.data}: several processes read prepared data: prepare it once "
                     "with mlx_qat.data --out DIR, give every machine the same DIR, pass --data DIR"
                 )
-            self._build(run_vocab_size(self.bundle, cfg.vocab_size, cfg.model))
+            self._build(run_vocab_size(self.bundle, cfg.vocab_size, self.model_dir))
             for split in ("train", "val") if self.bundle else ():
                 check_split(self.bundle, split, cfg.seq_len)
             self._features()
@@ -181,7 +174,7 @@ class Trainer:
         remove_stale_tmp(self.run_dir)
         if self.bundle is None:
             out = cfg.data_out or self.run_dir / DATA
-            self.bundle = prepare_run_data(cfg.data, out, cfg.vocab_size, cfg.seed, cfg.model)
+            self.bundle = prepare_run_data(cfg.data, out, cfg.vocab_size, cfg.seed, self.model_dir)
             for split in ("train", "val"):
                 check_split(self.bundle, split, cfg.seq_len)
             if ckpt is not None:
@@ -199,71 +192,27 @@ class Trainer:
     def _build(self, vocab_size: int) -> None:
         """Model, plan, optimizer; refuses a step that cannot fit in memory."""
         cfg = self.cfg
-        self.model, self.model_config = make_model(cfg, vocab_size)
-        self._float32_masters()
+        self.model, self.model_config = make_model(cfg, vocab_size, self.model_dir)
+        self.qcfg = float32_masters(self.model, cfg, self.qcfg)  # a 16-bit --model: float32
         self.qcfg.check_overrides(self.model, "quant_overrides")
         prepare(self.model, self.qcfg, enabled=False)
         self.plan: PhasePlan = plan_for_model(cfg, self.model)
         if self.plan.warning:
             logger.warning("plan: %s", self.plan.warning)
-        weights = tree_flatten(self.model.parameters())
-        act = max(
-            (v.dtype.size for _, v in weights if mx.issubdtype(v.dtype, mx.floating)), default=4
-        )
-        check_step_memory(
-            cfg, self.model_config, sum(v.nbytes for _, v in weights), act,
+        check_model_memory(
+            cfg, self.model, self.model_config,
             teacher_bytes=teacher_bytes(cfg, self.model, self.plan),
             reference_bytes=basin_reference_bytes(cfg, self.model, self.plan),
         )  # fmt: skip
-        if cfg.train == "grid":
-            if self.plan.fp_steps:
-                raise ValueError(
-                    f"train=grid: the weights are frozen, so there is no FP phase to train "
-                    f"(this plan has {self.plan.fp_steps} FP steps): give --qat-fraction 1"
-                )
-            trained = train_only_grid(self.model)
-            logger.info("train=grid: %d trainable arrays (grid and norms)", len(trained))
+        freeze_for_grid(self.model, cfg, self.plan)  # train=grid: the grid and norms only
         self.optimizer = build_optimizer(self.model, cfg)
 
-    def _float32_masters(self) -> None:
-        """A `--model` in a 16-bit dtype trains float32 weights (and so float32 optimizer
-        moments) unless `master_dtype` is "model"; its quantization scales keep the model's
-        dtype (the export's, as mlx_lm.convert writes it) unless `scale_dtype` is set."""
-        cfg = self.cfg
-        if not cfg.model or cfg.master_dtype != "float32":
-            return
-        own = {v.dtype for _, v in tree_flatten(self.model.parameters())}
-        own = sorted(str(d).split(".")[-1] for d in own if mx.issubdtype(d, mx.floating))
-        if own in ([], ["float32"]):
-            return
-        if self.qcfg.scale_dtype is None and len(own) == 1:
-            self.qcfg = replace(self.qcfg, scale_dtype=own[0])
-        self.model.set_dtype(mx.float32)
-        mx.eval(self.model.parameters())
-        logger.info("--model weights are %s: trained as float32 masters (--master-dtype model "
-                    "keeps them as they are)", "/".join(own))  # fmt: skip
-
     def _open_batches(self) -> None:
-        from ..data import TokenBatches, eval_batches
-        from ..data.resolve import train_loss_mask
-
-        cfg, b = self.cfg, self.bundle
-        mask = train_loss_mask(b, cfg.mask_prompt)  # --mask-prompt: prompts carry no loss
-        self.batches = TokenBatches(b.train, cfg.batch_size, cfg.seq_len, cfg.seed, mask)
-        self.val = list(eval_batches(b.val, cfg.batch_size, cfg.seq_len, cfg.eval_batches))
-        # The result's numbers: a larger sample than the periodic evals (the PTQ gap of a small
-        # model is a few hundredths of a nat, so 16 batches leave a few % of noise in it).
-        final = cfg.final_eval_batches or None
-        self.final_val = eval_batches(b.val, cfg.batch_size, cfg.seq_len, final)
-        self.bytes_per_token = float(b.bytes_per_token["val"])
-        self.final_test = None
-        try:
-            check_split(b, "test", cfg.seq_len)
-        except ValueError as e:  # no test split, or one too small for a window: said, not fatal
-            logger.warning("final evaluation on validation only: %s", e)
-            return
-        self.final_test = eval_batches(b.test, cfg.batch_size, cfg.seq_len, final)
-        self.test_bytes_per_token = float(b.bytes_per_token["test"])
+        b = open_batches(self.cfg, self.bundle)  # train, val (periodic, final), test
+        self.batches, self.val, self.final_val, self.final_test = (
+            b.train, b.val, b.final_val, b.final_test
+        )  # fmt: skip
+        self.bytes_per_token, self.test_bytes_per_token = b.bytes_per_token, b.test_bytes_per_token
 
     def _compile(self) -> None:
         cfg = self.cfg
@@ -275,32 +224,27 @@ class Trainer:
 
     # -- events ---------------------------------------------------------------------------
 
-    def evaluate(self, final: bool = False) -> dict:
-        """FP / QAT / PTQ on the periodic validation batches, or (`final`) on the final ones."""
+    def evaluate(self, final: bool = False, split: str = "val") -> dict | None:
+        """FP / QAT / PTQ on the periodic validation batches, or (`final`) on the final ones of
+        `split`: "val", or "test" (the held-out split: reported in the result, never used for
+        a choice; None when the data has none)."""
+        test = split == "test"
+        batches = self.final_test if test else self.final_val if final else self.val
+        if batches is None:
+            return None
+        bpt = self.test_bytes_per_token if test else self.bytes_per_token
         ready = self.phase == "qat" and not self.cfg.ablate_qat
-        batches = self.final_val if final else self.val
-        ev = self.dist.eval_triple(self.model, batches, self.bytes_per_token, ready, self.teacher)
-        self.last_eval, self.last_eval_step = ev, self.step
-        kind = "final_eval" if final else "eval"
+        ev = self.dist.eval_triple(self.model, batches, bpt, ready, self.teacher)
+        if test:
+            self.last_test = ev
+        else:
+            self.last_eval, self.last_eval_step = ev, self.step
+        kind = "test_eval" if test else "final_eval" if final else "eval"
         record = {"kind": kind, "step": self.step, "phase": self.phase, **ev}
-        for cb in self.callbacks if not final else ():
+        for cb in self.callbacks if kind == "eval" else ():
             record.update(cb.on_eval(self, self.step, ev) or {})
         self.metrics.write(record)
         logger.info("%s @ %d (%s): %s", kind, self.step, self.phase, format_triple(ev))
-        return ev
-
-    def evaluate_test(self) -> dict | None:
-        """The final FP / QAT / PTQ on the held-out test split (None when the data has none):
-        reported in the result, never used for a choice."""
-        if self.final_test is None:
-            return None
-        ready = self.phase == "qat" and not self.cfg.ablate_qat
-        ev = self.dist.eval_triple(
-            self.model, self.final_test, self.test_bytes_per_token, ready, self.teacher
-        )
-        self.last_test = ev
-        self.metrics.write({"kind": "test_eval", "step": self.step, "phase": self.phase, **ev})
-        logger.info("test_eval @ %d (%s): %s", self.step, self.phase, format_triple(ev))
         return ev
 
     def save(self) -> Path | None:
@@ -368,7 +312,9 @@ class Trainer:
                 loss, norm, lr = self.train_step()
                 dt = time.perf_counter() - t0
                 if not (math.isfinite(loss) and math.isfinite(norm)):
-                    self._diverged(loss, norm)
+                    msg = diverged_message(self.run_dir, self.step, loss, norm)
+                    self.metrics.write({"kind": "error", "step": self.step, "message": msg})
+                    raise TrainingDiverged(msg)
                 self.step += 1
                 self.tokens_seen += cfg.tokens_per_step
                 self.elapsed += dt
@@ -380,7 +326,7 @@ class Trainer:
                     self.evaluate()
                 if done:
                     self.evaluate(final=True)
-                    self.evaluate_test()
+                    self.evaluate(final=True, split="test")
                     self.pretrained = pretrained_baseline(self)
                 periodic = cfg.save_every and self.step % cfg.save_every == 0
                 if done or periodic or self.step in cfg.save_steps:
@@ -398,19 +344,12 @@ class Trainer:
             self.tokens_per_s.append(tps)
         info = None
         if self.step % cfg.log_every == 0 or self.step == self.plan.total_steps:
-            info = {
-                "kind": "train",
-                "step": self.step,
-                "phase": self.phase,
-                "lr": lr,
-                "loss": loss,
-                "grad_norm": norm,
-                "tokens": self.tokens_seen,
-                "tokens_per_s": round(tps, 1),
-                "step_s": round(dt, 4),
-                "peak_memory_mb": round(mx.get_peak_memory() / 2**20, 1),
-                "epoch": round(self.batches.epochs_at(self.step * cfg.grad_accum), 4),
-            }
+            info = dict(
+                kind="train", step=self.step, phase=self.phase, lr=lr, loss=loss, grad_norm=norm,
+                tokens=self.tokens_seen, tokens_per_s=round(tps, 1), step_s=round(dt, 4),
+                peak_memory_mb=round(mx.get_peak_memory() / 2**20, 1),
+                epoch=round(self.batches.epochs_at(self.step * cfg.grad_accum), 4),
+            )  # fmt: skip
         for cb in self.callbacks:
             extra = cb.on_step_end(self, self.step, info)
             if info is not None:
@@ -420,18 +359,6 @@ class Trainer:
         if bar is not None:
             bar.set_postfix_str(f"{self.phase} loss {loss:.3f} {tps:,.0f} tok/s", refresh=False)
             bar.update(1)
-
-    def _diverged(self, loss: float, norm: float) -> None:
-        last = latest_checkpoint(self.run_dir)
-        msg = (
-            f"step {self.step}: loss {loss}, gradient norm {norm} (not finite); training "
-            f"stopped without saving. The last good checkpoint is "
-            f"{last if last else 'none (no checkpoint yet)'}. Lower --lr, lengthen the warmup "
-            "or tighten --grad-clip, then continue from it with --resume --reschedule (the new "
-            "values apply from that step on)"
-        )
-        self.metrics.write({"kind": "error", "step": self.step, "message": msg})
-        raise TrainingDiverged(msg)
 
     def _result(self) -> dict:
         tps = sorted(self.tokens_per_s)
