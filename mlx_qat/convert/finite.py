@@ -67,3 +67,17 @@ def check_loss(name: str, value: float | None, where: str, fix: str) -> None:
     """Raise ConvertError when the loss `name` was measured and is NaN or inf."""
     if value is not None and not math.isfinite(value):
         raise ConvertError(f"{where}: {name} is {value}; {fix}; nothing was written")
+
+
+def check_source_finite(source, model: nn.Module) -> None:
+    """Refuse an input with a NaN or inf parameter, naming it, before anything is computed."""
+    if source.kind == "checkpoint":
+        where = f"checkpoint {source.path}"
+        fix = (
+            "the run diverged before it was saved or its weights were edited; convert an "
+            "earlier checkpoint (its checkpoints/step_XXXXXXXX directory)"
+        )
+    else:
+        where = f"model {source.path}"
+        fix = "its weight files are damaged; download or convert the model again"
+    check_model(model, where, fix)

@@ -8,8 +8,8 @@ Steps: the file's metadata and tensors (`gguf_read`: `mx.load` for F32/F16/Q4_0/
 `gguf` package's numpy dequantizer for other types); config.json, mlx-lm names and the q/k
 rows back in the Hugging Face rotary layout (`gguf_llama`); the tokenizer from the GGUF
 vocabulary and its chat template (`gguf_tokenizer`, transformers' conversion); then the model,
-built with mlx-lm's own `llama.Model`, written like every export (`write`: shards + index,
-tokenizer data files only, atomic directory, config.json last).
+built with mlx-lm's own `llama.Model` (`gguf_model`), written like every export (`write`:
+shards + index, tokenizer data files only, atomic directory, config.json last).
 
 Two weight formats:
 
@@ -40,41 +40,42 @@ about twice the model (built + loaded).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_map
 
 from ..fileio import sha256_file
 from .card import gguf_card
 from .errors import ConvertError, ParityError
-from .finite import check_loss, check_model, check_tensors
+from .finite import check_loss, check_model
 from .gguf_llama import ARCH, check_architecture, llama_config, to_mlx_weights
-from .gguf_read import GROUP_SIZE, QTensor, Tensor, load_tensors, read_header
+from .gguf_model import build_model, check_gguf_tensors, compare_loaded, quantization_block
+from .gguf_read import load_tensors, read_header
 from .gguf_tokenizer import save_gguf_tokenizer
 from .output import check_output
-from .pack import DTYPES
+from .pack import cast_model, dtype_name, parse_dtype
 from .parity import load_staged
 from .tokenizer import save_tokenizer
 from .write import (
+    RESULT_FILE,
     commit_config,
     file_sizes,
     save_config,
     save_weights,
     staged_dir,
+    write_result,
 )
+
+__all__ = ["RESULT_FILE", "GGUFImportResult", "build_model", "import_gguf", "summary"]
 
 logger = logging.getLogger(__name__)
 
-RESULT_FILE = "mlx_qat.json"
 CHECK_TEXT = (
     "The village sat at the bottom of a long valley, where the river slowed and spread into "
     "a wide, shallow lake. In the summer the children swam there every afternoon, and in the "
@@ -106,104 +107,6 @@ class GGUFImportResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _out_dtype(dtype: str | None, quantize: bool) -> mx.Dtype:
-    if dtype is None:
-        return mx.float16 if quantize else mx.float32
-    if dtype not in DTYPES:
-        raise ConvertError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    return getattr(mx, dtype)
-
-
-def _dtype_name(d: mx.Dtype) -> str:
-    return str(d).rsplit(".", 1)[-1]
-
-
-def quantization_block(weights: dict[str, Tensor]) -> tuple[dict | None, dict[str, dict]]:
-    """mlx-lm's `quantization` block for the kept-quantized weights, and each layer's spec.
-
-    The top level holds the most common bits; layers with other bits get per-path entries.
-    """
-    specs = {
-        k.removesuffix(".weight"): {"group_size": t.group_size, "bits": t.bits, "mode": "affine"}
-        for k, t in weights.items()
-        if isinstance(t, QTensor)
-    }
-    if not specs:
-        return None, {}
-    bits = Counter(s["bits"] for s in specs.values()).most_common(1)[0][0]
-    block: dict = {"group_size": GROUP_SIZE, "bits": bits, "mode": "affine"}
-    block.update({p: s for p, s in sorted(specs.items()) if s["bits"] != bits})
-    return block, specs
-
-
-def build_model(config: dict, weights: dict[str, Tensor], specs: dict):
-    """mlx-lm's llama `Model` holding `weights` in float32: float weights, and quantized layers
-    (`specs`) as MLX quantized modules whose scales and biases are ggml's float16 values, widened
-    (exactly) so that the model computes ggml's grid."""
-    from mlx_lm.models import llama
-
-    model = llama.Model(llama.ModelArgs.from_dict(config))
-    if specs:
-        nn.quantize(
-            model,
-            group_size=GROUP_SIZE,
-            bits=config["quantization"]["bits"],
-            class_predicate=lambda p, m: specs.get(p, False),
-        )
-    flat: dict[str, mx.array] = {}
-    for k, t in weights.items():
-        if isinstance(t, QTensor):
-            base = k.removesuffix(".weight")
-            flat[k] = t.weight
-            flat[f"{base}.scales"] = t.scales.astype(mx.float32)
-            flat[f"{base}.biases"] = t.biases.astype(mx.float32)
-        else:
-            flat[k] = t.astype(mx.float32)
-    flat = model.sanitize(flat)
-    try:
-        model.load_weights(list(flat.items()), strict=True)
-    except ValueError as e:
-        raise ConvertError(f"the GGUF tensors do not fit mlx-lm's llama model: {e}") from e
-    mx.eval(model.parameters())
-    return model
-
-
-def cast_floats(model: nn.Module, dtype: mx.Dtype) -> None:
-    """Cast every float parameter (quantized layers' scales and biases included) to `dtype`."""
-
-    def cast(v: mx.array) -> mx.array:
-        return v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v
-
-    model.update(tree_map(cast, model.parameters()))
-    mx.eval(model.parameters())
-
-
-def _formats(model: nn.Module) -> dict[str, tuple]:
-    return {
-        p: (m.group_size, m.bits, getattr(m, "mode", "affine"))
-        for p, m in model.named_modules()
-        if "scales" in m
-    }
-
-
-def compare_loaded(built: nn.Module, loaded: nn.Module) -> dict:
-    """Whether `loaded` is `built` exactly: model arguments, quantized formats, every parameter
-    (dtype and bits). Returns a summary with the first differences (`"passed"`)."""
-    diffs: list[str] = []
-    if getattr(built, "args", None) != getattr(loaded, "args", None):
-        diffs.append(f"model arguments differ: {loaded.args} != {built.args}")
-    if _formats(built) != _formats(loaded):
-        diffs.append("quantized formats differ")
-    ours, theirs = dict(tree_flatten(built.parameters())), dict(tree_flatten(loaded.parameters()))
-    if set(ours) != set(theirs):
-        diffs.append(f"parameters differ: {sorted(set(ours) ^ set(theirs))[:5]}")
-    for k in sorted(set(ours) & set(theirs)):
-        a, b = ours[k], theirs[k]
-        if a.dtype != b.dtype or a.shape != b.shape or not mx.array_equal(a, b).item():
-            diffs.append(f"{k}: {b.dtype}{tuple(b.shape)} != {a.dtype}{tuple(a.shape)} or values")
-    return {"parameters": len(ours), "differences": diffs[:5], "passed": not diffs}
 
 
 def check_text_loss(model: nn.Module, ids: list[int], vocab_size: int) -> dict:
@@ -270,7 +173,7 @@ def import_gguf(
     t0 = time.perf_counter()
     options = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k != "t0"}
     gguf_path, mlx_path = Path(gguf_path).expanduser(), Path(mlx_path).expanduser()
-    out_dtype = _out_dtype(dtype, quantize)
+    out_dtype = parse_dtype(dtype, mx.float16 if quantize else mx.float32)
     check_output(mlx_path, force, {"the input": gguf_path})
     header = read_header(gguf_path)
     check_architecture(header)
@@ -290,7 +193,7 @@ def import_gguf(
             "bfloat16 rounds ggml's float16 scales and biases (8 significant bits, not 11); "
             "--dtype float16 keeps them exact, float32 also computes ggml's grid exactly"
         )
-    config["torch_dtype"] = _dtype_name(out_dtype)
+    config["torch_dtype"] = dtype_name(out_dtype)
     model = build_model(config, weights, specs)
     del weights
 
@@ -304,7 +207,7 @@ def import_gguf(
         tensor_types=header.type_counts(),
         method="quantized" if block else "float",
         quantization=block,
-        dtype=_dtype_name(out_dtype),
+        dtype=dtype_name(out_dtype),
         bits_per_weight=0.0,
         num_parameters=0,
         total_bytes=0,
@@ -326,10 +229,10 @@ def import_gguf(
                 "model (download it again, or convert the original Hugging Face model with "
                 "mlx_lm.convert)",
             )
-            cast_floats(model, out_dtype)
+            cast_model(model, out_dtype)
             check_model(
                 model,
-                f"the import of {gguf_path} in {_dtype_name(out_dtype)}",
+                f"the import of {gguf_path} in {dtype_name(out_dtype)}",
                 "the cast overflowed; pass --dtype float32",
             )
             result.bits_per_weight = round(float(compute_bits_per_weight(model)), 4)
@@ -345,25 +248,9 @@ def import_gguf(
             del model
             commit_config(tmp)
             result.seconds = round(time.perf_counter() - t0, 3)
-            (tmp / "README.md").write_text(gguf_card(result), encoding="utf-8")
-            (tmp / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+            write_result(tmp, gguf_card(result), result.to_dict())
     logger.info("wrote %s (%.3f bits per weight)", mlx_path, result.bits_per_weight)
     return result
-
-
-def check_gguf_tensors(header, tensors: dict[str, Tensor]) -> None:
-    """Refuse a file with a NaN or inf weight (a quantized tensor after dequantization, in
-    float32), naming the tensor and its ggml type, before anything is built or written."""
-    named = (
-        (f"{n} [{header.types.get(n, '?')}]", t.dequantize() if isinstance(t, QTensor) else t)
-        for n, t in tensors.items()
-    )
-    check_tensors(
-        named,
-        f"GGUF file {header.path}",
-        "the file is damaged (an interrupted download or a disk error): download it again and "
-        "compare its sha256 with the publisher's",
-    )
 
 
 def _check_message(c: dict, mlx_path: Path) -> str:

@@ -36,6 +36,20 @@ logger = logging.getLogger(__name__)
 DTYPES = ("float16", "bfloat16", "float32")
 
 
+def parse_dtype(name: str | None, default: mx.Dtype | None = None) -> mx.Dtype | None:
+    """`--dtype NAME` as an `mx.Dtype` (`default` when not given); ConvertError otherwise."""
+    if name is None:
+        return default
+    if name not in DTYPES:
+        raise ConvertError(f"--dtype {name}: choose one of {', '.join(DTYPES)}")
+    return getattr(mx, name)
+
+
+def dtype_name(d: mx.Dtype) -> str:
+    """ "float16" for `mx.float16`."""
+    return str(d).rsplit(".", 1)[-1]
+
+
 def format_flags(q_bits, q_group_size, q_mode) -> QuantSpec | None:
     """The format `--bits/--group-size/--mode` ask for (None when none was given)."""
     if q_bits is None and q_group_size is None and q_mode is None:

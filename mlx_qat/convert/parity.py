@@ -248,3 +248,18 @@ def check_parity(path: Path, data: ParityData, losses: dict, tolerance: float) -
         ptq=losses.get("ptq"),
         bits_per_byte=bpb,
     )
+
+
+def parity_message(report: ParityReport, mlx_path: Path) -> str:
+    if not math.isfinite(report.exported):
+        return (
+            f"parity check failed for {mlx_path}: validation loss {report.exported} after export "
+            f"vs {report.reference:.6f} before: the exported model computes NaN/inf; nothing "
+            "was written. Try --dtype float32 (a half-precision forward can overflow)"
+        )
+    return (
+        f"parity check failed for {mlx_path}: validation loss {report.exported:.6f} after export "
+        f"vs {report.reference:.6f} before (relative difference {report.rel_diff:.2e} > "
+        f"tolerance {report.tolerance:.0e}); nothing was written. If the difference is expected "
+        "(e.g. a half-precision --dtype), raise --parity-tolerance or pass --no-parity-check"
+    )

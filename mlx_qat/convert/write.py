@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
+RESULT_FILE = "mlx_qat.json"
 
 
 def tmp_dir_for(final: Path) -> Path:
@@ -136,6 +137,12 @@ def save_config(path: Path, config: dict, pending: bool = False) -> None:
 def commit_config(path: Path) -> None:
     """Rename the verified `config.unverified.json` to `config.json`: now mlx-lm loads it."""
     os.replace(path / PENDING_CONFIG, path / CONFIG)
+
+
+def write_result(path: Path, card: str, result: dict) -> None:
+    """The model card (README.md) and what the export measured (`RESULT_FILE`)."""
+    (path / "README.md").write_text(card, encoding="utf-8")
+    (path / RESULT_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
 
 
 def file_sizes(path: Path) -> dict[str, int]:
