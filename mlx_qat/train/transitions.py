@@ -32,9 +32,6 @@ from ..layers import QATLayer
 from ..prepare import qat_layers
 from ..quant.codes import code_position, quantizer_params, transition_distance
 
-# What `record()` writes to metrics.jsonl (kind "train"), besides the TRS keys of trs.py.
-KEYS = ("transition_rate", "transition_rate_ema", "transition_rate_layers", "transition_distance")
-
 
 class Transitions:
     """The transition statistics of a model's QAT layers (the math in the module header).
