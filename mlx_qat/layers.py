@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import mlx.core as mx
 import mlx.nn as nn
 
-from .quant.quantizers import MinMaxQuantizer, Quantizer, make_quantizer
+from .quant.quantizers import Quantizer, make_quantizer
 from .quant.spec import QuantSpec
 
 if TYPE_CHECKING:
@@ -142,12 +142,7 @@ class QATEmbedding(QATLayer):
     def __call__(self, x: mx.array) -> mx.array:
         if not self.fake_quant:
             return self["weight"][x]
-        rows = self["weight"][x]
-        if type(self.quantizer) is MinMaxQuantizer and rows.ndim >= 2:
-            # Groups lie along rows and min/max has no per-row state, so quantizing only the
-            # looked-up rows gives the same values (and STE gradient) at a fraction of the cost.
-            return self.quantizer(rows)
-        return self.quantizer(self["weight"])[x]
+        return self.quantizer.lookup(self["weight"], x)  # ŵ[x], quantizing only those rows
 
     def as_linear(self, x: mx.array) -> mx.array:
         """Use the (fake-quantized) table as an output projection: x @ ŵᵀ."""

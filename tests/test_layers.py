@@ -118,12 +118,39 @@ def test_single_layer_to_quantized_matches(kind, cls):
         assert rel_err(layer.as_linear(h), q.as_linear(h)) <= RTOL
 
 
-def test_embedding_row_gather_matches_full_table():
+@pytest.mark.parametrize(
+    "kind,scale_grad",
+    [("minmax", "ste"), ("learned_affine", "ste"), ("learned_affine", "fixed_codes")],
+)
+def test_embedding_row_gather_matches_full_table(kind, scale_grad):
+    """The lookup quantizes only the rows it gathers: the values of quantizing the whole table
+    and then gathering, bit for bit, and the same gradients (summation order apart: a repeated
+    id's cotangents are summed before or after the per-group reductions)."""
     mx.random.seed(4)
-    layer = QATEmbedding.from_float(nn.Embedding(64, 64), QuantSpec(bits=2), "minmax")
-    ids = mx.array([[1, 7, 7, 63]])
+    spec = QuantSpec(bits=2, group_size=32)
+    layer = QATEmbedding.from_float(nn.Embedding(64, 64), spec, kind, scale_grad=scale_grad)
+    if kind == "learned_affine":  # a grid that moved off its anchors (and off the min/max)
+        q = layer.quantizer
+        q.scale = q.scale * (1 + 0.2 * mx.random.uniform(shape=q.scale.shape))
+        q.bias = q.bias + 0.01 * mx.random.normal(q.bias.shape)
+    ids = mx.array([[1, 7, 7, 63], [0, 7, 40, 1]])
     full = layer.quantizer(layer.weight)[ids]
     assert mx.array_equal(layer(ids), full)
+    r = mx.random.normal((*ids.shape, 64))
+
+    def lookup(m):
+        return (m(ids) * r).sum()
+
+    def whole_table(m):
+        return (m.quantizer(m["weight"])[ids] * r).sum()
+
+    got = dict(tree_flatten(nn.value_and_grad(layer, lookup)(layer)[1]))
+    want = dict(tree_flatten(nn.value_and_grad(layer, whole_table)(layer)[1]))
+    assert got.keys() == want.keys() and "weight" in got
+    for k, g in want.items():
+        err = (mx.abs(got[k] - g).max() / mx.maximum(mx.abs(g).max(), 1e-30)).item()
+        assert err <= 1e-6, (k, err)
+        assert mx.abs(g).max().item() > 0 or k.startswith("quantizer.anchor"), k
 
 
 def test_ste_gradient_of_linear():

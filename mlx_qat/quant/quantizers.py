@@ -49,6 +49,12 @@ class Quantizer(nn.Module):
     def init_from(self, w: mx.array) -> None:  # noqa: B027 - optional hook
         """Re-initialise learnable parameters from `w` (no-op for min/max)."""
 
+    def lookup(self, w: mx.array, ids: mx.array) -> mx.array:
+        """ŵ[ids]: the rows `ids` of an embedding table `w`, fake-quantized (the table's
+        lookup). Quantizers whose groups and parameters are per row quantize only the rows
+        looked up: the same values, and a backward over those rows, not the whole table."""
+        return self(w)[ids]
+
     def _storage(self, w: mx.array) -> mx.Dtype:
         return w.dtype if self.scale_dtype is None else self.scale_dtype
 
@@ -88,6 +94,12 @@ class MinMaxQuantizer(Quantizer):
         if not (self.spec.is_affine and self._rounds_scales(w)):
             return fake_quantize(w, self.spec)
         return _minmax_rounded(self.spec.bits, self.spec.group_size, self.scale_dtype)(w)
+
+    def lookup(self, w: mx.array, ids: mx.array) -> mx.array:
+        rows = w[ids]
+        # Groups lie along rows and min/max has no per-row state: quantizing only the looked-up
+        # rows gives the same values (and STE gradient) at a fraction of the cost.
+        return self(rows) if rows.ndim >= 2 else self(w)[ids]
 
     def grid(self, w: mx.array) -> Grid:
         g = quantize_grid(w, self.spec)
@@ -203,6 +215,20 @@ class LearnedAffineQuantizer(Quantizer):
             fn = learned_affine.anchored_function(bits, gs, sd)
             return fn(w, self.scale, self.bias, self.anchor_scale, self.anchor_bias)
         return learned_affine.learned_affine_function(bits, gs, sd)(w, self.scale, self.bias)
+
+    def lookup(self, w: mx.array, ids: mx.array) -> mx.array:
+        # A row's codes and values depend only on that row and its groups' (s, b) (and
+        # anchors): gathering them first gives ŵ[ids] exactly, and the backward of the lookup
+        # runs over the rows looked up (their gradients scattered back by the gathers).
+        bits, gs, sd = self.spec.bits, self.spec.group_size, self.scale_dtype
+        if self.anchored:
+            fn = learned_affine.anchored_function(bits, gs, sd)
+            return fn(
+                w[ids], self.scale[ids], self.bias[ids],
+                self.anchor_scale[ids], self.anchor_bias[ids],
+            )  # fmt: skip
+        fn = learned_affine.learned_affine_function(bits, gs, sd)
+        return fn(w[ids], self.scale[ids], self.bias[ids])
 
     def code_grid(self) -> tuple[mx.array, mx.array]:
         """(scale, bias) the codes are read on: the anchors, or the learned grid itself."""
