@@ -2,7 +2,7 @@
 
     mlx_qat.train --config main --data data --out runs/main   # add --resume after a crash
 
-One `--kebab-case` flag per `TrainConfig` field (see `--help`, in titled sections; `q_mode` is
+One `--kebab-case` flag per `TrainConfig` field (see `--help`, in its group's section; `q_mode` is
 `--mode`, as every verb spells it), and `--config FILE.yaml` with the same keys; CLI > YAML >
 defaults. Prints the phase plan, trains (and the FP twin with
 `--fp-twin`), prints the FP / PTQ / QAT table. The resolved config is `<out>/config.yaml`.
@@ -26,6 +26,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..train.config import FLAG_NAMES, TrainConfig, parse_count
+from ..train.config import GROUPS as CONFIG_GROUPS
 from ..train.defaults import SCRATCH, default_help
 from .common import HelpFormatter, add_config, add_renamed, debugging, run_verb
 
@@ -47,21 +48,9 @@ def _flag_type(f) -> tuple[object, dict]:
     return str, kw
 
 
-# The sections of `--help`, in order: TrainConfig field metadata "group" -> title.
-GROUPS = {
-    "model": "model (what is trained)",
-    "data": "data",
-    "run": "run directory, resume and seed",
-    "budget": "token budget and FP/QAT split",
-    "schedule": "learning-rate schedule",
-    "optimizer": "optimizer (AdamW)",
-    "batch": "batch shape",
-    "qat": "QAT (quantization format, quantizer, what the QAT phase trains)",
-    "distill": "distillation (the QAT phase's loss)",
-    "trs": "transition-rate scheduling (TRS, the QAT phase's LR control)",
-    "eval": "evaluation, checkpoints and logging",
-    "distributed": "execution (compilation, memory, several processes)",
-}
+# The sections of `--help`, in order: the config's groups (`train.config.GROUPS`), key (field
+# metadata "group") -> title.
+GROUPS = {group.KEY: group.TITLE for group in CONFIG_GROUPS}
 # What `plan_for_config` reads (`mlx_qat.plan` takes only these): the data's vocabulary, the
 # model, the format of each layer (parameter bytes), the budget, the schedule, the batch shape.
 PLAN_FIELDS = (

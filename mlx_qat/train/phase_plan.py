@@ -264,7 +264,6 @@ def plan_for_config(config) -> PhasePlan:
     The model is built lazily (nothing is allocated) from `--model`'s config.json,
     `--model-config` or the preset, and sized exactly as the trainer sizes it.
     """
-    from ..models.build import qat_config
     from ..models.presets import model_from_config, preset_config
     from ..prepare import prepare
 
@@ -282,5 +281,5 @@ def plan_for_config(config) -> PhasePlan:
     else:
         mcfg = preset_config(config.preset, vocab, max(4096, config.seq_len))
     model = model_from_config(mcfg)
-    prepare(model, qat_config(config), enabled=False)
+    prepare(model, config.qat_config(), enabled=False)
     return plan_for_model(config, model)

@@ -52,7 +52,7 @@ from ..data.resolve import (
 from ..eval_modes import format_triple
 from ..fileio import atomic_write_json, atomic_write_text
 from ..model_source import float_model_dir
-from ..models.build import make_model, qat_config
+from ..models.build import make_model
 from ..prepare import init_quantizers, prepare, set_fake_quant
 from .baseline import pretrained_baseline
 from .basin import basin_monitor_for, basin_reference_bytes
@@ -110,7 +110,7 @@ class Trainer:
         cfg = self.cfg
         mx.set_cache_limit(max(mx.set_cache_limit(0), cfg.cache_limit_mb << 20))
         self.dist = dist = Group.init(cfg.dist_timeout)
-        self.qcfg = qat_config(cfg)
+        self.qcfg = cfg.qat_config()  # built once, when the config was checked
         with dist.agreed("checking the settings, the data and the checkpoint"):
             # a hub id's snapshot, resolved here (and again on resume): config.yaml keeps the id
             self.model_dir = float_model_dir(cfg.model, cfg.revision) if cfg.model else None
