@@ -69,6 +69,14 @@ def codes(wg: mx.array, scale: mx.array, bias: mx.array, bits: int):
     return mx.clip(mx.round(x), 0.0, float(2**bits - 1)), s, b, x
 
 
+def _after(cot: mx.array, *arrays: mx.array) -> list[mx.array]:
+    """`arrays`, made to depend on the cotangent: the backward recomputes the codes from them
+    when the cotangent exists, instead of `mx.compile` merging the recomputation with the
+    forward's identical one and keeping every layer's codes alive from the forward to the
+    backward (the weights' size again in float32, twice: codes and positions). Same values."""
+    return mx.depends(list(arrays), [cot])
+
+
 def reference_forward(w, scale, bias, bits: int, group_size: int, scale_dtype=None) -> mx.array:
     """Pure-MLX ŵ of `w` (..., K) for scale and bias shaped (..., K/group_size)."""
     code, s, b, _ = codes(group(w, group_size).astype(mx.float32), scale, bias, bits)
@@ -79,6 +87,7 @@ def reference_forward(w, scale, bias, bits: int, group_size: int, scale_dtype=No
 
 def reference_backward(w, scale, bias, cot, bits: int, group_size: int):
     """Pure-MLX (∂L/∂w, ∂L/∂scale, ∂L/∂bias) for the cotangent `cot` = ∂L/∂ŵ."""
+    w, scale, bias = _after(cot, w, scale, bias)
     code, _, _, x = codes(group(w, group_size).astype(mx.float32), scale, bias, bits)
     c = group(cot, group_size).astype(mx.float32)
     inside = (x >= 0) & (x <= float(2**bits - 1))
@@ -98,6 +107,7 @@ def anchored_forward(w, scale, bias, anchor_scale, anchor_bias, bits, group_size
 
 def anchored_backward(w, scale, bias, anchor_scale, anchor_bias, cot, bits, group_size):
     """Pure-MLX (∂L/∂w, ∂L/∂scale, ∂L/∂bias) of `anchored_forward` (the anchors get none)."""
+    w, anchor_scale, anchor_bias = _after(cot, w, anchor_scale, anchor_bias)
     code, s0, _, x = codes(group(w, group_size).astype(mx.float32), anchor_scale, anchor_bias, bits)
     c = group(cot, group_size).astype(mx.float32)
     inside = (x >= 0) & (x <= float(2**bits - 1))
