@@ -15,7 +15,7 @@ a test may change its copy freely. `fake_quant=True` trains QAT from scratch
 QAT config recorded). Settings are `TrainConfig` fields (`bits`, `quantizer`, `q_mode`, ...),
 and `model_config` (a dict) trains any mlx-lm architecture. Per-path formats are the setting
 `quant_overrides`; `qat=` hands a whole `QATConfig` (e.g. one with a `predicate`) to the
-trainer in place of the one it derives from its settings (`mlx_qat.train.trainer.qat_config`),
+trainer in place of the one it derives from its settings (`TrainConfig.qat_config`),
 and the fixture checks the checkpoint records exactly it.
 """
 
@@ -127,10 +127,8 @@ class TrainedRuns:
             seen["trainer"] = trainer
 
         with pytest.MonkeyPatch.context() as mp:
-            if qat is not None:
-                import mlx_qat.train.trainer as trainer_module
-
-                mp.setattr(trainer_module, "qat_config", lambda config: qat)
+            if qat is not None:  # the run's one QATConfig (TrainConfig.qat_config)
+                mp.setattr(TrainConfig, "qat_config", lambda config: qat)
             result = train(cfg, on_step=keep_trainer)
         run = Path(cfg.out)
         checkpoint = load_checkpoint(latest_checkpoint(run), optimizer=False)
