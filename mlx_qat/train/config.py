@@ -91,7 +91,8 @@ _NOT_HASHED = {
 _HASHED_WHEN_SET = ("objective", "kd_temperature", "kd_weight", "teacher_dtype", "quant_overrides")
 _HASHED_WHEN_SET += ("lr_control", "trs_lambda", "trs_momentum", "trs_granularity", "trs_u0",
                      "trs_eta", "scale_grad", "train", "master_dtype",
-                     "weight_lr_scale", "mask_prompt", "revision", "cooldown_mode")  # fmt: skip
+                     "weight_lr_scale", "mask_prompt", "revision", "cooldown_mode",
+                     "grid_first_fraction")  # fmt: skip
 # Settings a resumed run may change with `reschedule` (e.g. after a divergence): they shape the
 # LR and the update from the resumed step on, not the plan, the model or the data.
 SCHEDULE_FIELDS = (
@@ -142,6 +143,13 @@ class TrainConfig(*reversed(GROUPS)):
             self.train == "all" or self.lr_control == "schedule",
             "train",
             "'all' with --lr-control trs (TRS steers the weights, which --train grid freezes)",
+        )
+        need(
+            self,
+            not self.grid_first_fraction or self.lr_control == "schedule",
+            "grid_first_fraction",
+            "0 with --lr-control trs (TRS steers the weights from the switch on, which the "
+            "grid-first steps freeze)",
         )
 
     check = validate  # not one group's check: the whole config's

@@ -136,6 +136,14 @@ class QuantSettings:
         "this is mlx-lm's DWQ). grid needs QAT from the first step (--qat-fraction 1)",
         choices=TRAINED,
     )
+    grid_first_fraction: float = setting(
+        0.0,
+        "train the grid first: the first round(F x QAT steps) steps train what --train grid "
+        "trains (the grid and the norms, the weights frozen), then the weights join at "
+        "--weight-lr-scale x LR for the rest (the grid's optimizer state carries over; "
+        "metrics.jsonl records the step as kind weights_join). 0: the weights train from the "
+        "first step; 1: --train grid. Needs --train all and QAT from the first step",
+    )
     embed_bits: int | None = setting(None, "embedding/head bits (default: max(bits, 4))")
     scale_dtype: str | None = setting(None, "scale/bias storage dtype (default: weight dtype)")
     quant_overrides: dict[str, Any] = setting(
@@ -173,6 +181,15 @@ class QuantSettings:
             "train",
             "'all' with --quantizer minmax (its grid has nothing to learn): use --quantizer "
             "learned_affine (or lsq) with --train grid",
+        )
+        need(self, 0 <= self.grid_first_fraction <= 1, "grid_first_fraction", "in [0, 1]")
+        need(
+            self,
+            not self.grid_first_fraction or (self.train == "all" and self.quantizer != "minmax"),
+            "grid_first_fraction",
+            "0 with --train grid (the weights never join: that is grid_first_fraction 1) or "
+            "with --quantizer minmax (its grid has nothing to learn): use --train all and "
+            "--quantizer learned_affine (or lsq)",
         )
         self.qat_config()  # a format MLX cannot quantize to fails here, not after the data
 

@@ -101,18 +101,22 @@ def load_optimizer_arrays(opt: optim.Optimizer, arrays: dict[str, mx.array]) -> 
         o._initialized = True
 
 
-def freeze_for_grid(model: nn.Module, cfg, plan) -> None:
-    """`train=grid`: freeze every weight (the quantization grid and the norms train), which
-    leaves no FP phase to train: refused with one."""
-    if cfg.train != "grid":
-        return
+def freeze_for_grid(model: nn.Module, cfg, plan) -> list[str]:
+    """`train=grid`, and the first steps of `grid_first_fraction` (`grid_first.py`): freeze
+    every weight (the quantization grid and the norms train), which leaves no FP phase to
+    train: refused with one. Returns the paths frozen here (empty when nothing is)."""
+    if cfg.train != "grid" and not cfg.grid_first_fraction:
+        return []
+    what = "train=grid" if cfg.train == "grid" else "grid_first_fraction"
     if plan.fp_steps:
         raise ValueError(
-            f"train=grid: the weights are frozen, so there is no FP phase to train "
+            f"{what}: the weights are frozen, so there is no FP phase to train "
             f"(this plan has {plan.fp_steps} FP steps): give --qat-fraction 1"
         )
+    before = {k for k, _ in tree_flatten(model.trainable_parameters())}
     trained = train_only_grid(model)
-    logger.info("train=grid: %d trainable arrays (grid and norms)", len(trained))
+    logger.info("%s: %d trainable arrays (grid and norms)", what, len(trained))
+    return sorted(before - set(trained))
 
 
 def float32_masters(model: nn.Module, cfg, qcfg):

@@ -35,6 +35,7 @@ from ..models.build import model_dir_sha256
 from ..prepare import set_fake_quant
 from .callbacks import callback_states
 from .config import DATA_FIELDS, SCHEDULE_FIELDS
+from .grid_first import catch_up
 from .optim import load_optimizer_arrays, optimizer_arrays
 
 logger = logging.getLogger(__name__)
@@ -212,6 +213,7 @@ def restore_checkpoint(t, ckpt) -> tuple[dict, int | None]:
             logger.warning("reschedule: from step %s, %s", st["step"], changed)
     if t.bundle is not None:
         check_data(ckpt, t.bundle)
+    catch_up(t, int(st["step"]))  # grid first: past the boundary, the weights train too
     try:
         t.model.load_weights(list(ckpt.weights.items()), strict=True)
         load_optimizer_arrays(t.optimizer, ckpt.optimizer_state)
@@ -260,6 +262,7 @@ def take_main_state(t) -> dict | None:
             )
     if not dist.is_main:
         set_fake_quant(t.model, state["phase"] == "qat" and not t.cfg.ablate_qat)
+        catch_up(t, state["step"])  # rank 0's optimizer state holds the joined weights'
     # rank 0 keeps its own arrays; the others receive them bit for bit
     weights = dist.broadcast_arrays(dict(tree_flatten(t.model.parameters())), "weights")
     moments = dist.broadcast_arrays(optimizer_arrays(t.optimizer), "optimizer state")

@@ -5,10 +5,12 @@ At every step boundary `s` (steps completed):
 1. at `s == plan.fp_steps` (FP phase, a QAT phase ahead): evaluate (FP, PTQ) and save the
    switch checkpoint, then switch: fake quant on, learnable quantizers initialised from the
    current weights (`init_quantizers`), optimizer moments kept or reset, step recompiled;
-2. stop at `s == plan.total_steps`;
-3. run step `s` at `plan.lr_at(s)` on `batch(s·A) … batch(s·A + A − 1)` (pure functions of
+2. at `s == join_at` (`--grid-first-fraction`: the grid and the norms trained alone so
+   far): the weights join the training, their optimizer state from zero (`grid_first.py`);
+3. stop at `s == plan.total_steps`;
+4. run step `s` at `plan.lr_at(s)` on `batch(s·A) … batch(s·A + A − 1)` (pure functions of
    the step), with the RNG re-seeded to `seed·1000003 + s`;
-4. log, evaluate every `eval_every` steps and at the end, save every `save_every` steps
+5. log, evaluate every `eval_every` steps and at the end, save every `save_every` steps
    and at the end.
 
 Evaluations: the periodic ones (`eval_every`, `eval_batches`) and the final one
@@ -62,6 +64,7 @@ from .config import TrainConfig
 from .dist import Group
 from .distill import make_loss, run_teacher, teacher_bytes
 from .divergence import TrainingDiverged, diverged_message
+from .grid_first import join_step, join_weights
 from .memory import check_model_memory
 from .metrics import MetricsWriter, NullMetrics
 from .optim import build_optimizer, float32_masters, freeze_for_grid, set_lr
@@ -204,7 +207,9 @@ class Trainer:
             teacher_bytes=teacher_bytes(cfg, self.model, self.plan),
             reference_bytes=basin_reference_bytes(cfg, self.model, self.plan),
         )  # fmt: skip
-        freeze_for_grid(self.model, cfg, self.plan)  # train=grid: the grid and norms only
+        # train=grid, and grid first until `join_at`: the grid and norms only (grid_first.py)
+        self.held = freeze_for_grid(self.model, cfg, self.plan)
+        self.join_at = join_step(cfg, self.plan)
         self.optimizer = build_optimizer(self.model, cfg)
 
     def _open_batches(self) -> None:
@@ -283,6 +288,17 @@ class Trainer:
             cb.on_phase_switch(self)
         logger.info("switch to QAT at step %d", self.step)
 
+    def join(self) -> None:
+        """Grid first -> the weights join (`grid_first.py`): unfreeze them, give them optimizer
+        state (the grid's carries over), recompile."""
+        join_weights(self.model, self.optimizer, self.held)
+        self.held = []
+        self.qat.load_state_dict(self.qat.state_dict())  # the update's statistics continue
+        self._compile()
+        self.metrics.write({"kind": "weights_join", "step": self.step, "phase": self.phase,
+                            "weight_lr_scale": self.cfg.weight_lr_scale})  # fmt: skip
+        logger.info("weights join at step %d", self.step)
+
     # -- the loop -------------------------------------------------------------------------
 
     def train_step(self) -> tuple[float, float, float]:
@@ -306,6 +322,8 @@ class Trainer:
             while True:
                 if self.step == plan.fp_steps and self.phase == "fp" and plan.qat_steps > 0:
                     self.switch()
+                if self.step == self.join_at and self.held and self.step < plan.total_steps:
+                    self.join()
                 if self.step >= plan.total_steps:
                     break
                 t0 = time.perf_counter()
@@ -380,6 +398,8 @@ class Trainer:
             "data": self.bundle.identity if self.bundle is not None else None,
             "world_size": self.dist.size,
         }
+        if self.join_at is not None:
+            result["weights_join_step"] = self.join_at
         for cb in self.callbacks:
             result.update(cb.on_train_end(self, result) or {})
         if self.cfg.model:  # a finished run resumed keeps the baseline it measured
