@@ -41,8 +41,13 @@ Every method is one subprocess (its wall time and MLX peak memory are its own):
    optimizer settings (Adam β2 0.999, no gradient clipping, constant LR) instead of the
    trainer's defaults (β2 0.95, clip 1, 1-sqrt cooldown over the last 20%); `+split` trains
    the norms at the grid's LR SLR (as DWQ does) and only the weight matrices at LR
-   (`--lr SLR --weight-lr-scale LR/SLR`) instead of the norms at LR. E.g.
-   `qat_kd~1e-4:1e-4+fixed`, `qat_kd~1e-5:1e-4+fixed+adam+split`.
+   (`--lr SLR --weight-lr-scale LR/SLR`) instead of the norms at LR; `+gridfirst=F` trains
+   the grid first (`--grid-first-fraction F`, issue #28): the first round(F × steps) steps
+   train only the grid (at SLR) and the norms (at SLR with `+split`, else LR) — what `grid`
+   trains — then the weights join at LR for the rest, the grid's optimizer state carried over:
+   the weights start from the grid-only point and add to it. A weight LR of 0 (the bracket's
+   grid-only end, `~0:SLR`) needs `+split` (the trainer's --lr must be > 0). E.g. `qat_kd~1e-4:1e-4+fixed`,
+   `qat_kd~1e-5:1e-4+fixed+adam+split`, `qat_kd~1e-5:1e-4+fixed+adam+split+gridfirst=0.5`.
 6. `grid`: `mlx_qat.train --train grid` (every weight frozen; the grid and the norms trained,
    the parameters DWQ trains) with DWQ's settings — `kd` at `--temperature`, the fixed-code
    gradient, Adam β2 0.999 with ε = T² · 1e-8 (DWQ's 1e-8 for a loss without the T² factor),
@@ -410,13 +415,23 @@ def run_method(args) -> None:
 
 def parse_method(name: str, args) -> dict:
     """The settings a method name carries (module docstring): kind, lr, and for QAT objective,
-    temperature, scale_lr and scale_grad."""
+    temperature, scale_lr, scale_grad, adam, split and grid_first (0: no grid-first steps)."""
     head, *flags = name.split("+")
+    grid_first = [f for f in flags if f.startswith("gridfirst=")]
+    flags = [f for f in flags if f not in grid_first]
     if set(flags) - {"fixed", "adam", "trainer", "split", "same", "first"}:
         raise SystemExit(
-            f"method {name!r}: the suffixes are '+fixed', '+adam', '+split', '+trainer', "
-            "'+first' and '+same'"
+            f"method {name!r}: the suffixes are '+fixed', '+adam', '+split', '+gridfirst=F', "
+            "'+trainer', '+first' and '+same'"
         )
+    if grid_first and not head.startswith("qat_"):
+        raise SystemExit(f"method {name!r}: only qat_OBJ takes '+gridfirst=F'")
+    try:
+        fraction = float(grid_first[-1].partition("=")[2]) if grid_first else 0.0
+    except ValueError:
+        fraction = -1.0
+    if len(grid_first) > 1 or not 0 <= fraction <= 1:
+        raise SystemExit(f"method {name!r}: one '+gridfirst=F', F a fraction in [0, 1]")
     head, _, lrs = head.partition("~")
     lr, _, scale_lr = lrs.partition(":")
     if head in ("float", "rtn"):
@@ -454,6 +469,7 @@ def parse_method(name: str, args) -> dict:
         "scale_grad": "fixed_codes" if "fixed" in flags else "ste",
         "adam": "adam" in flags,
         "split": "split" in flags,
+        "grid_first": fraction,
         "train": "all",
     }
 
@@ -480,10 +496,12 @@ def describe(name: str, args) -> str:
     grad = "fixed-code" if p["scale_grad"] == "fixed_codes" else "STE"
     if p["train"] == "grid":
         return f"weights frozen, grid and norms lr {p['lr']:g} ({grad} gradient){t}{opt}"
+    first = (f"; grid and norms alone for the first {p['grid_first']:g} of the steps"
+             if p.get("grid_first") else "")  # fmt: skip
     if p.get("split"):
         return (f"weights lr {p['lr']:g}, grid and norms lr {p['scale_lr']:g} ({grad} "
-                f"gradient){t}{opt}")  # fmt: skip
-    return f"weights lr {p['lr']:g}, grid lr {p['scale_lr']:g} ({grad} gradient){t}{opt}"
+                f"gradient){t}{opt}{first}")  # fmt: skip
+    return f"weights lr {p['lr']:g}, grid lr {p['scale_lr']:g} ({grad} gradient){t}{opt}{first}"
 
 
 def run_trainer(args, method: str) -> None:
@@ -518,6 +536,8 @@ def run_trainer(args, method: str) -> None:
         cmd += ["--beta2", "0.999", "--grad-clip", "0", "--cooldown-fraction", "0"]
     if p.get("train") == "grid":
         cmd += ["--train", "grid"]
+    if p.get("grid_first"):
+        cmd += ["--grid-first-fraction", str(p["grid_first"])]
     if p["adam"] and (p.get("train") == "grid" or p.get("split")):
         # and DWQ's ε (its loss has no T² factor), no warmup: grid mode is then DWQ exactly
         cmd += ["--eps", str(p["temperature"] ** 2 * 1e-8), "--warmup-steps", "0"]

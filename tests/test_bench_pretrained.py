@@ -41,6 +41,7 @@ def _args(**kw):
         ("qat_kd~1e-5:1e-4+fixed+adam+split", "qat_kd"),
         ("qat_kd@1.5", "qat_kd"),
         ("qat_ce~1e-4", "qat_ce"),
+        ("qat_kd~0:1e-4+fixed+adam+split+gridfirst=0.5", "qat_kd"),
         ("float_ce", "float_ce"),
         ("float_ce~1e-4+adam", "float_ce"),
     ],
@@ -55,7 +56,28 @@ def test_float_ce_settings(bench):
     assert bench.parse_method("float_ce~1e-4+adam", _args())["lr"] == 1e-4
 
 
-@pytest.mark.parametrize("name", ["dwqq", "float~1e-4", "rtn+adam", "float_ce+fixed", "dwq:1"])
+def test_grid_first_settings(bench, monkeypatch):
+    """`+gridfirst=F` passes --grid-first-fraction F; without it the settings are as before."""
+    cmds = []
+    monkeypatch.setattr(bench, "sh", lambda cmd, log: cmds.append([str(c) for c in cmd]))
+    args = _args(tokens=1000, batch_size=4, seq_len=32)
+    bench.run_trainer(args, "qat_kd~0:1e-4+fixed+adam+split+gridfirst=0.5")
+    bench.run_trainer(args, "qat_kd~0:1e-4+fixed+adam+split")
+    first, plain = cmds[0], cmds[2]  # (each run's train, then convert)
+    assert first[first.index("--grid-first-fraction") + 1] == "0.5"
+    assert first[first.index("--weight-lr-scale") + 1] == "0.0"
+    assert "--grid-first-fraction" not in plain
+    p = bench.parse_method("qat_kd~1e-5:1e-4+fixed+split+gridfirst=0.25", _args())
+    assert (p["grid_first"], p["split"], p["lr"], p["scale_lr"]) == (0.25, True, 1e-5, 1e-4)
+    assert bench.parse_method("qat_kd~1e-5:1e-4+fixed+split", _args())["grid_first"] == 0.0
+    assert "first 0.25 of the steps" in bench.describe("qat_kd+gridfirst=0.25", _args())
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["dwqq", "float~1e-4", "rtn+adam", "float_ce+fixed", "dwq:1", "grid+gridfirst=0.5",
+     "qat_kd+gridfirst=1.5", "qat_kd+gridfirst=x", "qat_kd+gridfirst=0.1+gridfirst=0.2"],
+)  # fmt: skip
 def test_refused(bench, name):
     with pytest.raises(SystemExit):
         bench.parse_method(name, _args())
