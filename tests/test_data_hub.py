@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import yaml
-from test_convert_fixtures import CORPUS
+from test_convert_fixtures import CORPUS, tiny_data  # noqa: F401  (a fixture)
 from test_model_source import REPO_ID, cli, hub  # noqa: F401  (hub: the fixture)
 
 from mlx_qat.data import load_bundle
@@ -24,3 +24,15 @@ def test_data_tokenizer_takes_a_repo_id(hub, hf_model, tmp_path):  # noqa: F811
     proc = cli("data", "--input", CORPUS, "--out", tmp_path / "x", "--tokenizer", "no-org/none")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "huggingface-cli download no-org/none" in proc.stderr
+
+
+def test_diagnose_takes_a_repo_id(hub, hf_model, tiny_data):  # noqa: F811
+    """`diagnose ID` measures the snapshot: the same numbers as the folder, the id named."""
+    from mlx_qat.diagnose import DiagnoseSettings, diagnose
+
+    cheap = DiagnoseSettings(random_draws=0, sr_draws=0, attribution="off", alpha_points=5)
+    kw = dict(data=str(tiny_data.path), eval_batches=1, settings=cheap, group_size=64)
+    by_id, by_dir = diagnose(REPO_ID, **kw), diagnose(str(hf_model), **kw)
+    numbers = {k: v for k, v in by_dir.items() if isinstance(v, (int, float))}
+    assert numbers and {k: by_id[k] for k in numbers} == numbers, sorted(numbers)
+    assert by_id["covered"] == by_dir["covered"]
