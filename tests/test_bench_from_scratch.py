@@ -1,0 +1,86 @@
+"""benchmarks/bench_from_scratch.py (issue #24): the micro version end to end — search at one
+width over 2 quantizers, final stage default vs one recipe on a few thousand tokens — the json
+rows' schema, fp/ptq/qat read back independently from each run's result.json, and the bracket
+rule on a synthetic table."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench_from_scratch", ROOT / "benchmarks" / "bench_from_scratch.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bracket_edge_flag():
+    b = _bench()
+    table = [{"qlr": 0.01, "loss": 3.5}, {"qlr": 0.03, "loss": 3.4}, {"qlr": 0.1, "loss": 3.3}]
+    assert "high end" in b.bracket_flags(table, "qlr", [0.01, 0.03, 0.1])
+    table[0]["loss"] = 3.2
+    assert "low end" in b.bracket_flags(table, "qlr", [0.01, 0.03, 0.1])
+    table[0]["loss"], table[1]["loss"] = 3.5, 3.1
+    assert b.bracket_flags(table, "qlr", [0.01, 0.03, 0.1]) is None
+
+
+def test_recipe_name_round_trip():
+    b = _bench()
+    for r in (b.DEFAULT, b.Recipe("la_fixed", "kd", 2.0, 0.01, 0.5), b.Recipe("lsq", "mix")):
+        assert b.Recipe.parse(r.name) == r
+    with pytest.raises(ValueError, match="QUANT"):
+        b.Recipe.parse("nope.ce.q0.03.f1")
+
+
+def _loss(d: dict, *keys: str) -> float:
+    for k in keys:
+        d = d[k]
+    return d["loss"]
+
+
+def test_micro_end_to_end(tiny_data, tmp_path):
+    b = _bench()
+    out = tmp_path / "results" / "gap"
+    argv = ["--bits", "4", "--search-seeds", "0", "--final-seeds", "0", "--axes", "quantizer",
+            "--recipe", "4=la.kd.T2.q0.03.f1", "--tokens", "16384", "--auto-fraction", "0.3",
+            "--final-eval-batches", "2", "--eval-every", "0", "--data", str(tiny_data.path),
+            "--runs", str(tmp_path / "runs"), "--out", str(out)]  # fmt: skip
+    b.main(argv)
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert out.with_suffix(".md").is_file()
+    for key in ("command", "date", "machine", "search", "final", "spread"):
+        assert key in data
+    assert "load_avg_1m" in data["machine"] and "mlx" in data["machine"]
+    # search: one width, both quantizers tried, a winner among them
+    w = data["search"]["4"]
+    assert [r["recipe"] for r in w["table"]] == ["la.ce.q0.03.f1", "la_fixed.ce.q0.03.f1"]
+    assert w["winner"] == min(w["table"], key=lambda r: r["loss"])["recipe"]
+    # the search's QAT loss is the branch run's own validation QAT loss
+    for r in w["table"]:
+        q = r["recipe"].split(".")[0]
+        res = json.loads(
+            (tmp_path / "runs/search/b4/s0" / q / r["recipe"] / "result.json").read_text()
+        )
+        assert r["loss"] == _loss(res, "eval", "qat")
+    # final: default and the given recipe, rows with the issue's schema
+    rows = data["final"]
+    assert {r["recipe"] for r in rows} == {"la.ce.q0.03.f1", "la.kd.T2.q0.03.f1"}
+    for r in rows:
+        assert {"bits", "seed", "recipe", "fp", "ptq", "qat"} <= set(r)
+        assert (r["bits"], r["seed"]) == (4, 0)
+        res = json.loads((tmp_path / "runs/final/b4/s0" / r["recipe"] / "result.json").read_text())
+        assert r["fp"] == _loss(res, "twin", "test", "fp")
+        assert r["ptq"] == _loss(res, "twin", "test", "ptq")
+        assert r["qat"] == _loss(res, "test", "qat")
+    assert {s["label"] for s in data["spread"]} == {"default", "chosen"}
