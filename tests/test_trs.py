@@ -251,3 +251,18 @@ def test_two_processes_keep_identical_replicas_and_controller(tiny_data_dir, tmp
     a, b = (load_checkpoint(tmp_path / r).state["qat_update"] for r in ("dist", "single"))
     assert a["trs"]["t"] == b["trs"]["t"] == 8
     np.testing.assert_allclose(a["trs"]["U"], b["trs"]["U"], rtol=1e-3)
+
+
+def test_u0_of_a_qat_phase_that_starts_in_the_warmup_is_the_peak_lr():
+    """QAT from the first step (a fine-tune): U0 is the LR the warmup reaches, not lr/W."""
+    from mlx_qat.train.phase_plan import make_plan
+    from mlx_qat.train.trs import trs_u0
+
+    cfg = TrainConfig(tokens=100 * 8 * 128, qat_fraction=1.0, warmup_steps=10, lr=3e-3)
+    plan = make_plan(cfg, 10_000, 8_000, 20_000.0)
+    assert plan.fp_steps == 0 and plan.lr_at(0) < 1e-3
+    assert trs_u0(cfg, plan) == pytest.approx(3e-3)
+    # an FP phase past the warmup: U0 is the LR at the switch, as before
+    cfg = TrainConfig(tokens=100 * 8 * 128, qat_fraction=0.5, warmup_steps=10, lr=3e-3)
+    plan = make_plan(cfg, 10_000, 8_000, 20_000.0)
+    assert trs_u0(cfg, plan) == pytest.approx(plan.lr_at(plan.fp_steps))

@@ -223,10 +223,13 @@ class QATUpdate:
 
 def trs_u0(cfg, plan) -> float:
     """U0: `trs_u0`, else the scheduled LR at the start of the QAT phase (for the classic
-    pipeline, where the QAT phase re-warms up, the LR its re-warmup reaches)."""
+    pipeline, where the QAT phase re-warms up, the LR its re-warmup reaches; for a QAT phase
+    that starts inside the run's warmup, e.g. a fine-tune with QAT from the first step, the
+    peak the warmup reaches, not its first tiny step)."""
     if cfg.trs_u0 is not None:
         return float(cfg.trs_u0)
-    step = min(plan.fp_steps + plan.qat_warmup_steps, plan.total_steps - 1)
+    start = max(plan.fp_steps + plan.qat_warmup_steps, plan.warmup_steps)
+    step = min(start, plan.total_steps - 1)
     return float(plan.lr_at(step))
 
 
