@@ -49,6 +49,7 @@ def _loss(d: dict, *keys: str) -> float:
     return d["loss"]
 
 
+@pytest.mark.slow  # ~8 small trainings: 53-97 s here
 def test_micro_end_to_end(tiny_data, tmp_path):
     b = _bench()
     out = tmp_path / "results" / "gap"
