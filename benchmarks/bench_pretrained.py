@@ -775,7 +775,11 @@ def collect(args) -> list[dict]:
 
 
 def model_name(args) -> str:
-    return args.gguf.name.split(".")[0] if args.gguf else args.float_dir.name
+    if args.gguf:
+        return args.gguf.name.split(".")[0]
+    # an imported teacher's folder is often just `float`: its config names the model then
+    config = json.loads((args.float_dir / "config.json").read_text())
+    return config.get("_name_or_path") or f"{config.get('model_type', 'model')} ({args.float_dir})"
 
 
 def setup_text(args) -> str:
@@ -798,8 +802,9 @@ def setup_text(args) -> str:
         f"Data: {', '.join(train)}, split by document; validation and test from their own "
         f"splits. {left}"
         f"Trained methods see {toks:,} training tokens once ({args.tokens // args.seq_len} "
-        f"windows of {args.seq_len} + 1 tokens, batches of {args.batch_size}; same split, DWQ "
-        "its first windows, mlx_qat.train its own batch order), once per seed "
+        f"windows of {args.seq_len} + 1 tokens, batches of {args.batch_size}; every method the "
+        "windows mlx_qat.train's batches hold, in its order, unless a row says `+first`), "
+        "once per seed "
         f"({seeds}). Losses: mean next-token loss (nats) on {args.val_batches} validation and "
         f"{args.test_batches} test batches of {args.batch_size} x {args.seq_len} tokens, every "
         "model loaded by mlx_lm.load and dequantized to float32. % recovered = (RTN - method) "
