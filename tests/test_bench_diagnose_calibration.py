@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_convert_fixtures import tiny_data  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data"
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +73,10 @@ def test_dry_run(bench, capsys):
     assert cost["skipped"]
 
 
-@pytest.mark.skipif(not (DATA / "latest.json").is_file(), reason="no prepared data in data/")
-def test_micro_run(bench, tmp_path):
-    bench.main(["--micro", "--runs", str(tmp_path), "--fp-tokens", "32768"])
+def test_micro_run(bench, tmp_path, tiny_data):  # noqa: F811  (tiny_data: the fixture)
+    bench.main(
+        ["--micro", "--runs", str(tmp_path), "--fp-tokens", "32768", "--data", str(tiny_data.path)]
+    )
     p = json.loads((tmp_path / "diagnose_calibration.json").read_text())
     assert {"command", "rows", "correlations", "cost_estimate", "machine"} <= set(p)
     assert (tmp_path / "diagnose_calibration.md").is_file()

@@ -10,9 +10,9 @@ import statistics
 from pathlib import Path
 
 import pytest
+from test_convert_fixtures import tiny_data  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data"
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +75,8 @@ def test_dry_run_cost(bench, capsys):
     assert cost["qat_tokens_per_run"] == 1000 * 8 * 128
 
 
-@pytest.mark.skipif(not (DATA / "latest.json").is_file(), reason="no prepared data in data/")
-def test_micro_run(bench, tmp_path):
-    bench.main(["--micro", "--runs", str(tmp_path)])
+def test_micro_run(bench, tmp_path, tiny_data):  # noqa: F811  (tiny_data: the fixture)
+    bench.main(["--micro", "--runs", str(tmp_path), "--data", str(tiny_data.path)])
     p = json.loads((tmp_path / "trs_v2.json").read_text())
     assert {"command", "rows", "summary", "cost_estimate", "machine"} <= set(p)
     assert (tmp_path / "trs_v2.md").is_file()
