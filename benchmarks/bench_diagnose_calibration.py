@@ -25,7 +25,6 @@ Writes benchmarks/results/diagnose_calibration.{md,json,png} (png when matplotli
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import math
@@ -269,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"estimated: {cost['est_seconds_2_cores'] / 3600:.2f} h on 2 cores")
         return
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from benchmarks.common import machine
+    from benchmarks.common import run_record
 
     t0, rows = time.perf_counter(), []
     for m in models(args):
@@ -280,12 +279,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{m['name']} {bits}-bit: gap {r['gap']:.4f}, kappa {_f(r['kappa_hat'])}, "
                   f"recovered {_f(r['recovered'])}", flush=True)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    cmd = "python " + " ".join([str(Path(__file__).relative_to(ROOT)), *sys.argv[1:]])
     payload = {
-        "command": cmd,
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine(),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        **run_record(__file__, sys.argv[1:], args),
         "cost_estimate": cost,
         "rows": rows,
         "correlations": correlations(rows),

@@ -31,7 +31,6 @@ of the whole pipeline on a tiny budget, into runs/bench_trs_quick/, never the re
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import math
@@ -351,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     # a twin's final checkpoint is labelled QAT phase (its QAT phase ran with fake quant off):
     # its weights are the float model, which is what is diagnosed; the warning says otherwise
     logging.getLogger("mlx_qat.diagnose.source").setLevel(logging.ERROR)
-    from benchmarks.common import machine
+    from benchmarks.common import run_record
 
     t0 = time.perf_counter()
     rows, diags = [], []
@@ -373,12 +372,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     png = out / ("trs_quick.png" if args.quick else "trs.png")
     plot(args, min(args.bits), args.seeds[0], png)
-    cmd = "python " + " ".join([str(Path(__file__).relative_to(ROOT)), *sys.argv[1:]])
     payload = {
-        "command": cmd,
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine(),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        **run_record(__file__, sys.argv[1:], args),
         "rows": rows,
         "diagnose": diags,
         "summary": summarize(rows, diags),

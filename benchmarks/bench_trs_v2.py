@@ -31,7 +31,6 @@ Writes benchmarks/results/trs_v2.{md,json} (`--micro`: into the runs dir, never 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import statistics
@@ -295,17 +294,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"--data {args.data}: no prepared data (python -m mlx_qat data --out data "
                  "--vocab-size 1024)")  # fmt: skip
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from benchmarks.common import machine
+    from benchmarks.common import run_record
 
     t0 = time.perf_counter()
     rows = run_all(args)
     out.mkdir(parents=True, exist_ok=True)
-    cmd = "python " + " ".join([str(Path(__file__).relative_to(ROOT)), *sys.argv[1:]])
     payload = {
-        "command": cmd,
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine(),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        **run_record(__file__, sys.argv[1:], args),
         "cost_estimate": cost,
         "rows": rows,
         "summary": summarize(rows),

@@ -78,3 +78,17 @@ def header_lines(command: str, date: str, m: dict) -> list[str]:
         f"OpenBLAS preloaded: {m['openblas']}, load average {m['load_avg_1m']:.1f}  ",
         f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}  ",
     ]
+
+
+def run_record(script: str, argv: list[str], args) -> dict:
+    """The fields every result json starts with: the command (the script relative to the
+    repository, then `argv`), the local date, the machine and the parsed arguments."""
+    import datetime
+
+    root = Path(__file__).resolve().parents[1]
+    return {
+        "command": "python " + " ".join([str(Path(script).resolve().relative_to(root)), *argv]),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine(),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
