@@ -124,6 +124,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import header_lines, machine  # noqa: E402
+from benchmarks.lr_bracket import bracket_lines  # noqa: E402
 from mlx_qat.blas import reexec_with_openblas  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -690,6 +691,12 @@ def main() -> None:
     p.add_argument("--name", default="pretrained_smollm2")
     p.add_argument("--child", choices=("train", "eval"))
     p.add_argument("--method")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train and evaluate nothing: "
+        "write the tables from the runs already finished in --work",
+    )
     args = p.parse_args()
     if args.child:
         (run_method if args.child == "train" else run_eval)(at(args, args.bits[0], args.seeds[0]))
@@ -706,6 +713,9 @@ def main() -> None:
         p.error("--left-out needs another corpus to train on")
     args.source = str((args.float_dir or args.gguf).resolve())
     kinds = {m: parse_method(m, args)["kind"] for m in args.methods}  # refuses bad names now
+    if args.report_only:
+        write(args)
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     prepare(args)
     first = args.bits[0]
@@ -749,6 +759,8 @@ def collect(args) -> list[dict]:
             for s in args.seeds if trained else [None]:
                 a = at(args, b, s)
                 ev = read_json(home(a, name) / f"{name}.eval.json")
+                if not ev and args.report_only:
+                    continue  # not run at this width / seed
                 if name == "float":
                     tj = {} if args.float_dir else read_json(args.work / "float.train.json")
                 else:
@@ -863,6 +875,9 @@ def write(args) -> None:
     for b in args.bits:
         mine = [{**r, "describe": describe(r["name"], args)} for r in rows if r["bits"] == b]
         lines += ["", f"## {b}-bit, group size {args.group_size}", "", *table(mine)]
+        if any(r["tokens"] for r in mine):
+            lines += ["", f"Learning rates at {b} bits, chosen on validation:", ""]
+            lines += bracket_lines(mine)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"command": cmd, "date": date, "machine": m, "args": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
