@@ -207,7 +207,7 @@ def test_kill_during_parity_leaves_nothing_loadable_and_next_run_cleans(run, tmp
 
 
 def test_stale_temporaries_are_cleaned_only_when_safe(run, tmp_path, caplog):
-    from mlx_qat.convert.output import clean_stale
+    from mlx_qat.convert.write import clean_stale
 
     caplog.set_level(logging.WARNING, logger="mlx_qat")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

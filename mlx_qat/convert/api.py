@@ -33,12 +33,12 @@ from .card import model_card
 from .errors import ConvertError, ParityError
 from .finite import check_loss, check_model, check_source_finite
 from .method import PARITY_TOKENS, choose_method, parity_data_for, prepare_export
-from .output import check_output
 from .parity import ParityData, check_parity, default_tolerance, parity_message
 from .source import load_checkpoint_model, load_mlx_model, resolve_source
 from .tokenizer import REMOTE_CODE_KEYS, check_recorded, save_tokenizer
 from .write import (
     RESULT_FILE,
+    check_output,
     commit_config,
     file_sizes,
     save_config,

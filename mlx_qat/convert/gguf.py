@@ -58,12 +58,12 @@ from .gguf_llama import ARCH, check_architecture, llama_config, to_mlx_weights
 from .gguf_model import build_model, check_gguf_tensors, compare_loaded, quantization_block
 from .gguf_read import load_tensors, read_header
 from .gguf_tokenizer import save_gguf_tokenizer
-from .output import check_output
 from .pack import cast_model, dtype_name, parse_dtype
 from .parity import load_staged
 from .tokenizer import save_tokenizer
 from .write import (
     RESULT_FILE,
+    check_output,
     commit_config,
     file_sizes,
     save_config,

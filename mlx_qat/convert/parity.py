@@ -222,7 +222,7 @@ def load_staged(path: Path) -> nn.Module:
     mlx-lm's.
     """
     from ..mlxlm_compat import load_model_with_config
-    from .output import PENDING_CONFIG
+    from .write import PENDING_CONFIG
 
     def pending_config(model_path: Path) -> dict:
         with open(model_path / PENDING_CONFIG, encoding="utf-8") as f:

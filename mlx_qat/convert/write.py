@@ -1,81 +1,255 @@
-"""Writing an mlx-lm model directory, atomically.
+"""Where an export may go, and writing it there atomically as an mlx-lm model directory.
 
-mlx-lm writes the files (`mlx_lm.utils.save_model` / `save_config`): `model.safetensors`, or
-`model-0000i-of-0000n.safetensors` shards of at most 5 GB (mlx-lm's `MAX_FILE_SIZE_GB`), always
-with `model.safetensors.index.json`; `config.json` sorted, with `"quantization"` mirrored into
-`"quantization_config"`. Beside them: tokenizer files and `README.md`.
+Rules, checked before anything is loaded (`check_output`); each refusal is a `ConvertError`
+naming the path and the fix:
 
-`staged_dir` builds everything under `<mlx_path>.tmp-<pid>` and renames it into place only when
-the block finishes without error; the output it replaces is removed only after that rename.
-`config.json` is written as `config.unverified.json` (`save_config(..., pending=True)`) and
-renamed to `config.json` (`commit_config`) only once the parity check has passed, so no
-directory that `mlx_lm.load` accepts exists before the export is verified, not even the
-temporary one of a killed process. Rules for the output path and stale temporaries:
-`mlx_qat.convert.output`.
+* `--mlx-path` is never the current directory, one of its parents or the root (`.` included).
+* It never overlaps an input: it is not the checkpoint or model read, the tokenizer shipped or
+  the parity data, nor a parent of one of them, nor a folder inside one of them. (A folder
+  inside the *run* directory, e.g. `runs/main/mlx_model`, is fine.)
+* An existing `--mlx-path` is replaced only with `--force`, and only when it is recognisably a
+  model directory that `mlx_qat.convert` or `mlx_lm.convert` wrote (`replace_refusal`): a real
+  directory (not a symbolic link) holding `config.json` and `model*.safetensors` and nothing
+  else than the files an export writes (`is_export_file`: weights, their index, `config.json`,
+  `README.md`, `mlx_qat.json`, `convert.yaml`, tokenizer data files, `.DS_Store`): no
+  subdirectory, no code (`*.py`), no other file. An empty directory may be replaced too.
+* Its parent must be writable (a read-only directory is a one-line error, not a traceback).
+
+Writing: mlx-lm writes the files (`mlx_lm.utils.save_model` / `save_config`):
+`model.safetensors`, or `model-0000i-of-0000n.safetensors` shards of at most 5 GB, always with
+`model.safetensors.index.json`; `config.json` sorted, with `"quantization"` mirrored into
+`"quantization_config"`. Beside them: tokenizer files and `README.md`. `staged_dir` builds
+everything under `<mlx_path>.tmp-<pid>` and renames it into place only when the block finishes
+without error; the output it replaces is moved to `<mlx_path>.old-<pid>` and removed only after
+that rename. `config.json` is written as `config.unverified.json` (`save_config(...,
+pending=True)`) and renamed to `config.json` (`commit_config`) only once the parity check has
+passed, so no directory that `mlx_lm.load` accepts exists before the export is verified, not
+even the temporary one of a killed process.
+
+Stale temporaries (`clean_stale`): when the process that made a `.tmp-<pid>` or `.old-<pid>`
+no longer runs (pid not alive), the next convert into the same `--mlx-path` removes it, if it
+holds only export files. A `.old-<pid>` is removed only when `<name>` exists again; otherwise it
+is the previous output of an interrupted replace and is left (with a warning).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fnmatch
 import json
 import logging
 import os
+import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import mlx.nn as nn
 
 from ..fileio import fsync_path
 from .errors import ConvertError
-from .output import (
-    PENDING_CONFIG,
-    WRITE_ERRNOS,
-    check_output,
-    clean_stale,
-    replace_refusal,
-    write_error,
-)
+from .tokenizer import is_tokenizer_file
 
 logger = logging.getLogger(__name__)
 
 INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
 RESULT_FILE = "mlx_qat.json"
+EXPORT_FILES = frozenset(
+    {
+        CONFIG,
+        "model.safetensors",
+        INDEX,
+        "README.md",
+        RESULT_FILE,
+        "convert.yaml",
+        ".DS_Store",  # Finder metadata, after a look at the folder on macOS
+    }
+)
+WEIGHTS = "model*.safetensors"
+SHARD = "model-*-of-*.safetensors"
+PENDING_CONFIG = "config.unverified.json"  # config.json until the parity check passes
+WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 
-def tmp_dir_for(final: Path) -> Path:
-    """`<final>.tmp-<pid>`, beside `final` so the rename stays on one file system."""
-    return final.with_name(f"{final.name}.tmp-{os.getpid()}")
+def is_export_file(name: str) -> bool:
+    """True for a file name `mlx_qat.convert` or `mlx_lm.convert` writes into a model dir."""
+    return name in EXPORT_FILES or fnmatch.fnmatch(name, SHARD) or is_tokenizer_file(name)
+
+
+def replace_refusal(path: Path, staging: bool = False) -> str | None:
+    """Why `--force` may not replace `path` (None: it may).
+
+    `staging`: judge a build directory (`.tmp-<pid>`): no config.json or weights needed.
+    """
+    if path.is_symlink():
+        return "it is a symbolic link"
+    if not path.is_dir():
+        return "it is a file, not a model directory"
+    unexpected = []
+    for e in sorted(path.iterdir()):
+        ok = is_export_file(e.name) or (staging and e.name == PENDING_CONFIG)
+        if e.is_symlink() or not e.is_file() or not ok:
+            unexpected.append(e.name + ("/" if e.is_dir() and not e.is_symlink() else ""))
+    if unexpected:
+        more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
+        return f"it holds {', '.join(unexpected[:5])}{more}, which no model export writes"
+    names = [p.name for p in path.iterdir()]
+    if staging or not names:
+        return None
+    if CONFIG not in names or not fnmatch.filter(names, WEIGHTS):
+        return "it has no config.json with model*.safetensors, so it is not a model directory"
+    return None
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def check_output(
+    final: Path,
+    force: bool,
+    inputs: Mapping[str, Path | str | None] | None = None,
+    around: Mapping[str, Path | str | None] | None = None,
+    judge_force: bool = True,
+) -> None:
+    """Refuse an output path that is the working directory, overlaps an input, exists (unless
+    `force` and it is a replaceable model directory), or cannot be written.
+
+    Args:
+        inputs: what the export reads, by what to call it in a message ("the input": path);
+            the output is neither one of them, nor above, nor inside one.
+        around: inputs the output may sit inside but not replace or contain (a run directory:
+            `runs/main/mlx_model` is fine, `runs/main` or `runs` is not).
+        judge_force: check that `--force` may replace an existing output (off for the early
+            check before the input is resolved, so that an output overlapping the input is
+            named as such).
+    """
+    final = Path(final).expanduser()
+    dst = final.resolve()
+    cwd = Path.cwd().resolve()
+    if _is_within(cwd, dst):
+        what = "the current directory" if dst == cwd else "a parent of the current directory"
+        raise ConvertError(
+            f"--mlx-path {final} is {what}; the export is a directory of its own, which "
+            "--force would replace: give it a new name, e.g. --mlx-path mlx_model"
+        )
+    checks = [(k, v, True) for k, v in (inputs or {}).items()]
+    checks += [(k, v, False) for k, v in (around or {}).items()]
+    for what, path, inside_too in checks:
+        if path is None:
+            continue
+        src = Path(path).expanduser().resolve()
+        if _is_within(src, dst) or (inside_too and _is_within(dst, src)):
+            raise ConvertError(
+                f"--mlx-path {final} overlaps {what} {path}; writing there could delete or "
+                "change what the export reads: choose another output path"
+            )
+    if final.exists() or final.is_symlink():
+        if not force:
+            raise ConvertError(
+                f"{final} already exists; pass --force to replace it or choose another --mlx-path"
+            )
+        why = replace_refusal(final) if judge_force else None
+        if why is not None:
+            raise ConvertError(
+                f"--mlx-path {final}: --force replaces only a model directory written by "
+                f"mlx_qat.convert or mlx_lm.convert, and {why}. Nothing was deleted; move it "
+                "away or choose another --mlx-path"
+            )
+    parent = Path(os.path.abspath(final)).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConvertError(f"--mlx-path {final}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConvertError(
+            f"--mlx-path {final}: cannot write in {parent} (permission denied or read-only); "
+            "choose a --mlx-path in a directory you can write to"
+        )
+
+
+def _write_error(final: Path, e: OSError) -> ConvertError:
+    return ConvertError(
+        f"--mlx-path {final}: cannot write the export ({e.strerror or e}: "
+        f"{e.filename or final}); nothing was published. Choose a --mlx-path in a writable "
+        "directory with enough free space"
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def clean_stale(final: Path) -> list[Path]:
+    """Remove `<final>.tmp-<pid>` / `.old-<pid>` left by convert processes that no longer
+    run (see the module docstring); returns what was removed."""
+    final = Path(os.path.abspath(Path(final).expanduser()))
+    if not final.parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(final.name) + r"\.(tmp|old)-(\d+)")
+    removed = []
+    for p in sorted(final.parent.iterdir()):
+        m = pattern.fullmatch(p.name)
+        if m is None or int(m[2]) == os.getpid() or _pid_alive(int(m[2])):
+            continue
+        if m[1] == "old" and not final.exists():
+            logger.warning(
+                "%s is the previous output of an interrupted convert (process %s); rename it "
+                "to %s to keep it, or delete it",
+                p,
+                m[2],
+                final.name,
+            )
+            continue
+        why = replace_refusal(p, staging=m[1] == "tmp")
+        if why is not None:
+            logger.warning("left %s in place (%s)", p, why)
+            continue
+        shutil.rmtree(p)
+        logger.info("removed %s, left by convert process %s that no longer runs", p, m[2])
+        removed.append(p)
+    return removed
 
 
 @contextlib.contextmanager
 def staged_dir(final: Path, force: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success it replaces `final`, on error it is removed.
 
-    Stale temporaries of dead convert processes beside `final` are removed before and after
-    (`mlx_qat.convert.output.clean_stale`). An OSError
+    Stale temporaries beside `final` are removed before and after (`clean_stale`). An OSError
     from writing (permission, read-only or full disk) becomes a one-line `ConvertError`.
     """
     final = Path(final).expanduser()
     check_output(final, force)
     clean_stale(final)
-    tmp = tmp_dir_for(final)
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")  # same file system as `final`
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
     except OSError as e:
-        raise (write_error(final, e) if e.errno in WRITE_ERRNOS else e) from e
+        raise (_write_error(final, e) if e.errno in WRITE_ERRNOS else e) from e
     try:
         yield tmp
-        _fsync_tree(tmp)
+        for p in tmp.iterdir():
+            if p.is_file():
+                fsync_path(p)
+        fsync_path(tmp)
         _publish(tmp, final, force)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and _writing(e, tmp):
-            raise write_error(final, e) from e
+            raise _write_error(final, e) from e
         raise
     clean_stale(final)  # an `.old-<pid>` of an interrupted replace is superseded now
 
@@ -105,13 +279,6 @@ def _publish(tmp: Path, final: Path, force: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _fsync_tree(root: Path) -> None:
-    for p in root.iterdir():
-        if p.is_file():
-            fsync_path(p)
-    fsync_path(root)
-
-
 def save_weights(path: Path, model: nn.Module, donate: bool = False) -> dict:
     """Save `model.parameters()` with mlx-lm's `save_model` (shards + index); return the index.
 
@@ -124,11 +291,7 @@ def save_weights(path: Path, model: nn.Module, donate: bool = False) -> dict:
 
 
 def save_config(path: Path, config: dict, pending: bool = False) -> None:
-    """mlx-lm's `save_config`: sorted keys, "quantization" mirrored to "quantization_config".
-
-    `pending`: write it as `config.unverified.json`, which `mlx_lm.load` does not read, for
-    `commit_config` to rename once the export is verified.
-    """
+    """mlx-lm's `save_config`; `pending`: as `config.unverified.json`, for `commit_config`."""
     from mlx_lm.utils import save_config as _save_config
 
     _save_config(dict(config), config_path=path / (PENDING_CONFIG if pending else CONFIG))
