@@ -1,13 +1,10 @@
 """`TrainConfig`: every setting of a training run, as plain data, in groups.
 
-The groups (`GROUPS`: run, model, data, schedule, optimizer, quantization, distillation, TRS,
-logging, execution) are dataclasses that own their fields' defaults, help and checks
-(`config_groups.py`, `config_recipe.py`). `TrainConfig` inherits them all, so a setting is
-one flat attribute (`cfg.lr`), one flat YAML key and one `--kebab-case` flag (`q_mode` is
-`--mode`), shown in its group's `--help` section (`cli.train`). Validation runs each group's
-`check`, then the rules across groups; the quantization group builds the run's one
-`QATConfig` (`cfg.qat_config()`).
-The trainer writes the resolved config to `<out>/config.yaml`, and `load_config` reads it back.
+The groups (`GROUPS`, in `--help` order) are dataclasses that own their fields' defaults, help
+and checks (`config_groups.py`, `config_recipe.py`). `TrainConfig` inherits them all, so a
+setting is one flat attribute (`cfg.lr`), one flat YAML key and one `--kebab-case` flag (`q_mode`
+is `--mode`: `FLAG_NAMES`). Validation runs each group's `check`, then the rules across groups.
+The trainer writes the resolved config to `<out>/config.yaml`; `load_config` reads it back.
 """
 
 from __future__ import annotations
@@ -19,90 +16,33 @@ from pathlib import Path
 
 import yaml
 
-from .config_checks import (  # noqa: F401  (the allowed values, importable from here)
-    GRANULARITIES,
-    LR_CONTROLS,
-    MASTER_DTYPES,
-    OBJECTIVES,
-    SWITCH_STATE,
-    TEACHER_DTYPES,
-    TRAINED,
-    normalize_fraction,
-    parse_count,
-)
-from .config_groups import (
-    DataSettings,
-    ExecutionSettings,
-    LoggingSettings,
-    ModelSettings,
-    RunSettings,
-    default_of,
-    need,
-)
-from .config_recipe import (
-    DistillSettings,
-    OptimizerSettings,
-    QuantSettings,
-    ScheduleSettings,
-    TRSSettings,
-)
+from . import config_groups as cg
+from . import config_recipe as cr
+from .config_groups import default_of, need, normalize_fraction, parse_count  # noqa: F401
+from .config_recipe import GRANULARITIES, OBJECTIVES  # noqa: F401
 from .defaults import fill_defaults, scratch_default
 
-# The groups, in `--help` order.
-GROUPS = (
-    ModelSettings,
-    DataSettings,
-    RunSettings,
-    ScheduleSettings,
-    OptimizerSettings,
-    QuantSettings,
-    DistillSettings,
-    TRSSettings,
-    LoggingSettings,
-    ExecutionSettings,
+GROUPS = (cg.ModelSettings, cg.DataSettings, cg.RunSettings, cr.ScheduleSettings,
+          cr.OptimizerSettings, cr.QuantSettings, cr.DistillSettings, cr.TRSSettings,
+          cg.LoggingSettings, cg.ExecutionSettings)  # fmt: skip
+# Fields that do not change what is trained: excluded from the config hash. basin_monitor and
+# report_to observe only (training is bit-identical with them: tests/test_basin.py).
+_NOT_HASHED = set(
+    "out resume branch_from overwrite reschedule data_out quiet eval_every eval_batches "
+    "final_eval_batches save_every save_steps keep_checkpoints log_every plot fp_twin compile "
+    "cache_limit_mb dist_timeout basin_monitor report_to project_name".split()
 )
-# Fields that do not change what is trained: excluded from the config hash.
-_NOT_HASHED = {
-    "out",
-    "resume",
-    "branch_from",
-    "overwrite",
-    "reschedule",
-    "data_out",
-    "quiet",
-    "eval_every",
-    "eval_batches",
-    "final_eval_batches",
-    "save_every",
-    "save_steps",
-    "keep_checkpoints",
-    "log_every",
-    "plot",
-    "fp_twin",
-    "compile",
-    "cache_limit_mb",
-    "dist_timeout",
-    "basin_monitor",  # observes: training is bit-identical with it (tests/test_basin.py)
-    "report_to",  # observes too: metrics.jsonl's records, also sent to a tracker (report.py)
-    "project_name",
-}
 # Fields added after runs existed: left out of the hash while at their default, so that those
 # runs keep their hash (resume, sweep rows). A default never changes meaning, so this is exact.
-_HASHED_WHEN_SET = ("objective", "kd_temperature", "kd_weight", "teacher_dtype", "quant_overrides")
-_HASHED_WHEN_SET += ("lr_control", "trs_lambda", "trs_momentum", "trs_granularity", "trs_u0",
-                     "trs_eta", "scale_grad", "train", "master_dtype",
-                     "weight_lr_scale", "mask_prompt", "revision", "cooldown_mode",
-                     "grid_first_fraction")  # fmt: skip
+_HASHED_WHEN_SET = tuple(
+    "objective kd_temperature kd_weight teacher_dtype quant_overrides lr_control trs_lambda "
+    "trs_momentum trs_granularity trs_u0 trs_eta scale_grad train master_dtype weight_lr_scale "
+    "mask_prompt revision cooldown_mode grid_first_fraction".split()
+)
 # Settings a resumed run may change with `reschedule` (e.g. after a divergence): they shape the
 # LR and the update from the resumed step on, not the plan, the model or the data.
-SCHEDULE_FIELDS = (
-    "lr",
-    "min_lr",
-    "warmup_tokens",
-    "warmup_steps",
-    "qat_warmup_fraction",
-    "grad_clip",
-)
+SCHEDULE_FIELDS = ("lr", "min_lr", "warmup_tokens", "warmup_steps", "qat_warmup_fraction",
+                   "grad_clip")  # fmt: skip
 # Fields whose flag is spelt otherwise (one flag name per concept across the verbs): field ->
 # flag name. The field keeps its name (config.yaml, the hash of existing runs); `from_dict`
 # reads the flag's name as a key too, and the CLI keeps the old flag for one release.
@@ -129,12 +69,9 @@ class TrainConfig(*reversed(GROUPS)):
     def __post_init__(self) -> None:
         self.validate()
 
-    # -- validation -----------------------------------------------------------------------
-
     def validate(self) -> None:
-        """Fill the defaults that depend on the run (`defaults.py`), check and normalize each
-        group (counts, fractions, paths, overrides; the `QATConfig`), then the rules across
-        groups; raise ValueError naming the field, the problem and the fix."""
+        """Fill the run-dependent defaults (`defaults.py`), run each group's check, then the
+        rules across groups; raise ValueError naming the field, the problem and the fix."""
         fill_defaults(self)  # from scratch or fine-tune (--model): what the user left out
         for group in GROUPS:
             group.check(self)
@@ -153,8 +90,6 @@ class TrainConfig(*reversed(GROUPS)):
         )
 
     check = validate  # not one group's check: the whole config's
-
-    # -- (de)serialization ----------------------------------------------------------------
 
     def to_dict(self) -> dict:
         """Plain data, YAML-able: flat, one key per field."""

@@ -1,17 +1,16 @@
-"""The groups of `TrainConfig` (one dataclass each, with its fields' defaults, help and checks):
-where a run lives and how it is run — run, model, data, logging, execution. The training
-recipe's groups (schedule, optimizer, quantization, distillation, TRS) are in
-`config_recipe.py`.
+"""The groups of `TrainConfig` where a run lives and how it is run (run, model, data, logging,
+execution; the recipe's groups are in `config_recipe.py`), the helpers every group is made
+with, and the parsers of counts ("3M") and the QAT fraction.
 
-A group is a plain dataclass made by `@group(key, title)`: every field's metadata carries
-`group` = `key` (the `--help` section, titled `title`, in `TrainConfig.GROUPS` order), and
-`check(self)` validates and normalizes that group's fields in place, raising ValueError naming
-the field, the problem and the fix. `TrainConfig` inherits every group, so a field stays one
-flat attribute (`cfg.lr`), one flat YAML key and one flat flag.
+A group is a dataclass made by `@group(key, title)`: its fields' metadata carry `group` = `key`
+(the `--help` section), and `check(self)` validates and normalizes its fields in place. Every
+check runs at the boundary, before data is prepared or anything is written, and every error
+names the field, the problem and the fix.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import MISSING, dataclass, field, fields
 from types import MappingProxyType
@@ -19,7 +18,41 @@ from typing import Any
 
 from ..data.tokenizer import DEFAULT_VOCAB_SIZE
 from ..models.presets import preset_config
-from .config_checks import MASTER_DTYPES
+
+MASTER_DTYPES = ("float32", "model")
+_SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
+
+
+def parse_count(value: Any, name: str = "value") -> int:
+    """A whole count written as 3000000, "3_000_000", "3e6" or "3M" (k, M, B suffixes)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name}={value!r}: give a whole number such as 3000000, 3e6 or 3M")
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().replace("_", "")
+    scale = _SUFFIX.get(text[-1:].lower(), 1.0)
+    try:
+        x = float(text[:-1] if scale != 1.0 else text) * scale
+    except ValueError:
+        raise ValueError(
+            f"{name}={value!r}: give a whole number such as 3000000, 3e6 or 3M"
+        ) from None
+    if not math.isfinite(x) or x != round(x):
+        raise ValueError(f"{name}={value!r}: must be a whole number of tokens")
+    return int(round(x))
+
+
+def normalize_fraction(value: Any) -> str | float:
+    """'auto' or a float in [0, 1]; raise ValueError otherwise."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"qat_fraction={value!r}: give a number in [0, 1] or 'auto'") from None
+    if not (0.0 <= f <= 1.0) or math.isnan(f):
+        raise ValueError(f"qat_fraction={value!r}: must be in [0, 1] (or 'auto')")
+    return f
 
 
 def setting(default: Any, help: str, **kw: Any) -> Any:
@@ -50,8 +83,7 @@ def need(cfg, ok: bool, name: str, rule: str) -> None:
 
 
 def check_choices(cfg, group_cls) -> None:
-    """Every field of `group_cls` with `choices` holds one of them (None where the default is
-    None: "not given")."""
+    """Every field of `group_cls` with `choices` holds one of them (or None, its default)."""
     for f in fields(group_cls):
         allowed, value = f.metadata.get("choices"), getattr(cfg, f.name)
         if allowed and value not in allowed and not (value is None and f.default is None):
@@ -67,7 +99,6 @@ def normpath(cfg, *names: str) -> None:
 
 
 def default_of(f) -> Any:
-    """A field's default value."""
     return f.default_factory() if f.default_factory is not MISSING else f.default
 
 

@@ -1,35 +1,102 @@
 """The groups of `TrainConfig` that make up the training recipe — schedule (the token budget,
-its FP/QAT split and the LR), optimizer, quantization, distillation, TRS — each with its
-fields and its checks (`config_groups.py` says how a group is made). The quantization group
-builds the run's one `QATConfig` (`qat_config()`), checked with the config.
+its FP/QAT split and the LR), optimizer, quantization, distillation, TRS — with their allowed
+values; the quantization group builds the run's one `QATConfig` (`qat_config()`).
+
+`quant_overrides` are per-path formats: `GLOB=SPEC` (`--quant-overrides`, repeatable) or
+`glob: spec` (YAML), SPEC being bits (`lm_head=8`: affine at the run's group size), a mode
+(`'*.mlp.*=mxfp4'`), `float` (left unquantized) or a mapping `{bits, group_size, mode}`
+(mlx-lm's per-path `quantization` entry). They become `QATConfig.overrides`: an exact module
+path first, then globs (`fnmatch`) in order.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import fields
 from typing import Any
+
+import yaml
 
 from ..models.build import qat_config as build_qat_config
 from ..qat_config import QATConfig
 from ..quant.learned_affine import SCALE_GRADS
 from ..quant.quantizers import QUANTIZERS
 from ..quant.spec import MODES as Q_MODES
-from .config_checks import (
-    GRANULARITIES,
-    KD_MAX_TEMPERATURE,
-    LR_CONTROLS,
-    OBJECTIVES,
-    SWITCH_STATE,
-    TEACHER_DTYPES,
-    TRAINED,
-    normalize_fraction,
-    parse_count,
-)
-from .config_groups import check_choices, group, need, setting
-from .overrides import normalize_overrides, parse_quant_override
+from .config_groups import check_choices, group, need, normalize_fraction, parse_count, setting
 from .schedules import COOLDOWN_MODES, PIPELINES
 from .schedules import SHAPES as COOLDOWN_SHAPES
+
+SWITCH_STATE = ("keep", "reset")
+LR_CONTROLS = ("schedule", "trs")
+GRANULARITIES = ("global", "layer")
+OBJECTIVES = ("ce", "kd", "mix")
+TEACHER_DTYPES = ("float32", "float16", "bfloat16")
+TRAINED = ("all", "grid")
+# T^2 KL(p_t^T || p_s^T) -> Var(z_t - z_s) / 2 as T grows (Hinton et al. 2015, logit matching):
+# at T = 100 a logit spread of +-20 nats is within 0.2 of uniform, so a larger T changes nothing
+# but the float32 precision of a KL that shrinks as 1/T^2.
+KD_MAX_TEMPERATURE = 100.0
+
+
+class _OverrideError(argparse.ArgumentTypeError, ValueError):
+    """A bad --quant-overrides item: argparse prints its message as it is."""
+
+
+_OVERRIDE_HELP = (
+    "write GLOB=SPEC, SPEC = bits (lm_head=8), a mode ('*.mlp.*=mxfp4'), float, or a "
+    "mapping ('model.layers.0.*={bits: 4, group_size: 32}')"
+)
+
+
+def _override_rule(glob: str, value: Any) -> int | dict | None:
+    """One override's value as QATConfig takes it: bits, a dict, or None (float)."""
+    where = f"quant_overrides[{glob!r}]={value!r}"
+    if value is None or value == "float":
+        return None
+    if isinstance(value, bool):
+        raise _OverrideError(f"{where}: {_OVERRIDE_HELP}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        return {"mode": value}
+    if isinstance(value, dict):
+        extra = sorted(set(value) - {"bits", "group_size", "mode"})
+        if extra:
+            raise _OverrideError(f"{where}: unknown keys {extra}; use bits, group_size, mode")
+        return {str(k): v for k, v in value.items()}
+    raise _OverrideError(f"{where}: {_OVERRIDE_HELP}")
+
+
+def parse_quant_override(text: Any) -> tuple[str, Any]:
+    """One `GLOB=SPEC` item of `--quant-overrides` as (glob, rule); SPEC is read as YAML."""
+    if isinstance(text, tuple) and len(text) == 2:
+        return str(text[0]), _override_rule(str(text[0]), text[1])
+    glob, sep, spec = str(text).partition("=")
+    glob, spec = glob.strip(), spec.strip()
+    if not (sep and glob and spec):
+        raise _OverrideError(f"--quant-overrides {text!r}: {_OVERRIDE_HELP}")
+    try:
+        value = yaml.safe_load(spec)
+    except yaml.YAMLError:
+        raise _OverrideError(f"--quant-overrides {text!r}: {_OVERRIDE_HELP}") from None
+    return glob, _override_rule(glob, value)
+
+
+# A YAML mapping given for the flag becomes one GLOB=SPEC item per entry (cli.common).
+parse_quant_override.accepts_mapping = True  # type: ignore[attr-defined]
+
+
+def normalize_overrides(value: Any) -> dict[str, Any]:
+    """`quant_overrides` as {glob: bits | {bits, group_size, mode} | None}, from a mapping or
+    a list of `GLOB=SPEC` strings / (glob, spec) pairs (the flag's values)."""
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): _override_rule(str(k), v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return dict(parse_quant_override(item) for item in value)
+    raise ValueError(f"quant_overrides={value!r}: give a mapping of glob: spec ({_OVERRIDE_HELP})")
 
 
 @group("schedule", "token budget, FP/QAT split and learning-rate schedule")
