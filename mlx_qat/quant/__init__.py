@@ -7,11 +7,10 @@ Modules:
     fake_quant.py      min/max fake-quant with the STE; the forward's dispatch
     lsq.py, learned_affine.py   learnable quantizers (reference and fused paths)
     quantizers.py      the nn.Module quantizers the QAT layers hold
+    codes.py           integer codes and transition distances (TRS statistics)
     backend.py         which path runs: fused kernels (mlx_qat.kernels), CPU path, reference
-    kernel_check.py    fused kernels vs the reference: the check a user runs (`check_backend`)
-                       and the one `prepare` runs on the kernels a run will use (`self_check`)
-    kernel_compare.py  one kernel output vs the reference (a row; the tolerances)
-    kernel_cases.py    the awkward inputs both checks use
+    kernel_check.py    fused kernels vs the reference (`check_backend`, `self_check`)
+    kernel_cases.py    the awkward inputs the checks use
 """
 
 from .fake_quant import Grid, dequantize_grid, fake_quantize, quantize_grid, reference_fake_quant
