@@ -102,7 +102,7 @@ def test_stale_run_tokenizer_is_refused(run, tmp_path, tiny_data, other_data):
 
 
 def test_recorded_tokenizer_hash_in_state_wins(run, tmp_path, tiny_data):
-    from mlx_qat.convert.source import resolve_source
+    from mlx_qat.convert.api import resolve_source
     from mlx_qat.convert.tokenizer import tokenizer_sha256
 
     source = resolve_source(run.path)

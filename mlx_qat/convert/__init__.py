@@ -4,12 +4,11 @@
     >>> result = convert("runs/main", "mlx_model")      # latest checkpoint, trained grid
     >>> result.parity["rel_diff"]                         # train = deploy, checked
 
-Modules: `source` (what is read), `method` (which of QAT / PTQ / dequantize, applied; the
-losses before export), `pack` (QAT grid / PTQ / dequantize, the dtype cast),
-`write` (mlx-lm layout, sharding, atomic directory, config.json last), `output` (where an
-export may go, what `--force` may replace, stale temporaries), `tokenizer` (data files only,
-the run's own by hash), `parity` (train = deploy loss check), `card` (README.md), `api`
-(`convert`); `gguf*` import a GGUF file. The command is `mlx_qat.cli.convert`.
+Modules: `api` (`convert`: what is read, which of QAT / PTQ / dequantize, the losses before
+export), `pack` (QAT grid / PTQ / dequantize, the dtype cast), `write` (where an export may go,
+what `--force` may replace, mlx-lm layout, atomic directory, config.json last), `tokenizer`
+(data files only, the run's own by hash), `parity` (train = deploy loss check), `finite`, `card`
+(README.md); `gguf*` import a GGUF file. The command is `mlx_qat.cli.convert`.
 """
 
 from .api import ConvertResult, convert

@@ -1,22 +1,27 @@
 """`convert`: a training checkpoint (or an mlx-lm model) → an MLX model directory.
 
-Three methods, one tool, so FP, PTQ and QAT numbers come from the same code:
+What is read: a training run, one of its checkpoints, an mlx-lm model directory or a Hugging
+Face repo id, resolved by the package's one resolver (`mlx_qat.model_source`); checkpoints are
+rebuilt by the trainer's own `mlx_qat.checkpoint.build_model`, so `convert` sees exactly the
+model the trainer saved. Three methods, one tool, so FP, PTQ and QAT numbers come from the same
+code; the losses each measures before export, for the parity check and the model card:
 
-* QAT (default for a checkpoint trained with fake quantization): pack exactly the trained grid.
-* PTQ (`ptq=True`, or any float mlx-lm model): round-to-nearest min/max of the float weights,
-  at the requested format or the one the run trained for.
-* dequantize (`dequantize=True`): a float model; the fake-quant weights of a checkpoint, or
-  the float weights of a quantized mlx-lm model (a starting point for QAT fine-tuning).
+* QAT (default for a checkpoint trained with fake quantization): pack exactly the trained grid
+  (`pack.quantize_model` of the checkpoint's QATConfig). "ref" is the fake-quant model, "fp"
+  its float weights, "ptq" round-to-nearest at the same format.
+* PTQ (`ptq=True`, or any float mlx-lm model): the float weights, `prepare`d at the requested
+  format (or the trained one, else affine 4/64) with min/max fake quant on, then packed: "fp"
+  is the float model, "ref" = "ptq" the fake-quant model.
+* dequantize (`dequantize=True`): a float model; the fake-quant weights of a checkpoint, or the
+  float weights of a quantized mlx-lm model (a starting point for QAT fine-tuning). "ref" is
+  the model as loaded, "fp" its float weights.
 
-Choosing and applying the method, and the losses measured before export: `method.py`.
-
-Nothing non-finite is exported (`finite.py`): a NaN or inf parameter of the input, of the
-model after the cast to the output dtype, or a non-finite validation loss is refused by name
-before anything is written. Each export is checked: the validation loss of the model before export (the fake-quant model)
-and of the staged directory loaded back by mlx-lm's loader must agree (`parity.py`); only then
-is `config.json` written and the directory renamed into place (`write.py`). The output path,
-what `force` may replace and stale temporaries: `output.py`; the tokenizer shipped (data files
-only, the run's own by hash): `tokenizer.py`.
+Nothing non-finite is exported (`finite.py`). Each export is checked: the validation loss of
+the model before export and of the staged directory loaded back by mlx-lm's loader must agree
+(`parity.py`); only then is `config.json` written and the directory renamed into place
+(`write.py`, which also holds the rules for the output path). The tokenizer shipped (data
+files only, the run's own by hash): `tokenizer.py`. Every failure is a `ConvertError` that
+names the path and says what to do.
 """
 
 from __future__ import annotations
@@ -27,14 +32,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 
+from ..checkpoint import build_model
+from ..eval_modes import eval_mode
+from ..model_source import ModelSource, load_float, resolve_model
+from ..prepare import prepare, qat_layers
 from . import pack
 from .card import model_card
 from .errors import ConvertError, ParityError
 from .finite import check_loss, check_model, check_source_finite
-from .method import PARITY_TOKENS, choose_method, parity_data_for, prepare_export
-from .parity import ParityData, check_parity, default_tolerance, parity_message
-from .source import load_checkpoint_model, load_mlx_model, resolve_source
+from .parity import (
+    ParityData,
+    check_parity,
+    default_tolerance,
+    load_parity_data,
+    parity_message,
+    val_loss,
+)
 from .tokenizer import REMOTE_CODE_KEYS, check_recorded, save_tokenizer
 from .write import (
     RESULT_FILE,
@@ -50,6 +65,8 @@ from .write import (
 __all__ = ["PARITY_TOKENS", "RESULT_FILE", "ConvertResult", "convert"]
 
 logger = logging.getLogger(__name__)
+
+PARITY_TOKENS = 8192  # default cap on the parity check's target tokens
 
 
 @dataclass
@@ -128,8 +145,7 @@ def convert(
         >>> convert("runs/main", "mlx_model_2bit")  # latest checkpoint, trained grid
     """
     t0 = time.perf_counter()
-    options = {k: v for k, v in locals().items() if k not in ("t0",)}
-    options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k != "t0"}
     mlx_path = Path(mlx_path).expanduser()
     out_dtype = pack.parse_dtype(dtype)
     given = {"--tokenizer": tokenizer, "--parity-data": parity_data}
@@ -156,10 +172,7 @@ def convert(
             check_output(mlx_path, force, {"the parity data": data.path})
 
     logger.info("loading %s", source.describe())
-    if source.kind == "checkpoint":
-        model = load_checkpoint_model(source)
-    else:
-        model = load_mlx_model(source)
+    model = _load_model(source)
     check_source_finite(source, model)
     train_dtype = pack.float_dtype(model)
 
@@ -248,3 +261,160 @@ def _check_tokenizer_loads(path: Path) -> None:
         load_tokenizer(path)
     except (OSError, ValueError) as e:
         raise ConvertError(f"the shipped tokenizer does not load with mlx-lm ({e})") from e
+
+
+def resolve_source(
+    path: str | Path, revision: str | None = None, check_qat: bool = True
+) -> ModelSource:
+    """Find out what `path` is and read it (a checkpoint's weights are loaded here).
+
+    `check_qat`: validate a checkpoint's qat_config now; PTQ of its float weights does not
+    read it (a model the trainer can no longer describe still has weights to round).
+    """
+    try:
+        source = resolve_model(path, revision)
+        if source.kind == "gguf":
+            raise ConvertError(f"{path}: a GGUF file is imported (mlx_qat.convert FILE.gguf)")
+        source.config  # noqa: B018  (read now: a corrupt checkpoint is reported here)
+        if check_qat:
+            source.qat_config  # noqa: B018
+    except ValueError as e:  # SourceError, CheckpointError
+        raise ConvertError(str(e)) from None
+    return source
+
+
+def _load_model(source: ModelSource) -> nn.Module:
+    """A checkpoint's model as the trainer saved it (prepared, fake quant set), or an mlx-lm
+    directory's through mlx-lm's own loader (quantized layers included)."""
+    if source.kind != "checkpoint":
+        try:
+            return load_float(source, allow_quantized=True)[0]
+        except ValueError as e:
+            raise ConvertError(str(e)) from e
+    try:
+        model = build_model(source.checkpoint)
+    except ValueError as e:
+        raise ConvertError(str(e)) from None
+    source.checkpoint.weights = {}  # the model holds them now
+    return model
+
+
+def choose_method(source: ModelSource, ptq: bool, dequantize: bool) -> str:
+    if ptq and dequantize:
+        raise ConvertError("choose either --ptq or --dequantize, not both")
+    if dequantize:
+        return "dequantize"
+    if source.kind == "mlx":
+        if source.quantized:
+            raise ConvertError(
+                f"{source.path} is already quantized ({source.config.get('quantization')}); "
+                "pass --dequantize for float weights (e.g. to start QAT from), or convert the "
+                "float original"
+            )
+        return "ptq"
+    if ptq:
+        return "ptq"
+    if not source.trained_with_qat:
+        why = (
+            "was never prepared for QAT (no qat_config)"
+            if source.qat_config is None
+            else f"was saved with fake quantization off (phase {source.qat.get('phase')!r})"
+        )
+        raise ConvertError(
+            f"checkpoint {source.path} {why}: its weights were not trained for a quantized "
+            "format. Pass --ptq for round-to-nearest post-training quantization (or "
+            "--dequantize for a float model), or train with a QAT phase and convert that"
+        )
+    return "qat"
+
+
+def parity_data_for(source: ModelSource, parity_data, parity_batches, tok_dir) -> ParityData | str:
+    """Validation batches for the check, batched as the trainer did, or why there are none."""
+    from ..data.resolve import is_prepared
+    from ..train.config import load_config
+
+    seq_len, batch_size, eval_batches = 128, 8, 8
+    data_dir, missing = None, "no run config.yaml"
+    run_dir = source.run_dir
+    if run_dir is not None and (run_dir / "config.yaml").is_file():
+        try:
+            cfg = load_config(run_dir / "config.yaml")
+        except (OSError, ValueError, TypeError) as e:
+            raise ConvertError(
+                f"{run_dir / 'config.yaml'}: cannot read the run config ({e})"
+            ) from e
+        seq_len, batch_size, eval_batches = cfg.seq_len, cfg.batch_size, cfg.eval_batches
+        # The shards the trainer used (absolute path in state.json), else its --data when that
+        # was a prepared directory (relative to where training ran, or beside the run).
+        shards = (source.state.get("data") or {}).get("shards")
+        candidates = [Path(shards)] if shards else []
+        if isinstance(cfg.data, list) and len(cfg.data) == 1:
+            d = Path(str(cfg.data[0])).expanduser()
+            candidates += [d, run_dir.parent / d, run_dir / d]
+        data_dir = next((c for c in candidates if is_prepared(c)), None)
+        missing = f"the run's data ({cfg.data or 'default corpus'}) is not prepared data here"
+    if parity_data is not None:
+        path = Path(parity_data)
+        if not path.exists():
+            raise ConvertError(f"--parity-data {path}: no such file or directory")
+    elif data_dir is not None:
+        path = data_dir
+    else:
+        return (
+            f"no validation data for {source.path} ({missing}); pass --parity-data "
+            "(a prepared data dir, a .npy of token ids or text files)"
+        )
+    # The run's eval batches, capped: MLX's CPU quantized kernels run at ~1 GFLOP/s (far less
+    # in half precision), and a wrong grid shows on the first few thousand tokens already.
+    cap = max(1, PARITY_TOKENS // max(batch_size * seq_len, 1))
+    return load_parity_data(
+        path,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        max_batches=parity_batches or min(eval_batches or cap, cap),
+        vocab_size=source.vocab_size or (1 << 31),
+        tokenizer_dir=tok_dir,
+    )
+
+
+def losses_before_export(
+    model: nn.Module, data: ParityData | None, *modes: str, ref: str = "the model before export"
+) -> dict[str, float | None]:
+    """Validation loss of the model as it is ("ref") and in `mlx_qat.eval` `modes`: "fp" (fake
+    quant off), "ptq" (min/max at each layer's format)."""
+    out: dict[str, float | None] = {"ref": None, **dict.fromkeys(modes)}
+    if data is None:
+        return out
+    out["ref"] = val_loss(model, data.batches, ref)
+    if any(True for _ in qat_layers(model)):
+        names = {"fp": "its float weights (fake quant off)", "ptq": "round-to-nearest PTQ"}
+        for mode in modes:
+            with eval_mode(model, mode):
+                out[mode] = val_loss(model, data.batches, names.get(mode, mode))
+    return out
+
+
+def prepare_export(source: ModelSource, model, method: str, requested, data):
+    """Turn the loaded model into the one to save; return (quantization block, config, losses
+    before export: None without parity data)."""
+    qcfg = source.qat_config if source.kind == "checkpoint" else None
+    if method == "dequantize":
+        if requested is not None:
+            raise ConvertError("--dequantize writes a float model; drop --bits/--group-size/--mode")
+        losses = losses_before_export(model, data, "fp")
+        if source.kind == "checkpoint":
+            pack.to_float(model, dequantized=True)
+        elif source.quantized:
+            pack.dequantize_stock(model)
+        return None, None, losses
+    if method == "ptq":
+        cfg = pack.ptq_config(qcfg, requested)
+        pack.to_float(model, dequantized=False)  # PTQ starts from the float weights
+        fp = losses_before_export(model, data, ref="the float model")["ref"]
+        prepare(model, cfg, enabled=True)
+        losses = losses_before_export(model, data)
+        losses.update(fp=fp, ptq=losses["ref"])
+        return pack.quantize_model(model, cfg), cfg, losses
+    pack.check_trained_format(qcfg, requested, source.path)
+    losses = losses_before_export(model, data, "fp", "ptq")
+    return pack.quantize_model(model, qcfg), qcfg, losses
