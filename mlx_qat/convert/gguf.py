@@ -4,12 +4,9 @@
     >>> r = import_gguf("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2")   # float32, ggml's grid
     >>> r.check["passed"]
 
-Steps: the file's metadata and tensors (`gguf_read`: `mx.load` for F32/F16/Q4_0/Q4_1/Q8_0, the
-`gguf` package's numpy dequantizer for other types); config.json, mlx-lm names and the q/k
-rows back in the Hugging Face rotary layout (`gguf_llama`); the tokenizer from the GGUF
-vocabulary and its chat template (`gguf_tokenizer`, transformers' conversion); then the model,
-built with mlx-lm's own `llama.Model` (`gguf_model`), written like every export (`write`:
-shards + index, tokenizer data files only, atomic directory, config.json last).
+Steps: the file's metadata and tensors (`gguf_read`); config.json, mlx-lm names, the q/k rows
+and the model, built with mlx-lm's own `llama.Model` (`gguf_llama`); the tokenizer from the GGUF
+vocabulary and its chat template (`gguf_tokenizer`); written like every export (`write`).
 
 Two weight formats:
 
@@ -26,16 +23,15 @@ Two weight formats:
   refused here (import them as float).
 
 Non-finite values are refused by name before anything is built (`finite`): every tensor, a
-quantized one after dequantization to float32, must be finite (random bytes in a Q4_1 block
-give NaN scales; a flipped exponent gives inf, which compares equal to itself and would pass
-the check below), and so must the check-text loss and every parameter after the cast to `dtype`.
+quantized one after dequantization to float32 (random bytes in a Q4_1 block give NaN scales; a
+flipped exponent gives inf, which compares equal to itself and would pass the check below), the
+check-text loss and every parameter after the cast to `dtype`.
 
-The check before publishing: the staged directory, loaded back by mlx-lm's own loader
-(`parity.load_staged`), must hold exactly the model built here: equal model arguments, every
-parameter bit for bit (dtype included), the same quantized formats. Before the cast to `dtype`,
-the built model's loss on `CHECK_TEXT` (tokenized by the shipped tokenizer, computed in float32)
-is measured and reported: a trained model sits far below chance, ln(vocab_size). Peak memory is
-about twice the model (built + loaded).
+The check before publishing: the staged directory, loaded back by mlx-lm's own loader, must
+hold exactly the model built here: equal model arguments, every parameter bit for bit (dtype
+included), the same quantized formats. Before the cast to `dtype`, the built model's loss on
+`CHECK_TEXT` (computed in float32) is reported: a trained model sits far below chance,
+ln(vocab_size). Peak memory is about twice the model (built + loaded).
 """
 
 from __future__ import annotations
@@ -51,28 +47,25 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..fileio import sha256_file
+from . import write
 from .card import gguf_card
 from .errors import ConvertError, ParityError
 from .finite import check_loss, check_model
-from .gguf_llama import ARCH, check_architecture, llama_config, to_mlx_weights
-from .gguf_model import build_model, check_gguf_tensors, compare_loaded, quantization_block
+from .gguf_llama import (
+    ARCH,
+    build_model,
+    check_architecture,
+    check_gguf_tensors,
+    compare_loaded,
+    llama_config,
+    quantization_block,
+    to_mlx_weights,
+)
 from .gguf_read import load_tensors, read_header
 from .gguf_tokenizer import save_gguf_tokenizer
 from .pack import cast_model, dtype_name, parse_dtype
 from .parity import load_staged
 from .tokenizer import save_tokenizer
-from .write import (
-    RESULT_FILE,
-    check_output,
-    commit_config,
-    file_sizes,
-    save_config,
-    save_weights,
-    staged_dir,
-    write_result,
-)
-
-__all__ = ["RESULT_FILE", "GGUFImportResult", "build_model", "import_gguf", "summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +167,7 @@ def import_gguf(
     options = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k != "t0"}
     gguf_path, mlx_path = Path(gguf_path).expanduser(), Path(mlx_path).expanduser()
     out_dtype = parse_dtype(dtype, mx.float16 if quantize else mx.float32)
-    check_output(mlx_path, force, {"the input": gguf_path})
+    write.check_output(mlx_path, force, {"the input": gguf_path})
     header = read_header(gguf_path)
     check_architecture(header)
     config = llama_config(header)
@@ -217,7 +210,7 @@ def import_gguf(
     )
     with tempfile.TemporaryDirectory(prefix="mlx_qat_gguf_tokenizer_") as scratch:
         save_gguf_tokenizer(header.metadata, ARCH, Path(scratch))
-        with staged_dir(mlx_path, force) as tmp:
+        with write.staged_dir(mlx_path, force) as tmp:
             save_tokenizer(tmp, Path(scratch), config["vocab_size"])
             ids = _check_ids(tmp, config["vocab_size"])
             result.check_loss = check_text_loss(model, ids, config["vocab_size"])
@@ -236,28 +229,25 @@ def import_gguf(
                 "the cast overflowed; pass --dtype float32",
             )
             result.bits_per_weight = round(float(compute_bits_per_weight(model)), 4)
-            index = save_weights(tmp, model)
-            save_config(tmp, config, pending=True)  # config.json only once verified
+            index = write.save_weights(tmp, model)
+            write.save_config(tmp, config, pending=True)  # config.json only once verified
             result.num_parameters = int(index["metadata"]["total_parameters"])
             result.total_bytes = int(index["metadata"]["total_size"])
-            result.files = file_sizes(tmp)
+            result.files = write.file_sizes(tmp)
             if check:
                 result.check = compare_loaded(model, load_staged(tmp))
                 if not result.check["passed"]:
-                    raise ParityError(_check_message(result.check, mlx_path))
+                    raise ParityError(
+                        f"import check failed for {mlx_path}: the directory loaded by mlx-lm is "
+                        "not the model built from the GGUF tensors "
+                        f"({'; '.join(result.check['differences'])}); nothing was written"
+                    )
             del model
-            commit_config(tmp)
+            write.commit_config(tmp)
             result.seconds = round(time.perf_counter() - t0, 3)
-            write_result(tmp, gguf_card(result), result.to_dict())
+            write.write_result(tmp, gguf_card(result), result.to_dict())
     logger.info("wrote %s (%.3f bits per weight)", mlx_path, result.bits_per_weight)
     return result
-
-
-def _check_message(c: dict, mlx_path: Path) -> str:
-    return (
-        f"import check failed for {mlx_path}: the directory loaded by mlx-lm is not the model "
-        f"built from the GGUF tensors ({'; '.join(c['differences'])}); nothing was written"
-    )
 
 
 def summary(r: GGUFImportResult) -> str:
