@@ -1,64 +1,40 @@
-"""The QAT phase's basin monitor (`basin_monitor`, `--basin-monitor`): does the STE gradient
-point back into the float model's basin, and when does the QAT loss re-enter it?
+"""The QAT phase's basin monitor (`--basin-monitor`): does the STE gradient point back into the
+float model's basin, and when does the QAT loss re-enter it?
 
-Paper B (Li, Ma, Cui, "Understanding Quantization-Aware Training: Gradients at Quantized
-Weights Bias to the Low-Loss Basin", arXiv 2606.09012) explains QAT's recovery by an
-"inward component" of the gradient taken at the quantized weights, and bounds the loss at the
-first time the quantized iterate enters the low-loss basin. Its full text was not available:
-the two quantities below are **reconstructions** from its abstract and secondary notes
-(docs/research/papers001_002_trs_geometry.md §2.4–§2.7, diagnostics D4 and D5), with the
-float weights at the switch standing in for the paper's river point, not the paper's own
-definitions.
-
-Reference point w_fp: every QAT layer's float weight at the FP→QAT switch (a fine-tune with
-no FP phase: the `--model` weights, which are the switch's).
+Paper B (Li, Ma, Cui, arXiv 2606.09012) explains QAT's recovery by an "inward component" of the
+gradient taken at the quantized weights. Its full text was not available: the quantities below
+are **reconstructions** from its abstract and secondary notes (docs/research/
+papers001_002_trs_geometry.md §2.4–§2.7, D4 and D5), with the float weights at the switch
+standing in for the paper's river point. Reference point w_fp: every QAT layer's float weight at
+the FP→QAT switch (a fine-tune with no FP phase: the `--model` weights).
 
 **Inward cosine**, at the switch and at each periodic evaluation of the QAT phase, on the
 first validation batch, for each QAT layer ℓ (all arithmetic float32):
 
-    g_ℓ   = ∂L/∂w_ℓ            the STE gradient of the training objective (cross-entropy, or
-                               kd/mix against the teacher) w.r.t. the latent weight w_ℓ,
-                               fake quant on: the forward uses Q(w_ℓ), the gradient passes
-                               straight through rounding; uncompiled, outside the step
-    d_ℓ   = w_fp,ℓ − Q(w_ℓ)    from the quantized point back to the float weights, Q(w_ℓ) the
-                               layer's effective (fake-quantized) weight
+    g_ℓ   = ∂L/∂w_ℓ            the STE gradient of the training objective w.r.t. the latent
+                               weight, fake quant on (uncompiled, outside the step)
+    d_ℓ   = w_fp,ℓ − Q(w_ℓ)    from the quantized (effective) weight back to the float weights
     inward_cos           = ⟨−g, d⟩ / (‖g‖·‖d‖)  over all QAT layers' weights flattened together
     inward_cos_layers[ℓ] = ⟨−g_ℓ, d_ℓ⟩ / (‖g_ℓ‖·‖d_ℓ‖)   (None where a norm is 0)
     inward_cos_fp        = inward_cos with g = ∂L/∂w at the latent weights (fake quant off)
 
 inward_cos > 0: a descent step moves the latent weights toward w_fp. Paper B predicts it
-positive while Q(w) is outside the basin and larger than inward_cos_fp (≈ 0 in a flat basin):
-the difference is the bias that evaluating the gradient at the quantized point adds.
+positive while Q(w) is outside the basin and larger than inward_cos_fp (≈ 0 in a flat basin).
 
-**Basin re-entry**, with the basin level of `mlx_qat.diagnose` (`loss.basin_level`) at the
-switch weights on the periodic validation batches:
+**Basin re-entry**, with `eval_modes.basin_level` at the switch on the periodic batches:
 
-    L_ref = the FP-mode validation loss at the switch (the switch evaluation's `fp` loss)
+    L_ref = the FP-mode validation loss at the switch
     ε     = max(0.01 nats, 2 · SE),  SE the standard error over those batches of the per-batch
             PTQ gap L(Q_RTN(w_fp)) − L(w_fp)
     T_enter = the first QAT-phase evaluation step s with  L_qat(s) ≤ L_ref + ε
 
 `outside` = (PTQ gap > ε): the quantized point started outside the basin (paper B's setting).
-When it started inside, T_enter only says when an evaluation of the QAT phase was first
-within ε.
 
-Records: `basin_reference` at the switch (L_ref, ε, SE, PTQ gap, outside, the cosines at
-t = 0), the cosines on every QAT-phase `eval` line, one `basin_reentry`, and
-`basin_reentry_step` (None if never) in result.json.
-
-Cost: one forward and backward (two with inward_cos_fp) on one batch per evaluation, and two
-passes over the periodic validation batches at the switch; nothing in the training step.
-Training is unchanged (no RNG drawn, no training batch read): tests/test_basin.py checks
-that the losses are bit-identical with and without the monitor.
-
-Memory: one copy of the QAT layers' weights at the switch, or none when the teacher already
-holds them (objective kd/mix in the model's own dtype, its teacher the switch weights); the
-step-memory check counts it (`basin_reference_bytes`).
-
-Resume: L_ref, ε, SE, the PTQ gap and T_enter are the monitor's own state (it is a
-`TrainingCallback`, `callbacks.py`), in every checkpoint's state.json (`basin`); w_fp is read
-again from the switch checkpoint (which the trainer always keeps; rank 0 reads it, the other
-ranks receive it) or the `--model` directory.
+Records: `basin_reference` at the switch, the cosines on every QAT-phase `eval` line, one
+`basin_reentry`, and `basin_reentry_step` in result.json. Training is unchanged (no RNG drawn,
+no training batch read; tests/test_basin.py). Memory: one copy of the QAT layers' weights, or
+none when the teacher holds them (`basin_reference_bytes`). Resume: L_ref, ε, SE, the gap and
+T_enter are the callback's state; w_fp is read again from the switch checkpoint or `--model`.
 """
 
 from __future__ import annotations
@@ -75,7 +51,6 @@ from mlx.utils import tree_flatten
 
 from ..checkpoint import CHECKPOINTS, load_checkpoint, step_dir_name
 from ..eval_modes import basin_level, batch_losses, eval_mode
-from ..models.build import make_model
 from ..prepare import qat_layers
 from .callbacks import TrainingCallback
 from .distill import make_loss
@@ -87,8 +62,7 @@ Loss = Callable[[nn.Module, mx.array, mx.array], mx.array]
 
 
 def ste_gradients(model: nn.Module, loss: Loss, batch: mx.array) -> dict[str, mx.array]:
-    """{QAT layer path: ∂loss/∂weight} on `batch` ((B, T+1) tokens), the model as it is (fake
-    quant on: the STE gradient at the quantized weights; off: the float gradient)."""
+    """{QAT layer path: ∂loss/∂weight} on `batch` ((B, T+1) tokens), fake quant as it is."""
     _, grads = nn.value_and_grad(model, loss)(model, batch[:, :-1], batch[:, 1:])
     flat = dict(tree_flatten(grads))
     return {p: flat[f"{p}.weight"] for p, _ in qat_layers(model)}
@@ -101,8 +75,7 @@ def _cos(dot: float, gg: float, dd: float) -> float | None:
 def inward_cosines(
     grads: dict[str, mx.array], ref: dict[str, mx.array], quantized: dict[str, mx.array]
 ) -> tuple[float | None, dict[str, float | None]]:
-    """(cos(−g, w_fp − Q(w)) over all layers flattened together, {layer: its own cosine});
-    the module header has the definitions."""
+    """(cos(−g, w_fp − Q(w)) over all layers together, {layer: its own cosine})."""
     sums = {}
     for p, w_fp in ref.items():
         g = grads[p].astype(mx.float32)
@@ -115,9 +88,8 @@ def inward_cosines(
 
 
 def track_reentry(state: dict, step: int, ev: dict, metrics) -> bool:
-    """Record the first re-entry: when `state` (the monitor's, with `ref_loss`, `eps`) has none
-    yet and the evaluation `ev`'s QAT loss is ≤ ref_loss + eps, set `state["reentry_step"]`
-    to `step` and write a `basin_reentry` record. Returns whether it did."""
+    """Record the first re-entry (`ev`'s QAT loss ≤ ref_loss + eps) in `state` and the
+    metrics; returns whether this was it."""
     qat = (ev.get("qat") or {}).get("loss")
     if state.get("reentry_step") is not None or state.get("ref_loss") is None or qat is None:
         return False
@@ -135,9 +107,8 @@ def track_reentry(state: dict, step: int, ev: dict, metrics) -> bool:
 
 
 class BasinMonitor(TrainingCallback):
-    """The monitor of one run, a trainer feature: its state (`state`: L_ref, ε, SE, the PTQ
-    gap, T_enter; saved in every checkpoint as "basin") and its reference weights (`ref`:
-    {QAT layer path: w_fp}) are its own."""
+    """The monitor of one run: `state` (L_ref, ε, SE, gap, T_enter; "basin" in checkpoints)
+    and `ref` ({QAT layer path: w_fp})."""
 
     name = "basin"
 
@@ -152,7 +123,6 @@ class BasinMonitor(TrainingCallback):
         self.state = state
 
     def on_train_begin(self, t) -> None:
-        """A run resumed in the QAT phase: read the reference back."""
         if t.phase != "qat":
             return
         self.ref = reference_weights(t, at_switch=False)
@@ -173,8 +143,7 @@ class BasinMonitor(TrainingCallback):
         return {"basin_reentry_step": st.get("reentry_step") if st else None, "basin": st}
 
     def measure(self, t, loss: Loss | None = None) -> dict:
-        """The inward cosines of trainer `t`'s model now (module header), of the training
-        objective (or of `loss(model, inputs, targets)`)."""
+        """The inward cosines of `t`'s model now, of the training objective (or `loss`)."""
         model, batch = t.model, t.val[0]
         loss = loss or make_loss(t.teacher, t.cfg) or loss_fn
         quantized = {p: layer.effective_weight() for p, layer in qat_layers(model)}
@@ -184,8 +153,7 @@ class BasinMonitor(TrainingCallback):
         return {"inward_cos": cos, "inward_cos_fp": cos_fp, "inward_cos_layers": layers}
 
     def begin(self, t) -> None:
-        """At the switch (fake quant just turned on): keep w_fp, measure L_ref, ε and the PTQ
-        gap, write the `basin_reference` record."""
+        """At the switch: keep w_fp, measure L_ref, ε, the PTQ gap; write `basin_reference`."""
         self.ref = reference_weights(t, at_switch=True)
         model, bpt = t.model, t.bytes_per_token
         with eval_mode(model, "fp"):
@@ -212,8 +180,7 @@ class BasinMonitor(TrainingCallback):
                     self.state["ref_loss"], eps, gap, "outside" if gap > eps else "inside")  # fmt: skip
 
     def observe(self, t, ev: dict) -> dict:
-        """At a periodic evaluation `ev` of the QAT phase: the cosines for its line ({}
-        before the switch), and the re-entry when it is the first."""
+        """At a periodic evaluation: the cosines for its line ({} before the switch)."""
         if t.phase != "qat":
             return {}
         out = self.measure(t)
@@ -223,13 +190,8 @@ class BasinMonitor(TrainingCallback):
 
 
 def basin_monitor_for(cfg, plan) -> BasinMonitor | None:
-    """The monitor of a run of `cfg` and `plan` (None when `basin_monitor` is off, or for a
-    run whose QAT phase has fake quant off); a resumed run's reference is read back in its
-    `on_train_begin`.
-
-    Raises:
-        ValueError: a from-scratch run without an FP phase (no float model to compare with).
-    """
+    """The monitor of a run (None when off, or without a fake-quant QAT phase); ValueError
+    for a from-scratch run without an FP phase (no float model to compare with)."""
     if not cfg.basin_monitor:
         return None
     if cfg.ablate_qat or plan.qat_steps == 0:
@@ -245,9 +207,7 @@ def basin_monitor_for(cfg, plan) -> BasinMonitor | None:
 
 
 def _teacher_is_reference(cfg, plan) -> bool:
-    """Whether a distillation teacher holds exactly the reference: the float model at the
-    switch, in its own dtype (a from-scratch run's switch weights, or a fine-tune's `--model`
-    weights when QAT starts at step 0)."""
+    """Whether a distillation teacher holds exactly the switch weights, in their own dtype."""
     return (
         cfg.objective != "ce"
         and cfg.teacher_dtype is None
@@ -256,17 +216,15 @@ def _teacher_is_reference(cfg, plan) -> bool:
 
 
 def basin_reference_bytes(cfg, model: nn.Module, plan) -> int:
-    """Bytes the monitor's reference copy adds to a run (for `memory.check_step_memory`): the
-    QAT layers' weights, or 0 when the monitor is off or the teacher already holds them."""
+    """Bytes the monitor's reference copy adds to a run (`memory.check_step_memory`)."""
     if not cfg.basin_monitor or plan.qat_steps == 0 or _teacher_is_reference(cfg, plan):
         return 0
     return sum(layer.weight.nbytes for _, layer in qat_layers(model))
 
 
 def reference_weights(t, at_switch: bool) -> dict[str, mx.array]:
-    """{QAT layer path: its float weight at the switch} for trainer `t`: the model's own (at
-    the switch), the teacher's when it holds exactly them, else read from the `--model`
-    directory (no FP phase) or the switch checkpoint."""
+    """{QAT layer path: its float weight at the switch}: the model's own (at the switch), the
+    teacher's when it holds exactly them, else from `--model` or the switch checkpoint."""
     cfg, plan = t.cfg, t.plan
     paths = [p for p, _ in qat_layers(t.model)]
     if t.teacher is not None and _teacher_is_reference(cfg, plan):  # no second copy
@@ -275,8 +233,7 @@ def reference_weights(t, at_switch: bool) -> dict[str, mx.array]:
     if at_switch:  # arrays are immutable: the optimizer's updates replace, never change them
         return {p: layer.weight for p, layer in qat_layers(t.model)}
     if plan.fp_steps == 0:  # a fine-tune from step 0: the --model weights
-        model, _ = make_model(cfg, int(t.model_config.get("vocab_size") or 0), t.model_dir)
-        have = dict(tree_flatten(model.parameters()))
+        have = dict(tree_flatten(t.float_model().parameters()))
         return {p: have[f"{p}.weight"] for p in paths}
     weights = {p: layer.weight for p, layer in qat_layers(t.model)}  # the layout to receive
     if t.dist.is_main:

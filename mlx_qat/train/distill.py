@@ -11,21 +11,14 @@ trained, fake quant on) and t the teacher; every log-softmax is float32. The T²
 gradient's scale independent of T: ∂KL^T/∂z_s = (p_s^T − p_t^T) / T (Hinton et al., 2015).
 KD is exactly 0 for a student equal to its teacher.
 
-The teacher is a frozen float copy of the model (a plain mlx-lm model, no QAT layers):
-
-* fine-tuning (`--model DIR`): the float weights of DIR, read from it again;
-* from scratch: the run's own weights at the FP→QAT switch. On resume in the QAT phase they
-  are read from the switch checkpoint, which the trainer always keeps (with several processes,
-  rank 0 reads it and the others receive it bit for bit), so a resumed run continues exactly.
-
-The objective applies in the QAT phase only: in the FP phase the teacher would be the student.
-Its logits are computed inside the compiled step under `mx.stop_gradient`; its weights are
-arrays the compiled function captures (not inputs), so they are neither traced again nor
-copied per step. Evaluations report each mode's mean KL to the teacher at T = 1 (`kl`).
-
-Memory: the teacher's weights — parameters × bytes per parameter in `teacher_dtype` (default
-the model's own dtype; 135M parameters: 540 MB in float32, 270 MB in bfloat16/float16) —
-plus one more (B, T, V) logits buffer per micro-batch in the step (`memory.step_bytes`).
+The teacher is a frozen float copy of the model (a plain mlx-lm model, no QAT layers): a
+fine-tune's `--model` weights, else the run's own weights at the FP→QAT switch (on resume, read
+from the switch checkpoint, which the trainer always keeps). The objective applies in the QAT
+phase only. The teacher's logits are computed inside the compiled step under
+`mx.stop_gradient`; its weights are captured as constants, neither traced again nor copied per
+step. Evaluations report each mode's mean KL to the teacher at T = 1 (`kl`). Memory: its
+weights in `teacher_dtype` (default the model's) plus one (B, T, V) logits buffer per
+micro-batch (`memory.step_bytes`).
 """
 
 from __future__ import annotations
@@ -40,7 +33,6 @@ from mlx.utils import tree_flatten
 
 from ..checkpoint import CHECKPOINTS, load_checkpoint, step_dir_name
 from ..model_source import build_float, freeze
-from ..models.build import make_model
 from ..prepare import is_quantizer_param
 from .config import OBJECTIVES
 from .kd import hidden_and_head, kd_head_per_token, kd_per_token, split_head
@@ -58,9 +50,8 @@ def objective_loss(
     weight: float = 0.5,
     weights: mx.array | None = None,
 ) -> mx.array:
-    """The mean loss of `objective` ("ce", "kd" or "mix") over every target token (float32);
-    with `weights` (the targets' shape, 0 on prompt tokens), over the tokens of weight 1
-    (`step.masked_mean`)."""
+    """The mean loss of `objective` ("ce", "kd" or "mix") over the target tokens (float32;
+    with `weights`, 0 on prompt tokens, over those of weight 1: `step.masked_mean`)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective={objective!r}: choose one of {', '.join(OBJECTIVES)}")
     ce = kd = None
@@ -78,11 +69,9 @@ def objective_loss(
 
 def make_loss(teacher: nn.Module | None, cfg, student: nn.Module | None = None) -> Callable | None:
     """`loss(model, inputs, targets, weights=None)` of `cfg.objective` against `teacher` for
-    `step.make_step`; None (the step's cross-entropy) for "ce" or without a teacher.
-
-    With `student` (the model the loss will be called with) and the `kd` objective, when both
-    models are decoders whose logits are hidden states times an output matrix (`kd.split_head`),
-    the loss never forms either model's full logits (`kd.kd_head_per_token`)."""
+    `step.make_step`; None (the step's cross-entropy) for "ce" or without a teacher. With
+    `student` and "kd", when both models pass `kd.split_head`, the loss never forms either
+    model's full logits (`kd.kd_head_per_token`)."""
     if teacher is None or cfg.objective == "ce":
         return None
     objective, temperature, weight = cfg.objective, cfg.kd_temperature, cfg.kd_weight
@@ -106,19 +95,15 @@ def make_loss(teacher: nn.Module | None, cfg, student: nn.Module | None = None) 
 
 
 def float_weights(model: nn.Module) -> dict[str, mx.array]:
-    """The model's weights without the quantizers' parameters: an mlx-lm model's weights."""
+    """The model's weights without the quantizers' parameters (an mlx-lm model's)."""
     return {
         k: v for k, v in tree_flatten(model.parameters()) if not is_quantizer_param(k)
     }  # fmt: skip
 
 
 def teacher_bytes(cfg, model: nn.Module, plan) -> int:
-    """Bytes of the teacher's weights for this run (0 when it has none).
-
-    Raises:
-        ValueError: a distillation objective for a from-scratch run without an FP phase
-            (there is no float model to learn from).
-    """
+    """Bytes of the teacher's weights for this run (0 when it has none); ValueError for a
+    from-scratch run without an FP phase (no float model to learn from)."""
     if cfg.objective == "ce" or plan.qat_steps == 0:
         return 0
     if not cfg.model and plan.fp_steps == 0:
@@ -132,17 +117,13 @@ def teacher_bytes(cfg, model: nn.Module, plan) -> int:
 
 
 def run_teacher(t, at_switch: bool) -> nn.Module | None:
-    """The teacher of trainer `t`'s QAT phase (None for the "ce" objective).
-
-    `at_switch`: `t.model` holds the weights at the switch; else (a resume in the QAT phase)
-    a from-scratch run reads them from its switch checkpoint.
-    """
+    """The teacher of trainer `t`'s QAT phase (None for "ce"); `at_switch`: `t.model` holds
+    the switch weights, else (a QAT-phase resume) they are read from the switch checkpoint."""
     cfg = t.cfg
     if cfg.objective == "ce":
         return None
     if cfg.model:
-        model, _ = make_model(cfg, int(t.model_config.get("vocab_size") or 0), t.model_dir)
-        teacher = freeze(model, cfg.teacher_dtype)
+        teacher = freeze(t.float_model(), cfg.teacher_dtype)
         source = cfg.model
     else:
         weights = float_weights(t.model)  # at the switch; else the layout to receive

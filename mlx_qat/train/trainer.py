@@ -5,24 +5,21 @@ At every step boundary `s` (steps completed):
 1. at `s == plan.fp_steps` (FP phase, a QAT phase ahead): evaluate (FP, PTQ) and save the
    switch checkpoint, then switch: fake quant on, learnable quantizers initialised from the
    current weights (`init_quantizers`), optimizer moments kept or reset, step recompiled;
-2. at `s == join_at` (`--grid-first-fraction`: the grid and the norms trained alone so
-   far): the weights join the training, their optimizer state from zero (`grid_first.py`);
+2. at `s == join_at` (`--grid-first-fraction`): the weights join the training (`grid_first.py`);
 3. stop at `s == plan.total_steps`;
 4. run step `s` at `plan.lr_at(s)` on `batch(s·A) … batch(s·A + A − 1)` (pure functions of
    the step), with the RNG re-seeded to `seed·1000003 + s`;
 5. log, evaluate every `eval_every` steps and at the end, save every `save_every` steps
    and at the end.
 
-Evaluations: the periodic ones (`eval_every`, `eval_batches`) and the final one
-(`final_eval_batches`, by default the whole split) are on the validation split — the curves
-and anything tuned. At the end the same final evaluation runs once on the held-out test split
-(`result["test"]`, the FP-twin table): reported, never used for a choice. Data prepared
-before the test split existed has none; the run says so and `result["test"]` is None.
+Evaluations: the periodic ones read the same `eval_batches` validation batches each time; the
+final one a larger sample (`final_eval_batches`, by default the whole split: the PTQ gap of a
+small model is a few hundredths of a nat, so 16 batches leave a few % of noise in it), then the
+same on the held-out test split (`result["test"]`): reported, never used for a choice. Data
+prepared before the test split existed has none (said, not fatal; `result["test"]` None).
 
-Several processes (`mlx.launch`; `dist.py`): each trains its rows of every global batch, the
-gradients are averaged, evaluations are shared out and summed, and the replicas stay identical;
-rank 0 alone checks the run directory, reads the checkpoint it continues (the others receive
-its state), writes and logs.
+Several processes (`mlx.launch`; `dist.py`): rank 0 alone checks the run directory, reads the
+checkpoint it continues (the others receive its state), writes and logs.
 
 Everything the next step depends on — weights, quantizer parameters, optimizer moments and
 step count, phase — is in the checkpoint; the LR, the batch and the RNG are functions of the
@@ -43,42 +40,26 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from ..checkpoint import list_checkpoints, remove_stale_tmp, save_checkpoint
-from ..data.resolve import (
-    check_split,
-    copy_tokenizer,
-    open_prepared,
-    prepare_run_data,
-    run_vocab_size,
-)
+from ..checkpoint import latest_checkpoint, list_checkpoints, remove_stale_tmp, save_checkpoint
+from ..data import resolve
+from ..data.batches import TokenBatches, eval_batches
 from ..eval_modes import format_triple
 from ..fileio import atomic_write_json, atomic_write_text
 from ..model_source import float_model_dir
 from ..models.build import make_model
 from ..prepare import init_quantizers, prepare, set_fake_quant
-from .baseline import pretrained_baseline
+from . import resume
 from .basin import basin_monitor_for, basin_reference_bytes
-from .batches import open_batches
 from .callbacks import TrainingCallback, load_callback_states
 from .config import TrainConfig
 from .dist import Group
 from .distill import make_loss, run_teacher, teacher_bytes
-from .divergence import TrainingDiverged, diverged_message
 from .grid_first import join_step, join_weights
 from .memory import check_model_memory
 from .metrics import MetricsWriter, NullMetrics
 from .optim import build_optimizer, float32_masters, freeze_for_grid, set_lr
 from .phase_plan import PhasePlan, plan_for_model
 from .report import reporter_for
-from .resume import (
-    POSITION,
-    check_data,
-    find_resume,
-    restore_checkpoint,
-    rng_seed,
-    take_main_state,
-    trainer_state,
-)
 from .rundir import DATA, check_out_dir, clear_run, make_run_dir
 from .step import make_step
 from .trs import QATUpdates
@@ -86,6 +67,10 @@ from .trs import QATUpdates
 logger = logging.getLogger(__name__)
 
 RESULT = "result.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm became NaN/inf; the last checkpoint is the last good one."""
 
 
 class Trainer:
@@ -120,22 +105,24 @@ class Trainer:
             dist.check_batch(cfg.batch_size)
             if dist.is_main:
                 check_out_dir(cfg)
-            self.bundle = open_prepared(cfg.data, self.model_dir)  # refuses another tokenizer's
+            self.bundle = resolve.open_prepared(
+                cfg.data, self.model_dir
+            )  # refuses another tokenizer's
             if self.bundle is None and dist.size > 1:
                 raise ValueError(
                     f"--data {cfg.data}: several processes read prepared data: prepare it once "
                     "with mlx_qat.data --out DIR, give every machine the same DIR, pass --data DIR"
                 )
-            self._build(run_vocab_size(self.bundle, cfg.vocab_size, self.model_dir))
+            self._build(resolve.run_vocab_size(self.bundle, cfg.vocab_size, self.model_dir))
             for split in ("train", "val") if self.bundle else ():
-                check_split(self.bundle, split, cfg.seq_len)
+                resolve.check_split(self.bundle, split, cfg.seq_len)
             self._features()
-            ckpt = find_resume(cfg, self.run_dir) if dist.is_main else None
+            ckpt = resume.find_resume(cfg, self.run_dir) if dist.is_main else None
             keep_lines = None
             if ckpt is not None:
-                position, keep_lines = restore_checkpoint(self, ckpt)
+                position, keep_lines = resume.restore_checkpoint(self, ckpt)
                 self._continue_from(position)
-        if dist.size > 1 and (position := take_main_state(self)) is not None:
+        if dist.size > 1 and (position := resume.take_main_state(self)) is not None:
             self._continue_from(position)
         if self.phase == "qat":  # resumed in the QAT phase: its teacher (distill.py)
             self.teacher = run_teacher(self, at_switch=False)
@@ -152,8 +139,7 @@ class Trainer:
         self._compile()
 
     def _features(self) -> None:
-        """The callbacks: the QAT update's statistics and TRS, the basin monitor, the
-        reporter (rank 0), then the caller's."""
+        """The callbacks: QAT update (statistics, TRS), basin monitor, reporter, the caller's."""
         self.qat = QATUpdates()
         self.basin = basin_monitor_for(self.cfg, self.plan)
         report = reporter_for(self.cfg) if self.dist.is_main else None
@@ -162,14 +148,13 @@ class Trainer:
 
     def _continue_from(self, position: dict) -> None:
         """Take a checkpoint's (or rank 0's) position and hand each callback its state."""
-        for k in POSITION:
+        for k in resume.POSITION:
             setattr(self, k, position[k])
         load_callback_states(self.callbacks, position["callbacks"])
 
     def _write_start(self, ckpt, keep_lines: int | None) -> None:
-        """Rank 0: the run directory, the data (raw text is tokenized here), the tokenizer,
-        the batches, config.yaml and the metrics file (truncated to the checkpoint's lines on
-        resume)."""
+        """Rank 0: the run directory, the data (raw text tokenized), tokenizer, config.yaml,
+        the metrics file (truncated to the checkpoint's lines on resume)."""
         cfg = self.cfg
         make_run_dir(self.run_dir)
         if cfg.overwrite:
@@ -177,12 +162,14 @@ class Trainer:
         remove_stale_tmp(self.run_dir)
         if self.bundle is None:
             out = cfg.data_out or self.run_dir / DATA
-            self.bundle = prepare_run_data(cfg.data, out, cfg.vocab_size, cfg.seed, self.model_dir)
+            self.bundle = resolve.prepare_run_data(
+                cfg.data, out, cfg.vocab_size, cfg.seed, self.model_dir
+            )
             for split in ("train", "val"):
-                check_split(self.bundle, split, cfg.seq_len)
+                resolve.check_split(self.bundle, split, cfg.seq_len)
             if ckpt is not None:
-                check_data(ckpt, self.bundle)
-        copy_tokenizer(self.bundle, self.run_dir)
+                resume.check_data(ckpt, self.bundle)
+        resolve.copy_tokenizer(self.bundle, self.run_dir)
         self._open_batches()
         # Written only once the checkpoint (if any) was accepted for this config.
         atomic_write_text(self.run_dir / "config.yaml", replace(cfg, overwrite=False).to_yaml())
@@ -213,11 +200,50 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg)
 
     def _open_batches(self) -> None:
-        b = open_batches(self.cfg, self.bundle)  # train, val (periodic, final), test
-        self.batches, self.val, self.final_val, self.final_test = (
-            b.train, b.val, b.final_val, b.final_test
-        )  # fmt: skip
-        self.bytes_per_token, self.test_bytes_per_token = b.bytes_per_token, b.test_bytes_per_token
+        """The training stream (with `--mask-prompt`, its prompt mask), the periodic and final
+        validation batches, the test batches (bytes per token turn a loss into bits per byte)."""
+        cfg, b = self.cfg, self.bundle
+        final, shape = cfg.final_eval_batches or None, (cfg.batch_size, cfg.seq_len)
+        mask = resolve.train_loss_mask(b, cfg.mask_prompt)
+        self.batches = TokenBatches(b.train, *shape, cfg.seed, mask)
+        self.val = list(eval_batches(b.val, *shape, cfg.eval_batches))
+        self.final_val = eval_batches(b.val, *shape, final)
+        self.bytes_per_token = float(b.bytes_per_token["val"])
+        self.final_test = self.test_bytes_per_token = None
+        try:
+            resolve.check_split(b, "test", cfg.seq_len)
+        except ValueError as e:  # no test split, or one too small for a window
+            logger.warning("final evaluation on validation only: %s", e)
+            return
+        self.final_test = eval_batches(b.test, *shape, final)
+        self.test_bytes_per_token = float(b.bytes_per_token["test"])
+
+    def float_model(self):
+        """A fresh float model with the `--model` weights as given (a fine-tune's teacher)."""
+        vocab = int(self.model_config.get("vocab_size") or 0)
+        return make_model(self.cfg, vocab, self.model_dir)[0]
+
+    def pretrained_baseline(self) -> dict | None:
+        """A fine-tune's baseline (`twin.comparison` reads it): the `--model` float weights as
+        given (the teacher) and their round-to-nearest at the run's formats, on the final
+        batches of each split ({"val": {"teacher", "rtn"}, "test": ...}); the run's own fp/ptq
+        are its latent weights, which drifted from the teacher. None from scratch. Writes the
+        `pretrained_eval` record."""
+        if not self.cfg.model:
+            return None
+        model = self.float_model()
+        prepare(model, self.qcfg, enabled=False)  # fake quant off: fp is the teacher as given
+        out = {}
+        splits = [("val", self.final_val, self.bytes_per_token)]
+        if self.final_test is not None:
+            splits.append(("test", self.final_test, self.test_bytes_per_token))
+        for split, batches, bpt in splits:
+            ev = self.dist.eval_triple(model, batches, bpt, False)  # "ptq": min/max RTN
+            out[split] = {"teacher": ev["fp"], "rtn": ev["ptq"]}
+            logger.info("--model %s @ %s: teacher %.4f | rtn %s", self.cfg.model, split,
+                        ev["fp"]["loss"], f"{ev['ptq']['loss']:.4f}" if ev["ptq"] else "n/a")  # fmt: skip
+        self.metrics.write({"kind": "pretrained_eval", "step": self.step, **out})
+        return out
 
     def _compile(self) -> None:
         cfg = self.cfg
@@ -264,7 +290,7 @@ class Trainer:
         }
         protect = (self.plan.switch_step, *cfg.save_steps)
         return save_checkpoint(
-            self.run_dir, self.step, self.model, self.optimizer, trainer_state(self),
+            self.run_dir, self.step, self.model, self.optimizer, resume.trainer_state(self),
             self.model_config, qat, keep=cfg.keep_checkpoints, protect=protect,
         )  # fmt: skip
 
@@ -305,7 +331,7 @@ class Trainer:
         cfg, s = self.cfg, self.step
         lr = self.plan.lr_at(s)
         set_lr(self.optimizer, lr)
-        mx.random.seed(rng_seed(cfg.seed, s))
+        mx.random.seed(resume.rng_seed(cfg.seed, s))
         a = cfg.grad_accum
         batches = [self.dist.rows(self.batches.batch(s * a + i)) for i in range(a)]
         with self.dist.collective(f"training step {s}"):
@@ -330,7 +356,14 @@ class Trainer:
                 loss, norm, lr = self.train_step()
                 dt = time.perf_counter() - t0
                 if not (math.isfinite(loss) and math.isfinite(norm)):
-                    msg = diverged_message(self.run_dir, self.step, loss, norm)
+                    last = latest_checkpoint(self.run_dir) or "none (no checkpoint yet)"
+                    msg = (
+                        f"step {self.step}: loss {loss}, gradient norm {norm} (not finite); "
+                        f"training stopped without saving. The last good checkpoint is {last}. "
+                        "Lower --lr, lengthen the warmup or tighten --grad-clip, then continue "
+                        "from it with --resume --reschedule (the new values apply from that "
+                        "step on)"
+                    )
                     self.metrics.write({"kind": "error", "step": self.step, "message": msg})
                     raise TrainingDiverged(msg)
                 self.step += 1
@@ -345,7 +378,7 @@ class Trainer:
                 if done:
                     self.evaluate(final=True)
                     self.evaluate(final=True, split="test")
-                    self.pretrained = pretrained_baseline(self)
+                    self.pretrained = self.pretrained_baseline()
                 periodic = cfg.save_every and self.step % cfg.save_every == 0
                 if done or periodic or self.step in cfg.save_steps:
                     self.save()
@@ -381,9 +414,9 @@ class Trainer:
     def _result(self) -> dict:
         tps = sorted(self.tokens_per_s)
         previous = self.run_dir / RESULT
-        if not tps and previous.is_file():  # a finished run, resumed: keep its throughput
-            old = json.loads(previous.read_text(encoding="utf-8"))
-            tps = [old["tokens_per_s"]] if old.get("tokens_per_s") else []
+        old = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else {}
+        if not tps and old.get("tokens_per_s"):  # a finished run, resumed: keep its throughput
+            tps = [old["tokens_per_s"]]
         result = {
             "run_dir": str(self.run_dir),
             "steps": self.step,
@@ -403,7 +436,6 @@ class Trainer:
         for cb in self.callbacks:
             result.update(cb.on_train_end(self, result) or {})
         if self.cfg.model:  # a finished run resumed keeps the baseline it measured
-            old = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else {}
             result["pretrained"] = self.pretrained or old.get("pretrained")
         if self.dist.is_main:
             atomic_write_json(self.run_dir / RESULT, result)
