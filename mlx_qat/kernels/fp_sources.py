@@ -1,26 +1,20 @@
 """Fused fake-quant body for the microscaling float formats (mxfp4, mxfp8, nvfp4).
 
-Same conventions and layout as `sources.py`'s forward (shared body for Metal, CUDA and C++;
-min(GS, 32) lanes of a SIMD group per group, lane l owning elements l, l+32, ...; max|g|
-reduced by the lane butterfly). nvfp4's 16-element groups put two groups in a SIMD group: when
-the number of groups is odd, the last SIMD group's upper half has no group, and those lanes
-take part in the shuffles (all 32 must) without loading or storing.
+Layout as `sources.py`'s forward. nvfp4's 16-element groups put two groups in a SIMD group: with
+an odd number of groups the last SIMD group's upper lanes have no group and only take part in
+the shuffles (all 32 must). The math is quant/fp.py's (MLX 0.32.4's CPU quantizer), every step
+computed in float32 and rounded to the weight dtype T, as MLX's CPU does for 16-bit T:
 
-The math is quant/fp.py's, i.e. MLX 0.32.4's CPU op-level quantizer, including the dtype T of
-every step (each step computed in float32 and rounded to T, which is what MLX's CPU does for
-16-bit T):
-
-    mxfp4/mxfp8   a = T(max|g| / 6 or 448); e = min{e : 2^e ≥ a} (0 if a = 0); this equals
+    mxfp4/mxfp8   a = T(max|g| / 6 or 448); e = min{e : 2^e ≥ a} (0 if a = 0), which equals
                   MLX's rint(log2 a) bumped by one when 2^e < a; scale byte = e + 127;
                   x = T(w / T(2^e)); element = FP4 argmin (distances in T, ties to the
                   smaller magnitude, +0 over −0) or e4m3(x); ŵ = T(elem · T(2^(byte − 127)))
     nvfp4         a = T(max|g| / 6); byte = e4m3(float(a)); x = float(T(w / T(dec(byte))));
                   FP4 with float32 distances; ŵ = T(elem · T(dec(byte)))
 
-e4m3 encode is MLX's CPU `ToFP8` bit recipe (round to nearest even, saturating to ±448, the
-sign kept); decode is exact (0x7F/0xFF decode to ±480, as in MLX).
-KIND (template int): 5 mxfp4, 6 mxfp8, 7 nvfp4. Inputs w (T), meta (int32 [n_groups]);
-output out (T). Templates T, GS, KIND.
+e4m3 encode is MLX's CPU `ToFP8` (round to nearest even, saturating to ±448, sign kept); decode
+is exact (0x7F/0xFF decode to ±480, as in MLX). Inputs w (T), meta (int32 [n_groups]); output
+out (T); templates T, GS, KIND (5 mxfp4, 6 mxfp8, 7 nvfp4).
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
 """Thin Metal/CUDA wrappers around the shared kernel bodies of `sources.py`.
 
-Kernel objects are built once, at import: `mx.fast.metal_kernel` constructs anywhere (only
-calling it needs Metal); `mx.fast.cuda_kernel` raises without CUDA, so it is built only when
-`mx.cuda.is_available()`. Each body gets its own kernel name, suffixed with a hash of the
-source (MLX < 0.32.1 silently reused the first source compiled under a name). The
-dtype/bit-width/group-size/kind variants are MLX template arguments, which MLX turns into
-distinct instantiations (Metal templates, CUDA constexprs). Inputs are made row-contiguous by
-MLX (`ensure_row_contiguous=True`), so the bodies index flat memory.
-
-Launch: `sources.threads_per_group(job, group_size)` threads per group (the forwards: the lanes
-of a SIMD group; the backward: 1), geometry from `launch.py` (grid counts threads, tg ≤ 256).
+Kernel objects are built once, at import (a Metal kernel object constructs anywhere; CUDA's
+only when `mx.cuda.is_available()`: `mx.fast.cuda_kernel` raises without). Each body's kernel
+name carries a hash of its source (MLX < 0.32.1 silently reused the first source compiled under
+a name). dtype, bits, group size and kind are MLX template arguments; inputs are made
+row-contiguous by MLX, so the bodies index flat memory. Launch geometry: `launch.py`.
 """
 
 from __future__ import annotations
@@ -41,7 +36,7 @@ def _build(factory, source_fn) -> dict:
 
 
 def cuda_available() -> bool:
-    """True when this MLX build runs on CUDA (`mx.cuda.is_available()`, absent on old MLX)."""
+    """True when this MLX build runs on CUDA (`mx.cuda` is absent on old MLX)."""
     cuda = getattr(mx, "cuda", None)
     return bool(cuda is not None and cuda.is_available())
 
@@ -62,18 +57,22 @@ if cuda_available():  # pragma: no cover - needs a CUDA build of MLX
 _DUMMY = mx.zeros((1,), dtype=mx.float32)
 
 
-def _meta(n_groups: int) -> mx.array:
-    return mx.array([n_groups], dtype=mx.int32)
-
-
-def _launch(job: str, n_groups: int, group_size: int):
-    return launch_geometry(n_groups, sources.threads_per_group(job, group_size))
-
-
 def _per_group(p: mx.array | None, n_groups: int) -> mx.array:
-    if p is None:
-        return _DUMMY
-    return p.astype(mx.float32).reshape(n_groups)
+    return _DUMMY if p is None else p.astype(mx.float32).reshape(n_groups)
+
+
+def _run(backend: str, job: str, group_size: int, inputs: list, template: list, outputs: list):
+    """Launch `job` on the groups of `inputs[0]` (meta appended); `outputs`: (shape, dtype)s."""
+    n_groups = inputs[0].size // group_size
+    grid, tg = launch_geometry(n_groups, sources.threads_per_group(job, group_size))
+    return KERNELS[backend][job](
+        inputs=[*inputs, mx.array([n_groups], dtype=mx.int32)],
+        template=template,
+        grid=grid,
+        threadgroup=tg,
+        output_shapes=[s for s, _ in outputs],
+        output_dtypes=[d for _, d in outputs],
+    )
 
 
 def forward(
@@ -96,23 +95,11 @@ def forward(
             f"gpu.forward: group_size={group_size} must be a multiple of {sources.LANES} "
             "(the kernel runs one 32-lane SIMD group per group); affine specs use 32, 64, 128"
         )
-    n_groups = w.size // group_size
-    grid, tg = _launch("forward", n_groups, group_size)
-    (out,) = KERNELS[backend]["forward"](
-        inputs=[w, _per_group(p0, n_groups), _per_group(p1, n_groups), _meta(n_groups)],
-        template=[
-            ("T", w.dtype),
-            ("D", dequant_dtype or w.dtype),
-            ("BITS", bits),
-            ("GS", group_size),
-            ("KIND", kind),
-        ],
-        grid=grid,
-        threadgroup=tg,
-        output_shapes=[w.shape],
-        output_dtypes=[w.dtype],
-    )
-    return out
+    n = w.size // group_size
+    d = dequant_dtype or w.dtype
+    template = [("T", w.dtype), ("D", d), ("BITS", bits), ("GS", group_size), ("KIND", kind)]
+    inputs = [w, _per_group(p0, n), _per_group(p1, n)]
+    return _run(backend, "forward", group_size, inputs, template, [(w.shape, w.dtype)])[0]
 
 
 def backward(
@@ -126,35 +113,21 @@ def backward(
     p1: mx.array | None = None,
 ) -> tuple[mx.array, mx.array]:
     """(dw, red) from the fused backward kernel; red is float32 (groups, 2)."""
-    n_groups = w.size // group_size
-    grid, tg = _launch("backward", n_groups, group_size)
-    dw, red = KERNELS[backend]["backward"](
-        inputs=[w, cot, _per_group(p0, n_groups), _per_group(p1, n_groups), _meta(n_groups)],
-        template=[
-            ("T", w.dtype),
-            ("C", cot.dtype),
-            ("BITS", bits),
-            ("GS", group_size),
-            ("KIND", kind),
-        ],
-        grid=grid,
-        threadgroup=tg,
-        output_shapes=[w.shape, (n_groups, 2)],
-        output_dtypes=[cot.dtype, mx.float32],
-    )
+    n = w.size // group_size
+    template = [
+        ("T", w.dtype),
+        ("C", cot.dtype),
+        ("BITS", bits),
+        ("GS", group_size),
+        ("KIND", kind),
+    ]
+    inputs = [w, cot, _per_group(p0, n), _per_group(p1, n)]
+    outputs = [(w.shape, cot.dtype), ((n, 2), mx.float32)]
+    dw, red = _run(backend, "backward", group_size, inputs, template, outputs)
     return dw, red
 
 
 def fp_forward(backend: str, w: mx.array, kind: int, group_size: int) -> mx.array:
     """ŵ from the fused mxfp4/mxfp8/nvfp4 forward kernel (kinds in fp_sources.py)."""
-    n_groups = w.size // group_size
-    grid, tg = _launch("fp_forward", n_groups, group_size)
-    (out,) = KERNELS[backend]["fp_forward"](
-        inputs=[w, _meta(n_groups)],
-        template=[("T", w.dtype), ("GS", group_size), ("KIND", kind)],
-        grid=grid,
-        threadgroup=tg,
-        output_shapes=[w.shape],
-        output_dtypes=[w.dtype],
-    )
-    return out
+    template = [("T", w.dtype), ("GS", group_size), ("KIND", kind)]
+    return _run(backend, "fp_forward", group_size, [w], template, [(w.shape, w.dtype)])[0]

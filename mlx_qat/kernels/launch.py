@@ -1,19 +1,16 @@
 """Launch geometry for the kernels (pure Python, unit-tested anywhere).
 
-A job runs `threads_per_group` threads per quantization group (sources.threads_per_group): 1
-for the backward, the lanes of a SIMD group / warp for the forwards (32, or 16 for nvfp4's
-16-element groups). MLX's `grid` counts THREADS, not threadgroups/blocks, on both backends:
+A job runs `sources.threads_per_group` threads per quantization group: 1 for the backward, the
+lanes of a SIMD group / warp for the forwards (32, or 16 for nvfp4). MLX's `grid` counts
+THREADS on both backends:
     Metal  dispatchThreads(grid, tg): exactly grid threads run; partial threadgroups allowed.
     CUDA   blocks = ceil(grid / tg), block = min(tg, grid): surplus threads run, so every CUDA
            kernel must bounds-check (the bodies' `meta[0]` guards).
 With more than one thread per group the grid is rounded up to whole SIMD groups of 32 and the
-threadgroup is a multiple of 32, so every warp is complete, holds whole groups, and CUDA's
-surplus threads are whole warps (which the forwards' per-warp guard sends home together,
-before any shuffle); a rounded-up grid's spare lanes belong to no group.
-The threadgroup is kept at ≤ 256 threads: Metal pipelines of register-heavy kernels can
-allow fewer than 1024 (MLX raises a ValueError above the pipeline's limit), and 256 is a full
-block on every NVIDIA part. The thread index is 32-bit and MLX's grid a C int, so one launch
-covers < 2^31 threads (2^26 groups, 2^31–2^33 elements, at 32 threads per group).
+threadgroup is a multiple of 32: every warp is complete and CUDA's surplus threads are whole
+warps, which the forwards' per-warp guard sends home before any shuffle. Threadgroups stay
+≤ 256 (register-heavy Metal pipelines may allow fewer than 1024; 256 is a full NVIDIA block).
+The thread index is 32-bit, so one launch covers < 2^31 threads.
 """
 
 from __future__ import annotations
@@ -26,14 +23,8 @@ SIMD_WIDTH = 32
 def launch_geometry(
     n_groups: int, threads_per_group: int = 1, threadgroup: int = MAX_THREADGROUP
 ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """(grid, threadgroup) for `n_groups` groups of `threads_per_group` threads each, in MLX's
-    convention (grid counts threads).
-
-    Raises:
-        ValueError: no groups, a `threads_per_group` that is not a power of two ≤ 32, too
-            many threads for a 32-bit index, or a threadgroup size out of range or (with more
-            than one thread per group) not a multiple of 32.
-    """
+    """(grid, threadgroup) for `n_groups` groups of `threads_per_group` threads each (MLX's
+    convention: grid counts threads); ValueError for a launch the rules above forbid."""
     if n_groups < 1:
         raise ValueError(f"launch_geometry: need at least one group, got {n_groups}")
     if threads_per_group not in (1, 2, 4, 8, 16, 32):

@@ -1,40 +1,32 @@
 """Kernel sources: ONE body per job, compiled as Metal, CUDA and plain C++.
 
 Layouts (threads per group: `threads_per_group(job, GS)`; the grid: `launch.py`):
-    forward,     W = min(GS, 32) lanes of a SIMD group (Metal) / warp (CUDA) per quantization
-    fp_forward   group of GS consecutive elements (group g covers flat [g·GS, (g+1)·GS)); lane l
-                 owns elements l, l+W, ... (GS/W of them), so every load and store of the SIMD
-                 group touches 32 consecutive elements: coalesced. The min/max kinds reduce each
-                 lane's max/min (fp: max|w|) over the W lanes with a shuffle-xor butterfly, then
-                 every lane computes the group's grid itself (identical float ops) and writes its
-                 elements. W = 32 for the affine sizes 32/64/128 and mxfp; nvfp4 (GS = 16) puts
-                 two groups in a SIMD group.
-    backward     one thread per group: it reads its group, computes in registers, writes the
-                 group's outputs; no cross-thread communication (uncoalesced: adjacent threads
-                 read addresses GS elements apart).
-Thread index: `qat_tid` (first line of the body, per backend). The forwards' guard depends only
-on the SIMD group (qat_tid / 32), so a surplus warp leaves as a whole and the 32 lanes of a live
-one all reach the shuffles, which CUDA's `__shfl_xor_sync(0xffffffff, ...)` requires. This
-needs threadgroups and grids that are multiples of 32 (launch.py) and SIMD groups made of
-consecutive threads (CUDA warps are; Metal splits a threadgroup into SIMD groups in thread
-order, which MLX's own quantizer relies on too).
+    forward,     W = min(GS, 32) lanes of a SIMD group (Metal) / warp (CUDA) per group of GS
+    fp_forward   consecutive elements; lane l owns elements l, l+W, ..., so every access of the
+                 SIMD group touches 32 consecutive elements (coalesced). The min/max kinds
+                 reduce each lane's max/min (fp: max|w|) over the W lanes with a shuffle-xor
+                 butterfly, then every lane computes the group's grid itself (identical float
+                 ops). nvfp4 (GS = 16) puts two groups in a SIMD group.
+    backward     one thread per group, no cross-thread communication (uncoalesced).
+Thread index: `qat_tid`. The forwards' guard depends only on the SIMD group (qat_tid / 32), so
+a surplus warp leaves as a whole and all 32 lanes of a live one reach the shuffles, as CUDA's
+`__shfl_xor_sync(0xffffffff, ...)` requires (launch.py makes grids and threadgroups multiples
+of 32; Metal splits a threadgroup into SIMD groups in thread order, as MLX's quantizer assumes).
 
-Cross-lane reduction: the butterfly v = qat_max(v, shuffle_xor(v, o)), o = W/2, ..., 2, 1, is
-written once in COMMON; only QAT_SHFL_XOR differs per backend (Metal `simd_shuffle_xor`, CUDA
-`__shfl_xor_sync`, C++ a lockstep emulation in tests/kernel_harness/). Metal's `simd_max` is not used: how it
-treats NaN is not specified, and qat_max's rule (a NaN anywhere in the group makes the group's
-max NaN, as MLX's CPU) must hold. max/min are exact, so the grid equals the sequential one bit
-for bit; only the sign of a zero max/min and a NaN's payload can depend on the order, and
-neither changes ŵ (a zero edge gives q0 = 0 and b = 0; a NaN makes the whole group NaN).
+Cross-lane reduction: the butterfly v = qat_max(v, shuffle_xor(v, o)), o = W/2, ..., 1, written
+once in COMMON; only QAT_SHFL_XOR differs per backend (C++: a lockstep emulation in
+tests/kernel_harness/). Metal's `simd_max` is not used: its NaN rule is unspecified, and a NaN
+anywhere must make the group's max NaN, as on MLX's CPU. max/min are exact, so the grid equals
+the sequential one bit for bit (only a zero's sign and a NaN's payload can depend on the order,
+and neither changes ŵ).
 
-Numerics (the project's canonical grid = MLX's CPU `mx.quantize`, see quant/affine.py):
-float32 statistics with w_max NOT clamped at 0, true division, rint (ties to even), and
-dequantisation in the dequant dtype D with one rounding after every operation:
-ŵ = D(D(D(code)·D(s)) + D(b)), then cast to the weight dtype T. For 16-bit D the product of two
-D values is exact in float32 and float32 has ≥ 2p+2 bits, so computing each step in float32 and
-rounding to D equals D arithmetic (and MLX's CPU does exactly that). Multiply/add/divide go
-through QAT_MUL/QAT_ADD/QAT_DIV so that CUDA uses the `__f*_rn` intrinsics, which are never
-contracted into FMAs; Metal gets `#pragma clang fp contract(off)` (to be verified on a Mac).
+Numerics (the canonical grid = MLX's CPU `mx.quantize`, see quant/affine.py): float32
+statistics with w_max NOT clamped at 0, true division, rint (ties to even), dequantisation in
+the dequant dtype D with one rounding after every operation, ŵ = D(D(D(code)·D(s)) + D(b)),
+then cast to the weight dtype T. For 16-bit D each step computed in float32 and rounded to D
+equals D arithmetic (the product of two D values is exact in float32). Arithmetic goes through
+QAT_MUL/QAT_ADD/QAT_DIV so that CUDA uses the `__f*_rn` intrinsics, never contracted into FMAs;
+Metal gets `#pragma clang fp contract(off)` (to be verified on a Mac).
 
 Kinds (template int KIND):
     0 min/max    s, b from the group's min/max              x = (w − b)/s, code = clip(rint x, 0, n)
@@ -42,9 +34,9 @@ Kinds (template int KIND):
     2 LSQ        α = p0[g]  x = w/α, q = clip(rint x, Qn, Qp), ŵ from (q − Qn, α, α·Qn)
     3 SEQ 2-bit  α = p0[g]  r = rint(2·clip(x, ±c) − ½), ŵ from (r + 2, α/2, −¾α)
     4 sign       α = p0[g]  ŵ = T(sign(x)·α)
-(The mxfp4/mxfp8/nvfp4 body, kinds 5–7, is in fp_sources.py; its helpers join COMMON in every
-header.) The backward body (kinds 1–4) writes dw = cot·[inside] and per-group float32 partial sums
-red[g] = (Σ cot·t0, Σ t1) with t0, t1 the integrands of the scale and bias gradients.
+    5–7          mxfp4/mxfp8/nvfp4: fp_sources.py (its helpers join COMMON in every header)
+The backward (kinds 1–4) writes dw = cot·[inside] and per-group float32 partial sums
+red[g] = (Σ cot·t0, Σ t1), t0 and t1 the integrands of the scale and bias gradients.
 """
 
 from __future__ import annotations
@@ -59,13 +51,12 @@ LANES = 32  # SIMD group / warp width: Apple GPUs and NVIDIA both have 32 (QAT_L
 
 
 def threads_per_group(job: str, group_size: int) -> int:
-    """Threads launched per quantization group (launch.py turns it into the grid): the forwards
-    use min(GS, 32) lanes of a SIMD group, the backward one thread."""
+    """Threads launched per quantization group: min(GS, 32) for the forwards, 1 for the backward."""
     return 1 if job == "backward" else min(group_size, LANES)
 
 
 def _f32_literal(v: float) -> str:
-    """A C float literal that parses to exactly float32(v) (the exact decimal of the float32)."""
+    """A C float literal that parses to exactly float32(v)."""
     return repr(float(np.float32(v))) + "f"
 
 
@@ -158,10 +149,8 @@ CUDA_PRELUDE = """
 METAL_TID = "const uint qat_tid = thread_position_in_grid.x;\n"
 CUDA_TID = "const unsigned int qat_tid = blockIdx.x * blockDim.x + threadIdx.x;\n"
 
-# Inputs: w (T), p0, p1 (float32 per-group parameters; a 1-element dummy where the kind reads
-# none: p0 and p1 for min/max, p1 for LSQ/SEQ/sign),
-# meta (int32: [number of groups]). Output: out (T). Templates: T, D, BITS, GS (a multiple of
-# 32), KIND. Launch: QAT_LANES threads per group (threads_per_group).
+# Inputs: w (T), p0, p1 (float32 per group; a 1-element dummy where the kind reads none),
+# meta (int32: [number of groups]). Output: out (T). Templates: T, D, BITS, GS (× 32), KIND.
 FORWARD_INPUTS = ("w", "p0", "p1", "meta")
 FORWARD_OUTPUTS = ("out",)
 FORWARD_BODY = """
