@@ -16,7 +16,7 @@ code; the losses each measures before export, for the parity check and the model
   float weights of a quantized mlx-lm model (a starting point for QAT fine-tuning). "ref" is
   the model as loaded, "fp" its float weights.
 
-Nothing non-finite is exported (`finite.py`). Each export is checked: the validation loss of
+Nothing non-finite is exported (`errors.py`). Each export is checked: the validation loss of
 the model before export and of the staged directory loaded back by mlx-lm's loader must agree
 (`parity.py`); only then is `config.json` written and the directory renamed into place
 (`write.py`, which also holds the rules for the output path). The tokenizer shipped (data
@@ -40,8 +40,7 @@ from ..model_source import ModelSource, load_float, resolve_model
 from ..prepare import prepare, qat_layers
 from . import pack
 from .card import model_card
-from .errors import ConvertError, ParityError
-from .finite import check_loss, check_model, check_source_finite
+from .errors import ConvertError, ParityError, check_loss, check_model, check_source_finite
 from .parity import (
     ParityData,
     check_parity,

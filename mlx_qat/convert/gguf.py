@@ -22,7 +22,7 @@ Two weight formats:
   common (e.g. a Q8_0 embedding among Q4_1 layers). Files with other quantized types are
   refused here (import them as float).
 
-Non-finite values are refused by name before anything is built (`finite`): every tensor, a
+Non-finite values are refused by name before anything is built (`errors`): every tensor, a
 quantized one after dequantization to float32 (random bytes in a Q4_1 block give NaN scales; a
 flipped exponent gives inf, which compares equal to itself and would pass the check below), the
 check-text loss and every parameter after the cast to `dtype`.
@@ -49,8 +49,7 @@ import mlx.nn as nn
 from ..fileio import sha256_file
 from . import write
 from .card import gguf_card
-from .errors import ConvertError, ParityError
-from .finite import check_loss, check_model
+from .errors import ConvertError, ParityError, check_loss, check_model
 from .gguf_llama import (
     ARCH,
     build_model,

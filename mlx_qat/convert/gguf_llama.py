@@ -33,8 +33,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from .errors import ConvertError
-from .finite import check_tensors
+from .errors import ConvertError, check_tensors
 from .gguf_read import GROUP_SIZE, GGUFHeader, QTensor, Tensor
 
 ARCH = "llama"
