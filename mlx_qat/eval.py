@@ -55,11 +55,7 @@ def evaluate_checkpoint(
     """
     if split not in ("val", "test"):
         raise ValueError(f"--split {split}: choose val or test")
-    for name, value, low in (
-        ("eval_batches", eval_batches, 0), ("batch_size", batch_size, 1), ("seq_len", seq_len, 1)
-    ):  # fmt: skip
-        if value is not None and value < low:
-            raise ValueError(f"--{name.replace('_', '-')} {value}: must be >= {low}")
+    check_batch_args(eval_batches, batch_size, seq_len)
     ckpt = load_checkpoint(path, optimizer=False)
     run_dir = ckpt.path.parent.parent
     cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
@@ -89,6 +85,15 @@ def evaluate_checkpoint(
         "minmax": all_minmax(model),
         **ev,
     }
+
+
+def check_batch_args(eval_batches, batch_size, seq_len) -> None:
+    """ValueError naming the flag for --eval-batches < 0, --batch-size or --seq-len < 1."""
+    for name, value, low in (
+        ("eval_batches", eval_batches, 0), ("batch_size", batch_size, 1), ("seq_len", seq_len, 1)
+    ):  # fmt: skip
+        if value is not None and value < low:
+            raise ValueError(f"--{name.replace('_', '-')} {value}: must be >= {low}")
 
 
 def param_bytes(model) -> int:

@@ -9,18 +9,12 @@ size of the disagreement).
 
 from __future__ import annotations
 
-import argparse
-
-from .common import HelpFormatter, add_common, run_verb
+from .common import add_common, run_verb, verb_parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
     """The flags of `mlx_qat.check`."""
-    p = argparse.ArgumentParser(
-        prog="mlx_qat.check",
-        description="Check the fused GPU kernels against the reference on this machine.",
-        formatter_class=HelpFormatter,
-    )
+    p = verb_parser("check", "Check the fused GPU kernels against the reference on this machine.")
     add_common(p)  # --quiet: only the failing rows and the verdict
     return p
 

@@ -20,7 +20,6 @@ are refused: `mlx_qat.convert.output`.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -28,16 +27,15 @@ from pathlib import Path
 from ..convert.errors import ConvertError, ParityError
 from ..convert.pack import DTYPES
 from ..quant.spec import MODES
-from .common import HelpFormatter, add_common, add_renamed, run_verb, save_resolved
+from .common import add_common, add_renamed, run_verb, save_resolved, verb_parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
     """The flags of `mlx_qat.convert` (None: the library's default)."""
-    p = argparse.ArgumentParser(
-        prog="mlx_qat.convert",
-        description="Export a QAT run/checkpoint (or an mlx-lm model) as an MLX model directory "
+    p = verb_parser(
+        "convert",
+        "Export a QAT run/checkpoint (or an mlx-lm model) as an MLX model directory "
         "that mlx_lm.load reads, with a train = deploy loss check; or import a llama GGUF file.",
-        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "path",
@@ -123,11 +121,15 @@ _CLI_ONLY = ("path", "config", "quiet", "quantize", "debug")
 _FORMAT_ARGS = {"bits": "q_bits", "group_size": "q_group_size", "mode": "q_mode"}
 
 
-def _convert_kwargs(opts: dict) -> dict:
+def _check_input(opts: dict) -> None:
     if opts.get("quantize") and opts.get("dequantize"):
         raise ConvertError("choose either -q/--quantize or -d/--dequantize, not both")
     if opts.get("path") and opts.get("qat_path") and opts["path"] != opts["qat_path"]:
         raise ConvertError("give the input once: positional path or --qat-path/--model")
+
+
+def _convert_kwargs(opts: dict) -> dict:
+    _check_input(opts)
     kw = {_FORMAT_ARGS.get(k, k): v for k, v in opts.items() if k not in _CLI_ONLY}
     kw["qat_path"] = opts.get("path") or opts.get("qat_path")
     if not kw["qat_path"]:
@@ -171,17 +173,8 @@ def _summary(r) -> str:
 
 
 # Flags of a QAT export that mean nothing for a GGUF import (refused, not ignored).
-_NOT_FOR_GGUF = (
-    "revision",
-    "bits",
-    "group_size",
-    "mode",
-    "ptq",
-    "tokenizer",
-    "parity_data",
-    "parity_batches",
-    "parity_tolerance",
-)
+_NOT_FOR_GGUF = ("revision", "bits", "group_size", "mode", "ptq", "tokenizer",
+                 "parity_data", "parity_batches", "parity_tolerance")  # fmt: skip
 
 
 def _import_kwargs(opts: dict) -> dict:
@@ -193,10 +186,7 @@ def _import_kwargs(opts: dict) -> dict:
             "with -q its own Q4_0/Q4_1/Q8_0 grid); drop them, and quantize or fine-tune the "
             "imported directory afterwards"
         )
-    if opts.get("quantize") and opts.get("dequantize"):
-        raise ConvertError("choose either -q/--quantize or -d/--dequantize, not both")
-    if opts.get("path") and opts.get("qat_path") and opts["path"] != opts["qat_path"]:
-        raise ConvertError("give the input once: positional path or --qat-path/--model")
+    _check_input(opts)
     return {
         "gguf_path": opts.get("path") or opts.get("qat_path"),
         "mlx_path": opts["mlx_path"],
@@ -208,16 +198,12 @@ def _import_kwargs(opts: dict) -> dict:
 
 
 def _export(run, opts: dict, summary) -> int:
-    """`run()` → exit status: 1 a failed parity check, 2 bad input; else save the resolved
-    settings in the output and print `summary(result)`."""
+    """`run()`: exit 1 a failed parity check, 2 bad input; else save the settings, print."""
     try:
         result = run()
-    except ParityError as e:
+    except ConvertError as e:  # ParityError is one
         print(f"mlx_qat.convert: error: {e}", file=sys.stderr)
-        return 1
-    except ConvertError as e:
-        print(f"mlx_qat.convert: error: {e}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(e, ParityError) else 2
     save_resolved(Path(result.mlx_path) / "convert.yaml", "convert", opts)
     if not opts["quiet"]:
         print(summary(result))

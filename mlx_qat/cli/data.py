@@ -10,22 +10,20 @@ The resolved settings are written to `<out>/config.yaml`.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 from ..data.tokenizer import DEFAULT_SETTINGS, DEFAULT_VOCAB_SIZE
-from .common import HelpFormatter, add_common, run_verb, save_resolved
+from .common import add_common, run_verb, save_resolved, verb_parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
     """The flags of `mlx_qat.data`."""
-    p = argparse.ArgumentParser(
-        prog="mlx_qat.data",
-        description="Read .txt/.txt.gz/.jsonl corpora, split by document (train / validation / "
+    p = verb_parser(
+        "data",
+        "Read .txt/.txt.gz/.jsonl corpora, split by document (train / validation / "
         "held-out test), train a BPE tokenizer and write memory-mapped token shards (cached by "
         "content hash).",
-        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--input",
@@ -99,19 +97,11 @@ def summary(bundle, cfg: dict, seconds: float) -> str:
     m = bundle.manifest
     rows = [["split", "documents", "tokens", "text bytes", "bytes/token"]]
     for s in ("train", "val", "test"):
-        if s not in m["splits"]:
-            continue
-        st = m["splits"][s]
-        bpt = st["bytes_per_token"]
-        rows.append(
-            [
-                s,
-                f"{st['documents']:,}",
-                f"{st['tokens']:,}",
-                f"{st['text_bytes']:,}",
-                f"{bpt:.3f}" if bpt else "-",
-            ]
-        )
+        if s in m["splits"]:
+            st = m["splits"][s]
+            bpt = st["bytes_per_token"]
+            nums = [f"{st[k]:,}" for k in ("documents", "tokens", "text_bytes")]
+            rows.append([s, *nums, f"{bpt:.3f}" if bpt else "-"])
     t = bundle.timings
     parts = [f"{k} {t[k]:.1f}s" for k in ("read", "tokenizer", "encode") if k in t]
     how = {True: "built", False: "reused"}

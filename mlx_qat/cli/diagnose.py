@@ -15,27 +15,27 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from dataclasses import fields
 from pathlib import Path
 
 from ..fileio import atomic_write_json
 from ..quant.spec import MODES
-from .common import HelpFormatter, add_common, run_verb, save_resolved
+from .common import add_common, run_verb, save_resolved, verb_parser
 
 logger = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
     """The flags of `mlx_qat.diagnose`."""
     from ..diagnose import ATTRIBUTION, DiagnoseSettings
 
     d = DiagnoseSettings()
-    p = argparse.ArgumentParser(
-        prog="mlx_qat.diagnose",
-        description="Loss-basin diagnostics of a float model at a target format: the loss "
+    p = verb_parser(
+        "diagnose",
+        "Loss-basin diagnostics of a float model at a target format: the loss "
         "along the quantization direction (PTQ gap, basin edge, kappa), along random "
         "directions of the same size, at stochastic roundings, per layer; and a verdict: "
         "PTQ is fine / QAT needed / change the format.",
-        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "path", nargs="?", help="run dir, checkpoint dir, float mlx-lm model dir or hub repo id"
@@ -128,6 +128,11 @@ def _check_writable(out: Path) -> None:
         raise ValueError(_unwritable(out, e)) from None
 
 
+# The settings passed to `diagnose` as they are.
+_DIAGNOSE_ARGS = ("data", "bits", "group_size", "mode", "embed_bits", "eval_batches",
+                  "batch_size", "seq_len")  # fmt: skip
+
+
 def _run(opts: dict) -> int:
     from ..diagnose import DiagnoseSettings, diagnose
     from ..diagnose.report import format_report, plot_diagnosis
@@ -136,32 +141,14 @@ def _run(opts: dict) -> int:
         raise ValueError(
             "give the run, checkpoint or mlx-lm model to diagnose (mlx_qat.diagnose RUN)"
         )
+    names = [f.name for f in fields(DiagnoseSettings) if f.name in opts]
     settings = DiagnoseSettings(
-        alpha_max=opts["alpha_max"],
-        alpha_points=opts["alpha_points"],
-        random_draws=opts["random_draws"],
-        random_scales=tuple(opts["random_scales"]),
-        sr_draws=opts["sr_draws"],
-        attribution=opts["attribution"],
-        layer_alphas=tuple(opts["layer_alphas"]),
-        tolerance=opts["tolerance"],
-        seed=opts["seed"],
+        **{k: tuple(opts[k]) if isinstance(opts[k], list) else opts[k] for k in names}
     )
     if opts.get("out"):
         _check_writable(Path(opts["out"]))
-    d = diagnose(
-        opts["path"],
-        data=opts["data"],
-        bits=opts["bits"],
-        group_size=opts["group_size"],
-        mode=opts["mode"],
-        embed_bits=opts["embed_bits"],
-        eval_batches=opts["eval_batches"],
-        batch_size=opts["batch_size"],
-        seq_len=opts["seq_len"],
-        settings=settings,
-        revision=opts.get("revision"),
-    )
+    kw = {k: opts[k] for k in _DIAGNOSE_ARGS}
+    d = diagnose(opts["path"], settings=settings, revision=opts.get("revision"), **kw)
     report = format_report(d)
     out = (
         Path(opts["out"]) if opts.get("out") else default_out(opts["path"], d["format"]["weights"])

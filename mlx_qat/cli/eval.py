@@ -12,21 +12,19 @@ settings to `<out>/eval.yaml` (`eval_test.yaml`); `--out` defaults to the run di
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ..eval_modes import MODES
 from ..fileio import atomic_write_json, ensure_writable_dir
-from .common import HelpFormatter, add_common, run_verb, save_resolved
+from .common import add_common, run_verb, save_resolved, verb_parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
     """The flags of `mlx_qat.eval`."""
-    p = argparse.ArgumentParser(
-        prog="mlx_qat.eval",
-        description="Loss and bits per byte of a checkpoint with fake quant off (FP), on (QAT) "
+    p = verb_parser(
+        "eval",
+        "Loss and bits per byte of a checkpoint with fake quant off (FP), on (QAT) "
         "and round-to-nearest PTQ of its float weights, on the validation or the test split.",
-        formatter_class=HelpFormatter,
     )
     p.add_argument("path", nargs="?", help="run directory (latest checkpoint) or checkpoint dir")
     p.add_argument("--data", help="prepared data dir (default: the run's)")
@@ -76,25 +74,17 @@ def _report(ev: dict) -> str:
     return "\n".join(lines)
 
 
-def _check_writable(out: Path) -> None:
-    """Create `out` and prove it writable, before the evaluation runs."""
-    ensure_writable_dir(out, f"--out {out} (where eval.json goes)")
-
-
 def _run(opts: dict) -> int:
-    from ..eval import evaluate_checkpoint
+    from ..eval import check_batch_args, evaluate_checkpoint
 
     if not opts.get("path"):
         raise ValueError("give the run or checkpoint directory to evaluate (mlx_qat.eval RUN)")
-    for name in ("eval_batches", "batch_size", "seq_len"):
-        low = 0 if name == "eval_batches" else 1
-        if opts.get(name) is not None and opts[name] < low:
-            raise ValueError(f"--{name.replace('_', '-')} {opts[name]}: must be >= {low}")
+    check_batch_args(opts["eval_batches"], opts["batch_size"], opts["seq_len"])
     target = Path(opts["path"])
     run_dir = target if (target / "checkpoints").is_dir() else target.parent.parent
     out = Path(opts["out"]) if opts.get("out") else run_dir
     if target.is_dir():  # else evaluate_checkpoint names the missing path
-        _check_writable(out)
+        ensure_writable_dir(out, f"--out {out} (where eval.json goes)")
     split = opts.get("split") or "val"
     ev = evaluate_checkpoint(
         opts["path"],

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from ..fileio import atomic_write_text
-from .common import HelpFormatter, add_common, add_renamed, run_verb, save_resolved
+from .common import add_common, add_renamed, run_verb, save_resolved, verb_parser
 
 log = logging.getLogger("mlx_qat.fit")
 
@@ -32,17 +32,16 @@ log = logging.getLogger("mlx_qat.fit")
 class _Paths(argparse.Action):
     """RESULTS...: none given stays None, so that `--config fit.yaml` can supply them."""
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(self, parser, namespace, values, _option_string=None):
         setattr(namespace, self.dest, list(values) or None)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
     """The flags of `mlx_qat.fit`."""
-    p = argparse.ArgumentParser(
-        prog="mlx_qat.fit",
-        description="Fit the QAT loss law L(N, D_fp, D_qat, B) and f-hat = exp(-a / ln S) to "
+    p = verb_parser(
+        "fit",
+        "Fit the QAT loss law L(N, D_fp, D_qat, B) and f-hat = exp(-a / ln S) to "
         "sweep results; print the report, write fit.json and plots.",
-        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "results",

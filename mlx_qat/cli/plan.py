@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 from ..fileio import atomic_write_json, atomic_write_text
-from .common import HelpFormatter, accept_in_yaml, add_common, run_verb
+from .common import accept_in_yaml, add_common, run_verb, verb_parser
 from .train import PLAN_FIELDS, add_train_arguments, config_from
 from .train import build_parser as train_parser
 
@@ -44,11 +44,7 @@ from .train import build_parser as train_parser
 def build_parser():
     """The flags of `mlx_qat.train` that planning reads, plus `--json`, `--save` and the
     fitted law's; `--config` also takes a whole training config."""
-    p = argparse.ArgumentParser(
-        prog="mlx_qat.plan",
-        description="Print the phase plan of a training config (nothing is trained).",
-        formatter_class=HelpFormatter,
-    )
+    p = verb_parser("plan", "Print the phase plan of a training config (nothing is trained).")
     add_common(p)
     add_train_arguments(p, only=PLAN_FIELDS)
     accept_in_yaml(p, train_parser())

@@ -20,20 +20,18 @@ study (other data or shared settings) is refused before anything is written.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import time
 
-from .common import HelpFormatter, add_common, config_file, run_verb, save_resolved, shipped_configs
+from .common import add_common, config_file, run_verb, save_resolved, shipped_configs, verb_parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
     """The flags of `mlx_qat.sweep`."""
-    p = argparse.ArgumentParser(
-        prog="mlx_qat.sweep",
-        description="Train a grid of (model, tokens, bits, QAT fraction, pipeline, seed) runs "
+    p = verb_parser(
+        "sweep",
+        "Train a grid of (model, tokens, bits, QAT fraction, pipeline, seed) runs "
         "with shared FP trunks; one row per finished run in <out>/results.jsonl.",
-        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "sweep",

@@ -28,24 +28,19 @@ from pathlib import Path
 from ..train.config import FLAG_NAMES, TrainConfig, parse_count
 from ..train.config import GROUPS as CONFIG_GROUPS
 from ..train.defaults import SCRATCH, default_help
-from .common import HelpFormatter, add_config, add_renamed, debugging, run_verb
+from .common import add_config, add_renamed, debugging, run_verb, verb_parser
 
 
-def _flag_type(f) -> tuple[object, dict]:
-    """argparse `type` (and extra kwargs) for a TrainConfig field; type None = a switch."""
-    kw = {k: f.metadata[k] for k in ("nargs", "choices", "action", "metavar") if k in f.metadata}
-    default = f.default_factory() if callable(f.default_factory) else f.default
-    ann = str(f.type)
+def _flag_type(f, default) -> object:
+    """argparse `type` for a TrainConfig field; None = a switch."""
     if isinstance(default, bool):
-        return None, kw
+        return None
     if "type" in f.metadata:  # a field with its own parser (quant_overrides: GLOB=SPEC)
-        return f.metadata["type"], kw
-    if "int" in ann:
+        return f.metadata["type"]
+    if "int" in str(f.type):
         # counts of tokens read best as 3e6 or 3M; everything else is a plain int
-        return (parse_count if f.name.endswith("tokens") else int), kw
-    if "float" in ann:
-        return float, kw
-    return str, kw
+        return parse_count if f.name.endswith("tokens") else int
+    return float if "float" in str(f.type) else str
 
 
 # The sections of `--help`, in order: the config's groups (`train.config.GROUPS`), key (field
@@ -85,7 +80,10 @@ def add_train_arguments(
         if f.name in SCRATCH:
             help_text += " " + default_help(f.name)
         help_text = help_text.replace("%", "%%")
-        typ, kw = _flag_type(f)
+        typ = _flag_type(f, default)
+        kw = {
+            k: f.metadata[k] for k in ("nargs", "choices", "action", "metavar") if k in f.metadata
+        }
         flag = flag_of(f.name)
         if typ is None:
             action = g.add_argument(
@@ -108,14 +106,9 @@ def add_train_arguments(
             parser._action_groups.remove(group)  # noqa: SLF001
 
 
-def build_parser(prog: str = "mlx_qat.train", description: str | None = None):
+def build_parser():
     """Every TrainConfig field as a flag, plus `--config`."""
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description=description
-        or "Train a model with an FP phase then QAT (fake quantization) on MLX.",
-        formatter_class=HelpFormatter,
-    )
+    p = verb_parser("train", "Train a model with an FP phase then QAT (fake quantization) on MLX.")
     add_config(p)
     add_train_arguments(p)
     return p
@@ -166,16 +159,11 @@ def _run(opts: dict, argv: list[str]) -> int:
         print(f"mlx_qat.train: {cfg.out}\n{plan_for_config(cfg).table()}", flush=True)
     try:
         result = train(cfg)
-    except TrainingDiverged as e:
+    except (TrainingDiverged, DistributedError) as e:
         if debugging(opts):
             raise
         print(f"mlx_qat.train: stopped: {e}", file=sys.stderr)
-        return 3
-    except DistributedError as e:
-        if debugging(opts):
-            raise
-        print(f"mlx_qat.train: stopped: {e}", file=sys.stderr)
-        return EXIT_CODE
+        return 3 if isinstance(e, TrainingDiverged) else EXIT_CODE
     if not main:
         return 0
     print(format_comparison(result))
