@@ -1,31 +1,25 @@
 """Fast pure-MLX min/max fake-quant for MLX's CPU backend, bit-identical to the reference.
 
-The "cpu" path of backend.py. It lives in quant, not in mlx_qat.kernels, because it is numerics,
-not a kernel launch: another formulation of affine.py's `fake_quant_minmax` that takes the grid
-rules from there (`params_from_extremes`), so the rules have one definition.
+The "cpu" path of backend.py: another formulation of affine.py's `fake_quant_minmax` (same
+math, grid rules from `params_from_extremes`). Four rewrites make it faster without changing a
+single bit:
 
-Math: quant/affine.py (float32 group statistics, true division, rint, dequantisation in the
-weight dtype). Four rewrites make it faster without changing a single bit:
+1. Statistics by a pairwise tree: elementwise `maximum`/`minimum` of the two halves of every
+   group (vectorised), a reduction only over the last few elements (MLX's CPU `max(axis=-1)`
+   over 32–128 contiguous elements runs a scalar loop). max/min are exact, so any association
+   order gives the same bits (NaN still propagates).
+2. Rounding by the float32 magic constant M = 1.5·2^23: for 0 ≤ y ≤ 255, (y + M) − M is
+   rint(y), in two vectorised adds. The upper clip comes first (rint(min(y, n)) =
+   min(rint(y), n), n an integer). The lower clip is dropped: y = (w − b)/s ≥ −½ always holds
+   on the min/max grid, and a code of −0 gives the same ŵ (b is then the nonzero edge or +0).
+3. Two CPU streams (each runs single-threaded): the groups split in halves evaluated on both
+   cores, then concatenated. Off by default: see `split_by_default`.
+4. Compiled == eager: `apply_grid` keeps `mx.compile` from fusing these ops into scalar
+   strided JIT loops (2–3x slower than eager).
 
-1. Statistics by a pairwise tree: the first levels are elementwise `maximum`/`minimum` of the
-   two halves of every group (vectorised binary ops), only the last few elements go through
-   a reduction. MLX's CPU `max(axis=-1)` over 32–128 contiguous elements runs a scalar loop.
-   max/min are exact, so any association order gives the same bits (NaN still propagates).
-2. Rounding by the float32 magic constant M = 1.5·2^23: for 0 ≤ y ≤ 255, (y + M) − M is y
-   rounded half-to-even, exactly `rint`, in two vectorised adds instead of MLX's scalar `round`.
-   The upper clip is applied first (rint(min(y, n)) = min(rint(y), n) since n is an integer).
-   The lower clip is dropped: y = (w − b)/s ≥ −½ always holds for the min/max grid (b is the
-   group's extreme with code 0, or b = 0 when |edge/s| ≤ ½), and a code of −0 instead of +0
-   yields the same ŵ because b is then either the (nonzero) edge or +0.
-3. Two CPU streams: MLX runs each CPU stream's ops on its own thread, single-threaded, so the
-   groups are split into two halves evaluated on two streams (both cores), then concatenated
-   (one copy). Off by default: see `split_by_default`.
-4. Compiled == eager: under `mx.compile` MLX would fuse these ops into scalar strided JIT loops
-   (2–3x slower than eager, as the reference suffers); `apply_grid` prevents the fusion.
-
-For 16-bit weights ŵ = T(code)·T(s) + T(b) keeps T's two roundings: the product is formed in
-float32, where it is exact, and rounded once to T (what MLX's T multiply does), the sum in T.
-NaN/inf inputs are not covered by the bit-exactness tests (NaN groups stay NaN).
+For 16-bit weights ŵ = T(code)·T(s) + T(b) keeps T's two roundings: the product is exact in
+float32 and rounded once to T, the sum in T. NaN/inf inputs are not covered by the
+bit-exactness tests (NaN groups stay NaN).
 """
 
 from __future__ import annotations
@@ -38,14 +32,9 @@ from .affine import params_from_extremes
 
 MAGIC = 12582912.0  # 1.5 * 2**23: float32 x + MAGIC rounds x to an integer, ties to even
 SPLIT_MIN_ELEMENTS = 1 << 20  # below this, one stream (the sync costs more than it saves)
-# Pairwise levels stop at 16 elements per group: measured best for group sizes 32/64/128
-# (MLX's reduction runs ~1.2 Gelem/s here, a vectorised maximum of two halves ~4 Gelem/s, but
-# short rows cost a fixed overhead each).
-REDUCE_AT = 16
-# Two-stream split: off by default, MLX_QAT_CPU_STREAMS=2 turns it on. It only pays with an
-# idle second core, which could not be measured on the shared CI box (with the other core busy
-# it costs +12% wall time: benchmarks/results/fake_quant.md). A load-dependent default would
-# make speed depend on what else runs; a measured choice beats a guess.
+REDUCE_AT = 16  # pairwise levels stop here: measured best for group sizes 32/64/128
+# MLX_QAT_CPU_STREAMS=2 turns the split on. It only pays with an idle second core (with the
+# other core busy it costs +12% wall time: benchmarks/results/fake_quant.md).
 _STREAMS = os.environ.get("MLX_QAT_CPU_STREAMS", "1").strip()
 
 
@@ -57,8 +46,7 @@ def split_by_default() -> bool:
 _streams: list = []
 
 
-def _worker_streams() -> list:
-    """Two compute streams and one stream for broadcast views (created on first use)."""
+def _worker_streams() -> list:  # two compute streams, one for broadcast views
     if not _streams:
         _streams.extend(mx.new_stream(mx.cpu) for _ in range(3))
     return _streams
@@ -74,8 +62,7 @@ def tree_levels(group_size: int) -> int:
 
 
 def group_stats(xg: mx.array, levels: int | None = None) -> tuple[mx.array, mx.array]:
-    """(max, min) over the last axis of float32 `xg`, keepdims, via `levels` pairwise steps
-    (default `tree_levels`), then MLX's reduction."""
+    """(max, min) over the last axis of float32 `xg`, keepdims (`levels`: `tree_levels`)."""
     if levels is None:
         levels = tree_levels(xg.shape[-1])
     hi = lo = xg
@@ -89,13 +76,11 @@ def group_stats(xg: mx.array, levels: int | None = None) -> tuple[mx.array, mx.a
     return hi.max(axis=-1, keepdims=True), lo.min(axis=-1, keepdims=True)
 
 
-# MLX's (scale, bias) from group extremes: the canonical rules, computed once per group.
-minmax_grid = params_from_extremes
+minmax_grid = params_from_extremes  # the canonical rules, once per group
 
 
 def _groups(xg: mx.array, bits: int, levels: int | None) -> mx.array:
-    """Fake-quant of (groups, group_size) `xg` in its dtype (returned as (groups, 1, gs) or
-    (groups, gs): the caller reshapes)."""
+    """Fake-quant of (groups, group_size) `xg` in its dtype (the caller reshapes)."""
     x = xg if xg.dtype == mx.float32 else xg.astype(mx.float32)
     s, b = minmax_grid(*group_stats(x, levels), bits)
     return apply_grid(x, s, b, bits, xg.dtype)
@@ -104,12 +89,9 @@ def _groups(xg: mx.array, bits: int, levels: int | None) -> mx.array:
 def apply_grid(x: mx.array, s: mx.array, b: mx.array, bits: int, dtype: mx.Dtype) -> mx.array:
     """ŵ in `dtype` for float32 (groups, gs) `x` on the grid (s, b), each (groups, 1) float32:
     7 elementwise passes (8 for 16-bit dtypes), no rounding op, no clip at 0."""
-    # Under mx.compile MLX fuses a binary op with the Broadcast of its per-group operand (and
-    # chains of such ops) into a scalar, strided JIT loop, 2-4x slower than MLX's vectorised
-    # eager ops. Two things keep compiled == eager here: the per-group operands are broadcast
-    # on another stream (fusion stops at a stream change), and every op's input is a view of
-    # the previous result in the other of two shapes, (g, gs) and (g, 1, gs) (reshapes are
-    # free and not fusible).
+    # mx.compile would fuse a binary op with the Broadcast of its per-group operand into a
+    # scalar JIT loop. Fusion stops at a stream change (the broadcasts run on another stream)
+    # and at a reshape (every op reads the previous result as (g, gs) or (g, 1, gs)).
     g, gs = x.shape
     view = _worker_streams()[2]
     a2, a3 = (g, gs), (g, 1, gs)
@@ -144,11 +126,8 @@ def fake_quant_minmax(
     """Quantize-dequantize `w` on the min/max grid; equals affine.fake_quant_minmax bit for bit.
 
     Args:
-        w: float array (..., K), K a multiple of `group_size`.
-        bits, group_size: the affine format.
-        split: evaluate the two halves of the groups on two CPU streams (default: when
-            w has at least SPLIT_MIN_ELEMENTS elements and `split_by_default()`). The result
-            is bit-identical either way.
+        split: evaluate the two halves of the groups on two CPU streams (default: when w has
+            at least SPLIT_MIN_ELEMENTS elements and `split_by_default()`); same bits either way.
         levels: pairwise max/min levels before the reduction (default `tree_levels`).
     """
     xg = w.reshape(-1, group_size)

@@ -1,43 +1,35 @@
 """Integer codes of a quantizer's grid, and where each weight sits between transition points.
 
-What the transition-rate statistics and TRS (`mlx_qat.train.transitions`, `train/trs.py`;
-paper 001, Lee et al., arXiv 2404.19248) count: a weight *transitions* when its integer code
-changes, and a code changes only when the weight's position u on the grid crosses a
-*transition point*. Codes are computed exactly as each quantizer's forward rounds (the same
-functions, float32, rint = round half to even), so a counted transition is a change of the
+What the transition-rate statistics and TRS count (`mlx_qat.train.transitions`, `train/trs.py`;
+paper 001, Lee et al., arXiv 2404.19248): a weight *transitions* when its integer code changes,
+i.e. when its position u on the grid crosses a *transition point*. Codes are computed as each
+quantizer's forward rounds (same functions, float32, rint), so a transition is a change of the
 deployed integer:
 
     min/max affine   (s, b) = the group's min/max grid (affine.py)   u = (w − b)/s
                      code = clip(rint(u), 0, n),  n = 2^bits − 1
-    learned affine   (s, b) learned, |s| ≥ 1e-7 (learned_affine.py)   u = (w − b)/s, on the
-                     anchor grid (s₀, b₀) with scale_grad="fixed_codes"
-                     code = clip(rint(u), 0, n)
-    LSQ, 3–8 bit     α learned (≥ 1e-5), x = w/α (lsq.py)            u = x − Qn
+    learned affine   (s, b) learned (or the anchor grid (s₀, b₀)     u = (w − b)/s
+                     with scale_grad="fixed_codes"), same code rule
+    LSQ, 3–8 bit     x = w/α (lsq.py)                                u = x − Qn
                      code = clip(rint(x), Qn, Qp) − Qn,  Qn = −2^(b−1), Qp = 2^(b−1) − 1
     SEQ, 2 bit       y = 2·clip(x, −0.99, 0.99) − ½                  u = y + 2
                      code = rint(y) + 2 ∈ {0, 1, 2, 3}
     sign, 1 bit      code = sign(x) (levels ±α)                      u = (x + 1)/2
-    mxfp4 / nvfp4 / mxfp8 (fp.py): x = the element divided by its group's scale, before
-                     rounding; code = its FP4 / FP8 code (FP8's −0 counted as +0);
-                     u = |x|'s position on the ladder of non-negative levels, linear between
-                     adjacent levels (FP4: 0, ½, 1, 1½, 2, 3, 4, 6; FP8 e4m3: 2^(e−7)·(1 + m/8)
-                     and the subnormals m·2^−9), so the midpoint between two levels is at
-                     a half-integer u.
+    mxfp4 / nvfp4 / mxfp8 (fp.py): x = the element over its group's scale, before rounding;
+                     code = its FP4 / FP8 code (FP8's −0 counted as +0); u = |x|'s position on
+                     the ladder of non-negative levels, linear between adjacent levels (FP4: 0,
+                     ½, 1, 1½, 2, 3, 4, 6; FP8 e4m3: 2^(e−7)·(1 + m/8) and the subnormals
+                     m·2^−9), so the midpoint between two levels is at a half-integer u.
 
-In every case the codes lie at the integers lo..hi of u (0..n, 0..3, 0..1, 0..7 or 0..126 in
-magnitude for fp) and the transition points at the half-integers between them. The distance
-of a weight to the nearest transition point, in grid steps, is
+The codes lie at the integers lo..hi of u (0..n, 0..3, 0..1, 0..7 or 0..126 for fp) and the
+transition points at the half-integers, so the distance to the nearest one, in grid steps, is
 
     d = |frac(u) − ½|        (0: on a transition point; ½: on a level),
 
-exact for lo ≤ u ≤ hi. Weights outside [lo, hi] (clipped, or past the ends of the SEQ range)
-are left out of the mean: their code cannot change by a small move. For fp formats a grid
-step is the local spacing between levels (so d is relative: the spacing doubles per binade).
-
-Note on min/max: its grid moves with the weights (each group's min/max), so a code can change
-because the group's range changed; for learnable quantizers a code can change because the
-scale moved. Both are counted, as the paper's definition (a change of the integer) does; TRS
-freezes learnable scales so that only weight moves change codes.
+exact for lo ≤ u ≤ hi; weights outside (clipped) are left out of the mean. For fp formats a
+grid step is the local level spacing (d is relative). A min/max code can also change because
+the group's range moved, a learnable one because the scale moved; both count, as in the
+paper's definition (TRS freezes learnable scales so that only weight moves change codes).
 """
 
 from __future__ import annotations
@@ -45,9 +37,8 @@ from __future__ import annotations
 import mlx.core as mx
 
 from . import learned_affine, lsq
-from .affine import codes_from_params, group
+from .affine import codes_from_params, group, params_from_extremes
 from .affine_cpu import group_stats
-from .affine_cpu import minmax_grid as params_from_extremes
 from .fp import FP4_LEVELS, _fp4_codes, fp_scaled_elements
 from .quantizers import LearnedAffineQuantizer, LSQQuantizer, MinMaxQuantizer, Quantizer
 
@@ -55,11 +46,11 @@ FP8_TOP = 126.0  # u of e4m3's largest finite value 448 = 2^8 · 1.75: 8·15 + 6
 
 
 def quantizer_params(quantizer: Quantizer) -> dict[str, mx.array]:
-    """The quantizer's grid parameters (LSQ `alpha`, learned affine `scale`/`bias`; none for
-    min/max), so codes can be taken on the grid as it was before an update."""
+    """The quantizer's grid parameters (LSQ `alpha`, learned affine `scale`/`bias` the codes
+    are read on; none for min/max), to take codes on the grid as it was before an update."""
     if isinstance(quantizer, LSQQuantizer):
         return {"alpha": quantizer["alpha"]}
-    if isinstance(quantizer, LearnedAffineQuantizer):  # the grid the codes are read on
+    if isinstance(quantizer, LearnedAffineQuantizer):
         scale, bias = quantizer.code_grid()
         return {"scale": scale, "bias": bias}
     return {}
@@ -84,18 +75,9 @@ def code_position(
 ) -> tuple[mx.array, mx.array, float, float]:
     """(code, u, lo, hi) of weight `w` under `quantizer` (the formulas in the header).
 
-    Args:
-        quantizer: the layer's quantizer.
-        w: its float weight (..., K).
-        params: grid parameters to use instead of the quantizer's current ones (from
-            `quantizer_params`, e.g. taken before an optimizer update).
-
-    Returns:
-        code: the integer codes, grouped (..., K/group_size, group_size); float32 holding
-            integers, or uint32 for the fp modes. Two codes differ iff the deployed integer
-            differs.
-        u: float32 positions, same shape; lo, hi: the range of u where `|frac(u) − ½|` is the
-            distance to the nearest transition point.
+    `params` (from `quantizer_params`) replaces the quantizer's current grid parameters. code
+    and u are grouped (..., K/group_size, group_size): code float32 integers (uint32 for the fp
+    modes), u float32 positions, valid in [lo, hi].
     """
     p = quantizer_params(quantizer) if params is None else params
     gs = quantizer.spec.group_size
