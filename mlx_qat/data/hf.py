@@ -1,23 +1,15 @@
-"""Hugging Face tokenizer files for a trained sentencepiece model, for ``mlx_lm.load``.
+"""Hugging Face tokenizer files for a trained sentencepiece model, so that ``mlx_lm.load``
+(``AutoTokenizer.from_pretrained``) works offline and encodes to exactly the sentencepiece ids:
 
-``mlx_lm`` loads a tokenizer with ``transformers.AutoTokenizer.from_pretrained(model_dir)``.
-:func:`save_hf_tokenizer` writes what that needs to work offline:
-
-* ``tokenizer.json``: a ``tokenizers`` BPE model built directly from the sentencepiece
-  vocabulary (merges ordered by the merged piece's sentencepiece rank, then by the ids of its
-  halves), ``byte_fallback=True``, a ``Metaspace`` pre-tokenizer (spaces become ``▁`` and start
-  a new word, no prefix space: the same split sentencepiece makes with
-  ``split_by_whitespace``/``add_dummy_prefix=False``) and the decoder
-  ``Replace(▁→space), ByteFallback, Fuse``, which ``mlx_lm`` recognises as an SPM decoder
-  without a leading-space strip (streaming detokenizer ``SPMStreamingDetokenizer``,
-  ``trim_space=False``).
+* ``tokenizer.json``: a BPE model built from the sentencepiece vocabulary (merges ordered by the
+  merged piece's rank, then by the ids of its halves), ``byte_fallback=True``, a ``Metaspace``
+  pre-tokenizer without prefix space (sentencepiece's split with ``add_dummy_prefix=False``),
+  and the decoder ``Replace(▁→space), ByteFallback, Fuse`` (mlx-lm's SPM streaming
+  detokenizer, ``trim_space=False``).
 * ``tokenizer_config.json``: ``PreTrainedTokenizerFast``; BOS ``<s>``, EOS ``</s>``, UNK
-  ``<unk>``; no BOS/EOS added by ``encode``; ``clean_up_tokenization_spaces=False`` (so
-  ``" ,"`` stays as written) and ``split_special_tokens=True`` (literal ``"</s>"`` in a text is
-  ordinary text, as in sentencepiece).
+  ``<unk>``, none added by ``encode``; ``clean_up_tokenization_spaces=False`` (``" ,"`` stays
+  as written), ``split_special_tokens=True`` (a literal ``"</s>"`` is ordinary text).
 * ``special_tokens_map.json``, and a copy of ``tokenizer.model``.
-
-The result encodes to exactly the sentencepiece ids (checked in the tests on real corpora).
 """
 
 from __future__ import annotations
@@ -30,10 +22,13 @@ import sentencepiece as spm
 
 from ..fileio import atomic_open, atomic_write_json, atomic_write_text
 
-# The sentencepiece model's file name: the one `mlx_qat.data.tokenizer` trains (and re-exports)
-# and the one Hugging Face's sentencepiece tokenizers read beside tokenizer.json.
+# The sentencepiece model `mlx_qat.data.tokenizer` trains, as HF tokenizers name it.
 MODEL_FILE = "tokenizer.model"
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _specials(sp: spm.SentencePieceProcessor) -> list[int]:
+    return [i for i in range(sp.get_piece_size()) if sp.is_control(i) or sp.is_unknown(i)]
 
 
 def _pieces(sp: spm.SentencePieceProcessor) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -70,9 +65,8 @@ def build_tokenizer_json(model_file: str | os.PathLike) -> str:
     tok.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
     )
-    specials = [i for i in range(sp.get_piece_size()) if sp.is_control(i) or sp.is_unknown(i)]
     tok.add_special_tokens(
-        [AddedToken(sp.id_to_piece(i), special=True, normalized=False) for i in specials]
+        [AddedToken(sp.id_to_piece(i), special=True, normalized=False) for i in _specials(sp)]
     )
     return tok.to_str(pretty=True)
 
@@ -94,8 +88,7 @@ def hf_configs(model_file: str | os.PathLike) -> tuple[dict, dict]:
             "single_word": False,
             "special": True,
         }
-        for i in range(sp.get_piece_size())
-        if sp.is_control(i) or sp.is_unknown(i)
+        for i in _specials(sp)
     }
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -111,13 +104,9 @@ def hf_configs(model_file: str | os.PathLike) -> tuple[dict, dict]:
 
 
 def save_hf_tokenizer(tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
-    """Write the Hugging Face tokenizer files for ``tokenizer_dir``'s model into ``out_dir``.
-
-    Writes ``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json`` and a copy
-    of ``tokenizer.model`` (each atomically; other files in ``out_dir``, e.g. model weights,
-    are left alone), so that ``mlx_lm.load(out_dir)`` / ``mlx_lm.tokenizer_utils.load`` finds a
-    tokenizer that encodes exactly like the sentencepiece model. Returns the written paths.
-    """
+    """Write (atomically) the Hugging Face tokenizer files of ``tokenizer_dir``'s model and a
+    copy of ``tokenizer.model`` into ``out_dir``, leaving its other files alone; returns the
+    written paths."""
     tokenizer_dir, out_dir = Path(tokenizer_dir), Path(out_dir)
     model = tokenizer_dir / MODEL_FILE if tokenizer_dir.is_dir() else tokenizer_dir
     if not model.is_file():

@@ -89,11 +89,8 @@ def training_sentences(docs: Iterable[str], max_chars: int = MAX_SENTENCE_CHARS)
 
 
 class Tokenizer:
-    """A trained sentencepiece model: ``encode``/``decode`` plus the special ids.
-
-    ``sha256`` is the hash of ``tokenizer.model``; token shards record it and refuse to be used
-    with another tokenizer.
-    """
+    """A trained sentencepiece model: ``encode``/``decode``, the special ids, and ``sha256`` (of
+    ``tokenizer.model``: the identity token shards record)."""
 
     kind = "sentencepiece"
 
@@ -106,7 +103,6 @@ class Tokenizer:
                 "or mlx_qat.data.train_tokenizer()"
             )
         self.dir = model.parent
-        self.model_path = model
         self.sp = spm.SentencePieceProcessor(model_file=str(model))
         self.sha256 = sha256_file(model)
 
@@ -115,25 +111,10 @@ class Tokenizer:
         """Number of ids (including specials and the 256 byte pieces)."""
         return self.sp.get_piece_size()
 
-    @property
-    def bos_id(self) -> int:
-        """Beginning-of-sequence id (1); not used in the shards."""
-        return self.sp.bos_id()
-
-    @property
-    def eos_id(self) -> int:
-        """End-of-sequence id (2), appended after every document in the shards."""
-        return self.sp.eos_id()
-
-    @property
-    def unk_id(self) -> int:
-        """Unknown-piece id (0); never produced thanks to byte fallback."""
-        return self.sp.unk_id()
-
-    @property
-    def pad_id(self) -> int:
-        """Padding id (-1: none; pad with EOS)."""
-        return self.sp.pad_id()
+    bos_id = property(lambda self: self.sp.bos_id(), doc="BOS id (1); not used in the shards.")
+    eos_id = property(lambda self: self.sp.eos_id(), doc="EOS id (2), after every document.")
+    unk_id = property(lambda self: self.sp.unk_id(), doc="<unk> id (0); byte fallback: never made.")
+    pad_id = property(lambda self: self.sp.pad_id(), doc="Padding id (-1: none; pad with EOS).")
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (no BOS/EOS added)."""
@@ -151,30 +132,8 @@ class Tokenizer:
         return f"Tokenizer({str(self.dir)!r}, vocab_size={self.vocab_size})"
 
 
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Load the tokenizer in ``path`` (a directory holding ``tokenizer.model``, or the file)."""
-    return Tokenizer(path)
-
-
-def tokenizer_sha256(path: str | os.PathLike) -> str:
-    """The identity of a tokenizer directory: the sha256 of its ``tokenizer.model``.
-
-    This is the hash token shards record (``manifest["tokenizer"]["sha256"]``) and checkpoints
-    record (``state["tokenizer_sha256"]``); the Hugging Face files beside it are derived from
-    that model (:func:`mlx_qat.data.hf.save_hf_tokenizer`). Raises FileNotFoundError naming the
-    directory when it has no ``tokenizer.model``.
-    """
-    path = Path(path)
-    model = path / MODEL_FILE if path.is_dir() else path
-    if not model.is_file():
-        raise FileNotFoundError(f"tokenizer {path}: no {MODEL_FILE} in it")
-    return sha256_file(model)
-
-
 def _normalized_model(data: bytes) -> bytes:
-    """Drop ``num_threads`` from the model's stored trainer spec: it does not change the
-    vocabulary or the tokenization, and removing it makes ``tokenizer.model`` (and its sha256)
-    identical on machines with different core counts."""
+    # num_threads changes nothing of the tokenization: cleared, the sha256 is machine-independent
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     proto = pb.ModelProto()
@@ -215,14 +174,12 @@ def train_tokenizer(
     hf_files: bool = True,
     replace: bool = True,
 ) -> Path:
-    """Train a sentencepiece BPE tokenizer on ``docs`` and write it to ``out_dir``.
+    """Train a sentencepiece BPE tokenizer on ``docs`` into ``out_dir`` (returned).
 
-    ``out_dir`` receives ``tokenizer.model``, ``tokenizer_meta.json`` and (with ``hf_files``)
-    the Hugging Face files of :func:`~mlx_qat.data.hf.save_hf_tokenizer`. It is built under a
-    temporary name and renamed when complete; an existing ``out_dir`` is replaced (with
-    ``replace=False`` it is kept and the new build discarded, for concurrent builders of the
-    same content). Raises ValueError when the vocabulary size does not fit the text.
-    Returns ``out_dir``.
+    Writes ``tokenizer.model``, ``tokenizer_meta.json`` and (``hf_files``) the Hugging Face
+    files, built aside and renamed; an existing ``out_dir`` is replaced unless ``replace=False``
+    (then kept: concurrent builders of the same content). ValueError when the vocabulary size
+    does not fit the text.
     """
     out_dir = Path(out_dir)
     if vocab_size < 1:
@@ -230,8 +187,8 @@ def train_tokenizer(
     if not docs:
         raise ValueError("no documents to train the tokenizer on")
     threads = num_threads or default_threads()
-    settings = dict(DEFAULT_SETTINGS)
-    settings.update(character_coverage=character_coverage, input_sentence_size=input_sentence_size)
+    settings = {**DEFAULT_SETTINGS, "character_coverage": character_coverage}
+    settings["input_sentence_size"] = input_sentence_size
     logger.info(
         "training %d-piece BPE tokenizer on %d documents (%d threads)",
         vocab_size,

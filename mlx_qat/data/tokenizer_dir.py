@@ -1,27 +1,18 @@
-"""What a tokenizer directory is: its kind, its identity (one hash), loading it (a
-model's own Hugging Face tokenizer: `HFTokenizer`), copying it.
+"""A tokenizer directory: its kind, its identity (one hash), loading and copying it.
 
 Two kinds, told apart by their files (`tokenizer_kind`):
 
-* ``"sentencepiece"``: a tokenizer `mlx_qat.data` trained (``tokenizer.model`` beside
-  ``tokenizer_meta.json``, or ``tokenizer.model`` alone), or the Hugging Face files mlx_qat
-  derives from one (`save_hf_tokenizer`: what a run's ``tokenizer/`` and an export hold; its
-  ``tokenizer_config.json`` is exactly `hf_configs` of its ``tokenizer.model``, ``auto_map``
-  aside). Encoded with sentencepiece (`Tokenizer`); the HF files encode identically.
-* ``"hf"``: any other tokenizer `mlx_lm` loads (``tokenizer.json``, ``tokenizer_config.json``,
-  vocab/merges files, ``*.tiktoken``): a Hugging Face / mlx-lm model's own tokenizer, encoded
-  as `mlx_lm` encodes (`HFTokenizer`).
+* ``"sentencepiece"``: ``tokenizer.model`` (beside ``tokenizer_meta.json``, alone, or with the
+  HF files `save_hf_tokenizer` derives from it, ``auto_map`` aside), encoded by `Tokenizer`;
+* ``"hf"``: any other tokenizer `mlx_lm` loads (``tokenizer.json``, vocab/merges files,
+  ``*.tiktoken``), encoded as `mlx_lm` encodes (`HFTokenizer`).
 
-Identity (`tokenizer_sha256`), what token shards, checkpoints, eval and convert compare:
-
-* sentencepiece: the sha256 of ``tokenizer.model`` (as every shard and checkpoint has
-  recorded since the first release);
-* hf: the sha256 of the lines ``"<name>\\0<sha256 of its content>\\n"`` over the files that
-  decide the ids (`ID_FILES`, `TOKENIZER_PATTERNS`) present in the directory, in sorted name
-  order; ``tokenizer_config.json`` counts as its canonical JSON without ``auto_map`` and
-  ``chat_template`` (`NON_ID_KEYS`). So the shipped copy (``auto_map`` removed) and an edited
-  chat template keep the identity; any change to the vocabulary, merges, normalisation,
-  special tokens or BOS/EOS settings changes it.
+Identity (`tokenizer_sha256`, what shards, checkpoints, eval and convert compare):
+sentencepiece: the sha256 of ``tokenizer.model``; hf: the sha256 of the lines
+``"<name>\\0<sha256 of its content>\\n"`` over the files present that decide the ids
+(`ID_FILES`, `TOKENIZER_PATTERNS`), in sorted name order, ``tokenizer_config.json`` counted as
+its canonical JSON without `NON_ID_KEYS`. So the shipped copy (``auto_map`` removed) and an
+edited chat template keep the identity; any change to what decides the ids changes it.
 """
 
 from __future__ import annotations
@@ -39,43 +30,23 @@ from ..mlxlm_compat import hf_tokenizer
 from .hf import hf_configs
 from .tokenizer import META_FILE, MODEL_FILE
 from .tokenizer import Tokenizer as SentencePieceTokenizer
-from .tokenizer import tokenizer_sha256 as sentencepiece_sha256
 
-# What `tokenizer.save_pretrained` and mlx-lm write for the tokenizers mlx-lm loads: the data
-# files a tokenizer copy (data dir, run, export) holds. Never code (`*.py`).
-TOKENIZER_FILES = frozenset(
-    {
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "added_tokens.json",
-        "tokenizer.model",
-        "spiece.model",
-        "sentencepiece.bpe.model",
-        "vocab.json",
-        "vocab.txt",
-        "merges.txt",
-        "chat_template.jinja",
-        "chat_template.json",
-        "generation_config.json",
-    }
+# The files that decide which ids a text becomes, and (TOKENIZER_FILES) all the data files a
+# tokenizer copy (data dir, run, export) holds: what `save_pretrained` and mlx-lm write; never code.
+ID_FILES = frozenset(
+    "tokenizer.json tokenizer_config.json special_tokens_map.json added_tokens.json vocab.json "
+    "vocab.txt merges.txt tokenizer.model spiece.model sentencepiece.bpe.model".split()
 )
+TOKENIZER_FILES = ID_FILES | {"chat_template.jinja", "chat_template.json", "generation_config.json"}
 TOKENIZER_PATTERNS = ("*.tiktoken",)
-# The files that decide which ids a text becomes (chat templates and generation defaults do not).
-ID_FILES = TOKENIZER_FILES - {"chat_template.jinja", "chat_template.json", "generation_config.json"}
 CONFIG = "tokenizer_config.json"
 REMOTE_CODE_KEYS = ("auto_map",)  # keys that make `transformers` import code from the directory
 NON_ID_KEYS = REMOTE_CODE_KEYS + ("chat_template",)
-KINDS = ("sentencepiece", "hf")
 
 
-def is_tokenizer_file(name: str) -> bool:
+def is_tokenizer_file(name: str, names: frozenset = TOKENIZER_FILES) -> bool:
     """True for a tokenizer data file a copy (data dir, run, export) may hold."""
-    return name in TOKENIZER_FILES or any(fnmatch.fnmatch(name, p) for p in TOKENIZER_PATTERNS)
-
-
-def _id_file(name: str) -> bool:
-    return name in ID_FILES or any(fnmatch.fnmatch(name, p) for p in TOKENIZER_PATTERNS)
+    return name in names or any(fnmatch.fnmatch(name, p) for p in TOKENIZER_PATTERNS)
 
 
 def _read_config(path: Path) -> dict | None:
@@ -87,7 +58,6 @@ def _read_config(path: Path) -> dict | None:
 
 
 def _derived_from_sentencepiece(path: Path) -> bool:
-    """True when the HF files in `path` are the ones mlx_qat derives from its tokenizer.model."""
     cfg = _read_config(path)
     if cfg is None:
         return False
@@ -112,7 +82,7 @@ def tokenizer_kind(path: str | os.PathLike) -> str:
         or _derived_from_sentencepiece(path)
     ):
         return "sentencepiece"
-    if any(_id_file(p.name) for p in path.iterdir() if p.is_file()):
+    if any(is_tokenizer_file(p.name, ID_FILES) for p in path.iterdir() if p.is_file()):
         return "hf"
     raise FileNotFoundError(
         f"tokenizer {path}: no tokenizer in it (no {MODEL_FILE}, tokenizer.json or other "
@@ -132,13 +102,13 @@ def has_tokenizer(path: str | os.PathLike) -> bool:
 
 def tokenizer_sha256(path: str | os.PathLike) -> str:
     """The identity of the tokenizer in `path` (see the module); FileNotFoundError when it
-    holds none. This is what shards (``manifest["tokenizer"]["sha256"]``) and checkpoints
-    (``state["tokenizer_sha256"]``) record."""
+    holds none."""
     path = Path(path)
     if tokenizer_kind(path) == "sentencepiece":
-        return sentencepiece_sha256(path)
+        return sha256_file(path / MODEL_FILE if path.is_dir() else path)
     h = hashlib.sha256()
-    for f in sorted((p for p in path.iterdir() if p.is_file() and _id_file(p.name)), key=str):
+    files = [p for p in path.iterdir() if p.is_file() and is_tokenizer_file(p.name, ID_FILES)]
+    for f in sorted(files, key=str):
         if f.name == CONFIG:
             cfg = _read_config(path)
             if cfg is None:
@@ -151,26 +121,14 @@ def tokenizer_sha256(path: str | os.PathLike) -> str:
 
 
 class HFTokenizer:
-    """A Hugging Face / mlx-lm model's own tokenizer (the ``"hf"`` kind), as `mlx_qat.data`
-    encodes with it: ``encode``/``decode`` plus the special ids.
+    """A Hugging Face / mlx-lm model's own tokenizer (the ``"hf"`` kind), loaded by mlx-lm
+    (`mlx_lm.utils.load_tokenizer`) and used as mlx-lm uses it on a prompt: a document is
+    ``tokenizer.encode(text)`` (BOS first where the tokenizer adds one, special-token text read
+    as that token), then ``eos_token_id`` unless ``encode`` already ended with it.
 
-    Loaded with mlx-lm's loader (`mlx_lm.utils.load_tokenizer`, what `mlx_lm.load` calls), and
-    used exactly as mlx-lm uses it on a prompt:
-
-    * a document becomes ``tokenizer.encode(text)``: the tokenizer's own special tokens
-      included, i.e. BOS first for tokenizers that add one (Llama, Mistral, Gemma: what
-      ``mlx_lm.generate`` feeds the model), none for those that do not (GPT-2 style, Qwen).
-      Special-token text in a document (``"<|endoftext|>"``) is read as that special token, as
-      ``encode`` reads it;
-    * the tokenizer's ``eos_token_id`` follows every document (unless ``encode`` already ended
-      it with EOS), so the model sees the document boundaries it was pretrained with.
-
-    `encode_batch` gives the same ids as ``encode`` per text, through the tokenizer's batch call
-    (parallel in the Rust `tokenizers` library) when its class does not override ``encode``.
-
-    ``sha256`` is `tokenizer_sha256` of the directory (token shards record it and refuse
-    another tokenizer). Raises ValueError naming the directory when mlx-lm cannot load it or
-    it has no EOS token.
+    `encode_batch` gives ``encode``'s ids through the (Rust, parallel) batch call when the
+    class does not override ``encode``. ``sha256`` is `tokenizer_sha256` of the directory.
+    ValueError naming the directory when mlx-lm cannot load it or it has no EOS token.
     """
 
     kind = "hf"
@@ -206,15 +164,8 @@ class HFTokenizer:
         """Number of ids, added tokens included (``len(tokenizer)``)."""
         return len(self.hf)
 
-    @property
-    def bos_id(self) -> int | None:
-        """BOS id, or None; in the shards only where ``encode`` adds it."""
-        return self.hf.bos_token_id
-
-    @property
-    def eos_id(self) -> int:
-        """EOS id, after every document in the shards."""
-        return int(self.hf.eos_token_id)
+    bos_id = property(lambda self: self.hf.bos_token_id, doc="BOS id, or None.")
+    eos_id = property(lambda self: int(self.hf.eos_token_id), doc="EOS id, after every document.")
 
     def encode(self, text: str) -> list[int]:
         """``tokenizer.encode(text)`` as mlx-lm calls it (special tokens added)."""
@@ -236,18 +187,17 @@ class HFTokenizer:
 
 
 def load_tokenizer(path: str | os.PathLike):
-    """The tokenizer in `path`: a sentencepiece `Tokenizer` or an `HFTokenizer` (same
-    interface: ``encode``, ``encode_batch``, ``decode``, ``vocab_size``, ``bos_id``,
-    ``eos_id``, ``sha256``, ``kind``, ``dir``)."""
+    """The tokenizer in `path`: a sentencepiece `Tokenizer` or an `HFTokenizer` (one interface:
+    ``encode[_batch]``, ``decode``, ``vocab_size``, ``bos_id``, ``eos_id``, ``sha256``, ``kind``,
+    ``dir``)."""
     if tokenizer_kind(path) == "sentencepiece":
         return SentencePieceTokenizer(path)
     return HFTokenizer(path)
 
 
 def copy_tokenizer_files(src: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
-    """Copy the tokenizer data files of `src` into the existing directory `dest`, unchanged
-    except that `REMOTE_CODE_KEYS` are removed from ``tokenizer_config.json`` (code is never
-    copied). Returns the keys removed."""
+    """Copy the tokenizer data files (never code) of `src` into the directory `dest`, without
+    ``tokenizer_config.json``'s `REMOTE_CODE_KEYS`; returns the keys removed."""
     src, dest = Path(src), Path(dest)
     dropped: list[str] = []
     for f in sorted(src.iterdir()):
@@ -264,14 +214,10 @@ def copy_tokenizer_files(src: str | os.PathLike, dest: str | os.PathLike) -> lis
 
 
 def store_tokenizer(src: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, bool]:
-    """A copy of the tokenizer `src` inside `out_dir`, so that prepared data keeps the tokenizer
-    it was encoded with whatever happens to `src` (and a copied data folder keeps working):
-    `out_dir/tokenizer-hf-<sha16>/` (data files only, `copy_tokenizer_files`) or, for a
-    sentencepiece one, `out_dir/tokenizer-sp-<sha16>/` (``tokenizer.model``, its
-    ``tokenizer_meta.json`` and HF files). A sentencepiece directory already directly in
-    `out_dir` (one `mlx_qat.data` trained there) is used where it is. Built aside and renamed;
-    an existing copy with the same identity is reused. Returns (its path, whether it was
-    copied now)."""
+    """(path, copied now) of a copy of the tokenizer `src` in `out_dir`, so that prepared data
+    keeps its tokenizer whatever happens to `src`: ``tokenizer-hf-<sha16>/`` or
+    ``tokenizer-sp-<sha16>/``, built aside and renamed, reused when one of the same identity
+    exists. A sentencepiece directory directly in `out_dir` is used where it is."""
     src, out_dir = Path(src), Path(out_dir)
     kind, sha = tokenizer_kind(src), tokenizer_sha256(src)
     if kind == "sentencepiece" and src.is_dir() and src.resolve().parent == out_dir.resolve():
