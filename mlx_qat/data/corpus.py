@@ -1,18 +1,16 @@
 """Reading text corpora into documents, and the train/validation/test split by document.
 
-Formats (chosen by file name, case-insensitive):
+Formats (by file name, case-insensitive):
 
-* ``.txt`` and ``.txt.gz``: UTF-8 text (a leading byte-order mark is dropped, CRLF line ends
-  become LF); documents are separated by one or more blank lines
-  (lines that are empty or hold only spaces/tabs). Inside a document, single newlines and
-  indentation are kept exactly; leading blank lines and trailing whitespace are dropped.
-* ``.jsonl`` and ``.jsonl.gz``: one JSON object per line with a string ``"text"`` field; each
-  record is one document (kept whole, blank lines inside included). With a model's own
-  tokenizer, the records are read as mlx-lm reads them (``records=True``: text, completions
-  or chat records, `mlx_qat.data.records`).
+* ``.txt``/``.txt.gz``: UTF-8 text (a leading BOM dropped, CRLF read as LF); documents are
+  separated by blank lines (empty or spaces/tabs only). Inside a document, newlines and
+  indentation are kept; leading blank lines and trailing whitespace are dropped.
+* ``.jsonl``/``.jsonl.gz``: one JSON object with a string ``"text"`` per line, one document
+  each (kept whole). With ``records=True`` (a model's own tokenizer), the records as mlx-lm
+  reads them: text, completions or chat (`mlx_qat.data.records`).
 
-A folder is searched recursively for those files (hidden files and other extensions such as
-``MANIFEST.md`` are ignored), in sorted path order.
+A folder is searched recursively for those files (hidden files and other names ignored), in
+sorted path order.
 """
 
 from __future__ import annotations
@@ -48,16 +46,11 @@ def _as_list(paths: Paths) -> list[Path]:
     return [Path(p) for p in paths]
 
 
-def is_supported(path: Path) -> bool:
-    """True when ``path``'s name ends with one of the readable suffixes."""
-    return path.name.lower().endswith(SUFFIXES)
-
-
 def resolve_files(paths: Paths) -> list[Path]:
     """Expand files and folders into the list of readable files (folders recursively, sorted).
 
-    Raises FileNotFoundError naming a missing path, and ValueError for a file of an unknown
-    type or a folder without any readable file.
+    FileNotFoundError naming a missing path; ValueError for a file of an unknown type or a
+    folder without any readable file.
     """
     files: list[Path] = []
     for p in _as_list(paths):
@@ -67,7 +60,7 @@ def resolve_files(paths: Paths) -> list[Path]:
                 f
                 for f in p.rglob("*")
                 if f.is_file()
-                and is_supported(f)
+                and f.name.lower().endswith(SUFFIXES)
                 and not any(part.startswith(".") for part in f.relative_to(p).parts)
             )
             if not found:
@@ -77,7 +70,7 @@ def resolve_files(paths: Paths) -> list[Path]:
                 )
             files.extend(found)
         elif p.is_file():
-            if not is_supported(p):
+            if not p.name.lower().endswith(SUFFIXES):
                 raise ValueError(
                     f"cannot read {p}: unsupported file type (expected one of {', '.join(SUFFIXES)})"
                 )
@@ -142,8 +135,7 @@ def _read_jsonl(path: Path, records: bool = False) -> list:
 
 
 def read_file(path: PathLike, records: bool = False) -> list:
-    """Read one ``.txt``/``.txt.gz``/``.jsonl`` file into its documents. With ``records``, a
-    JSONL file gives its mlx-lm records (dicts, `records.record_format`) rather than texts."""
+    """The documents of one file (with ``records``, a JSONL file's mlx-lm records)."""
     path = Path(path)
     if path.name.lower().endswith(JSONL_SUFFIXES):
         return _read_jsonl(path, records)
@@ -151,15 +143,13 @@ def read_file(path: PathLike, records: bool = False) -> list:
 
 
 def read_documents(paths: Paths, records: bool = False) -> list:
-    """Read files and/or folders into one list of documents, in sorted-file order (with
-    ``records``, JSONL files give mlx-lm records: `read_file`).
+    """The documents of files and/or folders, in sorted-file order (`read_file`).
 
-    Raises FileNotFoundError for a missing path (named), OSError for an unreadable file, and
-    ValueError when a file is not UTF-8 or when no document at all was found.
+    FileNotFoundError naming a missing path, OSError for an unreadable file, ValueError when a
+    file is not UTF-8 or when no document at all was found.
     """
-    files = resolve_files(paths)
     docs: list[str] = []
-    for f in files:
+    for f in resolve_files(paths):
         part = read_file(f, records)
         logger.debug("read %d documents from %s", len(part), f)
         docs.extend(part)
@@ -175,10 +165,9 @@ def _doc_key(doc: str, seed: int) -> float:
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= frac < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {frac}")
     if val_fraction + test_fraction >= 1.0:
         raise ValueError(
             f"val_fraction {val_fraction} + test_fraction {test_fraction} must be < 1: the "
@@ -187,30 +176,29 @@ def check_fractions(val_fraction: float, test_fraction: float) -> None:
 
 
 def split_documents(
-    docs: Sequence[str], val_fraction: float = 0.05, seed: int = 0, test_fraction: float = 0.05
-) -> tuple[list[str], list[str], list[str]]:
+    docs: Sequence, val_fraction: float = 0.05, seed: int = 0, test_fraction: float = 0.05, key=None
+) -> tuple[list, list, list]:
     """Split documents into (train, validation, test), deterministically and by document.
 
-    A keyed hash of (seed, the document's text) maps each document to k in [0, 1): validation
-    when k < ``val_fraction``, test when ``val_fraction <= k < val_fraction + test_fraction``,
-    training otherwise. So the split does not depend on document order, identical documents
-    always land in the same split (no leak through duplicates), a different seed gives a
-    different split, and the validation split is the same whatever ``test_fraction`` is (the
-    test split is taken from what would otherwise be training data). Each share is its
-    fraction of the documents in expectation. With few documents, a split that would be empty
-    borrows the document nearest its boundary: training is never empty; validation is not
-    when ``val_fraction > 0`` and there are two distinct documents; test is not when
-    ``test_fraction > 0`` and there are enough distinct documents for every split asked for
-    (three, or two without validation). Order within each split follows the input order.
+    A keyed hash of (seed, text) maps each document to k in [0, 1): validation when
+    k < ``val_fraction``, test when ``val_fraction <= k < val_fraction + test_fraction``,
+    training otherwise. So the split ignores document order, duplicates land together, and the
+    validation split does not depend on ``test_fraction``. With few documents, a split that
+    would be empty borrows the document nearest its boundary: training never is; validation
+    is not when ``val_fraction > 0`` and there are two distinct documents; test is not when
+    ``test_fraction > 0`` and there are enough for every split asked for. Each split keeps the
+    input order. ``key`` maps a document to the text hashed (default: itself; mlx-lm records:
+    `records.unit_key`).
     """
     check_fractions(val_fraction, test_fraction)
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
-    key = {d: _doc_key(d, seed) for d in docs}
-    distinct = sorted(key, key=lambda d: (key[d], d))  # by key: val, then test, then train
+    keys = [key(d) for d in docs] if key else docs
+    hashed = {k: _doc_key(k, seed) for k in keys}
+    distinct = sorted(hashed, key=lambda k: (hashed[k], k))  # by key: val, then test, then train
     n = len(distinct)
-    n_val = sum(key[d] < val_fraction for d in distinct)
-    n_test = sum(val_fraction <= key[d] < val_fraction + test_fraction for d in distinct)
+    n_val = sum(hashed[k] < val_fraction for k in distinct)
+    n_test = sum(val_fraction <= hashed[k] < val_fraction + test_fraction for k in distinct)
     n_train = n - n_val - n_test
     if n and not n_train:  # the highest-keyed document (and its duplicates) trains
         if n_test:
@@ -233,7 +221,7 @@ def split_documents(
     val = set(distinct[:n_val])
     test = set(distinct[n_val : n_val + n_test])
     return (
-        [d for d in docs if d not in val and d not in test],
-        [d for d in docs if d in val],
-        [d for d in docs if d in test],
+        [d for d, k in zip(docs, keys) if k not in val and k not in test],
+        [d for d, k in zip(docs, keys) if k in val],
+        [d for d, k in zip(docs, keys) if k in test],
     )

@@ -12,17 +12,13 @@ Layout of a data directory (``--out``, default ``data/``)::
                                  ``keep_latest``, as the trainer calls it: of the first one)
       config.yaml                the resolved CLI configuration (written by the CLI)
 
-Each split is the concatenation of its documents' ids with EOS after every document (a
-model's own HF tokenizer also adds BOS first where its ``encode`` does: `hf_tokenizer`). The
-validation split is for choices (curves, tuning); the test split, held out the same way, is
-only ever reported (the trainer's final evaluation, `mlx_qat.eval --split test`). Shards made
-before the test split existed have none: they still load, with ``DataBundle.test`` None.
-Keys are
-content hashes: the tokenizer key covers the input files' bytes, the split settings and the
-tokenizer settings; the shards key covers the inputs, the split settings and the tokenizer's
-sha256. A second call with the same inputs therefore reuses both (only the input files are
-hashed), and any change builds new ones beside the old. Directories are built under a
-temporary name and renamed, files are written to ``name.tmp-<pid>``, fsynced and renamed.
+Each split is its documents' ids with EOS after every document (a model's own HF tokenizer
+also adds BOS first where its ``encode`` does). The validation split is for choices; the test
+split, held out the same way, is only ever reported. Keys are content hashes: the tokenizer
+key covers the input files' bytes and the split and tokenizer settings; the shards key the
+inputs, the split settings and the tokenizer's sha256. A second call with the same inputs
+reuses both (only the input files are hashed); any change builds new ones beside the old.
+Directories and files are built under a temporary name, fsynced and renamed.
 """
 
 from __future__ import annotations
@@ -33,6 +29,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from functools import cache
 from itertools import chain
 from pathlib import Path
 
@@ -46,15 +43,7 @@ from ..fileio import (
     sha256_file,
     sha256_json,
 )
-from .bundle import (
-    LATEST,
-    MANIFEST,
-    SPLIT_NAMES,
-    SPLITS,
-    DataBundle,
-    load_bundle,
-    token_dtype,
-)
+from .bundle import LATEST, MANIFEST, SPLIT_NAMES, SPLITS, DataBundle, load_bundle, token_dtype
 from .corpus import Paths, check_fractions, read_documents, read_file, split_documents
 from .records import (
     FOLDER_FILES,
@@ -65,19 +54,11 @@ from .records import (
     uses_records,
 )
 from .shakespeare import default_corpus
-from .tokenizer import (
-    DEFAULT_SETTINGS,
-    DEFAULT_VOCAB_SIZE,
-    FORMAT,
-    MODEL_FILE,
-    Tokenizer,
-    default_threads,
-)
+from .tokenizer import DEFAULT_SETTINGS, DEFAULT_VOCAB_SIZE, FORMAT, MODEL_FILE, default_threads
 from .tokenizer import train_tokenizer as _train_tokenizer
-from .tokenizer_dir import load_tokenizer as _load_tokenizer
-from .tokenizer_dir import store_tokenizer, tokenizer_kind
+from .tokenizer_dir import load_tokenizer, store_tokenizer, tokenizer_kind
 
-__all__ = ["DataBundle", "encode_documents", "load_bundle", "prepare_data", "split_units"]
+__all__ = ["DataBundle", "encode_documents", "load_bundle", "prepare_data"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +71,7 @@ SEPARATORS = {
 
 
 def encode_documents(
-    tok: Tokenizer,
+    tok,
     docs: Sequence[str],
     num_threads: int | None = None,
     chunk_chars: int = 4 << 20,
@@ -115,20 +96,6 @@ def encode_documents(
     return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 
-def split_units(
-    units: Sequence, val_fraction: float, seed: int, test_fraction: float
-) -> tuple[list, list, list]:
-    """`split_documents` of documents and mlx-lm records alike, each hashed by
-    `records.unit_key` (a document by its text, as always)."""
-    keys = [unit_key(u) for u in units]
-    _, val, test = (set(p) for p in split_documents(keys, val_fraction, seed, test_fraction))
-    return (
-        [u for u, k in zip(units, keys) if k not in val and k not in test],
-        [u for u, k in zip(units, keys) if k in val],
-        [u for u, k in zip(units, keys) if k in test],
-    )
-
-
 def _rel(path: Path, start: Path) -> str:
     try:
         return os.path.relpath(path.resolve(), start.resolve())
@@ -136,13 +103,11 @@ def _rel(path: Path, start: Path) -> str:
         return str(path.resolve())
 
 
-def _split_stats(
-    docs: Sequence[str], tokens: np.ndarray, file: str, text_bytes: int | None = None
-) -> dict:
+def _split_stats(docs: Sequence[str], tokens: np.ndarray, split: str, text_bytes: int | None):
     if text_bytes is None:
         text_bytes = sum(len(d.encode("utf-8")) for d in docs)
     return {
-        "file": file,
+        "file": f"{split}.npy",
         "documents": len(docs),
         "tokens": int(tokens.size),
         "text_bytes": text_bytes,
@@ -167,17 +132,12 @@ def prepare_data(
 ) -> DataBundle:
     """Read, split, train the tokenizer, encode and store: one call, cached by content hash.
 
-    The documents are split by a keyed hash (:func:`~mlx_qat.data.split_documents`):
-    ``val_fraction`` of them validate (curves, tuning), ``test_fraction`` are held out as the
-    test split (reported, never used for a choice), the rest train. ``inputs``: files/folders (``.txt``, ``.txt.gz``, ``.jsonl``); None means the default
-    corpus (:func:`~mlx_qat.data.default_corpus`). ``tokenizer``: use this existing tokenizer
-    instead of training one (``vocab_size`` is then ignored): an `mlx_qat.data` tokenizer
-    directory (copied to ``out_dir/tokenizer-sp-<sha16>/`` unless it is in ``out_dir``), or any
-    Hugging Face / mlx-lm model directory, whose own tokenizer is copied to
-    ``out_dir/tokenizer-hf-<sha16>/`` and encodes as mlx-lm does (`hf_tokenizer`). ``force``
-    rebuilds even when cached artifacts exist. ``keep_latest`` leaves an existing ``latest.json``
-    pointing where it points (other runs may rely on it). Logs a warning when the validation
-    or the test split is empty. Returns a :class:`DataBundle` whose ``timings`` has ``hash``, ``read``,
+    ``inputs``: files/folders (None: `default_corpus`), split by `split_documents` into
+    ``val_fraction`` validation, ``test_fraction`` test, the rest training. ``tokenizer``: an
+    existing tokenizer or model directory to use instead of training one of ``vocab_size``
+    (copied into ``out_dir``; a model's own encodes as mlx-lm does). ``force`` rebuilds cached
+    artifacts; ``keep_latest`` leaves an existing ``latest.json`` where it points. Warns when
+    the validation or test split is empty. The `DataBundle`'s ``timings``: ``hash``, ``read``,
     ``tokenizer``, ``encode`` and ``total`` seconds.
     """
     check_fractions(val_fraction, test_fraction)
@@ -210,41 +170,26 @@ def prepare_data(
     }
     timings["hash"] = time.perf_counter() - t0
 
-    cache: dict[str, tuple[list, list, list]] = {}
-
+    @cache
     def splits() -> tuple[list, list, list]:
-        if "docs" not in cache:
-            t = time.perf_counter()
-            if folder:
-                cache["docs"] = tuple(
-                    read_file(folder[s], records) if s in folder else [] for s in SPLITS
-                )
-                docs = [d for part in cache["docs"] for d in part]
-            else:
-                docs = read_documents(files, records)
-                split = split_units if records else split_documents
-                cache["docs"] = split(docs, val_fraction, seed, test_fraction)
-            timings["read"] = time.perf_counter() - t
-            logger.info(
-                "read %d documents from %d files (%d train, %d val, %d test)",
-                len(docs),
-                len(files),
-                *map(len, cache["docs"]),
-            )
-        return cache["docs"]
+        t = time.perf_counter()
+        if folder:
+            parts = tuple(read_file(folder[s], records) if s in folder else [] for s in SPLITS)
+            docs = [d for part in parts for d in part]
+        else:
+            docs = read_documents(files, records)
+            key = unit_key if records else None
+            parts = split_documents(docs, val_fraction, seed, test_fraction, key)
+        timings["read"] = time.perf_counter() - t
+        msg = "read %d documents from %d files (%d train, %d val, %d test)"
+        logger.info(msg, len(docs), len(files), *map(len, parts))
+        return parts
 
     if tokenizer is None:
-        settings = dict(DEFAULT_SETTINGS)
-        settings.update(
-            character_coverage=character_coverage, input_sentence_size=input_sentence_size
-        )
+        settings = {**DEFAULT_SETTINGS, "character_coverage": character_coverage}
+        settings["input_sentence_size"] = input_sentence_size
         tok_key = sha256_json(
-            {
-                **split_key,
-                "format": FORMAT,
-                "vocab_size": vocab_size,
-                "settings": settings,
-            }
+            {**split_key, "format": FORMAT, "vocab_size": vocab_size, "settings": settings}
         )
         tok_dir = out / f"tokenizer-{vocab_size}-{tok_key[:16]}"
         if force or not (tok_dir / MODEL_FILE).is_file():
@@ -271,7 +216,7 @@ def prepare_data(
     else:  # a copy inside `out`: the data folder never points outside itself
         tok_dir, built["tokenizer"] = store_tokenizer(tokenizer, out)
         logger.info("tokenizer of %s (in %s)", tokenizer, tok_dir)
-    tok = _load_tokenizer(tok_dir)
+    tok = load_tokenizer(tok_dir)
 
     template = getattr(getattr(tok, "hf", None), "chat_template", None) if records else None
     shard_key = sha256_json(
@@ -292,16 +237,13 @@ def prepare_data(
         if records:
             dtype = token_dtype(tok.vocab_size)
             encoded = {s: encode_units(tok, d, dtype, threads) for s, d in split_docs.items()}
-            arrays = {s: e[0] for s, e in encoded.items()}
-            nbytes = {s: e[2] for s, e in encoded.items()}
-            if any(uses_records(d) for d in split_docs.values()):
-                masks = {s: e[1] for s, e in encoded.items()}
+            arrays, masks, nbytes = ({s: e[i] for s, e in encoded.items()} for i in range(3))
+            if not any(uses_records(d) for d in split_docs.values()):
+                masks = {}
         else:
             arrays = {s: encode_documents(tok, d, threads) for s, d in split_docs.items()}
         timings["encode"] = time.perf_counter() - t
-        stats = {
-            s: _split_stats(d, arrays[s], f"{s}.npy", nbytes[s]) for s, d in split_docs.items()
-        }
+        stats = {s: _split_stats(d, arrays[s], s, nbytes[s]) for s, d in split_docs.items()}
         for s, m in masks.items():
             stats[s].update(mask=f"{s}.mask.npy", prompt_tokens=int(m.size - m.sum()))
         manifest = {
@@ -325,10 +267,10 @@ def prepare_data(
             "seed": seed,
             **({"given_splits": {s: f.name for s, f in folder.items()}} if folder else {}),
             "splits": stats,
-            "tokens": {s: stats[s]["tokens"] for s in SPLITS},
-            "documents": {s: stats[s]["documents"] for s in SPLITS},
-            "text_bytes": {s: stats[s]["text_bytes"] for s in SPLITS},
-            "bytes_per_token": {s: stats[s]["bytes_per_token"] for s in SPLITS},
+            **{
+                k: {s: stats[s][k] for s in SPLITS}
+                for k in ("tokens", "documents", "text_bytes", "bytes_per_token")
+            },
         }
         tmp = new_tmp_dir(shard_dir)
         try:
@@ -354,27 +296,20 @@ def prepare_data(
         atomic_write_json(out / LATEST, pointer)
     docs = bundle.manifest["documents"]
     for split, frac in (("val", val_fraction), ("test", test_fraction)):
-        if split in docs and not docs[split] and folder:
-            logger.warning(
-                "the %s split is empty: the mlx-lm data folder %s has no %s with records",
-                SPLIT_NAMES[split],
-                inputs if isinstance(inputs, str | os.PathLike) else inputs[0],
-                FOLDER_FILES[split],
-            )
-        elif split in docs and not docs[split]:
-            n = sum(docs.values())
-            option = f"--{split}-fraction"
-            fix = f"raise {option}" if n > 2 and frac > 0 else "add text"
-            logger.warning(
-                "the %s split is empty (%d document(s), %s %s): documents are separated by "
-                "blank lines and each split needs distinct ones; %s or blank lines between "
-                "documents",
-                SPLIT_NAMES[split],
-                n,
-                option.lstrip("-").replace("-", " "),
-                frac,
-                fix,
-            )
+        if docs.get(split, 1):
+            continue
+        if folder:
+            where = inputs if isinstance(inputs, str | os.PathLike) else inputs[0]
+            msg = "the %s split is empty: the mlx-lm data folder %s has no %s with records"
+            logger.warning(msg, SPLIT_NAMES[split], where, FOLDER_FILES[split])
+            continue
+        n = sum(docs.values())
+        fix = f"raise --{split}-fraction" if n > 2 and frac > 0 else "add text"
+        msg = (
+            "the %s split is empty (%d document(s), %s fraction %s): documents are separated by "
+            "blank lines and each split needs distinct ones; %s or blank lines between documents"
+        )
+        logger.warning(msg, SPLIT_NAMES[split], n, split, frac, fix)
     timings["total"] = time.perf_counter() - t_start
     bundle.timings = timings
     bundle.built = built
