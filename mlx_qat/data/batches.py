@@ -11,10 +11,8 @@ Global window ``g = step * batch_size + i`` is window ``perm_e[g % n]`` of epoch
 ``batch(step)`` is a pure function of ``(tokens, batch_size, seq_len, seed, step)``: a resumed
 run only needs the step number, and any step is reached in O(1) (plus one O(n) permutation).
 
-With a loss ``mask`` beside the tokens (`DataBundle.loss_mask`: 0 on prompt tokens), a training
-batch is the pair ``(tokens, weights)``: ``weights`` float32 ``(batch_size, seq_len)`` is the
-mask of the targets (``mask`` over the same windows, ``[:, 1:]``), what `train.step` averages the
-loss with (`--mask-prompt`).
+With a loss ``mask`` (`DataBundle.loss_mask`, `--mask-prompt`), a training batch is the pair
+``(tokens, weights)``: ``weights`` float32 ``(batch_size, seq_len)``, the mask of the targets.
 """
 
 from __future__ import annotations
@@ -43,12 +41,8 @@ def _gather(tokens: np.ndarray, starts: np.ndarray, length: int) -> mx.array:
 
 
 class TokenBatches:
-    """Random contiguous windows of ``seq_len + 1`` tokens, deterministic in (seed, step).
-
-    ``batch(step)`` returns the batch for that step (pure function; no hidden state), and
-    ``epochs_at(step)`` the epochs consumed before it (tokens trained on / split tokens).
-    ``state(step)`` / ``from_state`` round-trip the only state there is.
-    """
+    """Random contiguous windows of ``seq_len + 1`` tokens, a pure function of (seed, step);
+    ``state(step)`` / ``from_state`` round-trip the only state there is."""
 
     def __init__(
         self,
@@ -135,12 +129,8 @@ class TokenBatches:
 
 
 class EvalBatches(Sequence):
-    """Fixed evaluation batches: the first windows of the split, in order, every call alike.
-
-    Windows start at ``k * seq_len`` (non-overlapping, every token a target once); the last
-    batch may hold fewer than ``batch_size`` windows. ``num_tokens`` is the number of target
-    tokens over all batches (for averaging a summed loss).
-    """
+    """Fixed evaluation batches: the windows at ``k * seq_len`` (every token a target once), in
+    order; the last batch may be short. ``num_tokens``: target tokens over all batches."""
 
     def __init__(
         self, tokens: np.ndarray, batch_size: int, seq_len: int, max_batches: int | None = None
@@ -169,10 +159,6 @@ class EvalBatches(Sequence):
         count = min(self.batch_size, self.num_windows - first)
         starts = (first + np.arange(count, dtype=np.int64)) * self.seq_len
         return _gather(self.tokens, starts, self.seq_len + 1)
-
-    def __iter__(self) -> Iterator[mx.array]:
-        for i in range(len(self)):
-            yield self[i]
 
 
 def eval_batches(

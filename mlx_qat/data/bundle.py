@@ -1,10 +1,7 @@
 """Prepared data, opened: `load_bundle` reads a shards directory (or a data directory's
-``latest.json``) into a `DataBundle` of read-only memory-mapped token arrays.
-
-The manifest names each split's ``.npy`` file (and its ``.mask.npy`` loss mask, where the data
-has prompts) and the sha256 of the tokenizer the shards were encoded with; opening checks that
-tokenizer by hash. Shards written before the test split existed load with ``test`` None. The
-writer is `shards.prepare_data`.
+``latest.json``) into a `DataBundle` of read-only memory-mapped token arrays (the writer is
+`shards.prepare_data`). The manifest names each split's ``.npy`` file (and ``.mask.npy`` loss
+mask, where the data has prompts) and the tokenizer's sha256, checked on opening.
 """
 
 from __future__ import annotations
@@ -18,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .tokenizer import MODEL_FILE
-from .tokenizer_dir import load_tokenizer as _load_tokenizer
-from .tokenizer_dir import tokenizer_sha256
+from .tokenizer_dir import load_tokenizer, tokenizer_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +35,10 @@ def token_dtype(vocab_size: int) -> np.dtype:
 class DataBundle:
     """Everything the trainer needs: tokenizer directory, token arrays and their manifest.
 
-    ``train``/``val``/``test`` are read-only ``np.memmap`` arrays of token ids (EOS after each
-    document); ``test`` is None for shards prepared before the test split existed.
-    ``manifest["bytes_per_token"][split]`` converts a loss in nats/token into bits per byte:
-    ``bpb = loss / ln(2) / bytes_per_token``. ``timings`` (seconds) and ``built`` describe this
-    call only: what was built rather than reused.
+    ``train``/``val``/``test``: read-only memory-mapped token ids (EOS after each document;
+    ``test`` None for shards prepared before the test split existed). ``bytes_per_token``
+    converts nats/token into bits per byte: ``bpb = loss / ln(2) / bytes_per_token``.
+    ``timings`` (seconds) and ``built`` describe this call only.
     """
 
     path: Path
@@ -56,20 +51,13 @@ class DataBundle:
     built: dict[str, bool] = field(default_factory=dict)
     masks: dict[str, np.ndarray] = field(default_factory=dict)
 
-    @property
-    def vocab_size(self) -> int:
-        """Tokenizer vocabulary size."""
-        return int(self.manifest["vocab_size"])
-
-    @property
-    def eos_id(self) -> int:
-        """EOS id (ends every document in the shards)."""
-        return int(self.manifest["eos_id"])
+    vocab_size = property(lambda self: int(self.manifest["vocab_size"]))
+    eos_id = property(lambda self: int(self.manifest["eos_id"]), doc="Ends every document.")
+    has_test = property(lambda self: self.test is not None)
 
     @property
     def bos_id(self) -> int | None:
-        """BOS id (None if the tokenizer has none); in the shards only where a model's own
-        tokenizer adds it (see ``manifest["document_separator"]``)."""
+        """BOS id, or None; in the shards only where a model's own tokenizer adds it."""
         bos = self.manifest.get("bos_id")
         return None if bos is None else int(bos)
 
@@ -80,26 +68,14 @@ class DataBundle:
 
     @property
     def identity(self) -> dict:
-        """What names these tokens by content (results rows carry it): the shards' key (a hash
-        of the input files' sha256, the split settings and the tokenizer's sha256; None for
-        shards older than the key) and the tokenizer's sha256. Read from the manifest: nothing
-        is hashed again."""
-        return {
-            "shards_key": self.manifest.get("key"),
-            "tokenizer_sha256": self.manifest["tokenizer"]["sha256"],
-        }
-
-    @property
-    def has_test(self) -> bool:
-        """True when the shards hold a test split (older ones have train and val only)."""
-        return self.test is not None
+        """What names these tokens by content (results rows carry it), from the manifest: the
+        shards' key (None for shards older than it) and the tokenizer's sha256."""
+        tokenizer_sha256 = self.manifest["tokenizer"]["sha256"]
+        return {"shards_key": self.manifest.get("key"), "tokenizer_sha256": tokenizer_sha256}
 
     def split(self, name: str) -> np.ndarray:
-        """The token array of split ``name`` ("train", "val" or "test").
-
-        Raises ValueError naming the data and the fix for the test split of shards prepared
-        before there was one.
-        """
+        """The token array of split ``name`` ("train", "val" or "test"); ValueError naming the
+        fix for the test split of shards prepared before there was one."""
         if name not in SPLITS:
             raise ValueError(f"split {name!r}: choose one of {', '.join(SPLITS)}")
         array = getattr(self, name)
@@ -113,20 +89,14 @@ class DataBundle:
         return array
 
     def loss_mask(self, name: str) -> np.ndarray | None:
-        """The uint8 loss mask of split ``name`` beside its tokens (0 on the prompt tokens of
-        completions/chat records, 1 elsewhere: `records.encode_units`), or None when the data
-        has no prompts (every token carries loss)."""
+        """The uint8 loss mask of split ``name`` (0 on prompt tokens: `records.encode_units`),
+        or None when the data has no prompts."""
         self.split(name)
         return self.masks.get(name)
 
     def tokenizer(self):
-        """Load the tokenizer these shards were encoded with (a sentencepiece `Tokenizer` or
-        an `HFTokenizer`)."""
-        return _load_tokenizer(self.tokenizer_dir)
-
-
-def _open_split(path: Path) -> np.ndarray:
-    return np.load(path, mmap_mode="r")
+        """Load the tokenizer these shards were encoded with."""
+        return load_tokenizer(self.tokenizer_dir)
 
 
 def load_bundle(
@@ -134,8 +104,8 @@ def load_bundle(
 ) -> DataBundle:
     """Open prepared data: a shards directory, or a data directory (its ``latest.json``).
 
-    ``tokenizer_dir`` defaults to the one recorded in the manifest. Raises ValueError, naming
-    both hashes, when that tokenizer is not the one the shards were encoded with.
+    ``tokenizer_dir`` defaults to the manifest's; ValueError naming both hashes when it is not
+    the tokenizer the shards were encoded with.
     """
     path = Path(path)
     if not (path / MANIFEST).is_file() and (path / LATEST).is_file():
@@ -163,21 +133,16 @@ def load_bundle(
             f"but {tok_dir} has sha256 {have}. Rebuild the shards for this tokenizer "
             "(`python -m mlx_qat data --force ...`, or delete that shards folder)."
         )
-    missing = [s for s in REQUIRED_SPLITS if s not in manifest["splits"]]
+    splits = manifest["splits"]
+    missing = [s for s in REQUIRED_SPLITS if s not in splits]
     if missing:
         raise ValueError(
             f"{manifest_file}: lists no {' or '.join(missing)} split; rebuild the data with "
             "`python -m mlx_qat data --force`"
         )
-    arrays = {
-        s: _open_split(path / manifest["splits"][s]["file"])
-        for s in SPLITS
-        if s in manifest["splits"]
-    }
+    arrays = {s: np.load(path / splits[s]["file"], mmap_mode="r") for s in SPLITS if s in splits}
     masks = {  # shards without prompts have none: every token carries loss
-        s: _open_split(path / manifest["splits"][s]["mask"])
-        for s in arrays
-        if "mask" in manifest["splits"][s]
+        s: np.load(path / splits[s]["mask"], mmap_mode="r") for s in arrays if "mask" in splits[s]
     }
     if "test" not in arrays:
         logger.info("data %s: no test split (prepared before there was one)", path)

@@ -1,24 +1,17 @@
 """mlx-lm's fine-tuning data: JSONL records of three formats, tokenized by mlx-lm's own classes.
 
-The formats (`mlx_lm.tuner.datasets`, told apart by the keys of a record, in this order):
+The formats (`mlx_lm.tuner.datasets`, told apart by a record's keys, in this order):
+``completions`` ``{"prompt": ..., "completion": ...}`` and ``chat`` ``{"messages": [...]}``
+(optionally ``"tools"``), both rendered with the tokenizer's chat template; ``text``
+``{"text": ...}``, ``tokenizer.encode(text)``.
 
-* ``completions``: ``{"prompt": ..., "completion": ...}``, rendered with the tokenizer's chat
-  template as a user turn and an assistant turn;
-* ``chat``: ``{"messages": [{"role": ..., "content": ...}, ...]}`` (optionally ``"tools"``),
-  rendered with the chat template;
-* ``text``: ``{"text": ...}``, ``tokenizer.encode(text)`` with EOS appended unless it ends so.
-
-`encode_units` calls `mlx_lm.tuner.datasets.create_dataset(...).process(record)` on each record,
-so the ids are mlx-lm's by construction; a record gets EOS after it unless it already ends with
-EOS (shards separate documents by EOS; mlx-lm's text format adds it too). The prompt of a
-``completions``/``chat`` record is what mlx-lm's ``--mask-prompt`` masks: the ids before
-mlx-lm's offset (the rendering of every message but the last, with the generation prompt).
-`encode_units` returns, beside the ids, a uint8 loss mask: 0 on prompt tokens, 1 elsewhere
-(completions, the EOS after them, text records and plain text documents).
+`encode_units` takes the ids from `create_dataset(...).process(record)`, so they are mlx-lm's
+by construction, with EOS after each record unless it already ends so (as shards separate
+documents). Its uint8 loss mask is 0 on the prompt of a completions/chat record (what mlx-lm's
+``--mask-prompt`` masks: the ids before mlx-lm's offset), 1 elsewhere.
 
 An mlx-lm data folder (``train.jsonl``, optional ``valid.jsonl`` and ``test.jsonl``: what
-``mlx_lm.lora --data DIR`` reads) gives the train/validation/test splits as they are
-(`mlx_lm_folder`).
+``mlx_lm.lora --data DIR`` reads) gives the splits as they are (`mlx_lm_folder`).
 """
 
 from __future__ import annotations
@@ -40,8 +33,7 @@ Unit = str | dict  # a text document, or an mlx-lm record
 
 
 def record_format(record, where: str = "record") -> str:
-    """The mlx-lm format of `record` (as `create_dataset` tells it from its keys); ValueError
-    naming `where` and the accepted shapes otherwise."""
+    """The mlx-lm format of `record`; ValueError naming `where` and the accepted shapes."""
     if isinstance(record, dict):
         if "prompt" in record and "completion" in record:
             return "completions"
@@ -56,8 +48,8 @@ def record_format(record, where: str = "record") -> str:
 
 
 def mlx_lm_folder(inputs) -> dict[str, Path] | None:
-    """The split files of an mlx-lm data folder (one folder holding ``train.jsonl``), by split
-    name ("train", "val", "test"; the missing ones left out); None for any other input."""
+    """{split: file} of an mlx-lm data folder (one folder holding ``train.jsonl``; missing
+    splits left out); None for any other input."""
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
     if inputs is None or len(inputs) != 1:
@@ -83,17 +75,10 @@ def uses_records(units: Sequence[Unit]) -> bool:
     return any(isinstance(u, dict) and record_format(u) != "text" for u in units)
 
 
-def _dataset(records: list[dict], wrapper, fmt: str):
-    from mlx_lm.tuner.datasets import create_dataset
-
-    return create_dataset(records, wrapper, SimpleNamespace(mask_prompt=fmt != "text"))
-
-
 def encode_units(tok, units: Sequence[Unit], dtype, num_threads: int | None = None):
-    """(ids, loss mask, text bytes) of `units` in order, EOS after each (see the module
-    docstring); ids in `dtype` (the shards'), the mask uint8 of the same length. Text documents
-    are encoded as `shards.encode_documents` does; records need a tokenizer mlx-lm loaded
-    (`HFTokenizer`) and, for completions/chat, a chat template (ValueError naming the fix)."""
+    """(ids in `dtype`, uint8 loss mask, text bytes) of `units` in order, EOS after each. Text
+    documents are encoded as `shards.encode_documents` does; records need an `HFTokenizer` and,
+    for completions/chat, a chat template (ValueError naming the fix)."""
     from .tokenizer import default_threads
 
     per_unit: list[tuple[list[int] | np.ndarray, int]] = [([], 0)] * len(units)
@@ -107,6 +92,8 @@ def encode_units(tok, units: Sequence[Unit], dtype, num_threads: int | None = No
             text_bytes += len(units[i].encode("utf-8"))
     records = [i for i, u in enumerate(units) if isinstance(u, dict)]
     if records:
+        from mlx_lm.tuner.datasets import create_dataset
+
         wrapper = getattr(tok, "wrapper", None)
         if wrapper is None:
             raise ValueError(
@@ -123,7 +110,8 @@ def encode_units(tok, units: Sequence[Unit], dtype, num_threads: int | None = No
                     f"{tok.dir} has none; use an instruct model's tokenizer (one with a "
                     "chat_template) or text records"
                 )
-            ds = _dataset([units[i] for i in group], wrapper, fmt)
+            args = SimpleNamespace(mask_prompt=fmt != "text")
+            ds = create_dataset([units[i] for i in group], wrapper, args)
             for k, i in enumerate(group):
                 ids, offset = ds.process(ds[k])
                 ids = list(ids)

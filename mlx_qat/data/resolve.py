@@ -1,18 +1,9 @@
-"""The trainer's and the evaluator's view of the data pipeline.
-
-* `open_prepared` opens prepared data (an `mlx_qat.data` output dir or a shards dir) without
-  writing anything; `prepare_run_data` builds raw text (or the default corpus) into a run's own
-  `data/` dir. A run never repoints a `latest.json` that exists: prepared data a user made does
-  not change under them.
-* Fine-tuning an existing model (`--model DIR`): the model's own tokenizer (`model_tokenizer`)
-  encodes raw text, and prepared data made by another tokenizer is refused, naming both
-  (`check_model_tokenizer`). A model directory without tokenizer files cannot be checked: the
-  run says so and uses the data's tokenizer, as before.
-* `copy_tokenizer` makes `<run>/tokenizer/` the tokenizer the run's data was encoded with,
-  checked by hash (`tokenizer_sha256`): a stale one left by an earlier attempt is replaced.
-* `check_split` names a missing, empty or too-small split and the fix, before any batch is cut.
-* `train_loss_mask`: the training split's prompt mask for `--mask-prompt`, or the fix.
-* `open_eval_data` opens the data `mlx_qat.eval` scores with (its validation or test split).
+"""The trainer's and the evaluator's view of the data pipeline: open prepared data (reading
+only) or build raw text into a run's own `data/` dir (never repointing an existing
+`latest.json`), and name a wrong tokenizer, a missing or too-small split, or a missing prompt
+mask with the fix before any batch is cut. With `--model DIR`, the model's own tokenizer
+encodes raw text and prepared data of another tokenizer is refused; a model directory without
+tokenizer files cannot be checked (the run says so and uses the data's tokenizer).
 """
 
 from __future__ import annotations
@@ -22,7 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .bundle import SPLIT_NAMES
+from ..fileio import new_tmp_dir, publish_dir
+from .bundle import LATEST, MANIFEST, SPLIT_NAMES
 from .tokenizer_dir import has_tokenizer, load_tokenizer, tokenizer_kind, tokenizer_sha256
 
 logger = logging.getLogger(__name__)
@@ -33,7 +25,7 @@ TOKENIZER = "tokenizer"
 def is_prepared(path: str | os.PathLike) -> bool:
     """True for an `mlx_qat.data` output dir (latest.json) or a shards dir (manifest.json)."""
     p = Path(path)
-    return p.is_dir() and ((p / "latest.json").is_file() or (p / "manifest.json").is_file())
+    return p.is_dir() and ((p / LATEST).is_file() or (p / MANIFEST).is_file())
 
 
 def model_tokenizer(model: str | os.PathLike | None, warn: bool = True) -> Path | None:
@@ -61,9 +53,8 @@ def _describe(bundle) -> str:
 
 
 def check_model_tokenizer(bundle, model: str | os.PathLike | None) -> None:
-    """Raise ValueError, naming both tokenizers and the fix, unless `bundle` was encoded with
-    the `--model` directory's own tokenizer (by `tokenizer_sha256`). Nothing to check without
-    `model` or when it holds no tokenizer (`model_tokenizer` warns)."""
+    """ValueError naming both tokenizers and the fix unless `bundle` was encoded with the
+    `--model` directory's own tokenizer, when it has one."""
     own = model_tokenizer(model)
     if own is None:
         return
@@ -85,8 +76,8 @@ def check_model_tokenizer(bundle, model: str | os.PathLike | None) -> None:
 
 
 def run_vocab_size(bundle, vocab_size: int, model: str | os.PathLike | None) -> int:
-    """The vocabulary of the run's data: the prepared `bundle`'s; else, for data the run
-    prepares, the `--model`'s own tokenizer's, else `vocab_size` (a tokenizer trained here)."""
+    """The vocabulary of the run's data: `bundle`'s, else the `--model`'s own tokenizer's, else
+    `vocab_size` (a tokenizer trained here)."""
     if bundle is not None:
         return bundle.vocab_size
     own = model_tokenizer(model, warn=False)
@@ -94,12 +85,8 @@ def run_vocab_size(bundle, vocab_size: int, model: str | os.PathLike | None) -> 
 
 
 def open_prepared(data: list[str] | None, model: str | os.PathLike | None = None):
-    """The `DataBundle` of `data` when it is one prepared dir, else None (raw inputs, or the
-    default corpus, which `prepare_run_data` builds). Reads only. With `model` (`--model`),
-    data of another tokenizer than the model's own is refused (`check_model_tokenizer`).
-
-    Raises FileNotFoundError naming raw inputs that do not exist.
-    """
+    """The `DataBundle` of `data` when it is one prepared dir (`check_model_tokenizer`), else
+    None (raw inputs, or the default corpus); FileNotFoundError naming missing raw inputs."""
     from .shards import load_bundle
 
     if data and len(data) == 1 and is_prepared(data[0]):
@@ -122,13 +109,9 @@ def prepare_run_data(
     seed: int,
     model: str | os.PathLike | None = None,
 ):
-    """Tokenize raw `data` (None: the default corpus) into `out` (by default `<run>/data`)
-    with the `model`'s own tokenizer when it has one, else with a sentencepiece tokenizer of
-    `vocab_size` pieces trained here (ValueError if it came out another size).
-
-    The tokenizer and shards directories are content-addressed, so sharing `out` between runs
-    only adds directories; `latest.json` is written only when `out` has none.
-    """
+    """Tokenize raw `data` (None: the default corpus) into `out` with the `model`'s own
+    tokenizer, else a `vocab_size`-piece one trained here (ValueError if it came out another
+    size). `latest.json` is written only when `out` has none."""
     from .shards import prepare_data
 
     own = model_tokenizer(model)
@@ -150,9 +133,8 @@ def prepare_run_data(
 
 
 def check_split(bundle, split: str, seq_len: int) -> None:
-    """Raise ValueError naming the data, the split and the fix when `split` is missing (the
-    test split of data prepared before there was one) or holds fewer than `seq_len + 1`
-    tokens (one window)."""
+    """ValueError naming the data, the split and the fix when `split` is missing or holds
+    fewer than `seq_len + 1` tokens (one window)."""
     tokens = len(bundle.split(split))
     if tokens >= seq_len + 1:
         return
@@ -176,8 +158,7 @@ def check_split(bundle, split: str, seq_len: int) -> None:
 
 def train_loss_mask(bundle, mask_prompt: bool):
     """The training split's loss mask for `--mask-prompt` (None without it); ValueError naming
-    the data and the fix when the data has no prompts to mask (text only, or prepared before
-    masks existed)."""
+    the fix when the data has no prompts to mask."""
     if not mask_prompt:
         return None
     mask = bundle.loss_mask("train")
@@ -192,10 +173,9 @@ def train_loss_mask(bundle, mask_prompt: bool):
 
 
 def copy_tokenizer(bundle, run_dir: str | os.PathLike) -> Path:
-    """`run_dir/tokenizer/`: the tokenizer dir of `bundle` (a sentencepiece one gets its HF
-    files; a model's own HF tokenizer is copied as it is), built aside, renamed. An existing
-    one is kept only when its hash is the bundle's: a tokenizer left by another attempt is
-    replaced (the caller has refused a resume with another tokenizer)."""
+    """`run_dir/tokenizer/`: a copy of `bundle`'s tokenizer (a sentencepiece one with its HF
+    files), built aside and renamed; an existing one is kept only when its hash is the
+    bundle's (one left by another attempt is replaced)."""
     from .hf import save_hf_tokenizer
 
     dest = Path(run_dir) / TOKENIZER
@@ -210,16 +190,11 @@ def copy_tokenizer(bundle, run_dir: str | os.PathLike) -> Path:
         logger.warning(
             "%s: tokenizer %s is not the data's (%s); replacing it", dest, have, want[:16]
         )
-    tmp = dest.with_name(f"{TOKENIZER}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(bundle.tokenizer_dir, tmp)
+    tmp = new_tmp_dir(dest)
+    shutil.copytree(bundle.tokenizer_dir, tmp, dirs_exist_ok=True)
     if tokenizer_kind(bundle.tokenizer_dir) == "sentencepiece":
         save_hf_tokenizer(bundle.tokenizer_dir, tmp)
-    if dest.exists():
-        old = dest.with_name(f"{TOKENIZER}.tmp-old-{os.getpid()}")
-        os.replace(dest, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(tmp, dest)
+    publish_dir(tmp, dest, replace=True)
     return dest
 
 
@@ -227,7 +202,7 @@ def open_eval_data(
     data, batch_size: int, seq_len: int, max_batches: int | None, split: str = "val"
 ):
     """(bundle, fixed batches, bytes per token) of split `split` ("val" or "test") of
-    prepared `data`; ValueError naming the fix when the data has no such split."""
+    prepared `data`; ValueError naming the fix."""
     from .batches import eval_batches
     from .shards import load_bundle
 

