@@ -29,13 +29,11 @@ from .quant.quantizers import Quantizer, make_quantizer
 from .quant.spec import QuantSpec
 
 if TYPE_CHECKING:
-    from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
+    from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 
 # mlx-lm is imported lazily: importing it costs seconds (it pulls in transformers), and a model
 # that holds a SwitchLinear has imported it already.
 _SWITCH_MODULE = "mlx_lm.models.switch_layers"
-
-__all__ = ["QATEmbedding", "QATLayer", "QATLinear", "QATSwitchLinear", "qat_class"]
 
 
 class QATLayer(nn.Module):
@@ -61,16 +59,27 @@ class QATLayer(nn.Module):
         return grid, self.spec
 
     @classmethod
-    def _make(
+    def from_float(
         cls,
         module: nn.Module,
         spec: QuantSpec,
-        quantizer: str | Quantizer,
-        fake_quant: bool,
-        scale_dtype: mx.Dtype | None,
-        per: str,
-        scale_grad: str,
+        quantizer: str | Quantizer = "minmax",
+        fake_quant: bool = True,
+        scale_dtype: mx.Dtype | None = None,
+        per: str = "row",
+        scale_grad: str = "ste",
     ):
+        """Wrap the float layer `module` (its weight and bias arrays are shared, not copied).
+
+        Args:
+            spec: target MLX format.
+            quantizer: a kind for `make_quantizer` ("minmax", "lsq", "learned_affine") or
+                a ready quantizer module.
+            fake_quant: start with fake quantization on.
+            scale_dtype: storage dtype of scales/biases (None: the weight's dtype).
+            per: LSQ step granularity, "row" or "group".
+            scale_grad: learned_affine's grid gradient, "ste" or "fixed_codes".
+        """
         w = module["weight"]
         if isinstance(quantizer, str):
             quantizer = make_quantizer(quantizer, spec, w, scale_dtype, per, scale_grad)
@@ -93,31 +102,6 @@ class QATLinear(QATLayer):
         if "bias" in self:
             return mx.addmm(self["bias"], x, w.T)
         return x @ w.T
-
-    @classmethod
-    def from_float(
-        cls,
-        module: nn.Linear,
-        spec: QuantSpec,
-        quantizer: str | Quantizer = "minmax",
-        fake_quant: bool = True,
-        scale_dtype: mx.Dtype | None = None,
-        per: str = "row",
-        scale_grad: str = "ste",
-    ) -> QATLinear:
-        """Wrap an `nn.Linear` (its weight and bias arrays are shared, not copied).
-
-        Args:
-            module: the float layer.
-            spec: target MLX format.
-            quantizer: a kind for `make_quantizer` ("minmax", "lsq", "learned_affine") or
-                a ready quantizer module.
-            fake_quant: start with fake quantization on.
-            scale_dtype: storage dtype of scales/biases (None: the weight's dtype).
-            per: LSQ step granularity, "row" or "group".
-            scale_grad: learned_affine's grid gradient, "ste" or "fixed_codes".
-        """
-        return cls._make(module, spec, quantizer, fake_quant, scale_dtype, per, scale_grad)
 
     def to_quantized(self) -> nn.QuantizedLinear:
         """Stock `nn.QuantizedLinear` holding the trained grid."""
@@ -147,20 +131,6 @@ class QATEmbedding(QATLayer):
     def as_linear(self, x: mx.array) -> mx.array:
         """Use the (fake-quantized) table as an output projection: x @ ŵᵀ."""
         return x @ self.effective_weight().T
-
-    @classmethod
-    def from_float(
-        cls,
-        module: nn.Embedding,
-        spec: QuantSpec,
-        quantizer: str | Quantizer = "minmax",
-        fake_quant: bool = True,
-        scale_dtype: mx.Dtype | None = None,
-        per: str = "row",
-        scale_grad: str = "ste",
-    ) -> QATEmbedding:
-        """Wrap an `nn.Embedding` (arguments as in `QATLinear.from_float`)."""
-        return cls._make(module, spec, quantizer, fake_quant, scale_dtype, per, scale_grad)
 
     def to_quantized(self) -> nn.QuantizedEmbedding:
         """Stock `nn.QuantizedEmbedding` holding the trained grid."""
@@ -198,20 +168,6 @@ class QATSwitchLinear(QATLayer):
     @property
     def num_experts(self) -> int:
         return self.weight.shape[0]
-
-    @classmethod
-    def from_float(
-        cls,
-        module: SwitchLinear,
-        spec: QuantSpec,
-        quantizer: str | Quantizer = "minmax",
-        fake_quant: bool = True,
-        scale_dtype: mx.Dtype | None = None,
-        per: str = "row",
-        scale_grad: str = "ste",
-    ) -> QATSwitchLinear:
-        """Wrap a `SwitchLinear` (arguments as in `QATLinear.from_float`)."""
-        return cls._make(module, spec, quantizer, fake_quant, scale_dtype, per, scale_grad)
 
     def to_quantized(self) -> QuantizedSwitchLinear:
         """mlx-lm's `QuantizedSwitchLinear` holding the trained grid (no global scale)."""

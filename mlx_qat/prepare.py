@@ -25,31 +25,11 @@ from .quant.spec import QuantSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "LayerDecision",
-    "PrepareReport",
-    "init_quantizers",
-    "prepare",
-    "prepare_report",
-    "qat_layers",
-    "quantize",
-    "set_fake_quant",
-    "train_only_grid",
-]
-
 
 @dataclass(frozen=True)
 class LayerDecision:
-    """What `prepare` does with one layer.
-
-    Attributes:
-        path: module path, e.g. "model.layers.0.self_attn.q_proj".
-        kind: the module's class name.
-        shape: its weight's shape.
-        spec: the format it is fake-quantized to; None when skipped.
-        reason: the rule that chose `spec` ("default", "override 'lm_head'", ...) or why the
-            layer stays in float.
-    """
+    """What `prepare` does with one layer: its `spec` (None: left in float) and the `reason`,
+    the rule that chose it ("default", "override 'lm_head'", ...) or why it stays in float."""
 
     path: str
     kind: str
@@ -66,7 +46,6 @@ class PrepareReport:
     skipped: list[LayerDecision] = field(default_factory=list)
 
     def summary(self) -> str:
-        """One line: counts per spec and number skipped."""
         counts: dict[str, int] = {}
         for d in self.quantized:
             counts[str(d.spec)] = counts.get(str(d.spec), 0) + 1
@@ -83,7 +62,7 @@ class PrepareReport:
 
 
 def _candidates(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """Leaves mlx-lm could quantize (or with a matrix weight), plus existing QAT layers."""
+    # leaves mlx-lm could quantize (or with a matrix weight), plus existing QAT layers
     for path, m in model.named_modules()[::-1]:
         if not path or isinstance(m, Quantizer):
             continue
@@ -117,10 +96,8 @@ def _decide(path: str, m: nn.Module, config: QATConfig, model: nn.Module) -> Lay
 
 
 def prepare_report(model: nn.Module, config: QATConfig) -> PrepareReport:
-    """What `prepare(model, config)` does (or did), without changing the model.
-
-    On a prepared model, QAT layers are listed as quantized ("already prepared").
-    """
+    """What `prepare(model, config)` does (or did), without changing the model (on a prepared
+    model, its QAT layers are listed as "already prepared")."""
     report = PrepareReport()
     for path, m in _candidates(model):
         d = _decide(path, m, config, model)
@@ -137,12 +114,8 @@ def prepare(model: nn.Module, config: QATConfig | None = None, enabled: bool = T
         enabled: initial `fake_quant` state (False for an FP phase before QAT).
 
     Returns:
-        The same model, for chaining. The decisions are logged (skips as warnings unless a
-        rule excluded the layer); `prepare_report(model, config)` returns them.
-
-    Example:
-        >>> model = prepare(model, QATConfig.with_bits(2), enabled=False)  # FP phase first
-        >>> set_fake_quant(model, True)  # at the switch; then recompile the step
+        The same model. The decisions are logged (skips as warnings unless a rule excluded
+        the layer); `prepare_report(model, config)` returns them.
     """
     config = config or QATConfig()
     report = prepare_report(model, config)
@@ -152,8 +125,7 @@ def prepare(model: nn.Module, config: QATConfig | None = None, enabled: bool = T
     uses = [(d.spec, by_path[d.path].weight.dtype) for d in report.quantized]
     self_check(config.quantizer, uses, config.mx_scale_dtype, config.lsq_per)
     for d in report.quantized:
-        m = by_path[d.path]
-        if isinstance(m, QATLayer):
+        if isinstance(m := by_path[d.path], QATLayer):
             continue
         new[d.path] = qat_class(m).from_float(
             m,
@@ -186,15 +158,13 @@ def _warn_scale_dtype(config: QATConfig, dtypes: list) -> None:
     sd = config.mx_scale_dtype
     other = sorted({str(d).split(".")[-1] for d in dtypes if sd is not None and d != sd})
     if other:
+        name = config.scale_dtype
         logger.warning(
             "prepare: scale_dtype=%s but weights are %s: the exported grid is exact, but "
             "MLX's quantized kernels then run at %s precision, so fake-quant and deployed "
             "outputs agree only to that precision unless the model is cast to %s",
-            config.scale_dtype,
-            ", ".join(other),
-            config.scale_dtype,
-            config.scale_dtype,
-        )
+            name, ", ".join(other), name, name,
+        )  # fmt: skip
 
 
 def is_quantizer_param(path: str) -> bool:
@@ -210,27 +180,21 @@ def qat_layers(model: nn.Module) -> Iterator[tuple[str, QATLayer]]:
 
 
 def set_fake_quant(model: nn.Module, enabled: bool) -> int:
-    """Turn fake quantization on or off in every QAT layer; returns how many.
-
-    The flag is read at trace time: recompile any `mx.compile`d step after calling this.
-    """
-    n = 0
-    for _, layer in qat_layers(model):
+    """Turn fake quantization on or off in every QAT layer; returns how many. The flag is read
+    at trace time: recompile any `mx.compile`d step after calling this."""
+    layers = [layer for _, layer in qat_layers(model)]
+    for layer in layers:
         layer.fake_quant = bool(enabled)
-        n += 1
-    return n
+    return len(layers)
 
 
 def init_quantizers(model: nn.Module) -> int:
-    """Re-initialise learnable quantizer parameters from the current weights; returns count.
-
-    The trainer calls this at the FP→QAT switch, when the weights have moved since `prepare`.
-    """
-    n = 0
-    for _, layer in qat_layers(model):
+    """Re-initialise learnable quantizer parameters from the current weights (at the FP→QAT
+    switch, when the weights have moved since `prepare`); returns how many layers."""
+    layers = [layer for _, layer in qat_layers(model)]
+    for layer in layers:
         layer.quantizer.init_from(layer["weight"])
-        n += 1
-    return n
+    return len(layers)
 
 
 def train_only_grid(model: nn.Module) -> list[str]:
@@ -258,11 +222,8 @@ def train_only_grid(model: nn.Module) -> list[str]:
 
 
 def quantize(model: nn.Module) -> nn.Module:
-    """Swap every QAT layer for its stock quantized module (trained grid), in place.
-
-    Returns:
-        The same model, now loadable/saveable as an mlx-lm quantized model.
-    """
+    """Swap every QAT layer for its stock quantized module (trained grid), in place; returns
+    the model, now an mlx-lm quantized model."""
     new = {path: layer.to_quantized() for path, layer in qat_layers(model)}
     if not new:
         logger.warning("quantize: the model has no QAT layers; nothing to do")

@@ -38,10 +38,8 @@ _SPEC_KEYS = {"mode", "bits", "group_size"}
 
 
 def spec_from_rule(rule: QuantSpec | dict, where: str = "override") -> QuantSpec:
-    """A `QuantSpec` from a spec or an mlx-lm style per-layer dict.
-
-    Missing dict fields follow mlx-lm: mode "affine", bits/group size the mode's defaults.
-    """
+    """A `QuantSpec` from a spec or an mlx-lm style per-layer dict (missing fields as in
+    mlx-lm: mode "affine", bits/group size the mode's defaults)."""
     if isinstance(rule, QuantSpec):
         return rule
     if not isinstance(rule, dict):
@@ -69,23 +67,17 @@ class QATConfig:
     Args:
         weights: format of linear and expert (SwitchLinear) weights.
         embeddings: format of embedding tables and output heads; None = `weights`, raised to
-            `embeddings_min_bits` when that is set.
-        embeddings_min_bits: keep embeddings/heads at >= this many bits (the compute-optimal
-            QAT recipe uses max(B, 4)); None disables.
+            `embeddings_min_bits` (the compute-optimal recipe: max(B, 4)) when that is set.
         quantizer: "minmax", "lsq" or "learned_affine" (the last two need affine formats).
         lsq_per: LSQ step granularity, "row" or "group".
         scale_grad: learned_affine's grid gradient: "ste" (straight-through, the rounding
             error) or "fixed_codes" (DWQ's, codes held fixed); see `quant/learned_affine.py`.
-        scale_dtype: storage dtype of scales/biases used in the forward and at export, e.g.
+        scale_dtype: storage dtype of scales/biases in the forward and at export, e.g.
             "float16"; None = each weight's dtype.
-        overrides: `{path_or_glob: QuantSpec | dict | True | None | False}` per-layer rules.
-        predicate: `(path, module) -> QuantSpec | dict | bool | None`, after `overrides`.
-            Not serializable: `to_dict` refuses a config that has one.
-        use_model_predicate: also apply the model's own `quant_predicate` when it has one.
+        overrides, predicate: rules 1 and 2 of the module header (a predicate cannot be saved:
+            `to_dict` refuses it).
+        use_model_predicate: rule 3.
         head_names: last path components that mark an output head (spec = embeddings).
-
-    Example:
-        >>> cfg = QATConfig(QuantSpec(bits=2), embeddings_min_bits=4, overrides={"lm_head": 8})
     """
 
     weights: QuantSpec = field(default_factory=QuantSpec)
@@ -156,7 +148,6 @@ class QATConfig:
 
     @property
     def embedding_spec(self) -> QuantSpec:
-        """Format of embeddings and output heads."""
         if self.embeddings is not None:
             return self.embeddings
         w, lo = self.weights, self.embeddings_min_bits
@@ -173,7 +164,7 @@ class QATConfig:
         return None if self.scale_dtype is None else getattr(mx, self.scale_dtype)
 
     def is_embedding_like(self, path: str, module: nn.Module) -> bool:
-        """True for embedding tables and output heads (which use `embedding_spec`)."""
+        """True for embedding tables and output heads (`embedding_spec`)."""
         from .layers import QATEmbedding
 
         if isinstance(module, (nn.Embedding, nn.QuantizedEmbedding, QATEmbedding)):
@@ -200,11 +191,8 @@ class QATConfig:
         return self.default_spec(path, module), "default"
 
     def check_overrides(self, model: nn.Module, where: str = "overrides") -> None:
-        """Raise ValueError for an `overrides` key that decides no layer of `model`: one that
-        names no quantizable layer (a typo), or one whose every layer an earlier rule (or an
-        exact path) already decides — shadowed, it could never apply. Either would leave
-        layers at another format than the rule says, silently. The first message lists the
-        model's layers, block indices written as `*`; the second names the winning rules."""
+        """Raise ValueError for an `overrides` key that decides no layer of `model` (a typo, or
+        shadowed by earlier rules), which would silently leave layers at another format."""
         paths = list(quantization_map(model))
         unused = [
             k for k in self.overrides if not any(k == p or fnmatch.fnmatchcase(p, k) for p in paths)
@@ -254,8 +242,6 @@ class QATConfig:
                 f"{self.quantizer} learns affine grids; use an affine format or 'minmax'"
             )
 
-    # -- serialization -------------------------------------------------------------------
-
     def to_dict(self) -> dict:
         """Plain data (YAML/JSON-able); `from_dict` inverts it."""
         if self.predicate is not None:
@@ -283,18 +269,10 @@ class QATConfig:
             )
         return cls(**d)
 
-    # -- export --------------------------------------------------------------------------
-
     def to_mlx_quantization(self, model: nn.Module) -> dict:
-        """The `"quantization"` block of config.json that makes mlx-lm rebuild `model`.
-
-        Global `{"group_size", "bits", "mode"}` from `weights`, plus one entry per module path
-        whose format differs (the layer's `{"group_size", "bits", "mode"}`) and `false` for
-        every quantizable layer left in float. mlx-lm's `load_model` returns exactly these
-        per-path values from its `class_predicate`, and infers any unnamed quantized layer
-        from its saved scales, so both forms rebuild the same modules. Works on a prepared
-        model (QAT layers) and on one after `quantize` (stock quantized modules).
-        """
+        """The `"quantization"` block of config.json that makes mlx-lm rebuild `model` (QAT
+        layers or stock quantized ones): the global format of `weights`, one entry per path
+        whose format differs, and `false` for each quantizable layer left in float."""
         glob = self.weights.to_mlx()
         out: dict[str, Any] = dict(glob)
         for path, spec in quantization_map(model).items():
@@ -306,11 +284,8 @@ class QATConfig:
 
 
 def quantization_map(model: nn.Module) -> dict[str, QuantSpec | None]:
-    """`{path: spec}` of every quantizable layer of `model`; None for float layers.
-
-    Covers QAT layers (their export format), stock quantized modules (their format) and float
-    leaves mlx-lm could quantize (anything with `to_quantized`).
-    """
+    """`{path: spec}` of every quantizable layer of `model` (QAT layers, stock quantized
+    modules, float leaves with `to_quantized`); None for float layers."""
     from .layers import QATLayer
 
     out: dict[str, QuantSpec | None] = {}
