@@ -21,27 +21,21 @@ logger = logging.getLogger(__name__)
 
 
 def qat_config(config) -> QATConfig:
-    """The `QATConfig` of a run: weights at `bits`, embeddings/head at `embed_bits`
-    (default max(bits, 4), the compute-optimal QAT recipe), and the per-path
-    `quant_overrides` ({glob: bits | {bits, group_size, mode} | None}) as its `overrides`.
-
-    Raises:
-        ValueError: naming the format, or the override, that MLX cannot quantize to.
-    """
+    """The `QATConfig` of a run: weights at `bits`, embeddings/head at `embed_bits` (default
+    max(bits, 4), the compute-optimal QAT recipe), `quant_overrides` ({glob: bits | {bits,
+    group_size, mode} | None}) as its `overrides`; ValueError naming the format, or the
+    override, that MLX cannot quantize to."""
     kw = {k: getattr(config, k) for k in ("quantizer", "lsq_per", "scale_grad", "scale_dtype")}
     if config.embed_bits is None:
         base = QATConfig.with_bits(config.bits, config.group_size, config.q_mode, 4, **kw)
     else:
-        weights = QuantSpec.for_mode(
-            config.q_mode, config.bits, config.group_size if config.q_mode == "affine" else None
-        )
-        mode = (
-            config.q_mode
-            if QuantSpec.for_mode(config.q_mode).bits == config.embed_bits
-            else "affine"
-        )
-        gs = config.group_size if mode == "affine" else None
-        embeddings = QuantSpec.for_mode(mode, config.embed_bits, gs)
+
+        def spec(mode: str, bits: int) -> QuantSpec:
+            return QuantSpec.for_mode(mode, bits, config.group_size if mode == "affine" else None)
+
+        weights = spec(config.q_mode, config.bits)
+        native = QuantSpec.for_mode(config.q_mode).bits == config.embed_bits
+        embeddings = spec(config.q_mode if native else "affine", config.embed_bits)
         base = QATConfig(weights=weights, embeddings=embeddings, **kw)
     overrides = dict(getattr(config, "quant_overrides", None) or {})
     for glob, rule in overrides.items():  # one at a time, so that the error names it
@@ -53,12 +47,9 @@ def qat_config(config) -> QATConfig:
 
 
 def make_model(config, vocab_size: int, model_dir: str | None = None) -> tuple[nn.Module, dict]:
-    """(float model, its mlx-lm config.json dict), seeded by `config.seed`.
-
-    Priority: `--model` (an existing float mlx-lm model dir, for QAT fine-tuning; read from
-    `model_dir`, its local folder, when given: a hub id's snapshot), then `--model-config`
-    (any mlx-lm config.json, random init), then `--preset`.
-    """
+    """(float model, its mlx-lm config.json dict), seeded by `config.seed`, from `--model` (read
+    from `model_dir`, its local folder, when given), else `--model-config` (random init), else
+    `--preset`."""
     mx.random.seed(config.seed)
     if config.model:
         return load_pretrained(model_dir or config.model, vocab_size=vocab_size)
@@ -92,10 +83,9 @@ def _check_vocab(model_vocab: int, data_vocab: int, where: str) -> None:
 
 
 def model_dir_sha256(path: str | Path) -> str:
-    """Content hash of what `--model` loads from `path` (config.json and the safetensors):
-    recorded in every checkpoint, so that a resume whose teacher or basin reference is read
-    again from `path` can tell if the folder changed. Cached while the files' sizes and
-    modification times stay the same (a 135M-parameter float32 model hashes in ~1 s)."""
+    """Content hash of what `--model` loads from `path` (config.json and the safetensors), which
+    checkpoints record so that a resume can tell if the folder changed; cached while the
+    files' sizes and modification times stay the same."""
     files = sorted([Path(path) / "config.json", *Path(path).glob("*.safetensors")])
     stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
     return _dir_sha256(str(Path(path).resolve()), stamp)
@@ -133,13 +123,8 @@ def load_pretrained(
     allow_quantized: bool = False,
 ) -> tuple[nn.Module, dict]:
     """(model, its config dict) of the mlx-lm folder `path`, through mlx-lm's own loader with
-    `config` (its config.json, read here when None, so that a caller that read it already
-    does not read it again).
-
-    Raises:
-        ValueError: no config.json, an already quantized model (unless `allow_quantized`), or
-            fewer embedding rows than `vocab_size`.
-    """
+    `config` (its config.json, read here when None). ValueError for no config.json, an already
+    quantized model (unless `allow_quantized`), or fewer embedding rows than `vocab_size`."""
     from ..mlxlm_compat import load_model_with_config
 
     path = Path(path)

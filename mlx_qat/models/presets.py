@@ -47,8 +47,7 @@ def preset_config(name: str, vocab_size: int, max_position_embeddings: int = 409
     if vocab_size < 1:
         raise ValueError(f"preset {name!r}: vocab_size must be >= 1, got {vocab_size}")
     depth = int(m.group(1))
-    hidden = 32 * depth
-    intermediate = 128 * math.ceil(8 * hidden / 3 / 128)
+    hidden, intermediate = _widths(depth)
     return {
         "model_type": "llama",
         "hidden_size": hidden,
@@ -64,12 +63,16 @@ def preset_config(name: str, vocab_size: int, max_position_embeddings: int = 409
     }
 
 
+def _widths(depth: int) -> tuple[int, int]:
+    hidden = 32 * depth
+    return hidden, 128 * math.ceil(8 * hidden / 3 / 128)
+
+
 def preset_for_params(n_params_no_embed: float) -> str:
     """The preset whose size without embeddings is closest (in log) to `n_params_no_embed`."""
     best, best_err = "d2", math.inf
     for depth in range(2, 65, 2):
-        hidden = 32 * depth
-        inter = 128 * math.ceil(8 * hidden / 3 / 128)
+        hidden, inter = _widths(depth)
         n = depth * (4 * hidden * hidden + 3 * hidden * inter + 2 * hidden)
         err = abs(math.log(n / n_params_no_embed))
         if err < best_err:
@@ -78,10 +81,8 @@ def preset_for_params(n_params_no_embed: float) -> str:
 
 
 def model_from_config(config: dict) -> nn.Module:
-    """Instantiate the mlx-lm model a `config.json` dict describes (random init, lazy).
-
-    Uses mlx-lm's own class lookup, so any architecture mlx-lm supports works.
-    """
+    """The mlx-lm model (any architecture mlx-lm supports) a `config.json` dict describes,
+    with random, lazy init."""
     from ..mlxlm_compat import model_classes
 
     if "model_type" not in config:

@@ -16,6 +16,7 @@ a model after `quantize`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -31,23 +32,14 @@ __all__ = ["LayerSize", "ParameterBytes", "SizeReport", "parameter_bytes", "size
 
 @dataclass(frozen=True)
 class LayerSize:
-    """One quantizable layer in the exported model.
-
-    Attributes:
-        path: module path.
-        kind: class name of the layer as it is now.
-        params: logical weight elements plus bias elements.
-        spec: export format of the weight; None for a float layer.
-        bytes: stored bytes: packed weight, scales, biases and the float bias.
-        embedding: True for embedding tables and output heads.
-    """
+    """One quantizable layer in the exported model."""
 
     path: str
-    kind: str
-    params: int
-    spec: QuantSpec | None
-    bytes: int
-    embedding: bool
+    kind: str  # class name of the layer as it is now
+    params: int  # logical weight elements plus bias elements
+    spec: QuantSpec | None  # export format of the weight; None for a float layer
+    bytes: int  # packed weight, scales, biases and the float bias
+    embedding: bool  # embedding tables and output heads
 
     @property
     def bits_per_weight(self) -> float:
@@ -92,17 +84,11 @@ class SizeReport:
 
 @dataclass(frozen=True)
 class ParameterBytes:
-    """The planner's model size.
+    """The planner's model size."""
 
-    Attributes:
-        n_params: all model parameters (quantized weights counted unpacked).
-        n_params_no_embed: without embedding tables and output heads.
-        bytes: Σ over tensors of nominal bits · numel / 8 (float tensors at their dtype).
-    """
-
-    n_params: int
-    n_params_no_embed: int
-    bytes: float
+    n_params: int  # all model parameters (quantized weights counted unpacked)
+    n_params_no_embed: int  # without embedding tables and output heads
+    bytes: float  # Σ over tensors of nominal bits · numel / 8 (float tensors at their dtype)
 
     @property
     def bits_per_param(self) -> float:
@@ -148,16 +134,8 @@ def _layers(model: nn.Module, config: QATConfig | None) -> list[_Layer]:
     return out
 
 
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
-
-
-def _weight_bytes(layer: _Layer) -> int:
-    """Bytes of the weight as exported: packed codes + scales (+ biases)."""
-    n = _numel(layer.shape)
+def _weight_bytes(layer: _Layer) -> int:  # packed codes + scales (+ biases)
+    n = math.prod(layer.shape)
     spec = layer.spec
     if spec is None:
         return n * layer.module.weight.dtype.size
@@ -170,13 +148,12 @@ def _weight_bytes(layer: _Layer) -> int:
 
 def _extra_params(m: nn.Module) -> list[mx.array]:
     """A layer's arrays other than its weight/scales/biases and quantizer state."""
-    skip = {"weight", "scales", "biases"}
-    out = []
-    for name, v in tree_flatten(m.parameters()):
-        if name.split(".")[0] in skip or name.startswith("quantizer."):
-            continue
-        out.append(v)
-    return out
+    return [
+        v
+        for name, v in tree_flatten(m.parameters())
+        if name.split(".")[0] not in ("weight", "scales", "biases")
+        and not name.startswith("quantizer.")
+    ]
 
 
 def _others(model: nn.Module, layers: list[_Layer]) -> list[mx.array]:
@@ -185,27 +162,22 @@ def _others(model: nn.Module, layers: list[_Layer]) -> list[mx.array]:
     out = []
     for name, v in tree_flatten(model.parameters()):
         parts = name.split(".")
-        if "quantizer" in parts:
-            continue
-        if any(".".join(parts[:i]) in owned for i in range(1, len(parts))):
-            continue
-        out.append(v)
+        if "quantizer" not in parts and not any(
+            ".".join(parts[:i]) in owned for i in range(1, len(parts))
+        ):
+            out.append(v)
     return out
 
 
 def size_report(model: nn.Module, config: QATConfig | None = None) -> SizeReport:
-    """Per-layer params, format and stored bytes of `model` once exported.
-
-    Args:
-        model: float (with `config` saying what `prepare` would do), prepared, or quantized.
-        config: what `prepare` would do to a float model (default `QATConfig()`); for a
-            prepared or quantized model only its embedding/head naming is used.
-    """
+    """Per-layer params, format and stored bytes of `model` (float, prepared or quantized)
+    once exported. `config`: what `prepare` would do to a float model (default `QATConfig()`);
+    of a prepared or quantized model only its embedding/head naming is used."""
     layers = _layers(model, config)
     report = SizeReport()
     for layer in layers:
         extra = _extra_params(layer.module)
-        params = _numel(layer.shape) + sum(v.size for v in extra)
+        params = math.prod(layer.shape) + sum(v.size for v in extra)
         nbytes = _weight_bytes(layer) + sum(v.nbytes for v in extra)
         kind = type(layer.module).__name__
         report.layers.append(
@@ -218,21 +190,13 @@ def size_report(model: nn.Module, config: QATConfig | None = None) -> SizeReport
 
 
 def parameter_bytes(model: nn.Module, config: QATConfig | None = None) -> ParameterBytes:
-    """N, N without embeddings, and Σ bits·numel/8: the planner's S = D / bytes denominator.
-
-    Args:
-        model: float (with `config`), prepared, or quantized.
-        config: as in `size_report`.
-
-    Example:
-        >>> pb = parameter_bytes(model, QATConfig.with_bits(4))
-        >>> tokens_per_byte = D / pb.bytes
-    """
+    """N, N without embeddings, and Σ bits·numel/8 (the planner's S = D / bytes denominator)
+    of `model` with `config`, as in `size_report`."""
     layers = _layers(model, config)
     n = n_embed = 0
     nbytes = 0.0
     for layer in layers:
-        numel = _numel(layer.shape)
+        numel = math.prod(layer.shape)
         extra = _extra_params(layer.module)
         size = numel + sum(v.size for v in extra)
         n += size
