@@ -5,34 +5,30 @@
     >>> d["verdict"]["label"], d["scan"]["kappa_hat"], d["gap"]
 
 Paper B (Li, Ma, Cui, arXiv 2606.09012) explains PTQ failure and QAT recovery with a basin
-around the float weights: PTQ fails when the quantization grid is comparable to the basin's
-width, and the round-to-nearest point lands outside it; QAT's gradients, taken at the
-quantized weights, point back in. The paper's own measurements were not available, so every
-definition below is a **reconstruction** (`shared/docs/research/papers001_002_trs_geometry.md`,
-§2.4–§2.7), with the float checkpoint w standing in for the river, L the mean validation loss
-on a few fixed batches, and Q(w) round-to-nearest at the target format on the project's own
-grid (`MinMaxQuantizer`, i.e. `fake_quantize`; bit-identical to `mx.quantize`/`dequantize`):
+around the float weights: PTQ fails when the grid is comparable to the basin's width and the
+round-to-nearest point lands outside it; QAT's gradients, taken at the quantized weights, point
+back in. Every definition below is a **reconstruction** (the paper's measurements were not
+available; `shared/docs/research/papers001_002_trs_geometry.md`, §2.4–§2.7), with w the float
+checkpoint, L the mean validation loss on a few fixed batches, and Q(w) round-to-nearest at the
+target format on the project's own grid (`MinMaxQuantizer`, bit-identical to `mx.quantize`):
 
-- **Line scan (D1)**: φ(α) = L(w + α·(Q(w) − w)) for α in [0, 1.5] (13 points). φ(0) is the
-  float loss, φ(1) the PTQ loss, the **PTQ gap** φ(1) − φ(0). The **basin edge** α* is the
-  first α where φ(α) − φ(0) exceeds the level ε (linear interpolation between scan points;
-  beyond the scan, a quadratic extrapolation from its last point), and **κ̂ = 1/α***: the
-  rounding error in units of the basin's width along it. κ̂ > 1: the PTQ point is outside.
-  ε = max(0.01 nats (+1% perplexity), 2 standard errors of the PTQ gap over the batches).
-- **Random directions (D2)**: the same scan along random directions whose norm in every
-  quantization group equals the rounding error's there; the **random radius** is the basin
-  edge of the mean over draws, in units of the rounding error (Chen et al.'s "most-case"
-  basin, arXiv 2505.17646). Radius ≫ 1 while κ̂ > 1: rounding picked a bad direction.
+- **Line scan (D1)**: φ(α) = L(w + α·(Q(w) − w)) for α in [0, 1.5] (13 points); the **PTQ
+  gap** φ(1) − φ(0). The **basin edge** α* is the first α where φ(α) − φ(0) exceeds the level
+  ε (linear interpolation; beyond the scan, quadratic extrapolation from its last point), and
+  **κ̂ = 1/α***: the rounding error in units of the basin's width along it (κ̂ > 1: the PTQ
+  point is outside). ε = max(0.01 nats (+1% perplexity), 2 standard errors of the PTQ gap).
+- **Random directions (D2)**: the same scan along random directions whose norm in every group
+  equals the rounding error's there; the **random radius** is the basin edge of the mean over
+  draws, in units of the rounding error (Chen et al.'s "most-case" basin, arXiv 2505.17646).
+  Radius ≫ 1 while κ̂ > 1: rounding picked a bad direction.
 - **Stochastic rounding (D3)**: the best of a few unbiased stochastic roundings onto the same
   grid against round-to-nearest: do lower-loss grid points exist nearby?
-- **Attribution**: each quantized layer (or block) rounded alone: its gap, α*, κ̂; layers
-  ranked by κ̂, and the few with κ̂ ≥ 1 re-checked at 8 bits (`verdict`'s rule 2).
-- **Verdict**: "PTQ is fine" / "QAT needed" / "change the format" (more bits, smaller groups,
-  or keep named layers at higher precision); the rules and thresholds are in `verdict.py`.
+- **Attribution**: each quantized layer (or block) rounded alone: its gap, α*, κ̂; those with
+  κ̂ ≥ 1 re-checked at 8 bits (`verdict`'s rule 2).
+- **Verdict**: "PTQ is fine" / "QAT needed" / "change the format" (rules in `verdict.py`).
 
-Modules: `measures.py` (α*, κ̂, noise), `probe.py` (moving the weights, random directions,
-stochastic rounding), `scan.py` (`diagnose_model`), `verdict.py`, `source.py` (loading),
-`report.py` (table and plot). The CLI is `mlx_qat.diagnose` (`mlx_qat.cli.diagnose`).
+Modules: measures.py (α*, κ̂), probe.py (moving the weights), scan.py (`diagnose_model`),
+verdict.py, source.py (loading), report.py (table and plot); CLI: `mlx_qat.cli.diagnose`.
 """
 
 from __future__ import annotations
@@ -99,21 +95,13 @@ def diagnose(
     rounded = 2 * sum(layer["weight"].nbytes for layer, _ in layers.values())
     check_eval_memory(model_config(src.model), batches, src.model, extra_bytes=rounded)
     cfg = src.config
+    source = dict(path=str(src.path), kind=src.kind, step=src.step, phase=src.phase)
+    tokens = getattr(batches, "num_tokens", None)
+    source.update(data=str(bundle.path), batches=len(batches), tokens=tokens)
+    fmt = {"weights": str(cfg.weights), "embeddings": str(cfg.embedding_spec)}
     out = {
-        "source": {
-            "path": str(src.path),
-            "kind": src.kind,
-            "step": src.step,
-            "phase": src.phase,
-            "data": str(bundle.path),
-            "batches": len(batches),
-            "tokens": getattr(batches, "num_tokens", None),
-        },
-        "format": {
-            "weights": str(cfg.weights),
-            "embeddings": str(cfg.embedding_spec),
-            "scale_dtype": cfg.scale_dtype,
-        },
+        "source": source,
+        "format": {**fmt, "scale_dtype": cfg.scale_dtype},
         "covered": {p: str(spec) for p, (_, spec) in layers.items()},
         "skipped": skipped,
         "settings": settings.to_dict(),

@@ -13,8 +13,7 @@ loss at each, `rise(α) = L(w + α·d) − L(w)` for a direction d. With a level
           the round-to-nearest point (α = 1) lies beyond the basin edge.
     wall slope = the steepest rise per unit α over the scan's segments beyond α*.
 
-These are reconstructions (`mlx_qat.diagnose`'s header says from what); the numbers are plain
-floats, so the functions here are pure and cheap to test.
+Reconstructions (`mlx_qat.diagnose`'s header says from what), on plain floats.
 """
 
 from __future__ import annotations
@@ -26,12 +25,8 @@ from ..eval_modes import paired_se  # noqa: F401  (the basin level's noise, shar
 
 
 def basin_edge(alphas: Sequence[float], rise: Sequence[float], eps: float) -> tuple[float, bool]:
-    """(α*, extrapolated): where `rise` first exceeds `eps` (rules in the module header).
-
-    Args:
-        alphas: increasing step sizes, the first 0.
-        rise: loss above the float loss at each step size (rise[0] = 0).
-        eps: the level (> 0).
+    """(α*, extrapolated): where `rise` (at increasing `alphas`, the first 0) first exceeds
+    `eps` > 0 (rules in the module header).
 
     Example:
         >>> basin_edge([0, 0.5, 1.0], [0.0, 0.01, 0.09], 0.05)

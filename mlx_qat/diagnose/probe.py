@@ -1,25 +1,19 @@
 """Moving a model's quantized layers to points around their float weights, and evaluating there.
 
-For every layer the diagnosis covers, a `Probe` keeps the float weight w (as the model held
-it) and its round-to-nearest point Q(w) = `MinMaxQuantizer(spec, scale_dtype)(w)`, the very
-grid `mlx_qat.eval_modes`'s "ptq" mode evaluates (bit-identical to `mx.quantize`/`mx.dequantize`).
-A point along a direction d is written into the layer's `weight`, computed in float32 and
-cast back to the weight's dtype:
+For every covered layer a `Probe` keeps the float weight w and its round-to-nearest point
+Q(w) = `MinMaxQuantizer(spec, scale_dtype)(w)`, the grid `eval_modes`'s "ptq" mode evaluates.
+A point along a direction d is computed in float32 and cast back to the weight's dtype:
 
     quantization direction   (1 − α)·w + α·Q(w)     (exactly w at α = 0 and Q(w) at α = 1)
     any other direction d    w + α·d
 
-The model runs with fake quant off (`eval_mode(model, "fp")`), so the forward uses exactly
-these weights. `restore()` puts every w back.
+The model runs with fake quant off (`eval_mode(model, "fp")`); `restore()` puts every w back.
 
-Random directions have, in every quantization group (`group_size` consecutive elements of the
-last axis), the Euclidean norm of that group's rounding error ‖Q(w)_g − w_g‖ and a uniformly
-random orientation (a Gaussian draw rescaled per group): at α = 1 they displace each group
-exactly as far as round-to-nearest does. Stochastic rounding (affine formats) keeps the
-min/max grid of each group (scale s and bias b, float32, as `affine.py` computes them) and
-rounds the code x = (w − b)/s up with probability x − ⌊x⌋, else down (clipped to the grid's
-codes), dequantized as the min/max quantizer dequantizes: each element lands on one of its
-two neighbouring grid points, unbiased in expectation.
+Random directions have, in every quantization group, the Euclidean norm of that group's
+rounding error ‖Q(w)_g − w_g‖ and a uniformly random orientation (a Gaussian draw rescaled per
+group). Stochastic rounding (affine formats) keeps each group's min/max grid (s, b, float32, as
+`affine.py`) and rounds the code x = (w − b)/s up with probability x − ⌊x⌋, else down (clipped
+to the grid), dequantized as the min/max quantizer does: unbiased in expectation.
 """
 
 from __future__ import annotations
@@ -29,31 +23,16 @@ from collections.abc import Iterable
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..eval_modes import batch_losses  # noqa: F401  (moved to eval_modes; kept importable here)
 from ..quant.affine import dequantize_codes, group, minmax_params
 from ..quant.quantizers import MinMaxQuantizer
 from ..quant.spec import QuantSpec
 
 
-def _dequant_dtype(w: mx.array, scale_dtype: mx.Dtype | None) -> mx.Dtype:
-    # As MinMaxQuantizer: scales stored in another dtype are dequantized in that dtype.
-    return w.dtype if scale_dtype is None or scale_dtype == w.dtype else scale_dtype
-
-
 def stochastic_round(
     w: mx.array, spec: QuantSpec, key: mx.array, scale_dtype: mx.Dtype | None = None
 ) -> mx.array:
-    """One stochastic rounding of `w` on its affine min/max grid (rules in the module header).
-
-    Args:
-        w: float weight, last dimension a multiple of `spec.group_size`.
-        spec: an affine format.
-        key: an `mx.random.key`; the same key gives the same rounding.
-        scale_dtype: as the layer's quantizer (None: the weight's dtype).
-
-    Returns:
-        ŵ with w's shape and dtype, every element on one of its two neighbouring grid points.
-    """
+    """One stochastic rounding of `w` on its affine `spec` min/max grid (rules in the module
+    header), in w's shape and dtype; the same `key` gives the same rounding."""
     if not spec.is_affine:
         raise ValueError(f"stochastic rounding: {spec} is not an affine format")
     wg = group(w, spec.group_size).astype(mx.float32)
@@ -62,7 +41,9 @@ def stochastic_round(
     low = mx.floor(x)
     up = mx.random.uniform(shape=x.shape, key=key) < (x - low)
     code = mx.clip(low + up.astype(mx.float32), 0.0, float(2**spec.bits - 1))
-    out = dequantize_codes(code, s, b, _dequant_dtype(w, scale_dtype))
+    # As MinMaxQuantizer: scales stored in another dtype are dequantized in that dtype.
+    dt = w.dtype if scale_dtype is None or scale_dtype == w.dtype else scale_dtype
+    out = dequantize_codes(code, s, b, dt)
     return out.astype(w.dtype).reshape(w.shape)
 
 
@@ -77,13 +58,8 @@ def matched_random(w: mx.array, q: mx.array, group_size: int, key: mx.array) -> 
 
 
 class Probe:
-    """The quantized layers of `model`: their float weights, RTN points, and moves between.
-
-    Args:
-        model: a prepared model (QAT layers), evaluated with fake quant off.
-        layers: {path: (layer, spec)} of the layers to cover (each a QAT layer).
-        scale_dtype: the dtype scales/biases are stored in (None: each weight's dtype).
-    """
+    """The covered layers {path: (QAT layer, spec)} of `model`: their float weights, RTN
+    points (scales stored in `scale_dtype`, None: each weight's dtype), and moves between."""
 
     def __init__(
         self,

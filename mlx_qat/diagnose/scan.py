@@ -1,19 +1,12 @@
 """`diagnose_model`: the four measurements on a prepared model and fixed batches, and the verdict.
 
-Every loss is evaluated on the same batches, with fake quant off and the covered layers moved
-by a `Probe`; the model's weights are restored afterwards. The cost is a fixed number of
-evaluations, each a pass over the batches:
-
-    line scan            alpha_points (13)
-    random directions    random_draws × len(random_scales) (2 × 5)
-    stochastic rounding  sr_draws (4; affine formats only)
-    per-layer scans      units × len(layer_alphas) (4 per layer), + 1 for the mixed-precision check
-
-All draws come from `mx.random.key(seed)`, split per purpose: the same seed, model and batches
-give the same numbers.
-
-Memory: besides the model, the round-to-nearest point of every covered layer (one copy of its
-weights in their dtype) and, while its scan runs, one random direction or stochastic rounding.
+Every loss is evaluated on the same batches, fake quant off, the covered layers moved by a
+`Probe` (restored afterwards). Evaluations (each a pass over the batches): line scan
+alpha_points (13); random directions random_draws × len(random_scales) (2 × 5); stochastic
+rounding sr_draws (4; affine only); per-unit scans units × len(layer_alphas) (4 each), + 1 for
+the mixed-precision check. All draws come from `mx.random.key(seed)`, split per purpose, so
+the same seed, model and batches give the same numbers. Memory: besides the model, the RTN
+point of every covered layer and, while its scan runs, one random direction or rounding.
 """
 
 from __future__ import annotations
@@ -42,18 +35,10 @@ _BLOCK = re.compile(r"^(.*?\blayers\.\d+)\.")
 class DiagnoseSettings:
     """What `diagnose_model` measures, and how finely (defaults: cheap, seeded).
 
-    Attributes:
-        alpha_max: the line scan covers α in [0, alpha_max].
-        alpha_points: evenly spaced points of the line scan (1 is always added).
-        random_draws: random directions (per-group norm of the rounding error) drawn.
-        random_scales: step sizes α of the random scan, in units of the rounding error.
-        sr_draws: stochastic roundings drawn (0: skip).
-        attribution: "layer" (each quantized layer alone), "block" (each `layers.<i>` block
-            and every other layer alone) or "off".
-        layer_alphas: step sizes of each unit's own line scan (1 is always added).
-        tolerance: ε_task in nats: the PTQ gap that counts as fine (0.01 ≈ +1% perplexity).
-        noise_z: the level is at least noise_z standard errors of the PTQ gap over batches.
-        seed: of every random draw.
+    The line scan has `alpha_points` points in [0, alpha_max]; `random_scales` are the random
+    scan's steps in units of the rounding error; `attribution` is "layer", "block" (each
+    `layers.<i>` block, every other layer alone) or "off"; 1 is always added to the scans'
+    steps; ε = max(`tolerance` nats, `noise_z` standard errors of the PTQ gap).
     """
 
     alpha_max: float = 1.5
@@ -118,15 +103,13 @@ def diagnose_model(
 
     Args:
         model: a prepared model; its fake-quant state and weights are restored afterwards.
-        batches: fixed validation batches ((B, T+1) int32), re-iterable.
-        bytes_per_token: of the validation split (for bpb).
+        batches: fixed validation batches ((B, T+1) int32).
         layers: {path: (QAT layer, target spec)}: the layers quantized at the target format.
-        settings: what to measure (default `DiagnoseSettings()`).
         scale_dtype: storage dtype of scales/biases (None: each weight's dtype).
 
     Returns:
         A JSON-ready dict: "float", "ptq", "gap", "eps", "scan", "random", "stochastic",
-        "layers", "mixed", "verdict" (see `mlx_qat.diagnose` for every definition).
+        "layers", "mixed", "verdict" (definitions in `mlx_qat.diagnose`).
     """
     st = settings or DiagnoseSettings()
     if not layers:
@@ -191,14 +174,8 @@ def _random(probe, loss_at, l0, eps, st, key) -> dict | None:
     mean = [sum(col) / len(col) for col in zip(*draws)]
     radius, extrap = basin_edge([0.0, *scales], [0.0, *(m - l0 for m in mean)], eps)
     at1 = mean[scales.index(1.0)] - l0 if 1.0 in scales else None
-    return {
-        "scales": scales,
-        "loss": draws,
-        "mean": mean,
-        "rise_at_1": at1,
-        "radius": finite(radius),
-        "extrapolated": extrap,
-    }
+    out = {"scales": scales, "loss": draws, "mean": mean, "rise_at_1": at1}
+    return {**out, "radius": finite(radius), "extrapolated": extrap}
 
 
 def _stochastic(probe, batches, bpt, l0, l1, eps, st, key) -> dict | None:
@@ -211,14 +188,9 @@ def _stochastic(probe, batches, bpt, l0, l1, eps, st, key) -> dict | None:
     for k in mx.random.split(key, st.sr_draws):
         probe.set(probe.stochastic_point(k))
         losses.append(batch_losses(probe.model, batches, bpt)[0])
-    best = min(losses)
-    return {
-        "loss": losses,
-        "best": best,
-        "best_gap": best - l0,
-        "mean": sum(losses) / len(losses),
-        "gain_over_rtn": l1 - best,
-    }
+    best, mean = min(losses), sum(losses) / len(losses)
+    out = {"loss": losses, "best": best, "best_gap": best - l0, "mean": mean}
+    return {**out, "gain_over_rtn": l1 - best}
 
 
 def _attribution(loss_at, l0, eps, paths, st) -> list[dict]:
@@ -227,18 +199,9 @@ def _attribution(loss_at, l0, eps, paths, st) -> list[dict]:
     for name, members in units_of(paths, st.attribution).items():
         rise = [0.0] + [loss_at(a, only=members)[0] - l0 for a in st.layer_alphas]
         a_star, extrap = basin_edge(alphas, rise, eps)
-        rows.append(
-            {
-                "unit": name,
-                "layers": members,
-                "alphas": alphas,
-                "rise": rise,
-                "gap": rise[alphas.index(1.0)],
-                "alpha_star": finite(a_star),
-                "extrapolated": extrap,
-                "kappa_hat": kappa(a_star),
-            }
-        )
+        row = {"unit": name, "layers": members, "alphas": alphas, "rise": rise}
+        row.update(gap=rise[alphas.index(1.0)], alpha_star=finite(a_star), extrapolated=extrap)
+        rows.append({**row, "kappa_hat": kappa(a_star)})
     rows.sort(key=lambda r: (-r["kappa_hat"], r["unit"]))
     return rows
 
@@ -258,11 +221,8 @@ def _mixed(probe, batches, bpt, l0, eps, units, gap) -> dict | None:
             points[p] = probe.w0[p] if high is None else probe.rtn(p, high)
             kept[p] = str(high) if high else "float"
             extra += sizes[p] * ((high.bits if high else rules.FLOAT_BITS) - spec.bits)
-    out = {
-        "units": [u["unit"] for u in hot],
-        "layers": kept,
-        "extra_bits": extra / sum(sizes.values()),
-    }
+    out = {"units": [u["unit"] for u in hot], "layers": kept}
+    out["extra_bits"] = extra / sum(sizes.values())
     if out["extra_bits"] > rules.MIXED_EXTRA_BITS:
         return out  # dearer than the next bit width: not evaluated
     probe.set(points)

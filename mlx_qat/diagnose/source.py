@@ -46,14 +46,10 @@ def target_config(
     mode: str | None = None,
     embed_bits: int | None = None,
 ) -> QATConfig:
-    """The rules that give each layer its target format.
-
-    With nothing given, a checkpoint's own `QATConfig` (its PTQ format). Otherwise the
-    trainer's rule (`QATConfig.with_bits`): weights at `mode`/`bits`/`group_size` (each
-    unspecified one taken from `base`'s weights, else affine 4-bit groups of 64),
-    embeddings/head at max(bits, 4) or at `embed_bits`; `base`'s overrides and scale dtype
-    are kept.
-    """
+    """The rules that give each layer its target format: with nothing given, `base` (a
+    checkpoint's own `QATConfig`); else the trainer's rule, weights at `mode`/`bits`/
+    `group_size` (unspecified ones from `base`'s weights, else affine 4-bit g64), embeddings/head
+    at max(bits, 4) or `embed_bits`, `base`'s overrides and scale dtype kept."""
     if base is not None and bits is None and group_size is None and mode is None:
         if embed_bits is None:
             return replace(base, quantizer="minmax")
@@ -86,8 +82,7 @@ def load_source(
     embed_bits: int | None = None,
     revision: str | None = None,
 ) -> Source:
-    """Load the float model at `path` (resolved by `model_source.resolve_model`) and the
-    target format's rules."""
+    """Load the float model at `path` (`model_source.resolve_model`) and the target's rules."""
     source = resolve_model(path, revision)
     if source.kind == "checkpoint":
         return _from_checkpoint(source, bits, group_size, mode, embed_bits)
@@ -145,13 +140,12 @@ def _from_checkpoint(source: ModelSource, bits, group_size, mode, embed_bits) ->
 
 
 def check_group_sizes(model: nn.Module, config: QATConfig) -> None:
-    """Raise ValueError when the target format's group size does not divide the input width of
-    a layer its rules quantize, naming the layers and the group sizes that would fit.
+    """Raise ValueError when the target group size does not divide the input width of a layer
+    the rules quantize, naming the layers and the group sizes that would fit.
 
-    Such a layer would stay in float (`prepare` skips it), and the diagnosis would be about
-    whatever share of the model is left: `--group-size 128` on a width-64 model quantized 2 of
-    15 layers and said "PTQ is fine". Layers the rules themselves leave in float (overrides, a
-    model's quant_predicate) are a choice, reported as skipped, not refused.
+    Such a layer would stay in float and the diagnosis be about the rest (`--group-size 128` on
+    a width-64 model quantized 2 of 15 layers and said "PTQ is fine"). Layers the rules leave
+    in float (overrides, quant_predicate) are a choice, reported as skipped.
     """
     modules = dict(model.named_modules())
     widths: list[int] = []

@@ -1,34 +1,25 @@
 """The verdict: "PTQ is fine", "QAT needed" or "change the format", with the numbers behind it.
 
 Thresholds (reconstructions to be calibrated on the package's own models, not paper B's):
+ε = max(TOLERANCE, NOISE_Z · SE), SE the standard error over batches of the PTQ gap (paired
+per-batch differences), TOLERANCE = 0.01 nats (+1% perplexity), NOISE_Z = 2: a gap the
+batches cannot tell from zero counts as fine (`eval_modes.basin_level`, the same level the
+trainer's `--basin-monitor` uses). Rules, first match wins:
 
-    ε (the level)   = max(TOLERANCE, NOISE_Z · SE), SE the standard error over batches of the
-                      PTQ gap (per-batch paired differences); TOLERANCE = 0.01 nats (a loss
-                      rise of 0.01 nats is +1% perplexity), NOISE_Z = 2: a gap the batches
-                      cannot tell from zero counts as fine. (`loss.basin_level`: the same
-                      level marks the basin for the trainer's `--basin-monitor`.)
-
-Rules, first match wins:
-
-1. **PTQ is fine** when the PTQ gap L(Q(w)) − L(w) ≤ ε (equivalently, to the scan's
-   resolution, κ̂ ≤ 1: the round-to-nearest point is inside the basin).
+1. **PTQ is fine** when the PTQ gap L(Q(w)) − L(w) ≤ ε (to the scan's resolution, κ̂ ≤ 1).
 2. **change the format: keep these layers at higher precision** when keeping the units whose
    own rounding leaves the basin (κ̂_ℓ ≥ 1) at 8 bits (float, counted as 16 bits, when the
    target is 8 bits already) costs at most MIXED_EXTRA_BITS = 1 bit per weight on average
-   (cheaper than the next bit width for the whole model) and brings the gap to ≤ ε when
-   everything else is rounded (measured, not predicted).
+   and brings the measured gap to ≤ ε with everything else rounded.
 3. **change the format: more bits or smaller groups** when the grid is too coarse in every
-   direction, not just the rounding's: random directions of a quarter of the rounding error's
-   size already leave the basin (random radius < RANDOM_RADIUS_MIN = 0.25: the grid is over
-   4× the basin's width in typical directions), and no stochastic rounding comes within ε of
-   the basin or beats round-to-nearest by more than ε (no low-loss grid point nearby: paper
-   B's compatibility premise fails; without stochastic rounding, as for the fp formats, the
-   random radius decides alone). The one calibration point so far: a d2 model at 2 bits
-   throughout had random radius 0.45–0.65 (over draws and batches) and κ̂ ≈ 2, and 100 QAT steps recovered 46% of its
-   PTQ gap (against its FP twin), so "QAT needed" must cover radius 0.6.
-4. **QAT needed** otherwise: the gap exceeds ε, but in typical directions the basin is not
-   much narrower than the grid, or better grid points exist nearby, so QAT's gradients at the quantized
-   weights can steer it back in (paper B's claim).
+   direction: random directions of a quarter of the rounding error's size already leave the
+   basin (random radius < RANDOM_RADIUS_MIN = 0.25), and no stochastic rounding comes within ε
+   of the basin or beats round-to-nearest by more than ε (without stochastic rounding, as for
+   the fp formats, the radius decides alone). Calibration so far: a d2 model at 2 bits had
+   random radius 0.45–0.65 and κ̂ ≈ 2, and 100 QAT steps recovered 46% of its PTQ gap, so
+   "QAT needed" must cover radius 0.6.
+4. **QAT needed** otherwise: the gap exceeds ε, but the basin is not much narrower than the
+   grid in typical directions, or better grid points exist nearby (paper B's claim).
 """
 
 from __future__ import annotations
@@ -48,8 +39,7 @@ CHANGE_FORMAT = "change the format"
 
 
 def higher_precision(spec: QuantSpec) -> QuantSpec | None:
-    """The format rule 2 keeps a layer at: affine 8 bits (same group size where affine), or
-    None (float) when the target is 8 bits already."""
+    """Rule 2's format for a layer: affine 8 bits, or None (float) for an 8-bit target."""
     if spec.bits >= 8:
         return None
     return QuantSpec("affine", 8, spec.group_size if spec.is_affine else 32)
