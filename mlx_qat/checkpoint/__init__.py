@@ -118,20 +118,9 @@ def save_checkpoint(
     keep: int | None = None,
     protect: tuple[int, ...] = (),
 ) -> Path:
-    """Write `run_dir/checkpoints/step_XXXXXXXX/` atomically and keep the last `keep`.
-
-    Args:
-        model: the prepared model (all its parameters are saved).
-        optimizer: its optimizer (`optimizer.state` is saved flattened), or None.
-        state: the training state (step, tokens_seen, phase, data, rng, config_hash, eval...).
-        model_config: the mlx-lm config.json dict.
-        qat: {"qat_config": dict, "fake_quant": bool, "phase": "fp" | "qat"}.
-        keep: keep only this many newest checkpoints (None: all).
-        protect: steps never deleted by `keep` (e.g. the FP→QAT switch).
-
-    Returns:
-        The final checkpoint directory.
-    """
+    """Write `run_dir/checkpoints/step_XXXXXXXX/` atomically (see the layout above) and return
+    it; keep only the newest `keep` (None: all) besides the steps in `protect` (e.g. the FP→QAT
+    switch). `optimizer` may be None (an empty optimizer file)."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
@@ -194,11 +183,7 @@ def remove_stale_tmp(run_dir: str | os.PathLike) -> list[Path]:
 
 def load_checkpoint(path: str | os.PathLike, optimizer: bool = True) -> Checkpoint:
     """Read a checkpoint directory (or a run directory: its latest checkpoint), verifying the
-    size and sha256 of every file it reads.
-
-    Args:
-        path: `run_dir/checkpoints/step_XXXXXXXX` or `run_dir`.
-        optimizer: also read (and verify) optimizer.safetensors.
+    size and sha256 of every file it reads (`optimizer`: optimizer.safetensors too).
 
     Raises:
         CheckpointError: missing, truncated, corrupt or edited files (naming them and the fix).

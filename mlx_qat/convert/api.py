@@ -51,7 +51,6 @@ from .parity import (
 )
 from .tokenizer import REMOTE_CODE_KEYS, check_recorded, save_tokenizer
 from .write import (
-    RESULT_FILE,
     check_output,
     commit_config,
     file_sizes,
@@ -60,8 +59,6 @@ from .write import (
     staged_dir,
     write_result,
 )
-
-__all__ = ["PARITY_TOKENS", "RESULT_FILE", "ConvertResult", "convert"]
 
 logger = logging.getLogger(__name__)
 

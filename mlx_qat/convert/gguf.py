@@ -102,8 +102,7 @@ class GGUFImportResult:
 
 
 def check_text_loss(model: nn.Module, ids: list[int], vocab_size: int) -> dict:
-    """The model's mean next-token loss (nats) on `ids`, next to chance, ln(vocab_size); logs a
-    warning when it is near chance (untrained weights, or weights not read as meant)."""
+    """The model's mean next-token loss (nats) on `ids`, next to chance, ln(vocab_size)."""
     tokens = mx.array(ids)[None]
     logits = model(tokens[:, :-1]).astype(mx.float32)
     loss = float(nn.losses.cross_entropy(logits, tokens[:, 1:], reduction="mean"))

@@ -54,11 +54,6 @@ _LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.(\w+)")
 FIX = "convert the original Hugging Face model with mlx_lm.convert instead"
 
 
-def _f32(x: float) -> float:
-    """The shortest decimal that is the same float32 (GGUF stores float32)."""
-    return float(str(np.float32(x)))
-
-
 def _bad(path, key: str, value, want: str) -> ConvertError:
     return ConvertError(
         f"{path}: GGUF metadata {key} = {value!r}, but it must be {want}; the file is damaged "
@@ -67,8 +62,6 @@ def _bad(path, key: str, value, want: str) -> ConvertError:
 
 
 def _int(meta: dict, key: str, path, default: int | None = None, low: int = 1) -> int:
-    """The integer `meta[key]` (`default` when absent and not None), refused by name unless
-    it is an integer >= `low`."""
     if key not in meta:
         if default is not None:
             return default
@@ -80,20 +73,18 @@ def _int(meta: dict, key: str, path, default: int | None = None, low: int = 1) -
 
 
 def _positive(meta: dict, key: str, path, default: float | None = None) -> float:
-    """The float `meta[key]` (`default` when absent and not None) as `_f32` writes it, refused
-    by name unless it is a finite number > 0."""
     if key not in meta and default is None:
         raise ConvertError(f"{path}: GGUF metadata has no {key}, which a llama model needs")
     value = meta.get(key, default)
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if not (ok and math.isfinite(value) and value > 0):
         raise _bad(path, key, value, "a finite number > 0")
-    return _f32(value)
+    return float(str(np.float32(value)))  # the shortest decimal of the same float32
 
 
 def check_architecture(header: GGUFHeader) -> None:
     """Refuse a file whose `general.architecture` is not llama (naming it and the fix)."""
-    arch = header.architecture
+    arch = header.metadata.get("general.architecture")
     if arch != ARCH:
         raise ConvertError(
             f"{header.path}: GGUF architecture {arch!r} is not supported; mlx_qat imports "
@@ -212,10 +203,8 @@ def to_mlx_weights(header: GGUFHeader, tensors: dict[str, Tensor], config: dict)
 
 
 def quantization_block(weights: dict[str, Tensor]) -> tuple[dict | None, dict[str, dict]]:
-    """mlx-lm's `quantization` block for the kept-quantized weights, and each layer's spec.
-
-    The top level holds the most common bits; layers with other bits get per-path entries.
-    """
+    """mlx-lm's `quantization` block for the kept-quantized weights (the most common bits, and
+    per-path entries for layers with other bits), and each layer's spec."""
     specs = {
         k.removesuffix(".weight"): {"group_size": t.group_size, "bits": t.bits, "mode": "affine"}
         for k, t in weights.items()
@@ -230,9 +219,8 @@ def quantization_block(weights: dict[str, Tensor]) -> tuple[dict | None, dict[st
 
 
 def build_model(config: dict, weights: dict[str, Tensor], specs: dict):
-    """mlx-lm's llama `Model` holding `weights` in float32: float weights, and quantized layers
-    (`specs`) as MLX quantized modules whose scales and biases are ggml's float16 values, widened
-    (exactly) so that the model computes ggml's grid."""
+    """mlx-lm's llama `Model` holding `weights` in float32, quantized layers (`specs`) with
+    ggml's scales and biases widened exactly (see the module docstring)."""
     from mlx_lm.models import llama
 
     model = llama.Model(llama.ModelArgs.from_dict(config))
@@ -288,8 +276,7 @@ def compare_loaded(built: nn.Module, loaded: nn.Module) -> dict:
 
 
 def check_gguf_tensors(header, tensors: dict[str, Tensor]) -> None:
-    """Refuse a file with a NaN or inf weight (a quantized tensor after dequantization, in
-    float32), naming the tensor and its ggml type, before anything is built or written."""
+    """Refuse a NaN or inf weight (a quantized one dequantized), naming it and its ggml type."""
     named = (
         (f"{n} [{header.types.get(n, '?')}]", t.dequantize() if isinstance(t, QTensor) else t)
         for n, t in tensors.items()

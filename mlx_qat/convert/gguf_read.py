@@ -29,6 +29,7 @@ cannot be kept quantized (MLX's affine format does not hold them). A type that n
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,23 +98,8 @@ class GGUFHeader:
     shapes: dict[str, tuple[int, ...]]
     reader: Any = field(repr=False, default=None)
 
-    @property
-    def architecture(self) -> str | None:
-        return self.metadata.get("general.architecture")
-
     def type_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for t in self.types.values():
-            counts[t] = counts.get(t, 0) + 1
-        return dict(sorted(counts.items()))
-
-
-def _gguf_module():
-    try:
-        import gguf
-    except ImportError:
-        raise ConvertError(f"importing a GGUF file needs the gguf package: {INSTALL}") from None
-    return gguf
+        return dict(sorted(Counter(self.types.values()).items()))
 
 
 def read_header(path: str | Path) -> GGUFHeader:
@@ -129,7 +115,10 @@ def read_header(path: str | Path) -> GGUFHeader:
             "file written by llama.cpp (convert_hf_to_gguf.py / llama-quantize), or a run, "
             "checkpoint or mlx-lm model directory"
         )
-    gguf = _gguf_module()
+    try:
+        import gguf
+    except ImportError:
+        raise ConvertError(f"importing a GGUF file needs the gguf package: {INSTALL}") from None
     try:
         reader = gguf.GGUFReader(str(path))
         metadata = {k: f.contents() for k, f in reader.fields.items()}
@@ -207,12 +196,7 @@ def _load_with_numpy(header: GGUFHeader) -> dict[str, Tensor]:
 
 def load_tensors(header: GGUFHeader, keep_quantized: bool = False) -> dict[str, Tensor]:
     """Every tensor of the file by its GGUF name: float arrays, or `QTensor` for Q4_0/Q4_1/Q8_0
-    when `keep_quantized`.
-
-    Files with F32/F16/Q4_0/Q4_1/Q8_0 tensors only go through `mx.load`; any other type sends
-    the whole file through the gguf package's numpy dequantizer (float32), and then
-    `keep_quantized` is refused, naming the tensors MLX cannot hold exactly.
-    """
+    when `keep_quantized` (refused when any other type sends the file through numpy)."""
     others = sorted({k for k in header.types.values() if k not in MLX_TYPES})
     if not others:
         return _load_with_mlx(header, keep_quantized)

@@ -1,15 +1,12 @@
 """The tokenizer a GGUF file describes, built by `transformers`' own GGUF conversion.
 
-A GGUF file has no `tokenizer.json`: it stores the vocabulary, merges, scores, token types and
-special token ids as `tokenizer.ggml.*` metadata, and the chat template as
-`tokenizer.chat_template`. `transformers` turns such metadata into a `tokenizers` backend
-(`convert_gguf_tokenizer`: byte-level BPE for `gpt2`-type vocabularies, sentencepiece-style BPE
-for `llama`, unigram for `t5`; control tokens made special, the pre-tokenizer split chosen by
-`tokenizer.ggml.pre`). Its own entry point (`from_pretrained(..., gguf_file=...)`) reads the
-file through a reader that needs PyTorch, so here the metadata comes from the `gguf` package's
-reader and is renamed with transformers' own table (`GGUF_TOKENIZER_MAPPING`), as its
-`get_gguf_tokenizer` does. The result is saved with `save_pretrained` into a scratch directory,
-from which `convert.tokenizer.save_tokenizer` ships data files only.
+A GGUF file stores the vocabulary, merges, scores, token types, special token ids
+(`tokenizer.ggml.*`) and chat template (`tokenizer.chat_template`) as metadata; transformers'
+`convert_gguf_tokenizer` turns them into a `tokenizers` backend. Its own entry point
+(`from_pretrained(..., gguf_file=...)`) needs PyTorch, so here the metadata comes from the `gguf`
+package's reader, renamed with transformers' own table (`GGUF_TOKENIZER_MAPPING`) as its
+`get_gguf_tokenizer` does, and is saved into a scratch directory, from which
+`convert.tokenizer.save_tokenizer` ships data files only.
 """
 
 from __future__ import annotations
@@ -83,8 +80,7 @@ def tokenizer_fields(metadata: dict[str, Any]) -> tuple[dict, dict]:
 
 
 def build_tokenizer(metadata: dict[str, Any], architecture: str):
-    """A `transformers` fast tokenizer built from the GGUF vocabulary, special tokens and chat
-    template."""
+    """A `transformers` fast tokenizer from the GGUF vocabulary, special tokens, chat template."""
     from transformers import PreTrainedTokenizerFast
 
     _, convert = _converter()

@@ -46,7 +46,6 @@ def parse_dtype(name: str | None, default: mx.Dtype | None = None) -> mx.Dtype |
 
 
 def dtype_name(d: mx.Dtype) -> str:
-    """ "float16" for `mx.float16`."""
     return str(d).rsplit(".", 1)[-1]
 
 
@@ -73,11 +72,8 @@ def check_trained_format(qcfg, requested: QuantSpec | None, where) -> None:
 
 
 def ptq_config(qcfg, requested: QuantSpec | None):
-    """Round-to-nearest (min/max) config: the trained layout, at the requested format if any.
-
-    A trained run keeps its per-layer rules, embedding floor and `scale_dtype`; a model that was
-    never prepared gets mlx-lm's defaults (every quantizable layer at one format, affine 4/64).
-    """
+    """Round-to-nearest (min/max) config: the trained layout (per-layer rules, embedding floor,
+    `scale_dtype`) at the requested format if any; mlx-lm's defaults (affine 4/64) otherwise."""
     from ..qat_config import QATConfig
 
     if qcfg is None:
@@ -96,12 +92,8 @@ def float_dtype(model: nn.Module) -> mx.Dtype:
 
 
 def to_float(model: nn.Module, dequantized: bool) -> nn.Module:
-    """Swap the QAT layers back to float modules, in place.
-
-    Args:
-        dequantized: take the weight each layer's forward uses (ŵ when its fake quant is on:
-            a dequantized export) instead of its float weight (the weights PTQ starts from).
-    """
+    """Swap the QAT layers back to float modules, in place; `dequantized`: with the weight each
+    layer's forward uses (ŵ when fake quant is on), else its float weight (PTQ starts there)."""
     from mlx_lm.models.switch_layers import SwitchLinear
 
     from ..layers import QATEmbedding, QATLinear, QATSwitchLinear
@@ -163,16 +155,13 @@ def default_dtype(train_dtype: mx.Dtype, scale_dtype: mx.Dtype | None) -> mx.Dty
 
 def cast_bound(code: mx.array, scales: mx.array, biases: mx.array, dtype: mx.Dtype) -> mx.array:
     """Per-weight bound on |Δŵ| when a float32 grid is saved and dequantized in `dtype`."""
-    u = UNIT_ROUNDOFF[str(dtype).rsplit(".", 1)[-1]]
+    u = UNIT_ROUNDOFF[dtype_name(dtype)]
     return 3 * u * (code * mx.abs(scales) + mx.abs(biases))
 
 
 def cast_model(model: nn.Module, dtype: mx.Dtype, scale_dtype: mx.Dtype | None = None) -> None:
-    """Cast float parameters (affine scales/biases included) to `dtype`, as mlx_lm.convert does.
-
-    Honours the model's `cast_predicate` (parameters some architectures keep in float32).
-    Logs a warning when the trained forward dequantized in another `scale_dtype`.
-    """
+    """Cast float parameters (affine scales/biases included) to `dtype`, as mlx_lm.convert does,
+    honouring the model's `cast_predicate`; warn when the run trained in another `scale_dtype`."""
     if scale_dtype is not None and scale_dtype != dtype:
         logger.warning(
             "the run trained with scale_dtype %s, the export is %s: scales/biases are rounded "
@@ -181,7 +170,7 @@ def cast_model(model: nn.Module, dtype: mx.Dtype, scale_dtype: mx.Dtype | None =
             scale_dtype,
             dtype,
             dtype,
-            str(scale_dtype).rsplit(".", 1)[-1],
+            dtype_name(scale_dtype),
         )
     cast_predicate = getattr(model, "cast_predicate", lambda _: True)
 

@@ -46,19 +46,10 @@ def default_tolerance(dtype: mx.Dtype) -> float:
 
 @dataclass
 class ParityReport:
-    """Losses (nats/token) of the reference and the exported model on the same batches.
-
-    Attributes:
-        reference: the model before export (fake quant on for QAT/PTQ; the source model for a
-            dequantize).
-        exported: the written directory loaded by `mlx_lm.load`.
-        fp: the float model (fake quant off), when there is one.
-        ptq: round-to-nearest (min/max) of the float weights at the same format.
-        tolerance: allowed relative difference.
-        num_batches, num_tokens: how much validation data was used.
-        data: where the batches came from.
-        bits_per_byte: exported loss in bits per byte, when the data knows its bytes per token.
-    """
+    """Losses (nats/token) on the same batches of `reference` (the model before export: fake
+    quant on for QAT/PTQ, the source model for a dequantize), `exported` (the written directory
+    loaded by mlx-lm), `fp` (fake quant off) and `ptq` (round-to-nearest at the same format);
+    `bits_per_byte` of the exported loss when the data knows its bytes per token."""
 
     reference: float
     exported: float
@@ -99,12 +90,9 @@ class ParityData:
 
 
 def val_loss(model: nn.Module, batches: Iterable[mx.array], what: str | None = None) -> float:
-    """Mean next-token cross-entropy (nats) over all target tokens of `batches`.
-
-    The trainer's own evaluation (`mlx_qat.eval.evaluate`), so the numbers are comparable.
-    With `what` (e.g. "the QAT model before export"), progress is logged at INFO: the start,
-    the batch reached every `PROGRESS_SECONDS`, and the loss with the time it took (a 135M
-    model's parity evaluations take minutes on a CPU).
+    """Mean next-token cross-entropy (nats) over all target tokens of `batches`, by the
+    trainer's own evaluation. With `what` (e.g. "the QAT model before export"), progress is
+    logged at INFO (a 135M model's parity evaluations take minutes on a CPU).
     """
     from ..eval_modes import evaluate
 
@@ -121,8 +109,7 @@ def val_loss(model: nn.Module, batches: Iterable[mx.array], what: str | None = N
 
 
 def _logged(batches, what: str, t0: float) -> Iterator[mx.array]:
-    """`batches`, logging which one is reached every `PROGRESS_SECONDS` (the evaluation asks
-    for batch i + 1 once batch i is computed)."""
+    # The evaluation asks for batch i + 1 once batch i is computed.
     batches = list(batches)
     n, last = len(batches), t0
     tokens = sum(int(b[:, 1:].size) for b in batches)
@@ -136,7 +123,8 @@ def _logged(batches, what: str, t0: float) -> Iterator[mx.array]:
 
 
 def _tokens_from(path: Path, tokenizer_dir: Path | None) -> tuple[np.ndarray, str, float | None]:
-    """Validation token ids from a data dir, a .npy file or text files (tokenized)."""
+    """Validation token ids from a data dir, a .npy file (1-D, non-negative integers; the
+    model's range is checked later) or text files (tokenized)."""
     from ..data import load_bundle, read_documents
 
     if path.is_dir() and ((path / "manifest.json").is_file() or (path / "latest.json").is_file()):
@@ -169,7 +157,6 @@ def _tokens_from(path: Path, tokenizer_dir: Path | None) -> tuple[np.ndarray, st
 
 
 def _check_ids(ids: np.ndarray, path: Path) -> None:
-    """Token ids are a 1-D array of non-negative integers (the model's range is checked later)."""
     fix = "save the token ids as a 1-D integer array (np.save(path, np.asarray(ids, np.int32)))"
     if ids.dtype == np.bool_ or not np.issubdtype(ids.dtype, np.integer):
         raise ConvertError(
@@ -213,14 +200,8 @@ def load_parity_data(
 
 
 def load_staged(path: Path) -> nn.Module:
-    """The staged model, built by mlx-lm's own loader from its weights and pending config.
-
-    `mlx_lm.utils.load_model` (what `mlx_lm.load` calls) reads `<path>/config.json`; that file
-    is only written once this check has passed (`write.commit_config`), so for this one call
-    it reads `config.unverified.json` instead (`mlxlm_compat.load_model_with_config`).
-    Everything else (model class, quantized layers, weight loading, strict key check) is
-    mlx-lm's.
-    """
+    """The staged model, built by mlx-lm's own loader from its weights and pending config
+    (`config.unverified.json`, see the module docstring); all else is mlx-lm's."""
     from ..mlxlm_compat import load_model_with_config
     from .write import PENDING_CONFIG
 

@@ -1,21 +1,15 @@
 """The tokenizer an export ships: data files only, the one the run's data was encoded with.
 
-* Only tokenizer *data* files are shipped (`TOKENIZER_FILES`, `TOKENIZER_PATTERNS`): vocabularies,
-  merges, sentencepiece models, special tokens, chat templates, generation defaults. Never code:
-  a tokenizer directory's `*.py` is not copied and `auto_map` (which points `transformers` at
-  such code) is removed from `tokenizer_config.json`.
+* Only tokenizer *data* files are shipped (`mlx_qat.data.tokenizer_dir.is_tokenizer_file`):
+  vocabularies, merges, sentencepiece models, special tokens, chat templates, generation
+  defaults. Never code: a tokenizer directory's `*.py` is not copied and `auto_map` (which
+  points `transformers` at such code) is removed from `tokenizer_config.json`.
 * A model's own Hugging Face tokenizer (a run fine-tuning `--model DIR`, or an mlx-lm model
-  converted) is shipped as its files are, byte for byte (`auto_map` aside): the chat template
-  and every setting stay the model's. An `mlx_qat.data` sentencepiece tokenizer ships the HF
-  files `save_hf_tokenizer` derives from it.
-* When the run records which tokenizer its data was encoded with (a sha256, see
-  `Source.recorded_tokenizer`), the tokenizer to ship must have that hash (`check_recorded`).
-* Its vocabulary must fit the model's embedding (`check_vocab`): a tokenizer with more ids than
-  `vocab_size` is one the model was not trained with.
-
-The hash of a tokenizer directory (`tokenizer_sha256`) is `mlx_qat.data.tokenizer_sha256`,
-the one identity shards and checkpoints record (the sha256 of a sentencepiece
-`tokenizer.model`; of the id-defining files of a Hugging Face tokenizer).
+  converted) is shipped as its files are, byte for byte (`auto_map` aside). An `mlx_qat.data`
+  sentencepiece tokenizer ships the HF files `save_hf_tokenizer` derives from it.
+* When the run records which tokenizer its data was encoded with (`mlx_qat.data`'s
+  `tokenizer_sha256`, see `Source.recorded_tokenizer`), the tokenizer to ship must have that
+  hash (`check_recorded`), and its vocabulary must fit the model's embedding (`check_vocab`).
 """
 
 from __future__ import annotations
@@ -24,10 +18,8 @@ import logging
 import tempfile
 from pathlib import Path
 
-from ..data.tokenizer_dir import (  # noqa: F401  (re-exported: the export's file rules)
+from ..data.tokenizer_dir import (  # noqa: F401  (is_tokenizer_file: re-exported)
     REMOTE_CODE_KEYS,
-    TOKENIZER_FILES,
-    TOKENIZER_PATTERNS,
     copy_tokenizer_files,
     has_tokenizer,
     is_tokenizer_file,
@@ -40,8 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 def tokenizer_sha256(tokenizer_dir: Path) -> str | None:
-    """`mlx_qat.data.tokenizer_sha256` of `tokenizer_dir` (what runs and shards record);
-    None when it holds no tokenizer."""
+    """`mlx_qat.data.tokenizer_sha256` of `tokenizer_dir`; None when it holds no tokenizer."""
     if not has_tokenizer(tokenizer_dir):
         return None
     return _tokenizer_sha256(tokenizer_dir)
@@ -50,10 +41,7 @@ def tokenizer_sha256(tokenizer_dir: Path) -> str | None:
 def check_recorded(tokenizer_dir: Path, recorded: tuple[str, str] | None, source) -> None:
     """Refuse a tokenizer whose hash is not the one the run's data was encoded with.
 
-    Args:
-        tokenizer_dir: the tokenizer to ship.
-        recorded: (sha256, where it is recorded), or None when the run records none.
-        source: the input, for the message.
+    `recorded`: (sha256, where it is recorded), or None when the run records none.
     """
     if recorded is None or tokenizer_dir is None:
         return
@@ -68,10 +56,16 @@ def check_recorded(tokenizer_dir: Path, recorded: tuple[str, str] | None, source
         )
 
 
-def check_vocab(tokenizer, tokenizer_dir: Path, vocab_size: int | None) -> None:
-    """Refuse a tokenizer with more ids than the model's embedding has rows."""
+def check_vocab(tokenizer_dir: Path, loadable: Path, vocab_size: int | None) -> None:
+    """Refuse a tokenizer mlx-lm cannot load, or with more ids than the embedding has rows."""
+    from mlx_lm.utils import load_tokenizer
+
     from ..mlxlm_compat import hf_tokenizer
 
+    try:
+        tokenizer = load_tokenizer(Path(loadable))
+    except (OSError, ValueError) as e:
+        raise ConvertError(f"tokenizer {loadable}: mlx-lm cannot load it ({e})") from e
     n = len(hf_tokenizer(tokenizer))
     if vocab_size is not None and n > vocab_size:
         raise ConvertError(
@@ -81,27 +75,13 @@ def check_vocab(tokenizer, tokenizer_dir: Path, vocab_size: int | None) -> None:
         )
 
 
-def _load(tokenizer_dir: Path):
-    from mlx_lm.utils import load_tokenizer
-
-    try:
-        return load_tokenizer(Path(tokenizer_dir))
-    except (OSError, ValueError) as e:
-        raise ConvertError(f"tokenizer {tokenizer_dir}: mlx-lm cannot load it ({e})") from e
-
-
 def save_tokenizer(path: Path, tokenizer_dir: Path | None, vocab_size: int | None = None) -> None:
     """Write the tokenizer files `mlx_lm.load` needs into `path`: data files only.
 
     An `mlx_qat.data` tokenizer (sentencepiece `tokenizer.model` + `tokenizer_meta.json`) goes
     through `save_hf_tokenizer` (into a scratch directory first); any other tokenizer must load
-    with mlx-lm and is copied unchanged. Only `is_tokenizer_file` names are copied (`auto_map`
-    removed from `tokenizer_config.json`); what is left out is logged.
-
-    Args:
-        path: the (staged) output directory.
-        tokenizer_dir: the tokenizer to ship.
-        vocab_size: the model's vocabulary; a tokenizer with more ids is refused.
+    with mlx-lm and is copied unchanged. What is left out is logged; a tokenizer with more ids
+    than `vocab_size` is refused.
     """
     if tokenizer_dir is None:
         raise ConvertError(
@@ -111,20 +91,21 @@ def save_tokenizer(path: Path, tokenizer_dir: Path | None, vocab_size: int | Non
     tokenizer_dir = Path(tokenizer_dir)
     if not tokenizer_dir.is_dir():
         raise ConvertError(f"--tokenizer {tokenizer_dir}: no such directory")
+    try:
+        sentencepiece = tokenizer_kind(tokenizer_dir) == "sentencepiece"
+    except FileNotFoundError:
+        sentencepiece = False  # mlx-lm's loader names what is missing
     with tempfile.TemporaryDirectory(prefix="mlx_qat_tokenizer_") as scratch:
-        scratch = Path(scratch)
-        if _is_sentencepiece(tokenizer_dir):
+        source = tokenizer_dir  # the model's own files, unchanged
+        if sentencepiece:
             from ..data import save_hf_tokenizer
 
+            source = Path(scratch)
             try:
-                save_hf_tokenizer(tokenizer_dir, scratch)
+                save_hf_tokenizer(tokenizer_dir, source)
             except (FileNotFoundError, OSError, RuntimeError) as e:
                 raise ConvertError(f"tokenizer {tokenizer_dir}: cannot convert it ({e})") from e
-            check_vocab(_load(scratch), tokenizer_dir, vocab_size)
-            source = scratch
-        else:
-            check_vocab(_load(tokenizer_dir), tokenizer_dir, vocab_size)
-            source = tokenizer_dir  # the model's own files, unchanged
+        check_vocab(tokenizer_dir, source, vocab_size)
         dropped = copy_tokenizer_files(source, path)
     if dropped:
         logger.warning(
@@ -133,17 +114,6 @@ def save_tokenizer(path: Path, tokenizer_dir: Path | None, vocab_size: int | Non
             tokenizer_dir,
             ", ".join(dropped),
         )
-    _report_left_out(tokenizer_dir)
-
-
-def _is_sentencepiece(tokenizer_dir: Path) -> bool:
-    try:
-        return tokenizer_kind(tokenizer_dir) == "sentencepiece"
-    except FileNotFoundError:
-        return False  # mlx-lm's loader names what is missing
-
-
-def _report_left_out(tokenizer_dir: Path) -> None:
     code = sorted(p.name for p in tokenizer_dir.glob("*.py"))
     if code:
         logger.warning(

@@ -114,17 +114,11 @@ def check_output(
     around: Mapping[str, Path | str | None] | None = None,
     judge_force: bool = True,
 ) -> None:
-    """Refuse an output path that is the working directory, overlaps an input, exists (unless
-    `force` and it is a replaceable model directory), or cannot be written.
+    """Refuse an output path that breaks the rules of the module docstring.
 
-    Args:
-        inputs: what the export reads, by what to call it in a message ("the input": path);
-            the output is neither one of them, nor above, nor inside one.
-        around: inputs the output may sit inside but not replace or contain (a run directory:
-            `runs/main/mlx_model` is fine, `runs/main` or `runs` is not).
-        judge_force: check that `--force` may replace an existing output (off for the early
-            check before the input is resolved, so that an output overlapping the input is
-            named as such).
+    `inputs` ({"the input": path, ...}): the output is neither one of them, nor above, nor inside
+    one; `around`: inputs it may sit inside (a run directory). `judge_force=False` skips judging
+    what `--force` would replace (the early check, so an overlap is named as such).
     """
     final = Path(final).expanduser()
     dst = final.resolve()
