@@ -1,23 +1,28 @@
-"""AdamW with weight decay on matrices only, and its state as flat arrays.
+"""AdamW with weight decay on matrices only, its state as flat arrays, and what it trains.
 
-Three AdamW instances behind `optim.MultiOptimizer`, split by parameter path:
+Three bias-corrected AdamW instances behind `optim.MultiOptimizer`, split by parameter path:
 
-- quantizer parameters (LSQ `alpha`, learned affine `scale`/`bias`, under `.quantizer.`): no
-  weight decay (it would shrink the grid itself) and the LR times `quantizer_lr_scale`.
-  Adam moves every parameter by about the LR per step whatever its size; a step size or
-  scale of ~1e-2 would jump by 100% per step at a pretraining LR of 1e-2.
-- not decayed: norms and biases (1-D).
-- decayed: float weights with ≥ 2 dimensions — every linear weight and the (tied) embedding
-  table — at the LR times `weight_lr_scale` (1, but for fine-tunes that move the weights
-  slower than the grid and the norms). The tied table is also the output projection, and
-  decaying it keeps its range (and so its 4-bit grid) tight, as GPT-2/nanoGPT do.
+- quantizer parameters (under `.quantizer.`): no weight decay (it would shrink the grid) and the
+  LR times `quantizer_lr_scale` (Adam moves every parameter by about the LR per step: a scale
+  of ~1e-2 would jump by 100% per step at a pretraining LR of 1e-2);
+- not decayed: norms and biases (1-D);
+- decayed: float weights with ≥ 2 dimensions (linear weights, the tied embedding, whose decay
+  keeps its range and so its grid tight, as GPT-2/nanoGPT do) at the LR × `weight_lr_scale`.
 
-Both use bias-corrected moments (β1, β2, ε from the config). The learning rate is set from
-the plan before every step (`set_lr`), so the schedule is a pure function of the step.
+The LR is set from the plan before every step (`set_lr`): the schedule is a pure function of the
+step. A 16-bit `--model` trains float32 masters unless `master_dtype` is "model"
+(`float32_masters`): an update of 1e-5 to a bfloat16 weight of 0.02 would round away.
 
-A `--model` in a 16-bit dtype trains float32 master weights (and so float32 moments) unless
-`master_dtype` is "model" (`float32_masters`): an update of 1e-5 to a bfloat16 weight of 0.02
-would round away.
+**Grid first** (`--grid-first-fraction F`, issue #28 item 2), with QAT from the first step and
+`k = round(F · qat_steps)`: steps [0, k) train what `--train grid` trains (the grid and the
+norms, every weight frozen: bit for bit a `--train grid` run's steps); from step k the weights
+join at `--weight-lr-scale` × LR (a layer bias, 1-D, at LR). The grid's and the norms' moments
+and step count carry over; the joining parameters start with zero moments, and the weight
+matrices' group (which held nothing, though its step count advanced) restarts its step count
+at 0: their bias correction is that of a fresh Adam started at step k. The trainer joins at the
+top of step k, so a checkpoint saved at step s holds the weights' state exactly when s > k
+(`joined`): a resumed run joins before loading it (`catch_up`). metrics.jsonl records the
+boundary as `weights_join`, the result as `weights_join_step`.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from ..prepare import is_quantizer_param, train_only_grid
 
 logger = logging.getLogger(__name__)
 
+# the weight matrices' sub-optimizer in `build_optimizer` (quantizer, not decayed, decayed)
+WEIGHTS_GROUP = 2
+
 
 def is_decayed(path: str, param: mx.array) -> bool:
     """True for parameters that get weight decay (matrices that are not quantizer params)."""
@@ -41,13 +49,8 @@ def is_decayed(path: str, param: mx.array) -> bool:
 
 
 def build_optimizer(model: nn.Module, config) -> optim.MultiOptimizer:
-    """AdamW (decay on matrices) for `model`'s trainable parameters, state initialised.
-
-    Args:
-        model: the prepared model.
-        config: a `TrainConfig` (lr, beta1, beta2, eps, weight_decay, quantizer_lr_scale,
-            weight_lr_scale).
-    """
+    """AdamW (decay on matrices) for `model`'s trainable parameters per a `TrainConfig`,
+    state initialised."""
 
     def adamw(wd: float) -> optim.AdamW:
         return optim.AdamW(
@@ -82,11 +85,7 @@ def optimizer_arrays(opt: optim.Optimizer) -> dict[str, mx.array]:
 
 
 def load_optimizer_arrays(opt: optim.Optimizer, arrays: dict[str, mx.array]) -> None:
-    """Restore `optimizer_arrays` output into `opt` (which must have the same structure).
-
-    Raises:
-        ValueError: naming the missing or unexpected keys.
-    """
+    """Restore `optimizer_arrays` output into `opt`; ValueError naming the keys that differ."""
     have = set(optimizer_arrays(opt))
     got = set(arrays)
     if have != got:
@@ -102,9 +101,8 @@ def load_optimizer_arrays(opt: optim.Optimizer, arrays: dict[str, mx.array]) -> 
 
 
 def freeze_for_grid(model: nn.Module, cfg, plan) -> list[str]:
-    """`train=grid`, and the first steps of `grid_first_fraction` (`grid_first.py`): freeze
-    every weight (the quantization grid and the norms train), which leaves no FP phase to
-    train: refused with one. Returns the paths frozen here (empty when nothing is)."""
+    """`train=grid`, and grid first until the join: freeze every weight (the grid and the norms
+    train; a plan with an FP phase is refused). Returns the paths frozen here."""
     if cfg.train != "grid" and not cfg.grid_first_fraction:
         return []
     what = "train=grid" if cfg.train == "grid" else "grid_first_fraction"
@@ -136,3 +134,39 @@ def float32_masters(model: nn.Module, cfg, qcfg):
     logger.info("--model weights are %s: trained as float32 masters (--master-dtype model "
                 "keeps them as they are)", "/".join(own))  # fmt: skip
     return qcfg
+
+
+def join_step(cfg, plan) -> int | None:
+    """The step before which the weights join (None without grid first)."""
+    if not cfg.grid_first_fraction:
+        return None
+    return plan.fp_steps + round(cfg.grid_first_fraction * plan.qat_steps)
+
+
+def joined(step: int, at: int | None) -> bool:
+    """Whether a checkpoint saved at `step` holds the joined weights' optimizer state."""
+    return at is not None and step > at
+
+
+def join_weights(model: nn.Module, opt: optim.MultiOptimizer, held: list[str]) -> None:
+    """Unfreeze `held` and give it zero moments, keeping every other parameter's state; the
+    weight matrices' group restarts its step count."""
+    by_module: dict[str, list[str]] = {}
+    for path in held:
+        owner, _, key = path.rpartition(".")
+        by_module.setdefault(owner, []).append(key)
+    for path, m in model.named_modules():
+        if path in by_module:
+            m.unfreeze(recurse=False, keys=by_module[path])
+    opt.init(model.trainable_parameters())  # adds the missing entries, keeps the others
+    opt.optimizers[WEIGHTS_GROUP].state["step"] = mx.array(0, dtype=mx.uint64)
+    mx.eval(opt.state)
+    logger.info("grid first: %d weight arrays join the training", len(held))
+
+
+def catch_up(t, step: int) -> None:
+    """Trainer `t` about to load the state of `step`: join first when that state holds the
+    weights', so the optimizer state fits."""
+    if joined(step, t.join_at) and t.held:
+        join_weights(t.model, t.optimizer, t.held)
+        t.held = []

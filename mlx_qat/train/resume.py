@@ -1,7 +1,13 @@
-"""Where a run starts: whether a checkpoint may continue it (`--resume`, `--branch-from`, the
-data), loading it (`restore_checkpoint`), and, with several processes, every rank taking rank
-0's start (`take_main_state`).
+"""Where a run starts: the run directory it may write into (`check_out_dir`, `clear_run`),
+whether a checkpoint may continue it (`--resume`, `--branch-from`, the data), loading it
+(`restore_checkpoint`), and, with several processes, every rank taking rank 0's start.
 
+* Run directory: it holds only what the trainer (and `mlx_qat.eval`) writes (`RUN_ENTRIES`). A
+  directory with other files (`notes.txt`, a hand-written `config.yaml`) is refused whatever the
+  flags. One with checkpoints is refused to a plain run (`--resume` it, or `--overwrite`) and to
+  `--branch-from`, so branching never overwrites or prunes another run's checkpoints; an
+  attempt that stopped before its first checkpoint starts over. `--overwrite` deletes the run's
+  own entries and keeps `data/` (content-addressed) and a tracker's `wandb/`, `swanlog/`.
 * Resume: the checkpoint's `resume_hash` (the config hash without the data's path, which is
   checked by content) must be this config's. When only `SCHEDULE_FIELDS` differ (`train_hash`
   leaves them out too), `--reschedule` accepts the change — what the divergence message
@@ -19,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 from pathlib import Path
 
 import mlx.core as mx
@@ -35,10 +43,86 @@ from ..models.build import model_dir_sha256
 from ..prepare import set_fake_quant
 from .callbacks import callback_states
 from .config import DATA_FIELDS, SCHEDULE_FIELDS
-from .grid_first import catch_up
-from .optim import load_optimizer_arrays, optimizer_arrays
+from .optim import catch_up, load_optimizer_arrays, optimizer_arrays
 
 logger = logging.getLogger(__name__)
+
+CONFIG_HEADER = "# mlx_qat.train resolved config"
+DATA = "data"
+TRACKER_DIRS = ("wandb", "swanlog")  # --report-to's files (report.py): kept by --overwrite
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "result.json", "loss.png", "eval.json", "eval.yaml",
+               "tokenizer", "checkpoints", "fp_twin", DATA, *TRACKER_DIRS)  # fmt: skip
+
+
+def foreign_entries(run: Path) -> list[str]:
+    """Names in `run` that a training run does not write (or a config.yaml without our header)."""
+    # Hidden files (.DS_Store...) are never written by a run, so they cannot be overwritten.
+    names = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
+    names = [n for n in names if ".tmp-" not in n]
+    out = [n for n in names if n not in RUN_ENTRIES]
+    config = run / "config.yaml"
+    if config.is_file():
+        try:
+            ours = config.read_text(encoding="utf-8").startswith(CONFIG_HEADER)
+        except (OSError, UnicodeDecodeError):
+            ours = False
+        if not ours:
+            out.append("config.yaml (not written by mlx_qat.train)")
+    return out
+
+
+def check_out_dir(cfg) -> None:
+    """Raise ValueError when training per `cfg` could overwrite something it must not."""
+    run = Path(cfg.out)
+    if run.exists() and not run.is_dir():
+        raise ValueError(f"--out {run}: is a file, not a directory; choose another --out")
+    if not run.is_dir() or (cfg.resume and list_checkpoints(run)):
+        return
+    foreign = foreign_entries(run)
+    if foreign:
+        shown = ", ".join(foreign[:6]) + (", ..." if len(foreign) > 6 else "")
+        raise ValueError(
+            f"--out {run}: holds files that are not a training run's ({shown}); a run writes "
+            "config.yaml, metrics.jsonl, checkpoints/ and tokenizer/ there. Choose a new or "
+            "empty directory"
+        )
+    if cfg.overwrite:
+        return
+    found = list_checkpoints(run)
+    if cfg.branch_from:
+        trained = [n for n in ("result.json",) if (run / n).exists()]
+        if found:
+            trained.insert(0, f"checkpoints up to {found[-1][1].name}")
+        if trained:
+            raise ValueError(
+                f"--out {run}: already holds a run ({', '.join(trained)}); --branch-from would "
+                "overwrite it. Choose a new --out, continue that run with --resume, or pass "
+                "--overwrite to delete it and branch there"
+            )
+    elif found:
+        raise ValueError(
+            f"run directory {run} already has checkpoints (last: {found[-1][1].name}); pass "
+            "--resume to continue it, --overwrite to start it afresh, or choose another --out"
+        )
+
+
+def clear_run(run: Path) -> list[str]:
+    """Delete the run's own entries except `data/` (for `--overwrite`); returns their names.
+    Each is renamed to a `.tmp-` name first, so a half-deleted one never looks complete."""
+    removed = []
+    for name in RUN_ENTRIES:
+        path = run / name
+        if name in (DATA, *TRACKER_DIRS) or not (path.exists() or path.is_symlink()):
+            continue
+        doomed = run / f"{name}.tmp-del-{os.getpid()}"
+        os.replace(path, doomed)
+        if doomed.is_dir() and not doomed.is_symlink():
+            shutil.rmtree(doomed, ignore_errors=True)
+        else:
+            doomed.unlink()
+        removed.append(name)
+    return removed
+
 
 # The trainer's position: what a checkpoint restores besides the arrays and its callbacks'
 # states (`callbacks.py`), and what the other ranks take from rank 0.

@@ -5,7 +5,7 @@ At every step boundary `s` (steps completed):
 1. at `s == plan.fp_steps` (FP phase, a QAT phase ahead): evaluate (FP, PTQ) and save the
    switch checkpoint, then switch: fake quant on, learnable quantizers initialised from the
    current weights (`init_quantizers`), optimizer moments kept or reset, step recompiled;
-2. at `s == join_at` (`--grid-first-fraction`): the weights join the training (`grid_first.py`);
+2. at `s == join_at` (`--grid-first-fraction`): the weights join the training (`optim.py`);
 3. stop at `s == plan.total_steps`;
 4. run step `s` at `plan.lr_at(s)` on `batch(s·A) … batch(s·A + A − 1)` (pure functions of
    the step), with the RNG re-seeded to `seed·1000003 + s`;
@@ -44,23 +44,20 @@ from ..checkpoint import latest_checkpoint, list_checkpoints, remove_stale_tmp, 
 from ..data import resolve
 from ..data.batches import TokenBatches, eval_batches
 from ..eval_modes import format_triple
-from ..fileio import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
 from ..model_source import float_model_dir
 from ..models.build import make_model
 from ..prepare import init_quantizers, prepare, set_fake_quant
-from . import resume
+from . import optim, resume
 from .basin import basin_monitor_for, basin_reference_bytes
 from .callbacks import TrainingCallback, load_callback_states
 from .config import TrainConfig
 from .dist import Group
 from .distill import make_loss, run_teacher, teacher_bytes
-from .grid_first import join_step, join_weights
 from .memory import check_model_memory
 from .metrics import MetricsWriter, NullMetrics
-from .optim import build_optimizer, float32_masters, freeze_for_grid, set_lr
 from .phase_plan import PhasePlan, plan_for_model
 from .report import reporter_for
-from .rundir import DATA, check_out_dir, clear_run, make_run_dir
 from .step import make_step
 from .trs import QATUpdates
 
@@ -104,7 +101,7 @@ class Trainer:
             self.model_dir = float_model_dir(cfg.model, cfg.revision) if cfg.model else None
             dist.check_batch(cfg.batch_size)
             if dist.is_main:
-                check_out_dir(cfg)
+                resume.check_out_dir(cfg)
             self.bundle = resolve.open_prepared(
                 cfg.data, self.model_dir
             )  # refuses another tokenizer's
@@ -156,12 +153,14 @@ class Trainer:
         """Rank 0: the run directory, the data (raw text tokenized), tokenizer, config.yaml,
         the metrics file (truncated to the checkpoint's lines on resume)."""
         cfg = self.cfg
-        make_run_dir(self.run_dir)
+        ensure_writable_dir(self.run_dir, f"--out {self.run_dir}")
         if cfg.overwrite:
-            logger.info("overwrite: removed %s from %s", clear_run(self.run_dir), self.run_dir)
+            logger.info(
+                "overwrite: removed %s from %s", resume.clear_run(self.run_dir), self.run_dir
+            )
         remove_stale_tmp(self.run_dir)
         if self.bundle is None:
-            out = cfg.data_out or self.run_dir / DATA
+            out = cfg.data_out or self.run_dir / resume.DATA
             self.bundle = resolve.prepare_run_data(
                 cfg.data, out, cfg.vocab_size, cfg.seed, self.model_dir
             )
@@ -183,7 +182,7 @@ class Trainer:
         """Model, plan, optimizer; refuses a step that cannot fit in memory."""
         cfg = self.cfg
         self.model, self.model_config = make_model(cfg, vocab_size, self.model_dir)
-        self.qcfg = float32_masters(self.model, cfg, self.qcfg)  # a 16-bit --model: float32
+        self.qcfg = optim.float32_masters(self.model, cfg, self.qcfg)  # a 16-bit --model: float32
         self.qcfg.check_overrides(self.model, "quant_overrides")
         prepare(self.model, self.qcfg, enabled=False)
         self.plan: PhasePlan = plan_for_model(cfg, self.model)
@@ -194,10 +193,10 @@ class Trainer:
             teacher_bytes=teacher_bytes(cfg, self.model, self.plan),
             reference_bytes=basin_reference_bytes(cfg, self.model, self.plan),
         )  # fmt: skip
-        # train=grid, and grid first until `join_at`: the grid and norms only (grid_first.py)
-        self.held = freeze_for_grid(self.model, cfg, self.plan)
-        self.join_at = join_step(cfg, self.plan)
-        self.optimizer = build_optimizer(self.model, cfg)
+        # train=grid, and grid first until `join_at`: the grid and norms only (optim.py)
+        self.held = optim.freeze_for_grid(self.model, cfg, self.plan)
+        self.join_at = optim.join_step(cfg, self.plan)
+        self.optimizer = optim.build_optimizer(self.model, cfg)
 
     def _open_batches(self) -> None:
         """The training stream (with `--mask-prompt`, its prompt mask), the periodic and final
@@ -305,7 +304,7 @@ class Trainer:
             set_fake_quant(self.model, True)
             init_quantizers(self.model)
         if self.cfg.optimizer_state_at_switch == "reset":
-            self.optimizer = build_optimizer(self.model, self.cfg)
+            self.optimizer = optim.build_optimizer(self.model, self.cfg)
         self.phase = "qat"
         mx.eval(self.model.parameters())
         self._compile()
@@ -315,9 +314,9 @@ class Trainer:
         logger.info("switch to QAT at step %d", self.step)
 
     def join(self) -> None:
-        """Grid first -> the weights join (`grid_first.py`): unfreeze them, give them optimizer
+        """Grid first -> the weights join (`optim.py`): unfreeze them, give them optimizer
         state (the grid's carries over), recompile."""
-        join_weights(self.model, self.optimizer, self.held)
+        optim.join_weights(self.model, self.optimizer, self.held)
         self.held = []
         self.qat.load_state_dict(self.qat.state_dict())  # the update's statistics continue
         self._compile()
@@ -330,7 +329,7 @@ class Trainer:
     def train_step(self) -> tuple[float, float, float]:
         cfg, s = self.cfg, self.step
         lr = self.plan.lr_at(s)
-        set_lr(self.optimizer, lr)
+        optim.set_lr(self.optimizer, lr)
         mx.random.seed(resume.rng_seed(cfg.seed, s))
         a = cfg.grad_accum
         batches = [self.dist.rows(self.batches.batch(s * a + i)) for i in range(a)]

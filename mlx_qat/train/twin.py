@@ -1,4 +1,5 @@
-"""The FP twin of a QAT run, and the FP / PTQ / QAT comparison table.
+"""`train(config)`: the whole training job — the run, its FP twin, the FP / PTQ / QAT comparison
+table, the loss plot.
 
 The twin starts from the run's switch checkpoint and trains the QAT phase again — same data,
 same LR schedule, same steps — with fake quant off. At the end it is the FP model the same
@@ -16,10 +17,8 @@ measured on the same final batches), so that
 — its own latent weights drift from the teacher while QAT trains, and their PTQ is not what a
 user would otherwise ship.
 
-The table is measured on the held-out test split (`result["test"]` of the run and of the twin),
-which no choice was made on; the validation split's numbers (`result["eval"]`) are the ones
-that settings were tuned on. Data prepared before the test split existed has none: the table
-then falls back to the validation split and says so.
+The table is measured on the held-out test split (`result["test"]`), on which no choice was
+made; data prepared before the test split existed falls back to validation, and says so.
 """
 
 from __future__ import annotations
@@ -29,8 +28,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..checkpoint import CHECKPOINTS, list_checkpoints, step_dir_name
+from ..fileio import atomic_write_json
 from .config import TrainConfig
-from .trainer import Trainer
+from .trainer import RESULT, Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +39,7 @@ TWIN = "fp_twin"
 
 def twin_config(config: TrainConfig, switch_step: int, data: str | None = None) -> TrainConfig:
     """The twin's config: the QAT phase with fake quant off, branched from the switch, on the
-    run's data (`data`: its prepared shards, so raw text is not tokenized again). The twin's
-    directory belongs to the run: an attempt that stopped before its first checkpoint is
-    overwritten, one with checkpoints is resumed."""
+    run's prepared `data`; an attempt with checkpoints is resumed, one without overwritten."""
     out = Path(config.out) / TWIN
     resume = bool(list_checkpoints(out))
     branch = None if resume else str(Path(config.out) / CHECKPOINTS / step_dir_name(switch_step))
@@ -64,20 +62,13 @@ SPLIT_NOTES = {
     "val": "validation: this data has no test split (prepared before mlx_qat.data held one "
     "out); prepare it again for held-out numbers",
 }
-
-
 BASELINES = {"teacher": "the --model float weights (teacher) and their round-to-nearest"}
 
 
 def comparison(run: dict, twin: dict | None) -> dict:
     """FP, PTQ and QAT loss/bpb at equal budget and the gap recovered, on the test split
-    (`split`: "test"; "val" when the run or its twin has no test evaluation).
-
-    A fine-tune (`run["pretrained"]`) is compared with its teacher and the teacher's RTN
-    (`baseline` "teacher"), twin or not. Without a twin (no QAT phase, or no FP phase to
-    branch from) the run's own final eval is used: FP and PTQ of its weights, and QAT = the
-    fake-quant eval.
-    """
+    ("val" when the run or its twin has none). A fine-tune is compared with its teacher and
+    its RTN (`baseline` "teacher"); without a twin, the run's own final eval is used."""
     pre = run.get("pretrained")
     split = "test" if run.get("test") and (twin is None or twin.get("test")) else "val"
     if pre:
@@ -95,14 +86,7 @@ def comparison(run: dict, twin: dict | None) -> dict:
     gap = None
     if fp and ptq and qat and ptq["loss"] - fp["loss"] > 1e-9:
         gap = (ptq["loss"] - qat["loss"]) / (ptq["loss"] - fp["loss"])
-    return {
-        "fp": fp,
-        "ptq": ptq,
-        "qat": qat,
-        "gap_recovered": gap,
-        "baseline": source,
-        "split": split,
-    }
+    return dict(fp=fp, ptq=ptq, qat=qat, gap_recovered=gap, baseline=source, split=split)
 
 
 def run_fp_twin(config: TrainConfig, trainer, result: dict) -> dict:
@@ -155,3 +139,38 @@ def format_comparison(result: dict) -> str:
         else "throughput: n/a",
     ]
     return "\n".join(lines)
+
+
+def train(config: TrainConfig, on_step=None, callbacks=()) -> dict:
+    """Train per `config`; returns the result (plan, final eval, throughput).
+
+    With `config.fp_twin`, also trains the FP twin and adds `result["twin"]` and
+    `result["comparison"]`; a fine-tune (`config.model`) has `result["pretrained"]` (its teacher
+    and the teacher's RTN) and a `result["comparison"]` against them; with `config.plot`,
+    draws `<out>/loss.png` (`result["plot"]`; needs matplotlib). Started by `mlx.launch` on
+    several processes, trains data-parallel (`dist.py`): every process returns the same
+    result, rank 0 alone writes. `callbacks` (`callbacks.TrainingCallback`) plug into the run
+    (not into its FP twin).
+
+    Example:
+        >>> result = train(TrainConfig(out="runs/tiny", preset="d2", tokens=300_000))
+        >>> result["eval"]["qat"]["bpb"]
+    """
+    trainer = Trainer(config, on_step, callbacks)
+    trainer.setup()
+    result = trainer.run()
+    main = trainer.dist.is_main  # with several processes (mlx.launch) rank 0 alone writes
+    if config.fp_twin:
+        result = run_fp_twin(config, trainer, result)
+    elif result.get("pretrained"):  # a fine-tune: its teacher / RTN / QAT headline
+        result = {**result, "comparison": comparison(result, None)}
+    if main and (config.fp_twin or result.get("pretrained")):
+        atomic_write_json(Path(config.out) / RESULT, result)
+    if config.plot and main:
+        from .plot import plot_run
+
+        try:
+            result["plot"] = str(plot_run(config.out))
+        except ImportError as e:
+            logger.warning("plot: %s", e)
+    return result
