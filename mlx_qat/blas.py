@@ -21,7 +21,7 @@ _MARK = "MLX_QAT_BLAS_REEXEC"
 
 
 def find_openblas() -> str | None:
-    """Return the path of ``libopenblas.so.0`` from the linker cache, or None."""
+    """The path of ``libopenblas.so.0`` from the linker cache, or None."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -43,29 +43,29 @@ def openblas_active() -> bool:
     return "openblas" in os.environ.get("LD_PRELOAD", "")
 
 
-def reexec_with_openblas(argv: list[str] | None = None) -> None:
-    """Re-exec this process with OpenBLAS preloaded, when possible and not yet done.
+def _env(lib: str | None) -> dict:
+    # this environment, with `lib` preloaded and the re-exec marked
+    env = dict(os.environ)
+    if lib:
+        env["LD_PRELOAD"] = ":".join(p for p in (lib, env.get("LD_PRELOAD", "")) if p)
+    env[_MARK] = "1"
+    return env
 
-    Returns normally (doing nothing) on macOS, when OpenBLAS is missing, already active, or the
-    user set ``MLX_QAT_NO_OPENBLAS=1``.
-    """
+
+def reexec_with_openblas(argv: list[str] | None = None) -> None:
+    """Re-exec this process with OpenBLAS preloaded, when possible and not yet done; returns
+    (doing nothing) on macOS, when OpenBLAS is missing or active, or with the opt-out set."""
     if os.environ.get(_OPT_OUT) or os.environ.get(_MARK) or openblas_active():
         return
     lib = find_openblas()
     if lib is None:
         return
-    env = dict(os.environ)
-    env["LD_PRELOAD"] = ":".join(p for p in (lib, env.get("LD_PRELOAD", "")) if p)
-    env[_MARK] = "1"
     argv = list(sys.argv if argv is None else argv)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *_python_args(), *argv], env)
-
-
-def _python_args() -> list[str]:
-    # Keep interpreter flags such as -X or -W when re-executing.
-    return [f"-X{k}" if v is True else f"-X{k}={v}" for k, v in sys._xoptions.items()]
+    # keep interpreter flags such as -X when re-executing
+    xopts = [f"-X{k}" if v is True else f"-X{k}={v}" for k, v in sys._xoptions.items()]
+    os.execve(sys.executable, [sys.executable, *xopts, *argv], _env(lib))
 
 
 def main() -> None:
@@ -79,11 +79,7 @@ def main() -> None:
     ):
         sys.exit("usage: python -m mlx_qat.blas -m MODULE [ARGS...] | SCRIPT.py [ARGS...]")
     lib = None if (os.environ.get(_OPT_OUT) or openblas_active()) else find_openblas()
-    env = dict(os.environ)
-    if lib:
-        env["LD_PRELOAD"] = ":".join(p for p in (lib, env.get("LD_PRELOAD", "")) if p)
-    env[_MARK] = "1"
-    os.execve(sys.executable, [sys.executable, *args], env)
+    os.execve(sys.executable, [sys.executable, *args], _env(lib))
 
 
 if __name__ == "__main__":

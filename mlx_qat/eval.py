@@ -38,16 +38,13 @@ def evaluate_checkpoint(
     """FP / QAT / PTQ loss and bpb of a run's latest checkpoint or of one checkpoint dir.
 
     Args:
-        path: a run directory (its latest checkpoint) or a checkpoint directory.
         data: prepared data dir (default: the one the checkpoint was trained on).
         eval_batches: batches (default: the run's final_eval_batches; 0 = all).
         batch_size, seq_len: the batch shape (default: the run's).
-        split: "val" (validation: curves, tuning) or "test" (held out: report only);
-            ValueError naming the fix for data prepared without a test split.
-        teacher: an mlx-lm model dir or Hugging Face repo id, or a run / checkpoint dir (its
-            float weights): each mode also reports `kl`, the mean KL(teacher ‖ model) per
+        split: "val" (validation: curves, tuning) or "test" (held out: report only).
+        teacher: an mlx-lm model dir or Hugging Face repo id (at `revision`), or a run /
+            checkpoint dir: each mode also reports `kl`, the mean KL(teacher ‖ model) per
             token at T = 1. Its vocabulary and tokenizer must be the run's (`check_teacher`).
-        revision: the hub revision of a `teacher` repo id.
 
     Returns:
         `eval_triple`'s dict plus "checkpoint", "step", "phase", "split", "tokens" and
@@ -75,13 +72,12 @@ def evaluate_checkpoint(
     teacher_model = load_float(source, frozen=True, what="--teacher")[0] if source else None
     check_eval_memory(ckpt.model_config, batches, model, teacher_model)
     ev = eval_triple(model, batches, bpt, quantizers_ready=ready, teacher=teacher_model)
-    tokens = getattr(batches, "num_tokens", None)
     return {
         "checkpoint": str(ckpt.path),
         "step": ckpt.step,
         "phase": ckpt.qat.get("phase"),
         "split": split,
-        "tokens": tokens,
+        "tokens": getattr(batches, "num_tokens", None),
         "minmax": all_minmax(model),
         **ev,
     }
@@ -107,26 +103,21 @@ def check_eval_memory(
     model_config: dict, batches, model, teacher=None, extra_bytes: int = 0
 ) -> dict:
     """Raise ValueError, naming a --seq-len that fits, when one evaluation forward of the first
-    batch cannot fit in memory (`train.memory.check_forward_memory`; MLX would crash on the
-    allocation, on Linux with a segfault). The batch is the first of `batches`: a split with
-    fewer windows than --batch-size fills one smaller batch. `extra_bytes`: copies of weights
-    the caller keeps besides the model (diagnose's rounded points)."""
+    batch cannot fit in memory (`train.memory.check_forward_memory`: MLX would crash, on Linux
+    with a segfault). `extra_bytes`: weight copies the caller keeps besides the model."""
     if hasattr(batches, "num_windows"):
         rows, seq = min(batches.batch_size, batches.num_windows), batches.seq_len
     else:
         rows, seq = batches[0].shape[0], batches[0].shape[1] - 1
+    weights = param_bytes(model) + extra_bytes
     return check_forward_memory(
-        model_config,
-        param_bytes(model) + extra_bytes,
-        rows,
-        seq,
-        teacher_bytes=param_bytes(teacher),
+        model_config, weights, rows, seq, teacher_bytes=param_bytes(teacher)
     )
 
 
 def _recorded_data(ckpt, run_dir: Path) -> str | None:
-    """The shards the checkpoint was trained on; for a copied or moved run whose recorded
-    (absolute) path is gone, the same-named shards under the run's own `data/`."""
+    # the shards the checkpoint was trained on; for a copied or moved run whose recorded
+    # (absolute) path is gone, the same-named shards under the run's own `data/`
     shards = (ckpt.state.get("data") or {}).get("shards")
     if not shards or Path(shards).is_dir():
         return shards
@@ -166,11 +157,9 @@ TEACHER_FIX = (
 
 
 def check_teacher(teacher: ModelSource, ckpt, bundle) -> None:
-    """Raise ValueError unless the `--teacher` reads the run's tokens: the same vocabulary size
-    as the checkpoint's model, and the tokenizer (by `tokenizer_sha256`) the checkpoint records,
-    else the one its data was encoded with. Called before the teacher is loaded: a KL between
-    models of different tokenizers compares unrelated tokens (and of different sizes, fails
-    inside MLX)."""
+    """Raise ValueError unless the `--teacher` reads the run's tokens (its vocabulary size and
+    tokenizer sha256 are the checkpoint's), before it is loaded: a KL between models of
+    different tokenizers compares unrelated tokens (and of different sizes, fails in MLX)."""
     vocab = teacher.vocab_size
     sha, where = teacher.tokenizer_identity() or (None, str(teacher.path))
     model_vocab = int(ckpt.model_config.get("vocab_size") or 0)

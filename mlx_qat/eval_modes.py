@@ -48,8 +48,7 @@ BASIN_NOISE_Z = 2.0
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Mean loss (nats/token), bits per byte, the number of target tokens and, against a
-    teacher, the mean KL to it (nats/token; left out of `to_dict` without one)."""
+    """Mean loss and KL to a teacher (nats/token; `kl` left out of `to_dict` without one)."""
 
     loss: float
     bpb: float
@@ -125,8 +124,8 @@ def _evaluate_modes(
     modes: list,
     teacher: nn.Module | None = None,
 ) -> dict:
-    """{mode: EvalResult} for each of `modes` ("fp", "qat", "ptq" or None = as it is), one
-    pass over `batches`; a "ptq" mode the model cannot round to (ValueError) is None."""
+    # {mode: EvalResult} for `modes` ("fp", "qat", "ptq", None = as it is), one pass over
+    # `batches`; a "ptq" mode the model cannot round to (ValueError) is None
     zero = mx.array(0.0, dtype=mx.float32)
     ce, kl = {m: zero for m in modes}, {m: zero for m in modes}
     count = 0
@@ -189,11 +188,8 @@ def batch_losses(
 
 
 def paired_se(a: Sequence[float], b: Sequence[float]) -> float:
-    """Standard error of the mean of the per-batch differences a − b (0 with < 2 batches).
-
-    Both points are evaluated on the same batches, so their difference is a paired comparison:
-    its noise is the spread of the per-batch differences, not of the losses themselves.
-    """
+    """Standard error of the mean of the per-batch differences a − b (0 with < 2 batches):
+    the noise of a paired comparison on the same batches."""
     n = len(a)
     if n != len(b):
         raise ValueError(f"paired_se: {n} and {len(b)} batches")
@@ -211,12 +207,7 @@ def basin_level(
     noise_z: float = BASIN_NOISE_Z,
 ) -> tuple[float, float]:
     """(ε, SE): the basin level of the module header from per-batch losses of a quantized
-    point and of the float point on the same batches.
-
-    Example:
-        >>> basin_level([3.0, 3.5], [3.0, 3.0])   # differences 0, 0.5: SE 0.25, ε = 2 SE
-        (0.5, 0.25)
-    """
+    point and of the float point on the same batches."""
     se = paired_se(quantized, float_)
     return max(tolerance, noise_z * se), se
 
@@ -270,19 +261,10 @@ def eval_triple(
     quantizers_ready: bool = True,
     teacher: nn.Module | None = None,
 ) -> dict:
-    """FP, QAT and PTQ loss/bpb of `model` on the same `batches`, and the gap recovered.
-
-    Args:
-        model: a prepared model (QAT layers); its fake-quant state is restored afterwards.
-        batches: a re-iterable sequence of fixed validation batches.
-        bytes_per_token: of the validation split.
-        quantizers_ready: False before the FP→QAT switch, when learnable quantizers still
-            hold their values from `prepare` (their "qat" loss is then not reported).
-        teacher: a frozen float model: each mode also reports `kl`, its mean KL to it.
-
-    Returns:
-        {"fp": {...}, "qat": {...} | None, "ptq": {...} | None, "gap_recovered": float | None}
-        where each {...} is `EvalResult.to_dict()`.
+    """FP, QAT and PTQ loss/bpb of `model` on the same `batches`, and the gap recovered:
+    {"fp", "ptq", "qat": `EvalResult.to_dict()` or None, "gap_recovered": float or None}.
+    `quantizers_ready` False (before the FP→QAT switch, learnable quantizers still as
+    `prepare` left them): no "qat" loss. The model's fake-quant state is restored afterwards.
     """
     batches = list(batches)
     if not _qat_layers(model):

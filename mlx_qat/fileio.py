@@ -15,14 +15,13 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 CACHE_ENV = "MLX_QAT_CACHE"
 
 
 def cache_dir() -> Path:
-    """The user cache directory: ``$MLX_QAT_CACHE``, else ``$XDG_CACHE_HOME/mlx_qat``,
-    else ``~/.cache/mlx_qat``."""
+    """``$MLX_QAT_CACHE``, else ``$XDG_CACHE_HOME/mlx_qat``, else ``~/.cache/mlx_qat``."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -46,8 +45,7 @@ def fsync_path(path: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
-    """Open ``path.tmp-<pid>`` for writing; on success fsync it and ``os.replace`` it onto
-    ``path``. On error the temporary file is removed and ``path`` is left untouched."""
+    """Write ``path`` atomically (module header); on error ``path`` is left untouched."""
     path = Path(path)
     tmp = tmp_name(path)
     try:
@@ -64,18 +62,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, rename)."""
     with atomic_open(path, "wb") as f:
         f.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -89,12 +84,9 @@ def new_tmp_dir(final: Path) -> Path:
 
 
 def publish_dir(tmp: Path, final: Path, replace: bool = False) -> bool:
-    """Rename the finished build directory ``tmp`` onto ``final``.
-
-    If ``final`` already exists (another process finished first) the build is discarded and
-    False is returned, unless ``replace`` is set, in which case the old directory is moved aside
-    and removed. Returns True when ``tmp`` became ``final``.
-    """
+    """Rename the finished build directory ``tmp`` onto ``final``; True when it did. An existing
+    ``final`` (another process finished first) wins, the build is discarded, unless
+    ``replace``: then the old directory is moved aside and removed."""
     fsync_path(tmp)
     if final.exists():
         if not replace:
@@ -117,7 +109,6 @@ def publish_dir(tmp: Path, final: Path, replace: bool = False) -> bool:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -147,28 +138,20 @@ def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
-class JsonLines(tuple):
-    """`read_jsonl`'s answer: `(rows, torn)`, rows as (line number, object)."""
+class JsonLines(NamedTuple):
+    """`read_jsonl`'s answer."""
 
-    @property
-    def rows(self) -> list[tuple[int, Any]]:
-        return self[0]
-
-    @property
-    def torn(self) -> bool:
-        return self[1]
+    rows: list[tuple[int, Any]]  # (line number, object)
+    torn: bool
 
 
 def read_jsonl(path: str | os.PathLike) -> JsonLines:
-    """The complete JSON lines of `path` (none if it does not exist).
-
-    A line that does not end in a newline is what a killed appender leaves: it is never parsed
-    and is reported as `torn`. Any other line that is not JSON, or a file that is not UTF-8
-    text, is a ValueError naming it.
-    """
+    """The complete JSON lines of `path` (none if it does not exist). A last line without its
+    newline (a killed appender's) is never parsed, only reported as `torn`; any other line
+    that is not JSON, or a file that is not UTF-8 text, is a ValueError naming it."""
     p = Path(path)
     if not p.is_file():
-        return JsonLines(([], False))
+        return JsonLines([], False)
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:  # a binary file given where JSON lines belong
@@ -183,15 +166,12 @@ def read_jsonl(path: str | os.PathLike) -> JsonLines:
                 rows.append((i, json.loads(line)))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{p}:{i}: not a JSON row ({e.msg})") from None
-    return JsonLines((rows, bool(tail.strip())))
+    return JsonLines(rows, bool(tail.strip()))
 
 
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
-    """Append one JSON line atomically: one `os.write` on an O_APPEND descriptor, then fsync.
-
-    A kill can leave at worst a line without its newline at the end (`read_jsonl` skips it);
-    it is cut off here before the next line is written, so it is never glued to a row.
-    """
+    """Append one JSON line atomically: one `os.write` on an O_APPEND descriptor, then fsync
+    (a torn last line a kill left is cut off first, never glued to a row)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(obj, sort_keys=True) + "\n").encode("utf-8")

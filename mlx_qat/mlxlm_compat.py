@@ -1,26 +1,11 @@
-"""Every private mlx-lm name mlx_qat relies on, in one module.
-
-mlx_qat uses mlx-lm's public functions (`mlx_lm.load`, `mlx_lm.utils.load_model`,
-`load_tokenizer`, `save_config`, ...) where they are needed, and three things that are not
-public, which an mlx-lm release may change without notice. They live here only:
-
-- `mlx_lm.utils._download(path_or_hf_repo, revision)`: how every mlx-lm command turns a
-  Hugging Face repo id into a local snapshot folder (`huggingface_hub.snapshot_download` with
-  mlx-lm's `DEFAULT_ALLOW_PATTERNS`); `hub_snapshot` tries the local cache first with the same
-  patterns, then this.
-
-- `mlx_lm.utils._get_classes(config) -> (Model, ModelArgs)`: the classes a config.json names,
-  by mlx-lm's own lookup (with its model-type remappings), so every architecture mlx-lm
-  supports builds (`model_classes`); an unknown `model_type` raises ValueError.
-- `mlx_lm.utils.load_model` reads `config.json` through the module-level name
-  `mlx_lm.utils.load_config`: patching that name for one call makes mlx-lm's own loader read
-  another file (`load_model_with_config`: the export's pending `config.unverified.json`).
-- `TokenizerWrapper._tokenizer`: the Hugging Face tokenizer inside mlx-lm's wrapper
-  (`hf_tokenizer`).
-
+"""Every private mlx-lm name mlx_qat relies on (`PRIVATE`), in one module; everything else
+it uses from mlx-lm is public. `_download` (a repo id to a local snapshot, `hub_snapshot`),
+`_get_classes` (the classes a config.json names, `model_classes`), the module-level
+`load_config` that `load_model` reads config.json through (`load_model_with_config`) and
+`TokenizerWrapper._tokenizer` (`hf_tokenizer`) may change in any mlx-lm release:
 pyproject.toml bounds mlx-lm below its next minor release, and `check()` (run by
-`tests/test_mlxlm_compat.py`) exercises each of them, so an upgrade that removes or changes
-one fails by name. mlx-lm is imported lazily: importing it costs seconds (transformers).
+`tests/test_mlxlm_compat.py`) exercises each, so an upgrade that breaks one fails by name.
+mlx-lm is imported lazily: importing it costs seconds (transformers).
 """
 
 from __future__ import annotations
@@ -42,10 +27,8 @@ PRIVATE = (
 
 def hub_snapshot(repo: str, revision: str | None = None) -> Path:
     """The local folder of Hugging Face repo `repo` at `revision`, as mlx-lm resolves it: the
-    local cache first (no network; what mlx-lm downloads, `DEFAULT_ALLOW_PATTERNS`), else
-    `mlx_lm.utils._download`. Raises huggingface_hub's errors as they are
-    (`LocalEntryNotFoundError` when offline and not cached, `HFValidationError` for a name
-    that is no repo id, `RepositoryNotFoundError`, ...)."""
+    local cache first (mlx-lm's `DEFAULT_ALLOW_PATTERNS`), else `mlx_lm.utils._download`.
+    huggingface_hub's errors are raised as they are (`LocalEntryNotFoundError`, ...)."""
     import mlx_lm.utils
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -65,19 +48,16 @@ def hub_snapshot(repo: str, revision: str | None = None) -> Path:
 
 
 def model_classes(config: dict) -> tuple[type, type]:
-    """`(Model, ModelArgs)` of mlx-lm's module for `config["model_type"]`.
-
-    Raises ValueError (mlx-lm's message) when mlx-lm has no such model type.
-    """
+    """`(Model, ModelArgs)` of mlx-lm's module for `config["model_type"]` (with its model-type
+    remappings); ValueError (mlx-lm's message) when mlx-lm has no such model type."""
     from mlx_lm.utils import _get_classes
 
     return _get_classes(config)
 
 
 def load_model_with_config(path: str | Path, read_config: Callable[[Path], dict]) -> Any:
-    """`mlx_lm.utils.load_model(path)`, with the config dict from `read_config(path)` instead
-    of `<path>/config.json`; everything else (model class, quantized layers, weight loading,
-    the strict key check) is mlx-lm's. Returns the model."""
+    """`mlx_lm.utils.load_model(path)` with the config dict from `read_config(path)` instead
+    of `<path>/config.json` (everything else is mlx-lm's); returns the model."""
     from unittest import mock
 
     import mlx_lm.utils
@@ -88,8 +68,7 @@ def load_model_with_config(path: str | Path, read_config: Callable[[Path], dict]
 
 
 def hf_tokenizer(wrapper: Any) -> Any:
-    """The Hugging Face tokenizer inside an mlx-lm `TokenizerWrapper` (what
-    `mlx_lm.utils.load_tokenizer` returns); anything else is returned as it is."""
+    """The Hugging Face tokenizer inside an mlx-lm `TokenizerWrapper`; anything else as it is."""
     from mlx_lm.tokenizer_utils import TokenizerWrapper
 
     return wrapper._tokenizer if isinstance(wrapper, TokenizerWrapper) else wrapper
@@ -160,8 +139,8 @@ def _check_tokenizer() -> None:
 
 
 def check() -> list[str]:
-    """Exercise each private mlx-lm name mlx_qat uses; returns one line per broken name
-    (`"<name>: <what failed>"`), empty when the installed mlx-lm still provides them all."""
+    """Exercise each private mlx-lm name mlx_qat uses; one `"<name>: <what failed>"` line per
+    broken name (none when the installed mlx-lm still provides them all)."""
     problems = []
     checks = (_check_download, _check_classes, _check_load_config, _check_tokenizer)
     for name, run in zip(PRIVATE, checks, strict=True):

@@ -63,16 +63,9 @@ class SourceError(ValueError):
 
 @dataclass(eq=False)
 class ModelSource:
-    """A resolved model source.
-
-    Attributes:
-        name: what the user gave (a path or a repo id).
-        kind: "checkpoint", "mlx" or "gguf".
-        path: the checkpoint directory, model directory or GGUF file actually read.
-        run_dir: the training run holding the checkpoint, if any.
-        hub: the Hugging Face repo id `path` is a snapshot of, if any.
-        revision: the hub revision asked for (None: the default branch).
-    """
+    """A resolved model source: `name` as the user gave it, its `kind` (`KINDS`), the `path`
+    actually read, the run holding a checkpoint, and the hub repo id and revision of a
+    snapshot."""
 
     name: str
     kind: str
@@ -83,20 +76,16 @@ class ModelSource:
     _config: dict | None = field(default=None, repr=False)
 
     @cached_property
-    def checkpoint(self) -> Checkpoint | None:
-        """The checkpoint (metadata and weights, read once), for kind "checkpoint"."""
+    def checkpoint(self) -> Checkpoint | None:  # read once
         return load_checkpoint(self.path, optimizer=False) if self.kind == "checkpoint" else None
 
     @property
     def config(self) -> dict:
         """The model's config.json dict (a checkpoint's model config); {} for a GGUF file."""
-        if self._config is None:
-            if self.kind == "checkpoint":
-                self._config = self.checkpoint.model_config
-            elif self.kind == "mlx":
-                self._config = read_model_config(self.path, "model")
-            else:
-                self._config = {}
+        if self._config is None and self.kind == "checkpoint":
+            self._config = self.checkpoint.model_config
+        elif self._config is None:
+            self._config = read_model_config(self.path, "model") if self.kind == "mlx" else {}
         return self._config
 
     @property
@@ -113,41 +102,33 @@ class ModelSource:
 
     @property
     def quantized(self) -> bool:
-        """An mlx-lm directory whose weights are already quantized."""
         return "quantization" in self.config or "quantization_config" in self.config
 
     @property
-    def qat_config(self):
-        """The checkpoint's `QATConfig`, or None for a model that was never prepared."""
+    def qat_config(self):  # None for a model that was never prepared
         return qat_config_of(self.checkpoint) if self.checkpoint is not None else None
 
     @property
-    def trained_with_qat(self) -> bool:
-        """True when the last forward of this checkpoint used fake quantization."""
+    def trained_with_qat(self) -> bool:  # its last forward used fake quantization
         return self.qat_config is not None and bool(self.qat.get("fake_quant", False))
 
     @property
-    def vocab_size(self) -> int | None:
-        """The model's vocabulary (embedding rows), from config.json (or its text_config)."""
+    def vocab_size(self) -> int | None:  # from config.json (or its text_config)
         text = self.config.get("text_config")
         n = self.config.get("vocab_size") or (text or {}).get("vocab_size")
         return int(n) if n else None
 
     @property
-    def tokenizer_dir(self) -> Path | None:
-        """Where the model's tokenizer is: a run's `tokenizer/`, or the model directory."""
+    def tokenizer_dir(self) -> Path | None:  # a run's `tokenizer/`, or the model directory
         if self.kind == "checkpoint":
             tok = self.run_dir / "tokenizer" if self.run_dir is not None else None
             return tok if tok is not None and tok.is_dir() else None
         return self.path if self.kind == "mlx" else None
 
     def recorded_tokenizer(self) -> tuple[str, str] | None:
-        """(sha256, where recorded) of the tokenizer a checkpoint's data was encoded with.
-
-        From state.json, `tokenizer_sha256`, when the trainer recorded it; else from the
-        manifest of the token shards it trained on (`data.shards`), when they are still there.
-        None for an mlx-lm model or a run that records neither.
-        """
+        """(sha256, where recorded) of the tokenizer a checkpoint's data was encoded with:
+        state.json's `tokenizer_sha256`, else the manifest of its shards (`data.shards`) when
+        they are still there; None when neither is."""
         data = self.state.get("data")
         data = data if isinstance(data, dict) else {}
         for recorded in (self.state, data):
@@ -173,9 +154,7 @@ class ModelSource:
         return None
 
     def sha256(self) -> str:
-        """Content hash of an mlx-lm folder (config.json and the safetensors): recorded in a
-        fine-tune's checkpoints, so that a resume reading `--model` again can tell if it
-        changed. Cached while the files' sizes and modification times stay the same."""
+        """Content hash of an mlx-lm folder (`models.build.model_dir_sha256`)."""
         return model_dir_sha256(self.path)
 
     def describe(self) -> str:
@@ -215,15 +194,7 @@ def resolve_model(
     name: str | Path, revision: str | None = None, what: str = "the input"
 ) -> ModelSource:
     """Find out what `name` is (reading nothing heavy; a hub id is fetched if not cached).
-
-    Args:
-        name: a run, checkpoint or mlx-lm directory, a GGUF file, or a Hugging Face repo id.
-        revision: the hub revision (branch, tag or commit) of a repo id.
-        what: how messages name the input (e.g. "--teacher").
-
-    Raises:
-        SourceError: naming the input, what it is not, and what to pass.
-    """
+    `what` names the input in messages ("--teacher"); SourceError names it and what to pass."""
     text = str(name)
     path = Path(text).expanduser()
     if path.exists():
@@ -243,13 +214,7 @@ def resolve_model(
 
 def float_model_dir(name: str, revision: str | None = None, what: str = "--model") -> str:
     """The local folder of a float mlx-lm model given as a folder (returned as given) or a
-    Hugging Face repo id (its snapshot, the local cache first, at `revision`): what the
-    trainer reads; the run's config keeps `name`, so that a resume resolves it again.
-
-    Raises:
-        SourceError: no mlx-lm folder or repo id, a hub id offline and not in the cache (the
-            message says how to fetch it), or another kind of model.
-    """
+    Hugging Face repo id (its snapshot, at `revision`); SourceError for another kind."""
     source = resolve_model(name, revision, what)
     if source.kind != "mlx":
         raise SourceError(
@@ -315,8 +280,7 @@ def load_float(
     what: str = "the input",
 ) -> tuple[nn.Module, dict]:
     """(float mlx-lm model, its config dict) of `source`: an mlx-lm folder through mlx-lm's own
-    loader (its config.json as `source.config` read it), or a checkpoint's float weights (its
-    quantizers' parameters dropped) in a plain mlx-lm model.
+    loader, or a checkpoint's float weights (quantizer parameters dropped).
 
     Args:
         dtype: cast every floating parameter to it (e.g. "bfloat16"); None keeps them.
