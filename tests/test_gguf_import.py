@@ -361,7 +361,7 @@ def test_bad_inputs_are_one_clear_error(tmp_path, capsys):
 def test_sentencepiece_vocabulary_adds_bos_and_falls_back_to_bytes():
     """A `llama`-type (sentencepiece) GGUF vocabulary, as Llama 2 / Mistral files carry: BOS
     added as llama.cpp does, unknown characters spelled with byte tokens, text round-trips."""
-    from mlx_qat.convert.gguf_tokenizer import build_tokenizer
+    from mlx_qat.convert.gguf import build_tokenizer
 
     pieces = ["▁", "t", "h", "e", "▁t", "he", "▁the", "c", "a", "▁c", "at", "▁cat", "s", "▁s"]
     tokens = ["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256)), *pieces]

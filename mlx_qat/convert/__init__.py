@@ -8,7 +8,7 @@ Modules: `api` (`convert`: what is read, which of QAT / PTQ / dequantize, the lo
 export), `pack` (QAT grid / PTQ / dequantize, the dtype cast), `write` (where an export may go,
 what `--force` may replace, mlx-lm layout, atomic directory, config.json last), `tokenizer`
 (data files only, the run's own by hash), `parity` (train = deploy loss check), `errors` (and
-the refusal of non-finite values), `card` (README.md); `gguf*` import a GGUF file. The command is `mlx_qat.cli.convert`.
+the refusal of non-finite values), `card` (README.md); `gguf`, `gguf_read`, `gguf_llama` import a GGUF file. The command is `mlx_qat.cli.convert`.
 """
 
 from .api import ConvertResult, convert

@@ -16,12 +16,9 @@ code; the losses each measures before export, for the parity check and the model
   float weights of a quantized mlx-lm model (a starting point for QAT fine-tuning). "ref" is
   the model as loaded, "fp" its float weights.
 
-Nothing non-finite is exported (`errors.py`). Each export is checked: the validation loss of
-the model before export and of the staged directory loaded back by mlx-lm's loader must agree
-(`parity.py`); only then is `config.json` written and the directory renamed into place
-(`write.py`, which also holds the rules for the output path). The tokenizer shipped (data
-files only, the run's own by hash): `tokenizer.py`. Every failure is a `ConvertError` that
-names the path and says what to do.
+Nothing non-finite is exported (`errors`). Each export is checked: the validation loss of the
+model before export and of the staged directory loaded back by mlx-lm must agree (`parity`);
+only then is `config.json` written and the directory renamed into place (`write`).
 """
 
 from __future__ import annotations
@@ -53,7 +50,6 @@ from .tokenizer import REMOTE_CODE_KEYS, check_recorded, save_tokenizer
 from .write import (
     check_output,
     commit_config,
-    file_sizes,
     save_config,
     save_weights,
     staged_dir,
@@ -229,13 +225,12 @@ def convert(
         options=options,
     )
     with staged_dir(mlx_path, force) as tmp:
-        index = save_weights(tmp, model, donate=True)  # the reload below needs the memory
+        # donate: the reload below needs the memory
+        written = save_weights(tmp, model, donate=True)
+        result.num_parameters, result.total_bytes, result.files = written
         del model
         save_tokenizer(tmp, tok_dir, source.vocab_size)
         save_config(tmp, config, pending=True)  # config.json only once verified
-        result.num_parameters = int(index["metadata"]["total_parameters"])
-        result.total_bytes = int(index["metadata"]["total_size"])
-        result.files = file_sizes(tmp)
         if data is not None:
             report = check_parity(tmp, data, losses, tolerance)
             result.parity = report.to_dict()

@@ -4,34 +4,32 @@
     >>> r = import_gguf("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2")   # float32, ggml's grid
     >>> r.check["passed"]
 
-Steps: the file's metadata and tensors (`gguf_read`); config.json, mlx-lm names, the q/k rows
-and the model, built with mlx-lm's own `llama.Model` (`gguf_llama`); the tokenizer from the GGUF
-vocabulary and its chat template (`gguf_tokenizer`); written like every export (`write`).
+Read (`gguf_read`), mapped onto mlx-lm's llama (`gguf_llama`), written like every export
+(`write`). The tokenizer: a GGUF file stores the vocabulary, merges, scores, token types,
+special token ids (`tokenizer.ggml.*`) and chat template as metadata; transformers'
+`convert_gguf_tokenizer` turns them into a `tokenizers` backend. Its own entry point
+(`from_pretrained(..., gguf_file=...)`) needs PyTorch, so here the metadata comes from the `gguf`
+package's reader, renamed with transformers' own table (`GGUF_TOKENIZER_MAPPING`) as its
+`get_gguf_tokenizer` does; `tokenizer.save_tokenizer` ships its data files only.
 
 Two weight formats:
 
-* float (default): every weight dequantized to float32, which holds ggml's grid exactly
-  (`gguf_read`). `dtype="float16"`/`"bfloat16"` halves the size but rounds the grid.
-* `quantize=True`: Q4_0/Q4_1/Q8_0 tensors stay quantized in MLX's affine format at group size 32
-  (bits 4, 4, 8), which holds them exactly. Every float parameter, scales and biases included,
-  is cast to `dtype` (default float16), as `convert.pack.cast_model` does: MLX dequantizes in
-  the scales' dtype. float16 keeps ggml's float16 scales and biases as they are, but its
-  dequantized weights d·q + m are rounded to float16 (as in any float16 inference);
-  `dtype="float32"` computes ggml's grid exactly; bfloat16 also rounds the scales (a warning).
-  Per-path entries in the `quantization` block name the layers whose bits differ from the most
-  common (e.g. a Q8_0 embedding among Q4_1 layers). Files with other quantized types are
-  refused here (import them as float).
+* float (default): every weight dequantized to float32, which holds ggml's grid exactly.
+  `dtype="float16"`/`"bfloat16"` halves the size but rounds the grid.
+* `quantize=True`: Q4_0/Q4_1/Q8_0 stay quantized in MLX's affine format at group size 32 (bits
+  4, 4, 8), which holds them exactly; other quantized types are refused. Every float parameter,
+  scales and biases included, is cast to `dtype` (default float16), as `pack.cast_model` does:
+  MLX dequantizes in the scales' dtype. float16 keeps ggml's float16 scales and biases, but its
+  dequantized weights d·q + m are rounded to float16 (as in any float16 inference); float32
+  computes ggml's grid exactly; bfloat16 also rounds the scales (a warning).
 
-Non-finite values are refused by name before anything is built (`errors`): every tensor, a
-quantized one after dequantization to float32 (random bytes in a Q4_1 block give NaN scales; a
-flipped exponent gives inf, which compares equal to itself and would pass the check below), the
-check-text loss and every parameter after the cast to `dtype`.
-
-The check before publishing: the staged directory, loaded back by mlx-lm's own loader, must
-hold exactly the model built here: equal model arguments, every parameter bit for bit (dtype
-included), the same quantized formats. Before the cast to `dtype`, the built model's loss on
-`CHECK_TEXT` (computed in float32) is reported: a trained model sits far below chance,
-ln(vocab_size). Peak memory is about twice the model (built + loaded).
+Non-finite values are refused by name (`errors`): every tensor (random bytes in a Q4_1 block
+give NaN scales; a flipped exponent gives inf, which would pass the check below), the
+check-text loss and every parameter after the cast. The check before publishing: the staged
+directory, loaded back by mlx-lm's own loader, must hold exactly the model built here (model
+arguments, every parameter bit for bit, quantized formats). Before the cast, the built model's
+loss on `CHECK_TEXT` is reported: a trained model sits far below chance, ln(vocab_size). Peak
+memory is about twice the model (built + loaded).
 """
 
 from __future__ import annotations
@@ -42,6 +40,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -61,7 +60,6 @@ from .gguf_llama import (
     to_mlx_weights,
 )
 from .gguf_read import load_tensors, read_header
-from .gguf_tokenizer import save_gguf_tokenizer
 from .pack import cast_model, dtype_name, parse_dtype
 from .parity import load_staged
 from .tokenizer import save_tokenizer
@@ -151,7 +149,7 @@ def import_gguf(
         dtype: "float32" (default for float weights: ggml's grid exactly), "float16" (default
             with `quantize`) or "bfloat16", for float parameters, scales and biases included.
         quantize: keep Q4_0/Q4_1/Q8_0 tensors quantized (MLX affine, group size 32, exact).
-        force: replace an existing `mlx_path` (only a model directory; `output.check_output`).
+        force: replace an existing `mlx_path` (only a model directory; `write.check_output`).
         check: require the staged directory, loaded by mlx-lm, to be the built model exactly.
 
     Returns:
@@ -227,11 +225,9 @@ def import_gguf(
                 "the cast overflowed; pass --dtype float32",
             )
             result.bits_per_weight = round(float(compute_bits_per_weight(model)), 4)
-            index = write.save_weights(tmp, model)
+            written = write.save_weights(tmp, model)
+            result.num_parameters, result.total_bytes, result.files = written
             write.save_config(tmp, config, pending=True)  # config.json only once verified
-            result.num_parameters = int(index["metadata"]["total_parameters"])
-            result.total_bytes = int(index["metadata"]["total_size"])
-            result.files = write.file_sizes(tmp)
             if check:
                 result.check = compare_loaded(model, load_staged(tmp))
                 if not result.check["passed"]:
@@ -246,6 +242,95 @@ def import_gguf(
             write.write_result(tmp, gguf_card(result), result.to_dict())
     logger.info("wrote %s (%.3f bits per weight)", mlx_path, result.bits_per_weight)
     return result
+
+
+# Which special token each `tokenizer.ggml.*_id` names (transformers' `_SPECIAL_TOKENS`).
+SPECIAL_TOKENS = {
+    "bos_token": "bos_token_id",
+    "eos_token": "eos_token_id",
+    "unk_token": "unknown_token_id",
+    "pad_token": "padding_token_id",
+}
+
+
+def _converter():
+    """transformers' GGUF tokenizer conversion: `(mapping, convert)`, newest layout first."""
+    try:  # transformers >= 5.2x: integrations/gguf/
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+            GGUF_TOKENIZER_MAPPING,
+            convert_gguf_tokenizer,
+        )
+    except ImportError:
+        try:  # older: integrations/ggml.py
+            from transformers.integrations.ggml import (
+                GGUF_TOKENIZER_MAPPING,
+                convert_gguf_tokenizer,
+            )
+        except ImportError as e:
+            raise ConvertError(
+                f"this transformers has no GGUF tokenizer conversion ({e}); upgrade it: "
+                "pip install -U transformers"
+            ) from None
+    return GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+
+
+def tokenizer_fields(metadata: dict[str, Any]) -> tuple[dict, dict]:
+    """`(tokenizer_dict, tokenizer_config)` from GGUF metadata, under transformers' names."""
+    mapping, _ = _converter()
+    tok, cfg = (
+        {
+            n: metadata[f"tokenizer.{k}"]
+            for k, n in mapping.get(g, {}).items()
+            if f"tokenizer.{k}" in metadata
+        }
+        for g in ("tokenizer", "tokenizer_config")
+    )
+    if "tokens" not in tok:
+        raise ConvertError(
+            "the GGUF file has no tokenizer.ggml.tokens (no vocabulary), so no tokenizer can be "
+            "built from it; convert the original Hugging Face model with mlx_lm.convert instead"
+        )
+    if tok.get("tokenizer_type") == "llama":
+        # llama.cpp adds BOS to a sentencepiece vocabulary that does not say otherwise.
+        cfg.setdefault("add_bos_token", True)
+    for name, key in SPECIAL_TOKENS.items():
+        i = metadata.get(f"tokenizer.ggml.{key}")
+        cfg[name] = (
+            tok["tokens"][int(i)] if i is not None and 0 <= int(i) < len(tok["tokens"]) else None
+        )
+    # Keys of the older mapping that are not tokenizer settings.
+    for k in ("model_type", "bos_token_id", "eos_token_id", "unk_token_id", "pad_token_id"):
+        cfg.pop(k, None)
+    return tok, {k: v for k, v in cfg.items() if v is not None}
+
+
+def build_tokenizer(metadata: dict[str, Any], architecture: str):
+    """A `transformers` fast tokenizer from the GGUF vocabulary, special tokens, chat template."""
+    from transformers import PreTrainedTokenizerFast
+
+    _, convert = _converter()
+    tok, cfg = tokenizer_fields(metadata)
+    try:
+        backend, extra = convert(architecture, tok)
+    except (KeyError, ValueError) as e:
+        raise ConvertError(
+            f"transformers cannot build a tokenizer from this GGUF file (tokenizer.ggml.model "
+            f"{tok.get('tokenizer_type')!r}, pre {tok.get('pre_tokenizer_type')!r}: {e}); "
+            "convert the original Hugging Face model with mlx_lm.convert instead"
+        ) from e
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **{**cfg, **(extra or {})})
+
+
+def save_gguf_tokenizer(metadata: dict[str, Any], architecture: str, out_dir: Path) -> None:
+    """Build the tokenizer and `save_pretrained` it into `out_dir`."""
+    tokenizer = build_tokenizer(metadata, architecture)
+    tokenizer.save_pretrained(str(out_dir))
+    logger.info(
+        "tokenizer: %d tokens (%s), chat template %s",
+        len(tokenizer),
+        metadata.get("tokenizer.ggml.model"),
+        "yes" if metadata.get("tokenizer.chat_template") else "none",
+    )
 
 
 def summary(r: GGUFImportResult) -> str:

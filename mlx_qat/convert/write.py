@@ -1,7 +1,6 @@
 """Where an export may go, and writing it there atomically as an mlx-lm model directory.
 
-Rules, checked before anything is loaded (`check_output`); each refusal is a `ConvertError`
-naming the path and the fix:
+Rules, checked before anything is loaded (`check_output`); each refusal names the path and fix:
 
 * `--mlx-path` is never the current directory, one of its parents or the root (`.` included).
 * It never overlaps an input: it is not the checkpoint or model read, the tokenizer shipped or
@@ -9,27 +8,22 @@ naming the path and the fix:
   inside the *run* directory, e.g. `runs/main/mlx_model`, is fine.)
 * An existing `--mlx-path` is replaced only with `--force`, and only when it is recognisably a
   model directory that `mlx_qat.convert` or `mlx_lm.convert` wrote (`replace_refusal`): a real
-  directory (not a symbolic link) holding `config.json` and `model*.safetensors` and nothing
-  else than the files an export writes (`is_export_file`: weights, their index, `config.json`,
-  `README.md`, `mlx_qat.json`, `convert.yaml`, tokenizer data files, `.DS_Store`): no
-  subdirectory, no code (`*.py`), no other file. An empty directory may be replaced too.
+  directory (not a symbolic link) holding `config.json`, `model*.safetensors` and only files an
+  export writes (`is_export_file`): no subdirectory, no code (`*.py`). An empty one may go too.
 * Its parent must be writable (a read-only directory is a one-line error, not a traceback).
 
-Writing: mlx-lm writes the files (`mlx_lm.utils.save_model` / `save_config`):
-`model.safetensors`, or `model-0000i-of-0000n.safetensors` shards of at most 5 GB, always with
-`model.safetensors.index.json`; `config.json` sorted, with `"quantization"` mirrored into
-`"quantization_config"`. Beside them: tokenizer files and `README.md`. `staged_dir` builds
-everything under `<mlx_path>.tmp-<pid>` and renames it into place only when the block finishes
-without error; the output it replaces is moved to `<mlx_path>.old-<pid>` and removed only after
-that rename. `config.json` is written as `config.unverified.json` (`save_config(...,
-pending=True)`) and renamed to `config.json` (`commit_config`) only once the parity check has
-passed, so no directory that `mlx_lm.load` accepts exists before the export is verified, not
-even the temporary one of a killed process.
+mlx-lm writes the files (`save_model` / `save_config`: weights in shards of at most 5 GB with
+their index; `config.json` sorted, `"quantization"` mirrored into `"quantization_config"`).
+`staged_dir` builds everything under `<mlx_path>.tmp-<pid>` and renames it into place only when
+the block finishes without error; an output it replaces is moved to `<mlx_path>.old-<pid>` and
+removed after that rename. `config.json` is written as `config.unverified.json` and renamed
+(`commit_config`) only once the parity check has passed, so no directory that `mlx_lm.load`
+accepts exists before the export is verified, not even the temporary one of a killed process.
 
-Stale temporaries (`clean_stale`): when the process that made a `.tmp-<pid>` or `.old-<pid>`
-no longer runs (pid not alive), the next convert into the same `--mlx-path` removes it, if it
-holds only export files. A `.old-<pid>` is removed only when `<name>` exists again; otherwise it
-is the previous output of an interrupted replace and is left (with a warning).
+Stale temporaries (`clean_stale`): a `.tmp-<pid>` or `.old-<pid>` whose process no longer runs
+is removed by the next convert into the same `--mlx-path` if it holds only export files; a
+`.old-<pid>` only once `<name>` exists again (else it is the previous output of an interrupted
+replace, left with a warning).
 """
 
 from __future__ import annotations
@@ -56,16 +50,9 @@ logger = logging.getLogger(__name__)
 INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
 RESULT_FILE = "mlx_qat.json"
+# .DS_Store: Finder metadata, after a look at the folder on macOS
 EXPORT_FILES = frozenset(
-    {
-        CONFIG,
-        "model.safetensors",
-        INDEX,
-        "README.md",
-        RESULT_FILE,
-        "convert.yaml",
-        ".DS_Store",  # Finder metadata, after a look at the folder on macOS
-    }
+    {CONFIG, "model.safetensors", INDEX, "README.md", RESULT_FILE, "convert.yaml", ".DS_Store"}
 )
 WEIGHTS = "model*.safetensors"
 SHARD = "model-*-of-*.safetensors"
@@ -273,15 +260,18 @@ def _publish(tmp: Path, final: Path, force: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_weights(path: Path, model: nn.Module, donate: bool = False) -> dict:
-    """Save `model.parameters()` with mlx-lm's `save_model` (shards + index); return the index.
+def save_weights(path: Path, model: nn.Module, donate: bool = False) -> tuple[int, int, dict]:
+    """Save `model.parameters()` with mlx-lm's `save_model` (shards + index); return the number
+    of parameters, the bytes and {file: bytes} of the weight files written.
 
     `donate`: mlx-lm frees the model's arrays as it writes them (the model is unusable after).
     """
     from mlx_lm.utils import save_model
 
     save_model(path, model, donate_model=donate)
-    return json.loads((path / INDEX).read_text(encoding="utf-8"))
+    meta = json.loads((path / INDEX).read_text(encoding="utf-8"))["metadata"]
+    files = {p.name: p.stat().st_size for p in sorted(path.glob(WEIGHTS))}
+    return int(meta["total_parameters"]), int(meta["total_size"]), files
 
 
 def save_config(path: Path, config: dict, pending: bool = False) -> None:
@@ -300,8 +290,3 @@ def write_result(path: Path, card: str, result: dict) -> None:
     """The model card (README.md) and what the export measured (`RESULT_FILE`)."""
     (path / "README.md").write_text(card, encoding="utf-8")
     (path / RESULT_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
-
-
-def file_sizes(path: Path) -> dict[str, int]:
-    """Bytes of each weight file in an output directory."""
-    return {p.name: p.stat().st_size for p in sorted(path.glob("model*.safetensors"))}
