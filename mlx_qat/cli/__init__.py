@@ -1,11 +1,8 @@
 """The command line: `python -m mlx_qat <verb> ...` and the `mlx_qat.<verb>` console scripts.
 
-One module per verb (`mlx_qat.cli.data`, `.train`, `.eval`, `.convert`, `.plan`, `.check`,
-`.sweep`, `.fit`, `.diagnose`),
-each with `build_parser()` and `main(argv=None) -> int`, built on `cli.common`. This module only
-dispatches. On Linux the process first re-executes itself with Debian's OpenBLAS preloaded
-(`mlx_qat.blas`; opt out with `MLX_QAT_NO_OPENBLAS=1`). `python -m mlx_qat --debug <verb>` is
-`<verb> --debug`: errors raise with their traceback (`cli.common.run_verb`).
+One module per verb (`VERBS`), built on `cli.common`; this module only dispatches. The process
+first re-executes itself with Debian's OpenBLAS preloaded on Linux (`mlx_qat.blas`).
+`python -m mlx_qat --debug <verb>` is `<verb> --debug`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ size of the disagreement).
 
 from __future__ import annotations
 
-from .common import add_common, run_verb, verb_parser
+from .common import add_common, verb_main, verb_parser
 
 
 def build_parser():
@@ -27,6 +27,4 @@ def _run(opts: dict) -> int:
     return report.exit_code
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `mlx_qat.check`; returns the exit status."""
-    return run_verb("check", build_parser, _run, argv)
+main = verb_main("check", build_parser, _run)

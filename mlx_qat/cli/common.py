@@ -1,9 +1,9 @@
 """What every verb shares: its settings (flags, `--config` YAML, the resolved settings saved
 beside the output), logging, the OpenBLAS re-exec, and errors as one line + exit code.
 
-A verb module (`mlx_qat.cli.<verb>`) has `build_parser()` and `main(argv=None) -> int`; its
-`main` is `run_verb(NAME, build_parser, body, argv)`, and `body(opts)` does the work with the
-resolved settings (a dict keyed by the parser's `dest` names) and returns the exit status.
+A verb module (`mlx_qat.cli.<verb>`) has `build_parser()` and `main(argv=None) -> int`
+(`verb_main`: `run_verb(NAME, build_parser, body, argv)`), and `body(opts)` does the work with
+the resolved settings (a dict keyed by the parser's `dest` names) and returns the exit status.
 
 Settings: CLI > YAML > defaults, as in `mlx_lm.lora`: every flag is parsed starting from None
 (= not given), YAML values fill what the command line left out, and the parser's declared
@@ -382,6 +382,16 @@ def report_bug(verb: str, argv: list[str], exc: BaseException) -> None:
             "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip(),
         ]
     print("\n".join(lines), file=sys.stderr)
+
+
+def verb_main(verb: str, build_parser, body) -> Callable[[list[str] | None], int]:
+    """`main(argv=None) -> int` of verb `verb`: `run_verb(verb, build_parser, body, argv)`."""
+
+    def main(argv: list[str] | None = None) -> int:
+        return run_verb(verb, build_parser, body, argv)
+
+    main.__doc__ = f"Entry point of `mlx_qat.{verb}`; returns the exit status."
+    return main
 
 
 def run_verb(

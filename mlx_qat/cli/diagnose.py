@@ -2,12 +2,10 @@
 format change? Loss-basin diagnostics of a float model (`mlx_qat.diagnose.diagnose`).
 
     mlx_qat.diagnose runs/main --bits 2                 # the run's latest checkpoint
-    mlx_qat.diagnose runs/main/checkpoints/step_00000400 --bits 3 --group-size 32
     mlx_qat.diagnose path/to/mlx_model --data data/ --bits 4   # a float mlx-lm model
 
-Prints a table and the verdict; writes `<out>/diagnose.json`, the resolved settings to
-`<out>/diagnose.yaml` and the line scans to `<out>/diagnose.png` (needs matplotlib). `--out`
-defaults to `<run dir>/diagnose_<format>` (for an mlx-lm model, `./diagnose_<name>_<format>`).
+Prints a table and the verdict; writes diagnose.json, diagnose.yaml and diagnose.png under
+`--out` (`default_out`).
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from pathlib import Path
 
 from ..fileio import atomic_write_json
 from ..quant.spec import MODES
-from .common import add_common, run_verb, save_resolved, verb_parser
+from .common import add_common, save_resolved, verb_main, verb_parser
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +168,4 @@ def _run(opts: dict) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `mlx_qat.diagnose`; returns the exit status."""
-    return run_verb("diagnose", build_parser, _run, argv)
+main = verb_main("diagnose", build_parser, _run)

@@ -1,13 +1,11 @@
 """`mlx_qat.eval`: FP / QAT / PTQ loss of a run or checkpoint on the validation or the
 held-out test split (`mlx_qat.eval.evaluate_checkpoint`).
 
-    mlx_qat.eval runs/main                       # latest checkpoint, the run's data and batches
     mlx_qat.eval runs/main/checkpoints/step_00000200 --eval-batches 16
     mlx_qat.eval runs/main --split test          # the held-out numbers (report, never tune)
-    mlx_qat.eval runs/main --teacher float_model # + each mode's KL to a float model
 
-Writes the results to `<out>/eval.json` (`eval_test.json` for `--split test`) and the resolved
-settings to `<out>/eval.yaml` (`eval_test.yaml`); `--out` defaults to the run directory.
+Writes `<out>/eval.json` and `eval.yaml` (`eval_test.*` for `--split test`; `--out` defaults
+to the run directory).
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from pathlib import Path
 
 from ..eval_modes import MODES
 from ..fileio import atomic_write_json, ensure_writable_dir
-from .common import add_common, run_verb, save_resolved, verb_parser
+from .common import add_common, save_resolved, verb_main, verb_parser
 
 
 def build_parser():
@@ -110,6 +108,4 @@ def _run(opts: dict) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `mlx_qat.eval`; returns the exit status."""
-    return run_verb("eval", build_parser, _run, argv)
+main = verb_main("eval", build_parser, _run)

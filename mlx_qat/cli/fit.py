@@ -3,17 +3,13 @@
 
     mlx_qat.fit runs/sweep_tiny/results.jsonl               # -> runs/sweep_tiny/fit/
     mlx_qat.fit machine_a/ machine_b/ --out fit --bootstrap 500   # a sweep split across machines
-    mlx_qat.plan --config main --law runs/sweep_tiny/fit/fit.json
 
-RESULTS are results.jsonl files or folders (every results.jsonl in them and below: a sweep's own
-rows and its shards'); their rows are merged (one run's rows kept once, whatever their timings;
-one config_hash with two different results is refused, naming both). The law is fitted on the FP
-anchors and the QAT runs of one pipeline (`--pipeline`, fused by default); classic runs feed the
-fused-vs-classic comparison. Rows record their data's identity; rows of several data sets are
-refused unless `--mix-data` (rows older than the identity: unknown data, fitted alone as before,
-refused beside rows of known data). Writes DIR/fit.json (`FitResult`, what `plan --law` reads),
-DIR/report.txt (the printed report), the PNGs (`--no-plot` to skip) and DIR/fit.yaml (the
-resolved settings). DIR defaults to `fit/` next to the first results file.
+RESULTS (files, or folders searched for results.jsonl) are merged (`fit.results.read_results`:
+one run's rows kept once; one config_hash with two different results is refused; rows of
+several data sets need `--mix-data`). The law is fitted on the FP anchors and the QAT runs of
+one `--pipeline`; classic runs feed the fused-vs-classic comparison. Writes DIR/fit.json (what
+`plan --law` reads), report.txt, the PNGs and fit.yaml; DIR defaults to `fit/` next to the
+first results file.
 """
 
 from __future__ import annotations
@@ -24,7 +20,7 @@ import time
 from pathlib import Path
 
 from ..fileio import atomic_write_text
-from .common import add_common, add_renamed, run_verb, save_resolved, verb_parser
+from .common import add_common, add_renamed, save_resolved, verb_main, verb_parser
 
 log = logging.getLogger("mlx_qat.fit")
 
@@ -143,6 +139,4 @@ def _run(opts: dict) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `mlx_qat.fit`; returns the exit status."""
-    return run_verb("fit", build_parser, _run, argv)
+main = verb_main("fit", build_parser, _run)

@@ -6,26 +6,15 @@
     mlx_qat.plan --config main --save plans/main   # plan.json + config.yaml
     mlx_qat.plan --config main --law runs/sweep_tiny/fit/fit.json --memory 1M
 
-Takes the flags of `mlx_qat.train` that the plan reads (`cli.train.PLAN_FIELDS`: data and
-vocabulary, model, format and quantizer, budget, schedule, batch shape); its `--config` YAML may
-hold a whole training config (`--config main`), whose other settings pass through unread. With
-`--save DIR` it writes the plan to `DIR/plan.json` and the resolved training config to
-`DIR/config.yaml` (`mlx_qat.train --config DIR/config.yaml` then trains exactly this plan).
+Takes the flags of `mlx_qat.train` that the plan reads (`cli.train.PLAN_FIELDS`); its `--config`
+may be a whole training config, whose other settings pass through unread (`--save DIR` writes
+them to `DIR/config.yaml`, which `mlx_qat.train --config` trains exactly as planned).
 
-With `--law FIT.json` (from `mlx_qat.fit`) it also prints, for the config's model and token
-budget, what the fitted law predicts (`mlx_qat.fit.planning.law_plan`): S, the law-optimal
-fraction, f-hat with the paper's a and with the fitted a, the fixed 10 % rule and the config's
-own fraction, each with its predicted final loss, its loss above the optimum and the tokens it
-needs to reach the optimum's loss. `--memory BYTES` (1e6, 1M, 100KB, 64MiB) adds the
-predicted best bit width for that parameter memory (`memory_plan`: N = 8·M/B for B in
-2, 3, 4, 6, 8, each at its optimal fraction) at the config's token budget, or at iso-FLOP with
-`--iso-flops C` (D = C / (6·N)). With `--json` the law's numbers go under "law" and "memory";
-with `--save` into DIR/law_plan.json.
-
-A degenerate law (constants at their bounds, which `mlx_qat.fit` warned about) or a model size
-more than 10x outside the fitted sizes is warned about (in the table, `law.warnings` and on
-stderr); `--memory` whose widths' sizes lie that far outside is refused, naming the memory
-range the law covers.
+`--law FIT.json` (from `mlx_qat.fit`) adds what the fitted law predicts for the config's model
+and budget (`mlx_qat.fit.planning.law_plan`), and `--memory BYTES` the best bit width for that
+parameter memory (`memory_plan`), at the config's token budget or at iso-FLOP (`--iso-flops C`).
+A degenerate law, or a model more than 10x outside the fitted sizes, is warned about (also on
+stderr); `--memory` whose widths' sizes lie that far outside is refused.
 """
 
 from __future__ import annotations
@@ -36,7 +25,7 @@ import sys
 from pathlib import Path
 
 from ..fileio import atomic_write_json, atomic_write_text
-from .common import accept_in_yaml, add_common, run_verb, verb_parser
+from .common import accept_in_yaml, add_common, verb_main, verb_parser
 from .train import PLAN_FIELDS, add_train_arguments, config_from
 from .train import build_parser as train_parser
 
@@ -171,6 +160,4 @@ def _run(opts: dict) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `mlx_qat.plan`; returns the exit status."""
-    return run_verb("plan", build_parser, _run, argv)
+main = verb_main("plan", build_parser, _run)

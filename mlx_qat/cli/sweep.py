@@ -2,20 +2,13 @@
 `<out>/results.jsonl`; re-running continues where it stopped.
 
     mlx_qat.sweep sweep_tiny --dry-run         # a shipped sweep by name: runs, trunks, time
-    mlx_qat.sweep my_sweep.yaml                # train (skips finished rows)
-    mlx_qat.fit runs/sweep_tiny/results.jsonl  # the loss law and the optimal fraction
-
-Across machines, each runs a deterministic share of the trunks (whole trunks, balanced by
-tokens) into its own results file; copy the outputs together and fit them all:
-
     mlx_qat.sweep sweep_tiny --shard 0/2       # machine A: <out>/shard-0-of-2/results.jsonl
-    mlx_qat.sweep sweep_tiny --shard 1/2       # machine B: <out>/shard-1-of-2/results.jsonl
     mlx_qat.fit runs/sweep_tiny                # every results.jsonl below it, merged
 
-The resolved settings are written to `<out>/sweep.yaml` (`<out>/shard-i-of-n/sweep.yaml`) and
-the sweep file to `grid.yaml` beside it, while the folder is locked (`<out>/sweep.lock`: a
-second sweep there is refused, naming the first's PID); a folder whose grid.yaml is another
-study (other data or shared settings) is refused before anything is written.
+The resolved settings go to `<out>/sweep.yaml` (per shard, `<out>/shard-i-of-n/`) and the sweep
+file to `grid.yaml` beside it, while the folder is locked (`sweep.lock`: a second sweep there
+is refused, naming the first's PID); a folder whose grid.yaml is another study is refused
+before anything is written.
 """
 
 from __future__ import annotations
@@ -23,7 +16,7 @@ from __future__ import annotations
 import shutil
 import time
 
-from .common import add_common, config_file, run_verb, save_resolved, shipped_configs, verb_parser
+from .common import add_common, config_file, save_resolved, shipped_configs, verb_main, verb_parser
 
 
 def build_parser():
@@ -161,6 +154,4 @@ def _train(sweep, trunks, shard, opts: dict) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `mlx_qat.sweep`; returns the exit status."""
-    return run_verb("sweep", build_parser, _run, argv)
+main = verb_main("sweep", build_parser, _run)

@@ -1,21 +1,14 @@
 """`mlx_qat.train`: train a model with an FP phase then QAT (`mlx_qat.train.train`).
 
     mlx_qat.train --config main --data data --out runs/main   # add --resume after a crash
-
-One `--kebab-case` flag per `TrainConfig` field (see `--help`, in its group's section; `q_mode` is
-`--mode`, as every verb spells it), and `--config FILE.yaml` with the same keys; CLI > YAML >
-defaults. Prints the phase plan, trains (and the FP twin with
-`--fp-twin`), prints the FP / PTQ / QAT table. The resolved config is `<out>/config.yaml`.
-Exit status: 0 done, 1 bad input or I/O error, 2 usage, 3 the loss diverged (lower --lr,
-then continue with --resume --reschedule), 4 another process of a distributed run died or hung
-(continue with --resume).
-
-Several processes (data-parallel on MLX's distributed engine; README "Training on several
-processes or Macs"):
-
     mlx.launch --backend ring -n 2 --python .venv/bin/python -- -m mlx_qat train --data data ...
 
-Rank 0 prints the plan and the table; the other ranks print only warnings and errors.
+One `--kebab-case` flag per `TrainConfig` field, in its group's `--help` section (`q_mode` is
+`--mode`, as every verb spells it). Prints the phase plan, trains (and the FP twin with
+`--fp-twin`), prints the FP / PTQ / QAT table; with several processes (data-parallel, README
+"Training on several processes or Macs") only rank 0 prints them. Exit status: 0 done, 1 bad
+input or I/O error, 2 usage, 3 the loss diverged (lower --lr, then continue with --resume
+--reschedule), 4 another process of a distributed run died or hung (continue with --resume).
 """
 
 from __future__ import annotations
