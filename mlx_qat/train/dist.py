@@ -1,35 +1,26 @@
 """Data-parallel training on MLX's distributed engine: one full replica per process.
 
-`Group.init()` wraps `mx.distributed.init()`: a plain process gets a group of one and every
-method here is a pass-through, so a single-process run is unchanged. Started by `mlx.launch`
-(ring, MPI or JACCL backend), each process is one rank of n:
+`Group.init()` wraps `mx.distributed.init()`: a plain process gets a group of one, and every
+method here is a pass-through. Started by `mlx.launch`, each process is one rank of n:
 
-- **Batches**: every rank reads the global batch of a single-process run, `batch(i)` (a pure
-  function of the index), and trains its rows `[r·B/n, (r+1)·B/n)`; `B` must divide by n.
-- **Gradients**: averaged over ranks with `nn.average_gradients` (weights and quantizer
-  parameters alike) inside the compiled step, before clipping (`step.py`). Each rank's loss is
-  the mean over its rows, so the average of the ranks' gradients is the gradient of the global
-  batch's mean loss, and the loss reported is the mean of the ranks' losses: the global mean.
-  Every rank then applies the same update to the same weights, so the replicas stay identical
-  (ring all-reduce hands every rank the same sums); the phase switch and the quantizers'
-  initialisation from the weights are computed alike on each.
-- **Start-up**: rank 0 alone checks the run directory and reads the checkpoint to continue;
-  its position (step, phase, last evaluations) and every array of the model and the optimizer
-  go to the others (`broadcast_*`: an all-gather, keeping rank 0's part bit for bit), so every
-  replica starts from rank 0's state whatever the other machines' disks hold. The data must be
-  the same prepared directory on every machine (checked by its content key).
+- **Batches**: every rank reads the single-process run's global batch `batch(i)` and trains its
+  rows `[r·B/n, (r+1)·B/n)`; `B` must divide by n.
+- **Gradients**: averaged over ranks inside the compiled step, before clipping (`step.py`);
+  each rank's loss is the mean over its rows, so the result is the global batch's gradient and
+  mean loss. Every rank applies the same update to the same weights: the replicas stay
+  identical (ring all-reduce hands every rank the same sums).
+- **Start-up**: rank 0 alone checks the run directory and reads the checkpoint; its position
+  and every array go to the others (`broadcast_*`: an all-gather keeping rank 0's part bit for
+  bit). The data must be the same prepared directory on every machine (checked by content key).
 - **Evaluation**: rank r evaluates batches r, r + n, ...; the sums of loss × tokens and the
   token counts are gathered and added in rank order in float64, so every rank gets the same
-  numbers, equal to the single-process ones up to the float32 summation order. With fewer
-  batches than ranks, every rank evaluates all of them (identical replicas, identical results).
-- **Failures**: `agreed(what)` makes a failure on any rank (bad settings, missing data) fail
-  every rank with its message, instead of leaving the others waiting. `collective(what)` turns
-  MLX's "connection to a peer was lost" into a `DistributedError` that says what happened and
-  arms the `Watchdog` (`watchdog.py`): a rank that hangs, or a machine that vanishes, stops
-  the others after `--dist-timeout` seconds.
+  numbers (the single-process ones up to float32 summation order). With fewer batches than
+  ranks, every rank evaluates all of them.
+- **Failures**: `agreed(what)` makes a failure on any rank fail every rank with its message.
+  `collective(what)` turns MLX's "connection to a peer was lost" into a `DistributedError` and
+  arms the `Watchdog`: a rank that hangs stops the others after `--dist-timeout` seconds.
 
-Rank 0 alone writes (checkpoints, metrics, result, config, plot) and logs at INFO; the other
-ranks log warnings only.
+Rank 0 alone writes and logs at INFO; the other ranks log warnings only.
 """
 
 from __future__ import annotations
@@ -78,8 +69,7 @@ class Group:
 
     @classmethod
     def init(cls, timeout_s: float = 300.0) -> Group:
-        """The group `mx.distributed.init()` gives this process; ranks other than 0 log
-        warnings only from here on."""
+        """The group `mx.distributed.init()` gives this process (ranks > 0: warnings only)."""
         g = mx.distributed.init()
         if g.size() == 1:
             return cls()
@@ -91,10 +81,7 @@ class Group:
 
     @property
     def is_main(self) -> bool:
-        """True on rank 0, the one that writes and logs."""
         return self.rank == 0
-
-    # -- batches ---------------------------------------------------------------------------
 
     def check_batch(self, batch_size: int) -> None:
         """Raise ValueError unless the global batch splits evenly over the ranks."""
@@ -114,12 +101,9 @@ class Group:
         k = batch.shape[0] // self.size
         return batch[self.rank * k : (self.rank + 1) * k]
 
-    # -- failures ---------------------------------------------------------------------------
-
     @contextlib.contextmanager
     def collective(self, what: str) -> Iterator[None]:
-        """Run a block that waits for the other ranks: under the watchdog, with a lost peer
-        reported as a `DistributedError`."""
+        """Run a block that waits for the other ranks, under the watchdog."""
         if self.size == 1:
             yield
             return
@@ -137,8 +121,8 @@ class Group:
 
     @contextlib.contextmanager
     def agreed(self, what: str) -> Iterator[None]:
-        """Run a block on every rank; if it fails on any, it fails on all (the failing rank
-        raises its own error, the others a `DistributedError` naming it)."""
+        """Run a block on every rank; if it fails on any, it fails on all (the others raise a
+        `DistributedError` naming it)."""
         if self.size == 1:
             yield
             return
@@ -154,8 +138,6 @@ class Group:
         if failed:
             r, m = failed[0]
             raise DistributedError(f"rank {self.rank}: stopped while {what}: rank {r} failed: {m}")
-
-    # -- exchanges --------------------------------------------------------------------------
 
     def gather_json(self, obj: Any, what: str = "exchanging state") -> list:
         """Every rank's `obj` (JSON-able), in rank order, on every rank."""
@@ -177,9 +159,8 @@ class Group:
         return self.gather_json(obj if self.is_main else None, what)[0]
 
     def broadcast_arrays(self, arrays: dict[str, mx.array], what: str) -> dict[str, mx.array]:
-        """Rank 0's arrays on every rank, bit for bit. The other ranks' `arrays` name the
-        keys, shapes and dtypes to receive: they must be rank 0's (checked first; `what`
-        names the arrays in the error)."""
+        """Rank 0's arrays on every rank, bit for bit; the other ranks' `arrays` give the keys,
+        shapes and dtypes to receive (checked against rank 0's first)."""
         if self.size == 1:
             return arrays
         keys = sorted(arrays)  # one order on every rank, however each built its dict
@@ -202,18 +183,9 @@ class Group:
                 mx.eval(out[k])
         return out
 
-    # -- evaluation -------------------------------------------------------------------------
-
-    def eval_triple(
-        self,
-        model,
-        batches: Sequence[mx.array],
-        bytes_per_token: float,
-        quantizers_ready: bool = True,
-        teacher=None,
-    ) -> dict:
-        """`mlx_qat.eval_modes.eval_triple` over `batches`, shared out among the ranks (see the
-        module docstring); the same dict on every rank."""
+    def eval_triple(self, model, batches: Sequence[mx.array], bytes_per_token: float,
+                    quantizers_ready: bool = True, teacher=None) -> dict:  # fmt: skip
+        """`eval_modes.eval_triple` over `batches`, shared out among the ranks."""
         n = len(batches)
         if self.size == 1 or n < self.size:
             return eval_triple(model, batches, bytes_per_token, quantizers_ready, teacher)

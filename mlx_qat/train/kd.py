@@ -6,25 +6,19 @@ p^T = softmax(z / T):
     KD = T² · KL(p_t^T ‖ p_s^T)                   value: `loss.kl_to_teacher` (float32)
     ∂KD/∂z_s = T · (p_s^T − p_t^T)                 (Hinton et al., 2015)
 
-Autodiff through `kl_to_teacher`'s numerically careful form keeps about a dozen (tokens, V)
-float32 intermediates for the backward pass — 2.5 GB for 1,024 tokens of a 49k vocabulary,
-more than the student's weights. Here the value and the gradient are computed `CHUNK`
-elements at a time (whole tokens per chunk) inside an `mx.custom_function` whose VJP is the
-closed form above, so the step holds the two logit arrays, the gradient and one chunk's
-temporaries. The teacher gets no gradient (it is under `stop_gradient` in the step; its
-cotangent is a lazy zero that is never evaluated).
+Autodiff through `kl_to_teacher` keeps about a dozen (tokens, V) float32 intermediates (2.5 GB
+for 1,024 tokens of a 49k vocabulary). Here value and gradient are computed `CHUNK` elements
+(whole tokens) at a time inside an `mx.custom_function` whose VJP is the closed form above; the
+teacher's cotangent is a lazy zero, never evaluated.
 
-`kd_head_per_token` goes one step further for mlx-lm's decoders, whose logits are the final
-hidden states h times an output matrix W (`lm_head`, or the tied embedding): it takes
-(h_s, W_s, h_t, W_t) and forms the logits z = h·Wᵀ one chunk at a time, so neither model's
-full (tokens, V) logits nor their gradient ever exist. Its VJP recomputes each chunk's logits
-(two more head matmuls per step) and returns
+`kd_head_per_token`, for decoders whose logits are hidden states h times an output matrix W
+(`lm_head` or the tied embedding), forms z = h·Wᵀ one chunk at a time, so neither model's full
+logits nor their gradient ever exist; its VJP recomputes each chunk's logits and returns
 
     ∂/∂h_s = G·W_s,   ∂/∂W_s = Σ_chunks Gᵀ·h_s,   G = cot·T·(p_s^T − p_t^T)  per chunk.
 
-`split_head` finds (h, W) and checks on a short input that h·Wᵀ is the model's own output
-(a model with a head bias, logit scaling or soft-capping fails the check and keeps the
-full-logit loss).
+`split_head` checks on a short input that h·Wᵀ is the model's own output (a head bias, logit
+scaling or soft-capping fails it and keeps the full-logit loss).
 """
 
 from __future__ import annotations
@@ -126,9 +120,8 @@ def _kd_head(temperature: float):
 
 
 def _head_weight(model: nn.Module) -> Callable[[], mx.array] | None:
-    """The output matrix of an mlx-lm decoder (`lm_head` without a bias, else the tied
-    `model.embed_tokens`), as the array its forward multiplies by (fake-quantized in a QAT
-    layer); None for any other layout."""
+    """The output matrix an mlx-lm decoder multiplies by (`lm_head` without a bias, else the
+    tied embedding; fake-quantized in a QAT layer); None for any other layout."""
     inner = model.get("model") if isinstance(model, dict) else None
     head = model.get("lm_head") if isinstance(model, dict) else None
     if head is None and isinstance(inner, nn.Module):
@@ -147,8 +140,7 @@ def hidden_and_head(model: nn.Module, inputs: mx.array) -> tuple[mx.array, mx.ar
 
 
 def split_head(model: nn.Module) -> bool:
-    """True when model(x) == h·Wᵀ for (h, W) = `hidden_and_head(model, x)`, checked on a
-    short input; False when the model is not laid out that way."""
+    """True when model(x) == h·Wᵀ for (h, W) = `hidden_and_head(model, x)` on a short input."""
     if _head_weight(model) is None or not isinstance(model.get("model"), nn.Module):
         return False
     x = mx.arange(8)[None]

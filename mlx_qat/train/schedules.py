@@ -10,11 +10,8 @@ Notation: `W` warmup steps, `T` total steps, `T_fp` / `T_qat` steps per phase, `
 **fused** (paper 000 §6.1): FP warmup → constant η; the QAT phase starts at η, holds, and
 decays over its last `cooldown_steps = min(T_qat, round(c·T))` steps. Without a QAT phase
 (f = 0, PTQ only) the FP phase ends with the `round(c·T)`-step decay instead. With the
-cooldown mode **fixed** the decay always covers the last `round(c·T)` steps, whatever f: the
-LR sequence is the same for every f (the f = 0 run's), so a QAT phase shorter than the
-cooldown starts inside it and a longer one holds η first. The fraction then moves only the
-switch, not the cooldown (the default mode, **fused**, ties the cooldown to the QAT phase
-for f ≤ c). The classic pipeline ignores the mode: its FP cooldown always ends the FP phase.
+cooldown mode **fixed** the decay always covers the last `round(c·T)` steps whatever f (the
+f = 0 run's LR sequence): f then moves only the switch. The classic pipeline ignores the mode.
 
 **classic**: FP warmup → constant → decay over the last `round(c·T_fp)` FP steps; the QAT
 phase re-warms up over `max(1, round(r·T_qat))` steps back to η (r = `qat_warmup_fraction`),
@@ -80,5 +77,5 @@ def lr_at(plan, step: int) -> float:
 
 
 def lr_curve(plan) -> list[float]:
-    """`lr_at` for every step of the plan (for plots and tests)."""
+    """`lr_at` for every step of the plan."""
     return [lr_at(plan, s) for s in range(plan.total_steps)]

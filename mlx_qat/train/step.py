@@ -1,24 +1,19 @@
 """The training step: loss, gradients, clipping and the AdamW update, compiled.
 
-`make_step(model, optimizer, grad_clip, accum, compile)` returns `step(batches) -> (loss,
-grad_norm)` for a list of `accum` micro-batches ((B, T+1) int32 each, or `(tokens, weights)`
-pairs whose (B, T) weights mask the loss: `--mask-prompt`). With one micro-batch
-the whole step is one `mx.compile`d function whose inputs and outputs are the model, optimizer
-and RNG state; with several, a compiled `loss+grad` per micro-batch is evaluated one at a time
-(so activations of only one micro-batch are alive), the gradients are averaged, and a compiled
-`clip+update` applies them.
+A step takes `accum` micro-batches ((B, T+1) int32 each, or `(tokens, weights)` pairs whose
+(B, T) weights mask the loss: `--mask-prompt`). With one, the whole step is one `mx.compile`d
+function over the model, optimizer and RNG state; with several, a compiled `loss+grad` per
+micro-batch runs one at a time (one micro-batch's activations alive), the gradients are
+averaged, and a compiled `clip+update` applies them.
 
-With a distributed `group` of n > 1 processes (`dist.py`), each process passes its rows of the
-global batch; the gradients, of weights and quantizer parameters alike, are averaged over the
-processes with `nn.average_gradients` before clipping (inside the compiled step; after the
-micro-batches' average with accumulation), and the loss returned is the mean over processes.
-Every process then applies the same update. The collectives run on the CPU stream: on a Mac's
-GPU stream, a process that waits more than ~5 s for a slower one (rank 0 writing a checkpoint)
-is killed by Metal's command-buffer watchdog (ml-explore/mlx-examples#1185).
+With a distributed `group` (`dist.py`) the gradients are averaged over the processes before
+clipping, and the loss returned is their mean. The collectives run on the CPU stream: on a
+Mac's GPU stream, a process that waits more than ~5 s for a slower one is killed by Metal's
+command-buffer watchdog (ml-explore/mlx-examples#1185).
 
-A compiled function captures Python attributes at trace time — including each QAT layer's
-`fake_quant` flag — so the trainer builds a new step after the FP→QAT switch (and after any
-change to the optimizer's state objects: a reset or a resume).
+A compiled function captures Python attributes at trace time (each QAT layer's `fake_quant`),
+so the trainer builds a new step after the switch and after any change to the optimizer's
+state objects.
 """
 
 from __future__ import annotations
@@ -52,8 +47,7 @@ def loss_fn(
 
 
 def _loss_args(batch) -> tuple:
-    """(inputs, targets) of a (B, T+1) token batch; (inputs, targets, weights) of a
-    `(tokens, weights)` pair (`TokenBatches` with a loss mask)."""
+    """(inputs, targets) of a (B, T+1) batch, plus the weights of a `(tokens, weights)` pair."""
     if isinstance(batch, tuple | list):
         tokens, weights = batch
         return tokens[:, :-1], tokens[:, 1:], weights
@@ -61,7 +55,6 @@ def _loss_args(batch) -> tuple:
 
 
 def global_norm(grads) -> mx.array:
-    """sqrt(Σ g²) over every gradient array."""
     return mx.sqrt(
         tree_reduce(lambda acc, g: acc + g.astype(mx.float32).square().sum(), grads, 0.0)
     )
@@ -86,21 +79,13 @@ def make_step(
     """Build `step(batches) -> (mean loss, pre-clip gradient norm)`; it updates in place.
 
     Args:
-        model: the (prepared) model; its `fake_quant` flags are frozen into the step.
-        optimizer: initialised optimizer (its state objects are captured).
         grad_clip: clip the global gradient norm to this (0: no clipping).
         accum: micro-batches per step.
-        compile: wrap in `mx.compile`.
-        group: average gradients and loss over this distributed group (None or size 1: a
-            single process).
-        update: instead of `optimizer.update(model, grads)`, call `update(model, optimizer,
-            grads)` (once per optimizer step, on the averaged, clipped gradients); its
-            `update.state` (arrays it carries between steps) is compiled in with the model's
-            (the QAT phase's transition statistics and TRS: `trs.QATUpdate`).
-        loss: `loss(model, inputs, targets, weights=None) -> mean loss` to minimise instead
-            of `loss_fn` (called with `weights` only for batches that carry them)
-            (the distillation objectives: `distill.make_loss`; a teacher it calls is
-            captured by the compiled step as constants, not traced again).
+        group: average gradients and loss over this distributed group (None: one process).
+        update: `update(model, optimizer, grads)` instead of `optimizer.update(model, grads)`,
+            once per step; its `update.state` is compiled in (`trs.QATUpdate`).
+        loss: `loss(model, inputs, targets, weights=None) -> mean loss` instead of `loss_fn`
+            (`distill.make_loss`; a teacher it calls is captured as constants).
     """
     loss_and_grad = nn.value_and_grad(model, loss or loss_fn)
     state = [model.state, optimizer.state, mx.random.state]

@@ -13,11 +13,9 @@ after one optimizer update (weights and grid parameters both before / both after
                                                             point in grid steps, 0…½)
 
 Counts are int32 sums, converted to float32 for the rates. Everything is computed inside the
-compiled training step as arrays (`state`, a compile input and output): nothing is read back
-to the host on the hot path; the trainer calls `record()` (which does) only at its log
-interval. With several processes every rank applies the same averaged update to the same
-weights, so the statistics are identical on every rank; with gradient accumulation they are
-taken once per optimizer step (the update runs once).
+compiled step as arrays (`state`, a compile input and output); `record()` reads them back, at
+the log interval only. With several processes the statistics are identical on every rank;
+with gradient accumulation they are taken once per optimizer step.
 
 Falling d together with a rising k at a constant LR is the oscillation signature of paper 001
 (§1.9 of the research notes); TRS (`trs.py`) steers K to a target instead of fixing the LR.
@@ -34,14 +32,8 @@ from ..quant.codes import code_position, quantizer_params, transition_distance
 
 
 class Transitions:
-    """The transition statistics of a model's QAT layers (the math in the module header).
-
-    Use inside the step: `before = t.before()`, apply the update, `t.after(before)`.
-
-    Args:
-        model: a prepared model (its QAT layers, in module order).
-        momentum: m of the EMAs.
-    """
+    """The transition statistics of a prepared model's QAT layers, EMA momentum m. Inside the
+    step: `before = t.before()`, apply the update, `t.after(before)`."""
 
     def __init__(self, model: nn.Module, momentum: float = 0.99):
         self.layers: list[tuple[str, QATLayer]] = list(qat_layers(model))
@@ -65,7 +57,7 @@ class Transitions:
         return [p for p, _ in self.layers]
 
     def before(self) -> list[mx.array]:
-        """Codes of every QAT layer on its current weights and grid (call before the update)."""
+        """Codes of every QAT layer on its current weights and grid."""
         out = []
         for _, layer in self.layers:
             q = layer.quantizer
@@ -93,7 +85,7 @@ class Transitions:
         return k_layers
 
     def record(self) -> dict:
-        """The metrics entries (reads the arrays: call at the log interval only)."""
+        """The metrics entries (host reads: at the log interval only)."""
         st = self.state
         layers = st["rate_layers"].tolist()
         return {
@@ -104,11 +96,9 @@ class Transitions:
         }
 
     def to_json(self) -> dict:
-        """The state as plain data (float32 values round-trip exactly through JSON)."""
         return {"layers": self.paths, **{k: v.tolist() for k, v in self.state.items()}}
 
     def load_json(self, saved: dict) -> None:
-        """Restore `to_json` output; ValueError if it was saved for other layers."""
         if saved.get("layers") != self.paths:
             raise ValueError(
                 "transition state: saved for other QAT layers than this model's; resume with "

@@ -13,30 +13,22 @@ the switch, T = the QAT phase's steps):
     U ← max(0, U + η·(R(t) − K))                    U for the next step
     t ← t + 1
 
-U starts at U0 = the scheduled LR at the start of the QAT phase (after the classic pipeline's
-re-warmup), and η = U0, unless `trs_u0` / `trs_eta` say otherwise. `trs_granularity: global`
-keeps one U driven by the overall K; `layer` keeps U_l, K_l per QAT layer. K measures the
-update about to be applied (codes before vs after it), so k of update t feeds U for update
-t + 1: the paper's Eq. 10–12 with the index shifted by one, without storing the old codes.
+U0 = the scheduled LR at the start of the QAT phase (after the classic pipeline's re-warmup)
+and η = U0, unless `trs_u0` / `trs_eta` say otherwise. `trs_granularity: global` keeps one U
+driven by the overall K; `layer` keeps U_l, K_l per QAT layer. K measures the update about to
+be applied (codes before vs after it), so k of update t feeds U for update t + 1: the paper's
+Eq. 10–12 with the index shifted by one, without storing the old codes.
 
-The update is exactly AdamW at lr = U: U is passed as the sub-optimizer's learning rate for
-those weights (`apply_single`, the same arithmetic, bias correction and decoupled decay
-p·(1 − lr·wd) as the scheduled update), not the "unit-LR trick" p + U·(p₁ − p) with p₁ the
-update at lr = 1. MLX's AdamW is linear in lr — decay, bias correction c1 = lr/(1 − β1^t)
-and the step all scale with it — so the trick is right in exact arithmetic, but the
-subtraction and re-addition round, and a constant U would not reproduce AdamW at lr = U bit
-for bit. Every other parameter (norms, unquantized layers) keeps the scheduled LR.
+The update is exactly AdamW at lr = U (`apply_single` with U as the sub-optimizer's LR), not the
+"unit-LR trick" p + U·(p₁ − p): MLX's AdamW is linear in lr, but the trick's subtraction and
+re-addition round, so it would not reproduce AdamW at lr = U bit for bit. Every other
+parameter keeps the scheduled LR. Weight-quantizer parameters are frozen while TRS runs, as the
+paper requires (else codes change when only the grid moves): the grid stays where
+`init_quantizers` put it at the switch, with no gradient (nor a share of the clip). The min/max
+quantizer's grid follows each group's min/max; those moves count as transitions too.
 
-Weight-quantizer parameters (LSQ α, learned affine scale and bias) are frozen while TRS runs,
-as the paper requires (otherwise codes change when only the grid moves): the grid stays where
-`init_quantizers` put it at the switch (LSQ α = max|w_row|/Qp, learned affine = the min/max
-grid of the switch weights), and they get no gradient (so they neither train nor count in the
-gradient-norm clip). The min/max quantizer has no parameters: its grid follows each group's
-min/max, and those moves are counted as transitions too.
-
-The state (U, t, R, and the statistics' K, k, d) is a dict of arrays inside the compiled
-step, saved in every checkpoint's state.json (float32 values round-trip exactly through JSON)
-and restored on resume, so a resumed run continues bit for bit.
+The state (U, t, R, and the statistics') is a dict of arrays inside the compiled step, saved in
+every checkpoint's state.json (float32 round-trips exactly through JSON): resume is bit for bit.
 """
 
 from __future__ import annotations
@@ -58,15 +50,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TRSSettings:
-    """The controller's constants (see the module header).
-
-    Attributes:
-        lam: λ of R0 = λ·√bits.
-        u0: U at the switch.
-        eta: η, the controller's gain.
-        steps: T, the QAT phase's steps (the cosine's length).
-        granularity: "global" or "layer".
-    """
+    """The controller's constants: λ, U0, η, T (the QAT phase's steps), granularity."""
 
     lam: float
     u0: float
@@ -87,12 +71,7 @@ def _layer_bits(layer) -> int:
 
 
 class TRS:
-    """The controller and the update of the quantized weights at lr = U.
-
-    Args:
-        stats: the `Transitions` of the model (its layers are the ones controlled).
-        settings: λ, U0, η, T, granularity.
-    """
+    """The controller and the update at lr = U of the layers of `stats` (a `Transitions`)."""
 
     def __init__(self, stats: Transitions, settings: TRSSettings):
         if settings.granularity not in GRANULARITIES:
@@ -129,9 +108,9 @@ class TRS:
         st["target"], st["t"] = r, st["t"] + 1
 
     def apply(self, model: nn.Module, optimizer, grads) -> None:
-        """The optimizer update: every parameter but the quantized weights at the scheduled
-        LR (one `optimizer.update`, which also advances each group's step), then each
-        quantized weight by its group's AdamW `apply_single` at lr = U (or U_l)."""
+        """Every parameter but the quantized weights at the scheduled LR (one `optimizer.update`,
+        which also advances each group's step), then each quantized weight by its group's
+        `apply_single` at lr = U (or U_l)."""
         flat = dict(tree_flatten(grads))
         keys = [f"{path}.weight" for path, _ in self.stats.layers]
         rest = [(k, g) for k, g in flat.items() if k not in set(keys)]
@@ -151,7 +130,6 @@ class TRS:
             o.state["learning_rate"] = lr
 
     def record(self) -> dict:
-        """The metrics entries (reads the arrays: call at the log interval only)."""
         st, paths = self.state, self.stats.paths
         out = {"trs_target": _weighted(st["target"], self.stats), "trs_t": st["t"].item()}
         out["trs_u"] = _weighted(st["U"], self.stats)
@@ -175,9 +153,8 @@ def _weighted(x: mx.array, stats: Transitions) -> float:
 
 
 class QATUpdate:
-    """The optimizer update of a QAT step (what `make_step(update=...)` calls): the plain
-    `optimizer.update`, or TRS's; around it the transition statistics. `state` holds every
-    array it carries from step to step (a compile input and output)."""
+    """The optimizer update of a QAT step (`make_step(update=...)`): the plain one or TRS's,
+    with the transition statistics around it; `state` is a compile input and output."""
 
     def __init__(self, stats: Transitions, trs: TRS | None = None):
         self.stats, self.trs = stats, trs
@@ -203,14 +180,12 @@ class QATUpdate:
         return out
 
     def to_json(self) -> dict:
-        """Everything to checkpoint, as plain data."""
         out = {"transitions": self.stats.to_json()}
         if self.trs is not None:
             out["trs"] = self.trs.to_json()
         return out
 
     def load_json(self, saved: dict) -> None:
-        """Restore `to_json` output (a checkpoint's); ValueError if it does not fit."""
         self.stats.load_json(saved["transitions"])
         if self.trs is not None:
             if "trs" not in saved:
@@ -222,10 +197,8 @@ class QATUpdate:
 
 
 def trs_u0(cfg, plan) -> float:
-    """U0: `trs_u0`, else the scheduled LR at the start of the QAT phase (for the classic
-    pipeline, where the QAT phase re-warms up, the LR its re-warmup reaches; for a QAT phase
-    that starts inside the run's warmup, e.g. a fine-tune with QAT from the first step, the
-    peak the warmup reaches, not its first tiny step)."""
+    """U0: `trs_u0`, else the scheduled LR at the start of the QAT phase, past any warmup (the
+    classic re-warmup, or the run's own when QAT starts inside it)."""
     if cfg.trs_u0 is not None:
         return float(cfg.trs_u0)
     start = max(plan.fp_steps + plan.qat_warmup_steps, plan.warmup_steps)
@@ -234,8 +207,8 @@ def trs_u0(cfg, plan) -> float:
 
 
 def make_qat_update(model: nn.Module, cfg, plan, saved: dict | None = None) -> QATUpdate:
-    """The QAT phase's update for a `TrainConfig` and its plan; `saved` = a checkpoint's
-    `QATUpdate.to_json()` to continue from. With TRS, freezes the weight quantizers."""
+    """The QAT phase's update, from a checkpoint's `saved` state if given; with TRS, freezes
+    the weight quantizers."""
     stats = Transitions(model, cfg.trs_momentum)
     trs = None
     if cfg.lr_control == "trs":
@@ -257,9 +230,8 @@ def make_qat_update(model: nn.Module, cfg, plan, saved: dict | None = None) -> Q
 
 
 class QATUpdates(TrainingCallback):
-    """The QAT phase's update as a trainer feature: the `QATUpdate` each compiled step uses
-    (`update_for`), its statistics on the "train" records, its state in every checkpoint
-    (`state.json` "qat_update": transition statistics and TRS, None before the switch)."""
+    """The QAT phase's update as a trainer feature: the `QATUpdate` of each compiled step, its
+    statistics on the "train" records, its state in checkpoints ("qat_update")."""
 
     name = "qat_update"
 
@@ -268,9 +240,8 @@ class QATUpdates(TrainingCallback):
         self._saved: dict | None = None  # a checkpoint's, until the update continues from it
 
     def update_for(self, t) -> QATUpdate | None:
-        """The update trainer `t`'s next compiled step uses: a `QATUpdate` in the QAT phase
-        with fake quant on (continuing the checkpoint's state after a resume), else None (the
-        plain optimizer update: the FP phase, and the FP twin, which trains on the schedule)."""
+        """The update of `t`'s next compiled step: a `QATUpdate` in the QAT phase with fake
+        quant on (continuing a checkpoint's state), else None (the plain optimizer update)."""
         saved, self._saved = self._saved, None
         cfg = t.cfg
         self.update = None
