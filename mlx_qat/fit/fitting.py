@@ -13,17 +13,13 @@ Staged fit (notes §5.3), each stage L-BFGS-B on the Huber-on-log-loss objective
 Grid starts run at most `START_ITERS` L-BFGS-B iterations; the best one is then run to
 convergence. QAT-from-scratch and PTQ rows are not fitted (see `rows`).
 
-`fit` first keeps each FP measurement once (`fp_once`: an FP row with the N, D, seed and loss
-of an earlier one is the same run, written once per bit width by older sweeps), then adds the
-report: R² and RMSE of log L on the fitted rows; the leave-largest-size-out check (refit
-without the largest N, predict its QAT rows' final loss and its empirical optima, next to the
-trivial baselines of `baselines`: the nearest size's loss copied, a constant f = 0.1); the
-empirical optima and the fits of `a` (see `optima`); the MAE of f̂, of the law's own argmin and
-of a constant f = 0.1 against the optima; bootstrap percentile intervals (`n_bootstrap` ≥ 200
-by default, seeded): each resample draws rows with replacement within each kind (FP, QAT,
-from-scratch, PTQ), refits the law from the same fixed start grid as the full-data fit (stages
-1-3, never from the full-data estimate, which would leave the intervals of constants at a
-bound degenerate), and re-derives the empirical optima and `a` from its rows.
+`fit` keeps each FP measurement once (`fp_once`), then reports: R² and RMSE of log L; the
+leave-largest-size-out check (refit without the largest N, predict its QAT losses and optima,
+next to the trivial baselines of `baselines`); the empirical optima and `a` (`optima`); the MAE
+of f̂, of the law's argmin and of f = 0.1 against the optima; bootstrap percentile intervals
+(seeded): each resample draws rows with replacement within each kind (FP, QAT, from-scratch,
+PTQ), refits the law from the same fixed start grid (never from the full-data estimate, which
+would leave the intervals of constants at a bound degenerate), and re-derives the optima and `a`.
 """
 
 from __future__ import annotations
@@ -50,6 +46,7 @@ AT_BOUND = 0.01
 PENALTY_GRID = {"omega": (0.2, 0.8), "rho": (0.2, 0.8), "xi": (-1.0, 0.5), "chi": (0.3, 1.0)}
 # stage-2 start of every penalty exponent; PENALTY_GRID overrides some of them
 PENALTY_START = dict(kappa=0.5, chi=0.5, psi=0.0, omega=0.5, mu=0.5, nu=0.0, xi=0.0, rho=0.5)
+KINDS = ("argmin", "vertex")
 
 
 def _objective(rows: Rows, fp_tokens: str, delta: float, fp_weight: float, ref=None):
@@ -73,12 +70,10 @@ def fit_law(
     """Fit the 16 constants to the fittable rows (FP rows and QAT rows with D_fp > 0).
 
     Args:
-        rows: parsed runs (`parse_rows`); other rows are dropped here.
         fp_tokens: the FP term's token count, "total" (D) or "fp" (D_fp).
-        huber_delta: δ of the Huber loss on log loss.
         fp_weight: weight of FP rows in the joint stage.
         penalty_grid: exponent name → start values for stage 2 (default `PENALTY_GRID`).
-        start: skip stages 1-2 and polish jointly from these constants (bootstrap).
+        start: skip stages 1-2 and polish jointly from these constants.
     Returns:
         (constants, J at the optimum).
     """
@@ -112,44 +107,46 @@ def _fit_from(obj, theta, free, box, fp_tokens: str) -> tuple[law.LawParams, flo
     return ob.to_params(theta, obj.ref, fp_tokens), j
 
 
-def _stage_fp(obj: ob.Objective, box) -> np.ndarray:
-    free = [ob.INDEX[n] for n in ob.FP_NAMES]
-    lmin, lmean = float(obj.loss.min()), float(obj.loss.mean())
+def _best_start(obj: ob.Objective, starts, free: list[int], box) -> np.ndarray:
+    """`START_ITERS` iterations from each start, then the best one run to convergence."""
     best = (np.inf, None)
-    for e, alpha, beta in itertools.product((0.3, 0.6, 0.9), (0.2, 0.5, 1.0), (0.2, 0.5, 1.0)):
-        theta = np.zeros(len(ob.NAMES))
-        rest = max(lmean - e * lmin, 1e-3 * lmean) / 2.0
-        theta[[ob.INDEX[n] for n in ("E", "A", "alpha", "B_c", "beta")]] = (
-            np.log(e * lmin),
-            np.log(rest),
-            alpha,
-            np.log(rest),
-            beta,
-        )
+    for theta in starts:
         th, j = ob.minimize(obj, theta, free, box, maxiter=START_ITERS)
         if j < best[0]:
             best = (j, th)
     return ob.minimize(obj, best[1], free, box)[0]
 
 
+def _stage_fp(obj: ob.Objective, box) -> np.ndarray:
+    free = [ob.INDEX[n] for n in ob.FP_NAMES]
+    lmin, lmean = float(obj.loss.min()), float(obj.loss.mean())
+
+    def starts():
+        for e, alpha, beta in itertools.product((0.3, 0.6, 0.9), (0.2, 0.5, 1.0), (0.2, 0.5, 1.0)):
+            theta = np.zeros(len(ob.NAMES))
+            rest = max(lmean - e * lmin, 1e-3 * lmean) / 2.0
+            theta[free] = (np.log(e * lmin), np.log(rest), alpha, np.log(rest), beta)
+            yield theta
+
+    return _best_start(obj, starts(), free, box)
+
+
 def _stage_penalties(obj: ob.Objective, theta_fp, box, grid: dict) -> np.ndarray:
-    free = [ob.INDEX[n] for n in ob.PENALTY_NAMES]
     fp_only = theta_fp.copy()
     fp_only[[ob.INDEX[c] for c in ("theta", "phi", "lam")]] = -30.0  # penalties off
     excess = float(np.mean(obj.loss - obj.predict(fp_only)))
     logc = np.log(max(excess, 1e-3 * float(obj.loss.mean())) / 3.0)
-    names = list(grid)
-    best = (np.inf, None)
-    for values in itertools.product(*(grid[n] for n in names)):
-        theta = theta_fp.copy()
-        for n in ("theta", "phi", "lam"):
-            theta[ob.INDEX[n]] = logc
-        for n, v in {**PENALTY_START, **dict(zip(names, values))}.items():
-            theta[ob.INDEX[n]] = v
-        th, j = ob.minimize(obj, theta, free, box, maxiter=START_ITERS)
-        if j < best[0]:
-            best = (j, th)
-    return ob.minimize(obj, best[1], free, box)[0]
+
+    def starts():
+        for values in itertools.product(*grid.values()):
+            theta = theta_fp.copy()
+            for n in ("theta", "phi", "lam"):
+                theta[ob.INDEX[n]] = logc
+            for n, v in {**PENALTY_START, **dict(zip(grid, values))}.items():
+                theta[ob.INDEX[n]] = v
+            yield theta
+
+    return _best_start(obj, starts(), [ob.INDEX[n] for n in ob.PENALTY_NAMES], box)
 
 
 def fit(
@@ -175,8 +172,6 @@ def fit(
         a_loss: "l2" or "l1" for the fit of `a`.
         holdout: also refit without the largest size and predict it.
         n_bootstrap: bootstrap resamples (0 to skip); seed and level of the intervals.
-    Returns:
-        FitResult (save it with `.save(path)`).
 
     Example:
         >>> res = fit(load_rows("results.jsonl"))  # doctest: +SKIP
@@ -193,8 +188,7 @@ def fit(
     kw = dict(fp_tokens=fp_tokens, huber_delta=huber_delta, fp_weight=fp_weight)
     params, _ = fit_law(R, penalty_grid=penalty_grid, **kw)
     log.info("fitted the law on %d rows", int(R.fittable.sum()))
-    res = FitResult(params, huber_delta, fp_weight, n_rows=_counts(R))
-    res.n_rows["fp_repeats"] = fp_repeats
+    res = FitResult(params, huber_delta, fp_weight, n_rows=_counts(R, fp_repeats))
     sizes = R.N[R.fittable]
     res.n_range = [float(sizes.min()), float(sizes.max())]
     res.degenerate = constants_at_bounds(params, R, fp_tokens)
@@ -252,10 +246,10 @@ def degenerate_text(degenerate: list) -> str:
     )
 
 
-def _counts(R: Rows) -> dict:
+def _counts(R: Rows, fp_repeats: int) -> dict:
     c = {k: int(getattr(R, k).sum()) for k in ("fittable", "fp", "qat", "from_scratch", "ptq")}
     c["fit"] = c.pop("fittable")
-    return c
+    return {**c, "fp_repeats": fp_repeats}
 
 
 def _r2_rmse(params: law.LawParams, R: Rows) -> tuple[float, float]:
@@ -269,10 +263,9 @@ def _r2_rmse(params: law.LawParams, R: Rows) -> tuple[float, float]:
 
 
 def _holdout(R: Rows, penalty_grid, a_loss: str, kw) -> dict | None:
-    """Leave the largest size with QAT runs out: refit on the other sizes, predict its QAT runs' loss
-    and its empirical optima, and score the trivial baselines (`baselines`) on the same."""
-    # The largest size with QAT runs: a larger FP-only anchor (cheap, it pins A/N^α) has no
-    # QAT loss to predict, and stays in the fit.
+    """Leave the largest size with QAT runs out (a larger FP-only anchor has no QAT loss to
+    predict, and stays in the fit): refit on the other sizes, predict its QAT runs' loss and
+    its empirical optima, and score the trivial baselines (`baselines`) on the same."""
     sizes = np.unique(R.N[R.fittable])
     qat_sizes = np.unique(R.N[R.fittable & R.qat])
     if len(sizes) < 2 or len(qat_sizes) == 0:
@@ -293,37 +286,30 @@ def _holdout(R: Rows, penalty_grid, a_loss: str, kw) -> dict | None:
     return out
 
 
+def _optima_fractions(params: law.LawParams, optima) -> tuple:
+    """S, {kind: empirical f} and the law's argmin f of each optimum."""
+    S = np.array([o.S for o in optima])
+    emp = {k: np.array([getattr(o, f"f_{k}") for o in optima]) for k in KINDS}
+    cols = ([o.N for o in optima], [o.D for o in optima], [o.bits for o in optima])
+    return S, emp, np.atleast_1d(law.optimal_fraction(params, *cols))
+
+
 def _holdout_fraction(params: law.LawParams, train: Rows, big: Rows, a_loss: str) -> dict | None:
     """The held-out size's empirical optima against the refitted law's argmin, f̂ with `a`
     fitted to the other sizes' optima, and a constant f (`baselines.fraction_check`)."""
-    optima, known = empirical_optima(big), empirical_optima(train)
-    S_known = np.array([o.S for o in known])
-    if not optima or not (S_known > 1.0).any():
+    optima = empirical_optima(big)
+    if not optima or (a := a_from_rows(train, a_loss)) is None:
         return None
-    S = np.array([o.S for o in optima])
-    emp = {k: [getattr(o, f"f_{k}") for o in optima] for k in KINDS}
-    a = {k: fit_a(S_known, [getattr(o, f"f_{k}") for o in known], a_loss) for k in KINDS}
-    f_law = law.optimal_fraction(
-        params, [o.N for o in optima], [o.D for o in optima], [o.bits for o in optima]
-    )
+    S, emp, f_law = _optima_fractions(params, optima)
     f_hat = {k: np.atleast_1d(law.f_hat(S, a[k])) for k in KINDS}
-    return {**bl.fraction_check(emp, np.atleast_1d(f_law), f_hat), "a": a}
-
-
-KINDS = ("argmin", "vertex")
+    return {**bl.fraction_check(emp, f_law, f_hat), "a": a}
 
 
 def _fractions(res: FitResult, R: Rows, a_loss: str) -> None:
     optima = empirical_optima(R)
     if not optima:
         return
-    S = np.array([o.S for o in optima])
-    emp = {k: np.array([getattr(o, f"f_{k}") for o in optima]) for k in KINDS}
-    f_law = np.asarray(
-        law.optimal_fraction(
-            res.params, [o.N for o in optima], [o.D for o in optima], [o.bits for o in optima]
-        )
-    )
+    S, emp, f_law = _optima_fractions(res.params, optima)
     res.a = {k: fit_a(S, emp[k], a_loss) for k in KINDS}
     res.mae_f_hat = {k: mae(law.f_hat(S, res.a[k]), emp[k]) for k in KINDS}
     res.mae_f_hat_paper = {k: mae(law.f_hat(S), emp[k]) for k in KINDS}
@@ -339,10 +325,7 @@ def _fractions(res: FitResult, R: Rows, a_loss: str) -> None:
 def _bootstrap(
     R: Rows, res: FitResult, n: int, seed: int, level: float, a_loss, penalty_grid, kw
 ) -> dict:
-    """Percentile intervals over `n` resamples of the rows (module docstring). Each resample
-    refits the law from the fixed start grid (`res.params`, the full-data estimate, is not a
-    start: a polish from the optimum barely moves, and a constant at a bound would stay
-    there in every resample) and fits `a` to the optima of its own rows."""
+    """Percentile intervals over `n` resamples of the rows (module docstring)."""
     rng = np.random.default_rng(seed)
     kinds = (R.fp, R.qat, R.from_scratch, R.ptq)
     strata = [s for s in (np.flatnonzero(k) for k in kinds) if len(s)]
@@ -360,12 +343,14 @@ def _bootstrap(
         else:
             a_draws.append([a[k] for k in KINDS])
     q = (1.0 - level) / 2.0
+
+    def interval(draws, names) -> dict:
+        lo, hi = np.quantile(np.array(draws), [q, 1.0 - q], axis=0)
+        return {k: [float(a), float(b)] for k, a, b in zip(names, lo, hi)}
+
     out = {"n": n, "seed": seed, "level": level, "n_failed": failed, "params": {}, "a": None}
     if draws:
-        lo, hi = np.quantile(np.array(draws), [q, 1.0 - q], axis=0)
-        out["params"] = {k: [float(a), float(b)] for k, a, b in zip(ob.NAMES, lo, hi)}
+        out["params"] = interval(draws, ob.NAMES)
     if a_draws:
-        lo, hi = np.quantile(np.array(a_draws), [q, 1.0 - q], axis=0)
-        out["a"] = {k: [float(x), float(y)] for k, x, y in zip(KINDS, lo, hi)}
-        out["n_failed_a"] = a_failed
+        out["a"], out["n_failed_a"] = interval(a_draws, KINDS), a_failed
     return out

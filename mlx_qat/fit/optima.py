@@ -1,7 +1,8 @@
 """Empirical optimal QAT fractions, and the fit of `a` in f̂ = exp(−a / ln S) to them.
 
-A group is one (N, D, B): QAT runs (from-scratch f = 1 included) at several fractions
-f = D_qat/D. Losses of runs at the same f (seeds) are averaged. With at least 3 distinct f:
+A group is one (N, D, B) (to 9 significant digits: D_fp + D_qat may differ from D in the last
+bits): QAT runs (from-scratch f = 1 included) at several fractions f = D_qat/D (rounded to 12
+digits). Losses of runs at the same f (seeds) are averaged. With at least 3 distinct f:
 
 - grid argmin: the f of the lowest mean loss;
 - parabola vertex: with x = ln f, the parabola through the argmin and its two neighbours
@@ -59,28 +60,29 @@ def parabola_vertex(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.clip(-b / (2.0 * c), x[0], x[2]))
 
 
-def empirical_optima(rows: Rows, min_fractions: int = 3) -> list[Optimum]:
-    """One Optimum per (N, D, bits) group of QAT runs with >= `min_fractions` distinct f.
+def _keys(R: Rows) -> np.ndarray:
+    """(N, D, bits) of each row, to 9 significant digits (module docstring)."""
+    keys = [[float(f"{v:.9g}") for v in row] for row in zip(R.N, R.D, R.bits)]
+    return np.array(keys).reshape(-1, 3)
 
-    Args:
-        rows: parsed runs; FP and PTQ rows are ignored.
-        min_fractions: groups with fewer distinct fractions are skipped.
-    Returns:
-        optima sorted by (bits, N, D).
-    """
-    keep = ~rows.fp & (rows.D_qat > 0)
-    sub = rows.take(keep)
-    # 9 significant digits: D_fp + D_qat may differ from D in the last bits across fractions
-    keys = np.array([[float(f"{v:.9g}") for v in row] for row in zip(sub.N, sub.D, sub.bits)])
-    keys = keys.reshape(-1, 3)
+
+def _means(R: Rows, g: np.ndarray) -> dict[float, float]:
+    """{f: mean loss over seeds} of the rows in mask `g`, f ascending."""
+    f = np.round(R.f[g], 12)  # same f up to float noise from D_fp + D_qat
+    return {float(x): float(R.loss[g][f == x].mean()) for x in np.unique(f)}
+
+
+def empirical_optima(rows: Rows, min_fractions: int = 3) -> list[Optimum]:
+    """One Optimum per (N, D, bits) group of QAT runs (FP and PTQ rows ignored) with >=
+    `min_fractions` distinct f, sorted by (bits, N, D)."""
+    sub = rows.take(~rows.fp & (rows.D_qat > 0))
+    keys = _keys(sub)
     out = []
     for key in sorted({tuple(k) for k in keys}, key=lambda k: (k[2], k[0], k[1])):
-        g = np.all(keys == key, axis=1)
-        f_all = np.round(sub.f[g], 12)  # same f up to float noise from D_fp + D_qat
-        fs = np.unique(f_all)
-        if len(fs) < min_fractions:
+        means = _means(sub, np.all(keys == key, axis=1))
+        if len(means) < min_fractions:
             continue
-        loss = np.array([sub.loss[g][f_all == f].mean() for f in fs])
+        fs, loss = np.array(list(means)), np.array(list(means.values()))
         i = int(np.argmin(loss))
         edge = i == 0 or i == len(fs) - 1
         if edge:
@@ -94,13 +96,9 @@ def empirical_optima(rows: Rows, min_fractions: int = 3) -> list[Optimum]:
 
 
 def twin_optima(rows: list[dict], min_fractions: int = 3) -> list[dict]:
-    """f* of the final loss and f* of the QAT penalty, per (pipeline, N, D, bits) group of QAT
-    rows that have a float twin (`qat_penalty` not null); [] when no row has one.
+    """f* of the final loss and f* of the QAT penalty, per (pipeline, N, D, bits) group of the
+    results rows (dicts) that have a float twin (`qat_penalty` not null; FP rows skipped).
 
-    Args:
-        rows: results rows (dicts, `results.jsonl`); FP rows and rows without a twin are
-            skipped.
-        min_fractions: groups with fewer distinct f are skipped (as `empirical_optima`).
     Returns:
         dicts sorted by (pipeline, bits, N, D): N, D, bits, S, n_fractions, "pipeline";
         `f_loss_*` / `f_penalty_*` for * in argmin, vertex (and `*_at_edge`); `penalty_at_f`:
@@ -120,9 +118,11 @@ def twin_optima(rows: list[dict], min_fractions: int = 3) -> list[dict]:
             for k in ("qat_penalty", "fp_twin_loss")
         )
         with_loss = {(o.N, o.D, o.bits): o for o in empirical_optima(R, min_fractions)}
+        keys = _keys(R)
         for p in empirical_optima(pen, min_fractions):
             o = with_loss[(p.N, p.D, p.bits)]
-            mean = {k: _means(x, p) for k, x in (("loss", R), ("penalty", pen), ("twin", twin))}
+            g = np.all(keys == (p.N, p.D, p.bits), axis=1)
+            mean = {k: _means(x, g) for k, x in (("loss", R), ("penalty", pen), ("twin", twin))}
             out.append({
                 "pipeline": pipe, "N": p.N, "D": p.D, "bits": p.bits, "S": p.S,
                 "n_fractions": p.n_fractions,
@@ -137,26 +137,12 @@ def twin_optima(rows: list[dict], min_fractions: int = 3) -> list[dict]:
     return sorted(out, key=lambda d: (d["pipeline"], d["bits"], d["N"], d["D"]))
 
 
-def _means(R: Rows, o: Optimum) -> dict[float, float]:
-    """{f: mean value over seeds} of the rows of `o`'s (N, D, bits) group."""
-    key = np.array([[float(f"{v:.9g}") for v in row] for row in zip(R.N, R.D, R.bits)])
-    g = np.all(key.reshape(-1, 3) == (o.N, o.D, o.bits), axis=1)
-    f = np.round(R.f[g], 12)
-    return {float(x): float(R.loss[g][f == x].mean()) for x in np.unique(f)}
-
-
 def _spread(means: dict[float, float]) -> float:
     return max(means.values()) - min(means.values())
 
 
 def fit_a(S, f, loss: str = "l2") -> float:
-    """The `a` of f̂ = exp(−a / ln S) that best matches optima f at S (points with S <= 1 skipped).
-
-    Example:
-        >>> S = np.array([20.0, 200.0, 2000.0])
-        >>> round(fit_a(S, f_hat(S, 6.0)), 6)
-        6.0
-    """
+    """The `a` of f̂ = exp(−a / ln S) that best matches optima f at S (points with S <= 1 skipped)."""
     if loss not in ("l2", "l1"):
         raise ValueError(f"fit_a(loss={loss!r}): use 'l2' or 'l1'")
     S, f = np.asarray(S, float), np.asarray(f, float)
@@ -184,8 +170,7 @@ def mae(pred, target) -> float:
 
 def a_from_rows(rows: Rows, loss: str = "l2") -> dict | None:
     """`a` fitted to the empirical optima of `rows`, per kind: {"argmin": a, "vertex": a}; None
-    when the rows hold no optimum with S > 1. The fit's bootstrap calls it on each resample of
-    the runs, so that the interval of `a` carries the noise of each measured optimum."""
+    when the rows hold no optimum with S > 1."""
     optima = [o for o in empirical_optima(rows) if o.S > 1.0]
     if not optima:
         return None
@@ -196,10 +181,8 @@ def a_from_rows(rows: Rows, loss: str = "l2") -> dict | None:
 def bootstrap_a(
     S, f, n: int = 200, seed: int = 0, level: float = 0.95, loss: str = "l2"
 ) -> tuple[float, float]:
-    """Percentile interval of `a` over `n` resamples (with replacement) of the optima.
-
-    The optima are taken as exact: the noise of each measured optimum is not in this interval
-    (the fit resamples the runs instead, `a_from_rows` on each resample)."""
+    """Percentile interval of `a` over `n` resamples (with replacement) of the optima, taken as
+    exact (the fit resamples the runs instead, so its interval carries their noise)."""
     S, f = np.asarray(S, float), np.asarray(f, float)
     rng = np.random.default_rng(seed)
     draws = []

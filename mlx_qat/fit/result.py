@@ -1,7 +1,7 @@
 """`FitResult`: a fitted law and its report, saved and loaded as JSON.
 
 The JSON object holds `schema` ("mlx_qat.fit/1"), `params` (`LawParams.to_dict`) and the
-report fields below; non-finite floats are written as null. `save` writes atomically.
+report fields; non-finite floats are written as null. `save` writes atomically.
 """
 
 from __future__ import annotations
@@ -19,36 +19,15 @@ SCHEMA = "mlx_qat.fit/1"
 
 @dataclass
 class FitResult:
-    """A fitted law and how well it fits.
+    """A fitted law and how well it fits (`fitting.fit` fills every field).
 
-    Attributes:
-        params: the law's constants.
-        huber_delta, fp_weight: fit settings.
-        n_rows: counts: fit (FP + QAT used), fp, qat, from_scratch, ptq (the last two unused),
-            fp_repeats (FP rows dropped as a repeat of an FP run already counted).
-        r2_log, rmse_log: R² and RMSE of log L on the fitted rows; `*_qat` on QAT rows only.
-        holdout: leave-largest-size-out: {"N", "n_rows", "mean_abs_rel_err",
-            "max_abs_rel_err", "rmse_log"} of the refit's prediction of the held-out size's QAT
-            final losses; "copy": the nearest-size copy's errors and the law's on the same runs
-            (`baselines.copy_check`); "fraction": MAE of the refit's argmin, of f̂ with `a`
-            from the other sizes and of a constant f = 0.1 against the held-out size's optima
-            (`baselines.fraction_check`, plus that "a"); "law_beats" and "verdict" (one plain
-            sentence per comparison, `baselines.verdict`); None with fewer than 2 sizes (or
-            too few rows without the largest).
-        a: fitted `a` of f̂ per optimum kind {"argmin", "vertex"}; None without optima.
-        mae_f_hat: MAE of f̂ (fitted a) against the optima, per kind.
-        mae_f_hat_paper: MAE of f̂ with the paper's a = 6.7297, per kind.
-        mae_law: MAE of the law's own argmin against the optima, per kind.
-        mae_const_f: MAE of a constant f = 0.1 (the trivial baseline) against the optima.
-        optima: per (N, D, bits) group: `Optimum.to_dict()` plus "f_law" (the law's argmin)
-            and "f_hat" (f̂ with the vertex-fitted a).
-        bootstrap: {"n", "seed", "level", "n_failed", "params": {name: [lo, hi]},
-            "a": {kind: [lo, hi]}, "n_failed_a"}; each resample of the rows refits the law
-            from the fixed start grid and `a` from its own optima; None when n_bootstrap = 0.
-        n_range: [smallest, largest] N of the fitted rows (None in fits saved before it was
-            recorded): the sizes the law may be asked about.
-        degenerate: the constants at a bound of the fitter's box ([{"name", "value",
-            "bound"}], `fitting.constants_at_bounds`): empty for a fit the rows determine.
+    n_rows: counts fit, fp, qat, from_scratch, ptq, fp_repeats. holdout: the
+    leave-largest-size-out check (`fitting._holdout`; None with fewer than 2 sizes). a and the
+    MAE against the optima of f̂ (fitted a; paper a), of the law's argmin and of f = 0.1: per
+    optimum kind {"argmin", "vertex"}; None without optima. optima: `Optimum.to_dict()` plus
+    "f_law" and "f_hat" (vertex-fitted a). bootstrap: {"n", "seed", "level", "n_failed",
+    "params": {name: [lo, hi]}, "a": {kind: [lo, hi]}, "n_failed_a"}. n_range: [min, max] N
+    fitted (None in older fits). degenerate: `fitting.constants_at_bounds`.
     """
 
     params: LawParams
@@ -97,7 +76,6 @@ class FitResult:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str | Path) -> None:
-        """Write `to_json()` to `path` atomically."""
         atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod

@@ -1,27 +1,12 @@
 """Sweep results as the fit reads them: merged from several files, split by pipeline, paired.
 
-- `find_results`: a path is a results.jsonl file, or a folder: every `results.jsonl` in it and
-  below it (a sweep's own rows and its shards', split across machines and copied back).
-- `read_results`: the rows of every file, merged. A row is keyed by its `config_hash` (the
-  sweep's hash of the run's full config; a row without one is keyed by its whole content).
-  Rows under one key that agree on everything but timing (`TIMING`: the same run trained
-  twice, e.g. by a sweep and by a shard) are kept once; rows with one key and different
-  results are refused, naming both places (file:line). A torn last line (a writer killed
-  mid-row, or a sweep still running) is skipped, as the sweep itself skips it. A pure-FP row
-  with the N, D, seed and final loss of an earlier one is the same FP run (sweeps before the
-  anchor trained once per model, budget and seed trained it once per bit width, under
-  another config hash): it counts once (`fp_repeats`).
-- `check_one_data`: rows carry their data's identity (`data`: the shards' key and the
-  tokenizer's sha256); rows of two data sets (other text prepared at the same path, or two
-  corpora with one vocabulary) are refused unless mixing is asked for (`--mix-data`). Rows
-  written before rows carried it have an unknown identity: alone they fit as before (nothing
-  to compare), beside rows of a known data set they count as another data set. A row's
-  identity is part of its key, so one config hash on two data sets is two rows, not a
-  collision.
-- `select_pipeline`: the rows a law fit takes: pure-FP rows (bits null; the FP anchor, the
-  same whatever the pipeline) and the QAT rows of one pipeline. Rows without a final loss are
-  left out and counted.
-- `pipeline_pairs`: fused and classic QAT runs at equal (N, D, bits, f, seed).
+A row is keyed by its `config_hash` and its data's identity (`data`; a row without a hash by
+its whole content). Rows under one key that differ only in timing (`TIMING`: one run trained
+twice, e.g. by a sweep and by a shard) count once; different results under one key are
+refused. A pure-FP row with the N, D, seed and loss of an earlier one (older sweeps trained
+the FP anchor once per bit width, under another hash) counts once (`fp_repeats`). Rows of two
+data sets are refused unless mixing is asked for (`--mix-data`); rows without `data` (written
+before rows carried it) count as one unknown data set.
 """
 
 from __future__ import annotations
@@ -41,7 +26,8 @@ FP_RUN = ("N", "D", "D_fp", "D_qat", "seed", "final_loss", "eval_tokens", "data"
 
 
 def find_results(paths) -> list[Path]:
-    """The results files that `paths` (files or folders) name, in order, each once."""
+    """The results files `paths` name (a folder: every results.jsonl in and below it), in
+    order, each once."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_file():
@@ -60,16 +46,8 @@ def find_results(paths) -> list[Path]:
 
 @dataclass
 class Merged:
-    """Merged rows with where each came from.
-
-    Attributes:
-        rows: the distinct rows, in the order first seen.
-        origins: "file:line" of each row.
-        files: {file: rows read from it}.
-        duplicates: identical rows dropped (seen before in this or another file).
-        fp_repeats: FP rows dropped as another row's FP run (at another bit width).
-        torn: torn last lines skipped.
-    """
+    """The distinct rows in the order first seen, with "file:line" of each (`origins`), rows
+    read per file, and counts of identical duplicates, FP repeats and torn last lines skipped."""
 
     rows: list = field(default_factory=list)
     origins: list = field(default_factory=list)
@@ -79,26 +57,16 @@ class Merged:
     torn: int = 0
 
 
-def _lines(path: Path):
-    """(line number, row) of each complete row, then (None, None) once for a torn last line."""
-    got = read_jsonl(path)
-    yield from got.rows
-    if got.torn:
-        yield None, None
-
-
 def read_results(paths) -> Merged:
-    """Read and merge results files (see the module docstring). Raises ValueError on a
+    """Read and merge the results files `paths` name (module docstring); ValueError on a
     collision (one config_hash, two different rows), naming both places."""
     m = Merged()
     seen: dict[str, tuple[dict, str]] = {}  # key -> the first row under it, and where
     fp_seen: set[str] = set()
     for path in find_results(paths):
-        m.files[str(path)] = 0
-        for line, row in _lines(path):
-            if row is None:
-                m.torn += 1
-                continue
+        got = read_jsonl(path)
+        m.files[str(path)], m.torn = 0, m.torn + bool(got.torn)
+        for line, row in got.rows:
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{line}: a row must be a JSON object")
             m.files[str(path)] += 1
@@ -135,8 +103,7 @@ def read_results(paths) -> Merged:
 
 
 def data_sets(m: Merged) -> dict[str, dict]:
-    """The data sets of the merged rows: {identity as JSON: {"identity": the row's `data`
-    (None: unknown), "files": {file: rows}}}, in the order first seen."""
+    """{identity as JSON: {"identity": the rows' `data` (None: unknown), "files": {file: rows}}}."""
     out: dict[str, dict] = {}
     for row, origin in zip(m.rows, m.origins):
         ident = row.get("data")
@@ -154,8 +121,8 @@ def _describe_data(ident) -> str:
 
 
 def check_one_data(m: Merged, mix: bool = False) -> int:
-    """The number of data sets the rows come from (see the module); ValueError naming each
-    data set and its files when there are several, unless `mix`."""
+    """The number of data sets the rows come from; ValueError naming each data set and its
+    files when there are several, unless `mix`."""
     sets = data_sets(m)
     if len(sets) > 1 and not mix:
         parts = [
@@ -182,13 +149,9 @@ def is_fp_row(row: dict) -> bool:
 
 
 def select_pipeline(rows: list[dict], pipeline: str = "fused") -> tuple[list[dict], dict]:
-    """The rows a law fit of `pipeline` takes, and counts of what was left out.
-
-    Returns:
-        (rows, counts): FP rows (their `pipeline` key dropped: the anchor serves every
-        pipeline) and QAT rows of `pipeline` (a row without the key counts as fused);
-        counts {"fp", "qat", "other_pipeline": {name: n}, "no_loss"}.
-    """
+    """The rows a law fit of `pipeline` takes: FP rows (their `pipeline` key dropped: the
+    anchor serves every pipeline) and QAT rows of `pipeline` (no key: fused); rows without a
+    final loss are left out. Returns (rows, {"fp", "qat", "other_pipeline": {name: n}, "no_loss"})."""
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline {pipeline!r}: use one of {', '.join(PIPELINES)}")
     out, other, no_loss, n_fp = [], {}, 0, 0
@@ -226,17 +189,9 @@ def pipeline_pairs(rows: list[dict]) -> list[dict]:
     for r in qat:
         if r.get("pipeline") != "classic":
             continue
-        key = _setting(r)
+        N, D, bits, _, seed = key = _setting(r)
         twin = fused.get(key)
-        out.append(
-            {
-                "N": key[0],
-                "D": key[1],
-                "bits": key[2],
-                "f": row_fraction(r),
-                "seed": key[4],
-                "classic": float(r["final_loss"]),
-                "fused": None if twin is None else float(twin["final_loss"]),
-            }
-        )
+        loss = None if twin is None else float(twin["final_loss"])
+        out.append(dict(N=N, D=D, bits=bits, f=row_fraction(r), seed=seed,
+                        classic=float(r["final_loss"]), fused=loss))  # fmt: skip
     return sorted(out, key=lambda p: (p["bits"], p["N"], p["D"], p["f"], str(p["seed"])))
