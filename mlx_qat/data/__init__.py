@@ -11,8 +11,7 @@ Typical use::
     val = eval_batches(bundle.val, batch_size=32, seq_len=256, max_batches=50)
 
 The validation split (``val_fraction``) is for curves and choices; the test split
-(``test_fraction``, held out by the same document hash) is only reported. ``bundle.test`` is
-None for shards prepared before the test split existed.
+(``test_fraction``, held out by the same document hash) is only reported.
 
 Command line: ``python -m mlx_qat data --input ../shared/data --out data/`` (see ``--help``).
 A model's own tokenizer instead of a trained one: ``prepare_data(..., tokenizer=MODEL_DIR)``

@@ -18,21 +18,24 @@ With a loss ``mask`` (`DataBundle.loss_mask`, `--mask-prompt`), a training batch
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from itertools import count
 
 import mlx.core as mx
 import numpy as np
 
 
-def _check(tokens: np.ndarray, batch_size: int, seq_len: int) -> None:
-    if batch_size < 1 or seq_len < 1:
-        raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
-    if np.ndim(tokens) != 1:
-        raise ValueError(f"tokens must be a 1-D array, got shape {np.shape(tokens)}")
-    if len(tokens) < seq_len + 1:
-        raise ValueError(
-            f"{len(tokens)} tokens are too few for one window of seq_len + 1 = {seq_len + 1}; "
-            "use a shorter seq_len or more text"
-        )
+class _Windows:
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int):
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+        if np.ndim(tokens) != 1:
+            raise ValueError(f"tokens must be a 1-D array, got shape {np.shape(tokens)}")
+        if len(tokens) < seq_len + 1:
+            raise ValueError(
+                f"{len(tokens)} tokens are too few for one window of seq_len + 1 = {seq_len + 1}; "
+                "use a shorter seq_len or more text"
+            )
+        self.tokens, self.batch_size, self.seq_len = tokens, int(batch_size), int(seq_len)
 
 
 def _gather(tokens: np.ndarray, starts: np.ndarray, length: int) -> mx.array:
@@ -40,7 +43,7 @@ def _gather(tokens: np.ndarray, starts: np.ndarray, length: int) -> mx.array:
     return mx.array(np.asarray(tokens[index], dtype=np.int32))
 
 
-class TokenBatches:
+class TokenBatches(_Windows):
     """Random contiguous windows of ``seq_len + 1`` tokens, a pure function of (seed, step);
     ``state(step)`` / ``from_state`` round-trip the only state there is."""
 
@@ -52,13 +55,10 @@ class TokenBatches:
         seed: int = 0,
         mask: np.ndarray | None = None,
     ):
-        _check(tokens, batch_size, seq_len)
+        super().__init__(tokens, batch_size, seq_len)
         if mask is not None and np.shape(mask) != np.shape(tokens):
             raise ValueError(f"mask shape {np.shape(mask)} is not the tokens' {np.shape(tokens)}")
-        self.tokens = tokens
         self.mask = mask
-        self.batch_size = int(batch_size)
-        self.seq_len = int(seq_len)
         self.seed = int(seed)
         full = (len(tokens) - 1) // seq_len
         # Keep one window of slack for the per-epoch offset when there is more than one window.
@@ -122,23 +122,18 @@ class TokenBatches:
 
     def iterate(self, start_step: int = 0, num_steps: int | None = None) -> Iterator[mx.array]:
         """Yield ``batch(start_step)``, ``batch(start_step + 1)``, ... (forever by default)."""
-        step = start_step
-        while num_steps is None or step < start_step + num_steps:
-            yield self.batch(step)
-            step += 1
+        stop = None if num_steps is None else start_step + num_steps
+        yield from map(self.batch, count(start_step) if stop is None else range(start_step, stop))
 
 
-class EvalBatches(Sequence):
+class EvalBatches(_Windows, Sequence):
     """Fixed evaluation batches: the windows at ``k * seq_len`` (every token a target once), in
     order; the last batch may be short. ``num_tokens``: target tokens over all batches."""
 
     def __init__(
         self, tokens: np.ndarray, batch_size: int, seq_len: int, max_batches: int | None = None
     ):
-        _check(tokens, batch_size, seq_len)
-        self.tokens = tokens
-        self.batch_size = int(batch_size)
-        self.seq_len = int(seq_len)
+        super().__init__(tokens, batch_size, seq_len)
         windows = (len(tokens) - 1) // seq_len
         if max_batches is not None:
             if max_batches < 1:

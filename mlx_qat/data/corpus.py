@@ -41,9 +41,7 @@ _LEADING_BLANK_LINES = re.compile(r"\A(?:[^\S\n]*\n)+")
 
 
 def _as_list(paths: Paths) -> list[Path]:
-    if isinstance(paths, str | os.PathLike):
-        return [Path(paths)]
-    return [Path(p) for p in paths]
+    return [Path(paths)] if isinstance(paths, str | os.PathLike) else [Path(p) for p in paths]
 
 
 def resolve_files(paths: Paths) -> list[Path]:
@@ -84,10 +82,8 @@ def resolve_files(paths: Paths) -> list[Path]:
 
 def _read_text(path: Path) -> str:
     try:
-        if path.name.lower().endswith(".gz"):
-            with gzip.open(path, "rt", encoding="utf-8-sig") as f:
-                return f.read()
-        with open(path, encoding="utf-8-sig") as f:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8-sig") as f:
             return f.read()
     except UnicodeDecodeError as e:
         raise ValueError(
@@ -100,12 +96,8 @@ def _read_text(path: Path) -> str:
 
 def split_text(text: str) -> list[str]:
     """Split text into documents at blank lines (see module docstring)."""
-    docs = []
-    for chunk in _BLANK_LINES.split(text):
-        chunk = _LEADING_BLANK_LINES.sub("", chunk).rstrip()
-        if chunk.strip():
-            docs.append(chunk)
-    return docs
+    chunks = (_LEADING_BLANK_LINES.sub("", c).rstrip() for c in _BLANK_LINES.split(text))
+    return [c for c in chunks if c.strip()]
 
 
 def _read_jsonl(path: Path, records: bool = False) -> list:

@@ -82,10 +82,7 @@ def hf_configs(model_file: str | os.PathLike) -> tuple[dict, dict]:
     added = {
         str(i): {
             "content": sp.id_to_piece(i),
-            "lstrip": False,
-            "normalized": False,
-            "rstrip": False,
-            "single_word": False,
+            **dict.fromkeys(("lstrip", "normalized", "rstrip", "single_word"), False),
             "special": True,
         }
         for i in _specials(sp)

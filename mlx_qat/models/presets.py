@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import asdict, is_dataclass
 
 import mlx.nn as nn
 
@@ -33,12 +34,7 @@ PRESET_RE = re.compile(r"^d(\d+)$")
 
 
 def preset_config(name: str, vocab_size: int, max_position_embeddings: int = 4096) -> dict:
-    """The mlx-lm `config.json` dict of preset `name` ("d<depth>").
-
-    Example:
-        >>> preset_config("d4", 1024)["hidden_size"]
-        128
-    """
+    """The mlx-lm `config.json` dict of preset `name` ("d<depth>")."""
     m = PRESET_RE.match(str(name))
     if not m or int(m.group(1)) < 2 or int(m.group(1)) % 2:
         raise ValueError(
@@ -96,8 +92,6 @@ def model_from_config(config: dict) -> nn.Module:
 
 def model_config_dict(model: nn.Module, base: dict | None = None) -> dict:
     """`{"model_type", <ModelArgs fields>}` for config.json, from the model's `args`."""
-    from dataclasses import asdict, is_dataclass
-
     args = getattr(model, "args", None)
     out = dict(base or {})
     if args is not None and is_dataclass(args):
