@@ -9,11 +9,10 @@
                  `set_kernels_enabled(False)`, or a failed self-check)     pure-MLX reference
 
 Every path gives the canonical grid (affine.py, fp.py) bit for bit and the same gradients (the
-per-group scale/bias sums up to float32 summation order). The quantizer modules ask
-`fused_backend()` inside their `mx.custom_function`s, so a compiled step keeps the path it was
-traced with. The α/scale clamps, per-row sums and gradient scales stay in the quantizer modules
-(lsq.py, learned_affine.py), which hand the kernels (mlx_qat.kernels) prepared float32
-per-group parameters; kernel_check.py checks the kernels against the reference.
+per-group scale/bias sums up to float32 summation order). The quantizers ask inside their
+`mx.custom_function`s, so a compiled step keeps the path it was traced with; they hand the
+kernels prepared float32 per-group parameters (clamps, per-row sums and gradient scales stay
+in lsq.py and learned_affine.py).
 """
 
 from __future__ import annotations
@@ -41,8 +40,7 @@ def kernels_enabled() -> bool:
 
 
 def machine_backend() -> str | None:
-    """The fused backend this machine's MLX can launch ("metal", "cuda"), whatever the default
-    device and the switch; None on a CPU-only MLX."""
+    """The fused backend this machine's MLX can launch, whatever the device and the switch."""
     if gpu.metal_available() and "metal" in gpu.KERNELS:
         return "metal"
     if gpu.cuda_available() and "cuda" in gpu.KERNELS:
@@ -51,8 +49,7 @@ def machine_backend() -> str | None:
 
 
 def fused_backend() -> str | None:
-    """ "metal" or "cuda" when the fused kernels run now (GPU default device, kernels on),
-    else None."""
+    """ "metal" or "cuda" when the fused kernels run now (GPU default device, kernels on)."""
     if not _enabled or mx.default_device() != mx.gpu:
         return None
     return machine_backend()
@@ -68,12 +65,14 @@ def active_backend() -> str:
     return "reference"
 
 
-def require_fused(on: str | None = None) -> str:
-    """`on` if given, else the active fused backend.
+def dispatch(fused, reference, *args):
+    """`fused(*args, on=...)` when a fused backend is active, else `reference(*args)`."""
+    on = fused_backend()
+    return fused(*args, on=on) if on else reference(*args)
 
-    Raises:
-        RuntimeError: `on` is None and no fused backend is active.
-    """
+
+def require_fused(on: str | None = None) -> str:
+    """`on` if given, else the active fused backend (RuntimeError if none)."""
     if on is not None:
         return on
     b = fused_backend()

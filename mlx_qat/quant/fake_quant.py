@@ -1,19 +1,17 @@
 """`fake_quantize`: the min/max quantizer with a straight-through gradient, and its grid.
 
-Forward: ŵ = dequantize(quantize(w)) on the project's canonical grid (`affine.py`, `fp.py`),
-which is bit-identical to `mx.dequantize(*mx.quantize(w, ...), ..., dtype=w.dtype)` on MLX's CPU
-backend for every mode, bit width, group size and float dtype. The output has w's dtype.
+Forward: ŵ = dequantize(quantize(w)) on the canonical grid (`affine.py`, `fp.py`), bit-identical
+to `mx.dequantize(*mx.quantize(w, ...), ..., dtype=w.dtype)` on MLX's CPU backend for every
+mode, bit width, group size and float dtype, on the path backend.py picks (fused kernel on a
+GPU, affine_cpu.py on CPU, else `reference_fake_quant`; same bits).
 
 Backward (straight-through estimator): ∂L/∂w = ∂L/∂ŵ, exactly. The min/max quantizer never
 clips (the group's extremes define the range), so there is nothing to mask. Without this
 custom VJP MLX would differentiate the ops above and send gradient only through the group
 min/max (the scale and bias), which is silently wrong for QAT.
 
-The forward runs on the path backend.py picks (`fake_quant_forward`): the fused kernel on a
-GPU, affine_cpu.py on CPU, or `reference_fake_quant`, all with the same bits.
-
-`quantize_grid` returns what export packs: (packed uint32 codes, scales, biases) in MLX's
-layout; `mx.dequantize` of it equals `fake_quantize` bit for bit.
+`quantize_grid` returns what export packs (packed uint32 codes, scales, biases, MLX's layout);
+`mx.dequantize` of it equals `fake_quantize` bit for bit.
 """
 
 from __future__ import annotations
@@ -33,8 +31,8 @@ from .spec import QuantSpec
 class Grid(NamedTuple):
     """A quantized tensor in MLX's layout: what `mx.quantize` returns and export writes.
 
-    `biases` is None for the fp modes. Scales/biases of affine grids have the weight's dtype
-    (or the dtype the quantizer was told to round them to); fp scales are uint8.
+    Affine scales/biases have the weight's dtype (or the quantizer's scale_dtype); fp scales
+    are uint8 and `biases` is None.
     """
 
     wq: mx.array
@@ -52,9 +50,8 @@ def reference_fake_quant(w: mx.array, spec: QuantSpec) -> mx.array:
 def fused_fake_quant(
     w: mx.array, spec: QuantSpec, dequant_dtype: mx.Dtype | None = None, on: str | None = None
 ) -> mx.array:
-    """`reference_fake_quant` from the fused kernel (mlx_qat.kernels) on GPU backend `on`
-    (default: the active one; RuntimeError if none). Affine specs may dequantize in
-    `dequant_dtype` (see `affine.fake_quant_minmax`); the fp modes always use w's dtype."""
+    """`reference_fake_quant` from the fused kernel on GPU backend `on` (default: the active
+    one). Affine specs may dequantize in `dequant_dtype` (see `affine.fake_quant_minmax`)."""
     on = backend.require_fused(on)
     if spec.is_affine:
         kind, bits, gs = sources.KIND_MINMAX, spec.bits, spec.group_size
@@ -63,9 +60,8 @@ def fused_fake_quant(
 
 
 def fake_quant_forward(w: mx.array, spec: QuantSpec) -> mx.array:
-    """Forward of the min/max fake quantizer on the active path (backend.py): the fused kernel
-    on a GPU, the CPU fast path for affine specs on CPU, else the reference. No gradient rule;
-    always bit-identical to `reference_fake_quant`."""
+    """Forward of the min/max fake quantizer on the active path (backend.py); no gradient
+    rule, always bit-identical to `reference_fake_quant`."""
     path = backend.active_backend()
     if path in backend.FUSED:
         return fused_fake_quant(w, spec, on=path)

@@ -18,20 +18,17 @@ min/max grid at initialisation, kept frozen — and the learned (s, b) only map 
 
     ∂L/∂w = cot·(s/s₀)·[0 ≤ x ≤ n]      ∂L/∂s = Σ_group cot·code      ∂L/∂b = Σ_group cot
 
-Moving the grid then never flips a code, so the grid's gradient is exact, and it is the one
-`mlx_lm`'s DWQ trains scales and biases with: with the weights frozen this quantizer *is* DWQ
-(tests/test_distill.py follows both for several Adam steps); the weights' STE moves codes on
-top. In the plain mode above the codes are re-derived from (s, b), and DWQ's gradient there
-would ignore the codes a grid update flips (5% of SmolLM2's codes in 49 steps at a weight LR
-of 1e-5: benchmarks/results/pretrained_smollm2_fixed_v1.md), which is why it is not offered.
-This mode has no fused kernel: forward and backward are pure MLX on every backend.
+Moving the grid then never flips a code, so the grid's gradient is exact: it is `mlx_lm`'s
+DWQ gradient, and with the weights frozen this quantizer *is* DWQ (tests/test_distill.py). In
+the plain mode the codes are re-derived from (s, b) and DWQ's gradient would ignore the codes a
+grid update flips (5% of SmolLM2's codes in 49 steps at weight LR 1e-5:
+benchmarks/results/pretrained_smollm2_fixed_v1.md), so it is not offered there. This mode has
+no fused kernel: pure MLX on every backend.
 
-Export is exact by construction: the codes, T(s) and T(b) are the grid (scale/bias may be
-stored in another dtype S: the forward then computes T(S(code)·S(s) + S(b)) as MLX will).
-
-Paths: `reference_forward`/`reference_backward` (pure MLX) and `fused_forward`/`fused_backward`
-(one kernel pass each, mlx_qat.kernels, fed the clamped scale and the bias per group);
-`learned_affine_function` picks one through backend.py.
+Export is exact by construction: the codes, T(s) and T(b) are the grid (with scales stored in
+another dtype S the forward computes T(S(code)·S(s) + S(b)), as MLX will). Paths:
+`reference_*` (pure MLX) and `fused_*` (one kernel pass each, fed the clamped scale and the bias
+per group); `learned_affine_function` picks one through backend.py.
 """
 
 from __future__ import annotations
@@ -70,10 +67,9 @@ def codes(wg: mx.array, scale: mx.array, bias: mx.array, bits: int):
 
 
 def _after(cot: mx.array, *arrays: mx.array) -> list[mx.array]:
-    """`arrays`, made to depend on the cotangent: the backward recomputes the codes from them
-    when the cotangent exists, instead of `mx.compile` merging the recomputation with the
-    forward's identical one and keeping every layer's codes alive from the forward to the
-    backward (the weights' size again in float32, twice: codes and positions). Same values."""
+    """`arrays`, made to depend on the cotangent, so that `mx.compile` cannot merge the
+    backward's recomputation of the codes with the forward's and keep every layer's codes
+    (twice the weights' size in float32) alive in between. Same values."""
     return mx.depends(list(arrays), [cot])
 
 
@@ -122,8 +118,7 @@ def _kernel_params(w, scale, bias, group_size: int) -> tuple[mx.array, mx.array]
 
 
 def fused_forward(w, scale, bias, bits: int, group_size: int, scale_dtype=None, on=None):
-    """`reference_forward` from one fused kernel pass on GPU backend `on` (default: the active
-    one; RuntimeError if none)."""
+    """`reference_forward` from one fused kernel pass on GPU backend `on` (default: active)."""
     on = backend.require_fused(on)
     s, b = _kernel_params(w, scale, bias, group_size)
     kind = sources.KIND_LEARNED
@@ -131,11 +126,8 @@ def fused_forward(w, scale, bias, bits: int, group_size: int, scale_dtype=None, 
 
 
 def fused_backward(w, scale, bias, cot, bits: int, group_size: int, on=None):
-    """`reference_backward` from one fused pass over (w, cot) on GPU backend `on`.
-
-    The per-group sums are float32 in sequential order: equal to the reference up to
-    summation order; ∂L/∂w exactly.
-    """
+    """`reference_backward` from one fused pass over (w, cot) on GPU backend `on`: ∂L/∂w
+    exact, the per-group sums up to float32 summation order."""
     on = backend.require_fused(on)
     s, b = _kernel_params(w, scale, bias, group_size)
     dw, red = gpu.backward(on, w, cot, sources.KIND_LEARNED, bits, group_size, s, b)
@@ -146,23 +138,17 @@ def fused_backward(w, scale, bias, cot, bits: int, group_size: int, on=None):
 
 @cache
 def learned_affine_function(bits: int, group_size: int, scale_dtype=None):
-    """custom_function (w, scale, bias) -> ŵ with the gradients above (fused kernels when
-    backend.py has a GPU backend active, else the pure-MLX reference)."""
+    """custom_function (w, scale, bias) -> ŵ with the gradients above (fused or reference)."""
 
     @mx.custom_function
     def fq(w, scale, bias):
-        on = backend.fused_backend()
-        if on:
-            return fused_forward(w, scale, bias, bits, group_size, scale_dtype, on)
-        return reference_forward(w, scale, bias, bits, group_size, scale_dtype)
+        args = (w, scale, bias, bits, group_size, scale_dtype)
+        return backend.dispatch(fused_forward, reference_forward, *args)
 
     @fq.vjp
     def fq_vjp(primals, cot, output):
-        w, scale, bias = primals
-        on = backend.fused_backend()
-        if on:
-            return fused_backward(w, scale, bias, cot, bits, group_size, on)
-        return reference_backward(w, scale, bias, cot, bits, group_size)
+        args = (*primals, cot, bits, group_size)
+        return backend.dispatch(fused_backward, reference_backward, *args)
 
     return fq
 

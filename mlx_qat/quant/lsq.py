@@ -17,15 +17,13 @@ SEQ, b = 2 (Stretched Elastic Quant, c = 0.99, n = 2):
 sign, b = 1 (research only: no MLX export):
     ŵ = α·sign(w)      ∂ŵ/∂w = [|x| ≤ 1]     ∂L/∂α = g·Σ cot·sign(w)
 
-The forward always computes ŵ in the weight dtype T from the affine form
-T(code)·T(scale) + T(bias), so that the exported grid reproduces the trained weights bit for bit.
-With a storage dtype S for scales (`scale_dtype`), the arithmetic is MLX's for S-typed scales:
-T(S(code)·S(scale) + S(bias)). Rounding is rint (ties to even).
+ŵ is always computed in the weight dtype T from the affine form T(code)·T(scale) + T(bias), so
+the exported grid reproduces the trained weights bit for bit; with scales stored in dtype S
+(`scale_dtype`), T(S(code)·S(scale) + S(bias)) as MLX does. Rounding is rint (ties to even).
 Initial α per row/group: LSQ max|w|/Qp, SEQ max|w|, sign mean|w|.
 
-Paths: `reference_forward`/`reference_backward` (pure MLX) and `fused_forward`/`fused_backward`
-(one kernel pass each, mlx_qat.kernels, fed the clamped α per group; the per-row sum and g are
-applied here); `lsq_function` picks one through backend.py.
+Paths: `reference_*` (pure MLX) and `fused_*` (one kernel pass each, fed the clamped α per
+group; the per-row sum and g applied here); `lsq_function` picks one through backend.py.
 """
 
 from __future__ import annotations
@@ -138,20 +136,15 @@ def kernel_kind(bits: int) -> int:
 
 
 def fused_forward(w, alpha, bits: int, group_size: int, scale_dtype=None, on=None) -> mx.array:
-    """`reference_forward` from one fused kernel pass on GPU backend `on` (default: the active
-    one; RuntimeError if none), with the clamped α of every group."""
+    """`reference_forward` from one fused kernel pass on GPU backend `on` (default: active)."""
     on = backend.require_fused(on)
     a = backend.per_group(clamp_alpha(alpha), w, group_size)
     return gpu.forward(on, w, kernel_kind(bits), bits, group_size, p0=a, dequant_dtype=scale_dtype)
 
 
 def fused_backward(w, alpha, cot, bits: int, group_size: int, on=None):
-    """`reference_backward` from one fused pass over (w, cot) on GPU backend `on`.
-
-    The kernel sums cot·(∂ŵ/∂α integrand) per group (float32, sequential); here the groups of a
-    row are summed for per-row α and ParetoQ's g applied. ∂L/∂w is exact, ∂L/∂α equal up to
-    float32 summation order.
-    """
+    """`reference_backward` from one fused pass over (w, cot) on GPU backend `on`: ∂L/∂w
+    exact, ∂L/∂α up to float32 summation order (per-group kernel sums, the row's sum here)."""
     on = backend.require_fused(on)
     a = backend.per_group(clamp_alpha(alpha), w, group_size)
     dw, red = gpu.backward(on, w, cot, kernel_kind(bits), bits, group_size, p0=a)
@@ -165,22 +158,16 @@ def fused_backward(w, alpha, cot, bits: int, group_size: int, on=None):
 
 @cache
 def lsq_function(bits: int, group_size: int, scale_dtype=None):
-    """custom_function (w, α) -> ŵ with ParetoQ's gradients for this bit width (fused kernels
-    when backend.py has a GPU backend active, else the pure-MLX reference)."""
+    """custom_function (w, α) -> ŵ with ParetoQ's gradients (fused or reference path)."""
 
     @mx.custom_function
     def fq(w, alpha):
-        on = backend.fused_backend()
-        if on:
-            return fused_forward(w, alpha, bits, group_size, scale_dtype, on)
-        return reference_forward(w, alpha, bits, group_size, scale_dtype)
+        args = (w, alpha, bits, group_size, scale_dtype)
+        return backend.dispatch(fused_forward, reference_forward, *args)
 
     @fq.vjp
     def fq_vjp(primals, cot, output):
-        w, alpha = primals
-        on = backend.fused_backend()
-        if on:
-            return fused_backward(w, alpha, cot, bits, group_size, on)
-        return reference_backward(w, alpha, cot, bits, group_size)
+        args = (*primals, cot, bits, group_size)
+        return backend.dispatch(fused_backward, reference_backward, *args)
 
     return fq

@@ -209,26 +209,23 @@ class LearnedAffineQuantizer(Quantizer):
         if self.anchored:
             self.anchor_scale, self.anchor_bias = self.scale, self.bias
 
+    def _fq(self, w: mx.array, params) -> mx.array:
+        la = learned_affine
+        make = la.anchored_function if self.anchored else la.learned_affine_function
+        return make(self.spec.bits, self.spec.group_size, self.scale_dtype)(w, *params)
+
+    def _params(self) -> tuple[mx.array, ...]:
+        anchors = (self.anchor_scale, self.anchor_bias) if self.anchored else ()
+        return (self.scale, self.bias, *anchors)
+
     def __call__(self, w: mx.array) -> mx.array:
-        bits, gs, sd = self.spec.bits, self.spec.group_size, self.scale_dtype
-        if self.anchored:
-            fn = learned_affine.anchored_function(bits, gs, sd)
-            return fn(w, self.scale, self.bias, self.anchor_scale, self.anchor_bias)
-        return learned_affine.learned_affine_function(bits, gs, sd)(w, self.scale, self.bias)
+        return self._fq(w, self._params())
 
     def lookup(self, w: mx.array, ids: mx.array) -> mx.array:
         # A row's codes and values depend only on that row and its groups' (s, b) (and
         # anchors): gathering them first gives ŵ[ids] exactly, and the backward of the lookup
         # runs over the rows looked up (their gradients scattered back by the gathers).
-        bits, gs, sd = self.spec.bits, self.spec.group_size, self.scale_dtype
-        if self.anchored:
-            fn = learned_affine.anchored_function(bits, gs, sd)
-            return fn(
-                w[ids], self.scale[ids], self.bias[ids],
-                self.anchor_scale[ids], self.anchor_bias[ids],
-            )  # fmt: skip
-        fn = learned_affine.learned_affine_function(bits, gs, sd)
-        return fn(w[ids], self.scale[ids], self.bias[ids])
+        return self._fq(w[ids], [p[ids] for p in self._params()])
 
     def code_grid(self) -> tuple[mx.array, mx.array]:
         """(scale, bias) the codes are read on: the anchors, or the learned grid itself."""
