@@ -326,11 +326,11 @@ def _read_state(path: Path) -> tuple[dict, dict[str, str] | None]:
     if sums is not None:
         _verify_file(path, STATE_FILE, None, sums)
     state = _read_json(path / STATE_FILE)
-    if sums is None and state.get("format") is not None:
-        raise CheckpointError(
-            f"checkpoint {path}: missing {CHECKSUMS}; cannot verify it. {DROP_HINT}"
-        )
     if sums is None:
+        if state.get("format") is not None:
+            raise CheckpointError(
+                f"checkpoint {path}: missing {CHECKSUMS}; cannot verify it. {DROP_HINT}"
+            )
         logger.warning(
             "checkpoint %s: written before checksums (no %s); its files are NOT verified. "
             "mlx_qat.checkpoint.seal_checkpoint(path) records them as they are now",

@@ -190,13 +190,13 @@ def convert(
         f"the {pack.dtype_name(out_dtype)} export of {source.path}",
         f"weights beyond {pack.dtype_name(out_dtype)}'s range; pass --dtype float32",
     )
-    if data is not None and block is not None and out_dtype != mx.float32:
-        if mx.default_device() == mx.cpu:
-            logger.warning(
-                "the parity check runs the %s model on MLX's CPU backend, whose quantized "
-                "kernels are ~20x slower in half precision; --parity-batches 1 shortens it",
-                pack.dtype_name(out_dtype),
-            )
+    half = data is not None and block is not None and out_dtype != mx.float32
+    if half and mx.default_device() == mx.cpu:
+        logger.warning(
+            "the parity check runs the %s model on MLX's CPU backend, whose quantized "
+            "kernels are ~20x slower in half precision; --parity-batches 1 shortens it",
+            pack.dtype_name(out_dtype),
+        )
 
     from mlx_lm.utils import compute_bits_per_weight
 

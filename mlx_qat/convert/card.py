@@ -34,8 +34,7 @@ def _format(block: dict | None) -> list[str]:
         f"- Format: {glob.get('mode', 'affine')}, {glob['bits']} bits, group size "
         f"{glob['group_size']} (mlx-lm `quantization` block in config.json)"
     ]
-    per_path = {k: v for k, v in block.items() if k not in glob}
-    for path, spec in sorted(per_path.items()):
+    for path, spec in sorted((k, v) for k, v in block.items() if k not in glob):
         what = (
             "float"
             if spec is False

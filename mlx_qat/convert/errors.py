@@ -36,10 +36,8 @@ class ParityError(ConvertError):
 
 
 def check_tensors(named: Iterable[tuple[str, mx.array]], where: str, fix: str) -> None:
-    """Raise ConvertError naming the tensors of `named` (name, array) that hold NaN or inf.
-
-    Arrays are evaluated one at a time; `where` says what holds them ("GGUF file x.gguf", ...).
-    """
+    """Raise ConvertError naming the tensors of `named` (name, array) that hold NaN or inf;
+    `where` says what holds them ("GGUF file x.gguf", ...)."""
     bad = []
     for name, a in named:
         if not mx.issubdtype(a.dtype, mx.floating):

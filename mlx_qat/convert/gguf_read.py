@@ -131,15 +131,6 @@ def read_header(path: str | Path) -> GGUFHeader:
     return GGUFHeader(path, metadata, types, shapes, reader)
 
 
-def _check_shape(name: str, got: tuple[int, ...], header: GGUFHeader) -> None:
-    want = header.shapes[name]
-    if tuple(got) != want:
-        raise ConvertError(
-            f"{header.path}: tensor {name} read as shape {tuple(got)}, but the file's table says "
-            f"{want}; the file may be damaged"
-        )
-
-
 def _load_with_mlx(header: GGUFHeader, keep_quantized: bool) -> dict[str, Tensor]:
     try:
         arrays = mx.load(str(header.path))
@@ -164,7 +155,11 @@ def _load_with_mlx(header: GGUFHeader, keep_quantized: bool) -> dict[str, Tensor
             raise ConvertError(
                 f"{header.path}: mx.load returned no {e} for the {kind} tensor {name}"
             ) from e
-        _check_shape(name, t.shape, header)
+        if tuple(t.shape) != header.shapes[name]:
+            raise ConvertError(
+                f"{header.path}: tensor {name} read as shape {tuple(t.shape)}, but the file's "
+                f"table says {header.shapes[name]}; the file may be damaged"
+            )
         out[name] = t
     return out
 

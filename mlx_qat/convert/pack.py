@@ -91,7 +91,7 @@ def float_dtype(model: nn.Module) -> mx.Dtype:
     return max(counts, key=counts.get) if counts else mx.float32
 
 
-def to_float(model: nn.Module, dequantized: bool) -> nn.Module:
+def to_float(model: nn.Module, dequantized: bool) -> None:
     """Swap the QAT layers back to float modules, in place; `dequantized`: with the weight each
     layer's forward uses (ŵ when fake quant is on), else its float weight (PTQ starts there)."""
     from mlx_lm.models.switch_layers import SwitchLinear
@@ -118,7 +118,6 @@ def to_float(model: nn.Module, dequantized: bool) -> nn.Module:
     if new:
         model.update_modules(tree_unflatten(new))
     mx.eval(model.parameters())
-    return model
 
 
 def quantize_model(model: nn.Module, qcfg) -> dict:
