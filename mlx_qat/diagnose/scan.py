@@ -99,17 +99,12 @@ def diagnose_model(
     settings: DiagnoseSettings | None = None,
     scale_dtype: mx.Dtype | None = None,
 ) -> dict:
-    """Line scan, random directions, stochastic rounding, attribution and verdict.
+    """Line scan, random directions, stochastic rounding, attribution and verdict of the
+    `layers` {path: (QAT layer, target spec)} of a prepared `model` (restored afterwards), on
+    fixed `batches`, scales stored in `scale_dtype` (None: each weight's dtype).
 
-    Args:
-        model: a prepared model; its fake-quant state and weights are restored afterwards.
-        batches: fixed validation batches ((B, T+1) int32).
-        layers: {path: (QAT layer, target spec)}: the layers quantized at the target format.
-        scale_dtype: storage dtype of scales/biases (None: each weight's dtype).
-
-    Returns:
-        A JSON-ready dict: "float", "ptq", "gap", "eps", "scan", "random", "stochastic",
-        "layers", "mixed", "verdict" (definitions in `mlx_qat.diagnose`).
+    Returns a JSON-ready dict: "float", "ptq", "gap", "eps", "scan", "random", "stochastic",
+    "layers", "mixed", "verdict" (definitions in `mlx_qat.diagnose`).
     """
     st = settings or DiagnoseSettings()
     if not layers:

@@ -94,14 +94,8 @@ def _validate(w: mx.array, spec: QuantSpec, name: str = "weight") -> None:
 def fake_quantize(w: mx.array, spec: QuantSpec) -> mx.array:
     """Quantize-dequantize `w` to `spec`'s grid with a straight-through gradient.
 
-    Args:
-        w: float array (float32, float16 or bfloat16), at least 2-D, last dimension a multiple
-            of `spec.group_size`.
-        spec: the target MLX format.
-
-    Returns:
-        ŵ with w's shape and dtype; on CPU bit-identical to
-        `mx.dequantize(*mx.quantize(w, spec.group_size, spec.bits, mode=spec.mode), ...)`.
+    `w` is a float array, at least 2-D, its last dimension a multiple of `spec.group_size`;
+    ŵ has w's shape and dtype (bit-identical to MLX's CPU quantize-dequantize: module header).
 
     Example:
         >>> w = mx.random.normal((64, 128))

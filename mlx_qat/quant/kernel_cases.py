@@ -1,10 +1,8 @@
-"""Awkward inputs for the kernel checks (kernel_check.py, the C++-build tests) and bitwise
-comparison helpers.
-
-Every family is a (rows, 384) float32 array (384 is a multiple of 32, 64 and 128), deterministic
-for a given seed, meant to hit the edges of MLX's grid: all-negative groups (where MLX's GPU
-quantizer would differ), constant groups and zeros (the 1e-7 scale floor and q0 = 0), exact
-.5 ties of (w − b)/s, outliers, tiny and mixed magnitudes.
+"""Awkward inputs for the kernel checks (kernel_check.py, the C++-build tests), and bitwise
+comparison helpers. Every family is a deterministic (rows, 384) float32 array (384: a multiple
+of 32, 64 and 128) hitting the edges of MLX's grid: all-negative groups (where MLX's GPU
+quantizer would differ), constant groups and zeros (the 1e-7 scale floor and q0 = 0), exact .5
+ties of (w − b)/s, outliers, tiny and mixed magnitudes.
 """
 
 from __future__ import annotations

@@ -220,17 +220,9 @@ def kernel_rows(
     rows: int | None = None,
     case: str = "",
 ) -> list[CheckRow]:
-    """Rows for every fused kernel output `quantizer` launches at (`bits`, `gs`, `dtype`) on
-    backend `on`, for the awkward inputs of kernel_cases.py.
-
-    Args:
-        quantizer: "minmax" (the affine or fp forward of `mode`), "lsq" (bits 1 to 8) or
-            "learned_affine".
-        dequant_dtype: the dtype ŵ is dequantized in when it is not `dtype` (scale_dtype).
-        per: LSQ's α granularity, "row" or "group".
-        rows: rows per input family; None for kernel_cases.py's defaults (the self-check
-            passes fewer).
-    """
+    """Rows for every fused kernel output `quantizer` ("minmax": the affine or fp forward of
+    `mode`, "lsq", "learned_affine") launches at (`bits`, `gs`, `dtype`) on backend `on`, for
+    the inputs of kernel_cases.py (`rows` per family; None: its defaults)."""
     size = {} if rows is None else {"rows": rows}
     if quantizer == "minmax":
         spec = QuantSpec(mode, bits, gs)
@@ -281,17 +273,10 @@ def _gpu_rows(on: str) -> list[CheckRow]:
 def check_backend(backend_name: str | None = None) -> CheckReport:
     """Run every fused kernel of `backend_name` against the reference and report each output.
 
-    Args:
-        backend_name: "metal", "cuda" or "cpu" (the CPU fast path); default: the GPU backend
-            this machine's MLX has, else "cpu". The MLX_QAT_KERNELS switch and the default
-            device do not matter: the check launches the kernels explicitly.
-
-    Returns:
-        A `CheckReport`. On a GPU: 156 rows, about 3.5 minutes on CUDA (mostly compiling).
-        On CPU: 108 rows.
-
-    Raises:
-        ValueError: the backend is unknown or this machine's MLX cannot run it.
+    `backend_name`: "metal", "cuda" or "cpu" (the CPU fast path); default: this machine's GPU
+    backend, else "cpu" (launched explicitly, whatever MLX_QAT_KERNELS and the default device).
+    ValueError when this machine's MLX cannot run it. A GPU report has 156 rows (about 3.5
+    minutes on CUDA, mostly compiling), a CPU report 108.
     """
     here = backend.machine_backend()
     name = backend_name or here
@@ -404,19 +389,10 @@ def self_check(
 ) -> bool:
     """Check each fused kernel the run will use against the reference; fall back if one fails.
 
-    Call outside `mx.compile`, before training (`prepare` does). Each (backend, kernel use)
-    is checked once per process.
-
-    Args:
-        quantizer: "minmax", "lsq" or "learned_affine".
-        layers: (spec, weight dtype) of the quantized layers (default: affine 4-bit, group 64,
-            in float32 and bfloat16).
-        scale_dtype: the run's scale storage dtype, None for each weight's dtype.
-        per: LSQ's α granularity ("row" or "group").
-
-    Returns:
-        True when no fused backend is active or every kernel passed; False when one failed
-        (the kernels are then off and training uses the pure-MLX path).
+    Call outside `mx.compile`, before training (`prepare` does); each (backend, kernel use) is
+    checked once per process. `layers`: (spec, weight dtype) of the quantized layers (default:
+    affine 4-bit g64 in float32 and bfloat16); `scale_dtype`, `per`: as the run's quantizer.
+    Returns False when a kernel failed (the kernels are then off), else True.
     """
     on = backend.fused_backend()
     if on is None:

@@ -28,12 +28,8 @@ QUANTIZERS = ("minmax", "lsq", "learned_affine")
 
 
 class Quantizer(nn.Module):
-    """Base class.
-
-    `scale_dtype` is the dtype scales/biases will be stored in at export (e.g. float16 for a
-    float32-trained model deployed in float16). The forward then dequantizes exactly as MLX
-    will with such scales, in that dtype, so the deployed weights equal the trained ones.
-    """
+    """Base class. `scale_dtype`: the dtype scales/biases are stored in at export; the forward
+    dequantizes as MLX will with such scales, so the deployed weights equal the trained ones."""
 
     kind = "base"
 
@@ -50,9 +46,8 @@ class Quantizer(nn.Module):
         """Re-initialise learnable parameters from `w` (no-op for min/max)."""
 
     def lookup(self, w: mx.array, ids: mx.array) -> mx.array:
-        """ŵ[ids]: the rows `ids` of an embedding table `w`, fake-quantized (the table's
-        lookup). Quantizers whose groups and parameters are per row quantize only the rows
-        looked up: the same values, and a backward over those rows, not the whole table."""
+        """ŵ[ids]: the rows `ids` of an embedding table `w`, fake-quantized (subclasses
+        quantize only the rows looked up where that gives the same values)."""
         return self(w)[ids]
 
     def _storage(self, w: mx.array) -> mx.Dtype:
@@ -112,14 +107,9 @@ class MinMaxQuantizer(Quantizer):
 
 
 class LSQQuantizer(Quantizer):
-    """ParetoQ's symmetric learnable-step quantizer: LSQ (3–8 bit), SEQ (2 bit), sign (1 bit).
-
-    Args:
-        bits: 1 (sign, research only: no MLX export), 2 (SEQ) or 3, 4, 5, 6, 8 (LSQ).
-        group_size: group size of the exported affine grid (and of α when per="group").
-        shape: the weight's shape.
-        per: "row" (one α per output row, ParetoQ) or "group" (one α per group).
-    """
+    """ParetoQ's symmetric learnable-step quantizer: LSQ (3–8 bit), SEQ (2 bit), sign (1 bit,
+    research only: no MLX export), one α per output row (`per="row"`, ParetoQ) or per group;
+    `group_size` is the exported affine grid's."""
 
     kind = "lsq"
 
@@ -252,12 +242,11 @@ def make_quantizer(
     per: str = "row",
     scale_grad: str = "ste",
 ) -> Quantizer:
-    """Build a quantizer for `weight` and initialise it from the weight's current values.
+    """Build a quantizer of `kind` ("minmax", "lsq" or "learned_affine") for `weight` and
+    initialise it from the weight's current values.
 
     Args:
-        kind: "minmax", "lsq" or "learned_affine".
         spec: target format (lsq and learned_affine need mode="affine").
-        weight: the float weight it will quantize.
         scale_dtype: round scales/biases to this dtype in the forward (the export dtype);
             None keeps the weight's dtype.
         per: for lsq, "row" or "group".

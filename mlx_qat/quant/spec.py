@@ -27,15 +27,10 @@ MODES = ("affine", *FP_MODES)
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """One MLX native quantization format.
-
-    Args:
-        mode: "affine", "mxfp4", "nvfp4" or "mxfp8".
-        bits: element bits (affine: 2, 3, 4, 5, 6, 8; mxfp4/nvfp4: 4; mxfp8: 8).
-        group_size: elements sharing one scale (affine: 32, 64, 128; mxfp4/mxfp8: 32; nvfp4: 16).
+    """One MLX native quantization format (valid combinations in the module header).
 
     Example:
-        >>> QuantSpec("affine", bits=4, group_size=64).bits_per_weight
+        >>> QuantSpec("affine", bits=4, group_size=64).bits_per_weight()
         4.5
     """
 
@@ -80,12 +75,8 @@ class QuantSpec:
         return self.mode == "affine"
 
     def bits_per_weight(self, scale_bits: int = 16) -> float:
-        """Stored bits per weight including scales (and biases), as mlx-lm reports them.
-
-        Args:
-            scale_bits: width of an affine scale/bias (16 for float16/bfloat16 models, 32 for
-                float32). Ignored for the fp modes, whose scales are always 8 bit.
-        """
+        """Stored bits per weight including scales (and biases), as mlx-lm reports them;
+        `scale_bits` is an affine scale/bias's width (the fp modes' scales are 8 bit)."""
         if self.is_affine:
             return self.bits + 2 * scale_bits / self.group_size
         return self.bits + 8 / self.group_size
