@@ -16,11 +16,10 @@ here; a feature overrides the ones it needs):
     on_record(record)                every record written to metrics.jsonl, as written
     on_train_end(t, result)          the run's result; returns entries to add to it, or None
 
-A callback reads the trainer and writes only itself (and the metrics file, through
-`t.metrics`). Its own state goes into every checkpoint: `state_dict()` (plain JSON data, or
-None) is saved in `state.json` under the callback's `name`, and `load_state_dict` receives it
-back on resume (None when the checkpoint has none), before `on_train_begin`; with several
-processes every rank receives rank 0's. A callback without a `name` keeps no state.
+A callback reads the trainer and writes only itself (and `t.metrics`). Its `state_dict()`
+(JSON data, or None) is saved in every checkpoint's `state.json` under its `name` (none
+without a name), and `load_state_dict` receives it back on resume before `on_train_begin`
+(None when the checkpoint has none; rank 0's on every rank).
 """
 
 from __future__ import annotations
@@ -31,29 +30,21 @@ class TrainingCallback:
 
     name: str | None = None  # its key in state.json; None: no state to save
 
-    def on_train_begin(self, t) -> None:
-        pass
+    def on_train_begin(self, t) -> None: ...
 
-    def on_phase_switch(self, t) -> None:
-        pass
+    def on_phase_switch(self, t) -> None: ...
 
-    def on_step_end(self, t, step: int, info: dict | None) -> dict | None:
-        return None
+    def on_step_end(self, t, step: int, info: dict | None) -> dict | None: ...
 
-    def on_eval(self, t, step: int, info: dict) -> dict | None:
-        return None
+    def on_eval(self, t, step: int, info: dict) -> dict | None: ...
 
-    def on_record(self, record: dict) -> None:
-        pass
+    def on_record(self, record: dict) -> None: ...
 
-    def on_train_end(self, t, result: dict) -> dict | None:
-        return None
+    def on_train_end(self, t, result: dict) -> dict | None: ...
 
-    def state_dict(self) -> dict | None:
-        return None
+    def state_dict(self) -> dict | None: ...
 
-    def load_state_dict(self, state: dict | None) -> None:
-        pass
+    def load_state_dict(self, state: dict | None) -> None: ...
 
 
 def callback_states(callbacks: list[TrainingCallback]) -> dict:

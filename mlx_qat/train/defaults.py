@@ -42,8 +42,7 @@ FINETUNE: dict[str, Any] = {
     "scale_grad": lambda c: "fixed_codes" if c.quantizer == "learned_affine" else "ste",
     "kd_temperature": lambda c: 2.0 if c.objective in ("kd", "mix") else 1.0,
 }
-# How --help states the fine-tune default of each field.
-FINETUNE_HELP = {
+FINETUNE_HELP = {  # how --help states them
     "lr": "1e-4",
     "qat_fraction": "1",
     "weight_decay": "0",
@@ -59,8 +58,8 @@ def default_help(name: str) -> str:
 
 
 def fill_defaults(config) -> None:
-    """Set every field of `SCRATCH` that is None on `config` to its from-scratch default, or
-    its fine-tune default when `config.model` is set. Fields already set are left alone."""
+    """Set every field of `SCRATCH` still None on `config` to its from-scratch default (its
+    fine-tune default with `config.model`)."""
     table = FINETUNE if config.model else SCRATCH
     for name in SCRATCH:
         if getattr(config, name) is None:
@@ -69,6 +68,5 @@ def fill_defaults(config) -> None:
 
 
 def scratch_default(name: str, field_default: Any) -> Any:
-    """The value a field holds when a from-scratch run leaves it out (for the config hash,
-    which leaves some fields out while they hold it)."""
+    """The value a field holds when a from-scratch run leaves it out (for the config hash)."""
     return SCRATCH.get(name, field_default)

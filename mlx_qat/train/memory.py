@@ -11,18 +11,16 @@ A step of `B` sequences of `T` tokens on a model with `n` layers, width `d`, MLP
     distillation teacher (kd, mix)         P_t + B · T · V · 4  (P_t = its weights' bytes in
                                                              teacher_dtype, plus its logits)
 
-The terms count only what MLX must hold at once, so the sum is a lower bound (measured peaks
-are 1-2x it; see tests/test_reliability_train.py). An evaluation forward (`mlx_qat.eval`,
-`mlx_qat.diagnose`; `forward_bytes`) keeps no activations for a backward, so it holds the
-weights, one layer's activations (B · T · (4·d + 2·m) · a), one layer's attention scores
-(B · h · T² · a, counted except on an Apple GPU, whose fused attention kernel streams them;
-the softmax may reuse their buffer), and the float32 logits with their log-softmax (2 · B · T · V · 4).
-Measured on the CPU (d2, B = 2, T = 2048 and 8192): peaks 1.1-1.2x this bound.
+The sum is a lower bound (measured peaks are 1-2x it; tests/test_reliability_train.py). An
+evaluation forward (`forward_bytes`) keeps no activations for a backward: the weights, one
+layer's activations (B · T · (4·d + 2·m) · a), one layer's attention scores (B · h · T² · a,
+except on an Apple GPU, whose fused kernel streams them) and the float32 logits with their
+log-softmax (2 · B · T · V · 4); measured CPU peaks are 1.1-1.2x this bound.
 
-A run (or an evaluation) whose lower bound exceeds the memory available is refused before
-anything is written, naming both numbers, instead of allocating tens of GB and crashing in
-BLAS (or, for an allocation MLX cannot make, with a segfault). The limit is the Metal working set on an Apple GPU, else
-`MemAvailable` (Linux; capped by a cgroup `memory.max`) or the physical memory.
+A run (or an evaluation) whose bound exceeds the memory available is refused before anything
+is written, naming both numbers, instead of crashing in BLAS (or with a segfault). The limit is
+the Metal working set on an Apple GPU, else `MemAvailable` (Linux; capped by a cgroup
+`memory.max`) or the physical memory.
 """
 
 from __future__ import annotations
@@ -34,18 +32,21 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 
+def _dims(c: dict) -> tuple[int, int, int, int, int]:
+    """(layers n, width d, MLP width m, heads h, vocabulary V) of an mlx-lm config.json."""
+    d = int(c.get("hidden_size") or c.get("d_model") or 1)
+    return (int(c.get("num_hidden_layers") or c.get("n_layer") or 1), d,
+            int(c.get("intermediate_size") or 4 * d), int(c.get("num_attention_heads") or 1),
+            int(c.get("vocab_size") or 1))  # fmt: skip
+
+
 def step_bytes(model_config: dict, param_bytes: int, batch_size: int, seq_len: int, **kw) -> dict:
     """Lower bounds, in bytes, of what one training step holds: {"params", "activations",
     "attention", "logits", "total"}, "teacher" with `teacher_bytes` and "basin_reference" with
     `reference_bytes`. `kw`: `grad_accum` (default 1), `act_bytes` (default 4), `teacher_bytes`
     (a distillation teacher's weights), `reference_bytes` (the basin monitor's float copy).
     """
-    c = model_config
-    n = int(c.get("num_hidden_layers") or c.get("n_layer") or 1)
-    d = int(c.get("hidden_size") or c.get("d_model") or 1)
-    m = int(c.get("intermediate_size") or 4 * d)
-    h = int(c.get("num_attention_heads") or 1)
-    v = int(c.get("vocab_size") or 1)
+    n, d, m, h, v = _dims(model_config)
     a = int(kw.get("act_bytes", 4))
     bt = batch_size * seq_len
     out = {
@@ -108,11 +109,7 @@ def forward_bytes(model_config: dict, param_bytes: int, batch_size: int, seq_len
     "activations", "attention", "logits", "total"}, with "teacher" for `teacher_bytes` (its
     weights, plus its logits). `kw`: `act_bytes` (default 4), `teacher_bytes`, `attention`
     (count the scores; default: except on an Apple GPU, see the module)."""
-    c = model_config
-    d = int(c.get("hidden_size") or c.get("d_model") or 1)
-    m = int(c.get("intermediate_size") or 4 * d)
-    h = int(c.get("num_attention_heads") or 1)
-    v = int(c.get("vocab_size") or 1)
+    _, d, m, h, v = _dims(model_config)
     a = int(kw.get("act_bytes", 4))
     metal = mx.default_device() == mx.gpu and mx.metal.is_available()
     attention = kw.get("attention", not metal)
@@ -165,8 +162,7 @@ def check_forward_memory(
 
 
 def check_model_memory(cfg, model, model_config: dict, **extra) -> dict:
-    """`check_step_memory` for `model` as built: its parameter bytes, activations in its
-    widest floating dtype."""
+    """`check_step_memory` for `model` as built (activations in its widest floating dtype)."""
     weights = [v for _, v in tree_flatten(model.parameters())]
     floating = [v.dtype.size for v in weights if mx.issubdtype(v.dtype, mx.floating)]
     param_bytes = sum(v.nbytes for v in weights)
@@ -177,8 +173,7 @@ def check_step_memory(
     cfg, model_config: dict, param_bytes: int, act_bytes: int = 4, **extra
 ) -> dict:
     """Raise ValueError when one step of `cfg` cannot fit in the available memory, naming
-    the estimate, the limit and the fix. `extra`: `teacher_bytes`, `reference_bytes` (see
-    `step_bytes`). Returns the estimate."""
+    the estimate, the limit and the fix (`extra`: `step_bytes`'s); returns the estimate."""
     est = step_bytes(
         model_config, param_bytes, cfg.batch_size, cfg.seq_len,
         grad_accum=cfg.grad_accum, act_bytes=act_bytes, **extra,

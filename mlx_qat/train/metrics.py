@@ -10,10 +10,8 @@ Records carry a `kind`:
   `trs_u` (the quantized weights' LR; `trs_u_layers` per layer), `trs_target`, `trs_t`.
 - `"eval"`: `step`, `phase`, and `fp` / `qat` / `ptq` ({loss, bpb, tokens}), `gap_recovered`.
 - `"switch"`: `step`, the FP→QAT switch (fake quant on from here).
-- With `basin_monitor` (`basin.py`): `"basin_reference"` at the switch (`ref_loss`, `eps`,
-  `noise_se`, `ptq_gap`, `outside`, `switch_step`, and the cosines below at t = 0); on the QAT
-  phase's `"eval"` lines `inward_cos`, `inward_cos_fp`, `inward_cos_layers` ({layer path:
-  cosine}); one `"basin_reentry"` (`step`, `qat_loss`, `level`, `steps_after_switch`).
+- With `basin_monitor` (`basin.py`): `"basin_reference"` at the switch, `inward_cos*` on the
+  QAT phase's `"eval"` lines, one `"basin_reentry"`.
 - `"error"`: `step`, `message` (e.g. a non-finite loss).
 
 Checkpoints record how many lines the file had when they were saved; a resumed run truncates
@@ -51,8 +49,8 @@ class MetricsWriter:
         keep_lines: int | None = None,
         on_write: Callable[[dict], None] | None = None,
     ):
-        """Open for appending; with `keep_lines`, first truncate to that many lines.
-        `on_write(record)` is called with each record as written (NaN/inf as strings)."""
+        """Open for appending (with `keep_lines`, truncated to that many lines first);
+        `on_write(record)` sees each record as written."""
         self.path = Path(run_dir) / METRICS
         self.lines = 0
         self.on_write = on_write
@@ -70,7 +68,6 @@ class MetricsWriter:
         self._f = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        """Append one record."""
         record = _clean(record)
         self._f.write(json.dumps(record) + "\n")
         self._f.flush()
@@ -80,12 +77,6 @@ class MetricsWriter:
 
     def close(self) -> None:
         self._f.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[dict]:
@@ -108,7 +99,7 @@ class NullMetrics:
     lines = 0
 
     def write(self, record: dict) -> None:
-        """Drop `record`."""
+        pass
 
     def close(self) -> None:
         pass

@@ -41,27 +41,10 @@ def auto_fraction(tokens_per_byte: float, a: float = AUTO_A) -> float:
 
 @dataclass(frozen=True)
 class PhasePlan:
-    """Step counts and LR schedule of one run. `lr_at(step)` gives the LR of any step.
-
-    Attributes:
-        total_tokens: the budget D.
-        tokens_per_step: tokens per optimizer step.
-        total_steps, fp_steps, qat_steps: steps in all, before and after the switch.
-        fraction: the realised QAT share `qat_steps / total_steps`.
-        requested: the requested fraction ("auto" or a number).
-        f_hat: the auto predictor's value (also reported when a number was requested).
-        n_params, n_params_no_embed, param_bytes: model size (`parameter_bytes`).
-        tokens_per_byte: S = D / param_bytes.
-        pipeline, shape: LR pipeline and decay shape.
-        lr, min_lr: peak and floor.
-        warmup_steps: initial warmup.
-        cooldown_steps: fused: the decay at the end of the run (cooldown mode fixed: it may
-            start before the switch); classic: the FP cooldown.
-        qat_warmup_steps: classic: the QAT re-warmup (0 for fused).
-        warning: a note for the user (e.g. S ≤ 1), or "".
-        cooldown_mode: "fused" (the decay lies in the QAT phase when f ≤ c) or "fixed" (the
-            f = 0 run's decay for every f; `schedules`).
-    """
+    """Step counts and LR schedule of one run (`schedules`). `lr_at(step)` gives the LR of any
+    step. `fraction` is the realised QAT share, `requested` the asked one ("auto" or a number),
+    `f_hat` the predictor's value; `cooldown_steps` is the fused decay at the end of the run,
+    or the classic FP cooldown (`qat_warmup_steps`: its QAT re-warmup, 0 for fused)."""
 
     total_tokens: int
     tokens_per_step: int
@@ -99,11 +82,9 @@ class PhasePlan:
         return self.qat_steps * self.tokens_per_step
 
     def phase(self, step: int) -> str:
-        """ "fp" or "qat": the phase optimizer step `step` runs in."""
         return "qat" if step >= self.fp_steps else "fp"
 
     def lr_at(self, step: int) -> float:
-        """Learning rate of optimizer step `step`."""
         return lr_at(self, step)
 
     def to_dict(self) -> dict:
@@ -116,28 +97,18 @@ class PhasePlan:
         s = self.tokens_per_byte
         req = self.requested if self.requested == "auto" else f"{float(self.requested):g}"
         tps = self.tokens_per_step
+        bits = 8 * self.param_bytes / max(self.n_params, 1)
+        fp = f"{self.fp_tokens:,} tokens, steps 0..{self.fp_steps - 1}" if self.fp_steps else "none"
+        qat = f"{self.qat_tokens:,} tokens, steps {self.fp_steps}..{self.total_steps - 1}"
         rows = [
             ("parameters N", f"{self.n_params:,} ({self.n_params_no_embed:,} without embeddings)"),
-            (
-                "parameter bytes",
-                f"{self.param_bytes:,.0f} ({8 * self.param_bytes / max(self.n_params, 1):.2f} bits/param)",
-            ),
+            ("parameter bytes", f"{self.param_bytes:,.0f} ({bits:.2f} bits/param)"),
             ("tokens D", f"{self.total_tokens:,} ({self.total_steps:,} steps x {tps:,} tokens)"),
             ("tokens/byte S", f"{s:,.2f}"),
             ("auto fraction", f"{self.f_hat:.4f}  (exp(-a/ln S))"),
             ("QAT fraction f", f"{self.fraction:.4f}  (requested: {req})"),
-            (
-                "FP phase",
-                f"{self.fp_tokens:,} tokens, steps 0..{self.fp_steps - 1}"
-                if self.fp_steps
-                else "none",
-            ),
-            (
-                "QAT phase",
-                f"{self.qat_tokens:,} tokens, steps {self.fp_steps}..{self.total_steps - 1}"
-                if self.qat_steps
-                else "none (PTQ only)",
-            ),
+            ("FP phase", fp),
+            ("QAT phase", qat if self.qat_steps else "none (PTQ only)"),
             ("pipeline", f"{self.pipeline}, {self.shape} decay"),
             ("LR", self._lr_summary()),
         ]
@@ -157,20 +128,8 @@ class PhasePlan:
         return "; ".join(parts)
 
 
-def make_plan(
-    config,
-    n_params: int,
-    n_params_no_embed: int,
-    param_bytes: float,
-) -> PhasePlan:
-    """The plan for a `TrainConfig` and a model size (from `parameter_bytes`).
-
-    Args:
-        config: a `TrainConfig` (uses tokens, qat_fraction, auto_a, pipeline, cooldown_*
-            (cooldown_mode "fixed": the fused decay over the last round(c·T) steps for
-            every f), warmup_*, qat_warmup_fraction, lr, min_lr and the batch shape).
-        n_params, n_params_no_embed, param_bytes: the model's size.
-    """
+def make_plan(config, n_params: int, n_params_no_embed: int, param_bytes: float) -> PhasePlan:
+    """The plan for a `TrainConfig` and a model size (from `parameter_bytes`)."""
     tps = config.tokens_per_step
     total = max(1, math.ceil(config.tokens / tps))
     s = config.tokens / param_bytes if param_bytes > 0 else math.inf
@@ -213,28 +172,14 @@ def make_plan(
             qw = max(qw, warm)
         qw = min(qw, qat)
     return PhasePlan(
-        total_tokens=int(config.tokens),
-        tokens_per_step=tps,
-        total_steps=total,
-        fp_steps=fp,
-        qat_steps=qat,
-        fraction=qat / total,
-        requested=config.qat_fraction,
-        f_hat=f_hat,
-        n_params=int(n_params),
-        n_params_no_embed=int(n_params_no_embed),
-        param_bytes=float(param_bytes),
-        tokens_per_byte=s,
-        pipeline=config.pipeline,
-        shape=config.cooldown_shape,
-        lr=float(config.lr),
-        min_lr=float(config.min_lr),
-        warmup_steps=warm,
-        cooldown_steps=int(cooldown),
-        qat_warmup_steps=int(qw),
-        warning=warning,
-        cooldown_mode=config.cooldown_mode,
-    )
+        total_tokens=int(config.tokens), tokens_per_step=tps, total_steps=total, fp_steps=fp,
+        qat_steps=qat, fraction=qat / total, requested=config.qat_fraction, f_hat=f_hat,
+        n_params=int(n_params), n_params_no_embed=int(n_params_no_embed),
+        param_bytes=float(param_bytes), tokens_per_byte=s, pipeline=config.pipeline,
+        shape=config.cooldown_shape, lr=float(config.lr), min_lr=float(config.min_lr),
+        warmup_steps=warm, cooldown_steps=int(cooldown), qat_warmup_steps=int(qw),
+        warning=warning, cooldown_mode=config.cooldown_mode,
+    )  # fmt: skip
 
 
 def plan_for_model(config, model) -> PhasePlan:
@@ -259,11 +204,8 @@ def _vocab_size(config) -> int:
 
 
 def plan_for_config(config) -> PhasePlan:
-    """The plan a `TrainConfig` would train with, without training (`mlx_qat.plan`).
-
-    The model is built lazily (nothing is allocated) from `--model`'s config.json,
-    `--model-config` or the preset, and sized exactly as the trainer sizes it.
-    """
+    """The plan a `TrainConfig` would train with (`mlx_qat.plan`), from a lazily built model
+    (nothing allocated) sized exactly as the trainer sizes it."""
     from ..models.presets import model_from_config, preset_config
     from ..prepare import prepare
 

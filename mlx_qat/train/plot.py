@@ -42,14 +42,9 @@ def plot_run(
     out: str | os.PathLike | None = None,
     twin_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """Draw `run_dir`'s loss curves to `out` (default `run_dir/loss.png`); returns the path.
-
-    Left: training loss against tokens. Middle: validation FP / PTQ / QAT losses (zoomed on
-    the late evals); an FP twin (`run_dir/fp_twin`, or `twin_dir`) is drawn dashed. Right:
-    the learning rate, and (QAT phase) the transition rate (`plot_transitions`). The FP→QAT
-    switch is marked; with the basin monitor, the basin level, the re-entry and the inward
-    cosine too (`plot_basin`).
-    """
+    """Draw `run_dir`'s loss curves to `out` (default `run_dir/loss.png`); returns the path:
+    training loss, validation FP / PTQ / QAT (an FP twin, `run_dir/fp_twin` or `twin_dir`,
+    dashed), the LR and the transition rate, with the switch (and the basin) marked."""
     plt = pyplot()
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "loss.png"
@@ -111,8 +106,8 @@ def _eval_series(ax, evals, tps, colors, ls, suffix, skip=None) -> None:
 
 
 def plot_basin(ax, run_dir: Path, evals: list[dict], tps: float) -> None:
-    """With `basin_monitor` (`basin.py`): on the validation axis `ax` the basin level (FP loss
-    at the switch + ε) and the re-entry step, and on a right axis the inward cosine."""
+    """The basin level and re-entry on the validation axis `ax`, the inward cosine on a right
+    one (`basin.py`)."""
     ref = read_metrics(run_dir, "basin_reference")
     for r in ref[-1:]:
         level = r["ref_loss"] + r["eps"]
@@ -133,8 +128,7 @@ def plot_basin(ax, run_dir: Path, evals: list[dict], tps: float) -> None:
 
 
 def plot_transitions(ax, train: list[dict]) -> None:
-    """The QAT phase's transition rate on `ax` against tokens: per step, its EMA, TRS's
-    target R and (right axis) TRS's U when the run used it (metrics of kind "train")."""
+    """The QAT phase's transition rate, its EMA and, with TRS, R and (right axis) U on `ax`."""
     x = [r["tokens"] for r in train]
     ax.plot(x, [r["transition_rate"] for r in train], color="0.75", lw=0.6, label="rate k")
     ax.plot(x, [r["transition_rate_ema"] for r in train], color="tab:purple", label="EMA K")

@@ -1,18 +1,11 @@
-"""`report_to` (`--report-to wandb|swanlab`): the records the trainer writes to metrics.jsonl,
-also sent to an experiment tracker through mlx-lm's own reporting callbacks
-(`mlx_lm.tuner.callbacks.get_reporting_callbacks`, as `mlx_lm.lora --report-to` does).
+"""`--report-to wandb|swanlab`: metrics.jsonl's records, also sent to an experiment tracker
+through mlx-lm's reporting callbacks (as `mlx_lm.lora --report-to` does).
 
-Each record becomes one log call at its step (mlx-lm's `iteration`): its numeric entries
-(numbers and booleans; nested dicts flattened with "/"), each named after the record's kind,
-
-    {"kind": "eval", "step": 40, "phase": "qat", "fp": {"loss": 3.1, ...}, ...}
-        -> {"iteration": 40, "eval/fp/loss": 3.1, ...}
-
-"train" records through the callback's `on_train_loss_report`, every other kind through
-`on_val_loss_report`. Text (the phase) and None are not metrics and are left out. The
-tracker's run is named after the run directory and writes its files there (`wandb/`,
-`swanlog/`, which `--overwrite` keeps); its config is the run's `TrainConfig`. Rank 0 alone
-reports. Trackers are optional: `pip install wandb` (or `mlx_qat[track]`), `pip install swanlab`.
+Each record becomes one log call at its step, its numbers and booleans named after its kind
+(nested dicts flattened with "/"): {"kind": "eval", "step": 40, "fp": {"loss": 3.1}} ->
+{"iteration": 40, "eval/fp/loss": 3.1}; "train" records through `on_train_loss_report`, the
+others through `on_val_loss_report`. The tracker's run is named after the run directory and
+writes its files there (kept by `--overwrite`). Rank 0 alone reports.
 """
 
 from __future__ import annotations
@@ -29,11 +22,8 @@ TRACKERS = ("wandb", "swanlab")
 
 
 def tracker_names(report_to: str | None) -> list[str]:
-    """The trackers of a `report_to` value ("wandb", "swanlab" or "wandb,swanlab").
-
-    Raises:
-        ValueError: a tracker mlx-lm does not support, or one that is not installed.
-    """
+    """The trackers of a `report_to` value ("wandb,swanlab"); ValueError for one mlx-lm does
+    not support or that is not installed."""
     names = [n.strip().lower() for n in (report_to or "").split(",") if n.strip()]
     for name in names:
         if name not in TRACKERS:
@@ -53,7 +43,7 @@ def tracker_names(report_to: str | None) -> list[str]:
 
 
 def flat_metrics(record: dict, prefix: str) -> dict:
-    """{prefix/path: value} for every number or boolean in `record` (nested dicts too)."""
+    """{prefix/path: value} for every number or boolean in `record`."""
     out = {}
     for k, v in record.items():
         if isinstance(v, dict):
@@ -91,7 +81,7 @@ class Reporter(TrainingCallback):
             self.callback.on_val_loss_report(info)
 
     def on_train_end(self, t, result: dict) -> None:
-        """Close the trackers' runs (the next run of a sweep starts its own)."""
+        # close the trackers' runs (the next run of a sweep starts its own)
         for name in self.names:
             finish = getattr(sys.modules.get(name), "finish", None)
             if finish is not None:

@@ -10,10 +10,8 @@ deadline, writes one line naming the rank, the call and the fix to stderr and en
 with `os._exit(EXIT_CODE)`. `mlx.launch` then stops the other processes, as it does whenever a
 rank exits with a non-zero status.
 
-The timeout bounds one guarded call: a training step (compute and all-reduce, so it must exceed
-the longest step, the first one's compilation included, plus the longest checkpoint save of
-rank 0, which the others wait through in their next step), or an exchange of evaluation sums
-or start-up state.
+The timeout bounds one guarded call: a training step (so it must exceed the longest step, the
+first one's compilation included, plus rank 0's longest checkpoint save), or an exchange.
 """
 
 from __future__ import annotations
@@ -29,18 +27,8 @@ EXIT_CODE = 4  # `mlx_qat.train`'s status for "another process of the run died o
 
 
 class Watchdog:
-    """Arms a deadline around blocking calls; ends the process when one is missed.
-
-    Args:
-        timeout_s: how long one guarded call may take.
-        rank: this process's rank (named in the message).
-        exit_code: the process's exit status on a timeout.
-
-    Example:
-        >>> dog = Watchdog(300, rank=1)
-        >>> with dog.guard("training step 12"):
-        ...     step()
-    """
+    """Arms a deadline of `timeout_s` around blocking calls; ends the process when one is
+    missed (`with Watchdog(300, rank=1).guard("training step 12"): step()`)."""
 
     def __init__(self, timeout_s: float, rank: int, exit_code: int = EXIT_CODE):
         if not timeout_s > 0:
@@ -66,7 +54,6 @@ class Watchdog:
                 self._armed = outer
 
     def message(self, what: str) -> str:
-        """The line written before the process stops."""
         return (
             f"mlx_qat.train: rank {self.rank}: {what} waited more than {self.timeout_s:g} s "
             "for the other processes (--dist-timeout): one of them died, hangs, or lost its "
