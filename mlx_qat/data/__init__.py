@@ -28,26 +28,9 @@ from .tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenize
 from .tokenizer_dir import load_tokenizer, tokenizer_kind, tokenizer_sha256
 
 __all__ = [
-    "BOS_ID",
-    "EOS_ID",
-    "PAD_ID",
-    "UNK_ID",
-    "DataBundle",
-    "EvalBatches",
-    "TokenBatches",
-    "Tokenizer",
-    "default_corpus",
-    "encode_documents",
-    "eval_batches",
-    "fetch_shakespeare",
-    "load_bundle",
-    "load_tokenizer",
-    "prepare_data",
-    "read_documents",
-    "resolve_files",
-    "save_hf_tokenizer",
-    "split_documents",
-    "tokenizer_kind",
-    "tokenizer_sha256",
+    "BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID", "DataBundle", "EvalBatches", "TokenBatches",
+    "Tokenizer", "default_corpus", "encode_documents", "eval_batches", "fetch_shakespeare",
+    "load_bundle", "load_tokenizer", "prepare_data", "read_documents", "resolve_files",
+    "save_hf_tokenizer", "split_documents", "tokenizer_kind", "tokenizer_sha256",
     "train_tokenizer",
-]
+]  # fmt: skip

@@ -34,7 +34,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
 @dataclass
 class DataBundle:
     """Everything the trainer needs: tokenizer directory, token arrays and their manifest.
-
     ``train``/``val``/``test``: read-only memory-mapped token ids (EOS after each document;
     ``test`` None for shards prepared before the test split existed). ``bytes_per_token``
     converts nats/token into bits per byte: ``bpb = loss / ln(2) / bytes_per_token``.
@@ -54,17 +53,13 @@ class DataBundle:
     vocab_size = property(lambda self: int(self.manifest["vocab_size"]))
     eos_id = property(lambda self: int(self.manifest["eos_id"]), doc="Ends every document.")
     has_test = property(lambda self: self.test is not None)
+    bytes_per_token = property(lambda self: dict(self.manifest["bytes_per_token"]))
 
     @property
     def bos_id(self) -> int | None:
         """BOS id, or None; in the shards only where a model's own tokenizer adds it."""
         bos = self.manifest.get("bos_id")
         return None if bos is None else int(bos)
-
-    @property
-    def bytes_per_token(self) -> dict[str, float]:
-        """UTF-8 text bytes per token, per split."""
-        return dict(self.manifest["bytes_per_token"])
 
     @property
     def identity(self) -> dict:
@@ -103,10 +98,8 @@ def load_bundle(
     path: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None
 ) -> DataBundle:
     """Open prepared data: a shards directory, or a data directory (its ``latest.json``).
-
     ``tokenizer_dir`` defaults to the manifest's; ValueError naming both hashes when it is not
-    the tokenizer the shards were encoded with.
-    """
+    the tokenizer the shards were encoded with."""
     path = Path(path)
     if not (path / MANIFEST).is_file() and (path / LATEST).is_file():
         with open(path / LATEST, encoding="utf-8") as f:

@@ -1,5 +1,4 @@
 """Reading text corpora into documents, and the train/validation/test split by document.
-
 Formats (by file name, case-insensitive):
 
 * ``.txt``/``.txt.gz``: UTF-8 text (a leading BOM dropped, CRLF read as LF); documents are
@@ -45,11 +44,9 @@ def _as_list(paths: Paths) -> list[Path]:
 
 
 def resolve_files(paths: Paths) -> list[Path]:
-    """Expand files and folders into the list of readable files (folders recursively, sorted).
-
-    FileNotFoundError naming a missing path; ValueError for a file of an unknown type or a
-    folder without any readable file.
-    """
+    """Expand files and folders into the list of readable files (folders recursively, sorted);
+    FileNotFoundError naming a missing path, ValueError for a file of an unknown type or a
+    folder without any readable file."""
     files: list[Path] = []
     for p in _as_list(paths):
         p = p.expanduser()
@@ -135,11 +132,8 @@ def read_file(path: PathLike, records: bool = False) -> list:
 
 
 def read_documents(paths: Paths, records: bool = False) -> list:
-    """The documents of files and/or folders, in sorted-file order (`read_file`).
-
-    FileNotFoundError naming a missing path, OSError for an unreadable file, ValueError when a
-    file is not UTF-8 or when no document at all was found.
-    """
+    """The documents of files and/or folders, in sorted-file order (`read_file`); OSError for
+    an unreadable file, ValueError when a file is not UTF-8 or no document at all was found."""
     docs: list[str] = []
     for f in resolve_files(paths):
         part = read_file(f, records)

@@ -32,20 +32,18 @@ def _specials(sp: spm.SentencePieceProcessor) -> list[int]:
 
 
 def _pieces(sp: spm.SentencePieceProcessor) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    vocab: dict[str, int] = {}
-    normal: set[str] = set()
-    for i in range(sp.get_piece_size()):
-        piece = sp.id_to_piece(i)
-        vocab[piece] = i
-        if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i)):
-            normal.add(piece)
-    merges: list[tuple[int, int, int, str, str]] = []
-    for piece in normal:
-        for k in range(1, len(piece)):
-            left, right = piece[:k], piece[k:]
-            if left in normal and right in normal:
-                merges.append((vocab[piece], vocab[left], vocab[right], left, right))
-    merges.sort()
+    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    normal = {
+        p
+        for p, i in vocab.items()
+        if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i))
+    }
+    merges = sorted(  # by the merged piece's rank, then by its halves' ids
+        (vocab[p], vocab[p[:k]], vocab[p[k:]], p[:k], p[k:])
+        for p in normal
+        for k in range(1, len(p))
+        if p[:k] in normal and p[k:] in normal
+    )
     return vocab, [(m[3], m[4]) for m in merges]
 
 

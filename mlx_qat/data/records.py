@@ -1,5 +1,4 @@
 """mlx-lm's fine-tuning data: JSONL records of three formats, tokenized by mlx-lm's own classes.
-
 The formats (`mlx_lm.tuner.datasets`, told apart by a record's keys, in this order):
 ``completions`` ``{"prompt": ..., "completion": ...}`` and ``chat`` ``{"messages": [...]}``
 (optionally ``"tools"``), both rendered with the tokenizer's chat template; ``text``

@@ -1,23 +1,19 @@
 """Training and loading the sentencepiece BPE tokenizer.
 
-Choices, all made so that ``decode(encode(text)) == text`` exactly and so that the Hugging Face
-files written by :func:`mlx_qat.data.hf.save_hf_tokenizer` encode identically:
+Choices, so that ``decode(encode(text)) == text`` exactly and the Hugging Face files of
+`hf.save_hf_tokenizer` encode identically:
 
-* BPE with ``byte_fallback=True``: a character outside the vocabulary becomes its UTF-8 bytes
-  (``<0x..>`` pieces), never ``<unk>``. Newlines, tabs and rare characters are byte tokens.
-* ``normalization_rule_name="identity"`` (no NFKC), ``add_dummy_prefix=False`` (no space is
-  prepended, so encoding a text is the same as encoding its pieces split before a space), and
-  ``remove_extra_whitespaces=False`` (runs of spaces and indentation are kept). The only
-  characters that do not round-trip are the literal U+2581 ``▁`` (decodes to a space).
-* Special ids: ``<unk>`` = 0, ``<s>`` (BOS) = 1, ``</s>`` (EOS) = 2, no pad piece (pad_id = -1:
-  pad with EOS where needed). Token shards put EOS after every document and use no BOS.
-  Literal text such as ``"</s>"`` in a document is encoded as ordinary text, not as EOS.
+* BPE with ``byte_fallback=True``: a character outside the vocabulary becomes its UTF-8 byte
+  pieces, never ``<unk>`` (newlines, tabs and rare characters are byte tokens).
+* ``normalization_rule_name="identity"`` (no NFKC), ``add_dummy_prefix=False`` (encoding a
+  text is encoding its pieces split before a space), ``remove_extra_whitespaces=False``: only
+  a literal U+2581 ``▁`` does not round-trip (it decodes to a space).
+* ``<unk>`` = 0, ``<s>`` (BOS) = 1, ``</s>`` (EOS) = 2, no pad piece (pad_id = -1: pad with
+  EOS); shards put EOS after every document and no BOS. A literal ``"</s>"`` is ordinary text.
 * ``split_digits=True``: numbers are spelt digit by digit.
-* Training sentences are the document lines (long lines cut at a space into <= 2048
-  characters), sampled by sentencepiece up to ``input_sentence_size`` with
-  ``shuffle_input_sentence``, seeded. The trained model is deterministic for a given input and
-  settings, whatever ``num_threads`` (the thread count, which sentencepiece stores in the
-  model, is cleared from the saved ``tokenizer.model`` so its sha256 is machine-independent).
+* Training sentences are the document lines (cut at a space into <= 2048 characters), sampled
+  up to ``input_sentence_size``, seeded: the model is deterministic for a given input and
+  settings, and its sha256 machine-independent (``num_threads`` is cleared from it).
 """
 
 from __future__ import annotations
@@ -106,11 +102,7 @@ class Tokenizer:
         self.sp = spm.SentencePieceProcessor(model_file=str(model))
         self.sha256 = sha256_file(model)
 
-    @property
-    def vocab_size(self) -> int:
-        """Number of ids (including specials and the 256 byte pieces)."""
-        return self.sp.get_piece_size()
-
+    vocab_size = property(lambda self: self.sp.get_piece_size(), doc="Ids, with the 256 bytes.")
     bos_id = property(lambda self: self.sp.bos_id(), doc="BOS id (1); not used in the shards.")
     eos_id = property(lambda self: self.sp.eos_id(), doc="EOS id (2), after every document.")
     unk_id = property(lambda self: self.sp.unk_id(), doc="<unk> id (0); byte fallback: never made.")
@@ -174,9 +166,8 @@ def train_tokenizer(
     hf_files: bool = True,
     replace: bool = True,
 ) -> Path:
-    """Train a sentencepiece BPE tokenizer on ``docs`` into ``out_dir`` (returned).
-
-    Writes ``tokenizer.model``, ``tokenizer_meta.json`` and (``hf_files``) the Hugging Face
+    """Train a sentencepiece BPE tokenizer on ``docs`` into ``out_dir`` (returned): writes
+    ``tokenizer.model``, ``tokenizer_meta.json`` and (``hf_files``) the Hugging Face
     files, built aside and renamed; an existing ``out_dir`` is replaced unless ``replace=False``
     (then kept: concurrent builders of the same content). ValueError when the vocabulary size
     does not fit the text.

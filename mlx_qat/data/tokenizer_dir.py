@@ -1,6 +1,5 @@
-"""A tokenizer directory: its kind, its identity (one hash), loading and copying it.
-
-Two kinds, told apart by their files (`tokenizer_kind`):
+"""A tokenizer directory: its kind, its identity (one hash), loading and copying it. Two kinds,
+told apart by their files (`tokenizer_kind`):
 
 * ``"sentencepiece"``: ``tokenizer.model`` (beside ``tokenizer_meta.json``, alone, or with the
   HF files `save_hf_tokenizer` derives from it, ``auto_map`` aside), encoded by `Tokenizer`;
@@ -159,11 +158,7 @@ class HFTokenizer:
             and cls.__call__ is PreTrainedTokenizerBase.__call__
         )
 
-    @property
-    def vocab_size(self) -> int:
-        """Number of ids, added tokens included (``len(tokenizer)``)."""
-        return len(self.hf)
-
+    vocab_size = property(lambda self: len(self.hf), doc="Number of ids, added tokens included.")
     bos_id = property(lambda self: self.hf.bos_token_id, doc="BOS id, or None.")
     eos_id = property(lambda self: int(self.hf.eos_token_id), doc="EOS id, after every document.")
 

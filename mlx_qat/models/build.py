@@ -66,10 +66,9 @@ def make_model(config, vocab_size: int, model_dir: str | None = None) -> tuple[n
             )
         cfg.setdefault("vocab_size", vocab_size)
         _check_vocab(cfg["vocab_size"], vocab_size, str(path))
-        model = model_from_config(cfg)
     else:
         cfg = preset_config(config.preset, vocab_size, max(4096, config.seq_len))
-        model = model_from_config(cfg)
+    model = model_from_config(cfg)
     mx.eval(model.parameters())
     return model, model_config_dict(model, cfg)
 

@@ -1,6 +1,4 @@
-"""Parameter counts, bits and bytes of a (prepared) model.
-
-Two figures, for two uses:
+"""Parameter counts, bits and bytes of a (prepared) model. Two figures, for two uses:
 
 - `parameter_bytes`: the planner's byte count for S = D / bytes (paper 000: N·B/8 computed per
   tensor). A quantized weight counts `bits · numel / 8` at its own nominal bits (no scales); a
@@ -11,7 +9,7 @@ Two figures, for two uses:
   quantized model's parameters.
 
 Both accept a float model plus a `QATConfig` (what `prepare` would do), a prepared model, or
-a model after `quantize`.
+a quantized one.
 """
 
 from __future__ import annotations
