@@ -5,26 +5,16 @@ A verb module (`mlx_qat.cli.<verb>`) has `build_parser()` and `main(argv=None) -
 (`verb_main`: `run_verb(NAME, build_parser, body, argv)`), and `body(opts)` does the work with
 the resolved settings (a dict keyed by the parser's `dest` names) and returns the exit status.
 
-Settings: CLI > YAML > defaults, as in `mlx_lm.lora`: every flag is parsed starting from None
-(= not given), YAML values fill what the command line left out, and the parser's declared
-defaults fill the rest. YAML keys may use `-` or `_`; an unknown key is an error naming it, and
-every value is coerced with the flag's own `type` (PyYAML reads `1e-3` as a string) and checked
-against its `choices`, so a bad value fails before anything runs. A key may also be spelt as
-any of the setting's flags (`mode` for `--mode`, `no_plot: true` for `--no-plot`). `--config
-NAME` that is not a file names a config shipped in `mlx_qat/configs/` (`--config main`).
+Settings (`resolve`, conventions in docs/cli.md): CLI > YAML > defaults, as in `mlx_lm.lora`:
+every flag is parsed starting from None (= not given), YAML values fill what the command line
+left out, and the parser's declared defaults fill the rest. A YAML key is a dest or any of the
+setting's long flags in snake_case (`no_plot: true`); its value is coerced with the flag's own
+`type` (PyYAML reads `1e-3` as a string) and checked against its `choices`, so a bad value
+fails before anything runs.
 
-One flag name per concept across the verbs (`--bits`, `--group-size`, `--mode`, `--plot`): a
-renamed flag keeps its old spelling for one release (`add_renamed`: hidden from `--help`, the
-same setting, on the command line and as a YAML key, with a warning). `--help` (`HelpFormatter`)
-lists every choice flag's choices and each flag's default once: the one the help text states,
-else the declared one, never "(default: None)".
-
-Errors (`run_verb`): bad input (ValueError and its subclasses, which every validation raises;
-OSError; RuntimeError, which MLX raises for memory and shapes it cannot handle) is one line,
-`mlx_qat.<verb>: error: ...`, exit 1. Any other exception is a bug in mlx_qat: its message,
-where it was raised, and the full traceback in a crash file (`<cache>/crashes`), exit 1.
-`--debug` on every verb, or `MLX_QAT_DEBUG=1`, lets every exception propagate with its
-traceback.
+Errors (`run_verb`): bad input (`USER_ERRORS`) is one line, `mlx_qat.<verb>: error: ...`,
+exit 1; any other exception is a bug in mlx_qat (`report_bug`), exit 1. `--debug` on every
+verb, or `MLX_QAT_DEBUG=1`, lets every exception propagate with its traceback.
 """
 
 from __future__ import annotations
@@ -58,8 +48,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 class HelpFormatter(argparse.HelpFormatter):
     """`--help` with each flag's real default, once: `(default: X)` is added where the help
-    text states no default of its own and X says something (not None, not an empty list, not a
-    plain switch's False). Every verb's parser uses it."""
+    text states no default of its own and X says something (not None, [], a switch's False)."""
 
     _STATED = re.compile(r"\(default|default:|%\(default\)")
 
@@ -87,8 +76,7 @@ def verb_parser(verb: str, description: str) -> argparse.ArgumentParser:
 
 def add_renamed(container, old: str, action: argparse.Action) -> argparse.Action:
     """Keep `old`, the spelling `action`'s flag had before it was renamed, for one release:
-    the same setting (dest, type, choices), hidden from `--help`; `old` as a YAML key (`q_bits`
-    for `--q-bits`) is read too. Either use prints a warning naming the new spelling."""
+    the same setting, hidden from `--help`, also as a YAML key (`q_bits`); either use warns."""
     kw: dict[str, Any] = {"dest": action.dest, "default": action.default, "help": argparse.SUPPRESS}
     if action.nargs != 0:
         kw.update(type=action.type, choices=action.choices, nargs=action.nargs)
@@ -102,7 +90,6 @@ def add_renamed(container, old: str, action: argparse.Action) -> argparse.Action
 
 
 def add_config(parser: argparse.ArgumentParser) -> None:
-    """`--config FILE.yaml` (or the NAME of a shipped config)."""
     names = ", ".join(shipped_configs())
     parser.add_argument(
         "--config",
@@ -123,8 +110,8 @@ def shipped_configs() -> list[str]:
 
 
 def config_file(value: str | Path, flag: str = "--config") -> Path:
-    """`value` when it exists; else the shipped config it names (`main` or `main.yaml` is
-    `mlx_qat/configs/main.yaml`). Raises ValueError listing the shipped names otherwise."""
+    """`value` when it exists; else the shipped config it names (`main` or `main.yaml`);
+    ValueError listing the shipped names otherwise."""
     path = Path(value)
     if path.exists():
         return path
@@ -148,8 +135,7 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 
 def _yaml_keys(parser: argparse.ArgumentParser) -> dict[str, tuple[str, bool, str | None]]:
-    """YAML key -> (dest, whether the value is negated, the renamed flag it spells or None):
-    each dest, and each long flag in snake_case (`no_plot` negates `plot`)."""
+    # YAML key -> (dest, whether the value is negated, the renamed flag it spells or None)
     keys: dict[str, tuple[str, bool, str | None]] = {d: (d, False, None) for d in _options(parser)}
     for a in _actions(parser):
         for flag in a.option_strings:
@@ -176,14 +162,13 @@ def _warn_renamed(prog: str, old: str, new: str, where: str = "") -> None:
 
 
 def accept_in_yaml(parser: argparse.ArgumentParser, other: argparse.ArgumentParser) -> None:
-    """Let `--config` YAML also hold `other`'s settings that `parser` has no flag for: read
-    and checked as `other` reads them, and passed on in the resolved settings. (`plan` has
-    flags only for what planning reads, and reads a whole training config.)"""
+    """Let `--config` YAML also hold `other`'s settings that `parser` has no flag for (checked
+    as `other` reads them, passed on): `plan` reads a whole training config."""
     parser.yaml_also = other  # type: ignore[attr-defined]
 
 
 def _coerce(action: argparse.Action, key: str, value: Any, where: str) -> Any:
-    """A YAML value converted as the flag would convert its text."""
+    # a YAML value converted as the flag would convert its text
     flag = next((s for s in action.option_strings if s.startswith("--")), None)
     flag = flag or "--" + key.replace("_", "-")
 
@@ -238,11 +223,8 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def resolve(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict:
-    """Parse `argv` and merge: CLI > `--config` YAML > the parser's defaults.
-
-    Raises ValueError naming the key for an unknown YAML key, a value of the wrong type, or a
-    setting given twice (under its flag's two spellings).
-    """
+    """Parse `argv` and merge: CLI > `--config` YAML > the parser's defaults; ValueError
+    naming the key for an unknown key, a bad value, or a setting given twice."""
     argv = sys.argv[1:] if argv is None else list(argv)
     actions = _options(parser)
     defaults = {dest: a.default for dest, a in actions.items()}
@@ -303,18 +285,8 @@ def save_resolved(path: str | Path, verb: str, opts: dict) -> Path:
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever `sys.stderr` is at the time (it may be swapped, e.g. by pytest)."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass
+    # writes to whatever `sys.stderr` is at the time (it may be swapped, e.g. by pytest)
+    stream = property(lambda _self: sys.stderr, lambda _self, _value: None)  # type: ignore
 
 
 def setup_logging(quiet: bool, fmt: str = "%(message)s", quiet_level: int = logging.WARNING):
@@ -335,41 +307,35 @@ def debugging(opts: dict | None = None) -> bool:
     return bool((opts or {}).get("debug")) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-def write_crash_report(verb: str, argv: list[str], exc: BaseException) -> Path:
-    """The command, versions and full traceback of `exc`, in a new file under
-    `<cache>/crashes` (`fileio.cache_dir`)."""
+def _version(dist: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    def ver(dist: str) -> str:
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            return "not installed"
-
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = cache_dir() / "crashes" / f"{verb}-{stamp}-{os.getpid()}.txt"
-    text = (
-        f"command: mlx_qat.{verb} {' '.join(argv)}\n"
-        f"cwd: {os.getcwd()}\n"
-        f"mlx_qat {ver('mlx_qat')}, mlx {ver('mlx')}, mlx-lm {ver('mlx-lm')}, "
-        f"Python {platform.python_version()}, {platform.platform()}\n\n"
-        + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
-    return path
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def report_bug(verb: str, argv: list[str], exc: BaseException) -> None:
     """Print an unexpected exception as a bug: its message, where it was raised, and where its
-    traceback was saved (the traceback itself when it cannot be saved)."""
+    traceback was saved with the command and versions, under `<cache>/crashes` (the traceback
+    itself when it cannot be saved)."""
     frame = traceback.extract_tb(exc.__traceback__)[-1]
     lines = [
         f"mlx_qat.{verb}: internal error: {type(exc).__name__}: {exc}",
         f"  raised at {frame.filename}:{frame.lineno} in {frame.name}",
     ]
+    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        path = write_crash_report(verb, argv, exc)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = cache_dir() / "crashes" / f"{verb}-{stamp}-{os.getpid()}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            path,
+            f"command: mlx_qat.{verb} {' '.join(argv)}\ncwd: {os.getcwd()}\n"
+            f"mlx_qat {_version('mlx_qat')}, mlx {_version('mlx')}, mlx-lm {_version('mlx-lm')}, "
+            f"Python {platform.python_version()}, {platform.platform()}\n\n{trace}",
+        )
         lines += [
             f"This is a bug in mlx_qat, not in your input. Its full traceback is in {path}:",
             "please report it with that file. Rerun with --debug (or MLX_QAT_DEBUG=1) to see "
@@ -379,7 +345,7 @@ def report_bug(verb: str, argv: list[str], exc: BaseException) -> None:
         lines += [
             f"This is a bug in mlx_qat, not in your input (could not save its traceback: {e});",
             "please report it with this traceback:",
-            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip(),
+            trace.rstrip(),
         ]
     print("\n".join(lines), file=sys.stderr)
 
@@ -402,10 +368,8 @@ def run_verb(
     log_format: str = "%(message)s",
 ) -> int:
     """Run one verb: re-exec with OpenBLAS (console script only), resolve the settings, set up
-    logging once, call `body(opts)`. Bad input (`USER_ERRORS`) becomes `mlx_qat.<verb>: error:
-    ...` and exit 1 (argparse's own usage errors and bad `--config` settings exit 2); any other
-    exception is reported as a bug (`report_bug`), exit 1. With `--debug` (added to every
-    verb's parser here) or `MLX_QAT_DEBUG=1`, every exception propagates with its traceback."""
+    logging once, call `body(opts)`, errors as the module header says (usage errors and bad
+    `--config` settings exit 2). `--debug` is added to every verb's parser here."""
     if argv is None:  # a console script: argv is ours to re-exec with
         from ..blas import reexec_with_openblas
 
