@@ -1,13 +1,9 @@
 """A llama-architecture GGUF → mlx-lm's `llama` model: config.json, weight names, q/k rows, the
 model built from the tensors and its comparison with the one mlx-lm loads back.
 
-* Config (`llama_config`): the `llama.*` metadata under mlx-lm's names; vocab_size is the
-  embedding's rows; tie_word_embeddings when the file has no `output.weight`. GGUF stores floats
-  as float32: each is written as the shortest decimal that reads back as the same float32
-  (9.999999747378752e-06 → 1e-05). Every value is checked where it is read (counts and lengths
-  integers >= 1, head_count_kv a divisor of head_count, epsilons, bases and factors finite and
-  > 0, token ids below vocab_size): a bad one is a one-line `ConvertError` naming the key.
-* Names (`mlx_name`): token_embd, output_norm, output and blk.N.* → mlx-lm's parameter paths.
+* Config (`llama_config`): the `llama.*` metadata under mlx-lm's names, floats as the shortest
+  decimal of the same float32 (9.999999747378752e-06 → 1e-05), each value checked where it is
+  read (a bad one is a one-line `ConvertError` naming the key); names: `mlx_name`.
 * Rotary layout (`unpermute_rows`): llama.cpp's `convert_hf_to_gguf.py` reorders the rows of
   q_proj (with n_head) and k_proj (with n_head_kv) of each head from the Hugging Face "rotate
   half" layout, where head row j·D/2 + i pairs with row i, into ggml's interleaved one (rows 2i,
