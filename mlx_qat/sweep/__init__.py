@@ -16,22 +16,6 @@ from .run import RESULTS, measure_tokens_per_s, results_path, run_sweep, sweep_j
 from .shard import Shard
 from .trunks import Trunk, branch_step, plan_trunks
 
-__all__ = [
-    "FolderBusy",
-    "RESULTS",
-    "Shard",
-    "Sweep",
-    "Trunk",
-    "append_row",
-    "branch_step",
-    "check_same_sweep",
-    "load_sweep",
-    "lock_folder",
-    "make_row",
-    "measure_tokens_per_s",
-    "plan_trunks",
-    "read_rows",
-    "results_path",
-    "run_sweep",
-    "sweep_jobs",
-]
+__all__ = ["FolderBusy", "RESULTS", "Shard", "Sweep", "Trunk", "append_row", "branch_step",
+    "check_same_sweep", "load_sweep", "lock_folder", "make_row", "measure_tokens_per_s",
+    "plan_trunks", "read_rows", "results_path", "run_sweep", "sweep_jobs"]  # fmt: skip

@@ -1,24 +1,19 @@
 """A sweep's folder: one sweep writes it at a time (a lock), and it holds one sweep (a check).
 
-**Lock.** While a sweep writes `<out>` (a shard: `<out>/shard-i-of-n/`), it holds an exclusive
-`fcntl.flock` on `sweep.lock` there, whose text names the holder (PID, host, start, command).
-A second sweep on that folder is refused, naming the holder: two would train every run twice
-and append every row twice. A shard also holds a shared lock on `<out>/sweep.lock`, so the
-shards of a folder run side by side but not beside an unsplit sweep of it. The kernel drops a
-flock when its process ends, however it ends (`kill -9` too), so a lock never outlives its
-sweep: a `sweep.lock` still naming a PID when the next sweep locks it was left by a sweep
-that died, and the next one takes it over, saying so. Within one process the lock is
-re-entrant (the CLI holds it around `run_sweep`, which takes it too). A file system without
-flock gets a warning and no lock.
+**Lock.** A sweep writing `<out>` (a shard: `<out>/shard-i-of-n/`) holds an exclusive
+`fcntl.flock` on `sweep.lock` there, whose text names the holder (PID, host, start, command):
+two sweeps on a folder would train every run twice. A shard also holds a shared lock on
+`<out>/sweep.lock`, so shards run side by side but not beside an unsplit sweep. The kernel
+drops a flock when its process ends (`kill -9` too): a `sweep.lock` still naming a PID was
+left by a sweep that died, and the next one takes it over, saying so. The lock is re-entrant
+within a process; a file system without flock gets a warning and no lock.
 
-**One sweep per folder.** `check_same_sweep` refuses, before anything is written, to run a
-sweep in a folder whose `grid.yaml` (the sweep file a sweep copied there) is another study:
-other data, or shared `train:` settings that change what is trained or how the rows are
-measured (the config hash's settings, `final_eval_batches`; `fp_twins` turned on over rows
-without twins). A changed grid is the same study
-(a run's name spells its grid point: the runs that still match keep their rows). Rows carry
-their data's identity (`DataBundle.identity`); a folder whose rows were trained on other data
-than the sweep's `data:` holds now (other text prepared again at the same path) is refused too.
+**One sweep per folder.** `check_same_sweep` refuses, before anything is written, a folder
+whose `grid.yaml` (the sweep file copied there) is another study: other data, or `train:`
+settings that change what is trained or how rows are measured (the config hash's settings,
+`final_eval_batches`; `fp_twins` turned on over rows without twins), or whose rows were trained
+on other data than `data:` holds now (`DataBundle.identity`). A changed grid is the same study:
+a run's name spells its grid point, so the runs that still match keep their rows.
 """
 
 from __future__ import annotations
@@ -73,7 +68,6 @@ def _holder() -> str:
 
 
 def _program() -> str:
-    """How this process was started: `mlx_qat.sweep`, or `python -m mlx_qat`."""
     arg0 = Path(sys.argv[0] if sys.argv and sys.argv[0] else "python")
     return f"python -m {arg0.parent.name}" if arg0.name == "__main__.py" else arg0.name
 
@@ -129,7 +123,6 @@ def _open_locked(path: Path, exclusive: bool) -> int | None:
 
 
 def _acquire(out: Path, where: Path, shard: Shard | None) -> list[int]:
-    """The locked descriptors (see the module); FolderBusy naming the holder."""
     fds: list[int] = []
     try:
         if shard:  # shared with the other shards, exclusive of an unsplit sweep
@@ -151,13 +144,8 @@ def _acquire(out: Path, where: Path, shard: Shard | None) -> list[int]:
 
 @contextmanager
 def lock_folder(out: str | os.PathLike, shard: Shard | None = None):
-    """Hold the lock of sweep folder `out` (of `shard`'s folder in it) for the `with` block.
-
-    Raises FolderBusy naming the holder when another sweep writes the folder. Example:
-
-        >>> with lock_folder(sweep.out):
-        ...     run_sweep(sweep)
-    """
+    """Hold the lock of sweep folder `out` (of `shard`'s folder in it) for the `with` block;
+    FolderBusy naming the holder when another sweep writes the folder."""
     out = Path(out)
     where = shard.dir(out) if shard else out
     where.mkdir(parents=True, exist_ok=True)
@@ -209,16 +197,21 @@ def _train_config(train: dict) -> TrainConfig | None:
         return None
 
 
-def _same_data(a: str, b: str) -> bool:
-    if os.path.normpath(a) == os.path.normpath(b) or Path(a).resolve() == Path(b).resolve():
-        return True
+def _bundle(data: str, attr: str):
+    """An attribute of the prepared data at `data`; None for raw text, or none there."""
     from ..data.shards import load_bundle
 
     try:
-        key = load_bundle(a).manifest.get("key")
-        return key is not None and key == load_bundle(b).manifest.get("key")
+        return getattr(load_bundle(data), attr)
     except (OSError, ValueError, KeyError):
-        return False
+        return None
+
+
+def _same_data(a: str, b: str) -> bool:
+    if os.path.normpath(a) == os.path.normpath(b) or Path(a).resolve() == Path(b).resolve():
+        return True
+    key = (_bundle(a, "manifest") or {}).get("key")
+    return key is not None and key == (_bundle(b, "manifest") or {}).get("key")
 
 
 def _differences(old: dict, sweep: Sweep) -> list[str]:
@@ -246,20 +239,8 @@ def _differences(old: dict, sweep: Sweep) -> list[str]:
     return out
 
 
-def _data_identity(data: str) -> dict | None:
-    """`DataBundle.identity` of prepared data at `data` (None for raw text, or none there)."""
-    from ..data.shards import load_bundle
-
-    try:
-        return load_bundle(data).identity
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 def _check_rows_data(sweep: Sweep, out: Path) -> None:
-    """ValueError when the folder's rows were trained on other data than `sweep.data` holds
-    now (other text prepared again at the same path): continuing would mix two data sets."""
-    now = _data_identity(sweep.data)
+    now = _bundle(sweep.data, "identity")
     if now is None:
         return
     for path in [out / RESULTS, *sorted(out.glob(f"shard-*-of-*/{RESULTS}"))]:
@@ -278,9 +259,8 @@ def _check_rows_data(sweep: Sweep, out: Path) -> None:
 
 
 def check_same_sweep(sweep: Sweep) -> None:
-    """Raise ValueError, naming the file and what differs, when `sweep.out` (or a shard folder
-    in it) holds the grid.yaml of another study, or rows of other data than `sweep.data` holds
-    now (see the module); nothing is written."""
+    """ValueError, naming the file and what differs, when `sweep.out` (or a shard folder in it)
+    holds another study (module docstring); nothing is written."""
     out = Path(sweep.out)
     _check_rows_data(sweep, out)
     for path in [out / GRID, *sorted(out.glob(f"shard-*-of-*/{GRID}"))]:

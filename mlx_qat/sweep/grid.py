@@ -14,19 +14,12 @@
         pipelines: [fused]
         seeds: [0]
 
-`fp_twins: true` gives every run with an FP and a QAT phase its float twin
-(`train.twin`: branched from the run's switch checkpoint, the same data, LR schedule and steps,
-fake quant off), so its row holds L_FP at the same schedule and the QAT penalty
-`qat_penalty = L_QAT − L_FP(twin)` (`results.py`). With `train: {cooldown_mode: fixed}` every
-fraction of the fused pipeline has the same LR schedule, so the penalty and the loss can be
-told apart from the cooldown.
-
-A relative `model_config` path is looked up beside the sweep file first (the shipped sweeps'
-`models/w64_l1.json`), then from the working directory.
-
-Runs that differ only in grid (same model, tokens, bits, seed and shared settings) are the same
-run and appear once. A run's name spells its grid point, so a changed grid keeps the runs (and
-rows) that still match.
+A float twin (`train.twin`: the QAT phase again from the switch checkpoint, fake quant off)
+puts `qat_penalty = L_QAT − L_FP(twin)` in the row; with `train: {cooldown_mode: fixed}` every
+fused fraction has one LR schedule, so penalty and loss are told apart from the cooldown.
+A relative `model_config` is looked up beside the sweep file first, then in the working
+directory. Runs that differ only in grid are one run; a run's name spells its grid point, so a
+changed grid keeps the runs (and rows) that still match.
 """
 
 from __future__ import annotations
@@ -56,8 +49,7 @@ class Model:
 
     @classmethod
     def parse(cls, value: Any, where: str, base: Path | None = None) -> Model:
-        """A grid's `models:` entry; a relative model_config that exists under `base` (the
-        sweep file's folder) is taken from there."""
+        """A grid's `models:` entry; a relative model_config is looked up under `base` first."""
         if isinstance(value, str):
             return cls(value)
         if isinstance(value, dict) and set(value) == {"name", "model_config"}:

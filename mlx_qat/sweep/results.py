@@ -1,23 +1,16 @@
 """`results.jsonl`: one row per finished run, appended atomically, read back defensively.
 
-A row holds what the law fit needs and nothing it must recompute (the schema `mlx_qat.fit`
-reads, `mlx_qat/fit/rows.py`): N, D, D_fp, D_qat, bits (null for a pure-FP run), final_loss (the
-fake-quant model's loss for a QAT run, the float model's for an FP run), plus the run's name and
-groups, config hash, the data's identity (`data`: the shards' key and the tokenizer's sha256,
-`DataBundle.identity`; the config hash holds only the data's path), N without embeddings, exact
-parameter bytes (every tensor at its own bits) and nominal N·B/8, S, f, group size, quantizer,
-pipeline, seed, the FP / QAT / PTQ loss and bits per byte of the final evaluation (the whole
-validation split), wall time and tokens/s. The test split's final loss (`test_loss`, of the
-same model as `final_loss`) when the data has one. A run trained with its float twin
-(`fp_twins: true`: the QAT phase again with fake quant off, the same LR schedule) adds the
-twin's losses — `fp_twin_loss` / `fp_twin_bpb` / `fp_twin_ptq_loss` on validation,
-`fp_twin_test_loss` on test — and the QAT penalty at equal schedule, `qat_penalty =
-final_loss − fp_twin_loss` (`qat_penalty_test` on test); null without a twin.
+A row holds what the law fit needs (the schema of `mlx_qat/fit/rows.py`: N, D, D_fp, D_qat,
+bits (null for a pure-FP run), final_loss (the fake-quant model's for a QAT run, the float
+model's for an FP run)), and the run's name, groups, config hash, data identity (`data`,
+`DataBundle.identity`: the config hash holds only the data's path), sizes, S, f, settings,
+the FP / QAT / PTQ loss and bits per byte on the validation split, `test_loss` when the data
+has a test split, wall time and tokens/s. A run with its float twin (`fp_twins: true`) adds
+the twin's `fp_twin_*` losses and `qat_penalty = final_loss − fp_twin_loss` (and
+`qat_penalty_test`); null without a twin.
 
-Appending: each row is one `os.write` of one line on an `O_APPEND` descriptor, then fsync. A
-kill can at worst leave a line without its newline at the end of the file; `read_rows` ignores
-it, and `append_row` cuts it off before writing the next row, so a half-written row is never
-read and never glued to the next one.
+Each row is one `os.write` of one line on an `O_APPEND` descriptor, then fsync: a kill leaves
+at worst a torn last line, which `read_rows` ignores and `append_row` cuts off first.
 """
 
 from __future__ import annotations
@@ -58,11 +51,8 @@ def make_row(name: str, groups: tuple[str, ...], config: TrainConfig, result: di
         "final_loss": final["loss"] if final else None,
         "final_bpb": final["bpb"] if final else None,
         **{
-            f"{k}_loss": (v["loss"] if v else None)
-            for k, v in (("fp", fp), ("qat", qat), ("ptq", ptq))
-        },
-        **{
-            f"{k}_bpb": (v["bpb"] if v else None)
+            f"{k}_{m}": (v[m] if v else None)
+            for m in ("loss", "bpb")
             for k, v in (("fp", fp), ("qat", qat), ("ptq", ptq))
         },
         **_twin_fields(result, final, "fp" if is_fp else "qat"),
@@ -102,6 +92,4 @@ def read_rows(path: str | Path) -> list[dict]:
     return [row for _, row in read_jsonl(path).rows]
 
 
-def append_row(path: str | Path, row: dict) -> None:
-    """Append one row atomically (see the module docstring)."""
-    append_jsonl(path, row)
+append_row = append_jsonl  # one row, atomically (module docstring)

@@ -1,16 +1,12 @@
 """Running a sweep: trunks first, branches from their checkpoints, one row per finished run.
 
-Re-running the same sweep skips every run whose row (same name and config hash) is in
-`results.jsonl`, and continues an interrupted run from its last checkpoint (`resume`). A kill
-at any moment loses at most the work since a run's last checkpoint: rows are appended
-atomically (`results.py`), and a run that finished but has no row yet is re-read from its
-`result.json` without training again.
-
-`jobs > 1` runs independent runs side by side, each in its own `python -m mlx_qat train`
-process; a trunk's branches start when the trunk has finished. `shard` (`--shard i/n`, see
-`shard.py`) trains only that share of the trunks, into the shard's own results file: one plain
-process per machine, no launcher (a sweep started by `mlx.launch` is refused: each rank would
-append the same rows).
+Re-running a sweep skips every run whose row (same name and config hash) is in
+`results.jsonl`, resumes an interrupted run from its last checkpoint, and re-reads a run that
+finished without a row from its `result.json`: a kill loses at most the work since a run's
+last checkpoint. `jobs > 1` trains runs side by side, one `python -m mlx_qat train` process
+each; a trunk's branches start when the trunk has finished. `shard` (`--shard i/n`) trains
+that share of the trunks into the shard's own results file, one plain process per machine
+(under `mlx.launch` every rank would append the same rows: refused).
 """
 
 from __future__ import annotations
@@ -30,22 +26,21 @@ from ..train.config import TrainConfig
 from .folder import check_same_sweep, lock_folder
 from .grid import Sweep
 from .results import append_row, make_row, read_rows
-from .shard import Shard
+from .shard import RESULTS, Shard
 from .trunks import Member, Trunk, plan_trunks
 
 logger = logging.getLogger(__name__)
 
-RESULTS = "results.jsonl"
 OLD_SPEC = "sweep_run.yaml"  # a run's config as sweeps with --jobs once wrote it, in its dir
 
 
 @dataclass
 class Job:
-    """One run to train: its trunk member, its final config, and what it waits for."""
+    """One run to train: its trunk member, its final config, and the run it branches from."""
 
     member: Member
     config: TrainConfig
-    after: str | None  # the name of the run whose checkpoint it branches from
+    after: str | None
 
     @property
     def name(self) -> str:
@@ -60,10 +55,6 @@ def sweep_jobs(sweep: Sweep, trunks: list[Trunk] | None = None) -> list[Job]:
         for m, cfg in zip(t.members, t.configs()):
             jobs.append(Job(m, cfg, root if cfg.branch_from else None))
     return jobs
-
-
-def _done(rows: list[dict]) -> set[tuple[str, str]]:
-    return {(r["name"], r["config_hash"]) for r in rows}
 
 
 def _ready_config(job: Job) -> TrainConfig:
@@ -129,19 +120,15 @@ def run_sweep(
     project_name: str | None = None,
 ) -> list[dict]:
     """Train every run of `sweep` (of `shard`'s trunks) that has no row yet; returns all rows
-    of the results file (the shard's).
+    of the results file (the shard's). FolderBusy while another sweep writes the folder,
+    ValueError when it holds another study (`folder.py`).
 
     Args:
-        sweep: the parsed sweep (`grid.load_sweep`).
         jobs: runs side by side (1: in this process; more: one subprocess each).
         on_event: `on_event(kind, job, info)` for progress ("start", "done", "skip").
-        shard: train only this share of the trunks (`Shard.parse("0/2")`).
-        report_to: every run also reports its metrics to this tracker ("wandb", "swanlab";
-            `train/report.py`), in the project `project_name` (default: the sweep folder's
-            name). Neither changes a run's config hash.
-
-    Raises FolderBusy while another sweep writes the folder, and ValueError when the folder
-    holds another study (`folder.py`).
+        report_to: every run also reports its metrics to this tracker ("wandb", "swanlab"), in
+            the project `project_name` (default: the sweep folder's name); neither changes a
+            run's config hash.
     """
     from ..train.dist import process_count
 
@@ -163,12 +150,10 @@ def _run_locked(sweep: Sweep, jobs: int, on_event, shard: Shard | None, report: 
     path = results_path(sweep, shard)
     trunks = plan_trunks(sweep)
     trunks = shard.take(trunks, warn=False) if shard else trunks  # the CLI warned
-    todo = [
-        j
-        for j in sweep_jobs(sweep, trunks)
-        if (j.name, j.config.hash()) not in _done(read_rows(path))
-    ]
-    finished: set[str] = {r["name"] for r in read_rows(path)}
+    rows = read_rows(path)
+    done = {(r["name"], r["config_hash"]) for r in rows}
+    todo = [j for j in sweep_jobs(sweep, trunks) if (j.name, j.config.hash()) not in done]
+    finished: set[str] = {r["name"] for r in rows}
     train_fn = _train_in_process if jobs <= 1 else _train_subprocess
     event = on_event or (lambda *a: None)
 
@@ -208,8 +193,8 @@ def _run_locked(sweep: Sweep, jobs: int, on_event, shard: Shard | None, report: 
 
 
 def measure_tokens_per_s(config: TrainConfig, steps: int = 4) -> float:
-    """Training throughput of `config`'s model and batch here (median of a few steps after
-    the compiling one), for the dry run's time estimate."""
+    """Training tokens/s of `config` here (median step after the compiling one), for the dry
+    run's time estimate."""
     from ..train import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:

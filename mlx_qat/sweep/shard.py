@@ -1,16 +1,13 @@
 """Splitting a sweep across machines: `--shard i/n` trains a deterministic share of its trunks.
 
-Whole trunks stay on one shard (a branch starts from its trunk's checkpoint, so trunk sharing
-still saves the same compute). The trunks are dealt out by the tokens they cost
-(`Trunk.tokens_trained`): largest first, each to the shard with the fewest tokens so far (ties:
-the lower shard index; equal trunks in the order of the root's name), so the shards take about
-equal time and every machine computes the same assignment from the same sweep file alone.
+Whole trunks stay on one shard (a branch starts from its trunk's checkpoint). Trunks are dealt
+out by the tokens they cost (`Trunk.tokens_trained`): largest first, each to the shard with the
+fewest tokens so far (ties: the lower shard; equal trunks by root name), so shards take about
+equal time and every machine computes the same assignment from the sweep file alone.
 
-Shard i of n writes its rows to `<out>/shard-i-of-n/results.jsonl` (and its resolved settings
-`sweep.yaml` and the grid beside them); the runs themselves go to `<out>/runs/<name>/` as in an
-unsplit sweep, so the run directories of several machines can be copied into one `<out>`.
-`mlx_qat.fit <out>` reads every `results.jsonl` below `<out>` (or name the files), merging
-them and refusing rows whose config hash collides with different content.
+Shard i of n writes its rows (and its settings and grid) to `<out>/shard-i-of-n/`; the runs go
+to `<out>/runs/<name>/` as unsplit, so several machines' folders copy into one `<out>`, which
+`mlx_qat.fit <out>` reads whole.
 """
 
 from __future__ import annotations
@@ -62,9 +59,8 @@ class Shard:
         return [t for t, s in zip(trunks, owner) if s == self.index]
 
     def take(self, trunks: list[Trunk], warn: bool = True) -> list[Trunk]:
-        """`select`, for a shard about to run: ValueError when it gets no trunk (it would write
-        no row), a warning (`warn`) when some other shard gets none; both name the count that
-        fits."""
+        """`select`, for a shard about to run: ValueError when it gets no trunk, a warning
+        (`warn`) when some other shard gets none."""
         mine, n = self.select(trunks), len(trunks)
         if not mine:
             raise ValueError(
@@ -82,7 +78,7 @@ class Shard:
 
 
 def assign(trunks: list[Trunk], count: int) -> list[int]:
-    """The shard of each trunk (see the module docstring): greedy by tokens, deterministic."""
+    """The shard of each trunk: greedy by tokens, deterministic (module docstring)."""
     order = sorted(
         range(len(trunks)), key=lambda i: (-trunks[i].tokens_trained(), trunks[i].root.point.name)
     )

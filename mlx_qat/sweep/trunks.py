@@ -95,15 +95,13 @@ class Trunk:
         return sorted({m.branch for m in self.members[1:] if m.branch > 0})
 
     def tokens_trained(self) -> int:
-        """Tokens this trunk costs: the root in full, each branch after its branch point,
-        and every float twin."""
+        """Tokens this trunk costs: the root, each branch after its branch point, every twin."""
         tps = self.root.plan.tokens_per_step
         rest = sum(m.tokens - (m.branch * tps if m.branch > 0 else 0) for m in self.members[1:])
         return self.root.tokens + rest + sum(m.twin_tokens for m in self.members)
 
     def tokens_independent(self) -> int:
-        """Tokens the same runs cost trained one by one (the twins as in a trunk: from their
-        run's switch)."""
+        """Tokens the same runs cost trained one by one (twins as in a trunk)."""
         return sum(m.tokens + m.twin_tokens for m in self.members)
 
     def configs(self) -> list[TrainConfig]:
@@ -119,8 +117,7 @@ class Trunk:
         return out
 
 
-def _fp_run(p: Point) -> tuple:
-    """What a pure-FP run depends on of its grid point: not its bits (FP trains no grid)."""
+def _fp_run(p: Point) -> tuple:  # what a pure-FP run depends on: not its bits
     return p.model, p.tokens, p.seed
 
 
