@@ -71,16 +71,13 @@ def diagnose(
         path: a run directory (its latest checkpoint), a checkpoint directory, or a float
             mlx-lm model directory or Hugging Face repo id (at `revision`).
         data: prepared data dir (default: the checkpoint's; required for an mlx-lm model).
-        bits, group_size, mode: the target format of the weights (default: the checkpoint's
-            own; for an mlx-lm model affine 4-bit groups of 64). See `target_config`.
-        embed_bits: embeddings/head bits (default: max(bits, 4), as the trainer does).
+        bits, group_size, mode, embed_bits: the target format (`target_config`; default: the
+            checkpoint's own, for an mlx-lm model affine 4-bit g64; embeddings max(bits, 4)).
         eval_batches: fixed validation batches every point is evaluated on (0: all).
         batch_size, seq_len: the batch shape (default: the run's; else 8 × 256).
-        settings: what to measure (`DiagnoseSettings`; defaults are cheap and seeded).
 
-    Returns:
-        `diagnose_model`'s dict plus "source", "format", "covered" (layer → format),
-        "skipped" and "settings".
+    Returns `diagnose_model`'s dict plus "source", "format", "covered" (layer → format),
+    "skipped" and "settings".
     """
     if eval_batches is None or eval_batches < 0:
         raise ValueError(f"--eval-batches {eval_batches}: must be >= 0")

@@ -214,7 +214,7 @@ def open_batches(src: Source, data, eval_batches: int, batch_size, seq_len):
     bundle, batches, bpt = open_eval_data(data, bs, seq, eval_batches or None)
     if src.checkpoint is not None:
         check_vocabulary(src.checkpoint, bundle)
-    vocab = _model_vocab(src.model)
+    vocab = model_config(src.model).get("vocab_size")
     if vocab and bundle.vocab_size > vocab:
         raise ValueError(
             f"data {bundle.path}: vocabulary {bundle.vocab_size} is larger than the model's "
@@ -227,8 +227,3 @@ def model_config(model: nn.Module) -> dict:
     """The model's mlx-lm arguments as a dict (sizes for the memory estimate)."""
     args = getattr(model, "args", None)
     return dict(vars(args)) if args is not None else {}
-
-
-def _model_vocab(model: nn.Module) -> int | None:
-    args = getattr(model, "args", None)
-    return getattr(args, "vocab_size", None)

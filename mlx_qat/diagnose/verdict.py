@@ -49,31 +49,28 @@ def _fmt(x: float | None, spec: str = ".4f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def _result(label: str, advice: str, reasons: list[str]) -> dict:
+    return {"label": label, "advice": advice, "reasons": reasons}
+
+
 def verdict(d: dict) -> dict:
     """{"label", "advice", "reasons": [...]} from `diagnose_model`'s measurements `d`."""
     gap, eps, scan = d["gap"], d["eps"], d["scan"]
     k = scan["kappa_hat"]
     head = f"PTQ gap {gap:+.4f} nats vs ε {eps:.4f}; κ̂ {k:.2f}"
     if gap <= eps:
-        return {
-            "label": PTQ_FINE,
-            "advice": "round-to-nearest at this format stays inside the float model's basin",
-            "reasons": [head + " (the RTN point is inside the basin)"],
-        }
+        advice = "round-to-nearest at this format stays inside the float model's basin"
+        return _result(PTQ_FINE, advice, [head + " (the RTN point is inside the basin)"])
     reasons = [head + (f", basin edge α* {scan['alpha_star']:.3f}" if scan["alpha_star"] else "")]
     mixed = d.get("mixed")
     if mixed and mixed.get("gap") is not None and mixed["gap"] <= eps:
         kept = ", ".join(f"{p} ({s})" for p, s in mixed["layers"].items())
-        return {
-            "label": CHANGE_FORMAT,
-            "advice": f"keep these layers at higher precision: {kept}",
-            "reasons": [
-                *reasons,
-                f"{len(mixed['units'])} unit(s) with κ̂ >= 1 ({', '.join(mixed['units'])}); "
-                f"with them at higher precision (+{mixed['extra_bits']:.2f} bits per weight) "
-                f"the gap is {mixed['gap']:+.4f} <= ε",
-            ],
-        }
+        reasons.append(
+            f"{len(mixed['units'])} unit(s) with κ̂ >= 1 ({', '.join(mixed['units'])}); "
+            f"with them at higher precision (+{mixed['extra_bits']:.2f} bits per weight) "
+            f"the gap is {mixed['gap']:+.4f} <= ε"
+        )
+        return _result(CHANGE_FORMAT, f"keep these layers at higher precision: {kept}", reasons)
     rnd, sr = d.get("random"), d.get("stochastic")
     radius = rnd["radius"] if rnd else None
     narrow = rnd is not None and radius is not None and radius < RANDOM_RADIUS_MIN
@@ -92,12 +89,11 @@ def verdict(d: dict) -> dict:
             f"({sr['gain_over_rtn']:+.4f} vs RTN)"
         )
     if narrow and no_nearby:
-        return {
-            "label": CHANGE_FORMAT,
-            "advice": "more bits or smaller groups: the grid is wider than the basin in "
-            "typical directions and no low-loss grid point was found nearby",
-            "reasons": reasons,
-        }
+        advice = (
+            "more bits or smaller groups: the grid is wider than the basin in "
+            "typical directions and no low-loss grid point was found nearby"
+        )
+        return _result(CHANGE_FORMAT, advice, reasons)
     hot = [u["unit"] for u in d.get("layers") or [] if u["kappa_hat"] >= 1]
     if hot:
         reasons.append(f"units whose own rounding leaves the basin (κ̂ >= 1): {', '.join(hot)}")
@@ -109,9 +105,6 @@ def verdict(d: dict) -> dict:
         )
     if sr_ok and not no_nearby:
         why.append("lower-loss grid points exist nearby")
-    return {
-        "label": QAT_NEEDED,
-        "advice": "QAT (gradients at the quantized weights steer back into the basin): "
-        + ("; ".join(why) or "no evidence against recovery was measured"),
-        "reasons": reasons,
-    }
+    because = "; ".join(why) or "no evidence against recovery was measured"
+    advice = f"QAT (gradients at the quantized weights steer back into the basin): {because}"
+    return _result(QAT_NEEDED, advice, reasons)

@@ -67,10 +67,7 @@ def fp_scaled_elements(w: mx.array, mode: str, group_size: int) -> tuple[mx.arra
 def fp_codes_and_scales(w: mx.array, mode: str, group_size: int) -> tuple[mx.array, mx.array]:
     """Element codes (uint32, shape of w) and uint8 scales (..., K/group_size)."""
     x, sbyte = fp_scaled_elements(w, mode, group_size)
-    if mode == "mxfp8":
-        code = mx.to_fp8(x).astype(mx.uint32)
-    else:
-        code = _fp4_codes(x)
+    code = mx.to_fp8(x).astype(mx.uint32) if mode == "mxfp8" else _fp4_codes(x)
     return code.reshape(w.shape), sbyte.squeeze(-1)
 
 
