@@ -107,8 +107,8 @@ def check_out_dir(cfg) -> None:
 
 
 def clear_run(run: Path) -> list[str]:
-    """Delete the run's own entries except `data/` (for `--overwrite`); returns their names.
-    Each is renamed to a `.tmp-` name first, so a half-deleted one never looks complete."""
+    """Delete the run's own entries but `data/` and the trackers'; returns their names (each is
+    renamed to a `.tmp-` name first, so a half-deleted one never looks complete)."""
     removed = []
     for name in RUN_ENTRIES:
         path = run / name
@@ -131,8 +131,7 @@ POSITION = ("step", "phase", "tokens_seen", "elapsed", "last_eval", "last_eval_s
 
 
 def find_resume(cfg, run_dir: Path):
-    """The checkpoint a run of `cfg` in `run_dir` continues: `--branch-from`'s, the latest
-    one with `--resume`, else None (a fresh start)."""
+    """The checkpoint a run continues: `--branch-from`'s, the latest with `--resume`, or None."""
     if cfg.branch_from:
         return load_checkpoint(cfg.branch_from)
     if cfg.resume and list_checkpoints(run_dir):
@@ -143,9 +142,8 @@ def find_resume(cfg, run_dir: Path):
 
 
 def check_resume(ckpt, cfg, run_dir: Path, model_dir: str | None = None) -> dict:
-    """Raise CheckpointError unless `ckpt` may be resumed with `cfg` (`model_dir`: the local
-    folder of its `--model`); returns the schedule settings that changed ({name: [old, new]};
-    non-empty only with `cfg.reschedule`)."""
+    """Raise CheckpointError unless `ckpt` may be resumed with `cfg`; returns the schedule
+    settings that changed ({name: [old, new]}; non-empty only with `cfg.reschedule`)."""
     st = ckpt.state
     _check_model_dir(st, cfg, model_dir or cfg.model, ckpt.path)
     if "resume_hash" in st:
@@ -176,9 +174,8 @@ def check_resume(ckpt, cfg, run_dir: Path, model_dir: str | None = None) -> dict
 
 
 def _check_model_dir(st: dict, cfg, model_dir: str | None, where) -> None:
-    """A fine-tune reads its teacher and basin reference from `--model` (its local folder
-    `model_dir`: a hub id's snapshot, resolved again) on resume: the folder must hold the files
-    the run started from (checkpoints from before the hash was recorded are not checked)."""
+    """On resume, `--model`'s folder must hold the files the run started from (unchecked for
+    checkpoints from before the hash was recorded)."""
     if not cfg.model or not st.get("model_sha256"):
         return
     now = model_dir_sha256(model_dir)
@@ -214,8 +211,8 @@ def check_branch(ckpt, cfg, plan, model_config: dict, qcfg) -> None:
 
 
 def check_data(ckpt, bundle) -> None:
-    """Raise CheckpointError unless `bundle` is the data `ckpt` was trained on (shards by
-    content key, tokenizer by sha256; the shards' folder name for older checkpoints)."""
+    """Raise CheckpointError unless `bundle` is the data `ckpt` was trained on (the shards'
+    folder name for checkpoints without a content key)."""
     data = ckpt.state.get("data") or {}
     key, shards = data.get("shards_key"), data.get("shards")
     same = key == bundle.manifest.get("key") if key else Path(shards or "").name == bundle.path.name
@@ -234,8 +231,7 @@ def check_data(ckpt, bundle) -> None:
 
 
 def checkpoint_state(cfg, bundle, model_dir: str | None = None) -> dict:
-    """The entries of `state.json` that the checks above read back (`model_dir`: the local
-    folder of `cfg.model`)."""
+    """The entries of `state.json` that the checks above read back."""
     return {
         "config_hash": cfg.hash(),
         "resume_hash": cfg.hash(exclude=DATA_FIELDS),
@@ -247,13 +243,13 @@ def checkpoint_state(cfg, bundle, model_dir: str | None = None) -> dict:
 
 
 def rng_seed(seed: int, step: int) -> int:
-    """The seed the trainer gives `mx.random` before step `step` (a function of the step)."""
+    """The seed the trainer gives `mx.random` before step `step`."""
     return (seed * 1_000_003 + step) % (1 << 63)
 
 
 def trainer_state(t) -> dict:
-    """Trainer `t`'s `state.json`: its position (what `restore_checkpoint` reads back), the
-    data position, the RNG, the plan and what the checks above compare."""
+    """Trainer `t`'s `state.json`: its position, the data position, the RNG, the plan and what
+    the checks above compare."""
     cfg, step = t.cfg, t.step
     return {
         "step": step,
@@ -282,10 +278,9 @@ def trainer_state(t) -> dict:
 
 
 def restore_checkpoint(t, ckpt) -> tuple[dict, int | None]:
-    """Check `ckpt` against trainer `t`'s run and load its weights and optimizer state into
-    `t`'s model and optimizer (no file is written); returns the position to continue from
-    (`POSITION` and "callbacks": each named callback's state) and the metrics lines to keep
-    (None for a branch)."""
+    """Check `ckpt` against trainer `t`'s run and load its weights and optimizer state (no
+    file is written); returns the position to continue from (`POSITION` and "callbacks") and
+    the metrics lines to keep (None for a branch)."""
     st, cfg = ckpt.state, t.cfg
     rescheduled = {}
     if cfg.branch_from:
@@ -329,10 +324,8 @@ def restore_checkpoint(t, ckpt) -> tuple[dict, int | None]:
 
 
 def take_main_state(t) -> dict | None:
-    """Several processes: every rank of trainer `t` takes rank 0's weights and optimizer
-    state (a fresh start or the checkpoint rank 0 restored), after checking that it reads
-    rank 0's data (shards key and tokenizer); returns rank 0's position on the other ranks
-    (as `restore_checkpoint` does), None on rank 0."""
+    """Several processes: every rank takes rank 0's weights and optimizer state, after checking
+    that it reads rank 0's data; returns rank 0's position on the other ranks, None on 0."""
     dist, b = t.dist, t.bundle
     data = [b.manifest.get("key"), b.manifest["tokenizer"]["sha256"]]
     mine = {k: getattr(t, k) for k in POSITION}

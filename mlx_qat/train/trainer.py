@@ -5,7 +5,7 @@ At every step boundary `s` (steps completed):
 1. at `s == plan.fp_steps` (FP phase, a QAT phase ahead): evaluate (FP, PTQ) and save the
    switch checkpoint, then switch: fake quant on, learnable quantizers initialised from the
    current weights (`init_quantizers`), optimizer moments kept or reset, step recompiled;
-2. at `s == join_at` (`--grid-first-fraction`): the weights join the training (`optim.py`);
+2. at `s == join_at` (`--grid-first-fraction`): the weights join (`optim.py`);
 3. stop at `s == plan.total_steps`;
 4. run step `s` at `plan.lr_at(s)` on `batch(s·A) … batch(s·A + A − 1)` (pure functions of
    the step), with the RNG re-seeded to `seed·1000003 + s`;
@@ -71,8 +71,7 @@ class TrainingDiverged(RuntimeError):
 
 
 class Trainer:
-    """One run: `t = Trainer(config); t.setup(); t.run()`. `mlx_qat.train.train(config)` runs
-    the whole job (this, then the FP twin and the plot when the config asks for them).
+    """One run: `t = Trainer(config); t.setup(); t.run()` (`train(config)` runs the whole job).
     Features plug in as `callbacks` (`callbacks.TrainingCallback`), after the built-in ones."""
 
     def __init__(self, config: TrainConfig, on_step=None, callbacks=()):
@@ -87,11 +86,9 @@ class Trainer:
         self.teacher = None  # the QAT phase's frozen float model, for kd/mix (distill.py)
         self.pretrained: dict | None = None  # a fine-tune's teacher and its RTN (the baseline)
 
-    # -- set-up ---------------------------------------------------------------------------
-
     def setup(self) -> None:
-        """Check everything that can be checked without writing (settings, data, model, the
-        memory a step needs, the output directory, the checkpoint to continue), then write."""
+        """Check all that can be checked without writing (settings, data, model, memory, output
+        directory, the checkpoint to continue), then write."""
         cfg = self.cfg
         mx.set_cache_limit(max(mx.set_cache_limit(0), cfg.cache_limit_mb << 20))
         self.dist = dist = Group.init(cfg.dist_timeout)
@@ -102,9 +99,8 @@ class Trainer:
             dist.check_batch(cfg.batch_size)
             if dist.is_main:
                 resume.check_out_dir(cfg)
-            self.bundle = resolve.open_prepared(
-                cfg.data, self.model_dir
-            )  # refuses another tokenizer's
+            # prepared data of another tokenizer is refused
+            self.bundle = resolve.open_prepared(cfg.data, self.model_dir)
             if self.bundle is None and dist.size > 1:
                 raise ValueError(
                     f"--data {cfg.data}: several processes read prepared data: prepare it once "
@@ -199,8 +195,7 @@ class Trainer:
         self.optimizer = optim.build_optimizer(self.model, cfg)
 
     def _open_batches(self) -> None:
-        """The training stream (with `--mask-prompt`, its prompt mask), the periodic and final
-        validation batches, the test batches (bytes per token turn a loss into bits per byte)."""
+        """The training stream (with its prompt mask), the periodic, final and test batches."""
         cfg, b = self.cfg, self.bundle
         final, shape = cfg.final_eval_batches or None, (cfg.batch_size, cfg.seq_len)
         mask = resolve.train_loss_mask(b, cfg.mask_prompt)
@@ -223,11 +218,9 @@ class Trainer:
         return make_model(self.cfg, vocab, self.model_dir)[0]
 
     def pretrained_baseline(self) -> dict | None:
-        """A fine-tune's baseline (`twin.comparison` reads it): the `--model` float weights as
-        given (the teacher) and their round-to-nearest at the run's formats, on the final
-        batches of each split ({"val": {"teacher", "rtn"}, "test": ...}); the run's own fp/ptq
-        are its latent weights, which drifted from the teacher. None from scratch. Writes the
-        `pretrained_eval` record."""
+        """A fine-tune's baseline ({"val": {"teacher", "rtn"}, "test": ...}; None from scratch):
+        the `--model` weights as given and their RTN at the run's formats, on the final
+        batches (the run's own fp/ptq are its latent weights, which drifted from them)."""
         if not self.cfg.model:
             return None
         model = self.float_model()
@@ -252,12 +245,9 @@ class Trainer:
             group=self.dist.group, update=self.qat_update, loss=make_loss(self.teacher, cfg, self.model),
         )  # fmt: skip
 
-    # -- events ---------------------------------------------------------------------------
-
     def evaluate(self, final: bool = False, split: str = "val") -> dict | None:
         """FP / QAT / PTQ on the periodic validation batches, or (`final`) on the final ones of
-        `split`: "val", or "test" (the held-out split: reported in the result, never used for
-        a choice; None when the data has none)."""
+        `split` ("val" or "test"; None when the data has no test split)."""
         test = split == "test"
         batches = self.final_test if test else self.final_val if final else self.val
         if batches is None:
@@ -314,8 +304,7 @@ class Trainer:
         logger.info("switch to QAT at step %d", self.step)
 
     def join(self) -> None:
-        """Grid first -> the weights join (`optim.py`): unfreeze them, give them optimizer
-        state (the grid's carries over), recompile."""
+        """Grid first -> the weights join (`optim.py`), recompile."""
         optim.join_weights(self.model, self.optimizer, self.held)
         self.held = []
         self.qat.load_state_dict(self.qat.state_dict())  # the update's statistics continue
@@ -323,8 +312,6 @@ class Trainer:
         self.metrics.write({"kind": "weights_join", "step": self.step, "phase": self.phase,
                             "weight_lr_scale": self.cfg.weight_lr_scale})  # fmt: skip
         logger.info("weights join at step %d", self.step)
-
-    # -- the loop -------------------------------------------------------------------------
 
     def train_step(self) -> tuple[float, float, float]:
         cfg, s = self.cfg, self.step
