@@ -7,19 +7,15 @@
   `mx.quantize`/`mx.dequantize`) for the duration of the evaluation.
 
 `bpb = loss_nats / ln 2 / bytes_per_token` (bytes of UTF-8 text per token of the split), and
-"% of the PTQ gap recovered" = `(ptq − qat) / (ptq − fp)`. With the min/max quantizer the qat
-and ptq modes are the same computation on the same weights, so ptq is reported once for both;
-the meaningful baseline is then the PTQ of an FP model trained on the same budget (the trainer's
-`--fp-twin`). Loss is the mean over every target token of every batch (sum / count).
+"% of the PTQ gap recovered" = `(ptq − qat) / (ptq − fp)`. With the min/max quantizer qat and
+ptq are the same computation on the same weights, so ptq is reported once for both; the
+meaningful baseline is then the PTQ of an FP model of the same budget (`--fp-twin`). Loss is
+the mean over every target token of every batch (sum / count). With a `teacher` (a frozen
+float model), each mode also reports `kl`, the mean KL(p_teacher ‖ p_model) per target token at
+T = 1 (`kl_to_teacher`), the teacher's logits computed once per batch for every mode.
 
-With a `teacher` (a frozen float model: distillation, `mlx_qat.train.distill`), each mode also
-reports `kl`: the mean over target tokens of KL(p_teacher ‖ p_model) at temperature 1 (nats per
-token, `kl_to_teacher`), the teacher's logits computed once per batch for every mode.
-
-`mlx_qat.eval.evaluate_checkpoint` (and the `mlx_qat.eval` command) apply this to a checkpoint.
-
-The float model's **basin level** (`basin_level`; a reconstruction of paper B's basin, shared by
-`mlx_qat.diagnose` and the trainer's basin monitor): a loss within
+The float model's **basin level** (`basin_level`, shared by `mlx_qat.diagnose` and the
+trainer's basin monitor): a loss within
 
     ε = max(BASIN_TOLERANCE, BASIN_NOISE_Z · SE),   BASIN_TOLERANCE = 0.01 nats, BASIN_NOISE_Z = 2
 
@@ -268,10 +264,8 @@ def eval_triple(
     """
     batches = list(batches)
     if not _qat_layers(model):
-        out = {"fp": _evaluate_modes(model, batches, bytes_per_token, ["fp"], teacher)["fp"]}
-        out = {k: v.to_dict() for k, v in out.items()}
-        out.update(qat=None, ptq=None, gap_recovered=None)
-        return out
+        fp = _evaluate_modes(model, batches, bytes_per_token, ["fp"], teacher)["fp"].to_dict()
+        return {"fp": fp, "qat": None, "ptq": None, "gap_recovered": None}
     same = all_minmax(model)
     # With min/max quantizers QAT and PTQ are the same computation on the same weights.
     modes = ["fp", "ptq"] + (["qat"] if quantizers_ready and not same else [])

@@ -1,22 +1,12 @@
 """Where a model comes from: one resolver (`resolve_model`) and one float-model loader
 (`load_float`) for every verb and the trainer.
 
-A user string is resolved once into a `ModelSource` of one kind:
-
-* "checkpoint": a training run directory (its latest complete checkpoint; `run_dir` set) or
-  one checkpoint directory (`checkpoints/step_XXXXXXXX`);
-* "mlx": an mlx-lm model directory (config.json + model*.safetensors), float or quantized;
-  from the Hugging Face hub when the string is a repo id (`hub` set, `path` its snapshot);
-* "gguf": a GGUF file (named `*.gguf` or starting with the GGUF magic).
-
-A path that exists locally always wins over a hub id. A repo id (`org/name`) is resolved as
-mlx-lm resolves it (`mlxlm_compat.hub_snapshot`: the local cache first, then a download, at
-`revision`); offline and not cached, the error says so and how to fetch it.
-
-    >>> src = resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
-    >>> model, config = load_float(src, dtype="bfloat16", frozen=True)   # a teacher
-
-`config` (config.json, a checkpoint's model config) is read once per source.
+A user string is resolved once into a `ModelSource` of one kind: "checkpoint" (a run
+directory's latest complete checkpoint, or one checkpoint directory), "mlx" (an mlx-lm model
+directory, float or quantized, or a Hugging Face repo id's snapshot) or "gguf" (a file named
+`*.gguf` or starting with the GGUF magic). A local path always wins over a hub id; a repo id is
+resolved as mlx-lm resolves it (`mlxlm_compat.hub_snapshot`: the local cache first, then a
+download, at `revision`); offline and not cached, the error says so and how to fetch it.
 """
 
 from __future__ import annotations
@@ -46,7 +36,6 @@ from .prepare import is_quantizer_param
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("checkpoint", "mlx", "gguf")
 INPUTS = (
     "pass a training run directory (with checkpoints/), one checkpoint directory "
     "(checkpoints/step_XXXXXXXX), an mlx-lm model directory (config.json + "
@@ -63,7 +52,7 @@ class SourceError(ValueError):
 
 @dataclass(eq=False)
 class ModelSource:
-    """A resolved model source: `name` as the user gave it, its `kind` (`KINDS`), the `path`
+    """A resolved model source: `name` as the user gave it, its `kind`, the `path`
     actually read, the run holding a checkpoint, and the hub repo id and revision of a
     snapshot."""
 
