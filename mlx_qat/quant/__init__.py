@@ -9,8 +9,7 @@ Modules:
     quantizers.py      the nn.Module quantizers the QAT layers hold
     codes.py           integer codes and transition distances (TRS statistics)
     backend.py         which path runs: fused kernels (mlx_qat.kernels), CPU path, reference
-    kernel_check.py    fused kernels vs the reference (`check_backend`, `self_check`)
-    kernel_cases.py    the awkward inputs the checks use
+    kernel_check.py    fused kernels vs the reference, and the awkward inputs they run on
 """
 
 from .fake_quant import Grid, dequantize_grid, fake_quantize, quantize_grid, reference_fake_quant
