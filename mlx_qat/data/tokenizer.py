@@ -180,12 +180,8 @@ def train_tokenizer(
     threads = num_threads or default_threads()
     settings = {**DEFAULT_SETTINGS, "character_coverage": character_coverage}
     settings["input_sentence_size"] = input_sentence_size
-    logger.info(
-        "training %d-piece BPE tokenizer on %d documents (%d threads)",
-        vocab_size,
-        len(docs),
-        threads,
-    )
+    msg = "training %d-piece BPE tokenizer on %d documents (%d threads)"
+    logger.info(msg, vocab_size, len(docs), threads)
     t0 = time.perf_counter()
     model = io.BytesIO()
     spm.set_random_generator_seed(seed)

@@ -5,7 +5,6 @@ told apart by their files (`tokenizer_kind`):
   HF files `save_hf_tokenizer` derives from it, ``auto_map`` aside), encoded by `Tokenizer`;
 * ``"hf"``: any other tokenizer `mlx_lm` loads (``tokenizer.json``, vocab/merges files,
   ``*.tiktoken``), encoded as `mlx_lm` encodes (`HFTokenizer`).
-
 Identity (`tokenizer_sha256`, what shards, checkpoints, eval and convert compare):
 sentencepiece: the sha256 of ``tokenizer.model``; hf: the sha256 of the lines
 ``"<name>\\0<sha256 of its content>\\n"`` over the files present that decide the ids
