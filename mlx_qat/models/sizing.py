@@ -39,9 +39,7 @@ class LayerSize:
     bytes: int  # packed weight, scales, biases and the float bias
     embedding: bool  # embedding tables and output heads
 
-    @property
-    def bits_per_weight(self) -> float:
-        return 8 * self.bytes / self.params if self.params else 0.0
+    bits_per_weight = property(lambda self: 8 * self.bytes / self.params if self.params else 0.0)
 
 
 @dataclass
@@ -52,13 +50,8 @@ class SizeReport:
     other_params: int = 0  # norms, biases of non-candidate modules, ...
     other_bytes: int = 0
 
-    @property
-    def total_params(self) -> int:
-        return self.other_params + sum(layer.params for layer in self.layers)
-
-    @property
-    def total_bytes(self) -> int:
-        return self.other_bytes + sum(layer.bytes for layer in self.layers)
+    total_params = property(lambda self: self.other_params + sum(s.params for s in self.layers))
+    total_bytes = property(lambda self: self.other_bytes + sum(s.bytes for s in self.layers))
 
     @property
     def bits_per_weight(self) -> float:
@@ -88,9 +81,7 @@ class ParameterBytes:
     n_params_no_embed: int  # without embedding tables and output heads
     bytes: float  # Σ over tensors of nominal bits · numel / 8 (float tensors at their dtype)
 
-    @property
-    def bits_per_param(self) -> float:
-        return 8 * self.bytes / self.n_params if self.n_params else 0.0
+    bits_per_param = property(lambda self: 8 * self.bytes / self.n_params if self.n_params else 0.0)
 
 
 @dataclass(frozen=True)
