@@ -172,10 +172,6 @@ def fit(
         a_loss: "l2" or "l1" for the fit of `a`.
         holdout: also refit without the largest size and predict it.
         n_bootstrap: bootstrap resamples (0 to skip); seed and level of the intervals.
-
-    Example:
-        >>> res = fit(load_rows("results.jsonl"))  # doctest: +SKIP
-        >>> res.params.xi, res.r2_log, res.a["vertex"]  # doctest: +SKIP
     """
     if a_loss not in ("l2", "l1") or fp_tokens not in law.FP_TOKENS:
         raise ValueError(f"fit(a_loss={a_loss!r}, fp_tokens={fp_tokens!r}): use l2/l1, total/fp")
@@ -205,9 +201,8 @@ def fit(
 
 
 def fp_once(R: Rows) -> tuple[Rows, int]:
-    """The rows with each FP measurement once: an FP row with the N, D, seed and final loss of
-    an earlier FP row is the same run (sweeps before the shared FP anchor wrote it once per bit
-    width) and is dropped. Returns (rows, number dropped)."""
+    """(rows, number dropped): an FP row with the N, D, seed and final loss of an earlier FP
+    row is the same run (older sweeps wrote it once per bit width) and is dropped."""
     keep, seen = np.ones(len(R), bool), set()
     for i in np.flatnonzero(R.fp):
         seed = None if np.isnan(R.seed[i]) else float(R.seed[i])
@@ -218,9 +213,8 @@ def fp_once(R: Rows) -> tuple[Rows, int]:
 
 
 def constants_at_bounds(params: law.LawParams, rows: Rows, fp_tokens: str = "total") -> list:
-    """The constants of a fit that sit at a bound of the fitter's box (within `AT_BOUND` of
-    its width, in the fitter's coordinates: ln E, centred ln c', exponents), as
-    [{"name", "value", "bound": "lower" | "upper"}]: the rows did not determine them."""
+    """The constants at a bound of the fitter's box (within `AT_BOUND` of its width, in θ's
+    coordinates), as [{"name", "value", "bound": "lower" | "upper"}]."""
     R = rows.take(rows.fittable)
     theta = ob.from_params(params, _objective(R, fp_tokens, 1e-3, 1.0).ref)
     out = []
@@ -233,7 +227,6 @@ def constants_at_bounds(params: law.LawParams, rows: Rows, fp_tokens: str = "tot
 
 
 def degenerate_text(degenerate: list) -> str:
-    """One line that says which constants are at their bounds and what that means."""
     names = ", ".join(
         f"{d['name']} = {d['value']:.4g} (at its {d['bound']} bound)" for d in degenerate
     )

@@ -28,7 +28,8 @@ The closed-form QAT fraction (paper eq., natural log, valid for S > 1):
 The law's own optimum `f*(N, D, B) = argmin_f L(N, (1−f)D, fD, B)` is found on x = logit f in
 [logit 1e-4, logit(1 − 1e-4)]: a 129-point grid locates the best cell, then a golden-section
 search on its two neighbouring cells refines it (the bracket shrinks below 1e-9 in x; a
-flat minimum is resolved to ~sqrt(eps), about 1e-6 in f, by float64 losses).
+flat minimum is resolved to ~sqrt(eps), about 1e-6 in f, by float64 losses). Without an
+interior optimum it returns a bound of the range.
 """
 
 from __future__ import annotations
@@ -57,10 +58,8 @@ FP_TOKENS = ("total", "fp")
 
 @dataclass(frozen=True)
 class LawParams:
-    """The 16 constants of the law (see the module docstring) plus the FP term's token count.
-
-    Coefficients (E, A, B_c, theta, phi, lam) are ≥ 0; exponents are any real (ξ free in sign).
-    """
+    """The 16 constants of the law (module docstring) plus the FP term's token count;
+    coefficients (E, A, B_c, theta, phi, lam) are ≥ 0."""
 
     E: float
     A: float
@@ -108,12 +107,7 @@ def tokens_per_byte(D, N, bits):
 
 
 def f_hat(S, a: float = A_PAPER):
-    """The closed form f̂ = exp(−a / ln S); 0 where S ≤ 1 (vectorised, floats in, floats out).
-
-    Example:
-        >>> round(float(f_hat(100.0)), 3)
-        0.232
-    """
+    """The closed form f̂ = exp(−a / ln S); 0 where S ≤ 1 (vectorised, floats in, floats out)."""
     S = np.asarray(S, float)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(S > 1.0, np.exp(-a / np.log(np.where(S > 1.0, S, 2.0))), 0.0)
@@ -136,11 +130,8 @@ def is_fp(bits) -> np.ndarray:
 
 
 def features(N, D_fp, D_qat, bits, fp_tokens: str = "total") -> tuple[dict, np.ndarray]:
-    """The law's log features of broadcast inputs, and the QAT-row mask.
-
-    FP rows get finite placeholder features (their penalties are masked out); a QAT row with
-    D_fp = 0 has lnSfp = −inf.
-    """
+    """The law's log features of broadcast inputs, and the QAT-row mask. FP rows get finite
+    placeholder features (their penalties are masked out); QAT with D_fp = 0 has lnSfp = −inf."""
     N, D_fp, D_qat = (np.asarray(x, float) for x in (N, D_fp, D_qat))
     b = bits_array(bits)
     N, D_fp, D_qat, b = np.broadcast_arrays(N, D_fp, D_qat, b)
@@ -175,36 +166,16 @@ def term_values(params: LawParams, feats: dict, qat: np.ndarray) -> list[np.ndar
 
 
 def predict(params: LawParams, N, D_fp, D_qat, bits):
-    """The law's loss L(N, D_fp, D_qat, B), vectorised over broadcast inputs.
-
-    Args:
-        params: the law's constants.
-        N: parameter counts. D_fp, D_qat: FP and QAT tokens.
-        bits: QAT bit width per row; None/NaN or >= 16 for a pure-FP row.
-    Returns:
-        float64 array (a float for scalar inputs).
-
-    Example:
-        >>> p = LawParams(1.7, 400, .34, 400, .28, .05, .5, 1, .2, .1, .3, .1, .2, .1, -.3, .2)
-        >>> round(float(predict(p, 1e8, 1.6e9, 4e8, 4)), 3)
-        3.52
-    """
+    """The law's loss L(N, D_fp, D_qat, B), vectorised over broadcast inputs: float64 array
+    (a float for scalar inputs); bits None/NaN or >= 16 marks a pure-FP row."""
     feats, qat = features(N, D_fp, D_qat, bits, params.fp_tokens)
     out = params.E + sum(term_values(params, feats, qat))
     return out if out.ndim else float(out)
 
 
 def optimal_fraction(params: LawParams, N, D, bits):
-    """The law's loss-optimal QAT fraction f* = argmin_f L(N, (1−f)·D, f·D, B), vectorised.
-
-    Grid of 129 points in logit f over [1e-4, 1 − 1e-4], then golden section between the best
-    point's neighbours. A law without an interior optimum returns a bound (1e-4 or 1 − 1e-4).
-
-    Example:
-        >>> p = LawParams(2, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, -1, 1)
-        >>> round(float(optimal_fraction(p, 1e7, 1e9, 4)), 4)  # ρ/(ρ − ξ) = 1/2
-        0.5
-    """
+    """The law's loss-optimal QAT fraction f* = argmin_f L(N, (1−f)·D, f·D, B), vectorised
+    (module docstring)."""
     N, D, b = np.broadcast_arrays(np.asarray(N, float), np.asarray(D, float), bits_array(bits))
     if is_fp(b).any():
         raise ValueError("optimal_fraction: bits must be a QAT width (< 16) for every entry")
@@ -260,21 +231,13 @@ def best_bits_for_memory(
     """The law's predicted loss for each bit width at a fixed parameter memory, side by side.
 
     At each B the model has N = 8·M/B parameters and trains on D tokens (fixed), or on
-    D = C / (6·N) tokens (iso-FLOP, C = `flops`), at the law's own optimal QAT fraction. At
-    fixed M and D every width has the same S = D/M.
+    D = C / (6·N) tokens (iso-FLOP, C = `flops`), at the law's own optimal QAT fraction.
 
     Args:
         M_bytes: parameter memory in bytes (N·B/8, the nominal width, no scale overhead).
-        law: fitted constants.
         D: total tokens per run; or `flops`: compute C ≈ 6·N·D per run. Give exactly one.
-        bits: widths to compare.
     Returns:
-        one BitsOption per width, in `bits` order; the best is `min(opts, key=lambda o: o.loss)`.
-
-    Example:
-        >>> p = LawParams(2, 1e6, 1, 0, 0, 4, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        >>> [round(o.loss, 3) for o in best_bits_for_memory(1e6, p, D=1e9, bits=(2, 4, 8))]
-        [3.25, 2.75, 3.016]
+        one BitsOption per width, in `bits` order.
     """
     if (D is None) == (flops is None):
         raise ValueError("best_bits_for_memory: give exactly one of D (tokens) or flops")

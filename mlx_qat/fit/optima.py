@@ -10,11 +10,10 @@ digits). Losses of runs at the same f (seeds) are averaged. With at least 3 dist
   f_vertex = exp(x*), clipped to the neighbours' range. At an edge of the grid (argmin is the
   smallest or largest f) there is no bracket and f_vertex = f_argmin (`at_edge` = True).
 
-With float twins (sweep `fp_twins`: each QAT run's row holds `fp_twin_loss`, the same
-schedule's float loss, and `qat_penalty` = final_loss − fp_twin_loss), `twin_optima` locates
-the optimum of the loss and of the penalty side by side in each (pipeline, N, D, B) group: the
-loss's optimum mixes what the fraction does to the schedule with what it does to quantization;
-the penalty's is the second alone.
+With float twins (rows with `qat_penalty` = final_loss − fp_twin_loss, the same schedule's
+float loss), `twin_optima` locates the optima of the loss and of the penalty side by side: the
+loss's mixes what f does to the schedule with what it does to quantization; the penalty's is
+the second alone.
 
 S = D / (N·B/8) per group. `a` minimises Σ (f̂(S_i; a) − f_i)² ("l2", default) or Σ |·|
 ("l1") over groups with S > 1: a 200-point grid in ln a over [0.01, 100], then a bounded
@@ -30,7 +29,7 @@ import numpy as np
 
 from .law import f_hat, tokens_per_byte
 from .objective import require_scipy
-from .rows import Rows
+from .rows import Rows, parse_rows
 
 A_RANGE = (0.01, 100.0)
 
@@ -106,8 +105,6 @@ def twin_optima(rows: list[dict], min_fractions: int = 3) -> list[dict]:
         max − min over f of the mean final loss and of the mean twin loss (a twin loss that
         moves with f is a schedule that moves with f).
     """
-    from .rows import parse_rows
-
     twins = [r for r in rows if r.get("bits") is not None and r.get("qat_penalty") is not None]
     out = []
     for pipe in sorted({str(r.get("pipeline", "fused")) for r in twins}):

@@ -3,15 +3,12 @@ that a memory budget should buy (what `mlx_qat.plan --law fit.json` prints).
 
 For a model of N parameters, D tokens and B bits (S = D / (N·B/8), the law's nominal S):
 
-- `law_plan` compares fraction rules: the law's own optimum f*, the closed form f̂ with the
-  paper's a and with the fitted a, the fixed 10 % rule (and any fraction the caller adds).
-  For each it gives the predicted final loss, the loss above the optimum, and the tokens the
-  rule needs to reach the optimum's loss at its own fraction: the D' ≥ D with
-  L(N, (1−f)·D', f·D', B) = L*(D), found on the law (doubling D, then bisection in ln D).
-  D' / D − 1 is the rule's cost in tokens.
-- `memory_plan` wraps `law.best_bits_for_memory`: N = 8·M/B at each B, each at its law-optimal
-  fraction, at a fixed D or at iso-FLOP (D = C / (6·N)); the lowest loss wins.
-- `parse_bytes` reads memory sizes written as 1e6, 1M, 100KB or 64MiB.
+- `law_plan` compares fraction rules (the law's optimum f*, f̂ with the paper's and the fitted
+  a, the fixed 10 % rule, any the caller adds): each one's predicted loss, its loss above the
+  optimum, and the tokens D' ≥ D with L(N, (1−f)·D', f·D', B) = L*(D), found on the law
+  (doubling D, then bisection in ln D). D' / D − 1 is the rule's cost in tokens.
+- `memory_plan`: N = 8·M/B at each B, each at its law-optimal fraction, at a fixed D or at
+  iso-FLOP (D = C / (6·N)); the lowest loss wins.
 - `law_warnings` and `check_memory_sizes` guard both: a degenerate fit (constants at their
   bounds) is warned about, a model size more than `EXTRAPOLATION`x outside the fitted sizes
   too, and a memory plan whose widths' sizes lie that far outside is refused — a law with
@@ -23,6 +20,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 from .law import (
     A_PAPER,
@@ -87,10 +86,7 @@ def tokens_to_match(
             return None
     for _ in range(200):  # bisection in ln D: loss(lo) > target >= loss(hi)
         mid = (lo + hi) / 2.0
-        if loss_at(law, N, math.exp(mid), bits, f) > target:
-            lo = mid
-        else:
-            hi = mid
+        lo, hi = (mid, hi) if loss_at(law, N, math.exp(mid), bits, f) > target else (lo, mid)
         if hi - lo < 1e-12:
             break
     return math.exp(hi)
@@ -98,15 +94,9 @@ def tokens_to_match(
 
 @dataclass(frozen=True)
 class FractionChoice:
-    """One rule for the QAT fraction and what it costs against the law's optimum.
-
-    Attributes:
-        rule: what it is ("law optimum", "f-hat, paper a = 6.73", "fixed 10 %", ...).
-        f: the fraction.
-        loss: the law's predicted final loss at f (inf at f = 0, PTQ: outside the law).
-        d_loss: loss − the optimum's loss (≥ 0 up to the optimiser's tolerance).
-        tokens: tokens this rule needs to reach the optimum's loss (None: out of reach).
-    """
+    """One rule for the QAT fraction and what it costs against the law's optimum: its loss (inf
+    at f = 0, PTQ: outside the law), d_loss above the optimum's, and the tokens it needs to
+    reach the optimum's loss (None: out of reach)."""
 
     rule: str
     f: float
@@ -115,7 +105,6 @@ class FractionChoice:
     tokens: float | None
 
     def extra_tokens(self, D: float) -> float | None:
-        """Tokens beyond the budget D the rule needs (None: out of reach)."""
         return None if self.tokens is None else self.tokens - D
 
 
@@ -142,7 +131,7 @@ class LawPlan:
         return json_safe(asdict(self))
 
     def table(self) -> str:
-        """The comparison of fraction rules, one line each (what `mlx_qat.plan --law` prints)."""
+        """One line per fraction rule (what `mlx_qat.plan --law` prints)."""
         lines = [
             f"  law at N = {self.N:,.0f}, D = {self.D:,.0f} tokens, {self.bits} bits: "
             f"S = D/(N·B/8) = {self.S:,.2f}",
@@ -171,23 +160,14 @@ def law_plan(
     extra: dict[str, float] | None = None,
     fixed: float = FIXED_RULE,
 ) -> LawPlan:
-    """Compare QAT-fraction rules for one run on a fitted law.
+    """Compare QAT-fraction rules for one run (N parameters, D tokens, `bits`) on a fitted law.
 
     Args:
-        law: the fitted constants (`FitResult.params`).
-        N: parameters; D: total tokens; bits: the QAT width.
         a_fit: the fitted a of f̂ (`FitResult.a["vertex"]`), or None to leave that rule out.
         extra: more rules, name → fraction (e.g. {"this config": 0.25}).
-        fixed: the fixed rule's fraction (10 %).
     Returns:
         LawPlan; its `choices` are the law optimum, f̂ with the paper's a, f̂ with the
         fitted a, the fixed rule, then `extra`, in that order.
-
-    Example:
-        >>> p = LawParams(2, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, -1, 1)  # 4 + 1/(S²f(1−f))
-        >>> lp = law_plan(p, 1e6, 5e7, 4)  # S = 100
-        >>> round(lp.f_opt, 4), round(lp.choice("fixed").tokens / 5e7, 4)  # √(.25/.09)
-        (0.5, 1.6667)
     """
     S = float(tokens_per_byte(D, N, bits))
     f_opt = float(optimal_fraction(law, N, D, bits))
@@ -260,13 +240,7 @@ def memory_plan(
     flops: float | None = None,
     bits: tuple[int, ...] = MEMORY_BITS,
 ) -> MemoryPlan:
-    """The law's loss per bit width at a fixed parameter memory (`best_bits_for_memory`).
-
-    Example:
-        >>> p = LawParams(2, 1e6, 1, 0, 0, 4, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # 2 + 1e6/N + 4·2^-B
-        >>> memory_plan(p, 1e6, D=1e9).best.bits
-        4
-    """
+    """The law's loss per bit width at a fixed parameter memory (`best_bits_for_memory`)."""
     opts = best_bits_for_memory(M_bytes, law, D=D, flops=flops, bits=tuple(bits))
     return MemoryPlan(float(M_bytes), None if flops is None else float(flops), tuple(opts))
 
@@ -278,13 +252,8 @@ def memory_curves(
     flops: float | None = None,
     bits: tuple[int, ...] = MEMORY_BITS,
 ) -> dict[int, tuple]:
-    """`best_bits_for_memory` over many memory sizes at once (vectorised; the same numbers).
-
-    Returns:
-        {bits: (f*, loss)} with arrays over `M_bytes` (N = 8·M/B; D fixed or C / (6·N)).
-    """
-    import numpy as np
-
+    """`best_bits_for_memory` over many memory sizes at once (vectorised; the same numbers):
+    {bits: (f*, loss)} with arrays over `M_bytes`."""
     if (D is None) == (flops is None):
         raise ValueError("memory_curves: give exactly one of D (tokens) or flops")
     M = np.asarray(M_bytes, float)
@@ -298,8 +267,8 @@ def memory_curves(
 
 
 def fitted_sizes(fitted) -> tuple[float, float] | None:
-    """(smallest, largest) N a `FitResult` was fitted on: its `n_range`, else (a fit saved
-    before it was recorded) the sizes of its empirical optima; None when neither is known."""
+    """(smallest, largest) N a `FitResult` was fitted on: its `n_range`, else (older fits) the
+    sizes of its empirical optima; None when neither is known."""
     if fitted.n_range:
         return float(fitted.n_range[0]), float(fitted.n_range[1])
     sizes = [float(o["N"]) for o in fitted.optima or ()]
@@ -322,9 +291,8 @@ def law_warnings(fitted, N: float) -> list[str]:
 
 
 def check_memory_sizes(fitted, plan: MemoryPlan, where: str = "memory") -> None:
-    """Refuse a memory plan whose widths' model sizes (N = 8·M/B) lie more than
-    `EXTRAPOLATION`x outside the fitted sizes: the law cannot rank widths there. The error
-    names the memory range that keeps every width inside."""
+    """ValueError naming the memory range that keeps every width inside when the plan's model
+    sizes (N = 8·M/B) lie more than `EXTRAPOLATION`x outside the fitted sizes."""
     sizes = fitted_sizes(fitted)
     if sizes is None:
         return

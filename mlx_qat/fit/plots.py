@@ -1,18 +1,14 @@
 """The fit's figures (matplotlib: `pip install 'mlx_qat[fit]'`), as PNG files.
 
-- `loss_vs_fraction.png`: final loss against the QAT fraction, one panel per (N, D), one
-  colour per bit width: the runs (dots), the law's curve, its argmin (triangle) and the
-  empirical parabola vertex (star).
-- `optimal_fraction_vs_S.png`: the paper's central figure: the empirical optimal fraction of
-  every (N, D, bits) group against S, with f̂ = exp(−a / ln S) for the paper's a and the
-  fitted a (its bootstrap interval shaded), and the law's own argmin.
-- `predicted_vs_observed.png`: the law's prediction against every fitted run's final loss;
-  the largest size (the one held out by the leave-largest-out check) ringed.
-- `fused_vs_classic.png` (when the rows hold classic runs): loss against f for both
-  pipelines at each setting the classic runs cover.
-- `best_bits_vs_memory.png`: at each token budget of the rows, the law's loss per bit width
-  over a range of parameter memory M (N = 8·M/B, each at its law-optimal f), the observed
-  best run of each (N, D, bits) at its M = N·B/8, and the winning width below.
+- `loss_vs_fraction.png`: final loss against f per (N, D), one colour per bit width: the runs,
+  the law's curve, its argmin (triangle) and the empirical parabola vertex (dotted).
+- `optimal_fraction_vs_S.png`: the paper's central figure: the empirical optimal fractions
+  against S, with f̂ for the paper's and the fitted a (bootstrap interval shaded) and the law's
+  argmin.
+- `predicted_vs_observed.png`: the law against every fitted run; the largest size ringed.
+- `fused_vs_classic.png` (with classic runs): loss against f for both pipelines.
+- `best_bits_vs_memory.png`: per token budget, the law's loss per bit width over parameter
+  memory M (N = 8·M/B, law-optimal f), the best observed runs, and the winning width below.
 
 Figures are drawn on `matplotlib.figure.Figure` objects (no pyplot, no global backend).
 """
@@ -26,6 +22,7 @@ import numpy as np
 
 from .law import A_PAPER, f_hat, predict
 from .planning import MEMORY_BITS, memory_curves
+from .report import si as _si
 from .result import FitResult
 from .results import is_fp_row, row_fraction
 
@@ -51,13 +48,6 @@ def _key(*xs) -> tuple:
     return tuple(float(f"{float(x):.9g}") for x in xs)
 
 
-def _si(x: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
-
-
 def _grid(n: int, width: float = 4.2, height: float = 3.3):
     Figure = _mpl()
     cols = min(n, 4)
@@ -69,7 +59,7 @@ def _grid(n: int, width: float = 4.2, height: float = 3.3):
     return fig, axes
 
 
-def _focus(ax, values, low=None) -> None:
+def _focus(ax, values) -> None:
     """y-limits around `values` (the runs, the curves' minima): a law curve that shoots up
     where the law extrapolates (f → 1, tiny S) must not flatten the part that has data."""
     v = np.asarray([x for x in values if np.isfinite(x)], float)
@@ -81,6 +71,10 @@ def _focus(ax, values, low=None) -> None:
 
 def _qat_rows(rows: list[dict]) -> list[dict]:
     return [r for r in rows if not is_fp_row(r) and float(r["D_qat"]) > 0]
+
+
+def _plot_runs(ax, rows: list[dict], style: str, **kw) -> None:
+    ax.plot([row_fraction(r) for r in rows], [r["final_loss"] for r in rows], style, **kw)
 
 
 def plot_loss_vs_fraction(res: FitResult, rows: list[dict], path: Path) -> Path:
@@ -97,13 +91,7 @@ def plot_loss_vs_fraction(res: FitResult, rows: list[dict], path: Path) -> Path:
         for b in sorted({int(r["bits"]) for r in here}):
             mine = [r for r in here if int(r["bits"]) == b]
             c = _colour(b)
-            ax.plot(
-                [row_fraction(r) for r in mine],
-                [r["final_loss"] for r in mine],
-                "o",
-                color=c,
-                label=f"{b}-bit runs",
-            )
+            _plot_runs(ax, mine, "o", color=c, label=f"{b}-bit runs")
             curve = predict(res.params, N, (1 - grid) * D, grid * D, b)
             ax.plot(grid, curve, "-", color=c, lw=1.2, alpha=0.8)
             seen.append(float(np.min(curve)))
@@ -113,10 +101,8 @@ def plot_loss_vs_fraction(res: FitResult, rows: list[dict], path: Path) -> Path:
                 ax.plot([fl], [predict(res.params, N, (1 - fl) * D, fl * D, b)], "v", color=c)
                 ax.axvline(o["f_vertex"], color=c, ls=":", lw=1)
         _focus(ax, seen)
-        ax.set_xscale("log")
+        ax.set(xscale="log", xlabel="QAT fraction f = D_qat / D", ylabel="final loss (nats/token)")
         ax.set_title(f"N = {_si(N)}, D = {_si(D)} tokens", fontsize=10)
-        ax.set_xlabel("QAT fraction f = D_qat / D")
-        ax.set_ylabel("final loss (nats/token)")
         ax.grid(True, which="both", alpha=0.3)
     if settings:
         axes[0].legend(fontsize=8, title="lines: law; ▼ law argmin; : vertex", title_fontsize=7)
@@ -127,9 +113,7 @@ def plot_loss_vs_fraction(res: FitResult, rows: list[dict], path: Path) -> Path:
 
 def plot_optimal_fraction(res: FitResult, path: Path) -> Path:
     """Empirical optimal fraction vs S, with the closed form for the paper's and fitted a."""
-    Figure = _mpl()
-    fig = Figure(figsize=(7.5, 5), layout="constrained")
-    ax = fig.subplots()
+    fig, (ax,) = _grid(1, 7.5, 5)
     opt = res.optima
     S = np.array([o["S"] for o in opt]) if opt else np.array([2.0, 1e3])
     s_grid = np.geomspace(max(S.min() / 1.5, 1.05), S.max() * 1.5, 300)
@@ -149,34 +133,26 @@ def plot_optimal_fraction(res: FitResult, path: Path) -> Path:
             s, [o["f_argmin"] for o in mine], "o", mfc="none", color=c, label=f"{b}-bit grid argmin"
         )
         ax.plot(s, [o["f_law"] for o in mine], "x", color=c, label=f"{b}-bit law argmin")
-    ax.set_xscale("log")
-    ax.set_xlabel("tokens per parameter-byte S = D / (N·B/8)")
-    ax.set_ylabel("optimal QAT fraction f*")
-    ax.set_ylim(0, 1)
+    ax.set(xscale="log", ylim=(0, 1), title="Optimal QAT fraction vs S: f-hat = exp(-a / ln S)")
+    ax.set(xlabel="tokens per parameter-byte S = D / (N·B/8)", ylabel="optimal QAT fraction f*")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    ax.set_title("Optimal QAT fraction vs S: f-hat = exp(-a / ln S)")
     fig.savefig(path, dpi=110)
     return path
 
 
 def plot_predicted_vs_observed(res: FitResult, rows: list[dict], path: Path) -> Path:
     """The law's prediction against every fitted run's final loss."""
-    Figure = _mpl()
-    fig = Figure(figsize=(6, 5.5), layout="constrained")
-    ax = fig.subplots()
+    fig, (ax,) = _grid(1, 6, 5.5)
     fit_rows = [r for r in rows if is_fp_row(r) or float(r["D_fp"]) > 0 < float(r["D_qat"])]
     big = max((float(r["N"]) for r in fit_rows), default=0.0)
     obs = np.array([r["final_loss"] for r in fit_rows], float)
+    bits = [None if is_fp_row(r) else int(r["bits"]) for r in fit_rows]
     pred = np.array(
-        [
-            predict(res.params, r["N"], r["D_fp"], r["D_qat"], None if is_fp_row(r) else r["bits"])
-            for r in fit_rows
-        ]
+        [predict(res.params, r["N"], r["D_fp"], r["D_qat"], b) for r, b in zip(fit_rows, bits)]
     )
-    kinds = sorted({None if is_fp_row(r) else int(r["bits"]) for r in fit_rows}, key=str)
-    for k in kinds:
-        m = np.array([(None if is_fp_row(r) else int(r["bits"])) == k for r in fit_rows])
+    for k in sorted(set(bits), key=str):
+        m = np.array([b == k for b in bits])
         c = "grey" if k is None else _colour(k)
         ax.plot(obs[m], pred[m], "s" if k is None else "o", color=c, ms=5,
                 label="FP" if k is None else f"{k}-bit QAT")  # fmt: skip
@@ -187,11 +163,10 @@ def plot_predicted_vs_observed(res: FitResult, rows: list[dict], path: Path) -> 
     if len(obs):
         lo, hi = min(obs.min(), pred.min()), max(obs.max(), pred.max())
         ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="y = x")
-    ax.set_xlabel("observed final loss")
-    ax.set_ylabel("predicted by the law")
+    ax.set(xlabel="observed final loss", ylabel="predicted by the law")
+    ax.set_title(f"Predicted vs observed (R² of log L = {res.r2_log:.4f})")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"Predicted vs observed (R² of log L = {res.r2_log:.4f})")
     fig.savefig(path, dpi=110)
     return path
 
@@ -209,14 +184,11 @@ def plot_fused_vs_classic(res: FitResult, all_rows: list[dict], path: Path) -> P
         for pipe, style in (("fused", "o-"), ("classic", "s--")):
             mine = sorted((r for r in here if r.get("pipeline", "fused") == pipe), key=row_fraction)
             if mine:
-                ax.plot([row_fraction(r) for r in mine], [r["final_loss"] for r in mine], style,
-                        label=pipe)  # fmt: skip
+                _plot_runs(ax, mine, style, label=pipe)
         fs = np.geomspace(min(row_fraction(r) for r in here) / 1.5, 0.9, 100)
         law = predict(res.params, N, (1 - fs) * D, fs * D, b)
         ax.plot(fs, law, color="grey", lw=0.8, label="law (fused fit)")
-        ax.set_xscale("log")
-        ax.set_xlabel("QAT fraction f")
-        ax.set_ylabel("final loss (nats/token)")
+        ax.set(xscale="log", xlabel="QAT fraction f", ylabel="final loss (nats/token)")
         ax.set_title(f"N = {_si(N)}, D = {_si(D)}, {int(b)} bits", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -254,14 +226,12 @@ def plot_best_bits(res: FitResult, rows: list[dict], path: Path) -> Path | None:
         _focus(top, [*envelope, envelope.max() + 0.5 * np.ptp(envelope), *best.values()])
         winners = np.array(MEMORY_BITS)[np.argmin([curves[b][1] for b in MEMORY_BITS], axis=0)]
         bottom.step(M, winners, where="mid", color="black")
-        bottom.set_yticks(list(MEMORY_BITS))
-        bottom.set_ylabel("best bits")
+        bottom.set(yticks=list(MEMORY_BITS), ylabel="best bits", xscale="log")
         bottom.set_xlabel("parameter memory M = N·B/8 (bytes)")
-        bottom.set_xscale("log")
         top.set_ylabel("final loss at the law-optimal f")
         top.set_title(f"D = {_si(D)} tokens (dots: best observed run)", fontsize=10)
-        top.grid(True, which="both", alpha=0.3)
-        bottom.grid(True, which="both", alpha=0.3)
+        for ax in (top, bottom):
+            ax.grid(True, which="both", alpha=0.3)
         top.legend(fontsize=8)
     fig.suptitle("Best bit width vs memory budget (N = 8·M/B)")
     fig.savefig(path, dpi=110)
@@ -271,12 +241,10 @@ def plot_best_bits(res: FitResult, rows: list[dict], path: Path) -> Path | None:
 def write_plots(
     res: FitResult, rows: list[dict], out_dir, all_rows: list[dict] | None = None
 ) -> list[Path]:
-    """Write every figure into `out_dir`; returns the paths written.
+    """Write every figure into `out_dir` (created); returns the paths written.
 
     Args:
-        res: the fit.
         rows: the rows the law was fitted on (FP anchors and one pipeline's QAT runs).
-        out_dir: folder for the PNGs (created).
         all_rows: every row, classic runs included (the fused-vs-classic figure).
     """
     _mpl()

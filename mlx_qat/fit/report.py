@@ -1,13 +1,8 @@
-"""The fit's report as text (what `mlx_qat.fit` prints and saves as `report.txt`).
-
-Sections: the rows read; the fitted constants with their bootstrap intervals; how well the law
-fits (R² and RMSE of log L, the leave-largest-size-out error next to its trivial baselines,
-and a plain sentence per baseline saying whether the law beats it); the optimal QAT fraction
-(a of f̂ = exp(−a / ln S) fitted to the grid argmins and to the parabola vertices, with
-intervals, and the MAE of f̂, of the law's own argmin and of a constant f = 0.1 against the
-empirical optima); the empirical optima per (N, D, bits); with float twins (sweep `fp_twins`), the optimum of the loss
-and of the QAT penalty L_QAT − L_FP(twin, same schedule) side by side per (pipeline, N, D,
-bits); fused against classic at equal budget when the rows hold classic runs.
+"""The fit's report as text (what `mlx_qat.fit` prints and saves as `report.txt`): the rows
+read, the constants with their bootstrap intervals, fit quality with the leave-largest-size-out
+check against its baselines (and a plain verdict each), the optimal QAT fraction (`a`, MAEs),
+the empirical optima, with float twins the optima of the loss and of the QAT penalty side by
+side, and fused against classic at equal budget.
 """
 
 from __future__ import annotations
@@ -27,7 +22,7 @@ LAW_TEXT = (
 
 
 def si(x: float) -> str:
-    """1234567 → '1.23M' (k, M, G, T)."""
+    """1234567 → '1.23M'."""
     for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= scale:
             return f"{x / scale:.3g}{unit}"
@@ -257,9 +252,7 @@ def format_report(
     twins: list[dict] | None = None,
 ) -> str:
     """The report of a fit, as text (module docstring); `twins`: `optima.twin_optima`."""
-    parts = []
-    if merged is not None:
-        parts.append(_sources(merged, counts or {}, pipeline))
+    parts = [_sources(merged, counts or {}, pipeline)] if merged is not None else []
     parts += [_params(res), _quality(res), _fraction(res), _optima(res), _twins(twins or [])]
     parts.append(_pairs(pairs or []))
     return "\n\n".join("\n".join(p) for p in parts if p)

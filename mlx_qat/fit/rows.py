@@ -58,7 +58,6 @@ class Rows:
 
     @property
     def f(self) -> np.ndarray:
-        """QAT fraction D_qat / D."""
         return self.D_qat / self.D
 
     @property
@@ -66,8 +65,7 @@ class Rows:
         return np.isnan(self.bits)
 
     @property
-    def qat(self) -> np.ndarray:
-        """QAT rows the law describes: a QAT phase after a non-empty FP phase."""
+    def qat(self) -> np.ndarray:  # the rows the law describes: QAT after a non-empty FP phase
         return ~self.fp & (self.D_qat > 0) & (self.D_fp > 0)
 
     @property
@@ -80,11 +78,10 @@ class Rows:
 
     @property
     def fittable(self) -> np.ndarray:
-        """Rows the law is fitted on: FP rows and QAT rows with D_fp > 0."""
         return self.fp | self.qat
 
     def take(self, idx) -> Rows:
-        """A subset (boolean mask or integer indices, repeats allowed: bootstrap)."""
+        """A subset (boolean mask or integer indices, repeats allowed)."""
         return Rows(*(np.asarray(getattr(self, k))[idx] for k in _COLUMNS))
 
 
@@ -92,16 +89,8 @@ _COLUMNS = ("N", "D_fp", "D_qat", "bits", "loss", "seed")
 
 
 def parse_rows(rows: Iterable[dict], n_key: str = "N") -> Rows:
-    """Validate row dicts (module docstring schema) and return them as columns.
-
-    Args:
-        rows: dicts with the required keys; extra keys are ignored.
-        n_key: the key holding the parameter count to fit with ("N" by default).
-    Returns:
-        Rows.
-    Raises:
-        ValueError naming the row index and the problem.
-    """
+    """Validate row dicts (module docstring schema; `n_key` holds the parameter count) and
+    return them as columns; ValueError naming the row index and the problem."""
     cols: dict[str, list] = {k: [] for k in _COLUMNS}
     pipelines = set()
     for i, r in enumerate(rows):
