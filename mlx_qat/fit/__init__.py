@@ -1,12 +1,10 @@
 """Scaling-law fitting for paper 000: the loss law L(N, D_fp, D_qat, B), its optimal QAT
 fraction, the closed form f̂ = exp(−a / ln S), and fits of both to sweep results.
 
-numpy only at import; scipy (`pip install "mlx_qat[fit]"`) is imported when a fit runs, and
-matplotlib (same extra) when `fit.plots` draws. `rows` is the row schema, `results` reads and
-merges results files, `report` formats a fit, `baselines` holds the trivial predictors the law
-must beat on the held-out size, `planning` turns a fit into advice (`mlx_qat.plan --law`). The
-command line: `mlx_qat.fit RESULTS...` (`mlx_qat.cli.fit`); in Python
-`fit(load_rows("results.jsonl")).save("fit.json")`.
+numpy only at import; scipy and matplotlib (`pip install "mlx_qat[fit]"`) when a fit runs or
+`fit.plots` draws. `rows`: the row schema; `results`: reading results files; `report`, `plots`:
+a fit's text and figures; `baselines`: what the law must beat; `planning`: advice from a fit
+(`mlx_qat.plan --law`). CLI `mlx_qat.fit RESULTS...`; Python `fit(load_rows(path)).save(out)`.
 """
 
 from .fitting import fit, fit_law

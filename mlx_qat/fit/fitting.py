@@ -13,13 +13,11 @@ Staged fit (notes §5.3), each stage L-BFGS-B on the Huber-on-log-loss objective
 Grid starts run at most `START_ITERS` L-BFGS-B iterations; the best one is then run to
 convergence. QAT-from-scratch and PTQ rows are not fitted (see `rows`).
 
-`fit` keeps each FP measurement once (`fp_once`), then reports: R² and RMSE of log L; the
-leave-largest-size-out check (refit without the largest N, predict its QAT losses and optima,
-next to the trivial baselines of `baselines`); the empirical optima and `a` (`optima`); the MAE
-of f̂, of the law's argmin and of f = 0.1 against the optima; bootstrap percentile intervals
-(seeded): each resample draws rows with replacement within each kind (FP, QAT, from-scratch,
-PTQ), refits the law from the same fixed start grid (never from the full-data estimate, which
-would leave the intervals of constants at a bound degenerate), and re-derives the optima and `a`.
+`fit` also reports R² and RMSE of log L, the leave-largest-size-out check against the trivial
+baselines of `baselines`, the optima and `a` (`optima`) with the MAE of f̂, of the law's argmin
+and of f = 0.1, and seeded bootstrap percentile intervals: each resample draws rows with
+replacement within each kind (FP, QAT, from-scratch, PTQ), refits from the same fixed start
+grid (a polish from the full-data estimate would pin constants at a bound), and re-derives `a`.
 """
 
 from __future__ import annotations

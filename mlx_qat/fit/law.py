@@ -12,14 +12,12 @@ the law is a Chinchilla-like FP term plus three QAT penalties:
                          + φ · 2^(−χB) / (N^ψ · S_qat^ω)                  (too few QAT tokens)
                          + λ · 2^(−μB) · S_fp^ξ / (N^ν · S_qat^ρ)         (FP/QAT interaction)
 
-16 constants. D_* is the FP term's token count: D (`fp_tokens="total"`, the notes' default:
-QAT tokens train the model as well as FP ones) or D_fp (`fp_tokens="fp"`). ξ sits in the
-numerator and is free in sign (the notes' ξ'): ξ > 0 reads "more FP training makes QAT
-harder", ξ < 0 is the paper's printed form S_fp^|ξ| in the denominator. With the default
-D_* = D the FP term does not depend on f, so an interior optimum f* < 1 needs the penalties
-to rise somewhere as f → 1, which (for ω, ρ ≥ 0) only ξ < 0 gives: the fit decides.
-Pure-FP rows (bits None/NaN or ≥ 16, D_qat = 0) get the FP term alone (δ = 0). All
-intermediates are float64; the evaluation is vectorised over broadcast inputs.
+16 constants. D_* is D (`fp_tokens="total"`, the notes' default: QAT tokens train the model as
+well as FP ones) or D_fp (`fp_tokens="fp"`). ξ is free in sign (the notes' ξ'): ξ > 0 reads
+"more FP training makes QAT harder", ξ < 0 is the paper's S_fp^|ξ| in the denominator. With
+D_* = D the FP term does not depend on f, so an interior optimum f* < 1 needs the penalties to
+rise as f → 1, which (for ω, ρ ≥ 0) only ξ < 0 gives: the fit decides. Pure-FP rows (bits
+None/NaN or ≥ 16, D_qat = 0) get the FP term alone. All in float64, vectorised.
 
 The closed-form QAT fraction (paper eq., natural log, valid for S > 1):
 

@@ -12,15 +12,13 @@ Row schema: a JSON object per run. Required keys (what the sweep must write):
     final_loss  final validation loss in nats/token on the fixed held-out set: of the
                 fake-quantized model for a QAT run, of the FP model for an FP run.
 
-Optional keys: `seed` (runs that differ only by seed are averaged when locating empirical
-optima; the law fit keeps every run) and `pipeline` ("classic" or "fused": rows holding more
-than one value are refused, since the law describes one pipeline; filter first). Other keys
-are ignored.
+Optional keys: `seed` (seeds are averaged when locating empirical optima; the law fit keeps
+every run) and `pipeline` (rows of two pipelines are refused: the law describes one). Other
+keys are ignored.
 
-Row kinds: FP (bits null/16, D_qat = 0; must have D_qat = 0), QAT (bits < 16, D_qat > 0),
-QAT-from-scratch (D_fp = 0) and PTQ (bits < 16, D_qat = 0). The law fit uses FP and QAT rows
-with D_fp > 0; from-scratch rows only enter the empirical optima (as f = 1), and PTQ rows are
-counted and skipped (the law is not meant for S_qat = 0).
+Row kinds: FP (bits null/16, must have D_qat = 0), QAT (bits < 16, D_fp > 0, D_qat > 0),
+QAT-from-scratch (D_fp = 0: only in the empirical optima, as f = 1) and PTQ (D_qat = 0:
+counted and skipped, the law is not meant for S_qat = 0).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ changed grid keeps the runs (and rows) that still match.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +135,6 @@ def _whole(value: Any, key: str, where: str) -> int:
     raise ValueError(f"{where}: {key}: {value!r} is not a whole number")
 
 
-def _flag(value: Any, key: str, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"sweep file {where}: {key}: {value!r} is not true or false")
-    return value
-
-
 def _points(grid: dict, defaults: dict, where: str, base: Path | None = None) -> list[Point]:
     unknown = sorted(set(grid) - {*AXES, "name"})
     if unknown:
@@ -191,12 +185,11 @@ def load_sweep(path: str | Path) -> Sweep:
         if not isinstance(grid, dict):
             raise ValueError(f"sweep file {where}: grids[{i}] must be a mapping")
         for p in _points(grid, defaults, f"{where}: grids[{i}]", Path(path).parent):
-            if p in seen:  # the same run in two grids: once, in both groups
-                q = seen[p]
-                seen[p] = Point(**{**q.__dict__, "groups": q.groups + p.groups})
-            else:
-                seen[p] = p
-                grid_of[p] = f"{where}: grids[{i}]"
+            q = seen.get(p)  # the same run in two grids: once, in both groups
+            seen[p] = p if q is None else replace(q, groups=q.groups + p.groups)
+            grid_of.setdefault(p, f"{where}: grids[{i}]")
+    if not isinstance(raw.get("fp_twins", False), bool):
+        raise ValueError(f"sweep file {where}: fp_twins: {raw['fp_twins']!r} is not true or false")
     sweep = Sweep(
         out=Path(raw["out"]),
         data=str(raw["data"]),
@@ -204,7 +197,7 @@ def load_sweep(path: str | Path) -> Sweep:
         points=list(seen.values()),
         fp_anchor=bool(raw.get("fp_anchor", True)),
         source=where,
-        fp_twins=_flag(raw.get("fp_twins", False), "fp_twins", where),
+        fp_twins=raw.get("fp_twins", False),
     )
     for p in sweep.points:  # a bad grid value (bits 7, pipeline x) is named with its grid
         try:

@@ -140,10 +140,8 @@ def run_sweep(
         )
     check_same_sweep(sweep)
     with lock_folder(sweep.out, shard):
-        report = {}
-        if report_to:
-            report = {"report_to": report_to, "project_name": project_name or sweep.out.name}
-        return _run_locked(sweep, jobs, on_event, shard, report)
+        report = {"report_to": report_to, "project_name": project_name or sweep.out.name}
+        return _run_locked(sweep, jobs, on_event, shard, report if report_to else {})
 
 
 def _run_locked(sweep: Sweep, jobs: int, on_event, shard: Shard | None, report: dict) -> list[dict]:
@@ -151,8 +149,8 @@ def _run_locked(sweep: Sweep, jobs: int, on_event, shard: Shard | None, report: 
     trunks = plan_trunks(sweep)
     trunks = shard.take(trunks, warn=False) if shard else trunks  # the CLI warned
     rows = read_rows(path)
-    done = {(r["name"], r["config_hash"]) for r in rows}
-    todo = [j for j in sweep_jobs(sweep, trunks) if (j.name, j.config.hash()) not in done]
+    have = {(r["name"], r["config_hash"]) for r in rows}
+    todo = [j for j in sweep_jobs(sweep, trunks) if (j.name, j.config.hash()) not in have]
     finished: set[str] = {r["name"] for r in rows}
     train_fn = _train_in_process if jobs <= 1 else _train_subprocess
     event = on_event or (lambda *a: None)

@@ -12,16 +12,12 @@ fraction):
     classic, f > 0    b = T_fp − round(c·T_fp)     (its FP cooldown starts)
     f = 1             b = 0                        (QAT from scratch: nothing to share)
 
-The member with the largest b is the **trunk**: it trains as an ordinary run and also saves a
-checkpoint at every other member's b. Every other member then branches from the trunk's
-checkpoint at its own b (`TrainConfig.branch_from`; the trainer checks that the schedules agree
-there) and trains only its remaining T − b steps. A fused branch never re-runs FP tokens beyond
-the trunk's; a classic branch runs its own FP cooldown from its branch point. With the fixed
-cooldown the pure-FP run is the trunk (it trains the whole schedule once) and a fused run whose
-switch lies inside the cooldown branches there, mid-decay.
-
-A run with its float twin (`fp_twins`) trains the twin from its own switch checkpoint: the
-twin costs the run's QAT steps again and no FP step (`Member.twin_tokens`).
+The member with the largest b is the **trunk**: an ordinary run that also saves a checkpoint at
+every other member's b. The others branch from it at their own b (`TrainConfig.branch_from`;
+the trainer checks that the schedules agree there) and train only their T − b steps. With the
+fixed cooldown the pure-FP run is the trunk, and a fused run whose switch lies inside the
+cooldown branches there, mid-decay. A float twin (`fp_twins`) trains from its run's own switch
+checkpoint: its QAT steps again, no FP step (`Member.twin_tokens`).
 """
 
 from __future__ import annotations
