@@ -1,5 +1,5 @@
-"""mlx_qat.convert.finite: nothing non-finite is imported or exported. A GGUF file or a
-checkpoint holding NaN/inf weights, a model whose loss overflows and a cast that overflows are
+"""mlx_qat.convert.errors (check_tensors): nothing non-finite is imported or exported. A GGUF
+file or a checkpoint holding NaN/inf weights, a model whose loss overflows and a cast that overflows are
 refused by name before anything is written, through the command a user runs."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""convert's output (mlx_qat.convert.output, .write): what --force may replace, outputs that
+"""convert's output (mlx_qat.convert.write): what --force may replace, outputs that
 overlap inputs or the working directory, a kill during the parity check, stale temporaries,
 unwritable outputs."""
 

@@ -1,4 +1,4 @@
-"""`--grid-first-fraction F` (train/grid_first.py): the first round(F x QAT steps) steps are a
+"""`--grid-first-fraction F` (train/optim.py): the first round(F x QAT steps) steps are a
 `--train grid` run's bit for bit, then the weights join with a fresh Adam at
 `--weight-lr-scale` x LR; a stop past the boundary resumes exactly; F = 0 is today's run."""
 

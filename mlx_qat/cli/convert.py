@@ -9,7 +9,7 @@ tensors quantized, and the flags that only mean something for a QAT run are refu
 Flags mirror `mlx_lm.convert` where they overlap, but for the format flags (`--bits`,
 `--group-size`, `--mode`; its `--q-*` spellings are read for one release). Exit status: 0 done,
 1 the train = deploy parity check failed, 2 bad input (or usage), an output `--force` may not
-replace (`mlx_qat.convert.output`), or one that cannot be written.
+replace (`mlx_qat.convert.write`), or one that cannot be written.
 """
 
 from __future__ import annotations
