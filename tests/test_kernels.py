@@ -34,7 +34,7 @@ from mlx_qat.quant import (
 )
 from mlx_qat.quant.affine import fake_quant_minmax
 from mlx_qat.quant.fake_quant import fake_quant_forward, fused_fake_quant
-from mlx_qat.quant.kernel_check import (
+from mlx_qat.quant.kernel_cases import (
     fp_families,
     learned_case,
     lsq_case,

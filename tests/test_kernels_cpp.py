@@ -26,7 +26,7 @@ from mlx_qat.quant import (
 )
 from mlx_qat.quant.affine import codes_from_params, dequantize_codes, group, minmax_params
 from mlx_qat.quant.affine import fake_quant_minmax as reference_minmax
-from mlx_qat.quant.kernel_check import (
+from mlx_qat.quant.kernel_cases import (
     bits_of,
     fp_families,
     learned_case,

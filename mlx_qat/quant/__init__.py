@@ -9,7 +9,7 @@ Modules:
     quantizers.py      the nn.Module quantizers the QAT layers hold
     codes.py           integer codes and transition distances (TRS statistics)
     backend.py         which path runs: fused kernels (mlx_qat.kernels), CPU path, reference
-    kernel_check.py    fused kernels vs the reference, and the awkward inputs they run on
+    kernel_check.py, kernel_cases.py   fused kernels vs the reference: the checks; their inputs
 """
 
 from .fake_quant import Grid, dequantize_grid, fake_quantize, quantize_grid, reference_fake_quant
