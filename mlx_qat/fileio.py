@@ -2,7 +2,7 @@
 
 Every file mlx_qat writes that a user could lose goes through :func:`atomic_write_bytes` (a
 ``name.tmp-<pid>`` beside it, fsync, ``os.replace``) or is built inside a temporary directory
-that :func:`publish_dir` renames into place, so an interrupted run never leaves a half-written
+that :func:`building_dir` renames into place, so an interrupted run never leaves a half-written
 artifact under its final name.
 """
 
@@ -83,15 +83,22 @@ def new_tmp_dir(final: Path) -> Path:
     return tmp
 
 
-def publish_dir(tmp: Path, final: Path, replace: bool = False) -> bool:
-    """Rename the finished build directory ``tmp`` onto ``final``; True when it did. An existing
-    ``final`` (another process finished first) wins, the build is discarded, unless
-    ``replace``: then the old directory is moved aside and removed."""
+@contextlib.contextmanager
+def building_dir(final: Path, replace: bool = False) -> Iterator[Path]:
+    """Yield a fresh `new_tmp_dir` for `final`, renamed onto `final` when the block ends without
+    error (on error it is removed). An existing `final` (another process finished first) wins,
+    the build is discarded, unless `replace`: then the old directory is moved aside and removed."""
+    tmp = new_tmp_dir(final)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     fsync_path(tmp)
     if final.exists():
         if not replace:
             shutil.rmtree(tmp, ignore_errors=True)
-            return False
+            return
         old = final.with_name(f"{final.name}.old-{os.getpid()}")
         os.replace(final, old)
         os.replace(tmp, final)
@@ -103,9 +110,19 @@ def publish_dir(tmp: Path, final: Path, replace: bool = False) -> bool:
             if not final.exists():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
-            return False
+            return
     fsync_path(final.parent)
-    return True
+
+
+def remove_aside(path: Path) -> None:
+    """Delete a file or directory, renamed to `<name>.tmp-del-<pid>` first so that a
+    half-deleted one never looks complete."""
+    doomed = path.with_name(f"{path.name}.tmp-del-{os.getpid()}")
+    os.replace(path, doomed)
+    if doomed.is_dir() and not doomed.is_symlink():
+        shutil.rmtree(doomed, ignore_errors=True)
+    else:
+        doomed.unlink()
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -138,6 +155,15 @@ def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """The JSON object in `path`; None when it is missing, unreadable or not an object."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 class JsonLines(NamedTuple):
     """`read_jsonl`'s answer."""
 
@@ -167,6 +193,11 @@ def read_jsonl(path: str | os.PathLike) -> JsonLines:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{p}:{i}: not a JSON row ({e.msg})") from None
     return JsonLines(rows, bool(tail.strip()))
+
+
+def read_rows(path: str | os.PathLike) -> list:
+    """The objects of `read_jsonl(path)` (a torn last line is skipped)."""
+    return [row for _, row in read_jsonl(path).rows]
 
 
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:

@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..fileio import new_tmp_dir, publish_dir
+from ..fileio import building_dir
 from .batches import eval_batches
 from .bundle import LATEST, MANIFEST, SPLIT_NAMES, load_bundle
 from .hf import save_hf_tokenizer
@@ -177,11 +177,10 @@ def copy_tokenizer(bundle, run_dir: str | os.PathLike) -> Path:
         logger.warning(
             "%s: tokenizer %s is not the data's (%s); replacing it", dest, have, want[:16]
         )
-    tmp = new_tmp_dir(dest)
-    shutil.copytree(bundle.tokenizer_dir, tmp, dirs_exist_ok=True)
-    if tokenizer_kind(bundle.tokenizer_dir) == "sentencepiece":
-        save_hf_tokenizer(bundle.tokenizer_dir, tmp)
-    publish_dir(tmp, dest, replace=True)
+    with building_dir(dest, replace=True) as tmp:
+        shutil.copytree(bundle.tokenizer_dir, tmp, dirs_exist_ok=True)
+        if tokenizer_kind(bundle.tokenizer_dir) == "sentencepiece":
+            save_hf_tokenizer(bundle.tokenizer_dir, tmp)
     return dest
 
 

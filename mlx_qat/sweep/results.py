@@ -15,9 +15,8 @@ at worst a torn last line, which `read_rows` ignores and `append_row` cuts off f
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..fileio import append_jsonl, read_jsonl
+from ..fileio import append_jsonl
+from ..fileio import read_rows as read_rows  # every complete row (none without the file)
 from ..train.config import TrainConfig
 
 
@@ -85,11 +84,6 @@ def _twin_fields(result: dict, final: dict | None, kind: str) -> dict:
             own_test - fp_test if own_test is not None and fp_test is not None else None
         ),
     }
-
-
-def read_rows(path: str | Path) -> list[dict]:
-    """Every complete row of `path` (none if it does not exist); a torn last line is skipped."""
-    return [row for _, row in read_jsonl(path).rows]
 
 
 append_row = append_jsonl  # one row, atomically (module docstring)
