@@ -45,7 +45,14 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from ..fileio import atomic_write_json, atomic_write_text, fsync_path, sha256_file
+from ..fileio import (
+    atomic_write_json,
+    atomic_write_text,
+    fsync_path,
+    new_tmp_dir,
+    remove_aside,
+    sha256_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +129,8 @@ def save_checkpoint(
     it; keep only the newest `keep` (None: all) besides the steps in `protect` (e.g. the FP→QAT
     switch). `optimizer` may be None (an empty optimizer file)."""
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
-    tmp = root / f"{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = new_tmp_dir(final)
     try:
         mx.eval(model.parameters())
         _save_arrays(tmp / MODEL_FILE, dict(tree_flatten(model.parameters())))
@@ -142,7 +145,7 @@ def save_checkpoint(
         _write_checksums(tmp, files)
         fsync_path(tmp)
         if final.exists():  # re-saving a step (e.g. after a resume): swap it out whole
-            _remove_dir(final)
+            remove_aside(final)
         os.replace(tmp, final)
         fsync_path(root)
     except BaseException:
@@ -154,18 +157,11 @@ def save_checkpoint(
     return final
 
 
-def _remove_dir(path: Path) -> None:
-    # Rename to a .tmp- name first so a half-deleted directory never looks complete.
-    doomed = path.with_name(f"{path.name}.tmp-del-{os.getpid()}")
-    os.replace(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
-
-
 def prune_checkpoints(run_dir: str | os.PathLike, keep: int, protect: tuple[int, ...] = ()):
     """Delete all but the newest `keep` checkpoints (steps in `protect` are kept too)."""
     found = [(s, p) for s, p in list_checkpoints(run_dir) if s not in set(protect)]
     for _, path in found[: max(0, len(found) - keep)]:
-        _remove_dir(path)
+        remove_aside(path)
         logger.info("removed old checkpoint %s", path)
 
 

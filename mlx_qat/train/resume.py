@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
 from pathlib import Path
 
 import mlx.core as mx
@@ -39,6 +37,7 @@ from ..checkpoint import (
     load_checkpoint,
     qat_config_of,
 )
+from ..fileio import remove_aside
 from ..models.build import model_dir_sha256
 from ..prepare import set_fake_quant
 from .callbacks import callback_states
@@ -107,19 +106,14 @@ def check_out_dir(cfg) -> None:
 
 
 def clear_run(run: Path) -> list[str]:
-    """Delete the run's own entries but `data/` and the trackers'; returns their names (each is
-    renamed to a `.tmp-` name first, so a half-deleted one never looks complete)."""
+    """Delete (`remove_aside`) the run's own entries but `data/` and the trackers'; returns
+    their names."""
     removed = []
     for name in RUN_ENTRIES:
         path = run / name
         if name in (DATA, *TRACKER_DIRS) or not (path.exists() or path.is_symlink()):
             continue
-        doomed = run / f"{name}.tmp-del-{os.getpid()}"
-        os.replace(path, doomed)
-        if doomed.is_dir() and not doomed.is_symlink():
-            shutil.rmtree(doomed, ignore_errors=True)
-        else:
-            doomed.unlink()
+        remove_aside(path)
         removed.append(name)
     return removed
 
