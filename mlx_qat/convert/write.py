@@ -41,7 +41,7 @@ from pathlib import Path
 
 import mlx.nn as nn
 
-from ..fileio import fsync_path
+from ..fileio import fsync_path, new_tmp_dir
 from .errors import ConvertError
 from .tokenizer import is_tokenizer_file
 
@@ -210,12 +210,8 @@ def staged_dir(final: Path, force: bool = False) -> Iterator[Path]:
     final = Path(final).expanduser()
     check_output(final, force)
     clean_stale(final)
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")  # same file system as `final`
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        tmp = new_tmp_dir(final)  # beside `final`: the same file system
     except OSError as e:
         raise (_write_error(final, e) if e.errno in WRITE_ERRNOS else e) from e
     try:

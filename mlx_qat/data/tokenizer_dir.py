@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..fileio import building_dir, sha256_file, sha256_json
+from ..fileio import building_dir, read_json_object, sha256_file, sha256_json
 from ..mlxlm_compat import hf_tokenizer
 from .hf import hf_configs
 from .tokenizer import META_FILE, MODEL_FILE
@@ -47,16 +47,8 @@ def is_tokenizer_file(name: str, names: frozenset = TOKENIZER_FILES) -> bool:
     return name in names or any(fnmatch.fnmatch(name, p) for p in TOKENIZER_PATTERNS)
 
 
-def _read_config(path: Path) -> dict | None:
-    try:
-        cfg = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return cfg if isinstance(cfg, dict) else None
-
-
 def _derived_from_sentencepiece(path: Path) -> bool:
-    cfg = _read_config(path)
+    cfg = read_json_object(path / CONFIG)
     if cfg is None:
         return False
     try:
@@ -108,7 +100,7 @@ def tokenizer_sha256(path: str | os.PathLike) -> str:
     files = [p for p in path.iterdir() if p.is_file() and is_tokenizer_file(p.name, ID_FILES)]
     for f in sorted(files, key=str):
         if f.name == CONFIG:
-            cfg = _read_config(path)
+            cfg = read_json_object(path / CONFIG)
             if cfg is None:
                 raise ValueError(f"tokenizer {path}: {CONFIG} is not a JSON object")
             digest = sha256_json({k: v for k, v in cfg.items() if k not in NON_ID_KEYS})
@@ -197,7 +189,7 @@ def copy_tokenizer_files(src: str | os.PathLike, dest: str | os.PathLike) -> lis
     for f in sorted(src.iterdir()):
         if not (f.is_file() and is_tokenizer_file(f.name)):
             continue
-        cfg = _read_config(src) if f.name == CONFIG else None
+        cfg = read_json_object(src / CONFIG) if f.name == CONFIG else None
         if cfg is not None and any(k in cfg for k in REMOTE_CODE_KEYS):
             dropped = [k for k in REMOTE_CODE_KEYS if cfg.pop(k, None) is not None]
             text = json.dumps(cfg, indent=2, ensure_ascii=False) + "\n"

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from ..fileio import read_json_object
 from ..train.config import DATA_FIELDS, TrainConfig
 from .grid import Sweep
 from .results import read_rows
@@ -73,11 +74,8 @@ def _program() -> str:
 
 
 def _read(path: Path) -> dict | None:
-    try:
-        h = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return h if isinstance(h, dict) and "pid" in h else None
+    h = read_json_object(path)
+    return h if h is not None and "pid" in h else None
 
 
 def _alive(h: dict) -> bool:

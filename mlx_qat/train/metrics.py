@@ -26,6 +26,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from ..fileio import atomic_write_text
+
 METRICS = "metrics.jsonl"
 
 
@@ -56,12 +58,7 @@ class MetricsWriter:
         self.on_write = on_write
         if keep_lines is not None and self.path.exists():
             kept = self.path.read_text(encoding="utf-8").splitlines(keepends=True)[:keep_lines]
-            tmp = self.path.with_name(f"{METRICS}.tmp-{os.getpid()}")
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(kept)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, "".join(kept))
             self.lines = len(kept)
         elif keep_lines is None and self.path.exists():
             self.path.unlink()
