@@ -30,7 +30,6 @@ saved, so the last checkpoint stays the last good one.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -44,7 +43,7 @@ from ..checkpoint import latest_checkpoint, list_checkpoints, remove_stale_tmp, 
 from ..data import resolve
 from ..data.batches import TokenBatches, eval_batches
 from ..eval_modes import format_triple
-from ..fileio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from ..fileio import atomic_write_text, ensure_writable_dir
 from ..model_source import float_model_dir
 from ..models.build import make_model
 from ..prepare import init_quantizers, prepare, set_fake_quant
@@ -58,12 +57,11 @@ from .memory import check_model_memory
 from .metrics import MetricsWriter, NullMetrics
 from .phase_plan import PhasePlan, plan_for_model
 from .report import reporter_for
+from .result import pretrained_baseline, run_result
 from .step import make_step
 from .trs import QATUpdates
 
 logger = logging.getLogger(__name__)
-
-RESULT = "result.json"
 
 
 class TrainingDiverged(RuntimeError):
@@ -217,26 +215,6 @@ class Trainer:
         vocab = int(self.model_config.get("vocab_size") or 0)
         return make_model(self.cfg, vocab, self.model_dir)[0]
 
-    def pretrained_baseline(self) -> dict | None:
-        """A fine-tune's baseline ({"val": {"teacher", "rtn"}, "test": ...}; None from scratch):
-        the `--model` weights as given and their RTN at the run's formats, on the final
-        batches (the run's own fp/ptq are its latent weights, which drifted from them)."""
-        if not self.cfg.model:
-            return None
-        model = self.float_model()
-        prepare(model, self.qcfg, enabled=False)  # fake quant off: fp is the teacher as given
-        out = {}
-        splits = [("val", self.final_val, self.bytes_per_token)]
-        if self.final_test is not None:
-            splits.append(("test", self.final_test, self.test_bytes_per_token))
-        for split, batches, bpt in splits:
-            ev = self.dist.eval_triple(model, batches, bpt, False)  # "ptq": min/max RTN
-            out[split] = {"teacher": ev["fp"], "rtn": ev["ptq"]}
-            logger.info("--model %s @ %s: teacher %.4f | rtn %s", self.cfg.model, split,
-                        ev["fp"]["loss"], f"{ev['ptq']['loss']:.4f}" if ev["ptq"] else "n/a")  # fmt: skip
-        self.metrics.write({"kind": "pretrained_eval", "step": self.step, **out})
-        return out
-
     def _compile(self) -> None:
         cfg = self.cfg
         self.qat_update = self.qat.update_for(self)
@@ -364,7 +342,7 @@ class Trainer:
                 if done:
                     self.evaluate(final=True)
                     self.evaluate(final=True, split="test")
-                    self.pretrained = self.pretrained_baseline()
+                    self.pretrained = pretrained_baseline(self)
                 periodic = cfg.save_every and self.step % cfg.save_every == 0
                 if done or periodic or self.step in cfg.save_steps:
                     self.save()
@@ -372,7 +350,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.metrics.close()
-        return self._result()
+        return run_result(self)
 
     def _log_step(self, loss, norm, lr, dt, bar) -> None:
         cfg = self.cfg
@@ -396,36 +374,6 @@ class Trainer:
         if bar is not None:
             bar.set_postfix_str(f"{self.phase} loss {loss:.3f} {tps:,.0f} tok/s", refresh=False)
             bar.update(1)
-
-    def _result(self) -> dict:
-        tps = sorted(self.tokens_per_s)
-        previous = self.run_dir / RESULT
-        old = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else {}
-        if not tps and old.get("tokens_per_s"):  # a finished run, resumed: keep its throughput
-            tps = [old["tokens_per_s"]]
-        result = {
-            "run_dir": str(self.run_dir),
-            "steps": self.step,
-            "tokens": self.tokens_seen,
-            "plan": self.plan.to_dict(),
-            "eval": self.last_eval,
-            "test": self.last_test,
-            "tokens_per_s": tps[len(tps) // 2] if tps else None,
-            "train_s": round(self.elapsed, 2),
-            "peak_memory_mb": round(mx.get_peak_memory() / 2**20, 1),
-            "config_hash": self.cfg.hash(),
-            "data": self.bundle.identity if self.bundle is not None else None,
-            "world_size": self.dist.size,
-        }
-        if self.join_at is not None:
-            result["weights_join_step"] = self.join_at
-        for cb in self.callbacks:
-            result.update(cb.on_train_end(self, result) or {})
-        if self.cfg.model:  # a finished run resumed keeps the baseline it measured
-            result["pretrained"] = self.pretrained or old.get("pretrained")
-        if self.dist.is_main:
-            atomic_write_json(self.run_dir / RESULT, result)
-        return result
 
 
 def _progress(total: int, initial: int, quiet: bool):

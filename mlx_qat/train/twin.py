@@ -30,7 +30,8 @@ from pathlib import Path
 from ..checkpoint import CHECKPOINTS, list_checkpoints, step_dir_name
 from ..fileio import atomic_write_json
 from .config import TrainConfig
-from .trainer import RESULT, Trainer
+from .result import RESULT
+from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +128,7 @@ def format_comparison(result: dict) -> str:
     tps = result.get("tokens_per_s")
     lines += [
         "",
-        f"{names[3]} recovered by QAT: {100 * gap:.1f}%"
-        if gap is not None
-        else f"{names[3]} recovered by QAT: n/a",
+        f"{names[3]} recovered by QAT: " + (f"{100 * gap:.1f}%" if gap is not None else "n/a"),
         f"split: {SPLIT_NOTES[split]}",
         f"baseline: {BASELINES.get(cmp_.get('baseline'), cmp_.get('baseline'))}; tokens D = {plan['total_tokens']:,}, QAT fraction "
         f"f = {plan['fraction']:.3f} (S = {plan['tokens_per_byte']:.1f} tokens/byte, "
