@@ -42,18 +42,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from ..checkpoint import CHECKPOINTS, load_checkpoint, step_dir_name
 from ..eval_modes import basin_level, batch_losses, eval_mode
 from ..prepare import qat_layers
 from .callbacks import TrainingCallback
 from .distill import make_loss
+from .resume import switch_weights
 from .step import loss_fn
 
 logger = logging.getLogger(__name__)
@@ -225,19 +224,15 @@ def basin_reference_bytes(cfg, model: nn.Module, plan) -> int:
 def reference_weights(t, at_switch: bool) -> dict[str, mx.array]:
     """{QAT layer path: its float weight at the switch}: the model's own (at the switch), the
     teacher's when it holds exactly them, else from `--model` or the switch checkpoint."""
-    cfg, plan = t.cfg, t.plan
-    paths = [p for p, _ in qat_layers(t.model)]
-    if t.teacher is not None and _teacher_is_reference(cfg, plan):  # no second copy
-        have = dict(tree_flatten(t.teacher.parameters()))
-        return {p: have[f"{p}.weight"] for p in paths}
+    own = {p: layer.weight for p, layer in qat_layers(t.model)}
+
+    def pick(flat: dict) -> dict[str, mx.array]:
+        return {p: flat[f"{p}.weight"] for p in own}
+
+    if t.teacher is not None and _teacher_is_reference(t.cfg, t.plan):  # no second copy
+        return pick(dict(tree_flatten(t.teacher.parameters())))
     if at_switch:  # arrays are immutable: the optimizer's updates replace, never change them
-        return {p: layer.weight for p, layer in qat_layers(t.model)}
-    if plan.fp_steps == 0:  # a fine-tune from step 0: the --model weights
-        have = dict(tree_flatten(t.float_model().parameters()))
-        return {p: have[f"{p}.weight"] for p in paths}
-    weights = {p: layer.weight for p, layer in qat_layers(t.model)}  # the layout to receive
-    if t.dist.is_main:
-        source = Path(t.run_dir) / CHECKPOINTS / step_dir_name(plan.switch_step)
-        ckpt = load_checkpoint(source, optimizer=False)
-        weights = {p: ckpt.weights[f"{p}.weight"] for p in paths}
-    return t.dist.broadcast_arrays(weights, "basin reference weights")
+        return own
+    if t.plan.fp_steps == 0:  # a fine-tune from step 0: the --model weights
+        return pick(dict(tree_flatten(t.float_model().parameters())))
+    return switch_weights(t, own, pick, "basin reference weights")  # own: the layout

@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from ..checkpoint import CHECKPOINTS, load_checkpoint, step_dir_name
 from ..model_source import build_float, freeze
 from ..prepare import is_quantizer_param
 from .config import OBJECTIVES
 from .kd import hidden_and_head, kd_head_per_token, kd_per_token, split_head
+from .resume import switch_checkpoint, switch_weights
 from .step import masked_mean
 
 logger = logging.getLogger(__name__)
@@ -94,11 +93,13 @@ def make_loss(teacher: nn.Module | None, cfg, student: nn.Module | None = None) 
     return loss
 
 
+def _float_only(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    return {k: v for k, v in weights.items() if not is_quantizer_param(k)}
+
+
 def float_weights(model: nn.Module) -> dict[str, mx.array]:
     """The model's weights without the quantizers' parameters (an mlx-lm model's)."""
-    return {
-        k: v for k, v in tree_flatten(model.parameters()) if not is_quantizer_param(k)
-    }  # fmt: skip
+    return _float_only(dict(tree_flatten(model.parameters())))
 
 
 def teacher_bytes(cfg, model: nn.Module, plan) -> int:
@@ -127,14 +128,10 @@ def run_teacher(t, at_switch: bool) -> nn.Module | None:
         source = cfg.model
     else:
         weights = float_weights(t.model)  # at the switch; else the layout to receive
-        source = Path(t.run_dir) / CHECKPOINTS / step_dir_name(t.plan.switch_step)
+        source = f"the weights at the switch (step {t.step})"
         if not at_switch:
-            if t.dist.is_main:
-                ckpt = load_checkpoint(source, optimizer=False)
-                weights = {k: v for k, v in ckpt.weights.items() if not is_quantizer_param(k)}
-            weights = t.dist.broadcast_arrays(weights, "teacher weights")
-        else:
-            source = f"the weights at the switch (step {t.step})"
+            source = switch_checkpoint(t)
+            weights = switch_weights(t, weights, _float_only, "teacher weights")
         teacher = build_float(t.model_config, weights, cfg.teacher_dtype)
     n = sum(v.size for _, v in tree_flatten(teacher.parameters()))
     mb = sum(v.nbytes for _, v in tree_flatten(teacher.parameters())) / 2**20

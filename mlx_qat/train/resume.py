@@ -31,11 +31,13 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ..checkpoint import (
+    CHECKPOINTS,
     CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     qat_config_of,
+    step_dir_name,
 )
 from ..fileio import remove_aside
 from ..models.build import model_dir_sha256
@@ -315,6 +317,19 @@ def restore_checkpoint(t, ckpt) -> tuple[dict, int | None]:
     how = "branched from" if cfg.branch_from else "resumed from"
     logger.info("%s %s (step %d, phase %s)", how, ckpt.path, step, st["phase"])
     return position, None if cfg.branch_from else int(st.get("metrics_lines", 0))
+
+
+def switch_checkpoint(t) -> Path:
+    """Trainer `t`'s switch checkpoint (the trainer always keeps it)."""
+    return Path(t.run_dir) / CHECKPOINTS / step_dir_name(t.plan.switch_step)
+
+
+def switch_weights(t, layout: dict, pick, what: str) -> dict[str, mx.array]:
+    """`pick(the switch checkpoint's weights)`, read by rank 0 and received by every rank
+    (`layout`: the arrays to receive, as `dist.broadcast_arrays` takes them)."""
+    if t.dist.is_main:
+        layout = pick(load_checkpoint(switch_checkpoint(t), optimizer=False).weights)
+    return t.dist.broadcast_arrays(layout, what)
 
 
 def take_main_state(t) -> dict | None:
