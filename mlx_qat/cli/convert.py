@@ -18,6 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..convert.card import summary_lines
 from ..convert.errors import ConvertError, ParityError
 from ..convert.pack import DTYPES
 from ..quant.spec import MODES
@@ -134,20 +135,10 @@ def _convert_kwargs(opts: dict) -> dict:
 
 
 def _summary(r) -> str:
-    fmt = "float"
-    if r.quantization:
-        q = r.quantization
-        fmt = f"{q.get('mode', 'affine')} {q['bits']}-bit g{q['group_size']}"
-        n_over = len([k for k in q if k not in ("group_size", "bits", "mode")])
-        fmt += f" (+{n_over} per-layer entries)" if n_over else ""
     lines = [
         f"[mlx_qat.convert] {r.method} export of {r.source}"
         + (f" (step {r.step})" if r.step is not None else ""),
-        f"  output           {r.mlx_path}",
-        f"  format           {fmt}, {r.dtype}",
-        f"  bits per weight  {r.bits_per_weight:.3f}",
-        f"  size             {r.total_bytes / 1e6:.2f} MB in {len(r.files)} file(s), "
-        f"{r.num_parameters:,} parameters",
+        *summary_lines(r),
     ]
     p = r.parity
     if p is None:

@@ -65,6 +65,23 @@ def _usage(mlx_path) -> list[str]:
     ]
 
 
+def summary_lines(r) -> list[str]:
+    """The output, format, bits-per-weight and size lines printed for an export or an import."""
+    fmt = "float"
+    if r.quantization:
+        q = r.quantization
+        fmt = f"{q.get('mode', 'affine')} {q['bits']}-bit g{q['group_size']}"
+        n_over = len([k for k in q if k not in ("group_size", "bits", "mode")])
+        fmt += f" (+{n_over} per-layer entries)" if n_over else ""
+    return [
+        f"  output           {r.mlx_path}",
+        f"  format           {fmt}, {r.dtype}",
+        f"  bits per weight  {r.bits_per_weight:.3f}",
+        f"  size             {r.total_bytes / 1e6:.2f} MB in {len(r.files)} file(s), "
+        f"{r.num_parameters:,} parameters",
+    ]
+
+
 def model_card(result) -> str:
     """Markdown for a `ConvertResult`: provenance, format, size and the parity losses."""
     name = result.mlx_path.rstrip("/").rsplit("/", 1)[-1]

@@ -47,7 +47,7 @@ import mlx.nn as nn
 
 from ..fileio import sha256_file
 from . import write
-from .card import gguf_card
+from .card import gguf_card, summary_lines
 from .errors import ConvertError, ParityError, check_loss, check_model
 from .gguf_llama import (
     ARCH,
@@ -335,21 +335,11 @@ def save_gguf_tokenizer(metadata: dict[str, Any], architecture: str, out_dir: Pa
 
 def summary(r: GGUFImportResult) -> str:
     """The lines `mlx_qat.convert` prints for a GGUF import."""
-    fmt = "float"
-    if r.quantization:
-        q = r.quantization
-        fmt = f"affine {q['bits']}-bit g{q['group_size']}"
-        n_over = len([k for k in q if k not in ("group_size", "bits", "mode")])
-        fmt += f" (+{n_over} per-layer entries)" if n_over else ""
     types = ", ".join(f"{n} {t}" for t, n in r.tensor_types.items())
     lines = [
         f"[mlx_qat.convert] GGUF import of {r.source}" + (f" ({r.name})" if r.name else ""),
         f"  tensors          {types}",
-        f"  output           {r.mlx_path}",
-        f"  format           {fmt}, {r.dtype}",
-        f"  bits per weight  {r.bits_per_weight:.3f}",
-        f"  size             {r.total_bytes / 1e6:.2f} MB in {len(r.files)} file(s), "
-        f"{r.num_parameters:,} parameters",
+        *summary_lines(r),
     ]
     if r.check_loss is not None:
         c = r.check_loss
