@@ -82,8 +82,7 @@ class ConvertResult:
     options: dict = field(default_factory=dict)
     seconds: float = 0.0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    to_dict = asdict  # plain data (dataclasses.asdict)
 
 
 def convert(

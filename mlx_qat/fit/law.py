@@ -84,8 +84,7 @@ class LawParams:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"LawParams({name}={getattr(self, name)}): must be >= 0")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    to_dict = asdict  # plain data (dataclasses.asdict)
 
     @classmethod
     def from_dict(cls, d: dict) -> LawParams:
@@ -215,8 +214,7 @@ class BitsOption:
     f: float
     loss: float
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    to_dict = asdict  # plain data (dataclasses.asdict)
 
 
 def best_bits_for_memory(

@@ -47,8 +47,7 @@ class Optimum:
     at_edge: bool
     n_fractions: int
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    to_dict = asdict  # plain data (dataclasses.asdict)
 
 
 def parabola_vertex(x: np.ndarray, y: np.ndarray) -> float:

@@ -103,8 +103,7 @@ class QuantSpec:
         """The `"quantization"` entry mlx-lm writes to config.json for this format."""
         return {"group_size": self.group_size, "bits": self.bits, "mode": self.mode}
 
-    def asdict(self) -> dict:
-        return asdict(self)
+    asdict = asdict  # plain data (dataclasses.asdict)
 
     def __str__(self) -> str:
         if self.is_affine:

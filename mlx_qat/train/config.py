@@ -91,9 +91,7 @@ class TrainConfig(*reversed(GROUPS)):
 
     check = validate  # not one group's check: the whole config's
 
-    def to_dict(self) -> dict:
-        """Plain data, YAML-able: flat, one key per field."""
-        return asdict(self)
+    to_dict = asdict  # plain data, YAML-able: flat, one key per field
 
     def group(self, cls: type) -> object:
         """This config's settings of one group (a `cls` in `GROUPS`) as that group's object."""
