@@ -45,7 +45,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from ..fileio import (
+from .fileio import (
     atomic_write_json,
     atomic_write_text,
     fsync_path,
@@ -338,7 +338,7 @@ def _read_state(path: Path) -> tuple[dict, dict[str, str] | None]:
 
 def qat_config_of(ckpt: Checkpoint):
     """The checkpoint's `QATConfig` (None when the model was never prepared)."""
-    from ..qat_config import QATConfig
+    from .qat_config import QATConfig
 
     d = ckpt.qat.get("qat_config")
     if not d:
@@ -359,8 +359,8 @@ def build_model(ckpt_or_path: Checkpoint | str | os.PathLike) -> nn.Module:
     Example:
         >>> model = build_model("runs/main")  # latest checkpoint
     """
-    from ..models.presets import model_from_config
-    from ..prepare import prepare, set_fake_quant
+    from .models.presets import model_from_config
+    from .prepare import prepare, set_fake_quant
 
     ckpt = ckpt_or_path
     if not isinstance(ckpt, Checkpoint):
