@@ -314,6 +314,16 @@ def test_fp_twin_resumes(tiny_data_dir, tmp_path):  # noqa: F811
     assert again["comparison"] == first["comparison"]
 
 
+def test_the_twin_trains_with_cross_entropy_whatever_the_objective(tiny_data_dir, tmp_path):  # noqa: F811
+    """The twin is the float model the budget buys: a kd run's twin is a ce run's twin, bit for
+    bit (the FP phases are the same, so are the switch checkpoints the twins branch from)."""
+    twins = {}
+    for objective in ("ce", "kd"):
+        cfg = tiny_config(tiny_data_dir, tmp_path / objective, fp_twin=True, objective=objective)
+        twins[objective] = train(cfg)["twin"]["test"]["fp"]["loss"]
+    assert twins["kd"] == twins["ce"]
+
+
 def test_qat_fine_tune_of_an_existing_mlx_lm_model(hf_model, tiny_data_dir, tmp_path):  # noqa: F811
     """A float mlx-lm model dir with its own Hugging Face tokenizer (512 ids) trains on data
     of that tokenizer only: data of another tokenizer with the same vocabulary size (the

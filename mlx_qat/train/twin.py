@@ -2,8 +2,11 @@
 table, the loss plot.
 
 The twin starts from the run's switch checkpoint and trains the QAT phase again — same data,
-same LR schedule, same steps — with fake quant off. At the end it is the FP model the same
-budget buys, and its round-to-nearest PTQ is what QAT must beat. So the comparison is at equal
+same LR schedule, same steps — with fake quant off and next-token cross-entropy, whatever the
+run's `--objective`. At the end it is the FP model the same budget buys, and its
+round-to-nearest PTQ is what QAT must beat. (A kd/mix twin would distil the switch weights
+into a float copy of themselves — a different float model per objective, so recipes would not
+be measured against one baseline.) So the comparison is at equal
 total tokens D, and costs only the QAT phase's tokens again:
 
     % of the PTQ gap recovered = (PTQ_twin − QAT_run) / (PTQ_twin − FP_twin)
@@ -49,6 +52,7 @@ def twin_config(config: TrainConfig, switch_step: int, data: str | None = None) 
         out=str(out),
         data=[data] if data else config.data,
         ablate_qat=True,
+        objective="ce",
         fp_twin=False,
         plot=False,
         resume=resume,
