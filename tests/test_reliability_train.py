@@ -152,7 +152,7 @@ def test_step_memory_estimate_is_a_lower_bound_of_the_measured_peak():
         prepare(model, qat_config(cfg), enabled=True)
         mx.eval(model.parameters())
         opt = build_optimizer(model, cfg)
-        step = make_step(model, opt, 1.0, 1, True)
+        step = make_step(model, opt, 1.0, True)
         mx.reset_peak_memory()
         loss, norm = step([mx.random.randint(0, 512, (b, t + 1))])
         mx.eval(loss, norm, model.state, opt.state)

@@ -96,7 +96,7 @@ def test_the_step_trains_on_weighted_batches(accum):
     want = np.mean([loss_fn(m, t[:, :-1], t[:, 1:], w).item() for t, w in batches])
     opt = optim.SGD(learning_rate=0.0)
     opt.init(m.trainable_parameters())
-    loss, _ = make_step(m, opt, accum=accum)(batches)
+    loss, _ = make_step(m, opt)(batches)
     assert loss.item() == pytest.approx(want, rel=1e-5)
 
 

@@ -219,7 +219,7 @@ class Trainer:
         cfg = self.cfg
         self.qat_update = self.qat.update_for(self)
         self.step_fn = make_step(
-            self.model, self.optimizer, cfg.grad_clip, cfg.grad_accum, cfg.compile,
+            self.model, self.optimizer, cfg.grad_clip, cfg.compile,
             group=self.dist.group, update=self.qat_update, loss=make_loss(self.teacher, cfg, self.model),
         )  # fmt: skip
 
