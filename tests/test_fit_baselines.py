@@ -3,7 +3,13 @@ answers are worked out in the comments."""
 
 import pytest
 
-from mlx_qat.fit.baselines import copy_check, fraction_check, nearest_size_copy, verdict
+from mlx_qat.fit.baselines import (
+    bit_choice_check,
+    copy_check,
+    fraction_check,
+    nearest_size_copy,
+    verdict,
+)
 from mlx_qat.fit.rows import parse_rows
 
 D = 1e6
@@ -83,3 +89,42 @@ def test_fraction_check_and_a_tie_is_no_win():
     assert beats["const_f_law"] is False  # the constant itself: a tie
     beats, _ = verdict(None, fraction_check(optima, [0.05, 0.25], f_hat))
     assert beats["const_f_law"] is True  # 0.025 < 0.075 and 0.025 < 0.125
+
+
+def test_memory_matched_bit_choice_by_hand():
+    """The held-out 4e5 at 2 bits (1e5 bytes) meets the fitted 2e5 at 4 bits (1e5 bytes, not
+    1e5 at 4 bits: 5e4 bytes, 2x off); the held-out 4 bits (2e5 bytes) has no partner within
+    1.5x (2e5 at 2 bits is 5e4 bytes) and is left out."""
+    train = parse_rows(
+        [
+            row(2e5, 4, 0.1, 3.38),
+            row(2e5, 4, 0.2, 3.45),
+            row(2e5, 4, 0.1, 2.0, d=2 * D),  # another budget: never compared
+            row(1e5, 4, 0.1, 3.0),  # 4 bits but 5e4 bytes: farther in memory
+            row(2e5, 2, 0.1, 3.9),
+        ]
+    )
+    test = parse_rows(
+        [
+            row(4e5, 2, 0.1, 3.30, seed=0),
+            row(4e5, 2, 0.1, 3.50, seed=1),  # seeds averaged: 3.40, so f = 0.2 is the best
+            row(4e5, 2, 0.2, 3.35),
+            row(4e5, 4, 0.1, 3.1),
+        ]
+    )
+    law = {(4e5, 2, 0.1): 3.5, (4e5, 2, 0.2): 3.4, (2e5, 4, 0.1): 3.3, (2e5, 4, 0.2): 3.6}
+
+    def predict(r, law=law):
+        return [law.get((n, b, round(f, 6)), 9.0) for n, b, f in zip(r.N, r.bits, r.f)]
+
+    (p,) = bit_choice_check(train, test, predict)
+    assert p["D"] == D and (p["held"]["N"], p["held"]["bits"]) == (4e5, 2)
+    assert (p["fitted"]["N"], p["fitted"]["bits"]) == (2e5, 4)
+    assert p["held"]["memory_bytes"] == p["fitted"]["memory_bytes"] == 1e5
+    assert p["held"]["best"] == pytest.approx(3.35) and p["fitted"]["best"] == pytest.approx(3.38)
+    assert (p["held"]["law_best"], p["fitted"]["law_best"]) == (3.4, 3.3)
+    assert p["measured"] == "held" and p["law"] == "fitted" and p["law_right"] is False
+    law[(2e5, 4, 0.1)] = 3.45  # now the law's best fitted side, 3.45, is above the held 3.4
+    (p,) = bit_choice_check(train, test, predict)
+    assert p["law"] == "held" and p["law_right"] is True
+    assert bit_choice_check(train, test, predict, max_ratio=0.99) == []

@@ -7,6 +7,12 @@ predicts it. A law with 16 constants earns them only if it beats predictors with
   final loss over seeds of the fitted size nearest to N_big in ln N with a run at the same
   (D, bits, f) (D to 9 significant digits, f to 1e-6). Runs without such a twin are left out,
   and the law is scored on the same runs.
+- **memory-matched bit choice** (`bit_choice_check`): the question a planner answers — at a
+  fixed parameter memory N·B/8, fewer parameters at more bits or more at fewer? Each (D, bits)
+  group of the held-out size is paired with the fitted size at the same D and another width
+  whose memory is nearest (within 1.5×); the law picks the side whose best predicted loss over
+  the group's fractions is lower, and is right when that side's best measured loss is lower.
+  One side is always out of sample.
 - **constant fraction** (optimal QAT fraction): every empirical optimum of the held-out size is
   predicted by f = `CONST_F` = 0.1 (ParetoQ's "about 10% QAT", which paper 000 argues against),
   scored like the law's argmin and f̂ (a fitted to the other sizes) by MAE in f, per kind of
@@ -24,8 +30,12 @@ CONST_F = 0.1
 KINDS = ("vertex", "argmin")
 
 
+def _dkey(D) -> float:
+    return float(f"{float(D):.9g}")
+
+
 def _key(D, bits, f) -> tuple:
-    return (float(f"{float(D):.9g}"), float(bits), round(float(f), 6))
+    return (_dkey(D), float(bits), round(float(f), 6))
 
 
 def nearest_size_copy(train: Rows, test: Rows) -> tuple[np.ndarray, np.ndarray]:
@@ -129,3 +139,54 @@ def verdict(copy: dict | None, fraction: dict | None) -> tuple[dict, list[str]]:
                 f"{fraction['n_optima']} optima"
             )
     return beats, lines
+
+
+def _best_by_group(R: Rows, predict) -> dict[tuple, dict]:
+    """{(D, N, bits): {"best": lowest loss over f (seeds averaged), "law_best": lowest
+    `predict`ed loss over the same runs}} of the QAT rows of `R`."""
+    groups: dict[tuple, list[int]] = {}
+    for i in np.flatnonzero(R.qat):
+        groups.setdefault((_dkey(R.D[i]), float(R.N[i]), float(R.bits[i])), []).append(i)
+    out = {}
+    for key, idx in groups.items():
+        g = R.take(np.array(idx))
+        by_f: dict[float, list[float]] = {}
+        for f, loss in zip(g.f, g.loss):
+            by_f.setdefault(round(float(f), 6), []).append(float(loss))
+        best = min(float(np.mean(v)) for v in by_f.values())
+        out[key] = {"best": best, "law_best": float(np.min(predict(g)))}
+    return out
+
+
+def bit_choice_check(train: Rows, test: Rows, predict, max_ratio: float = 1.5) -> list[dict]:
+    """The memory-matched bit choice on the held-out size (module docstring).
+
+    Args:
+        predict: `predict(rows) -> losses`, the law refitted without `test`'s size.
+    Returns:
+        One dict per pair: {"D", "held" and "fitted": {"N", "bits", "memory_bytes", "best",
+        "law_best"}, "measured": "held" | "fitted", "law": the side the law picks,
+        "law_right"}; [] when no group has a partner.
+    """
+    held, fitted = _best_by_group(test, predict), _best_by_group(train, predict)
+    pairs = []
+    for (D, N, bits), h in sorted(held.items()):
+        mem = N * bits / 8
+        partners = [
+            (abs(np.log(n * b / 8 / mem)), n, b) for d, n, b in fitted if d == D and b != bits
+        ]
+        if not partners or min(partners)[0] > np.log(max_ratio):
+            continue
+        _, n, b = min(partners)
+        sides = {
+            "held": {"N": N, "bits": bits, **h},
+            "fitted": {"N": n, "bits": b, **fitted[(D, n, b)]},
+        }
+        for side in sides.values():
+            side["memory_bytes"] = side["N"] * side["bits"] / 8
+        measured = min(sides, key=lambda k: sides[k]["best"])
+        picked = min(sides, key=lambda k: sides[k]["law_best"])
+        pairs.append(
+            {"D": D, **sides, "measured": measured, "law": picked, "law_right": measured == picked}
+        )
+    return pairs

@@ -273,6 +273,9 @@ def _holdout(R: Rows, penalty_grid, a_loss: str, kw) -> dict | None:
     out = {"N": float(big), **bl.rel_errors(pred, test.loss)}
     out["copy"] = bl.copy_check(train, test, pred)
     out["fraction"] = _holdout_fraction(params, train, R.take(R.N == big), a_loss)
+    out["bit_choice"] = bl.bit_choice_check(
+        train, test, lambda r: law.predict(params, r.N, r.D_fp, r.D_qat, r.bits)
+    )
     out["law_beats"], out["verdict"] = bl.verdict(out["copy"], out["fraction"])
     return out
 

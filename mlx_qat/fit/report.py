@@ -131,8 +131,23 @@ def _baselines(h: dict) -> list[str]:
             ("const", f"baseline, a constant f = {fr['const_f']:g}"),
         ):
             lines.append(f"      {label:<52} {m[who]['vertex']:>6.3f}  {m[who]['argmin']:>6.3f}")
+    pairs = h.get("bit_choice") or []
+    for p in pairs:
+        a, b = p["held"], p["fitted"]
+        lines.append(
+            f"    bits at equal memory, D = {si(p['D'])}: {si(a['N'])} x {a['bits']:g}-bit "
+            f"({si(a['memory_bytes'])}B) best {a['best']:.4f} (law {a['law_best']:.4f}) vs "
+            f"{si(b['N'])} x {b['bits']:g}-bit ({si(b['memory_bytes'])}B) best {b['best']:.4f} "
+            f"(law {b['law_best']:.4f}): the law {'picks' if p['law_right'] else 'MISSES'} the winner"
+        )
     for v in h.get("verdict") or []:
         lines.append(f"  verdict: {v}")
+    if pairs:
+        right = sum(p["law_right"] for p in pairs)
+        lines.append(
+            f"  verdict: memory-matched bit choice (one side out of sample): the law picks the "
+            f"measured winner in {right} of {len(pairs)} pairs"
+        )
     return lines
 
 
