@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .optima import group_keys, means_by_f
 from .optima import mae as _mae
 from .rows import Rows
 
@@ -30,12 +31,8 @@ CONST_F = 0.1
 KINDS = ("vertex", "argmin")
 
 
-def _dkey(D) -> float:
-    return float(f"{float(D):.9g}")
-
-
 def _key(D, bits, f) -> tuple:
-    return (_dkey(D), float(bits), round(float(f), 6))
+    return (float(f"{float(D):.9g}"), float(bits), round(float(f), 6))
 
 
 def nearest_size_copy(train: Rows, test: Rows) -> tuple[np.ndarray, np.ndarray]:
@@ -144,17 +141,13 @@ def verdict(copy: dict | None, fraction: dict | None) -> tuple[dict, list[str]]:
 def _best_by_group(R: Rows, predict) -> dict[tuple, dict]:
     """{(D, N, bits): {"best": lowest loss over f (seeds averaged), "law_best": lowest
     `predict`ed loss over the same runs}} of the QAT rows of `R`."""
-    groups: dict[tuple, list[int]] = {}
-    for i in np.flatnonzero(R.qat):
-        groups.setdefault((_dkey(R.D[i]), float(R.N[i]), float(R.bits[i])), []).append(i)
+    R = R.take(R.qat)
+    keys = group_keys(R)
     out = {}
-    for key, idx in groups.items():
-        g = R.take(np.array(idx))
-        by_f: dict[float, list[float]] = {}
-        for f, loss in zip(g.f, g.loss):
-            by_f.setdefault(round(float(f), 6), []).append(float(loss))
-        best = min(float(np.mean(v)) for v in by_f.values())
-        out[key] = {"best": best, "law_best": float(np.min(predict(g)))}
+    for N, D, bits in np.unique(keys, axis=0):
+        g = np.all(keys == (N, D, bits), axis=1)
+        best = min(means_by_f(R, g).values())
+        out[(D, N, bits)] = {"best": best, "law_best": float(np.min(predict(R.take(g))))}
     return out
 
 

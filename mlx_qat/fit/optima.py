@@ -58,13 +58,13 @@ def parabola_vertex(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.clip(-b / (2.0 * c), x[0], x[2]))
 
 
-def _keys(R: Rows) -> np.ndarray:
+def group_keys(R: Rows) -> np.ndarray:
     """(N, D, bits) of each row, to 9 significant digits (module docstring)."""
     keys = [[float(f"{v:.9g}") for v in row] for row in zip(R.N, R.D, R.bits)]
     return np.array(keys).reshape(-1, 3)
 
 
-def _means(R: Rows, g: np.ndarray) -> dict[float, float]:
+def means_by_f(R: Rows, g: np.ndarray) -> dict[float, float]:
     """{f: mean loss over seeds} of the rows in mask `g`, f ascending."""
     f = np.round(R.f[g], 12)  # same f up to float noise from D_fp + D_qat
     return {float(x): float(R.loss[g][f == x].mean()) for x in np.unique(f)}
@@ -74,10 +74,10 @@ def empirical_optima(rows: Rows, min_fractions: int = 3) -> list[Optimum]:
     """One Optimum per (N, D, bits) group of QAT runs (FP and PTQ rows ignored) with >=
     `min_fractions` distinct f, sorted by (bits, N, D)."""
     sub = rows.take(~rows.fp & (rows.D_qat > 0))
-    keys = _keys(sub)
+    keys = group_keys(sub)
     out = []
     for key in sorted({tuple(k) for k in keys}, key=lambda k: (k[2], k[0], k[1])):
-        means = _means(sub, np.all(keys == key, axis=1))
+        means = means_by_f(sub, np.all(keys == key, axis=1))
         if len(means) < min_fractions:
             continue
         fs, loss = np.array(list(means)), np.array(list(means.values()))
@@ -114,11 +114,11 @@ def twin_optima(rows: list[dict], min_fractions: int = 3) -> list[dict]:
             for k in ("qat_penalty", "fp_twin_loss")
         )
         with_loss = {(o.N, o.D, o.bits): o for o in empirical_optima(R, min_fractions)}
-        keys = _keys(R)
+        keys = group_keys(R)
         for p in empirical_optima(pen, min_fractions):
             o = with_loss[(p.N, p.D, p.bits)]
             g = np.all(keys == (p.N, p.D, p.bits), axis=1)
-            mean = {k: _means(x, g) for k, x in (("loss", R), ("penalty", pen), ("twin", twin))}
+            mean = {k: means_by_f(x, g) for k, x in (("loss", R), ("penalty", pen), ("twin", twin))}
             out.append({
                 "pipeline": pipe, "N": p.N, "D": p.D, "bits": p.bits, "S": p.S,
                 "n_fractions": p.n_fractions,
