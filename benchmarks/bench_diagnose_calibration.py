@@ -269,12 +269,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from benchmarks.common import run_record
+    from mlx_qat.fileio import append_jsonl, read_rows
 
-    t0, rows = time.perf_counter(), []
+    # Each point is saved as it finishes and skipped on a rerun: a run of hours survives a stop.
+    t0, done = time.perf_counter(), args.runs / "rows.jsonl"
+    saved = {(r["model"], r["bits"]): r for r in read_rows(done)} if done.is_file() else {}
+    rows = []
     for m in models(args):
         fdir = float_dir(args, m)
         for bits in args.bits:
+            if (m["name"], bits) in saved:
+                rows.append(saved[(m["name"], bits)])
+                continue
             rows.append(point(args, m, fdir, bits))
+            append_jsonl(done, rows[-1])
             r = rows[-1]
             print(f"{m['name']} {bits}-bit: gap {r['gap']:.4f}, kappa {_f(r['kappa_hat'])}, "
                   f"recovered {_f(r['recovered'])}", flush=True)  # fmt: skip
