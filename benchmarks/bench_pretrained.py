@@ -697,6 +697,10 @@ def main() -> None:
         help="train and evaluate nothing: "
         "write the tables from the runs already finished in --work",
     )
+    p.add_argument("--title", help="the report's title (kept by later rewrites)")
+    p.add_argument("--reading", help="a markdown file: the report's reading (kept by rewrites)")
+    p.add_argument("--trained-by", help="a json list of {command, finished, code}: runs made "
+                   "elsewhere (e.g. a frozen worktree) whose rows the report holds")  # fmt: skip
     args = p.parse_args()
     if args.child:
         (run_method if args.child == "train" else run_eval)(at(args, args.bits[0], args.seeds[0]))
@@ -864,13 +868,54 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def code_version() -> str:
+    """The commit this script runs from (`+ changes` when its tree is dirty)."""
+    try:
+        git = ["git", "-C", str(ROOT)]
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"commit {head}" + (" + changes" if dirty else "")
+
+
+def provenance(args, cmd: str, date: str, before: dict) -> dict:
+    """What the report keeps across `--report-only` rewrites: the title, the runs that trained
+    its rows (this one appended when it trained something; `--trained-by` entries for runs made
+    elsewhere) and the reading (`--reading FILE` replaces it)."""
+    runs = list(before.get("trained_by", []))
+    if not args.report_only:
+        runs.append({"command": cmd, "finished": date, "code": code_version()})
+    if args.trained_by:
+        runs += json.loads(Path(args.trained_by).read_text())
+    return {
+        "title": args.title or before.get("title"),
+        "trained_by": runs,
+        "reading": Path(args.reading).read_text() if args.reading else before.get("reading"),
+    }
+
+
+def provenance_lines(keep: dict) -> list[str]:
+    if not keep["trained_by"]:
+        return []
+    lines = ["", "## How the rows were made", "",
+             "The rows were trained and evaluated by these invocations, one process per method, "
+             "one at a time (the command at the top wrote the tables from their runs):", ""]  # fmt: skip
+    lines += [f"- `{r['command']}` ({r['finished']}; {r['code']})" for r in keep["trained_by"]]
+    return lines
+
+
 def write(args) -> None:
     rows = collect(args)
     m = machine()
     cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    keep = provenance(args, cmd, date, read_json(RESULTS / f"{args.name}.json"))
     widths = "/".join(map(str, args.bits))
-    lines = [f"# {model_name(args)} at {widths}-bit g{args.group_size}: RTN, DWQ, QAT", ""]
+    title = keep["title"] or f"{model_name(args)} at {widths}-bit g{args.group_size}: RTN, DWQ, QAT"
+    lines = [f"# {title}", ""]
     lines += header_lines(cmd, date, m)
     for b in args.bits:
         mine = [{**r, "describe": describe(r["name"], args)} for r in rows if r["bits"] == b]
@@ -881,9 +926,11 @@ def write(args) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"command": cmd, "date": date, "machine": m, "args": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "rows": rows}  # fmt: skip
+        "rows": rows, **keep}  # fmt: skip
     (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=2) + "\n")
-    lines += ["", setup_text(args)]
+    lines += ["", setup_text(args), *provenance_lines(keep)]
+    if keep["reading"]:
+        lines += ["", keep["reading"].rstrip("\n")]
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
