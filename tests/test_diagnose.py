@@ -121,6 +121,8 @@ def test_verdict_rules_on_constructed_measurements():
         "mixed": None,
     }
     assert verdict(base)["label"] == QAT_NEEDED  # wide basin in typical directions
+    unmeasured = verdict({**base, "random": None})["advice"]
+    assert "not measured" in unmeasured and "radius >=" not in unmeasured
     narrow = {**base, "random": {"radius": 0.2, "rise_at_1": 0.5}}
     v = verdict(narrow)
     assert v["label"] == CHANGE_FORMAT and "more bits" in v["advice"]

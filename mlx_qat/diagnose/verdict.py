@@ -98,7 +98,9 @@ def verdict(d: dict) -> dict:
     if hot:
         reasons.append(f"units whose own rounding leaves the basin (κ̂ >= 1): {', '.join(hot)}")
     why = []
-    if not narrow:
+    if rnd is None:  # say so rather than claim a width nobody measured
+        why.append("the random-direction radius was not measured (--random-draws 0)")
+    elif not narrow:
         why.append(
             "in typical directions the basin is not much narrower than the grid (random "
             f"radius >= {RANDOM_RADIUS_MIN})"
