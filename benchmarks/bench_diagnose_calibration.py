@@ -80,14 +80,15 @@ def _ok(v) -> bool:
     return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def correlations(rows: list[dict]) -> dict:
-    """Spearman of each measure with the recovered share; `beats_gap`: |rho| above the gap's."""
-    y = [r["recovered"] for r in rows]
+def correlations(rows: list[dict], target: str = "recovered_net") -> dict:
+    """Spearman of each measure with the recovered share (`target`, net of the float
+    fine-tune); `beats_gap`: |rho| above the gap's."""
+    y = [r[target] for r in rows]
     out = {m: {"spearman": spearman([r[m] for r in rows], y)} for m in MEASURES}
     g = out["gap"]["spearman"]
     for m in MEASURES:
         s = out[m]["spearman"]
-        out[m]["n"] = sum(_ok(r[m]) and _ok(r["recovered"]) for r in rows)
+        out[m]["n"] = sum(_ok(r[m]) and _ok(r[target]) for r in rows)
         out[m]["beats_gap"] = None if s is None or g is None else abs(s) > abs(g)
     return out
 
@@ -141,6 +142,29 @@ def float_dir(args, m: dict) -> str:
     return str(out)
 
 
+def float_ft(args, m: dict, fdir: str) -> dict:
+    """The float model fine-tuned on the QAT runs' tokens with no quantization: its validation
+    loss is what the same budget gains without any quantization error to recover."""
+    from mlx_qat.train import train
+
+    res = train(_cfg(args, args.runs / f"ft_{m['name']}", m["data"], model=fdir,
+                     tokens=args.qat_steps * args.batch * args.seq, qat_fraction="0",
+                     lr=args.qat_lr))  # fmt: skip
+    return {"model": m["name"], "float_ft": res["eval"]["fp"]["loss"]}
+
+
+def net(row: dict, ft: dict | None) -> dict:
+    """`row` with the float fine-tune's loss and the share of the gap recovered net of it:
+    1 − (QAT − float fine-tune) / (PTQ − FP), the quantization error QAT removed (the plain
+    share also counts what the extra tokens teach the model, quantized or not)."""
+    if not ft:
+        return {**row, "float_ft": None, "recovered_net": None}
+    gap = row["train_ptq"] - row["train_fp"]
+    ok = gap > 1e-9
+    return {**row, "float_ft": ft["float_ft"],
+            "recovered_net": 1 - (row["qat"] - ft["float_ft"]) / gap if ok else None}  # fmt: skip
+
+
 def point(args, m: dict, fdir: str, bits: int) -> dict:
     from mlx_qat.diagnose import DiagnoseSettings, diagnose
     from mlx_qat.train import train
@@ -188,21 +212,36 @@ def render(p: dict) -> str:
         "",
         f"Models {p['cost_estimate']['models']}, bits {a['bits']} (affine g64); QAT "
         f"{a['qat_steps']} steps of {a['batch']}x{a['seq']} at LR {a['qat_lr']} (cosine), "
-        f"learned-affine grid; recovered = (PTQ - QAT)/(PTQ - FP) on validation. "
+        f"learned-affine grid; recovered = (PTQ - QAT)/(PTQ - FP) on validation; net = "
+        f"1 - (QAT - FP fine-tuned)/(PTQ - FP), the FP model fine-tuned on the same tokens "
+        f"at the same LR without quantization (what the extra tokens alone give). "
         f"Wall {p['wall_s'] / 60:.1f} min.",
         "",
-        "| model | bits | PTQ gap | κ̂ | wall slope | radius | verdict | recovered |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | bits | PTQ gap | κ̂ | wall slope | radius | verdict (the code that ran) | FP / PTQ / QAT / FP "
+        "fine-tuned | recovered | net |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in p["rows"]:
         md.append(
             f"| {r['model']} | {r['bits']} | {_f(r['gap'], '{:.4f}')} | {_f(r['kappa_hat'])} | "
             f"{_f(r['wall_slope'])} | {_f(r['radius'])} | {r['verdict']} | "
-            f"{_f(r['recovered'] and 100 * r['recovered'], '{:.1f}')}% |"
+            f"{_f(r['train_fp'], '{:.4f}')} / {_f(r['train_ptq'], '{:.4f}')} / "
+            f"{_f(r['qat'], '{:.4f}')} / {_f(r.get('float_ft'), '{:.4f}')} | "
+            f"{_f(r['recovered'] and 100 * r['recovered'], '{:.1f}')}% | "
+            f"{_f(r.get('recovered_net') and 100 * r['recovered_net'], '{:.1f}')}% |"
         )
-    md += ["", "| measure | Spearman vs recovered | n | beats the gap |", "|---|---|---|---|"]
+    md += ["", "| measure | Spearman vs net recovered | n | beats the gap |", "|---|---|---|---|"]
     for m, c in p["correlations"].items():
         md.append(f"| {m} | {_f(c['spearman'], '{:+.2f}')} | {c['n']} | {c['beats_gap']} |")
+    md += [
+        "",
+        "The verdict's calibration (`mlx_qat/diagnose/verdict.py`: `CALIBRATION` ="
+        " `calibration_points` of these rows: gaps above ε, sorted, adjacent violators pooled):",
+        "",
+        "| PTQ gap (nats) | share QAT recovered |",
+        "|---|---|",
+        *(f"| {g:.4f} | {100 * y:.1f}% |" for g, y in p["calibration"]),
+    ]
     if p.get("plot"):
         md += ["", f"![measures vs recovered share]({p['plot']})"]
     return "\n".join(md) + "\n"
@@ -219,11 +258,11 @@ def plot(rows: list[dict], path: Path) -> str | None:
     fig, axes = plt.subplots(1, len(MEASURES), figsize=(4 * len(MEASURES), 3.5))
     for ax, m in zip(axes, MEASURES):
         for name in sorted({r["model"] for r in rows}):
-            pts = [(r[m], r["recovered"]) for r in rows if r["model"] == name]
+            pts = [(r[m], r["recovered_net"]) for r in rows if r["model"] == name]
             pts = [q for q in pts if _ok(q[0]) and _ok(q[1])]
             ax.scatter([q[0] for q in pts], [q[1] for q in pts], label=name)
         ax.set_xlabel(m)
-        ax.set_ylabel("share of the PTQ gap QAT recovered")
+        ax.set_ylabel("share of the PTQ gap QAT recovered (net)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -238,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--micro", action="store_true", help="tiny budget, into the runs dir")
     p.add_argument("--dry-run", action="store_true", help="print the points and their cost")
+    p.add_argument("--report-only", action="store_true",
+                   help="measure nothing: write the report from the runs dir's rows.jsonl")  # fmt: skip
     p.add_argument("--data", type=Path, default=ROOT / "data")
     p.add_argument("--smollm", type=Path, default=Path("/tmp/bp/float"))
     p.add_argument("--smollm-data", type=Path, default=None)
@@ -269,14 +310,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from benchmarks.common import run_record
+    from mlx_qat.diagnose.verdict import calibration_points
     from mlx_qat.fileio import append_jsonl, read_rows
 
     # Each point is saved as it finishes and skipped on a rerun: a run of hours survives a stop.
     t0, done = time.perf_counter(), args.runs / "rows.jsonl"
     saved = {(r["model"], r["bits"]): r for r in read_rows(done)} if done.is_file() else {}
-    rows = []
-    for m in models(args):
+    rows = list(saved.values()) if args.report_only else []
+    ft_file = args.runs / "float_ft.jsonl"
+    fts = {r["model"]: r for r in read_rows(ft_file)} if ft_file.is_file() else {}
+    for m in [] if args.report_only else models(args):
         fdir = float_dir(args, m)
+        if m["name"] not in fts:
+            fts[m["name"]] = float_ft(args, m, fdir)
+            append_jsonl(ft_file, fts[m["name"]])
         for bits in args.bits:
             if (m["name"], bits) in saved:
                 rows.append(saved[(m["name"], bits)])
@@ -286,15 +333,20 @@ def main(argv: list[str] | None = None) -> None:
             r = rows[-1]
             print(f"{m['name']} {bits}-bit: gap {r['gap']:.4f}, kappa {_f(r['kappa_hat'])}, "
                   f"recovered {_f(r['recovered'])}", flush=True)  # fmt: skip
+    rows = [net(r, fts.get(r["model"])) for r in rows]
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         **run_record(__file__, sys.argv[1:], args),
         "cost_estimate": cost,
         "rows": rows,
         "correlations": correlations(rows),
+        "calibration": calibration_points(rows),
         "plot": plot(rows, out / "diagnose_calibration.png"),
         "wall_s": time.perf_counter() - t0,
     }
+    before = out / "diagnose_calibration.json"
+    if args.report_only and before.is_file():  # the measuring run's wall, not this rewrite's
+        payload["wall_s"] = json.loads(before.read_text()).get("wall_s", payload["wall_s"])
     (out / "diagnose_calibration.json").write_text(json.dumps(payload, indent=2) + "\n")
     (out / "diagnose_calibration.md").write_text(render(payload))
     print(render(payload))
