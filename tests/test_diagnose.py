@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import mlx.core as mx
 import pytest
@@ -15,6 +16,7 @@ import yaml
 from test_train_fixtures import VOCAB, tiny_config, tiny_data_dir  # noqa: F401
 
 import mlx_qat.diagnose.report as report
+import mlx_qat.diagnose.verdict as rules
 from mlx_qat.checkpoint import load_checkpoint
 from mlx_qat.cli.diagnose import main as diagnose_main
 from mlx_qat.data import eval_batches, load_bundle
@@ -30,7 +32,12 @@ from mlx_qat.diagnose import (
 from mlx_qat.diagnose.measures import basin_edge, kappa, paired_se, wall_slope
 from mlx_qat.diagnose.probe import matched_random, stochastic_round
 from mlx_qat.diagnose.scan import units_of
-from mlx_qat.diagnose.verdict import verdict
+from mlx_qat.diagnose.verdict import (
+    alternatives,
+    calibration_points,
+    expected_recovery,
+    verdict,
+)
 from mlx_qat.eval_modes import eval_triple
 from mlx_qat.models import model_from_config, preset_config
 from mlx_qat.prepare import prepare, qat_layers
@@ -39,6 +46,7 @@ from mlx_qat.quant import QuantSpec, fake_quantize
 from mlx_qat.quant.affine import dequantize_codes, group, minmax_params
 from mlx_qat.train import train
 
+ROOT = Path(__file__).resolve().parents[1]
 BATCHES = 8  # of the run's 4 x 32 tokens: enough that the gap's noise stays below its size
 CHEAP = dict(random_draws=1, random_scales=(0.5, 1.0, 2.0), sr_draws=2, attribution="block")
 CHEAP_FLAGS = [
@@ -111,29 +119,77 @@ def test_paired_se_by_hand():
     assert paired_se([1.0], [0.0]) == 0.0
 
 
-def test_verdict_rules_on_constructed_measurements():
+CAL = ((0.02, 0.0), (0.2, 0.5), (2.0, 0.8))  # (gap, share recovered): a made-up calibration
+
+
+def test_calibration_points_pool_adjacent_violators_by_hand():
+    rows = [
+        {"gap": 0.1, "eps": 0.01, "recovered": 0.6},
+        {"gap": 0.4, "eps": 0.01, "recovered": 0.2},  # violates 0.6: pooled with it
+        {"gap": 1.6, "eps": 0.01, "recovered": 0.9},
+        {"gap": 0.005, "eps": 0.01, "recovered": 5.0},  # inside ε: not a calibration point
+        {"gap": 3.0, "eps": 0.01, "recovered": None},
+    ]
+    # the pool: share (0.6 + 0.2) / 2 at the geometric mean gap sqrt(0.1 * 0.4) = 0.2
+    assert calibration_points(rows, share="recovered") == ((0.2, 0.4), (1.6, 0.9))
+
+
+def test_expected_recovery_is_linear_in_log_gap_and_flat_beyond_the_ends():
+    assert expected_recovery(0.001, CAL) == 0.0 and expected_recovery(50.0, CAL) == 0.8
+    assert expected_recovery(0.2, CAL) == pytest.approx(0.5)
+    assert expected_recovery(math.sqrt(0.2 * 2.0), CAL) == pytest.approx(0.65)  # log midpoint
+
+
+def test_alternatives_move_every_layer_alike():
+    two, four = QuantSpec("affine", 2, 64), QuantSpec("affine", 4, 64)
+    alts = dict(alternatives([two, two, four]))  # named after the most common format
+    assert list(alts) == ["affine3g64", "affine4g64", "affine2g32", "affine3g32"]
+    assert alts["affine3g64"](four) == QuantSpec("affine", 5, 64)
+    assert alts["affine3g32"](four) == QuantSpec("affine", 5, 32)
+    assert [n for n, _ in alternatives([QuantSpec("affine", 6, 32)])] == ["affine8g32"]
+    assert alternatives([QuantSpec("affine", 8, 64)]) == []
+    assert alternatives([QuantSpec.for_mode("mxfp4")]) == []
+
+
+def test_verdict_rules_on_constructed_measurements(monkeypatch):
+    monkeypatch.setattr(rules, "CALIBRATION", CAL)
     base = {
         "gap": 0.2,
         "eps": 0.01,
+        "float": {"loss": 3.0},
         "scan": {"kappa_hat": 3.0, "alpha_star": 0.33},
         "random": {"radius": 2.0, "rise_at_1": 0.001},
         "stochastic": {"loss": [1.0], "best_gap": 0.3, "gain_over_rtn": -0.1},
         "mixed": None,
+        "formats": None,
     }
-    assert verdict(base)["label"] == QAT_NEEDED  # wide basin in typical directions
-    unmeasured = verdict({**base, "random": None})["advice"]
-    assert "not measured" in unmeasured and "radius >=" not in unmeasured
-    narrow = {**base, "random": {"radius": 0.2, "rise_at_1": 0.5}}
-    v = verdict(narrow)
-    assert v["label"] == CHANGE_FORMAT and "more bits" in v["advice"]
-    assert verdict({**narrow, "stochastic": None})["label"] == CHANGE_FORMAT  # radius alone
-    nearby = {**narrow, "stochastic": {"loss": [1.0], "best_gap": 0.005, "gain_over_rtn": 0.19}}
-    assert verdict(nearby)["label"] == QAT_NEEDED  # a low-loss grid point exists
+    v = verdict(base)  # 50% recovered leaves 0.1 nats, 3.3% of the float loss: QAT
+    assert v["label"] == QAT_NEEDED and "recover 50%" in v["advice"] and "3.3%" in v["advice"]
+    assert verdict({**base, "gap": 0.01})["label"] == PTQ_FINE  # at the level: fine
+    v = verdict({**base, "gap": 0.03})  # QAT expected to win 8.8% of 0.03 < ε: not worth it
+    assert v["label"] == PTQ_FINE and "not expected" in v["advice"]
     mixed = {"units": ["lm_head"], "layers": {"lm_head": "affine8g64"}, "extra_bits": 0.1}
     v = verdict({**base, "mixed": {**mixed, "gap": 0.005}})
     assert v["label"] == CHANGE_FORMAT and "lm_head (affine8g64)" in v["advice"]
     assert verdict({**base, "mixed": mixed})["label"] == QAT_NEEDED  # too dear: not evaluated
-    assert verdict({**base, "gap": 0.01})["label"] == PTQ_FINE  # at the level: fine
+    # gap 1.0: ~71% recovered leaves ~0.29 nats (9.7% > 5%): change the format, to the
+    # cheapest measured one expected within 5% after QAT (affine3g64: 0.3 -> ~4.5%)
+    formats = [
+        {"change": "affine3g64", "bits_per_weight": 3.5, "gap": 0.3},
+        {"change": "affine4g64", "bits_per_weight": 4.5, "gap": 0.05},
+        {"change": "affine2g32", "bits_per_weight": 3.0, "gap": 0.9},
+    ]
+    v = verdict({**base, "gap": 1.0, "formats": formats})
+    assert v["label"] == CHANGE_FORMAT and "affine3g64 (3.50 bits/weight)" in v["advice"]
+    worse = [{**f, "gap": 10 * f["gap"]} for f in formats]  # none is within 5%: the closest
+    v = verdict({**base, "gap": 1.0, "formats": worse})
+    assert v["label"] == CHANGE_FORMAT and "affine4g64" in v["advice"]
+    assert "more bits" in verdict({**base, "gap": 1.0})["advice"]  # no formats measured
+
+
+def test_the_calibration_constants_are_the_saved_calibrations():
+    saved = json.loads((ROOT / rules.CALIBRATION_SOURCE.replace(".md", ".json")).read_text())
+    assert rules.CALIBRATION == calibration_points(saved["rows"])
 
 
 # --- perturbations -----------------------------------------------------------------------
@@ -248,6 +304,11 @@ def test_verdict_says_qat_where_qat_then_pays_and_ptq_where_the_gap_is_small(
         assert at1 == d["ptq"]["loss"] == pytest.approx(ev["ptq"]["loss"], rel=1e-6)  # α = 1
         gap = ev["ptq"]["loss"] - ev["fp"]["loss"]
         labels[bits] = d["verdict"]["label"]
+        if bits == 2:  # the other formats "change the format" chooses from: RTN there too
+            at3 = {f["change"]: f for f in d["formats"]}["affine3g64"]["loss"]
+            assert at3 == pytest.approx(
+                independent_triple(float_run, tiny_data_dir, 3)["ptq"]["loss"], rel=1e-6
+            )
         if labels[bits] == PTQ_FINE:
             assert gap <= d["eps"], (bits, gap, d["eps"])
         else:

@@ -25,7 +25,10 @@ target format on the project's own grid (`MinMaxQuantizer`, bit-identical to `mx
   grid against round-to-nearest: do lower-loss grid points exist nearby?
 - **Attribution**: each quantized layer (or block) rounded alone: its gap, α*, κ̂; those with
   κ̂ ≥ 1 re-checked at 8 bits (`verdict`'s rule 2).
-- **Verdict**: "PTQ is fine" / "QAT needed" / "change the format" (rules in `verdict.py`).
+- **Other formats**: the PTQ gap at one and two bit widths up, half the group size, and both
+  (every layer moved alike): what "change the format" chooses from.
+- **Verdict**: "PTQ is fine" / "QAT needed" / "change the format" (rules in `verdict.py`,
+  calibrated on the share of the gap QAT then recovered).
 
 Modules: measures.py (α*, κ̂), probe.py (moving the weights), scan.py (`diagnose_model`),
 verdict.py, source.py (loading), report.py (table and plot); CLI: `mlx_qat.cli.diagnose`.

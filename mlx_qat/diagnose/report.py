@@ -77,6 +77,12 @@ def format_report(d: dict, layers: int = TOP_LAYERS) -> str:
         cost = f"+{m['extra_bits']:.2f} bits per weight"
         result = f"gap {m['gap']:+.4f}" if "gap" in m else "not evaluated (dearer than 1 bit)"
         lines.append(f"  with {', '.join(m['units'])} at higher precision ({cost}): {result}")
+    if d.get("formats"):
+        lines += ["", "  round-to-nearest at other formats (every layer moved alike):"]
+        lines += [
+            f"    {f['change']:<11} {f['bits_per_weight']:5.2f} bits/weight   gap {f['gap']:+.4f}"
+            for f in d["formats"]
+        ]
     v = d["verdict"]
     lines += ["", f"  verdict: {v['label']}: {v['advice']}"]
     lines += [f"    - {r}" for r in v["reasons"]]

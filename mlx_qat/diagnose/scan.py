@@ -104,7 +104,7 @@ def diagnose_model(
     fixed `batches`, scales stored in `scale_dtype` (None: each weight's dtype).
 
     Returns a JSON-ready dict: "float", "ptq", "gap", "eps", "scan", "random", "stochastic",
-    "layers", "mixed", "verdict" (definitions in `mlx_qat.diagnose`).
+    "layers", "mixed", "formats", "verdict" (definitions in `mlx_qat.diagnose`).
     """
     st = settings or DiagnoseSettings()
     if not layers:
@@ -154,6 +154,7 @@ def _measure(probe: Probe, batches, bpt, st: DiagnoseSettings, key_rand, key_sr)
     out["stochastic"] = _stochastic(probe, batches, bpt, l0, l1, eps, st, key_sr)
     out["layers"] = _attribution(loss_at, l0, eps, probe.paths, st)
     out["mixed"] = _mixed(probe, batches, bpt, l0, eps, out["layers"], gap)
+    out["formats"] = _formats(probe, batches, bpt, l0, eps, gap)
     out["verdict"] = rules.verdict(out)
     return out
 
@@ -223,3 +224,20 @@ def _mixed(probe, batches, bpt, l0, eps, units, gap) -> dict | None:
     probe.set(points)
     loss = batch_losses(probe.model, batches, bpt)[0]
     return {**out, "loss": loss, "gap": loss - l0}
+
+
+def _formats(probe, batches, bpt, l0, eps, gap) -> list[dict] | None:
+    """The RTN gap at each of `verdict.alternatives` (every covered layer's format moved the
+    same way), with its stored bits per weight: what "change the format" chooses from."""
+    if gap <= eps:
+        return None
+    sizes = {p: probe.w0[p].size for p in probe.paths}
+    rows = []
+    for name, change in rules.alternatives(probe.specs.values()):
+        specs = {p: change(spec) for p, spec in probe.specs.items()}
+        probe.set({p: probe.rtn(p, spec) for p, spec in specs.items()})
+        loss = batch_losses(probe.model, batches, bpt)[0]
+        bpw = sum(sizes[p] * specs[p].bits_per_weight() for p in specs) / sum(sizes.values())
+        rows.append({"change": name, "bits_per_weight": bpw, "loss": loss, "gap": loss - l0})
+    probe.restore()
+    return rows or None
