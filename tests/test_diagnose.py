@@ -185,6 +185,8 @@ def test_verdict_rules_on_constructed_measurements(monkeypatch):
     v = verdict({**base, "gap": 1.0, "formats": worse})
     assert v["label"] == CHANGE_FORMAT and "affine4g64" in v["advice"]
     assert "more bits" in verdict({**base, "gap": 1.0})["advice"]  # no formats measured
+    assert not any("outside the calibrated" in r for r in verdict(base)["reasons"])
+    assert any("outside the calibrated" in r for r in verdict({**base, "gap": 3.0})["reasons"])
 
 
 def test_the_calibration_constants_are_the_saved_calibrations():

@@ -17,7 +17,8 @@ from mlx_qat.cli.train import parse_args
 from mlx_qat.train.config import TrainConfig
 from mlx_qat.train.metrics import read_metrics
 
-FINETUNE = dict(lr=1e-4, qat_fraction=1.0, weight_decay=0.0, quantizer_lr_scale=1.0)
+# at the default 4 bits the grid's LR is 7 / 15 of the weights' (`test_the_grid_lr_follows_the_bits`)
+FINETUNE = dict(lr=1e-4, qat_fraction=1.0, weight_decay=0.0, quantizer_lr_scale=7 / 15)
 SCRATCH = dict(lr=3e-3, qat_fraction="auto", weight_decay=0.1, quantizer_lr_scale=0.03)
 
 
@@ -61,7 +62,7 @@ def test_given_settings_beat_the_fine_tune_defaults(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("lr: 0.001\nqat-fraction: 0.5\nweight_decay: 0.05\n")
     c = parse_args([*model, "--config", str(path), "--weight-decay", "0.2"])
-    assert (c.lr, c.qat_fraction, c.weight_decay, c.quantizer_lr_scale) == (1e-3, 0.5, 0.2, 1.0)
+    assert (c.lr, c.qat_fraction, c.weight_decay, c.quantizer_lr_scale) == (1e-3, 0.5, 0.2, 7 / 15)
     # the conditional ones follow the quantizer and the objective
     c = parse_args(model)
     assert (c.scale_grad, c.kd_temperature) == ("ste", 1.0)  # minmax, ce
@@ -69,6 +70,16 @@ def test_given_settings_beat_the_fine_tune_defaults(tmp_path):
     assert (c.scale_grad, c.kd_temperature) == ("fixed_codes", 2.0)
     # the hash of a from-scratch config is the one it had before the defaults moved
     assert TrainConfig().hash() == "8e66cf49c7511190"
+
+
+def test_the_grid_lr_follows_the_bits():
+    """A fine-tune's grid LR keeps its step relative to the grid's scale (∝ 1 / (2^bits − 1))
+    what it is at 3 bits: the weights' LR at 2 and 3 bits, 7 / 255 of it at 8 (where the 3-bit
+    recipe's grid LR left a model 2 nats above its float loss)."""
+    scale = {b: TrainConfig(model="m", bits=b).quantizer_lr_scale for b in (2, 3, 4, 8)}
+    assert scale == {2: 1.0, 3: 1.0, 4: 7 / 15, 8: 7 / 255}
+    assert TrainConfig(model="m", bits=8, quantizer_lr_scale=1.0).quantizer_lr_scale == 1.0
+    assert TrainConfig(bits=8).quantizer_lr_scale == 0.03  # from scratch: unchanged
 
 
 def test_help_names_the_fine_tune_defaults(capsys):
@@ -79,7 +90,10 @@ def test_help_names_the_fine_tune_defaults(capsys):
         ("--lr LR", "(default: 0.003; with --model: 1e-4)"),
         ("--qat-fraction QAT_FRACTION", "(default: auto; with --model: 1)"),
         ("--weight-decay WEIGHT_DECAY", "(default: 0.1; with --model: 0)"),
-        ("--quantizer-lr-scale QUANTIZER_LR_SCALE", "(default: 0.03; with --model: 1)"),
+        (
+            "--quantizer-lr-scale QUANTIZER_LR_SCALE",
+            "(default: 0.03; with --model: min(1, 7 / (2^bits - 1)))",
+        ),
         (
             "--scale-grad {ste,fixed_codes}",
             "with --model: fixed_codes with --quantizer learned_affine",

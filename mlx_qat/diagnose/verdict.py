@@ -141,6 +141,9 @@ def verdict(d: dict) -> dict:
         f"QAT is expected to recover {100 * share:.0f}% of it ({CALIBRATION_BUDGET}; "
         f"{CALIBRATION_SOURCE}), leaving {after:+.4f} nats ({100 * after / l0:+.1f}%)",
     ]
+    lo, hi = CALIBRATION[0][0], CALIBRATION[-1][0]
+    if not lo <= gap <= hi:  # the share is held at the nearest calibrated one: say so
+        reasons.append(f"the gap lies outside the calibrated gaps ({lo:.4f} to {hi:.4f} nats)")
     if share * gap <= eps:
         advice = (
             "QAT is not expected to recover more than ε of this gap; use round-to-nearest, "

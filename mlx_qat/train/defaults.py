@@ -11,9 +11,16 @@ wins, and the resolved config (`config.yaml`, the config hash, resume) holds the
     lr                   3e-3           1e-4
     qat_fraction         auto           1 (QAT from the first step)
     weight_decay         0.1            0
-    quantizer_lr_scale   0.03           1 (the grid at the weights' LR)
+    quantizer_lr_scale   0.03           min(1, 7 / (2^bits − 1)): the grid at the weights' LR
+                                        at 2 and 3 bits, slower above (below)
     scale_grad           ste            fixed_codes with --quantizer learned_affine, else ste
     kd_temperature       1              2 with --objective kd or mix, else 1
+
+A fine-tune's grid LR is absolute (Adam moves a parameter by ~lr per step whatever its size)
+while a group's scale shrinks as 1 / (2^bits − 1): the 3-bit recipe's grid LR moved an 8-bit
+grid by several of its own steps per step and left a d2 model 2 nats above its float loss
+(benchmarks/results/diagnose_calibration.md), so above 3 bits the grid's LR is scaled down to
+keep its step relative to the scale what it is at 3 bits.
 
 The fine-tune column is the measured SmolLM2 recipe (README "QAT a pretrained model",
 `benchmarks/bench_pretrained.py`). The quantizer and the objective stay the user's choice (the
@@ -38,7 +45,7 @@ FINETUNE: dict[str, Any] = {
     "lr": 1e-4,
     "qat_fraction": 1.0,
     "weight_decay": 0.0,
-    "quantizer_lr_scale": 1.0,
+    "quantizer_lr_scale": lambda c: min(1.0, 7 / (2**c.bits - 1)),
     "scale_grad": lambda c: "fixed_codes" if c.quantizer == "learned_affine" else "ste",
     "kd_temperature": lambda c: 2.0 if c.objective in ("kd", "mix") else 1.0,
 }
@@ -46,7 +53,7 @@ FINETUNE_HELP = {  # how --help states them
     "lr": "1e-4",
     "qat_fraction": "1",
     "weight_decay": "0",
-    "quantizer_lr_scale": "1",
+    "quantizer_lr_scale": "min(1, 7 / (2^bits - 1))",
     "scale_grad": "fixed_codes with --quantizer learned_affine",
     "kd_temperature": "2 with --objective kd or mix",
 }
