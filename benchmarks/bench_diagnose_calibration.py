@@ -217,14 +217,14 @@ def render(p: dict) -> str:
         f"at the same LR without quantization (what the extra tokens alone give). "
         f"Wall {p['wall_s'] / 60:.1f} min.",
         "",
-        "| model | bits | PTQ gap | κ̂ | wall slope | radius | verdict (the code that ran) | FP / PTQ / QAT / FP "
+        "| model | bits | PTQ gap | κ̂ | wall slope | radius | FP / PTQ / QAT / FP "
         "fine-tuned | recovered | net |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in p["rows"]:
         md.append(
             f"| {r['model']} | {r['bits']} | {_f(r['gap'], '{:.4f}')} | {_f(r['kappa_hat'])} | "
-            f"{_f(r['wall_slope'])} | {_f(r['radius'])} | {r['verdict']} | "
+            f"{_f(r['wall_slope'])} | {_f(r['radius'])} | "
             f"{_f(r['train_fp'], '{:.4f}')} / {_f(r['train_ptq'], '{:.4f}')} / "
             f"{_f(r['qat'], '{:.4f}')} / {_f(r.get('float_ft'), '{:.4f}')} | "
             f"{_f(r['recovered'] and 100 * r['recovered'], '{:.1f}')}% | "
