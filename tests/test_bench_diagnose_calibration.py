@@ -52,12 +52,12 @@ def test_spearman_with_ties(bench):
 
 
 def test_correlations_beats_gap(bench):
-    rows = [dict(gap=g, kappa_hat=k, wall_slope=None, radius=r, recovered=y)
+    rows = [dict(gap=g, kappa_hat=k, wall_slope=None, radius=r, recovered_net=y)
             for g, k, r, y in [(0.1, 3, 1, 0.2), (0.2, 1, 2, 0.5), (0.3, 2, 3, 0.1),
                                (0.4, 4, 4, 0.6)]]  # fmt: skip
     c = bench.correlations(rows)
     assert c["gap"]["spearman"] == pytest.approx(
-        _rho([r["gap"] for r in rows], [r["recovered"] for r in rows])
+        _rho([r["gap"] for r in rows], [r["recovered_net"] for r in rows])
     )
     assert c["kappa_hat"]["beats_gap"] is (
         abs(c["kappa_hat"]["spearman"]) > abs(c["gap"]["spearman"])
@@ -87,7 +87,12 @@ def test_micro_run(bench, tmp_path, tiny_data):  # noqa: F811  (tiny_data: the f
         gap = r["train_ptq"] - r["train_fp"]
         want = (r["train_ptq"] - r["qat"]) / gap if gap > 1e-9 else None
         assert r["recovered"] == (pytest.approx(want) if want is not None else None)
-    y = [r["recovered"] for r in rows]
+        # net of the float fine-tune on the same tokens (its own run in the runs dir)
+        ft = json.loads((tmp_path / "ft_d2" / "result.json").read_text())["eval"]["fp"]["loss"]
+        net = 1 - (r["qat"] - ft) / gap if gap > 1e-9 else None
+        assert r["float_ft"] == ft
+        assert r["recovered_net"] == (pytest.approx(net) if net is not None else None)
+    y = [r["recovered_net"] for r in rows]
     for m in bench.MEASURES:
         want = _rho([r[m] for r in rows], y)
         got = p["correlations"][m]["spearman"]
