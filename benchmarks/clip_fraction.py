@@ -14,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mlx.core as mx  # noqa: E402
 
 from mlx_qat.checkpoint import load_checkpoint  # noqa: E402
+from mlx_qat.quant.affine import group  # noqa: E402
+from mlx_qat.quant.learned_affine import codes  # noqa: E402
 
 
 def outside(run: str, bits: int) -> tuple[int, int]:
@@ -22,10 +24,9 @@ def outside(run: str, bits: int) -> tuple[int, int]:
     out = total = 0
     for key in (k for k in w if k.endswith("quantizer.scale")):
         base = key[: -len("quantizer.scale")]
-        weight = w[base + "weight"].astype(mx.float32)
-        s = w[key].astype(mx.float32)[..., None]
-        b = w[base + "quantizer.bias"].astype(mx.float32)[..., None]
-        x = (weight.reshape(*s.shape[:-1], -1) - b) / s
+        weight, bias = w[base + "weight"], w[base + "quantizer.bias"]
+        grouped = group(weight, weight.shape[-1] // w[key].shape[-1]).astype(mx.float32)
+        x = codes(grouped, w[key], bias, bits)[3]  # the quantizer's own x = (w − b) / s
         out += ((x < -0.5) | (x > 2**bits - 1 + 0.5)).sum().item()
         total += weight.size
     return out, total

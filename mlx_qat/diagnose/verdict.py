@@ -121,12 +121,17 @@ def expected_recovery(gap: float, points=None) -> float:
     return pts[-1][1]
 
 
+def expected_left(gap: float) -> float:
+    """The loss (nats) QAT is expected to leave of a PTQ gap of `gap`: gap · (1 − r̂(gap))."""
+    return gap * (1 - expected_recovery(gap))
+
+
 def _suggest(formats, l0: float) -> dict | None:
     """The cheapest measured format whose expected loss after QAT is within RESIDUAL_MAX of the
     float loss, else the one QAT is expected to bring closest."""
     if not formats:
         return None
-    rows = [{**f, "after": f["gap"] * (1 - expected_recovery(f["gap"]))} for f in formats]
+    rows = [{**f, "after": expected_left(f["gap"])} for f in formats]
     ok = [f for f in rows if f["after"] <= RESIDUAL_MAX * l0]
     if ok:
         return min(ok, key=lambda f: (f["bits_per_weight"], f["after"]))
@@ -140,8 +145,7 @@ def verdict(d: dict) -> dict:
     if gap <= eps:
         advice = "round-to-nearest at this format stays inside the float model's basin"
         return _result(PTQ_FINE, advice, [head + " (the RTN point is inside the basin)"])
-    share = expected_recovery(gap)
-    after = gap * (1 - share)
+    share, after = expected_recovery(gap), expected_left(gap)
     reasons = [
         head,
         f"QAT is expected to recover {100 * share:.0f}% of it ({CALIBRATION_BUDGET}; "
