@@ -147,12 +147,26 @@ def fp_model(args, seed: int) -> Path:
     return mlx_dir
 
 
+def done_rows(runs: Path) -> dict[str, dict]:
+    """The rows already finished in `runs` (rows.jsonl, one per QAT run), by run dir: a cut
+    benchmark resumes where it stopped."""
+    path = runs / "rows.jsonl"
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["dir"]: r for r in rows}
+
+
 def qat_run(args, fp: Path, bits: int, seed: int, arm: str, lr: float, **trs) -> dict:
-    """One QAT run from the float model; its row (val and test: FP, PTQ, QAT, recovered)."""
+    """One QAT run from the float model; its row (val and test: FP, PTQ, QAT, recovered),
+    appended to runs/rows.jsonl (or read from it when that run already finished)."""
     from mlx_qat.train import train
 
     tag = f"{arm}_lr{lr:g}" + "".join(f"_{k}{v:g}" for k, v in trs.items())
     out = args.runs / f"b{bits}_s{seed}" / tag
+    done = done_rows(args.runs).get(str(out))
+    if done is not None:
+        return done
     kw = dict(
         model=str(fp), tokens=args.qat_steps * args.batch * args.seq, qat_fraction="1",
         bits=bits, quantizer="learned_affine", scale_grad="ste", quantizer_lr_scale=0.03,
@@ -172,6 +186,8 @@ def qat_run(args, fp: Path, bits: int, seed: int, arm: str, lr: float, **trs) ->
         rec = (ptq - q) / gap if gap > 1e-9 else None
         row[split] = {"fp": fp_loss, "ptq": ptq, "qat": q, "recovered": rec}
     row["wall_s"] = time.perf_counter() - t0
+    with open(args.runs / "rows.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
     return row
 
 

@@ -100,3 +100,10 @@ def test_micro_run(bench, tmp_path, tiny_data):  # noqa: F811  (tiny_data: the f
     assert "model.embed_tokens.weight" in keys
     assert not [k for k in keys if k.startswith("model.embed_tokens.quantizer")]
     assert [k for k in keys if ".quantizer." in k]
+    # a second invocation resumes: every run is read back from rows.jsonl, none trained again
+    lines = (tmp_path / "rows.jsonl").read_text().splitlines()
+    assert len(lines) == len(p["rows"])
+    bench.main(["--micro", "--runs", str(tmp_path), "--data", str(tiny_data.path)])
+    again = json.loads((tmp_path / "trs_v2.json").read_text())
+    assert (tmp_path / "rows.jsonl").read_text().splitlines() == lines
+    assert [r["val"] for r in again["rows"]] == [r["val"] for r in p["rows"]]
