@@ -5,7 +5,10 @@ The main job is `mlx_qat/configs/main.yaml` (d2, 3M tokens, auto fraction, learn
 0.03x LR, fused, 1-sqrt cooldown) with only `--bits` and the recipe changed. A **recipe** is
 
     quantizer   la (learned_affine, STE grid gradient) | la_fixed (learned_affine with
-                --scale-grad fixed_codes, DWQ's) | lsq (2 bits only)
+                --scale-grad fixed_codes, DWQ's) | mm (minmax: the grid is each group's
+                min/max, nothing learned; from scratch it ended at its twin at 8 bits where
+                learned affine did not, benchmarks/results/from_scratch_learned_affine_checks.md)
+                | lsq (2 bits only)
     objective   ce | kd | mix (w = 0.5): kd/mix distil from the run's own weights at the
                 FP->QAT switch (`train/distill.py`), at temperature T
     qlr         --quantizer-lr-scale
@@ -14,7 +17,8 @@ The main job is `mlx_qat/configs/main.yaml` (d2, 3M tokens, auto fraction, learn
 1. **search** (validation split, `--search-seeds`, default seed 0): coordinate descent per
    width, one axis at a time from today's default, each axis keeping its winner (lowest QAT
    validation loss — the deployed model's loss at equal tokens): quantizer -> objective
-   (T = 1) -> T {1, 2, 4} (kd/mix only) -> qlr {x1/3, x1, x3} -> fmul {0.5, 1, 2}. The FP
+   (T = 1) -> T {1, 2, 4} (kd/mix only) -> qlr {x1/3, x1, x3} (learned grids only) -> fmul
+   {0.5, 1, 2}. The FP
    prefix trains once per (bits, quantizer, seed): a *trunk* (the QAT phase at fake quant off,
    `ablate_qat`, at a quarter of the auto fraction, so its FP phase covers every switch tried)
    saves a checkpoint at each recipe's switch step, and every recipe is a `--branch-from`
@@ -68,7 +72,8 @@ QLR_MULS = (1 / 3, 1.0, 3.0)
 FMULS = (0.5, 1.0, 2.0)
 TRUNK_FMUL = 0.25  # the trunk's fraction: its FP phase reaches past every switch tried
 QUANTIZERS = {"la": ("learned_affine", None), "la_fixed": ("learned_affine", "fixed_codes"),
-              "lsq": ("lsq", None)}  # fmt: skip
+              "mm": ("minmax", None), "lsq": ("lsq", None)}  # fmt: skip
+UNLEARNED = {"mm"}  # no grid parameters: the quantizer LR scale changes nothing
 
 
 @dataclass(frozen=True)
@@ -232,7 +237,7 @@ def bracket_flags(table: list[dict], axis: str, values: list) -> str | None:
 
 def search_axes(bits: int, current: Recipe) -> list[tuple[str, list[Recipe], list | None]]:
     """The coordinate-descent order: (axis, recipes, ordered values or None)."""
-    quants = ["la", "la_fixed"] + (["lsq"] if bits == 2 else [])
+    quants = ["la", "la_fixed", "mm"] + (["lsq"] if bits == 2 else [])
     axes = [("quantizer", [replace(current, quantizer=q) for q in quants], None)]
     axes.append(("objective", [replace(current, objective=o) for o in ("ce", "kd", "mix")], None))
     axes.append(("temperature", [replace(current, temperature=t) for t in TEMPERATURES],
@@ -245,11 +250,16 @@ def search_axes(bits: int, current: Recipe) -> list[tuple[str, list[Recipe], lis
 
 def _axis_recipes(axis: str, recipes: list[Recipe], best: Recipe, execute: bool) -> list[Recipe]:
     """The axis' recipes around the current winner `best` (the previous axes' choices); the
-    dry run counts the temperatures of a kd winner (the most the search can cost)."""
+    dry run counts the temperatures of a kd winner and the grid LRs of a learned grid (the
+    most the search can cost)."""
     if axis == "temperature" and best.objective == "ce":
         if execute:
             return []  # T only matters to kd/mix
         best = replace(best, objective="kd")
+    if axis == "qlr" and best.quantizer in UNLEARNED:
+        if execute:
+            return []  # nothing for the quantizer LR to move
+        best = replace(best, quantizer=DEFAULT.quantizer)
     return [replace(best, **{axis: getattr(r, axis)}) for r in recipes]
 
 
