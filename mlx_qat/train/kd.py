@@ -13,7 +13,8 @@ teacher's cotangent is a lazy zero, never evaluated.
 
 `kd_head_per_token`, for decoders whose logits are hidden states h times an output matrix W
 (`lm_head` or the tied embedding), forms z = h·Wᵀ one chunk at a time, so neither model's full
-logits nor their gradient ever exist; its VJP recomputes each chunk's logits and returns
+logits ever exist; its forward keeps each chunk's T·(p_s^T − p_t^T) (one (tokens, V) float32
+array in all, instead of forming both models' logits again) and its VJP returns
 
     ∂/∂h_s = G·W_s,   ∂/∂W_s = Σ_chunks Gᵀ·h_s,   G = cot·T·(p_s^T − p_t^T)  per chunk.
 
@@ -91,32 +92,36 @@ def _kd_head(temperature: float):
 
     @mx.custom_function
     def kd(h, w, ht, wt):
+        # Outputs: the per-token KD, then G/cot of each chunk (the step always takes the
+        # gradient, and keeping G, one (tokens, V) float32 array, costs less than forming
+        # both models' logits again in the backward: 2 of the 6 head matmuls of a step).
         shape, d = h.shape[:-1], h.shape[-1]
         h2, ht2 = h.reshape(-1, d), ht.reshape(-1, ht.shape[-1])
-        parts = [
-            kl_to_teacher(logits(h2[a:b], w), logits(ht2[a:b], wt), t)
-            for a, b in _chunks(h2.shape[0], w.shape[0])
-        ]
-        return (t * t * mx.concatenate(parts)).reshape(shape)
+        values, grads = [], []
+        for a, b in _chunks(h2.shape[0], w.shape[0]):
+            zs, zt = logits(h2[a:b], w), logits(ht2[a:b], wt)
+            values.append(kl_to_teacher(zs, zt, t))
+            grads.append(t * (mx.softmax(zs / t, axis=-1) - mx.softmax(zt / t, axis=-1)))
+        return ((t * t * mx.concatenate(values)).reshape(shape), *grads)
 
     @kd.vjp
-    def kd_vjp(primals, cotangent, output):
+    def kd_vjp(primals, cotangents, outputs):
+        # The G outputs are private (`kd_head_per_token` returns the KD only): their
+        # cotangents are zero and ignored.
         h, w, ht, wt = primals
         d = h.shape[-1]
-        h2, ht2 = h.reshape(-1, d), ht.reshape(-1, ht.shape[-1])
-        cot = cotangent.reshape(-1, 1).astype(mx.float32)
+        h2 = h.reshape(-1, d)
+        cot = cotangents[0].reshape(-1, 1).astype(mx.float32)
         w32 = w.astype(mx.float32)
         dh, dw = [], mx.zeros(w.shape, mx.float32)
-        for a, b in _chunks(h2.shape[0], w.shape[0]):
-            ps = mx.softmax(logits(h2[a:b], w) / t, axis=-1)
-            pt = mx.softmax(logits(ht2[a:b], wt) / t, axis=-1)
-            g = (cot[a:b] * t) * (ps - pt)
+        for (a, b), g in zip(_chunks(h2.shape[0], w.shape[0]), outputs[1:]):
+            g = cot[a:b] * g
             dh.append(g @ w32)
             dw = dw + g.T @ h2[a:b].astype(mx.float32)
         dh = mx.concatenate(dh).reshape(h.shape).astype(h.dtype)
         return dh, dw.astype(w.dtype), mx.zeros_like(ht), mx.zeros_like(wt)
 
-    return kd
+    return lambda h, w, ht, wt: kd(h, w, ht, wt)[0]
 
 
 def _head_weight(model: nn.Module) -> Callable[[], mx.array] | None:
