@@ -9,6 +9,11 @@ quantized layers through dequantize as bench_pretrained runs it. Ours is `Traine
 (compiled) of `--train grid` or `kd` training every weight. Steps alternate DWQ, ours, DWQ,
 ours, ...; the first pair is a warm-up and is not counted; medians over the rest.
 
+`--components` also alternates, in the same rounds, two pieces of ours, to say where the time
+over DWQ goes: `ours_no_fq` (the same compiled step with fake quant off: the float student,
+so ours - ours_no_fq is what fake quantization costs) and `teacher` (the teacher's forward to
+its hidden states alone, evaluated).
+
 (Re-executes itself with OpenBLAS preloaded, see `mlx_qat.blas`.)
 """
 
@@ -73,12 +78,12 @@ def dwq_step(args, batches):
     return step
 
 
-def our_step(args, case: str):
+def our_step(args, case: str, tag: str = ""):
     from mlx_qat.train.config import TrainConfig
     from mlx_qat.train.trainer import Trainer
 
     cfg = TrainConfig(
-        out=str(args.work / f"step_{case}"), overwrite=True, model=str(args.work / "float"),
+        out=str(args.work / f"step_{case}{tag}"), overwrite=True, model=str(args.work / "float"),
         data=[str(args.work / "data")], qat_fraction=1.0, bits=args.bits, group_size=64,
         embed_bits=args.bits, quantizer="learned_affine", objective="kd", kd_temperature=2.0,
         train="grid" if case == "grid" else "all", tokens=64 * 4 * 256, batch_size=4,
@@ -95,6 +100,24 @@ def our_step(args, case: str):
     return step, t
 
 
+def component_steps(args, t) -> dict:
+    """The `--components` pieces (module docstring), each a function of the batch index."""
+    import mlx.core as mx
+
+    from mlx_qat.prepare import set_fake_quant
+    from mlx_qat.train.kd import hidden_and_head
+
+    plain, t2 = our_step(args, args.case, tag="no_fq")
+    set_fake_quant(t2.model, False)
+    t2._compile()  # the step captures the flag when traced
+
+    def teacher(k):
+        x = t.batches.batch(k)[:, :-1]
+        mx.eval(hidden_and_head(t.teacher, x))
+
+    return {"ours_no_fq": plain, "teacher": teacher}
+
+
 def main() -> None:
     reexec_with_openblas()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -103,16 +126,19 @@ def main() -> None:
     p.add_argument("--bits", type=int, default=3)
     p.add_argument("--pairs", type=int, default=4)
     p.add_argument("--name", default="finetune_step")
+    p.add_argument("--components", action="store_true", help="time pieces of ours too")
     args = p.parse_args()
     import mlx.core as mx
 
     mx.set_cache_limit(4 << 30)
     ours, t = our_step(args, args.case)
     batches = [t.batches.batch(k) for k in range(args.pairs + 1)]
-    theirs = dwq_step(args, batches)
-    times = {"dwq": [], "ours": []}
+    steps = {"dwq": dwq_step(args, batches), "ours": ours}
+    if args.components:
+        steps.update(component_steps(args, t))
+    times = {name: [] for name in steps}
     for k in range(args.pairs + 1):
-        for name, fn in (("dwq", theirs), ("ours", ours)):
+        for name, fn in steps.items():
             t0 = time.perf_counter()
             fn(k)
             if k:  # the first pair compiles and warms up
@@ -128,8 +154,9 @@ def main() -> None:
     lines += ["", "| step | median s (4 x 256 tokens) | all |", "|---|---|---|"]
     for k, v in times.items():
         lines.append(f"| {k} | {med[k]:.2f} | {', '.join(f'{x:.2f}' for x in v)} |")
-    lines += ["", f"ours / DWQ: **{ratio:.2f}** (median over {args.pairs} alternated pairs, "
-              "after one warm-up pair)."]  # fmt: skip
+    lines += ["", f"ours / DWQ: **{ratio:.2f}** (median over {args.pairs} alternated rounds, "
+              "after one warm-up round)."]  # fmt: skip
+    lines += [f"{k} / DWQ: {med[k] / med['dwq']:.2f}" for k in times if k not in ("dwq", "ours")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(
         json.dumps(

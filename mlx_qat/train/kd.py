@@ -13,10 +13,14 @@ teacher's cotangent is a lazy zero, never evaluated.
 
 `kd_head_per_token`, for decoders whose logits are hidden states h times an output matrix W
 (`lm_head` or the tied embedding), forms z = h·Wᵀ one chunk at a time, so neither model's full
-logits ever exist; its forward keeps each chunk's T·(p_s^T − p_t^T) (one (tokens, V) float32
-array in all, instead of forming both models' logits again) and its VJP returns
+logits ever exist; its forward also keeps T·(p_s^T − p_t^T) of every token (one (tokens, V)
+float32 array) and its VJP is two whole matmuls with it:
 
-    ∂/∂h_s = G·W_s,   ∂/∂W_s = Σ_chunks Gᵀ·h_s,   G = cot·T·(p_s^T − p_t^T)  per chunk.
+    ∂/∂h_s = G·W_s,   ∂/∂W_s = Gᵀ·h_s,   G = cot·T·(p_s^T − p_t^T).
+
+Forming both models' logits again in the backward, chunk by chunk, took 1.2× the time of
+the head's value and gradient and, with a (V, d) partial ∂W per chunk, more memory
+(`benchmarks/results/memory_smollm2_v4.md`).
 
 `split_head` checks on a short input that h·Wᵀ is the model's own output (a head bias, logit
 scaling or soft-capping fails it and keeps the full-logit loss).
@@ -92,9 +96,9 @@ def _kd_head(temperature: float):
 
     @mx.custom_function
     def kd(h, w, ht, wt):
-        # Outputs: the per-token KD, then G/cot of each chunk (the step always takes the
-        # gradient, and keeping G, one (tokens, V) float32 array, costs less than forming
-        # both models' logits again in the backward: 2 of the 6 head matmuls of a step).
+        # Outputs: the per-token KD and G/cot = T·(p_s − p_t) for every token: the step always
+        # takes the gradient, and keeping G (one (tokens, V) float32 array) lets the backward
+        # be two whole matmuls instead of forming both models' logits again chunk by chunk.
         shape, d = h.shape[:-1], h.shape[-1]
         h2, ht2 = h.reshape(-1, d), ht.reshape(-1, ht.shape[-1])
         values, grads = [], []
@@ -102,24 +106,17 @@ def _kd_head(temperature: float):
             zs, zt = logits(h2[a:b], w), logits(ht2[a:b], wt)
             values.append(kl_to_teacher(zs, zt, t))
             grads.append(t * (mx.softmax(zs / t, axis=-1) - mx.softmax(zt / t, axis=-1)))
-        return ((t * t * mx.concatenate(values)).reshape(shape), *grads)
+        return (t * t * mx.concatenate(values)).reshape(shape), mx.concatenate(grads)
 
     @kd.vjp
     def kd_vjp(primals, cotangents, outputs):
-        # The G outputs are private (`kd_head_per_token` returns the KD only): their
-        # cotangents are zero and ignored.
+        # G is private (`kd_head_per_token` returns the KD only): its cotangent is zero.
         h, w, ht, wt = primals
         d = h.shape[-1]
-        h2 = h.reshape(-1, d)
-        cot = cotangents[0].reshape(-1, 1).astype(mx.float32)
-        w32 = w.astype(mx.float32)
-        dh, dw = [], mx.zeros(w.shape, mx.float32)
-        for (a, b), g in zip(_chunks(h2.shape[0], w.shape[0]), outputs[1:]):
-            g = cot[a:b] * g
-            dh.append(g @ w32)
-            dw = dw + g.T @ h2[a:b].astype(mx.float32)
-        dh = mx.concatenate(dh).reshape(h.shape).astype(h.dtype)
-        return dh, dw.astype(w.dtype), mx.zeros_like(ht), mx.zeros_like(wt)
+        g = cotangents[0].reshape(-1, 1).astype(mx.float32) * outputs[1]
+        dh = (g @ w.astype(mx.float32)).reshape(h.shape).astype(h.dtype)
+        dw = (g.T @ h.reshape(-1, d).astype(mx.float32)).astype(w.dtype)
+        return dh, dw, mx.zeros_like(ht), mx.zeros_like(wt)
 
     return lambda h, w, ht, wt: kd(h, w, ht, wt)[0]
 
