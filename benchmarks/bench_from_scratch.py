@@ -5,10 +5,9 @@ The main job is `mlx_qat/configs/main.yaml` (d2, 3M tokens, auto fraction, learn
 0.03x LR, fused, 1-sqrt cooldown) with only `--bits` and the recipe changed. A **recipe** is
 
     quantizer   la (learned_affine, STE grid gradient) | la_fixed (learned_affine with
-                --scale-grad fixed_codes, DWQ's) | mm (minmax: the grid is each group's
-                min/max, nothing learned; from scratch it ended at its twin at 8 bits where
-                learned affine did not, benchmarks/results/from_scratch_learned_affine_checks.md)
-                | lsq (2 bits only)
+                --scale-grad fixed_codes, DWQ's) | lsq (2 bits only) | mm (minmax: each
+                group's min/max, nothing learned; `--recipe` only: it lost to la at 2-4 bits,
+                benchmarks/results/from_scratch_minmax_check.md)
     objective   ce | kd | mix (w = 0.5): kd/mix distil from the run's own weights at the
                 FP->QAT switch (`train/distill.py`), at temperature T
     qlr         --quantizer-lr-scale
@@ -237,7 +236,9 @@ def bracket_flags(table: list[dict], axis: str, values: list) -> str | None:
 
 def search_axes(bits: int, current: Recipe) -> list[tuple[str, list[Recipe], list | None]]:
     """The coordinate-descent order: (axis, recipes, ordered values or None)."""
-    quants = ["la", "la_fixed", "mm"] + (["lsq"] if bits == 2 else [])
+    # mm is not searched: at this scale it lost to la at 2, 3 and 4 bits
+    # (benchmarks/results/from_scratch_minmax_check.md); `--recipe 4=mm.ce.q0.03.f1` runs it
+    quants = ["la", "la_fixed"] + (["lsq"] if bits == 2 else [])
     axes = [("quantizer", [replace(current, quantizer=q) for q in quants], None)]
     axes.append(("objective", [replace(current, objective=o) for o in ("ce", "kd", "mix")], None))
     axes.append(("temperature", [replace(current, temperature=t) for t in TEMPERATURES],
