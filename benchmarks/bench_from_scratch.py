@@ -16,8 +16,7 @@ The main job is `mlx_qat/configs/main.yaml` (d2, 3M tokens, auto fraction, learn
 1. **search** (validation split, `--search-seeds`, default seed 0): coordinate descent per
    width, one axis at a time from today's default, each axis keeping its winner (lowest QAT
    validation loss — the deployed model's loss at equal tokens): quantizer -> objective
-   (T = 1) -> T {1, 2, 4} (kd/mix only) -> qlr {x1/3, x1, x3} (learned grids only) -> fmul
-   {0.5, 1, 2}. The FP
+   (T = 1) -> T {1, 2, 4} (kd/mix only) -> qlr {x1/3, x1, x3} -> fmul {0.5, 1, 2}. The FP
    prefix trains once per (bits, quantizer, seed): a *trunk* (the QAT phase at fake quant off,
    `ablate_qat`, at a quarter of the auto fraction, so its FP phase covers every switch tried)
    saves a checkpoint at each recipe's switch step, and every recipe is a `--branch-from`
@@ -72,7 +71,6 @@ FMULS = (0.5, 1.0, 2.0)
 TRUNK_FMUL = 0.25  # the trunk's fraction: its FP phase reaches past every switch tried
 QUANTIZERS = {"la": ("learned_affine", None), "la_fixed": ("learned_affine", "fixed_codes"),
               "mm": ("minmax", None), "lsq": ("lsq", None)}  # fmt: skip
-UNLEARNED = {"mm"}  # no grid parameters: the quantizer LR scale changes nothing
 
 
 @dataclass(frozen=True)
@@ -251,16 +249,11 @@ def search_axes(bits: int, current: Recipe) -> list[tuple[str, list[Recipe], lis
 
 def _axis_recipes(axis: str, recipes: list[Recipe], best: Recipe, execute: bool) -> list[Recipe]:
     """The axis' recipes around the current winner `best` (the previous axes' choices); the
-    dry run counts the temperatures of a kd winner and the grid LRs of a learned grid (the
-    most the search can cost)."""
+    dry run counts the temperatures of a kd winner (the most the search can cost)."""
     if axis == "temperature" and best.objective == "ce":
         if execute:
             return []  # T only matters to kd/mix
         best = replace(best, objective="kd")
-    if axis == "qlr" and best.quantizer in UNLEARNED:
-        if execute:
-            return []  # nothing for the quantizer LR to move
-        best = replace(best, quantizer=DEFAULT.quantizer)
     return [replace(best, **{axis: getattr(r, axis)}) for r in recipes]
 
 

@@ -149,12 +149,11 @@ def fp_model(args, seed: int) -> Path:
 
 def done_rows(runs: Path) -> dict[str, dict]:
     """The rows already finished in `runs` (rows.jsonl, one per QAT run), by run dir: a cut
-    benchmark resumes where it stopped."""
+    benchmark resumes where it stopped (a torn last line is skipped: that run trains again)."""
+    from mlx_qat.fileio import read_rows
+
     path = runs / "rows.jsonl"
-    if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["dir"]: r for r in rows}
+    return {r["dir"]: r for r in read_rows(path)} if path.is_file() else {}
 
 
 def qat_run(args, fp: Path, bits: int, seed: int, arm: str, lr: float, **trs) -> dict:
@@ -186,8 +185,9 @@ def qat_run(args, fp: Path, bits: int, seed: int, arm: str, lr: float, **trs) ->
         rec = (ptq - q) / gap if gap > 1e-9 else None
         row[split] = {"fp": fp_loss, "ptq": ptq, "qat": q, "recovered": rec}
     row["wall_s"] = time.perf_counter() - t0
-    with open(args.runs / "rows.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    from mlx_qat.fileio import append_jsonl
+
+    append_jsonl(args.runs / "rows.jsonl", row)
     return row
 
 

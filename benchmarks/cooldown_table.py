@@ -26,10 +26,11 @@ sys.path.insert(0, str(ROOT))
 def rows_of(path: Path, bits: int, tokens: float) -> list[dict]:
     """The fused rows of `path` at `bits` and `tokens` (D to 3 significant digits), with the
     FP anchor of each size (f = 0) kept for the table."""
+    from mlx_qat.fileio import read_rows
+
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        r = json.loads(line) if line.strip() else None
-        if not r or r.get("pipeline", "fused") != "fused" or f"{r['D']:.3g}" != f"{tokens:.3g}":
+    for r in read_rows(path):
+        if r.get("pipeline", "fused") != "fused" or f"{r['D']:.3g}" != f"{tokens:.3g}":
             continue
         if r.get("bits") == bits or (r.get("bits") is None and r.get("ptq_bits") == bits):
             out.append(r)

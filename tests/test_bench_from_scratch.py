@@ -43,19 +43,10 @@ def test_recipe_name_round_trip():
         b.Recipe.parse("nope.ce.q0.03.f1")
 
 
-def test_minmax_recipe_skips_the_grid_lr():
+def test_minmax_is_a_recipe_not_a_searched_quantizer():
     b = _bench()
     assert [r.quantizer for r in b.search_axes(2, b.DEFAULT)[0][1]] == ["la", "la_fixed", "lsq"]
     assert b.Recipe.parse("mm.ce.q0.03.f1").settings()["quantizer"] == "minmax"
-    qlr = next(a for a in b.search_axes(4, b.DEFAULT) if a[0] == "qlr")[1]
-    mm = b.Recipe(quantizer="mm")
-    # minmax has no grid parameters: the search runs no quantizer-LR branch for it ...
-    assert b._axis_recipes("qlr", qlr, mm, execute=True) == []
-    # ... while a learned grid gets its three, and the dry run counts them (the most it costs)
-    assert [r.qlr for r in b._axis_recipes("qlr", qlr, b.DEFAULT, execute=True)] == [
-        r.qlr for r in qlr
-    ]
-    assert len(b._axis_recipes("qlr", qlr, mm, execute=False)) == 3
 
 
 def _loss(d: dict, *keys: str) -> float:
