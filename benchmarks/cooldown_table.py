@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     runs = {}
     for spec in args.runs:
         cd, _, path = spec.partition("=")
-        runs[float(cd)] = rows_of(Path(path), args.bits, args.tokens)
+        try:
+            runs[float(cd)] = rows_of(Path(path), args.bits, args.tokens)
+        except (ValueError, OSError) as e:
+            p.error(f"{spec!r}: expected COOLDOWN=RESULTS.jsonl with a readable file ({e})")
     entries = table(runs)
     md = markdown(entries)
     print(md)
