@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     for spec in args.runs:
         cd, _, path = spec.partition("=")
         try:
+            if not Path(path).is_file():
+                raise OSError(f"no file {path!r}")
             runs[float(cd)] = rows_of(Path(path), args.bits, args.tokens)
         except (ValueError, OSError) as e:
             p.error(f"{spec!r}: expected COOLDOWN=RESULTS.jsonl with a readable file ({e})")
