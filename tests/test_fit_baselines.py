@@ -1,11 +1,13 @@
 """mlx_qat.fit.baselines: the trivial predictors of the held-out size, on hand-made rows whose
 answers are worked out in the comments."""
 
+import numpy as np
 import pytest
 
 from mlx_qat.fit.baselines import (
     bit_choice_check,
     copy_check,
+    error_split,
     fraction_check,
     nearest_size_copy,
     verdict,
@@ -128,3 +130,32 @@ def test_memory_matched_bit_choice_by_hand():
     (p,) = bit_choice_check(train, test, predict)
     assert p["law"] == "held" and p["law_right"] is True
     assert bit_choice_check(train, test, predict, max_ratio=0.99) == []
+
+
+def test_error_split_by_hand():
+    """The held-out size 4e5 has its FP anchor at 2.8 (out of the fit); the fitted 2e5 has
+    anchor 3.0 and a 4-bit f = 0.1 run at 3.3 (penalty 0.3). A law whose FP term says 2.7 at
+    4e5 and whose penalty is 0.26 everywhere:
+      FP term: |2.7/2.8 − 1| = 1/28;
+      penalty on the measured anchor: 2.8 + 0.26 = 3.06 against 3.05 -> 1/305;
+      the nearest size's penalty: 2.8 + 0.3 = 3.1 -> 5/305 (the 3-bit run has no twin)."""
+    train = parse_rows([row(2e5, None, 0.0, 3.0), row(2e5, 4, 0.1, 3.3)])
+    test = parse_rows([row(4e5, 4, 0.1, 3.05), row(4e5, 3, 0.1, 3.2)])
+    fp_test = parse_rows([row(4e5, None, 0.0, 2.8)])
+
+    def predict(N, D_fp, D_qat, bits):
+        fp = np.where(np.asarray(N) > 3e5, 2.7, 3.0) * np.ones(np.broadcast(N, D_fp).shape)
+        return fp + np.where(np.isnan(np.asarray(bits, float)), 0.0, 0.26)
+
+    sp = error_split(train, test, fp_test, predict)
+    assert sp["fp"]["n_rows"] == 1 and sp["fp"]["mean_abs_rel_err"] == pytest.approx(1 / 28)
+    law = sp["penalty"]["law"]
+    assert law["n_rows"] == 2
+    # 3-bit run: 2.8 + 0.26 = 3.06 against 3.2
+    assert law["mean_abs_rel_err"] == pytest.approx((1 / 305 + 0.14 / 3.2) / 2)
+    copy = sp["penalty"]["copy"]
+    assert copy["n_rows"] == 1 and copy["mean_abs_rel_err"] == pytest.approx(5 / 305)
+    # no anchor at the held-out size: nothing to split
+    assert (
+        error_split(train, test, parse_rows([row(4e5, None, 0.0, 2.8, d=2 * D)]), predict) is None
+    )

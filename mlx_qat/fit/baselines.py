@@ -17,6 +17,11 @@ predicts it. A law with 16 constants earns them only if it beats predictors with
   predicted by f = `CONST_F` = 0.1 (ParetoQ's "about 10% QAT", which paper 000 argues against),
   scored like the law's argmin and f̂ (a fitted to the other sizes) by MAE in f, per kind of
   optimum (parabola vertex, grid argmin).
+
+Where the law's held-out error lies (`error_split`): the held-out size's FP anchors are left
+out of the fit too, so they score the law's FP term alone; the law's penalty L(QAT) − L(FP, same
+D) added to the measured anchor scores the penalty alone, against the trivial penalty
+baseline (the nearest size's measured L(QAT) − L(FP) added to the same anchor).
 """
 
 from __future__ import annotations
@@ -53,6 +58,49 @@ def nearest_size_copy(train: Rows, test: Rows) -> tuple[np.ndarray, np.ndarray]:
         near = min(sizes, key=lambda n: (abs(np.log(n / N)), n))
         pred[i], src[i] = float(np.mean(sizes[near])), near
     return pred, src
+
+
+def _fp_means(R: Rows) -> dict[tuple, float]:
+    """Mean FP-anchor loss over seeds per (N, D) (D to 9 significant digits)."""
+    out: dict[tuple, list[float]] = {}
+    for N, D, loss in zip(R.N[R.fp], R.D[R.fp], R.loss[R.fp]):
+        out.setdefault((float(N), _key(D, 0, 0)[0]), []).append(float(loss))
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def error_split(train: Rows, test: Rows, fp_test: Rows, predict) -> dict | None:
+    """The law's held-out error split into its FP term and its penalty (module docstring).
+
+    Args:
+        train, test: the fitted rows and the held-out size's QAT rows.
+        fp_test: the held-out size's FP anchors (not fitted).
+        predict: `predict(N, D_fp, D_qat, bits)` of the refitted law (vectorised; bits NaN: FP).
+
+    Returns:
+        None without an anchor at a held-out run's D; else {"fp": rel_errors of the FP term on
+        the anchors, "penalty": {"law": rel_errors, "copy": rel_errors or None}} on the QAT runs
+        that have an anchor (and, for "copy", a nearest-size twin with its own anchor).
+    """
+    anchors = _fp_means(fp_test)
+    fp_pred = predict(fp_test.N, fp_test.D, np.zeros(len(fp_test)), np.full(len(fp_test), np.nan))
+    meas = np.array(
+        [anchors.get((float(N), _key(D, 0, 0)[0]), np.nan) for N, D in zip(test.N, test.D)]
+    )
+    ok = ~np.isnan(meas)
+    if not ok.any():
+        return None
+    t = test.take(ok)
+    law_pen = predict(t.N, t.D_fp, t.D_qat, t.bits) - predict(t.N, t.D, 0.0 * t.D, np.nan * t.D)
+    out = {"fp": rel_errors(fp_pred, fp_test.loss), "penalty": {"law": None, "copy": None}}
+    out["penalty"]["law"] = rel_errors(meas[ok] + law_pen, t.loss)
+    copy, src = nearest_size_copy(train, t)
+    fitted = _fp_means(train)
+    near_fp = np.array([fitted.get((float(n), _key(D, 0, 0)[0]), np.nan) for n, D in zip(src, t.D)])
+    both = ~np.isnan(copy) & ~np.isnan(near_fp)
+    if both.any():
+        pred = meas[ok][both] + copy[both] - near_fp[both]
+        out["penalty"]["copy"] = rel_errors(pred, t.loss[both])
+    return out
 
 
 def rel_errors(pred, loss) -> dict:

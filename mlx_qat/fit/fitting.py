@@ -272,6 +272,9 @@ def _holdout(R: Rows, penalty_grid, a_loss: str, kw) -> dict | None:
     pred = law.predict(params, test.N, test.D_fp, test.D_qat, test.bits)
     out = {"N": float(big), **bl.rel_errors(pred, test.loss)}
     out["copy"] = bl.copy_check(train, test, pred)
+    out["split"] = bl.error_split(
+        train, test, R.take(R.fp & (R.N == big)), lambda *a: law.predict(params, *a)
+    )
     out["fraction"] = _holdout_fraction(params, train, R.take(R.N == big), a_loss)
     out["bit_choice"] = bl.bit_choice_check(
         train, test, lambda r: law.predict(params, r.N, r.D_fp, r.D_qat, r.bits)

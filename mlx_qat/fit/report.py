@@ -118,6 +118,7 @@ def _baselines(h: dict) -> list[str]:
             f"{100 * c['max_abs_rel_err']:.2f}% on {c['n_rows']} runs (the law on these: "
             f"{100 * c['law']['mean_abs_rel_err']:.2f}%, max {100 * c['law']['max_abs_rel_err']:.2f}%)"
         )
+    lines += _split(h.get("split"))
     fr = h.get("fraction")
     if fr:
         m = fr["mae"]
@@ -147,6 +148,28 @@ def _baselines(h: dict) -> list[str]:
         lines.append(
             f"  verdict: memory-matched bit choice (one side out of sample): the law picks the "
             f"measured winner in {right} of {len(pairs)} pairs"
+        )
+    return lines
+
+
+def _split(sp: dict | None) -> list[str]:
+    if not sp:
+        return []
+    pen = sp["penalty"]
+    lines = [
+        "    where the law's error lies (the held-out size's FP anchors, also left out of the fit):",
+        f"      its FP term on {sp['fp']['n_rows']} anchor(s): mean |error| "
+        f"{100 * sp['fp']['mean_abs_rel_err']:.2f}%",
+        f"      its penalty added to the measured anchor: mean |error| "
+        f"{100 * pen['law']['mean_abs_rel_err']:.2f}%, max {100 * pen['law']['max_abs_rel_err']:.2f}% "
+        f"on {pen['law']['n_rows']} runs",
+    ]
+    if pen["copy"]:
+        c = pen["copy"]
+        lines.append(
+            f"      baseline, the nearest size's measured penalty added to the same anchor: "
+            f"{100 * c['mean_abs_rel_err']:.2f}%, max {100 * c['max_abs_rel_err']:.2f}% on "
+            f"{c['n_rows']} runs"
         )
     return lines
 
