@@ -3,6 +3,7 @@ branches, and what the trunk must save — checked against step counts computed 
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -208,6 +209,16 @@ def test_sweep_tiny_v2_separates_qat_from_the_cooldown():
     members = [m for t in plan_trunks(sweep) for m in t.members]
     N = [m.plan.n_params for m in members]
     assert max(N) / min(N) >= 10
+
+    # >= 2 FP-only anchors above the largest QAT size in the QAT sizes' own shape (width):
+    # with another shape only, the law's size term missed the held-out size (sweep_tiny_v2)
+    def width(m):
+        return json.loads((REPO / m.point.model.model_config).read_text())["hidden_size"]
+
+    qat_sizes = [m for m in members if 0 < m.plan.qat_steps]
+    big = [m for m in members if m.plan.n_params > max(q.plan.n_params for q in qat_sizes)]
+    assert all(m.plan.qat_steps == 0 for m in big)
+    assert len({m.plan.n_params for m in big if width(m) in {width(q) for q in qat_sizes}}) >= 2
     qat = [m for m in members if 0 < m.plan.qat_steps < m.plan.total_steps]
     assert all(m.config.fp_twin for m in qat)
     fused = {float(m.point.fraction) for m in qat if m.point.pipeline == "fused"}
