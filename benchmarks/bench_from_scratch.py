@@ -37,6 +37,8 @@ A benchmark never asserts. Writes benchmarks/results/from_scratch_gap.{md,json} 
 elsewhere); runs live under runs/bench_from_scratch/ and a re-run reuses every finished run
 (same config hash) and resumes an interrupted one.
 
+(Re-executes itself with OpenBLAS preloaded, see `mlx_qat.blas`.)
+
     python benchmarks/bench_from_scratch.py --dry-run    # the runs and the estimated cost
     python benchmarks/bench_from_scratch.py              # search + final (see --dry-run)
     python benchmarks/bench_from_scratch.py --stage search
@@ -513,4 +515,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    from mlx_qat.blas import reexec_with_openblas
+
+    reexec_with_openblas()  # the reference BLAS runs the trainer's matmuls ~5x slower here
     main()
