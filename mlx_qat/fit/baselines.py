@@ -36,8 +36,13 @@ CONST_F = 0.1
 KINDS = ("vertex", "argmin")
 
 
+def _d9(D) -> float:
+    """D to 9 significant digits: two runs of one budget match although their counts differ."""
+    return float(f"{float(D):.9g}")
+
+
 def _key(D, bits, f) -> tuple:
-    return (float(f"{float(D):.9g}"), float(bits), round(float(f), 6))
+    return (_d9(D), float(bits), round(float(f), 6))
 
 
 def nearest_size_copy(train: Rows, test: Rows) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +69,7 @@ def _fp_means(R: Rows) -> dict[tuple, float]:
     """Mean FP-anchor loss over seeds per (N, D) (D to 9 significant digits)."""
     out: dict[tuple, list[float]] = {}
     for N, D, loss in zip(R.N[R.fp], R.D[R.fp], R.loss[R.fp]):
-        out.setdefault((float(N), _key(D, 0, 0)[0]), []).append(float(loss))
+        out.setdefault((float(N), _d9(D)), []).append(float(loss))
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
@@ -83,24 +88,21 @@ def error_split(train: Rows, test: Rows, fp_test: Rows, predict) -> dict | None:
     """
     anchors = _fp_means(fp_test)
     fp_pred = predict(fp_test.N, fp_test.D, np.zeros(len(fp_test)), np.full(len(fp_test), np.nan))
-    meas = np.array(
-        [anchors.get((float(N), _key(D, 0, 0)[0]), np.nan) for N, D in zip(test.N, test.D)]
-    )
+    meas = np.array([anchors.get((float(N), _d9(D)), np.nan) for N, D in zip(test.N, test.D)])
     ok = ~np.isnan(meas)
     if not ok.any():
         return None
     t = test.take(ok)
     law_pen = predict(t.N, t.D_fp, t.D_qat, t.bits) - predict(t.N, t.D, 0.0 * t.D, np.nan * t.D)
-    out = {"fp": rel_errors(fp_pred, fp_test.loss), "penalty": {"law": None, "copy": None}}
-    out["penalty"]["law"] = rel_errors(meas[ok] + law_pen, t.loss)
+    penalty = {"law": rel_errors(meas[ok] + law_pen, t.loss), "copy": None}
     copy, src = nearest_size_copy(train, t)
     fitted = _fp_means(train)
-    near_fp = np.array([fitted.get((float(n), _key(D, 0, 0)[0]), np.nan) for n, D in zip(src, t.D)])
+    near_fp = np.array([fitted.get((float(n), _d9(D)), np.nan) for n, D in zip(src, t.D)])
     both = ~np.isnan(copy) & ~np.isnan(near_fp)
     if both.any():
         pred = meas[ok][both] + copy[both] - near_fp[both]
-        out["penalty"]["copy"] = rel_errors(pred, t.loss[both])
-    return out
+        penalty["copy"] = rel_errors(pred, t.loss[both])
+    return {"fp": rel_errors(fp_pred, fp_test.loss), "penalty": penalty}
 
 
 def rel_errors(pred, loss) -> dict:
