@@ -104,6 +104,8 @@ table it is in), `val`, `test`, `left_out` (mean losses in nats; `left_out` null
 peak in the training process; null for float and rtn), `wall_s` (the training process; rtn: its
 mlx_lm.convert; float: the import, null with --float-dir), `settings` (`parse_method`'s dict),
 and the details the table shows (bits per weight, codes changed, the trainer's own KL, ...).
+A rewrite keeps every row of the previous `<name>.json` that --work no longer holds, when that
+report was made under the same SETTINGS (a fresh machine adds rows instead of re-running all).
 
 (Re-executes itself with OpenBLAS preloaded, see `mlx_qat.blas`.)
 """
@@ -750,19 +752,41 @@ def recovered(rtn: dict | None, fp: dict | None, r: dict, split: str) -> float |
     return (rtn[split] - r[split]) / gap if gap else None
 
 
-def collect(args) -> list[dict]:
-    """The json rows: per width, every method of --methods (the trained ones per seed)."""
-    rows = []
+def carried_rows(args, before: dict) -> dict:
+    """The previous report's rows by (name, bits, seed), when it was made under the same
+    protocol (every SETTINGS value equal): a --work that is gone (a fresh machine) keeps its
+    rows, and a later invocation adds to them instead of having to re-run them."""
+    old = before.get("args") or {}
+    if not before.get("rows") or any(old.get(k) != getattr(args, k) for k in SETTINGS):
+        return {}
+    return {(r["name"], r["bits"], r["seed"]): r for r in before["rows"]}
+
+
+def collect(args, carried: dict | None = None) -> list[dict]:
+    """The json rows: per width, every method of --methods (the trained ones per seed); a
+    (method, width, seed) with no evaluation in --work takes its row from `carried`."""
+    rows, carried = [], carried or {}
+
+    def baseline(name, b):
+        if name not in args.methods:
+            return None
+        ev = read_json(home(at(args, b, None), name) / f"{name}.eval.json")
+        return ev or carried.get((name, b, None))
+
     for b in args.bits:
-        a = at(args, b, None)
-        fp = read_json(home(a, "float") / "float.eval.json") if "float" in args.methods else None
-        rtn = read_json(home(a, "rtn") / "rtn.eval.json") if "rtn" in args.methods else None
+        fp, rtn = baseline("float", b), baseline("rtn", b)
         for name in args.methods:
             p = parse_method(name, args)
             trained = p["kind"] in TRAINED
             for s in args.seeds if trained else [None]:
                 a = at(args, b, s)
                 ev = read_json(home(a, name) / f"{name}.eval.json")
+                if not ev and (name, b, s) in carried:
+                    old = carried[(name, b, s)]
+                    rows.append({**old, "test_recovered": recovered(rtn, fp, old, "test"),
+                                 "left_out_recovered": recovered(rtn, fp, old, "left_out"),
+                                 "val_recovered": recovered(rtn, fp, old, "val")})  # fmt: skip
+                    continue
                 if not ev and args.report_only:
                     continue  # not run at this width / seed
                 if name == "float":
@@ -783,7 +807,7 @@ def collect(args) -> list[dict]:
                 }  # fmt: skip
                 if "steps_s" in tj:
                     row["steps_s"] = tj["steps_s"]
-                if p["kind"] in ("dwq", "qat") and rtn:
+                if p["kind"] in ("dwq", "qat") and (model_dir(a, "rtn") / "config.json").is_file():
                     row.update(grid_drift(model_dir(a, "rtn"), model_dir(a, name), b))
                 row.update(trainer_kl(home(a, name) / f"{name}_run"))
                 rows.append(row)
@@ -908,11 +932,12 @@ def provenance_lines(keep: dict) -> list[str]:
 
 
 def write(args) -> None:
-    rows = collect(args)
+    before = read_json(RESULTS / f"{args.name}.json")
+    rows = collect(args, carried_rows(args, before))
     m = machine()
     cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    keep = provenance(args, cmd, date, read_json(RESULTS / f"{args.name}.json"))
+    keep = provenance(args, cmd, date, before)
     widths = "/".join(map(str, args.bits))
     title = keep["title"] or f"{model_name(args)} at {widths}-bit g{args.group_size}: RTN, DWQ, QAT"
     lines = [f"# {title}", ""]

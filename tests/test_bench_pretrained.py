@@ -103,3 +103,24 @@ def test_layout(bench):
     assert bench.data_dir(a) == w / "data" and bench.left_out_dir(a) == w / "left_out"
     b = _args(float_dir=Path("/m"))
     assert bench.model_dir(b, "float") == Path("/m") and bench.data_dir(b) == Path("/w/all/data")
+
+
+def test_rows_of_a_lost_work_dir_are_carried_under_the_same_protocol(bench, tmp_path):
+    settings = dict(source="/m", corpora=["a", "b"], left_out="b", tokens=100, batch_size=4,
+                    seq_len=8, dwq_lr=1e-5, qat_lr=2e-5, temperature=2.0, val_batches=1,
+                    test_batches=1)  # fmt: skip
+    args = _args(**settings, work=tmp_path, bits=[3], seeds=[0], report_only=True,
+                 methods=["float", "rtn", "dwq~1e-4"])  # fmt: skip
+
+    def row(name, seed, test):
+        return {"name": name, "bits": 3, "seed": seed, "val": test, "test": test,
+                "left_out": None, "test_recovered": 0.123}  # fmt: skip
+
+    old = [row("float", None, 2.0), row("rtn", None, 3.0), row("dwq~1e-4", 0, 2.25)]
+    before = {"args": settings, "rows": old}
+    rows = bench.collect(args, bench.carried_rows(args, before))
+    assert [r["name"] for r in rows] == ["float", "rtn", "dwq~1e-4"]
+    assert rows[2]["test_recovered"] == pytest.approx(0.75)  # recomputed: (3 - 2.25) / (3 - 2)
+    # another protocol (here: tokens) carries nothing, and --work's own results come first
+    assert bench.carried_rows(args, {"args": {**settings, "tokens": 200}, "rows": old}) == {}
+    assert bench.collect(args, {}) == []
