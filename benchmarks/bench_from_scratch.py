@@ -43,6 +43,7 @@ elsewhere); runs live under runs/bench_from_scratch/ and a re-run reuses every f
     python benchmarks/bench_from_scratch.py              # search + final (see --dry-run)
     python benchmarks/bench_from_scratch.py --stage search
     python benchmarks/bench_from_scratch.py --stage final --recipe 2=la_fixed.kd.T2.q0.03.f1
+    python benchmarks/bench_from_scratch.py --stage final --search-from b2.json b34.json
 """
 
 from __future__ import annotations
@@ -376,6 +377,10 @@ def markdown(command: str, date: str, m: dict, out: dict) -> str:
     lines += ["", f"Tokens per run: {out['tokens']:,}; search seeds {out['search_seeds']}, "
               f"final seeds {out['final_seeds']}; wall {out['wall_s']:.0f} s "
               f"({out['trained_tokens']:,} tokens through the step).", ""]  # fmt: skip
+    for d in out.get("search_from", []):
+        lines.append(f"- search of {d['bits']} bits taken from `{d['file']}` (`{d['command']}`, "
+                     f"{d['date']}): wall {d['wall_s']:.0f} s, {d['trained_tokens']:,} tokens")  # fmt: skip
+    lines += [""] if out.get("search_from") else []
     if out.get("search"):
         lines += [
             "## Search (validation split; gap = QAT vs the trunk's float model)",
@@ -410,6 +415,22 @@ def markdown(command: str, date: str, m: dict, out: dict) -> str:
     lines += ["", "Note: every twin trains its QAT phase with cross-entropy (fake quant off), "
               "whatever the recipe's objective.", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def searches_from(files: list[Path], bits: list[int]) -> tuple[dict, list[dict]]:
+    """The search tables of earlier invocations' json (`--search-from`), by width in `bits`'
+    order, and where each came from (file, command, date, its cost)."""
+    found, sources = {}, []
+    for f in files:
+        d = json.loads(f.read_text(encoding="utf-8"))
+        if not d.get("search"):
+            raise SystemExit(f"--search-from {f}: no search in it (a `--stage search` json)")
+        widths = sorted((int(b) for b in d["search"]), reverse=True)
+        found.update({b: d["search"][str(b)] for b in widths})
+        sources.append({"file": f.name, "command": d["command"], "date": d["date"],
+                        "bits": "/".join(map(str, widths)), "wall_s": d["wall_s"],
+                        "trained_tokens": d["trained_tokens"]})  # fmt: skip
+    return {b: found[b] for b in bits if b in found}, sources
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -450,6 +471,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench_from_scratch")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "from_scratch_gap")
     p.add_argument("--dry-run", action="store_true", help="list the runs and the estimated cost")
+    p.add_argument(
+        "--search-from",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="final stage: the search of earlier invocations (their --out .json) instead of "
+        "running it: its tables and cost join the report, its winners are the chosen recipes",
+    )
+    p.add_argument("--reading", type=Path, help="a markdown file appended as the report's reading")
     return p
 
 
@@ -488,11 +519,13 @@ def main(argv=None) -> dict:
         out["search"] = {b: search_width(args, b, log) for b in args.bits}
         for w in out["search"].values():
             w.pop("planned")
+    elif args.search_from:
+        out["search"], out["search_from"] = searches_from(args.search_from, args.bits)
     if args.stage in ("all", "final"):
         rows = []
         for b in args.bits:
             chosen = fixed.get(b) or (
-                Recipe.parse(out["search"][b]["winner"]) if "search" in out else DEFAULT
+                Recipe.parse(out["search"][b]["winner"]) if b in out.get("search", {}) else DEFAULT
             )
             rows += final_rows(args, b, {"default": DEFAULT, "chosen": chosen}
                                if chosen != DEFAULT else {"default": DEFAULT}, log)  # fmt: skip
@@ -503,6 +536,8 @@ def main(argv=None) -> dict:
     date = datetime.datetime.now().isoformat(timespec="seconds")
     m = machine()
     md = markdown(command, date, m, out)
+    if args.reading:
+        md += "\n## Reading\n\n" + args.reading.read_text(encoding="utf-8").strip() + "\n"
     print(md)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(md, encoding="utf-8")

@@ -91,3 +91,29 @@ def test_micro_end_to_end(tiny_data, tmp_path):
         assert r["ptq"] == _loss(res, "twin", "test", "ptq")
         assert r["qat"] == _loss(res, "test", "qat")
     assert {s["label"] for s in data["spread"]} == {"default", "chosen"}
+
+
+def test_search_from_earlier_slices(tmp_path):
+    """`--search-from`: the final stage takes the searches of earlier invocations, by width."""
+    b = _bench()
+
+    def slice_json(name, widths):
+        row = {"axis": "quantizer", "recipe": "la.ce.q0.03.f1", "loss": 3.6, "gap_pct": 3.2}
+        search = {str(w): {"table": [{**row, "bits": w}], "winner": f"la.ce.q0.09.f{w}",
+                           "flags": []} for w in widths}  # fmt: skip
+        f = tmp_path / name
+        f.write_text(json.dumps({"command": f"cmd {name}", "date": "d", "wall_s": 60.0 * len(widths),
+                                 "trained_tokens": 10, "search": search}))  # fmt: skip
+        return f
+
+    files = [slice_json("b2.json", [2]), slice_json("b34.json", [3, 4])]
+    search, sources = b.searches_from(files, [4, 3, 2])
+    assert list(search) == [4, 3, 2]
+    assert [search[w]["winner"] for w in (4, 3, 2)] == ["la.ce.q0.09.f4", "la.ce.q0.09.f3",
+                                                        "la.ce.q0.09.f2"]  # fmt: skip
+    assert [(s["file"], s["bits"], s["wall_s"]) for s in sources] == [
+        ("b2.json", "2", 60.0), ("b34.json", "4/3", 120.0)]  # fmt: skip
+    assert list(b.searches_from(files, [3])[0]) == [3]
+    files[0].write_text(json.dumps({"command": "c", "final": []}))
+    with pytest.raises(SystemExit, match="no search"):
+        b.searches_from(files, [2])
