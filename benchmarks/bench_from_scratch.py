@@ -452,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="search only these axes (quantizer objective temperature qlr fmul)",
     )
+    p.add_argument("--qlr-muls", type=float, nargs="+", help=f"the qlr axis (default {QLR_MULS})")
+    p.add_argument("--fmuls", type=float, nargs="+", help=f"the fmul axis (default {FMULS})")
     p.add_argument("--tokens", type=int, default=None, help="override main.yaml's 3M tokens")
     p.add_argument(
         "--auto-fraction",
@@ -486,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
+    global QLR_MULS, FMULS  # a bracket extended from the command line: the whole search's axes
+    QLR_MULS = tuple(args.qlr_muls or QLR_MULS)
+    FMULS = tuple(args.fmuls or FMULS)
     logging.basicConfig(level=logging.WARNING)
     command = "python benchmarks/bench_from_scratch.py " + " ".join(argv or sys.argv[1:])
     t0, log = time.perf_counter(), []
