@@ -167,7 +167,7 @@ def trunk_config(args, bits: int, quantizer: str, seed: int):
     out = args.runs / "search" / f"b{bits}" / f"s{seed}" / quantizer / "trunk"
     probe = Recipe(quantizer=quantizer)
     steps = [switch_step(recipe_config(args, bits, seed, out, replace(probe, fmul=m)))
-             for m in FMULS]  # fmt: skip
+             for m in args.fmuls]  # fmt: skip
     steps = [s for s in steps if s >= 1]  # a run with no FP phase does not branch
     return main_config(args, bits, seed, out, ablate_qat=True, save_steps=steps,
                        qat_fraction=TRUNK_FMUL * auto_fraction(args, bits),
@@ -208,15 +208,18 @@ def run(cfg, log: list) -> dict:
     from mlx_qat.train import train
 
     t0 = time.perf_counter()
-    result = finished(cfg)
+    result, trained = finished(cfg), 0
     if result is None:
+        branch, twin = cfg.branch_from is not None, cfg.fp_twin
         if list_checkpoints(cfg.out):
             cfg = replace(cfg, resume=True, branch_from=None)
         else:
             cfg = replace(cfg, overwrite=Path(cfg.out).exists())
         result = train(cfg)
-    log.append({"out": cfg.out, "wall_s": time.perf_counter() - t0,
-                "tokens": result["plan"]["total_tokens"]})  # fmt: skip
+        plan = result["plan"]  # a branch trains its QAT phase only, a twin its QAT phase again
+        trained = plan["qat_tokens"] * (branch + twin) + (not branch) * plan["total_tokens"]
+    log.append({"out": cfg.out, "wall_s": time.perf_counter() - t0, "tokens": trained,
+                "reused": trained == 0})  # fmt: skip
     return result
 
 
@@ -235,7 +238,9 @@ def bracket_flags(table: list[dict], axis: str, values: list) -> str | None:
     return None
 
 
-def search_axes(bits: int, current: Recipe) -> list[tuple[str, list[Recipe], list | None]]:
+def search_axes(
+    bits: int, current: Recipe, qlr_muls=QLR_MULS, fmuls=FMULS
+) -> list[tuple[str, list[Recipe], list | None]]:
     """The coordinate-descent order: (axis, recipes, ordered values or None)."""
     # mm is not searched: at this scale it lost to la at 2, 3 and 4 bits
     # (benchmarks/results/from_scratch_minmax_check.md); `--recipe 4=mm.ce.q0.03.f1` runs it
@@ -244,9 +249,9 @@ def search_axes(bits: int, current: Recipe) -> list[tuple[str, list[Recipe], lis
     axes.append(("objective", [replace(current, objective=o) for o in ("ce", "kd", "mix")], None))
     axes.append(("temperature", [replace(current, temperature=t) for t in TEMPERATURES],
                  list(TEMPERATURES)))  # fmt: skip
-    qlrs = [round(DEFAULT.qlr * m, 6) for m in QLR_MULS]
+    qlrs = [round(DEFAULT.qlr * m, 6) for m in qlr_muls]
     axes.append(("qlr", [replace(current, qlr=q) for q in qlrs], qlrs))
-    axes.append(("fmul", [replace(current, fmul=m) for m in FMULS], list(FMULS)))
+    axes.append(("fmul", [replace(current, fmul=m) for m in fmuls], list(fmuls)))
     return axes
 
 
@@ -265,7 +270,7 @@ def search_width(args, bits: int, log: list, execute: bool = True) -> dict:
     `execute=False` lists the runs (trunks and branches) without training (the dry run),
     taking the default at every axis."""
     best, table, flags, planned = DEFAULT, [], [], []
-    for axis, recipes, values in search_axes(bits, DEFAULT):
+    for axis, recipes, values in search_axes(bits, DEFAULT, args.qlr_muls, args.fmuls):
         if args.axes and axis not in args.axes:
             continue
         todo = _axis_recipes(axis, recipes, best, execute)
@@ -376,7 +381,7 @@ def markdown(command: str, date: str, m: dict, out: dict) -> str:
     ]
     lines += ["", f"Tokens per run: {out['tokens']:,}; search seeds {out['search_seeds']}, "
               f"final seeds {out['final_seeds']}; wall {out['wall_s']:.0f} s "
-              f"({out['trained_tokens']:,} tokens through the step).", ""]  # fmt: skip
+              f"({out['trained_tokens']:,} tokens trained; finished runs are reused).", ""]  # fmt: skip
     for d in out.get("search_from", []):
         lines.append(f"- search of {d['bits']} bits taken from `{d['file']}` (`{d['command']}`, "
                      f"{d['date']}): wall {d['wall_s']:.0f} s, {d['trained_tokens']:,} tokens")  # fmt: skip
@@ -452,8 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="search only these axes (quantizer objective temperature qlr fmul)",
     )
-    p.add_argument("--qlr-muls", type=float, nargs="+", help=f"the qlr axis (default {QLR_MULS})")
-    p.add_argument("--fmuls", type=float, nargs="+", help=f"the fmul axis (default {FMULS})")
+    p.add_argument("--qlr-muls", type=float, nargs="+", default=list(QLR_MULS),
+                   help="the qlr axis, multiples of the default's (extend a bracket)")  # fmt: skip
+    p.add_argument("--fmuls", type=float, nargs="+", default=list(FMULS),
+                   help="the fmul axis, multiples of the auto fraction (extend a bracket)")  # fmt: skip
     p.add_argument("--tokens", type=int, default=None, help="override main.yaml's 3M tokens")
     p.add_argument(
         "--auto-fraction",
@@ -488,9 +495,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    global QLR_MULS, FMULS  # a bracket extended from the command line: the whole search's axes
-    QLR_MULS = tuple(args.qlr_muls or QLR_MULS)
-    FMULS = tuple(args.fmuls or FMULS)
     logging.basicConfig(level=logging.WARNING)
     command = "python benchmarks/bench_from_scratch.py " + " ".join(argv or sys.argv[1:])
     t0, log = time.perf_counter(), []
