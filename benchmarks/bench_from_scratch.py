@@ -124,8 +124,10 @@ def main_config(args, bits: int, seed: int, out: Path, **kw):
     from mlx_qat.train.config import load_config
 
     cfg = load_config(MAIN_YAML)
+    # auto_scale 1: fmul multiplies exp(-a / ln S) itself (the package's 2-bit default is the
+    # search's own winner, 2x).
     base = dict(out=str(out), data=[str(args.data)], bits=bits, seed=seed, plot=False,
-                quiet=True, resume=False, overwrite=False, fp_twin=False)  # fmt: skip
+                quiet=True, resume=False, overwrite=False, fp_twin=False, auto_scale=1.0)  # fmt: skip
     if args.tokens:
         base["tokens"] = args.tokens
     if args.final_eval_batches is not None:

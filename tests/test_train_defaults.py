@@ -14,8 +14,10 @@ from test_train_fixtures import tiny_data_dir  # noqa: F401
 from tiny_models import float_model_dir
 
 from mlx_qat.cli.train import parse_args
-from mlx_qat.train.config import TrainConfig
+from mlx_qat.sweep import load_sweep
+from mlx_qat.train.config import TrainConfig, load_config
 from mlx_qat.train.metrics import read_metrics
+from mlx_qat.train.phase_plan import auto_fraction, make_plan
 
 # at the default 4 bits the grid's LR is 7 / 15 of the weights' (`test_the_grid_lr_follows_the_bits`)
 FINETUNE = dict(lr=1e-4, qat_fraction=1.0, weight_decay=0.0, quantizer_lr_scale=7 / 15)
@@ -82,6 +84,48 @@ def test_the_grid_lr_follows_the_bits():
     assert TrainConfig(bits=8).quantizer_lr_scale == 0.03  # from scratch: unchanged
 
 
+def test_from_scratch_2_bit_runs_take_the_searched_recipe(tmp_path):
+    """From scratch the grid LR and the QAT fraction follow the bits (issue #24's search,
+    benchmarks/results/from_scratch_gap.md): at 2 bits 0.09x and twice the auto fraction, at
+    3 and 4 bits 0.03x and the auto fraction itself; a fine-tune keeps 1x."""
+    got = {
+        b: (TrainConfig(bits=b).quantizer_lr_scale, TrainConfig(bits=b).auto_scale)
+        for b in (2, 3, 4)
+    }
+    assert got == {2: (0.09, 2.0), 3: (0.03, 1.0), 4: (0.03, 1.0)}
+    assert TrainConfig(model="m", bits=2).auto_scale == 1.0
+    assert TrainConfig(bits=2, auto_scale=1.5, quantizer_lr_scale=0.03).auto_scale == 1.5
+    # the plan: f = min(1, k exp(-a / ln S)), S = tokens / bytes
+    for bits, k in ((2, 2.0), (4, 1.0)):
+        plan = make_plan(TrainConfig(bits=bits, tokens=3_000_000), 10**5, 10**5, 10**5)
+        want = min(1.0, k * auto_fraction(30.0))
+        assert plan.fraction == pytest.approx(want, abs=1 / plan.total_steps)
+        assert plan.f_hat == pytest.approx(auto_fraction(30.0))
+    assert make_plan(TrainConfig(bits=2, auto_scale=50.0), 10**5, 10**5, 10**5).fraction == 1.0
+    with pytest.raises(ValueError, match="auto_scale"):
+        TrainConfig(auto_scale=0.0)
+    # runs from before the 2-bit recipe keep their hash (they took 0.03x and 1x) ...
+    assert TrainConfig(bits=2, quantizer_lr_scale=0.03, auto_scale=1.0).hash() == "bbf6e4459640414b"
+    assert TrainConfig(bits=3).hash() == "5e6d306e6f1c0209"
+    assert TrainConfig(bits=2).hash() != "bbf6e4459640414b"
+    # ... and their own config.yaml (the resolved one, without auto_scale) reads back as 1x,
+    # while a hand-written YAML without it takes the new default
+    old = TrainConfig(bits=2, quantizer_lr_scale=0.03, auto_scale=1.0)
+    text = old.to_yaml().replace("auto_scale: 1.0\n", "")
+    assert "auto_scale" not in text
+    (tmp_path / "run.yaml").write_text(text)
+    assert load_config(tmp_path / "run.yaml").hash() == "bbf6e4459640414b"
+    (tmp_path / "mine.yaml").write_text("bits: 2\n")
+    assert load_config(tmp_path / "mine.yaml").auto_scale == 2.0
+    # a sweep's `auto` is the predictor itself at any bits
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        "out: o\ndata: d\ngrids:\n  - {models: [d2], tokens: [1e5], bits: [2], fractions: [auto]}\n"
+    )
+    sw = load_sweep(sweep)
+    assert [sw.config(p).auto_scale for p in sw.points] == [1.0]
+
+
 def test_help_names_the_fine_tune_defaults(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--help"])
@@ -92,7 +136,7 @@ def test_help_names_the_fine_tune_defaults(capsys):
         ("--weight-decay WEIGHT_DECAY", "(default: 0.1; with --model: 0)"),
         (
             "--quantizer-lr-scale QUANTIZER_LR_SCALE",
-            "(default: 0.03; with --model: min(1, 7 / (2^bits - 1)))",
+            "(default: 0.09 at 2 bits, else 0.03; with --model: min(1, 7 / (2^bits - 1)))",
         ),
         (
             "--scale-grad {ste,fixed_codes}",

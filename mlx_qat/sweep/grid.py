@@ -96,6 +96,7 @@ class Sweep:
     def config(self, point: Point) -> TrainConfig:
         """The TrainConfig of one grid point (output in `<out>/runs/<name>`)."""
         kw = dict(self.train)
+        kw.setdefault("auto_scale", 1.0)  # a grid's `auto` is the predictor itself, at any bits
         kw.update(
             out=str(self.out / "runs" / point.name),
             data=[self.data],

@@ -37,8 +37,13 @@ _NOT_HASHED = set(
 _HASHED_WHEN_SET = tuple(
     "objective kd_temperature kd_weight teacher_dtype quant_overrides lr_control trs_lambda "
     "trs_momentum trs_granularity trs_u0 trs_eta scale_grad train master_dtype weight_lr_scale "
-    "mask_prompt revision cooldown_mode grid_first_fraction".split()
+    "mask_prompt revision cooldown_mode grid_first_fraction auto_scale".split()
 )
+# ... compared with the value in effect before the field existed where the default now depends
+# on the run (auto_scale: 2 at 2 bits from scratch, but every earlier run took 1x the auto f).
+# A run's own config.yaml without the field is read with that value too (`load_config`).
+_BEFORE = {"auto_scale": 1.0}
+CONFIG_HEADER = "# mlx_qat.train resolved config"
 # Settings a resumed run may change with `reschedule` (e.g. after a divergence): they shape the
 # LR and the update from the resumed step on, not the plan, the model or the data.
 SCHEDULE_FIELDS = ("lr", "min_lr", "warmup_tokens", "warmup_steps", "qat_warmup_fraction",
@@ -118,7 +123,7 @@ class TrainConfig(*reversed(GROUPS)):
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (the run directory's `config.yaml`)."""
-        return "# mlx_qat.train resolved config\n" + yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return CONFIG_HEADER + "\n" + yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def hash(self, exclude: tuple[str, ...] = ()) -> str:
         """sha256 of the settings that change what is trained (for resume checks), without
@@ -126,7 +131,8 @@ class TrainConfig(*reversed(GROUPS)):
         d = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED | set(exclude)}
         defaults = TrainConfig.__dataclass_fields__
         for k in _HASHED_WHEN_SET:
-            if k in d and d[k] == scratch_default(k, default_of(defaults[k])):
+            before = _BEFORE.get(k, scratch_default(k, default_of(defaults[k])))
+            if k in d and d[k] == before:
                 del d[k]
         if "quant_overrides" in d:  # their order matters (the first matching glob wins)
             d["quant_overrides"] = [[k, v] for k, v in d["quant_overrides"].items()]
@@ -140,9 +146,12 @@ class TrainConfig(*reversed(GROUPS)):
 def load_config(path: str | Path) -> TrainConfig:
     """Read a `config.yaml` (a run's resolved config, or a hand-written one)."""
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        text = Path(path).read_text(encoding="utf-8")
+        raw = yaml.safe_load(text) or {}
     except (OSError, yaml.YAMLError) as e:
         raise ValueError(f"config file {path}: cannot read it ({e})") from e
     if not isinstance(raw, dict):
         raise ValueError(f"config file {path}: must hold a mapping of setting: value")
+    if text.startswith(CONFIG_HEADER):  # a run's own: what it was trained with
+        raw = {**_BEFORE, **raw}
     return TrainConfig.from_dict(raw, where=str(path))

@@ -106,6 +106,9 @@ class ScheduleSettings:
         None, "QAT share f of the tokens, or 'auto' = exp(-a / ln S)"
     )
     auto_a: float = setting(6.7297, "constant a of the auto fraction")
+    auto_scale: float | None = setting(
+        None, "multiple k of the auto fraction: min(1, k exp(-a/ln S))"
+    )
     pipeline: str = setting("fused", "LR pipeline", choices=PIPELINES)
     cooldown_shape: str = setting("1-sqrt", "LR decay shape", choices=COOLDOWN_SHAPES)
     cooldown_fraction: float = setting(
@@ -141,9 +144,10 @@ class ScheduleSettings:
         if self.warmup_tokens is not None and self.warmup_steps is not None:
             raise ValueError("warmup_tokens and warmup_steps: give at most one of them")
         need(self, self.auto_a > 0, "auto_a", "> 0")
+        need(self, self.auto_scale > 0, "auto_scale", "> 0")
         need(self, self.warmup_tokens is None or self.warmup_tokens >= 0, "warmup_tokens", ">= 0")
         need(self, self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", ">= 0")
-        for name in ("lr", "min_lr", "auto_a"):
+        for name in ("lr", "min_lr", "auto_a", "auto_scale"):
             need(self, math.isfinite(getattr(self, name)), name, "a finite number")
 
 

@@ -9,6 +9,7 @@ where `bytes` is the model's parameter bytes with every quantized tensor at its 
 bits (embeddings at theirs) and float tensors at their dtype (`models.sizing.parameter_bytes`).
 S is tokens per parameter-byte; f̂ is defined for S > 1 only: for S ≤ 1 (fewer tokens than
 bytes) the predictor says no QAT at all, and the plan returns f̂ = 0 with a `warning`.
+`auto_scale` k takes `f = min(1, k·f̂)` instead (from scratch: k = 2 at 2 bits, `defaults.py`).
 
 Steps are optimizer steps of `tokens_per_step = batch_size · seq_len · grad_accum` tokens;
 `total_steps = ceil(D / tokens_per_step)` and `qat_steps = round(f · total_steps)`.
@@ -67,6 +68,7 @@ class PhasePlan:
     qat_warmup_steps: int
     warning: str = field(default="")
     cooldown_mode: str = field(default="fused")
+    auto_scale: float = field(default=1.0)
 
     @property
     def switch_step(self) -> int:
@@ -96,6 +98,8 @@ class PhasePlan:
         """Human-readable summary (what `mlx_qat.plan` prints)."""
         s = self.tokens_per_byte
         req = self.requested if self.requested == "auto" else f"{float(self.requested):g}"
+        if self.requested == "auto" and self.auto_scale != 1.0:
+            req = f"auto x {self.auto_scale:g}"
         tps = self.tokens_per_step
         bits = 8 * self.param_bytes / max(self.n_params, 1)
         fp = f"{self.fp_tokens:,} tokens, steps 0..{self.fp_steps - 1}" if self.fp_steps else "none"
@@ -136,7 +140,7 @@ def make_plan(config, n_params: int, n_params_no_embed: int, param_bytes: float)
     f_hat = auto_fraction(s, config.auto_a)
     warning = ""
     if config.qat_fraction == "auto":
-        f = f_hat
+        f = min(1.0, config.auto_scale * f_hat)
         if s <= 1:
             warning = (
                 f"S = D / bytes = {s:.3g} <= 1: the auto QAT fraction exp(-a/ln S) is only "
@@ -178,7 +182,7 @@ def make_plan(config, n_params: int, n_params_no_embed: int, param_bytes: float)
         param_bytes=float(param_bytes), tokens_per_byte=s, pipeline=config.pipeline,
         shape=config.cooldown_shape, lr=float(config.lr), min_lr=float(config.min_lr),
         warmup_steps=warm, cooldown_steps=int(cooldown), qat_warmup_steps=int(qw),
-        warning=warning, cooldown_mode=config.cooldown_mode,
+        warning=warning, cooldown_mode=config.cooldown_mode, auto_scale=float(config.auto_scale),
     )  # fmt: skip
 
 

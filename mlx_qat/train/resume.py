@@ -43,12 +43,11 @@ from ..fileio import remove_aside
 from ..models.build import model_dir_sha256
 from ..prepare import set_fake_quant
 from .callbacks import callback_states
-from .config import DATA_FIELDS, SCHEDULE_FIELDS
+from .config import CONFIG_HEADER, DATA_FIELDS, SCHEDULE_FIELDS
 from .optim import catch_up, load_optimizer_arrays, optimizer_arrays
 
 logger = logging.getLogger(__name__)
 
-CONFIG_HEADER = "# mlx_qat.train resolved config"
 DATA = "data"
 TRACKER_DIRS = ("wandb", "swanlog")  # --report-to's files (report.py): kept by --overwrite
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "result.json", "loss.png", "eval.json", "eval.yaml",
