@@ -893,12 +893,14 @@ def table(rows: list[dict]) -> list[str]:
 
 
 def code_version() -> str:
-    """The commit this script runs from (`+ changes` when its tree is dirty)."""
+    """The commit this script runs from (`+ changes` when its code is dirty; the result files
+    an earlier invocation rewrote in the same tree are not code)."""
     try:
         git = ["git", "-C", str(ROOT)]
         head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":!benchmarks/results"],
                                capture_output=True, text=True).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
