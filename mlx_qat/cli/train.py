@@ -44,7 +44,7 @@ GROUPS = {group.KEY: group.TITLE for group in CONFIG_GROUPS}
 PLAN_FIELDS = (
     "data", "vocab_size", "preset", "model_config", "model",
     "bits", "group_size", "q_mode", "embed_bits", "quant_overrides",
-    "tokens", "qat_fraction", "auto_a", "pipeline", "cooldown_shape",
+    "tokens", "qat_fraction", "auto_a", "auto_scale", "pipeline", "cooldown_shape",
     "cooldown_fraction", "warmup_tokens", "warmup_steps", "qat_warmup_fraction", "lr", "min_lr",
     "cooldown_mode", "batch_size", "seq_len", "grad_accum",
 )  # fmt: skip
