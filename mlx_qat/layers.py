@@ -54,9 +54,14 @@ class QATLayer(nn.Module):
         """ŵ when fake quant is on, else the float weight (the array the forward uses)."""
         return self.quantizer(self["weight"]) if self.fake_quant else self["weight"]
 
-    def _grid(self):
-        grid = self.quantizer.grid(self["weight"])
-        return grid, self.spec
+    def _holding_grid(self, q: nn.Module) -> nn.Module:
+        """`q` (a stock quantized module of this layer's shape) given the trained grid and the
+        bias, frozen."""
+        q.weight, q.scales, q.biases = self.quantizer.grid(self["weight"])
+        if "bias" in self:
+            q.bias = self["bias"]
+        q.freeze()
+        return q
 
     @classmethod
     def from_float(
@@ -105,16 +110,10 @@ class QATLinear(QATLayer):
 
     def to_quantized(self) -> nn.QuantizedLinear:
         """Stock `nn.QuantizedLinear` holding the trained grid."""
-        (wq, scales, biases), spec = self._grid()
-        out_dims, in_dims = self.weight.shape
-        ql = nn.QuantizedLinear(
-            in_dims, out_dims, False, spec.group_size, spec.bits, mode=spec.mode
+        spec, (out_dims, in_dims) = self.spec, self.weight.shape
+        return self._holding_grid(
+            nn.QuantizedLinear(in_dims, out_dims, False, spec.group_size, spec.bits, mode=spec.mode)
         )
-        ql.weight, ql.scales, ql.biases = wq, scales, biases
-        if "bias" in self:
-            ql.bias = self["bias"]
-        ql.freeze()
-        return ql
 
 
 class QATEmbedding(QATLayer):
@@ -134,12 +133,10 @@ class QATEmbedding(QATLayer):
 
     def to_quantized(self) -> nn.QuantizedEmbedding:
         """Stock `nn.QuantizedEmbedding` holding the trained grid."""
-        (wq, scales, biases), spec = self._grid()
-        num, dims = self.weight.shape
-        qe = nn.QuantizedEmbedding(num, dims, spec.group_size, spec.bits, mode=spec.mode)
-        qe.weight, qe.scales, qe.biases = wq, scales, biases
-        qe.freeze()
-        return qe
+        spec, (num, dims) = self.spec, self.weight.shape
+        return self._holding_grid(
+            nn.QuantizedEmbedding(num, dims, spec.group_size, spec.bits, mode=spec.mode)
+        )
 
 
 class QATSwitchLinear(QATLayer):
@@ -173,16 +170,12 @@ class QATSwitchLinear(QATLayer):
         """mlx-lm's `QuantizedSwitchLinear` holding the trained grid (no global scale)."""
         from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 
-        (wq, scales, biases), spec = self._grid()
-        experts, out_dims, in_dims = self.weight.shape
-        ql = QuantizedSwitchLinear(
-            in_dims, out_dims, experts, False, spec.group_size, spec.bits, mode=spec.mode
+        spec, (experts, out_dims, in_dims) = self.spec, self.weight.shape
+        return self._holding_grid(
+            QuantizedSwitchLinear(
+                in_dims, out_dims, experts, False, spec.group_size, spec.bits, mode=spec.mode
+            )
         )
-        ql.weight, ql.scales, ql.biases = wq, scales, biases
-        if "bias" in self:
-            ql.bias = self["bias"]
-        ql.freeze()
-        return ql
 
 
 def qat_class(module: nn.Module) -> type[QATLayer] | None:

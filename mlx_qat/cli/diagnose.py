@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from dataclasses import fields
 from pathlib import Path
 
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, ensure_writable_dir
 from ..quant.spec import MODES
 from .common import add_common, save_resolved, verb_main, verb_parser
 
@@ -109,23 +108,6 @@ def default_out(path: str | Path, weights: str) -> Path:
     return Path.cwd() / f"diagnose_{name}_{weights}"
 
 
-def _unwritable(out: Path, e: OSError) -> str:
-    return (
-        f"--out {out}: cannot write diagnose.json there ({e.strerror or e}); pass --out with a "
-        "writable directory"
-    )
-
-
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".diagnose.tmp-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(_unwritable(out, e)) from None
-
-
 # The settings passed to `diagnose` as they are.
 _DIAGNOSE_ARGS = ("data", "bits", "group_size", "mode", "embed_bits", "eval_batches",
                   "batch_size", "seq_len")  # fmt: skip
@@ -144,7 +126,7 @@ def _run(opts: dict) -> int:
         **{k: tuple(opts[k]) if isinstance(opts[k], list) else opts[k] for k in names}
     )
     if opts.get("out"):
-        _check_writable(Path(opts["out"]))
+        ensure_writable_dir(opts["out"], f"--out {opts['out']}")
     kw = {k: opts[k] for k in _DIAGNOSE_ARGS}
     d = diagnose(opts["path"], settings=settings, revision=opts.get("revision"), **kw)
     report = format_report(d)
@@ -157,7 +139,10 @@ def _run(opts: dict) -> int:
         save_resolved(out / "diagnose.yaml", "diagnose", opts)
     except OSError as e:
         print(report)
-        raise ValueError(_unwritable(out, e)) from None
+        raise ValueError(
+            f"{out}: cannot write diagnose.json there ({e.strerror or e}); pass --out with a "
+            "writable directory"
+        ) from None
     print(report)
     if opts["plot"]:
         try:
