@@ -53,24 +53,31 @@ def make_model(config, vocab_size: int, model_dir: str | None = None) -> tuple[n
     mx.random.seed(config.seed)
     if config.model:
         return load_pretrained(model_dir or config.model, vocab_size=vocab_size)
-    if config.model_config:
-        path = Path(config.model_config)
-        try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"--model-config {path}: cannot read it ({e})") from e
-        if "quantization" in cfg or "quantization_config" in cfg:
-            raise ValueError(
-                f"--model-config {path}: describes a quantized model; remove its "
-                "'quantization' entry (QAT starts from a float model)"
-            )
-        cfg.setdefault("vocab_size", vocab_size)
-        _check_vocab(cfg["vocab_size"], vocab_size, str(path))
-    else:
-        cfg = preset_config(config.preset, vocab_size, max(4096, config.seq_len))
+    cfg = scratch_model_config(config, vocab_size)
+    _check_vocab(cfg["vocab_size"], vocab_size, config.model_config or "--preset")
     model = model_from_config(cfg)
     mx.eval(model.parameters())
     return model, model_config_dict(model, cfg)
+
+
+def scratch_model_config(config, vocab_size: int) -> dict:
+    """The mlx-lm config dict of a model trained from scratch: the `--model-config` file
+    (ValueError naming it when unreadable or quantized; `vocab_size` defaulting to the data's),
+    else `--preset`'s."""
+    if not config.model_config:
+        return preset_config(config.preset, vocab_size, max(4096, config.seq_len))
+    path = Path(config.model_config)
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--model-config {path}: cannot read it ({e})") from e
+    if "quantization" in cfg or "quantization_config" in cfg:
+        raise ValueError(
+            f"--model-config {path}: describes a quantized model; remove its "
+            "'quantization' entry (QAT starts from a float model)"
+        )
+    cfg.setdefault("vocab_size", vocab_size)
+    return cfg
 
 
 def _check_vocab(model_vocab: int, data_vocab: int, where: str) -> None:

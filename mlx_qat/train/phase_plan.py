@@ -210,22 +210,16 @@ def _vocab_size(config) -> int:
 def plan_for_config(config) -> PhasePlan:
     """The plan a `TrainConfig` would train with (`mlx_qat.plan`), from a lazily built model
     (nothing allocated) sized exactly as the trainer sizes it."""
-    from ..models.presets import model_from_config, preset_config
+    from ..models.build import scratch_model_config
+    from ..models.presets import model_from_config
     from ..prepare import prepare
 
     vocab = _vocab_size(config)
     if config.model:
         mcfg = dict(resolve_model(config.model, config.revision, "--model").config)
         mcfg.setdefault("vocab_size", vocab)
-    elif config.model_config:
-        path = Path(config.model_config)
-        try:
-            mcfg = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: cannot read the model config ({e})") from e
-        mcfg.setdefault("vocab_size", vocab)
     else:
-        mcfg = preset_config(config.preset, vocab, max(4096, config.seq_len))
+        mcfg = scratch_model_config(config, vocab)
     model = model_from_config(mcfg)
     prepare(model, config.qat_config(), enabled=False)
     return plan_for_model(config, model)
