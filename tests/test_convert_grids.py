@@ -13,7 +13,7 @@ from mlx_lm.utils import compute_bits_per_weight
 from test_convert_fixtures import BATCH, EVAL_BATCHES, SEQ_LEN, spec
 
 from mlx_qat.convert import convert, val_loss
-from mlx_qat.convert.pack import cast_bound
+from mlx_qat.convert.pack import dtype_name
 from mlx_qat.data import eval_batches
 from mlx_qat.prepare import qat_layers
 from mlx_qat.qat_config import QATConfig
@@ -21,6 +21,14 @@ from mlx_qat.quant import QuantSpec
 from mlx_qat.quant.affine import unpack_codes
 
 exported, same = fx.exported, fx.same
+UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24}
+
+
+def cast_bound(code: mx.array, scales: mx.array, biases: mx.array, dtype: mx.Dtype) -> mx.array:
+    """Per-weight bound on |Δŵ| when a float32 grid is saved and dequantized in `dtype`:
+    3u·(code·|s| + |b|), one rounding each for s, b, the product and the sum."""
+    u = UNIT_ROUNDOFF[dtype_name(dtype)]
+    return 3 * u * (code * mx.abs(scales) + mx.abs(biases))
 
 
 def loss(model, data) -> float:

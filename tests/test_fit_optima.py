@@ -8,10 +8,24 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mlx_qat.fit.law import f_hat
-from mlx_qat.fit.optima import bootstrap_a, empirical_optima, fit_a, mae, parabola_vertex
+from mlx_qat.fit.optima import empirical_optima, fit_a, mae, parabola_vertex
 from mlx_qat.fit.rows import parse_rows
 
 GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+
+
+def bootstrap_a(S, f, n: int = 200, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of `fit_a` over `n` resamples (with replacement) of the optima."""
+    S, f = np.asarray(S, float), np.asarray(f, float)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n):
+        idx = rng.integers(0, len(S), len(S))
+        if (S[idx] > 1.0).any():
+            draws.append(fit_a(S[idx], f[idx]))
+    q = (1.0 - level) / 2.0
+    lo, hi = np.quantile(draws, [q, 1.0 - q])
+    return float(lo), float(hi)
 
 
 def curve_rows(N, D, bits, f0, fs=GRID, base=3.0, c=0.05, seeds=(0,)):

@@ -57,7 +57,7 @@ def test_law_plan_by_hand():
     ten = lp.choice("fixed")
     assert ten.d_loss == pytest.approx((1 / 0.09 - 4) / 1e4, rel=1e-6)
     assert ten.tokens / 5e7 == pytest.approx(5 / 3, rel=1e-9)
-    assert ten.extra_tokens(5e7) == pytest.approx(2 / 3 * 5e7, rel=1e-9)
+    assert ten.tokens - 5e7 == pytest.approx(2 / 3 * 5e7, rel=1e-9)
     text = lp.table()
     assert "S = D/(N·B/8) = 100.00" in text
     assert "83,333,333 (1.667 x D, +33,333,333)" in text

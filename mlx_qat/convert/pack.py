@@ -14,8 +14,8 @@ Where the scale/bias cast happens: in one place, `cast_model`, after the layers 
   exact weights, loss equal to float32 noise).
 * Any other D rounds scales and biases once more. Dequantized in D, each weight then moves by
   at most |Δŵ| ≤ 3u·(code·|s| + |b|), u = 2⁻¹¹ (float16) or 2⁻⁸ (bfloat16): one rounding
-  each for s, b, the product and the sum (`cast_bound`). Train with `scale_dtype` set to the
-  deploy dtype to avoid it.
+  each for s, b, the product and the sum (tests/test_convert_grids.py checks the bound). Train
+  with `scale_dtype` set to the deploy dtype to avoid it.
 * fp formats (mxfp4, nvfp4, mxfp8) store uint8 scales: nothing to cast, always exact.
 """
 
@@ -144,18 +144,9 @@ def dequantize_stock(model: nn.Module) -> nn.Module:
     return model
 
 
-UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24}
-
-
 def default_dtype(train_dtype: mx.Dtype, scale_dtype: mx.Dtype | None) -> mx.Dtype:
     """The export dtype when `--dtype` is not given (see the module docstring)."""
     return scale_dtype if scale_dtype is not None else train_dtype
-
-
-def cast_bound(code: mx.array, scales: mx.array, biases: mx.array, dtype: mx.Dtype) -> mx.array:
-    """Per-weight bound on |Δŵ| when a float32 grid is saved and dequantized in `dtype`."""
-    u = UNIT_ROUNDOFF[dtype_name(dtype)]
-    return 3 * u * (code * mx.abs(scales) + mx.abs(biases))
 
 
 def cast_model(model: nn.Module, dtype: mx.Dtype, scale_dtype: mx.Dtype | None = None) -> None:

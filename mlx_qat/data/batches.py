@@ -17,8 +17,7 @@ With a loss ``mask`` (`DataBundle.loss_mask`, `--mask-prompt`), a training batch
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from itertools import count
+from collections.abc import Sequence
 
 import mlx.core as mx
 import numpy as np
@@ -107,16 +106,6 @@ class TokenBatches(_Windows):
             "batch_size": self.batch_size,
             "seq_len": self.seq_len,
         }
-
-    @classmethod
-    def from_state(cls, tokens: np.ndarray, state: dict) -> tuple[TokenBatches, int]:
-        """Rebuild the stream from :meth:`state`; returns ``(batches, step)``."""
-        return cls(tokens, state["batch_size"], state["seq_len"], state["seed"]), int(state["step"])
-
-    def iterate(self, start_step: int = 0, num_steps: int | None = None) -> Iterator[mx.array]:
-        """Yield ``batch(start_step)``, ``batch(start_step + 1)``, ... (forever by default)."""
-        stop = None if num_steps is None else start_step + num_steps
-        yield from map(self.batch, count(start_step) if stop is None else range(start_step, stop))
 
 
 class EvalBatches(_Windows, Sequence):

@@ -172,20 +172,3 @@ def a_from_rows(rows: Rows, loss: str = "l2") -> dict | None:
         return None
     S = np.array([o.S for o in optima])
     return {k: fit_a(S, [getattr(o, f"f_{k}") for o in optima], loss) for k in ("argmin", "vertex")}
-
-
-def bootstrap_a(
-    S, f, n: int = 200, seed: int = 0, level: float = 0.95, loss: str = "l2"
-) -> tuple[float, float]:
-    """Percentile interval of `a` over `n` resamples (with replacement) of the optima, taken as
-    exact (the fit resamples the runs instead, so its interval carries their noise)."""
-    S, f = np.asarray(S, float), np.asarray(f, float)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n):
-        idx = rng.integers(0, len(S), len(S))
-        if (S[idx] > 1.0).any():
-            draws.append(fit_a(S[idx], f[idx], loss))
-    q = (1.0 - level) / 2.0
-    lo, hi = np.quantile(draws, [q, 1.0 - q])
-    return float(lo), float(hi)

@@ -104,9 +104,6 @@ class FractionChoice:
     d_loss: float
     tokens: float | None
 
-    def extra_tokens(self, D: float) -> float | None:
-        return None if self.tokens is None else self.tokens - D
-
 
 @dataclass(frozen=True)
 class LawPlan:
