@@ -71,6 +71,38 @@ def dispatch(fused, reference, *args):
     return fused(*args, on=on) if on else reference(*args)
 
 
+def dispatched_function(paths, bits: int, group_size: int, scale_dtype=None):
+    """custom_function (w, *params) -> ŵ from `paths` = (fused forward, reference forward, fused
+    backward, reference backward): forward(w, *params, bits, group_size, scale_dtype) and
+    backward(w, *params, cot, bits, group_size) -> one gradient per primal, each `dispatch`ed."""
+    fused_forward, reference_forward, fused_backward, reference_backward = paths
+
+    @mx.custom_function
+    def fq(*primals):
+        args = (*primals, bits, group_size, scale_dtype)
+        return dispatch(fused_forward, reference_forward, *args)
+
+    @fq.vjp
+    def fq_vjp(primals, cot, output):
+        return dispatch(fused_backward, reference_backward, *primals, cot, bits, group_size)
+
+    return fq
+
+
+def straight_through(forward):
+    """custom_function w -> forward(w) whose gradient passes the cotangent through (STE)."""
+
+    @mx.custom_function
+    def fq(w):
+        return forward(w)
+
+    @fq.vjp
+    def fq_vjp(primals, cot, output):
+        return cot
+
+    return fq
+
+
 def require_fused(on: str | None = None) -> str:
     """`on` if given, else the active fused backend (RuntimeError if none)."""
     if on is not None:

@@ -73,16 +73,7 @@ def fake_quant_forward(w: mx.array, spec: QuantSpec) -> mx.array:
 @cache
 def _ste(spec: QuantSpec):
     """One custom_function per spec: MLX passes only arrays through the VJP cleanly."""
-
-    @mx.custom_function
-    def fq(w):
-        return fake_quant_forward(w, spec)
-
-    @fq.vjp
-    def fq_vjp(primals, cotangent, output):
-        return cotangent
-
-    return fq
+    return backend.straight_through(lambda w: fake_quant_forward(w, spec))
 
 
 def _validate(w: mx.array, spec: QuantSpec, name: str = "weight") -> None:

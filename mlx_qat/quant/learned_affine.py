@@ -139,18 +139,8 @@ def fused_backward(w, scale, bias, cot, bits: int, group_size: int, on=None):
 @cache
 def learned_affine_function(bits: int, group_size: int, scale_dtype=None):
     """custom_function (w, scale, bias) -> ŵ with the gradients above (fused or reference)."""
-
-    @mx.custom_function
-    def fq(w, scale, bias):
-        args = (w, scale, bias, bits, group_size, scale_dtype)
-        return backend.dispatch(fused_forward, reference_forward, *args)
-
-    @fq.vjp
-    def fq_vjp(primals, cot, output):
-        args = (*primals, cot, bits, group_size)
-        return backend.dispatch(fused_backward, reference_backward, *args)
-
-    return fq
+    paths = (fused_forward, reference_forward, fused_backward, reference_backward)
+    return backend.dispatched_function(paths, bits, group_size, scale_dtype)
 
 
 @cache

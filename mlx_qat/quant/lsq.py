@@ -159,15 +159,5 @@ def fused_backward(w, alpha, cot, bits: int, group_size: int, on=None):
 @cache
 def lsq_function(bits: int, group_size: int, scale_dtype=None):
     """custom_function (w, α) -> ŵ with ParetoQ's gradients (fused or reference path)."""
-
-    @mx.custom_function
-    def fq(w, alpha):
-        args = (w, alpha, bits, group_size, scale_dtype)
-        return backend.dispatch(fused_forward, reference_forward, *args)
-
-    @fq.vjp
-    def fq_vjp(primals, cot, output):
-        args = (*primals, cot, bits, group_size)
-        return backend.dispatch(fused_backward, reference_backward, *args)
-
-    return fq
+    paths = (fused_forward, reference_forward, fused_backward, reference_backward)
+    return backend.dispatched_function(paths, bits, group_size, scale_dtype)

@@ -66,18 +66,13 @@ def _minmax_rounded(bits: int, group_size: int, scale_dtype: mx.Dtype):
     # Min/max grid whose scale/bias are stored in another dtype than the weight: STE forward.
     spec = QuantSpec("affine", bits, group_size)
 
-    @mx.custom_function
-    def fq(w):
+    def forward(w):
         on = backend.fused_backend()
         if on:  # mlx_qat.kernels: same bits, one fused pass
             return fused_fake_quant(w, spec, scale_dtype, on)
         return fake_quant_minmax(w, bits, group_size, scale_dtype)
 
-    @fq.vjp
-    def fq_vjp(primals, cot, output):
-        return cot
-
-    return fq
+    return backend.straight_through(forward)
 
 
 class MinMaxQuantizer(Quantizer):
