@@ -137,3 +137,7 @@ def test_plan_for_any_mlx_lm_config(tmp_path):
     p = plan_for_config(TrainConfig(model_config=str(path), tokens=10**6))
     assert p.n_params_no_embed < p.n_params
     assert p.n_params - p.n_params_no_embed == 2 * 256 * 64  # embedding + untied lm_head
+    # The plan reads --model-config as training does: a quantized model's config is refused.
+    path.write_text(json.dumps({**cfg, "quantization": {"bits": 4, "group_size": 64}}))
+    with pytest.raises(ValueError, match="describes a quantized model; remove its 'quantization'"):
+        plan_for_config(TrainConfig(model_config=str(path), tokens=10**6))
