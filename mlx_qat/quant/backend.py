@@ -10,9 +10,9 @@
 
 Every path gives the canonical grid (affine.py, fp.py) bit for bit and the same gradients (the
 per-group scale/bias sums up to float32 summation order). The quantizers ask inside their
-`mx.custom_function`s, so a compiled step keeps the path it was traced with; they hand the
-kernels prepared float32 per-group parameters (clamps, per-row sums and gradient scales stay
-in lsq.py and learned_affine.py).
+`mx.custom_function`s (built here: `dispatched_function`, `straight_through`), so a compiled
+step keeps the path it was traced with; they hand the kernels prepared float32 per-group
+parameters (clamps, per-row sums and gradient scales stay in lsq.py and learned_affine.py).
 """
 
 from __future__ import annotations
