@@ -59,14 +59,14 @@ class RecordingAdam(optim.Adam):
         return out
 
 
-def run_mlx_lm_dwq(src, batches, seed: int) -> list[dict[str, mx.array]]:
+def run_mlx_lm_dwq(src, batches, seed: int, bits: int = 3) -> list[dict[str, mx.array]]:
     """`dwq_quantize` on `batches` (B x (L+1) token arrays) in this order."""
     from mlx_lm.quant.dwq import dwq_quantize
     from mlx_lm.utils import load_model, quantize_model
 
     teacher, config = load_model(src)
     student = copy.deepcopy(teacher)
-    quantize_model(student, config, group_size=32, bits=3)
+    quantize_model(student, config, group_size=32, bits=bits)
     teacher.freeze()
     # mlx-lm's iterate_batches yields batch_idx[perm[k]] k-th, perm from np.random.seed(seed)
     np.random.seed(seed)
@@ -83,16 +83,17 @@ def run_mlx_lm_dwq(src, batches, seed: int) -> list[dict[str, mx.array]]:
     return opt.steps
 
 
-def test_grid_mode_follows_mlx_lm_dwq_step_for_step(tiny_data_dir, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("bits", [3, 2])
+def test_grid_mode_follows_mlx_lm_dwq_step_for_step(tiny_data_dir, tmp_path, bits):  # noqa: F811
     src, _ = float_model_dir(tmp_path / "float", vocab=512)
-    cfg = dwq_settings(tiny_data_dir, tmp_path / "run", src)
+    cfg = dwq_settings(tiny_data_dir, tmp_path / "run", src, bits=bits, embed_bits=bits)
     ours: list[dict[str, mx.array]] = []
     t = Trainer(cfg, on_step=lambda tr, s: ours.append(grid_and_norms(tr.model)))
     t.setup()
     t.run()
 
     data = TokenBatches(load_bundle(tiny_data_dir).train, B, L, cfg.seed)
-    theirs = run_mlx_lm_dwq(src, [data.batch(s) for s in range(STEPS)], cfg.seed)
+    theirs = run_mlx_lm_dwq(src, [data.batch(s) for s in range(STEPS)], cfg.seed, bits)
     assert len(ours) == len(theirs) == STEPS
     assert ours[0].keys() == theirs[0].keys()
     assert any(k.endswith("norm.weight") for k in theirs[0])  # DWQ trains the norms too
