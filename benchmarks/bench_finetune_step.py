@@ -9,10 +9,11 @@ quantized layers through dequantize as bench_pretrained runs it. Ours is `Traine
 (compiled) of `--train grid` or `kd` training every weight. Steps alternate DWQ, ours, DWQ,
 ours, ...; the first pair is a warm-up and is not counted; medians over the rest.
 
-`--components` also alternates, in the same rounds, two pieces of ours, to say where the time
+`--components` also alternates, in the same rounds, three pieces of ours, to say where the time
 over DWQ goes: `ours_no_fq` (the same compiled step with fake quant off: the float student,
-so ours - ours_no_fq is what fake quantization costs) and `teacher` (the teacher's forward to
-its hidden states alone, evaluated).
+so ours - ours_no_fq is what fake quantization costs), `teacher` (the teacher's forward to
+its hidden states alone, evaluated) and `transitions` (the step's transition statistics alone,
+`train.transitions`: every QAT layer's codes before and after, compiled, on ours' model).
 
 (Re-executes itself with OpenBLAS preloaded, see `mlx_qat.blas`.)
 """
@@ -106,6 +107,7 @@ def component_steps(args, t) -> dict:
 
     from mlx_qat.prepare import set_fake_quant
     from mlx_qat.train.kd import hidden_and_head
+    from mlx_qat.train.transitions import Transitions
 
     plain, t2 = our_step(args, args.case, tag="no_fq")
     set_fake_quant(t2.model, False)
@@ -115,7 +117,14 @@ def component_steps(args, t) -> dict:
         x = t.batches.batch(k)[:, :-1]
         mx.eval(hidden_and_head(t.teacher, x))
 
-    return {"ours_no_fq": plain, "teacher": teacher}
+    stats = Transitions(t.model)
+    state = [t.model.state, stats.state]  # as the trainer's step: the EMAs are updated in place
+    codes = mx.compile(lambda: stats.after(stats.before()), inputs=state, outputs=state)
+
+    def transitions(k):
+        mx.eval(codes())
+
+    return {"ours_no_fq": plain, "teacher": teacher, "transitions": transitions}
 
 
 def main() -> None:
