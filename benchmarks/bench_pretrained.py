@@ -103,7 +103,9 @@ table it is in), `val`, `test`, `left_out` (mean losses in nats; `left_out` null
 (rtn − x) / (rtn − float), against that width's rtn and the float teacher), `peak_gb` (MLX's
 peak in the training process; null for float and rtn), `wall_s` (the training process; rtn: its
 mlx_lm.convert; float: the import, null with --float-dir), `settings` (`parse_method`'s dict),
-and the details the table shows (bits per weight, codes changed, the trainer's own KL, ...).
+the details the table shows (bits per weight, codes changed, the trainer's own KL, ...)
+and `val_kl`: the mean KL(teacher ‖ model) per token on the validation windows at T = 1
+(`benchmarks/val_kl.py` applies it as a criterion; rows evaluated before 2026-12-07 lack it).
 A rewrite keeps every row of the previous `<name>.json` that --work no longer holds, when that
 report was made under the same SETTINGS (a fresh machine adds rows instead of re-running all).
 
@@ -250,6 +252,37 @@ def eval_loss(model, batches) -> float:
         loss = nn.losses.cross_entropy(logits, b[:, 1:], reduction="sum")
         total += loss.item()
         count += b[:, 1:].size
+    return total / count
+
+
+def log_softmax(logits):
+    import mlx.core as mx
+
+    logits = logits.astype(mx.float32)
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+def teacher_logprobs(model, batches) -> list:
+    import mlx.core as mx
+
+    out = []
+    for b in batches:
+        lp = log_softmax(model(b[:, :-1]))
+        mx.eval(lp)
+        out.append(lp)
+    return out
+
+
+def mean_kl(model, batches, teacher: list) -> float:
+    """Mean over tokens of sum_v p_t(v) (log p_t(v) − log p_s(v)), nats."""
+    import mlx.core as mx
+
+    total, count = 0.0, 0
+    for b, lt in zip(batches, teacher):
+        ls = log_softmax(model(b[:, :-1]))
+        kl = (mx.exp(lt) * (lt - ls)).sum(axis=-1)
+        total += kl.sum().item()
+        count += kl.size
     return total / count
 
 
@@ -573,6 +606,10 @@ def run_eval(args) -> None:
         res[split] = eval_loss(model, batches)
         res[f"{split}_tokens"] = sum(b[:, 1:].size for b in batches)
         res[f"{split}_s"] = time.perf_counter() - t0
+    if args.method != "float":  # the distance to the teacher, a criterion for choosing settings
+        del model
+        teacher = teacher_logprobs(load_float32(float_dir(args)), splits[0][1])
+        res["val_kl"] = mean_kl(load_float32(path), splits[0][1], teacher)
     res["bits_per_weight"] = bits_per_weight(path)
     (home(args, args.method) / f"{args.method}.eval.json").write_text(json.dumps(res))
 
@@ -803,7 +840,7 @@ def collect(args, carried: dict | None = None) -> list[dict]:
                     "peak_gb": tj.get("peak_memory_gb"), "wall_s": tj.get("train_s"),
                     "settings": p, "val_recovered": recovered(rtn, fp, ev, "val"),
                     "bits_per_weight": ev["bits_per_weight"],
-                    **{k: v for k, v in ev.items() if k.endswith(("_tokens", "_s"))},
+                    **{k: v for k, v in ev.items() if k.endswith(("_tokens", "_s", "_kl"))},
                 }  # fmt: skip
                 if "steps_s" in tj:
                     row["steps_s"] = tj["steps_s"]

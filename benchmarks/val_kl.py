@@ -40,42 +40,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_pretrained import load_float32, split_windows  # noqa: E402
+from benchmarks.bench_pretrained import (  # noqa: E402
+    load_float32,
+    mean_kl,
+    split_windows,
+    teacher_logprobs,
+)
 from benchmarks.common import header_lines, machine  # noqa: E402
 from mlx_qat.blas import reexec_with_openblas  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def log_softmax(logits):
-    import mlx.core as mx
-
-    logits = logits.astype(mx.float32)
-    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-
-
-def teacher_logprobs(model, batches) -> list:
-    import mlx.core as mx
-
-    out = []
-    for b in batches:
-        lp = log_softmax(model(b[:, :-1]))
-        mx.eval(lp)
-        out.append(lp)
-    return out
-
-
-def mean_kl(model, batches, teacher: list) -> float:
-    """Mean over tokens of sum_v p_t(v) (log p_t(v) − log p_s(v)), nats."""
-    import mlx.core as mx
-
-    total, count = 0.0, 0
-    for b, lt in zip(batches, teacher):
-        ls = log_softmax(model(b[:, :-1]))
-        kl = (mx.exp(lt) * (lt - ls)).sum(axis=-1)
-        total += kl.sum().item()
-        count += kl.size
-    return total / count
 
 
 def model_dirs(work: Path, bits: list[int]) -> list[tuple[int, int | None, str, Path]]:
