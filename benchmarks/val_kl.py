@@ -74,6 +74,14 @@ def choose(rows: list[dict], key: str) -> dict:
     return min(rows, key=lambda r: r[key])
 
 
+def rank_corr(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (no ties expected among float losses)."""
+    import numpy as np
+
+    rx, ry = (np.argsort(np.argsort(v)).astype(float) for v in (x, y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
 def report_lines(rows: list[dict], missing: list[dict]) -> list[str]:
     lines = []
     for b in sorted({r["bits"] for r in rows}):
@@ -94,6 +102,14 @@ def report_lines(rows: list[dict], missing: list[dict]) -> list[str]:
             cell = lambda r: (f"{r['name']}: {100 * r['test_recovered']:.1f} / "  # noqa: E731
                               f"{100 * r['left_out_recovered']:.1f} %")  # fmt: skip
             lines.append(f"| {fam} ({len(cands)} folders) | {cell(by_loss)} | {cell(by_kl)} |")
+        trained = [r for r in width if r["seed"] is not None]
+        if len(trained) >= 3:  # lower loss / KL should mean more recovered: report −ρ
+            left = [r["left_out_recovered"] for r in trained]
+            by_val = -rank_corr([r["val"] for r in trained], left)
+            by_kl = -rank_corr([r["val_kl"] for r in trained], left)
+            lines.append(f"\nRank correlation with left-out recovery over the {len(trained)} "
+                         f"trained models: val loss {by_val:.2f}, val KL {by_kl:.2f} (1 = the "
+                         "criterion orders them exactly as the left-out corpus does).")  # fmt: skip
     if missing:
         lines.append("\nNot re-scored (folder deleted): "
                      + ", ".join(f"{m['name']} {m['bits']}-bit seed {m['seed']}" for m in missing))  # fmt: skip

@@ -63,7 +63,7 @@ def test_choice_per_family(val_kl):
              test_recovered=0.83, left_out_recovered=0.65),
         dict(name="qat_kd~3e-4:1e-4+fixed", bits=4, seed=0, val=3.05, val_kl=0.015,
              test_recovered=0.84, left_out_recovered=0.54),
-        dict(name="rtn", bits=4, seed=0, val=4.0, val_kl=0.3, test_recovered=0.0,
+        dict(name="rtn", bits=4, seed=None, val=4.0, val_kl=0.3, test_recovered=0.0,
              left_out_recovered=0.0),
     ]  # fmt: skip
     lines = "\n".join(val_kl.report_lines(rows, []))
@@ -71,3 +71,13 @@ def test_choice_per_family(val_kl):
     assert ("| qat_kd (2 folders) | qat_kd~3e-4:1e-4+fixed: 84.0 / 54.0 % | "
             "qat_kd~0:1e-4+fixed+split: 83.0 / 65.0 % |") in lines  # fmt: skip
     assert "| rtn (" not in lines
+    # the four trained rows, by hand: val ranks (1, 0, 3, 2), KL ranks (2, 3, 0, 1), left-out
+    # recovery ranks (2, 0, 3, 1): Σd² = 2 and 18, ρ = 1 − 6Σd²/(n(n²−1)) = 0.8 and −0.8,
+    # reported as −ρ
+    assert "val loss -0.80, val KL 0.80" in lines
+
+
+def test_rank_corr(val_kl):
+    assert val_kl.rank_corr([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
+    assert val_kl.rank_corr([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert val_kl.rank_corr([3, 1, 2], [30, 10, 20]) == pytest.approx(1.0)
