@@ -158,7 +158,8 @@ def main() -> None:
     out = {"command": cmd, "date": date, "machine": machine(), "wall_s": time.perf_counter() - t0,
            "val_tokens": sum(b[:, 1:].size for b in batches), "rows": rows, "missing": missing}  # fmt: skip
     (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=1) + "\n")
-    md = [f"# Validation KL to the teacher: the models of {args.report.name}", ""]
+    title = json.loads(args.report.read_text()).get("title") or args.report.name
+    md = [f"# Validation KL to the teacher: the models of {title}", ""]
     md += header_lines(cmd, date, out["machine"]) + [""]
     md += [f"{out['val_tokens']:,} validation tokens, {len(rows)} models, {out['wall_s']:.0f} s."]
     md += report_lines(rows, missing)
