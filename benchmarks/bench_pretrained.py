@@ -593,10 +593,15 @@ def run_eval(args) -> None:
 
     mx.set_cache_limit(4 << 30)
     path = model_dir(args, args.method)
-    model = load_float32(path)
     res = {"method": args.method}
     splits = [(s, split_windows(data_dir(args), s, args.batch_size, args.seq_len, n))
               for s, n in (("val", args.val_batches), ("test", args.test_batches))]  # fmt: skip
+    # the teacher's validation log-probabilities first: one model in memory at a time
+    teacher = None if args.method == "float" else teacher_logprobs(
+        load_float32(float_dir(args)), splits[0][1])  # fmt: skip
+    model = load_float32(path)
+    if teacher:  # the distance to the teacher, a criterion for choosing settings
+        res["val_kl"] = mean_kl(model, splits[0][1], teacher)
     if args.left_out:  # as many windows as the in-domain test evaluation has
         n = sum(b.shape[0] for b in splits[1][1])
         splits.append(("left_out", spread_windows(left_out_dir(args), n, args.batch_size,
@@ -606,10 +611,6 @@ def run_eval(args) -> None:
         res[split] = eval_loss(model, batches)
         res[f"{split}_tokens"] = sum(b[:, 1:].size for b in batches)
         res[f"{split}_s"] = time.perf_counter() - t0
-    if args.method != "float":  # the distance to the teacher, a criterion for choosing settings
-        del model
-        teacher = teacher_logprobs(load_float32(float_dir(args)), splits[0][1])
-        res["val_kl"] = mean_kl(load_float32(path), splits[0][1], teacher)
     res["bits_per_weight"] = bits_per_weight(path)
     (home(args, args.method) / f"{args.method}.eval.json").write_text(json.dumps(res))
 

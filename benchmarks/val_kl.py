@@ -40,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_diagnose_calibration import spearman  # noqa: E402
 from benchmarks.bench_pretrained import (  # noqa: E402
     load_float32,
     mean_kl,
@@ -66,20 +67,8 @@ def model_dirs(work: Path, bits: list[int]) -> list[tuple[int, int | None, str, 
     return found
 
 
-def family(name: str) -> str:
-    return name.split("~")[0].split("@")[0]
-
-
 def choose(rows: list[dict], key: str) -> dict:
     return min(rows, key=lambda r: r[key])
-
-
-def rank_corr(x: list[float], y: list[float]) -> float:
-    """Spearman's rank correlation (no ties expected among float losses)."""
-    import numpy as np
-
-    rx, ry = (np.argsort(np.argsort(v)).astype(float) for v in (x, y))
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def report_lines(rows: list[dict], missing: list[dict]) -> list[str]:
@@ -89,13 +78,13 @@ def report_lines(rows: list[dict], missing: list[dict]) -> list[str]:
         lines += [f"\n## {b} bits, seed 0 (and RTN)\n",
                   "| method | val loss | val KL (nats) | test rec. | left-out rec. |",
                   "|---|---|---|---|---|"]  # fmt: skip
-        for r in sorted(width, key=lambda r: (family(r["name"]), r["val_kl"])):
+        for r in sorted(width, key=lambda r: (r["method"], r["val_kl"])):
             lines.append(f"| {r['name']} | {r['val']:.4f} | {r['val_kl']:.4f} | "
                          f"{100 * r['test_recovered']:.1f} % | "
                          f"{100 * r['left_out_recovered']:.1f} % |")  # fmt: skip
         lines.append("\n| family | chosen on val loss | chosen on val KL |\n|---|---|---|")
-        for fam in sorted({family(r["name"]) for r in width}):
-            cands = [r for r in width if family(r["name"]) == fam]
+        for fam in sorted({r["method"] for r in width}):
+            cands = [r for r in width if r["method"] == fam]
             if len(cands) < 2:
                 continue
             by_loss, by_kl = choose(cands, "val"), choose(cands, "val_kl")
@@ -105,8 +94,8 @@ def report_lines(rows: list[dict], missing: list[dict]) -> list[str]:
         trained = [r for r in width if r["seed"] is not None]
         if len(trained) >= 3:  # lower loss / KL should mean more recovered: report −ρ
             left = [r["left_out_recovered"] for r in trained]
-            by_val = -rank_corr([r["val"] for r in trained], left)
-            by_kl = -rank_corr([r["val_kl"] for r in trained], left)
+            by_val = -spearman([r["val"] for r in trained], left)
+            by_kl = -spearman([r["val_kl"] for r in trained], left)
             lines.append(f"\nRank correlation with left-out recovery over the {len(trained)} "
                          f"trained models: val loss {by_val:.2f}, val KL {by_kl:.2f} (1 = the "
                          "criterion orders them exactly as the left-out corpus does).")  # fmt: skip

@@ -55,15 +55,15 @@ def test_mean_kl_matches_numpy(val_kl):
 
 def test_choice_per_family(val_kl):
     rows = [
-        dict(name="dwq~1e-4", bits=4, seed=0, val=3.0, val_kl=0.02, test_recovered=0.8,
+        dict(name="dwq~1e-4", method="dwq", bits=4, seed=0, val=3.0, val_kl=0.02, test_recovered=0.8,
              left_out_recovered=0.6),
-        dict(name="dwq~3e-4", bits=4, seed=0, val=2.9, val_kl=0.03, test_recovered=0.6,
+        dict(name="dwq~3e-4", method="dwq", bits=4, seed=0, val=2.9, val_kl=0.03, test_recovered=0.6,
              left_out_recovered=0.2),
-        dict(name="qat_kd~0:1e-4+fixed+split", bits=4, seed=0, val=3.1, val_kl=0.01,
+        dict(name="qat_kd~0:1e-4+fixed+split", method="qat_kd", bits=4, seed=0, val=3.1, val_kl=0.01,
              test_recovered=0.83, left_out_recovered=0.65),
-        dict(name="qat_kd~3e-4:1e-4+fixed", bits=4, seed=0, val=3.05, val_kl=0.015,
+        dict(name="qat_kd~3e-4:1e-4+fixed", method="qat_kd", bits=4, seed=0, val=3.05, val_kl=0.015,
              test_recovered=0.84, left_out_recovered=0.54),
-        dict(name="rtn", bits=4, seed=None, val=4.0, val_kl=0.3, test_recovered=0.0,
+        dict(name="rtn", method="rtn", bits=4, seed=None, val=4.0, val_kl=0.3, test_recovered=0.0,
              left_out_recovered=0.0),
     ]  # fmt: skip
     lines = "\n".join(val_kl.report_lines(rows, []))
@@ -77,7 +77,7 @@ def test_choice_per_family(val_kl):
     assert "val loss -0.80, val KL 0.80" in lines
 
 
-def test_rank_corr(val_kl):
-    assert val_kl.rank_corr([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
-    assert val_kl.rank_corr([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert val_kl.rank_corr([3, 1, 2], [30, 10, 20]) == pytest.approx(1.0)
+def test_spearman(val_kl):
+    assert val_kl.spearman([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
+    assert val_kl.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert val_kl.spearman([3, 1, 2], [30, 10, 20]) == pytest.approx(1.0)
