@@ -119,6 +119,10 @@ def main() -> None:
 
     mx.set_cache_limit(4 << 30)
     work = args.work / args.data
+    for need in (work / "bench.json", args.report, args.float_dir / "config.json"):
+        if not need.is_file():
+            raise SystemExit(f"{need}: not found (--work/--data must be a bench_pretrained.py "
+                             "work folder, --report its results json, --float-dir the teacher)")  # fmt: skip
     bench = json.loads((work / "bench.json").read_text())
     batches = split_windows(work / "data", "val", bench["batch_size"], bench["seq_len"],
                             bench["val_batches"])  # fmt: skip
