@@ -42,6 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_diagnose_calibration import spearman  # noqa: E402 (ties get average ranks)
+
 FULL = dict(
     bits=[2, 3, 4], seeds=[0, 1, 2], tokens=400_000, fraction=0.4, batch=8, seq=128,
     final_eval_batches=48, diag_batches=4,
@@ -177,25 +179,13 @@ def summarize(rows: list[dict], diags: list[dict]) -> dict:
         k = [d["kappa_hat"] for d in diags if d["bits"] == r["bits"] and d["twin"] == r["twin_dir"]]
         if k and k[0] is not None and math.isfinite(k[0]):
             pts.append((k[0], r["test"]["schedule"] - r["test"]["trs"]))
-    return {"per_bits": out, "hypothesis": {"points": pts, "spearman": _spearman(pts)}}
-
-
-def _spearman(pts: list[tuple[float, float]]) -> float | None:
-    if len(pts) < 3:
-        return None
-
-    def ranks(xs):
-        order = sorted(range(len(xs)), key=lambda i: xs[i])
-        r = [0.0] * len(xs)
-        for rank, i in enumerate(order):
-            r[i] = float(rank)
-        return r
-
-    a, b = ranks([p[0] for p in pts]), ranks([p[1] for p in pts])
-    ma, mb = statistics.fmean(a), statistics.fmean(b)
-    num = sum((x - ma) * (y - mb) for x, y in zip(a, b))
-    den = math.sqrt(sum((x - ma) ** 2 for x in a) * sum((y - mb) ** 2 for y in b))
-    return num / den if den > 0 else None
+    return {
+        "per_bits": out,
+        "hypothesis": {
+            "points": pts,
+            "spearman": spearman([p[0] for p in pts], [p[1] for p in pts]),
+        },
+    }
 
 
 def plot(args, bits: int, seed: int, path: Path) -> None:
