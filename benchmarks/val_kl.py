@@ -94,10 +94,10 @@ def report_lines(rows: list[dict], missing: list[dict]) -> list[str]:
         trained = [r for r in width if r["seed"] is not None]
         if len(trained) >= 3:  # lower loss / KL should mean more recovered: report −ρ
             left = [r["left_out_recovered"] for r in trained]
-            by_val = -spearman([r["val"] for r in trained], left)
-            by_kl = -spearman([r["val_kl"] for r in trained], left)
+            rho = {k: spearman([r[k] for r in trained], left) for k in ("val", "val_kl")}
+            by_val, by_kl = ("n/a" if v is None else f"{-v:.2f}" for v in rho.values())
             lines.append(f"\nRank correlation with left-out recovery over the {len(trained)} "
-                         f"trained models: val loss {by_val:.2f}, val KL {by_kl:.2f} (1 = the "
+                         f"trained models: val loss {by_val}, val KL {by_kl} (1 = the "
                          "criterion orders them exactly as the left-out corpus does).")  # fmt: skip
     if missing:
         lines.append("\nNot re-scored (folder deleted): "
@@ -128,7 +128,8 @@ def main() -> None:
                             bench["val_batches"])  # fmt: skip
     t0 = time.perf_counter()
     teacher = teacher_logprobs(load_float32(args.float_dir), batches)
-    report = {(r["name"], r["bits"], r["seed"]): r for r in json.loads(args.report.read_text())["rows"]
+    report_json = json.loads(args.report.read_text())
+    report = {(r["name"], r["bits"], r["seed"]): r for r in report_json["rows"]
               if r["tokens"] == bench["tokens"] or r["method"] == "rtn"}  # fmt: skip
     rows = []
     for b, seed, name, path in model_dirs(work, [int(x) for x in args.bits.split(",")]):
@@ -151,7 +152,7 @@ def main() -> None:
     out = {"command": cmd, "date": date, "machine": machine(), "wall_s": time.perf_counter() - t0,
            "val_tokens": sum(b[:, 1:].size for b in batches), "rows": rows, "missing": missing}  # fmt: skip
     (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=1) + "\n")
-    title = json.loads(args.report.read_text()).get("title") or args.report.name
+    title = report_json.get("title") or args.report.name
     md = [f"# Validation KL to the teacher: the models of {title}", ""]
     md += header_lines(cmd, date, out["machine"]) + [""]
     md += [f"{out['val_tokens']:,} validation tokens, {len(rows)} models, {out['wall_s']:.0f} s."]

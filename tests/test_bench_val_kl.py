@@ -81,3 +81,10 @@ def test_spearman(val_kl):
     assert val_kl.spearman([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
     assert val_kl.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert val_kl.spearman([3, 1, 2], [30, 10, 20]) == pytest.approx(1.0)
+
+
+def test_correlation_without_spread_is_reported_not_raised(val_kl):
+    # equal validation losses have no ranking: spearman is None and the line says so
+    rows = [dict(name=f"qat_kd~{i}", method="qat_kd", bits=4, seed=0, val=3.0, val_kl=0.01 * i,
+                 test_recovered=0.8, left_out_recovered=0.1 * (4 - i)) for i in (1, 2, 3)]  # fmt: skip
+    assert "val loss n/a, val KL 1.00" in "\n".join(val_kl.report_lines(rows, []))
