@@ -15,6 +15,10 @@ so ours - ours_no_fq is what fake quantization costs), `teacher` (the teacher's 
 its hidden states alone, evaluated) and `transitions` (the step's transition statistics alone,
 `train.transitions`: every QAT layer's codes before and after, compiled, on ours' model).
 
+`--reference` adds `ours_reference`: the same step traced and run with the CPU fast paths off
+(`set_kernels_enabled(False)`: every quantizer's pure-MLX reference, the same numbers), so
+ours / ours_reference is what `quant/affine_cpu.py` saves in a whole step.
+
 (Re-executes itself with OpenBLAS preloaded, see `mlx_qat.blas`.)
 """
 
@@ -127,6 +131,22 @@ def component_steps(args, t) -> dict:
     return {"ours_no_fq": plain, "teacher": teacher, "transitions": transitions}
 
 
+def reference_step(args):
+    """Ours with the CPU fast paths off while it is traced and run (`--reference`)."""
+    from mlx_qat.quant import backend
+
+    step, _ = our_step(args, args.case, tag="reference")
+
+    def run(k):
+        backend.set_kernels_enabled(False)
+        try:
+            step(k)
+        finally:
+            backend.set_kernels_enabled(True)
+
+    return run
+
+
 def main() -> None:
     reexec_with_openblas()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -136,6 +156,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=4)
     p.add_argument("--name", default="finetune_step")
     p.add_argument("--components", action="store_true", help="time pieces of ours too")
+    p.add_argument("--reference", action="store_true", help="time ours on the reference path too")
     args = p.parse_args()
     import mlx.core as mx
 
@@ -145,6 +166,8 @@ def main() -> None:
     steps = {"dwq": dwq_step(args, batches), "ours": ours}
     if args.components:
         steps.update(component_steps(args, t))
+    if args.reference:
+        steps["ours_reference"] = reference_step(args)
     times = {name: [] for name in steps}
     for k in range(args.pairs + 1):
         for name, fn in steps.items():
@@ -166,6 +189,8 @@ def main() -> None:
     lines += ["", f"ours / DWQ: **{ratio:.2f}** (median over {args.pairs} alternated rounds, "
               "after one warm-up round)."]  # fmt: skip
     lines += [f"{k} / DWQ: {med[k] / med['dwq']:.2f}" for k in times if k not in ("dwq", "ours")]
+    if args.reference:
+        lines.append(f"ours / ours_reference: **{med['ours'] / med['ours_reference']:.2f}**")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(
         json.dumps(

@@ -329,6 +329,54 @@ def test_cpu_path_nan_group_stays_nan():
     np.testing.assert_array_equal(got[1], ref[1])
 
 
+def _fixed_code_case(shape, bits, gs, seed):
+    """(w, scale, bias, anchor_scale, anchor_bias, cot): anchors from the initial weights, the
+    weights trained off them (codes clipped at both ends), learned scales scaled, some negative
+    and some below the clamp."""
+    key = mx.random.split(mx.random.key(seed), 4)
+    w0 = mx.random.normal(shape, key=key[0]) * 0.02
+    s0, b0 = learned_affine.init_params(w0, bits, gs)
+    w = w0 + mx.random.normal(shape, key=key[1]) * 0.01
+    # group 0 on a power-of-two anchor grid: codes -2 .. n+2 exactly, both clip edges hit
+    n, step = 2**bits - 1, 2.0**-8
+    edge = (mx.arange(gs) % (n + 5) - 2).astype(mx.float32) * step
+    w = mx.concatenate([edge, w.reshape(-1)[gs:]]).reshape(shape)
+    s0 = mx.concatenate([mx.array([step]), s0.reshape(-1)[1:]]).reshape(s0.shape)
+    b0 = mx.concatenate([mx.array([0.0]), b0.reshape(-1)[1:]]).reshape(b0.shape)
+    f = mx.random.uniform(-0.5, 2.0, s0.shape, key=key[2])
+    scale = mx.where(f.abs() < 0.05, 1e-9, s0 * f)
+    return w, scale, b0 + 1e-3 * f, s0, b0, mx.random.normal(shape, key=key[3])
+
+
+@pytest.mark.cpu_only
+def test_cpu_path_fixed_codes_bit_exact(monkeypatch):
+    """learned_affine's fixed-code mode on the CPU takes affine_cpu.anchored_*: forward, ∂w, ∂s
+    and ∂b bit for bit the reference's (anchored_forward / anchored_backward), eager and
+    compiled; bfloat16 weights keep the reference."""
+    taken = []
+    cpu = affine_cpu.anchored_backward
+    monkeypatch.setattr(affine_cpu, "anchored_backward", lambda *a: taken.append(1) or cpu(*a))
+    for bits in AFFINE_BITS:
+        for gs in AFFINE_GROUP_SIZES:
+            for shape in ((6, 4 * gs), (2, 3, 2 * gs)):
+                primals = list(_fixed_code_case(shape, bits, gs, seed=bits * gs + len(shape)))
+                w, s, b, s0, b0, cot = primals
+                primals = primals[:5]
+                want = [learned_affine.anchored_forward(*primals, bits, gs)]
+                want += learned_affine.anchored_backward(*primals, cot, bits, gs)
+                fq = learned_affine.anchored_function(bits, gs)
+                for run in (fq, mx.compile(fq)):
+                    out, grads = mx.vjp(run, primals, [cot])
+                    for got, ref in zip([*out, *grads[:3]], want, strict=True):
+                        assert mismatches(got, ref) == 0, (bits, gs, shape)
+    assert taken, "the CPU path was not taken"
+    taken.clear()
+    w, s, b, s0, b0, cot = _fixed_code_case((4, 64), 4, 64, seed=1)
+    w16 = w.astype(mx.bfloat16)
+    mx.vjp(learned_affine.anchored_function(4, 64), [w16, s, b, s0, b0], [cot.astype(w16.dtype)])
+    assert not taken
+
+
 # --- GPU parity (Apple / NVIDIA machines only) ----------------------------------------------
 
 

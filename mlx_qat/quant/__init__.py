@@ -3,7 +3,7 @@
 Modules:
     spec.py            QuantSpec: MLX's native formats
     affine.py, fp.py   the canonical grids (bit-identical to MLX's CPU `mx.quantize`)
-    affine_cpu.py      the min/max grid, faster on MLX's CPU backend (same bits)
+    affine_cpu.py      the min/max grid and fixed codes, faster on MLX's CPU backend (same bits)
     fake_quant.py      min/max fake-quant with the STE; the forward's dispatch
     lsq.py, learned_affine.py   learnable quantizers (reference and fused paths)
     quantizers.py      the nn.Module quantizers the QAT layers hold

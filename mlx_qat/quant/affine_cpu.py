@@ -1,8 +1,9 @@
-"""Fast pure-MLX min/max fake-quant for MLX's CPU backend, bit-identical to the reference.
+"""Fast pure-MLX affine fake-quant for MLX's CPU backend, bit-identical to the reference.
 
 The "cpu" path of backend.py: another formulation of affine.py's `fake_quant_minmax` (same
-math, grid rules from `params_from_extremes`). Four rewrites make it faster without changing a
-single bit:
+math, grid rules from `params_from_extremes`) and of learned_affine.py's fixed-code mode
+(`anchored_*`: codes on a frozen anchor grid, valued by the learned one; rewrites 2 and 4).
+Four rewrites make them faster without changing a single bit:
 
 1. Statistics by a pairwise tree: elementwise `maximum`/`minimum` of the two halves of every
    group (vectorised), a reduction only over the last few elements (MLX's CPU `max(axis=-1)`
@@ -86,34 +87,73 @@ def _groups(xg: mx.array, bits: int, levels: int | None) -> mx.array:
     return apply_grid(x, s, b, bits, xg.dtype)
 
 
-def apply_grid(x: mx.array, s: mx.array, b: mx.array, bits: int, dtype: mx.Dtype) -> mx.array:
-    """ŵ in `dtype` for float32 (groups, gs) `x` on the grid (s, b), each (groups, 1) float32:
-    7 elementwise passes (8 for 16-bit dtypes), no rounding op, no clip at 0."""
-    # mx.compile would fuse a binary op with the Broadcast of its per-group operand into a
-    # scalar JIT loop. Fusion stops at a stream change (the broadcasts run on another stream)
-    # and at a reshape (every op reads the previous result as (g, gs) or (g, 1, gs)).
-    g, gs = x.shape
+def _staged(g: int, gs: int):
+    """(full, flip) for staging elementwise ops on (g, gs) float32 arrays so that `mx.compile`
+    cannot fuse them into a scalar JIT loop: it would fuse a binary op with the Broadcast of its
+    per-group operand (and pull the per-group arithmetic into the per-element loop). Fusion
+    stops at a stream change (the broadcasts run on another stream) and at a reshape (every op
+    reads the previous result as (g, gs) or (g, 1, gs))."""
     view = _worker_streams()[2]
     a2, a3 = (g, gs), (g, 1, gs)
 
-    def full(p: mx.array, shape) -> mx.array:
+    def full(p: mx.array, ndim: int) -> mx.array:
+        shape = a3 if ndim == 3 else a2
         return mx.broadcast_to(p.reshape(*shape[:-1], 1), shape, stream=view)
 
     def flip(a: mx.array) -> mx.array:
         return a.reshape(a3) if a.ndim == 2 else a.reshape(a2)
 
-    y = flip(x) - full(b, a3)
-    y = flip(y) / full(s, a2)
+    return full, flip
+
+
+def apply_grid(x: mx.array, s: mx.array, b: mx.array, bits: int, dtype: mx.Dtype) -> mx.array:
+    """ŵ in `dtype` for float32 (groups, gs) `x` on the grid (s, b), each (groups, 1) float32:
+    7 elementwise passes (8 for 16-bit dtypes), no rounding op, no clip at 0."""
+    full, flip = _staged(*x.shape)
+    y = flip(x) - full(b, 3)
+    y = flip(y) / full(s, 2)
     y = mx.minimum(flip(y), float(2**bits - 1))
     y = flip(y) + MAGIC
     code = flip(y) - MAGIC  # (g, 1, gs)
     if dtype == mx.float32:
-        return flip(flip(code) * full(s, a2)) + full(b, a3)
+        return flip(flip(code) * full(s, 2)) + full(b, 3)
     # T(code)·T(s) in float32 is exact (≤ 8 + 11 significant bits), so one rounding to T gives
     # T's product, and float32 ops are ~2x faster than MLX's 16-bit ones on CPU.
     s_t = s.astype(dtype).astype(mx.float32)
-    prod = flip(flip(code) * full(s_t, a2)).astype(dtype)  # (g, 1, gs)
-    return flip(prod) + full(b.astype(dtype), a2)
+    prod = flip(flip(code) * full(s_t, 2)).astype(dtype)  # (g, 1, gs)
+    return flip(prod) + full(b.astype(dtype), 2)
+
+
+def anchored_codes(x: mx.array, s0: mx.array, b0: mx.array, bits: int):
+    """(u, code), both (g, gs) float32, for float32 (g, gs) `x` read on the anchor grid
+    (s0, b0), each (g,) float32 with s0 already clamped: u = (x − b0)/s0 and
+    code = clip(rint(u), 0, n), bit for bit learned_affine.codes' (rint(clip(u)) = clip(rint(u))
+    as 0 and n are integers; the lower clip is kept, trained weights leave the anchor grid)."""
+    full, flip = _staged(*x.shape)
+    u = flip(flip(x) - full(b0, 3)) / full(s0, 2)
+    c = mx.maximum(flip(u), 0.0)
+    c = mx.minimum(flip(c), float(2**bits - 1))
+    c = flip(c) + MAGIC
+    return u, flip(c) - MAGIC
+
+
+def anchored_forward(x, s0, b0, s, b, bits: int) -> mx.array:
+    """float32 ŵ = code·s + b (g, gs) of the anchor grid's codes valued by the learned (s, b),
+    each (g,) float32 (s clamped): learned_affine.anchored_forward for float32 weights."""
+    full, flip = _staged(*x.shape)
+    _, code = anchored_codes(x, s0, b0, bits)
+    return flip(flip(code * full(s, 2)) + full(b, 3))
+
+
+def anchored_backward(x, cot, s0, b0, ratio, bits: int):
+    """(∂L/∂x (g, gs), ∂L/∂s (g,), ∂L/∂b (g,)) of `anchored_forward` for the float32 (g, gs)
+    cotangent `cot`, with ratio = s/s0 per group: learned_affine.anchored_backward's values
+    and summation order."""
+    full, flip = _staged(*x.shape)
+    u, code = anchored_codes(x, s0, b0, bits)
+    inside = (u >= 0) & (u <= float(2**bits - 1))
+    dx = mx.where(inside, flip(flip(cot) * full(ratio, 3)), 0.0)
+    return dx, (cot * code).sum(axis=-1), cot.sum(axis=-1)
 
 
 def fake_quant_minmax(

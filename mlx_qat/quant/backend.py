@@ -3,8 +3,10 @@
     path         when                                                     what runs
     "metal"      default device is the GPU and `mx.metal.is_available()`  fused kernels
     "cuda"       default device is the GPU and `mx.cuda.is_available()`   fused kernels
-    "cpu"        otherwise (MLX on CPU)                                   affine_cpu.py (min/max),
-                                                                          reference (the rest)
+    "cpu"        otherwise (MLX on CPU)                                   affine_cpu.py (min/max,
+                                                                          learned affine's fixed
+                                                                          codes), reference (the
+                                                                          rest)
     "reference"  kernels disabled (`MLX_QAT_KERNELS=0` in the environment,
                  `set_kernels_enabled(False)`, or a failed self-check)     pure-MLX reference
 

@@ -23,7 +23,9 @@ DWQ gradient, and with the weights frozen this quantizer *is* DWQ (tests/test_di
 the plain mode the codes are re-derived from (s, b) and DWQ's gradient would ignore the codes a
 grid update flips (5% of SmolLM2's codes in 49 steps at weight LR 1e-5:
 benchmarks/results/pretrained_smollm2_fixed_v1.md), so it is not offered there. This mode has
-no fused kernel: pure MLX on every backend.
+no fused kernel: pure MLX on every backend, on MLX's CPU backend with float32 weights and
+scales `affine_cpu.anchored_*` (the same bits, staged so that `mx.compile` cannot fuse it
+into slow scalar loops).
 
 Export is exact by construction: the codes, T(s) and T(b) are the grid (with scales stored in
 another dtype S the forward computes T(S(code)·S(s) + S(b)), as MLX will). Paths:
@@ -38,7 +40,7 @@ from functools import cache
 import mlx.core as mx
 
 from ..kernels import gpu, sources
-from . import backend
+from . import affine_cpu, backend
 from .affine import dequantize_codes, group, minmax_params
 
 SCALE_MIN = 1e-7
@@ -112,6 +114,35 @@ def anchored_backward(w, scale, bias, anchor_scale, anchor_bias, cot, bits, grou
     return dw, (c * code).sum(axis=-1).astype(scale.dtype), c.sum(axis=-1).astype(bias.dtype)
 
 
+def _cpu_anchored(w: mx.array, scale_dtype) -> bool:
+    """Whether the fixed-code mode takes affine_cpu's path (else the reference above)."""
+    f32 = w.dtype == mx.float32 and scale_dtype in (None, mx.float32)
+    return f32 and backend.active_backend() == "cpu"
+
+
+def cpu_anchored_forward(w, scale, bias, anchor_scale, anchor_bias, bits, group_size):
+    """`anchored_forward` of float32 `w` through affine_cpu (the same bits)."""
+    per_group = [clamp_scale(anchor_scale), anchor_bias, clamp_scale(scale), bias]
+    s0, b0, s, b = (p.astype(mx.float32).reshape(-1) for p in per_group)
+    x = w.reshape(-1, group_size)
+    return affine_cpu.anchored_forward(x, s0, b0, s, b, bits).reshape(w.shape)
+
+
+def cpu_anchored_backward(w, scale, bias, anchor_scale, anchor_bias, cot, bits, group_size):
+    """`anchored_backward` of float32 `w` through affine_cpu (the same bits)."""
+    w, anchor_scale, anchor_bias = _after(cot, w, anchor_scale, anchor_bias)
+    s0 = clamp_scale(anchor_scale).reshape(-1)
+    ratio = clamp_scale(scale).reshape(-1) / s0
+    x, c = w.reshape(-1, group_size), cot.reshape(-1, group_size).astype(mx.float32)
+    b0 = anchor_bias.astype(mx.float32).reshape(-1)
+    dw, ds, db = affine_cpu.anchored_backward(x, c, s0, b0, ratio, bits)
+    return (
+        dw.astype(cot.dtype).reshape(w.shape),
+        ds.reshape(scale.shape).astype(scale.dtype),
+        db.reshape(bias.shape).astype(bias.dtype),
+    )
+
+
 def _kernel_params(w, scale, bias, group_size: int) -> tuple[mx.array, mx.array]:
     s = backend.per_group(clamp_scale(scale), w, group_size)
     return s, backend.per_group(bias, w, group_size)
@@ -149,6 +180,8 @@ def anchored_function(bits: int, group_size: int, scale_dtype=None):
 
     @mx.custom_function
     def fq(w, scale, bias, anchor_scale, anchor_bias):
+        if _cpu_anchored(w, scale_dtype):
+            return cpu_anchored_forward(w, scale, bias, anchor_scale, anchor_bias, bits, group_size)
         return anchored_forward(
             w, scale, bias, anchor_scale, anchor_bias, bits, group_size, scale_dtype
         )
@@ -156,7 +189,8 @@ def anchored_function(bits: int, group_size: int, scale_dtype=None):
     @fq.vjp
     def fq_vjp(primals, cot, output):
         w, scale, bias, s0, b0 = primals
-        dw, ds, db = anchored_backward(w, scale, bias, s0, b0, cot, bits, group_size)
+        backward = cpu_anchored_backward if _cpu_anchored(w, scale_dtype) else anchored_backward
+        dw, ds, db = backward(w, scale, bias, s0, b0, cot, bits, group_size)
         return dw, ds, db, mx.zeros_like(s0), mx.zeros_like(b0)
 
     return fq
