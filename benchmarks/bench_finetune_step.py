@@ -12,8 +12,11 @@ ours, ...; the first pair is a warm-up and is not counted; medians over the rest
 `--components` also alternates, in the same rounds, three pieces of ours, to say where the time
 over DWQ goes: `ours_no_fq` (the same compiled step with fake quant off: the float student,
 so ours - ours_no_fq is what fake quantization costs), `teacher` (the teacher's forward to
-its hidden states alone, evaluated) and `transitions` (the step's transition statistics alone,
-`train.transitions`: every QAT layer's codes before and after, compiled, on ours' model).
+its hidden states alone, evaluated), `transitions` (the step's transition statistics alone,
+`train.transitions`: every QAT layer's codes before and after, compiled, on ours' model), and
+the two loss heads alone, value and gradient: `kd_head` (ours: `kd_head_per_token` from the
+hidden states and the output matrix, chunked) and `dwq_head` (mlx-lm's `kl_div_loss` of the
+whole logits, as DWQ takes it).
 
 `--reference` adds `ours_reference`: the same step traced and run with the CPU fast paths off
 (`set_kernels_enabled(False)`: every quantizer's pure-MLX reference, the same numbers), so
@@ -128,7 +131,35 @@ def component_steps(args, t) -> dict:
     def transitions(k):
         mx.eval(codes())
 
-    return {"ours_no_fq": plain, "teacher": teacher, "transitions": transitions}
+    # the loss heads alone, value and gradient in (h, W), the teacher's hidden states standing
+    # in for the student's: ours (chunked, closed-form gradient) and DWQ's (mlx-lm's
+    # kl_div_loss of the whole logits h·Wᵀ, autodiff); both form the teacher's logits; compiled
+    from mlx_lm.tuner.losses import kl_div_loss
+
+    from mlx_qat.train.kd import kd_head_per_token
+
+    x0 = t.batches.batch(0)[:, :-1]
+    h, w = hidden_and_head(t.teacher, x0)
+    ht = h + 0.01
+    mx.eval(h, w, ht)
+
+    def dwq_loss(h, w, ht):
+        teacher_logits = mx.stop_gradient(ht @ w.T)
+        return kl_div_loss(0.5 * (h @ w.T), 0.5 * teacher_logits).mean()
+
+    ours_grad = mx.compile(
+        mx.grad(lambda h, w, ht: kd_head_per_token(h, w, ht, w, 2.0).mean(), (0, 1))
+    )
+    dwq_grad = mx.compile(mx.grad(dwq_loss, (0, 1)))
+
+    def kd_head(k):
+        mx.eval(ours_grad(h, w, ht))
+
+    def dwq_head(k):
+        mx.eval(dwq_grad(h, w, ht))
+
+    return {"ours_no_fq": plain, "teacher": teacher, "transitions": transitions,
+            "kd_head": kd_head, "dwq_head": dwq_head}  # fmt: skip
 
 
 def reference_step(args):
