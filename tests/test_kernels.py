@@ -352,7 +352,8 @@ def _fixed_code_case(shape, bits, gs, seed):
 def test_cpu_path_fixed_codes_bit_exact(monkeypatch):
     """learned_affine's fixed-code mode on the CPU takes affine_cpu.anchored_*: forward, ∂s and
     ∂b bit for bit the reference's (anchored_forward / anchored_backward), ∂w the same values
-    (+0 or −0 outside the grid), eager and compiled; bfloat16 weights keep the reference."""
+    (+0 or −0 outside the grid), eager and compiled; bfloat16 weights or scales keep the
+    reference."""
     taken = []
     cpu = affine_cpu.anchored_backward
     monkeypatch.setattr(affine_cpu, "anchored_backward", lambda *a: taken.append(1) or cpu(*a))
@@ -378,6 +379,7 @@ def test_cpu_path_fixed_codes_bit_exact(monkeypatch):
     w, s, b, s0, b0, cot = _fixed_code_case((4, 64), 4, 64, seed=1)
     w16 = w.astype(mx.bfloat16)
     mx.vjp(learned_affine.anchored_function(4, 64), [w16, s, b, s0, b0], [cot.astype(w16.dtype)])
+    mx.vjp(learned_affine.anchored_function(4, 64, mx.bfloat16), [w, s, b, s0, b0], [cot])
     assert not taken
 
 

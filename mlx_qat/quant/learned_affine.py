@@ -116,7 +116,7 @@ def anchored_backward(w, scale, bias, anchor_scale, anchor_bias, cot, bits, grou
 
 def _cpu_anchored(w: mx.array, scale_dtype) -> bool:
     """Whether the fixed-code mode takes affine_cpu's path (else the reference above)."""
-    f32 = w.dtype == mx.float32 and scale_dtype in (None, mx.float32)
+    f32 = w.dtype == mx.float32 and (scale_dtype is None or scale_dtype == mx.float32)
     return f32 and backend.active_backend() == "cpu"
 
 
