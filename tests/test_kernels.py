@@ -361,8 +361,7 @@ def test_cpu_path_fixed_codes_bit_exact(monkeypatch):
         for gs in AFFINE_GROUP_SIZES:
             for shape in ((6, 4 * gs), (2, 3, 2 * gs)):
                 primals = list(_fixed_code_case(shape, bits, gs, seed=bits * gs + len(shape)))
-                w, s, b, s0, b0, cot = primals
-                primals = primals[:5]
+                cot = primals.pop()
                 want = [learned_affine.anchored_forward(*primals, bits, gs)]
                 want += learned_affine.anchored_backward(*primals, cot, bits, gs)
                 fq = learned_affine.anchored_function(bits, gs)
