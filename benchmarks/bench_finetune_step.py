@@ -22,6 +22,12 @@ whole logits, as DWQ takes it).
 (`set_kernels_enabled(False)`: every quantizer's pure-MLX reference, the same numbers), so
 ours / ours_reference is what `quant/affine_cpu.py` saves in a whole step.
 
+`--separate R` instead runs each side in processes of its own, as a training row does: R
+rounds of DWQ's process then ours, each loading its model and taking `--pairs` steps after two
+warm-up steps (the first compiles). The alternated rounds above ran DWQ's step slower and ours
+faster than their own processes do (`finetune_step_v8_kd.md` against the rows of
+`pretrained_smollm2_v2_speed2.md`), so the ratio of a training row is measured this way.
+
 (Re-executes itself with OpenBLAS preloaded, see `mlx_qat.blas`.)
 """
 
@@ -43,6 +49,7 @@ from benchmarks.common import header_lines, machine  # noqa: E402
 from mlx_qat.blas import reexec_with_openblas  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+WARMUP = 2  # `--separate`: steps not counted in each process (the first compiles)
 
 
 def dwq_step(args, batches):
@@ -188,7 +195,26 @@ def main() -> None:
     p.add_argument("--name", default="finetune_step")
     p.add_argument("--components", action="store_true", help="time pieces of ours too")
     p.add_argument("--reference", action="store_true", help="time ours on the reference path too")
+    p.add_argument(
+        "--separate",
+        type=int,
+        default=0,
+        metavar="R",
+        help="R rounds of one process per side instead of alternating in one",
+    )
+    p.add_argument("--child", choices=("dwq", "ours"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child:
+        return child_steps(args)
+    if args.separate and (args.components or args.reference):
+        p.error("--separate times the two steps only: drop --components and --reference")
+    if args.separate:
+        return write(
+            args,
+            separate_times(args),
+            f"{args.separate} round{'s' * (args.separate > 1)} of one process per side, "
+            f"{args.pairs} steps each after {WARMUP} warm-up steps",
+        )
     import mlx.core as mx
 
     mx.set_cache_limit(4 << 30)
@@ -206,6 +232,46 @@ def main() -> None:
             fn(k)
             if k:  # the first pair compiles and warms up
                 times[name].append(time.perf_counter() - t0)
+    write(args, times, f"{args.pairs} alternated rounds, after one warm-up round")
+
+
+def child_steps(args) -> None:
+    """One side's steps in this process (`--separate`): their times as a json line."""
+    import mlx.core as mx
+
+    from mlx_qat.data.batches import TokenBatches
+    from mlx_qat.data.shards import load_bundle
+
+    mx.set_cache_limit(4 << 30)  # as bench_pretrained's processes and the trainer's default
+    n = args.pairs + WARMUP
+    if args.child == "dwq":  # the trainer's batches (its seed 0), without building a trainer
+        stream = TokenBatches(load_bundle(args.work / "data").train, 4, 256, 0, None)
+        step = dwq_step(args, [stream.batch(k) for k in range(n)])
+    else:
+        step, _ = our_step(args, args.case)
+    times = []
+    for k in range(n):
+        t0 = time.perf_counter()
+        step(k)
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"times": times[WARMUP:]}))
+
+
+def separate_times(args) -> dict:
+    """{side: step times} from `--separate` rounds of one process per side, DWQ first."""
+    import subprocess
+
+    times = {"dwq": [], "ours": []}
+    for _ in range(args.separate):
+        for side in times:
+            out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", side],
+                                 check=True, capture_output=True, text=True).stdout  # fmt: skip
+            times[side] += json.loads(out.strip().splitlines()[-1])["times"]
+    return times
+
+
+def write(args, times: dict, how: str) -> None:
+    """The report: medians of `times` ({step: seconds}), ours / DWQ, md and json."""
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["ours"] / med["dwq"]
     cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
@@ -217,8 +283,7 @@ def main() -> None:
     lines += ["", "| step | median s (4 x 256 tokens) | all |", "|---|---|---|"]
     for k, v in times.items():
         lines.append(f"| {k} | {med[k]:.2f} | {', '.join(f'{x:.2f}' for x in v)} |")
-    lines += ["", f"ours / DWQ: **{ratio:.2f}** (median over {args.pairs} alternated rounds, "
-              "after one warm-up round)."]  # fmt: skip
+    lines += ["", f"ours / DWQ: **{ratio:.2f}** (median over {how})."]
     lines += [f"{k} / DWQ: {med[k] / med['dwq']:.2f}" for k in times if k not in ("dwq", "ours")]
     if args.reference:
         lines.append(f"ours / ours_reference: **{med['ours'] / med['ours_reference']:.2f}**")
