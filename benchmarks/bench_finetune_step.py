@@ -49,6 +49,7 @@ from benchmarks.common import header_lines, machine  # noqa: E402
 from mlx_qat.blas import reexec_with_openblas  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+BATCH, SEQ = 4, 256  # one step: the rows' batches of bench_pretrained
 WARMUP = 2  # `--separate`: steps not counted in each process (the first compiles)
 
 
@@ -101,8 +102,8 @@ def our_step(args, case: str, tag: str = ""):
         out=str(args.work / f"step_{case}{tag}"), overwrite=True, model=str(args.work / "float"),
         data=[str(args.work / "data")], qat_fraction=1.0, bits=args.bits, group_size=64,
         embed_bits=args.bits, quantizer="learned_affine", objective="kd", kd_temperature=2.0,
-        train="grid" if case == "grid" else "all", tokens=64 * 4 * 256, batch_size=4,
-        seq_len=256, eval_every=0, save_every=0, quiet=True,
+        train="grid" if case == "grid" else "all", tokens=64 * BATCH * SEQ, batch_size=BATCH,
+        seq_len=SEQ, eval_every=0, save_every=0, quiet=True,
     )  # fmt: skip
     t = Trainer(cfg)
     t.setup()
@@ -245,7 +246,7 @@ def child_steps(args) -> None:
     mx.set_cache_limit(4 << 30)  # as bench_pretrained's processes and the trainer's default
     n = args.pairs + WARMUP
     if args.child == "dwq":  # the trainer's batches (its seed 0), without building a trainer
-        stream = TokenBatches(load_bundle(args.work / "data").train, 4, 256, 0, None)
+        stream = TokenBatches(load_bundle(args.work / "data").train, BATCH, SEQ, seed=0)
         step = dwq_step(args, [stream.batch(k) for k in range(n)])
     else:
         step, _ = our_step(args, args.case)

@@ -3,7 +3,7 @@
 Per target token, with z_s the student's and z_t the teacher's logits over V ids and
 p^T = softmax(z / T):
 
-    KD = T² · KL(p_t^T ‖ p_s^T)                   value: `loss.kl_to_teacher` (float32)
+    KD = T² · KL(p_t^T ‖ p_s^T)                   value: `eval_modes.kl_to_teacher` (float32)
     ∂KD/∂z_s = T · (p_s^T − p_t^T)                 (Hinton et al., 2015)
 
 Autodiff through `kl_to_teacher` keeps about a dozen (tokens, V) float32 intermediates (2.5 GB
